@@ -1,0 +1,37 @@
+# The two commands: `make demo` (the whole Kaggle loop on CPU) and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= configs/demo.yaml
+FOLDS ?= 5
+
+.PHONY: setup demo test lint bench clean-demo
+
+setup: $(STAMP)
+
+# Reinstalls only when pyproject.toml changes; the editable install picks up code changes by itself.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/python scripts/prepare.py --config $(CONFIG)
+	for k in $$(seq 0 $$(($(FOLDS) - 1))); do \
+		$(BIN)/python scripts/train_fold.py --config $(CONFIG) --fold $$k --resume || exit $$?; \
+	done
+	mkdir -p submissions
+	$(BIN)/python scripts/predict.py --config $(CONFIG) > submissions/demo.csv.tmp && mv submissions/demo.csv.tmp submissions/demo.csv
+	$(BIN)/python scripts/report.py --config $(CONFIG)
+	@echo "submission: submissions/demo.csv   runs: runs/demo/fold*/ (metrics.csv, oof.csv, curves.png, confusion.png)"
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check comp scripts tests
+
+bench: setup
+	$(BIN)/python scripts/benchmark.py

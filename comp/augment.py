@@ -1,0 +1,55 @@
+"""Albumentations pipelines built from config lists: `aug.train`, `aug.valid`, and the TTA views.
+
+A transform is written in YAML as its albumentations class name plus its arguments:
+
+    aug:
+      train:
+        - {name: HorizontalFlip, p: 0.5}
+        - {name: Affine, rotate: [-15, 15], scale: [0.9, 1.1], p: 0.7}
+
+Images reach these pipelines already at `image_size` (resized when decoded or cached), so the
+pipelines hold only the random part. TTA views are exact flips/rotations done on the batch on the
+device (comp.predict), not albumentations calls.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import albumentations as A
+from omegaconf import OmegaConf
+
+from comp.errors import UserError
+
+TTA_VIEWS = ("identity", "hflip", "vflip", "hvflip", "rot90", "rot270", "transpose")
+
+
+def build_transform(specs: Any, key: str) -> A.Compose | None:
+    """A.Compose from a list of {name: ..., **args}; None for an empty list. `key` names the config key
+    in errors (e.g. aug.train)."""
+    specs = OmegaConf.to_container(specs, resolve=True) if OmegaConf.is_config(specs) else list(specs or [])
+    if not specs:
+        return None
+    transforms = []
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise UserError(f"{key}[{i}] must be a mapping with a 'name', e.g. {{name: HorizontalFlip, p: 0.5}}; got {spec!r}")
+        args = dict(spec)
+        name = args.pop("name")
+        cls = getattr(A, str(name), None)
+        if not (isinstance(cls, type) and issubclass(cls, A.BasicTransform | A.BaseCompose)):
+            raise UserError(f"{key}[{i}]: {name!r} is not an albumentations transform")
+        try:
+            transforms.append(cls(**args, strict=True))  # a misspelt argument fails, not warns
+        except Exception as e:  # pydantic validation of the arguments
+            raise UserError(f"{key}[{i}] ({name}): bad arguments {args}: {str(e).splitlines()[0]}") from None
+    return A.Compose(transforms)
+
+
+def check_tta(views: Any) -> list[str]:
+    """The TTA views from config, each one of TTA_VIEWS."""
+    views = list(views) or ["identity"]
+    for v in views:
+        if v not in TTA_VIEWS:
+            raise UserError(f"aug.tta: unknown view {v!r}; choose from {list(TTA_VIEWS)}")
+    return views

@@ -1,0 +1,215 @@
+"""The one typed configuration of the kit: schema defaults < YAML file < `KEY=VALUE` overrides.
+
+The schema is a tree of dataclasses read by OmegaConf, which does the typed merging: a key that is
+not in the schema, or a value of the wrong type, fails with a `UserError` naming the dotted key. The
+resolved config is written next to every run (`<out_dir>/fold<K>/config.yaml`) so a run can always be
+rebuilt from its folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from comp.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/demo"  # where the competition download lives (relative to the repo, or absolute)
+    competition: str = ""  # Kaggle slug, for `kaggle competitions download/submit`
+    source: str = "competition"  # how prepare.py downloads: competition | dataset | demo
+    dataset: str = ""  # Kaggle dataset slug (owner/name) when source=dataset
+    layout: str = "csv"  # csv: a label CSV + an image folder; folders: one sub-folder per class
+    train_csv: str = "train.csv"  # csv layout: the labels file, relative to root
+    test_csv: str = ""  # csv layout: test ids; empty = take them from the sample submission
+    sample_submission: str = "sample_submission.csv"  # relative to root; empty when there is none
+    id_column: str = "id"  # column of the image id in the CSVs
+    label_column: str = "label"  # column of the label in train_csv (and the submission)
+    train_images: List[str] = field(default_factory=lambda: ["train"])  # folders (globs) of training images
+    test_images: List[str] = field(default_factory=lambda: ["test"])  # folders (globs) of test images
+    image_ext: str = ".png"  # extension appended to an id to find its file (csv layout)
+    classes: List[str] = field(default_factory=list)  # class names in label order; empty = sorted labels
+    group_pattern: str = ""  # regex on the image id; its first group is the patient (folds keep it whole)
+    solution_csv: str = ""  # held-out labels (id, label) to score a submission locally, if known
+
+
+@dataclass
+class FoldsConfig:
+    n_folds: int = 5  # K of the K-fold split; folds.csv is written once and reused
+    grouped: bool = True  # StratifiedGroupKFold when data.group_pattern is set
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet18"  # kit ResNet (resnet18..resnet152) or any timm model as timm/<name>
+    pretrained: Optional[str] = None  # local .pth/.safetensors file, or a timm pretrained tag
+    in_chans: int = 3  # 1 for grayscale input (a pretrained first conv is summed over colour)
+    drop_rate: float = 0.0  # dropout before the classifier
+    freeze_epochs: int = 0  # epochs training only the head before unfreezing the backbone
+    backbone_lr_mult: float = 1.0  # backbone learning rate = lr * this, after unfreezing
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adamw | sgd
+    lr: float = 1e-3  # peak learning rate, reached after the warmup
+    weight_decay: float = 0.05
+    momentum: float = 0.9  # SGD only
+    schedule: str = "cosine"  # cosine | onecycle | constant, stepped every optimizer step
+    warmup_epochs: float = 1.0  # linear warmup from lr/100
+    min_lr: float = 1e-6
+
+
+@dataclass
+class TrainConfig:
+    amp: bool = True  # mixed precision on CUDA: bf16 where supported, fp16 + GradScaler otherwise
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the model
+    accum_steps: int = 1  # gradient accumulation: micro-batches per optimizer step
+    clip_grad: float = 0.0  # max gradient norm; 0 = off
+    label_smoothing: float = 0.0
+    ema: bool = False  # keep an exponential moving average of the weights (validated, checkpointed)
+    ema_decay: float = 0.999
+    mixup: float = 0.0  # mixup alpha; 0 = off
+    cutmix: float = 0.0  # cutmix alpha; 0 = off
+    class_weights: bool = False  # weight the loss by inverse class frequency
+    sampler: str = "random"  # random | weighted (inverse class frequency sampling)
+    early_stop: int = 0  # stop after this many epochs without improvement; 0 = off
+    recovery_every: int = 50  # save a recovery checkpoint every N optimizer steps; 0 = off
+    log_every: int = 10  # steps between progress-bar updates of the loss
+
+
+@dataclass
+class ImagesConfig:
+    preprocess: List[str] = field(default_factory=list)  # ben_graham, crop_black, clahe, equalize, grayscale
+    cache: bool = True  # pre-resize once into <data.root>/../cache and train from it
+
+
+@dataclass
+class AugConfig:
+    train: List[Any] = field(default_factory=list)  # albumentations transforms: {name: ..., args...}
+    valid: List[Any] = field(default_factory=list)
+    tta: List[str] = field(default_factory=lambda: ["identity", "hflip"])  # views averaged at predict
+
+
+@dataclass
+class PredictConfig:
+    ensemble: str = "mean_prob"  # mean_prob | mean_logit
+    thresholds: bool = True  # ordinal metrics (qwk): cut-points tuned on out-of-fold predictions
+
+
+@dataclass
+class Config:
+    seed: int = 42
+    out_dir: str = "runs/demo"  # where fold folders, folds.csv and predictions go
+    epochs: int = 10
+    batch_size: int = 64
+    image_size: int = 32  # square side the images are resized to
+    num_workers: int = 2  # DataLoader worker processes
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    metric: str = "accuracy"  # the competition metric: accuracy | f1_macro | f1_weighted | qwk | auc | ...
+    data: DataConfig = field(default_factory=DataConfig)
+    folds: FoldsConfig = field(default_factory=FoldsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+
+
+def _explain(err: OmegaConfBaseException, where: str) -> str:
+    """One line naming the dotted key and what was wrong with it."""
+    key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
+    msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if "not in struct" in msg or "Key '" in msg and "not in" in msg:
+        return f"unknown config key '{key}' {where}"
+    return f"bad value for config key '{key}' {where}: {msg}"
+
+
+def _check_values(cfg: Any) -> None:
+    """Reject values that type-check but cannot work, naming the key."""
+    checks = [
+        ("epochs", cfg.epochs >= 1, "must be >= 1"),
+        ("batch_size", cfg.batch_size >= 1, "must be >= 1"),
+        ("image_size", cfg.image_size >= 8, "must be >= 8"),
+        ("num_workers", cfg.num_workers >= 0, "must be >= 0"),
+        ("folds.n_folds", cfg.folds.n_folds >= 2, "must be >= 2"),
+        ("optim.lr", cfg.optim.lr > 0, "must be > 0"),
+        ("optim.name", cfg.optim.name in ("adamw", "sgd"), "must be adamw or sgd"),
+        ("optim.schedule", cfg.optim.schedule in ("cosine", "onecycle", "constant"),
+         "must be cosine, onecycle or constant"),
+        ("train.accum_steps", cfg.train.accum_steps >= 1, "must be >= 1"),
+        ("train.sampler", cfg.train.sampler in ("random", "weighted"), "must be random or weighted"),
+        ("model.in_chans", cfg.model.in_chans in (1, 3), "must be 1 or 3"),
+        ("data.layout", cfg.data.layout in ("csv", "folders"), "must be csv or folders"),
+        ("predict.ensemble", cfg.predict.ensemble in ("mean_prob", "mean_logit"),
+         "must be mean_prob or mean_logit"),
+    ]
+    for key, ok, why in checks:
+        if not ok:
+            value = OmegaConf.select(cfg, key)
+            raise UserError(f"bad value for config key '{key}': {value!r} {why}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
+    """Build the config: schema defaults, then the YAML at `path` (default configs/demo.yaml), then
+    `KEY=VALUE` overrides with dotted keys. Returns a read-only OmegaConf object typed by `Config`.
+
+    Raises:
+        UserError: the file is missing or not YAML, a key is unknown, a value has the wrong type or an
+            impossible value, or an override is not of the form KEY=VALUE.
+    """
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    base = OmegaConf.structured(Config)
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as e:  # yaml.YAMLError and friends: report the first line only
+        raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(loaded, DictConfig):
+        raise UserError(f"config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
+    try:
+        cfg = OmegaConf.merge(base, loaded)
+    except OmegaConfBaseException as e:
+        raise UserError(_explain(e, f"in {path}")) from None
+    for item in overrides or []:
+        if "=" not in item or item.startswith("="):
+            raise UserError(f"override '{item}' is not of the form KEY=VALUE (e.g. epochs=3)")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as e:
+            raise UserError(_explain(e, f"in override '{item}'")) from None
+    _check_values(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def resolve_path(cfg: Any, value: str) -> Path:
+    """A path from the config: absolute as given, relative paths taken from the repo root so scripts
+    behave the same from any working directory."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
+def to_yaml(cfg: Any) -> str:
+    """The resolved config as YAML, the form saved next to every run."""
+    return OmegaConf.to_yaml(cfg)
+
+
+def config_hash(cfg: Any, keys: tuple[str, ...] = ("data", "folds", "model", "image_size", "images")) -> str:
+    """A short hash of the config sections that decide what a checkpoint means (model, data, folds).
+    Resuming or predicting with a different hash is refused; other keys (epochs, logging) may change."""
+    picked = {k: OmegaConf.to_container(OmegaConf.select(cfg, k), resolve=True)
+              if OmegaConf.is_config(OmegaConf.select(cfg, k)) else OmegaConf.select(cfg, k) for k in keys}
+    return hashlib.sha256(repr(sorted(picked.items())).encode()).hexdigest()[:12]

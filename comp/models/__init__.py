@@ -1,0 +1,24 @@
+"""Models: the kit's own ResNets and any timm model behind one `create_model`."""
+
+from comp.models.factory import (
+    create_model,
+    list_models,
+    load_pretrained,
+    param_groups,
+    read_state_dict,
+    set_backbone_trainable,
+)
+from comp.models.resnet import RESNETS, BasicBlock, Bottleneck, ResNet
+
+__all__ = [
+    "RESNETS",
+    "BasicBlock",
+    "Bottleneck",
+    "ResNet",
+    "create_model",
+    "list_models",
+    "load_pretrained",
+    "param_groups",
+    "read_state_dict",
+    "set_backbone_trainable",
+]

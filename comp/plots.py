@@ -1,0 +1,56 @@
+"""Figures of a fold (training curves, confusion matrix) and of several experiments side by side.
+matplotlib with the Agg backend: files only, no display needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from comp.metrics import confusion  # noqa: E402
+
+
+def curves(history: pd.DataFrame, metric: str, path: Path, title: str = "") -> None:
+    """Train/valid loss and the metric per epoch, in two panels."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(history["epoch"], history["train_loss"], label="train")
+    a.plot(history["epoch"], history["valid_loss"], label="valid")
+    a.set(xlabel="epoch", ylabel="loss", title="loss")
+    a.legend()
+    b.plot(history["epoch"], history[metric], color="C2")
+    b.set(xlabel="epoch", ylabel=metric, title=f"valid {metric}")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def confusion_figure(y: np.ndarray, pred: np.ndarray, classes: list[str], path: Path, title: str = "") -> None:
+    """Confusion matrix normalised by true class (rows sum to 1), counts in each cell."""
+    norm = confusion(y, pred, len(classes), normalize="true")
+    counts = confusion(y, pred, len(classes))
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(classes), 1 + 0.6 * len(classes)))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{norm[i, j]:.2f}\n({counts[i, j]})", ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
+           xlabel="predicted", ylabel="true", title=title or "confusion (normalised by true class)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def fold_figures(fold_dir: Path, classes: list[str], metric: str) -> None:
+    """curves.png from metrics.csv and confusion.png from oof.csv of one fold folder."""
+    history = pd.read_csv(fold_dir / "metrics.csv")
+    curves(history, metric, fold_dir / "curves.png", title=fold_dir.name)
+    oof = pd.read_csv(fold_dir / "oof.csv")
+    probs = oof[[c for c in oof.columns if c.startswith("prob_")]].to_numpy()
+    confusion_figure(oof["label"].to_numpy(), probs.argmax(1), classes, fold_dir / "confusion.png", fold_dir.name)

@@ -1,0 +1,18 @@
+#!/usr/bin/env python
+"""Get the data ready: download it when data.root is empty (or build the demo), check every label and
+image, and write the folds once to <out_dir>/folds.csv."""
+
+import _common  # noqa: F401
+
+from comp.cli import main, parser
+from comp.prepare import prepare
+
+
+def run(args):
+    from comp.config import load_config
+
+    prepare(load_config(args.config, args.overrides))
+
+
+if __name__ == "__main__":
+    main(run, parser(__doc__))

@@ -25,7 +25,9 @@ demo: setup
 	mkdir -p submissions
 	$(BIN)/python scripts/predict.py --config $(CONFIG) > submissions/demo.csv.tmp && mv submissions/demo.csv.tmp submissions/demo.csv
 	$(BIN)/python scripts/report.py --config $(CONFIG)
-	@echo "submission: submissions/demo.csv   runs: runs/demo/fold*/ (metrics.csv, oof.csv, curves.png, confusion.png)"
+	$(BIN)/python scripts/submit.py --config $(CONFIG) --dry-run submissions/demo.csv -m "make demo"
+	@echo "submission: submissions/demo.csv (validated)   runs: runs/demo/fold*/ (metrics.csv, oof.csv, curves.png, confusion.png)"
+	@echo "to submit it (a real competition's config): $(BIN)/python scripts/submit.py --config $(CONFIG) submissions/demo.csv -m \"MESSAGE\""
 
 test: setup
 	$(BIN)/python -m pytest -q

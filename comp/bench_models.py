@@ -108,6 +108,5 @@ def bench_model_step(
 
 
 if __name__ == "__main__":  # python -m comp.bench_models: a quick look, the benchmark script does more
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    for row in bench_model_step():
-        print(f"{row['name']:<10} kit {row['kit_ips']:8.1f} img/s  timm {row['timm_ips']:8.1f} img/s  ratio {row['ratio']:.3f}")
+    for r in bench_model_step():
+        print(f"{r['name']:<10} kit {r['kit_ips']:7.1f} img/s  timm {r['timm_ips']:7.1f} img/s  ratio {r['ratio']:.3f}")

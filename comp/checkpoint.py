@@ -4,11 +4,18 @@
 A training checkpoint holds everything a resumed run needs to continue exactly: model, EMA, optimizer,
 scheduler, scaler, epoch, position within the epoch, best score, history, and every RNG state. The
 data order and augmentation are functions of (seed, epoch, position) (comp.dataset), so the position is
-all that is saved of the loader.
+all that is saved of the loader. The resolved config rides along, so a resume can say which settings
+changed (`check_resume`) and refuse the ones that would change what the weights mean.
+
+Keys: format_version, model, ema, optimizer, scheduler, scaler, epoch (in progress, or next when step is
+0), step (optimizer steps of that epoch done), partial (that epoch's running loss sums), best,
+bad_epochs, history (the metrics.csv rows), rng (one state per DDP rank), world_size, config,
+config_hash, model_name, num_classes, in_chans, classes, fold, metric, eval_weights ("ema" or "model").
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from pathlib import Path
@@ -16,10 +23,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
+from comp.config import HASHED_KEYS, config_hash
 from comp.errors import UserError
 
-FORMAT_VERSION = 1  # bump when the dict's layout changes; older files are refused with a message
+FORMAT_VERSION = 1  # bump when the dict's layout changes; files from a newer kit are refused
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
@@ -119,3 +128,56 @@ def newest(paths: list[Path]) -> tuple[Path, dict[str, Any]] | None:
         if best is None or key > best[0]:
             best = (key, p, ckpt)
     return None if best is None else (best[1], best[2])
+
+
+def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """A short sha256 of a state dict's names, dtypes, shapes and bytes: equal digests, equal weights
+    bit for bit (how DDP ranks check that they agree)."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name} {t.dtype} {tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resume(ckpt: dict[str, Any], path: Path, cfg: Any, world_size: int) -> dict[str, tuple[Any, Any]]:
+    """May the run of checkpoint `ckpt` go on under `cfg`? Returns the settings that changed,
+    {dotted key: (checkpoint's value, now)}: epochs, logging, lr... are free to change.
+
+    Raises:
+        UserError: the model, data, image or fold settings differ (the config hash: the weights would
+            mean something else), another optimizer, or a mid-epoch checkpoint with another batch shape
+            or process count (its position in the epoch is counted in batches).
+    """
+    old = _flat(ckpt["config"]) if isinstance(ckpt.get("config"), dict) else {}
+    now = _flat(OmegaConf.to_container(cfg, resolve=True))
+    changes = {k: (old.get(k), now.get(k)) for k in sorted(set(old) | set(now)) if old and old.get(k) != now.get(k)}
+    if ckpt.get("config_hash") != config_hash(cfg):
+        hashed = [k for k in changes if any(k == h or k.startswith(h + ".") for h in HASHED_KEYS)]
+        what = ", ".join(f"{k} {changes[k][0]!r} -> {changes[k][1]!r}" for k in hashed)
+        raise UserError(f"--resume: {path} was trained with another model, data or fold setting "
+                        f"({what or 'config hash ' + str(ckpt.get('config_hash'))}); "
+                        f"resume with the same settings, or set another out_dir")
+    if "optim.name" in changes:
+        a, b = changes["optim.name"]
+        raise UserError(f"--resume: {path} holds {a} optimizer state; optim.name={b} cannot continue it")
+    if ckpt.get("step", 0) > 0:
+        for key in ("batch_size", "train.accum_steps"):
+            if key in changes:
+                raise UserError(f"--resume: {path} stopped mid-epoch with {key}={changes[key][0]}; resume with "
+                                f"that (it may change at an epoch boundary, from last.pt)")
+        if ckpt.get("world_size", 1) != world_size:
+            raise UserError(f"--resume: {path} stopped mid-epoch with {ckpt.get('world_size', 1)} processes; "
+                            f"resume with the same --nproc_per_node")
+    return changes

@@ -1,16 +1,25 @@
 """A competition download → one table for training (id, path, label, group) and one for test (id, path).
 
-Two layout families cover the competitions this kit targets:
+Two layout families cover the competitions this kit targets (the download read as it comes):
 - `csv`: a labels CSV plus image folders, files named `<id><image_ext>` (APTOS 2019, DR 2015, the demo);
 - `folders`: one sub-folder per class under each training folder (chest X-ray, C-NMC 2019).
-Labels become integers 0..C-1 in the order of `classes`; `label_values` keeps the competition's own
-spelling of each class so the submission is written in its encoding.
+The test table comes from `data.test_csv`, else the sample submission, else the images under
+`data.test_images` (by class sub-folder when there are some: a labelled held-out set, as in chest X-ray).
+
+Folder entries are globs, matched shallowest first. macOS archive debris (`__MACOSX/`, `._*` files) is
+skipped, and a byte-identical copy of an image already found (the chest X-ray zip holds its tree twice,
+`chest_xray/` and `chest_xray/chest_xray/`) is dropped; two different images with one id are an error.
+
+Labels become integers 0..C-1 in the order of `data.classes`; `label_values` keeps the competition's
+own spelling of each class (`data.class_values`, else the names) so the submission is written in its
+encoding. A label in a CSV may be spelt either way.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +28,16 @@ import pandas as pd
 from comp.config import resolve_path
 from comp.errors import UserError
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+@dataclass
+class Problem:
+    """One unusable image: kind is missing | empty | truncated | corrupt."""
+
+    kind: str
+    path: str
+    detail: str = ""
 
 
 @dataclass
@@ -29,6 +47,7 @@ class Competition:
     classes: list[str]  # class names, index = label
     label_values: list[Any]  # the competition's own value for each class (int or str)
     root: Path
+    problems: list[Problem] = field(default_factory=list)  # ids without an image (load_competition(strict=False))
 
     @property
     def num_classes(self) -> int:
@@ -54,69 +73,133 @@ def _group_of(ids: pd.Series, pattern: str) -> pd.Series:
     """The patient of each id from `data.group_pattern` (first regex group); the id itself if no pattern."""
     if not pattern:
         return ids.astype(str)
-    rx = re.compile(pattern)
+    try:
+        rx = re.compile(pattern)
+    except re.error as e:
+        raise UserError(f"bad value for config key 'data.group_pattern': {pattern!r} is not a regex ({e})") from None
 
     def one(i: str) -> str:
         m = rx.search(i)
-        return m.group(1) if m else i
+        return m.group(1) if m and rx.groups and m.group(1) is not None else (m.group(0) if m else i)
 
     return ids.astype(str).map(one)
 
 
-def _encode_labels(raw: pd.Series, classes: list[str], where: Path) -> tuple[pd.Series, list[str], list[Any]]:
-    """Map raw label strings to 0..C-1. With configured `classes`, a label outside them is an error
-    naming its row; without, the sorted distinct labels (numerically when they are all integers)."""
-    blank = raw.str.strip() == ""
+def _as_value(v: str) -> Any:
+    return int(v) if v.lstrip("-").isdigit() else v
+
+
+def _encode_labels(raw: pd.Series, classes: list[str], class_values: list[str],
+                   where: Callable[[int], str]) -> tuple[pd.Series, list[str], list[Any]]:
+    """Map raw label strings to 0..C-1. With configured `classes`, a label that is neither a class name
+    nor its value is an error naming its place (`where(i)` for row i); without, the sorted distinct
+    labels (numerically when they are all integers)."""
+    values = raw.astype(str).str.strip()
+    blank = values == ""
     if blank.any():
-        row = int(blank.idxmax()) + 2  # +1 header, +1 one-based
-        raise UserError(f"{where}: row {row} has a blank label")
-    values = raw.str.strip()
+        raise UserError(f"{where(int(blank.to_numpy().argmax()))} has a blank label")
     if classes:
         names = [str(c) for c in classes]
     else:
         uniq = values.unique().tolist()
         names = sorted(uniq, key=int) if all(u.lstrip("-").isdigit() for u in uniq) else sorted(uniq)
-    index = {n: i for i, n in enumerate(names)}
+    spelt = [str(v) for v in class_values] or names
+    index = {str(v): i for i, v in enumerate(spelt)}
+    index.update({n: i for i, n in enumerate(names)})  # a class name wins over another class's value
     bad = ~values.isin(index)
     if bad.any():
-        row = int(bad.idxmax()) + 2
-        raise UserError(f"{where}: row {row} has label {values[bad].iloc[0]!r}, not one of the classes {names}")
-    label_values = [int(n) if n.lstrip("-").isdigit() else n for n in names]
-    return values.map(index).astype(int), names, label_values
+        i = int(bad.to_numpy().argmax())
+        raise UserError(f"{where(i)} has label {values.iloc[i]!r}, not one of the classes {names}"
+                        + (f" (or their values {spelt})" if spelt != names else ""))
+    return values.map(index).astype(int), names, [_as_value(v) for v in spelt]
 
 
-def _find_files(root: Path, folders: list[str], ids: pd.Series, ext: str, what: Path) -> pd.Series:
-    """Path of `<id><ext>` in the first of `folders` holding it; all missing ids in one error."""
-    dirs = [d for pattern in folders for d in sorted(root.glob(pattern)) if d.is_dir()]
+def _folders(root: Path, patterns: list[str]) -> list[tuple[int, Path]]:
+    """(pattern index, folder) for the existing folders matching the globs, each pattern's matches
+    shallowest first, without macOS debris."""
+    out: list[tuple[int, Path]] = []
+    for k, pattern in enumerate(patterns):
+        found = [d for d in root.glob(pattern) if d.is_dir() and "__MACOSX" not in d.relative_to(root).parts]
+        out += [(k, d) for d in sorted(found, key=lambda p: (len(p.parts), str(p)))]
+    return out
+
+
+def _image_files(d: Path) -> list[Path]:
+    return sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
+
+
+def _find_files(root: Path, patterns: list[str], ids: pd.Series, ext: str, what: Path, key: str,
+                problems: list[Problem] | None) -> pd.Series:
+    """Path of each id's file `<id><ext>` (or `<id>` when the id already ends with `ext`) in the first
+    of the folders holding it. Ids without a file: one error listing them, or `Problem`s when collecting."""
+    dirs = _folders(root, patterns)
     if not dirs:
-        raise UserError(f"image folder not found: {root / folders[0]} (data.train_images / data.test_images)")
+        raise UserError(f"image folder not found: {root / patterns[0]} (data.{key})")
     found: dict[str, Path] = {}
-    for d in dirs:
+    for _, d in dirs:
         for p in d.iterdir():
-            if p.suffix.lower() == ext.lower():
-                found.setdefault(p.stem, p)
-    paths = ids.map(lambda i: found.get(i))
-    missing = ids[paths.isna()]
-    if len(missing):
-        shown = ", ".join(f"{d / (i + ext)}" for i in missing.head(3) for d in dirs[:1])
-        raise UserError(f"{len(missing)} id(s) in {what} have no image file, e.g. {shown}")
-    return paths.map(str)
+            found.setdefault(p.name, p)
+    names = ids.map(lambda i: i if i.lower().endswith(ext.lower()) else i + ext)
+    paths = names.map(found.get)
+    missing = paths.isna()
+    if missing.any():
+        listed = [(str(dirs[0][1] / n), i) for n, i in zip(names[missing], ids[missing], strict=True)]
+        if problems is None:
+            shown = ", ".join(p for p, _ in listed[:3])
+            raise UserError(f"{len(listed)} id(s) in {what} have no image file in data.{key}, e.g. {shown}")
+        problems += [Problem("missing", p, f"id {i!r} in {what.name}") for p, i in listed]
+    return paths.map(lambda p: str(p) if p is not None else "")
 
 
-def _scan_class_folders(root: Path, folders: list[str]) -> pd.DataFrame:
-    """(id, path, label_name) for every image under <folder>/<class>/ for each folder glob."""
-    rows = []
-    for pattern in folders:
-        for d in sorted(root.glob(pattern)):
-            for cls_dir in sorted(p for p in d.iterdir() if p.is_dir()):
-                for f in sorted(cls_dir.iterdir()):
-                    if f.suffix.lower() in IMAGE_EXTS:
-                        rows.append((f.stem, str(f), cls_dir.name))
-    return pd.DataFrame(rows, columns=["id", "path", "label"])
+def _scan(root: Path, patterns: list[str], labelled: bool) -> pd.DataFrame:
+    """(id, path, label) for every image under the folders: in their class sub-folders when `labelled`
+    (label = the sub-folder's name), else directly in them (label ""). A second copy of one file is
+    dropped: the same relative path under another match of the same glob (a tree unzipped twice), or
+    the same bytes count and class anywhere else; any other repeated id is an error."""
+    rows: dict[str, tuple[str, str, str]] = {}
+    seen: dict[str, tuple[int, str]] = {}  # id -> (pattern index, path relative to its matched folder)
+    for k, d in _folders(root, patterns):
+        subs = [p for p in sorted(d.iterdir()) if p.is_dir() and not p.name.startswith((".", "__MACOSX"))]
+        for sub in (subs if labelled else []) or [d]:
+            label = sub.name if sub is not d else ""
+            for f in _image_files(sub):
+                rel = str(f.relative_to(d))
+                if f.stem not in rows:
+                    rows[f.stem], seen[f.stem] = (f.stem, str(f), label), (k, rel)
+                    continue
+                first = rows[f.stem]
+                copy = seen[f.stem] == (k, rel) or (
+                    first[2] == label and Path(first[1]).stat().st_size == f.stat().st_size)
+                if not copy:
+                    raise UserError(f"image id {f.stem!r} appears twice under {root}: {first[1]} and {f}")
+    return pd.DataFrame(list(rows.values()), columns=["id", "path", "label"])
 
 
-def load_competition(cfg: Any) -> Competition:
+def _load_test(cfg: Any, root: Path, classes: list[str], problems: list[Problem] | None) -> pd.DataFrame:
+    d = cfg.data
+    csv = d.test_csv or d.sample_submission
+    if csv:
+        ids = read_csv(root / csv, [d.id_column])[d.id_column].str.strip()
+        test = pd.DataFrame({"id": ids})
+        test["path"] = _find_files(root, list(d.test_images), ids, d.image_ext, root / csv, "test_images",
+                                   problems) if len(ids) else []
+        return test[test["path"] != ""].reset_index(drop=True)
+    if not _folders(root, list(d.test_images)):
+        return pd.DataFrame({"id": pd.Series([], dtype=str), "path": pd.Series([], dtype=str)})
+    test = _scan(root, list(d.test_images), labelled=d.layout == "folders")
+    if (test["label"] != "").all() and len(test):  # a labelled held-out set (chest X-ray): keep its answers
+        test["label"] = _encode_labels(test["label"], classes, list(d.class_values),
+                                       lambda i: f"test image {test['path'].iloc[i]}")[0]
+        return test.reset_index(drop=True)
+    return test[["id", "path"]].reset_index(drop=True)
+
+
+def load_competition(cfg: Any, strict: bool = True) -> Competition:
     """Read the download at `data.root` as the config describes it.
+
+    Args:
+        strict: raise on the first id without an image. With False they are collected in
+            `Competition.problems` and their rows dropped, so prepare can list every problem at once.
 
     Raises:
         UserError: a file, column, label or image is missing or wrong; the message names it.
@@ -125,38 +208,32 @@ def load_competition(cfg: Any) -> Competition:
     root = resolve_path(cfg, d.root)
     if not root.is_dir():
         raise UserError(f"data.root does not exist: {root} (run scripts/prepare.py to download it)")
+    problems: list[Problem] | None = None if strict else []
+    classes_cfg, values_cfg = [str(c) for c in d.classes], [str(v) for v in d.class_values]
     if d.layout == "csv":
         train_csv = root / d.train_csv
         df = read_csv(train_csv, [d.id_column, d.label_column])
         ids = df[d.id_column].str.strip()
         dup = ids.duplicated()
         if dup.any():
-            raise UserError(f"{train_csv}: id {ids[dup].iloc[0]!r} appears more than once (row {int(dup.idxmax()) + 2})")
-        labels, classes, values = _encode_labels(df[d.label_column], list(d.classes), train_csv)
+            raise UserError(f"{train_csv}: id {ids[dup].iloc[0]!r} appears more than once "
+                            f"(row {int(dup.idxmax()) + 2})")
+        labels, classes, values = _encode_labels(df[d.label_column], classes_cfg, values_cfg,
+                                                 lambda i: f"{train_csv}: row {i + 2}")
         train = pd.DataFrame({"id": ids, "label": labels})
-        train["path"] = _find_files(root, list(d.train_images), train["id"], d.image_ext, train_csv)
-        if d.test_csv:
-            test_ids = read_csv(root / d.test_csv, [d.id_column])[d.id_column].str.strip()
-        elif d.sample_submission:
-            test_ids = read_csv(root / d.sample_submission, [d.id_column])[d.id_column].str.strip()
-        else:
-            test_ids = pd.Series([], dtype=str)
-        test = pd.DataFrame({"id": test_ids})
-        test["path"] = _find_files(root, list(d.test_images), test["id"], d.image_ext,
-                                   root / (d.test_csv or d.sample_submission)) if len(test) else []
+        train["path"] = _find_files(root, list(d.train_images), ids, d.image_ext, train_csv, "train_images", problems)
+        train = train[train["path"] != ""]
     else:
-        scanned = _scan_class_folders(root, list(d.train_images))
+        if not _folders(root, list(d.train_images)):
+            raise UserError(f"image folder not found: {root / d.train_images[0]} (data.train_images)")
+        scanned = _scan(root, list(d.train_images), labelled=True)
         if scanned.empty:
-            raise UserError(f"no images in class folders under {root}/{list(d.train_images)}")
-        labels, classes, values = _encode_labels(scanned["label"], list(d.classes), root)
+            raise UserError(f"no images in class folders under {root}/{list(d.train_images)} (data.train_images)")
+        labels, classes, values = _encode_labels(scanned["label"], classes_cfg, values_cfg,
+                                                 lambda i: f"class folder of {scanned['path'].iloc[i]}")
         train = scanned.assign(label=labels)
-        test = _scan_class_folders(root, list(d.test_images))
-        if not test.empty:  # a labelled held-out folder (chest X-ray): keep its labels for scoring
-            test["label"] = _encode_labels(test["label"], classes, root)[0]
-    dup = train["id"].duplicated()
-    if dup.any():
-        raise UserError(f"image id {train['id'][dup].iloc[0]!r} appears twice under {root}")
+    test = _load_test(cfg, root, classes, problems)
     train["group"] = _group_of(train["id"], d.group_pattern)
     cols = ["id", "path", "label", "group"]
-    return Competition(train=train[cols].reset_index(drop=True), test=test.reset_index(drop=True),
-                       classes=classes, label_values=values, root=root)
+    return Competition(train=train[cols].reset_index(drop=True), test=test, classes=classes,
+                       label_values=values, root=root, problems=problems or [])

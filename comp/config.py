@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -30,22 +31,27 @@ class DataConfig:
     dataset: str = ""  # Kaggle dataset slug (owner/name) when source=dataset
     layout: str = "csv"  # csv: a label CSV + an image folder; folders: one sub-folder per class
     train_csv: str = "train.csv"  # csv layout: the labels file, relative to root
-    test_csv: str = ""  # csv layout: test ids; empty = take them from the sample submission
+    test_csv: str = ""  # CSV listing the test ids (any layout); empty = the sample submission's ids, or
+    # with neither, every image under test_images (in class sub-folders: a labelled held-out set)
     sample_submission: str = "sample_submission.csv"  # relative to root; empty when there is none
     id_column: str = "id"  # column of the image id in the CSVs
     label_column: str = "label"  # column of the label in train_csv (and the submission)
-    train_images: List[str] = field(default_factory=lambda: ["train"])  # folders (globs) of training images
+    train_images: List[str] = field(default_factory=lambda: ["train"])  # folders (globs, `**` ok) of training
+    # images; a doubly-unzipped copy and __MACOSX/ debris are skipped
     test_images: List[str] = field(default_factory=lambda: ["test"])  # folders (globs) of test images
-    image_ext: str = ".png"  # extension appended to an id to find its file (csv layout)
+    image_ext: str = ".png"  # extension appended to a CSV id to find its file (unless the id ends with it)
     classes: List[str] = field(default_factory=list)  # class names in label order; empty = sorted labels
+    class_values: List[str] = field(default_factory=list)  # the competition's value of each class (same order
+    # as classes) in its CSVs and submission, e.g. classes [hem, all] + class_values [0, 1]; empty = the names
     group_pattern: str = ""  # regex on the image id; its first group is the patient (folds keep it whole)
-    solution_csv: str = ""  # held-out labels (id, label) to score a submission locally, if known
+    solution_csv: str = ""  # held-out labels (id_column, label_column) to score a submission locally, if known
 
 
 @dataclass
 class FoldsConfig:
     n_folds: int = 5  # K of the K-fold split; folds.csv is written once and reused
     grouped: bool = True  # StratifiedGroupKFold when data.group_pattern is set
+    seed: int = 42  # seed of the split, apart from `seed` so a seed ensemble trains on the same folds
 
 
 @dataclass
@@ -79,6 +85,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     ema: bool = False  # keep an exponential moving average of the weights (validated, checkpointed)
     ema_decay: float = 0.999
+    ema_warmup: bool = True  # EMA decay ramps up over the first steps (timm's), so a short run's EMA is usable
     mixup: float = 0.0  # mixup alpha; 0 = off
     cutmix: float = 0.0  # cutmix alpha; 0 = off
     class_weights: bool = False  # weight the loss by inverse class frequency
@@ -90,8 +97,12 @@ class TrainConfig:
 
 @dataclass
 class ImagesConfig:
-    preprocess: List[str] = field(default_factory=list)  # ben_graham, crop_black, clahe, equalize, grayscale
-    cache: bool = True  # pre-resize once into <data.root>/../cache and train from it
+    preprocess: List[str] = field(default_factory=list)  # crop_black, crop_circle, ben_graham, clahe, equalize,
+    # grayscale: crops run on the decoded image, the rest in list order after the resize (comp/preprocess.py)
+    cache: bool = True  # prepare.py writes every image once, preprocessed and resized; training reads it
+    cache_dir: str = ""  # the cache's parent folder; empty = <parent of data.root>/cache (set it when data.root
+    # is read-only, e.g. /kaggle/working/cache); each setting gets its own <root name>-<size>px-<hash> folder
+    cache_format: str = "png"  # png: lossless, ~3x smaller than raw | npy: raw arrays, fastest to read
 
 
 @dataclass
@@ -103,8 +114,11 @@ class AugConfig:
 
 @dataclass
 class PredictConfig:
-    ensemble: str = "mean_prob"  # mean_prob | mean_logit
-    thresholds: bool = True  # ordinal metrics (qwk): cut-points tuned on out-of-fold predictions
+    ensemble: str = "mean_prob"  # mean_prob | mean_logit: average probabilities, or logits then softmax
+    fold_weights: str = "equal"  # equal | cv: weight each fold by its best validation score (best.pt)
+    thresholds: bool = True  # metric=qwk: decode the expected grade with cut-points tuned on the OOF
+    output: str = "auto"  # auto | label | prob: labels, or probabilities (auto: per-class sample columns, or auc)
+    submissions_dir: str = "submissions"  # scripts/submit.py keeps each submitted CSV and index.csv here
 
 
 @dataclass
@@ -127,9 +141,11 @@ class Config:
     predict: PredictConfig = field(default_factory=PredictConfig)
 
 
-def _explain(err: OmegaConfBaseException, where: str) -> str:
+def _explain(err: Exception, where: str) -> str:
     """One line naming the dotted key and what was wrong with it."""
-    key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
+    key = getattr(err, "full_key", None) or getattr(err, "key", None)
+    if not key:  # a plain TypeError: name the override or file it came from
+        return f"bad config value {where}: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
     msg = str(err).splitlines()[0] if str(err) else type(err).__name__
     if "not in struct" in msg or "Key '" in msg and "not in" in msg:
         return f"unknown config key '{key}' {where}"
@@ -150,10 +166,26 @@ def _check_values(cfg: Any) -> None:
          "must be cosine, onecycle or constant"),
         ("train.accum_steps", cfg.train.accum_steps >= 1, "must be >= 1"),
         ("train.sampler", cfg.train.sampler in ("random", "weighted"), "must be random or weighted"),
+        ("optim.warmup_epochs", cfg.optim.warmup_epochs >= 0, "must be >= 0"),
+        ("optim.min_lr", 0 <= cfg.optim.min_lr <= cfg.optim.lr, "must be between 0 and optim.lr"),
+        ("optim.weight_decay", cfg.optim.weight_decay >= 0, "must be >= 0"),
+        ("train.ema_decay", 0 <= cfg.train.ema_decay < 1, "must be in [0, 1)"),
+        ("train.label_smoothing", 0 <= cfg.train.label_smoothing < 1, "must be in [0, 1)"),
+        ("train.clip_grad", cfg.train.clip_grad >= 0, "must be >= 0 (0 = off)"),
+        ("train.mixup", cfg.train.mixup >= 0, "must be >= 0 (0 = off)"),
+        ("train.cutmix", cfg.train.cutmix >= 0, "must be >= 0 (0 = off)"),
+        ("train.early_stop", cfg.train.early_stop >= 0, "must be >= 0 (0 = off)"),
+        ("train.recovery_every", cfg.train.recovery_every >= 0, "must be >= 0 (0 = off)"),
+        ("train.log_every", cfg.train.log_every >= 1, "must be >= 1"),
         ("model.in_chans", cfg.model.in_chans in (1, 3), "must be 1 or 3"),
         ("data.layout", cfg.data.layout in ("csv", "folders"), "must be csv or folders"),
+        ("data.class_values", not cfg.data.class_values or len(cfg.data.class_values) == len(cfg.data.classes),
+         "must name one value per entry of data.classes"),
+        ("images.cache_format", cfg.images.cache_format in ("png", "npy"), "must be png or npy"),
         ("predict.ensemble", cfg.predict.ensemble in ("mean_prob", "mean_logit"),
          "must be mean_prob or mean_logit"),
+        ("predict.fold_weights", cfg.predict.fold_weights in ("equal", "cv"), "must be equal or cv"),
+        ("predict.output", cfg.predict.output in ("auto", "label", "prob"), "must be auto, label or prob"),
     ]
     for key, ok, why in checks:
         if not ok:
@@ -181,14 +213,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise UserError(f"config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
     try:
         cfg = OmegaConf.merge(base, loaded)
-    except OmegaConfBaseException as e:
+    except (OmegaConfBaseException, TypeError, ValueError, yaml.YAMLError) as e:  # TypeError: a list where a mapping belongs
         raise UserError(_explain(e, f"in {path}")) from None
     for item in overrides or []:
         if "=" not in item or item.startswith("="):
             raise UserError(f"override '{item}' is not of the form KEY=VALUE (e.g. epochs=3)")
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
-        except OmegaConfBaseException as e:
+        except (OmegaConfBaseException, TypeError, ValueError, yaml.YAMLError) as e:
             raise UserError(_explain(e, f"in override '{item}'")) from None
     _check_values(cfg)
     OmegaConf.set_readonly(cfg, True)
@@ -207,9 +239,19 @@ def to_yaml(cfg: Any) -> str:
     return OmegaConf.to_yaml(cfg)
 
 
-def config_hash(cfg: Any, keys: tuple[str, ...] = ("data", "folds", "model", "image_size", "images")) -> str:
-    """A short hash of the config sections that decide what a checkpoint means (model, data, folds).
+# What a checkpoint's weights mean: the architecture, its input, the classes, and the images and folds it
+# was trained on. Paths (data.root, cache location), download settings and the training recipe are left out,
+# so the same folds can be predicted from a Kaggle notebook's /kaggle/input or resumed with more epochs.
+HASHED_KEYS = ("model.name", "model.in_chans", "image_size", "images.preprocess", "data.layout", "data.train_csv",
+               "data.id_column", "data.label_column", "data.train_images", "data.classes", "data.class_values",
+               "data.group_pattern", "folds")
+
+
+def config_hash(cfg: Any, keys: tuple[str, ...] = HASHED_KEYS) -> str:
+    """A short hash of the config keys that decide what a checkpoint means (HASHED_KEYS).
     Resuming or predicting with a different hash is refused; other keys (epochs, logging) may change."""
-    picked = {k: OmegaConf.to_container(OmegaConf.select(cfg, k), resolve=True)
-              if OmegaConf.is_config(OmegaConf.select(cfg, k)) else OmegaConf.select(cfg, k) for k in keys}
+    picked = {}
+    for k in keys:
+        v = OmegaConf.select(cfg, k)
+        picked[k] = OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
     return hashlib.sha256(repr(sorted(picked.items())).encode()).hexdigest()[:12]

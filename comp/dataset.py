@@ -11,8 +11,9 @@ device.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,7 +83,7 @@ class EpochSampler(Sampler):
         positions = np.arange(len(order))
         keep = positions % world_size == rank
         self.items = [(int(i), (seed * 1_000_003 + epoch) * 10_000_019 + int(p) & 0x7FFFFFFF)
-                      for i, p in zip(order[keep], positions[keep])][start:]
+                      for i, p in zip(order[keep], positions[keep], strict=True)][start:]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         return iter(self.items)

@@ -1,4 +1,5 @@
-"""Getting the data: the embedded demo competition, or a Kaggle download through the real CLI.
+"""Getting the data: the embedded demo competition, or a Kaggle download through the real CLI
+(`kaggle competitions download` / `kaggle datasets download`), unzipped, made atomic by a rename.
 
 The demo is scikit-learn's bundled handwritten digits (1,797 real 8x8 scans, 10 classes), laid out
 exactly like a Kaggle download: train.csv (id,label), train/<id>.png, test/<id>.png,
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from comp import kaggle_cli
 from comp.config import resolve_path
 from comp.errors import UserError
+from comp.log import log
 
 DEMO_TEST_SHARE = 0.2  # a fifth of the digits is the held-out "leaderboard" test set
 
@@ -50,29 +52,59 @@ def make_demo(root: Path) -> None:
 
 
 def kaggle_download(cfg: Any, root: Path) -> None:
-    """`kaggle competitions download -c <slug>` (or `kaggle datasets download <owner/name>`) into `root`,
-    then unzip. Needs the Kaggle CLI and credentials (~/.kaggle/kaggle.json or KAGGLE_USERNAME/KEY)."""
+    """`kaggle competitions download -c <slug>` (or `kaggle datasets download <owner/name>`), unzipped,
+    then renamed to `root`. Everything happens in a temporary folder beside `root`, so a failed or
+    interrupted download leaves nothing half-made: `root` appears complete or not at all.
+
+    Raises:
+        UserError: no slug configured, the CLI missing or failing (its message, credentials included,
+            in one line), a corrupt archive, or a download with no files.
+    """
     d = cfg.data
     if d.source == "dataset":
         if not d.dataset:
             raise UserError("data.source=dataset needs data.dataset (owner/name of the Kaggle dataset)")
-        cmd = ["kaggle", "datasets", "download", d.dataset, "-p", str(root)]
-    else:
+        args = ["datasets", "download", d.dataset]
+    elif d.source == "competition":
         if not d.competition:
             raise UserError("data.competition is empty: name the Kaggle competition to download")
-        cmd = ["kaggle", "competitions", "download", "-c", d.competition, "-p", str(root)]
-    exe = shutil.which("kaggle")
-    if exe is None:
-        raise UserError("the kaggle CLI is not installed or not on PATH (pip install kaggle)")
-    root.mkdir(parents=True, exist_ok=True)
-    res = subprocess.run([exe, *cmd[1:]], capture_output=True, text=True)
-    if res.returncode != 0:
-        msg = (res.stderr.strip() or res.stdout.strip() or f"exit code {res.returncode}").splitlines()
-        raise UserError(f"{' '.join(cmd)} failed: {msg[-1] if msg else ''}")
-    for z in sorted(root.glob("*.zip")):
-        with zipfile.ZipFile(z) as zf:
-            zf.extractall(root)
-        z.unlink()
+        args = ["competitions", "download", "-c", d.competition]
+    else:
+        raise UserError(f"bad value for config key 'data.source': {d.source!r}; choose competition, dataset or demo")
+    kaggle_cli.executable()  # fail before making anything when there is no CLI
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.with_name(f".{root.name}.download")  # a leftover of a killed run is cleared first
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        log(f"downloading: {kaggle_cli.describe(args)} into {root}")
+        kaggle_cli.run([*args, "-p", str(tmp)], stream=True)
+        unzip_all(tmp)
+        if not any(tmp.iterdir()):
+            raise UserError(f"{kaggle_cli.describe(args)} downloaded no files")
+        if root.is_dir():
+            root.rmdir()  # ensure_data only downloads into an empty or absent root
+        os.replace(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def unzip_all(folder: Path, depth: int = 3) -> None:
+    """Extract every .zip under `folder` where it lies and delete it; archives inside archives (Kaggle
+    ships train.zip inside the competition zip) too, up to `depth` levels."""
+    for _ in range(depth):
+        archives = sorted(folder.rglob("*.zip"))
+        if not archives:
+            return
+        for z in archives:
+            try:
+                with zipfile.ZipFile(z) as zf:
+                    zf.extractall(z.parent)  # zipfile drops absolute and ".." parts of member names
+            except zipfile.BadZipFile:
+                raise UserError(f"downloaded archive {z.name} is corrupt (not a zip file); "
+                                "run prepare.py again") from None
+            z.unlink()
 
 
 def ensure_data(cfg: Any) -> Path:

@@ -3,10 +3,13 @@
 Stratified by label, and grouped by patient when the config names a group, so the two eyes of one
 patient (DR 2015) or the images of one subject (C-NMC) never sit on both sides of a split. Every later
 run reads the same file; a changed dataset or fold setting is refused instead of silently re-split.
+The settings the split was made with (n_folds, seed, grouping) are kept beside it in `folds.json`; a
+folds.csv without one (written by hand, e.g. a competition's official split) is taken as it is.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -24,8 +27,11 @@ def split(train: pd.DataFrame, n_folds: int, seed: int, grouped: bool) -> pd.Ser
         raise UserError(f"folds.n_folds={n_folds} but the rarest class has only {smallest} image(s); "
                         f"lower folds.n_folds")
     fold = pd.Series(-1, index=train.index, dtype=int)
-    use_groups = grouped and train["group"].nunique() < len(train)
-    if use_groups:
+    if grouped:
+        n_groups = int(train["group"].nunique())
+        if n_groups < n_folds:
+            raise UserError(f"folds.n_folds={n_folds} but data.group_pattern finds only {n_groups} patient(s); "
+                            f"lower folds.n_folds")
         splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         parts = splitter.split(train, train["label"], groups=train["group"])
     else:
@@ -40,32 +46,65 @@ def folds_path(out_dir: Path) -> Path:
     return out_dir / "folds.csv"
 
 
+def settings(cfg: Any) -> dict[str, Any]:
+    """What decides the split (kept in folds.json)."""
+    grouped = bool(cfg.folds.grouped and cfg.data.group_pattern)
+    return {"n_folds": int(cfg.folds.n_folds), "seed": int(cfg.folds.seed), "grouped": grouped,
+            "group_pattern": cfg.data.group_pattern if grouped else ""}
+
+
+def _write_atomic(text: str, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _check(path: Path, folds: pd.DataFrame, train: pd.DataFrame, want: dict[str, Any]) -> None:
+    """Refuse folds.csv when the data or the settings differ from those it was made with."""
+    redo = "delete it (and folds.json) or use another out_dir to re-split"
+    if len(folds) != len(train) or set(folds["id"]) != set(train["id"]):
+        raise UserError(f"{path} was made from a different set of images ({len(folds)} rows, data has "
+                        f"{len(train)}); {redo}")
+    merged = train[["id", "label", "group"]].merge(folds[["id", "label", "group"]], on="id", suffixes=("", "_f"))
+    changed = merged["label"] != merged["label_f"]
+    if changed.any():
+        raise UserError(f"{path}: the label of {merged.loc[changed, 'id'].iloc[0]!r} changed since the folds "
+                        f"were made; {redo}")
+    if folds["fold"].nunique() != want["n_folds"]:
+        raise UserError(f"{path} has {folds['fold'].nunique()} folds but folds.n_folds={want['n_folds']}; {redo}")
+    meta_path = path.with_name("folds.json")
+    if not meta_path.is_file():
+        return  # a hand-made split: trusted as it is
+    made = json.loads(meta_path.read_text())
+    for key in ("n_folds", "seed", "grouped", "group_pattern"):
+        if made.get(key) != want[key]:
+            name = {"n_folds": "folds.n_folds", "seed": "folds.seed", "grouped": "folds.grouped",
+                    "group_pattern": "data.group_pattern"}[key]
+            raise UserError(f"{path} was made with {name}={made.get(key)!r}, the config now says {want[key]!r}; {redo}")
+    if want["grouped"] and (merged["group"] != merged["group_f"]).any():
+        bad = merged.loc[merged["group"] != merged["group_f"], "id"].iloc[0]
+        raise UserError(f"{path}: the patient of {bad!r} changed since the folds were made; {redo}")
+
+
 def load_or_make_folds(cfg: Any, train: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
     """The fold table for this experiment: read from `out_dir/folds.csv` when it exists (and still
-    matches the data and settings), else made and written atomically.
+    matches the data and settings), else made and written atomically (folds.json first, then
+    folds.csv, whose existence marks a finished split).
 
     Raises:
         UserError: folds.csv exists but was made from other images, labels or fold settings.
     """
     path = folds_path(out_dir)
-    n, seed = cfg.folds.n_folds, cfg.seed
+    want = settings(cfg)
     if path.exists():
         folds = pd.read_csv(path, dtype={"id": str, "group": str}, keep_default_na=False)
-        same_rows = len(folds) == len(train) and set(folds["id"]) == set(train["id"])
-        if not same_rows:
-            raise UserError(f"{path} was made from a different set of images ({len(folds)} rows, data has "
-                            f"{len(train)}); delete it or use another out_dir to re-split")
-        merged = train[["id", "label"]].merge(folds[["id", "label"]], on="id", suffixes=("", "_f"))
-        if (merged["label"] != merged["label_f"]).any():
-            bad = merged.loc[merged["label"] != merged["label_f"], "id"].iloc[0]
-            raise UserError(f"{path}: the label of {bad!r} changed since the folds were made; delete it to re-split")
-        if folds["fold"].nunique() != n:
-            raise UserError(f"{path} has {folds['fold'].nunique()} folds but folds.n_folds={n}; "
-                            f"delete it or use another out_dir to re-split")
+        _check(path, folds, train, want)
         return train.merge(folds[["id", "fold"]], on="id")
-    out = train.assign(fold=split(train, n, seed, cfg.folds.grouped))
+    joins = train["group"].nunique() < len(train)  # a pattern that joins no images: plain StratifiedKFold
+    out = train.assign(fold=split(train, want["n_folds"], want["seed"], want["grouped"] and joins))
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".csv.tmp")
+    _write_atomic(json.dumps(want, indent=1) + "\n", path.with_name("folds.json"))
+    tmp = path.with_name(f".{path.name}.tmp")
     out[["id", "label", "group", "fold"]].to_csv(tmp, index=False)
     os.replace(tmp, path)
     return out

@@ -2,7 +2,15 @@
 
 OpenCV decodes (it is several times faster than PIL on JPEG and PNG), JPEGs much larger than the
 target are decoded at 1/2, 1/4 or 1/8 scale straight from the DCT coefficients (IMREAD_REDUCED_*),
-and whatever the file holds (grayscale, RGBA, palette, 16-bit) comes out as (H, W, 3) uint8 RGB.
+and whatever the file holds (grayscale, RGBA, palette, 16-bit, float TIFF, CMYK JPEG, BMP) comes out
+as (H, W, 3) uint8 RGB. EXIF orientation is ignored on every path, so the reduced and the full decode
+of a file agree (and PIL, which ignores it too).
+
+A file that cannot be used raises `ImageError` with its `kind`: missing, empty, truncated or corrupt.
+OpenCV decodes a JPEG cut short without complaint (the missing rows come out grey), so truncation is
+checked from the file's tail before decoding: a JPEG must end with its EOI marker, a PNG with IEND, a
+BMP must be as long as its header says. A file failing that check is confirmed with PIL, which reads
+the whole stream, so a file with harmless trailing bytes after its end marker still loads.
 """
 
 from __future__ import annotations
@@ -15,8 +23,21 @@ import numpy as np
 from comp.errors import UserError
 
 cv2.setNumThreads(1)  # the DataLoader workers are the parallelism; OpenCV threads would fight them
+if hasattr(cv2, "utils") and hasattr(cv2.utils, "logging"):  # bad files are reported by ImageError instead
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 _REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
+_TAIL = 1024  # bytes read from a file's end to find its end marker
+
+
+class ImageError(UserError):
+    """An image file that cannot be used; `kind` is missing | empty | truncated | corrupt."""
+
+    def __init__(self, kind: str, path: Path, detail: str = ""):
+        what = {"missing": "image file not found", "empty": "image file is empty (0 bytes)",
+                "truncated": "image file is truncated", "corrupt": "cannot decode image file"}[kind]
+        super().__init__(f"{what}: {path}" + (f" ({detail})" if detail else ""))
+        self.kind, self.path, self.detail = kind, Path(path), detail
 
 
 def _jpeg_size(path: Path) -> tuple[int, int] | None:
@@ -39,18 +60,36 @@ def _jpeg_size(path: Path) -> tuple[int, int] | None:
     return None
 
 
+def looks_complete(path: Path, size: int) -> bool | None:
+    """Whether the file ends where its format says it ends: False when cut short, None when the
+    format has no end marker we know (TIFF, WebP, ...)."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+        f.seek(max(0, size - _TAIL))
+        tail = f.read()
+    if head[:2] == b"\xff\xd8":  # JPEG: the EOI marker; entropy-coded data never holds FF D9
+        return b"\xff\xd9" in tail
+    if head[:4] == b"\x89PNG":
+        return b"IEND" in tail
+    if head[:2] == b"BM":
+        declared = int.from_bytes(head[2:6], "little")  # bfSize; some writers leave it 0
+        return None if declared == 0 else size >= declared
+    return None
+
+
 def to_rgb_uint8(img: np.ndarray) -> np.ndarray:
-    """Any array cv2.imread(IMREAD_UNCHANGED) returns → (H, W, 3) uint8 RGB."""
+    """Any array cv2.imread(IMREAD_UNCHANGED) returns (BGR order) → (H, W, 3) uint8 RGB."""
     if img.dtype == np.uint16:  # 16-bit PNG/TIFF: keep the top 8 bits of the full range
         img = (img >> 8).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    elif img.dtype != np.uint8:  # float or 32-bit TIFF: stretch its range to 0..255
+        img = cv2.normalize(img.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
     if img.ndim == 2:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    if img.shape[2] == 4:  # RGBA: composite on black, as the image would show on a dark background
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    if img.shape[2] == 1:
-        return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2RGB)
+    if img.shape[2] == 4:  # BGRA: composite on black, as the image shows on a dark background
+        alpha = img[:, :, 3:4].astype(np.uint16)
+        img = ((img[:, :, :3] * alpha + 127) // 255).astype(np.uint8)
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
@@ -60,44 +99,51 @@ def read_image(path: str | Path, target: int | None = None) -> np.ndarray:
     full-size fundus photographs.
 
     Raises:
-        UserError: the file is missing, empty, or not a decodable image.
+        ImageError: the file is missing, empty, truncated, or not a decodable image.
     """
     path = Path(path)
     try:
         size = path.stat().st_size
     except OSError:
-        raise UserError(f"image file not found: {path}") from None
+        raise ImageError("missing", path) from None
     if size == 0:
-        raise UserError(f"image file is empty (0 bytes): {path}")
+        raise ImageError("empty", path)
+    complete = looks_complete(path, size)
+    if complete is False:  # cut short, or trailing bytes after the end: let PIL decide
+        return _read_with_pil(path, complete)
     img = None
     if target:
         wh = _jpeg_size(path) if path.suffix.lower() in (".jpg", ".jpeg") else None
         if wh:
             for factor, flag in _REDUCED:
                 if min(wh) // factor >= target:
-                    img = cv2.imread(str(path), flag)  # BGR, already 3 channels
+                    img = cv2.imread(str(path), flag | cv2.IMREAD_IGNORE_ORIENTATION)  # BGR, 3 channels
                     if img is not None:
                         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
                     break
     if img is None:
-        raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)  # never applies EXIF orientation
         if raw is None:
-            raw = _read_with_pil(path)
+            return _read_with_pil(path, complete)
         img = to_rgb_uint8(raw)
     return img
 
 
-def _read_with_pil(path: Path) -> np.ndarray:
-    """Fallback for what OpenCV cannot open (CMYK JPEG variants, some palette files). PIL verifies the
-    whole stream, so a truncated file fails here rather than training on half an image."""
+def _read_with_pil(path: Path, complete: bool | None) -> np.ndarray:
+    """Fallback for what OpenCV cannot open (some CMYK JPEG and palette variants) and the judge of files
+    whose tail looked wrong (`complete` False): PIL reads the whole stream and fails on a truncated one.
+    A failure is 'truncated' when the tail said so (or, for formats without an end marker, PIL does)."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
             im.load()
-            return np.asarray(im.convert("RGB"))[:, :, ::-1].copy()  # to BGR like cv2
+            return np.asarray(im.convert("RGB")).copy()
     except Exception as e:
-        raise UserError(f"cannot decode image file {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        cut = complete is False or (complete is None and "truncat" in msg.lower())
+        kind = "truncated" if cut else "corrupt"
+        raise ImageError(kind, path, msg) from None
 
 
 def resize(img: np.ndarray, size: int) -> np.ndarray:
@@ -109,5 +155,6 @@ def resize(img: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_image(path: str | Path, size: int) -> np.ndarray:
-    """Decode and resize to (size, size, 3) uint8 RGB: what the cache stores and the Dataset yields."""
+    """Decode and resize to (size, size, 3) uint8 RGB, with no preprocessing."""
     return resize(read_image(path, target=size), size)
+

@@ -6,7 +6,8 @@ competition's metric (`metric` in the config) picks the best checkpoint and is t
 
 from __future__ import annotations
 
-from typing import Callable
+import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -16,14 +17,16 @@ from comp.errors import UserError
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float:
-    if len(np.unique(y)) < 2:
-        return float("nan")  # undefined on a single class (a tiny validation fold)
+    """ROC-AUC: of the positive class (binary), else one-vs-rest macro average (scikit-learn's
+    multi_class='ovr'). A class absent from `y` (a small validation fold) has no AUC of its own: the
+    average is then over the classes present; NaN when fewer than two are."""
+    present = np.unique(y)
+    if len(present) < 2:
+        return float("nan")
     if p.shape[1] == 2:
         return float(skm.roc_auc_score(y, p[:, 1]))
-    present = np.unique(y)
-    if len(present) < p.shape[1]:  # one-vs-rest over the classes present, renormalised
-        q = p[:, present] / p[:, present].sum(1, keepdims=True)
-        return float(skm.roc_auc_score(np.searchsorted(present, y), q, multi_class="ovr"))
+    if len(present) < p.shape[1]:
+        return float(np.mean([skm.roc_auc_score(y == c, p[:, c]) for c in present]))
     return float(skm.roc_auc_score(y, p, multi_class="ovr"))
 
 
@@ -44,15 +47,22 @@ def check_metric(name: str) -> str:
 
 
 def score_all(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """Every metric at once (the columns of metrics.csv)."""
-    return {name: fn(y, probs) for name, fn in METRICS.items()}
+    """Every metric at once (the columns of metrics.csv). Quiet: scikit-learn's warnings about a class
+    never predicted (early epochs) or an undefined kappa would repeat every epoch."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {name: fn(y, probs) for name, fn in METRICS.items()}
 
 
 def classification_report(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> pd.DataFrame:
     """Per-class precision, recall, F1 and support, as a DataFrame indexed by class name."""
     rep = skm.classification_report(y, pred, labels=range(len(classes)), target_names=classes,
                                     output_dict=True, zero_division=0)
-    return pd.DataFrame(rep).T
+    table = pd.DataFrame(rep).T
+    if "accuracy" in table.index:  # scikit-learn repeats the accuracy in every column of its row
+        table.loc["accuracy", ["precision", "recall"]] = np.nan
+        table.loc["accuracy", "support"] = len(y)
+    return table.astype({"support": int})
 
 
 def confusion(y: np.ndarray, pred: np.ndarray, num_classes: int, normalize: str | None = None) -> np.ndarray:

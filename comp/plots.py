@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from comp.metrics import confusion  # noqa: E402
 
@@ -24,6 +25,8 @@ def curves(history: pd.DataFrame, metric: str, path: Path, title: str = "") -> N
     a.legend()
     b.plot(history["epoch"], history[metric], color="C2")
     b.set(xlabel="epoch", ylabel=metric, title=f"valid {metric}")
+    for ax in (a, b):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -54,3 +57,27 @@ def fold_figures(fold_dir: Path, classes: list[str], metric: str) -> None:
     oof = pd.read_csv(fold_dir / "oof.csv")
     probs = oof[[c for c in oof.columns if c.startswith("prob_")]].to_numpy()
     confusion_figure(oof["label"].to_numpy(), probs.argmax(1), classes, fold_dir / "confusion.png", fold_dir.name)
+
+
+def compare_figure(runs: dict[str, list[pd.DataFrame]], metric: str, path: Path, title: str = "") -> None:
+    """Several experiments' curves on the same axes (e.g. with vs without pretraining): loss (solid
+    valid, dashed train) and the valid metric per epoch, each the mean over the experiment's folds with
+    the range of the folds shaded."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (label, histories) in enumerate(runs.items()):
+        color = f"C{i}"
+        for ax, column, style in ((a, "valid_loss", "-"), (a, "train_loss", "--"), (b, metric, "-")):
+            table = pd.concat([h.set_index("epoch")[column] for h in histories], axis=1)  # (epochs, folds)
+            mean = table.mean(axis=1)
+            ax.plot(mean.index, mean, style, color=color, label=label if style == "-" else None)
+            if table.shape[1] > 1 and style == "-":
+                ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=color, alpha=0.15)
+    a.set(xlabel="epoch", ylabel="loss", title="loss (solid: valid, dashed: train)")
+    b.set(xlabel="epoch", ylabel=metric, title=f"valid {metric} (mean over folds, range shaded)")
+    for ax in (a, b):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

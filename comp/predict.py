@@ -1,16 +1,21 @@
 """Test predictions: every trained fold × every TTA view → one (N, C) probability array.
 
-Each fold's `best.pt` is loaded with weights_only=True and must match the config's model and data
-(the config hash saved in it). TTA views are exact flips/rotations of the batch on the device; the
-views and folds are averaged as probabilities (default) or as logits.
+Each fold's `best.pt` is loaded with weights_only=True, with the weights it was validated with (the EMA
+when training kept one), and must match the config's model, data and image settings (the config hash
+saved in it) and the competition's classes. TTA views are exact flips/rotations of the batch on the
+device, so a view costs one forward pass and no decoding. Views are averaged within a fold, folds
+across the ensemble (equal weights, or each fold's validation score with predict.fold_weights=cv), as
+probabilities (default) or as logits then softmax (predict.ensemble=mean_logit).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
@@ -21,6 +26,7 @@ from comp.competition import Competition
 from comp.config import config_hash, resolve_path
 from comp.dataset import ImageDataset, make_loader, to_input
 from comp.errors import UserError
+from comp.log import log
 from comp.models import create_model
 
 
@@ -43,6 +49,15 @@ def tta_view(x: torch.Tensor, view: str) -> torch.Tensor:
     raise UserError(f"aug.tta: unknown view {view!r}")
 
 
+def pick_device(name: str) -> torch.device:
+    """The `device` config value: auto = the first GPU when there is one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"bad value for config key 'device': {name!r} but no CUDA device is available")
+    return torch.device(name)
+
+
 def trained_folds(cfg: Any) -> list[Path]:
     """The `best.pt` of every fold folder of the experiment, in fold order."""
     out = resolve_path(cfg, cfg.out_dir)
@@ -53,50 +68,131 @@ def trained_folds(cfg: Any) -> list[Path]:
     return found
 
 
-def load_fold_model(path: Path, cfg: Any, device: torch.device) -> torch.nn.Module:
-    """The model of one fold checkpoint with the weights it was validated with (EMA when kept)."""
+def load_fold(path: Path, cfg: Any, classes: list[str] | None = None,
+              expect_hash: str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model of one fold checkpoint with the weights it was validated with, on the CPU in eval mode,
+    and the checkpoint's metadata (everything but the weights).
+
+    Args:
+        expect_hash: the config hash the fold must carry; default that of `cfg` (the offline package
+            passes the hash of the config it shipped, before data.root was pointed elsewhere).
+    """
     ck = ckpt_io.load(path)
-    if ck.get("config_hash") != config_hash(cfg):
+    want = expect_hash or config_hash(cfg)
+    if ck.get("config_hash") != want:
         raise UserError(f"{path} was trained with a different model, data or image setting than this config "
-                        f"(hash {ck.get('config_hash')} != {config_hash(cfg)})")
+                        f"(hash {ck.get('config_hash')} != {want})")
+    if classes is not None and ck.get("classes") is not None and list(ck["classes"]) != list(classes):
+        raise UserError(f"{path} predicts the classes {list(ck['classes'])} but the data has {list(classes)}")
+    use_ema = ck.get("eval_weights") == "ema"
+    if use_ema and ck.get("ema") is None:
+        raise UserError(f"{path} was validated with EMA weights but holds none; the file is incomplete")
     model = create_model(ck["model_name"], ck["num_classes"], in_chans=ck["in_chans"])
-    weights = ck["ema"] if ck.get("eval_weights") == "ema" and ck.get("ema") is not None else ck["model"]
-    model.load_state_dict(weights)
-    return model.to(device).eval()
+    try:
+        model.load_state_dict(ck["ema"] if use_ema else ck["model"])
+    except RuntimeError as e:
+        raise UserError(f"{path}: weights do not fit {ck['model_name']}: {str(e).splitlines()[0]}") from None
+    meta = {k: v for k, v in ck.items() if k not in ("model", "ema", "optimizer", "scheduler", "scaler", "rng")}
+    return model.eval(), meta
+
+
+def fold_weight(meta: dict[str, Any], how: str, path: Path) -> float:
+    """The weight of a fold in the ensemble: 1, or its best validation score (predict.fold_weights=cv)."""
+    if how == "equal":
+        return 1.0
+    best = meta.get("best")
+    if best is None or not np.isfinite(best) or best <= 0:
+        raise UserError(f"predict.fold_weights=cv: {path} has no positive validation score ({best!r}); "
+                        f"use predict.fold_weights=equal")
+    return float(best)
+
+
+def amp_dtype_for(device: torch.device, amp: bool) -> torch.dtype | None:
+    """bf16 where the GPU has it, fp16 otherwise (inference needs no loss scaling); none on the CPU."""
+    if device.type != "cuda" or not amp:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 @torch.no_grad()
-def fold_probs(model: torch.nn.Module, loader: Any, cfg: Any, device: torch.device, views: list[str],
-               amp_dtype: torch.dtype | None, desc: str) -> np.ndarray:
-    """(views, N, C) probabilities (or logits with predict.ensemble=mean_logit) for one fold."""
-    outs: list[list[torch.Tensor]] = [[] for _ in views]
+def fold_outputs(model: torch.nn.Module, loader: Any, cfg: Any, device: torch.device, views: list[str],
+                 amp_dtype: torch.dtype | None, desc: str) -> torch.Tensor:
+    """(N, C) mean over the TTA views of one fold: probabilities, or logits with ensemble=mean_logit."""
+    logit_mean = cfg.predict.ensemble == "mean_logit"
+    outs = []
     for xb, _ in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
-        x = to_input(xb, device, cfg.model.in_chans, cfg.train.channels_last)
-        for v, view in enumerate(views):
+        x = to_input(xb, device, cfg.model.in_chans, cfg.train.channels_last)  # (B, C, H, W) normalised
+        acc = None
+        for view in views:
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(tta_view(x, view)).float()
-            outs[v].append(logits if cfg.predict.ensemble == "mean_logit" else logits.softmax(1))
-    return torch.stack([torch.cat(o) for o in outs]).cpu().numpy()
+                logits = model(tta_view(x, view)).float()  # (B, classes)
+            out = logits if logit_mean else logits.softmax(1)
+            acc = out if acc is None else acc + out
+        outs.append((acc / len(views)).cpu())
+    return torch.cat(outs)
 
 
-def predict_test(cfg: Any, comp: Competition, device: torch.device | None = None) -> np.ndarray:
-    """(N_test, C) class probabilities averaged over every trained fold and TTA view."""
+def predict_test(cfg: Any, comp: Competition, device: torch.device | None = None, paths: list[Path] | None = None,
+                 expect_hash: str | None = None) -> np.ndarray:
+    """(N_test, C) class probabilities in `comp.test` order, averaged over the TTA views and the folds.
+
+    Args:
+        paths: the fold checkpoints to ensemble; default every `<out_dir>/fold*/best.pt`.
+        expect_hash: see `load_fold`.
+    """
     if len(comp.test) == 0:
         raise UserError(f"no test images found for {cfg.data.root} (data.test_images / data.sample_submission)")
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    amp_dtype = torch.bfloat16 if device.type == "cuda" and cfg.train.amp else None
+    device = device or pick_device(cfg.device)
+    amp_dtype = amp_dtype_for(device, cfg.train.amp)
     views = check_tta(cfg.aug.tta)
     dataset = ImageDataset(comp.test["path"].tolist(), None, cfg.image_size,
                            build_transform(cfg.aug.valid, "aug.valid"), load=image_loader(cfg, comp))
     loader = make_loader(dataset, cfg.batch_size, None, cfg.num_workers, pin_memory=device.type == "cuda")
-    per_fold = []
-    for path in trained_folds(cfg):
-        model = load_fold_model(path, cfg, device)
+    total, weight_sum = None, 0.0
+    for path in paths or trained_folds(cfg):
+        model, meta = load_fold(path, cfg, comp.classes, expect_hash)
+        model = model.to(device)
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        per_fold.append(fold_probs(model, loader, cfg, device, views, amp_dtype, desc=f"predict {path.parent.name}"))
-    stacked = np.stack(per_fold)  # (folds, views, N, C)
-    mean = stacked.mean(axis=(0, 1))
+        w = fold_weight(meta, cfg.predict.fold_weights, path)
+        out = fold_outputs(model, loader, cfg, device, views, amp_dtype, desc=f"predict {path.parent.name}")
+        total = w * out.double() if total is None else total + w * out.double()
+        weight_sum += w
+        best = meta.get("best")
+        shown = f"{best:.4f}" if isinstance(best, (int, float)) else "?"
+        log(f"{path.parent.name}: validation {meta.get('metric', 'score')} {shown}, weight {w:.4g}, "
+            f"{len(views)} TTA view(s)")
+    mean = total / weight_sum
     if cfg.predict.ensemble == "mean_logit":
-        mean = torch.softmax(torch.from_numpy(mean), 1).numpy()
-    return mean
+        mean = mean.softmax(1)
+    return mean.float().numpy()
+
+
+def check_probs_path(path: str | Path) -> Path:
+    """A --save-probs path that can be written: a .csv or .npy in an existing folder (checked before
+    predicting, so a typo costs no inference)."""
+    path = Path(path)
+    if path.suffix not in (".csv", ".npy"):
+        raise UserError(f"--save-probs {path}: name a .csv or .npy file")
+    if not path.parent.is_dir():
+        raise UserError(f"--save-probs {path}: folder {path.parent} does not exist")
+    return path
+
+
+def save_probs(path: Path, ids: list[str], probs: np.ndarray, classes: list[str]) -> None:
+    """The raw test probabilities for later blending, written atomically: `.csv` as `id,prob_<class>...`
+    (the columns of oof.csv), `.npy` as the bare (N, C) float32 array; rows in the submission's order."""
+    path = check_probs_path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        if path.suffix == ".npy":
+            with open(tmp, "wb") as f:
+                np.save(f, probs.astype(np.float32))
+        else:
+            df = pd.DataFrame(probs, columns=[f"prob_{c}" for c in classes])
+            df.insert(0, "id", ids)
+            df.to_csv(tmp, index=False, lineterminator="\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"--save-probs: could not write {path}: {e.strerror or e}") from None

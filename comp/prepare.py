@@ -1,38 +1,77 @@
-"""scripts/prepare.py's work: data present and readable, folds written."""
+"""scripts/prepare.py's work: data present, every image checked (and cached), folds written.
+
+All the problems of a download are reported at once, by kind (missing, empty, truncated, corrupt),
+in one `error:` line naming the files, with the complete list in `<out_dir>/image_problems.csv`; the
+folds are written only when every image can be used.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
+import pandas as pd
 
-from comp.competition import load_competition
+from comp.cache import cache_folder, process_images
+from comp.competition import Problem, load_competition
 from comp.config import resolve_path
 from comp.download import ensure_data
 from comp.errors import UserError
-from comp.log import log
 from comp.folds import load_or_make_folds
-from comp.images import read_image
+from comp.log import log
+from comp.preprocess import check_steps
+
+KINDS = {"missing": "no image file", "empty": "empty (0 bytes)", "truncated": "truncated", "corrupt": "corrupt"}
+SHOWN = 10  # files named per kind on the error line; the rest are in image_problems.csv
 
 
-def check_images(paths: list[str]) -> None:
-    """Decode every image once; all failures in one error listing them with a count."""
-    bad = []
-    for p in tqdm(paths, desc="check images", leave=False, dynamic_ncols=True):
+def problems_message(problems: list[Problem], total: int, root: Path, report: Path | None) -> str:
+    """One line: the count of each kind, then the files of each (relative to data.root)."""
+
+    def rel(p: str) -> str:
         try:
-            read_image(p)
-        except UserError as e:
-            bad.append(str(e))
-    if bad:
-        shown = "; ".join(bad[:5]) + (f"; ... and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise UserError(f"{len(bad)} of {len(paths)} images cannot be used: {shown}")
+            return str(Path(p).relative_to(root))
+        except ValueError:
+            return p
+
+    counts = {k: [q for q in problems if q.kind == k] for k in KINDS}
+    head = ", ".join(f"{len(v)} {KINDS[k]}" for k, v in counts.items() if v)
+    parts = []
+    for k, items in counts.items():
+        if items:
+            names = ", ".join(rel(q.path) + (f" [{q.detail}]" if q.kind == "missing" and q.detail else "")
+                              for q in items[:SHOWN])
+            more = f" and {len(items) - SHOWN} more" if len(items) > SHOWN else ""
+            parts.append(f"{KINDS[k]}: {names}{more}")
+    where = f"; full list in {report}" if report is not None else ""
+    return f"{len(problems)} of {total} images cannot be used ({head}) under {root}: {'; '.join(parts)}{where}"
 
 
-def prepare(cfg: Any) -> None:
+def prepare(cfg: Any, workers: int | None = None) -> None:
+    """Download if absent, check every image (building the cache when `images.cache`), write the folds.
+
+    Raises:
+        UserError: bad config or CSV, or any unusable image (all of them listed in one message).
+    """
+    check_steps(cfg.images.preprocess)
     root = ensure_data(cfg)
-    comp = load_competition(cfg)
-    check_images(comp.train["path"].tolist() + comp.test["path"].tolist())
-    folds = load_or_make_folds(cfg, comp.train, resolve_path(cfg, cfg.out_dir))
+    comp = load_competition(cfg, strict=False)
+    paths = comp.train["path"].tolist() + comp.test["path"].tolist()
+    problems = comp.problems + process_images(cfg, comp.root, paths, workers)
+    out_dir = resolve_path(cfg, cfg.out_dir)
+    if problems:
+        report = out_dir / "image_problems.csv"
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame([vars(q) for q in problems]).to_csv(report, index=False)
+        except OSError:
+            report = None
+        total = len(paths) + sum(q.kind == "missing" for q in comp.problems)
+        raise UserError(problems_message(problems, total, comp.root, report))
+    folds = load_or_make_folds(cfg, comp.train, out_dir)
     counts = folds.groupby("fold").size().tolist()
-    log(f"{root}: {len(comp.train)} training images in {comp.num_classes} classes, "
-               f"{len(comp.test)} test images; folds {counts}")
+    per_class = comp.train["label"].value_counts().sort_index().tolist()
+    log(f"{root}: {len(comp.train)} training images in {comp.num_classes} classes {per_class}, "
+        f"{len(comp.test)} test images; folds {counts} ({out_dir / 'folds.csv'})")
+    if cfg.images.cache:
+        log(f"cache: {cache_folder(cfg)} ({cfg.images.cache_format}, {cfg.image_size}px)")

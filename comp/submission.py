@@ -1,9 +1,20 @@
-"""The submission frame: the sample submission's header, row order, id spelling and label encoding,
-validated before anything is written or submitted."""
+"""The submission: the sample submission's header, row order, id spelling and value encoding, validated
+before anything is written or submitted.
+
+What a row holds follows the sample (predict.output=auto):
+- `label`: one value column, the competition's value of the predicted class (an integer grade or a class
+  name, as in its train CSV), decoded with the kappa cut-points for metric=qwk (comp.thresholds);
+- `class_probs`: one column per class, named by its value or its name: each class's probability;
+- `binary_prob`: one value column holding P(class 1) of a two-class competition scored by AUC.
+Files are read with the csv module, not pandas, so that what is checked is what Kaggle reads: the exact
+header, every field as written, a row with a missing or extra field.
+"""
 
 from __future__ import annotations
 
+import csv
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,128 +25,238 @@ from comp.competition import Competition, read_csv
 from comp.errors import UserError
 from comp.metrics import METRICS
 
+NAN_WORDS = {"nan", "na", "n/a", "null", "none", "inf", "-inf", "+inf", "infinity", "-infinity"}
+
+
+def read_exact(path: Path, what: str = "submission") -> pd.DataFrame:
+    """A CSV as strings, header and fields exactly as written (a UTF-8 BOM and CRLF line ends are
+    accepted, as Kaggle accepts them; blank lines are skipped).
+
+    Raises:
+        UserError: missing, not UTF-8, no header, or a line with more or fewer fields than the header.
+    """
+    if not path.is_file():
+        raise UserError(f"{what} file not found: {path}")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [(i, r) for i, r in enumerate(csv.reader(f), start=1) if r]
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {path} is not UTF-8 text") from None
+    except csv.Error as e:
+        raise UserError(f"{what} {path} is not a readable CSV: {e}") from None
+    if not rows:
+        raise UserError(f"{what} {path} is empty (no header)")
+    header = rows[0][1]
+    for line, r in rows[1:]:
+        if len(r) != len(header):
+            raise UserError(f"{what} {path} line {line} has {len(r)} field(s), the header has {len(header)}")
+    df = pd.DataFrame([r for _, r in rows[1:]], columns=header, dtype=str)
+    df.attrs["lines"] = [line for line, _ in rows[1:]]  # file line of each row, for messages
+    return df
+
 
 def sample_frame(cfg: Any, comp: Competition) -> pd.DataFrame:
-    """The sample submission, or an `id,label` frame over the test images when the data has none
-    (datasets like chest X-ray)."""
+    """The sample submission as strings, or an `id,label` frame over the test images when the data has
+    none (folder datasets like chest X-ray)."""
     if cfg.data.sample_submission:
-        return read_csv(comp.root / cfg.data.sample_submission, [cfg.data.id_column])
+        sample = read_exact(comp.root / cfg.data.sample_submission, "sample submission")
+        if cfg.data.id_column not in sample.columns:
+            raise UserError(f"sample submission {comp.root / cfg.data.sample_submission} has no column "
+                            f"{cfg.data.id_column!r} (data.id_column); its header is {list(sample.columns)}")
+        return sample
     return pd.DataFrame({cfg.data.id_column: comp.test["id"].astype(str), cfg.data.label_column: ""})
 
 
-def build(cfg: Any, comp: Competition, probs: np.ndarray, labels: np.ndarray | None = None) -> pd.DataFrame:
-    """The submission for test probabilities `probs` (N_test, C) in `comp.test` order. `labels` (class
-    indices) overrides argmax, e.g. when kappa thresholds decoded them. When the sample has one column
-    per class, probabilities are written; otherwise the competition's value of each predicted class."""
-    sample = sample_frame(cfg, comp)
-    id_col = cfg.data.id_column
+def class_columns(comp: Competition, columns: list[str], id_col: str) -> list[str] | None:
+    """The sample's probability column of each class, in class order, when it has one per class named
+    by the class values (e.g. 0..4) or by the class names; else None."""
+    cols = [c for c in columns if c != id_col]
+    for names in ([str(v) for v in comp.label_values], [str(c) for c in comp.classes]):
+        if len(cols) == len(names) > 1 and set(cols) == set(names):
+            return names
+    return None
+
+
+def output_mode(cfg: Any, comp: Competition, sample: pd.DataFrame) -> str:
+    """`label`, `class_probs` or `binary_prob`: what this competition's submission holds (module doc)."""
+    cols = [c for c in sample.columns if c != cfg.data.id_column]
+    names = [str(v) for v in comp.label_values]
+    want = cfg.predict.output
+    if class_columns(comp, list(sample.columns), cfg.data.id_column):
+        if want == "label":
+            raise UserError(f"predict.output=label but the sample submission has one column per class {cols}")
+        return "class_probs"
+    if len(cols) != 1:
+        raise UserError(f"the sample submission's columns {cols} are neither one value column nor one column "
+                        f"per class {names}; check data.id_column and data.classes")
+    if want == "prob" or (want == "auto" and cfg.metric == "auc"):
+        if len(names) != 2:
+            raise UserError(f"predict.output={want} with one value column needs two classes, the data has {names}")
+        return "binary_prob"
+    return "label"
+
+
+def sample_order(sample: pd.DataFrame, id_col: str, comp: Competition) -> np.ndarray:
+    """Index into `comp.test` of each sample row."""
     pos = pd.Series(np.arange(len(comp.test)), index=comp.test["id"].astype(str))
     order = sample[id_col].str.strip().map(pos)
     if order.isna().any():
         raise UserError(f"sample submission id {sample[id_col][order.isna()].iloc[0]!r} has no test image")
-    order = order.astype(int).to_numpy()
+    return order.astype(int).to_numpy()
+
+
+def build(cfg: Any, comp: Competition, probs: np.ndarray, labels: np.ndarray | None = None) -> pd.DataFrame:
+    """The submission for test probabilities `probs` (N_test, C) in `comp.test` order: the sample's
+    header, rows and id spelling, its values filled in. `labels` (class indices) override the argmax,
+    e.g. when kappa cut-points decoded them."""
+    sample = sample_frame(cfg, comp)
+    id_col = cfg.data.id_column
+    order = sample_order(sample, id_col, comp)
+    mode = output_mode(cfg, comp, sample)
     out = sample.copy()
-    prob_cols = [c for c in sample.columns if c != id_col]
-    if len(prob_cols) == len(comp.classes) > 1 and set(prob_cols) == {str(c) for c in comp.label_values}:
-        for c, value in enumerate(comp.label_values):
-            out[str(value)] = probs[order, c]
+    if mode == "class_probs":
+        for c, col in enumerate(class_columns(comp, list(sample.columns), id_col)):
+            out[col] = probs[order, c]
+        return out
+    col = next(c for c in sample.columns if c != id_col)
+    if mode == "binary_prob":
+        out[col] = probs[order, 1]
         return out
     pred = (labels if labels is not None else probs.argmax(1))[order]
-    label_col = cfg.data.label_column if cfg.data.label_column in sample.columns else prob_cols[0]
-    out[label_col] = [comp.label_values[i] for i in pred]
+    out[col] = [str(comp.label_values[i]) for i in pred]
     return out
 
 
-def validate(df: pd.DataFrame, sample: pd.DataFrame, id_col: str, allowed: list[Any] | None) -> None:
-    """Refuse a submission Kaggle would reject: header not the sample's, an id missing, duplicated or
-    extra, a NaN, a label outside `allowed` (None: probability columns in [0, 1]).
+def validate(df: pd.DataFrame, sample: pd.DataFrame, id_col: str, mode: str, allowed: list[Any]) -> None:
+    """Refuse a submission Kaggle would reject or score wrongly: a header other than the sample's, an id
+    missing, repeated or unknown, an empty or NaN value, a label outside `allowed` (mode `label`) or a
+    probability outside [0, 1] (the other modes).
 
     Raises:
-        UserError: naming the first problem found.
+        UserError: naming the first problem and its row.
     """
     if list(df.columns) != list(sample.columns):
-        raise UserError(f"submission header {list(df.columns)} is not the sample's {list(sample.columns)}")
-    ids = df[id_col].astype(str).str.strip()
-    want = sample[id_col].astype(str).str.strip()
-    dup = ids[ids.duplicated()]
-    if len(dup):
-        raise UserError(f"submission id {dup.iloc[0]!r} appears more than once")
-    missing = sorted(set(want) - set(ids))
+        raise UserError(f"submission header {list(df.columns)} is not the sample submission's {list(sample.columns)}")
+    lines = df.attrs.get("lines") or list(range(2, len(df) + 2))
+
+    def where(i: int) -> str:
+        return f"submission line {lines[i]}"
+
+    ids = df[id_col].astype(str)
+    empty = ids.str.strip() == ""
+    if empty.any():
+        raise UserError(f"{where(int(np.flatnonzero(empty.to_numpy())[0]))} has an empty {id_col!r}")
+    dup = ids.duplicated()
+    if dup.any():
+        i = int(np.flatnonzero(dup.to_numpy())[0])
+        raise UserError(f"{where(i)}: id {ids.iloc[i]!r} appears more than once")
+    want = set(sample[id_col].astype(str))
+    extra = ~ids.isin(want)
+    if extra.any():
+        i = int(np.flatnonzero(extra.to_numpy())[0])
+        raise UserError(f"{where(i)}: id {ids.iloc[i]!r} is not in the sample submission "
+                        f"({int(extra.sum())} such id(s))")
+    missing = sorted(want - set(ids))
     if missing:
-        raise UserError(f"submission lacks {len(missing)} test id(s), e.g. {missing[0]!r}")
-    extra = sorted(set(ids) - set(want))
-    if extra:
-        raise UserError(f"submission has {len(extra)} id(s) not in the sample submission, e.g. {extra[0]!r}")
+        raise UserError(f"submission lacks {len(missing)} test id(s) of the sample submission, e.g. {missing[0]!r} "
+                        f"({len(df)} rows, the sample has {len(sample)})")
+    allowed_s = {str(a) for a in allowed}
     for col in df.columns:
         if col == id_col:
             continue
-        values = df[col]
-        blank = values.isna() | (values.astype(str).str.strip().isin(["", "nan", "NaN"]))
+        values = df[col].astype(str)
+        stripped = values.str.strip()
+        blank = (stripped == "") | (stripped.str.lower().isin(NAN_WORDS) & ~stripped.isin(allowed_s))
         if blank.any():
-            raise UserError(f"submission row {int(np.flatnonzero(blank.to_numpy())[0]) + 2} has no value in {col!r}")
-        if allowed is not None:
-            ok = values.astype(str).str.strip().isin({str(a) for a in allowed})
+            i = int(np.flatnonzero(blank.to_numpy())[0])
+            raise UserError(f"{where(i)}: {col}={values.iloc[i]!r} is empty or NaN")
+        if mode == "label":
+            ok = values.isin(allowed_s)
             if not ok.all():
                 i = int(np.flatnonzero(~ok.to_numpy())[0])
-                raise UserError(f"submission row {i + 2}: {col}={values.iloc[i]!r} is not one of {list(allowed)}")
+                raise UserError(f"{where(i)}: {col}={values.iloc[i]!r} is not one of the classes {list(allowed)}")
         else:
-            num = pd.to_numeric(values, errors="coerce")
-            bad = num.isna() | (num < 0) | (num > 1)
+            num = pd.to_numeric(stripped, errors="coerce")
+            bad = num.isna() | ~np.isfinite(num) | (num < 0) | (num > 1)
             if bad.any():
                 i = int(np.flatnonzero(bad.to_numpy())[0])
-                raise UserError(f"submission row {i + 2}: {col}={values.iloc[i]!r} is not a probability in [0, 1]")
+                raise UserError(f"{where(i)}: {col}={values.iloc[i]!r} is not a probability in [0, 1]")
 
 
 def check(cfg: Any, comp: Competition, df: pd.DataFrame) -> None:
-    """Validate `df` against this competition's sample submission and label encoding."""
+    """Validate `df` against this competition's sample submission and value encoding."""
     sample = sample_frame(cfg, comp)
-    prob_mode = len(sample.columns) - 1 == len(comp.classes) > 1
-    validate(df, sample, cfg.data.id_column, None if prob_mode else list(comp.label_values))
+    validate(df, sample, cfg.data.id_column, output_mode(cfg, comp, sample), list(comp.label_values))
 
 
 def to_csv_text(df: pd.DataFrame) -> str:
+    """The CSV as Kaggle takes it: the header, one row per line, LF line ends, no index."""
     buf = io.StringIO()
     df.to_csv(buf, index=False, lineterminator="\n")
     return buf.getvalue()
 
 
-def read_submission(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise UserError(f"submission file not found: {path}")
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except Exception as e:
-        raise UserError(f"cannot read submission {path}: {str(e).splitlines()[0]}") from None
+def submission_probs(cfg: Any, comp: Competition, df: pd.DataFrame) -> np.ndarray:
+    """(N, C) probabilities a validated submission stands for (one-hot for labels), in its row order."""
+    sample = sample_frame(cfg, comp)
+    mode = output_mode(cfg, comp, sample)
+    id_col = cfg.data.id_column
+    if mode == "class_probs":
+        return df[class_columns(comp, list(df.columns), id_col)].astype(float).to_numpy()
+    col = next(c for c in df.columns if c != id_col)
+    if mode == "binary_prob":
+        p = df[col].astype(float).to_numpy()
+        return np.stack([1 - p, p], axis=1)
+    index = {str(v): i for i, v in enumerate(comp.label_values)}
+    return np.eye(comp.num_classes)[df[col].astype(str).map(index).to_numpy().astype(int)]
 
 
 def score_holdout(cfg: Any, comp: Competition, df: pd.DataFrame) -> float | None:
-    """The competition metric of a submission against held-out answers (`data.solution_csv`, or the
-    labels of a labelled test folder), as the leaderboard would compute it; None when unknown."""
+    """The competition metric of a validated submission against held-out answers (`data.solution_csv`, or
+    the labels of a labelled test folder), as the leaderboard would compute it; None when unknown."""
     id_col = cfg.data.id_column
     index = {str(v): i for i, v in enumerate(comp.label_values)}
     if cfg.data.solution_csv:
         sol = read_csv(comp.root / cfg.data.solution_csv, [id_col, cfg.data.label_column])
-        truth = sol.set_index(sol[id_col].str.strip())[cfg.data.label_column].astype(str).str.strip().map(index)
+        raw = sol.set_index(sol[id_col].str.strip())[cfg.data.label_column].astype(str).str.strip()
+        truth = raw.map(index)
+        if truth.isna().any():
+            bad = raw[truth.isna()].iloc[0]
+            raise UserError(f"{comp.root / cfg.data.solution_csv}: label {bad!r} is not one of {list(index)}")
     elif "label" in comp.test.columns:
         truth = pd.Series(comp.test["label"].to_numpy(), index=comp.test["id"].astype(str))
     else:
         return None
-    label_col = cfg.data.label_column if cfg.data.label_column in df.columns else df.columns[1]
-    pred = df.set_index(df[id_col].astype(str).str.strip())[label_col].astype(str).str.strip().map(index)
-    pred = pred.reindex(truth.index)
-    y, p = truth.to_numpy().astype(int), pred.fillna(0).to_numpy().astype(int)
-    onehot = np.eye(len(comp.classes))[p]
-    return METRICS[cfg.metric](y, onehot)
+    probs = pd.DataFrame(submission_probs(cfg, comp, df), index=df[id_col].astype(str).str.strip())
+    probs = probs.reindex(truth.index)
+    if probs.isna().any().any():
+        raise UserError("the held-out answers name ids the submission lacks; check data.solution_csv")
+    return METRICS[cfg.metric](truth.to_numpy().astype(int), probs.to_numpy())
 
 
-def make_submission(cfg: Any) -> tuple[str, float | None]:
-    """Predict the test set with every trained fold and TTA, build and validate the submission; returns
-    the CSV text and its held-out score when the answers are known."""
+@dataclass
+class Submission:
+    frame: pd.DataFrame  # validated, in the sample's order
+    text: str  # the CSV
+    ids: list[str]  # the frame's ids (the sample's spelling)
+    probs: np.ndarray  # (N, C) ensemble probabilities in the frame's row order
+    classes: list[str]
+    score: float | None  # held-out score when the answers are known
+
+
+def make_submission(cfg: Any, expect_hash: str | None = None) -> Submission:
+    """Predict the test set with every trained fold and TTA view, decode (kappa cut-points for qwk),
+    build and validate the submission. `expect_hash`: see comp.predict.load_fold."""
+    from comp import thresholds
     from comp.competition import load_competition
     from comp.predict import predict_test
 
     comp = load_competition(cfg)
-    probs = predict_test(cfg, comp)
-    df = build(cfg, comp, probs)
+    probs = predict_test(cfg, comp, expect_hash=expect_hash)
+    decoding = thresholds.load_or_fit(cfg, comp.num_classes)
+    labels = thresholds.labels(probs, decoding) if decoding is not None else None
+    df = build(cfg, comp, probs, labels)
     check(cfg, comp, df)
-    return to_csv_text(df), score_holdout(cfg, comp, df)
+    order = sample_order(df, cfg.data.id_column, comp)
+    return Submission(frame=df, text=to_csv_text(df), ids=df[cfg.data.id_column].tolist(), probs=probs[order],
+                      classes=list(comp.classes), score=score_holdout(cfg, comp, df))

@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     print(f"timm {timm.__version__}, torch {torch.__version__}, float32, {args.batch}x3x{args.size}x{args.size}")
-    header = f"{'model':<10} {'kit params':>12} {'timm params':>12} {'max|out diff|':>14} {'max grad rel diff':>18}  result"
+    header = (
+        f"{'model':<10} {'kit params':>12} {'timm params':>12} {'max|out diff|':>14} {'max grad rel diff':>18}  result"
+    )
     print(header)
     print("-" * len(header))
     failed = False

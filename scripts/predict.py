@@ -1,7 +1,9 @@
 #!/usr/bin/env python
-"""Ensemble every trained fold with TTA into a submission: scripts/predict.py [--config PATH] > submission.csv
+"""Ensemble every trained fold with TTA into a submission:
+scripts/predict.py [--config PATH] [--save-probs PATH.csv|PATH.npy] [KEY=VALUE ...] > submission.csv
 
-The CSV alone goes to stdout; logs and progress bars to stderr."""
+The validated CSV alone goes to stdout; logs, progress bars and the held-out score (when the answers are
+known) to stderr. --save-probs also writes the ensemble's test probabilities for blending."""
 
 import sys
 
@@ -12,14 +14,23 @@ from comp.cli import main, parser
 
 def run(args):
     from comp.config import load_config
+    from comp.predict import check_probs_path, save_probs
     from comp.submission import make_submission
 
     cfg = load_config(args.config, args.overrides)
-    text, score = make_submission(cfg)
-    if score is not None:
-        print(f"held-out {cfg.metric}: {score:.4f}", file=sys.stderr)
-    sys.stdout.write(text)
+    if args.save_probs:
+        check_probs_path(args.save_probs)
+    sub = make_submission(cfg)
+    if args.save_probs:
+        save_probs(args.save_probs, sub.ids, sub.probs, sub.classes)
+        print(f"test probabilities: {args.save_probs}", file=sys.stderr)
+    if sub.score is not None:
+        print(f"held-out {cfg.metric}: {sub.score:.4f}", file=sys.stderr)
+    sys.stdout.write(sub.text)
 
 
 if __name__ == "__main__":
-    main(run, parser(__doc__))
+    p = parser(__doc__)
+    p.add_argument("--save-probs", default=None, metavar="PATH",
+                   help="also write the test probabilities: .csv (id,prob_<class>...) or .npy (N, C)")
+    main(run, p)

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Get the data ready: download it when data.root is empty (or build the demo), check every label and
-image, and write the folds once to <out_dir>/folds.csv."""
+image (listing every unusable one at once), build the pre-resized image cache in parallel (resumable:
+rerun after an interruption), and write the folds once to <out_dir>/folds.csv."""
 
 import _common  # noqa: F401
 

@@ -1,22 +1,50 @@
 #!/usr/bin/env python
-"""Cross-validation report of an experiment: per-fold scores and the out-of-fold CV score."""
+"""Cross-validation report of an experiment, or several experiments compared.
 
+scripts/report.py [--config PATH] [KEY=VALUE ...]
+    per-fold scores of every metric, the out-of-fold CV score of the competition metric, the OOF
+    classification report (stdout) and <out_dir>/oof_confusion.png.
+scripts/report.py --compare runs/a runs/b [--labels A B] [--metric M] [-o compare.png]
+    the experiments' curves in one figure (mean over folds) and a table of their scores.
+"""
+
+import argparse
 import sys
+from pathlib import Path
 
 import _common  # noqa: F401
 
 from comp.cli import main, parser
 
 
+def fmt(v: float) -> str:
+    return f"{v:.4f}"
+
+
 def run(args):
-    from comp.config import load_config
-    from comp.report import cv_table
+    from comp.config import load_config, resolve_path
+    from comp.report import compare, cv_table, oof_report
 
     cfg = load_config(args.config, args.overrides)
+    if args.compare:
+        dirs = [Path(d) if Path(d).exists() else resolve_path(cfg, d) for d in args.compare]
+        table = compare(dirs, Path(args.output), args.labels, args.metric)
+        print(table.to_string(index=False, float_format=fmt))
+        print(f"figure: {args.output}", file=sys.stderr)
+        return
     table, cv, n = cv_table(cfg)
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(table.to_string(index=False, float_format=fmt))
     print(f"CV {cfg.metric} (out-of-fold, {n} fold{'s' if n != 1 else ''}): {cv:.4f}")
+    report, figure = oof_report(cfg)
+    print(f"\nout-of-fold classification report:\n{report.to_string(float_format=fmt)}")
+    print(f"OOF confusion matrix: {figure}", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    main(run, parser(__doc__))
+    p = parser(__doc__)
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--compare", nargs="+", metavar="DIR", help="experiment folders (out_dir of each run) to compare")
+    p.add_argument("--labels", nargs="+", help="legend names for --compare, one per folder")
+    p.add_argument("--metric", help="metric to plot with --compare (default: the experiments' own)")
+    p.add_argument("-o", "--output", default="compare.png", help="figure file for --compare (default compare.png)")
+    main(run, p)

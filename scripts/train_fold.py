@@ -1,8 +1,24 @@
 #!/usr/bin/env python
 """Train one fold: scripts/train_fold.py [--config PATH] --fold K [--resume] [KEY=VALUE ...]
 
-On several GPUs: torchrun --nproc_per_node=N scripts/train_fold.py --fold K"""
+Outputs go to <out_dir>/fold<K>/: config.yaml, last.pt (every epoch), best.pt and oof.csv (best epoch of
+the competition metric), recovery.pt (mid-epoch), metrics.csv, curves.png, confusion.png.
 
+--resume continues from the newest checkpoint of the fold, mid-epoch included; SIGTERM or Ctrl-C
+saves one after the current step and prints the command to resume.
+
+One fold on N GPUs (DDP, only rank 0 writes; gloo on CPU):
+    torchrun --nproc_per_node=N scripts/train_fold.py --fold K
+
+Several folds at once, one per GPU (write the folds first, so the processes do not race to):
+    python scripts/prepare.py --config C
+    for k in 0 1 2 3 4; do
+        CUDA_VISIBLE_DEVICES=$k python scripts/train_fold.py --config C --fold $k 2> fold$k.log &
+    done; wait
+"""
+
+import argparse
+import shlex
 import sys
 
 import _common  # noqa: F401
@@ -13,22 +29,34 @@ from comp.cli import main, parser
 def run(args):
     from comp.config import load_config
     from comp.download import ensure_data
-    from comp.train import Stopped, fit
+    from comp.train import Stopped, fit, setup_distributed
 
     cfg = load_config(args.config, args.overrides)
-    ensure_data(cfg)
+    d = setup_distributed(cfg.device)  # under torchrun: rank 0 fetches the data while the others wait
+    rank0 = d.main
+    if rank0:
+        ensure_data(cfg)
+    if d.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
     try:
         result = fit(cfg, args.fold, resume=args.resume)
     except Stopped as e:
-        config = f" --config {args.config}" if args.config else ""
-        print(f"{e}; resume with: python scripts/train_fold.py{config} --fold {args.fold} --resume "
-              + " ".join(args.overrides), file=sys.stderr)
+        if rank0:
+            launch = f"torchrun --nproc_per_node={d.world}" if d.world > 1 else "python"
+            argv = (["--config", args.config] if args.config else []) + ["--fold", str(args.fold), "--resume"]
+            print(f"{e}\nresume with: {launch} scripts/train_fold.py {shlex.join(argv + args.overrides)}",
+                  file=sys.stderr)
         return 128 + e.signum
-    print(f"fold {result['fold']}: best {result['metric']} {result['best']:.4f} -> {result['dir']}", file=sys.stderr)
+    if rank0:
+        print(f"fold {result['fold']}: best {result['metric']} {result['best']:.4f} -> {result['dir']}",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":
     p = parser(__doc__)
+    p.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the command lines above as written
     p.add_argument("--fold", type=int, required=True, help="which fold to train (0..folds.n_folds-1)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the fold")
     main(run, p)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -63,19 +64,19 @@ def create_model(
         UserError: unknown name, missing or unsafe file, weights that do not fit, failed download.
     """
     if name.startswith(TIMM_PREFIX):
-        if not timm.is_model(name[len(TIMM_PREFIX) :]):
-            raise UserError(f"model {name!r}: timm has no model {name[len(TIMM_PREFIX):]!r} (see timm.list_models())")
+        if not timm.is_model(timm_name := name.removeprefix(TIMM_PREFIX)):
+            raise UserError(f"model {name!r}: timm has no model {timm_name!r} (see timm.list_models())")
     elif name not in RESNETS:
         raise UserError(
             f"unknown model {name!r}: the kit's own are {', '.join(RESNETS)}; "
             f"timm models need the '{TIMM_PREFIX}' prefix, e.g. 'timm/efficientnet_b0'"
         )
-    if pretrained is not None and _is_tag(pretrained):
+    if not pretrained:  # None, or "" from a config
+        return _build(name, num_classes, in_chans, drop_rate)
+    if _is_tag(pretrained):
         return _create_from_hub(name, str(pretrained), num_classes, in_chans, drop_rate)
-
     model = _build(name, num_classes, in_chans, drop_rate)
-    if pretrained is not None:
-        load_pretrained(model, read_state_dict(pretrained), source=str(pretrained))
+    load_pretrained(model, read_state_dict(pretrained), source=os.fspath(pretrained))
     return model
 
 
@@ -83,7 +84,8 @@ def _build(name: str, num_classes: int, in_chans: int, drop_rate: float) -> nn.M
     """Randomly initialised model; `name` is already validated."""
     if name.startswith(TIMM_PREFIX):
         return timm.create_model(
-            name[len(TIMM_PREFIX) :], pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate
+            name.removeprefix(TIMM_PREFIX), pretrained=False, num_classes=num_classes, in_chans=in_chans,
+            drop_rate=drop_rate,
         )
     block, layers = RESNETS[name]
     return ResNet(block, layers, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
@@ -97,7 +99,7 @@ def _is_tag(pretrained: str | os.PathLike) -> bool:
 
 def _create_from_hub(name: str, tag: str, num_classes: int, in_chans: int, drop_rate: float) -> nn.Module:
     """Fetch timm's pretrained weights for `name` (tag `tag`) and return the model holding them."""
-    arch = name[len(TIMM_PREFIX) :] if name.startswith(TIMM_PREFIX) else name
+    arch = name.removeprefix(TIMM_PREFIX)
     if tag not in DEFAULT_TAGS:
         arch = f"{split_model_name_tag(arch)[0]}.{tag}"
     try:
@@ -107,10 +109,14 @@ def _create_from_hub(name: str, tag: str, num_classes: int, in_chans: int, drop_
     # Without a source timm would log a warning and return random weights: refuse instead.
     if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
         tags = [n.split(".", 1)[1] for n in timm.list_pretrained(split_model_name_tag(arch)[0] + ".*")]
-        raise UserError(f"pretrained={tag!r}: timm has no such weights for {name!r}; its tags: {', '.join(tags) or 'none'}")
+        raise UserError(
+            f"pretrained={tag!r}: timm has no such weights for {name!r}; its tags: {', '.join(tags) or 'none'}"
+        )
     try:
         if name.startswith(TIMM_PREFIX):  # timm resets the classifier and adapts the first conv itself
-            return timm.create_model(arch, pretrained=True, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
+            return timm.create_model(
+                arch, pretrained=True, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate
+            )
         source = timm.create_model(arch, pretrained=True)  # same keys as ours; 1000 classes, 3 channels
     except Exception as e:  # offline: huggingface_hub's LocalEntryNotFoundError, socket errors, ...
         raise UserError(
@@ -136,11 +142,13 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise UserError(f"{path}: not a readable safetensors file ({e})") from None
     else:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:  # a global outside torch's allow-list: code, or a custom class
+            with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:  # a global outside torch's allow-list (code, a custom class)
             raise UserError(
-                f"refusing to load {path}: it is not a plain weights file (weights_only=True); "
-                f"it references {_first_line(e)!r}. Re-save its state dict, or use .safetensors"
+                f"refusing to load {path}: it is not a plain weights file (weights_only=True: {_reason(e)}); "
+                "re-save its state dict, or use .safetensors"
             ) from None
         except Exception as e:  # not a zip/pickle at all: truncated download, HTML error page, ...
             raise UserError(f"{path}: not a PyTorch weights file ({type(e).__name__}: {e})") from None
@@ -156,10 +164,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return clean_state_dict(dict(obj))
 
 
-def _first_line(e: Exception) -> str:
-    """The part of torch's long weights_only message that names the refused global."""
-    lines = [ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
-    return lines[0] if lines else str(e).splitlines()[0]
+def _reason(e: Exception) -> str:
+    """The clause of torch's long weights_only message that says what was refused."""
+    # e.g. "Unsupported global: GLOBAL print was not an allowed global by default" or
+    # "Trying to load unsupported GLOBAL posix.mkdir whose module posix is blocked"
+    hit = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln), "")
+    return hit.removeprefix("WeightsUnpickler error: ").split(". ")[0].rstrip(".") or "refused by its unpickler"
 
 
 def _names(value: str | Iterable[str] | None) -> list[str]:
@@ -175,6 +185,10 @@ def _classifier_names(model: nn.Module) -> list[str]:
     head = model.get_classifier()
     names += [n for n, m in model.named_modules() if m is head and n not in names]
     return names
+
+
+def _few(keys: list[str]) -> str:
+    return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
 
 
 def load_pretrained(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> list[str]:
@@ -193,23 +207,23 @@ def load_pretrained(model: nn.Module, state_dict: Mapping[str, torch.Tensor], so
             sd[key] = adapt_input_conv(own[key].shape[1], sd[key], base_chans=sd[key].shape[1])
 
     head = _classifier_names(model)
-    in_head = lambda k: any(k == h or k.startswith(h + ".") for h in head)  # noqa: E731
+
+    def in_head(key: str) -> bool:
+        return any(key == h or key.startswith(h + ".") for h in head)
+
     for k in [k for k in sd if in_head(k) and (k not in own or sd[k].shape != own[k].shape)]:
-        del sd[k]
+        del sd[k]  # another num_classes (or none): the model keeps its freshly initialised classifier
     fresh = [k for k in own if k not in sd and in_head(k)]
 
-    def first(keys: list[str]) -> str:
-        return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
-
-    shape = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sd if k in own and sd[k].shape != own[k].shape]
-    if shape:
-        raise UserError(f"pretrained {source}: shapes differ from the model's: {first(shape)}")
     missing = [k for k in own if k not in sd and not in_head(k)]
     if missing:
-        raise UserError(f"pretrained {source}: missing keys for this model: {first(missing)}")
+        raise UserError(f"pretrained {source}: missing keys for this model: {_few(missing)}")
     unexpected = [k for k in sd if k not in own]
     if unexpected:
-        raise UserError(f"pretrained {source}: keys this model does not have: {first(unexpected)}")
+        raise UserError(f"pretrained {source}: keys this model does not have: {_few(unexpected)}")
+    shapes = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in sd.items() if v.shape != own[k].shape]
+    if shapes:
+        raise UserError(f"pretrained {source}: shapes differ from the model's: {_few(shapes)}")
     model.load_state_dict(sd, strict=not fresh)  # every key checked above; only `fresh` may be absent
     return fresh
 
@@ -227,9 +241,10 @@ def _head_params(model: nn.Module) -> set[int]:
 def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float = 1.0, weight_decay: float = 0.0) -> list[dict]:
     """Optimizer parameter groups: classifier at `lr`, the rest at `lr * backbone_lr_mult`.
 
-    Biases and norm weights (1-D tensors) get no weight decay, timm's default (`filter_bias_and_bn`):
-    decaying BN gammas only fights the normalisation. Each group carries `lr_mult`, so a loop that sets
-    `group["lr"]` itself keeps the ratio: `group["lr"] = lr_now * group["lr_mult"]`.
+    Biases and norm gammas/betas (the 1-D tensors) get no weight decay: "no bias decay" of He et al. 2019,
+    Bag of Tricks, sec. 3.1, and timm's default (`filter_bias_and_bn`). Every parameter is included, frozen
+    or not, so one optimizer serves the warm-up and the rest of training. Each group carries `lr_mult`, so
+    a loop that sets `group["lr"]` itself keeps the ratio: `group["lr"] = lr_now * group["lr_mult"]`.
     """
     head = _head_params(model)
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}

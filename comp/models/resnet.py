@@ -129,7 +129,9 @@ class ResNet(nn.Module):
         self.fc: nn.Module = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights(zero_init_last)
 
-    def _make_layer(self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+    def _make_layer(
+        self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, stride: int = 1
+    ) -> nn.Sequential:
         """One stage: the first block changes resolution/width (projection shortcut), the rest keep it."""
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
@@ -164,7 +166,10 @@ class ResNet(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """Replace `fc` by a freshly initialised one with `num_classes` outputs (0: identity)."""
         self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        w = self.conv1.weight  # the new layer goes where the model is (device, dtype)
+        self.fc = nn.Identity()
+        if num_classes > 0:
+            self.fc = nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> (B, num_features, H/32, W/32), before pooling."""

@@ -1,0 +1,184 @@
+"""An offline package for code competitions: one folder, uploaded as a Kaggle dataset, that predicts the
+hidden test set in a notebook with no internet and nothing to install.
+
+    <DIR>/infer.py              python infer.py --data /kaggle/input/<competition> > submission.csv
+    <DIR>/config.yaml           the experiment's resolved config
+    <DIR>/fold<K>/best.pt       each fold's validated weights (the EMA when that was validated), without
+                                optimizer state: about a third of a training checkpoint
+    <DIR>/thresholds.json       metric=qwk: the OOF-tuned cut-points
+    <DIR>/comp/                 the kit's own code, the same that scripts/predict.py runs
+    <DIR>/vendor/omegaconf/     appended to sys.path, so only used when the image lacks it
+    <DIR>/dataset-metadata.json for `kaggle datasets create -p <DIR> --dir-mode zip`
+
+Kaggle's Python image has torch, timm, albumentations, OpenCV, pandas, scikit-learn, PyYAML, tqdm and
+safetensors, but omegaconf is not in its requirements (Kaggle/docker-python kaggle_requirements.txt), and
+comp.config is built on it. It is pure Python (~0.5 MB, BSD-3, antlr4 vendored inside it since 2.4), so
+it travels with the package rather than having the entry point re-implement the config schema: the
+package runs exactly the code that made the local CSV. infer.py reads the same config, points data.root
+at the competition's input and out_dir at the package, and turns the image cache off (the input folder
+is read-only). It reproduces scripts/predict.py's CSV byte for byte on the same device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from comp import checkpoint as ckpt_io
+from comp import thresholds
+from comp.config import REPO_ROOT, config_hash, load_config, resolve_path, to_yaml
+from comp.errors import UserError
+from comp.log import log
+from comp.predict import check_probs_path, save_probs, trained_folds
+
+INFER_PY = '''#!/usr/bin/env python
+"""Offline inference of a packaged experiment (written by the kit's scripts/package.py):
+
+    python infer.py [--data ROOT] [--save-probs PATH] [KEY=VALUE ...] > submission.csv
+
+ROOT is the competition's data (default /kaggle/input/<data.competition>). Only this folder is needed:
+no network, no install; logs go to stderr, the validated CSV to stdout."""
+
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.dont_write_bytecode = True  # the Kaggle input folder is read-only
+sys.path.insert(0, str(HERE))  # this folder's comp/ before any installed copy
+sys.path.append(str(HERE / "vendor"))  # omegaconf, only where the image has none
+
+from comp.package import infer_main  # noqa: E402
+
+if __name__ == "__main__":
+    infer_main(HERE)
+'''
+
+
+def _slim(ck: dict[str, Any]) -> dict[str, Any]:
+    """A fold checkpoint reduced to what prediction needs: the validated weights and the metadata."""
+    weights = ck["ema"] if ck.get("eval_weights") == "ema" and ck.get("ema") is not None else ck["model"]
+    keep = ("format_version", "config_hash", "model_name", "num_classes", "in_chans", "classes", "fold", "metric",
+            "best", "epoch")
+    return {**{k: ck[k] for k in keep if k in ck}, "model": weights, "ema": None, "eval_weights": "model"}
+
+
+def _vendor_omegaconf(dest: Path) -> None:
+    """Copy the installed omegaconf (and antlr4 for omegaconf < 2.4, which did not vendor it) to `dest`."""
+    import omegaconf
+
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    src = Path(omegaconf.__file__).parent
+    shutil.copytree(src, dest / "omegaconf", ignore=ignore)
+    if not (src / "vendor" / "antlr4").is_dir():
+        import antlr4
+
+        shutil.copytree(Path(antlr4.__file__).parent, dest / "antlr4", ignore=ignore)
+    try:
+        lic = next(f for f in metadata.distribution("omegaconf").files or [] if "LICENSE" in f.name.upper())
+        shutil.copyfile(lic.locate(), dest / "omegaconf" / "LICENSE")
+    except (StopIteration, metadata.PackageNotFoundError, OSError):
+        pass
+
+
+def _metadata(cfg: Any, dataset_id: str | None) -> dict[str, Any]:
+    """dataset-metadata.json: title 6-50 characters, id owner/slug (slug: lowercase letters, digits, -)."""
+    name = f"{cfg.data.competition or 'comp'}-{Path(cfg.out_dir).name}-models"
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:50].rstrip("-")
+    if dataset_id is None:
+        owner = os.environ.get("KAGGLE_USERNAME") or "INSERT_KAGGLE_USERNAME"
+        dataset_id = f"{owner}/{slug}"
+    elif not re.fullmatch(r"[\w.-]+/[a-z0-9][a-z0-9-]{2,49}", dataset_id):
+        raise UserError(f"--id {dataset_id!r} is not owner/slug (slug: 3-50 lowercase letters, digits and '-')")
+    title = f"{cfg.data.competition or 'comp'} {Path(cfg.out_dir).name} models"[:50]
+    return {"title": title.ljust(6, "_"), "id": dataset_id, "licenses": [{"name": "CC0-1.0"}]}
+
+
+def build_package(cfg: Any, out: Path | None = None, dataset_id: str | None = None, force: bool = False) -> Path:
+    """Gather the experiment's folds, config, thresholds and the kit's code into `out` (default
+    `<out_dir>/package`), built in a temporary folder and renamed when complete.
+
+    Raises:
+        UserError: no trained fold, a fold trained with another config, `out` exists (without `force`).
+    """
+    out_dir = resolve_path(cfg, cfg.out_dir)
+    out = Path(out) if out is not None else out_dir / "package"
+    if out.exists() and any(out.iterdir()) and not force:
+        raise UserError(f"{out} already exists; pass --force to replace it, or -o another folder")
+    want = config_hash(cfg)
+    folds = []
+    for path in trained_folds(cfg):
+        ck = ckpt_io.load(path)
+        if ck.get("config_hash") != want:
+            raise UserError(f"{path} was trained with another model, data or image setting than this config "
+                            f"(hash {ck.get('config_hash')} != {want})")
+        folds.append((path, ck))
+    if len(folds) < cfg.folds.n_folds:
+        log(f"packaging {len(folds)} of {cfg.folds.n_folds} folds (the others have no best.pt)")
+    decoding = thresholds.load_or_fit(cfg, folds[0][1]["num_classes"])
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial")  # a leftover of a killed run is cleared first
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        for path, ck in folds:
+            ckpt_io.save_atomic(_slim(ck), tmp / path.parent.name / "best.pt")
+        (tmp / "config.yaml").write_text(to_yaml(cfg))
+        if decoding is not None:
+            shutil.copyfile(out_dir / thresholds.FILE, tmp / thresholds.FILE)
+        shutil.copytree(REPO_ROOT / "comp", tmp / "comp", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        _vendor_omegaconf(tmp / "vendor")
+        (tmp / "infer.py").write_text(INFER_PY)
+        (tmp / "dataset-metadata.json").write_text(json.dumps(_metadata(cfg, dataset_id), indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    log(f"package: {out} ({len(folds)} fold(s), {size / 2**20:.1f} MiB)")
+    log(f"upload:  kaggle datasets create -p {out} --dir-mode zip   (later: kaggle datasets version -p {out} "
+        f"--dir-mode zip -m MESSAGE)")
+    log(f"in the notebook: !python /kaggle/input/<dataset>/infer.py --data /kaggle/input/"
+        f"{cfg.data.competition or '<competition>'} > submission.csv")
+    return out
+
+
+def infer_main(here: Path, argv: list[str] | None = None) -> None:
+    """The packaged entry point (infer.py): predict the test set under --data with this folder's folds."""
+    from comp.cli import main
+
+    p = argparse.ArgumentParser(description=INFER_PY.split('"""')[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=None, help="the competition's data folder (default /kaggle/input/<competition>)")
+    p.add_argument("--save-probs", default=None, metavar="PATH", help="also write the test probabilities (.csv/.npy)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one error line")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. batch_size=16")
+
+    def run(args: argparse.Namespace) -> None:
+        from comp.submission import make_submission
+
+        packaged = load_config(here / "config.yaml")
+        if args.save_probs:
+            check_probs_path(args.save_probs)
+        data = args.data or f"/kaggle/input/{packaged.data.competition}"
+        if not Path(data).is_dir():
+            raise UserError(f"--data {data}: no such folder; pass the competition's data folder")
+        cfg = load_config(here / "config.yaml", [f"data.root={Path(data).resolve()}", f"out_dir={here}",
+                                                 "images.cache=false", *args.overrides])
+        sub = make_submission(cfg, expect_hash=config_hash(packaged))
+        if args.save_probs:
+            save_probs(Path(args.save_probs), sub.ids, sub.probs, sub.classes)
+        if sub.score is not None:
+            log(f"held-out {cfg.metric}: {sub.score:.4f}")
+        sys.stdout.write(sub.text)
+
+    main(run, p, argv)

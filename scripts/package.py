@@ -1,0 +1,31 @@
+#!/usr/bin/env python
+"""Package an experiment for a code competition (offline inference on Kaggle):
+scripts/package.py [--config PATH] [-o DIR] [--id OWNER/SLUG] [--force] [KEY=VALUE ...]
+
+DIR (default <out_dir>/package) gets the fold weights, the resolved config, the kappa thresholds, the
+kit's code and infer.py; upload it with `kaggle datasets create -p DIR --dir-mode zip`, then in the
+notebook: `python /kaggle/input/<dataset>/infer.py --data /kaggle/input/<competition> > submission.csv`."""
+
+from pathlib import Path
+
+import _common  # noqa: F401
+
+from comp.cli import main, parser
+
+
+def run(args):
+    from comp.config import load_config
+    from comp.package import build_package
+
+    cfg = load_config(args.config, args.overrides)
+    out = build_package(cfg, Path(args.output) if args.output else None, dataset_id=args.id, force=args.force)
+    print(out)
+
+
+if __name__ == "__main__":
+    p = parser(__doc__)
+    p.add_argument("-o", "--output", default=None, metavar="DIR", help="package folder (default <out_dir>/package)")
+    p.add_argument("--id", default=None, metavar="OWNER/SLUG",
+                   help="the Kaggle dataset id for dataset-metadata.json (default $KAGGLE_USERNAME/<slug>)")
+    p.add_argument("--force", action="store_true", help="replace DIR when it exists")
+    main(run, p)

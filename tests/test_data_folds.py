@@ -1,0 +1,124 @@
+"""Folds: stratified, grouped by patient when configured, written once, reused, and refused when the
+data or a fold setting changes."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import FAST
+from replicas import build, overrides
+
+from comp.competition import load_competition
+from comp.config import load_config
+from comp.errors import UserError
+from comp.folds import load_or_make_folds, split
+
+ROOT_CONFIGS = "configs"
+
+
+def _table(n_patients=60, seed=0) -> pd.DataFrame:
+    """Patients with 1-4 images each, imbalanced labels (mostly shared by a patient's images)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        base = rng.choice(5, p=[0.5, 0.1, 0.2, 0.1, 0.1])
+        for k in range(int(rng.integers(1, 5))):
+            label = base if rng.random() < 0.8 else rng.choice(5)
+            rows.append((f"{p}_{k}", int(label), str(p)))
+    return pd.DataFrame(rows, columns=["id", "label", "group"])
+
+
+def test_stratified_proportions_within_one_sample():
+    t = _table()
+    fold = split(t, 5, seed=1, grouped=False)
+    for _, part in t.groupby(fold):
+        for c, n in t["label"].value_counts().items():
+            assert abs((part["label"] == c).sum() - n / 5) <= 1  # StratifiedKFold: within one sample
+
+
+def test_grouped_folds_keep_patients_whole():
+    t = _table()
+    fold = split(t, 5, seed=1, grouped=True)
+    assert (t.assign(fold=fold).groupby("group")["fold"].nunique() == 1).all()  # no patient straddles
+    biggest = int(t["group"].value_counts().max())
+    for _, part in t.groupby(fold):
+        for c, n in t["label"].value_counts().items():
+            assert abs((part["label"] == c).sum() - n / 5) <= 2 * biggest  # stratified up to whole patients
+    assert split(t, 5, seed=1, grouped=True).equals(fold)  # seeded
+    assert not split(t, 5, seed=2, grouped=True).equals(fold)
+
+
+def test_too_few_for_the_folds():
+    t = _table(8)
+    with pytest.raises(UserError, match="folds.n_folds=5 but the rarest class"):
+        split(t[t["label"] != 3].assign(label=lambda d: d["label"].where(d.index > 0, 3)), 5, 0, False)
+    few = pd.DataFrame({"id": list("abcdef"), "label": [0, 1] * 3, "group": ["p", "p", "p", "q", "q", "q"]})
+    with pytest.raises(UserError, match="finds only 2 patient"):
+        split(few, 3, 0, True)
+
+
+@pytest.fixture
+def dr(tmp_path):
+    root = build("dr2015", tmp_path / "dr")
+    ov = overrides(root, tmp_path / "runs", FAST)
+    return lambda *extra: load_config(f"{ROOT_CONFIGS}/dr2015.yaml", [*ov, *extra])
+
+
+def test_written_once_and_reused(dr, tmp_path):
+    cfg = dr()
+    train = load_competition(cfg).train
+    out = tmp_path / "runs"
+    first = load_or_make_folds(cfg, train, out)
+    text = (out / "folds.csv").read_text()
+    assert json.loads((out / "folds.json").read_text()) == {
+        "n_folds": 2, "seed": 42, "grouped": True, "group_pattern": r"^(\d+)_(?:left|right)$"}
+    assert (first.groupby("group")["fold"].nunique() == 1).all()  # both eyes of a patient together
+    again = load_or_make_folds(cfg, train.sample(frac=1, random_state=0), out)  # any row order
+    assert (out / "folds.csv").read_text() == text
+    assert again.set_index("id")["fold"].sort_index().equals(first.set_index("id")["fold"].sort_index())
+    (out / "folds.csv").unlink()
+    (out / "folds.json").unlink()
+    load_or_make_folds(cfg, train, out)
+    assert (out / "folds.csv").read_text() == text  # remade from scratch: the same split
+    assert load_or_make_folds(dr("seed=7"), train, out)["fold"].equals(first["fold"])  # training seed: same folds
+
+
+@pytest.mark.parametrize("change, needle", [
+    (["folds.n_folds=4"], "folds.n_folds=4"),
+    (["folds.seed=1"], "folds.seed"),
+    (["folds.grouped=false"], "folds.grouped"),
+    ([r"data.group_pattern='^(\d)'"], "data.group_pattern"),  # patients 10..19 -> one group
+])
+def test_changed_setting_refused(dr, tmp_path, change, needle):
+    cfg = dr()
+    train = load_competition(cfg).train
+    load_or_make_folds(cfg, train, tmp_path / "runs")
+    changed = dr(*change)
+    with pytest.raises(UserError, match="folds.csv") as e:
+        load_or_make_folds(changed, load_competition(changed).train, tmp_path / "runs")
+    assert needle in str(e.value) and "delete it" in str(e.value)
+
+
+def test_changed_data_refused(dr, tmp_path):
+    cfg = dr()
+    train = load_competition(cfg).train
+    out = tmp_path / "runs"
+    load_or_make_folds(cfg, train, out)
+    with pytest.raises(UserError, match="different set of images"):
+        load_or_make_folds(cfg, train.iloc[1:], out)
+    relabelled = train.assign(label=train["label"].where(train.index != 3, (train["label"] + 1) % 5))
+    with pytest.raises(UserError, match=f"the label of '{train['id'][3]}' changed"):
+        load_or_make_folds(cfg, relabelled, out)
+
+
+def test_hand_made_folds_are_trusted(dr, tmp_path):
+    """A folds.csv without folds.json (an official split written by hand) is used as it is."""
+    cfg = dr()
+    train = load_competition(cfg).train
+    out = tmp_path / "runs"
+    out.mkdir()
+    mine = train.assign(fold=np.arange(len(train)) % 2)
+    mine[["id", "label", "group", "fold"]].to_csv(out / "folds.csv", index=False)
+    got = load_or_make_folds(cfg, train, out)
+    assert got.set_index("id")["fold"].equals(mine.set_index("id")["fold"])

@@ -1,0 +1,122 @@
+"""The offline package: built by scripts/package.py, its infer.py runs in a subprocess with the network
+disabled, from another working directory, with the repository out of reach, and writes exactly the CSV
+(and probabilities) scripts/predict.py writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import ROOT, run_script
+from test_predict import make_experiment
+
+from comp.checkpoint import save_atomic
+from comp.errors import UserError
+from comp.package import build_package
+
+# Loaded at interpreter start-up (PYTHONPATH): no connection can be made, and no file of the repository's
+# code can be opened, so the kit's editable install cannot stand in for the package's own copy.
+SITECUSTOMIZE = '''
+import os, socket, sys
+
+def _no_network(*args, **kwargs):
+    raise OSError("network disabled for this test")
+
+socket.socket.connect = socket.socket.connect_ex = _no_network
+socket.create_connection = socket.getaddrinfo = _no_network
+
+_BLOCKED = tuple(os.path.join({root!r}, d) + os.sep for d in ("comp", "scripts", "configs"))
+
+def _audit(event, args):
+    if event in ("open", "os.listdir", "os.scandir") and args and isinstance(args[0], (str, bytes, os.PathLike)):
+        path = os.path.abspath(os.fsdecode(args[0]))
+        if path.startswith(_BLOCKED):
+            raise PermissionError(f"the repository is out of reach in this test: {{path}}")
+
+sys.addaudithook(_audit)
+'''
+
+
+def _offline_env(tmp_path: Path) -> dict:
+    site = tmp_path / "offline_site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE.format(root=str(ROOT)))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return {**env, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def test_the_package_predicts_offline_exactly_like_predict_py(tmp_path):
+    ex = make_experiment(tmp_path, "metric=qwk", ema=True)
+    pkg = tmp_path / "pkg"
+    res = run_script("package.py", *ex["overrides"], "-o", str(pkg), "--id", "someone/tiny-models", check=True)
+    assert res.stdout.strip() == str(pkg)
+    assert "kaggle datasets create -p" in res.stderr
+    for name in ("infer.py", "config.yaml", "thresholds.json", "dataset-metadata.json", "fold0/best.pt",
+                 "fold1/best.pt", "comp/predict.py", "vendor/omegaconf/__init__.py"):
+        assert (pkg / name).is_file(), name
+    assert json.loads((pkg / "dataset-metadata.json").read_text())["id"] == "someone/tiny-models"
+    slim = torch.load(pkg / "fold0" / "best.pt", weights_only=True)
+    full = torch.load(ex["out"] / "fold0" / "best.pt", weights_only=True)
+    assert "optimizer" not in slim and slim["ema"] is None and slim["eval_weights"] == "model"
+    for k, v in full["ema"].items():  # the validated (EMA) weights are the ones shipped
+        assert torch.equal(slim["model"][k], v), k
+
+    env = _offline_env(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    probe = subprocess.run([sys.executable, "-c", "import socket; socket.create_connection(('127.0.0.1', 9))"],
+                           capture_output=True, text=True, env=env, cwd=elsewhere)
+    assert probe.returncode != 0 and "network disabled" in probe.stderr  # the guard is really on
+    probe = subprocess.run([sys.executable, "-c", "import comp"], capture_output=True, text=True, env=env,
+                           cwd=elsewhere)
+    assert probe.returncode != 0 and "out of reach" in probe.stderr  # and the kit's own copy unusable
+
+    offline = subprocess.run([sys.executable, str(pkg / "infer.py"), "--data", str(ex["root"]),
+                              "--save-probs", str(tmp_path / "offline.csv")],
+                             capture_output=True, text=True, env=env, cwd=elsewhere, timeout=300)
+    assert offline.returncode == 0, offline.stderr
+    assert "thresholds: " in offline.stderr and str(pkg / "thresholds.json") in offline.stderr
+    local = run_script("predict.py", *ex["overrides"], "--save-probs", str(tmp_path / "local.csv"), check=True)
+    assert offline.stdout == local.stdout and offline.stdout.startswith("id,label\n")
+    assert (tmp_path / "offline.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
+    assert not list(pkg.rglob("__pycache__"))  # nothing written into the (read-only on Kaggle) package
+
+
+def test_package_refuses_a_foreign_fold_and_an_existing_folder(tmp_path):
+    ex = make_experiment(tmp_path)
+    pkg = build_package(ex["cfg"], tmp_path / "pkg")
+    with pytest.raises(UserError, match="already exists; pass --force"):
+        build_package(ex["cfg"], pkg)
+    assert build_package(ex["cfg"], pkg, force=True) == pkg
+    meta = json.loads((pkg / "dataset-metadata.json").read_text())
+    assert 6 <= len(meta["title"]) <= 50 and meta["id"].split("/")[1].replace("-", "").isalnum()
+    assert not (pkg / "thresholds.json").exists()  # metric=accuracy: argmax, no thresholds
+
+    f1 = ex["out"] / "fold1" / "best.pt"
+    save_atomic({**torch.load(f1, weights_only=True), "config_hash": "0123456789ab"}, f1)
+    with pytest.raises(UserError, match="fold1/best.pt was trained with another"):
+        build_package(ex["cfg"], tmp_path / "pkg2")
+    assert not (tmp_path / "pkg2").exists() and not (tmp_path / ".pkg2.partial").exists()
+    with pytest.raises(UserError, match="is not owner/slug"):
+        save_atomic({**torch.load(f1, weights_only=True), "config_hash": torch.load(
+            ex["out"] / "fold0" / "best.pt", weights_only=True)["config_hash"]}, f1)
+        build_package(ex["cfg"], tmp_path / "pkg3", dataset_id="Not A Slug")
+    assert not (tmp_path / "pkg3").exists()
+
+
+def test_infer_needs_its_data_folder(tmp_path):
+    ex = make_experiment(tmp_path)
+    pkg = build_package(ex["cfg"], tmp_path / "pkg")
+    res = subprocess.run([sys.executable, str(pkg / "infer.py"), "--data", str(tmp_path / "absent")],
+                         capture_output=True, text=True, env=_offline_env(tmp_path), cwd=tmp_path, timeout=300)
+    assert res.returncode == 2 and res.stdout == ""
+    assert [ln for ln in res.stderr.splitlines() if ln.startswith("error:")] == [
+        f"error: --data {tmp_path / 'absent'}: no such folder; pass the competition's data folder"]
+    np.testing.assert_array_equal(pd.read_csv(ex["root"] / "sample_submission.csv").shape, (9, 2))

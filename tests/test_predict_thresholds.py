@@ -1,0 +1,110 @@
+"""Kappa cut-points: never worse than the argmax on the OOF, better when the probabilities are
+miscalibrated, fit once per set of OOF files and used for the submission's labels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import cohen_kappa_score
+from test_predict import make_experiment
+
+from comp import thresholds
+from comp.config import load_config
+from comp.errors import UserError
+from comp.submission import make_submission
+
+
+@st.composite
+def oof_predictions(draw):
+    c = draw(st.integers(2, 6))
+    n = draw(st.integers(2, 120))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, n)
+    sharp = draw(st.floats(0.05, 5.0))
+    probs = rng.dirichlet(np.full(c, sharp), n)
+    if draw(st.booleans()):  # informative: mass moved towards the true grade
+        probs = 0.5 * probs + 0.5 * np.eye(c)[np.clip(y + rng.integers(-1, 2, n), 0, c - 1)]
+    return y, probs
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")
+@settings(max_examples=150, deadline=None)
+@given(oof_predictions())
+def test_cut_points_never_lower_oof_kappa(data):
+    y, probs = data
+    c = probs.shape[1]
+    t = thresholds.choose(y, probs)
+    argmax_kappa = cohen_kappa_score(y, probs.argmax(1), weights="quadratic", labels=range(c))
+    pred = thresholds.labels(probs, t)
+    kappa = cohen_kappa_score(y, pred, weights="quadratic", labels=range(c))
+    if np.isfinite(argmax_kappa):
+        assert kappa >= argmax_kappa - 1e-9
+        assert abs(t["kappa_argmax"] - argmax_kappa) < 1e-9 and abs(t["kappa"] - kappa) < 1e-9
+    if t["method"] == "argmax":
+        np.testing.assert_array_equal(pred, probs.argmax(1))
+    else:
+        assert t["kappa"] > t["kappa_argmax"] and np.all(np.diff(t["cuts"]) > 0)
+
+
+def test_cut_points_fix_miscalibrated_grades():
+    """A model whose probabilities lean one grade low (a common effect of label smoothing and class
+    imbalance): the expected grade cut at tuned points recovers much of the kappa the argmax loses."""
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        n, c = 600, 5
+        y = rng.choice(c, n, p=[0.45, 0.1, 0.25, 0.1, 0.1])
+        score = y + rng.normal(0, 0.6, n) - 0.7  # a noisy grade, biased low
+        logits = -((np.arange(c)[None, :] - score[:, None]) ** 2)
+        probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        t = thresholds.choose(y, probs)
+        assert t["method"] == "cuts" and t["kappa"] > t["kappa_argmax"] + 0.02, t
+
+
+def test_qwk_matches_scikit_learn():
+    rng = np.random.default_rng(1)
+    for c in (2, 3, 5):
+        y, p = rng.integers(0, c, 200), rng.integers(0, c, 200)
+        assert abs(thresholds.qwk(y, p, c) - cohen_kappa_score(y, p, weights="quadratic")) < 1e-12
+
+
+def test_thresholds_file_is_fit_once_and_decides_the_submission_labels(tmp_path):
+    ex = make_experiment(tmp_path, "metric=qwk", "predict.thresholds=true", n_folds=2)
+    cfg, out = ex["cfg"], ex["out"]
+    sub = make_submission(cfg)
+    saved = json.loads((out / "thresholds.json").read_text())
+    assert saved["method"] in ("cuts", "argmax") and saved["kappa"] >= saved["kappa_argmax"]
+    want = thresholds.labels(sub.probs, saved)
+    assert list(sub.frame["label"]) == [str(v) for v in want]
+
+    mtime = (out / "thresholds.json").stat().st_mtime_ns
+    make_submission(cfg)
+    assert (out / "thresholds.json").stat().st_mtime_ns == mtime  # same OOF files: reused, not refit
+
+    oof = pd.read_csv(out / "fold0" / "oof.csv")
+    oof.loc[:, "prob_0"], oof.loc[:, "prob_2"] = oof["prob_2"].to_numpy(), oof["prob_0"].to_numpy()
+    oof.to_csv(out / "fold0" / "oof.csv", index=False)
+    thresholds.load_or_fit(cfg, 3)
+    assert json.loads((out / "thresholds.json").read_text())["oof_digest"] != saved["oof_digest"]  # refit
+
+
+def test_decoding_and_when_thresholds_apply(tmp_path):
+    probs = np.array([[0.5, 0.3, 0.2], [0.2, 0.3, 0.5]])
+    t = {"method": "cuts", "cuts": [0.5, 0.9], "num_classes": 3}  # expected grades 0.7 and 1.3
+    np.testing.assert_array_equal(thresholds.labels(probs, t), [1, 2])
+    np.testing.assert_array_equal(thresholds.labels(probs, None), [0, 2])
+
+    ex = make_experiment(tmp_path, "metric=qwk")
+    assert thresholds.load_or_fit(ex["cfg"], 3) is not None
+    assert thresholds.load_or_fit(load_config(None, ex["overrides"] + ["metric=accuracy"]), 3) is None
+    assert thresholds.load_or_fit(load_config(None, ex["overrides"] + ["predict.thresholds=false"]), 3) is None
+    for k in (0, 1):  # no OOF (the offline package): the saved file is used as it is
+        (ex["out"] / f"fold{k}" / "oof.csv").unlink()
+    assert thresholds.load_or_fit(ex["cfg"], 3) == json.loads((ex["out"] / "thresholds.json").read_text())
+    with pytest.raises(UserError, match="not a thresholds file for 5 classes"):
+        thresholds.load_or_fit(ex["cfg"], 5)

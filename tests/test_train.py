@@ -1,0 +1,147 @@
+"""The training loop in-process on a tiny competition: frozen-backbone warm-up, schedules, non-finite
+losses, resume refusals and reports, checkpoint files."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from comp import checkpoint as ckpt_io
+from comp.config import load_config
+from comp.errors import UserError
+from comp.train import _build, fit, lr_lambda, train_one_epoch
+
+SMALL = ["model.name=timm/test_efficientnet", "batch_size=4"]  # 15 training images: 3 steps per epoch
+
+
+def config(tiny, *extra: str):
+    return load_config(None, tiny["overrides"] + SMALL + list(extra))
+
+
+def snapshot(fold: Path, suffixes=(".pt", ".csv", ".yaml")) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(fold.iterdir()) if p.suffix in suffixes}
+
+
+def test_frozen_warmup_trains_only_the_head(tiny):
+    run = _build(config(tiny, "model.freeze_epochs=1", "epochs=2", "optim.warmup_epochs=0"), 0, resume=False)
+    head = {n for n, _ in run.raw.named_parameters() if n.startswith("classifier.")}
+    assert head == {"classifier.weight", "classifier.bias"}
+    before = copy.deepcopy(run.raw.state_dict())
+
+    train_one_epoch(run, 0)  # frozen
+    after = run.raw.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved == head  # no backbone weight, BN statistic or BN step counter moved
+    assert all(p not in run.optimizer.state for n, p in run.raw.named_parameters() if n not in head)
+
+    mid = copy.deepcopy(after)
+    train_one_epoch(run, 1)  # unfrozen: everything trains, BN statistics follow the batches again
+    after = run.raw.state_dict()
+    assert all(not torch.equal(mid[k], after[k]) for k in after if k.endswith(("weight", "running_mean")))
+
+
+def test_lr_schedules(tiny):
+    cfg = config(tiny, "epochs=10", "optim.lr=0.1", "optim.min_lr=0.001", "optim.warmup_epochs=2")
+    f = lr_lambda(cfg, steps_per_epoch=10)  # warmup 20 steps, 100 in all
+    assert f(0) == pytest.approx(0.01) and f(10) == pytest.approx(0.505) and f(20) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.01 + 0.99 * 0.5) and f(100) == pytest.approx(0.01)
+    assert all(f(s) >= f(s + 1) for s in range(20, 100))
+    one = lr_lambda(config(tiny, "epochs=10", "optim.schedule=onecycle"), 10)
+    assert one(0) == pytest.approx(0.04) and one(30) == pytest.approx(1.0) and one(100) < 0.01
+    const = lr_lambda(config(tiny, "epochs=10", "optim.schedule=constant", "optim.warmup_epochs=0"), 10)
+    assert const(0) == const(99) == 1.0
+
+
+def test_outputs_and_sgd_accumulation_clipping(tiny):
+    cfg = config(tiny, "epochs=2", "optim.name=sgd", "train.accum_steps=2", "batch_size=2", "train.clip_grad=1.0",
+                 "train.label_smoothing=0.1", "train.sampler=weighted", "train.class_weights=true", "metric=f1_macro")
+    result = fit(cfg, 0)
+    fold = result["dir"]
+    assert {"config.yaml", "last.pt", "best.pt", "metrics.csv", "oof.csv", "curves.png", "confusion.png"} <= {
+        p.name for p in fold.iterdir()}
+    m = pd.read_csv(fold / "metrics.csv")
+    assert list(m["epoch"]) == [0, 1]
+    assert {"train_loss", "valid_loss", "accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "qwk", "auc",
+            "lr", "seconds", "images_per_s"} <= set(m.columns)
+    best = torch.load(fold / "best.pt", weights_only=True)
+    assert best["epoch"] - 1 == m["f1_macro"].idxmax() and result["best"] == m["f1_macro"].max()
+    assert best["optimizer"]["param_groups"][0]["momentum"] == 0.9
+
+
+def test_resume_refuses_another_model_and_reports_harmless_changes(tiny, capsys):
+    fit(config(tiny), 0)
+    fold = tiny["out"] / "fold0"
+    before = snapshot(fold)
+    with pytest.raises(UserError, match=r"model\.name 'timm/test_efficientnet' -> 'timm/test_resnet'"):
+        fit(config(tiny, "model.name=timm/test_resnet"), 0, resume=True)
+    with pytest.raises(UserError, match=r"image_size"):
+        fit(config(tiny, "image_size=24"), 0, resume=True)
+    assert snapshot(fold) == before  # nothing overwritten, config.yaml included
+
+    capsys.readouterr()
+    fit(config(tiny, "epochs=2", "train.log_every=3"), 0, resume=True)
+    err = capsys.readouterr().err
+    assert "epochs 1 -> 2" in err and "train.log_every 10 -> 3" in err
+    assert list(pd.read_csv(fold / "metrics.csv")["epoch"]) == [0, 1]
+
+    last = (fold / "last.pt").read_bytes()
+    fit(config(tiny, "epochs=2"), 0, resume=True)  # complete: nothing to do
+    assert "nothing left to train" in capsys.readouterr().err and (fold / "last.pt").read_bytes() == last
+
+    with pytest.raises(UserError, match="already holds a trained fold"):
+        fit(config(tiny, "epochs=2"), 0)
+
+
+def test_nonfinite_loss_stops_with_checkpoints_intact(tiny):
+    fit(config(tiny), 0)
+    fold = tiny["out"] / "fold0"
+    before = snapshot(fold, (".pt", ".csv"))  # config.yaml holds the settings of the latest attempt
+    with pytest.raises(UserError, match=r"(loss is (nan|inf)|weight .* is not finite) at epoch 1 step \d") as e:
+        fit(config(tiny, "epochs=3", "optim.lr=1e30"), 0, resume=True)
+    assert "intact" in str(e.value) and "\n" not in str(e.value)
+    assert snapshot(fold, (".pt", ".csv")) == before and not (fold / "recovery.pt").exists()
+
+
+def test_early_stop_is_kept_across_resume(tiny):
+    # a frozen backbone and a head at lr 1e-9: the accuracy of epoch 0 is never beaten
+    cfg = config(tiny, "epochs=6", "train.early_stop=2", "optim.lr=1e-9", "optim.min_lr=0", "model.freeze_epochs=6")
+    fit(cfg, 0)
+    fold = tiny["out"] / "fold0"
+    assert list(pd.read_csv(fold / "metrics.csv")["epoch"]) == [0, 1, 2]
+    ck = ckpt_io.load(fold / "last.pt")
+    assert ck["bad_epochs"] == 2 and ck["epoch"] == 3
+    fit(cfg, 0, resume=True)
+    assert len(pd.read_csv(fold / "metrics.csv")) == 3
+
+
+def test_checkpoint_writes_are_atomic_and_loads_safe(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    ckpt_io.save_atomic({"model": {"w": torch.ones(3)}, "epoch": 1, "step": 0}, path)
+    good = path.read_bytes()
+
+    def dies(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", dies)
+    with pytest.raises(UserError, match="No space left"):
+        ckpt_io.save_atomic({"model": {}, "epoch": 2, "step": 0}, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == good and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+    (tmp_path / "recovery.pt").write_bytes(good[: len(good) // 2])  # a torn file: skipped, not fatal
+    assert ckpt_io.newest([tmp_path / "recovery.pt", path])[0] == path
+    torch.save({"model": {}, "hook": print}, tmp_path / "evil.pt")  # code: refused, never run
+    with pytest.raises(UserError, match="weights_only"):
+        ckpt_io.load(tmp_path / "evil.pt")
+
+    # RNG states survive the weights_only round trip
+    ckpt_io.save_atomic({"model": {}, "rng": ckpt_io.rng_state()}, tmp_path / "rng.pt")
+    expect = (torch.rand(3), __import__("numpy").random.rand(), __import__("random").random())
+    ckpt_io.set_rng_state(ckpt_io.load(tmp_path / "rng.pt")["rng"])
+    got = (torch.rand(3), __import__("numpy").random.rand(), __import__("random").random())
+    assert torch.equal(expect[0], got[0]) and expect[1:] == got[1:]

@@ -1,8 +1,10 @@
 """Training-step throughput of the kit's ResNets against timm's same architecture.
 
 The two run interleaved, kit then timm, round after round, and each side reports its median round:
-a slow spell of the machine (another process, thermal throttling) then hits both sides alike instead of
-whichever happened to run during it, so the ratio stays meaningful on a shared laptop or CI runner.
+a slow spell of the machine (thermal throttling, a background job) then hits both sides alike instead of
+whichever happened to run during it. That cancels drift, not oversubscription: with other processes
+busy on the same cores, OpenMP's threads wait on each other for seconds at a time and single rounds
+slow down 10-20x at random (measured on a 2-core runner), so benchmark on an otherwise idle machine.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ and timm's, its ResNets against timm's, one demo fold end to end, and a ResNet50
 section's numbers, and the headline ratios as top-level keys (`loader_speedup_vs_seed`,
 `cache_speedup_vs_seed`, `resnet_step_ratio_vs_timm`, ...). Compared sides run interleaved round after
 round, the first side rotated, and a ratio is the median of the per-round ratios: a slow spell of a shared
-machine then hits both sides of a ratio alike (comp.bench_models does the same for the model step).
+machine then hits both sides of a ratio alike (comp.bench_models interleaves the model step likewise).
 """
 
 from __future__ import annotations

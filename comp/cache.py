@@ -75,17 +75,21 @@ def write_entry(img: np.ndarray, path: Path, fmt: str) -> None:
     (three equal channels) is stored as one PNG channel; cv2.imread(IMREAD_COLOR) expands it back exactly."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if fmt == "npy":
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(img))
-    else:
-        gray = bool((img[:, :, 0] == img[:, :, 1]).all() and (img[:, :, 1] == img[:, :, 2]).all())
-        ok, buf = cv2.imencode(".png", img[:, :, 0] if gray else cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
-                               [cv2.IMWRITE_PNG_COMPRESSION, 3])
-        if not ok:
-            raise OSError(f"cannot encode {path} as PNG")
-        tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, path)
+    try:
+        if fmt == "npy":
+            with open(tmp, "wb") as f:
+                np.save(f, np.ascontiguousarray(img))
+        else:
+            gray = bool((img[:, :, 0] == img[:, :, 1]).all() and (img[:, :, 1] == img[:, :, 2]).all())
+            ok, buf = cv2.imencode(".png", img[:, :, 0] if gray else cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
+                                   [cv2.IMWRITE_PNG_COMPRESSION, 3])
+            if not ok:
+                raise OSError(f"cannot encode {path} as PNG")
+            tmp.write_bytes(buf.tobytes())
+        os.replace(tmp, path)
+    except OSError:  # disk full: no half-written temporary left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_entry(path: Path, fmt: str) -> np.ndarray:
@@ -140,7 +144,7 @@ def _work(job: tuple[str, str | None, int, list[str], str]) -> Problem | None:
         try:
             write_entry(img, Path(entry), fmt)
         except OSError as e:
-            raise UserError(f"cannot write the cache entry {entry}: {e} (images.cache_dir)") from None
+            raise UserError(f"cannot write the cache entry {entry}: {e.strerror or e} (images.cache_dir)") from None
     return None
 
 
@@ -156,7 +160,11 @@ def process_images(cfg: Any, root: Path, paths: Sequence[str], workers: int | No
     folder = cache_folder(cfg) if cfg.images.cache else None
     jobs = []
     if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot make the image cache folder {folder}: {e.strerror or e} (images.cache_dir, "
+                            f"or images.cache=false)") from None
         for stale in folder.rglob(".*.tmp"):  # left by a killed build: never renamed, never trusted
             stale.unlink(missing_ok=True)
     for p in dict.fromkeys(paths):

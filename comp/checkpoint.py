@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -56,23 +57,66 @@ def load(path: Path) -> dict[str, Any]:
     """Load a checkpoint dict with weights_only=True.
 
     Raises:
-        UserError: missing, truncated, not a kit checkpoint, or carrying pickled code.
+        UserError: missing, empty, truncated, not a kit checkpoint, from a newer kit, or carrying pickled
+            code (which the weights_only unpickler refuses without running it).
     """
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise UserError(f"cannot load checkpoint {path}: the file is empty (0 bytes)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            why = "it holds pickled code or objects, refused (weights_only=True)"
+        msg = str(e).strip()
+        code = re.search(r"Unsupported global: GLOBAL (\S+)", msg)
+        if code:  # the unpickler met a function or class to call, and called nothing
+            why = f"it holds pickled code ({code.group(1)}), refused (weights_only=True)"
+        else:  # torch explains at length; the unpickler's own words, or the first sentence, are the point
+            detail = re.search(r"WeightsUnpickler error:\s*(.+)", msg)
+            first = detail.group(1).strip() if detail else (msg.splitlines()[0].split(". ")[0] if msg else "")
+            why = f"truncated or not a PyTorch checkpoint ({type(e).__name__}{': ' + first if first else ''})"
         raise UserError(f"cannot load checkpoint {path}: {why}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise UserError(f"{path} is not a kit checkpoint (no 'model' state dict)")
     version = ckpt.get("format_version", 0)
+    if not isinstance(version, int):
+        raise UserError(f"{path} has an unknown checkpoint format_version {version!r}")
     if version > FORMAT_VERSION:
         raise UserError(f"{path} was written by a newer kit (format {version} > {FORMAT_VERSION}); update the kit")
     return ckpt
+
+
+# What each use of a checkpoint reads from it (a file of an older layout may lack some)
+PREDICT_KEYS = ("model", "model_name", "num_classes", "in_chans", "config_hash")
+RESUME_KEYS = (*PREDICT_KEYS, "optimizer", "scheduler", "scaler", "epoch", "step", "best", "bad_epochs", "history",
+               "rng")
+
+
+def require(ckpt: dict[str, Any], path: Path, keys: tuple[str, ...], use: str) -> None:
+    """Refuse a checkpoint that lacks what `use` reads, naming the first missing key and its format.
+
+    Raises:
+        UserError: e.g. a file of an older kit layout, or weights saved by hand.
+    """
+    missing = [k for k in keys if k not in ckpt]
+    if missing:
+        raise UserError(f"{path} cannot be used to {use}: it has no {missing[0]!r} (checkpoint format "
+                        f"{ckpt.get('format_version', 0)}, this kit writes {FORMAT_VERSION}: an older kit's file or "
+                        f"weights saved by hand)")
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, name: str) -> None:
+    """`model.load_state_dict(state)` (strict), a mismatch told in one line naming the first bad key.
+
+    Raises:
+        UserError: the weights are of another architecture or class count.
+    """
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines[1:] if ln), lines[0] if lines else "")
+        raise UserError(f"{path}: the weights do not fit {name}: {detail[:300]}") from None
 
 
 def rng_state() -> dict[str, Any]:

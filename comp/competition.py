@@ -29,6 +29,7 @@ from comp.config import resolve_path
 from comp.errors import UserError
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+MISSING_WORDS = {"nan", "null", "#n/a"}  # a missing label as pandas (astype(str)), JSON/SQL or Excel spell it
 
 
 @dataclass
@@ -95,9 +96,12 @@ def _encode_labels(raw: pd.Series, classes: list[str], class_values: list[str],
     nor its value is an error naming its place (`where(i)` for row i); without, the sorted distinct
     labels (numerically when they are all integers)."""
     values = raw.astype(str).str.strip()
-    blank = values == ""
+    # a missing label spelt as a word (MISSING_WORDS), unless the configured classes are named so
+    spelt_any = {str(c) for c in classes} | {str(v) for v in class_values}
+    blank = (values == "") | (values.str.lower().isin(MISSING_WORDS) & ~values.isin(spelt_any))
     if blank.any():
-        raise UserError(f"{where(int(blank.to_numpy().argmax()))} has a blank label")
+        i = int(blank.to_numpy().argmax())
+        raise UserError(f"{where(i)} has a blank label" + (f" ({values.iloc[i]!r})" if values.iloc[i] else ""))
     if classes:
         names = [str(c) for c in classes]
     else:
@@ -213,6 +217,8 @@ def load_competition(cfg: Any, strict: bool = True) -> Competition:
     if d.layout == "csv":
         train_csv = root / d.train_csv
         df = read_csv(train_csv, [d.id_column, d.label_column])
+        if df.empty:
+            raise UserError(f"{train_csv} has a header but no rows")
         ids = df[d.id_column].str.strip()
         dup = ids.duplicated()
         if dup.any():
@@ -232,6 +238,9 @@ def load_competition(cfg: Any, strict: bool = True) -> Competition:
         labels, classes, values = _encode_labels(scanned["label"], classes_cfg, values_cfg,
                                                  lambda i: f"class folder of {scanned['path'].iloc[i]}")
         train = scanned.assign(label=labels)
+    if labels.nunique() < 2:
+        raise UserError(f"the training labels hold one class only ({classes[int(labels.iloc[0])]!r}); "
+                        f"a classifier needs two or more (check data.label_column)")
     test = _load_test(cfg, root, classes, problems)
     train["group"] = _group_of(train["id"], d.group_pattern)
     cols = ["id", "path", "label", "group"]

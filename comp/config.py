@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -36,12 +36,12 @@ class DataConfig:
     sample_submission: str = "sample_submission.csv"  # relative to root; empty when there is none
     id_column: str = "id"  # column of the image id in the CSVs
     label_column: str = "label"  # column of the label in train_csv (and the submission)
-    train_images: List[str] = field(default_factory=lambda: ["train"])  # folders (globs, `**` ok) of training
+    train_images: list[str] = field(default_factory=lambda: ["train"])  # folders (globs, `**` ok) of training
     # images; a doubly-unzipped copy and __MACOSX/ debris are skipped
-    test_images: List[str] = field(default_factory=lambda: ["test"])  # folders (globs) of test images
+    test_images: list[str] = field(default_factory=lambda: ["test"])  # folders (globs) of test images
     image_ext: str = ".png"  # extension appended to a CSV id to find its file (unless the id ends with it)
-    classes: List[str] = field(default_factory=list)  # class names in label order; empty = sorted labels
-    class_values: List[str] = field(default_factory=list)  # the competition's value of each class (same order
+    classes: list[str] = field(default_factory=list)  # class names in label order; empty = sorted labels
+    class_values: list[str] = field(default_factory=list)  # the competition's value of each class (same order
     # as classes) in its CSVs and submission, e.g. classes [hem, all] + class_values [0, 1]; empty = the names
     group_pattern: str = ""  # regex on the image id; its first group is the patient (folds keep it whole)
     solution_csv: str = ""  # held-out labels (id_column, label_column) to score a submission locally, if known
@@ -57,7 +57,7 @@ class FoldsConfig:
 @dataclass
 class ModelConfig:
     name: str = "resnet18"  # kit ResNet (resnet18..resnet152) or any timm model as timm/<name>
-    pretrained: Optional[str] = None  # local .pth/.safetensors file, or a timm pretrained tag
+    pretrained: str | None = None  # local .pth/.safetensors file, or a timm pretrained tag
     in_chans: int = 3  # 1 for grayscale input (a pretrained first conv is summed over colour)
     drop_rate: float = 0.0  # dropout before the classifier
     freeze_epochs: int = 0  # epochs training only the head before unfreezing the backbone
@@ -97,7 +97,7 @@ class TrainConfig:
 
 @dataclass
 class ImagesConfig:
-    preprocess: List[str] = field(default_factory=list)  # crop_black, crop_circle, ben_graham, clahe, equalize,
+    preprocess: list[str] = field(default_factory=list)  # crop_black, crop_circle, ben_graham, clahe, equalize,
     # grayscale: crops run on the decoded image, the rest in list order after the resize (comp/preprocess.py)
     cache: bool = True  # prepare.py writes every image once, preprocessed and resized; training reads it
     cache_dir: str = ""  # the cache's parent folder; empty = <parent of data.root>/cache (set it when data.root
@@ -107,9 +107,9 @@ class ImagesConfig:
 
 @dataclass
 class AugConfig:
-    train: List[Any] = field(default_factory=list)  # albumentations transforms: {name: ..., args...}
-    valid: List[Any] = field(default_factory=list)
-    tta: List[str] = field(default_factory=lambda: ["identity", "hflip"])  # views averaged at predict
+    train: list[Any] = field(default_factory=list)  # albumentations transforms: {name: ..., args...}
+    valid: list[Any] = field(default_factory=list)
+    tta: list[str] = field(default_factory=lambda: ["identity", "hflip"])  # views averaged at predict
 
 
 @dataclass
@@ -213,7 +213,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise UserError(f"config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
     try:
         cfg = OmegaConf.merge(base, loaded)
-    except (OmegaConfBaseException, TypeError, ValueError, yaml.YAMLError) as e:  # TypeError: a list where a mapping belongs
+    # TypeError: a list where a mapping belongs; YAMLError: control characters in a value
+    except (OmegaConfBaseException, TypeError, ValueError, yaml.YAMLError) as e:
         raise UserError(_explain(e, f"in {path}")) from None
     for item in overrides or []:
         if "=" not in item or item.startswith("="):

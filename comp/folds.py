@@ -20,18 +20,23 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from comp.errors import UserError
 
 
-def split(train: pd.DataFrame, n_folds: int, seed: int, grouped: bool) -> pd.Series:
-    """Fold number (0..n_folds-1) for each row of `train` (columns label, group)."""
-    smallest = int(train["label"].value_counts().min())
+def check_split(train: pd.DataFrame, n_folds: int, grouped: bool) -> None:
+    """Raise `UserError` when `train` cannot be split into `n_folds` stratified (grouped) folds."""
+    smallest = int(train["label"].value_counts().min()) if len(train) else 0
     if smallest < n_folds:
         raise UserError(f"folds.n_folds={n_folds} but the rarest class has only {smallest} image(s); "
                         f"lower folds.n_folds")
+    n_groups = int(train["group"].nunique())
+    if grouped and n_groups < n_folds:
+        raise UserError(f"folds.n_folds={n_folds} but data.group_pattern finds only {n_groups} patient(s); "
+                        f"lower folds.n_folds")
+
+
+def split(train: pd.DataFrame, n_folds: int, seed: int, grouped: bool) -> pd.Series:
+    """Fold number (0..n_folds-1) for each row of `train` (columns label, group)."""
+    check_split(train, n_folds, grouped)
     fold = pd.Series(-1, index=train.index, dtype=int)
     if grouped:
-        n_groups = int(train["group"].nunique())
-        if n_groups < n_folds:
-            raise UserError(f"folds.n_folds={n_folds} but data.group_pattern finds only {n_groups} patient(s); "
-                            f"lower folds.n_folds")
         splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         parts = splitter.split(train, train["label"], groups=train["group"])
     else:
@@ -86,6 +91,17 @@ def _check(path: Path, folds: pd.DataFrame, train: pd.DataFrame, want: dict[str,
         raise UserError(f"{path}: the patient of {bad!r} changed since the folds were made; {redo}")
 
 
+def _grouped(train: pd.DataFrame, want: dict[str, Any]) -> bool:
+    """Grouped when configured and the pattern joins images (one that joins none: plain StratifiedKFold)."""
+    return bool(want["grouped"] and train["group"].nunique() < len(train))
+
+
+def check_folds(cfg: Any, train: pd.DataFrame, out_dir: Path) -> None:
+    """Before the slow work (the image cache): fail now if folds.csv will have to be made and cannot be."""
+    if not folds_path(out_dir).exists():
+        check_split(train, int(cfg.folds.n_folds), _grouped(train, settings(cfg)))
+
+
 def load_or_make_folds(cfg: Any, train: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
     """The fold table for this experiment: read from `out_dir/folds.csv` when it exists (and still
     matches the data and settings), else made and written atomically (folds.json first, then
@@ -100,8 +116,7 @@ def load_or_make_folds(cfg: Any, train: pd.DataFrame, out_dir: Path) -> pd.DataF
         folds = pd.read_csv(path, dtype={"id": str, "group": str}, keep_default_na=False)
         _check(path, folds, train, want)
         return train.merge(folds[["id", "fold"]], on="id")
-    joins = train["group"].nunique() < len(train)  # a pattern that joins no images: plain StratifiedKFold
-    out = train.assign(fold=split(train, want["n_folds"], want["seed"], want["grouped"] and joins))
+    out = train.assign(fold=split(train, want["n_folds"], want["seed"], _grouped(train, want)))
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_atomic(json.dumps(want, indent=1) + "\n", path.with_name("folds.json"))
     tmp = path.with_name(f".{path.name}.tmp")

@@ -108,7 +108,10 @@ def read_image(path: str | Path, target: int | None = None) -> np.ndarray:
         raise ImageError("missing", path) from None
     if size == 0:
         raise ImageError("empty", path)
-    complete = looks_complete(path, size)
+    try:
+        complete = looks_complete(path, size)
+    except OSError as e:  # a folder named like an image, no read permission
+        raise ImageError("corrupt", path, e.strerror or str(e)) from None
     if complete is False:  # cut short, or trailing bytes after the end: let PIL decide
         return _read_with_pil(path, complete)
     img = None

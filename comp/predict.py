@@ -78,20 +78,21 @@ def load_fold(path: Path, cfg: Any, classes: list[str] | None = None,
             passes the hash of the config it shipped, before data.root was pointed elsewhere).
     """
     ck = ckpt_io.load(path)
+    ckpt_io.require(ck, path, ckpt_io.PREDICT_KEYS, "predict")
     want = expect_hash or config_hash(cfg)
     if ck.get("config_hash") != want:
         raise UserError(f"{path} was trained with a different model, data or image setting than this config "
                         f"(hash {ck.get('config_hash')} != {want})")
     if classes is not None and ck.get("classes") is not None and list(ck["classes"]) != list(classes):
         raise UserError(f"{path} predicts the classes {list(ck['classes'])} but the data has {list(classes)}")
+    if classes is not None and ck["num_classes"] != len(classes):
+        raise UserError(f"{path} has {ck['num_classes']} outputs but the data has {len(classes)} classes "
+                        f"{list(classes)}")
     use_ema = ck.get("eval_weights") == "ema"
     if use_ema and ck.get("ema") is None:
         raise UserError(f"{path} was validated with EMA weights but holds none; the file is incomplete")
     model = create_model(ck["model_name"], ck["num_classes"], in_chans=ck["in_chans"])
-    try:
-        model.load_state_dict(ck["ema"] if use_ema else ck["model"])
-    except RuntimeError as e:
-        raise UserError(f"{path}: weights do not fit {ck['model_name']}: {str(e).splitlines()[0]}") from None
+    ckpt_io.load_weights(model, ck["ema"] if use_ema else ck["model"], path, ck["model_name"])
     meta = {k: v for k, v in ck.items() if k not in ("model", "ema", "optimizer", "scheduler", "scaler", "rng")}
     return model.eval(), meta
 
@@ -120,15 +121,16 @@ def fold_outputs(model: torch.nn.Module, loader: Any, cfg: Any, device: torch.de
     """(N, C) mean over the TTA views of one fold: probabilities, or logits with ensemble=mean_logit."""
     logit_mean = cfg.predict.ensemble == "mean_logit"
     outs = []
-    for xb, _ in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
-        x = to_input(xb, device, cfg.model.in_chans, cfg.train.channels_last)  # (B, C, H, W) normalised
-        acc = None
-        for view in views:
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(tta_view(x, view)).float()  # (B, classes)
-            out = logits if logit_mean else logits.softmax(1)
-            acc = out if acc is None else acc + out
-        outs.append((acc / len(views)).cpu())
+    with tqdm(loader, desc=desc, leave=False, dynamic_ncols=True) as bar:  # closed on an error too
+        for xb, _ in bar:
+            x = to_input(xb, device, cfg.model.in_chans, cfg.train.channels_last)  # (B, C, H, W) normalised
+            acc = None
+            for view in views:
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    logits = model(tta_view(x, view)).float()  # (B, classes)
+                out = logits if logit_mean else logits.softmax(1)
+                acc = out if acc is None else acc + out
+            outs.append((acc / len(views)).cpu())
     return torch.cat(outs)
 
 
@@ -196,3 +198,6 @@ def save_probs(path: Path, ids: list[str], probs: np.ndarray, classes: list[str]
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise UserError(f"--save-probs: could not write {path}: {e.strerror or e}") from None
+    except BaseException:  # Ctrl-C mid-write: the half-written temporary goes too
+        tmp.unlink(missing_ok=True)
+        raise

@@ -17,7 +17,7 @@ from comp.competition import Problem, load_competition
 from comp.config import resolve_path
 from comp.download import ensure_data
 from comp.errors import UserError
-from comp.folds import load_or_make_folds
+from comp.folds import check_folds, load_or_make_folds
 from comp.log import log
 from comp.preprocess import check_steps
 
@@ -56,13 +56,15 @@ def prepare(cfg: Any, workers: int | None = None) -> None:
     check_steps(cfg.images.preprocess)
     root = ensure_data(cfg)
     comp = load_competition(cfg, strict=False)
+    out_dir = resolve_path(cfg, cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)  # an unusable out_dir or fold setting fails now, not after
+    if not comp.problems:  # hours of caching (with ids missing their image, their listing comes first)
+        check_folds(cfg, comp.train, out_dir)
     paths = comp.train["path"].tolist() + comp.test["path"].tolist()
     problems = comp.problems + process_images(cfg, comp.root, paths, workers)
-    out_dir = resolve_path(cfg, cfg.out_dir)
     if problems:
         report = out_dir / "image_problems.csv"
         try:
-            out_dir.mkdir(parents=True, exist_ok=True)
             pd.DataFrame([vars(q) for q in problems]).to_csv(report, index=False)
         except OSError:
             report = None

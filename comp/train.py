@@ -154,6 +154,7 @@ class Run:
     meta: dict[str, Any]
     state: dict[str, Any] = field(default_factory=dict)  # epoch, step, best, bad_epochs, history, partial
     stop_signal: int = 0
+    config_saved: bool = False  # config.yaml goes with this attempt's first checkpoint (Run.save)
 
     def checkpoint(self) -> dict[str, Any]:
         """The whole training state as a plain dict (weights_only-loadable). Collective under DDP: every
@@ -192,6 +193,9 @@ class Run:
         if self.dist.main:
             for name in names:
                 ckpt_io.save_atomic(state, self.dir / name)
+            if not self.config_saved:  # the settings of the checkpoints beside it: an attempt that fails
+                _write_atomic(self.dir / "config.yaml", to_yaml(self.cfg))  # before saving any leaves it as it was
+                self.config_saved = True
 
     def agree(self, *values: float) -> list[float]:
         """Sum `values` over all ranks (flags: > 0 when any rank raised one)."""
@@ -291,25 +295,41 @@ def _build(cfg: Any, fold: int, resume: bool) -> Run:
 
 def _restore(run: Run) -> None:
     """Load the newest valid checkpoint of the fold (recovery.pt or last.pt) into `run`."""
-    found = ckpt_io.newest([run.dir / "recovery.pt", run.dir / "last.pt"])
-    if found is None:  # nothing saved yet (killed before the first checkpoint): start from scratch
-        if run.dist.main:
+    candidates = [run.dir / "recovery.pt", run.dir / "last.pt"]
+    found = ckpt_io.newest(candidates)
+    if found is None:
+        for p in candidates[::-1]:  # a file that is there but unusable: never start over on top of it
+            if p.is_file():
+                try:
+                    ckpt_io.require(ckpt_io.load(p), p, ckpt_io.RESUME_KEYS, "resume")
+                except UserError as e:
+                    raise UserError(f"--resume: {e}; move it away to train fold {run.fold} from scratch") from None
+        if run.dist.main:  # nothing saved yet (killed before the first checkpoint): start from scratch
             log(f"--resume: no checkpoint in {run.dir} yet; starting fold {run.fold} from scratch")
         return
     path, ck = found
+    ckpt_io.require(ck, path, ckpt_io.RESUME_KEYS, "resume")
     changes = ckpt_io.check_resume(ck, path, run.cfg, run.dist.world)
+    if ck.get("classes") is not None and list(ck["classes"]) != run.meta["classes"]:
+        raise UserError(f"--resume: {path} was trained on the classes {list(ck['classes'])} but the data has "
+                        f"{run.meta['classes']}; set another out_dir")
     if changes and run.dist.main:
         log("--resume: settings changed since the checkpoint: "
             + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
 
-    run.raw.load_state_dict(ck["model"])
+    ckpt_io.load_weights(run.raw, ck["model"], path, run.meta["model_name"])
     if run.ema is not None:  # EMA switched on at resume: start it from the model
-        run.ema.module.load_state_dict(ck["ema"] if ck.get("ema") is not None else ck["model"])
+        ckpt_io.load_weights(run.ema.module, ck["ema"] if ck.get("ema") is not None else ck["model"], path,
+                             run.meta["model_name"])
     # Optimizer and schedule state come from the checkpoint; their hyperparameters from the config, so a
     # resume with another optim.lr or weight_decay uses it (same config: the very same floats).
     current = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in run.optimizer.param_groups]
-    run.optimizer.load_state_dict(ck["optimizer"])
-    run.scheduler.load_state_dict(ck["scheduler"])
+    try:
+        run.optimizer.load_state_dict(ck["optimizer"])
+        run.scheduler.load_state_dict(ck["scheduler"])
+    except (ValueError, KeyError, TypeError) as e:  # another layout of optimizer state
+        raise UserError(f"--resume: {path}: its optimizer state does not fit this model's "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     for g, cur in zip(run.optimizer.param_groups, current, strict=True):
         g.update(cur)
     run.scheduler.base_lrs = [g["initial_lr"] for g in run.optimizer.param_groups]
@@ -374,57 +394,59 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
                disable=not run.dist.main, leave=False, dynamic_ncols=True)
     t0 = time.perf_counter() - part["seconds"]  # the time before a resume counts too
     it = iter(loader)
-    for step in range(start, run.steps_per_epoch):
-        loss_sum, bad = 0.0, None
-        for micro in range(accum):
-            tw = time.perf_counter()
-            xb, yb = next(it)
-            part["wait"] += time.perf_counter() - tw
-            x = to_input(xb, run.device, cfg.model.in_chans, cfg.train.channels_last)
-            y = yb.to(run.device, non_blocking=True)
-            if run.mixup is not None:
-                x, y = run.mixup(x, y)
-            loss = _forward_loss(run, x, y)
-            # DDP all-reduces gradients on the last micro-step only
-            sync = micro == accum - 1 or run.ddp is None
-            with run.ddp.no_sync() if not sync else contextlib.nullcontext():
-                run.scaler.scale(loss / accum).backward()
-            value = loss.item()
-            bad = value if not math.isfinite(value) else bad
-            loss_sum += value * len(xb)
-        # one all-reduce per step: the loss for the log, and whether any rank must stop
-        g_loss, g_count, g_bad, g_stop = run.agree(loss_sum, accum * len(xb), float(bad is not None),
-                                                     float(run.stop_signal))
-        if g_bad:
-            raise UserError(f"loss is {bad if bad is not None else 'not finite'} at epoch {epoch} step {step} "
-                            f"(fold {run.fold}); training stopped, checkpoints in {run.dir} are intact; "
-                            f"try a lower optim.lr or set train.clip_grad")
-        if cfg.train.clip_grad > 0:
-            run.scaler.unscale_(run.optimizer)
-            torch.nn.utils.clip_grad_norm_(run.raw.parameters(), cfg.train.clip_grad)
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        run.optimizer.zero_grad(set_to_none=True)
-        run.scheduler.step()
-        if run.ema is not None:
-            run.ema.update(run.raw, step=run.scheduler.last_epoch)
-        part["loss_sum"] += g_loss
-        part["count"] += g_count
-        part["images"] += g_count
-        bar.update(1)
-        if step % cfg.train.log_every == 0:
-            bar.set_postfix(loss=f"{part['loss_sum'] / part['count']:.4f}",
-                            lr=f"{run.scheduler.get_last_lr()[-1]:.2e}")
-        done, every = step + 1, cfg.train.recovery_every
-        if g_stop or (every and run.scheduler.last_epoch % every == 0 and done < run.steps_per_epoch):
-            part["seconds"] = time.perf_counter() - t0
-            run.state["step"] = done
-            run.save(run.checkpoint(), "recovery.pt")
-            if g_stop:
-                if run.dist.world > 1:
-                    dist.barrier()  # rank 0 has written before any rank exits (torchrun stops the rest)
-                raise Stopped(run.stop_signal or signal.SIGTERM, run.dir / "recovery.pt")
-    bar.close()
+    try:
+        for step in range(start, run.steps_per_epoch):
+            loss_sum, bad = 0.0, None
+            for micro in range(accum):
+                tw = time.perf_counter()
+                xb, yb = next(it)
+                part["wait"] += time.perf_counter() - tw
+                x = to_input(xb, run.device, cfg.model.in_chans, cfg.train.channels_last)
+                y = yb.to(run.device, non_blocking=True)
+                if run.mixup is not None:
+                    x, y = run.mixup(x, y)
+                loss = _forward_loss(run, x, y)
+                # DDP all-reduces gradients on the last micro-step only
+                sync = micro == accum - 1 or run.ddp is None
+                with run.ddp.no_sync() if not sync else contextlib.nullcontext():
+                    run.scaler.scale(loss / accum).backward()
+                value = loss.item()
+                bad = value if not math.isfinite(value) else bad
+                loss_sum += value * len(xb)
+            # one all-reduce per step: the loss for the log, and whether any rank must stop
+            g_loss, g_count, g_bad, g_stop = run.agree(loss_sum, accum * len(xb), float(bad is not None),
+                                                         float(run.stop_signal))
+            if g_bad:
+                raise UserError(f"loss is {bad if bad is not None else 'not finite'} at epoch {epoch} step {step} "
+                                f"(fold {run.fold}); training stopped, checkpoints in {run.dir} are intact; "
+                                f"try a lower optim.lr or set train.clip_grad")
+            if cfg.train.clip_grad > 0:
+                run.scaler.unscale_(run.optimizer)
+                torch.nn.utils.clip_grad_norm_(run.raw.parameters(), cfg.train.clip_grad)
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+            run.optimizer.zero_grad(set_to_none=True)
+            run.scheduler.step()
+            if run.ema is not None:
+                run.ema.update(run.raw, step=run.scheduler.last_epoch)
+            part["loss_sum"] += g_loss
+            part["count"] += g_count
+            part["images"] += g_count
+            bar.update(1)
+            if step % cfg.train.log_every == 0:
+                bar.set_postfix(loss=f"{part['loss_sum'] / part['count']:.4f}",
+                                lr=f"{run.scheduler.get_last_lr()[-1]:.2e}")
+            done, every = step + 1, cfg.train.recovery_every
+            if g_stop or (every and run.scheduler.last_epoch % every == 0 and done < run.steps_per_epoch):
+                part["seconds"] = time.perf_counter() - t0
+                run.state["step"] = done
+                run.save(run.checkpoint(), "recovery.pt")
+                if g_stop:
+                    if run.dist.world > 1:
+                        dist.barrier()  # rank 0 has written before any rank exits (torchrun stops the rest)
+                    raise Stopped(run.stop_signal or signal.SIGTERM, run.dir / "recovery.pt")
+    finally:
+        bar.close()  # on an error too: the error line then starts a line of its own
     seconds = time.perf_counter() - t0
     return {"train_loss": part["loss_sum"] / max(part["count"], 1), "seconds": seconds,
             "images_per_s": part["images"] / max(seconds, 1e-9), "data_wait_share": part["wait"] / max(seconds, 1e-9)}
@@ -441,10 +463,11 @@ def predict_logits(model: torch.nn.Module, dataset: ImageDataset, cfg: Any, devi
     sub = torch.utils.data.Subset(dataset, idx.tolist())
     loader = make_loader(sub, cfg.batch_size, None, cfg.num_workers, pin_memory=device.type == "cuda")
     outs = []
-    for xb, _ in tqdm(loader, desc=desc, leave=False, disable=not d.main, dynamic_ncols=True):
-        x = to_input(xb, device, cfg.model.in_chans, cfg.train.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            outs.append(model(x).float().cpu())
+    with tqdm(loader, desc=desc, leave=False, disable=not d.main, dynamic_ncols=True) as bar:  # closed on errors
+        for xb, _ in bar:
+            x = to_input(xb, device, cfg.model.in_chans, cfg.train.channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                outs.append(model(x).float().cpu())
     logits = torch.cat(outs).numpy() if outs else np.zeros((0, num_classes), np.float32)
     if d.world > 1:
         parts: list[Any] = [None] * d.world
@@ -476,8 +499,12 @@ def validate(run: Run) -> tuple[dict[str, float], np.ndarray]:
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:  # disk full, permissions: the old file stays as it was
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"could not write {path}: {e.strerror or e}; the previous one is intact") from None
 
 
 def _improved(score: float, best: float | None) -> bool:
@@ -500,7 +527,6 @@ def fit(cfg: Any, fold: int, resume: bool = False) -> dict[str, Any]:
     metric = run.meta["metric"]
     if run.dist.main:
         run.dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(run.dir / "config.yaml", to_yaml(cfg))
 
     def on_signal(signum, _frame):
         run.stop_signal = signum  # acted on after the current optimizer step
@@ -531,9 +557,11 @@ def fit(cfg: Any, fold: int, resume: bool = False) -> dict[str, Any]:
                     for c, name in enumerate(run.meta["classes"]):
                         oof[f"prob_{name}"] = probs[:, c]
                     _write_atomic(run.dir / "oof.csv", oof.to_csv(index=False))
+                _write_atomic(run.dir / "metrics.csv", pd.DataFrame(run.state["history"]).to_csv(index=False))
+                # last.pt is the commit point: written after the files above, so a failed write of any of them
+                # (disk full) or a kill leaves the previous last.pt, and the resume redoes the epoch and them
                 run.save(state, "last.pt")
                 (run.dir / "recovery.pt").unlink(missing_ok=True)  # older than last.pt now
-                _write_atomic(run.dir / "metrics.csv", pd.DataFrame(run.state["history"]).to_csv(index=False))
                 log(f"fold {fold} epoch {epoch}: train_loss {run.state['history'][-1]['train_loss']:.4f} "
                     f"valid_loss {scores['valid_loss']:.4f} {metric} {score:.4f}{' *' if improved else ''} "
                     f"({stats['images_per_s']:.0f} img/s)")

@@ -1,14 +1,119 @@
 """Config faults: whatever the command line or YAML holds, the kit answers with a config or one
-UserError naming the key — never another exception (property-based with hypothesis)."""
+UserError naming the key — never another exception (property-based with hypothesis); and through the
+scripts themselves, every bad key, type, value or path ends in one `error:` line, exit code 2, with the
+experiment already on disk left byte for byte as it was.
 
+The helpers at the top are shared by the other fault suites (tests/test_faults_*.py): the scripts run
+in-process through their own parser and `comp.cli.main` (no interpreter start per fault), a tiny fold
+is trained once per module, and a folder's files are compared byte for byte before and after a fault.
+"""
+
+from __future__ import annotations
+
+import io
+import runpy
+import shutil
+import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
+import pytest
+import torch
+from conftest import FAST, ROOT, write_tiny_competition
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from comp.config import Config, load_config
 from comp.errors import UserError
+
+# --- shared by the fault suites ------------------------------------------------------------------------
+
+SCRIPTS = ROOT / "scripts"
+# 16 px images, 2 folds, one epoch of one step, a 0.4 M-parameter model: a fold trains in about a second
+COMMON = [*FAST, "data.source=competition", "data.solution_csv=solution.csv", "model.name=timm/test_resnet",
+          "aug.tta=[identity]"]
+
+
+def run_main(script: str, *argv: str) -> tuple[int, str, str]:
+    """`python scripts/<script> ARGV` in this process: the script's own parser and comp.cli.main.
+    Returns (exit code, stdout, stderr)."""
+    old_argv, old_path = sys.argv, list(sys.path)
+    sys.argv = [str(SCRIPTS / script), *argv]
+    sys.path.insert(0, str(SCRIPTS))  # for the scripts' `import _common`
+    out, err = io.StringIO(), io.StringIO()
+    code: int | str | None = 0
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            runpy.run_path(str(SCRIPTS / script), run_name="__main__")
+    except SystemExit as e:
+        code = e.code
+    finally:
+        sys.argv, sys.path[:] = old_argv, old_path
+    return (code if isinstance(code, int) else int(code is not None)), out.getvalue(), err.getvalue()
+
+
+def one_error(code: int, err: str, *needles: str) -> str:
+    """Exit code 2, exactly one `error:` line holding every needle, no traceback; returns the line."""
+    assert code == 2, (code, err[-2000:])
+    assert "Traceback" not in err and "internal error" not in err, err[-2000:]
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, err[-2000:]
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (relative path -> bytes)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_kept(before: dict[str, bytes], folder: Path, new_ok: tuple[str, ...] = ()) -> None:
+    """Nothing of `before` overwritten or deleted, and no file added but those named in `new_ok`
+    (a half-written or temporary file would be one)."""
+    after = snapshot(folder)
+    changed = sorted(k for k in before if after.get(k) != before[k])
+    assert not changed, f"changed or deleted: {changed}"
+    added = sorted(k for k in set(after) - set(before) if Path(k).name not in new_ok)
+    assert not added, f"added: {added}"
+
+
+def experiment(base: Path, *extra: str, classes=(0, 1, 2), train: bool = True) -> dict:
+    """A tiny competition under base/data and, with `train`, fold 0 trained into base/runs."""
+    from comp.train import fit
+
+    write_tiny_competition(base / "data", classes=classes)
+    ex = at(base, *extra)
+    if train:
+        fit(load_config(None, ex["overrides"]), 0)
+    return ex
+
+
+def at(base: Path, *extra: str) -> dict:
+    """The overrides of the experiment under `base` (after a copy, its own paths)."""
+    root, out = base / "data", base / "runs"
+    return {"base": base, "root": root, "out": out, "fold": out / "fold0",
+            "overrides": [*COMMON, f"data.root={root}", f"out_dir={out}", *extra]}
+
+
+def copy_of(ex: dict, dest: Path, *extra: str) -> dict:
+    """A private copy of an experiment (data and runs): a fault may do anything to it."""
+    shutil.copytree(ex["base"], dest)
+    return at(dest, *extra)
+
+
+def trained_fixture(tmp_path_factory, name: str, **kw) -> dict:
+    """One trained fold per module, built with one thread as the runs it is compared with."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return experiment(tmp_path_factory.mktemp(name), **kw)
+    finally:
+        torch.set_num_threads(threads)
+
+
+# --- hypothesis: nothing a config can hold crashes the loader --------------------------------------------
 
 
 def _keys(node, prefix=""):
@@ -50,3 +155,84 @@ def test_yaml_files_never_crash(tmp_path_factory, text):
         load_config(path)
     except UserError as e:
         assert str(e)
+
+
+# --- through the scripts: one error line, exit 2, the trained experiment untouched ----------------------
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    return trained_fixture(tmp_path_factory, "config_faults")
+
+
+def _yaml(tmp: Path, text: str) -> str:
+    path = tmp / "my.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def _under_file(tmp: Path) -> Path:
+    (tmp / "a_file").write_text("not a folder")
+    return tmp / "a_file" / "sub"
+
+
+# name -> (script, argv from (experiment overrides, tmp folder), what the error line names)
+RESUME = ("train_fold.py", "--fold", "0", "--resume")
+CONFIG_FAULTS = {
+    "unknown key (override)": (*RESUME, lambda ov, t: [*ov, "optim.learning_rate=0.1"],
+                               ["unknown config key 'optim.learning_rate'"]),
+    "unknown key (YAML)": (*RESUME, lambda ov, t: ["--config", _yaml(t, "trian:\n  ema: true\n"), *ov],
+                           ["unknown config key 'trian'", "my.yaml"]),
+    "wrong type (override)": (*RESUME, lambda ov, t: [*ov, "epochs=three"], ["'epochs'", "three"]),
+    "wrong type (YAML)": (*RESUME, lambda ov, t: ["--config", _yaml(t, "batch_size: [8]\n"), *ov],
+                          ["'batch_size'", "my.yaml"]),
+    "value where a section goes": (*RESUME, lambda ov, t: [*ov, "model=resnet18"], ["override 'model=resnet18'"]),
+    "value where a list goes": (*RESUME, lambda ov, t: [*ov, "aug.tta=hflip"], ["'aug.tta'"]),
+    "not a bool": (*RESUME, lambda ov, t: [*ov, "train.amp=maybe"], ["'train.amp'", "'maybe'"]),
+    "not KEY=VALUE": (*RESUME, lambda ov, t: [*ov, "epochs"], ["'epochs' is not of the form KEY=VALUE"]),
+    "negative epochs": (*RESUME, lambda ov, t: [*ov, "epochs=-1"], ["'epochs': -1 must be >= 1"]),
+    "image size 0": (*RESUME, lambda ov, t: [*ov, "image_size=0"], ["'image_size': 0 must be >= 8"]),
+    "negative learning rate": (*RESUME, lambda ov, t: [*ov, "optim.lr=-0.1"], ["'optim.lr'"]),
+    "batch larger than the fold": (*RESUME, lambda ov, t: [*ov, "batch_size=64"],
+                                   ["batch_size=64", "lower batch_size"]),
+    "fold outside the folds": ("train_fold.py", "--fold", "7", lambda ov, t: ov, ["--fold 7 is outside 0..1"]),
+    "unknown metric": (*RESUME, lambda ov, t: [*ov, "metric=top5"], ["'metric': 'top5'"]),
+    "unknown transform": (*RESUME, lambda ov, t: [*ov, "aug.train=[{name: Nope}]"],
+                          ["aug.train[0]: 'Nope' is not an albumentations transform"]),
+    "unknown TTA view": ("predict.py", lambda ov, t: [*ov, "aug.tta=[identity,spin]"], ["aug.tta", "'spin'"]),
+    "unknown model": ("train_fold.py", "--fold", "1", lambda ov, t: [*ov, "model.name=resnet19"],
+                      ["unknown model 'resnet19'"]),
+    "config file that does not exist": (*RESUME, lambda ov, t: ["--config", str(t / "nope.yaml"), *ov],
+                                        ["config file not found", "nope.yaml"]),
+    "config file not YAML": (*RESUME, lambda ov, t: ["--config", _yaml(t, "epochs: [1\n"), *ov], ["not valid YAML"]),
+    "data.root that does not exist": ("predict.py", lambda ov, t: [*ov, f"data.root={t / 'nowhere'}"],
+                                      ["data.root does not exist", "nowhere"]),
+    "train CSV that does not exist": (*RESUME, lambda ov, t: [*ov, "data.train_csv=labels.csv"],
+                                      ["CSV file not found", "labels.csv"]),
+    "image folder that does not exist": (*RESUME, lambda ov, t: [*ov, "data.train_images=[train_images]"],
+                                         ["image folder not found", "train_images", "data.train_images"]),
+    "pretrained file that does not exist": ("train_fold.py", "--fold", "1",
+                                            lambda ov, t: [*ov, f"model.pretrained={t / 'w.pth'}"],
+                                            ["pretrained weights file not found", "w.pth"]),
+    "cache folder under a file": ("prepare.py", lambda ov, t: [*ov, f"images.cache_dir={_under_file(t)}"],
+                                  ["cannot make the image cache folder", "images.cache_dir"]),
+    "out_dir under a file": ("prepare.py", lambda ov, t: [*ov, f"out_dir={_under_file(t)}"],
+                             ["Not a directory", "a_file"]),
+    "more folds than images in a class": ("prepare.py", lambda ov, t: [*ov, f"out_dir={t / 'new'}",
+                                                                      "folds.n_folds=11"],
+                                          ["folds.n_folds=11 but the rarest class has only 10 image(s)"]),
+    "a CUDA device without one": (*RESUME, lambda ov, t: [*ov, "device=cuda:0"], ["'device'", "no CUDA device"]),
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIG_FAULTS))
+def test_config_fault_is_one_error_line_and_nothing_is_touched(name, trained, tmp_path):
+    if name == "a CUDA device without one" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    *head, argv, needles = CONFIG_FAULTS[name]
+    ex = copy_of(trained, tmp_path / "ex")
+    before = snapshot(ex["base"])
+    code, out, err = run_main(*head, *argv(ex["overrides"], tmp_path))
+    one_error(code, err, *needles)
+    assert out == ""
+    assert_kept(before, ex["base"])
+    assert not (tmp_path / "new" / "folds.csv").exists()

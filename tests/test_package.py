@@ -83,7 +83,9 @@ def test_the_package_predicts_offline_exactly_like_predict_py(tmp_path):
                              capture_output=True, text=True, env=env, cwd=elsewhere, timeout=300)
     assert offline.returncode == 0, offline.stderr
     assert "thresholds: " in offline.stderr and str(pkg / "thresholds.json") in offline.stderr
-    local = run_script("predict.py", *ex["overrides"], "--save-probs", str(tmp_path / "local.csv"), check=True)
+    # Same thread count on both sides: CPU convolutions sum in a thread-dependent order.
+    local = run_script("predict.py", *ex["overrides"], "--save-probs", str(tmp_path / "local.csv"), check=True,
+                       env={"OMP_NUM_THREADS": "1"})
     assert offline.stdout == local.stdout and offline.stdout.startswith("id,label\n")
     assert (tmp_path / "offline.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
     assert not list(pkg.rglob("__pycache__"))  # nothing written into the (read-only on Kaggle) package

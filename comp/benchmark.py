@@ -171,7 +171,7 @@ class LabDataset(torch.utils.data.Dataset):
 
 def loaders(root: Path, out: Path) -> tuple[dict[str, torch.utils.data.Dataset], str]:
     """The datasets of section 1 over the images of `root` (a `fundus_set`), and the kit's default cache
-    format; the cache is built by comp.prepare.prepare (what scripts/prepare.py does), as default and npy."""
+    format; the cache is built by comp.prepare.prepare (what scripts/prepare.py does), as default (npy) and png."""
     import timm.data
 
     from comp.augment import build_transform
@@ -181,9 +181,9 @@ def loaders(root: Path, out: Path) -> tuple[dict[str, torch.utils.data.Dataset],
     from comp.prepare import prepare
 
     cfg = fundus_config(root, out / "default")
-    npy = fundus_config(root, out / "npy", "images.cache_format=npy")
+    png = fundus_config(root, out / "png", "images.cache_format=png")
     prepare(cfg)
-    prepare(npy)
+    prepare(png)
     comp = load_competition(cfg)
     paths, labels = comp.train["path"].tolist(), comp.train["label"].tolist()
     timm_tf = timm.data.create_transform(SIZE, is_training=True, hflip=0.5, vflip=0.5, color_jitter=None)
@@ -192,7 +192,7 @@ def loaders(root: Path, out: Path) -> tuple[dict[str, torch.utils.data.Dataset],
         "timm": timm.data.ImageDataset(str(root / "train"), transform=timm_tf),
         "kit": ImageDataset(paths, labels, SIZE, build_transform(FLIPS, "bench")),
         "cache": ImageDataset(paths, labels, SIZE, build_transform(FLIPS, "bench"), load=image_loader(cfg, comp)),
-        "cache_npy": ImageDataset(paths, labels, SIZE, build_transform(FLIPS, "bench"), load=image_loader(npy, comp)),
+        "cache_png": ImageDataset(paths, labels, SIZE, build_transform(FLIPS, "bench"), load=image_loader(png, comp)),
     }, cfg.images.cache_format
 
 
@@ -201,7 +201,7 @@ LOADER_NAMES = {
     "timm": "timm: ImageDataset + create_transform (RandomResizedCrop, flips)",
     "kit": "kit: comp.dataset.ImageDataset from the files (reduced DCT decode)",
     "cache": "kit: from the cache, images.cache_format={fmt} (the default)",
-    "cache_npy": "kit: from the cache, images.cache_format=npy",
+    "cache_png": "kit: from the cache, images.cache_format=png",
 }
 
 
@@ -221,7 +221,7 @@ def bench_loader(work: Path, quick: bool, echo: Callable[[str], None]) -> dict[s
                 res[shape] = {"images": n, **{f"{k}_ips": n / statistics.median(s) for k, s in secs.items()},
                               "kit_speedup": median_ratio(secs["kit"], secs["lab"]),
                               "cache_speedup": median_ratio(secs["cache"], secs["lab"]),
-                              "cache_npy_speedup": median_ratio(secs["cache_npy"], secs["lab"]),
+                              "cache_png_speedup": median_ratio(secs["cache_png"], secs["lab"]),
                               "timm_speedup": median_ratio(secs["timm"], secs["lab"])}
     finally:
         torch.set_num_threads(threads)
@@ -230,13 +230,13 @@ def bench_loader(work: Path, quick: bool, echo: Callable[[str], None]) -> dict[s
     echo(f"   {'':<78}" + "".join(f"{c:>12}" for c in cols))
     for k, label in LOADER_NAMES.items():
         echo(f"   {label.format(fmt=fmt):<78}" + "".join(f"{res[c][f'{k}_ips']:>12.1f}" for c in cols))
-    for k, label in (("kit", "kit from files"), ("cache", "kit from cache"), ("cache_npy", "kit from npy cache"),
+    for k, label in (("kit", "kit from files"), ("cache", "kit from cache"), ("cache_png", "kit from png cache"),
                      ("timm", "timm")):
         echo(f"   {label + ' / lab reports (x, median of per-round ratios)':<78}"
              + "".join(f"{res[c][f'{k}_speedup']:>11.2f}x" for c in cols))
     return {"shapes": res, "cache_format": fmt, "loader_speedup_vs_seed": res["512x512"]["kit_speedup"],
             "cache_speedup_vs_seed": res["512x512"]["cache_speedup"],
-            "cache_npy_speedup_vs_seed": res["512x512"]["cache_npy_speedup"]}
+            "cache_png_speedup_vs_seed": res["512x512"]["cache_png_speedup"]}
 
 
 # --------------------------------------------------------------------------------------- 2. model step

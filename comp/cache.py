@@ -16,15 +16,18 @@ ben_graham, best of 30 reads on one CPU core:
     384 px   png 158 KB, 2.9 ms            npy 432 KB, 0.12 ms
     the source decoded and preprocessed instead: 50 ms from a q95 JPEG, 121 ms from a PNG (APTOS ships
     PNGs up to 4288x2848, several times that)
-Both are lossless, so training from the cache sees exactly the pixels decoding would give (tested). png
-is the default: DR 2015's 88,702 images at 512 px take ~23 GB as png against 68 GB raw (the GPU machine
-has a 64 GB disk), and 5 ms a read is ~1,500 images/s on 8 loader workers, more than one GPU trains a
-ResNet-50 at 512 px. npy suits small datasets (APTOS: 4.3 GB at 512 px) and fast disks.
+Both are lossless, so training from the cache sees exactly the pixels decoding would give (tested). npy
+is the default: a read costs next to nothing, so one loader worker feeds thousands of images a second
+and the GPU, not the CPU, sets the pace (APTOS: 4.3 GB at 512 px). png is for datasets whose raw arrays
+would not fit the disk: DR 2015's 88,702 images at 512 px take ~23 GB as png against 68 GB raw (the GPU
+machine has a 64 GB disk, a Kaggle notebook 20 GB), and configs/dr2015.yaml sets it; 5 ms a read is
+still ~1,500 images/s on 8 loader workers.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -43,7 +46,7 @@ from comp.images import ImageError
 from comp.log import log
 from comp.preprocess import check_steps, load_preprocessed
 
-CACHE_VERSION = 1  # bump when decoding or a preprocessing step changes the pixels it produces
+CACHE_VERSION = 2  # bump when decoding or a preprocessing step changes the pixels it produces
 MIN_PARALLEL = 64  # fewer images than this are not worth starting worker processes for
 
 
@@ -77,8 +80,9 @@ def write_entry(img: np.ndarray, path: Path, fmt: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         if fmt == "npy":
-            with open(tmp, "wb") as f:
-                np.save(f, np.ascontiguousarray(img))
+            buf = io.BytesIO()
+            np.save(buf, np.ascontiguousarray(img))
+            tmp.write_bytes(buf.getbuffer())
         else:
             gray = bool((img[:, :, 0] == img[:, :, 1]).all() and (img[:, :, 1] == img[:, :, 2]).all())
             ok, buf = cv2.imencode(".png", img[:, :, 0] if gray else cv2.cvtColor(img, cv2.COLOR_RGB2BGR),

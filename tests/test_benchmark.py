@@ -12,7 +12,7 @@ from conftest import run_script
 
 from comp.benchmark import fundus_image, interleaved, median_ratio
 
-POSITIVE = ["loader_speedup_vs_seed", "cache_speedup_vs_seed", "cache_npy_speedup_vs_seed",
+POSITIVE = ["loader_speedup_vs_seed", "cache_speedup_vs_seed", "cache_png_speedup_vs_seed",
             "resnet_step_ratio_vs_timm", "e2e_epoch_seconds", "e2e_images_per_s", "predict_images_per_s"]
 
 

@@ -131,7 +131,8 @@ def test_killed_build_resumes(tmp_path):
     paths = comp.train["path"].tolist() + comp.test["path"].tolist()
     assert len(_entries(folder)) == len(paths) and not list(folder.rglob(".*.tmp"))
     for p in paths:  # every entry, those before the kill included, is what decoding gives
-        assert (read_entry(entry_path(folder, comp.root, p, "png"), "png") == load_preprocessed(
+        fmt = cfg.images.cache_format
+        assert (read_entry(entry_path(folder, comp.root, p, fmt), fmt) == load_preprocessed(
             p, 16, ["crop_circle", "ben_graham"])).all()
     assert (tmp_path / "runs" / "folds.csv").is_file()
 

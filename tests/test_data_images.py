@@ -90,17 +90,21 @@ def test_cmyk_jpeg_matches_pil(tmp_path):
 
 
 def test_reduced_dct_decode(tmp_path):
-    """A JPEG at least 2x the target on its short side is decoded at 1/2, 1/4 or 1/8 scale: the result
-    after the resize is close to the full decode's."""
+    """A JPEG is decoded at the smallest of libjpeg-turbo's scales (k/8) keeping both sides >= the target,
+    with OpenCV's very pixels at the scales both have; after the resize it is close to the full decode."""
     from skimage import data
 
     big = cv2.resize(data.retina(), (320, 240), interpolation=cv2.INTER_AREA)
     path = tmp_path / "big.jpg"
     cv2.imwrite(str(path), cv2.cvtColor(big, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
     assert read_image(path).shape == (240, 320, 3)
-    assert read_image(path, target=60).shape == (60, 80, 3)  # 1/4: 240 // 4 >= 60
-    assert read_image(path, target=61).shape == (120, 160, 3)  # 1/2
-    assert read_image(path, target=200).shape == (240, 320, 3)  # too close to the target: full decode
+    assert read_image(path, target=60).shape == (60, 80, 3)  # 2/8: 240 * 2/8 >= 60
+    assert read_image(path, target=61).shape == (90, 120, 3)  # 3/8
+    assert read_image(path, target=211).shape == (240, 320, 3)  # 7/8 would be 210: full decode
+    for target, flag in ((30, cv2.IMREAD_REDUCED_COLOR_8), (60, cv2.IMREAD_REDUCED_COLOR_4),
+                         (120, cv2.IMREAD_REDUCED_COLOR_2), (None, cv2.IMREAD_COLOR)):
+        by_cv2 = cv2.cvtColor(cv2.imread(str(path), flag), cv2.COLOR_BGR2RGB)
+        assert np.array_equal(read_image(path, target=target), by_cv2), target
     full = cv2.resize(read_image(path), (48, 48), interpolation=cv2.INTER_AREA).astype(int)
     assert np.abs(load_image(path, 48).astype(int) - full).mean() < 4
 

@@ -132,7 +132,7 @@ def test_prepare_train_predict(replicas, tmp_path, name):
     folds = pd.read_csv(out / "folds.csv", dtype=str)
     assert (folds.groupby("group")["fold"].nunique() == 1).all()
     comp_cfg = cfg_for(name, root, out, f"images.cache_dir={cache}")
-    entries = [p for p in cache.rglob("*.png")]
+    entries = list(cache.rglob(f"*.{comp_cfg.images.cache_format}"))
     comp = load_competition(comp_cfg)
     assert len(entries) == len(comp.train) + len(comp.test)  # every image cached once
 

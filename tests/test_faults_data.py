@@ -149,8 +149,10 @@ def test_every_problem_of_a_download_is_listed_at_once(ex):
                                                       "test_004.png"}
     assert {k: v for k, v in snapshot(ex["out"]).items() if k != "image_problems.csv"} == runs
     # the usable images are cached whole (a rerun after the fix builds only the rest); no temporary left
-    folder = cache_folder(load_config(None, ex["overrides"]))
-    assert len(list(folder.rglob("*.png"))) == N_IMAGES - 7 and not list(folder.rglob(".*.tmp"))
+    cfg = load_config(None, ex["overrides"])
+    folder = cache_folder(cfg)
+    assert len(list(folder.rglob(f"*.{cfg.images.cache_format}"))) == N_IMAGES - 7
+    assert not list(folder.rglob(".*.tmp"))
 
 
 def _prepare_works(ex: dict, prepared: dict, *extra: str) -> None:
@@ -197,7 +199,8 @@ def test_every_image_kind_works(ex, prepared):
     cfg = load_config(None, ex["overrides"])
     folder = cache_folder(cfg)
     for name in names:
-        img = read_entry(entry_path(folder, ex["root"], _png(ex["root"], name), "png"), "png")
+        fmt = cfg.images.cache_format
+        img = read_entry(entry_path(folder, ex["root"], _png(ex["root"], name), fmt), fmt)
         assert img.shape == (16, 16, 3) and img.dtype == np.uint8 and img.std() > 0, name
 
 

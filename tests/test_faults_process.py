@@ -72,15 +72,16 @@ def big(tmp_path_factory) -> dict:
 
 def test_prepare_killed_at_random_moments_then_rerun_gives_the_same_cache_and_folds(big, tmp_path):
     ov = [*big["overrides"], f"images.cache_dir={tmp_path / 'cache'}", f"out_dir={tmp_path / 'runs'}"]
-    folder = cache_folder(load_config(None, ov))
+    cfg = load_config(None, ov)
+    folder, pattern = cache_folder(cfg), f"*.{cfg.images.cache_format}"
     total = len(big["cache"]) - 1  # entries, without cache.json
     rng = random.Random(8)
     seen = []
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
-        have = len(list(folder.rglob("*.png"))) if folder.exists() else 0
+        have = len(list(folder.rglob(pattern))) if folder.exists() else 0
         target = have + rng.randint(5, max(6, (total - have) // 3))
         p = start("prepare.py", *ov, log=tmp_path / "stderr.log")
-        while p.poll() is None and (not folder.exists() or len(list(folder.rglob("*.png"))) < target):
+        while p.poll() is None and (not folder.exists() or len(list(folder.rglob(pattern))) < target):
             time.sleep(0.001)
         code = signal_group(p, sig)
         assert code in (-sig, 128 + sig, 130 if sig == signal.SIGINT else -sig), (sig, code)

@@ -188,13 +188,14 @@ def test_disk_full_while_building_the_cache(ex, monkeypatch):
     out = ex["base"] / "new_runs"
     code, _, err = run_main("prepare.py", *ex["overrides"], f"out_dir={out}")
     one_error(code, err, "cannot write the cache entry", "No space left on device (images.cache_dir)")
-    folder = cache_folder(load_config(None, ex["overrides"]))
-    assert len(list(folder.rglob("*.png"))) == 4 and not list(folder.rglob(".*.tmp"))  # 4 whole entries
+    cfg = load_config(None, ex["overrides"])
+    folder, entries = cache_folder(cfg), f"*.{cfg.images.cache_format}"
+    assert len(list(folder.rglob(entries))) == 4 and not list(folder.rglob(".*.tmp"))  # 4 whole entries
     assert not (out / "folds.csv").exists() and not (folder / "cache.json").exists()
     monkeypatch.undo()
     code, _, err = run_main("prepare.py", *ex["overrides"], f"out_dir={out}")
     assert code == 0, err
-    assert len(list(folder.rglob("*.png"))) == 39 and (out / "folds.csv").is_file()
+    assert len(list(folder.rglob(entries))) == 39 and (out / "folds.csv").is_file()
 
 
 # --- the Kaggle CLI -------------------------------------------------------------------------------------

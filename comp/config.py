@@ -92,7 +92,7 @@ class TrainConfig:
     sampler: str = "random"  # random | weighted (inverse class frequency sampling)
     early_stop: int = 0  # stop after this many epochs without improvement; 0 = off
     recovery_every: int = 50  # save a recovery checkpoint every N optimizer steps; 0 = off
-    log_every: int = 10  # steps between progress-bar updates of the loss
+    log_every: int = 10  # steps between loss read-backs (a device sync): progress bar, non-finite check
 
 
 @dataclass

@@ -11,7 +11,8 @@ device.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -71,17 +72,24 @@ def epoch_order(n: int, seed: int, epoch: int, weights: np.ndarray | None = None
 class EpochSampler(Sampler):
     """Yields (index, augmentation seed) for one epoch, starting at `start` (resume), and for DDP only
     this rank's share (every world_size-th position, the order padded to a multiple of world_size as
-    DistributedSampler does).
+    DistributedSampler does). `set_epoch` moves it to another epoch: a persistent DataLoader keeps one
+    sampler for the whole run and its workers (the main process draws the indices, so they see it).
 
     `len()` is the number of samples this rank still draws this epoch."""
 
     def __init__(self, n: int, seed: int, epoch: int, start: int = 0, weights: np.ndarray | None = None,
                  shuffle: bool = True, rank: int = 0, world_size: int = 1):
-        order = epoch_order(n, seed, epoch, weights) if shuffle else np.arange(n)
+        self.n, self.seed, self.weights, self.shuffle = n, seed, weights, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.set_epoch(epoch, start)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        seed, world_size = self.seed, self.world_size
+        order = epoch_order(self.n, seed, epoch, self.weights) if self.shuffle else np.arange(self.n)
         pad = (-len(order)) % world_size
         order = np.concatenate([order, order[:pad]]) if pad else order
         positions = np.arange(len(order))
-        keep = positions % world_size == rank
+        keep = positions % world_size == self.rank
         self.items = [(int(i), (seed * 1_000_003 + epoch) * 10_000_019 + int(p) & 0x7FFFFFFF)
                       for i, p in zip(order[keep], positions[keep], strict=True)][start:]
 
@@ -93,27 +101,66 @@ class EpochSampler(Sampler):
 
 
 def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, num_workers: int,
-                drop_last: bool = False, pin_memory: bool = False) -> DataLoader:
+                drop_last: bool = False, pin_memory: bool = False, persistent: bool = False) -> DataLoader:
     """A DataLoader over `dataset`; sequential order when `sampler` is None (validation, test).
 
-    It gets a generator of its own: the workers' base seed would otherwise be drawn from the global torch
-    RNG, and a resumed run would then see the model's RNG (dropout) shifted by one draw."""
+    `persistent` keeps the worker processes between epochs (torch's persistent_workers, timm's default):
+    starting 8-16 workers costs ~1 s, which at 5,000 images/s is a third of a 16,000-image epoch and
+    the whole of a small fold's (measured on an H100, BENCHMARKS.md). It gets a generator of its own: the
+    workers' base seed would otherwise be drawn from the global torch RNG, and a resumed run would then
+    see the model's RNG (dropout) shifted by one draw."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers,
                       drop_last=drop_last, pin_memory=pin_memory, generator=torch.Generator(),
-                      prefetch_factor=4 if num_workers > 0 else None)
+                      prefetch_factor=4 if num_workers > 0 else None, persistent_workers=persistent and num_workers > 0)
+
+
+@functools.cache
+def _normalizer(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) as (1, 3, 1, 1) tensors on `device`, made once: building them per batch from Python
+    lists is a blocking host-to-device copy, a stream sync every step."""
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    return mean, std
 
 
 def to_input(x: torch.Tensor, device: torch.device, in_chans: int = 3, channels_last: bool = False) -> torch.Tensor:
     """uint8 (B, 3, H, W) from the loader → normalised float on `device`; grayscale averaged to 1 channel
     when the model takes one (in_chans=1)."""
     x = x.to(device, non_blocking=True).float().div_(255)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    mean, std = _normalizer(x.device)
     if in_chans == 1:
         x = (x.mean(1, keepdim=True) - mean.mean()) / std.mean()
     else:
         x = (x - mean) / std
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def device_batches(loader: Iterable, device: torch.device, in_chans: int = 3,
+                   channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """(x, y, batch size) for each batch of `loader`, x normalised on `device` (`to_input`), y there too.
+
+    On CUDA the next batch is copied and normalised on a side stream while the current one computes (the
+    prefetcher of NVIDIA's apex examples and timm): a 256 x 224 px uint8 batch is 38 MB, ~2 ms over
+    PCIe that would otherwise stall every step. `record_stream` tells the caching allocator the tensors
+    are used on the compute stream, so their memory is not handed out again while a step still reads it."""
+    if device.type != "cuda":
+        for xb, yb in loader:
+            yield to_input(xb, device, in_chans, channels_last), yb.to(device), len(xb)
+        return
+    stream = torch.cuda.Stream(device)
+    compute = torch.cuda.current_stream(device)
+    pending = None
+    for xb, yb in loader:
+        with torch.cuda.stream(stream):
+            nxt = (to_input(xb, device, in_chans, channels_last), yb.to(device, non_blocking=True), len(xb))
+        if pending is not None:
+            yield pending
+        compute.wait_stream(stream)
+        for t in nxt[:2]:
+            t.record_stream(compute)
+        pending = nxt
+    if pending is not None:
+        yield pending
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -24,7 +24,7 @@ from comp.augment import build_transform, check_tta
 from comp.cache import image_loader
 from comp.competition import Competition
 from comp.config import config_hash, resolve_path
-from comp.dataset import ImageDataset, make_loader, to_input
+from comp.dataset import ImageDataset, device_batches, make_loader
 from comp.errors import UserError
 from comp.log import log
 from comp.models import create_model
@@ -112,7 +112,7 @@ def amp_dtype_for(device: torch.device, amp: bool) -> torch.dtype | None:
     """bf16 where the GPU has it, fp16 otherwise (inference needs no loss scaling); none on the CPU."""
     if device.type != "cuda" or not amp:
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
 
 @torch.no_grad()
@@ -121,17 +121,17 @@ def fold_outputs(model: torch.nn.Module, loader: Any, cfg: Any, device: torch.de
     """(N, C) mean over the TTA views of one fold: probabilities, or logits with ensemble=mean_logit."""
     logit_mean = cfg.predict.ensemble == "mean_logit"
     outs = []
-    with tqdm(loader, desc=desc, leave=False, dynamic_ncols=True) as bar:  # closed on an error too
-        for xb, _ in bar:
-            x = to_input(xb, device, cfg.model.in_chans, cfg.train.channels_last)  # (B, C, H, W) normalised
-            acc = None
+    with tqdm(total=len(loader), desc=desc, leave=False, dynamic_ncols=True) as bar:  # closed on an error too
+        for x, _, _ in device_batches(loader, device, cfg.model.in_chans, cfg.train.channels_last):
+            acc = None  # x: (B, C, H, W) normalised, on the device
             for view in views:
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     logits = model(tta_view(x, view)).float()  # (B, classes)
                 out = logits if logit_mean else logits.softmax(1)
                 acc = out if acc is None else acc + out
-            outs.append((acc / len(views)).cpu())
-    return torch.cat(outs)
+            outs.append(acc / len(views))
+            bar.update(1)
+    return torch.cat(outs).cpu()
 
 
 def predict_test(cfg: Any, comp: Competition, device: torch.device | None = None, paths: list[Path] | None = None,
@@ -149,7 +149,8 @@ def predict_test(cfg: Any, comp: Competition, device: torch.device | None = None
     views = check_tta(cfg.aug.tta)
     dataset = ImageDataset(comp.test["path"].tolist(), None, cfg.image_size,
                            build_transform(cfg.aug.valid, "aug.valid"), load=image_loader(cfg, comp))
-    loader = make_loader(dataset, cfg.batch_size, None, cfg.num_workers, pin_memory=device.type == "cuda")
+    loader = make_loader(dataset, cfg.batch_size, None, cfg.num_workers, pin_memory=device.type == "cuda",
+                         persistent=True)  # one pool of workers for every fold
     total, weight_sum = None, 0.0
     for path in paths or trained_folds(cfg):
         model, meta = load_fold(path, cfg, comp.classes, expect_hash)

@@ -40,7 +40,7 @@ from comp.augment import build_transform
 from comp.cache import image_loader
 from comp.competition import load_competition
 from comp.config import config_hash, resolve_path, to_yaml
-from comp.dataset import EpochSampler, ImageDataset, class_weights, make_loader, to_input
+from comp.dataset import EpochSampler, ImageDataset, class_weights, device_batches, make_loader
 from comp.errors import UserError
 from comp.folds import load_or_make_folds
 from comp.log import log
@@ -149,12 +149,16 @@ class Run:
     train_set: ImageDataset
     valid_set: ImageDataset
     valid_ids: list[str]
-    train_weights: np.ndarray | None
+    train_sampler: EpochSampler  # moved to each epoch (set_epoch) under the one persistent train_loader
+    train_loader: Any  # DataLoader; its workers live as long as the run
+    valid_loader: Any  # DataLoader over this rank's share of the validation images (valid_index)
+    valid_index: np.ndarray
     steps_per_epoch: int
     meta: dict[str, Any]
     state: dict[str, Any] = field(default_factory=dict)  # epoch, step, best, bad_epochs, history, partial
     stop_signal: int = 0
     config_saved: bool = False  # config.yaml goes with this attempt's first checkpoint (Run.save)
+    next_epoch: tuple[int, Any] | None = None  # (epoch, its train_loader iterator), started before validation
 
     def checkpoint(self) -> dict[str, Any]:
         """The whole training state as a plain dict (weights_only-loadable). Collective under DDP: every
@@ -276,6 +280,13 @@ def _build(cfg: Any, fold: int, resume: bool) -> Run:
     cw = class_weights(labels, comp.num_classes)
     loss_weight = torch.tensor(cw, dtype=torch.float32, device=device) if cfg.train.class_weights else None
     train_weights = cw[labels] if cfg.train.sampler == "weighted" else None
+    pin = device.type == "cuda"
+    train_sampler = EpochSampler(len(train_set), cfg.seed, 0, weights=train_weights, rank=d.rank, world_size=d.world)
+    train_loader = make_loader(train_set, cfg.batch_size, train_sampler, cfg.num_workers, drop_last=True,
+                               pin_memory=pin, persistent=True)
+    valid_index = np.arange(d.rank, len(valid_set), d.world)  # with DDP each rank takes every world-th image
+    valid_loader = make_loader(torch.utils.data.Subset(valid_set, valid_index.tolist()), cfg.batch_size, None,
+                               cfg.num_workers, pin_memory=pin, persistent=True)
 
     raw = model
     if cfg.train.compile and d.world == 1:
@@ -285,7 +296,8 @@ def _build(cfg: Any, fold: int, resume: bool) -> Run:
             "in_chans": cfg.model.in_chans, "classes": list(comp.classes), "fold": fold, "metric": metric,
             "eval_weights": "ema" if ema is not None else "model"}
     run = Run(cfg, fold, fold_dir, device, d, model, raw, None, None, optimizer, scheduler, scaler, ema, mixup,
-              loss_weight, amp_dtype, train_set, valid_set, va["id"].tolist(), train_weights, steps_per_epoch, meta,
+              loss_weight, amp_dtype, train_set, valid_set, va["id"].tolist(), train_sampler, train_loader,
+              valid_loader, valid_index, steps_per_epoch, meta,
               state={"epoch": 0, "step": 0, "best": None, "bad_epochs": 0, "history": [],
                      "partial": _fresh_partial()})
     if resume:
@@ -375,16 +387,25 @@ def _forward_loss(run: Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
     """Optimizer steps from `run.state['step']` to the end of the epoch; returns loss and throughput.
 
+    The step losses stay on the device and are read back every `train.log_every` steps, before any
+    checkpoint and at the epoch's end (`flush`), not after every step: a read is a host-device sync, and
+    a synchronised host cannot queue the next step's copy and kernels while the GPU computes (timm's
+    train.py reads its loss at log intervals too). A non-finite loss is still reported with its step, and
+    no checkpoint is ever written after one. Stop requests (SIGTERM, Ctrl-C) act after the current step,
+    or under DDP at the next flush, which every rank reaches at the same step.
+
     Raises:
         UserError: a non-finite loss (nothing is saved after it).
         Stopped: SIGTERM/SIGINT arrived; a recovery checkpoint of the step just taken is written first.
     """
     cfg, accum, part = run.cfg, run.cfg.train.accum_steps, run.state["partial"]
     start = run.state["step"]
-    sampler = EpochSampler(len(run.train_set), cfg.seed, epoch, start=start * accum * cfg.batch_size,
-                           weights=run.train_weights, rank=run.dist.rank, world_size=run.dist.world)
-    loader = make_loader(run.train_set, cfg.batch_size, sampler, cfg.num_workers, drop_last=True,
-                         pin_memory=run.device.type == "cuda")
+    if run.next_epoch is not None and run.next_epoch[0] == epoch and start == 0:
+        batches = run.next_epoch[1]  # its workers have been at it since the last epoch's end
+    else:
+        run.train_sampler.set_epoch(epoch, start=start * accum * cfg.batch_size)
+        batches = iter(run.train_loader)
+    run.next_epoch = None
     run.model.train()
     frozen = epoch < cfg.model.freeze_epochs
     set_backbone_trainable(run.raw, not frozen)  # after .train(): a frozen backbone's BN stays in eval mode
@@ -392,17 +413,39 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
         _wrap_ddp(run, frozen)
     bar = tqdm(total=run.steps_per_epoch, initial=start, desc=f"fold {run.fold} epoch {epoch}",
                disable=not run.dist.main, leave=False, dynamic_ncols=True)
+    pending: list[tuple[int, torch.Tensor, list[int]]] = []  # (step, its micro-step losses, their sizes)
+
+    def flush() -> bool:
+        """Read the pending losses back, fail on a non-finite one, add them up step by step (the same sums
+        whatever the flush points, so a resumed run's metrics.csv matches too); True when any rank asks to
+        stop. Collective under DDP: one all-reduce."""
+        values = torch.stack([v for _, v, _ in pending]).cpu().double().tolist() if pending else []
+        bad = next(((st, v) for (st, _, _), row in zip(pending, values, strict=True) for v in row
+                    if not math.isfinite(v)), None)
+        sums = [sum(v * k for v, k in zip(row, sizes, strict=True)) for (_, _, sizes), row in zip(pending, values,
+                                                                                                  strict=True)]
+        counts = [float(sum(sizes)) for _, _, sizes in pending]
+        pending.clear()
+        *g, g_bad, g_stop = run.agree(*sums, *counts, float(bad is not None), float(run.stop_signal))
+        if g_bad:
+            where = f"{bad[1]} at epoch {epoch} step {bad[0]}" if bad else f"not finite at epoch {epoch}"
+            raise UserError(f"loss is {where} (fold {run.fold}); training stopped, checkpoints in {run.dir} are "
+                            f"intact; try a lower optim.lr or set train.clip_grad")
+        for g_loss, g_count in zip(g[:len(sums)], g[len(sums):], strict=True):
+            part["loss_sum"] += g_loss
+            part["count"] += g_count
+            part["images"] += g_count
+        return bool(g_stop)
+
     t0 = time.perf_counter() - part["seconds"]  # the time before a resume counts too
-    it = iter(loader)
+    it = device_batches(batches, run.device, cfg.model.in_chans, cfg.train.channels_last)
     try:
         for step in range(start, run.steps_per_epoch):
-            loss_sum, bad = 0.0, None
+            losses, sizes = [], []
             for micro in range(accum):
                 tw = time.perf_counter()
-                xb, yb = next(it)
+                x, y, n = next(it)
                 part["wait"] += time.perf_counter() - tw
-                x = to_input(xb, run.device, cfg.model.in_chans, cfg.train.channels_last)
-                y = yb.to(run.device, non_blocking=True)
                 if run.mixup is not None:
                     x, y = run.mixup(x, y)
                 loss = _forward_loss(run, x, y)
@@ -410,16 +453,8 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
                 sync = micro == accum - 1 or run.ddp is None
                 with run.ddp.no_sync() if not sync else contextlib.nullcontext():
                     run.scaler.scale(loss / accum).backward()
-                value = loss.item()
-                bad = value if not math.isfinite(value) else bad
-                loss_sum += value * len(xb)
-            # one all-reduce per step: the loss for the log, and whether any rank must stop
-            g_loss, g_count, g_bad, g_stop = run.agree(loss_sum, accum * len(xb), float(bad is not None),
-                                                         float(run.stop_signal))
-            if g_bad:
-                raise UserError(f"loss is {bad if bad is not None else 'not finite'} at epoch {epoch} step {step} "
-                                f"(fold {run.fold}); training stopped, checkpoints in {run.dir} are intact; "
-                                f"try a lower optim.lr or set train.clip_grad")
+                losses.append(loss.detach())
+                sizes.append(n)
             if cfg.train.clip_grad > 0:
                 run.scaler.unscale_(run.optimizer)
                 torch.nn.utils.clip_grad_norm_(run.raw.parameters(), cfg.train.clip_grad)
@@ -429,50 +464,56 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
             run.scheduler.step()
             if run.ema is not None:
                 run.ema.update(run.raw, step=run.scheduler.last_epoch)
-            part["loss_sum"] += g_loss
-            part["count"] += g_count
-            part["images"] += g_count
+            pending.append((step, torch.stack(losses), sizes))
             bar.update(1)
-            if step % cfg.train.log_every == 0:
-                bar.set_postfix(loss=f"{part['loss_sum'] / part['count']:.4f}",
-                                lr=f"{run.scheduler.get_last_lr()[-1]:.2e}")
             done, every = step + 1, cfg.train.recovery_every
-            if g_stop or (every and run.scheduler.last_epoch % every == 0 and done < run.steps_per_epoch):
-                part["seconds"] = time.perf_counter() - t0
-                run.state["step"] = done
-                run.save(run.checkpoint(), "recovery.pt")
-                if g_stop:
+            recover = every and run.scheduler.last_epoch % every == 0 and done < run.steps_per_epoch
+            local_stop = run.dist.world == 1 and run.stop_signal  # one process: no need to agree, act now
+            if step % cfg.train.log_every == 0 or recover or local_stop or done == run.steps_per_epoch:
+                stop = flush()
+                bar.set_postfix(loss=f"{part['loss_sum'] / max(part['count'], 1):.4f}",
+                                lr=f"{run.scheduler.get_last_lr()[-1]:.2e}")
+                if stop or recover:
+                    part["seconds"] = time.perf_counter() - t0
+                    run.state["step"] = done
+                    run.save(run.checkpoint(), "recovery.pt")
+                if stop:
                     if run.dist.world > 1:
                         dist.barrier()  # rank 0 has written before any rank exits (torchrun stops the rest)
                     raise Stopped(run.stop_signal or signal.SIGTERM, run.dir / "recovery.pt")
     finally:
         bar.close()  # on an error too: the error line then starts a line of its own
+        it.close()
     seconds = time.perf_counter() - t0
+    if epoch + 1 < cfg.epochs:
+        # The next epoch's first batches are made while this one validates. A batch is one worker's job, so
+        # an epoch otherwise starts with the GPU idle for the time one worker takes to load a whole batch:
+        # ~0.5 s at 256 images, 13 % of a 3,300-image/s epoch of 13,000 images (H100, BENCHMARKS.md).
+        # The order and augmentations depend on (seed, epoch, position) alone, so resuming is unchanged.
+        run.train_sampler.set_epoch(epoch + 1)
+        run.next_epoch = (epoch + 1, iter(run.train_loader))
     return {"train_loss": part["loss_sum"] / max(part["count"], 1), "seconds": seconds,
             "images_per_s": part["images"] / max(seconds, 1e-9), "data_wait_share": part["wait"] / max(seconds, 1e-9)}
 
 
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, dataset: ImageDataset, cfg: Any, device: torch.device,
+def predict_logits(model: torch.nn.Module, loader: Any, index: np.ndarray, n: int, cfg: Any, device: torch.device,
                    amp_dtype: torch.dtype | None, num_classes: int, d: Dist = Dist(),
                    desc: str = "validate") -> np.ndarray:
-    """Logits (N, C) of `dataset` in order; with DDP each rank takes every world-th image and the
-    results are gathered back into order on every rank."""
+    """Logits (n, C) of a dataset of `n` images in order; `loader` yields this rank's share, the images
+    `index` (under DDP every world-th), and the shares are gathered back into order on every rank."""
     model.eval()
-    idx = np.arange(d.rank, len(dataset), d.world)
-    sub = torch.utils.data.Subset(dataset, idx.tolist())
-    loader = make_loader(sub, cfg.batch_size, None, cfg.num_workers, pin_memory=device.type == "cuda")
     outs = []
-    with tqdm(loader, desc=desc, leave=False, disable=not d.main, dynamic_ncols=True) as bar:  # closed on errors
-        for xb, _ in bar:
-            x = to_input(xb, device, cfg.model.in_chans, cfg.train.channels_last)
+    with tqdm(total=len(loader), desc=desc, leave=False, disable=not d.main, dynamic_ncols=True) as bar:
+        for x, _, _ in device_batches(loader, device, cfg.model.in_chans, cfg.train.channels_last):
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                outs.append(model(x).float().cpu())
-    logits = torch.cat(outs).numpy() if outs else np.zeros((0, num_classes), np.float32)
+                outs.append(model(x).float())
+            bar.update(1)
+    logits = torch.cat(outs).cpu().numpy() if outs else np.zeros((0, num_classes), np.float32)
     if d.world > 1:
         parts: list[Any] = [None] * d.world
-        dist.all_gather_object(parts, (idx, logits))
-        full = np.zeros((len(dataset), num_classes), np.float32)
+        dist.all_gather_object(parts, (index, logits))
+        full = np.zeros((n, num_classes), np.float32)
         for i, lg in parts:
             full[i] = lg
         logits = full
@@ -489,8 +530,8 @@ def validate(run: Run) -> tuple[dict[str, float], np.ndarray]:
         if run.ema is not None:
             distribute_bn(run.ema.module, run.dist.world, reduce=False)
     model = run.ema.module if run.ema is not None else run.raw
-    logits = predict_logits(model, run.valid_set, run.cfg, run.device, run.amp_dtype, run.meta["num_classes"],
-                            run.dist)
+    logits = predict_logits(model, run.valid_loader, run.valid_index, len(run.valid_set), run.cfg, run.device,
+                            run.amp_dtype, run.meta["num_classes"], run.dist)
     y = run.valid_set.labels
     probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
     loss = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y)).item()
@@ -577,6 +618,7 @@ def fit(cfg: Any, fold: int, resume: bool = False) -> dict[str, Any]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        run.train_loader = run.valid_loader = None  # their persistent workers exit now, not at interpreter exit
         if run.dist.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
     return {"fold": fold, "best": run.state["best"], "metric": metric, "dir": run.dir}

@@ -145,3 +145,20 @@ def test_checkpoint_writes_are_atomic_and_loads_safe(tmp_path, monkeypatch):
     ckpt_io.set_rng_state(ckpt_io.load(tmp_path / "rng.pt")["rng"])
     got = (torch.rand(3), __import__("numpy").random.rand(), __import__("random").random())
     assert torch.equal(expect[0], got[0]) and expect[1:] == got[1:]
+
+
+def test_worker_processes_change_nothing(tiny):
+    # The loader's workers live for the whole fold and start the next epoch's batches during validation;
+    # the order and augmentations are functions of (seed, epoch, position), so two workers must give the
+    # very same weights and losses as loading in the main process.
+    aug = "aug.train=[{name: HorizontalFlip, p: 0.5}, {name: Affine, rotate: [-20, 20], p: 0.7}]"
+    runs = {}
+    for workers in (0, 2):
+        cfg = load_config(None, tiny["overrides"] + SMALL + [aug, "epochs=3", f"num_workers={workers}",
+                                                              f"out_dir={tiny['out'] / f'w{workers}'}"])
+        runs[workers] = fit(cfg, 0)["dir"]
+    a, b = (torch.load(d / "last.pt", weights_only=True)["model"] for d in runs.values())
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    cols = ["epoch", "train_loss", "valid_loss"]
+    ma, mb = (pd.read_csv(d / "metrics.csv")[cols] for d in runs.values())
+    pd.testing.assert_frame_equal(ma, mb, check_exact=True)

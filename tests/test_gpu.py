@@ -1,0 +1,89 @@
+"""The CUDA paths of training and prediction: AMP (bf16, and fp16 with its GradScaler), channels_last,
+torch.compile, resume, and predictions that agree with the CPU's. Skipped without a GPU (CI has none);
+run on a lent GPU with `pytest tests/test_gpu.py` (BENCHMARKS.md records the last such run)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import timm
+import torch
+
+from comp import checkpoint as ckpt_io
+from comp.competition import load_competition
+from comp.config import load_config
+from comp.models import create_model
+from comp.predict import predict_test
+from comp.train import _build, fit
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+GPU = ["device=cuda", "train.amp=true", "train.channels_last=true", "batch_size=4"]
+
+
+def config(tiny, *extra: str):
+    return load_config(None, tiny["overrides"] + GPU + list(extra))
+
+
+def test_fit_bf16_channels_last_ema_then_resume(tiny):
+    cfg = config(tiny, "train.ema=true", "epochs=1")
+    run = _build(cfg, 0, resume=False)
+    assert run.device.type == "cuda" and run.amp_dtype == torch.bfloat16  # every GPU the kit targets has bf16
+    assert next(run.raw.parameters()).is_cuda and not run.scaler.is_enabled()
+    del run
+    fit(cfg, 0)
+    fold = tiny["out"] / "fold0"
+    ck = torch.load(fold / "last.pt", map_location="cpu", weights_only=True)  # loads with no GPU too
+    assert all(t.device.type == "cpu" for t in ck["model"].values())
+    assert ck["ema"] is not None and "cuda" in ck["rng"][0]
+    fit(config(tiny, "train.ema=true", "epochs=2"), 0, resume=True)
+    m = pd.read_csv(fold / "metrics.csv")
+    assert list(m["epoch"]) == [0, 1] and np.isfinite(m["train_loss"]).all()
+
+
+def test_fp16_gradscaler_path(tiny, monkeypatch):
+    # A T4/P100 (Kaggle, Colab) has no bf16: the kit must fall back to fp16 with loss scaling.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    cfg = config(tiny, "epochs=1")
+    run = _build(cfg, 0, resume=False)
+    assert run.amp_dtype == torch.float16 and run.scaler.is_enabled()
+    del run
+    fit(cfg, 0)
+    ck = ckpt_io.load(tiny["out"] / "fold0" / "last.pt")
+    assert ck["scaler"]["scale"] > 0  # the scaler state is checkpointed, so a resume keeps its scale
+
+
+def test_compile_trains(tiny):
+    torch.compiler.reset()
+    res = fit(config(tiny, "train.compile=true", "epochs=1"), 0)
+    assert np.isfinite(pd.read_csv(res["dir"] / "metrics.csv")["train_loss"]).all()
+    keys = torch.load(res["dir"] / "best.pt", weights_only=True)["model"].keys()
+    assert not any(k.startswith("_orig_mod.") for k in keys)  # the plain model's names, loadable anywhere
+
+
+def test_gpu_prediction_matches_cpu(tiny):
+    cfg = config(tiny, "epochs=1", "model.name=resnet18", "train.amp=false")
+    fit(cfg, 0)
+    comp = load_competition(cfg)
+    gpu = predict_test(cfg, comp, device=torch.device("cuda"))
+    cpu = predict_test(cfg, comp, device=torch.device("cpu"))
+    np.testing.assert_allclose(gpu, cpu, atol=1e-3)  # TF32 convolutions on the GPU
+    amp = predict_test(load_config(None, tiny["overrides"] + GPU + ["model.name=resnet18"]), comp)
+    np.testing.assert_allclose(amp, cpu, atol=3e-2)  # bf16
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_kit_resnet_equals_timm_on_gpu(name):
+    torch.backends.cudnn.allow_tf32 = False  # exact float32 convolutions for the comparison
+    try:
+        kit = create_model(name, 7).cuda().to(memory_format=torch.channels_last).eval()
+        ref = timm.create_model(name, num_classes=7).cuda().to(memory_format=torch.channels_last).eval()
+        kit.load_state_dict(ref.state_dict(), strict=True)
+        x = torch.randn(4, 3, 96, 96, device="cuda").contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            assert (kit(x) - ref(x)).abs().max().item() <= 1e-4
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                assert (kit(x).float() - ref(x).float()).abs().max().item() <= 1e-2
+    finally:
+        torch.backends.cudnn.allow_tf32 = True

@@ -38,7 +38,7 @@ def _step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool):
     return step
 
 
-def _time(step, steps: int, device: torch.device) -> float:
+def time_steps(step, steps: int, device: torch.device) -> float:
     """Seconds for `steps` calls of `step`, waiting for the device at both ends."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -92,13 +92,13 @@ def bench_model_step(
         for side, model in models.items():
             model.to(dev, memory_format=fmt).train()
             steps_fn[side] = _step_fn(model, x, y, amp)
-            _time(steps_fn[side], warmup, dev)
+            time_steps(steps_fn[side], warmup, dev)
         secs: dict[str, list[float]] = {"kit": [], "timm": []}
         for r in range(rounds):
             # Alternate who goes first, so neither side always runs right after the other's allocations.
             order = ("kit", "timm") if r % 2 == 0 else ("timm", "kit")
             for side in order:
-                secs[side].append(_time(steps_fn[side], steps, dev))
+                secs[side].append(time_steps(steps_fn[side], steps, dev))
         kit_ips = batch * steps / statistics.median(secs["kit"])
         timm_ips = batch * steps / statistics.median(secs["timm"])
         rows.append(dict(

@@ -359,6 +359,7 @@ def _compute_only(batch: int, steps: int, compile_: bool, device: str = "cuda") 
     """The ceiling of a training loop: the kit's ResNet50 on one batch that stays on the device (bf16
     autocast, channels_last, AdamW, no host sync inside the timed steps), no loader. A loop's share of
     this speed is what its data path leaves of the GPU, whatever its own wait timer says."""
+    from comp.bench_models import time_steps
     from comp.models import create_model
 
     dev = torch.device(device)
@@ -376,15 +377,8 @@ def _compute_only(batch: int, steps: int, compile_: bool, device: str = "cuda") 
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    for _ in range(3):  # compilation, cuDNN's algorithm search, the allocator
-        step()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    return {"images_per_s": steps * batch / (time.perf_counter() - t0)}
+    time_steps(step, 3, dev)  # compilation, cuDNN's algorithm search, the allocator
+    return {"images_per_s": steps * batch / time_steps(step, steps, dev)}
 
 
 def bench_gpu(work: Path, quick: bool, echo: Callable[[str], None], device: str = "cuda") -> dict[str, Any]:

@@ -135,6 +135,15 @@ def to_input(x: torch.Tensor, device: torch.device, in_chans: int = 3, channels_
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def amp_dtype_for(device: torch.device, amp: bool) -> torch.dtype | None:
+    """The autocast dtype of training and prediction: bf16 only where the GPU has it natively (Ampere+;
+    Kaggle's T4/P100 would emulate it, slowly), fp16 otherwise (training adds a GradScaler); none on the
+    CPU or with amp off."""
+    if device.type != "cuda" or not amp:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+
+
 def device_batches(loader: Iterable, device: torch.device, in_chans: int = 3,
                    channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
     """(x, y, batch size) for each batch of `loader`, x normalised on `device` (`to_input`), y there too.

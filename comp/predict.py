@@ -24,7 +24,7 @@ from comp.augment import build_transform, check_tta
 from comp.cache import image_loader
 from comp.competition import Competition
 from comp.config import config_hash, resolve_path
-from comp.dataset import ImageDataset, device_batches, make_loader
+from comp.dataset import ImageDataset, amp_dtype_for, device_batches, make_loader
 from comp.errors import UserError
 from comp.log import log
 from comp.models import create_model
@@ -106,13 +106,6 @@ def fold_weight(meta: dict[str, Any], how: str, path: Path) -> float:
         raise UserError(f"predict.fold_weights=cv: {path} has no positive validation score ({best!r}); "
                         f"use predict.fold_weights=equal")
     return float(best)
-
-
-def amp_dtype_for(device: torch.device, amp: bool) -> torch.dtype | None:
-    """bf16 where the GPU has it, fp16 otherwise (inference needs no loss scaling); none on the CPU."""
-    if device.type != "cuda" or not amp:
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
 
 @torch.no_grad()

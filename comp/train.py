@@ -40,7 +40,7 @@ from comp.augment import build_transform
 from comp.cache import image_loader
 from comp.competition import load_competition
 from comp.config import config_hash, resolve_path, to_yaml
-from comp.dataset import EpochSampler, ImageDataset, class_weights, device_batches, make_loader
+from comp.dataset import EpochSampler, ImageDataset, amp_dtype_for, class_weights, device_batches, make_loader
 from comp.errors import UserError
 from comp.folds import load_or_make_folds
 from comp.log import log
@@ -257,11 +257,7 @@ def _build(cfg: Any, fold: int, resume: bool) -> Run:
     else:
         optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch))
-    amp_dtype = None
-    if cfg.train.amp and device.type == "cuda":
-        # bf16 only where the hardware has it (Ampere+); Kaggle's T4/P100 would emulate it, slowly
-        native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
-        amp_dtype = torch.bfloat16 if native_bf16 else torch.float16
+    amp_dtype = amp_dtype_for(device, cfg.train.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # bf16 needs no loss scaling
     ema = None
     if cfg.train.ema:

@@ -36,4 +36,4 @@ lint: setup
 	$(BIN)/ruff check comp scripts tests
 
 bench: setup
-	$(BIN)/python scripts/benchmark.py
+	$(BIN)/python benchmarks/run.py

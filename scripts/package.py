@@ -15,7 +15,7 @@ from comp.cli import main, parser
 
 def run(args):
     from comp.config import load_config
-    from comp.package import build_package
+    from comp.submit.package import build_package
 
     cfg = load_config(args.config, args.overrides)
     out = build_package(cfg, Path(args.output) if args.output else None, dataset_id=args.id, force=args.force)

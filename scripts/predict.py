@@ -14,8 +14,8 @@ from comp.cli import main, parser
 
 def run(args):
     from comp.config import load_config
-    from comp.predict import check_probs_path, save_probs
-    from comp.submission import make_submission
+    from comp.predict.predict import check_probs_path, save_probs
+    from comp.submit.submission import make_submission
 
     cfg = load_config(args.config, args.overrides)
     if args.save_probs:

@@ -6,7 +6,7 @@ rerun after an interruption), and write the folds once to <out_dir>/folds.csv.""
 import _common  # noqa: F401
 
 from comp.cli import main, parser
-from comp.prepare import prepare
+from comp.data.prepare import prepare
 
 
 def run(args):

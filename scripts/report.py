@@ -23,7 +23,7 @@ def fmt(v: float) -> str:
 
 def run(args):
     from comp.config import load_config, resolve_path
-    from comp.report import compare, cv_table, oof_report
+    from comp.report.report import compare, cv_table, oof_report
 
     cfg = load_config(args.config, args.overrides)
     if args.compare:

@@ -23,7 +23,7 @@ class Parser(argparse.ArgumentParser):
 
 def run(args):
     from comp.config import load_config
-    from comp.submit import submit
+    from comp.submit.kaggle import submit
 
     cfg = load_config(args.config, args.overrides)
     submit(cfg, Path(args.file), args.message, config_path=args.config, dry_run=args.dry_run)

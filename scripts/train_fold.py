@@ -28,8 +28,8 @@ from comp.cli import main, parser
 
 def run(args):
     from comp.config import load_config
-    from comp.download import ensure_data
-    from comp.train import Stopped, fit, setup_distributed
+    from comp.data.download import ensure_data
+    from comp.train.loop import Stopped, fit, setup_distributed
 
     cfg = load_config(args.config, args.overrides)
     d = setup_distributed(cfg.device)  # under torchrun: rank 0 fetches the data while the others wait

@@ -1,4 +1,4 @@
-"""scripts/benchmark.py --quick --json runs every section and reports every headline number (no speed
+"""benchmarks/run.py --quick --json runs every section and reports every headline number (no speed
 assertions: the machine running the tests is not the one the benchmark is for)."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import math
 
 import numpy as np
 import torch
-from conftest import run_script
+from conftest import ROOT, run_script
 
-from comp.benchmark import fundus_image, interleaved, median_ratio
+from benchmarks.harness import fundus_image, interleaved, median_ratio
 
 POSITIVE = ["loader_speedup_vs_seed", "cache_speedup_vs_seed", "cache_png_speedup_vs_seed",
             "resnet_step_ratio_vs_timm", "e2e_epoch_seconds", "e2e_images_per_s", "predict_images_per_s"]
@@ -19,7 +19,7 @@ POSITIVE = ["loader_speedup_vs_seed", "cache_speedup_vs_seed", "cache_png_speedu
 def test_quick_benchmark_json(tmp_path):
     # One thread: the test suite may share the cores with other jobs, and oversubscribed OpenMP threads
     # make a smoke run crawl; --quick measures nothing worth the contention anyway.
-    res = run_script("benchmark.py", "--quick", "--json", "--work", str(tmp_path), check=True,
+    res = run_script(str(ROOT / "benchmarks" / "run.py"), "--quick", "--json", "--work", str(tmp_path), check=True,
                      env={"OMP_NUM_THREADS": "1"}, timeout=600)
     lines = res.stdout.strip().splitlines()
     out = json.loads(lines[-1])

@@ -10,7 +10,7 @@ from PIL import Image
 
 from comp import preprocess as P
 from comp.errors import UserError
-from comp.images import ImageError, load_image, read_image
+from comp.data.images import ImageError, load_image, read_image
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (20, 30, 3), dtype=np.uint8)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from comp.augment import build_transform
-from comp.dataset import EpochSampler, ImageDataset, class_weights, epoch_order, make_loader, to_input
+from comp.data.augment import build_transform
+from comp.data.loader import EpochSampler, ImageDataset, class_weights, epoch_order, make_loader, to_input
 
 
 @pytest.mark.parametrize("n, world", [(10, 3), (12, 4), (7, 2), (5, 1)])

@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import ROOT, write_tiny_competition
 
-from comp import checkpoint as ckpt_io
+from comp.train import checkpoint as ckpt_io
 from comp.metrics import score_all
 
 pytestmark = pytest.mark.slow

@@ -81,7 +81,7 @@ def assert_kept(before: dict[str, bytes], folder: Path, new_ok: tuple[str, ...] 
 
 def experiment(base: Path, *extra: str, classes=(0, 1, 2), train: bool = True) -> dict:
     """A tiny competition under base/data and, with `train`, fold 0 trained into base/runs."""
-    from comp.train import fit
+    from comp.train.loop import fit
 
     write_tiny_competition(base / "data", classes=classes)
     ex = at(base, *extra)

@@ -18,10 +18,10 @@ import pytest
 from PIL import Image
 from test_faults_config import at, experiment, one_error, run_main, snapshot
 
-from comp.cache import cache_folder, entry_path, read_entry
-from comp.competition import load_competition
+from comp.data.cache import cache_folder, entry_path, read_entry
+from comp.data.competition import load_competition
 from comp.config import load_config
-from comp.submission import build, check
+from comp.submit.submission import build, check
 
 N_IMAGES = 39  # the tiny competition: 30 training + 9 test images
 
@@ -216,4 +216,4 @@ def test_extra_files_are_ignored(ex, prepared):
     shutil.copy(_png(r, "img_0_000"), r / "train" / "extra" / "img_0_000.png")
     _prepare_works(ex, prepared)
     comp = load_competition(load_config(None, ex["overrides"]))
-    assert len(comp.train) == 30 and len(comp.test) == 9 and "not_in_sample" not in set(comp.test["id"])
+    assert len(comp.train.loop) == 30 and len(comp.test) == 9 and "not_in_sample" not in set(comp.test["id"])

@@ -21,9 +21,9 @@ import pytest
 from conftest import ROOT, write_tiny_competition
 from test_faults_config import COMMON, run_main, trained_fixture
 
-from comp.cache import cache_folder
+from comp.data.cache import cache_folder
 from comp.config import load_config
-from comp.prepare import prepare
+from comp.data.prepare import prepare
 
 pytestmark = pytest.mark.slow
 
@@ -124,7 +124,7 @@ runpy.run_path({script!r}, run_name="__main__")
 PATCHES = {
     # SIGTERM while the folds predict (Python's default: the process ends at once)
     "SIGTERM mid-inference": """
-import comp.predict as P
+import comp.predict.predict as P
 real = P.fold_outputs
 def fold_outputs(*a, **k):
     os.kill(os.getpid(), signal.SIGTERM)

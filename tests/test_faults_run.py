@@ -18,10 +18,10 @@ import pytest
 import torch
 from test_faults_config import copy_of, one_error, run_main, snapshot, trained_fixture
 
-from comp import checkpoint as ckpt_io
+from comp.train import checkpoint as ckpt_io
 from comp import predict as predict_mod
 from comp import train as train_mod
-from comp.cache import cache_folder
+from comp.data.cache import cache_folder
 from comp.config import load_config
 
 RESUME = ("train_fold.py", "--fold", "0", "--resume")

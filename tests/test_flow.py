@@ -6,7 +6,7 @@ import pandas as pd
 import torch
 from conftest import run_script
 
-from comp.download import make_demo
+from comp.data.download import make_demo
 
 
 def test_demo_layout(tmp_path):

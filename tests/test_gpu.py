@@ -10,12 +10,12 @@ import pytest
 import timm
 import torch
 
-from comp import checkpoint as ckpt_io
-from comp.competition import load_competition
+from comp.train import checkpoint as ckpt_io
+from comp.data.competition import load_competition
 from comp.config import load_config
 from comp.models import create_model
-from comp.predict import predict_test
-from comp.train import _build, fit
+from comp.predict.predict import predict_test
+from comp.train.loop import _build, fit
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from comp import checkpoint as ckpt_io
+from comp.train import checkpoint as ckpt_io
 from comp.config import load_config
 from comp.errors import UserError
-from comp.train import _build, fit, lr_lambda, train_one_epoch
+from comp.train.loop import _build, fit, lr_lambda, train_one_epoch
 
 SMALL = ["model.name=timm/test_efficientnet", "batch_size=4"]  # 15 training images: 3 steps per epoch
 

@@ -3,7 +3,7 @@
 
 A training checkpoint holds everything a resumed run needs to continue exactly: model, EMA, optimizer,
 scheduler, scaler, epoch, position within the epoch, best score, history, and every RNG state. The
-data order and augmentation are functions of (seed, epoch, position) (comp.dataset), so the position is
+data order and augmentation are functions of (seed, epoch, position) (comp.data.loader), so the position is
 all that is saved of the loader. The resolved config rides along, so a resume can say which settings
 changed (`check_resume`) and refuse the ones that would change what the weights mean.
 

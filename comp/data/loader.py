@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from comp.images import load_image
+from comp.data.images import load_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,7 +34,7 @@ class ImageDataset(Dataset):
         labels: integer labels, or None for an unlabeled test set.
         size: square side the image is resized to when decoded.
         transform: an albumentations pipeline applied after resizing, or None.
-        load: `load(path) -> (size, size, 3) uint8`; default decodes the file (comp.cache reads the cache).
+        load: `load(path) -> (size, size, 3) uint8`; default decodes the file (comp.data.cache reads the cache).
     """
 
     def __init__(self, paths: Sequence[str], labels: Sequence[int] | None, size: int,

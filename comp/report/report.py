@@ -53,7 +53,7 @@ def classes_of(oof: pd.DataFrame) -> list[str]:
 def oof_report(cfg: Any) -> tuple[pd.DataFrame, Path]:
     """Per-class precision, recall, F1 and support of the out-of-fold predictions (argmax), and the OOF
     confusion matrix figure (normalised by true class), written to <out_dir>/oof_confusion.png."""
-    from comp.plots import confusion_figure
+    from comp.report.plots import confusion_figure
 
     out_dir = resolve_path(cfg, cfg.out_dir)
     oof = load_oof(out_dir, cfg.folds.n_folds)
@@ -98,7 +98,7 @@ def compare(run_dirs: list[Path], path: Path, labels: list[str] | None = None,
     Raises:
         UserError: a folder without trained folds, a label count that does not match, an unknown metric.
     """
-    from comp.plots import compare_figure
+    from comp.report.plots import compare_figure
 
     if labels and len(labels) != len(run_dirs):
         raise UserError(f"--labels: {len(labels)} labels for {len(run_dirs)} experiments")

@@ -5,7 +5,7 @@ and timm's, its ResNets against timm's, one demo fold end to end, and a ResNet50
 section's numbers, and the headline ratios as top-level keys (`loader_speedup_vs_seed`,
 `cache_speedup_vs_seed`, `resnet_step_ratio_vs_timm`, ...). Compared sides run interleaved round after
 round, the first side rotated, and a ratio is the median of the per-round ratios: a slow spell of a shared
-machine then hits both sides of a ratio alike (comp.bench_models interleaves the model step likewise).
+machine then hits both sides of a ratio alike (benchmarks.models interleaves the model step likewise).
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ class LabDataset(torch.utils.data.Dataset):
     def __init__(self, paths: list[str], labels: list[int]):
         from torchvision import transforms as T
 
-        from comp.dataset import IMAGENET_MEAN, IMAGENET_STD
+        from comp.data.loader import IMAGENET_MEAN, IMAGENET_STD
 
         self.paths, self.labels = paths, labels
         self.transform = T.Compose([T.Resize(256), T.RandomCrop(SIZE), T.RandomHorizontalFlip(),
@@ -173,18 +173,18 @@ def loaders(root: Path, out: Path) -> tuple[dict[str, torch.utils.data.Dataset],
     format; the cache is built by comp.prepare.prepare (what scripts/prepare.py does), as default (npy) and png."""
     import timm.data
 
-    from comp.augment import build_transform
-    from comp.cache import image_loader
-    from comp.competition import load_competition
-    from comp.dataset import ImageDataset
-    from comp.prepare import prepare
+    from comp.data.augment import build_transform
+    from comp.data.cache import image_loader
+    from comp.data.competition import load_competition
+    from comp.data.loader import ImageDataset
+    from comp.data.prepare import prepare
 
     cfg = fundus_config(root, out / "default")
     png = fundus_config(root, out / "png", "images.cache_format=png")
     prepare(cfg)
     prepare(png)
     comp = load_competition(cfg)
-    paths, labels = comp.train["path"].tolist(), comp.train["label"].tolist()
+    paths, labels = comp.train.loop["path"].tolist(), comp.train.loop["label"].tolist()
     timm_tf = timm.data.create_transform(SIZE, is_training=True, hflip=0.5, vflip=0.5, color_jitter=None)
     return {
         "lab": LabDataset(paths, labels),
@@ -243,7 +243,7 @@ def bench_loader(work: Path, quick: bool, echo: Callable[[str], None]) -> dict[s
 
 def bench_model(quick: bool, echo: Callable[[str], None]) -> dict[str, Any]:
     """The kit's ResNets against timm's: training-step images/s (comp.bench_models.bench_model_step)."""
-    from comp.bench_models import bench_model_step
+    from benchmarks.models import bench_model_step
 
     cuda = torch.cuda.is_available()
     if quick:
@@ -266,13 +266,13 @@ def bench_model(quick: bool, echo: Callable[[str], None]) -> dict[str, Any]:
 
 
 def bench_e2e(work: Path, quick: bool, echo: Callable[[str], None]) -> dict[str, Any]:
-    """One demo fold trained for one epoch (time split into data wait and compute, from comp.train's
+    """One demo fold trained for one epoch (time split into data wait and compute, from comp.train.loop's
     metrics.csv), then comp.predict.predict_test over folds x TTA views (fold 0's checkpoint copied)."""
-    from comp.competition import load_competition
+    from comp.data.competition import load_competition
     from comp.config import load_config
-    from comp.predict import predict_test
-    from comp.prepare import prepare
-    from comp.train import fit
+    from comp.predict.predict import predict_test
+    from comp.data.prepare import prepare
+    from comp.train.loop import fit
 
     n_folds, views = (2, ["identity", "hflip"]) if quick else (5, ["identity", "hflip"])
     with tempfile.TemporaryDirectory(dir=work) as tmp:
@@ -340,7 +340,7 @@ def _timm_loop(folder: Path, batch: int, workers: int, epochs: int, compile_: bo
             except StopIteration:
                 break
             wait += time.perf_counter() - tw
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):  # as comp.train
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):  # as comp.train.loop
                 loss = torch.nn.functional.cross_entropy(step_fn(x.contiguous(memory_format=torch.channels_last)), y)
             loss.backward()
             opt.step()
@@ -359,7 +359,7 @@ def _compute_only(batch: int, steps: int, compile_: bool, device: str = "cuda") 
     """The ceiling of a training loop: the kit's ResNet50 on one batch that stays on the device (bf16
     autocast, channels_last, AdamW, no host sync inside the timed steps), no loader. A loop's share of
     this speed is what its data path leaves of the GPU, whatever its own wait timer says."""
-    from comp.bench_models import time_steps
+    from benchmarks.models import time_steps
     from comp.models import create_model
 
     dev = torch.device(device)
@@ -388,8 +388,8 @@ def bench_gpu(work: Path, quick: bool, echo: Callable[[str], None], device: str 
     if device.startswith("cuda") and not torch.cuda.is_available():
         echo("4. GPU: skipped, no CUDA device (torch.cuda.is_available() is False)")
         return {"skipped": "no CUDA device"}
-    from comp.prepare import prepare
-    from comp.train import fit
+    from comp.data.prepare import prepare
+    from comp.train.loop import fit
 
     # 16,384 images: 51 steps of 256 per training epoch (4 folds of 5), so an epoch's start (the prefetch
     # queue filling) weighs as in a real fold; APTOS 2019's ~2,900 training images per fold would be 11 steps.

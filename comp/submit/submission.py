@@ -3,7 +3,7 @@ before anything is written or submitted.
 
 What a row holds follows the sample (predict.output=auto):
 - `label`: one value column, the competition's value of the predicted class (an integer grade or a class
-  name, as in its train CSV), decoded with the kappa cut-points for metric=qwk (comp.thresholds);
+  name, as in its train CSV), decoded with the kappa cut-points for metric=qwk (comp.predict.thresholds);
 - `class_probs`: one column per class, named by its value or its name: each class's probability;
 - `binary_prob`: one value column holding P(class 1) of a two-class competition scored by AUC.
 Files are read with the csv module, not pandas, so that what is checked is what Kaggle reads: the exact
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from comp.competition import Competition, read_csv
+from comp.data.competition import Competition, read_csv
 from comp.errors import UserError
 from comp.metrics import METRICS
 
@@ -247,9 +247,9 @@ class Submission:
 def make_submission(cfg: Any, expect_hash: str | None = None) -> Submission:
     """Predict the test set with every trained fold and TTA view, decode (kappa cut-points for qwk),
     build and validate the submission. `expect_hash`: see comp.predict.load_fold."""
-    from comp import thresholds
-    from comp.competition import load_competition
-    from comp.predict import predict_test
+    from comp.predict import thresholds
+    from comp.data.competition import load_competition
+    from comp.predict.predict import predict_test
 
     comp = load_competition(cfg)
     probs = predict_test(cfg, comp, expect_hash=expect_hash)

@@ -3,7 +3,7 @@
 The loop, per epoch: train (optimizer steps, a recovery checkpoint every `train.recovery_every` steps) →
 validate → history row → `last.pt`, and `best.pt` + `oof.csv` when the competition metric improves →
 early stop. A run resumes from the newest checkpoint in its fold folder, mid-epoch included, and ends
-bit-identical to a run never interrupted (on CPU; see comp.dataset for how the data side does it).
+bit-identical to a run never interrupted (on CPU; see comp.data.loader for how the data side does it).
 
 Under torchrun every process runs this same loop on its share of each batch (DDP); losses, metrics and
 stop requests are agreed across processes, and only rank 0 writes files. Rank 0's BatchNorm statistics
@@ -35,14 +35,14 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from comp import checkpoint as ckpt_io
-from comp.augment import build_transform
-from comp.cache import image_loader
-from comp.competition import load_competition
+from comp.train import checkpoint as ckpt_io
+from comp.data.augment import build_transform
+from comp.data.cache import image_loader
+from comp.data.competition import load_competition
 from comp.config import config_hash, resolve_path, to_yaml
-from comp.dataset import EpochSampler, ImageDataset, amp_dtype_for, class_weights, device_batches, make_loader
+from comp.data.loader import EpochSampler, ImageDataset, amp_dtype_for, class_weights, device_batches, make_loader
 from comp.errors import UserError
-from comp.folds import load_or_make_folds
+from comp.data.folds import load_or_make_folds
 from comp.log import log
 from comp.metrics import check_metric, score_all
 from comp.models import create_model, param_groups, set_backbone_trainable
@@ -228,10 +228,10 @@ def _build(cfg: Any, fold: int, resume: bool) -> Run:
     torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls/convs on Ampere+: ~free speed for fp32 parts
     torch.backends.cudnn.allow_tf32 = True
     comp = load_competition(cfg)
-    folds = load_or_make_folds(cfg, comp.train, out_dir) if d.main else None
+    folds = load_or_make_folds(cfg, comp.train.loop, out_dir) if d.main else None
     if d.world > 1:  # rank 0 writes folds.csv once, the others read it
         dist.barrier()
-        folds = load_or_make_folds(cfg, comp.train, out_dir)
+        folds = load_or_make_folds(cfg, comp.train.loop, out_dir)
     tr, va = folds[folds["fold"] != fold], folds[folds["fold"] == fold]
     load = image_loader(cfg, comp)
     train_set = ImageDataset(tr["path"].tolist(), tr["label"].tolist(), cfg.image_size,
@@ -633,7 +633,7 @@ def _check_ranks_agree(run: Run) -> None:
 
 
 def _fold_figures(run: Run) -> None:
-    from comp.plots import fold_figures
+    from comp.report.plots import fold_figures
 
     if (run.dir / "metrics.csv").is_file() and (run.dir / "oof.csv").is_file():
         fold_figures(run.dir, run.meta["classes"], run.meta["metric"])

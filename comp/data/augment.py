@@ -9,7 +9,7 @@ A transform is written in YAML as its albumentations class name plus its argumen
 
 Images reach these pipelines already at `image_size` (resized when decoded or cached), so the
 pipelines hold only the random part. TTA views are exact flips/rotations done on the batch on the
-device (comp.predict), not albumentations calls.
+device (comp.predict.predict), not albumentations calls.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from comp.errors import UserError
-from comp.images import read_image, resize
+from comp.data.images import read_image, resize
 
 BLACK_TOL = 7  # grey level at or below which a border pixel counts as black (APTOS kernels' tol=7)
 CLAHE_CLIP, CLAHE_TILES = 2.0, (8, 8)

@@ -24,7 +24,7 @@ import numpy as np
 from comp.config import resolve_path
 from comp.errors import UserError
 from comp.log import log
-from comp.report import load_oof, oof_probs
+from comp.report.report import load_oof, oof_probs
 
 FILE = "thresholds.json"
 GRID = 256  # candidate positions per cut-point per round (quantiles of the scores inside its interval)

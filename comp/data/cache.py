@@ -39,12 +39,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from comp.competition import Problem
+from comp.data.competition import Problem
 from comp.config import resolve_path
 from comp.errors import UserError
-from comp.images import ImageError
+from comp.data.images import ImageError
 from comp.log import log
-from comp.preprocess import check_steps, load_preprocessed
+from comp.data.preprocess import check_steps, load_preprocessed
 
 CACHE_VERSION = 2  # bump when decoding or a preprocessing step changes the pixels it produces
 MIN_PARALLEL = 64  # fewer images than this are not worth starting worker processes for

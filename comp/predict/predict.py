@@ -19,12 +19,12 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from comp import checkpoint as ckpt_io
-from comp.augment import build_transform, check_tta
-from comp.cache import image_loader
-from comp.competition import Competition
+from comp.train import checkpoint as ckpt_io
+from comp.data.augment import build_transform, check_tta
+from comp.data.cache import image_loader
+from comp.data.competition import Competition
 from comp.config import config_hash, resolve_path
-from comp.dataset import ImageDataset, amp_dtype_for, device_batches, make_loader
+from comp.data.loader import ImageDataset, amp_dtype_for, device_batches, make_loader
 from comp.errors import UserError
 from comp.log import log
 from comp.models import create_model

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from comp import kaggle_cli
-from comp.competition import load_competition
+from comp.data.competition import load_competition
 from comp.config import DEFAULT_CONFIG, REPO_ROOT, config_hash, resolve_path
 from comp.errors import UserError
 from comp.log import log
-from comp.submission import check, read_exact, score_holdout
+from comp.submit.submission import check, read_exact, score_holdout
 
 INDEX_COLUMNS = ["time", "file", "competition", "config", "config_hash", "git_commit", "cv_metric", "cv_score",
                  "message", "kaggle_answer"]
@@ -46,7 +46,7 @@ def git_commit() -> str:
 
 def cv_score(cfg: Any) -> str:
     """The experiment's out-of-fold score (comp.report.cv_table), or empty when no fold has an OOF."""
-    from comp.report import cv_table
+    from comp.report.report import cv_table
 
     try:
         return f"{cv_table(cfg)[1]:.6f}"

@@ -109,6 +109,6 @@ def bench_model_step(
     return rows
 
 
-if __name__ == "__main__":  # python -m comp.bench_models: a quick look, the benchmark script does more
+if __name__ == "__main__":  # python -m benchmarks.models: a quick look, the benchmark script does more
     for r in bench_model_step():
         print(f"{r['name']:<10} kit {r['kit_ips']:7.1f} img/s  timm {r['timm_ips']:7.1f} img/s  ratio {r['ratio']:.3f}")

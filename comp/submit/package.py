@@ -31,12 +31,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from comp import checkpoint as ckpt_io
-from comp import thresholds
+from comp.train import checkpoint as ckpt_io
+from comp.predict import thresholds
 from comp.config import REPO_ROOT, config_hash, load_config, resolve_path, to_yaml
 from comp.errors import UserError
 from comp.log import log
-from comp.predict import check_probs_path, save_probs, trained_folds
+from comp.predict.predict import check_probs_path, save_probs, trained_folds
 
 INFER_PY = '''#!/usr/bin/env python
 """Offline inference of a packaged experiment (written by the kit's scripts/package.py):
@@ -54,7 +54,7 @@ sys.dont_write_bytecode = True  # the Kaggle input folder is read-only
 sys.path.insert(0, str(HERE))  # this folder's comp/ before any installed copy
 sys.path.append(str(HERE / "vendor"))  # omegaconf, only where the image has none
 
-from comp.package import infer_main  # noqa: E402
+from comp.submit.package import infer_main  # noqa: E402
 
 if __name__ == "__main__":
     infer_main(HERE)
@@ -164,7 +164,7 @@ def infer_main(here: Path, argv: list[str] | None = None) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. batch_size=16")
 
     def run(args: argparse.Namespace) -> None:
-        from comp.submission import make_submission
+        from comp.submit.submission import make_submission
 
         packaged = load_config(here / "config.yaml")
         if args.save_probs:

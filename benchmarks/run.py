@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Benchmark the kit against the lab reports' loader and timm (BENCHMARKS.md):
-scripts/benchmark.py [--quick] [--sections loader model e2e gpu] [--json] [--work DIR]
+benchmarks/run.py [--quick] [--sections loader model e2e gpu] [--json] [--work DIR]
 
 A table on stdout; with --json, every number as one JSON object on the last line."""
 
@@ -9,17 +9,17 @@ import json
 import sys
 from pathlib import Path
 
-import _common  # noqa: F401
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: comp/ and benchmarks/
 
-from comp.cli import main
+from comp.cli import main  # noqa: E402
 
-SECTIONS = ("loader", "model", "e2e", "gpu")  # comp.benchmark.SECTIONS, without importing torch for --help
+SECTIONS = ("loader", "model", "e2e", "gpu")  # benchmarks.harness.SECTIONS, without importing torch for --help
 
 
 def run(args):
-    from comp.benchmark import run as bench
+    from benchmarks.harness import run as bench
 
-    command = " ".join(["python", "scripts/benchmark.py", *sys.argv[1:]])
+    command = " ".join(["python", "benchmarks/run.py", *sys.argv[1:]])
     result = bench(args.sections, quick=args.quick, work=Path(args.work) if args.work else None, command=command)
     if args.json:
         print(json.dumps(result, default=float))

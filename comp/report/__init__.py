@@ -1,0 +1,1 @@
+"""What a run shows: cross-validation tables and comparisons (report), figures (plots)."""

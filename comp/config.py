@@ -228,7 +228,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
-def resolve_path(cfg: Any, value: str) -> Path:
+def resolve_path(value: str) -> Path:
     """A path from the config: absolute as given, relative paths taken from the repo root so scripts
     behave the same from any working directory."""
     p = Path(value).expanduser()

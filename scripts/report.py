@@ -27,7 +27,7 @@ def run(args):
 
     cfg = load_config(args.config, args.overrides)
     if args.compare:
-        dirs = [Path(d) if Path(d).exists() else resolve_path(cfg, d) for d in args.compare]
+        dirs = [Path(d) if Path(d).exists() else resolve_path(d) for d in args.compare]
         table = compare(dirs, Path(args.output), args.labels, args.metric)
         print(table.to_string(index=False, float_format=fmt))
         print(f"figure: {args.output}", file=sys.stderr)

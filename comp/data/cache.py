@@ -57,8 +57,8 @@ def cache_settings(cfg: Any) -> dict[str, Any]:
 
 def cache_folder(cfg: Any) -> Path:
     """The cache folder for this config's data and image settings."""
-    root = resolve_path(cfg, cfg.data.root)
-    base = resolve_path(cfg, cfg.images.cache_dir) if cfg.images.cache_dir else root.parent / "cache"
+    root = resolve_path(cfg.data.root)
+    base = resolve_path(cfg.images.cache_dir) if cfg.images.cache_dir else root.parent / "cache"
     s = cache_settings(cfg)
     digest = hashlib.sha256(json.dumps(s, sort_keys=True).encode()).hexdigest()[:8]
     return base / f"{root.name}-{s['image_size']}px-{digest}"

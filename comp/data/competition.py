@@ -209,7 +209,7 @@ def load_competition(cfg: Any, strict: bool = True) -> Competition:
         UserError: a file, column, label or image is missing or wrong; the message names it.
     """
     d = cfg.data
-    root = resolve_path(cfg, d.root)
+    root = resolve_path(d.root)
     if not root.is_dir():
         raise UserError(f"data.root does not exist: {root} (run scripts/prepare.py to download it)")
     problems: list[Problem] | None = None if strict else []

@@ -109,7 +109,7 @@ def unzip_all(folder: Path, depth: int = 3) -> None:
 
 def ensure_data(cfg: Any) -> Path:
     """`data.root`, made first when it is absent: the demo is built, Kaggle data downloaded."""
-    root = resolve_path(cfg, cfg.data.root)
+    root = resolve_path(cfg.data.root)
     if root.is_dir() and any(root.iterdir()):
         return root
     if cfg.data.source == "demo":

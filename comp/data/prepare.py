@@ -56,7 +56,7 @@ def prepare(cfg: Any, workers: int | None = None) -> None:
     check_steps(cfg.images.preprocess)
     root = ensure_data(cfg)
     comp = load_competition(cfg, strict=False)
-    out_dir = resolve_path(cfg, cfg.out_dir)
+    out_dir = resolve_path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)  # an unusable out_dir or fold setting fails now, not after
     if not comp.problems:  # hours of caching (with ids missing their image, their listing comes first)
         check_folds(cfg, comp.train.loop, out_dir)

@@ -60,7 +60,7 @@ def pick_device(name: str) -> torch.device:
 
 def trained_folds(cfg: Any) -> list[Path]:
     """The `best.pt` of every fold folder of the experiment, in fold order."""
-    out = resolve_path(cfg, cfg.out_dir)
+    out = resolve_path(cfg.out_dir)
     paths = [out / f"fold{k}" / "best.pt" for k in range(cfg.folds.n_folds)]
     found = [p for p in paths if p.is_file()]
     if not found:

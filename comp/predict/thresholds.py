@@ -139,7 +139,7 @@ def load_or_fit(cfg: Any, num_classes: int) -> dict[str, Any] | None:
     refit and rewritten. Without them (the offline package), the saved file is used as it is."""
     if cfg.metric != "qwk" or not cfg.predict.thresholds:
         return None
-    out_dir = resolve_path(cfg, cfg.out_dir)
+    out_dir = resolve_path(cfg.out_dir)
     path = out_dir / FILE
     files = _oof_files(out_dir, cfg.folds.n_folds)
     if not files:

@@ -34,7 +34,7 @@ def oof_probs(oof: pd.DataFrame) -> np.ndarray:
 def cv_table(cfg: Any) -> tuple[pd.DataFrame, float, int]:
     """Per-fold scores of every metric, and the competition metric over all out-of-fold predictions
     together (the CV score), with the number of folds found."""
-    out_dir = resolve_path(cfg, cfg.out_dir)
+    out_dir = resolve_path(cfg.out_dir)
     oof = load_oof(out_dir, cfg.folds.n_folds)
     rows = []
     for k, part in oof.groupby("fold"):
@@ -55,7 +55,7 @@ def oof_report(cfg: Any) -> tuple[pd.DataFrame, Path]:
     confusion matrix figure (normalised by true class), written to <out_dir>/oof_confusion.png."""
     from comp.report.plots import confusion_figure
 
-    out_dir = resolve_path(cfg, cfg.out_dir)
+    out_dir = resolve_path(cfg.out_dir)
     oof = load_oof(out_dir, cfg.folds.n_folds)
     classes = classes_of(oof)
     y, pred = oof["label"].to_numpy(), oof_probs(oof).argmax(1)

@@ -104,7 +104,7 @@ def submit(cfg: Any, file: Path, message: str, config_path: str | None = None, d
         raise UserError("data.competition is empty: name the Kaggle competition to submit to")
     answer = kaggle_cli.last_line(kaggle_cli.run(args))
     log(f"kaggle: {answer}")
-    folder = resolve_path(cfg, cfg.predict.submissions_dir)
+    folder = resolve_path(cfg.predict.submissions_dir)
     folder.mkdir(parents=True, exist_ok=True)
     now = datetime.now(timezone.utc)
     copy = _keep_copy(file, folder, now.strftime("%Y%m%dT%H%M%SZ"))

@@ -107,7 +107,7 @@ def build_package(cfg: Any, out: Path | None = None, dataset_id: str | None = No
     Raises:
         UserError: no trained fold, a fold trained with another config, `out` exists (without `force`).
     """
-    out_dir = resolve_path(cfg, cfg.out_dir)
+    out_dir = resolve_path(cfg.out_dir)
     out = Path(out) if out is not None else out_dir / "package"
     if out.exists() and any(out.iterdir()) and not force:
         raise UserError(f"{out} already exists; pass --force to replace it, or -o another folder")

@@ -217,7 +217,7 @@ def _build(cfg: Any, fold: int, resume: bool) -> Run:
     metric = check_metric(cfg.metric)
     if not 0 <= fold < cfg.folds.n_folds:
         raise UserError(f"--fold {fold} is outside 0..{cfg.folds.n_folds - 1} (folds.n_folds={cfg.folds.n_folds})")
-    out_dir = resolve_path(cfg, cfg.out_dir)
+    out_dir = resolve_path(cfg.out_dir)
     fold_dir = out_dir / f"fold{fold}"
     if not resume and any((fold_dir / n).exists() for n in ("last.pt", "recovery.pt")):
         raise UserError(f"{fold_dir} already holds a trained fold; pass --resume to continue it, "

@@ -184,7 +184,7 @@ def loaders(root: Path, out: Path) -> tuple[dict[str, torch.utils.data.Dataset],
     prepare(cfg)
     prepare(png)
     comp = load_competition(cfg)
-    paths, labels = comp.train.loop["path"].tolist(), comp.train.loop["label"].tolist()
+    paths, labels = comp.train["path"].tolist(), comp.train["label"].tolist()
     timm_tf = timm.data.create_transform(SIZE, is_training=True, hflip=0.5, vflip=0.5, color_jitter=None)
     return {
         "lab": LabDataset(paths, labels),
@@ -340,7 +340,7 @@ def _timm_loop(folder: Path, batch: int, workers: int, epochs: int, compile_: bo
             except StopIteration:
                 break
             wait += time.perf_counter() - tw
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):  # as comp.train.loop
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):  # as comp.train
                 loss = torch.nn.functional.cross_entropy(step_fn(x.contiguous(memory_format=torch.channels_last)), y)
             loss.backward()
             opt.step()

@@ -54,13 +54,13 @@ def test_rebuilt_when_preprocessing_changes(aptos):
     prepare(ben)
     first = _entries(cache_folder(ben))
     comp = load_competition(ben)
-    assert len(first) == len(comp.train.loop) + len(comp.test)
+    assert len(first) == len(comp.train) + len(comp.test)
     plain = aptos("images.preprocess=[crop_circle]")
     prepare(plain)
     second = _entries(cache_folder(plain))
     assert second.keys() == first.keys() and all(second[k] != first[k] for k in first)  # every image redone
     assert _entries(cache_folder(ben)) == first  # the other setting's cache is untouched and still valid
-    path = comp.train.loop["path"][0]
+    path = comp.train["path"][0]
     assert (image_loader(plain, comp)(path) == load_preprocessed(path, 16, ["crop_circle"])).all()
     assert (image_loader(ben, comp)(path) == load_preprocessed(path, 16, ["crop_circle", "ben_graham"])).all()
 
@@ -75,13 +75,13 @@ def test_cache_gives_the_same_batches_as_decoding(tmp_path, name, fmt):
     comp = load_competition(cfg)
     cached = image_loader(cfg, comp)
     assert cached.folder == cache_folder(cfg) and all(
-        entry_path(cached.folder, comp.root, p, fmt).is_file() for p in comp.train.loop["path"])
+        entry_path(cached.folder, comp.root, p, fmt).is_file() for p in comp.train["path"])
     decoded = image_loader(_cfg(name, root, tmp_path / "runs", "images.cache=false"), comp)
     assert decoded.folder is None
     transform = build_transform(cfg.aug.train, "aug.train")
     batches = []
     for load in (cached, decoded):
-        ds = ImageDataset(comp.train.loop["path"].tolist(), comp.train.loop["label"].tolist(), 16, transform, load=load)
+        ds = ImageDataset(comp.train["path"].tolist(), comp.train["label"].tolist(), 16, transform, load=load)
         loader = make_loader(ds, 4, EpochSampler(len(ds), seed=3, epoch=1), num_workers=0)
         batches.append([x for x, _ in loader])
     for a, b in zip(*batches, strict=True):
@@ -89,7 +89,7 @@ def test_cache_gives_the_same_batches_as_decoding(tmp_path, name, fmt):
     if name == "chest_xray":  # grey images take one channel on disk
         import cv2
 
-        entry = entry_path(cached.folder, comp.root, comp.train.loop["path"][0], fmt)
+        entry = entry_path(cached.folder, comp.root, comp.train["path"][0], fmt)
         assert cv2.imread(str(entry), cv2.IMREAD_UNCHANGED).ndim == 2
 
 
@@ -128,7 +128,7 @@ def test_killed_build_resumes(tmp_path):
 
     prepare(cfg)  # resumes: builds the rest, drops the leftover
     comp = load_competition(cfg)
-    paths = comp.train.loop["path"].tolist() + comp.test["path"].tolist()
+    paths = comp.train["path"].tolist() + comp.test["path"].tolist()
     assert len(_entries(folder)) == len(paths) and not list(folder.rglob(".*.tmp"))
     for p in paths:  # every entry, those before the kill included, is what decoding gives
         fmt = cfg.images.cache_format
@@ -143,7 +143,7 @@ def test_parallel_build_matches_serial(tmp_path):
     serial = _cfg("dr2015", root, tmp_path / "runs", f"images.cache_dir={tmp_path}/serial")
     parallel = _cfg("dr2015", root, tmp_path / "runs", f"images.cache_dir={tmp_path}/parallel")
     comp = load_competition(serial)
-    paths = comp.train.loop["path"].tolist() + comp.test["path"].tolist()
+    paths = comp.train["path"].tolist() + comp.test["path"].tolist()
     assert process_images(serial, comp.root, paths, workers=1) == []
     assert process_images(parallel, comp.root, paths, workers=2) == []  # a forkserver pool of 2
     assert _entries(cache_folder(serial)) == _entries(cache_folder(parallel))
@@ -198,7 +198,7 @@ def test_loader_without_cache_decodes(aptos, tmp_path):
     comp = load_competition(cfg)
     load = image_loader(cfg, comp)  # no prepare yet: no cache folder
     assert isinstance(load, ImageLoader) and load.folder is None
-    path = comp.train.loop["path"][0]
+    path = comp.train["path"][0]
     assert load(path).shape == (16, 16, 3)
     assert not (tmp_path / "cache").exists()
     assert image_loader(aptos("images.cache=false"), comp).folder is None

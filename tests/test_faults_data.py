@@ -216,4 +216,4 @@ def test_extra_files_are_ignored(ex, prepared):
     shutil.copy(_png(r, "img_0_000"), r / "train" / "extra" / "img_0_000.png")
     _prepare_works(ex, prepared)
     comp = load_competition(load_config(None, ex["overrides"]))
-    assert len(comp.train.loop) == 30 and len(comp.test) == 9 and "not_in_sample" not in set(comp.test["id"])
+    assert len(comp.train) == 30 and len(comp.test) == 9 and "not_in_sample" not in set(comp.test["id"])

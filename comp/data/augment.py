@@ -14,14 +14,25 @@ device (comp.predict.predict), not albumentations calls.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import albumentations as A
+import torch
 from omegaconf import OmegaConf
 
 from comp.errors import UserError
 
-TTA_VIEWS = ("identity", "hflip", "vflip", "hvflip", "rot90", "rot270", "transpose")
+# The TTA views: exact flips and rotations of a (B, C, H, W) batch, on the device, no resampling
+TTA_VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "identity": lambda x: x,
+    "hflip": lambda x: x.flip(3),
+    "vflip": lambda x: x.flip(2),
+    "hvflip": lambda x: x.flip(2, 3),
+    "rot90": lambda x: torch.rot90(x, 1, (2, 3)),
+    "rot270": lambda x: torch.rot90(x, 3, (2, 3)),
+    "transpose": lambda x: x.transpose(2, 3),
+}
 
 
 def build_transform(specs: Any, key: str) -> A.Compose | None:
@@ -59,9 +70,22 @@ def _make(cls: type, args: dict) -> Any:
 
 
 def check_tta(views: Any) -> list[str]:
-    """The TTA views from config, each one of TTA_VIEWS."""
+    """The TTA views from config, each one of TTA_VIEWS.
+
+    Raises:
+        UserError: an unknown view name, naming it and the choices.
+    """
     views = list(views) or ["identity"]
     for v in views:
         if v not in TTA_VIEWS:
             raise UserError(f"aug.tta: unknown view {v!r}; choose from {list(TTA_VIEWS)}")
     return views
+
+
+def tta_view(x: torch.Tensor, view: str) -> torch.Tensor:
+    """One TTA view of a (B, C, H, W) batch.
+
+    Raises:
+        UserError: an unknown view name.
+    """
+    return TTA_VIEWS[check_tta([view])[0]](x)

@@ -1,4 +1,5 @@
-"""Dataset, the epoch sampler and DataLoader builders.
+"""Batches: the Dataset of uint8 images, the epoch sampler, DataLoader builders, and the copy of each batch
+to the device (normalised there).
 
 Two choices make training resumable bit for bit, with any number of workers:
 - the sample order of an epoch is a pure function of (seed, epoch) (`EpochSampler`), so a resumed run
@@ -78,14 +79,14 @@ class EpochSampler(Sampler):
     `len()` is the number of samples this rank still draws this epoch."""
 
     def __init__(self, n: int, seed: int, epoch: int, start: int = 0, weights: np.ndarray | None = None,
-                 shuffle: bool = True, rank: int = 0, world_size: int = 1):
-        self.n, self.seed, self.weights, self.shuffle = n, seed, weights, shuffle
+                 rank: int = 0, world_size: int = 1):
+        self.n, self.seed, self.weights = n, seed, weights
         self.rank, self.world_size = rank, world_size
         self.set_epoch(epoch, start)
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         seed, world_size = self.seed, self.world_size
-        order = epoch_order(self.n, seed, epoch, self.weights) if self.shuffle else np.arange(self.n)
+        order = epoch_order(self.n, seed, epoch, self.weights)
         pad = (-len(order)) % world_size
         order = np.concatenate([order, order[:pad]]) if pad else order
         positions = np.arange(len(order))
@@ -133,15 +134,6 @@ def to_input(x: torch.Tensor, device: torch.device, in_chans: int = 3, channels_
     else:
         x = (x - mean) / std
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-def amp_dtype_for(device: torch.device, amp: bool) -> torch.dtype | None:
-    """The autocast dtype of training and prediction: bf16 only where the GPU has it natively (Ampere+;
-    Kaggle's T4/P100 would emulate it, slowly), fp16 otherwise (training adds a GradScaler); none on the
-    CPU or with amp off."""
-    if device.type != "cuda" or not amp:
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
 
 def device_batches(loader: Iterable, device: torch.device, in_chans: int = 3,

@@ -1,13 +1,13 @@
-"""Checkpoints: one plain dict of tensors and plain values, written atomically, loaded with
+"""The checkpoint file: one plain dict of tensors and plain values, written atomically, loaded with
 `weights_only=True` (so a checkpoint can never run code).
 
 A training checkpoint holds everything a resumed run needs to continue exactly: model, EMA, optimizer,
-scheduler, scaler, epoch, position within the epoch, best score, history, and every RNG state. The
+scaler, epoch, position within the epoch, best score, history, and every RNG state. The
 data order and augmentation are functions of (seed, epoch, position) (comp.data.loader), so the position is
 all that is saved of the loader. The resolved config rides along, so a resume can say which settings
 changed (`check_resume`) and refuse the ones that would change what the weights mean.
 
-Keys: format_version, model, ema, optimizer, scheduler, scaler, epoch (in progress, or next when step is
+Keys: format_version, model, ema, optimizer, scaler, epoch (in progress, or next when step is
 0), step (optimizer steps of that epoch done), partial (that epoch's running loss sums), best,
 bad_epochs, history (the metrics.csv rows), rng (one state per DDP rank), world_size, config,
 config_hash, model_name, num_classes, in_chans, classes, fold, metric, eval_weights ("ema" or "model").
@@ -16,7 +16,6 @@ config_hash, model_name, num_classes, in_chans, classes, fold, metric, eval_weig
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import re
 from pathlib import Path
@@ -26,31 +25,21 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from comp import io
 from comp.config import HASHED_KEYS, config_hash
 from comp.errors import UserError
 
 FORMAT_VERSION = 1  # bump when the dict's layout changes; files from a newer kit are refused
 
 
-def save_atomic(obj: dict[str, Any], path: Path) -> None:
-    """Write to a temporary file in the same folder, fsync it, then rename over `path`: a kill at any
-    moment leaves either the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:  # disk full, permission: the old file stays as it was
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"could not write checkpoint {path}: {e.strerror or e}; the previous one is intact") from None
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+def save(obj: dict[str, Any], path: Path) -> None:
+    """Write a checkpoint atomically (comp.io: temporary file, fsync, rename): a kill at any moment leaves
+    either the old file or the new one, never half of one.
+
+    Raises:
+        UserError: the disk is full or the folder not writable; the previous file is intact.
+    """
+    io.save_torch(path, obj, what="checkpoint")
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -88,8 +77,7 @@ def load(path: Path) -> dict[str, Any]:
 
 # What each use of a checkpoint reads from it (a file of an older layout may lack some)
 PREDICT_KEYS = ("model", "model_name", "num_classes", "in_chans", "config_hash")
-RESUME_KEYS = (*PREDICT_KEYS, "optimizer", "scheduler", "scaler", "epoch", "step", "best", "bad_epochs", "history",
-               "rng")
+RESUME_KEYS = (*PREDICT_KEYS, "optimizer", "scaler", "epoch", "step", "best", "bad_epochs", "history", "rng")
 
 
 def require(ckpt: dict[str, Any], path: Path, keys: tuple[str, ...], use: str) -> None:

@@ -228,10 +228,10 @@ def _build(cfg: Any, fold: int, resume: bool) -> Run:
     torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls/convs on Ampere+: ~free speed for fp32 parts
     torch.backends.cudnn.allow_tf32 = True
     comp = load_competition(cfg)
-    folds = load_or_make_folds(cfg, comp.train.loop, out_dir) if d.main else None
+    folds = load_or_make_folds(cfg, comp.train, out_dir) if d.main else None
     if d.world > 1:  # rank 0 writes folds.csv once, the others read it
         dist.barrier()
-        folds = load_or_make_folds(cfg, comp.train.loop, out_dir)
+        folds = load_or_make_folds(cfg, comp.train, out_dir)
     tr, va = folds[folds["fold"] != fold], folds[folds["fold"] == fold]
     load = image_loader(cfg, comp)
     train_set = ImageDataset(tr["path"].tolist(), tr["label"].tolist(), cfg.image_size,

@@ -1,0 +1,31 @@
+"""The device a run computes on and its autocast dtype: one choice for training, validation and
+prediction alike."""
+
+from __future__ import annotations
+
+import torch
+
+from comp.errors import UserError
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """The `device` config value as a torch.device: `auto` and `cuda` = this process's GPU (`local_rank`,
+    set by torchrun) when CUDA is there, else the CPU; `cpu` and `cuda:N` as given.
+
+    Raises:
+        UserError: a CUDA device asked for on a machine without one.
+    """
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"bad value for config key 'device': {name!r} but no CUDA device is available")
+    if name in ("auto", "cuda"):
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def amp_dtype_for(device: torch.device, amp: bool) -> torch.dtype | None:
+    """The autocast dtype of training and prediction: bf16 only where the GPU has it natively (Ampere+;
+    Kaggle's T4/P100 would emulate it, slowly), fp16 otherwise (training adds a GradScaler); none on the
+    CPU or with amp off."""
+    if device.type != "cuda" or not amp:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16

@@ -1,0 +1,48 @@
+"""The one forward loop of the kit: a model over batches already on the device, in eval mode, under
+autocast, with TTA views. Validation (comp.train) and test prediction (comp.predict) both call it, so a
+fold's validation outputs and its test outputs are computed the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+
+from comp.data.augment import TTA_VIEWS
+
+
+@torch.no_grad()
+def forward_views(models: Sequence[torch.nn.Module], batches: Iterable[torch.Tensor],
+                  views: Sequence[str] = ("identity",), amp_dtype: torch.dtype | None = None,
+                  activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  on_batch: Callable[[], None] | None = None) -> list[torch.Tensor]:
+    """Each model's output over every batch, averaged over the TTA views: one (N, C) float32 CPU tensor
+    per model, rows in batch order.
+
+    Args:
+        models: the models (put in eval mode here); every batch goes through all of them, so images are
+            decoded once for a whole fold ensemble.
+        batches: (B, C, H, W) normalised inputs on the models' device.
+        views: names of `comp.data.augment.TTA_VIEWS`, each one forward pass.
+        amp_dtype: autocast dtype, or None for full precision.
+        activation: applied to each view's logits before the mean (e.g. softmax: mean of probabilities);
+            None averages the logits.
+        on_batch: called after each batch (a progress bar's update).
+    """
+    for m in models:
+        m.eval()
+    outs: list[list[torch.Tensor]] = [[] for _ in models]
+    device_type = None
+    for x in batches:
+        device_type = device_type or x.device.type
+        for k, model in enumerate(models):
+            acc = None
+            for view in views:
+                with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    logits = model(TTA_VIEWS[view](x)).float()  # (B, C)
+                out = logits if activation is None else activation(logits)
+                acc = out if acc is None else acc + out
+            outs[k].append(acc / len(views))
+        if on_batch is not None:
+            on_batch()
+    return [torch.cat(o).cpu() if o else torch.zeros(0) for o in outs]

@@ -170,7 +170,7 @@ class LabDataset(torch.utils.data.Dataset):
 
 def loaders(root: Path, out: Path) -> tuple[dict[str, torch.utils.data.Dataset], str]:
     """The datasets of section 1 over the images of `root` (a `fundus_set`), and the kit's default cache
-    format; the cache is built by comp.prepare.prepare (what scripts/prepare.py does), as default (npy) and png."""
+    format; the cache is built by comp.data.prepare.prepare (what scripts/prepare.py does), as default (npy) and png."""
     import timm.data
 
     from comp.data.augment import build_transform
@@ -198,7 +198,7 @@ def loaders(root: Path, out: Path) -> tuple[dict[str, torch.utils.data.Dataset],
 LOADER_NAMES = {
     "lab": "lab reports: PIL + torchvision Resize/RandomCrop/flips/ToTensor/Normalize",
     "timm": "timm: ImageDataset + create_transform (RandomResizedCrop, flips)",
-    "kit": "kit: comp.dataset.ImageDataset from the files (reduced DCT decode)",
+    "kit": "kit: comp.data.loader.ImageDataset from the files (reduced DCT decode)",
     "cache": "kit: from the cache, images.cache_format={fmt} (the default)",
     "cache_png": "kit: from the cache, images.cache_format=png",
 }
@@ -242,7 +242,7 @@ def bench_loader(work: Path, quick: bool, echo: Callable[[str], None]) -> dict[s
 
 
 def bench_model(quick: bool, echo: Callable[[str], None]) -> dict[str, Any]:
-    """The kit's ResNets against timm's: training-step images/s (comp.bench_models.bench_model_step)."""
+    """The kit's ResNets against timm's: training-step images/s (benchmarks.models.bench_model_step)."""
     from benchmarks.models import bench_model_step
 
     cuda = torch.cuda.is_available()
@@ -268,10 +268,10 @@ def bench_model(quick: bool, echo: Callable[[str], None]) -> dict[str, Any]:
 def bench_e2e(work: Path, quick: bool, echo: Callable[[str], None]) -> dict[str, Any]:
     """One demo fold trained for one epoch (time split into data wait and compute, from comp.train.loop's
     metrics.csv), then comp.predict.predict_test over folds x TTA views (fold 0's checkpoint copied)."""
-    from comp.data.competition import load_competition
     from comp.config import load_config
-    from comp.predict.predict import predict_test
+    from comp.data.competition import load_competition
     from comp.data.prepare import prepare
+    from comp.predict.predict import predict_test
     from comp.train.loop import fit
 
     n_folds, views = (2, ["identity", "hflip"]) if quick else (5, ["identity", "hflip"])

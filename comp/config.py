@@ -61,7 +61,7 @@ class ModelConfig:
     in_chans: int = 3  # 1 for grayscale input (a pretrained first conv is summed over colour)
     drop_rate: float = 0.0  # dropout before the classifier
     freeze_epochs: int = 0  # epochs training only the head before unfreezing the backbone
-    backbone_lr_mult: float = 1.0  # backbone learning rate = lr * this, after unfreezing
+    backbone_lr_mult: float = 1.0  # backbone learning rate = lr * this (comp.train.optim: every step)
 
 
 @dataclass

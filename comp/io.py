@@ -16,7 +16,6 @@ several processes may write at once, such as cache entries built by a process po
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import shutil
@@ -46,8 +45,11 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+_open = open  # the one call that opens a file for writing (tests inject a full disk here)
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any], what: str = "", durable: bool = True,
-                 unique: bool = False, parents: bool = True) -> Path:
+                 unique: bool = False, parents: bool = True, hint: str = "; the previous one is intact") -> Path:
     """Write `path` by calling `write(f)` on a binary file object, atomically (module docstring).
 
     Args:
@@ -56,6 +58,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any], what: str 
         what: how the error message names the file (e.g. "checkpoint"); default "file".
         durable: fsync the file and its folder (False for cache entries, which are rebuilt when lost).
         unique: a per-process temporary name, for targets written by several processes at once.
+        hint: what the error message adds after the reason.
 
     Returns:
         `path` as a Path.
@@ -69,7 +72,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any], what: str 
     try:
         if parents:
             path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        with _open(tmp, "wb") as f:
             write(f)
             f.flush()
             if durable:
@@ -78,7 +81,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any], what: str 
     except OSError as e:
         _unlink(tmp)
         why = e.strerror or str(e) or type(e).__name__
-        raise UserError(f"could not write {what + ' ' if what else ''}{path}: {why}; the previous one is intact") from None
+        raise UserError(f"could not write {what + ' ' if what else ''}{path}: {why}{hint}") from None
     except BaseException:  # Ctrl-C, a bug in `write`: the half-written temporary goes too
         _unlink(tmp)
         raise
@@ -109,9 +112,7 @@ def write_json(path: str | Path, obj: Any, **kw: Any) -> Path:
 
 def write_csv(path: str | Path, df: Any, **kw: Any) -> Path:
     """A pandas DataFrame as CSV without its index, LF line ends, atomically."""
-    buf = io.StringIO()
-    df.to_csv(buf, index=False, lineterminator="\n")
-    return write_text(path, buf.getvalue(), **kw)
+    return atomic_write(path, lambda f: f.write(df.to_csv(index=False, lineterminator="\n").encode("utf-8")), **kw)
 
 
 def save_torch(path: str | Path, obj: Any, **kw: Any) -> Path:
@@ -125,9 +126,7 @@ def save_npy(path: str | Path, array: Any, **kw: Any) -> Path:
     """A NumPy array as `.npy`, atomically."""
     import numpy as np
 
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return write_bytes(path, buf.getbuffer(), **kw)
+    return atomic_write(path, lambda f: np.save(f, array), **kw)
 
 
 @contextlib.contextmanager

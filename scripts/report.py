@@ -23,7 +23,8 @@ def fmt(v: float) -> str:
 
 def run(args):
     from comp.config import load_config, resolve_path
-    from comp.report.report import compare, cv_table, oof_report
+    from comp.report.report import compare, oof_report
+    from comp.train.oof import cv_table
 
     cfg = load_config(args.config, args.overrides)
     if args.compare:

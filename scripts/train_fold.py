@@ -29,7 +29,9 @@ from comp.cli import main, parser
 def run(args):
     from comp.config import load_config
     from comp.data.download import ensure_data
-    from comp.train.loop import Stopped, fit, setup_distributed
+    from comp.report.plots import fold_figures
+    from comp.train import Stopped, fit
+    from comp.train.distributed import setup_distributed
 
     cfg = load_config(args.config, args.overrides)
     d = setup_distributed(cfg.device)  # under torchrun: rank 0 fetches the data while the others wait
@@ -50,6 +52,7 @@ def run(args):
                   file=sys.stderr)
         return 128 + e.signum
     if rank0:
+        fold_figures(result["dir"], result["classes"], result["metric"])  # curves.png, confusion.png
         print(f"fold {result['fold']}: best {result['metric']} {result['best']:.4f} -> {result['dir']}",
               file=sys.stderr)
 

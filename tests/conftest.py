@@ -11,6 +11,14 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import settings
+
+# Property tests are reproducible: `make test` (and CI) runs them derandomised (the examples follow from
+# each test's code) with no example database, so a run cannot fail on an example an earlier run found and
+# stored. HYPOTHESIS_PROFILE=explore searches with fresh randomness (and remembers what it finds).
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

@@ -14,14 +14,14 @@ import torch
 from conftest import FAST, ROOT, assert_user_error, run_script
 from replicas import build, overrides
 
+from comp.config import load_config
 from comp.data.augment import build_transform
 from comp.data.cache import ImageLoader, cache_folder, entry_path, image_loader, process_images, read_entry
 from comp.data.competition import load_competition
-from comp.config import load_config
 from comp.data.loader import EpochSampler, ImageDataset, make_loader
-from comp.errors import UserError
 from comp.data.prepare import prepare
 from comp.data.preprocess import load_preprocessed
+from comp.errors import UserError
 
 
 def _cfg(name, root, out, *extra):

@@ -9,10 +9,10 @@ import pytest
 from conftest import FAST
 from replicas import build, overrides
 
-from comp.data.competition import load_competition
 from comp.config import load_config
-from comp.errors import UserError
+from comp.data.competition import load_competition
 from comp.data.folds import load_or_make_folds, split
+from comp.errors import UserError
 
 ROOT_CONFIGS = "configs"
 

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from comp import preprocess as P
-from comp.errors import UserError
 from comp.data.images import ImageError, load_image, read_image
+from comp.errors import UserError
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (20, 30, 3), dtype=np.uint8)

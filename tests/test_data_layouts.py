@@ -11,8 +11,8 @@ import pytest
 from conftest import FAST, ROOT, run_script
 from replicas import BUILDERS, build, overrides
 
-from comp.data.competition import load_competition
 from comp.config import load_config
+from comp.data.competition import load_competition
 from comp.errors import UserError
 
 NAMES = list(BUILDERS)

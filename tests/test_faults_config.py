@@ -5,7 +5,7 @@ experiment already on disk left byte for byte as it was.
 
 The helpers at the top are shared by the other fault suites (tests/test_faults_*.py): the scripts run
 in-process through their own parser and `comp.cli.main` (no interpreter start per fault), a tiny fold
-is trained once per module, and a folder's files are compared byte for byte before and after a fault.
+is trained once per test run, and a folder's files are compared byte for byte before and after a fault.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import FAST, ROOT, write_tiny_competition
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
@@ -103,14 +103,22 @@ def copy_of(ex: dict, dest: Path, *extra: str) -> dict:
     return at(dest, *extra)
 
 
+_TRAINED: dict[str, dict] = {}  # one trained experiment per setting for the whole test run
+
+
 def trained_fixture(tmp_path_factory, name: str, **kw) -> dict:
-    """One trained fold per module, built with one thread as the runs it is compared with."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return experiment(tmp_path_factory.mktemp(name), **kw)
-    finally:
-        torch.set_num_threads(threads)
+    """A tiny trained fold, trained once per test run for each setting (`kw`) and shared by the modules
+    that read it (those that change files work on `copy_of` it), built with one thread as the runs it is
+    compared with. Returns a new dict each call, so a module may add keys of its own."""
+    key = repr(sorted(kw.items()))
+    if key not in _TRAINED:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            _TRAINED[key] = experiment(tmp_path_factory.mktemp(f"trained_{name}"), **kw)
+        finally:
+            torch.set_num_threads(threads)
+    return dict(_TRAINED[key])
 
 
 # --- hypothesis: nothing a config can hold crashes the loader --------------------------------------------
@@ -135,6 +143,8 @@ keys = st.one_of(st.sampled_from(KEYS), st.text(alphabet="abcdefghij._", min_siz
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(keys, values), max_size=4))
+@example([("batch_size", "\n")])  # a value holding a newline, echoed in the error: it once broke the one line
+@example([("data.root", "a\rb\x1b[31m")])
 def test_overrides_never_crash(pairs):
     overrides = [f"{k}={v}" for k, v in pairs]
     try:

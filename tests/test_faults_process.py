@@ -21,8 +21,8 @@ import pytest
 from conftest import ROOT, write_tiny_competition
 from test_faults_config import COMMON, run_main, trained_fixture
 
-from comp.data.cache import cache_folder
 from comp.config import load_config
+from comp.data.cache import cache_folder
 from comp.data.prepare import prepare
 
 pytestmark = pytest.mark.slow
@@ -125,28 +125,28 @@ PATCHES = {
     # SIGTERM while the folds predict (Python's default: the process ends at once)
     "SIGTERM mid-inference": """
 import comp.predict.predict as P
-real = P.fold_outputs
-def fold_outputs(*a, **k):
+real = P.forward_views
+def forward_views(*a, **k):
     os.kill(os.getpid(), signal.SIGTERM)
     return real(*a, **k)
-P.fold_outputs = fold_outputs
+P.forward_views = forward_views
 """,
-    # SIGKILL with the temporary file half written
+    # SIGKILL with the temporary file half written (comp.io opens every file the kit writes)
     "SIGKILL mid-write": """
-import numpy as np, pandas as pd
-real_csv, real_npy = pd.DataFrame.to_csv, np.save
-def to_csv(self, path=None, *a, **k):
-    if str(path).endswith('.tmp'):
-        text = real_csv(self, None, *a, **k)
-        open(path, 'w').write(text[: len(text) // 2])
+import comp.io as IO
+real_open = IO._open
+class Half:
+    def __init__(self, f): self.f = f
+    def write(self, b):
+        self.f.write(bytes(b)[: len(b) // 2]); self.f.flush()
         os.kill(os.getpid(), signal.SIGKILL)
-    return real_csv(self, path, *a, **k)
-def save(f, arr, *a, **k):
-    if str(getattr(f, 'name', f)).endswith('.tmp'):
-        f.write(b'\\x93NUMPY' + bytes(20)); f.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
-    return real_npy(f, arr, *a, **k)
-pd.DataFrame.to_csv, np.save = to_csv, save
+    def __getattr__(self, k): return getattr(self.f, k)
+    def __enter__(self): return self
+    def __exit__(self, *a): self.f.close()
+def _open(p, mode='r', *a, **k):
+    f = real_open(p, mode, *a, **k)
+    return Half(f) if str(p).endswith('.tmp') else f
+IO._open = _open
 """,
     # SIGKILL with the temporary file whole, just before its rename
     "SIGKILL before the rename": """

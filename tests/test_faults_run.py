@@ -18,11 +18,12 @@ import pytest
 import torch
 from test_faults_config import copy_of, one_error, run_main, snapshot, trained_fixture
 
-from comp.train import checkpoint as ckpt_io
-from comp import predict as predict_mod
-from comp import train as train_mod
-from comp.data.cache import cache_folder
+import comp.io
+import comp.predict.predict as predict_mod
+import comp.train.loop as train_mod
 from comp.config import load_config
+from comp.data.cache import cache_folder
+from comp.train import checkpoint as ckpt_io
 
 RESUME = ("train_fold.py", "--fold", "0", "--resume")
 
@@ -72,7 +73,7 @@ def test_out_of_memory_in_training_suggests_a_smaller_batch(ex, monkeypatch, oom
 
 
 def test_out_of_memory_in_prediction_writes_nothing(ex, monkeypatch, tmp_path):
-    monkeypatch.setattr(predict_mod, "fold_outputs", _gpu_oom)
+    monkeypatch.setattr(predict_mod, "forward_views", _gpu_oom)
     probs = tmp_path / "probs.npy"
     probs.write_bytes(b"earlier probabilities")
     before = snapshot(ex["base"])
@@ -125,16 +126,42 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(ex, monkeyp
     assert ckpt_io.load(ex["fold"] / "last.pt")["epoch"] == 2
 
 
+def disk_full(monkeypatch, name: str, nth: int = 1) -> None:
+    """The disk fills while comp.io writes the temporary of a file named `name` (a suffix): its `nth` such
+    write gets half its bytes, then ENOSPC. comp.io is the one writer of the kit's files, so this is
+    every file's disk-full path."""
+    real, seen = comp.io._open, [0]
+
+    class Half:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            self.f.write(bytes(data)[: len(data) // 2])
+            raise enospc(self.f.name)
+
+        def __getattr__(self, key):
+            return getattr(self.f, key)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def opener(path, mode="r", *args, **kwargs):
+        f = real(path, mode, *args, **kwargs)
+        if "w" in mode and str(path).endswith(".tmp") and name in Path(path).name:
+            seen[0] += 1
+            if seen[0] == nth:
+                return Half(f)
+        return f
+
+    monkeypatch.setattr(comp.io, "_open", opener)
+
+
 def test_disk_full_while_writing_metrics_keeps_it_and_the_commit_point(ex, monkeypatch):
-    real = Path.write_text
-
-    def write_text(self, data, *args, **kwargs):
-        if self.name == ".metrics.csv.tmp":
-            real(self, data[: len(data) // 2])
-            raise enospc(self)
-        return real(self, data, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "write_text", write_text)
+    disk_full(monkeypatch, "metrics.csv")
     before = snapshot(ex["base"])
     code, _, err = run_main(*RESUME, *ex["overrides"], "epochs=2")
     one_error(code, err, "could not write", "metrics.csv: No space left on device")
@@ -146,48 +173,21 @@ def test_disk_full_while_writing_metrics_keeps_it_and_the_commit_point(ex, monke
 
 @pytest.mark.parametrize("suffix", [".csv", ".npy"])
 def test_disk_full_while_writing_probabilities_keeps_the_earlier_file(ex, monkeypatch, tmp_path, suffix):
-    import numpy as np
-    import pandas as pd
-
     probs = tmp_path / f"probs{suffix}"
     probs.write_bytes(b"earlier probabilities")
-    real_save, real_csv = np.save, pd.DataFrame.to_csv
-
-    def save(f, arr, *args, **kwargs):
-        if str(getattr(f, "name", f)).endswith(".tmp"):
-            f.write(b"\x93NUMPY half")
-            raise enospc(f.name)
-        return real_save(f, arr, *args, **kwargs)
-
-    def to_csv(self, path=None, *args, **kwargs):
-        if str(path).endswith(".tmp"):
-            Path(path).write_text("id,prob_0\ntest_0")
-            raise enospc(path)
-        return real_csv(self, path, *args, **kwargs)
-
-    monkeypatch.setattr(np, "save", save)
-    monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv)
+    disk_full(monkeypatch, probs.name)
     code, out, err = run_main("predict.py", *ex["overrides"], "--save-probs", str(probs))
-    one_error(code, err, f"--save-probs: could not write {probs}: No space left on device")
+    one_error(code, err, f"could not write --save-probs {probs}: No space left on device")
     assert out == "" and probs.read_bytes() == b"earlier probabilities"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ex", probs.name]
 
 
 def test_disk_full_while_building_the_cache(ex, monkeypatch):
-    real, n = Path.write_bytes, [0]
-
-    def write_bytes(self, data):
-        if self.name.endswith(".tmp"):
-            n[0] += 1
-            if n[0] == 5:  # the fifth entry: half written, then the disk is full
-                real(self, data[: len(data) // 2])
-                raise enospc(self)
-        return real(self, data)
-
-    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+    cfg = load_config(None, ex["overrides"])
+    disk_full(monkeypatch, f"png.{cfg.images.cache_format}", nth=5)  # the fifth entry: half, then the disk is full
     out = ex["base"] / "new_runs"
     code, _, err = run_main("prepare.py", *ex["overrides"], f"out_dir={out}")
-    one_error(code, err, "cannot write the cache entry", "No space left on device (images.cache_dir)")
+    one_error(code, err, "could not write cache entry", "No space left on device (images.cache_dir)")
     cfg = load_config(None, ex["overrides"])
     folder, entries = cache_folder(cfg), f"*.{cfg.images.cache_format}"
     assert len(list(folder.rglob(entries))) == 4 and not list(folder.rglob(".*.tmp"))  # 4 whole entries

@@ -19,8 +19,8 @@ from conftest import FAST, write_tiny_competition
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from comp.data.competition import load_competition
 from comp.config import load_config
+from comp.data.competition import load_competition
 from comp.errors import UserError
 from comp.submit.submission import check, output_mode, read_exact, sample_frame
 

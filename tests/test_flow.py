@@ -22,7 +22,7 @@ def test_demo_layout(tmp_path):
     assert {p.stem for p in (root / "train").glob("*.png")} == set(train["id"])
     assert {p.stem for p in (root / "test").glob("*.png")} == set(sample["id"])
     assert list(solution["id"]) == list(sample["id"])
-    assert not (tmp_path / "demo.partial").exists()
+    assert not (tmp_path / ".demo.partial").exists()
 
 
 def test_prepare_train_predict_report(tiny):

@@ -10,12 +10,13 @@ import pytest
 import timm
 import torch
 
-from comp.train import checkpoint as ckpt_io
-from comp.data.competition import load_competition
 from comp.config import load_config
+from comp.data.competition import load_competition
 from comp.models import create_model
 from comp.predict.predict import predict_test
-from comp.train.loop import _build, fit
+from comp.train import checkpoint as ckpt_io
+from comp.train.build import build_run
+from comp.train.loop import fit
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -28,7 +29,7 @@ def config(tiny, *extra: str):
 
 def test_fit_bf16_channels_last_ema_then_resume(tiny):
     cfg = config(tiny, "train.ema=true", "epochs=1")
-    run = _build(cfg, 0, resume=False)
+    run = build_run(cfg, 0, resume=False)
     assert run.device.type == "cuda" and run.amp_dtype == torch.bfloat16  # every GPU the kit targets has bf16
     assert next(run.raw.parameters()).is_cuda and not run.scaler.is_enabled()
     del run
@@ -46,7 +47,7 @@ def test_fp16_gradscaler_path(tiny, monkeypatch):
     # A T4/P100 (Kaggle, Colab) has no bf16: the kit must fall back to fp16 with loss scaling.
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
     cfg = config(tiny, "epochs=1")
-    run = _build(cfg, 0, resume=False)
+    run = build_run(cfg, 0, resume=False)
     assert run.amp_dtype == torch.float16 and run.scaler.is_enabled()
     del run
     fit(cfg, 0)

@@ -22,10 +22,10 @@ from comp.models import (
     create_model,
     list_models,
     load_pretrained,
-    param_groups,
     read_state_dict,
     set_backbone_trainable,
 )
+from comp.train.optim import param_groups
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPTHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]

@@ -17,9 +17,9 @@ import torch
 from conftest import ROOT, run_script
 from test_predict import make_experiment
 
-from comp.train.checkpoint import save_atomic
 from comp.errors import UserError
 from comp.submit.package import build_package
+from comp.train.checkpoint import save as save_atomic
 
 # Loaded at interpreter start-up (PYTHONPATH): no connection can be made, and no file of the repository's
 # code can be opened, so the kit's editable install cannot stand in for the package's own copy.

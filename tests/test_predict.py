@@ -18,12 +18,13 @@ import pytest
 import torch
 from conftest import FAST, run_script, write_tiny_competition
 
-from comp.train.checkpoint import save_atomic
-from comp.data.competition import load_competition
 from comp.config import config_hash, load_config
+from comp.data.augment import tta_view
+from comp.data.competition import load_competition
 from comp.errors import UserError
 from comp.models import create_model
-from comp.predict.predict import predict_test, save_probs, trained_folds, tta_view
+from comp.predict.predict import predict_test, save_probs, trained_folds
+from comp.train.checkpoint import save as save_atomic
 
 TINY_MODEL = "model.name=timm/test_resnet"  # 0.4 M parameters: checkpoints of 1.5 MB, instant forward passes
 

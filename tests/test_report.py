@@ -14,8 +14,8 @@ from conftest import ROOT
 
 from comp.config import load_config
 from comp.metrics import METRICS
-from comp.report.report import oof_probs
 from comp.train.loop import fit
+from comp.train.oof import oof_probs
 
 SMALL = ["model.name=timm/test_efficientnet", "batch_size=4", "epochs=2"]
 

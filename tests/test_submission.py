@@ -12,8 +12,8 @@ import pytest
 from conftest import write_tiny_competition
 from test_predict import make_experiment
 
-from comp.data.competition import load_competition
 from comp.config import load_config
+from comp.data.competition import load_competition
 from comp.errors import UserError
 from comp.submit.submission import build, check, make_submission, read_exact, to_csv_text
 

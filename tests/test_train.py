@@ -10,10 +10,13 @@ import pandas as pd
 import pytest
 import torch
 
-from comp.train import checkpoint as ckpt_io
 from comp.config import load_config
 from comp.errors import UserError
-from comp.train.loop import _build, fit, lr_lambda, train_one_epoch
+from comp.report.plots import fold_figures
+from comp.train import checkpoint as ckpt_io
+from comp.train.build import build_run
+from comp.train.loop import fit, train_one_epoch
+from comp.train.optim import lr_at
 
 SMALL = ["model.name=timm/test_efficientnet", "batch_size=4"]  # 15 training images: 3 steps per epoch
 
@@ -27,7 +30,7 @@ def snapshot(fold: Path, suffixes=(".pt", ".csv", ".yaml")) -> dict[str, bytes]:
 
 
 def test_frozen_warmup_trains_only_the_head(tiny):
-    run = _build(config(tiny, "model.freeze_epochs=1", "epochs=2", "optim.warmup_epochs=0"), 0, resume=False)
+    run = build_run(config(tiny, "model.freeze_epochs=1", "epochs=2", "optim.warmup_epochs=0"), 0, resume=False)
     head = {n for n, _ in run.raw.named_parameters() if n.startswith("classifier.")}
     assert head == {"classifier.weight", "classifier.bias"}
     before = copy.deepcopy(run.raw.state_dict())
@@ -46,14 +49,20 @@ def test_frozen_warmup_trains_only_the_head(tiny):
 
 def test_lr_schedules(tiny):
     cfg = config(tiny, "epochs=10", "optim.lr=0.1", "optim.min_lr=0.001", "optim.warmup_epochs=2")
-    f = lr_lambda(cfg, steps_per_epoch=10)  # warmup 20 steps, 100 in all
+    def f(s):
+        return lr_at(cfg, s, steps_per_epoch=10)  # warmup 20 steps, 100 in all
+
     assert f(0) == pytest.approx(0.01) and f(10) == pytest.approx(0.505) and f(20) == pytest.approx(1.0)
     assert f(60) == pytest.approx(0.01 + 0.99 * 0.5) and f(100) == pytest.approx(0.01)
     assert all(f(s) >= f(s + 1) for s in range(20, 100))
-    one = lr_lambda(config(tiny, "epochs=10", "optim.schedule=onecycle"), 10)
+    cfg_one = config(tiny, "epochs=10", "optim.schedule=onecycle")
+
+    def one(s):
+        return lr_at(cfg_one, s, 10)
+
     assert one(0) == pytest.approx(0.04) and one(30) == pytest.approx(1.0) and one(100) < 0.01
-    const = lr_lambda(config(tiny, "epochs=10", "optim.schedule=constant", "optim.warmup_epochs=0"), 10)
-    assert const(0) == const(99) == 1.0
+    cfg_const = config(tiny, "epochs=10", "optim.schedule=constant", "optim.warmup_epochs=0")
+    assert lr_at(cfg_const, 0, 10) == lr_at(cfg_const, 99, 10) == 1.0
 
 
 def test_outputs_and_sgd_accumulation_clipping(tiny):
@@ -61,6 +70,7 @@ def test_outputs_and_sgd_accumulation_clipping(tiny):
                  "train.label_smoothing=0.1", "train.sampler=weighted", "train.class_weights=true", "metric=f1_macro")
     result = fit(cfg, 0)
     fold = result["dir"]
+    fold_figures(fold, result["classes"], result["metric"])  # what scripts/train_fold.py draws after fit
     assert {"config.yaml", "last.pt", "best.pt", "metrics.csv", "oof.csv", "curves.png", "confusion.png"} <= {
         p.name for p in fold.iterdir()}
     m = pd.read_csv(fold / "metrics.csv")
@@ -120,7 +130,7 @@ def test_early_stop_is_kept_across_resume(tiny):
 
 def test_checkpoint_writes_are_atomic_and_loads_safe(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    ckpt_io.save_atomic({"model": {"w": torch.ones(3)}, "epoch": 1, "step": 0}, path)
+    ckpt_io.save({"model": {"w": torch.ones(3)}, "epoch": 1, "step": 0}, path)
     good = path.read_bytes()
 
     def dies(obj, f):
@@ -129,7 +139,7 @@ def test_checkpoint_writes_are_atomic_and_loads_safe(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", dies)
     with pytest.raises(UserError, match="No space left"):
-        ckpt_io.save_atomic({"model": {}, "epoch": 2, "step": 0}, path)
+        ckpt_io.save({"model": {}, "epoch": 2, "step": 0}, path)
     monkeypatch.undo()
     assert path.read_bytes() == good and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
@@ -140,7 +150,7 @@ def test_checkpoint_writes_are_atomic_and_loads_safe(tmp_path, monkeypatch):
         ckpt_io.load(tmp_path / "evil.pt")
 
     # RNG states survive the weights_only round trip
-    ckpt_io.save_atomic({"model": {}, "rng": ckpt_io.rng_state()}, tmp_path / "rng.pt")
+    ckpt_io.save({"model": {}, "rng": ckpt_io.rng_state()}, tmp_path / "rng.pt")
     expect = (torch.rand(3), __import__("numpy").random.rand(), __import__("random").random())
     ckpt_io.set_rng_state(ckpt_io.load(tmp_path / "rng.pt")["rng"])
     got = (torch.rand(3), __import__("numpy").random.rand(), __import__("random").random())
@@ -162,3 +172,25 @@ def test_worker_processes_change_nothing(tiny):
     cols = ["epoch", "train_loss", "valid_loss"]
     ma, mb = (pd.read_csv(d / "metrics.csv")[cols] for d in runs.values())
     pd.testing.assert_frame_equal(ma, mb, check_exact=True)
+
+
+def test_lr_follows_progress_across_a_resume_that_changes_the_steps_per_epoch(tiny):
+    # 2 of 4 epochs at batch 4 (3 steps per epoch), then resumed at batch 2 (7 steps per epoch): the lr must
+    # be the one an uninterrupted batch-2 run has at the same progress (epoch 2 of 4: half the cosine), not
+    # the one a scheduler object's step count (6 steps of 28) would give.
+    fit(config(tiny, "epochs=2", "optim.warmup_epochs=0", "model.backbone_lr_mult=0.1"), 0)
+    cfg = config(tiny, "epochs=4", "batch_size=2", "optim.warmup_epochs=0", "model.backbone_lr_mult=0.1")
+    run = build_run(cfg, 0, resume=True)
+    spe = run.steps_per_epoch
+    assert spe == 7 and run.state["epoch"] == 2 and run.state["step"] == 0
+    fresh = build_run(load_config(None, tiny["overrides"] + SMALL + [
+        "epochs=4", "batch_size=2", "optim.warmup_epochs=0", "model.backbone_lr_mult=0.1",
+        f"out_dir={tiny['out'] / 'fresh'}"]), 0, resume=False)
+    fresh.state.update(epoch=2, step=0)
+    fresh.set_lr()
+    assert run.lr == fresh.lr == pytest.approx(cfg.optim.lr * lr_at(cfg, 2 * spe, spe))
+    assert lr_at(cfg, 2 * spe, spe) == pytest.approx(0.5 * (1 + cfg.optim.min_lr / cfg.optim.lr))  # half-way
+    # lr_mult is live: the backbone's groups run at a tenth of the head's
+    for g in run.optimizer.param_groups:
+        assert g["lr"] == pytest.approx(run.lr * g["lr_mult"]) and g["lr_mult"] in (1.0, 0.1)
+    assert {g["lr_mult"] for g in run.optimizer.param_groups} == {1.0, 0.1}

@@ -27,7 +27,6 @@ still ~1,500 images/s on 8 loader workers.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import multiprocessing
 import os
@@ -39,6 +38,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from comp import io
 from comp.data.competition import Problem
 from comp.config import resolve_path
 from comp.errors import UserError
@@ -74,26 +74,23 @@ def entry_path(folder: Path, root: Path, path: str | Path, fmt: str) -> Path:
 
 
 def write_entry(img: np.ndarray, path: Path, fmt: str) -> None:
-    """Write an RGB uint8 image as `fmt` (png | npy) via a temporary file renamed into place. A grey image
-    (three equal channels) is stored as one PNG channel; cv2.imread(IMREAD_COLOR) expands it back exactly."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        if fmt == "npy":
-            buf = io.BytesIO()
-            np.save(buf, np.ascontiguousarray(img))
-            tmp.write_bytes(buf.getbuffer())
-        else:
-            gray = bool((img[:, :, 0] == img[:, :, 1]).all() and (img[:, :, 1] == img[:, :, 2]).all())
-            ok, buf = cv2.imencode(".png", img[:, :, 0] if gray else cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
-                                   [cv2.IMWRITE_PNG_COMPRESSION, 3])
-            if not ok:
-                raise OSError(f"cannot encode {path} as PNG")
-            tmp.write_bytes(buf.tobytes())
-        os.replace(tmp, path)
-    except OSError:  # disk full: no half-written temporary left behind
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write an RGB uint8 image as `fmt` (png | npy), atomically (comp.io; a per-process temporary, as
+    several processes build the cache at once). A grey image (three equal channels) is stored as one PNG
+    channel; cv2.imread(IMREAD_COLOR) expands it back exactly.
+
+    Raises:
+        UserError: the disk is full or the cache folder not writable (naming the entry).
+    """
+    kw = {"what": "cache entry", "durable": False, "unique": True, "hint": " (images.cache_dir)"}
+    if fmt == "npy":
+        io.save_npy(path, np.ascontiguousarray(img), **kw)
+        return
+    gray = bool((img[:, :, 0] == img[:, :, 1]).all() and (img[:, :, 1] == img[:, :, 2]).all())
+    ok, buf = cv2.imencode(".png", img[:, :, 0] if gray else cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    if not ok:  # a uint8 (S, S[, 3]) array always encodes: a failure is a bug, not the user's
+        raise RuntimeError(f"OpenCV could not encode {path} as PNG")
+    io.write_bytes(path, buf.tobytes(), **kw)
 
 
 def read_entry(path: Path, fmt: str) -> np.ndarray:
@@ -145,10 +142,7 @@ def _work(job: tuple[str, str | None, int, list[str], str]) -> Problem | None:
     except (cv2.error, ValueError) as e:  # a decodable file whose pixels the steps cannot handle
         return Problem("corrupt", path, str(e).strip().splitlines()[-1])
     if entry is not None:
-        try:
-            write_entry(img, Path(entry), fmt)
-        except OSError as e:
-            raise UserError(f"cannot write the cache entry {entry}: {e.strerror or e} (images.cache_dir)") from None
+        write_entry(img, Path(entry), fmt)
     return None
 
 
@@ -197,7 +191,5 @@ def process_images(cfg: Any, root: Path, paths: Sequence[str], workers: int | No
         bar.close()
     if folder is not None and not problems:
         meta = {**cache_settings(cfg), "format": fmt, "root": str(root), "images": len(dict.fromkeys(paths))}
-        tmp = folder / ".cache.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=1) + "\n")
-        os.replace(tmp, folder / "cache.json")
+        io.write_json(folder / "cache.json", meta)
     return sorted(problems, key=lambda q: q.path)

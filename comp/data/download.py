@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from comp import kaggle_cli
+from comp import io, kaggle_cli
 from comp.config import resolve_path
 from comp.errors import UserError
 from comp.log import log
@@ -37,18 +37,16 @@ def make_demo(root: Path) -> None:
     ids = np.array([f"digit_{i:04d}" for i in range(len(images))])
     tr, te = train_test_split(np.arange(len(images)), test_size=DEMO_TEST_SHARE, stratify=digits.target,
                               random_state=0)
-    tmp = root.with_name(root.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for split, idx in (("train", tr), ("test", te)):
-        (tmp / split).mkdir(parents=True)
-        for i in idx:
-            cv2.imwrite(str(tmp / split / f"{ids[i]}.png"), images[i])
-    pd.DataFrame({"id": ids[tr], "label": digits.target[tr]}).to_csv(tmp / "train.csv", index=False)
-    te = np.sort(te)
-    pd.DataFrame({"id": ids[te], "label": 0}).to_csv(tmp / "sample_submission.csv", index=False)
-    pd.DataFrame({"id": ids[te], "label": digits.target[te]}).to_csv(tmp / "solution.csv", index=False)
     root.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, root)
+    with io.atomic_dir(root, "the demo competition") as tmp:
+        for split, idx in (("train", tr), ("test", te)):
+            (tmp / split).mkdir(parents=True)
+            for i in idx:
+                cv2.imwrite(str(tmp / split / f"{ids[i]}.png"), images[i])
+        pd.DataFrame({"id": ids[tr], "label": digits.target[tr]}).to_csv(tmp / "train.csv", index=False)
+        te = np.sort(te)
+        pd.DataFrame({"id": ids[te], "label": 0}).to_csv(tmp / "sample_submission.csv", index=False)
+        pd.DataFrame({"id": ids[te], "label": digits.target[te]}).to_csv(tmp / "solution.csv", index=False)
 
 
 def kaggle_download(cfg: Any, root: Path) -> None:
@@ -73,21 +71,12 @@ def kaggle_download(cfg: Any, root: Path) -> None:
         raise UserError(f"bad value for config key 'data.source': {d.source!r}; choose competition, dataset or demo")
     kaggle_cli.executable()  # fail before making anything when there is no CLI
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.with_name(f".{root.name}.download")  # a leftover of a killed run is cleared first
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with io.atomic_dir(root, "the download folder") as tmp:  # ensure_data only downloads into an empty root
         log(f"downloading: {kaggle_cli.describe(args)} into {root}")
         kaggle_cli.run([*args, "-p", str(tmp)], stream=True)
         unzip_all(tmp)
         if not any(tmp.iterdir()):
             raise UserError(f"{kaggle_cli.describe(args)} downloaded no files")
-        if root.is_dir():
-            root.rmdir()  # ensure_data only downloads into an empty or absent root
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def unzip_all(folder: Path, depth: int = 3) -> None:

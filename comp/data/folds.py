@@ -10,13 +10,13 @@ folds.csv without one (written by hand, e.g. a competition's official split) is 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+from comp import io
 from comp.errors import UserError
 
 
@@ -56,12 +56,6 @@ def settings(cfg: Any) -> dict[str, Any]:
     grouped = bool(cfg.folds.grouped and cfg.data.group_pattern)
     return {"n_folds": int(cfg.folds.n_folds), "seed": int(cfg.folds.seed), "grouped": grouped,
             "group_pattern": cfg.data.group_pattern if grouped else ""}
-
-
-def _write_atomic(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _check(path: Path, folds: pd.DataFrame, train: pd.DataFrame, want: dict[str, Any]) -> None:
@@ -118,8 +112,6 @@ def load_or_make_folds(cfg: Any, train: pd.DataFrame, out_dir: Path) -> pd.DataF
         return train.merge(folds[["id", "fold"]], on="id")
     out = train.assign(fold=split(train, want["n_folds"], want["seed"], _grouped(train, want)))
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(json.dumps(want, indent=1) + "\n", path.with_name("folds.json"))
-    tmp = path.with_name(f".{path.name}.tmp")
-    out[["id", "label", "group", "fold"]].to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    io.write_json(path.with_name("folds.json"), want)
+    io.write_csv(path, out[["id", "label", "group", "fold"]])
     return out

@@ -4,7 +4,6 @@ from comp.models.factory import (
     create_model,
     list_models,
     load_pretrained,
-    param_groups,
     read_state_dict,
     set_backbone_trainable,
 )
@@ -18,7 +17,6 @@ __all__ = [
     "create_model",
     "list_models",
     "load_pretrained",
-    "param_groups",
     "read_state_dict",
     "set_backbone_trainable",
 ]

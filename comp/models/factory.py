@@ -27,9 +27,7 @@ from typing import Any
 import safetensors.torch
 import timm
 import torch
-from timm.models import get_pretrained_cfg, split_model_name_tag
-from timm.models._helpers import clean_state_dict
-from timm.models._manipulate import adapt_input_conv
+from timm.models import adapt_input_conv, clean_state_dict, get_pretrained_cfg, split_model_name_tag
 from torch import nn
 
 from comp.errors import UserError
@@ -230,38 +228,7 @@ def load_pretrained(model: nn.Module, state_dict: Mapping[str, torch.Tensor], so
 
 # --- frozen-backbone warm-up ------------------------------------------------------------------------
 # The training loop trains only the classifier for `model.freeze_epochs` epochs, then everything, the
-# backbone at `lr * model.backbone_lr_mult`. The optimizer is built once over all parameters:
-# frozen ones get no .grad, and torch's optimizers skip parameters without one.
-
-
-def _head_params(model: nn.Module) -> set[int]:
-    return {id(p) for p in model.get_classifier().parameters()}
-
-
-def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float = 1.0, weight_decay: float = 0.0) -> list[dict]:
-    """Optimizer parameter groups: classifier at `lr`, the rest at `lr * backbone_lr_mult`.
-
-    Biases and norm gammas/betas (the 1-D tensors) get no weight decay: "no bias decay" of He et al. 2019,
-    Bag of Tricks, sec. 3.1, and timm's default (`filter_bias_and_bn`). Every parameter is included, frozen
-    or not, so one optimizer serves the warm-up and the rest of training. Each group carries `lr_mult`, so
-    a loop that sets `group["lr"]` itself keeps the ratio: `group["lr"] = lr_now * group["lr_mult"]`.
-    """
-    head = _head_params(model)
-    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
-    for p in model.parameters():
-        part = "head" if id(p) in head else "backbone"
-        groups.setdefault((part, p.ndim > 1), []).append(p)
-    out = []
-    for (part, decay), params in sorted(groups.items()):
-        mult = 1.0 if part == "head" else backbone_lr_mult
-        out.append({
-            "params": params,
-            "lr": lr * mult,
-            "lr_mult": mult,
-            "weight_decay": weight_decay if decay else 0.0,
-            "name": part if decay else f"{part}_no_decay",
-        })
-    return out
+# backbone at `lr * model.backbone_lr_mult` (comp.train.optim.param_groups).
 
 
 def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
@@ -273,7 +240,7 @@ def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
     statistics (Keras' transfer-learning guide keeps BN in inference mode for the same reason).
     `model.train()` puts them back in train mode, so call this after it, every epoch.
     """
-    head = _head_params(model)
+    head = {id(p) for p in model.get_classifier().parameters()}
     for p in model.parameters():
         if id(p) not in head:
             p.requires_grad_(trainable)

@@ -10,52 +10,26 @@ probabilities (default) or as logits then softmax (predict.ensemble=mean_logit).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm import tqdm
 
-from comp.train import checkpoint as ckpt_io
+from comp import io
+from comp.config import config_hash, resolve_path
 from comp.data.augment import build_transform, check_tta
 from comp.data.cache import image_loader
 from comp.data.competition import Competition
-from comp.config import config_hash, resolve_path
-from comp.data.loader import ImageDataset, amp_dtype_for, device_batches, make_loader
+from comp.data.loader import ImageDataset, device_batches, make_loader
+from comp.device import amp_dtype_for, pick_device
 from comp.errors import UserError
 from comp.log import log
 from comp.models import create_model
-
-
-def tta_view(x: torch.Tensor, view: str) -> torch.Tensor:
-    """One TTA view of a (B, C, H, W) batch."""
-    if view == "identity":
-        return x
-    if view == "hflip":
-        return x.flip(3)
-    if view == "vflip":
-        return x.flip(2)
-    if view == "hvflip":
-        return x.flip(2, 3)
-    if view == "rot90":
-        return torch.rot90(x, 1, (2, 3))
-    if view == "rot270":
-        return torch.rot90(x, 3, (2, 3))
-    if view == "transpose":
-        return x.transpose(2, 3)
-    raise UserError(f"aug.tta: unknown view {view!r}")
-
-
-def pick_device(name: str) -> torch.device:
-    """The `device` config value: auto = the first GPU when there is one."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"bad value for config key 'device': {name!r} but no CUDA device is available")
-    return torch.device(name)
+from comp.models.inference import forward_views
+from comp.train import checkpoint as ckpt_io
+from comp.train.oof import prob_frame
 
 
 def trained_folds(cfg: Any) -> list[Path]:
@@ -108,56 +82,53 @@ def fold_weight(meta: dict[str, Any], how: str, path: Path) -> float:
     return float(best)
 
 
-@torch.no_grad()
-def fold_outputs(model: torch.nn.Module, loader: Any, cfg: Any, device: torch.device, views: list[str],
-                 amp_dtype: torch.dtype | None, desc: str) -> torch.Tensor:
-    """(N, C) mean over the TTA views of one fold: probabilities, or logits with ensemble=mean_logit."""
-    logit_mean = cfg.predict.ensemble == "mean_logit"
-    outs = []
-    with tqdm(total=len(loader), desc=desc, leave=False, dynamic_ncols=True) as bar:  # closed on an error too
-        for x, _, _ in device_batches(loader, device, cfg.model.in_chans, cfg.train.channels_last):
-            acc = None  # x: (B, C, H, W) normalised, on the device
-            for view in views:
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    logits = model(tta_view(x, view)).float()  # (B, classes)
-                out = logits if logit_mean else logits.softmax(1)
-                acc = out if acc is None else acc + out
-            outs.append(acc / len(views))
-            bar.update(1)
-    return torch.cat(outs).cpu()
-
-
 def predict_test(cfg: Any, comp: Competition, device: torch.device | None = None, paths: list[Path] | None = None,
                  expect_hash: str | None = None) -> np.ndarray:
     """(N_test, C) class probabilities in `comp.test` order, averaged over the TTA views and the folds.
 
+    Every fold's model is loaded once and kept on the device, and each batch of test images goes through all
+    of them (comp.models.inference.forward_views): an image is decoded and preprocessed once for the whole
+    ensemble, not once per fold (with the cache off, as in the offline package, decoding is most of the
+    time on a CPU).
+
     Args:
         paths: the fold checkpoints to ensemble; default every `<out_dir>/fold*/best.pt`.
         expect_hash: see `load_fold`.
+
+    Raises:
+        UserError: no test images, no trained fold, a fold that does not match the config or the data.
     """
     if len(comp.test) == 0:
         raise UserError(f"no test images found for {cfg.data.root} (data.test_images / data.sample_submission)")
     device = device or pick_device(cfg.device)
     amp_dtype = amp_dtype_for(device, cfg.train.amp)
     views = check_tta(cfg.aug.tta)
-    dataset = ImageDataset(comp.test["path"].tolist(), None, cfg.image_size,
-                           build_transform(cfg.aug.valid, "aug.valid"), load=image_loader(cfg, comp))
-    loader = make_loader(dataset, cfg.batch_size, None, cfg.num_workers, pin_memory=device.type == "cuda",
-                         persistent=True)  # one pool of workers for every fold
-    total, weight_sum = None, 0.0
-    for path in paths or trained_folds(cfg):
+    paths = paths or trained_folds(cfg)
+    models, weights = [], []
+    for path in paths:
         model, meta = load_fold(path, cfg, comp.classes, expect_hash)
         model = model.to(device)
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         w = fold_weight(meta, cfg.predict.fold_weights, path)
-        out = fold_outputs(model, loader, cfg, device, views, amp_dtype, desc=f"predict {path.parent.name}")
-        total = w * out.double() if total is None else total + w * out.double()
-        weight_sum += w
+        models.append(model)
+        weights.append(w)
         best = meta.get("best")
         shown = f"{best:.4f}" if isinstance(best, (int, float)) else "?"
         log(f"{path.parent.name}: validation {meta.get('metric', 'score')} {shown}, weight {w:.4g}, "
             f"{len(views)} TTA view(s)")
+    dataset = ImageDataset(comp.test["path"].tolist(), None, cfg.image_size,
+                           build_transform(cfg.aug.valid, "aug.valid"), load=image_loader(cfg, comp))
+    loader = make_loader(dataset, cfg.batch_size, None, cfg.num_workers, pin_memory=device.type == "cuda")
+    activation = None if cfg.predict.ensemble == "mean_logit" else (lambda t: t.softmax(1))
+    desc = f"predict {len(models)} fold(s) x {len(views)} view(s)"
+    with tqdm(total=len(loader), desc=desc, leave=False, dynamic_ncols=True) as bar:  # closed on an error too
+        batches = (x for x, _, _ in device_batches(loader, device, cfg.model.in_chans, cfg.train.channels_last))
+        outs = forward_views(models, batches, views, amp_dtype, activation, on_batch=lambda: bar.update(1))
+    total, weight_sum = None, 0.0
+    for w, out in zip(weights, outs, strict=True):  # fold order: the same sums as fold after fold
+        total = w * out.double() if total is None else total + w * out.double()
+        weight_sum += w
     mean = total / weight_sum
     if cfg.predict.ensemble == "mean_logit":
         mean = mean.softmax(1)
@@ -177,21 +148,13 @@ def check_probs_path(path: str | Path) -> Path:
 
 def save_probs(path: Path, ids: list[str], probs: np.ndarray, classes: list[str]) -> None:
     """The raw test probabilities for later blending, written atomically: `.csv` as `id,prob_<class>...`
-    (the columns of oof.csv), `.npy` as the bare (N, C) float32 array; rows in the submission's order."""
+    (the columns of oof.csv), `.npy` as the bare (N, C) float32 array; rows in the submission's order.
+
+    Raises:
+        UserError: a path `check_probs_path` refuses, or a refused write (the earlier file stays whole).
+    """
     path = check_probs_path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        if path.suffix == ".npy":
-            with open(tmp, "wb") as f:
-                np.save(f, probs.astype(np.float32))
-        else:
-            df = pd.DataFrame(probs, columns=[f"prob_{c}" for c in classes])
-            df.insert(0, "id", ids)
-            df.to_csv(tmp, index=False, lineterminator="\n")
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"--save-probs: could not write {path}: {e.strerror or e}") from None
-    except BaseException:  # Ctrl-C mid-write: the half-written temporary goes too
-        tmp.unlink(missing_ok=True)
-        raise
+    if path.suffix == ".npy":
+        io.save_npy(path, probs.astype(np.float32), what="--save-probs")
+    else:
+        io.write_csv(path, prob_frame(ids, probs, classes), what="--save-probs")

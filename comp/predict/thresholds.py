@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from comp import io
 from comp.config import resolve_path
 from comp.errors import UserError
 from comp.log import log
-from comp.report.report import load_oof, oof_probs
+from comp.train.oof import load_oof, oof_files, oof_probs
 
 FILE = "thresholds.json"
 GRID = 256  # candidate positions per cut-point per round (quantiles of the scores inside its interval)
@@ -99,22 +99,12 @@ def choose(y: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
             "kappa": tuned_kappa if better else argmax_kappa}
 
 
-def _oof_files(out_dir: Path, n_folds: int) -> list[Path]:
-    return [p for k in range(n_folds) if (p := out_dir / f"fold{k}" / "oof.csv").is_file()]
-
-
 def _digest(paths: list[Path]) -> str:
     h = hashlib.sha256()
     for p in paths:
         h.update(p.parent.name.encode())
         h.update(p.read_bytes())
     return h.hexdigest()[:16]
-
-
-def _write_json(obj: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def read(path: Path, num_classes: int) -> dict[str, Any]:
@@ -141,7 +131,7 @@ def load_or_fit(cfg: Any, num_classes: int) -> dict[str, Any] | None:
         return None
     out_dir = resolve_path(cfg.out_dir)
     path = out_dir / FILE
-    files = _oof_files(out_dir, cfg.folds.n_folds)
+    files = oof_files(out_dir, cfg.folds.n_folds)
     if not files:
         if path.is_file():
             t = read(path, num_classes)
@@ -159,7 +149,7 @@ def load_or_fit(cfg: Any, num_classes: int) -> dict[str, Any] | None:
     if probs.shape[1] != num_classes:
         raise UserError(f"{files[0]} has {probs.shape[1]} probability columns but the data has {num_classes} classes")
     t = {**choose(oof["label"].to_numpy(), probs), "oof_digest": digest}
-    _write_json(t, path)
+    io.write_json(path, t)
     shown = f"cut-points {np.round(t['cuts'], 3).tolist()}" if t["cuts"] else "argmax kept (no cut-points beat it)"
     log(f"thresholds: OOF qwk {t['kappa_argmax']:.4f} (argmax) → {t['kappa']:.4f}, {shown}; saved {path}")
     return t

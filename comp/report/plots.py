@@ -14,6 +14,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from comp.metrics import confusion  # noqa: E402
+from comp.train.oof import oof_probs  # noqa: E402
 
 
 def curves(history: pd.DataFrame, metric: str, path: Path, title: str = "") -> None:
@@ -55,8 +56,8 @@ def fold_figures(fold_dir: Path, classes: list[str], metric: str) -> None:
     history = pd.read_csv(fold_dir / "metrics.csv")
     curves(history, metric, fold_dir / "curves.png", title=fold_dir.name)
     oof = pd.read_csv(fold_dir / "oof.csv")
-    probs = oof[[c for c in oof.columns if c.startswith("prob_")]].to_numpy()
-    confusion_figure(oof["label"].to_numpy(), probs.argmax(1), classes, fold_dir / "confusion.png", fold_dir.name)
+    confusion_figure(oof["label"].to_numpy(), oof_probs(oof).argmax(1), classes, fold_dir / "confusion.png",
+                     fold_dir.name)
 
 
 def compare_figure(runs: dict[str, list[pd.DataFrame]], metric: str, path: Path, title: str = "") -> None:

@@ -1,5 +1,5 @@
-"""Cross-validation reports from a run's fold folders: per-fold scores and the out-of-fold score, the
-out-of-fold classification report and confusion matrix, and several experiments compared."""
+"""Cross-validation reports from a run's fold folders: the out-of-fold classification report and confusion
+matrix, and several experiments compared (the per-fold and CV scores themselves: comp.train.oof.cv_table)."""
 
 from __future__ import annotations
 
@@ -13,41 +13,7 @@ from omegaconf import OmegaConf
 from comp.config import resolve_path
 from comp.errors import UserError
 from comp.metrics import METRICS, classification_report
-
-
-def load_oof(out_dir: Path, n_folds: int) -> pd.DataFrame:
-    """The out-of-fold predictions of every trained fold, concatenated (id, label, prob_*, fold)."""
-    parts = []
-    for k in range(n_folds):
-        path = out_dir / f"fold{k}" / "oof.csv"
-        if path.is_file():
-            parts.append(pd.read_csv(path, dtype={"id": str}).assign(fold=k))
-    if not parts:
-        raise UserError(f"no fold of {out_dir} has an oof.csv yet; train a fold first")
-    return pd.concat(parts, ignore_index=True)
-
-
-def oof_probs(oof: pd.DataFrame) -> np.ndarray:
-    return oof[[c for c in oof.columns if c.startswith("prob_")]].to_numpy()
-
-
-def cv_table(cfg: Any) -> tuple[pd.DataFrame, float, int]:
-    """Per-fold scores of every metric, and the competition metric over all out-of-fold predictions
-    together (the CV score), with the number of folds found."""
-    out_dir = resolve_path(cfg.out_dir)
-    oof = load_oof(out_dir, cfg.folds.n_folds)
-    rows = []
-    for k, part in oof.groupby("fold"):
-        y, p = part["label"].to_numpy(), oof_probs(part)
-        rows.append({"fold": k, "n": len(part), **{m: fn(y, p) for m, fn in METRICS.items()}})
-    table = pd.DataFrame(rows)
-    cv = METRICS[cfg.metric](oof["label"].to_numpy(), oof_probs(oof))
-    return table, cv, len(rows)
-
-
-def classes_of(oof: pd.DataFrame) -> list[str]:
-    """Class names in label order, from the prob_<name> columns."""
-    return [c[len("prob_"):] for c in oof.columns if c.startswith("prob_")]
+from comp.train.oof import classes_of, load_oof, oof_probs
 
 
 def oof_report(cfg: Any) -> tuple[pd.DataFrame, Path]:
@@ -87,7 +53,7 @@ def load_experiment(run_dir: Path) -> tuple[list[pd.DataFrame], pd.DataFrame | N
 
 def compare(run_dirs: list[Path], path: Path, labels: list[str] | None = None,
             metric: str | None = None) -> pd.DataFrame:
-    """One figure of several experiments' curves (comp.plots.compare_figure) and a table of their scores:
+    """One figure of several experiments' curves (comp.report.plots.compare_figure) and a table of their scores:
     folds trained, epochs, mean best-epoch score over folds, and the out-of-fold CV score.
 
     Args:

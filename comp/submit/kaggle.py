@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from comp import kaggle_cli
-from comp.data.competition import load_competition
 from comp.config import DEFAULT_CONFIG, REPO_ROOT, config_hash, resolve_path
+from comp.data.competition import load_competition
 from comp.errors import UserError
 from comp.log import log
 from comp.submit.submission import check, read_exact, score_holdout
@@ -46,7 +46,7 @@ def git_commit() -> str:
 
 def cv_score(cfg: Any) -> str:
     """The experiment's out-of-fold score (comp.report.cv_table), or empty when no fold has an OOF."""
-    from comp.report.report import cv_table
+    from comp.train.oof import cv_table
 
     try:
         return f"{cv_table(cfg)[1]:.6f}"

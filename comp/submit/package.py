@@ -31,12 +31,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from comp.train import checkpoint as ckpt_io
-from comp.predict import thresholds
+from comp import io
 from comp.config import REPO_ROOT, config_hash, load_config, resolve_path, to_yaml
 from comp.errors import UserError
 from comp.log import log
+from comp.predict import thresholds
 from comp.predict.predict import check_probs_path, save_probs, trained_folds
+from comp.train import checkpoint as ckpt_io
 
 INFER_PY = '''#!/usr/bin/env python
 """Offline inference of a packaged experiment (written by the kit's scripts/package.py):
@@ -124,12 +125,9 @@ def build_package(cfg: Any, out: Path | None = None, dataset_id: str | None = No
     decoding = thresholds.load_or_fit(cfg, folds[0][1]["num_classes"])
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")  # a leftover of a killed run is cleared first
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with io.atomic_dir(out, "package") as tmp:  # a leftover of a killed run is cleared first
         for path, ck in folds:
-            ckpt_io.save_atomic(_slim(ck), tmp / path.parent.name / "best.pt")
+            ckpt_io.save(_slim(ck), tmp / path.parent.name / "best.pt")
         (tmp / "config.yaml").write_text(to_yaml(cfg))
         if decoding is not None:
             shutil.copyfile(out_dir / thresholds.FILE, tmp / thresholds.FILE)
@@ -137,12 +135,6 @@ def build_package(cfg: Any, out: Path | None = None, dataset_id: str | None = No
         _vendor_omegaconf(tmp / "vendor")
         (tmp / "infer.py").write_text(INFER_PY)
         (tmp / "dataset-metadata.json").write_text(json.dumps(_metadata(cfg, dataset_id), indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     log(f"package: {out} ({len(folds)} fold(s), {size / 2**20:.1f} MiB)")
     log(f"upload:  kaggle datasets create -p {out} --dir-mode zip   (later: kaggle datasets version -p {out} "

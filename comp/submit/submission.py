@@ -247,8 +247,8 @@ class Submission:
 def make_submission(cfg: Any, expect_hash: str | None = None) -> Submission:
     """Predict the test set with every trained fold and TTA view, decode (kappa cut-points for qwk),
     build and validate the submission. `expect_hash`: see comp.predict.load_fold."""
-    from comp.predict import thresholds
     from comp.data.competition import load_competition
+    from comp.predict import thresholds
     from comp.predict.predict import predict_test
 
     comp = load_competition(cfg)

@@ -1,0 +1,131 @@
+"""Everything one fold's training needs, built once: its folds and images, the loaders, the model, the
+optimizer, the gradient scaler, the EMA and mixup, and the position to start from (`build_run`)."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from comp.config import config_hash, resolve_path
+from comp.data.augment import build_transform
+from comp.data.cache import image_loader
+from comp.data.competition import load_competition
+from comp.data.folds import load_or_make_folds
+from comp.data.loader import EpochSampler, ImageDataset, class_weights, make_loader
+from comp.device import amp_dtype_for, pick_device
+from comp.errors import UserError
+from comp.metrics import check_metric
+from comp.models import create_model
+from comp.train.distributed import setup_distributed
+from comp.train.optim import build_optimizer
+from comp.train.state import FoldData, Run, restore
+
+
+def seed_all(seed: int) -> None:
+    """Seed Python's, NumPy's (timm's Mixup draws from its global RNG) and torch's global RNGs."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def fold_data(cfg: Any, comp: Any, folds: Any, fold: int, rank: int, world: int, pin: bool) -> FoldData:
+    """The training images of every other fold and the validation images of `fold`, with their loaders:
+    the training order from an `EpochSampler` (this rank's share), validation in order, every world-th
+    image on this rank."""
+    tr, va = folds[folds["fold"] != fold], folds[folds["fold"] == fold]
+    load = image_loader(cfg, comp)
+    train_set = ImageDataset(tr["path"].tolist(), tr["label"].tolist(), cfg.image_size,
+                             build_transform(cfg.aug.train, "aug.train"), load=load)
+    valid_set = ImageDataset(va["path"].tolist(), va["label"].tolist(), cfg.image_size,
+                             build_transform(cfg.aug.valid, "aug.valid"), load=load)
+    labels = tr["label"].to_numpy()
+    weights = class_weights(labels, comp.num_classes)[labels] if cfg.train.sampler == "weighted" else None
+    sampler = EpochSampler(len(train_set), cfg.seed, 0, weights=weights, rank=rank, world_size=world)
+    valid_index = np.arange(rank, len(valid_set), world)
+    return FoldData(
+        train_set=train_set, valid_set=valid_set, valid_ids=va["id"].tolist(), train_sampler=sampler,
+        train_loader=make_loader(train_set, cfg.batch_size, sampler, cfg.num_workers, drop_last=True,
+                                 pin_memory=pin, persistent=True),
+        valid_loader=make_loader(torch.utils.data.Subset(valid_set, valid_index.tolist()), cfg.batch_size, None,
+                                 cfg.num_workers, pin_memory=pin, persistent=True),
+        valid_index=valid_index)
+
+
+def build_run(cfg: Any, fold: int, resume: bool) -> Run:
+    """The run of fold `fold`, at its start or (with `resume`) where its newest checkpoint left it.
+
+    Raises:
+        UserError: a fold outside the split, a fold already trained (without `resume`), settings that cannot
+            work together (an odd batch with mixup, a batch larger than the fold), or anything the data,
+            model or checkpoint loaders refuse.
+    """
+    d = setup_distributed(cfg.device)
+    device = pick_device(cfg.device, d.local_rank)
+    metric = check_metric(cfg.metric)
+    if not 0 <= fold < cfg.folds.n_folds:
+        raise UserError(f"--fold {fold} is outside 0..{cfg.folds.n_folds - 1} (folds.n_folds={cfg.folds.n_folds})")
+    out_dir = resolve_path(cfg.out_dir)
+    fold_dir = out_dir / f"fold{fold}"
+    if not resume and any((fold_dir / n).exists() for n in ("last.pt", "recovery.pt")):
+        raise UserError(f"{fold_dir} already holds a trained fold; pass --resume to continue it, "
+                        f"or set another out_dir")
+    if (cfg.train.mixup > 0 or cfg.train.cutmix > 0) and cfg.batch_size % 2:
+        raise UserError(f"bad value for config key 'batch_size': {cfg.batch_size} must be even with mixup/cutmix")
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls/convs on Ampere+: ~free speed for fp32 parts
+    torch.backends.cudnn.allow_tf32 = True
+    comp = load_competition(cfg)
+    folds = load_or_make_folds(cfg, comp.train, out_dir) if d.main else None
+    if d.world > 1:  # rank 0 writes folds.csv once, the others read it
+        torch.distributed.barrier()
+        folds = load_or_make_folds(cfg, comp.train, out_dir)
+    data = fold_data(cfg, comp, folds, fold, d.rank, d.world, pin=device.type == "cuda")
+    per_rank = math.ceil(len(data.train_set) / d.world)
+    steps_per_epoch = per_rank // cfg.batch_size // cfg.train.accum_steps
+    if steps_per_epoch < 1:
+        raise UserError(f"batch_size={cfg.batch_size} x train.accum_steps={cfg.train.accum_steps} is larger than "
+                        f"the {per_rank} training images of fold {fold} per process; lower batch_size")
+
+    seed_all(cfg.seed)  # the same initial weights on every rank (DDP would broadcast rank 0's anyway)
+    model = create_model(cfg.model.name, comp.num_classes, in_chans=cfg.model.in_chans,
+                         pretrained=cfg.model.pretrained, drop_rate=cfg.model.drop_rate).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg, model, device)
+    amp_dtype = amp_dtype_for(device, cfg.train.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # bf16 needs no loss scaling
+    ema = None
+    if cfg.train.ema:
+        from timm.utils import ModelEmaV3
+
+        # warmup: decay 1-(1+step)^(-2/3) capped at ema_decay, so a short fine-tune's EMA is not mostly the
+        # initial weights (0.999 reaches the weights of ~1000 steps ago only)
+        ema = ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=cfg.train.ema_warmup)
+    mixup = None
+    if cfg.train.mixup > 0 or cfg.train.cutmix > 0:
+        from timm.data import Mixup
+
+        mixup = Mixup(mixup_alpha=cfg.train.mixup, cutmix_alpha=cfg.train.cutmix,
+                      label_smoothing=cfg.train.label_smoothing, num_classes=comp.num_classes)
+    loss_weight = None
+    if cfg.train.class_weights:
+        cw = class_weights(data.train_set.labels, comp.num_classes)
+        loss_weight = torch.tensor(cw, dtype=torch.float32, device=device)
+    raw = model
+    if cfg.train.compile and d.world == 1:
+        model = torch.compile(model)  # under DDP: compiled around the wrapper (comp.train.distributed.wrap_ddp)
+    seed_all(cfg.seed + d.rank)  # each rank its own dropout/mixup stream from here on
+    meta = {"config_hash": config_hash(cfg), "model_name": cfg.model.name, "num_classes": comp.num_classes,
+            "in_chans": cfg.model.in_chans, "classes": list(comp.classes), "fold": fold, "metric": metric,
+            "eval_weights": "ema" if ema is not None else "model"}
+    run = Run(cfg=cfg, fold=fold, dir=fold_dir, device=device, dist=d, raw=raw, model=model, optimizer=optimizer,
+              scaler=scaler, ema=ema, mixup=mixup, loss_weight=loss_weight, amp_dtype=amp_dtype, data=data,
+              steps_per_epoch=steps_per_epoch, meta=meta)
+    run.set_lr()
+    if resume:
+        restore(run)
+    return run

@@ -1,0 +1,190 @@
+"""The state of one fold's training run (`Run`) and its round trip through a checkpoint: `to_checkpoint`
+builds the dict a file holds (comp.train.checkpoint writes and reads it), `restore` puts the newest valid
+checkpoint of the fold back into a freshly built run, mid-epoch included.
+
+The learning rate is not state: it is a function of the position (comp.train.optim), set again from
+(epoch, step) on resume. Nor is the loader's: the sample order and augmentations are functions of (seed,
+epoch, position) (comp.data.loader), so the position is all that is saved of the data side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from comp import io
+from comp.config import to_yaml
+from comp.data.loader import EpochSampler, ImageDataset
+from comp.errors import UserError
+from comp.log import log
+from comp.train import checkpoint as ckpt_io
+from comp.train.distributed import Dist, gather_objects
+from comp.train.optim import set_lr
+
+
+def fresh_partial() -> dict[str, float]:
+    """Running sums of the epoch in progress, saved with a mid-epoch checkpoint (global over ranks)."""
+    return {"loss_sum": 0.0, "count": 0.0, "seconds": 0.0, "wait": 0.0}
+
+
+def fresh_state() -> dict[str, Any]:
+    """The position and bookkeeping of a run that has not started."""
+    return {"epoch": 0, "step": 0, "best": None, "bad_epochs": 0, "history": [], "partial": fresh_partial()}
+
+
+@dataclass(kw_only=True)
+class FoldData:
+    """A fold's training and validation images and their loaders, whose workers live as long as the run."""
+
+    train_set: ImageDataset
+    valid_set: ImageDataset
+    valid_ids: list[str]
+    train_sampler: EpochSampler  # moved to each epoch (set_epoch) under the one persistent train_loader
+    train_loader: Any
+    valid_loader: Any  # over this rank's share of the validation images (valid_index)
+    valid_index: np.ndarray
+
+
+@dataclass(kw_only=True)
+class Run:
+    """Everything `train_one_epoch` and `validate` need, built once by comp.train.build.build_run."""
+
+    cfg: Any
+    fold: int
+    dir: Path
+    device: torch.device
+    dist: Dist
+    raw: torch.nn.Module  # the plain model: its state dict is saved, EMA and clipping use it
+    model: torch.nn.Module  # what the forward pass calls: possibly DDP-wrapped and compiled
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: Any  # timm ModelEmaV3 or None
+    mixup: Any  # timm Mixup or None
+    loss_weight: torch.Tensor | None
+    amp_dtype: torch.dtype | None
+    data: FoldData
+    steps_per_epoch: int
+    meta: dict[str, Any]  # what every checkpoint of the run says about its weights (model, classes, ...)
+    ddp: Any = None  # the DistributedDataParallel wrapper, or None
+    wrapped_frozen: bool | None = None  # the freeze state `ddp` was built for (None: not built yet)
+    state: dict[str, Any] = field(default_factory=fresh_state)  # epoch, step, best, bad_epochs, history, partial
+    lr: float = 0.0  # the head's learning rate of the next optimizer step
+    stop_signal: int = 0
+    config_saved: bool = False  # config.yaml goes with this attempt's first checkpoint (save)
+    next_epoch: tuple[int, Any] | None = None  # (epoch, its train_loader iterator), started before validation
+
+    def global_step(self) -> int:
+        """Optimizer steps taken since the start of the run, counted at today's steps per epoch."""
+        return self.state["epoch"] * self.steps_per_epoch + self.state["step"]
+
+    def set_lr(self) -> None:
+        """The learning rate of the next optimizer step, into the parameter groups."""
+        self.lr = set_lr(self.optimizer, self.cfg, self.global_step(), self.steps_per_epoch)
+
+
+def to_checkpoint(run: Run) -> dict[str, Any]:
+    """The whole training state as a plain dict (weights_only-loadable). Collective under DDP: every rank's
+    RNG state is gathered, so each rank resumes its own dropout and mixup streams.
+
+    Raises:
+        UserError: a weight is not finite (a checkpoint never holds broken weights; the previous one stays
+            the newest).
+    """
+    states = gather_objects(run.dist, ckpt_io.rng_state())
+    bad = [k for k, v in run.raw.named_parameters() if not torch.isfinite(v).all()]
+    if bad:
+        raise UserError(f"weight {bad[0]} is not finite at epoch {run.state['epoch']} step {run.state['step']} "
+                        f"(fold {run.fold}); training stopped, checkpoints in {run.dir} are intact; "
+                        f"try a lower optim.lr or set train.clip_grad")
+    return {
+        "format_version": ckpt_io.FORMAT_VERSION,
+        "model": run.raw.state_dict(),
+        "ema": run.ema.module.state_dict() if run.ema is not None else None,
+        "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "epoch": run.state["epoch"],  # the epoch in progress (or next to start when step == 0)
+        "step": run.state["step"],  # optimizer steps of that epoch already taken
+        "partial": dict(run.state["partial"]),
+        "best": run.state["best"],
+        "bad_epochs": run.state["bad_epochs"],
+        "history": run.state["history"],
+        "rng": states,  # one per rank
+        "world_size": run.dist.world,
+        "config": OmegaConf.to_container(run.cfg, resolve=True),
+        **run.meta,
+    }
+
+
+def save(run: Run, ckpt: dict[str, Any], *names: str) -> None:
+    """Rank 0 writes `ckpt` under each of `names` in the fold folder; the run's config.yaml goes with the
+    first checkpoint of this attempt (an attempt that fails before saving any leaves it as it was)."""
+    if not run.dist.main:
+        return
+    for name in names:
+        ckpt_io.save(ckpt, run.dir / name)
+    if not run.config_saved:
+        io.write_text(run.dir / "config.yaml", to_yaml(run.cfg))
+        run.config_saved = True
+
+
+def restore(run: Run) -> None:
+    """Load the newest valid checkpoint of the fold (recovery.pt or last.pt) into `run`; a fold with none
+    yet starts from scratch.
+
+    Raises:
+        UserError: a checkpoint that is there but unusable (never started over on top of), or one made with
+            another model, data, fold or optimizer setting (comp.train.checkpoint.check_resume).
+    """
+    candidates = [run.dir / "recovery.pt", run.dir / "last.pt"]
+    found = ckpt_io.newest(candidates)
+    if found is None:
+        for p in candidates[::-1]:  # a file that is there but unusable: never start over on top of it
+            if p.is_file():
+                try:
+                    ckpt_io.require(ckpt_io.load(p), p, ckpt_io.RESUME_KEYS, "resume")
+                except UserError as e:
+                    raise UserError(f"--resume: {e}; move it away to train fold {run.fold} from scratch") from None
+        if run.dist.main:  # nothing saved yet (killed before the first checkpoint): start from scratch
+            log(f"--resume: no checkpoint in {run.dir} yet; starting fold {run.fold} from scratch")
+        return
+    path, ck = found
+    ckpt_io.require(ck, path, ckpt_io.RESUME_KEYS, "resume")
+    changes = ckpt_io.check_resume(ck, path, run.cfg, run.dist.world)
+    if ck.get("classes") is not None and list(ck["classes"]) != run.meta["classes"]:
+        raise UserError(f"--resume: {path} was trained on the classes {list(ck['classes'])} but the data has "
+                        f"{run.meta['classes']}; set another out_dir")
+    if changes and run.dist.main:
+        log("--resume: settings changed since the checkpoint: "
+            + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
+
+    ckpt_io.load_weights(run.raw, ck["model"], path, run.meta["model_name"])
+    if run.ema is not None:  # EMA switched on at resume: start it from the model
+        ckpt_io.load_weights(run.ema.module, ck["ema"] if ck.get("ema") is not None else ck["model"], path,
+                             run.meta["model_name"])
+    # The optimizer's state comes from the checkpoint, its hyperparameters from the config, so a resume
+    # with another optim.lr or weight_decay uses it (same config: the very same floats).
+    current = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in run.optimizer.param_groups]
+    try:
+        run.optimizer.load_state_dict(ck["optimizer"])
+    except (ValueError, KeyError, TypeError) as e:  # another layout of optimizer state
+        raise UserError(f"--resume: {path}: its optimizer state does not fit this model's "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    for g, cur in zip(run.optimizer.param_groups, current, strict=True):
+        g.update(cur)
+    if ck["scaler"]:  # empty when saved without fp16 loss scaling (CPU, bf16)
+        run.scaler.load_state_dict(ck["scaler"])
+    partial = {**fresh_partial(), **{k: v for k, v in (ck.get("partial") or {}).items() if k in fresh_partial()}}
+    run.state.update(epoch=ck["epoch"], step=ck["step"], best=ck["best"], bad_epochs=ck["bad_epochs"],
+                     history=list(ck["history"]), partial=partial)
+    run.set_lr()  # the position, at today's steps per epoch (comp.train.optim)
+    states = ck["rng"] if isinstance(ck["rng"], list) else [ck["rng"]]
+    ckpt_io.set_rng_state(states[run.dist.rank] if len(states) == run.dist.world else states[0])
+    if run.dist.main:
+        for tmp in run.dir.glob(".*.tmp"):  # a write cut short by a kill
+            tmp.unlink(missing_ok=True)
+        log(f"resumed from {path}: epoch {ck['epoch']}, step {ck['step']}/{run.steps_per_epoch}")

@@ -88,3 +88,28 @@ def test_kit_resnet_equals_timm_on_gpu(name):
                 assert (kit(x).float() - ref(x).float()).abs().max().item() <= 1e-2
     finally:
         torch.backends.cudnn.allow_tf32 = True
+
+
+def test_no_host_sync_inside_the_training_step(tiny):
+    # Between loss read-backs (train.log_every) a step must not make the host wait for the GPU: the fused
+    # optimizer, the foreach EMA, the side-stream batch copy and the deferred loss read keep it asynchronous.
+    # torch reports every synchronising call in "warn" mode; the only ones allowed are the flushes.
+    import warnings
+
+    from comp.train.loop import train_one_epoch
+
+    run = build_run(config(tiny, "train.ema=true", "train.log_every=1000", "train.recovery_every=0",
+                           "batch_size=2", "num_workers=0"), 0, resume=False)
+    assert run.optimizer.defaults["fused"] is True and run.ema.foreach
+    train_one_epoch(run, 0)  # warm-up: cudnn autotuning and lazy init may sync
+    run.state.update(epoch=1, step=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            train_one_epoch(run, 1)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
+    # step 0 and the last step flush (log_every=1000): each reads the losses back once
+    assert len(syncs) <= 4 * 2, [str(w.message)[:200] for w in syncs]

@@ -194,3 +194,22 @@ def test_lr_follows_progress_across_a_resume_that_changes_the_steps_per_epoch(ti
     for g in run.optimizer.param_groups:
         assert g["lr"] == pytest.approx(run.lr * g["lr_mult"]) and g["lr_mult"] in (1.0, 0.1)
     assert {g["lr_mult"] for g in run.optimizer.param_groups} == {1.0, 0.1}
+
+
+def test_fused_optimizer_on_cuda_and_foreach_ema(tiny, monkeypatch):
+    from comp.train.optim import build_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    model.get_classifier = lambda: model[0]
+    for name in ("adamw", "sgd"):
+        cfg = config(tiny, f"optim.name={name}")
+        assert build_optimizer(cfg, model, torch.device("cuda")).defaults["fused"] is True  # one kernel per step
+        assert not build_optimizer(cfg, model, torch.device("cpu")).defaults.get("fused")
+    # the EMA takes timm's multi-tensor path: one torch._foreach_lerp_ per optimizer step
+    calls = []
+    real = torch._foreach_lerp_
+    monkeypatch.setattr(torch, "_foreach_lerp_", lambda *a, **k: calls.append(1) or real(*a, **k))
+    run = build_run(config(tiny, "train.ema=true"), 0, resume=False)
+    assert run.ema.foreach
+    train_one_epoch(run, 0)
+    assert len(calls) == run.steps_per_epoch

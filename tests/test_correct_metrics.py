@@ -54,7 +54,7 @@ def graded(draw):
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(graded())
 def test_both_kit_qwks_equal_scikit_learn_over_all_grades(case):
     c, y, pred = case
@@ -69,7 +69,7 @@ def test_both_kit_qwks_equal_scikit_learn_over_all_grades(case):
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")
 @pytest.mark.filterwarnings("ignore:.*(single label|not in y_true).*:UserWarning")
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(graded())
 def test_class_averages_follow_their_definitions_over_all_classes(case):
     """F1 of a class predicted but absent from the truth counts 0; a class neither true nor predicted has no

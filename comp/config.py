@@ -44,6 +44,8 @@ class DataConfig:
     class_values: list[str] = field(default_factory=list)  # the competition's value of each class (same order
     # as classes) in its CSVs and submission, e.g. classes [hem, all] + class_values [0, 1]; empty = the names
     group_pattern: str = ""  # regex on the image id; its first group is the patient (folds keep it whole)
+    positive_class: str = ""  # two classes: the positive one (a class name or value), whose probability an AUC
+    # submission holds; empty = the class whose value is 1 / "1" / True-like, else the second class in order
     solution_csv: str = ""  # held-out labels (id_column, label_column) to score a submission locally, if known
 
 
@@ -181,6 +183,9 @@ def _check_values(cfg: Any) -> None:
         ("data.layout", cfg.data.layout in ("csv", "folders"), "must be csv or folders"),
         ("data.class_values", not cfg.data.class_values or len(cfg.data.class_values) == len(cfg.data.classes),
          "must name one value per entry of data.classes"),
+        ("data.positive_class", not cfg.data.positive_class or not cfg.data.classes
+         or cfg.data.positive_class in [str(v) for v in [*cfg.data.classes, *cfg.data.class_values]],
+         f"is not one of data.classes {list(cfg.data.classes)} (or data.class_values {list(cfg.data.class_values)})"),
         ("images.cache_format", cfg.images.cache_format in ("png", "npy"), "must be png or npy"),
         ("predict.ensemble", cfg.predict.ensemble in ("mean_prob", "mean_logit"),
          "must be mean_prob or mean_logit"),

@@ -32,7 +32,8 @@ TINY_MODEL = "model.name=timm/test_resnet"  # 0.4 M parameters: checkpoints of 1
 def make_experiment(tmp_path: Path, *extra: str, n_folds: int = 2, root: Path | None = None, best=(0.5, 0.6),
                     ema: bool = False, oof_seed: int = 0, **competition) -> dict:
     """A tiny competition and an experiment whose folds look trained: `fold<K>/best.pt` (random weights
-    seeded by K, in the training checkpoint format) and `fold<K>/oof.csv` (random probabilities)."""
+    seeded by K, in the training checkpoint format), `fold<K>/oof.csv` (random probabilities) and the
+    split `folds.csv` (row i in fold i mod n_folds)."""
     root = root or write_tiny_competition(tmp_path / "data", **competition)
     out = tmp_path / "runs"
     overrides = FAST + [f"data.root={root}", f"out_dir={out}", "data.source=competition",
@@ -60,6 +61,8 @@ def make_experiment(tmp_path: Path, *extra: str, n_folds: int = 2, root: Path | 
         for c, name in enumerate(comp.classes):
             oof[f"prob_{name}"] = probs[:, c]
         oof.to_csv(out / f"fold{k}" / "oof.csv", index=False)
+    split = comp.train[["id", "label", "group"]].assign(fold=np.arange(len(comp.train)) % n_folds)
+    split.to_csv(out / "folds.csv", index=False)  # the split the oof.csv rows follow, as training writes it
     return {"cfg": cfg, "comp": comp, "root": root, "out": out, "overrides": overrides}
 
 

@@ -30,16 +30,17 @@ def oof_predictions(draw):
     probs = rng.dirichlet(np.full(c, sharp), n)
     if draw(st.booleans()):  # informative: mass moved towards the true grade
         probs = 0.5 * probs + 0.5 * np.eye(c)[np.clip(y + rng.integers(-1, 2, n), 0, c - 1)]
-    return y, probs
+    folds = rng.integers(0, draw(st.integers(1, 5)), n)
+    return y, probs, folds
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")
 @settings(max_examples=150, deadline=None)
 @given(oof_predictions())
 def test_cut_points_never_lower_oof_kappa(data):
-    y, probs = data
+    y, probs, folds = data
     c = probs.shape[1]
-    t = thresholds.choose(y, probs)
+    t = thresholds.choose(y, probs, folds)
     argmax_kappa = cohen_kappa_score(y, probs.argmax(1), weights="quadratic", labels=range(c))
     pred = thresholds.labels(probs, t)
     kappa = cohen_kappa_score(y, pred, weights="quadratic", labels=range(c))
@@ -50,6 +51,7 @@ def test_cut_points_never_lower_oof_kappa(data):
         np.testing.assert_array_equal(pred, probs.argmax(1))
     else:
         assert t["kappa"] > t["kappa_argmax"] and np.all(np.diff(t["cuts"]) > 0)
+        assert t["gain_honest"] > 0 and len(np.unique(folds)) >= 2  # kept only on an honest gain
 
 
 def test_cut_points_fix_miscalibrated_grades():
@@ -62,23 +64,25 @@ def test_cut_points_fix_miscalibrated_grades():
         score = y + rng.normal(0, 0.6, n) - 0.7  # a noisy grade, biased low
         logits = -((np.arange(c)[None, :] - score[:, None]) ** 2)
         probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-        t = thresholds.choose(y, probs)
+        t = thresholds.choose(y, probs, np.arange(n) % 5)
         assert t["method"] == "cuts" and t["kappa"] > t["kappa_argmax"] + 0.02, t
+        assert t["gain_honest"] > 0.02 and all(f["gain_honest"] > 0 for f in t["folds"]), t
 
 
 def test_qwk_matches_scikit_learn():
     rng = np.random.default_rng(1)
     for c in (2, 3, 5):
         y, p = rng.integers(0, c, 200), rng.integers(0, c, 200)
-        assert abs(thresholds.qwk(y, p, c) - cohen_kappa_score(y, p, weights="quadratic")) < 1e-12
+        assert abs(thresholds.qwk(y, p, c) - cohen_kappa_score(y, p, weights="quadratic", labels=range(c))) < 1e-12
 
 
 def test_thresholds_file_is_fit_once_and_decides_the_submission_labels(tmp_path):
-    ex = make_experiment(tmp_path, "metric=qwk", "predict.thresholds=true", n_folds=2)
+    ex = make_experiment(tmp_path, "metric=qwk", "predict.thresholds=true", "aug.tta=[identity]", n_folds=2)
     cfg, out = ex["cfg"], ex["out"]
     sub = make_submission(cfg)
     saved = json.loads((out / "thresholds.json").read_text())
     assert saved["method"] in ("cuts", "argmax") and saved["kappa"] >= saved["kappa_argmax"]
+    assert saved["source"] == "oof"  # one TTA view (identity): the plain oof.csv is how test predictions are made
     want = thresholds.labels(sub.probs, saved)
     assert list(sub.frame["label"]) == [str(v) for v in want]
 

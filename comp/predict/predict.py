@@ -82,6 +82,22 @@ def fold_weight(meta: dict[str, Any], how: str, path: Path) -> float:
     return float(best)
 
 
+def fold_outputs(cfg: Any, comp: Competition, models: list[torch.nn.Module], paths: list[str],
+                 device: torch.device, desc: str) -> list[torch.Tensor]:
+    """Each model's (N, C) output over the images `paths`, averaged over the config's TTA views: the mean
+    of the views' probabilities, or of their logits with predict.ensemble=mean_logit. The images are read
+    as validation reads them (the cache, or decoded and preprocessed; `aug.valid`), once for all models."""
+    views = check_tta(cfg.aug.tta)
+    dataset = ImageDataset(paths, None, cfg.image_size, build_transform(cfg.aug.valid, "aug.valid"),
+                           load=image_loader(cfg, comp))
+    loader = make_loader(dataset, cfg.batch_size, None, cfg.num_workers, pin_memory=device.type == "cuda")
+    activation = None if cfg.predict.ensemble == "mean_logit" else (lambda t: t.softmax(1))
+    with tqdm(total=len(loader), desc=desc, leave=False, dynamic_ncols=True) as bar:  # closed on an error too
+        batches = (x for x, _, _ in device_batches(loader, device, cfg.model.in_chans, cfg.train.channels_last))
+        return forward_views(models, batches, views, amp_dtype_for(device, cfg.train.amp), activation,
+                             on_batch=lambda: bar.update(1))
+
+
 def predict_test(cfg: Any, comp: Competition, device: torch.device | None = None, paths: list[Path] | None = None,
                  expect_hash: str | None = None) -> np.ndarray:
     """(N_test, C) class probabilities in `comp.test` order, averaged over the TTA views and the folds.
@@ -101,7 +117,6 @@ def predict_test(cfg: Any, comp: Competition, device: torch.device | None = None
     if len(comp.test) == 0:
         raise UserError(f"no test images found for {cfg.data.root} (data.test_images / data.sample_submission)")
     device = device or pick_device(cfg.device)
-    amp_dtype = amp_dtype_for(device, cfg.train.amp)
     views = check_tta(cfg.aug.tta)
     paths = paths or trained_folds(cfg)
     models, weights = [], []
@@ -117,14 +132,8 @@ def predict_test(cfg: Any, comp: Competition, device: torch.device | None = None
         shown = f"{best:.4f}" if isinstance(best, (int, float)) else "?"
         log(f"{path.parent.name}: validation {meta.get('metric', 'score')} {shown}, weight {w:.4g}, "
             f"{len(views)} TTA view(s)")
-    dataset = ImageDataset(comp.test["path"].tolist(), None, cfg.image_size,
-                           build_transform(cfg.aug.valid, "aug.valid"), load=image_loader(cfg, comp))
-    loader = make_loader(dataset, cfg.batch_size, None, cfg.num_workers, pin_memory=device.type == "cuda")
-    activation = None if cfg.predict.ensemble == "mean_logit" else (lambda t: t.softmax(1))
-    desc = f"predict {len(models)} fold(s) x {len(views)} view(s)"
-    with tqdm(total=len(loader), desc=desc, leave=False, dynamic_ncols=True) as bar:  # closed on an error too
-        batches = (x for x, _, _ in device_batches(loader, device, cfg.model.in_chans, cfg.train.channels_last))
-        outs = forward_views(models, batches, views, amp_dtype, activation, on_batch=lambda: bar.update(1))
+    outs = fold_outputs(cfg, comp, models, comp.test["path"].tolist(), device,
+                        f"predict {len(models)} fold(s) x {len(views)} view(s)")
     total, weight_sum = None, 0.0
     for w, out in zip(weights, outs, strict=True):  # fold order: the same sums as fold after fold
         total = w * out.double() if total is None else total + w * out.double()

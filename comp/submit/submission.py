@@ -5,7 +5,9 @@ What a row holds follows the sample (predict.output=auto):
 - `label`: one value column, the competition's value of the predicted class (an integer grade or a class
   name, as in its train CSV), decoded with the kappa cut-points for metric=qwk (comp.predict.thresholds);
 - `class_probs`: one column per class, named by its value or its name: each class's probability;
-- `binary_prob`: one value column holding P(class 1) of a two-class competition scored by AUC.
+- `binary_prob`: one value column holding P(positive class) of a two-class competition scored by AUC, the
+  positive class being `data.positive_class` (default: the class whose value is 1 / True-like, else the
+  second class; comp.metrics.positive_index), wherever it stands in the class order.
 Files are read with the csv module, not pandas, so that what is checked is what Kaggle reads: the exact
 header, every field as written, a row with a missing or extra field.
 """
@@ -23,7 +25,7 @@ import pandas as pd
 
 from comp.data.competition import Competition, read_csv
 from comp.errors import UserError
-from comp.metrics import METRICS
+from comp.metrics import positive_index, score
 
 NAN_WORDS = {"nan", "na", "n/a", "null", "none", "inf", "-inf", "+inf", "infinity", "-infinity"}
 
@@ -96,6 +98,15 @@ def output_mode(cfg: Any, comp: Competition, sample: pd.DataFrame) -> str:
     return "label"
 
 
+def positive(cfg: Any, comp: Competition) -> int:
+    """The index of the positive class (`data.positive_class`, see comp.metrics.positive_index).
+
+    Raises:
+        UserError: data.positive_class names no class of the competition.
+    """
+    return positive_index(cfg.data.positive_class, comp.classes, comp.label_values)
+
+
 def sample_order(sample: pd.DataFrame, id_col: str, comp: Competition) -> np.ndarray:
     """Index into `comp.test` of each sample row."""
     pos = pd.Series(np.arange(len(comp.test)), index=comp.test["id"].astype(str))
@@ -120,7 +131,7 @@ def build(cfg: Any, comp: Competition, probs: np.ndarray, labels: np.ndarray | N
         return out
     col = next(c for c in sample.columns if c != id_col)
     if mode == "binary_prob":
-        out[col] = probs[order, 1]
+        out[col] = probs[order, positive(cfg, comp)]
         return out
     pred = (labels if labels is not None else probs.argmax(1))[order]
     out[col] = [str(comp.label_values[i]) for i in pred]
@@ -206,7 +217,8 @@ def submission_probs(cfg: Any, comp: Competition, df: pd.DataFrame) -> np.ndarra
     col = next(c for c in df.columns if c != id_col)
     if mode == "binary_prob":
         p = df[col].astype(float).to_numpy()
-        return np.stack([1 - p, p], axis=1)
+        pos = positive(cfg, comp)
+        return np.stack([p, 1 - p] if pos == 0 else [1 - p, p], axis=1)
     index = {str(v): i for i, v in enumerate(comp.label_values)}
     return np.eye(comp.num_classes)[df[col].astype(str).map(index).to_numpy().astype(int)]
 
@@ -231,7 +243,7 @@ def score_holdout(cfg: Any, comp: Competition, df: pd.DataFrame) -> float | None
     probs = probs.reindex(truth.index)
     if probs.isna().any().any():
         raise UserError("the held-out answers name ids the submission lacks; check data.solution_csv")
-    return METRICS[cfg.metric](truth.to_numpy().astype(int), probs.to_numpy())
+    return score(cfg.metric, truth.to_numpy().astype(int), probs.to_numpy(), positive(cfg, comp))
 
 
 @dataclass
@@ -252,8 +264,10 @@ def make_submission(cfg: Any, expect_hash: str | None = None) -> Submission:
     from comp.predict.predict import predict_test
 
     comp = load_competition(cfg)
+    output_mode(cfg, comp, sample_frame(cfg, comp))  # a sample that fits no encoding fails before inference
+    positive(cfg, comp)  # so does a data.positive_class that is not a class
     probs = predict_test(cfg, comp, expect_hash=expect_hash)
-    decoding = thresholds.load_or_fit(cfg, comp.num_classes)
+    decoding = thresholds.load_or_fit(cfg, comp.num_classes, comp)
     labels = thresholds.labels(probs, decoding) if decoding is not None else None
     df = build(cfg, comp, probs, labels)
     check(cfg, comp, df)

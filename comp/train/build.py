@@ -18,7 +18,7 @@ from comp.data.folds import load_or_make_folds
 from comp.data.loader import EpochSampler, ImageDataset, class_weights, make_loader
 from comp.device import amp_dtype_for, pick_device
 from comp.errors import UserError
-from comp.metrics import check_metric
+from comp.metrics import check_metric, positive_index
 from comp.models import create_model
 from comp.train.distributed import setup_distributed
 from comp.train.optim import build_optimizer
@@ -121,7 +121,9 @@ def build_run(cfg: Any, fold: int, resume: bool) -> Run:
     seed_all(cfg.seed + d.rank)  # each rank its own dropout/mixup stream from here on
     meta = {"config_hash": config_hash(cfg), "model_name": cfg.model.name, "num_classes": comp.num_classes,
             "in_chans": cfg.model.in_chans, "classes": list(comp.classes), "fold": fold, "metric": metric,
-            "eval_weights": "ema" if ema is not None else "model"}
+            "eval_weights": "ema" if ema is not None else "model",
+            "positive": positive_index(cfg.data.positive_class, comp.classes, comp.label_values)
+            if comp.num_classes == 2 else 1}  # the class a two-class AUC ranks (data.positive_class)
     run = Run(cfg=cfg, fold=fold, dir=fold_dir, device=device, dist=d, raw=raw, model=model, optimizer=optimizer,
               scaler=scaler, ema=ema, mixup=mixup, loss_weight=loss_weight, amp_dtype=amp_dtype, data=data,
               steps_per_epoch=steps_per_epoch, meta=meta)

@@ -200,7 +200,7 @@ def validate(run: Run) -> tuple[dict[str, float], np.ndarray]:
     y = data.valid_set.labels
     probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
     loss = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y)).item()
-    return {"valid_loss": loss, **score_all(y, probs)}, probs
+    return {"valid_loss": loss, **score_all(y, probs, run.meta["positive"])}, probs
 
 
 def _improved(score: float, best: float | None) -> bool:

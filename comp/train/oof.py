@@ -15,7 +15,7 @@ import pandas as pd
 from comp import io
 from comp.config import resolve_path
 from comp.errors import UserError
-from comp.metrics import METRICS
+from comp.metrics import METRICS, positive_index, score
 
 PREFIX = "prob_"
 
@@ -50,9 +50,16 @@ def classes_of(df: pd.DataFrame) -> list[str]:
     return [c[len(PREFIX):] for c in prob_columns(df)]
 
 
-def oof_files(out_dir: Path, n_folds: int) -> list[Path]:
-    """The oof.csv of every fold of the experiment that has one, in fold order."""
-    return [p for k in range(n_folds) if (p := out_dir / f"fold{k}" / "oof.csv").is_file()]
+def oof_files(out_dir: Path, n_folds: int, name: str = "oof.csv") -> list[Path]:
+    """The `name` file (oof.csv, or oof_tta.csv: comp.predict.oof_tta) of every fold that has one, in fold
+    order."""
+    return [p for k in range(n_folds) if (p := out_dir / f"fold{k}" / name).is_file()]
+
+
+def read_oof(paths: list[Path]) -> pd.DataFrame:
+    """OOF files (`fold<K>/<name>`: id, label, prob_<class>...) concatenated, with a `fold` column."""
+    return pd.concat([pd.read_csv(p, dtype={"id": str}).assign(fold=int(p.parent.name[len("fold"):]))
+                      for p in paths], ignore_index=True)
 
 
 def load_oof(out_dir: Path, n_folds: int) -> pd.DataFrame:
@@ -61,11 +68,10 @@ def load_oof(out_dir: Path, n_folds: int) -> pd.DataFrame:
     Raises:
         UserError: no fold has an oof.csv yet.
     """
-    parts = [pd.read_csv(p, dtype={"id": str}).assign(fold=int(p.parent.name[len("fold"):]))
-             for p in oof_files(out_dir, n_folds)]
-    if not parts:
+    paths = oof_files(out_dir, n_folds)
+    if not paths:
         raise UserError(f"no fold of {out_dir} has an oof.csv yet; train a fold first")
-    return pd.concat(parts, ignore_index=True)
+    return read_oof(paths)
 
 
 def cv_table(cfg: Any) -> tuple[pd.DataFrame, float, int]:
@@ -77,10 +83,15 @@ def cv_table(cfg: Any) -> tuple[pd.DataFrame, float, int]:
     """
     out_dir = resolve_path(cfg.out_dir)
     oof = load_oof(out_dir, cfg.folds.n_folds)
+    classes = classes_of(oof)
+    positive = 1
+    if len(classes) == 2:  # the class a two-class AUC ranks: data.positive_class, by name or value
+        values = [str(v) for v in cfg.data.class_values] or classes
+        positive = positive_index(cfg.data.positive_class, classes, values)
     rows = []
     for k, part in oof.groupby("fold"):
         y, p = part["label"].to_numpy(), oof_probs(part)
-        rows.append({"fold": k, "n": len(part), **{m: fn(y, p) for m, fn in METRICS.items()}})
+        rows.append({"fold": k, "n": len(part), **{m: score(m, y, p, positive) for m in METRICS}})
     table = pd.DataFrame(rows)
-    cv = METRICS[cfg.metric](oof["label"].to_numpy(), oof_probs(oof))
+    cv = score(cfg.metric, oof["label"].to_numpy(), oof_probs(oof), positive)
     return table, cv, len(rows)

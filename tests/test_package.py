@@ -59,7 +59,7 @@ def test_the_package_predicts_offline_exactly_like_predict_py(tmp_path):
     assert res.stdout.strip() == str(pkg)
     assert "kaggle datasets create -p" in res.stderr
     for name in ("infer.py", "config.yaml", "thresholds.json", "dataset-metadata.json", "fold0/best.pt",
-                 "fold1/best.pt", "comp/predict.py", "vendor/omegaconf/__init__.py"):
+                 "fold1/best.pt", "comp/predict/predict.py", "vendor/omegaconf/__init__.py"):
         assert (pkg / name).is_file(), name
     assert json.loads((pkg / "dataset-metadata.json").read_text())["id"] == "someone/tiny-models"
     slim = torch.load(pkg / "fold0" / "best.pt", weights_only=True)

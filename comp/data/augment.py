@@ -10,13 +10,21 @@ A transform is written in YAML as its albumentations class name plus its argumen
 Images reach these pipelines already at `image_size` (resized when decoded or cached), so the
 pipelines hold only the random part. TTA views are exact flips/rotations done on the batch on the
 device (comp.predict.predict), not albumentations calls.
+
+Seeding: albumentations 2.x hands `Compose.set_random_seed(seed)` on to every child unchanged, so each
+child draws from an identical stream and `HorizontalFlip(p=.5)` + `VerticalFlip(p=.5)` fire together or
+not at all (no mirror image ever). `seed_transform` gives each transform of the tree its own stream,
+spawned from the sample's seed with numpy's `SeedSequence` (independent streams by construction), so
+every random decision is independent of the others and still a pure function of the seed.
 """
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import albumentations as A
+import numpy as np
 from omegaconf import OmegaConf
 
 from comp.errors import UserError
@@ -56,6 +64,27 @@ def _make(cls: type, args: dict) -> Any:
         if "'strict'" not in str(e):
             raise
         return cls(**args)
+
+
+def seed_transform(transform: A.BaseCompose | A.BasicTransform, seed: int) -> None:
+    """Seed `transform` and, recursively, each child with its own independent streams from `seed`.
+
+    Each node gets a numpy Generator and a `random.Random` (albumentations 2.x draws its `p` decisions
+    from `py_random` and its parameters from `random_generator`), both from the node's `SeedSequence`;
+    the children's sequences are spawned from it (spawn key = position in the tree). The same `seed`
+    gives the same output bit for bit (resume); different children never share a stream.
+    """
+    _seed(transform, np.random.SeedSequence(seed))
+
+
+def _seed(t: Any, seq: np.random.SeedSequence) -> None:
+    children = [c for c in getattr(t, "transforms", []) if isinstance(c, A.BasicTransform | A.BaseCompose)]
+    own, *kids = seq.spawn(1 + len(children))
+    # set the attributes directly: Compose.set_random_state would hand the same objects to every child
+    t.random_generator = np.random.default_rng(own)
+    t.py_random = random.Random(int.from_bytes(own.generate_state(4, np.uint32).tobytes(), "little"))
+    for child, kid in zip(children, kids, strict=True):
+        _seed(child, kid)
 
 
 def check_tta(views: Any) -> list[str]:

@@ -5,13 +5,22 @@ the version of the libraries that made the folds, real weights layouts, and ever
 from __future__ import annotations
 
 import itertools
+import shutil
+from pathlib import Path
 
 import albumentations as A
+import cv2
 import numpy as np
+import pytest
+from conftest import FAST, ROOT
+from replicas import build, overrides
 from scipy.stats import chisquare
 
+from comp.config import load_config
 from comp.data.augment import build_transform
+from comp.data.competition import load_competition
 from comp.data.loader import ImageDataset
+from comp.errors import UserError
 
 # --- 1. augmentations: independent decisions, a pure function of the sample's seed ------------------
 
@@ -78,3 +87,67 @@ def test_same_seed_same_output_in_a_fresh_pipeline():
         assert np.array_equal(first[(0, s)][0], first[(0, s)][0])
     outs = {first[(0, s)][0].numpy().tobytes() for s in seeds}
     assert len(outs) == len(seeds)
+
+
+# --- 13 and 18c. duplicates by content; ids unique in any folder layout -----------------------------
+
+
+def _folders_cfg(root: Path, out: Path, *extra: str):
+    return load_config(ROOT / "configs" / "chest_xray.yaml", [*overrides(root, out, FAST), *extra])
+
+
+@pytest.fixture(scope="module")
+def chest(tmp_path_factory) -> Path:
+    return build("chest_xray", tmp_path_factory.mktemp("replica") / "chest_xray")
+
+
+def test_byte_identical_copy_dropped_but_same_size_other_image_refused(chest, tmp_path):
+    """The replica holds its tree twice (as the real zip does): the copies are dropped. A copy that has
+    the first one's size but other bytes is another image under the same id: an error naming both."""
+    assert len(load_competition(_folders_cfg(chest, tmp_path)).train) == 24  # one of each doubled file
+    root = tmp_path / "cx"
+    shutil.copytree(chest, root)
+    copy = root / "chest_xray" / "chest_xray" / "train" / "NORMAL" / "IM-0115-0001.jpeg"
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, other contents (the JPEG's scan data)
+    copy.write_bytes(bytes(data))
+    assert copy.stat().st_size == (root / "chest_xray" / "train" / "NORMAL" / copy.name).stat().st_size
+    with pytest.raises(UserError, match="image id 'IM-0115-0001' appears twice .*different contents") as e:
+        load_competition(_folders_cfg(root, tmp_path))
+    assert str(copy) in str(e.value) and str(root / "chest_xray" / "train" / "NORMAL" / copy.name) in str(e.value)
+
+
+def _png(path: Path, value: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.full((8, 8), value, np.uint8))
+
+
+def test_class_folders_reusing_file_names_get_unique_ids(chest, tmp_path):
+    """`1.png` in each class folder (one counter per class, as many Kaggle datasets number their files):
+    every image is kept, under a unique id `<class>/<name>`; labels follow the folders."""
+    root = tmp_path / "d"
+    for cls, values in (("NORMAL", (10, 20, 30)), ("PNEUMONIA", (200, 210, 220))):
+        for k, v in enumerate(values, 1):
+            _png(root / "chest_xray" / "train" / cls / f"{k}.png", v)
+    _png(root / "chest_xray" / "test" / "NORMAL" / "1.png", 40)
+    _png(root / "chest_xray" / "test" / "PNEUMONIA" / "1.png", 230)
+    comp = load_competition(_folders_cfg(root, tmp_path, "data.group_pattern=''"))
+    t = comp.train.set_index("id")
+    assert sorted(t.index) == ["NORMAL/1", "NORMAL/2", "NORMAL/3", "PNEUMONIA/1", "PNEUMONIA/2", "PNEUMONIA/3"]
+    assert list(t.loc[["NORMAL/1", "PNEUMONIA/1"], "label"]) == [0, 1]
+    assert all(Path(p).parent.name == i.split("/")[0] for i, p in t["path"].items())
+    assert sorted(comp.test["id"]) == ["NORMAL/1", "PNEUMONIA/1"] and comp.test["id"].is_unique
+    # names unique across classes (the real chest X-ray): ids stay the plain names
+    assert "IM-0115-0001" in set(load_competition(_folders_cfg(chest, tmp_path)).train["id"])
+
+
+def test_unlabelled_folder_with_one_name_twice_is_refused(tmp_path):
+    """Test images straight in a folder: `1.png` and `1.jpg` with other contents are two images, one id."""
+    root = tmp_path / "d"
+    for cls in ("NORMAL", "PNEUMONIA"):
+        for k in range(2):
+            _png(root / "chest_xray" / "train" / cls / f"{cls}_{k}.png", 50 * k + (100 if cls == "NORMAL" else 0))
+    _png(root / "chest_xray" / "test" / "1.png", 1)
+    cv2.imwrite(str(root / "chest_xray" / "test" / "1.jpg"), np.full((8, 8), 99, np.uint8))
+    with pytest.raises(UserError, match="image id '1' appears twice .*different contents"):
+        load_competition(_folders_cfg(root, tmp_path, "data.group_pattern=''"))

@@ -11,8 +11,8 @@ import pytest
 from conftest import FAST, ROOT, run_script
 from replicas import BUILDERS, build, overrides
 
-from comp.data.competition import load_competition
 from comp.config import load_config
+from comp.data.competition import load_competition
 from comp.errors import UserError
 
 NAMES = list(BUILDERS)
@@ -30,31 +30,31 @@ def cfg_for(name: str, root: Path, out: Path, *extra: str):
 
 def test_aptos2019(replicas, tmp_path):
     comp = load_competition(cfg_for("aptos2019", replicas["aptos2019"], tmp_path))
-    assert len(comp.train.loop) == 36 and len(comp.test) == 8  # the BOM did not hide the id_code column
+    assert len(comp.train) == 36 and len(comp.test) == 8  # the BOM did not hide the id_code column
     assert comp.classes == ["no_dr", "mild", "moderate", "severe", "proliferative"]
     assert comp.label_values == [0, 1, 2, 3, 4]
     raw = pd.read_csv(replicas["aptos2019"] / "train.csv", encoding="utf-8-sig", dtype={"id_code": str})
     merged = comp.train.merge(raw, left_on="id", right_on="id_code")
     assert (merged["label"] == merged["diagnosis"]).all()  # labels spelt by value map to their class
-    assert (comp.train.loop["group"] == comp.train.loop["id"]).all()  # no patient ids in APTOS
+    assert (comp.train["group"] == comp.train["id"]).all()  # no patient ids in APTOS
     assert list(comp.test["id"]) == pd.read_csv(replicas["aptos2019"] / "test.csv", dtype=str)["id_code"].tolist()
     assert "label" not in comp.test
 
 
 def test_dr2015(replicas, tmp_path):
     comp = load_competition(cfg_for("dr2015", replicas["dr2015"], tmp_path))
-    assert len(comp.train.loop) == 40 and len(comp.test) == 12  # CRLF line ends read fine
+    assert len(comp.train) == 40 and len(comp.test) == 12  # CRLF line ends read fine
     g = comp.train.set_index("id")["group"]
     assert g["10_left"] == g["10_right"] == "10"
-    assert comp.train.loop["group"].nunique() == 20
-    assert all(p.endswith(".jpeg") for p in comp.train.loop["path"])
+    assert comp.train["group"].nunique() == 20
+    assert all(p.endswith(".jpeg") for p in comp.train["path"])
 
 
 def test_chest_xray(replicas, tmp_path):
     comp = load_competition(cfg_for("chest_xray", replicas["chest_xray"], tmp_path))
     # train + val, one copy of the doubled tree, no __MACOSX/._* files
-    assert len(comp.train.loop) == 24 and comp.train.loop["id"].is_unique
-    rel = [Path(p).relative_to(replicas["chest_xray"]).parts for p in comp.train.loop["path"]]
+    assert len(comp.train) == 24 and comp.train["id"].is_unique
+    rel = [Path(p).relative_to(replicas["chest_xray"]).parts for p in comp.train["path"]]
     assert all(r[:2] != ("chest_xray", "chest_xray") and "__MACOSX" not in r for r in rel)
     assert comp.classes == ["NORMAL", "PNEUMONIA"] and comp.label_values == ["NORMAL", "PNEUMONIA"]
     g = comp.train.set_index("id")["group"]
@@ -98,7 +98,7 @@ def test_an_id_without_image(replicas, tmp_path):
         load_competition(cfg)
     assert "1 id(s) in" in str(e.value) and gone.name in str(e.value) and "\n" not in str(e.value)
     comp = load_competition(cfg, strict=False)  # prepare's mode: collected, the row dropped
-    assert len(comp.train.loop) == 35 and [(q.kind, Path(q.path).name) for q in comp.problems] == [("missing", gone.name)]
+    assert len(comp.train) == 35 and [(q.kind, Path(q.path).name) for q in comp.problems] == [("missing", gone.name)]
 
 
 def test_bad_label_names_its_row(replicas, tmp_path):
@@ -122,7 +122,7 @@ def test_prepare_train_predict(replicas, tmp_path, name):
     """The shipped config on its replica: prepare.py (checks, cache, folds), a few steps of fold 0, and a
     submission in the competition's encoding, scored where the answers are known."""
     from comp.submit.submission import make_submission
-    from comp.train.loop import fit
+    from comp.train import fit
 
     root = replicas[name]
     cache = tmp_path / "cache"
@@ -134,7 +134,7 @@ def test_prepare_train_predict(replicas, tmp_path, name):
     comp_cfg = cfg_for(name, root, out, f"images.cache_dir={cache}")
     entries = list(cache.rglob(f"*.{comp_cfg.images.cache_format}"))
     comp = load_competition(comp_cfg)
-    assert len(entries) == len(comp.train.loop) + len(comp.test)  # every image cached once
+    assert len(entries) == len(comp.train) + len(comp.test)  # every image cached once
 
     result = fit(comp_cfg, 0)
     assert np.isfinite(result["best"]) and (out / "fold0" / "best.pt").is_file()

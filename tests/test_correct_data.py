@@ -5,12 +5,15 @@ the version of the libraries that made the folds, real weights layouts, and ever
 from __future__ import annotations
 
 import itertools
+import json
 import shutil
+from importlib import metadata
 from pathlib import Path
 
 import albumentations as A
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import FAST, ROOT
 from replicas import build, overrides
@@ -19,6 +22,7 @@ from scipy.stats import chisquare
 from comp.config import load_config
 from comp.data.augment import build_transform
 from comp.data.competition import load_competition
+from comp.data.folds import library_versions, load_or_make_folds, split
 from comp.data.loader import ImageDataset
 from comp.errors import UserError
 
@@ -151,3 +155,40 @@ def test_unlabelled_folder_with_one_name_twice_is_refused(tmp_path):
     cv2.imwrite(str(root / "chest_xray" / "test" / "1.jpg"), np.full((8, 8), 99, np.uint8))
     with pytest.raises(UserError, match="image id '1' appears twice .*different contents"):
         load_competition(_folders_cfg(root, tmp_path, "data.group_pattern=''"))
+
+
+# --- 17. StratifiedGroupKFold(shuffle=True) stratifies; folds.json says which libraries made the folds ---
+
+
+def test_sklearn_floor_is_the_release_that_stratifies_shuffled_group_folds():
+    """scikit-learn < 1.8 shuffled StratifiedGroupKFold's groups apart from their labels (PR #32540): one
+    image per patient, 20 positives in 100, 5 folds must give 4 positives in every fold, for any seed."""
+    assert '"scikit-learn>=1.8",' in (ROOT / "pyproject.toml").read_text()
+    major, minor = (int(p) for p in metadata.version("scikit-learn").split(".")[:2])
+    assert (major, minor) >= (1, 8)
+    y = np.array([1] * 20 + [0] * 80)
+    table = pd.DataFrame({"label": y, "group": [f"p{i}" for i in range(100)]})
+    for seed in range(4):
+        fold = split(table, 5, seed, grouped=True).to_numpy()
+        assert [int(y[fold == k].sum()) for k in range(5)] == [4] * 5
+
+
+def test_folds_json_records_library_versions_and_a_new_version_does_not_refuse(tmp_path, capsys):
+    root = build("dr2015", tmp_path / "dr")
+    cfg = load_config(ROOT / "configs" / "dr2015.yaml", overrides(root, tmp_path / "runs", FAST))
+    train = load_competition(cfg).train
+    out = tmp_path / "runs"
+    first = load_or_make_folds(cfg, train, out)
+    made = json.loads((out / "folds.json").read_text())
+    assert made["made_with"] == {name: metadata.version(name) for name in ("scikit-learn", "numpy", "pandas", "comp")}
+    assert made["made_with"] == library_versions()
+    # the same folds made under older libraries: reused as they are, the difference logged
+    made["made_with"] = {**made["made_with"], "scikit-learn": "1.7.2", "numpy": "1.26.4"}
+    (out / "folds.json").write_text(json.dumps(made))
+    csv = (out / "folds.csv").read_text()
+    capsys.readouterr()
+    again = load_or_make_folds(cfg, train, out)
+    assert again["fold"].equals(first["fold"]) and (out / "folds.csv").read_text() == csv
+    err = capsys.readouterr().err
+    assert "scikit-learn 1.7.2 (now " in err and "numpy 1.26.4" in err and "kept as it is" in err
+    assert "did not stratify" in err  # dr2015 is grouped by patient: those folds were made by the bug

@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from comp.system import usable_cpus
+
 SECTIONS = ("loader", "model", "e2e", "gpu")
 FLIPS = [{"name": "HorizontalFlip", "p": 0.5}, {"name": "VerticalFlip", "p": 0.5}]
 SIZE = 224  # the training size of every loader in section 1 and of the GPU step
@@ -40,7 +42,7 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    usable = usable_cpus()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable, "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "gpu": gpu}
@@ -268,10 +270,10 @@ def bench_model(quick: bool, echo: Callable[[str], None]) -> dict[str, Any]:
 def bench_e2e(work: Path, quick: bool, echo: Callable[[str], None]) -> dict[str, Any]:
     """One demo fold trained for one epoch (time split into data wait and compute, from comp.train.loop's
     metrics.csv), then comp.predict.predict_test over folds x TTA views (fold 0's checkpoint copied)."""
-    from comp.data.competition import load_competition
     from comp.config import load_config
-    from comp.predict.predict import predict_test
+    from comp.data.competition import load_competition
     from comp.data.prepare import prepare
+    from comp.predict.predict import predict_test
     from comp.train.loop import fit
 
     n_folds, views = (2, ["identity", "hflip"]) if quick else (5, ["identity", "hflip"])

@@ -5,11 +5,14 @@ the version of the libraries that made the folds, real weights layouts, and ever
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
 import json
 import multiprocessing
 import os
 import shutil
+import tarfile
+import zipfile
 from importlib import metadata
 from pathlib import Path
 
@@ -31,6 +34,7 @@ from comp.config import load_config
 from comp.data import cache
 from comp.data.augment import build_transform
 from comp.data.competition import load_competition
+from comp.data.download import unzip_all
 from comp.data.folds import library_versions, load_or_make_folds, split
 from comp.data.loader import ImageDataset
 from comp.errors import UserError
@@ -383,3 +387,74 @@ def test_two_copies_under_two_prefixes_is_the_users_choice(tmp_path):
     torch.save(ckpt, path)
     with pytest.raises(UserError, match="under 2 prefixes .*'model.'.*'ema_model.'|under 2 prefixes .*'ema_model.'"):
         create_model(MODEL, 2, pretrained=str(path))
+
+
+# --- 18b. every archive layout a download ships -----------------------------------------------------
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_tar_archives_nested_and_a_zip_in_pieces_are_unpacked(tmp_path):
+    """A .tar.gz holding a .tgz and a .tar.xz, and a zip split in byte pieces (DR 2015 ships
+    train.zip.001 ... .005): all unpacked in place, the archives gone; a .nii.gz image stays."""
+    src = tmp_path / "src"
+    for name, data in {"train.csv": b"id,label\na,0\n", "train/a.png": b"A" * 100, "test/b.png": b"B" * 50,
+                       "extra/c.txt": b"c", "scans/s1.nii.gz": b"\x1f\x8bnot-a-tar"}.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(data)
+    dl = tmp_path / "dl"
+    dl.mkdir()
+    with tarfile.open(tmp_path / "train.tgz", "w:gz") as t:
+        t.add(src / "train", "train")
+    with tarfile.open(tmp_path / "test.tar.xz", "w:xz") as t:
+        t.add(src / "test", "test")
+    with tarfile.open(dl / "download.tar.gz", "w:gz") as t:
+        t.add(src / "train.csv", "train.csv")
+        t.add(src / "scans", "scans")
+        t.add(tmp_path / "train.tgz", "train.tgz")
+        t.add(tmp_path / "test.tar.xz", "test.tar.xz")
+    with zipfile.ZipFile(tmp_path / "extra.zip", "w") as z:
+        z.write(src / "extra" / "c.txt", "extra/c.txt")
+    whole = (tmp_path / "extra.zip").read_bytes()
+    for k, i in enumerate(range(0, len(whole), 60), 1):
+        (dl / f"extra.zip.{k:03d}").write_bytes(whole[i:i + 60])
+    assert len(list(dl.glob("extra.zip.*"))) >= 3
+    unzip_all(dl)
+    assert _tree(dl) == _tree(src)
+
+
+@pytest.mark.parametrize("member", ["../escaped.txt", "link", "/tmp/absolute-escape.txt"])
+def test_tar_member_outside_the_folder_is_refused(tmp_path, member):
+    """Path traversal (CVE-2007-4559): `..`, a symlink out of the folder are refused; an absolute name
+    lands inside the folder (its leading slash stripped, as the `data` filter does)."""
+    dl = tmp_path / "dl"
+    dl.mkdir()
+    with tarfile.open(dl / "evil.tar", "w") as t:
+        info = tarfile.TarInfo(member)
+        if member == "link":  # a symlink out of the folder, then a file written through it
+            info.type, info.linkname = tarfile.SYMTYPE, str(tmp_path)
+            t.addfile(info)
+            info = tarfile.TarInfo("link/escaped.txt")
+        info.size = 4
+        t.addfile(info, io.BytesIO(b"evil"))
+    if member.startswith("/"):
+        unzip_all(dl)
+        assert _tree(dl) == {"tmp/absolute-escape.txt": b"evil"}
+    else:
+        with pytest.raises(UserError, match="evil.tar has a member that would land outside"):
+            unzip_all(dl)
+    assert not (tmp_path / "escaped.txt").exists() and not Path("/tmp/absolute-escape.txt").exists()
+
+
+def test_corrupt_tar_and_7z_are_clear_errors(tmp_path):
+    dl = tmp_path / "dl"
+    dl.mkdir()
+    (dl / "data.tar.gz").write_bytes(b"\x1f\x8b\x08\x00" + b"\x00" * 20)
+    with pytest.raises(UserError, match="data.tar.gz is corrupt .*run prepare.py again"):
+        unzip_all(dl)
+    (dl / "data.tar.gz").unlink()
+    (dl / "train.7z").write_bytes(b"7z\xbc\xaf\x27\x1c" + bytes(26))
+    with pytest.raises(UserError, match=r"train.7z is a .7z archive.*7z x train.7z"):
+        unzip_all(dl)

@@ -69,22 +69,24 @@ def _make(cls: type, args: dict) -> Any:
 def seed_transform(transform: A.BaseCompose | A.BasicTransform, seed: int) -> None:
     """Seed `transform` and, recursively, each child with its own independent streams from `seed`.
 
-    Each node gets a numpy Generator and a `random.Random` (albumentations 2.x draws its `p` decisions
-    from `py_random` and its parameters from `random_generator`), both from the node's `SeedSequence`;
-    the children's sequences are spawned from it (spawn key = position in the tree). The same `seed`
-    gives the same output bit for bit (resume); different children never share a stream.
+    Each node of the tree gets a numpy Generator and a `random.Random` (albumentations 2.x draws its `p`
+    decisions from `py_random` and its parameters from `random_generator`), keyed by its path in the
+    tree (the root (), its children (0,), (1,), ..., theirs (0, 0), ...): the Generator from
+    `SeedSequence(seed, spawn_key=path)`, the stream `SeedSequence.spawn` would give without building
+    the parents; the Random from the string `"seed/path"`, which `random.seed` hashes with SHA-512.
+    The same `seed` gives the same output bit for bit (resume); no two transforms share a stream.
     """
-    _seed(transform, np.random.SeedSequence(seed))
+    _seed(transform, seed, ())
 
 
-def _seed(t: Any, seq: np.random.SeedSequence) -> None:
-    children = [c for c in getattr(t, "transforms", []) if isinstance(c, A.BasicTransform | A.BaseCompose)]
-    own, *kids = seq.spawn(1 + len(children))
+def _seed(t: Any, seed: int, path: tuple[int, ...]) -> None:
+    seq = np.random.SeedSequence(seed, spawn_key=path)
     # set the attributes directly: Compose.set_random_state would hand the same objects to every child
-    t.random_generator = np.random.default_rng(own)
-    t.py_random = random.Random(int.from_bytes(own.generate_state(4, np.uint32).tobytes(), "little"))
-    for child, kid in zip(children, kids, strict=True):
-        _seed(child, kid)
+    t.random_generator = np.random.default_rng(seq)
+    t.py_random = random.Random(f"{seed}/{path}")  # str seeds go through SHA-512: unrelated streams
+    children = [c for c in getattr(t, "transforms", []) if isinstance(c, A.BasicTransform | A.BaseCompose)]
+    for i, child in enumerate(children):
+        _seed(child, seed, (*path, i))
 
 
 def check_tta(views: Any) -> list[str]:

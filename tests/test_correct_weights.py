@@ -148,6 +148,16 @@ def test_metadata_that_is_code_still_refuses_the_checkpoint(tmp_path):
     assert not (tmp_path / "ran").exists()
 
 
+def test_a_ddp_wrapped_module_inside_a_lightning_module_loads(tmp_path):
+    """`model.module.` (DDP inside the LightningModule): `model.` and `model.module.` are one candidate."""
+    sd = _trained(10)
+    ckpt = _lightning_ckpt(sd, {})
+    ckpt["state_dict"] = {**{f"model.module.{k}": v for k, v in sd.items()}, "criterion.weight": torch.ones(2)}
+    path = tmp_path / "ddp.ckpt"
+    torch.save(ckpt, path)
+    assert _same_weights(create_model(MODEL, 2, pretrained=str(path)), sd)
+
+
 def test_two_copies_under_two_prefixes_is_the_users_choice(tmp_path):
     sd, ema = _trained(8), _trained(9)
     ckpt = _lightning_ckpt(sd, {})

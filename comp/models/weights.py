@@ -189,17 +189,32 @@ def _unwrap_prefix(sd: dict[str, torch.Tensor], want: set[str], path: Path) -> d
     def score(keys: Iterable[str]) -> int:
         return len(want.intersection(keys))
 
+    def under(prefix: str) -> dict[str, str]:  # stripped key -> original key, for the keys under `prefix`
+        out = {}
+        for k in sd:
+            if k.startswith(prefix):
+                s = k[len(prefix):]
+                for wrapper in ("module.", "_orig_mod."):  # as clean_state_dict strips them, in its order
+                    s = s.removeprefix(wrapper)
+                out[s] = k
+        return out
+
     best, found = score(sd), {}
+    if best == len(want):  # every key of the model is there as it is: nothing to unwrap
+        return sd
     for key in sd:
         parts = key.split(".")
         for n in range(1, min(4, len(parts))):
             prefix = ".".join(parts[:n]) + "."
             if prefix not in found:
-                found[prefix] = score(clean_state_dict({k[len(prefix):]: None for k in sd if k.startswith(prefix)}))
+                found[prefix] = score(under(prefix))
     top = max(found.values(), default=0)
     if top <= best:
         return sd
-    tied = [p for p, v in found.items() if v == top]
+    tied: dict[frozenset, str] = {}  # the original keys a prefix gives the model -> its shortest prefix
+    for p in sorted((p for p, v in found.items() if v == top), key=len):
+        tied.setdefault(frozenset(k for s, k in under(p).items() if s in want), p)
+    tied = list(tied.values())  # `net.` and `net.module.` that give the same tensors are one candidate
     if len(tied) > 1:
         raise UserError(f"{path}: holds the model's weights under {len(tied)} prefixes ({', '.join(map(repr, tied))}); "
                         "re-save the state dict of the one you want")

@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from comp.system import usable_cpus
+
 SECTIONS = ("loader", "model", "e2e", "gpu")
 FLIPS = [{"name": "HorizontalFlip", "p": 0.5}, {"name": "VerticalFlip", "p": 0.5}]
 SIZE = 224  # the training size of every loader in section 1 and of the GPU step
@@ -40,7 +42,7 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    usable = usable_cpus()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable, "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "gpu": gpu}

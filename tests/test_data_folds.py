@@ -11,7 +11,7 @@ from replicas import build, overrides
 
 from comp.config import load_config
 from comp.data.competition import load_competition
-from comp.data.folds import load_or_make_folds, split
+from comp.data.folds import library_versions, load_or_make_folds, split
 from comp.errors import UserError
 
 ROOT_CONFIGS = "configs"
@@ -71,8 +71,9 @@ def test_written_once_and_reused(dr, tmp_path):
     out = tmp_path / "runs"
     first = load_or_make_folds(cfg, train, out)
     text = (out / "folds.csv").read_text()
-    assert json.loads((out / "folds.json").read_text()) == {
-        "n_folds": 2, "seed": 42, "grouped": True, "group_pattern": r"^(\d+)_(?:left|right)$"}
+    made = json.loads((out / "folds.json").read_text())
+    assert made.pop("made_with") == library_versions()  # scikit-learn, numpy, pandas, the kit
+    assert made == {"n_folds": 2, "seed": 42, "grouped": True, "group_pattern": r"^(\d+)_(?:left|right)$"}
     assert (first.groupby("group")["fold"].nunique() == 1).all()  # both eyes of a patient together
     again = load_or_make_folds(cfg, train.sample(frac=1, random_state=0), out)  # any row order
     assert (out / "folds.csv").read_text() == text

@@ -122,7 +122,7 @@ def test_prepare_train_predict(replicas, tmp_path, name):
     """The shipped config on its replica: prepare.py (checks, cache, folds), a few steps of fold 0, and a
     submission in the competition's encoding, scored where the answers are known."""
     from comp.submit.submission import make_submission
-    from comp.train.loop import fit
+    from comp.train import fit
 
     root = replicas[name]
     cache = tmp_path / "cache"

@@ -10,14 +10,22 @@ A transform is written in YAML as its albumentations class name plus its argumen
 Images reach these pipelines already at `image_size` (resized when decoded or cached), so the
 pipelines hold only the random part. TTA views are exact flips/rotations done on the batch on the
 device (comp.predict.predict), not albumentations calls.
+
+Seeding: albumentations 2.x hands `Compose.set_random_seed(seed)` on to every child unchanged, so each
+child draws from an identical stream and `HorizontalFlip(p=.5)` + `VerticalFlip(p=.5)` fire together or
+not at all (no mirror image ever). `seed_transform` gives each transform of the tree its own stream,
+spawned from the sample's seed with numpy's `SeedSequence` (independent streams by construction), so
+every random decision is independent of the others and still a pure function of the seed.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import Any
 
 import albumentations as A
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 
@@ -67,6 +75,29 @@ def _make(cls: type, args: dict) -> Any:
         if "'strict'" not in str(e):
             raise
         return cls(**args)
+
+
+def seed_transform(transform: A.BaseCompose | A.BasicTransform, seed: int) -> None:
+    """Seed `transform` and, recursively, each child with its own independent streams from `seed`.
+
+    Each node of the tree gets a numpy Generator and a `random.Random` (albumentations 2.x draws its `p`
+    decisions from `py_random` and its parameters from `random_generator`), keyed by its path in the
+    tree (the root (), its children (0,), (1,), ..., theirs (0, 0), ...): the Generator from
+    `SeedSequence(seed, spawn_key=path)`, the stream `SeedSequence.spawn` would give without building
+    the parents; the Random from the string `"seed/path"`, which `random.seed` hashes with SHA-512.
+    The same `seed` gives the same output bit for bit (resume); no two transforms share a stream.
+    """
+    _seed(transform, seed, ())
+
+
+def _seed(t: Any, seed: int, path: tuple[int, ...]) -> None:
+    seq = np.random.SeedSequence(seed, spawn_key=path)
+    # set the attributes directly: Compose.set_random_state would hand the same objects to every child
+    t.random_generator = np.random.default_rng(seq)
+    t.py_random = random.Random(f"{seed}/{path}")  # str seeds go through SHA-512: unrelated streams
+    children = [c for c in getattr(t, "transforms", []) if isinstance(c, A.BasicTransform | A.BaseCompose)]
+    for i, child in enumerate(children):
+        _seed(child, seed, (*path, i))
 
 
 def check_tta(views: Any) -> list[str]:

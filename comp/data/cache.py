@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,12 +37,13 @@ import numpy as np
 from tqdm import tqdm
 
 from comp import io
-from comp.data.competition import Problem
 from comp.config import resolve_path
-from comp.errors import UserError
+from comp.data.competition import Problem
 from comp.data.images import ImageError
-from comp.log import log
 from comp.data.preprocess import check_steps, load_preprocessed
+from comp.errors import UserError
+from comp.log import log
+from comp.system import process_context, usable_cpus
 
 CACHE_VERSION = 2  # bump when decoding or a preprocessing step changes the pixels it produces
 MIN_PARALLEL = 64  # fewer images than this are not worth starting worker processes for
@@ -170,7 +169,7 @@ def process_images(cfg: Any, root: Path, paths: Sequence[str], workers: int | No
         if entry is None or not entry.is_file():
             jobs.append((p, None if entry is None else str(entry), int(cfg.image_size), steps, fmt))
     if workers is None:
-        workers = len(os.sched_getaffinity(0)) if len(jobs) >= MIN_PARALLEL else 1
+        workers = usable_cpus() if len(jobs) >= MIN_PARALLEL else 1
     desc = "cache images" if folder is not None else "check images"
     bar = tqdm(total=len(jobs), desc=desc, dynamic_ncols=True, leave=False)
     problems: list[Problem] = []
@@ -180,8 +179,8 @@ def process_images(cfg: Any, root: Path, paths: Sequence[str], workers: int | No
             for res in results:
                 problems += [res] if res else []
                 bar.update(1)
-        else:  # forkserver: clean workers, not forks of a parent that may hold torch/BLAS threads
-            ctx = multiprocessing.get_context("forkserver")
+        else:  # forkserver (spawn on Windows): clean workers, not forks of a parent holding torch/BLAS threads
+            ctx = process_context()
             with ctx.Pool(workers) as pool:
                 chunk = max(1, min(32, len(jobs) // (workers * 8)))
                 for res in pool.imap_unordered(_work, jobs, chunksize=chunk):

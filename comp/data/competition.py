@@ -7,8 +7,15 @@ The test table comes from `data.test_csv`, else the sample submission, else the 
 `data.test_images` (by class sub-folder when there are some: a labelled held-out set, as in chest X-ray).
 
 Folder entries are globs, matched shallowest first. macOS archive debris (`__MACOSX/`, `._*` files) is
-skipped, and a byte-identical copy of an image already found (the chest X-ray zip holds its tree twice,
-`chest_xray/` and `chest_xray/chest_xray/`) is dropped; two different images with one id are an error.
+skipped, and a byte-identical copy of an image already found in the same class (the chest X-ray zip holds
+its tree twice, `chest_xray/` and `chest_xray/chest_xray/`) is dropped, its contents compared, not its
+size; two different images of one name in one class are an error naming both files.
+
+Ids in the `folders` layout are the file names without extension (`person1_bacteria_1`), as the
+competitions name their images. A dataset whose class folders reuse names (`NORMAL/1.png`,
+`PNEUMONIA/1.png`: one counter per class) has no such unique name, and there is no submission to say
+otherwise, so every id becomes `<class>/<name>` (`NORMAL/1`), which is unique and names the file;
+`data.group_pattern` is matched (re.search) against that id.
 
 Labels become integers 0..C-1 in the order of `data.classes`; `label_values` keeps the competition's
 own spelling of each class (`data.class_values`, else the names) so the submission is written in its
@@ -17,6 +24,7 @@ encoding. A label in a CSV may be spelt either way.
 
 from __future__ import annotations
 
+import filecmp
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +35,7 @@ import pandas as pd
 
 from comp.config import resolve_path
 from comp.errors import UserError
+from comp.log import log
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 MISSING_WORDS = {"nan", "null", "#n/a"}  # a missing label as pandas (astype(str)), JSON/SQL or Excel spell it
@@ -155,28 +164,37 @@ def _find_files(root: Path, patterns: list[str], ids: pd.Series, ext: str, what:
     return paths.map(lambda p: str(p) if p is not None else "")
 
 
+def _same_bytes(a: Path, b: Path) -> bool:
+    """Byte-identical files: the sizes first, then the contents (`filecmp.cmp(shallow=False)`)."""
+    return filecmp.cmp(a, b, shallow=False)
+
+
 def _scan(root: Path, patterns: list[str], labelled: bool) -> pd.DataFrame:
     """(id, path, label) for every image under the folders: in their class sub-folders when `labelled`
-    (label = the sub-folder's name), else directly in them (label ""). A second copy of one file is
-    dropped: the same relative path under another match of the same glob (a tree unzipped twice), or
-    the same bytes count and class anywhere else; any other repeated id is an error."""
-    rows: dict[str, tuple[str, str, str]] = {}
-    seen: dict[str, tuple[int, str]] = {}  # id -> (pattern index, path relative to its matched folder)
-    for k, d in _folders(root, patterns):
+    (label = the sub-folder's name), else directly in them (label "").
+
+    The id is the file name without its extension; when two class folders hold the same name (`1.png`
+    in each), every id is `<class>/<name>` instead, so ids stay unique and say where the file is. A
+    second file of one name in one class is dropped when its bytes are those of the first (a tree
+    unzipped twice) and an error naming both files otherwise."""
+    found: dict[tuple[str, str], Path] = {}  # (label, stem) -> the first file of that name in that class
+    for _, d in _folders(root, patterns):
         subs = [p for p in sorted(d.iterdir()) if p.is_dir() and not p.name.startswith((".", "__MACOSX"))]
         for sub in (subs if labelled else []) or [d]:
             label = sub.name if sub is not d else ""
             for f in _image_files(sub):
-                rel = str(f.relative_to(d))
-                if f.stem not in rows:
-                    rows[f.stem], seen[f.stem] = (f.stem, str(f), label), (k, rel)
-                    continue
-                first = rows[f.stem]
-                copy = seen[f.stem] == (k, rel) or (
-                    first[2] == label and Path(first[1]).stat().st_size == f.stat().st_size)
-                if not copy:
-                    raise UserError(f"image id {f.stem!r} appears twice under {root}: {first[1]} and {f}")
-    return pd.DataFrame(list(rows.values()), columns=["id", "path", "label"])
+                first = found.setdefault((label, f.stem), f)
+                if first is not f and not _same_bytes(first, f):
+                    raise UserError(f"image id {f.stem!r} appears twice under {root} with different contents: "
+                                    f"{first} and {f}; remove or rename one")
+    stems = [stem for _, stem in found]
+    qualified = len(set(stems)) < len(stems)
+    if qualified:
+        clash = next(s for s in stems if stems.count(s) > 1)
+        log(f"data: class folders share file names (e.g. {clash!r}); ids are <class>/<name>, e.g. "
+            f"{next(f'{lab}/{s}' for lab, s in found if s == clash)!r}")
+    rows = [(f"{label}/{stem}" if qualified else stem, str(path), label) for (label, stem), path in found.items()]
+    return pd.DataFrame(rows, columns=["id", "path", "label"])
 
 
 def _load_test(cfg: Any, root: Path, classes: list[str], problems: list[Problem] | None) -> pd.DataFrame:

@@ -9,8 +9,8 @@ leaderboard. Nothing is downloaded.
 
 from __future__ import annotations
 
-import os
 import shutil
+import tarfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -79,21 +79,91 @@ def kaggle_download(cfg: Any, root: Path) -> None:
             raise UserError(f"{kaggle_cli.describe(args)} downloaded no files")
 
 
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")  # what tarfile opens
+UNSUPPORTED = (".7z", ".rar")  # py7zr is pure Python but pulls eight compiled codecs: not worth a dependency
+
+
+def _kind(p: Path) -> str | None:
+    """'zip', 'tar', 'parts' (the first volume `x.zip.001` of a zip split in pieces, as DR 2015 ships
+    train.zip.001...), 'unsupported', or None for a file that is not an archive (a `.nii.gz` image is a
+    gzip, not a tar: left as it is)."""
+    name = p.name.lower()
+    if name.endswith(".zip"):
+        return "zip"
+    if name.endswith(TAR_SUFFIXES):
+        return "tar"
+    if name.endswith(".zip.001"):
+        return "parts"
+    if name.endswith(UNSUPPORTED):
+        return "unsupported"
+    return None
+
+
+def _join_parts(first: Path) -> Path:
+    """`x.zip.001`, `x.zip.002`, ... (byte pieces of one zip) joined into `x.zip`; the pieces deleted."""
+    stem = first.name[: -len(".001")]
+    parts = []
+    while (part := first.with_name(f"{stem}.{len(parts) + 1:03d}")).is_file():
+        parts.append(part)
+    whole = first.with_name(stem)
+    with open(whole, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 20)
+    for part in parts:
+        part.unlink()
+    return whole
+
+
+def _extract(archive: Path, kind: str) -> None:
+    """Unpack `archive` into its own folder. Members cannot land outside it: zipfile drops absolute and
+    `..` parts of names; tarfile's `data` filter (PEP 706) strips the leading `/` of absolute names and
+    refuses `..` escapes, links that point outside, devices, and set-uid bits."""
+    where = archive.parent
+    if kind == "zip":
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(where)
+        except zipfile.BadZipFile:
+            raise UserError(f"downloaded archive {archive.name} is corrupt (not a zip file); "
+                            "run prepare.py again") from None
+        return
+    name = archive.name.lower()
+    mode = next((m for ends, m in ((("gz", "tgz"), "r:gz"), (("bz2", "tbz2"), "r:bz2"), (("xz", "txz"), "r:xz"))
+                 if name.endswith(ends)), "r:")
+    try:
+        with tarfile.open(archive, mode) as tf:
+            tf.extractall(where, filter="data")
+    except tarfile.FilterError as e:  # before ReadError: both are TarErrors
+        raise UserError(f"downloaded archive {archive.name} has a member that would land outside "
+                        f"{where} or is not a plain file ({e}); not unpacked") from None
+    except (tarfile.TarError, EOFError, OSError) as e:  # zlib/lzma errors are OSErrors too
+        why = " ".join(str(e).split())  # one line
+        raise UserError(f"downloaded archive {archive.name} is corrupt ({type(e).__name__}: {why}); "
+                        "run prepare.py again") from None
+
+
 def unzip_all(folder: Path, depth: int = 3) -> None:
-    """Extract every .zip under `folder` where it lies and delete it; archives inside archives (Kaggle
-    ships train.zip inside the competition zip) too, up to `depth` levels."""
+    """Extract every archive under `folder` where it lies and delete it; archives inside archives (Kaggle
+    ships train.zip inside the competition zip) too, up to `depth` levels. Archives: .zip, a zip split in
+    pieces (`.zip.001`, `.zip.002`, ...), and tar (`.tar`, `.tar.gz`/`.tgz`, `.tar.bz2`, `.tar.xz`).
+
+    Raises:
+        UserError: a corrupt archive, a tar member that would escape its folder, or a .7z/.rar archive
+            (unpack it yourself, e.g. `7z x`, into data.root and run prepare.py again).
+    """
     for _ in range(depth):
-        archives = sorted(folder.rglob("*.zip"))
+        archives = [(p, k) for p in sorted(folder.rglob("*")) if p.is_file() and (k := _kind(p))]
         if not archives:
             return
-        for z in archives:
-            try:
-                with zipfile.ZipFile(z) as zf:
-                    zf.extractall(z.parent)  # zipfile drops absolute and ".." parts of member names
-            except zipfile.BadZipFile:
-                raise UserError(f"downloaded archive {z.name} is corrupt (not a zip file); "
-                                "run prepare.py again") from None
-            z.unlink()
+        for p, kind in archives:
+            if kind == "unsupported":
+                raise UserError(f"downloaded archive {p.name} is a {p.suffix} archive, which the kit does not "
+                                f"unpack: extract it (e.g. `7z x {p.name}`) into {p.parent} and run prepare.py again")
+            if kind == "parts":
+                p, kind = _join_parts(p), "zip"
+            _extract(p, kind)
+            p.unlink()
 
 
 def ensure_data(cfg: Any) -> Path:

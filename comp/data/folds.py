@@ -5,11 +5,18 @@ patient (DR 2015) or the images of one subject (C-NMC) never sit on both sides o
 run reads the same file; a changed dataset or fold setting is refused instead of silently re-split.
 The settings the split was made with (n_folds, seed, grouping) are kept beside it in `folds.json`; a
 folds.csv without one (written by hand, e.g. a competition's official split) is taken as it is.
+
+`folds.json` also records the versions of the libraries that made the split (`made_with`: scikit-learn,
+numpy, pandas, the kit): another version may split the same data differently, and scikit-learn < 1.8
+did not stratify StratifiedGroupKFold(shuffle=True) at all (scikit-learn PR #32540, 1.8.0 changelog),
+hence the floor in pyproject.toml. A different version is no reason to refuse an existing split (every
+run of an experiment must share one); it is logged.
 """
 
 from __future__ import annotations
 
 import json
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +25,10 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from comp import io
 from comp.errors import UserError
+from comp.log import log
+
+SPLIT_LIBRARIES = ("scikit-learn", "numpy", "pandas", "comp")  # the distributions whose version can change a split
+FIXED_SGKF = (1, 8)  # scikit-learn >= 1.8 stratifies StratifiedGroupKFold(shuffle=True) (PR #32540)
 
 
 def check_split(train: pd.DataFrame, n_folds: int, grouped: bool) -> None:
@@ -52,10 +63,48 @@ def folds_path(out_dir: Path) -> Path:
 
 
 def settings(cfg: Any) -> dict[str, Any]:
-    """What decides the split (kept in folds.json)."""
+    """What decides the split (kept in folds.json, with the library versions that made it)."""
     grouped = bool(cfg.folds.grouped and cfg.data.group_pattern)
     return {"n_folds": int(cfg.folds.n_folds), "seed": int(cfg.folds.seed), "grouped": grouped,
             "group_pattern": cfg.data.group_pattern if grouped else ""}
+
+
+def library_versions() -> dict[str, str]:
+    """{distribution: installed version} of SPLIT_LIBRARIES ("unknown" for one not installed as a
+    distribution, e.g. the kit run from a checkout without `pip install -e .`)."""
+    out = {}
+    for name in SPLIT_LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "unknown"
+    return out
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """(major, minor) of a version string like '1.7.2' or '1.8.dev0'; () when it is not one."""
+    parts = []
+    for p in version.split(".")[:2]:
+        if not p.isdigit():
+            break
+        parts.append(int(p))
+    return tuple(parts)
+
+
+def _note_versions(path: Path, made: dict[str, Any], grouped: bool) -> None:
+    """Log (never refuse) how the libraries that made `path` differ from those installed now."""
+    then = made.get("made_with")
+    if not isinstance(then, dict):
+        return  # written before versions were recorded
+    now = library_versions()
+    changed = [f"{k} {then.get(k)} (now {v})" for k, v in now.items() if then.get(k) not in (None, v)]
+    if changed:
+        log(f"folds: {path} was made with {', '.join(changed)}; kept as it is (every run of this experiment "
+            f"uses the same folds)")
+    sk = _release(str(then.get("scikit-learn", "")))
+    if grouped and sk and sk < FIXED_SGKF:
+        log(f"folds: {path} was made by scikit-learn {then['scikit-learn']}, whose StratifiedGroupKFold(shuffle="
+            f"True) did not stratify (fixed in 1.8); delete it (and folds.json) to re-split them stratified")
 
 
 def _check(path: Path, folds: pd.DataFrame, train: pd.DataFrame, want: dict[str, Any]) -> None:
@@ -83,6 +132,7 @@ def _check(path: Path, folds: pd.DataFrame, train: pd.DataFrame, want: dict[str,
     if want["grouped"] and (merged["group"] != merged["group_f"]).any():
         bad = merged.loc[merged["group"] != merged["group_f"], "id"].iloc[0]
         raise UserError(f"{path}: the patient of {bad!r} changed since the folds were made; {redo}")
+    _note_versions(path, made, bool(made.get("grouped")))
 
 
 def _grouped(train: pd.DataFrame, want: dict[str, Any]) -> bool:
@@ -112,6 +162,7 @@ def load_or_make_folds(cfg: Any, train: pd.DataFrame, out_dir: Path) -> pd.DataF
         return train.merge(folds[["id", "fold"]], on="id")
     out = train.assign(fold=split(train, want["n_folds"], want["seed"], _grouped(train, want)))
     out_dir.mkdir(parents=True, exist_ok=True)
-    io.write_json(path.with_name("folds.json"), want)
+    made = {**want, "made_with": library_versions()}
+    io.write_json(path.with_name("folds.json"), made)
     io.write_csv(path, out[["id", "label", "group", "fold"]])
     return out

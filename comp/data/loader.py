@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from comp.data.augment import seed_transform
 from comp.data.images import load_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -53,8 +54,8 @@ class ImageDataset(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, None)
         img = self.load(self.paths[index])
         if self.transform is not None:
-            if seed is not None:
-                self.transform.set_random_seed(seed)
+            if seed is not None:  # each transform its own stream from the sample's seed (comp.data.augment)
+                seed_transform(self.transform, seed)
             img = self.transform(image=img)["image"]
         x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))  # (3, H, W) uint8
         return x, int(self.labels[index]) if self.labels is not None else -1

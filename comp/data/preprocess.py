@@ -33,8 +33,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from comp.errors import UserError
 from comp.data.images import read_image, resize
+from comp.errors import UserError
 
 BLACK_TOL = 7  # grey level at or below which a border pixel counts as black (APTOS kernels' tol=7)
 CLAHE_CLIP, CLAHE_TILES = 2.0, (8, 8)

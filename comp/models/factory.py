@@ -6,9 +6,9 @@ timm model (`timm.list_models()`), built with `timm.create_model`. Both expose t
 the rest of this file relies on.
 
 `pretrained` is either
-  - a local weights file: torchvision or timm `.pth`/`.bin`/`.pt`, `.safetensors`, or a kit/timm training
-    checkpoint (state dict under `model` or `state_dict`). Pickles are read with `weights_only=True`, so a
-    file that carries code is refused rather than run;
+  - a local weights file or folder in the layout torchvision, timm, Lightning (`.ckpt`), Hugging Face
+    (`pytorch_model.bin`, `model.safetensors`, a hub folder) or the kit write (comp/models/weights.py).
+    Pickles are read with `weights_only=True`, so a file that carries code is refused rather than run;
   - a timm pretrained tag (`tv_in1k`, `a1_in1k`, ...; `timm`, `imagenet` or `default` for timm's default
     tag of the architecture), fetched from the Hugging Face hub by timm, which needs the internet.
 Either way the classifier is re-initialised when its shape differs (another num_classes) and the first
@@ -18,20 +18,16 @@ conv is adapted to `in_chans` (1: the RGB filters summed), as timm does for its 
 from __future__ import annotations
 
 import os
-import pickle
-import warnings
 from collections.abc import Iterable, Mapping
-from pathlib import Path
-from typing import Any
 
-import safetensors.torch
 import timm
 import torch
-from timm.models import adapt_input_conv, clean_state_dict, get_pretrained_cfg, split_model_name_tag
+from timm.models import adapt_input_conv, get_pretrained_cfg, split_model_name_tag
 from torch import nn
 
 from comp.errors import UserError
 from comp.models.resnet import RESNETS, ResNet
+from comp.models.weights import read_state_dict
 
 TIMM_PREFIX = "timm/"
 DEFAULT_TAGS = ("timm", "imagenet", "default")  # aliases for "timm's default pretrained tag"
@@ -74,7 +70,7 @@ def create_model(
     if _is_tag(pretrained):
         return _create_from_hub(name, str(pretrained), num_classes, in_chans, drop_rate)
     model = _build(name, num_classes, in_chans, drop_rate)
-    load_pretrained(model, read_state_dict(pretrained), source=os.fspath(pretrained))
+    load_pretrained(model, read_state_dict(pretrained, model.state_dict()), source=os.fspath(pretrained))
     return model
 
 
@@ -125,49 +121,6 @@ def _create_from_hub(name: str, tag: str, num_classes: int, in_chans: int, drop_
     model = _build(name, num_classes, in_chans, drop_rate)
     load_pretrained(model, source.state_dict(), source=arch)
     return model
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state dict from a `.safetensors` file or a `weights_only` torch pickle, unwrapping a
-    training checkpoint (`model` or `state_dict` key) and DDP/compile prefixes (`module.`, `_orig_mod.`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"pretrained weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        try:
-            obj: Any = safetensors.torch.load_file(path, device="cpu")
-        except Exception as e:  # SafetensorError: bad header, truncated file
-            raise UserError(f"{path}: not a readable safetensors file ({e})") from None
-    else:
-        try:
-            with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
-                warnings.filterwarnings("ignore", message="Detected pickle protocol")
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:  # a global outside torch's allow-list (code, a custom class)
-            raise UserError(
-                f"refusing to load {path}: it is not a plain weights file (weights_only=True: {_reason(e)}); "
-                "re-save its state dict, or use .safetensors"
-            ) from None
-        except Exception as e:  # not a zip/pickle at all: truncated download, HTML error page, ...
-            raise UserError(f"{path}: not a PyTorch weights file ({type(e).__name__}: {e})") from None
-    for key in ("model", "state_dict"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-            break
-    if not isinstance(obj, Mapping):
-        raise UserError(f"{path}: holds a {type(obj).__name__}, not a state dict")
-    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise UserError(f"{path}: not a state dict: {bad[0]!r} holds a {type(obj[bad[0]]).__name__}, not a tensor")
-    return clean_state_dict(dict(obj))
-
-
-def _reason(e: Exception) -> str:
-    """The clause of torch's long weights_only message that says what was refused."""
-    # e.g. "Unsupported global: GLOBAL print was not an allowed global by default" or
-    # "Trying to load unsupported GLOBAL posix.mkdir whose module posix is blocked"
-    hit = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln), "")
-    return hit.removeprefix("WeightsUnpickler error: ").split(". ")[0].rstrip(".") or "refused by its unpickler"
 
 
 def _names(value: str | Iterable[str] | None) -> list[str]:

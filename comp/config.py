@@ -45,6 +45,9 @@ class DataConfig:
     # as classes) in its CSVs and submission, e.g. classes [hem, all] + class_values [0, 1]; empty = the names
     group_pattern: str = ""  # regex on the image id; its first group is the patient (folds keep it whole)
     solution_csv: str = ""  # held-out labels (id_column, label_column) to score a submission locally, if known
+    exclude: Any = field(default_factory=list)  # training image ids to drop (suspected label errors, duplicates):
+    # a list of ids, or a path to a CSV with an id column (e.g. scripts/explain.py's label_issues.csv); test
+    # images are never dropped. Part of the folds' meaning: a folds.csv made without it is refused
 
 
 @dataclass
@@ -181,6 +184,9 @@ def _check_values(cfg: Any) -> None:
         ("data.layout", cfg.data.layout in ("csv", "folders"), "must be csv or folders"),
         ("data.class_values", not cfg.data.class_values or len(cfg.data.class_values) == len(cfg.data.classes),
          "must name one value per entry of data.classes"),
+        ("data.exclude", isinstance(cfg.data.exclude, str) or OmegaConf.is_list(cfg.data.exclude)
+         and all(isinstance(v, (str, int)) for v in cfg.data.exclude),
+         "must be a list of image ids or the path of a CSV with an id column"),
         ("images.cache_format", cfg.images.cache_format in ("png", "npy"), "must be png or npy"),
         ("predict.ensemble", cfg.predict.ensemble in ("mean_prob", "mean_logit"),
          "must be mean_prob or mean_logit"),
@@ -245,7 +251,9 @@ def to_yaml(cfg: Any) -> str:
 # so the same folds can be predicted from a Kaggle notebook's /kaggle/input or resumed with more epochs.
 HASHED_KEYS = ("model.name", "model.in_chans", "image_size", "images.preprocess", "data.layout", "data.train_csv",
                "data.id_column", "data.label_column", "data.train_images", "data.classes", "data.class_values",
-               "data.group_pattern", "folds")
+               "data.group_pattern", "folds", "data.exclude")
+# Keys added after checkpoints of the old hash existed: hashed only when set, so those checkpoints still load.
+HASHED_WHEN_SET = ("data.exclude",)
 
 
 def config_hash(cfg: Any, keys: tuple[str, ...] = HASHED_KEYS) -> str:
@@ -254,5 +262,7 @@ def config_hash(cfg: Any, keys: tuple[str, ...] = HASHED_KEYS) -> str:
     picked = {}
     for k in keys:
         v = OmegaConf.select(cfg, k)
+        if k in HASHED_WHEN_SET and not v:
+            continue
         picked[k] = OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
     return hashlib.sha256(repr(sorted(picked.items())).encode()).hexdigest()[:12]

@@ -27,6 +27,7 @@ import pandas as pd
 
 from comp.config import resolve_path
 from comp.errors import UserError
+from comp.log import log
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 MISSING_WORDS = {"nan", "null", "#n/a"}  # a missing label as pandas (astype(str)), JSON/SQL or Excel spell it
@@ -198,6 +199,40 @@ def _load_test(cfg: Any, root: Path, classes: list[str], problems: list[Problem]
     return test[["id", "path"]].reset_index(drop=True)
 
 
+def _two_classes(labels: pd.Series, classes: list[str], when: str = "") -> None:
+    if labels.nunique() < 2:
+        raise UserError(f"the training labels hold one class only ({classes[int(labels.iloc[0])]!r}){when}; "
+                        f"a classifier needs two or more (check data.label_column)")
+
+
+def excluded_ids(cfg: Any) -> list[str]:
+    """The ids `data.exclude` names: its list, or the `id` (else `data.id_column`) column of the CSV it
+    points at (a config path: absolute, or relative to the repository root)."""
+    value = cfg.data.exclude
+    if not isinstance(value, str):
+        return [str(v).strip() for v in value]
+    if not value:
+        return []
+    path = resolve_path(value)
+    head = read_csv(path, [])
+    col = "id" if "id" in head.columns else cfg.data.id_column
+    return read_csv(path, [col])[col].str.strip().tolist()
+
+
+def _exclude(train: pd.DataFrame, test: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
+    """`train` without the rows of `ids`, logged; an id that is not a training image is an error."""
+    unknown = [i for i in dict.fromkeys(ids) if i not in set(train["id"])]
+    if unknown:
+        where = "a test image; only training images can be excluded" if unknown[0] in set(test["id"]) else \
+            "not a training image id"
+        raise UserError(f"data.exclude: {unknown[0]!r} is {where} ({len(unknown)} such id(s))")
+    drop = train["id"].isin(ids)
+    shown = ", ".join(train.loc[drop, "id"].head(5))
+    log(f"data.exclude: {int(drop.sum())} of {len(train)} training images left out ({shown}"
+        f"{', ...' if drop.sum() > 5 else ''})")
+    return train[~drop].copy()
+
+
 def load_competition(cfg: Any, strict: bool = True) -> Competition:
     """Read the download at `data.root` as the config describes it.
 
@@ -205,8 +240,11 @@ def load_competition(cfg: Any, strict: bool = True) -> Competition:
         strict: raise on the first id without an image. With False they are collected in
             `Competition.problems` and their rows dropped, so prepare can list every problem at once.
 
+    The training images named by `data.exclude` are left out (logged); the test table is never touched.
+
     Raises:
-        UserError: a file, column, label or image is missing or wrong; the message names it.
+        UserError: a file, column, label or image is missing or wrong, or `data.exclude` names an id that
+            is not a training image; the message names it.
     """
     d = cfg.data
     root = resolve_path(d.root)
@@ -238,10 +276,12 @@ def load_competition(cfg: Any, strict: bool = True) -> Competition:
         labels, classes, values = _encode_labels(scanned["label"], classes_cfg, values_cfg,
                                                  lambda i: f"class folder of {scanned['path'].iloc[i]}")
         train = scanned.assign(label=labels)
-    if labels.nunique() < 2:
-        raise UserError(f"the training labels hold one class only ({classes[int(labels.iloc[0])]!r}); "
-                        f"a classifier needs two or more (check data.label_column)")
+    _two_classes(labels, classes)
     test = _load_test(cfg, root, classes, problems)
+    exclude = excluded_ids(cfg)
+    if exclude:
+        train = _exclude(train, test, exclude)
+        _two_classes(train["label"], classes, " after data.exclude")
     train["group"] = _group_of(train["id"], d.group_pattern)
     cols = ["id", "path", "label", "group"]
     return Competition(train=train[cols].reset_index(drop=True), test=test, classes=classes,

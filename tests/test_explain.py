@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import FAST, write_tiny_competition
 from skimage import data as skdata
-from test_faults_config import run_main
+from test_faults_config import one_error, run_main
 
 from comp.config import HASHED_KEYS, config_hash, load_config
 from comp.data.competition import load_competition
@@ -238,3 +238,10 @@ def test_data_exclude_unset_keeps_old_hashes_and_folds(tiny):
     made.pop("exclude")
     meta.write_text(json.dumps(made))
     assert load_or_make_folds(cfg, comp.train, tiny["out"])["fold"].tolist() == folds["fold"].tolist()
+
+
+def test_explain_user_errors(tiny):
+    code, _, err = run_main("explain.py", *tiny["overrides"])
+    one_error(code, err, "has an oof.csv yet")
+    code, _, err = run_main("explain.py", "--per-class", "0", *tiny["overrides"])
+    one_error(code, err, "--per-class 0")

@@ -13,21 +13,18 @@ Tables (pandas DataFrames, written as CSV by `write_tables`):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from comp.errors import UserError
 from comp.io import write_csv
+from comp.report.report import oof_probs
 
 EPS = 1e-7  # probability floor of the log loss (scikit-learn's log_loss clips likewise)
-
-
-def _probs(oof: pd.DataFrame) -> np.ndarray:
-    """(N, C) probabilities from the prob_<class> columns."""
-    return oof[[c for c in oof.columns if c.startswith("prob_")]].to_numpy(dtype=np.float64)
 
 
 def _named(labels: np.ndarray, classes: list[str]) -> list[str]:
@@ -43,7 +40,7 @@ def top_losses(oof: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
         id, fold, group (when present), label, pred (class names), p_label, p_pred, loss; sorted by loss,
         largest first (ties keep the OOF order).
     """
-    p, y = _probs(oof), oof["label"].to_numpy(dtype=int)
+    p, y = oof_probs(oof).astype(np.float64), oof["label"].to_numpy(dtype=int)
     pred = p.argmax(1)
     p_label = p[np.arange(len(y)), y]
     out = oof[[c for c in ("id", "fold", "group") if c in oof.columns]].copy()
@@ -59,7 +56,7 @@ def confused_pairs(oof: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     Returns:
         label, pred, count, share (count / images of that label); most frequent first, then by share.
     """
-    y, pred = oof["label"].to_numpy(dtype=int), _probs(oof).argmax(1)
+    y, pred = oof["label"].to_numpy(dtype=int), oof_probs(oof).astype(np.float64).argmax(1)
     c = len(classes)
     counts = np.bincount(y * c + pred, minlength=c * c).reshape(c, c)
     rows = [{"label": classes[t], "pred": classes[q], "count": int(counts[t, q]),
@@ -98,7 +95,7 @@ def label_issues(oof: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     """
     from cleanlab.filter import find_label_issues
 
-    p, y = _probs(oof), oof["label"].to_numpy(dtype=int)
+    p, y = oof_probs(oof).astype(np.float64), oof["label"].to_numpy(dtype=int)
     cols = ["id", "fold", "label", "suggested", "p_label", "p_suggested"]
     if len(np.unique(y)) < 2 or len(y) < len(classes):
         return pd.DataFrame(columns=cols)
@@ -113,16 +110,14 @@ def label_issues(oof: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     return out
 
 
-def phash_bits(images: list[np.ndarray]) -> np.ndarray:
+def phash_bits(images: Iterable[np.ndarray]) -> np.ndarray:
     """(N,) uint64 pHash of each (H, W, 3) uint8 image (imagehash.phash: 8x8 DCT signs, 64 bits)."""
     import imagehash
     from PIL import Image
 
-    out = np.zeros(len(images), dtype=np.uint64)
-    for i, img in enumerate(images):
-        bits = imagehash.phash(Image.fromarray(img)).hash.flatten()
-        out[i] = np.packbits(bits).view(">u8")[0]
-    return out
+    out = [np.packbits(imagehash.phash(Image.fromarray(img)).hash.flatten()).view(">u8")[0]
+           for img in tqdm(images, desc="hash images", leave=False, dynamic_ncols=True)]
+    return np.array(out, dtype=np.uint64)
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:
@@ -171,7 +166,7 @@ def find_duplicates(items: pd.DataFrame, load: Callable[[str], np.ndarray], clas
     """
     cols = ["id_a", "set_a", "label_a", "id_b", "set_b", "label_b", "distance", "kind", "conflict"]
     paths, labels = items["path"].tolist(), items["label"].to_numpy(dtype=int)
-    hashes = phash_bits([load(p) for p in paths])
+    hashes = phash_bits(load(p) for p in paths)  # a generator: one image in memory at a time
     rows = []
     for i, j, d in near_pairs(hashes, max_distance):
         same = d == 0 and np.array_equal(load(paths[i]), load(paths[j]))

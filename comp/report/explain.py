@@ -41,7 +41,7 @@ from comp.io import write_bytes, write_text  # noqa: E402
 from comp.log import log  # noqa: E402
 from comp.predict.predict import load_fold, pick_device, trained_folds  # noqa: E402
 from comp.report import errors_analysis as ea  # noqa: E402
-from comp.report.report import load_oof  # noqa: E402
+from comp.report.report import load_oof, oof_probs  # noqa: E402
 
 SECTIONS = {"errors": "most confident errors", "unsure": "least confident correct", "random": "random sample"}
 THUMB = 160  # px: smaller images are enlarged (nearest neighbour) in the HTML page so they can be seen
@@ -109,7 +109,7 @@ def review_rows(oof: pd.DataFrame, classes: list[str], per_class: int, seed: int
     Returns:
         the chosen rows of `oof` plus section, pred (int), p_pred, in section then class order.
     """
-    p = ea._probs(oof)
+    p = oof_probs(oof)
     df = oof.assign(pred=p.argmax(1), p_pred=p.max(1), p_label=p[np.arange(len(oof)), oof["label"].to_numpy(int)])
     rng = np.random.default_rng(seed)
     parts = []
@@ -157,22 +157,39 @@ def render(cfg: Any, comp: Competition, model: nn.Module, rows: pd.DataFrame, de
     return items
 
 
+def _enlarged(img: np.ndarray, side: int = THUMB) -> np.ndarray:
+    """`img` scaled to `side` px on its longer edge (nearest neighbour when enlarging, area when shrinking)."""
+    f = side / max(img.shape[:2])
+    size = (max(1, round(img.shape[1] * f)), max(1, round(img.shape[0] * f)))
+    return cv2.resize(img, size, interpolation=cv2.INTER_NEAREST if f >= 1 else cv2.INTER_AREA)
+
+
 def sheet(items: list[dict], title: str, path: Path, per_row: int = 4) -> Path:
-    """A PNG page: each item's image beside its heat map, titled with truth, prediction and probability."""
+    """A PNG page: each item's image beside its heat map, titled with id, truth, prediction (green when
+    right, red when wrong) and its probability. The tiles are laid out as one array and drawn with one
+    imshow: a matplotlib axes per tile costs seconds per page."""
+    t, gap, band = THUMB, 8, 30  # tile side, spacing, caption band (px)
     rows = max(1, -(-len(items) // per_row))
-    fig, axes = plt.subplots(rows, 2 * per_row, figsize=(2 * per_row * 1.6, 0.5 + rows * 1.9), squeeze=False)
-    # fixed margins, not tight_layout: measuring every title's extent costs seconds per page
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.5 / (0.5 + rows * 1.9), wspace=0.05,
-                        hspace=0.45)
-    for ax in axes.flat:
-        ax.set_axis_off()
+    cell_w, cell_h = 2 * t + 2 * gap, t + band + gap
+    canvas = np.full((rows * cell_h, per_row * cell_w, 3), 255, np.uint8)
     for k, it in enumerate(items):
-        a, b = axes[k // per_row, 2 * (k % per_row)], axes[k // per_row, 2 * (k % per_row) + 1]
-        a.imshow(it["image"])
-        b.imshow(it["heat"])
+        y, x = (k // per_row) * cell_h + band, (k % per_row) * cell_w
+        for j, img in enumerate((it["image"], it["heat"])):
+            tile = _enlarged(img)
+            canvas[y:y + tile.shape[0], x + j * (t + 2):x + j * (t + 2) + tile.shape[1]] = tile
+    h, w = canvas.shape[:2]
+    top = 36
+    fig = plt.figure(figsize=(w / 100, (h + top) / 100), dpi=100)
+    ax = fig.add_axes((0, 0, 1, h / (h + top)))
+    ax.imshow(canvas, interpolation="nearest")
+    ax.set_axis_off()
+    for k, it in enumerate(items):
+        y, x = (k // per_row) * cell_h + band - 3, (k % per_row) * cell_w
         ok = it["truth"] == it["pred"]
-        a.set_title(f"{it['id']}\ntruth {it['truth']}", fontsize=7)
-        b.set_title(f"pred {it['pred']} ({it['prob']:.2f})", fontsize=7, color="green" if ok else "red")
+        ax.text(x, y - 13, f"{it['id']}", fontsize=7, va="bottom")
+        ax.text(x, y, f"truth {it['truth']}", fontsize=7, va="bottom")
+        ax.text(x + t + 2, y, f"pred {it['pred']} ({it['prob']:.2f})", fontsize=7, va="bottom",
+                color="green" if ok else "red")
     fig.suptitle(title, fontsize=10)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -182,9 +199,8 @@ def sheet(items: list[dict], title: str, path: Path, per_row: int = 4) -> Path:
 
 def data_uri(img: np.ndarray) -> str:
     """An (H, W, 3) uint8 RGB image as a PNG data URI, enlarged to at least THUMB px."""
-    scale = max(1, -(-THUMB // max(img.shape[:2])))
-    if scale > 1:
-        img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    if max(img.shape[:2]) < THUMB:
+        img = _enlarged(img)
     ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2BGR))
     if not ok:
         raise RuntimeError("cv2 could not encode a review image as PNG")

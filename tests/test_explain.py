@@ -216,7 +216,9 @@ def test_data_exclude_drops_training_ids_and_the_old_folds_are_refused(tiny, tmp
     from_csv = load_competition(load_config(None, [*tiny["overrides"], f"data.exclude={csv}"]))
     assert from_csv.train["id"].tolist() == comp.train["id"].tolist()
     assert config_hash(cfg) != config_hash(base)
-    for bad, needle in (("[nope]", "'nope' is not a training image id"), ("[test_001]", "is a test image")):
+    (tiny["root"] / "train" / "img_0_000.png").unlink()  # a missing (or broken) image can be excluded too
+    assert len(load_competition(cfg).train) == 28
+    for bad, needle in (("[nope]", "'nope' is not a training image id"), ("[test_001]", "test images are never")):
         with pytest.raises(UserError, match=re.escape(needle)):
             load_competition(load_config(None, [*tiny["overrides"], f"data.exclude={bad}"]))
     out = tiny["out"]

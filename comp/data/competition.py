@@ -219,13 +219,16 @@ def excluded_ids(cfg: Any) -> list[str]:
     return read_csv(path, [col])[col].str.strip().tolist()
 
 
-def _exclude(train: pd.DataFrame, test: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
-    """`train` without the rows of `ids`, logged; an id that is not a training image is an error."""
-    unknown = [i for i in dict.fromkeys(ids) if i not in set(train["id"])]
+def _exclude(train: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
+    """`train` without the rows of `ids` (logged when there are any); an id that is not in `train` is an
+    error, so a typo cannot leave an image in silently."""
+    if not ids:
+        return train
+    known = set(train["id"])
+    unknown = [i for i in dict.fromkeys(ids) if i not in known]
     if unknown:
-        where = "a test image; only training images can be excluded" if unknown[0] in set(test["id"]) else \
-            "not a training image id"
-        raise UserError(f"data.exclude: {unknown[0]!r} is {where} ({len(unknown)} such id(s))")
+        raise UserError(f"data.exclude: {unknown[0]!r} is not a training image id ({len(unknown)} such id(s); "
+                        f"test images are never excluded)")
     drop = train["id"].isin(ids)
     shown = ", ".join(train.loc[drop, "id"].head(5))
     log(f"data.exclude: {int(drop.sum())} of {len(train)} training images left out ({shown}"
@@ -252,6 +255,7 @@ def load_competition(cfg: Any, strict: bool = True) -> Competition:
         raise UserError(f"data.root does not exist: {root} (run scripts/prepare.py to download it)")
     problems: list[Problem] | None = None if strict else []
     classes_cfg, values_cfg = [str(c) for c in d.classes], [str(v) for v in d.class_values]
+    excluded = excluded_ids(cfg)
     if d.layout == "csv":
         train_csv = root / d.train_csv
         df = read_csv(train_csv, [d.id_column, d.label_column])
@@ -264,8 +268,10 @@ def load_competition(cfg: Any, strict: bool = True) -> Competition:
                             f"(row {int(dup.idxmax()) + 2})")
         labels, classes, values = _encode_labels(df[d.label_column], classes_cfg, values_cfg,
                                                  lambda i: f"{train_csv}: row {i + 2}")
-        train = pd.DataFrame({"id": ids, "label": labels})
-        train["path"] = _find_files(root, list(d.train_images), ids, d.image_ext, train_csv, "train_images", problems)
+        # excluded before their files are looked for: a missing or broken image can be excluded too
+        train = _exclude(pd.DataFrame({"id": ids, "label": labels}), excluded)
+        train["path"] = _find_files(root, list(d.train_images), train["id"], d.image_ext, train_csv, "train_images",
+                                    problems)
         train = train[train["path"] != ""]
     else:
         if not _folders(root, list(d.train_images)):
@@ -275,13 +281,11 @@ def load_competition(cfg: Any, strict: bool = True) -> Competition:
             raise UserError(f"no images in class folders under {root}/{list(d.train_images)} (data.train_images)")
         labels, classes, values = _encode_labels(scanned["label"], classes_cfg, values_cfg,
                                                  lambda i: f"class folder of {scanned['path'].iloc[i]}")
-        train = scanned.assign(label=labels)
+        train = _exclude(scanned.assign(label=labels), excluded)
     _two_classes(labels, classes)
-    test = _load_test(cfg, root, classes, problems)
-    exclude = excluded_ids(cfg)
-    if exclude:
-        train = _exclude(train, test, exclude)
+    if excluded:
         _two_classes(train["label"], classes, " after data.exclude")
+    test = _load_test(cfg, root, classes, problems)
     train["group"] = _group_of(train["id"], d.group_pattern)
     cols = ["id", "path", "label", "group"]
     return Competition(train=train[cols].reset_index(drop=True), test=test, classes=classes,

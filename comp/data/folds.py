@@ -53,12 +53,14 @@ def folds_path(out_dir: Path) -> Path:
 
 
 def settings(cfg: Any) -> dict[str, Any]:
-    """What decides the split (kept in folds.json)."""
+    """What decides the split (kept in folds.json); `exclude` (data.exclude) only when set, as in the
+    folds.json of runs made before the key."""
     grouped = bool(cfg.folds.grouped and cfg.data.group_pattern)
+    out = {"n_folds": int(cfg.folds.n_folds), "seed": int(cfg.folds.seed), "grouped": grouped,
+           "group_pattern": cfg.data.group_pattern if grouped else ""}
     exclude = cfg.data.exclude
-    exclude = [str(v) for v in exclude] if OmegaConf.is_list(exclude) else exclude or []
-    return {"n_folds": int(cfg.folds.n_folds), "seed": int(cfg.folds.seed), "grouped": grouped,
-            "group_pattern": cfg.data.group_pattern if grouped else "", "exclude": exclude}
+    exclude = [str(v) for v in exclude] if OmegaConf.is_list(exclude) else exclude
+    return {**out, "exclude": exclude} if exclude else out
 
 
 def _write_atomic(text: str, path: Path) -> None:
@@ -72,9 +74,9 @@ def _check(path: Path, folds: pd.DataFrame, train: pd.DataFrame, want: dict[str,
     redo = "delete it (and folds.json) or use another out_dir to re-split"
     meta_path = path.with_name("folds.json")
     made = json.loads(meta_path.read_text()) if meta_path.is_file() else None
-    if made is not None and made.get("exclude", []) != want["exclude"]:  # a folds.json older than the key: none
+    if made is not None and made.get("exclude", []) != want.get("exclude", []):
         raise UserError(f"{path} was made with data.exclude={made.get('exclude', [])!r}, the config now says "
-                        f"{want['exclude']!r}; {redo}")
+                        f"{want.get('exclude', [])!r}; {redo}")
     if len(folds) != len(train) or set(folds["id"]) != set(train["id"]):
         raise UserError(f"{path} was made from a different set of images ({len(folds)} rows, data has "
                         f"{len(train)}); {redo}")

@@ -278,11 +278,9 @@ def explain(cfg: Any, per_class: int = 4, out: Path | None = None, duplicates: b
         oof = oof.merge(groups[["id", "group"]], on="id", how="left")
     oof["group"] = oof["group"].fillna(oof["id"]) if "group" in oof.columns else oof["id"]
     load = image_loader(cfg, comp)
-    items = ea.duplicate_items(comp.train, comp.test) if duplicates else None
-    tables = ea.analyse(oof, comp.classes, items, load)
-    written = ea.write_tables(tables, out)
     device = pick_device(cfg.device)
-    sheets: dict[int, list[dict]] = {}
+    written: list[Path] = []
+    sheets: dict[int, list[dict]] = {}  # first: a checkpoint that does not match fails before the slow hashing
     for path in trained_folds(cfg):
         k = int(path.parent.name.removeprefix("fold"))
         mine = oof[oof["fold"] == k]
@@ -295,8 +293,11 @@ def explain(cfg: Any, per_class: int = 4, out: Path | None = None, duplicates: b
             chosen = [it for it in sheets[k] if it["section"] == s]
             if chosen:
                 written.append(sheet(chosen, f"fold {k}: {name} ({per_class} per class)", out / f"fold{k}_{s}.png"))
+    items = ea.duplicate_items(comp.train, comp.test) if duplicates else None
+    tables = ea.analyse(oof, comp.classes, items, load)
+    written += ea.write_tables(tables, out)
     dups = tables.get("duplicates", pd.DataFrame())
-    paths = dict(zip(items["id"], items["path"], strict=False)) if items is not None else {}
+    paths = dict(zip(items["id"], items["path"], strict=True)) if items is not None else {}
     shown = set(dups.head(24)[["id_a", "id_b"]].to_numpy().ravel()) if not dups.empty else set()
     page = html_page(f"{run_dir.name}: what the model learned", sheets, tables, {i: load(paths[i]) for i in shown})
     written.append(write_text(out / "review.html", page))

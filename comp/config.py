@@ -47,6 +47,9 @@ class DataConfig:
     positive_class: str = ""  # two classes: the positive one (a class name or value), whose probability an AUC
     # submission holds; empty = the class whose value is 1 / "1" / True-like, else the second class in order
     solution_csv: str = ""  # held-out labels (id_column, label_column) to score a submission locally, if known
+    exclude: Any = field(default_factory=list)  # training image ids to drop (suspected label errors, duplicates):
+    # a list of ids, or a path to a CSV with an id column (e.g. scripts/explain.py's label_issues.csv); test
+    # images are never dropped. Part of the folds' meaning: a folds.csv made without it is refused
 
 
 @dataclass
@@ -186,6 +189,9 @@ def _check_values(cfg: Any) -> None:
         ("data.positive_class", not cfg.data.positive_class or not cfg.data.classes
          or cfg.data.positive_class in [str(v) for v in [*cfg.data.classes, *cfg.data.class_values]],
          f"is not one of data.classes {list(cfg.data.classes)} (or data.class_values {list(cfg.data.class_values)})"),
+        ("data.exclude", isinstance(cfg.data.exclude, str) or OmegaConf.is_list(cfg.data.exclude)
+         and all(isinstance(v, (str, int)) for v in cfg.data.exclude),
+         "must be a list of image ids or the path of a CSV with an id column"),
         ("images.cache_format", cfg.images.cache_format in ("png", "npy"), "must be png or npy"),
         ("predict.ensemble", cfg.predict.ensemble in ("mean_prob", "mean_logit"),
          "must be mean_prob or mean_logit"),
@@ -250,7 +256,9 @@ def to_yaml(cfg: Any) -> str:
 # so the same folds can be predicted from a Kaggle notebook's /kaggle/input or resumed with more epochs.
 HASHED_KEYS = ("model.name", "model.in_chans", "image_size", "images.preprocess", "data.layout", "data.train_csv",
                "data.id_column", "data.label_column", "data.train_images", "data.classes", "data.class_values",
-               "data.group_pattern", "folds")
+               "data.group_pattern", "folds", "data.exclude")
+# Keys added after checkpoints of the old hash existed: hashed only when set, so those checkpoints still load.
+HASHED_WHEN_SET = ("data.exclude",)
 
 
 def config_hash(cfg: Any, keys: tuple[str, ...] = HASHED_KEYS) -> str:
@@ -259,5 +267,7 @@ def config_hash(cfg: Any, keys: tuple[str, ...] = HASHED_KEYS) -> str:
     picked = {}
     for k in keys:
         v = OmegaConf.select(cfg, k)
+        if k in HASHED_WHEN_SET and not v:
+            continue
         picked[k] = OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
     return hashlib.sha256(repr(sorted(picked.items())).encode()).hexdigest()[:12]

@@ -216,6 +216,43 @@ def _load_test(cfg: Any, root: Path, classes: list[str], problems: list[Problem]
     return test[["id", "path"]].reset_index(drop=True)
 
 
+def _two_classes(labels: pd.Series, classes: list[str], when: str = "") -> None:
+    if labels.nunique() < 2:
+        raise UserError(f"the training labels hold one class only ({classes[int(labels.iloc[0])]!r}){when}; "
+                        f"a classifier needs two or more (check data.label_column)")
+
+
+def excluded_ids(cfg: Any) -> list[str]:
+    """The ids `data.exclude` names: its list, or the `id` (else `data.id_column`) column of the CSV it
+    points at (a config path: absolute, or relative to the repository root)."""
+    value = cfg.data.exclude
+    if not isinstance(value, str):
+        return [str(v).strip() for v in value]
+    if not value:
+        return []
+    path = resolve_path(value)
+    head = read_csv(path, [])
+    col = "id" if "id" in head.columns else cfg.data.id_column
+    return read_csv(path, [col])[col].str.strip().tolist()
+
+
+def _exclude(train: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
+    """`train` without the rows of `ids` (logged when there are any); an id that is not in `train` is an
+    error, so a typo cannot leave an image in silently."""
+    if not ids:
+        return train
+    known = set(train["id"])
+    unknown = [i for i in dict.fromkeys(ids) if i not in known]
+    if unknown:
+        raise UserError(f"data.exclude: {unknown[0]!r} is not a training image id ({len(unknown)} such id(s); "
+                        f"test images are never excluded)")
+    drop = train["id"].isin(ids)
+    shown = ", ".join(train.loc[drop, "id"].head(5))
+    log(f"data.exclude: {int(drop.sum())} of {len(train)} training images left out ({shown}"
+        f"{', ...' if drop.sum() > 5 else ''})")
+    return train[~drop].copy()
+
+
 def load_competition(cfg: Any, strict: bool = True) -> Competition:
     """Read the download at `data.root` as the config describes it.
 
@@ -223,8 +260,11 @@ def load_competition(cfg: Any, strict: bool = True) -> Competition:
         strict: raise on the first id without an image. With False they are collected in
             `Competition.problems` and their rows dropped, so prepare can list every problem at once.
 
+    The training images named by `data.exclude` are left out (logged); the test table is never touched.
+
     Raises:
-        UserError: a file, column, label or image is missing or wrong; the message names it.
+        UserError: a file, column, label or image is missing or wrong, or `data.exclude` names an id that
+            is not a training image; the message names it.
     """
     d = cfg.data
     root = resolve_path(d.root)
@@ -232,6 +272,7 @@ def load_competition(cfg: Any, strict: bool = True) -> Competition:
         raise UserError(f"data.root does not exist: {root} (run scripts/prepare.py to download it)")
     problems: list[Problem] | None = None if strict else []
     classes_cfg, values_cfg = [str(c) for c in d.classes], [str(v) for v in d.class_values]
+    excluded = excluded_ids(cfg)
     if d.layout == "csv":
         train_csv = root / d.train_csv
         df = read_csv(train_csv, [d.id_column, d.label_column])
@@ -244,8 +285,10 @@ def load_competition(cfg: Any, strict: bool = True) -> Competition:
                             f"(row {int(dup.idxmax()) + 2})")
         labels, classes, values = _encode_labels(df[d.label_column], classes_cfg, values_cfg,
                                                  lambda i: f"{train_csv}: row {i + 2}")
-        train = pd.DataFrame({"id": ids, "label": labels})
-        train["path"] = _find_files(root, list(d.train_images), ids, d.image_ext, train_csv, "train_images", problems)
+        # excluded before their files are looked for: a missing or broken image can be excluded too
+        train = _exclude(pd.DataFrame({"id": ids, "label": labels}), excluded)
+        train["path"] = _find_files(root, list(d.train_images), train["id"], d.image_ext, train_csv, "train_images",
+                                    problems)
         train = train[train["path"] != ""]
     else:
         if not _folders(root, list(d.train_images)):
@@ -255,10 +298,10 @@ def load_competition(cfg: Any, strict: bool = True) -> Competition:
             raise UserError(f"no images in class folders under {root}/{list(d.train_images)} (data.train_images)")
         labels, classes, values = _encode_labels(scanned["label"], classes_cfg, values_cfg,
                                                  lambda i: f"class folder of {scanned['path'].iloc[i]}")
-        train = scanned.assign(label=labels)
-    if labels.nunique() < 2:
-        raise UserError(f"the training labels hold one class only ({classes[int(labels.iloc[0])]!r}); "
-                        f"a classifier needs two or more (check data.label_column)")
+        train = _exclude(scanned.assign(label=labels), excluded)
+    _two_classes(labels, classes)
+    if excluded:
+        _two_classes(train["label"], classes, " after data.exclude")
     test = _load_test(cfg, root, classes, problems)
     train["group"] = _group_of(train["id"], d.group_pattern)
     cols = ["id", "path", "label", "group"]

@@ -3,7 +3,7 @@
 Stratified by label, and grouped by patient when the config names a group, so the two eyes of one
 patient (DR 2015) or the images of one subject (C-NMC) never sit on both sides of a split. Every later
 run reads the same file; a changed dataset or fold setting is refused instead of silently re-split.
-The settings the split was made with (n_folds, seed, grouping) are kept beside it in `folds.json`; a
+The settings the split was made with (n_folds, seed, grouping, data.exclude) are kept beside it in `folds.json`; a
 folds.csv without one (written by hand, e.g. a competition's official split) is taken as it is.
 
 `folds.json` also records the versions of the libraries that made the split (`made_with`: scikit-learn,
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from omegaconf import OmegaConf
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from comp import io
@@ -63,10 +64,14 @@ def folds_path(out_dir: Path) -> Path:
 
 
 def settings(cfg: Any) -> dict[str, Any]:
-    """What decides the split (kept in folds.json, with the library versions that made it)."""
+    """What decides the split (kept in folds.json, with the library versions that made it); `exclude`
+    (data.exclude) only when set, as in the folds.json of runs made before the key."""
     grouped = bool(cfg.folds.grouped and cfg.data.group_pattern)
-    return {"n_folds": int(cfg.folds.n_folds), "seed": int(cfg.folds.seed), "grouped": grouped,
-            "group_pattern": cfg.data.group_pattern if grouped else ""}
+    out = {"n_folds": int(cfg.folds.n_folds), "seed": int(cfg.folds.seed), "grouped": grouped,
+           "group_pattern": cfg.data.group_pattern if grouped else ""}
+    exclude = cfg.data.exclude
+    exclude = [str(v) for v in exclude] if OmegaConf.is_list(exclude) else exclude
+    return {**out, "exclude": exclude} if exclude else out
 
 
 def library_versions() -> dict[str, str]:
@@ -110,6 +115,11 @@ def _note_versions(path: Path, made: dict[str, Any], grouped: bool) -> None:
 def _check(path: Path, folds: pd.DataFrame, train: pd.DataFrame, want: dict[str, Any]) -> None:
     """Refuse folds.csv when the data or the settings differ from those it was made with."""
     redo = "delete it (and folds.json) or use another out_dir to re-split"
+    meta_path = path.with_name("folds.json")
+    made = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+    if made is not None and made.get("exclude", []) != want.get("exclude", []):
+        raise UserError(f"{path} was made with data.exclude={made.get('exclude', [])!r}, the config now says "
+                        f"{want.get('exclude', [])!r}; {redo}")
     if len(folds) != len(train) or set(folds["id"]) != set(train["id"]):
         raise UserError(f"{path} was made from a different set of images ({len(folds)} rows, data has "
                         f"{len(train)}); {redo}")
@@ -120,10 +130,8 @@ def _check(path: Path, folds: pd.DataFrame, train: pd.DataFrame, want: dict[str,
                         f"were made; {redo}")
     if folds["fold"].nunique() != want["n_folds"]:
         raise UserError(f"{path} has {folds['fold'].nunique()} folds but folds.n_folds={want['n_folds']}; {redo}")
-    meta_path = path.with_name("folds.json")
-    if not meta_path.is_file():
+    if made is None:
         return  # a hand-made split: trusted as it is
-    made = json.loads(meta_path.read_text())
     for key in ("n_folds", "seed", "grouped", "group_pattern"):
         if made.get(key) != want[key]:
             name = {"n_folds": "folds.n_folds", "seed": "folds.seed", "grouped": "folds.grouped",

@@ -1,0 +1,306 @@
+"""What the model looked at: Grad-CAM review sheets of each fold on its own validation images, with the
+error-analysis tables (comp.report.errors_analysis), as PNG pages and one self-contained HTML page.
+
+Per fold (its `best.pt`, the weights it was validated with) and per class, three sections:
+- `errors`: the most confident mistakes (wrong, highest predicted probability);
+- `unsure`: the least confident correct predictions;
+- `random`: a seeded random sample, the unbiased look.
+Each image is shown as the model saw it (comp.data.cache.image_loader, `aug.valid`, then
+comp.data.loader.to_input) beside its Grad-CAM heat map (Selvaraju et al., ICCV 2017) for the predicted
+class, from the `grad-cam` package (pytorch-grad-cam). The CAM layer is the output of
+`model.forward_features`, the last feature map before global pooling, for the kit's ResNets (its `layer4`)
+and timm models alike (`cam_target`); token maps (ViT) and NHWC maps (Swin) are reshaped to (B, C, h, w).
+A chest X-ray model lighting up the burned-in hospital marker instead of the lungs shows here.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+import cv2
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from comp.config import resolve_path  # noqa: E402
+from comp.data.augment import build_transform  # noqa: E402
+from comp.data.cache import image_loader  # noqa: E402
+from comp.data.competition import Competition, load_competition  # noqa: E402
+from comp.data.loader import ImageDataset, to_input  # noqa: E402
+from comp.errors import UserError  # noqa: E402
+from comp.io import write_bytes, write_text  # noqa: E402
+from comp.log import log  # noqa: E402
+from comp.predict.predict import load_fold, pick_device, trained_folds  # noqa: E402
+from comp.report import errors_analysis as ea  # noqa: E402
+from comp.train.oof import load_oof, oof_probs  # noqa: E402
+
+SECTIONS = {"errors": "most confident errors", "unsure": "least confident correct", "random": "random sample"}
+THUMB = 160  # px: smaller images are enlarged (nearest neighbour) in the HTML page so they can be seen
+
+
+class _Split(nn.Module):
+    """`model` as forward_head(features(forward_features(x))): `features` (an Identity) is the CAM layer."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.features = model, nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.features(self.model.forward_features(x)))
+
+
+def _to_nchw(model: nn.Module):
+    """Grad-CAM's reshape_transform for `model`'s feature map: (B, C, h, w) from tokens or NHWC."""
+    prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
+    nhwc = str(getattr(model, "output_fmt", "NCHW")) == "NHWC"
+
+    def reshape(t: torch.Tensor) -> torch.Tensor:
+        if t.ndim == 3:  # (B, prefix + h*w, C) tokens: a ViT
+            t = t[:, prefix:]
+            side = int(round(t.shape[1] ** 0.5))
+            if side * side != t.shape[1]:
+                raise UserError(f"Grad-CAM: {t.shape[1]} patch tokens do not form a square grid")
+            return t.reshape(t.shape[0], side, side, t.shape[2]).permute(0, 3, 1, 2)
+        return t.permute(0, 3, 1, 2) if nhwc else t
+
+    return reshape
+
+
+def cam_target(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(module to call, layer whose output Grad-CAM weighs) for `model`.
+
+    The output of `forward_features`, the last feature map before global pooling (the kit's ResNets: their
+    `layer4`; timm CNNs, ConvNeXt, Swin alike). A model that pools its class token (timm ViT/DeiT,
+    `global_pool='token'`) passes no gradient to the patch tokens there, so the map would be all zero: for
+    those the last block's `norm1`, where attention still mixes patches into the class token (the choice of
+    pytorch-grad-cam's ViT tutorial)."""
+    if getattr(model, "global_pool", None) == "token" and hasattr(model, "blocks"):
+        return model, model.blocks[-1].norm1
+    split = _Split(model).eval()
+    return split, split.features
+
+
+def grad_cam(model: nn.Module, x: torch.Tensor, targets: list[int]) -> np.ndarray:
+    """(B, H, W) Grad-CAM maps in [0, 1] of normalised input `x` (B, C, H, W) for class `targets[b]`, at
+    the layer `cam_target` picks. For the kit's ResNets that is `layer4` (tested equal)."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    call, layer = cam_target(model)
+    cam = GradCAM(model=call, target_layers=[layer], reshape_transform=_to_nchw(model))
+    try:
+        return cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+    finally:
+        cam.activations_and_grads.release()  # not `with`: its __exit__ swallows IndexError
+
+
+def review_rows(oof: pd.DataFrame, classes: list[str], per_class: int, seed: int) -> pd.DataFrame:
+    """The OOF rows of one fold to show: per true class, `per_class` of each section (module docstring).
+
+    Returns:
+        the chosen rows of `oof` plus section, pred (int), p_pred, in section then class order.
+    """
+    p = oof_probs(oof)
+    df = oof.assign(pred=p.argmax(1), p_pred=p.max(1), p_label=p[np.arange(len(oof)), oof["label"].to_numpy(int)])
+    rng = np.random.default_rng(seed)
+    parts = []
+    for c in range(len(classes)):
+        mine = df[df["label"] == c]
+        wrong, right = mine[mine["pred"] != c], mine[mine["pred"] == c]
+        chosen = {"errors": wrong.sort_values("p_pred", ascending=False, kind="stable").head(per_class),
+                  "unsure": right.sort_values("p_label", kind="stable").head(per_class),
+                  "random": mine.iloc[np.sort(rng.permutation(len(mine))[:per_class])]}
+        parts += [rows.assign(section=s) for s, rows in chosen.items()]
+    out = pd.concat(parts, ignore_index=True)
+    order = {s: i for i, s in enumerate(SECTIONS)}
+    return out.sort_values("section", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
+
+
+def overlay(img: np.ndarray, cam: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 image with the (H, W) map in [0, 1] laid over it as a jet heat map."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    return show_cam_on_image(img.astype(np.float32) / 255, cam, use_rgb=True, image_weight=0.55)
+
+
+def render(cfg: Any, comp: Competition, model: nn.Module, rows: pd.DataFrame, device: torch.device,
+           load: Any = None) -> list[dict]:
+    """Each row's image as the model saw it and its Grad-CAM overlay: dicts of id, section, truth, pred,
+    prob, image and heat ((H, W, 3) uint8). `load`: the image loader (default `image_loader(cfg, comp)`)."""
+    paths = dict(zip(comp.train["id"], comp.train["path"], strict=True))
+    missing = [i for i in rows["id"] if i not in paths]
+    if missing:
+        raise UserError(f"OOF id {missing[0]!r} is not in the training data (data changed since training?)")
+    ds = ImageDataset([paths[i] for i in rows["id"]], rows["label"].tolist(), cfg.image_size,
+                      build_transform(cfg.aug.valid, "aug.valid"), load=load or image_loader(cfg, comp))
+    model = model.to(device)
+    items = []
+    for start in range(0, len(ds), cfg.batch_size):
+        idx = range(start, min(start + cfg.batch_size, len(ds)))
+        xb = torch.stack([ds[i][0] for i in idx])  # (B, 3, H, W) uint8
+        cams = grad_cam(model, to_input(xb, device, cfg.model.in_chans), rows["pred"].iloc[list(idx)].tolist())
+        for b, i in enumerate(idx):
+            img = xb[b].permute(1, 2, 0).numpy()
+            r = rows.iloc[i]
+            items.append({"id": r["id"], "section": r["section"], "truth": comp.classes[int(r["label"])],
+                          "pred": comp.classes[int(r["pred"])], "prob": float(r["p_pred"]), "image": img,
+                          "heat": overlay(img, cams[b])})
+    return items
+
+
+def _enlarged(img: np.ndarray, side: int = THUMB) -> np.ndarray:
+    """`img` scaled to `side` px on its longer edge (nearest neighbour when enlarging, area when shrinking)."""
+    f = side / max(img.shape[:2])
+    size = (max(1, round(img.shape[1] * f)), max(1, round(img.shape[0] * f)))
+    return cv2.resize(img, size, interpolation=cv2.INTER_NEAREST if f >= 1 else cv2.INTER_AREA)
+
+
+def sheet(items: list[dict], title: str, path: Path, per_row: int = 4) -> Path:
+    """A PNG page: each item's image beside its heat map, titled with id, truth, prediction (green when
+    right, red when wrong) and its probability. The tiles are laid out as one array and drawn with one
+    imshow: a matplotlib axes per tile costs seconds per page."""
+    t, gap, band = THUMB, 8, 30  # tile side, spacing, caption band (px)
+    rows = max(1, -(-len(items) // per_row))
+    cell_w, cell_h = 2 * t + 2 * gap, t + band + gap
+    canvas = np.full((rows * cell_h, per_row * cell_w, 3), 255, np.uint8)
+    for k, it in enumerate(items):
+        y, x = (k // per_row) * cell_h + band, (k % per_row) * cell_w
+        for j, img in enumerate((it["image"], it["heat"])):
+            tile = _enlarged(img)
+            canvas[y:y + tile.shape[0], x + j * (t + 2):x + j * (t + 2) + tile.shape[1]] = tile
+    h, w = canvas.shape[:2]
+    top = 36
+    fig = plt.figure(figsize=(w / 100, (h + top) / 100), dpi=100)
+    ax = fig.add_axes((0, 0, 1, h / (h + top)))
+    ax.imshow(canvas, interpolation="nearest")
+    ax.set_axis_off()
+    for k, it in enumerate(items):
+        y, x = (k // per_row) * cell_h + band - 3, (k % per_row) * cell_w
+        ok = it["truth"] == it["pred"]
+        ax.text(x, y - 13, f"{it['id']}", fontsize=7, va="bottom")
+        ax.text(x, y, f"truth {it['truth']}", fontsize=7, va="bottom")
+        ax.text(x + t + 2, y, f"pred {it['pred']} ({it['prob']:.2f})", fontsize=7, va="bottom",
+                color="green" if ok else "red")
+    fig.suptitle(title, fontsize=10)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return write_bytes(path, buf.getvalue())
+
+
+def data_uri(img: np.ndarray) -> str:
+    """An (H, W, 3) uint8 RGB image as a PNG data URI, enlarged to at least THUMB px."""
+    if max(img.shape[:2]) < THUMB:
+        img = _enlarged(img)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RuntimeError("cv2 could not encode a review image as PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+def _card(it: dict) -> str:
+    cls = "ok" if it["truth"] == it["pred"] else "bad"
+    return (f'<figure><img src="{data_uri(it["image"])}" alt="image"><img src="{data_uri(it["heat"])}" '
+            f'alt="Grad-CAM"><figcaption>{html.escape(str(it["id"]))}<br>truth {html.escape(it["truth"])} · '
+            f'<span class="{cls}">pred {html.escape(it["pred"])} ({it["prob"]:.2f})</span></figcaption></figure>')
+
+
+def _table(df: pd.DataFrame, rows: int = 50) -> str:
+    if df.empty:
+        return "<p>none</p>"
+    more = f"<p>first {rows} of {len(df)} rows; all in the CSV</p>" if len(df) > rows else ""
+    return df.head(rows).to_html(index=False, escape=True, float_format=lambda v: f"{v:.4f}", border=0) + more
+
+
+def _pairs(dups: pd.DataFrame, images: dict[str, np.ndarray], rows: int = 24) -> str:
+    """The first duplicate pairs, both images side by side with their labels."""
+    out = []
+    for _, r in dups.head(rows).iterrows():
+        cap = (f"{html.escape(str(r['id_a']))} ({r['set_a']}, {html.escape(str(r['label_a']) or '?')}) · "
+               f"{html.escape(str(r['id_b']))} ({r['set_b']}, {html.escape(str(r['label_b']) or '?')}) · "
+               f"distance {r['distance']}{' · <span class=bad>labels differ</span>' if r['conflict'] else ''}")
+        out.append(f'<figure><img src="{data_uri(images[r["id_a"]])}" alt="a"><img src="{data_uri(images[r["id_b"]])}"'
+                   f' alt="b"><figcaption>{cap}</figcaption></figure>')
+    return "".join(out)
+
+
+CSS = ("body{font-family:sans-serif;margin:1em}figure{display:inline-block;margin:4px;border:1px solid #ccc;"
+       "padding:4px;font-size:12px;vertical-align:top}figure img{width:160px;height:160px;object-fit:contain;"
+       "image-rendering:pixelated}.ok{color:green}.bad{color:red}table{border-collapse:collapse;font-size:12px}"
+       "td,th{padding:2px 6px;border-bottom:1px solid #ddd}")
+TABLE_TITLES = {"top_losses": "Top losses (all folds' OOF)", "confused_pairs": "Most confused class pairs",
+                "group_metrics": "Per patient (folds.csv group)", "label_issues": "Label issue candidates "
+                "(cleanlab confident learning on the OOF)", "duplicates": "Exact and near-duplicate images (pHash)"}
+
+
+def html_page(title: str, folds: dict[int, list[dict]], tables: dict[str, pd.DataFrame],
+              dup_images: dict[str, np.ndarray]) -> str:
+    """One self-contained HTML page (images as base64 data URIs): the sheets, then the tables."""
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for k, items in folds.items():
+        body.append(f"<h2>fold {k}</h2>")
+        for s, name in SECTIONS.items():
+            cards = "".join(_card(it) for it in items if it["section"] == s)
+            body.append(f'<h3>{name}</h3><div class="sheet">{cards or "<p>none</p>"}</div>')
+    for name, df in tables.items():
+        body.append(f"<h2>{TABLE_TITLES.get(name, name)}</h2>{_table(df)}")
+        if name == "duplicates" and not df.empty:
+            body.append(_pairs(df, dup_images))
+    return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def explain(cfg: Any, per_class: int = 4, out: Path | None = None, duplicates: bool = True) -> list[Path]:
+    """Review sheets and error-analysis tables of the experiment at `out_dir`, written to `out`
+    (default `<out_dir>/explain`): fold<K>_<section>.png, <table>.csv and review.html.
+
+    Raises:
+        UserError: no trained fold, no OOF, a checkpoint that does not match the config.
+    """
+    if per_class < 1:
+        raise UserError(f"--per-class {per_class}: must be >= 1")
+    run_dir = resolve_path(cfg.out_dir)
+    out = out or run_dir / "explain"
+    comp = load_competition(cfg)
+    oof = load_oof(run_dir, cfg.folds.n_folds)
+    folds_csv = run_dir / "folds.csv"
+    if folds_csv.is_file():
+        groups = pd.read_csv(folds_csv, dtype={"id": str, "group": str}, keep_default_na=False)
+        oof = oof.merge(groups[["id", "group"]], on="id", how="left")
+    oof["group"] = oof["group"].fillna(oof["id"]) if "group" in oof.columns else oof["id"]
+    load = image_loader(cfg, comp)
+    device = pick_device(cfg.device)
+    written: list[Path] = []
+    sheets: dict[int, list[dict]] = {}  # first: a checkpoint that does not match fails before the slow hashing
+    for path in trained_folds(cfg):
+        k = int(path.parent.name.removeprefix("fold"))
+        mine = oof[oof["fold"] == k]
+        if mine.empty:
+            log(f"explain: {path.parent} has no oof.csv; skipped")
+            continue
+        model, _ = load_fold(path, cfg, comp.classes)
+        sheets[k] = render(cfg, comp, model, review_rows(mine, comp.classes, per_class, cfg.seed), device, load)
+        for s, name in SECTIONS.items():
+            chosen = [it for it in sheets[k] if it["section"] == s]
+            if chosen:
+                written.append(sheet(chosen, f"fold {k}: {name} ({per_class} per class)", out / f"fold{k}_{s}.png"))
+    items = ea.duplicate_items(comp.train, comp.test) if duplicates else None
+    tables = ea.analyse(oof, comp.classes, items, load)
+    written += ea.write_tables(tables, out)
+    dups = tables.get("duplicates", pd.DataFrame())
+    paths = dict(zip(items["id"], items["path"], strict=True)) if items is not None else {}
+    shown = set(dups.head(24)[["id_a", "id_b"]].to_numpy().ravel()) if not dups.empty else set()
+    page = html_page(f"{run_dir.name}: what the model learned", sheets, tables, {i: load(paths[i]) for i in shown})
+    written.append(write_text(out / "review.html", page))
+    n = sum(len(v) for v in sheets.values())
+    log(f"explain: {len(sheets)} fold(s), {n} images reviewed; {out / 'review.html'}")
+    return written

@@ -3,7 +3,7 @@
 Stratified by label, and grouped by patient when the config names a group, so the two eyes of one
 patient (DR 2015) or the images of one subject (C-NMC) never sit on both sides of a split. Every later
 run reads the same file; a changed dataset or fold setting is refused instead of silently re-split.
-The settings the split was made with (n_folds, seed, grouping) are kept beside it in `folds.json`; a
+The settings the split was made with (n_folds, seed, grouping, smoke mode's data.limit) are kept beside it in `folds.json`; a
 folds.csv without one (written by hand, e.g. a competition's official split) is taken as it is.
 """
 
@@ -54,13 +54,19 @@ def folds_path(out_dir: Path) -> Path:
 def settings(cfg: Any) -> dict[str, Any]:
     """What decides the split (kept in folds.json)."""
     grouped = bool(cfg.folds.grouped and cfg.data.group_pattern)
-    return {"n_folds": int(cfg.folds.n_folds), "seed": int(cfg.folds.seed), "grouped": grouped,
+    made = {"n_folds": int(cfg.folds.n_folds), "seed": int(cfg.folds.seed), "grouped": grouped,
             "group_pattern": cfg.data.group_pattern if grouped else ""}
+    return {**made, "limit": int(cfg.data.limit)} if cfg.data.limit else made  # only a smoke run says so
 
 
 def _check(path: Path, folds: pd.DataFrame, train: pd.DataFrame, want: dict[str, Any]) -> None:
     """Refuse folds.csv when the data or the settings differ from those it was made with."""
     redo = "delete it (and folds.json) or use another out_dir to re-split"
+    meta_path = path.with_name("folds.json")
+    made = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+    if made is not None and made.get("limit", 0) != want.get("limit", 0):  # a smoke run's split (data.limit)
+        raise UserError(f"{path} was made with data.limit={made.get('limit', 0)!r} (0 = every image), the config "
+                        f"now says {want.get('limit', 0)!r}; give the smoke run its own out_dir, or {redo}")
     if len(folds) != len(train) or set(folds["id"]) != set(train["id"]):
         raise UserError(f"{path} was made from a different set of images ({len(folds)} rows, data has "
                         f"{len(train)}); {redo}")
@@ -71,10 +77,8 @@ def _check(path: Path, folds: pd.DataFrame, train: pd.DataFrame, want: dict[str,
                         f"were made; {redo}")
     if folds["fold"].nunique() != want["n_folds"]:
         raise UserError(f"{path} has {folds['fold'].nunique()} folds but folds.n_folds={want['n_folds']}; {redo}")
-    meta_path = path.with_name("folds.json")
-    if not meta_path.is_file():
+    if made is None:
         return  # a hand-made split: trusted as it is
-    made = json.loads(meta_path.read_text())
     for key in ("n_folds", "seed", "grouped", "group_pattern"):
         if made.get(key) != want[key]:
             name = {"n_folds": "folds.n_folds", "seed": "folds.seed", "grouped": "folds.grouped",

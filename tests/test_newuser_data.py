@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from comp.data.checks import near_duplicate
 from comp.data.competition import load_competition
 from comp.data.download import ensure_data
 from comp.data.folds import load_or_make_folds
+from comp.data.prepare import prepare
 from comp.data.preprocess import load_preprocessed
 from comp.errors import UserError
 
@@ -92,6 +94,18 @@ def test_common_near_duplicate_is_a_warning_and_numbers_are_never_slips(tiny_roo
     assert near_duplicate("bacteria", ["virus"]) is None
 
 
+def test_class_folder_spelt_two_ways_names_the_folder(tmp_path):
+    root = tmp_path / "xray"
+    for name, n in (("NORMAL", 4), ("PNEUMONIA", 4), ("Normal", 1)):
+        (root / "train" / name).mkdir(parents=True)
+        for k in range(n):
+            cv2.imwrite(str(root / "train" / name / f"{name}_{k}.png"), np.full((8, 8), 40 * k, np.uint8))
+    with pytest.raises(UserError) as e:
+        load_competition(_cfg(root, "data.layout=folders", "data.sample_submission=''"))
+    assert "class 'Normal' (1 image(s): folder " in str(e.value) and "did you mean 'NORMAL'?" in str(e.value)
+    assert str(root / "train" / "Normal") in str(e.value)
+
+
 # 9. YAML line, `;`-separated CSVs, the sample submission at prepare time
 
 
@@ -138,6 +152,9 @@ def test_sample_submission_is_checked_at_prepare(tiny_root, case, needle):
     with pytest.raises(UserError) as e:
         load_competition(cfg, strict=False, check_sample=True)
     assert needle in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(UserError, match=re.escape(needle)):  # prepare fails on it before caching or splitting anything
+        prepare(cfg)
+    assert not cache_folder(cfg).exists() and not (tiny_root.parent / "runs" / "folds.csv").exists()
 
 
 # 10. a data.root typo never downloads

@@ -118,6 +118,12 @@ def source_stamp(path: str | Path) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
+def manifest_key(folder: Path, entry: Path) -> str:
+    """An entry's key in the manifest: its path under the cache folder (string slicing: a pathlib
+    relative_to per read would cost as much as the entry_path call itself)."""
+    return str(entry)[len(str(folder)) + 1:]
+
+
 def read_manifest(folder: Path) -> dict[str, list[int]]:
     """The cache folder's manifest (entry key -> source stamp); {} when there is none or it is unreadable."""
     try:
@@ -141,7 +147,7 @@ class ImageLoader:
     def __call__(self, path: str) -> np.ndarray:
         if self.folder is not None:
             entry = entry_path(self.folder, self.root, path, self.fmt)
-            stamp = self.manifest.get(entry.relative_to(self.folder).as_posix())
+            stamp = self.manifest.get(manifest_key(self.folder, entry))
             if stamp is not None and stamp == source_stamp(path) and entry.is_file():
                 return read_entry(entry, self.fmt)
             if not self.warned:  # once per loader (per worker): the cache is behind the download
@@ -210,7 +216,7 @@ def process_images(cfg: Any, root: Path, paths: Sequence[str], workers: int | No
     for p in dict.fromkeys(paths):
         entry = entry_path(folder, root, p, fmt) if folder is not None else None
         if entry is not None:
-            key, stamp = entry.relative_to(folder).as_posix(), source_stamp(p)
+            key, stamp = manifest_key(folder, entry), source_stamp(p)
             stamps[key] = (p, stamp)
             if not rebuild and stamp is not None and entry.is_file() and (
                     manifest[key] == stamp if key in manifest else entry.stat().st_mtime_ns >= stamp[1]):

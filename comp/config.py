@@ -9,6 +9,7 @@ rebuilt from its folder.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,10 @@ class DataConfig:
     group_pattern: str = ""  # regex on the image id; its first group is the patient (folds keep it whole)
     positive_class: str = ""  # two classes: the positive one (a class name or value), whose probability an AUC
     # submission holds; empty = the class whose value is 1 / "1" / True-like, else the second class in order
+    group_unmatched: str = "error"  # an id group_pattern does not match: error (refused, naming a few) | own
+    # (the image is a patient of its own)
+    download: bool = False  # prepare.py downloads a missing data.root from Kaggle (else: --download)
+    limit: int = 0  # smoke mode: N training images per class (and N x classes test images); 0 = all
     solution_csv: str = ""  # held-out labels (id_column, label_column) to score a submission locally, if known
     exclude: Any = field(default_factory=list)  # training image ids to drop (suspected label errors, duplicates):
     # a list of ids, or a path to a CSV with an id column (e.g. scripts/explain.py's label_issues.csv); test
@@ -157,6 +162,16 @@ def _explain(err: Exception, where: str) -> str:
     return f"bad value for config key '{key}' {where}: {msg}"
 
 
+def _yaml_where(err: Exception) -> str:
+    """` at line L, column C: <problem>` from a PyYAML error's problem_mark (0-based in PyYAML, 1-based
+    here as editors count), else `: <first line of the error>`."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or (str(err).splitlines()[0] if str(err) else type(err).__name__)
+    if mark is None:
+        return f": {problem}"
+    return f" at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
 def _check_values(cfg: Any) -> None:
     """Reject values that type-check but cannot work, naming the key."""
     checks = [
@@ -184,6 +199,9 @@ def _check_values(cfg: Any) -> None:
         ("train.log_every", cfg.train.log_every >= 1, "must be >= 1"),
         ("model.in_chans", cfg.model.in_chans in (1, 3), "must be 1 or 3"),
         ("data.layout", cfg.data.layout in ("csv", "folders"), "must be csv or folders"),
+        ("data.group_unmatched", cfg.data.group_unmatched in ("error", "own"), "must be error or own"),
+        ("data.limit", cfg.data.limit == 0 or cfg.data.limit >= cfg.folds.n_folds,
+         "must be 0 (every image) or >= folds.n_folds (each fold needs an image of every class)"),
         ("data.class_values", not cfg.data.class_values or len(cfg.data.class_values) == len(cfg.data.classes),
          "must name one value per entry of data.classes"),
         ("data.positive_class", not cfg.data.positive_class or not cfg.data.classes
@@ -212,14 +230,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         UserError: the file is missing or not YAML, a key is unknown, a value has the wrong type or an
             impossible value, or an override is not of the form KEY=VALUE.
     """
-    path = Path(path) if path is not None else DEFAULT_CONFIG
+    path = Path(path).expanduser().absolute() if path is not None else DEFAULT_CONFIG
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     base = OmegaConf.structured(Config)
     try:
         loaded = OmegaConf.load(path)
-    except Exception as e:  # yaml.YAMLError and friends: report the first line only
-        raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # yaml.YAMLError and friends: where, then what
+        raise UserError(f"config file {path} is not valid YAML{_yaml_where(e)}") from None
     if not isinstance(loaded, DictConfig):
         raise UserError(f"config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
     try:
@@ -243,7 +261,14 @@ def resolve_path(value: str) -> Path:
     """A path from the config: absolute as given, relative paths taken from the repo root so scripts
     behave the same from any working directory."""
     p = Path(value).expanduser()
-    return p if p.is_absolute() else REPO_ROOT / p
+    return Path(os.path.normpath(p if p.is_absolute() else REPO_ROOT / p))
+
+
+def path_hint(value: str) -> str:
+    """For a message about a config path: how a relative `value` was resolved (from the kit's folder,
+    not the working directory), or "" for an absolute one."""
+    p = Path(value).expanduser()
+    return "" if p.is_absolute() else f" ({value!r} is taken relative to the kit's folder {REPO_ROOT})"
 
 
 def to_yaml(cfg: Any) -> str:
@@ -256,9 +281,9 @@ def to_yaml(cfg: Any) -> str:
 # so the same folds can be predicted from a Kaggle notebook's /kaggle/input or resumed with more epochs.
 HASHED_KEYS = ("model.name", "model.in_chans", "image_size", "images.preprocess", "data.layout", "data.train_csv",
                "data.id_column", "data.label_column", "data.train_images", "data.classes", "data.class_values",
-               "data.group_pattern", "folds", "data.exclude")
+               "data.group_pattern", "folds", "data.exclude", "data.limit")
 # Keys added after checkpoints of the old hash existed: hashed only when set, so those checkpoints still load.
-HASHED_WHEN_SET = ("data.exclude",)
+HASHED_WHEN_SET = ("data.exclude", "data.limit")
 
 
 def config_hash(cfg: Any, keys: tuple[str, ...] = HASHED_KEYS) -> str:

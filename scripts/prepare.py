@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""Get the data ready: download it when data.root is empty (or build the demo), check every label and
-image (listing every unusable one at once), build the pre-resized image cache in parallel (resumable:
-rerun after an interruption), and write the folds once to <out_dir>/folds.csv."""
+"""Get the data ready: build the demo, or with --download (or data.download=true) fetch a missing data.root
+from Kaggle; check every label, the sample submission and every image (listing every unusable one at
+once), build the pre-resized image cache in parallel (resumable: rerun after an interruption; a replaced
+image's entry is rebuilt; --rebuild-cache rebuilds all), and write the folds once to <out_dir>/folds.csv."""
 
 import _common  # noqa: F401
 
@@ -12,8 +13,12 @@ from comp.data.prepare import prepare
 def run(args):
     from comp.config import load_config
 
-    prepare(load_config(args.config, args.overrides))
+    prepare(load_config(args.config, args.overrides), download=args.download, rebuild_cache=args.rebuild_cache)
 
 
 if __name__ == "__main__":
-    main(run, parser(__doc__))
+    p = parser(__doc__)
+    p.add_argument("--download", action="store_true",
+                   help="download data.root from Kaggle when it is missing or empty (data.source, data.competition)")
+    p.add_argument("--rebuild-cache", action="store_true", help="rebuild every image cache entry")
+    main(run, p)

@@ -37,7 +37,7 @@ def run(args):
     d = setup_distributed(cfg.device)  # under torchrun: rank 0 fetches the data while the others wait
     rank0 = d.main
     if rank0:
-        ensure_data(cfg)
+        ensure_data(cfg, download=False)  # the demo is built; a missing Kaggle download is an error
     if d.world > 1:
         import torch.distributed as dist
 

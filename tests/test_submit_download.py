@@ -62,7 +62,7 @@ def _cfg(root: Path, *extra: str):
 def test_competition_download_is_unzipped_into_data_root(tmp_path, monkeypatch, inner):
     argv_log = _stand_in(tmp_path, monkeypatch, _zip_competition(tmp_path, inner).read_bytes())
     root = tmp_path / "data" / "tiny"
-    got = ensure_data(_cfg(root))
+    got = ensure_data(_cfg(root), download=True)
     assert got == root
     args = json.loads(argv_log.read_text())
     assert args[:4] == ["competitions", "download", "-c", "tiny-comp"] and args[4] == "-p"
@@ -77,7 +77,7 @@ def test_dataset_download_and_an_existing_root_is_left_alone(tmp_path, monkeypat
     argv_log = _stand_in(tmp_path, monkeypatch, _zip_competition(tmp_path, False).read_bytes())
     root = tmp_path / "data" / "ds"
     root.mkdir(parents=True)  # empty: still downloaded
-    ensure_data(_cfg(root, "data.source=dataset", "data.dataset=someone/chest-xray"))
+    ensure_data(_cfg(root, "data.source=dataset", "data.dataset=someone/chest-xray", "data.download=true"))
     assert json.loads(argv_log.read_text())[:3] == ["datasets", "download", "someone/chest-xray"]
     argv_log.unlink()
     ensure_data(_cfg(root, "data.source=dataset", "data.dataset=someone/chest-xray"))
@@ -92,7 +92,7 @@ def test_a_failed_download_leaves_nothing(tmp_path, monkeypatch, case):
     _stand_in(tmp_path, monkeypatch, payload, code=1 if case == "cli fails" else 0)
     root = tmp_path / "data" / "tiny"
     with pytest.raises(UserError) as e:
-        ensure_data(_cfg(root))
+        ensure_data(_cfg(root), download=True)
     msg = str(e.value)
     assert "403 - Forbidden" in msg if case == "cli fails" else "corrupt" in msg
     assert "\n" not in msg
@@ -102,7 +102,7 @@ def test_a_failed_download_leaves_nothing(tmp_path, monkeypatch, case):
 def test_missing_slug_is_refused_before_running_anything(tmp_path, monkeypatch):
     argv_log = _stand_in(tmp_path, monkeypatch, b"")
     with pytest.raises(UserError, match="data.competition is empty"):
-        ensure_data(_cfg(tmp_path / "data" / "x", "data.competition=''"))
+        ensure_data(_cfg(tmp_path / "data" / "x", "data.competition=''"), download=True)
     with pytest.raises(UserError, match="needs data.dataset"):
-        ensure_data(_cfg(tmp_path / "data" / "x", "data.source=dataset"))
+        ensure_data(_cfg(tmp_path / "data" / "x", "data.source=dataset"), download=True)
     assert not argv_log.exists()

@@ -7,8 +7,13 @@ a folder of its own and is built afresh while the old one stays valid. `cache.js
 records the settings.
 
 Entries are written to a temporary name and renamed into place, so a build killed at any moment
-leaves only whole entries; rerunning scripts/prepare.py skips them and builds the rest. The cache
-assumes the download does not change in place: after replacing images, delete the folder.
+leaves only whole entries; rerunning scripts/prepare.py skips them and builds the rest.
+
+A replaced image is noticed: `manifest.json` in the folder records each entry's source as
+[size in bytes, mtime_ns] when prepare built or checked it. Prepare rebuilds an entry whose source no
+longer matches its record (an entry without a record, left by a killed build, is trusted when it is
+newer than its source), and the loader decodes such an image from its source instead of reading the
+stale entry (one `os.stat` per read). `scripts/prepare.py --rebuild-cache` rebuilds every entry.
 
 Format (`images.cache_format`), measured on skimage's 1411 px fundus photograph with crop_circle +
 ben_graham, best of 30 reads on one CPU core:
@@ -47,6 +52,7 @@ from comp.system import process_context, usable_cpus
 
 CACHE_VERSION = 2  # bump when decoding or a preprocessing step changes the pixels it produces
 MIN_PARALLEL = 64  # fewer images than this are not worth starting worker processes for
+MANIFEST = "manifest.json"  # entry (relative to the cache folder) -> [source size, source mtime_ns]
 
 
 def cache_settings(cfg: Any) -> dict[str, Any]:
@@ -102,25 +108,58 @@ def read_entry(path: Path, fmt: str) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def source_stamp(path: str | Path) -> list[int] | None:
+    """[size in bytes, mtime in ns] of a source image, or None when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def manifest_key(folder: Path, entry: Path) -> str:
+    """An entry's key in the manifest: its path under the cache folder (string slicing: a pathlib
+    relative_to per read would cost as much as the entry_path call itself)."""
+    return str(entry)[len(str(folder)) + 1:]
+
+
+def read_manifest(folder: Path) -> dict[str, list[int]]:
+    """The cache folder's manifest (entry key -> source stamp); {} when there is none or it is unreadable."""
+    try:
+        data = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 class ImageLoader:
-    """`load(path) -> (size, size, 3) uint8 RGB`: the cache entry when there is one, else the source
-    decoded and preprocessed exactly as the cache would store it. Picklable for DataLoader workers."""
+    """`load(path) -> (size, size, 3) uint8 RGB`: the cache entry when there is one whose source is
+    unchanged since prepare recorded it in `manifest` (same size and mtime), else the source decoded and
+    preprocessed exactly as the cache would store it. Picklable for DataLoader workers."""
 
     def __init__(self, size: int, steps: Sequence[str], root: Path | None = None, folder: Path | None = None,
-                 fmt: str = "png"):
+                 fmt: str = "png", manifest: dict[str, list[int]] | None = None):
         self.size, self.steps, self.root, self.folder, self.fmt = size, list(steps), root, folder, fmt
+        self.manifest = manifest or {}
+        self.warned = False
 
     def __call__(self, path: str) -> np.ndarray:
         if self.folder is not None:
             entry = entry_path(self.folder, self.root, path, self.fmt)
-            if entry.is_file():
+            stamp = self.manifest.get(manifest_key(self.folder, entry))
+            if stamp is not None and stamp == source_stamp(path) and entry.is_file():
                 return read_entry(entry, self.fmt)
+            if not self.warned:  # once per loader (per worker): the cache is behind the download
+                self.warned = True
+                log(f"images: {path} changed or is not in the cache since scripts/prepare.py built it; decoding "
+                    f"from the source (rerun scripts/prepare.py to refresh {self.folder})")
         return load_preprocessed(path, self.size, self.steps)
 
 
 def image_loader(cfg: Any, comp: Any) -> Callable[[str], np.ndarray]:
     """`load(path) -> (image_size, image_size, 3) uint8` for the Dataset: from the cache when
-    `images.cache` is on and scripts/prepare.py built it, else decoded (and preprocessed) on the fly."""
+    `images.cache` is on and scripts/prepare.py built it (entries of changed sources excepted), else
+    decoded (and preprocessed) on the fly."""
     steps = check_steps(cfg.images.preprocess)
     if not cfg.images.cache:
         return ImageLoader(cfg.image_size, steps)
@@ -128,7 +167,12 @@ def image_loader(cfg: Any, comp: Any) -> Callable[[str], np.ndarray]:
     if not folder.is_dir():
         log(f"images: no cache at {folder} yet; decoding on the fly (scripts/prepare.py builds it)")
         return ImageLoader(cfg.image_size, steps)
-    return ImageLoader(cfg.image_size, steps, comp.root, folder, cfg.images.cache_format)
+    manifest = read_manifest(folder)
+    if not manifest:
+        log(f"images: the cache at {folder} has no {MANIFEST} (an older kit built it); decoding on the fly "
+            f"until scripts/prepare.py records it")
+        return ImageLoader(cfg.image_size, steps)
+    return ImageLoader(cfg.image_size, steps, comp.root, folder, cfg.images.cache_format, manifest)
 
 
 def _work(job: tuple[str, str | None, int, list[str], str]) -> Problem | None:
@@ -145,13 +189,15 @@ def _work(job: tuple[str, str | None, int, list[str], str]) -> Problem | None:
     return None
 
 
-def process_images(cfg: Any, root: Path, paths: Sequence[str], workers: int | None = None) -> list[Problem]:
+def process_images(cfg: Any, root: Path, paths: Sequence[str], workers: int | None = None,
+                   rebuild: bool = False) -> list[Problem]:
     """Decode every image once, in parallel over all cores: check it and, with `images.cache` on, write
-    its cache entry (entries already there are skipped: a killed build resumes). Returns the images
-    that cannot be used.
+    its cache entry and record its source in the manifest (an entry whose source is unchanged is skipped:
+    a killed build resumes; one whose source changed is rebuilt). Returns the images that cannot be used.
 
     Args:
         workers: processes; default all usable cores, or none (in this process) for a few images.
+        rebuild: rebuild every entry (`scripts/prepare.py --rebuild-cache`).
     """
     steps, fmt = check_steps(cfg.images.preprocess), cfg.images.cache_format
     folder = cache_folder(cfg) if cfg.images.cache else None
@@ -164,10 +210,17 @@ def process_images(cfg: Any, root: Path, paths: Sequence[str], workers: int | No
                             f"or images.cache=false)") from None
         for stale in folder.rglob(".*.tmp"):  # left by a killed build: never renamed, never trusted
             stale.unlink(missing_ok=True)
+    manifest = read_manifest(folder) if folder is not None else {}
+    stamps: dict[str, tuple[str, list[int] | None]] = {}  # entry key -> (source, its stamp now)
     for p in dict.fromkeys(paths):
         entry = entry_path(folder, root, p, fmt) if folder is not None else None
-        if entry is None or not entry.is_file():
-            jobs.append((p, None if entry is None else str(entry), int(cfg.image_size), steps, fmt))
+        if entry is not None:
+            key, stamp = manifest_key(folder, entry), source_stamp(p)
+            stamps[key] = (p, stamp)
+            if not rebuild and stamp is not None and entry.is_file() and (
+                    manifest[key] == stamp if key in manifest else entry.stat().st_mtime_ns >= stamp[1]):
+                continue
+        jobs.append((p, None if entry is None else str(entry), int(cfg.image_size), steps, fmt))
     if workers is None:
         workers = usable_cpus() if len(jobs) >= MIN_PARALLEL else 1
     desc = "cache images" if folder is not None else "check images"
@@ -188,6 +241,16 @@ def process_images(cfg: Any, root: Path, paths: Sequence[str], workers: int | No
                     bar.update(1)
     finally:
         bar.close()
+    if folder is not None:
+        bad = {q.path for q in problems}
+        for key, (p, stamp) in stamps.items():
+            if p in bad or stamp is None:  # no usable source: its old entry must not be read
+                manifest.pop(key, None)
+                (folder / key).unlink(missing_ok=True)
+            else:
+                manifest[key] = stamp
+        io.write_text(folder / MANIFEST, json.dumps(manifest, separators=(",", ":")) + "\n", what="cache manifest",
+                      hint=" (images.cache_dir)")
     if folder is not None and not problems:
         meta = {**cache_settings(cfg), "format": fmt, "root": str(root), "images": len(dict.fromkeys(paths))}
         io.write_json(folder / "cache.json", meta)

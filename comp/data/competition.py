@@ -24,6 +24,7 @@ encoding. A label in a CSV may be spelt either way.
 
 from __future__ import annotations
 
+import csv
 import filecmp
 import re
 from collections.abc import Callable
@@ -33,7 +34,8 @@ from typing import Any
 
 import pandas as pd
 
-from comp.config import resolve_path
+from comp.config import path_hint, resolve_path
+from comp.data.checks import check_spelling, limit_images
 from comp.errors import UserError
 from comp.log import log
 
@@ -64,35 +66,75 @@ class Competition:
         return len(self.classes)
 
 
-def read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
-    """Read a CSV (BOM and CRLF tolerated) and check it has `columns`, naming the file and what it has."""
+def _delimiter(path: Path) -> str:
+    """The field separator of a CSV, from its header line (csv.Sniffer among , ; tab |): `,` unless the
+    header holds no comma and another of them splits it (Excel in a comma-decimal locale writes `;`)."""
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        header = f.readline()
+    if "," in header:
+        return ","
+    try:
+        return csv.Sniffer().sniff(header, delimiters=",;\t|").delimiter
+    except csv.Error:  # one column, or no separator at all
+        return ","
+
+
+def read_csv(path: Path, columns: list[str], comma_only: bool = False) -> pd.DataFrame:
+    """Read a CSV (BOM and CRLF tolerated; `;`-, tab- or `|`-separated too, unless `comma_only`) and check
+    it has `columns`, naming the file and what it has. Column names and the `columns` given are stripped.
+
+    Raises:
+        UserError: missing or unreadable file, another separator where `comma_only`, a missing column.
+    """
     if not path.is_file():
         raise UserError(f"CSV file not found: {path}")
+    sep = _delimiter(path)
+    if sep != "," and comma_only:
+        raise UserError(f"{path} looks {sep!r}-separated (as Excel saves in some locales); Kaggle expects "
+                        f"commas: save it as CSV (comma delimited)")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", sep=sep)
     except Exception as e:
         raise UserError(f"cannot read CSV {path}: {str(e).splitlines()[0]}") from None
-    df.columns = [c.strip() for c in df.columns]
-    missing = [c for c in columns if c not in df.columns]
+    df.columns = [str(c).strip() for c in df.columns]
+    missing = [c for c in columns if c.strip() not in df.columns]
     if missing:
-        raise UserError(f"{path}: missing column {missing[0]!r} (columns are {list(df.columns)})")
+        looks = f"; it looks {sep!r}-separated" if sep != "," else ""
+        raise UserError(f"{path}: missing column {missing[0]!r} (columns are {list(df.columns)}){looks}")
     return df
 
 
-def _group_of(ids: pd.Series, pattern: str) -> pd.Series:
-    """The patient of each id from `data.group_pattern` (first regex group); the id itself if no pattern."""
+def _group_of(ids: pd.Series, pattern: str, unmatched: str = "error") -> pd.Series:
+    """The patient of each id from `data.group_pattern` (its first regex group, else the whole match);
+    the id itself if no pattern. An id the pattern does not match is refused (`unmatched="error"`: its
+    images would be split as separate patients, leaking the patient across folds) or is its own patient
+    (`"own"`).
+
+    Raises:
+        UserError: the pattern is not a regex, or leaves ids unmatched (the count and a few named).
+    """
+    ids = ids.astype(str)
     if not pattern:
-        return ids.astype(str)
+        return ids
     try:
         rx = re.compile(pattern)
     except re.error as e:
         raise UserError(f"bad value for config key 'data.group_pattern': {pattern!r} is not a regex ({e})") from None
 
-    def one(i: str) -> str:
+    def one(i: str) -> str | None:
         m = rx.search(i)
-        return m.group(1) if m and rx.groups and m.group(1) is not None else (m.group(0) if m else i)
+        if m is None:
+            return None
+        return m.group(1) if rx.groups and m.group(1) is not None else m.group(0)
 
-    return ids.astype(str).map(one)
+    groups = ids.map(one)
+    miss = groups.isna()
+    if miss.any() and unmatched == "error":
+        shown = ", ".join(repr(i) for i in ids[miss].iloc[:3])
+        raise UserError(f"data.group_pattern {pattern!r} matches no patient in {int(miss.sum())} of {len(ids)} "
+                        f"image id(s), e.g. {shown}; fix the pattern, or set data.group_unmatched=own to make "
+                        f"each of them a patient of its own")
+    return groups.where(~miss, ids)
 
 
 def _as_value(v: str) -> Any:
@@ -112,11 +154,11 @@ def _encode_labels(raw: pd.Series, classes: list[str], class_values: list[str],
         i = int(blank.to_numpy().argmax())
         raise UserError(f"{where(i)} has a blank label" + (f" ({values.iloc[i]!r})" if values.iloc[i] else ""))
     if classes:
-        names = [str(c) for c in classes]
+        names = [str(c).strip() for c in classes]
     else:
         uniq = values.unique().tolist()
         names = sorted(uniq, key=int) if all(u.lstrip("-").isdigit() for u in uniq) else sorted(uniq)
-    spelt = [str(v) for v in class_values] or names
+    spelt = [str(v).strip() for v in class_values] or names
     index = {str(v): i for i, v in enumerate(spelt)}
     index.update({n: i for i, n in enumerate(names)})  # a class name wins over another class's value
     bad = ~values.isin(index)
@@ -125,6 +167,30 @@ def _encode_labels(raw: pd.Series, classes: list[str], class_values: list[str],
         raise UserError(f"{where(i)} has label {values.iloc[i]!r}, not one of the classes {names}"
                         + (f" (or their values {spelt})" if spelt != names else ""))
     return values.map(index).astype(int), names, [_as_value(v) for v in spelt]
+
+
+def check_sample_submission(cfg: Any, root: Path, test: pd.DataFrame) -> None:
+    """prepare's early look at `data.sample_submission` (predict writes in its shape): it exists, is a
+    comma-separated CSV with `data.id_column` and rows, and each of its ids has a test image.
+
+    Raises:
+        UserError: one line naming the file and what is wrong (a few of the ids without an image).
+    """
+    d = cfg.data
+    if not d.sample_submission:
+        return
+    path = root / d.sample_submission
+    if not path.is_file():
+        raise UserError(f"sample submission not found: {path} (data.sample_submission; set it to '' when the "
+                        f"competition has none)")
+    ids = read_csv(path, [d.id_column], comma_only=True)[d.id_column].str.strip()
+    if ids.empty:
+        raise UserError(f"sample submission {path} has a header but no rows")
+    lost = ~ids.isin(set(test["id"].astype(str)))
+    if lost.any():
+        shown = ", ".join(repr(i) for i in ids[lost].iloc[:3])
+        raise UserError(f"sample submission {path}: {int(lost.sum())} of {len(ids)} id(s) have no test image "
+                        f"(data.test_images, data.test_csv), e.g. {shown}")
 
 
 def _folders(root: Path, patterns: list[str]) -> list[tuple[int, Path]]:
@@ -253,12 +319,14 @@ def _exclude(train: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
     return train[~drop].copy()
 
 
-def load_competition(cfg: Any, strict: bool = True) -> Competition:
+def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False) -> Competition:
     """Read the download at `data.root` as the config describes it.
 
     Args:
         strict: raise on the first id without an image. With False they are collected in
             `Competition.problems` and their rows dropped, so prepare can list every problem at once.
+        check_sample: also check the sample submission against the test images (prepare), before
+            `data.limit` (smoke mode) cuts the tables down.
 
     The training images named by `data.exclude` are left out (logged); the test table is never touched.
 
@@ -269,7 +337,8 @@ def load_competition(cfg: Any, strict: bool = True) -> Competition:
     d = cfg.data
     root = resolve_path(d.root)
     if not root.is_dir():
-        raise UserError(f"data.root does not exist: {root} (run scripts/prepare.py to download it)")
+        raise UserError(f"data.root does not exist: {root}{path_hint(d.root)}; to download it: python "
+                        f"scripts/prepare.py --config <this config> --download")
     problems: list[Problem] | None = None if strict else []
     classes_cfg, values_cfg = [str(c) for c in d.classes], [str(v) for v in d.class_values]
     excluded = excluded_ids(cfg)
@@ -299,11 +368,22 @@ def load_competition(cfg: Any, strict: bool = True) -> Competition:
         labels, classes, values = _encode_labels(scanned["label"], classes_cfg, values_cfg,
                                                  lambda i: f"class folder of {scanned['path'].iloc[i]}")
         train = _exclude(scanned.assign(label=labels), excluded)
+    if not classes_cfg:
+        if d.layout == "csv":
+            def rows(idx: list[int]) -> str:
+                return f"{train_csv.name} row(s) " + ", ".join(str(i + 2) for i in idx[:10])
+        else:
+            def rows(idx: list[int]) -> str:
+                return f"folder {str(Path(scanned['path'].iloc[idx[0]]).parent)!r}"
+        check_spelling(labels, classes, int(cfg.folds.n_folds), rows)
     _two_classes(labels, classes)
     if excluded:
         _two_classes(train["label"], classes, " after data.exclude")
     test = _load_test(cfg, root, classes, problems)
-    train["group"] = _group_of(train["id"], d.group_pattern)
+    train["group"] = _group_of(train["id"], d.group_pattern, d.group_unmatched)
+    if check_sample and not problems:  # ids without an image come first, listed by prepare
+        check_sample_submission(cfg, root, test)
     cols = ["id", "path", "label", "group"]
-    return Competition(train=train[cols].reset_index(drop=True), test=test, classes=classes,
-                       label_values=values, root=root, problems=problems or [])
+    train, test = limit_images(train[cols].reset_index(drop=True), test, int(d.limit), len(classes))
+    return Competition(train=train, test=test, classes=classes, label_values=values, root=root,
+                       problems=problems or [])

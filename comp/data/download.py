@@ -9,6 +9,7 @@ leaderboard. Nothing is downloaded.
 
 from __future__ import annotations
 
+import csv
 import shutil
 import tarfile
 import zipfile
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from comp import io, kaggle_cli
-from comp.config import resolve_path
+from comp.config import path_hint, resolve_path
 from comp.errors import UserError
 from comp.log import log
 
@@ -166,13 +167,42 @@ def unzip_all(folder: Path, depth: int = 3) -> None:
             p.unlink()
 
 
-def ensure_data(cfg: Any) -> Path:
-    """`data.root`, made first when it is absent: the demo is built, Kaggle data downloaded."""
+def download_size(cfg: Any) -> int | None:
+    """Bytes Kaggle lists for the download (`kaggle competitions files -c <slug> --csv`, or `kaggle datasets
+    files`), or None when the CLI cannot tell (no token yet, another output format): best effort."""
+    d = cfg.data
+    args = ["datasets", "files", d.dataset] if d.source == "dataset" else ["competitions", "files", "-c", d.competition]
+    try:
+        out = kaggle_cli.run([*args, "--csv"])
+    except UserError:
+        return None
+    sizes = [int(r[1]) for r in csv.reader(out.splitlines()) if len(r) >= 2 and r[1].strip().isdigit()]
+    return sum(sizes) if sizes else None
+
+
+def ensure_data(cfg: Any, download: bool = False) -> Path:
+    """`data.root`, made first when it is absent or empty: the demo is built; Kaggle data is downloaded
+    only when asked (`download`, i.e. prepare.py --download, or `data.download: true`), so a typo in
+    data.root never starts gigabytes into a wrong folder.
+
+    Raises:
+        UserError: data.root missing and no download asked (the absolute path looked at and the command),
+            or the download failing (kaggle_download).
+    """
     root = resolve_path(cfg.data.root)
     if root.is_dir() and any(root.iterdir()):
         return root
     if cfg.data.source == "demo":
         make_demo(root)
-    else:
-        kaggle_download(cfg, root)
+        return root
+    if not (download or cfg.data.download):
+        state = "is empty" if root.is_dir() else "does not exist"
+        raise UserError(f"data.root {state}: {root}{path_hint(cfg.data.root)}; point data.root at the download, "
+                        f"or fetch it from Kaggle with: python scripts/prepare.py --config <this config> --download")
+    slug = {"competition": cfg.data.competition, "dataset": cfg.data.dataset}.get(cfg.data.source)
+    if slug:  # an empty or unknown one is refused by kaggle_download before anything runs
+        size = download_size(cfg)
+        if size is not None:
+            log(f"download: {size / 1e9:.2f} GB into {root}")
+    kaggle_download(cfg, root)
     return root

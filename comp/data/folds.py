@@ -3,8 +3,8 @@
 Stratified by label, and grouped by patient when the config names a group, so the two eyes of one
 patient (DR 2015) or the images of one subject (C-NMC) never sit on both sides of a split. Every later
 run reads the same file; a changed dataset or fold setting is refused instead of silently re-split.
-The settings the split was made with (n_folds, seed, grouping, data.exclude) are kept beside it in `folds.json`; a
-folds.csv without one (written by hand, e.g. a competition's official split) is taken as it is.
+The settings the split was made with (n_folds, seed, grouping, data.exclude, smoke mode's data.limit) are
+kept beside it in `folds.json`; a folds.csv without one (written by hand, e.g. a competition's official split) is taken as it is.
 
 `folds.json` also records the versions of the libraries that made the split (`made_with`: scikit-learn,
 numpy, pandas, the kit): another version may split the same data differently, and scikit-learn < 1.8
@@ -71,7 +71,8 @@ def settings(cfg: Any) -> dict[str, Any]:
            "group_pattern": cfg.data.group_pattern if grouped else ""}
     exclude = cfg.data.exclude
     exclude = [str(v) for v in exclude] if OmegaConf.is_list(exclude) else exclude
-    return {**out, "exclude": exclude} if exclude else out
+    out = {**out, "exclude": exclude} if exclude else out
+    return {**out, "limit": int(cfg.data.limit)} if cfg.data.limit else out  # only a smoke run says so
 
 
 def library_versions() -> dict[str, str]:
@@ -120,6 +121,9 @@ def _check(path: Path, folds: pd.DataFrame, train: pd.DataFrame, want: dict[str,
     if made is not None and made.get("exclude", []) != want.get("exclude", []):
         raise UserError(f"{path} was made with data.exclude={made.get('exclude', [])!r}, the config now says "
                         f"{want.get('exclude', [])!r}; {redo}")
+    if made is not None and made.get("limit", 0) != want.get("limit", 0):  # a smoke run's split (data.limit)
+        raise UserError(f"{path} was made with data.limit={made.get('limit', 0)!r} (0 = every image), the config "
+                        f"now says {want.get('limit', 0)!r}; give the smoke run its own out_dir, or {redo}")
     if len(folds) != len(train) or set(folds["id"]) != set(train["id"]):
         raise UserError(f"{path} was made from a different set of images ({len(folds)} rows, data has "
                         f"{len(train)}); {redo}")

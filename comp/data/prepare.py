@@ -47,21 +47,24 @@ def problems_message(problems: list[Problem], total: int, root: Path, report: Pa
     return f"{len(problems)} of {total} images cannot be used ({head}) under {root}: {'; '.join(parts)}{where}"
 
 
-def prepare(cfg: Any, workers: int | None = None) -> None:
-    """Download if absent, check every image (building the cache when `images.cache`), write the folds.
+def prepare(cfg: Any, workers: int | None = None, download: bool = False, rebuild_cache: bool = False) -> None:
+    """Get data.root (the demo built; a Kaggle download only with `download` or data.download), check the
+    CSVs, the sample submission and every image (building the cache when `images.cache`: entries of
+    changed sources, or all with `rebuild_cache`, rebuilt), write the folds.
 
     Raises:
-        UserError: bad config or CSV, or any unusable image (all of them listed in one message).
+        UserError: data.root missing without a download asked, bad config, CSV or sample submission, or
+            any unusable image (all of them listed in one message).
     """
     check_steps(cfg.images.preprocess)
-    root = ensure_data(cfg)
-    comp = load_competition(cfg, strict=False)
+    root = ensure_data(cfg, download)
+    comp = load_competition(cfg, strict=False, check_sample=True)
     out_dir = resolve_path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)  # an unusable out_dir or fold setting fails now, not after
     if not comp.problems:  # hours of caching (with ids missing their image, their listing comes first)
         check_folds(cfg, comp.train, out_dir)
     paths = comp.train["path"].tolist() + comp.test["path"].tolist()
-    problems = comp.problems + process_images(cfg, comp.root, paths, workers)
+    problems = comp.problems + process_images(cfg, comp.root, paths, workers, rebuild_cache)
     if problems:
         report = out_dir / "image_problems.csv"
         try:
@@ -73,7 +76,8 @@ def prepare(cfg: Any, workers: int | None = None) -> None:
     folds = load_or_make_folds(cfg, comp.train, out_dir)
     counts = folds.groupby("fold").size().tolist()
     per_class = comp.train["label"].value_counts().sort_index().tolist()
-    log(f"{root}: {len(comp.train)} training images in {comp.num_classes} classes {per_class}, "
+    smoke = f" (smoke mode: data.limit={cfg.data.limit})" if cfg.data.limit else ""
+    log(f"{root}: {len(comp.train)} training images{smoke} in {comp.num_classes} classes {per_class}, "
         f"{len(comp.test)} test images; folds {counts} ({out_dir / 'folds.csv'})")
     if cfg.images.cache:
         log(f"cache: {cache_folder(cfg)} ({cfg.images.cache_format}, {cfg.image_size}px)")

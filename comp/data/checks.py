@@ -1,14 +1,19 @@
-"""Checks and cuts of the training table that a new user's data needs: a class that is a slip of another
-(`Fundus` beside `fundus`), and smoke mode's few images per class (`data.limit`)."""
+"""Checks and cuts of the tables a new user's data needs: a class that is a slip of another (`Fundus` beside
+`fundus`), smoke mode's few images per class (`data.limit`), the images `data.exclude` leaves out, and the
+sample submission looked at before any slow work."""
 
 from __future__ import annotations
 
 import difflib
 import re
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
+from comp.config import resolve_path
+from comp.data.tables import read_csv
 from comp.errors import UserError
 from comp.log import log
 
@@ -65,3 +70,64 @@ def limit_images(train: pd.DataFrame, test: pd.DataFrame, n: int, num_classes: i
         return train, test
     picked = train.sample(frac=1.0, random_state=0).groupby("label", sort=False).head(n).index
     return train.loc[sorted(picked)].reset_index(drop=True), test.head(n * num_classes).reset_index(drop=True)
+
+
+def check_sample_submission(cfg: Any, root: Path, test: pd.DataFrame) -> None:
+    """prepare's early look at `data.sample_submission` (predict writes in its shape): it exists, is a
+    comma-separated CSV with `data.id_column` and rows, and each of its ids has a test image.
+
+    Raises:
+        UserError: one line naming the file and what is wrong (a few of the ids without an image).
+    """
+    d = cfg.data
+    if not d.sample_submission:
+        return
+    path = root / d.sample_submission
+    if not path.is_file():
+        raise UserError(f"sample submission not found: {path} (data.sample_submission; set it to '' when the "
+                        f"competition has none)")
+    ids = read_csv(path, [d.id_column], comma_only=True)[d.id_column].str.strip()
+    if ids.empty:
+        raise UserError(f"sample submission {path} has a header but no rows")
+    lost = ~ids.isin(set(test["id"].astype(str)))
+    if lost.any():
+        shown = ", ".join(repr(i) for i in ids[lost].iloc[:3])
+        raise UserError(f"sample submission {path}: {int(lost.sum())} of {len(ids)} id(s) have no test image "
+                        f"(data.test_images, data.test_csv), e.g. {shown}")
+
+
+def two_classes(labels: pd.Series, classes: list[str], when: str = "") -> None:
+    if labels.nunique() < 2:
+        raise UserError(f"the training labels hold one class only ({classes[int(labels.iloc[0])]!r}){when}; "
+                        f"a classifier needs two or more (check data.label_column)")
+
+
+def excluded_ids(cfg: Any) -> list[str]:
+    """The ids `data.exclude` names: its list, or the `id` (else `data.id_column`) column of the CSV it
+    points at (a config path: absolute, or relative to the repository root)."""
+    value = cfg.data.exclude
+    if not isinstance(value, str):
+        return [str(v).strip() for v in value]
+    if not value:
+        return []
+    path = resolve_path(value)
+    head = read_csv(path, [])
+    col = "id" if "id" in head.columns else cfg.data.id_column
+    return read_csv(path, [col])[col].str.strip().tolist()
+
+
+def exclude(train: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
+    """`train` without the rows of `ids` (logged when there are any); an id that is not in `train` is an
+    error, so a typo cannot leave an image in silently."""
+    if not ids:
+        return train
+    known = set(train["id"])
+    unknown = [i for i in dict.fromkeys(ids) if i not in known]
+    if unknown:
+        raise UserError(f"data.exclude: {unknown[0]!r} is not a training image id ({len(unknown)} such id(s); "
+                        f"test images are never excluded)")
+    drop = train["id"].isin(ids)
+    shown = ", ".join(train.loc[drop, "id"].head(5))
+    log(f"data.exclude: {int(drop.sum())} of {len(train)} training images left out ({shown}"
+        f"{', ...' if drop.sum() > 5 else ''})")
+    return train[~drop].copy()

@@ -24,7 +24,6 @@ encoding. A label in a CSV may be spelt either way.
 
 from __future__ import annotations
 
-import csv
 import filecmp
 import re
 from collections.abc import Callable
@@ -35,7 +34,15 @@ from typing import Any
 import pandas as pd
 
 from comp.config import path_hint, resolve_path
-from comp.data.checks import check_spelling, limit_images
+from comp.data.checks import (  # noqa: F401  (check_sample_submission: prepare calls it from here)
+    check_sample_submission,
+    check_spelling,
+    exclude,
+    excluded_ids,
+    limit_images,
+    two_classes,
+)
+from comp.data.tables import read_csv  # noqa: F401  (the CSV reader of every table, here since the start)
 from comp.errors import UserError
 from comp.log import log
 
@@ -64,44 +71,6 @@ class Competition:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
-
-
-def _delimiter(path: Path) -> str:
-    """The field separator of a CSV, from its header line (csv.Sniffer among , ; tab |): `,` unless the
-    header holds no comma and another of them splits it (Excel in a comma-decimal locale writes `;`)."""
-    with open(path, encoding="utf-8-sig", errors="replace") as f:
-        header = f.readline()
-    if "," in header:
-        return ","
-    try:
-        return csv.Sniffer().sniff(header, delimiters=",;\t|").delimiter
-    except csv.Error:  # one column, or no separator at all
-        return ","
-
-
-def read_csv(path: Path, columns: list[str], comma_only: bool = False) -> pd.DataFrame:
-    """Read a CSV (BOM and CRLF tolerated; `;`-, tab- or `|`-separated too, unless `comma_only`) and check
-    it has `columns`, naming the file and what it has. Column names and the `columns` given are stripped.
-
-    Raises:
-        UserError: missing or unreadable file, another separator where `comma_only`, a missing column.
-    """
-    if not path.is_file():
-        raise UserError(f"CSV file not found: {path}")
-    sep = _delimiter(path)
-    if sep != "," and comma_only:
-        raise UserError(f"{path} looks {sep!r}-separated (as Excel saves in some locales); Kaggle expects "
-                        f"commas: save it as CSV (comma delimited)")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", sep=sep)
-    except Exception as e:
-        raise UserError(f"cannot read CSV {path}: {str(e).splitlines()[0]}") from None
-    df.columns = [str(c).strip() for c in df.columns]
-    missing = [c for c in columns if c.strip() not in df.columns]
-    if missing:
-        looks = f"; it looks {sep!r}-separated" if sep != "," else ""
-        raise UserError(f"{path}: missing column {missing[0]!r} (columns are {list(df.columns)}){looks}")
-    return df
 
 
 def _group_of(ids: pd.Series, pattern: str, unmatched: str = "error") -> pd.Series:
@@ -167,30 +136,6 @@ def _encode_labels(raw: pd.Series, classes: list[str], class_values: list[str],
         raise UserError(f"{where(i)} has label {values.iloc[i]!r}, not one of the classes {names}"
                         + (f" (or their values {spelt})" if spelt != names else ""))
     return values.map(index).astype(int), names, [_as_value(v) for v in spelt]
-
-
-def check_sample_submission(cfg: Any, root: Path, test: pd.DataFrame) -> None:
-    """prepare's early look at `data.sample_submission` (predict writes in its shape): it exists, is a
-    comma-separated CSV with `data.id_column` and rows, and each of its ids has a test image.
-
-    Raises:
-        UserError: one line naming the file and what is wrong (a few of the ids without an image).
-    """
-    d = cfg.data
-    if not d.sample_submission:
-        return
-    path = root / d.sample_submission
-    if not path.is_file():
-        raise UserError(f"sample submission not found: {path} (data.sample_submission; set it to '' when the "
-                        f"competition has none)")
-    ids = read_csv(path, [d.id_column], comma_only=True)[d.id_column].str.strip()
-    if ids.empty:
-        raise UserError(f"sample submission {path} has a header but no rows")
-    lost = ~ids.isin(set(test["id"].astype(str)))
-    if lost.any():
-        shown = ", ".join(repr(i) for i in ids[lost].iloc[:3])
-        raise UserError(f"sample submission {path}: {int(lost.sum())} of {len(ids)} id(s) have no test image "
-                        f"(data.test_images, data.test_csv), e.g. {shown}")
 
 
 def _folders(root: Path, patterns: list[str]) -> list[tuple[int, Path]]:
@@ -282,43 +227,6 @@ def _load_test(cfg: Any, root: Path, classes: list[str], problems: list[Problem]
     return test[["id", "path"]].reset_index(drop=True)
 
 
-def _two_classes(labels: pd.Series, classes: list[str], when: str = "") -> None:
-    if labels.nunique() < 2:
-        raise UserError(f"the training labels hold one class only ({classes[int(labels.iloc[0])]!r}){when}; "
-                        f"a classifier needs two or more (check data.label_column)")
-
-
-def excluded_ids(cfg: Any) -> list[str]:
-    """The ids `data.exclude` names: its list, or the `id` (else `data.id_column`) column of the CSV it
-    points at (a config path: absolute, or relative to the repository root)."""
-    value = cfg.data.exclude
-    if not isinstance(value, str):
-        return [str(v).strip() for v in value]
-    if not value:
-        return []
-    path = resolve_path(value)
-    head = read_csv(path, [])
-    col = "id" if "id" in head.columns else cfg.data.id_column
-    return read_csv(path, [col])[col].str.strip().tolist()
-
-
-def _exclude(train: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
-    """`train` without the rows of `ids` (logged when there are any); an id that is not in `train` is an
-    error, so a typo cannot leave an image in silently."""
-    if not ids:
-        return train
-    known = set(train["id"])
-    unknown = [i for i in dict.fromkeys(ids) if i not in known]
-    if unknown:
-        raise UserError(f"data.exclude: {unknown[0]!r} is not a training image id ({len(unknown)} such id(s); "
-                        f"test images are never excluded)")
-    drop = train["id"].isin(ids)
-    shown = ", ".join(train.loc[drop, "id"].head(5))
-    log(f"data.exclude: {int(drop.sum())} of {len(train)} training images left out ({shown}"
-        f"{', ...' if drop.sum() > 5 else ''})")
-    return train[~drop].copy()
-
-
 def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False) -> Competition:
     """Read the download at `data.root` as the config describes it.
 
@@ -355,7 +263,7 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False) 
         labels, classes, values = _encode_labels(df[d.label_column], classes_cfg, values_cfg,
                                                  lambda i: f"{train_csv}: row {i + 2}")
         # excluded before their files are looked for: a missing or broken image can be excluded too
-        train = _exclude(pd.DataFrame({"id": ids, "label": labels}), excluded)
+        train = exclude(pd.DataFrame({"id": ids, "label": labels}), excluded)
         train["path"] = _find_files(root, list(d.train_images), train["id"], d.image_ext, train_csv, "train_images",
                                     problems)
         train = train[train["path"] != ""]
@@ -367,7 +275,7 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False) 
             raise UserError(f"no images in class folders under {root}/{list(d.train_images)} (data.train_images)")
         labels, classes, values = _encode_labels(scanned["label"], classes_cfg, values_cfg,
                                                  lambda i: f"class folder of {scanned['path'].iloc[i]}")
-        train = _exclude(scanned.assign(label=labels), excluded)
+        train = exclude(scanned.assign(label=labels), excluded)
     if not classes_cfg:
         if d.layout == "csv":
             def rows(idx: list[int]) -> str:
@@ -376,9 +284,9 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False) 
             def rows(idx: list[int]) -> str:
                 return f"folder {str(Path(scanned['path'].iloc[idx[0]]).parent)!r}"
         check_spelling(labels, classes, int(cfg.folds.n_folds), rows)
-    _two_classes(labels, classes)
+    two_classes(labels, classes)
     if excluded:
-        _two_classes(train["label"], classes, " after data.exclude")
+        two_classes(train["label"], classes, " after data.exclude")
     test = _load_test(cfg, root, classes, problems)
     train["group"] = _group_of(train["id"], d.group_pattern, d.group_unmatched)
     if check_sample and not problems:  # ids without an image come first, listed by prepare

@@ -4,7 +4,8 @@ Stratified by label, and grouped by patient when the config names a group, so th
 patient (DR 2015) or the images of one subject (C-NMC) never sit on both sides of a split. Every later
 run reads the same file; a changed dataset or fold setting is refused instead of silently re-split.
 The settings the split was made with (n_folds, seed, grouping, data.exclude, smoke mode's data.limit) are
-kept beside it in `folds.json`; a folds.csv without one (written by hand, e.g. a competition's official split) is taken as it is.
+kept beside it in `folds.json`; a folds.csv without one (written by hand, e.g. a competition's official
+split) is taken as it is.
 
 `folds.json` also records the versions of the libraries that made the split (`made_with`: scikit-learn,
 numpy, pandas, the kit): another version may split the same data differently, and scikit-learn < 1.8

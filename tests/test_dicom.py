@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-from conftest import FAST, ROOT, run_script
+from conftest import FAST, ROOT
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 from replicas import overrides, rsna_pneumonia, write_cr
@@ -201,6 +201,22 @@ def test_a_dicom_and_its_16bit_png_export_look_the_same(tmp_path):
     assert (read_image(tmp_path / "w.dcm") == read_image(tmp_path / "x.png")).all()
 
 
+def test_crop_border_removes_frames_and_text_bands_only():
+    import cv2
+
+    from comp.data.preprocess import crop_black, crop_border
+
+    chest = cv2.resize(read("RG1_UNCR.dcm"), (460, 488), interpolation=cv2.INTER_AREA)  # a real CR chest
+    assert crop_border(chest).shape == chest.shape  # no border: its bright low-contrast abdomen is kept
+    framed = np.full((600, 560, 3), 255, np.uint8)  # a white export frame
+    framed[30:518, 50:510] = chest
+    framed[518:560, 50:510] = 0  # a black strip under it with burned-in text
+    cv2.putText(framed, "R  PORTABLE AP  12/03/2018", (60, 545), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2)
+    out = crop_border(framed)
+    assert out.shape == chest.shape and (out == chest).all()
+    assert crop_black(framed).shape == framed.shape  # what crop_black cannot do: nothing there is black
+
+
 def test_window_settings_key_the_cache(tmp_path):
     cfg = lambda *o: load_config(ROOT / "configs" / "rsna_pneumonia.yaml", [f"data.root={tmp_path}", *o])  # noqa: E731
     assert cache_folder(cfg()) != cache_folder(cfg("images.dicom_windows=[brain,subdural,bone]"))
@@ -235,16 +251,19 @@ def test_repeated_ids_are_one_image_when_their_labels_agree(tmp_path):
 @pytest.mark.slow
 def test_rsna_pneumonia_replica_prepare_fold_predict(tmp_path):
     """The shipped config on the replica (12-bit MONOCHROME1/2 CR, some windowed, some RLE): prepare
-    caches every image, fold 0 trains, predict writes P(Target=1) per patientId in the sample's order."""
+    caches every image, fold 0 trains, the submission holds P(Target=1) per patientId in the sample's order."""
+    from comp.data.prepare import prepare
+    from comp.submit.submission import make_submission
+    from comp.train.loop import fit
+
     root = rsna_pneumonia(tmp_path / "rsna")
-    cfg = str(ROOT / "configs" / "rsna_pneumonia.yaml")
-    ov = [*overrides(root, tmp_path / "runs", FAST), f"images.cache_dir={tmp_path / 'cache'}"]
-    run_script("prepare.py", "--config", cfg, *ov, check=True)
+    cfg = load_config(ROOT / "configs" / "rsna_pneumonia.yaml",
+                      [*overrides(root, tmp_path / "runs", FAST), f"images.cache_dir={tmp_path / 'cache'}"])
+    prepare(cfg, workers=1)
     assert len(list((tmp_path / "cache").rglob("*.dcm.npy"))) == 16 + 6
-    run_script("train_fold.py", "--config", cfg, "--fold", "0", *ov, check=True)
-    res = run_script("predict.py", "--config", cfg, *ov, check=True)
-    sub = pd.read_csv(pd.io.common.StringIO(res.stdout), dtype={"patientId": str})
+    assert np.isfinite(fit(cfg, 0)["best"])
+    sub = make_submission(cfg).frame
     sample = pd.read_csv(root / "stage_2_sample_submission.csv", dtype=str)
     assert list(sub.columns) == ["patientId", "PredictionString"]
     assert list(sub["patientId"]) == list(sample["patientId"])
-    assert sub["PredictionString"].between(0, 1).all()
+    assert sub["PredictionString"].astype(float).between(0, 1).all()

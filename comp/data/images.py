@@ -160,14 +160,14 @@ def read_image(path: str | Path, target: int | None = None, dicom: DicomOptions 
         raise ImageError("missing", path) from None
     if size == 0:
         raise ImageError("empty", path)
+    if path.suffix.lower() in (".dcm", ".dicom"):  # pydicom reads the whole file and checks its length
+        from comp.data.dicom import read_dicom
+
+        return read_dicom(path, dicom)
     try:
         complete = looks_complete(path, size)
     except OSError as e:  # a folder named like an image, no read permission
         raise ImageError("corrupt", path, e.strerror or str(e)) from None
-    if path.suffix.lower() in (".dcm", ".dicom"):
-        from comp.data.dicom import read_dicom
-
-        return read_dicom(path, dicom)
     if complete is False:  # cut short, or trailing bytes after the end: let PIL decide
         return _read_with_pil(path, complete)
     img = _decode_jpeg(path, target) if path.suffix.lower() in (".jpg", ".jpeg") else None

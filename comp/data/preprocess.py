@@ -46,7 +46,7 @@ from comp.errors import UserError
 
 BLACK_TOL = 7  # grey level at or below which a border pixel counts as black (APTOS kernels' tol=7)
 CLAHE_CLIP, CLAHE_TILES = 2.0, (8, 8)
-BORDER_TOL, BORDER_FRAC, BORDER_MAX = 12, 0.75, 0.25  # crop_border: grey-level tolerance, flat share, max per side
+BORDER_TOL, BORDER_FRAC, BORDER_MAX = 6, 0.9, 0.25  # crop_border: grey-level tolerance, flat share, max per side
 TEXT_FRAC, TEXT_GAP = 0.4, 0.06  # crop_border: background share of a text line, longest text run (share of side)
 
 

@@ -243,7 +243,7 @@ def load_competition(cfg: Any, strict: bool = True) -> Competition:
         dup = ids.duplicated()
         if dup.any():
             raise UserError(f"{train_csv}: id {ids[dup].iloc[0]!r} appears more than once "
-                            f"(row {int(dup.idxmax()) + 2}; data.dedupe_ids=true reads an id's rows as one image)")
+                            f"(row {int(dup.idxmax()) + 2}); data.dedupe_ids=true reads an id's rows as one image")
         labels, classes, values = _encode_labels(df[d.label_column], classes_cfg, values_cfg,
                                                  lambda i: f"{train_csv}: row {int(df.index[i]) + 2}")
         train = pd.DataFrame({"id": ids, "label": labels})

@@ -12,14 +12,14 @@ from typing import Any
 
 import pandas as pd
 
-from comp.config import resolve_path
 from comp.data.cache import cache_folder, process_images
 from comp.data.competition import Problem, load_competition
+from comp.config import resolve_path
 from comp.data.download import ensure_data
-from comp.data.folds import check_folds, load_or_make_folds
-from comp.data.preprocess import check_steps
 from comp.errors import UserError
+from comp.data.folds import check_folds, load_or_make_folds
 from comp.log import log
+from comp.data.preprocess import check_steps
 
 KINDS = {"missing": "no image file", "empty": "empty (0 bytes)", "truncated": "truncated", "corrupt": "corrupt",
          "unsupported": "unsupported"}  # unsupported: a DICOM syntax without decoder, or several frames

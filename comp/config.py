@@ -51,6 +51,8 @@ class DataConfig:
     # (the image is a patient of its own)
     download: bool = False  # prepare.py downloads a missing data.root from Kaggle (else: --download)
     limit: int = 0  # smoke mode: N training images per class (and N x classes test images); 0 = all
+    dedupe_ids: bool = False  # csv layout: an id on several rows (one per box, RSNA Pneumonia) is one image, its
+    # rows' labels must agree (else an error naming the id); false = a repeated id is an error
     solution_csv: str = ""  # held-out labels (id_column, label_column) to score a submission locally, if known
     exclude: Any = field(default_factory=list)  # training image ids to drop (suspected label errors, duplicates):
     # a list of ids, or a path to a CSV with an id column (e.g. scripts/explain.py's label_issues.csv); test
@@ -113,6 +115,10 @@ class ImagesConfig:
     cache_dir: str = ""  # the cache's parent folder; empty = <parent of data.root>/cache (set it when data.root
     # is read-only, e.g. /kaggle/working/cache); each setting gets its own <root name>-<size>px-<hash> folder
     cache_format: str = "npy"  # npy: raw arrays, fastest to read | png: lossless, ~3x smaller on disk
+    dicom_windows: list[Any] = field(default_factory=list)  # DICOM grey levels, one channel per window (1 or
+    # 3): names (brain, subdural, bone, ... comp/data/dicom.py WINDOWS; file = the file's own) or [center, width];
+    # empty = the file's own VOI LUT or window, else its full range
+    dicom_frame: str = "error"  # multi-frame DICOM: first | middle | error (an error naming the file and its frames)
 
 
 @dataclass
@@ -211,6 +217,8 @@ def _check_values(cfg: Any) -> None:
          and all(isinstance(v, (str, int)) for v in cfg.data.exclude),
          "must be a list of image ids or the path of a CSV with an id column"),
         ("images.cache_format", cfg.images.cache_format in ("png", "npy"), "must be png or npy"),
+        ("images.dicom_frame", cfg.images.dicom_frame in ("first", "middle", "error"),
+         "must be first, middle or error"),
         ("predict.ensemble", cfg.predict.ensemble in ("mean_prob", "mean_logit"),
          "must be mean_prob or mean_logit"),
         ("predict.fold_weights", cfg.predict.fold_weights in ("equal", "cv"), "must be equal or cv"),
@@ -220,6 +228,24 @@ def _check_values(cfg: Any) -> None:
         if not ok:
             value = OmegaConf.select(cfg, key)
             raise UserError(f"bad value for config key '{key}': {value!r} {why}")
+    _check_windows(list(cfg.images.dicom_windows))
+
+
+def _check_windows(windows: list[Any]) -> None:
+    """images.dicom_windows: 0, 1 or 3 entries, each a name or [center, width] with width >= 1 (the names
+    themselves are comp/data/dicom.py's to check: it holds the table)."""
+    if len(windows) not in (0, 1, 3):
+        raise UserError(f"bad value for config key 'images.dicom_windows': {len(windows)} windows; give 1 (grey) "
+                        f"or 3 (one per channel), or none for the file's own")
+    for i, w in enumerate(windows):
+        if isinstance(w, str):
+            continue
+        pair = list(w) if OmegaConf.is_list(w) or isinstance(w, (list, tuple)) else None
+        ok = pair is not None and len(pair) == 2 and all(isinstance(v, (int, float)) for v in pair)
+        if not ok or not pair[1] >= 1:
+            shown = OmegaConf.to_container(w) if OmegaConf.is_config(w) else w
+            raise UserError(f"bad value for config key 'images.dicom_windows[{i}]': {shown!r} is neither a "
+                            f"window name nor [center, width] with width >= 1")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Any:

@@ -12,6 +12,11 @@ formats and quirks, with a few dozen tiny images each, so the shipped configs ru
 - C-NMC 2019: C-NMC_Leukemia/training_data/fold_{0,1,2}/{all,hem}/UID_<subject>_<n>_<m>_<class>.bmp,
   validation_data/C-NMC_test_prelim_phase_data/<n>.bmp with C-NMC_test_prelim_phase_data_labels.csv
   (Patient_ID, new_names, labels; 1 = ALL), testing_data/C-NMC_test_final_phase_data/<n>.bmp.
+- RSNA Pneumonia 2018: stage_2_train_labels.csv (patientId,x,y,width,height,Target) with one row per
+  opacity box (a patient repeated, box fields blank for Target 0), stage_2_detailed_class_info.csv,
+  stage_2_train_images/<patientId>.dcm and stage_2_test_images/, stage_2_sample_submission.csv
+  (patientId,PredictionString). The real files are 1024x1024 8-bit MONOCHROME2; these are 12-bit CR
+  chests, MONOCHROME1 and MONOCHROME2, some with a window, some RLE-compressed (made with pydicom).
 """
 
 from __future__ import annotations
@@ -176,7 +181,68 @@ def cnmc2019(root: Path, seed: int = 0) -> Path:
     return root
 
 
+def write_cr(path: Path, grey: np.ndarray, patient: str, mono1: bool, window: bool, rle: bool) -> None:
+    """A 12-bit CR chest DICOM (explicit VR little endian, or RLE) of an 8-bit grey image: stored values
+    grey * 16 + noise, inverted for MONOCHROME1, with a window spanning the data when `window`."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+
+    rng = np.random.default_rng(abs(hash(patient)) % 2**32)
+    stored = np.clip(grey.astype(np.int32) * 16 + rng.integers(0, 16, grey.shape), 0, 4095).astype(np.uint16)
+    if mono1:
+        stored = 4095 - stored
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.PatientID, ds.PatientName, ds.Modality, ds.BodyPartExamined = patient, patient, "CR", "CHEST"
+    ds.ViewPosition, ds.PixelSpacing = ("PA" if mono1 else "AP"), [0.168, 0.168]
+    ds.set_pixel_data(stored, "MONOCHROME1" if mono1 else "MONOCHROME2", 12)
+    if window:
+        ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    if rle:
+        ds.compress(RLELossless)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def rsna_pneumonia(root: Path, seed: int = 0) -> Path:
+    """16 training patients (6 with 1-3 opacity boxes, one row each) and 6 test patients."""
+    rng = np.random.default_rng(seed)
+
+    def pid() -> str:
+        h = rng.bytes(16).hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+    rows, info = [], []
+    for k in range(16):
+        p, boxes = pid(), [0, 1, 0, 2, 0, 3, 0, 0][k % 8]
+        write_cr(root / "stage_2_train_images" / f"{p}.dcm", _xray(rng, boxes > 0, 48), p, mono1=k % 2 == 0,
+                 window=k % 3 == 0, rle=k % 4 == 1)
+        for _ in range(boxes):
+            x, y = (int(v) for v in rng.integers(100, 600, 2))
+            rows.append((p, float(x), float(y), float(rng.integers(100, 300)), float(rng.integers(100, 400)), 1))
+            info.append((p, "Lung Opacity"))
+        if not boxes:
+            rows.append((p, None, None, None, None, 0))
+            info.append((p, "Normal" if k % 3 else "No Lung Opacity / Not Normal"))
+    _write_csv(pd.DataFrame(rows, columns=["patientId", "x", "y", "width", "height", "Target"]),
+               root / "stage_2_train_labels.csv")
+    _write_csv(pd.DataFrame(info, columns=["patientId", "class"]), root / "stage_2_detailed_class_info.csv")
+    test = [pid() for _ in range(6)]
+    for k, p in enumerate(test):
+        write_cr(root / "stage_2_test_images" / f"{p}.dcm", _xray(rng, k % 2 == 1, 48), p, mono1=k % 2 == 0,
+                 window=False, rle=False)
+    _write_csv(pd.DataFrame({"patientId": test, "PredictionString": "0.5 0 0 100 100"}),
+               root / "stage_2_sample_submission.csv")
+    return root
+
+
 BUILDERS = {"aptos2019": aptos2019, "dr2015": dr2015, "chest_xray": chest_xray, "cnmc2019": cnmc2019}
+# rsna_pneumonia is not in BUILDERS: its submission holds probabilities, not labels (tests/test_dicom.py runs it)
 
 
 def build(name: str, root: Path) -> Path:

@@ -2,7 +2,8 @@
 
 Layout: `<images.cache_dir or <parent of data.root>/cache>/<root name>-<size>px-<hash>/` mirrors the
 download, one entry per image: `train_images/abc.png` → `train_images/abc.png.png` (or `.npy`). The hash
-covers what decides the pixels (image_size, images.preprocess, CACHE_VERSION), so another setting gets
+covers what decides the pixels (image_size, images.preprocess, the DICOM windows and frame, CACHE_VERSION:
+a DICOM is stored windowed like any other image), so another setting gets
 a folder of its own and is built afresh while the old one stays valid. `cache.json` in the folder
 records the settings.
 
@@ -45,20 +46,25 @@ from tqdm import tqdm
 from comp import io
 from comp.config import resolve_path
 from comp.data.competition import Problem
+from comp.data.dicom import DicomOptions
+from comp.data.dicom import from_config as dicom_options
 from comp.data.images import ImageError
 from comp.data.preprocess import check_steps, load_preprocessed
 from comp.errors import UserError
 from comp.log import log
 from comp.system import process_context, usable_cpus
 
-CACHE_VERSION = 2  # bump when decoding or a preprocessing step changes the pixels it produces
+CACHE_VERSION = 3  # bump when decoding or a preprocessing step changes the pixels it produces (3: 16-bit range)
 MIN_PARALLEL = 64  # fewer images than this are not worth starting worker processes for
 MANIFEST = "manifest.json"  # entry (relative to the cache folder) -> [source size, source mtime_ns]
 
 
 def cache_settings(cfg: Any) -> dict[str, Any]:
+    """What decides a cache entry's pixels; named DICOM windows as their numbers, `file` for the file's own."""
+    dicom = dicom_options(cfg)
     return {"version": CACHE_VERSION, "image_size": int(cfg.image_size),
-            "preprocess": check_steps(cfg.images.preprocess)}
+            "preprocess": check_steps(cfg.images.preprocess),
+            "dicom_windows": [list(w) if w else "file" for w in dicom.windows], "dicom_frame": dicom.frame}
 
 
 def cache_folder(cfg: Any) -> Path:
@@ -139,10 +145,11 @@ class ImageLoader:
     preprocessed exactly as the cache would store it. Picklable for DataLoader workers."""
 
     def __init__(self, size: int, steps: Sequence[str], root: Path | None = None, folder: Path | None = None,
-                 fmt: str = "png", manifest: dict[str, list[int]] | None = None):
+                 fmt: str = "png", manifest: dict[str, list[int]] | None = None, dicom: DicomOptions | None = None):
         self.size, self.steps, self.root, self.folder, self.fmt = size, list(steps), root, folder, fmt
         self.manifest = manifest or {}
         self.warned = False
+        self.dicom = dicom
 
     def __call__(self, path: str) -> np.ndarray:
         if self.folder is not None:
@@ -154,33 +161,33 @@ class ImageLoader:
                 self.warned = True
                 log(f"images: {path} changed or is not in the cache since scripts/prepare.py built it; decoding "
                     f"from the source (rerun scripts/prepare.py to refresh {self.folder})")
-        return load_preprocessed(path, self.size, self.steps)
+        return load_preprocessed(path, self.size, self.steps, self.dicom)
 
 
 def image_loader(cfg: Any, comp: Any) -> Callable[[str], np.ndarray]:
     """`load(path) -> (image_size, image_size, 3) uint8` for the Dataset: from the cache when
     `images.cache` is on and scripts/prepare.py built it (entries of changed sources excepted), else
     decoded (and preprocessed) on the fly."""
-    steps = check_steps(cfg.images.preprocess)
+    steps, dicom = check_steps(cfg.images.preprocess), dicom_options(cfg)
     if not cfg.images.cache:
-        return ImageLoader(cfg.image_size, steps)
+        return ImageLoader(cfg.image_size, steps, dicom=dicom)
     folder = cache_folder(cfg)
     if not folder.is_dir():
         log(f"images: no cache at {folder} yet; decoding on the fly (scripts/prepare.py builds it)")
-        return ImageLoader(cfg.image_size, steps)
+        return ImageLoader(cfg.image_size, steps, dicom=dicom)
     manifest = read_manifest(folder)
     if not manifest:
         log(f"images: the cache at {folder} has no {MANIFEST} (an older kit built it); decoding on the fly "
             f"until scripts/prepare.py records it")
-        return ImageLoader(cfg.image_size, steps)
-    return ImageLoader(cfg.image_size, steps, comp.root, folder, cfg.images.cache_format, manifest)
+        return ImageLoader(cfg.image_size, steps, dicom=dicom)
+    return ImageLoader(cfg.image_size, steps, comp.root, folder, cfg.images.cache_format, manifest, dicom)
 
 
-def _work(job: tuple[str, str | None, int, list[str], str]) -> Problem | None:
+def _work(job: tuple[str, str | None, int, list[str], str, DicomOptions]) -> Problem | None:
     """Check one image and, with an entry path, write its cache entry. Runs in a worker process."""
-    path, entry, size, steps, fmt = job
+    path, entry, size, steps, fmt, dicom = job
     try:
-        img = load_preprocessed(path, size, steps)
+        img = load_preprocessed(path, size, steps, dicom)
     except ImageError as e:
         return Problem(e.kind, path, e.detail)
     except (cv2.error, ValueError) as e:  # a decodable file whose pixels the steps cannot handle
@@ -200,7 +207,7 @@ def process_images(cfg: Any, root: Path, paths: Sequence[str], workers: int | No
         workers: processes; default all usable cores, or none (in this process) for a few images.
         rebuild: rebuild every entry (`scripts/prepare.py --rebuild-cache`).
     """
-    steps, fmt = check_steps(cfg.images.preprocess), cfg.images.cache_format
+    steps, fmt, dicom = check_steps(cfg.images.preprocess), cfg.images.cache_format, dicom_options(cfg)
     folder = cache_folder(cfg) if cfg.images.cache else None
     jobs = []
     if folder is not None:
@@ -221,7 +228,7 @@ def process_images(cfg: Any, root: Path, paths: Sequence[str], workers: int | No
             if not rebuild and stamp is not None and entry.is_file() and (
                     manifest[key] == stamp if key in manifest else entry.stat().st_mtime_ns >= stamp[1]):
                 continue
-        jobs.append((p, None if entry is None else str(entry), int(cfg.image_size), steps, fmt))
+        jobs.append((p, None if entry is None else str(entry), int(cfg.image_size), steps, fmt, dicom))
     if workers is None:
         workers = usable_cpus() if len(jobs) >= MIN_PARALLEL else 1
     desc = "cache images" if folder is not None else "check images"

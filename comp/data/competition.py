@@ -46,7 +46,7 @@ from comp.data.tables import read_csv  # noqa: F401  (the CSV reader of every ta
 from comp.errors import UserError
 from comp.log import log
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom"}
 MISSING_WORDS = {"nan", "null", "#n/a"}  # a missing label as pandas (astype(str)), JSON/SQL or Excel spell it
 
 
@@ -227,6 +227,24 @@ def _load_test(cfg: Any, root: Path, classes: list[str], problems: list[Problem]
     return test[["id", "path"]].reset_index(drop=True)
 
 
+def _dedupe(df: pd.DataFrame, id_col: str, label_col: str, csv: Path) -> tuple[pd.DataFrame, pd.Series]:
+    """One row per id (its first), for a labels CSV with a row per box or finding (RSNA Pneumonia's
+    stage_2_train_labels.csv repeats a patient once per opacity). The rows of an id must share its label.
+
+    Raises:
+        UserError: an id whose rows disagree, naming it, its labels and its rows.
+    """
+    labels = df[label_col].astype(str).str.strip()
+    n = labels.groupby(df[id_col]).nunique()
+    if (n > 1).any():
+        bad = n.index[(n > 1).to_numpy()][0]
+        rows = [int(i) + 2 for i in df.index[df[id_col] == bad]]
+        raise UserError(f"{csv}: id {bad!r} has different labels on its rows {rows}: "
+                        f"{sorted(set(labels[df[id_col] == bad]))} (data.dedupe_ids needs them to agree)")
+    df = df[~df[id_col].duplicated()]
+    return df, df[id_col]
+
+
 def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False) -> Competition:
     """Read the download at `data.root` as the config describes it.
 
@@ -256,12 +274,14 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False) 
         if df.empty:
             raise UserError(f"{train_csv} has a header but no rows")
         ids = df[d.id_column].str.strip()
+        if d.dedupe_ids:
+            df, ids = _dedupe(df.assign(**{d.id_column: ids}), d.id_column, d.label_column, train_csv)
         dup = ids.duplicated()
         if dup.any():
             raise UserError(f"{train_csv}: id {ids[dup].iloc[0]!r} appears more than once "
-                            f"(row {int(dup.idxmax()) + 2})")
+                            f"(row {int(dup.idxmax()) + 2}); data.dedupe_ids=true reads an id's rows as one image")
         labels, classes, values = _encode_labels(df[d.label_column], classes_cfg, values_cfg,
-                                                 lambda i: f"{train_csv}: row {i + 2}")
+                                                 lambda i: f"{train_csv}: row {int(df.index[i]) + 2}")
         # excluded before their files are looked for: a missing or broken image can be excluded too
         train = exclude(pd.DataFrame({"id": ids, "label": labels}), excluded)
         train["path"] = _find_files(root, list(d.train_images), train["id"], d.image_ext, train_csv, "train_images",

@@ -7,7 +7,15 @@ IMREAD_REDUCED_* at the scales both have, ~25% faster (0.76 against 1.0 ms for a
 Everything else, and any JPEG simplejpeg refuses (CMYK, a recoverable error), goes to OpenCV (several
 times faster than PIL), then PIL. Whatever the file holds (grayscale, RGBA, palette, 16-bit, float TIFF,
 CMYK JPEG, BMP) comes out as (H, W, 3) uint8 RGB. EXIF orientation is ignored on every path, so the
-reduced and the full decode of a file agree (and PIL, which ignores it too).
+reduced and the full decode of a file agree (and PIL, which ignores it too). DICOM files (`.dcm`,
+`.dicom`, or any file with the DICM prefix) go to comp.data.dicom.
+
+High bit depth (16-bit PNG/TIFF, how radiographs exported from DICOM are stored): the data's real range
+becomes 0..255, the same way on the OpenCV and the PIL path: 0..2^b-1 when the PNG's sBIT chunk says b
+significant bits (a 12-bit radiograph: 0..4095), else for grey images the image's own range (its min to
+its max, as a DICOM without a window is shown, so a DICOM and its 16-bit export look the same), else
+(16-bit colour, or a grey image of one value) the full 0..65535. Keeping the top 8 bits instead would
+leave a 12-bit radiograph 16 grey levels.
 
 A file that cannot be used raises `ImageError` with its `kind`: missing, empty, truncated or corrupt.
 OpenCV decodes a JPEG cut short without complaint (the missing rows come out grey), so truncation is
@@ -19,12 +27,16 @@ the whole stream, so a file with harmless trailing bytes after its end marker st
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import simplejpeg
 
 from comp.errors import UserError
+
+if TYPE_CHECKING:
+    from comp.data.dicom import DicomOptions
 
 cv2.setNumThreads(1)  # the DataLoader workers are the parallelism; OpenCV threads would fight them
 if hasattr(cv2, "utils") and hasattr(cv2.utils, "logging"):  # bad files are reported by ImageError instead
@@ -34,11 +46,13 @@ _TAIL = 1024  # bytes read from a file's end to find its end marker
 
 
 class ImageError(UserError):
-    """An image file that cannot be used; `kind` is missing | empty | truncated | corrupt."""
+    """An image file that cannot be used; `kind` is missing | empty | truncated | corrupt | unsupported
+    (a valid file this install or config cannot read: a DICOM syntax without decoder, several frames)."""
 
     def __init__(self, kind: str, path: Path, detail: str = ""):
         what = {"missing": "image file not found", "empty": "image file is empty (0 bytes)",
-                "truncated": "image file is truncated", "corrupt": "cannot decode image file"}[kind]
+                "truncated": "image file is truncated", "corrupt": "cannot decode image file",
+                "unsupported": "cannot use image file"}[kind]
         super().__init__(f"{what}: {path}" + (f" ({detail})" if detail else ""))
         self.kind, self.path, self.detail = kind, Path(path), detail
 
@@ -70,10 +84,54 @@ def looks_complete(path: Path, size: int) -> bool | None:
     return None
 
 
-def to_rgb_uint8(img: np.ndarray) -> np.ndarray:
-    """Any array cv2.imread(IMREAD_UNCHANGED) returns (BGR order) → (H, W, 3) uint8 RGB."""
-    if img.dtype == np.uint16:  # 16-bit PNG/TIFF: keep the top 8 bits of the full range
-        img = (img >> 8).astype(np.uint8)
+def stretch(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """`lo`..`hi` linearly to 0..255 (rounded, clipped) as uint8, same shape; all 0 when hi <= lo. The one
+    mapping of every high-bit-depth path (PNG, TIFF, DICOM), so they agree to the grey level."""
+    v = np.asarray(values, np.float64)
+    if not hi > lo:
+        return np.zeros(v.shape, np.uint8)
+    return np.rint(np.clip((v - lo) * (255.0 / (hi - lo)), 0, 255)).astype(np.uint8)
+
+
+def png_sbit(path: Path) -> int | None:
+    """The significant bits of a PNG from its sBIT chunk (the largest over its channels), None without
+    one or for another format. Reads only the chunk headers before the image data."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                return None
+            for _ in range(256):
+                head = f.read(8)
+                if len(head) < 8 or head[4:] in (b"IDAT", b"IEND"):
+                    return None
+                n = int.from_bytes(head[:4], "big")
+                if head[4:] == b"sBIT":
+                    bits = f.read(n)
+                    return max(bits) if bits else None
+                f.seek(n + 4, 1)  # the data and its CRC
+    except OSError:
+        return None
+    return None
+
+
+def depth_to_uint8(img: np.ndarray, sbit: int | None) -> np.ndarray:
+    """A uint16 image (grey or colour, any channel order) → uint8 by the rule of the module docstring."""
+    grey = img.ndim == 2 or img.shape[2] == 1
+    lo, hi = 0, 65535
+    if sbit and sbit < 16:
+        hi = 2**sbit - 1
+    elif grey and not sbit:
+        lo, hi = int(img.min()), int(img.max())
+        if hi == lo:
+            lo, hi = 0, 65535
+    return stretch(np.arange(65536), lo, hi)[img]  # one table lookup per pixel
+
+
+def to_rgb_uint8(img: np.ndarray, sbit: int | None = None) -> np.ndarray:
+    """Any array cv2.imread(IMREAD_UNCHANGED) returns (BGR order) → (H, W, 3) uint8 RGB; `sbit` is the
+    PNG's significant bits (png_sbit) for a 16-bit image."""
+    if img.dtype == np.uint16:  # 16-bit PNG/TIFF: the data's real range (module docstring)
+        img = depth_to_uint8(img, sbit)
     elif img.dtype != np.uint8:  # float or 32-bit TIFF: stretch its range to 0..255
         img = cv2.normalize(img.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
     if img.ndim == 3 and img.shape[2] == 1:
@@ -86,13 +144,14 @@ def to_rgb_uint8(img: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def read_image(path: str | Path, target: int | None = None) -> np.ndarray:
+def read_image(path: str | Path, target: int | None = None, dicom: DicomOptions | None = None) -> np.ndarray:
     """Decode `path` into (H, W, 3) uint8 RGB. With `target` (the side it will be resized to), a JPEG is
     decoded at the smallest scale that keeps both sides >= target, which is most of the speed-up on
-    full-size fundus photographs.
+    full-size fundus photographs. A DICOM file is read by comp.data.dicom with the `dicom` options
+    (windows, frame; default: the file's own window, single-frame only).
 
     Raises:
-        ImageError: the file is missing, empty, truncated, or not a decodable image.
+        ImageError: the file is missing, empty, truncated, not a decodable image, or unsupported.
     """
     path = Path(path)
     try:
@@ -101,6 +160,10 @@ def read_image(path: str | Path, target: int | None = None) -> np.ndarray:
         raise ImageError("missing", path) from None
     if size == 0:
         raise ImageError("empty", path)
+    if path.suffix.lower() in (".dcm", ".dicom"):  # pydicom reads the whole file and checks its length
+        from comp.data.dicom import read_dicom
+
+        return read_dicom(path, dicom)
     try:
         complete = looks_complete(path, size)
     except OSError as e:  # a folder named like an image, no read permission
@@ -111,20 +174,29 @@ def read_image(path: str | Path, target: int | None = None) -> np.ndarray:
     if img is None:
         raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)  # never applies EXIF orientation
         if raw is None:
-            return _read_with_pil(path, complete)
-        img = to_rgb_uint8(raw)
+            from comp.data.dicom import is_dicom, read_dicom
+
+            return read_dicom(path, dicom) if is_dicom(path) else _read_with_pil(path, complete)
+        img = to_rgb_uint8(raw, png_sbit(path) if raw.dtype == np.uint16 else None)
     return img
 
 
 def _read_with_pil(path: Path, complete: bool | None) -> np.ndarray:
     """Fallback for what OpenCV cannot open (some CMYK JPEG and palette variants) and the judge of files
     whose tail looked wrong (`complete` False): PIL reads the whole stream and fails on a truncated one.
-    A failure is 'truncated' when the tail said so (or, for formats without an end marker, PIL does)."""
+    A failure is 'truncated' when the tail said so (or, for formats without an end marker, PIL does).
+    16-bit grey (PIL's I;16 modes) and float images map to 8 bits exactly as on the OpenCV path; 16-bit
+    colour PNGs come as PIL gives them (its top 8 bits)."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
             im.load()
+            if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+                arr = np.asarray(im)
+                if arr.dtype.kind in "iu" and arr.size and 0 <= arr.min() and arr.max() < 65536:
+                    arr = arr.astype(np.uint16)
+                return to_rgb_uint8(arr, png_sbit(path) if arr.dtype == np.uint16 else None)
             return np.asarray(im.convert("RGB")).copy()
     except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -21,7 +21,8 @@ from comp.data.preprocess import check_steps
 from comp.errors import UserError
 from comp.log import log
 
-KINDS = {"missing": "no image file", "empty": "empty (0 bytes)", "truncated": "truncated", "corrupt": "corrupt"}
+KINDS = {"missing": "no image file", "empty": "empty (0 bytes)", "truncated": "truncated", "corrupt": "corrupt",
+         "unsupported": "unsupported"}  # unsupported: a DICOM syntax without decoder, or several frames
 SHOWN = 10  # files named per kind on the error line; the rest are in image_problems.csv
 
 
@@ -39,7 +40,8 @@ def problems_message(problems: list[Problem], total: int, root: Path, report: Pa
     parts = []
     for k, items in counts.items():
         if items:
-            names = ", ".join(rel(q.path) + (f" [{q.detail}]" if q.kind == "missing" and q.detail else "")
+            names = ", ".join(rel(q.path) + (f" [{q.detail}]" if q.kind in ("missing", "unsupported")
+                                             and q.detail else "")
                               for q in items[:SHOWN])
             more = f" and {len(items) - SHOWN} more" if len(items) > SHOWN else ""
             parts.append(f"{KINDS[k]}: {names}{more}")

@@ -5,6 +5,13 @@ Each step maps an (H, W, 3) uint8 RGB image to another one:
 - `crop_black`: crop to the bounding box of the non-black pixels (the chest X-ray pipelines did this
   with PIL's `Image.getbbox`; a tolerance absorbs JPEG noise in the border, as in the APTOS 2019 kernels'
   `crop_image_from_gray(img, tol=7)`).
+- `crop_border`: for radiographs: trim, side by side, the rows and columns that are one flat grey (within
+  BORDER_TOL of that side's outermost line) over at least BORDER_FRAC of their length: a uniform border of
+  any grey (the white of a collimated MONOCHROME1 export, the grey frame of a screenshot) and the bands
+  of burned-in text that X-ray exports carry (letters on a flat strip: a line through them is still
+  >= TEXT_FRAC background; a run of them, up to TEXT_GAP of the side tall, counts when the strip goes on
+  flat after it), which `crop_black` keeps since neither is black. Repeated until nothing changes, so a
+  text band inside a white frame goes too; at most BORDER_MAX of each side.
 - `crop_circle`: `crop_black`, then pad the short side with black so the square is centred on the eye:
   a fundus photograph whose top and bottom are cut off stays a circle after the square resize.
 - `ben_graham`: Ben Graham's DR 2015 winning preprocessing (competition report, and his code
@@ -33,11 +40,14 @@ from typing import Any
 import cv2
 import numpy as np
 
+from comp.data.dicom import DicomOptions
 from comp.data.images import read_image, resize
 from comp.errors import UserError
 
 BLACK_TOL = 7  # grey level at or below which a border pixel counts as black (APTOS kernels' tol=7)
 CLAHE_CLIP, CLAHE_TILES = 2.0, (8, 8)
+BORDER_TOL, BORDER_FRAC, BORDER_MAX = 6, 0.9, 0.25  # crop_border: grey-level tolerance, flat share, max per side
+TEXT_FRAC, TEXT_GAP = 0.4, 0.06  # crop_border: background share of a text line, longest text run (share of side)
 
 
 def _is_gray(img: np.ndarray) -> bool:
@@ -51,6 +61,45 @@ def crop_black(img: np.ndarray) -> np.ndarray:
     if len(rows) == 0:
         return img
     return img[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+def _flat_run(lines: np.ndarray, limit: int) -> int:
+    """How many of `lines` (L, N) grey, outermost first, belong to the border: flat lines (>= BORDER_FRAC of
+    their pixels within BORDER_TOL of the outermost line's median grey), and runs of text lines (>= TEXT_FRAC
+    so) at most TEXT_GAP of the side long with a flat line after them; at most `limit` lines."""
+    limit = max(0, min(limit, len(lines)))
+    ref = int(np.median(lines[0]))
+    frac = (np.abs(lines[:limit].astype(np.int16) - ref) <= BORDER_TOL).mean(1)
+    flat, text = frac >= BORDER_FRAC, frac >= TEXT_FRAC
+    gap = max(8, int(TEXT_GAP * len(lines)))
+    n = i = 0
+    while i < limit:
+        if flat[i]:
+            i = n = i + 1
+            continue
+        j = i
+        while j < limit and text[j] and not flat[j] and j - i < gap:
+            j += 1
+        if j == i or j == limit or not flat[j]:
+            break
+        i = j
+    return n
+
+
+def crop_border(img: np.ndarray) -> np.ndarray:
+    """Trim uniform borders and burned-in text bands on each side (module docstring), at most BORDER_MAX of
+    each side (a blank image keeps its middle). (H, W, 3) uint8 -> (h, w, 3) uint8, a view."""
+    grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    h, w = grey.shape
+    top, bottom, left, right = 0, h, 0, w
+    for _ in range(8):  # a band inside a frame: each pass peels one layer
+        g = grey[top:bottom, left:right]
+        cut = (_flat_run(g, int(h * BORDER_MAX) - top), _flat_run(g[::-1], int(h * BORDER_MAX) - (h - bottom)),
+               _flat_run(g.T, int(w * BORDER_MAX) - left), _flat_run(g.T[::-1], int(w * BORDER_MAX) - (w - right)))
+        if not any(cut):
+            break
+        top, bottom, left, right = top + cut[0], bottom - cut[1], left + cut[2], right - cut[3]
+    return img[top:bottom, left:right]
 
 
 def crop_circle(img: np.ndarray) -> np.ndarray:
@@ -110,7 +159,8 @@ def grayscale(img: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
 
 
-CROPS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"crop_black": crop_black, "crop_circle": crop_circle}
+CROPS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"crop_black": crop_black, "crop_border": crop_border,
+                                                          "crop_circle": crop_circle}
 STEPS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "ben_graham": ben_graham, "clahe": clahe, "equalize": equalize, "grayscale": grayscale}
 
@@ -140,8 +190,10 @@ def apply(img: np.ndarray, steps: Sequence[str], size: int) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
-def load_preprocessed(path: str | Path, size: int, steps: Sequence[str] = ()) -> np.ndarray:
-    """Decode `path`, preprocess and resize: exactly what the cache stores for it. A file to be cropped
-    is decoded at twice the target at least, so the crop still has the pixels the resize needs."""
+def load_preprocessed(path: str | Path, size: int, steps: Sequence[str] = (),
+                      dicom: DicomOptions | None = None) -> np.ndarray:
+    """Decode `path` (a DICOM with the `dicom` windows and frame), preprocess and resize: exactly what the
+    cache stores for it. A file to be cropped is decoded at twice the target at least, so the crop still
+    has the pixels the resize needs."""
     target = size * 2 if any(s in CROPS for s in steps) else size
-    return apply(read_image(path, target=target), steps, size)
+    return apply(read_image(path, target=target, dicom=dicom), steps, size)

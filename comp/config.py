@@ -45,6 +45,10 @@ class DataConfig:
     # as classes) in its CSVs and submission, e.g. classes [hem, all] + class_values [0, 1]; empty = the names
     group_pattern: str = ""  # regex on the image id; its first group is the patient (folds keep it whole)
     solution_csv: str = ""  # held-out labels (id_column, label_column) to score a submission locally, if known
+    code_competition: bool = False  # Kaggle takes no CSV upload, only a notebook's output (submit.py --notebook)
+    kernel_gpu: bool = False  # the submission notebook runs with a GPU (code competitions)
+    hidden_test_size: int = 0  # images in the hidden test set a code competition's notebook predicts; 0 = unknown
+    runtime_limit_hours: float = 9.0  # the competition's notebook run-time limit (9 h for most)
 
 
 @dataclass
@@ -181,6 +185,8 @@ def _check_values(cfg: Any) -> None:
         ("data.layout", cfg.data.layout in ("csv", "folders"), "must be csv or folders"),
         ("data.class_values", not cfg.data.class_values or len(cfg.data.class_values) == len(cfg.data.classes),
          "must name one value per entry of data.classes"),
+        ("data.hidden_test_size", cfg.data.hidden_test_size >= 0, "must be >= 0 (0 = unknown)"),
+        ("data.runtime_limit_hours", cfg.data.runtime_limit_hours > 0, "must be > 0"),
         ("images.cache_format", cfg.images.cache_format in ("png", "npy"), "must be png or npy"),
         ("predict.ensemble", cfg.predict.ensemble in ("mean_prob", "mean_logit"),
          "must be mean_prob or mean_logit"),

@@ -9,6 +9,7 @@ instructions, which are passed on joined into one line.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -20,6 +21,10 @@ from comp.errors import UserError
 AUTH_WORDS = ("Authentication required", "kaggle.json", "access_token", "KAGGLE_API_TOKEN", "KAGGLE_KEY",
               "Unauthorized", "401")
 SECRET_VARS = ("KAGGLE_KEY", "KAGGLE_API_TOKEN")
+# Answers that mean failure although the CLI exits 0 (kaggle 2.x prints them and returns; older CLIs
+# also after "Could not submit to competition").
+FAILED_ANSWERS = ("Could not submit to competition", "Kernel push error", "Dataset creation error",
+                  "Dataset version creation error")
 
 
 def executable() -> str:
@@ -86,4 +91,14 @@ def run(args: list[str], stream: bool = False) -> str:
     output = scrub(b"".join(chunks).decode("utf-8", "replace"))
     if code != 0:
         raise UserError(f"{describe(args)} failed: {one_line(output, code)}")
+    failed = [ln.strip() for ln in output.splitlines() if ln.strip().startswith(FAILED_ANSWERS)]
+    if failed:
+        raise UserError(f"{describe(args)} failed: {failed[-1]}")
     return output
+
+
+def submission_ref(output: str) -> int | None:
+    """The submission's ref from `kaggle competitions submit`'s answer ("Submission ref: 50123456", kaggle
+    >= 2.1); None when the CLI printed none (an older one)."""
+    m = re.search(r"^Submission ref: (\d+)\s*$", output, re.M)
+    return int(m.group(1)) if m else None

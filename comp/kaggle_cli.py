@@ -21,6 +21,7 @@ from comp.errors import UserError
 AUTH_WORDS = ("Authentication required", "kaggle.json", "access_token", "KAGGLE_API_TOKEN", "KAGGLE_KEY",
               "Unauthorized", "401")
 SECRET_VARS = ("KAGGLE_KEY", "KAGGLE_API_TOKEN")
+MESSAGE_LINES = 5  # of a failing CLI's output, the last lines shown (Kaggle's message and the CLI's hint)
 # Answers that mean failure although the CLI exits 0 (kaggle 2.x prints them and returns; older CLIs
 # also after "Could not submit to competition").
 FAILED_ANSWERS = ("Could not submit to competition", "Kernel push error", "Dataset creation error",
@@ -50,14 +51,17 @@ def scrub(text: str) -> str:
 
 def one_line(output: str, returncode: int) -> str:
     """The CLI's answer in one line: its whole message when it is about credentials (the instructions
-    are the point), else its last non-empty line."""
-    lines = [ln.strip() for ln in scrub(output).splitlines() if ln.strip()]
+    are the point), else its last lines (kaggle 2.x prints Kaggle's own message, then a hint paragraph:
+    "You must accept this competition's rules ... / You don't have access ... rules first at URL"),
+    progress bars and "Downloading X to DIR" left out."""
+    lines = [ln.strip() for ln in scrub(output).replace("\r", "\n").splitlines()
+             if ln.strip() and "%|" not in ln and not ln.startswith(("Downloading ", "Uploading "))]
     if not lines:
         return f"exit code {returncode}"
     text = "\n".join(lines)
     if any(w in text for w in AUTH_WORDS):
         return " ".join(dict.fromkeys(lines))  # the CLI repeats its message on stdout and stderr: once
-    return lines[-1]
+    return " ".join(dict.fromkeys(lines[-MESSAGE_LINES:]))
 
 
 def last_line(output: str) -> str:

@@ -54,6 +54,9 @@ class FakeKaggle:
         self.kernels: dict[str, dict] = {}  # owner/slug -> {"versions": [request json], "polls": n}
         self.kernel_polls = 1  # status reads a pushed kernel stays RUNNING
         self.kernel_outcome: tuple[str, str] = ("COMPLETE", "")
+        # run_kernel(save_request, fake) -> (status, failure message): runs a pushed kernel (in a thread);
+        # None: a kernel stays RUNNING for `kernel_polls` reads, then ends as `kernel_outcome`
+        self.run_kernel = None
         self.blobs: dict[str, bytes] = {}
         self.uploads: dict[str, str] = {}  # upload path -> blob token
         self.blob_names: dict[str, str] = {}  # blob token -> the file name it was started with
@@ -240,6 +243,10 @@ class FakeKaggle:
         self._json(h, 200, {"numAllowedNow": comp.left_today if comp else 0})
 
     # ---- blobs.BlobApiService, datasets.DatasetApiService
+    def dataset_files(self, ref: str, version: int = -1) -> dict[str, bytes]:
+        """The files of a dataset version as uploaded (folders as <name>.zip, as `--dir-mode zip` sends them)."""
+        return self.datasets[ref]["versions"][version]
+
     def _StartBlobUpload(self, h, body):
         self._json(h, 200, self._new_upload("blob", body.get("name", "")))
 
@@ -269,8 +276,14 @@ class FakeKaggle:
         ref = body.get("slug", "")
         k = self.kernels.setdefault(ref, {"versions": []})
         k["versions"].append(body)
-        k["reads"] = 0
+        k["reads"], k["outcome"] = 0, None
         n = len(k["versions"])
+        if self.run_kernel is not None:
+            def run():
+                k["outcome"] = self.run_kernel(body, self)
+
+            k["thread"] = threading.Thread(target=run, daemon=True)
+            k["thread"].start()
         self._json(h, 200, {"ref": ref, "url": f"http://localhost/code/{ref}", "versionNumber": n, "kernelId": 7})
 
     def _GetKernelSessionStatus(self, h, body):
@@ -279,7 +292,12 @@ class FakeKaggle:
         if k is None:
             return self._json(h, 404, {"code": 404, "message": f"kernel {ref} not found"})
         k["reads"] += 1
-        if k["reads"] <= self.kernel_polls:
+        if self.run_kernel is not None:
+            if k["outcome"] is None:
+                return self._json(h, 200, {"status": "RUNNING"})
+            status, failure = k["outcome"]
+        elif k["reads"] <= self.kernel_polls:
             return self._json(h, 200, {"status": "RUNNING"})
-        status, failure = self.kernel_outcome
+        else:
+            status, failure = self.kernel_outcome
         self._json(h, 200, {"status": status, **({"failureMessage": failure} if failure else {})})

@@ -69,7 +69,7 @@ def test_competition_download_is_unzipped_into_data_root(tmp_path, monkeypatch, 
     assert Path(args[5]).parent == root.parent and not Path(args[5]).exists()  # a temporary folder, renamed
     assert not list(root.rglob("*.zip"))
     comp = load_competition(_cfg(root))
-    assert len(comp.train.loop) == 30 and len(comp.test) == 9
+    assert len(comp.train) == 30 and len(comp.test) == 9
     assert sorted(p.name for p in root.parent.iterdir()) == ["tiny"]  # nothing else left beside it
 
 

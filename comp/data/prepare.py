@@ -59,8 +59,8 @@ def prepare(cfg: Any, workers: int | None = None) -> None:
     out_dir = resolve_path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)  # an unusable out_dir or fold setting fails now, not after
     if not comp.problems:  # hours of caching (with ids missing their image, their listing comes first)
-        check_folds(cfg, comp.train.loop, out_dir)
-    paths = comp.train.loop["path"].tolist() + comp.test["path"].tolist()
+        check_folds(cfg, comp.train, out_dir)
+    paths = comp.train["path"].tolist() + comp.test["path"].tolist()
     problems = comp.problems + process_images(cfg, comp.root, paths, workers)
     if problems:
         report = out_dir / "image_problems.csv"
@@ -70,10 +70,10 @@ def prepare(cfg: Any, workers: int | None = None) -> None:
             report = None
         total = len(paths) + sum(q.kind == "missing" for q in comp.problems)
         raise UserError(problems_message(problems, total, comp.root, report))
-    folds = load_or_make_folds(cfg, comp.train.loop, out_dir)
+    folds = load_or_make_folds(cfg, comp.train, out_dir)
     counts = folds.groupby("fold").size().tolist()
-    per_class = comp.train.loop["label"].value_counts().sort_index().tolist()
-    log(f"{root}: {len(comp.train.loop)} training images in {comp.num_classes} classes {per_class}, "
+    per_class = comp.train["label"].value_counts().sort_index().tolist()
+    log(f"{root}: {len(comp.train)} training images in {comp.num_classes} classes {per_class}, "
         f"{len(comp.test)} test images; folds {counts} ({out_dir / 'folds.csv'})")
     if cfg.images.cache:
         log(f"cache: {cache_folder(cfg)} ({cfg.images.cache_format}, {cfg.image_size}px)")

@@ -160,6 +160,7 @@ def record(cfg: Any, output: str, message: str, file: str, config_path: str | No
     fate = wait_for_score(competition, ref, wait_s, poll_s) if wait_s > 0 else {
         "kaggle_ref": str(ref), "status": "PENDING", "public_score": "", "error": ""}
     folder = resolve_path(cfg.predict.submissions_dir)
+    folder.mkdir(parents=True, exist_ok=True)
     row = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "file": file,
            "competition": competition, "config": config_path or _shown(DEFAULT_CONFIG),
            "config_hash": config_hash(cfg), "git_commit": git_commit(), "cv_metric": cfg.metric,

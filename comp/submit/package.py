@@ -49,11 +49,13 @@ INFER_PY = '''#!/usr/bin/env python
 ROOT is the competition's data (default /kaggle/input/<data.competition>). Only this folder is needed:
 no network, no install; logs go to stderr, the validated CSV to stdout."""
 
+import os
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.dont_write_bytecode = True  # the Kaggle input folder is read-only
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no internet: albumentations' version check would fail
 sys.path.insert(0, str(HERE))  # this folder's comp/ before any installed copy
 sys.path.append(str(HERE / "vendor"))  # omegaconf, only where the image has none
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import write_tiny_competition
 
-from comp.data.competition import load_competition
 from comp.config import load_config
+from comp.data.competition import load_competition
 from comp.data.download import ensure_data
 from comp.errors import UserError
 

@@ -164,3 +164,27 @@ def test_the_run_time_estimate_warns_when_the_hidden_test_set_would_not_fit(tmp_
     capsys.readouterr()
     build_package(ex["cfg"], tmp_path / "pkg2", estimate=False)
     assert "estimated run time" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("subsampling", ["420", "444", "gray"])
+def test_opencv_reduced_decode_gives_simplejpegs_pixels_at_the_shared_scales(tmp_path, monkeypatch, subsampling):
+    """Without simplejpeg (Kaggle's image) JPEGs are decoded by OpenCV's IMREAD_REDUCED_*: at 1, 1/2, 1/4
+    and 1/8, the scales both libraries have, every pixel is the same."""
+    import simplejpeg
+
+    from comp.data import images
+
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (301, 451, 3), dtype=np.uint8), (7, 7), 0)  # odd sides
+    path = tmp_path / "x.jpg"
+    factor = {"420": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420, "444": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444}
+    cv2.imwrite(str(path), img[:, :, 0] if subsampling == "gray" else img,
+                [cv2.IMWRITE_JPEG_QUALITY, 90] + ([cv2.IMWRITE_JPEG_SAMPLING_FACTOR, factor[subsampling]]
+                                                  if subsampling in factor else []))
+    for target, scale in ((None, 1), (300, 1), (150, 2), (75, 4), (37, 8), (10, 8)):
+        with_sj = images._decode_jpeg(path, target)
+        monkeypatch.setattr(images, "simplejpeg", None)
+        without = images._decode_jpeg(path, target)
+        monkeypatch.setattr(images, "simplejpeg", simplejpeg)
+        assert with_sj.shape == without.shape == (-(-301 // scale), -(-451 // scale), 3), (target, with_sj.shape)
+        np.testing.assert_array_equal(with_sj, without, err_msg=f"target {target}")

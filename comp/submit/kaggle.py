@@ -157,8 +157,12 @@ def record(cfg: Any, output: str, message: str, file: str, config_path: str | No
         raise UserError(f"kaggle did not confirm a submission to {competition} (no ref in its answer, none "
                         f"described {message!r} in its list): {answer!r}")
     log(f"kaggle: submission {ref} made; waiting up to {wait_s:g} s for its score")
-    fate = wait_for_score(competition, ref, wait_s, poll_s) if wait_s > 0 else {
-        "kaggle_ref": str(ref), "status": "PENDING", "public_score": "", "error": ""}
+    fate = {"kaggle_ref": str(ref), "status": "PENDING", "public_score": "", "error": ""}
+    if wait_s > 0:
+        try:
+            fate = wait_for_score(competition, ref, wait_s, poll_s)
+        except UserError as e:  # the submission exists: record it even when its status cannot be read
+            fate["error"] = f"status not read: {e}"
     folder = resolve_path(cfg.predict.submissions_dir)
     folder.mkdir(parents=True, exist_ok=True)
     row = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "file": file,

@@ -57,6 +57,10 @@ class DataConfig:
     exclude: Any = field(default_factory=list)  # training image ids to drop (suspected label errors, duplicates):
     # a list of ids, or a path to a CSV with an id column (e.g. scripts/explain.py's label_issues.csv); test
     # images are never dropped. Part of the folds' meaning: a folds.csv made without it is refused
+    code_competition: bool = False  # Kaggle takes no CSV upload, only a notebook's output (submit.py --notebook)
+    kernel_gpu: bool = False  # the submission notebook runs with a GPU (code competitions)
+    hidden_test_size: int = 0  # images in the hidden test set a code competition's notebook predicts; 0 = unknown
+    runtime_limit_hours: float = 9.0  # the competition's notebook run-time limit (9 h for most)
 
 
 @dataclass
@@ -216,6 +220,8 @@ def _check_values(cfg: Any) -> None:
         ("data.exclude", isinstance(cfg.data.exclude, str) or OmegaConf.is_list(cfg.data.exclude)
          and all(isinstance(v, (str, int)) for v in cfg.data.exclude),
          "must be a list of image ids or the path of a CSV with an id column"),
+        ("data.hidden_test_size", cfg.data.hidden_test_size >= 0, "must be >= 0 (0 = unknown)"),
+        ("data.runtime_limit_hours", cfg.data.runtime_limit_hours > 0, "must be > 0"),
         ("images.cache_format", cfg.images.cache_format in ("png", "npy"), "must be png or npy"),
         ("images.dicom_frame", cfg.images.dicom_frame in ("first", "middle", "error"),
          "must be first, middle or error"),

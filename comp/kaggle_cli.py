@@ -9,6 +9,7 @@ instructions, which are passed on joined into one line.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -20,6 +21,11 @@ from comp.errors import UserError
 AUTH_WORDS = ("Authentication required", "kaggle.json", "access_token", "KAGGLE_API_TOKEN", "KAGGLE_KEY",
               "Unauthorized", "401")
 SECRET_VARS = ("KAGGLE_KEY", "KAGGLE_API_TOKEN")
+MESSAGE_LINES = 5  # of a failing CLI's output, the last lines shown (Kaggle's message and the CLI's hint)
+# Answers that mean failure although the CLI exits 0 (kaggle 2.x prints them and returns; older CLIs
+# also after "Could not submit to competition").
+FAILED_ANSWERS = ("Could not submit to competition", "Kernel push error", "Dataset creation error",
+                  "Dataset version creation error")
 
 
 def executable() -> str:
@@ -45,14 +51,17 @@ def scrub(text: str) -> str:
 
 def one_line(output: str, returncode: int) -> str:
     """The CLI's answer in one line: its whole message when it is about credentials (the instructions
-    are the point), else its last non-empty line."""
-    lines = [ln.strip() for ln in scrub(output).splitlines() if ln.strip()]
+    are the point), else its last lines (kaggle 2.x prints Kaggle's own message, then a hint paragraph:
+    "You must accept this competition's rules ... / You don't have access ... rules first at URL"),
+    progress bars and "Downloading X to DIR" left out."""
+    lines = [ln.strip() for ln in scrub(output).replace("\r", "\n").splitlines()
+             if ln.strip() and "%|" not in ln and not ln.startswith(("Downloading ", "Uploading "))]
     if not lines:
         return f"exit code {returncode}"
     text = "\n".join(lines)
     if any(w in text for w in AUTH_WORDS):
         return " ".join(dict.fromkeys(lines))  # the CLI repeats its message on stdout and stderr: once
-    return lines[-1]
+    return " ".join(dict.fromkeys(lines[-MESSAGE_LINES:]))
 
 
 def last_line(output: str) -> str:
@@ -86,4 +95,14 @@ def run(args: list[str], stream: bool = False) -> str:
     output = scrub(b"".join(chunks).decode("utf-8", "replace"))
     if code != 0:
         raise UserError(f"{describe(args)} failed: {one_line(output, code)}")
+    failed = [ln.strip() for ln in output.splitlines() if ln.strip().startswith(FAILED_ANSWERS)]
+    if failed:
+        raise UserError(f"{describe(args)} failed: {failed[-1]}")
     return output
+
+
+def submission_ref(output: str) -> int | None:
+    """The submission's ref from `kaggle competitions submit`'s answer ("Submission ref: 50123456", kaggle
+    >= 2.1); None when the CLI printed none (an older one)."""
+    m = re.search(r"^Submission ref: (\d+)\s*$", output, re.M)
+    return int(m.group(1)) if m else None

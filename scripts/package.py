@@ -3,9 +3,12 @@
 scripts/package.py [--config PATH] [-o DIR] [--id OWNER/SLUG] [--force] [KEY=VALUE ...]
 
 DIR (default <out_dir>/package) gets the fold weights, the resolved config, the kappa thresholds, the
-kit's code and infer.py; upload it with `kaggle datasets create -p DIR --dir-mode zip`, then in the
-notebook: `python /kaggle/input/<dataset>/infer.py --data /kaggle/input/<competition> > submission.csv`."""
+kit's code and infer.py, and the run time on data.hidden_test_size images is estimated (--estimate);
+`scripts/submit.py --notebook` uploads it, runs it on Kaggle and submits its output. By hand: upload with
+`kaggle datasets create -p DIR --dir-mode zip`, then in the notebook:
+`python /kaggle/input/<dataset>/infer.py --data /kaggle/input/<competition> > submission.csv`."""
 
+import argparse
 from pathlib import Path
 
 import _common  # noqa: F401
@@ -18,7 +21,8 @@ def run(args):
     from comp.submit.package import build_package
 
     cfg = load_config(args.config, args.overrides)
-    out = build_package(cfg, Path(args.output) if args.output else None, dataset_id=args.id, force=args.force)
+    out = build_package(cfg, Path(args.output) if args.output else None, dataset_id=args.id, force=args.force,
+                        estimate=args.estimate)
     print(out)
 
 
@@ -28,4 +32,6 @@ if __name__ == "__main__":
     p.add_argument("--id", default=None, metavar="OWNER/SLUG",
                    help="the Kaggle dataset id for dataset-metadata.json (default $KAGGLE_USERNAME/<slug>)")
     p.add_argument("--force", action="store_true", help="replace DIR when it exists")
+    p.add_argument("--estimate", action=argparse.BooleanOptionalAction, default=None,
+                   help="estimate the run time on data.hidden_test_size images (default: for a code competition)")
     main(run, p)

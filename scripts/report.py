@@ -6,6 +6,8 @@ scripts/report.py [--config PATH] [KEY=VALUE ...]
     classification report (stdout) and <out_dir>/oof_confusion.png.
 scripts/report.py --compare runs/a runs/b [--labels A B] [--metric M] [-o compare.png]
     the experiments' curves in one figure (mean over folds) and a table of their scores.
+scripts/report.py --leaderboard [-o leaderboard.png] [KEY=VALUE ...]
+    every recorded submission of data.competition (submissions/index.csv): CV against public score.
 """
 
 import argparse
@@ -27,6 +29,13 @@ def run(args):
     from comp.train.oof import cv_table
 
     cfg = load_config(args.config, args.overrides)
+    if args.leaderboard:
+        from comp.report.leaderboard import leaderboard
+
+        out = Path(args.output if args.output != "compare.png" else "leaderboard.png")
+        print(leaderboard(cfg, out).to_string(index=False))
+        print(f"figure: {out}", file=sys.stderr)
+        return
     if args.compare:
         dirs = [Path(d) if Path(d).exists() else resolve_path(d) for d in args.compare]
         table = compare(dirs, Path(args.output), args.labels, args.metric)
@@ -47,5 +56,7 @@ if __name__ == "__main__":
     p.add_argument("--compare", nargs="+", metavar="DIR", help="experiment folders (out_dir of each run) to compare")
     p.add_argument("--labels", nargs="+", help="legend names for --compare, one per folder")
     p.add_argument("--metric", help="metric to plot with --compare (default: the experiments' own)")
-    p.add_argument("-o", "--output", default="compare.png", help="figure file for --compare (default compare.png)")
+    p.add_argument("--leaderboard", action="store_true", help="CV against public score of every recorded submission")
+    p.add_argument("-o", "--output", default="compare.png",
+                   help="figure file for --compare (default compare.png) or --leaderboard (default leaderboard.png)")
     main(run, p)

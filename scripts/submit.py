@@ -1,10 +1,15 @@
 #!/usr/bin/env python
-"""Submit a CSV to Kaggle: scripts/submit.py [--config PATH] FILE -m MESSAGE [--dry-run] [KEY=VALUE ...]
+"""Submit to Kaggle and record the submission's fate:
 
-Validates FILE against the competition's sample submission, runs
-`kaggle competitions submit <data.competition> -f FILE -m MESSAGE`, and only when that succeeds keeps a copy
-in submissions/ and appends a row to submissions/index.csv. --dry-run (and the demo, data.source=demo)
-validates, shows the command and scores FILE locally when the held-out answers are known."""
+scripts/submit.py [--config PATH] FILE -m MESSAGE [--dry-run] [KEY=VALUE ...]
+    validates FILE against the competition's sample submission, runs
+    `kaggle competitions submit <data.competition> -f FILE -m MESSAGE`, waits for Kaggle's score, and keeps
+    a copy in submissions/ and a row (ref, status, public score, error) in submissions/index.csv.
+    --dry-run (and the demo, data.source=demo) validates, shows the command and scores FILE locally when
+    the held-out answers are known. A code competition (data.code_competition=true) refuses a CSV.
+scripts/submit.py [--config PATH] --notebook -m MESSAGE [--dataset-id O/S] [--kernel-id O/S] [KEY=VALUE ...]
+    code competitions: builds the offline package, uploads it as a Kaggle dataset, pushes a notebook that
+    runs it, waits for the run, submits the notebook's submission.csv, waits for the score and records it."""
 
 import argparse
 from pathlib import Path
@@ -12,6 +17,7 @@ from pathlib import Path
 import _common  # noqa: F401
 
 from comp.cli import main
+from comp.errors import UserError
 
 
 class Parser(argparse.ArgumentParser):
@@ -23,18 +29,40 @@ class Parser(argparse.ArgumentParser):
 
 def run(args):
     from comp.config import load_config
+
+    if args.file is not None and "=" in args.file and (args.notebook or not Path(args.file).exists()):
+        args.overrides, args.file = [args.file, *args.overrides], None  # no FILE: the first override
+    cfg = load_config(args.config, args.overrides)
+    wait = {"wait_s": args.wait, "poll_s": args.poll}
+    if args.notebook:
+        from comp.submit.notebook import notebook_submit
+
+        if args.file is not None:
+            raise UserError(f"--notebook submits the notebook's output; drop FILE {args.file!r}")
+        notebook_submit(cfg, args.message, config_path=args.config, dataset_id=args.dataset_id,
+                        kernel_id=args.kernel_id, **wait)
+        return
     from comp.submit.kaggle import submit
 
-    cfg = load_config(args.config, args.overrides)
-    submit(cfg, Path(args.file), args.message, config_path=args.config, dry_run=args.dry_run)
+    if args.file is None:
+        raise UserError("FILE is missing: the submission CSV (or --notebook for a code competition)")
+    submit(cfg, Path(args.file), args.message, config_path=args.config, dry_run=args.dry_run, **wait)
 
 
 if __name__ == "__main__":
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="YAML config (default: configs/demo.yaml)")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one error line")
-    p.add_argument("file", metavar="FILE", help="the submission CSV")
+    p.add_argument("file", metavar="FILE", nargs="?", help="the submission CSV (not with --notebook)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.add_argument("-m", "--message", required=True, help="the submission's description on Kaggle")
     p.add_argument("--dry-run", action="store_true", help="validate and score locally; submit nothing")
+    p.add_argument("--notebook", action="store_true", help="code competition: package, upload, push, run, submit")
+    p.add_argument("--dataset-id", default=None, metavar="OWNER/SLUG", help="the package's Kaggle dataset "
+                   "(default $KAGGLE_USERNAME/<competition>-<experiment>-models)")
+    p.add_argument("--kernel-id", default=None, metavar="OWNER/SLUG", help="the notebook "
+                   "(default $KAGGLE_USERNAME/<competition>-<experiment>-infer)")
+    p.add_argument("--wait", type=float, default=600.0, metavar="SECONDS",
+                   help="how long to wait for Kaggle's score (default 600; 0: record as PENDING)")
+    p.add_argument("--poll", type=float, default=15.0, metavar="SECONDS", help="seconds between status reads")
     main(run, p)

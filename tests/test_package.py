@@ -1,6 +1,8 @@
 """The offline package: built by scripts/package.py, its infer.py runs in a subprocess with the network
-disabled, from another working directory, with the repository out of reach, and writes exactly the CSV
-(and probabilities) scripts/predict.py writes."""
+disabled, simplejpeg unimportable (Kaggle's Python image lacks it), from another working directory, with
+the repository out of reach, and writes exactly the CSV (and probabilities) scripts/predict.py writes
+from JPEGs (decoded by OpenCV's reduced decode there, by simplejpeg here). The run-time estimate warns
+when the hidden test set would not fit the limit."""
 
 from __future__ import annotations
 
@@ -10,11 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, run_script
+from conftest import ROOT, run_script, write_tiny_competition
 from test_predict import make_experiment
 
 from comp.errors import UserError
@@ -32,7 +35,7 @@ def _no_network(*args, **kwargs):
 socket.socket.connect = socket.socket.connect_ex = _no_network
 socket.create_connection = socket.getaddrinfo = _no_network
 
-_BLOCKED = tuple(os.path.join({root!r}, d) + os.sep for d in ("comp", "scripts", "configs"))
+_BLOCKED = tuple(os.path.join(r, d) + os.sep for r in {roots!r} for d in ("comp", "scripts", "configs"))
 
 def _audit(event, args):
     if event in ("open", "os.listdir", "os.scandir") and args and isinstance(args[0], (str, bytes, os.PathLike)):
@@ -41,19 +44,44 @@ def _audit(event, args):
             raise PermissionError(f"the repository is out of reach in this test: {{path}}")
 
 sys.addaudithook(_audit)
+
+
+class _NotInKaggleImage:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (blocked: Kaggle's image has none)")
+
+
+sys.meta_path.insert(0, _NotInKaggleImage())
 '''
+NOT_IN_KAGGLE_IMAGE = ("simplejpeg",)  # packages the kit can use that Kaggle's Python image does not install
 
 
 def _offline_env(tmp_path: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # The repository, and wherever an installed kit resolves `comp` to (an editable install of another
+    # checkout), are both out of reach.
+    installed = subprocess.run([sys.executable, "-c", "import comp, os; print(os.path.dirname(comp.__path__[0]))"],
+                               capture_output=True, text=True, env=env, cwd=tmp_path).stdout.strip()
+    roots = sorted({str(ROOT), *([installed] if installed else [])})
     site = tmp_path / "offline_site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text(SITECUSTOMIZE.format(root=str(ROOT)))
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE.format(roots=roots, blocked=set(NOT_IN_KAGGLE_IMAGE)))
     return {**env, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
+def _jpeg_competition(root: Path) -> Path:
+    """The tiny competition with 32 px JPEGs: at image_size=16 both decoders reduce them by 1/2."""
+    write_tiny_competition(root, size=32)
+    for png in root.rglob("*.png"):
+        cv2.imwrite(str(png.with_suffix(".jpg")), cv2.imread(str(png)), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        png.unlink()
+    return root
+
+
 def test_the_package_predicts_offline_exactly_like_predict_py(tmp_path):
-    ex = make_experiment(tmp_path, "metric=qwk", ema=True)
+    ex = make_experiment(tmp_path, "metric=qwk", "data.image_ext=.jpg", ema=True,
+                         root=_jpeg_competition(tmp_path / "data"))
     pkg = tmp_path / "pkg"
     res = run_script("package.py", *ex["overrides"], "-o", str(pkg), "--id", "someone/tiny-models", check=True)
     assert res.stdout.strip() == str(pkg)
@@ -77,6 +105,8 @@ def test_the_package_predicts_offline_exactly_like_predict_py(tmp_path):
     probe = subprocess.run([sys.executable, "-c", "import comp"], capture_output=True, text=True, env=env,
                            cwd=elsewhere)
     assert probe.returncode != 0 and "out of reach" in probe.stderr  # and the kit's own copy unusable
+    probe = subprocess.run([sys.executable, "-c", "import simplejpeg"], capture_output=True, text=True, env=env)
+    assert probe.returncode != 0 and "blocked" in probe.stderr  # and simplejpeg absent, as on Kaggle
 
     offline = subprocess.run([sys.executable, str(pkg / "infer.py"), "--data", str(ex["root"]),
                               "--save-probs", str(tmp_path / "offline.csv")],
@@ -122,3 +152,39 @@ def test_infer_needs_its_data_folder(tmp_path):
     assert [ln for ln in res.stderr.splitlines() if ln.startswith("error:")] == [
         f"error: --data {tmp_path / 'absent'}: no such folder; pass the competition's data folder"]
     np.testing.assert_array_equal(pd.read_csv(ex["root"] / "sample_submission.csv").shape, (9, 2))
+
+
+def test_the_run_time_estimate_warns_when_the_hidden_test_set_would_not_fit(tmp_path, capsys):
+    ex = make_experiment(tmp_path, "data.code_competition=true", "data.hidden_test_size=100000",
+                         "data.runtime_limit_hours=0.001", "data.test_csv=sample_submission.csv")
+    build_package(ex["cfg"], tmp_path / "pkg")  # a code competition with a hidden size: estimated by default
+    err = capsys.readouterr().err
+    assert "warning: estimated run time of infer.py on 100000 hidden test images" in err, err
+    assert "over 50% of the limit" in err and "ms/image" in err
+    capsys.readouterr()
+    build_package(ex["cfg"], tmp_path / "pkg2", estimate=False)
+    assert "estimated run time" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("subsampling", ["420", "444", "gray"])
+def test_opencv_reduced_decode_gives_simplejpegs_pixels_at_the_shared_scales(tmp_path, monkeypatch, subsampling):
+    """Without simplejpeg (Kaggle's image) JPEGs are decoded by OpenCV's IMREAD_REDUCED_*: at 1, 1/2, 1/4
+    and 1/8, the scales both libraries have, every pixel is the same."""
+    import simplejpeg
+
+    from comp.data import images
+
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (301, 451, 3), dtype=np.uint8), (7, 7), 0)  # odd sides
+    path = tmp_path / "x.jpg"
+    factor = {"420": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420, "444": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444}
+    cv2.imwrite(str(path), img[:, :, 0] if subsampling == "gray" else img,
+                [cv2.IMWRITE_JPEG_QUALITY, 90] + ([cv2.IMWRITE_JPEG_SAMPLING_FACTOR, factor[subsampling]]
+                                                  if subsampling in factor else []))
+    for target, scale in ((None, 1), (300, 1), (150, 2), (75, 4), (37, 8), (10, 8)):
+        with_sj = images._decode_jpeg(path, target)
+        monkeypatch.setattr(images, "simplejpeg", None)
+        without = images._decode_jpeg(path, target)
+        monkeypatch.setattr(images, "simplejpeg", simplejpeg)
+        assert with_sj.shape == without.shape == (-(-301 // scale), -(-451 // scale), 3), (target, with_sj.shape)
+        np.testing.assert_array_equal(with_sj, without, err_msg=f"target {target}")

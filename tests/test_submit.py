@@ -25,16 +25,21 @@ COMPETITION = "tiny-comp"
 
 
 def install_stand_in(tmp_path: Path, monkeypatch, code: int = 0,
-                     answer: str = f"Successfully submitted to {COMPETITION}"):
-    """A fake `kaggle` first on PATH: appends its argv (JSON) to a log, prints `answer`, exits `code`.
-    It also prints KAGGLE_KEY, to show the kit masks credentials."""
+                     answer: str = f"Submission ref: 123\nSuccessfully submitted to {COMPETITION}"):
+    """A fake `kaggle` first on PATH: appends its argv (JSON) to a log; to `competitions submit` prints
+    `answer` and exits `code`; to `competitions submissions` lists submission 123 (described "ok") as
+    COMPLETE with public score 0.5, as kaggle 2.x does. It also prints KAGGLE_KEY, to show the kit masks
+    credentials. (tests/test_kaggle_api.py runs the real CLI against a fake API.)"""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     argv_log = tmp_path / "kaggle_argv.jsonl"
     exe = bin_dir / "kaggle"
+    listing = ("ref,fileName,date,description,status,publicScore,privateScore\n"
+               "123,sub.csv,2026-11-29 20:00:00,ok,SubmissionStatus.COMPLETE,0.5,")
     exe.write_text(f"#!{sys.executable} -S\nimport json, os, sys\n"
                    f"open({str(argv_log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
                    "print('key: ' + os.environ.get('KAGGLE_KEY', ''), file=sys.stderr)\n"
+                   f"if sys.argv[2] == 'submissions':\n    print({listing!r})\n    sys.exit(0)\n"
                    f"print({answer!r})\nsys.exit({code})\n")
     exe.chmod(exe.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
@@ -134,7 +139,7 @@ def test_the_valid_versions_pass_and_a_bom_crlf_file_too(comp_setup, tmp_path, m
             file = _write(tmp_path / f"{kind}_{crlf}.csv", [rows[0]] + rows[1:][::-1], crlf=crlf, bom=bom)  # any order
             code, err = submit_in_process(monkeypatch, capsys, str(file), "-m", "ok", *comp_setup[kind])
             assert code == 0, err
-    assert len(argv_log.read_text().splitlines()) == 4
+    assert len(argv_log.read_text().splitlines()) == 8  # each: submit, then the status read
 
 
 def test_the_cli_gets_exactly_its_arguments_and_the_submission_is_recorded(tmp_path, monkeypatch, capsys):
@@ -146,7 +151,8 @@ def test_the_cli_gets_exactly_its_arguments_and_the_submission_is_recorded(tmp_p
     code, err = submit_in_process(monkeypatch, capsys, str(file), "-m", message, *ex["overrides"])
     assert code == 0, err
     assert [json.loads(ln) for ln in argv_log.read_text().splitlines()] == [
-        ["competitions", "submit", COMPETITION, "-f", str(file), "-m", message]]
+        ["competitions", "submit", COMPETITION, "-f", str(file), "-m", message],
+        ["competitions", "submissions", "-c", COMPETITION, "--csv"]]
     subs = tmp_path / "subs"
     index = pd.read_csv(subs / "index.csv", dtype=str, keep_default_na=False)
     assert len(index) == 1
@@ -157,6 +163,7 @@ def test_the_cli_gets_exactly_its_arguments_and_the_submission_is_recorded(tmp_p
     assert row["config_hash"] == config_hash(ex["cfg"]) and row["git_commit"]
     assert row["cv_metric"] == "accuracy" and float(row["cv_score"]) == pytest.approx(cv_table(ex["cfg"])[1])
     assert row["kaggle_answer"] == f"Successfully submitted to {COMPETITION}"
+    assert (row["kaggle_ref"], row["status"], row["public_score"], row["error"]) == ("123", "COMPLETE", "0.5", "")
     assert pd.Timestamp(row["time"]).tzinfo is not None
     assert "S3CRET-KEY-123" not in err
 
@@ -171,7 +178,7 @@ def test_a_failing_cli_is_one_error_line_and_nothing_is_recorded(comp_setup, tmp
     file = _write(tmp_path / "ok.csv", _valid(comp_setup["ids"], "label"))
     code, err = submit_in_process(monkeypatch, capsys, str(file), "-m", "x", *comp_setup["label"])
     line = _one_error(code, err)
-    assert "kaggle competitions submit tiny-comp" in line and "failed: 400 Client Error" in line
+    assert "kaggle competitions submit tiny-comp" in line and "failed:" in line and "400 Client Error" in line
     assert argv_log.exists() and not comp_setup["subs"].exists()
     assert "S3CRET-KEY-123" not in err
 
@@ -225,3 +232,48 @@ def test_an_empty_message_or_competition_is_refused(comp_setup, tmp_path, monkey
     assert "data.competition is empty" in _one_error(code, err)
     assert not argv_log.exists() and not comp_setup["subs"].exists()
     assert load_config(None, comp_setup["label"]).data.competition == COMPETITION
+
+
+def test_an_older_cli_without_a_ref_is_looked_up_and_a_silent_failure_is_caught(comp_setup, tmp_path, monkeypatch,
+                                                                                   capsys):
+    file = _write(tmp_path / "ok.csv", _valid(comp_setup["ids"], "label"))
+    install_stand_in(tmp_path, monkeypatch, answer=f"Successfully submitted to {COMPETITION}")  # no ref printed
+    code, err = submit_in_process(monkeypatch, capsys, str(file), "-m", "ok", *comp_setup["label"])
+    assert code == 0, err
+    row = pd.read_csv(comp_setup["subs"] / "index.csv", dtype=str).iloc[-1]
+    assert row["kaggle_ref"] == "123" and row["status"] == "COMPLETE"  # found by its description
+
+    install_stand_in(tmp_path, monkeypatch, answer="Could not submit to competition")  # older CLIs: exit 0
+    code, err = submit_in_process(monkeypatch, capsys, str(file), "-m", "other", *comp_setup["label"])
+    assert "failed: Could not submit to competition" in _one_error(code, err)
+    assert len(pd.read_csv(comp_setup["subs"] / "index.csv")) == 1  # not recorded
+    assert len(list(comp_setup["subs"].glob("*.csv"))) == 2  # index + the first copy only
+
+
+def test_the_leaderboard_plots_cv_against_public_score_of_every_recorded_submission(tmp_path, monkeypatch, capsys):
+    from comp.report.leaderboard import leaderboard
+    from comp.submit.kaggle import INDEX_COLUMNS, append_index
+
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    old = INDEX_COLUMNS[:INDEX_COLUMNS.index("kaggle_answer") + 1]
+    (subs / "index.csv").write_text(",".join(old) + "\nt0,a.csv,tiny-comp,c,h,g,accuracy,0.61,old kit,ok\n")
+    for ref, cv, status, public, comp in [("1", "0.70", "COMPLETE", "0.68", "tiny-comp"),
+                                          ("2", "0.75", "ERROR", "", "tiny-comp"),
+                                          ("3", "0.80", "COMPLETE", "0.74", "tiny-comp"),
+                                          ("4", "0.90", "COMPLETE", "0.10", "other-comp")]:
+        append_index(subs / "index.csv", {"time": f"t{ref}", "competition": comp, "cv_metric": "accuracy",
+                                          "cv_score": cv, "message": f"run {ref}", "kaggle_ref": ref,
+                                          "status": status, "public_score": public})
+    cfg = load_config(None, ["data.competition=tiny-comp", f"predict.submissions_dir={subs}"])
+    table = leaderboard(cfg, tmp_path / "lb.png")
+    assert list(table["kaggle_ref"]) == ["", "1", "2", "3"] and list(table["public_score"]) == ["", "0.68", "", "0.74"]
+    assert (tmp_path / "lb.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "scripts" / "report.py"), "--leaderboard", "-o",
+                                      str(tmp_path / "lb2.png"), "data.competition=nowhere",
+                                      f"predict.submissions_dir={subs}"])
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(ROOT / "scripts" / "report.py"), run_name="__main__")
+    assert "no submission to 'nowhere' recorded" in _one_error(e.value.code, capsys.readouterr().err)

@@ -1,7 +1,8 @@
 """Decoding any image file the competitions ship into an RGB uint8 array at the training size.
 
-JPEGs are decoded by libjpeg-turbo through simplejpeg, at the smallest of its scales (1/8, 2/8, 3/8,
-...) that still covers the target, straight from the DCT coefficients: the very pixels of OpenCV's
+JPEGs are decoded by libjpeg-turbo through simplejpeg (where it is absent, as in Kaggle's Python image,
+through OpenCV's IMREAD_REDUCED_* at 1/8, 1/4, 1/2), at the smallest of its scales (1/8, 2/8, 3/8, ...)
+that still covers the target, straight from the DCT coefficients: the very pixels of OpenCV's
 IMREAD_REDUCED_* at the scales both have, ~25% faster (0.76 against 1.0 ms for a 512 px fundus JPEG at
 1/2 scale, one core), and the IDCT and colour conversion of a 3000x2000 photograph shrink to an eighth.
 Everything else, and any JPEG simplejpeg refuses (CMYK, a recoverable error), goes to OpenCV (several
@@ -31,12 +32,15 @@ from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import simplejpeg
 
 from comp.errors import UserError
 
 if TYPE_CHECKING:
     from comp.data.dicom import DicomOptions
+try:
+    import simplejpeg
+except ImportError:  # Kaggle's Python image has no simplejpeg: OpenCV's reduced decode gives the same pixels
+    simplejpeg = None
 
 cv2.setNumThreads(1)  # the DataLoader workers are the parallelism; OpenCV threads would fight them
 if hasattr(cv2, "utils") and hasattr(cv2.utils, "logging"):  # bad files are reported by ImageError instead
@@ -57,12 +61,30 @@ class ImageError(UserError):
         self.kind, self.path, self.detail = kind, Path(path), detail
 
 
+_REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
+
+
 def _decode_jpeg(path: Path, target: int | None) -> np.ndarray | None:
     """libjpeg-turbo's decode, reduced to the smallest scale whose both sides are >= `target`; None when
-    simplejpeg refuses the file (CMYK, any warning: strict), which then goes to the general path."""
+    the file is refused (CMYK, any warning: strict), which then goes to the general path.
+
+    simplejpeg picks among the scales n/8; without it (Kaggle's image) OpenCV's IMREAD_REDUCED_* decodes
+    at 1/8, 1/4 or 1/2 (the largest reduction that still covers `target`), EXIF orientation ignored as
+    everywhere else. At the scales both have the pixels are the same (tests/test_kaggle_api.py)."""
     try:
         data = path.read_bytes()
-        return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=target or 0, min_width=target or 0)
+        if simplejpeg is not None:
+            return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=target or 0, min_width=target or 0)
+        flag = cv2.IMREAD_COLOR
+        if target:
+            from PIL import Image
+
+            with Image.open(path) as im:  # reads the header only
+                w, h = im.size
+            # libjpeg's scaled side is ceil(side / r)
+            flag = next((f for r, f in _REDUCED if -(-w // r) >= target and -(-h // r) >= target), flag)
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flag | cv2.IMREAD_IGNORE_ORIENTATION)
+        return None if img is None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     except (ValueError, OSError):
         return None
 

@@ -39,6 +39,9 @@ from comp.predict import thresholds
 from comp.predict.predict import check_probs_path, save_probs, trained_folds
 from comp.train import checkpoint as ckpt_io
 
+RUNTIME_WARN_SHARE = 0.5  # warn when the estimated run passes half the limit: Kaggle's GPUs are often slower
+# than the packaging machine, and a notebook that times out on the hidden rerun scores nothing
+
 INFER_PY = '''#!/usr/bin/env python
 """Offline inference of a packaged experiment (written by the kit's scripts/package.py):
 
@@ -47,11 +50,13 @@ INFER_PY = '''#!/usr/bin/env python
 ROOT is the competition's data (default /kaggle/input/<data.competition>). Only this folder is needed:
 no network, no install; logs go to stderr, the validated CSV to stdout."""
 
+import os
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.dont_write_bytecode = True  # the Kaggle input folder is read-only
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no internet: albumentations' version check would fail
 sys.path.insert(0, str(HERE))  # this folder's comp/ before any installed copy
 sys.path.append(str(HERE / "vendor"))  # omegaconf, only where the image has none
 
@@ -101,9 +106,85 @@ def _metadata(cfg: Any, dataset_id: str | None) -> dict[str, Any]:
     return {"title": title.ljust(6, "_"), "id": dataset_id, "licenses": [{"name": "CC0-1.0"}]}
 
 
-def build_package(cfg: Any, out: Path | None = None, dataset_id: str | None = None, force: bool = False) -> Path:
+def _sample_root(cfg: Any, k: int, dest: Path) -> Path | None:
+    """A view of data.root whose test set is its first `k` test ids: the other entries symlinked, the ids
+    CSV (data.test_csv and/or data.sample_submission, at the top of data.root) cut. None when the test ids
+    come from no top-level CSV (then no estimate is made)."""
+    root, d = resolve_path(cfg.data.root), cfg.data
+    names = [n for n in (d.test_csv, d.sample_submission) if n]
+    if not names or any(Path(n).parent != Path(".") or not (root / n).is_file() for n in names):
+        return None
+    import pandas as pd
+
+    first = pd.read_csv(root / names[0], dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    keep = set(first[d.id_column].head(k))
+    dest.mkdir(parents=True)
+    for entry in root.iterdir():
+        if entry.name not in names:
+            (dest / entry.name).symlink_to(entry)
+    for n in names:
+        df = pd.read_csv(root / n, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        df[df[d.id_column].isin(keep)].to_csv(dest / n, index=False)
+    return dest
+
+
+def estimate_runtime(cfg: Any, pkg: Path, sample: int = 32) -> float | None:
+    """Seconds the packaged infer.py should take on the hidden test set (data.hidden_test_size images),
+    from two timed runs on this machine, on 1 and on `sample` public test images: the fixed cost (start,
+    imports, loading the folds) plus the per-image cost times the hidden size. Logged with a warning when
+    it passes RUNTIME_WARN_SHARE of data.runtime_limit_hours. Kaggle's accelerators (T4, P100) are often
+    slower than the machine packaging, hence the margin. None when it cannot be measured (no hidden size,
+    no top-level test ids CSV).
+
+    Raises:
+        UserError: infer.py fails on the sample (its last stderr line).
+    """
+    import subprocess
+    import tempfile
+    import time
+
+    hidden = cfg.data.hidden_test_size
+    if hidden <= 0:
+        log("run time not estimated: data.hidden_test_size is 0 (unknown)")
+        return None
+    times = {}
+    with tempfile.TemporaryDirectory(prefix="runtime-") as tmp:
+        for k in (1, sample):
+            root = _sample_root(cfg, k, Path(tmp) / f"k{k}")
+            if root is None:
+                log("run time not estimated: the test ids are not in a CSV at the top of data.root")
+                return None
+            start = time.perf_counter()
+            res = subprocess.run([sys.executable, str(pkg / "infer.py"), "--data", str(root),
+                                  "data.solution_csv=''"], capture_output=True, text=True, cwd=tmp)
+            times[k] = time.perf_counter() - start
+            if res.returncode != 0:
+                lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+                raise UserError(f"{pkg / 'infer.py'} failed on a sample of {k} test image(s): "
+                                f"{lines[-1] if lines else res.returncode}")
+            k_real = res.stdout.count("\n") - 1  # rows written (header excluded)
+            if k == sample:
+                sample = max(k_real, 2)
+    per_image = max(times[max(times)] - times[1], 0.0) / (sample - 1)
+    estimate = times[1] + per_image * (hidden - 1)
+    limit = cfg.data.runtime_limit_hours * 3600
+    msg = (f"estimated run time of infer.py on {hidden} hidden test images: {estimate / 3600:.2f} h "
+           f"({times[1]:.1f} s fixed + {per_image * 1000:.1f} ms/image, on this machine); limit "
+           f"{cfg.data.runtime_limit_hours:g} h")
+    if estimate > RUNTIME_WARN_SHARE * limit:
+        log(f"warning: {msg}: over {RUNTIME_WARN_SHARE:.0%} of the limit; Kaggle's notebook may time out "
+            f"(fewer folds or TTA views, a smaller image_size, or data.kernel_gpu=true)")
+    else:
+        log(msg)
+    return estimate
+
+
+def build_package(cfg: Any, out: Path | None = None, dataset_id: str | None = None, force: bool = False,
+                  estimate: bool | None = None) -> Path:
     """Gather the experiment's folds, config, thresholds and the kit's code into `out` (default
-    `<out_dir>/package`), built in a temporary folder and renamed when complete.
+    `<out_dir>/package`), built in a temporary folder and renamed when complete. With `estimate` (default:
+    for a code competition with data.hidden_test_size set) the run time on the hidden test set is
+    estimated (estimate_runtime).
 
     Raises:
         UserError: no trained fold, a fold trained with another config, `out` exists (without `force`).
@@ -137,6 +218,8 @@ def build_package(cfg: Any, out: Path | None = None, dataset_id: str | None = No
         (tmp / "dataset-metadata.json").write_text(json.dumps(_metadata(cfg, dataset_id), indent=2) + "\n")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     log(f"package: {out} ({len(folds)} fold(s), {size / 2**20:.1f} MiB)")
+    if estimate or (estimate is None and cfg.data.code_competition and cfg.data.hidden_test_size > 0):
+        estimate_runtime(cfg, out)
     log(f"upload:  kaggle datasets create -p {out} --dir-mode zip   (later: kaggle datasets version -p {out} "
         f"--dir-mode zip -m MESSAGE)")
     log(f"in the notebook: !python /kaggle/input/<dataset>/infer.py --data /kaggle/input/"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import runpy
 import subprocess
 import sys
 import zipfile
@@ -18,10 +17,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, run_script, write_tiny_competition
+from conftest import run_script, write_tiny_competition
 from fake_kaggle import USER, Competition, FakeKaggle
 from test_package import _offline_env
 from test_predict import make_experiment
+from test_submit import submit_in_process
 
 from comp.config import load_config
 from comp.data.download import ensure_data
@@ -49,15 +49,6 @@ def api(fake, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{CLI.parent}{os.pathsep}{os.environ['PATH']}")
     fake.requests.clear()
     return env
-
-
-def submit_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """scripts/submit.py ARGS in this process (the CLI it runs is a real subprocess)."""
-    monkeypatch.setattr(sys, "argv", [str(ROOT / "scripts" / "submit.py"), *args])
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    with pytest.raises(SystemExit) as e:
-        runpy.run_path(str(ROOT / "scripts" / "submit.py"), run_name="__main__")
-    return e.value.code or 0, capsys.readouterr().err
 
 
 def error_line(code: int, err: str) -> str:
@@ -110,7 +101,7 @@ def test_a_csv_submission_is_scored_and_recorded_under_an_old_index(fake, api, c
     (subs / "index.csv").write_text(",".join(old) + "\n" + ",".join(["2026-01-01T00:00:00+00:00", "a.csv", "tiny-csv",
                                                                       "c.yaml", "h", "g", "qwk", "0.5", "first",
                                                                       "Successfully submitted"]) + "\n")
-    code, err = submit_main(monkeypatch, capsys, str(csv_setup["file"]), "-m", "resnet18", "--poll", "0.05",
+    code, err = submit_in_process(monkeypatch, capsys, str(csv_setup["file"]), "-m", "resnet18", "--poll", "0.05",
                             *csv_setup["overrides"], "data.competition=tiny-csv")
     assert code == 0, err
     index = pd.read_csv(subs / "index.csv", dtype=str, keep_default_na=False)
@@ -130,7 +121,7 @@ def test_a_failed_submission_is_one_error_line(case, fake, api, csv_setup, monke
         "scoring error": Competition(outcome=("ERROR", "", "Submission has 3 rows, expected 9")),
         "rules": Competition(rules_accepted=False), "daily limit": Competition(left_today=0),
         "code competition on Kaggle": Competition(code=True)}[case]
-    code, err = submit_main(monkeypatch, capsys, str(csv_setup["file"]), "-m", "x", "--poll", "0.05",
+    code, err = submit_in_process(monkeypatch, capsys, str(csv_setup["file"]), "-m", "x", "--poll", "0.05",
                             *csv_setup["overrides"], f"data.competition={slug}")
     line = error_line(code, err)
     index = csv_setup["subs"] / "index.csv"
@@ -147,7 +138,7 @@ def test_a_failed_submission_is_one_error_line(case, fake, api, csv_setup, monke
 
 
 def test_a_csv_to_a_code_competition_is_refused_before_sending(fake, api, csv_setup, monkeypatch, capsys):
-    code, err = submit_main(monkeypatch, capsys, str(csv_setup["file"]), "-m", "x", *csv_setup["overrides"],
+    code, err = submit_in_process(monkeypatch, capsys, str(csv_setup["file"]), "-m", "x", *csv_setup["overrides"],
                             "data.competition=tiny-code", "data.code_competition=true")
     line = error_line(code, err)
     assert "is a code competition" in line and "scripts/submit.py --notebook -m x" in line
@@ -188,7 +179,7 @@ def test_the_notebook_flow_end_to_end(fake, api, tmp_path, monkeypatch, capsys):
     fake.competitions["tiny-code-nb"] = Competition(code=True, outcome=("COMPLETE", "0.654", ""))
     fake.run_kernel = _run_pushed_kernel(ex["root"], tmp_path / "kaggle")
     try:
-        code, err = submit_main(monkeypatch, capsys, "--notebook", "-m", "nb 2 folds", "--poll", "0.05",
+        code, err = submit_in_process(monkeypatch, capsys, "--notebook", "-m", "nb 2 folds", "--poll", "0.05",
                                 *ex["overrides"])
     finally:
         fake.run_kernel = None
@@ -222,7 +213,7 @@ def test_the_notebook_flow_end_to_end(fake, api, tmp_path, monkeypatch, capsys):
     # Again, the notebook failing on Kaggle: the dataset is versioned, and the error names what exists.
     fake.kernel_outcome = ("ERROR", "FileNotFoundError: /kaggle/input/tiny-code-nb")
     try:
-        code, err = submit_main(monkeypatch, capsys, "--notebook", "-m", "again", "--poll", "0.05",
+        code, err = submit_in_process(monkeypatch, capsys, "--notebook", "-m", "again", "--poll", "0.05",
                                 *ex["overrides"])
     finally:
         fake.kernel_outcome = ("COMPLETE", "")

@@ -36,6 +36,8 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -240,13 +242,19 @@ def process_images(cfg: Any, root: Path, paths: Sequence[str], workers: int | No
             for res in results:
                 problems += [res] if res else []
                 bar.update(1)
-        else:  # forkserver (spawn on Windows): clean workers, not forks of a parent holding torch/BLAS threads
-            ctx = process_context()
-            with ctx.Pool(workers) as pool:
-                chunk = max(1, min(32, len(jobs) // (workers * 8)))
-                for res in pool.imap_unordered(_work, jobs, chunksize=chunk):
-                    problems += [res] if res else []
-                    bar.update(1)
+        else:  # forkserver (spawn on Windows): clean workers, not forks of a parent holding torch/BLAS threads.
+            # concurrent.futures rather than multiprocessing.Pool: a worker killed by the OS (out of memory)
+            # breaks the executor with an error, where a Pool would wait forever for its lost result.
+            chunk = max(1, min(32, len(jobs) // (workers * 8)))
+            try:
+                with ProcessPoolExecutor(workers, mp_context=process_context()) as pool:
+                    for res in pool.map(_work, jobs, chunksize=chunk):
+                        problems += [res] if res else []
+                        bar.update(1)
+            except BrokenProcessPool:
+                raise RuntimeError(f"a worker process of the image cache died (killed by the system: out of memory? "
+                                   f"{workers} workers); the entries written so far are kept, rerun "
+                                   f"scripts/prepare.py") from None
     finally:
         bar.close()
     if folder is not None:

@@ -213,3 +213,42 @@ def test_fused_optimizer_on_cuda_and_foreach_ema(tiny, monkeypatch):
     assert run.ema.foreach
     train_one_epoch(run, 0)
     assert len(calls) == run.steps_per_epoch
+
+
+def test_every_loss_option_takes_effect_with_mixup(tiny):
+    # mixup/cutmix replace the hard labels by soft targets, and the loss by its soft-target form: class weights
+    # and label smoothing must still act (issue 13 item 3: the class weights were silently dropped).
+    from types import SimpleNamespace
+
+    from comp.train.loop import _forward_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(6, 3)
+    hard = torch.tensor([0, 1, 2, 2, 1, 0])
+    w = torch.tensor([0.5, 1.0, 3.0])
+    run = SimpleNamespace(model=lambda x: x, device=torch.device("cpu"), amp_dtype=None, mixup=object(),
+                          loss_weight=w, cfg=SimpleNamespace(train=SimpleNamespace(label_smoothing=0.0)))
+    soft = torch.nn.functional.one_hot(hard, 3).float()
+    weighted = _forward_loss(run, logits, soft)
+    assert torch.allclose(weighted, torch.nn.functional.cross_entropy(logits, hard, weight=w))  # one-hot: exact
+    run.loss_weight = None
+    assert not torch.allclose(_forward_loss(run, logits, soft), weighted)  # the weights took effect
+    # the soft targets the run's Mixup makes carry the label smoothing and the class count
+    built = build_run(config(tiny, "train.mixup=0.4", "train.label_smoothing=0.2", "train.class_weights=true"), 0,
+                      resume=False)
+    assert built.mixup.label_smoothing == 0.2 and built.mixup.num_classes == 3 and built.loss_weight is not None
+
+
+def test_the_model_defines_its_input_normalisation(tiny):
+    # timm's test_resnet was pretrained with mean = std = 0.5, the kit's ResNets with ImageNet's: each run
+    # normalises with its model's own values, saves them in the checkpoint, and prediction reads them back.
+    from comp.predict.predict import fold_norm, load_fold
+
+    run = build_run(config(tiny, "model.name=timm/test_resnet"), 0, resume=False)
+    assert run.norm == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert build_run(config(tiny, "model.name=resnet18", f"out_dir={tiny['out'] / 'r'}"), 0,
+                     resume=False).norm == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    fit(config(tiny, "model.name=timm/test_resnet"), 0)
+    _, meta = load_fold(tiny["out"] / "fold0" / "best.pt", config(tiny, "model.name=timm/test_resnet"))
+    assert fold_norm(meta) == run.norm
+    assert fold_norm({}) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # an older kit's fold: ImageNet's

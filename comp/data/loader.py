@@ -116,20 +116,26 @@ def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, num_
                       prefetch_factor=4 if num_workers > 0 else None, persistent_workers=persistent and num_workers > 0)
 
 
+Norm = tuple[tuple[float, ...], tuple[float, ...]]  # (mean, std) per RGB channel, on the 0..1 scale
+IMAGENET: Norm = (IMAGENET_MEAN, IMAGENET_STD)
+
+
 @functools.cache
-def _normalizer(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, std) as (1, 3, 1, 1) tensors on `device`, made once: building them per batch from Python
-    lists is a blocking host-to-device copy, a stream sync every step."""
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+def _normalizer(device: torch.device, norm: Norm) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) as (1, 3, 1, 1) tensors on `device`, made once per (device, norm): building them per
+    batch from Python lists is a blocking host-to-device copy, a stream sync every step."""
+    mean = torch.tensor(norm[0], device=device).view(1, 3, 1, 1)
+    std = torch.tensor(norm[1], device=device).view(1, 3, 1, 1)
     return mean, std
 
 
-def to_input(x: torch.Tensor, device: torch.device, in_chans: int = 3, channels_last: bool = False) -> torch.Tensor:
-    """uint8 (B, 3, H, W) from the loader → normalised float on `device`; grayscale averaged to 1 channel
-    when the model takes one (in_chans=1)."""
+def to_input(x: torch.Tensor, device: torch.device, in_chans: int = 3, channels_last: bool = False,
+             norm: Norm = IMAGENET) -> torch.Tensor:
+    """uint8 (B, 3, H, W) from the loader → normalised float on `device` with the model's own (mean, std)
+    (`norm`: comp.models.factory.input_norm; ImageNet's for the kit's ResNets); grayscale averaged to 1
+    channel when the model takes one (in_chans=1)."""
     x = x.to(device, non_blocking=True).float().div_(255)
-    mean, std = _normalizer(x.device)
+    mean, std = _normalizer(x.device, (tuple(norm[0]), tuple(norm[1])))
     if in_chans == 1:
         x = (x.mean(1, keepdim=True) - mean.mean()) / std.mean()
     else:
@@ -137,9 +143,10 @@ def to_input(x: torch.Tensor, device: torch.device, in_chans: int = 3, channels_
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def device_batches(loader: Iterable, device: torch.device, in_chans: int = 3,
-                   channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-    """(x, y, batch size) for each batch of `loader`, x normalised on `device` (`to_input`), y there too.
+def device_batches(loader: Iterable, device: torch.device, in_chans: int = 3, channels_last: bool = False,
+                   norm: Norm = IMAGENET) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """(x, y, batch size) for each batch of `loader`, x normalised on `device` (`to_input`, with the
+    model's `norm`), y there too.
 
     On CUDA the next batch is copied and normalised on a side stream while the current one computes (the
     prefetcher of NVIDIA's apex examples and timm): a 256 x 224 px uint8 batch is 38 MB, ~2 ms over
@@ -147,14 +154,14 @@ def device_batches(loader: Iterable, device: torch.device, in_chans: int = 3,
     are used on the compute stream, so their memory is not handed out again while a step still reads it."""
     if device.type != "cuda":
         for xb, yb in loader:
-            yield to_input(xb, device, in_chans, channels_last), yb.to(device), len(xb)
+            yield to_input(xb, device, in_chans, channels_last, norm), yb.to(device), len(xb)
         return
     stream = torch.cuda.Stream(device)
     compute = torch.cuda.current_stream(device)
     pending = None
     for xb, yb in loader:
         with torch.cuda.stream(stream):
-            nxt = (to_input(xb, device, in_chans, channels_last), yb.to(device, non_blocking=True), len(xb))
+            nxt = (to_input(xb, device, in_chans, channels_last, norm), yb.to(device, non_blocking=True), len(xb))
         if pending is not None:
             yield pending
         compute.wait_stream(stream)

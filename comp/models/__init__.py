@@ -2,6 +2,7 @@
 
 from comp.models.factory import (
     create_model,
+    input_norm,
     list_models,
     load_pretrained,
     read_state_dict,
@@ -15,6 +16,7 @@ __all__ = [
     "Bottleneck",
     "ResNet",
     "create_model",
+    "input_norm",
     "list_models",
     "load_pretrained",
     "read_state_dict",

@@ -74,6 +74,17 @@ def create_model(
     return model
 
 
+def input_norm(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) per RGB channel (0..1 scale) the model's inputs are normalised with: what its
+    pretrained weights were trained with, from timm's `resolve_model_data_config` (ViT augreg, Inception,
+    EVA and others use 0.5/0.5, not ImageNet's statistics). The kit's ResNets carry no mean/std in their
+    pretrained_cfg and get timm's default, ImageNet's (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225)."""
+    from timm.data import resolve_model_data_config
+
+    cfg = resolve_model_data_config(model)
+    return tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
+
+
 def _build(name: str, num_classes: int, in_chans: int, drop_rate: float) -> nn.Module:
     """Randomly initialised model; `name` is already validated."""
     if name.startswith(TIMM_PREFIX):

@@ -30,7 +30,7 @@ from comp.device import pick_device
 from comp.errors import UserError
 from comp.io import write_csv, write_json
 from comp.log import log
-from comp.predict.predict import fold_outputs, load_fold
+from comp.predict.predict import fold_norm, fold_outputs, load_fold
 from comp.train.oof import prob_frame
 
 FILE = "oof_tta.csv"
@@ -111,11 +111,12 @@ def _predict(cfg: Any, comp: Competition, device: torch.device, todo: list[tuple
         va = folds[folds["fold"] == k]
         if len(va) == 0:
             raise UserError(f"{folds_path(out_dir)} has no validation rows for fold {k}, which has {path}")
-        model, _ = load_fold(path, cfg, comp.classes)
+        model, meta = load_fold(path, cfg, comp.classes)
         model = model.to(device)
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        (out,) = fold_outputs(cfg, comp, [model], va["path"].tolist(), device, f"OOF x TTA {path.parent.name}")
+        (out,) = fold_outputs(cfg, comp, [model], va["path"].tolist(), device, f"OOF x TTA {path.parent.name}",
+                              fold_norm(meta))
         probs = (out.softmax(1) if cfg.predict.ensemble == "mean_logit" else out).double().numpy()  # (N_k, C)
         oof = prob_frame(va["id"].astype(str).tolist(), probs, list(comp.classes), va["label"].to_numpy())
         csv = write_csv(path.parent / FILE, oof, what="TTA out-of-fold predictions")

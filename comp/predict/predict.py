@@ -22,7 +22,7 @@ from comp.config import config_hash, resolve_path
 from comp.data.augment import build_transform, check_tta
 from comp.data.cache import image_loader
 from comp.data.competition import Competition
-from comp.data.loader import ImageDataset, device_batches, make_loader
+from comp.data.loader import IMAGENET, ImageDataset, Norm, device_batches, make_loader
 from comp.device import amp_dtype_for, pick_device
 from comp.errors import UserError
 from comp.log import log
@@ -82,18 +82,27 @@ def fold_weight(meta: dict[str, Any], how: str, path: Path) -> float:
     return float(best)
 
 
+def fold_norm(meta: dict[str, Any]) -> Norm:
+    """The input (mean, std) a fold was trained and validated with (its checkpoint's `input_norm`); a
+    checkpoint of a kit older than the key was trained with ImageNet's, whatever the model."""
+    mean, std = meta.get("input_norm") or IMAGENET
+    return tuple(mean), tuple(std)
+
+
 def fold_outputs(cfg: Any, comp: Competition, models: list[torch.nn.Module], paths: list[str],
-                 device: torch.device, desc: str) -> list[torch.Tensor]:
+                 device: torch.device, desc: str, norm: Norm = IMAGENET) -> list[torch.Tensor]:
     """Each model's (N, C) output over the images `paths`, averaged over the config's TTA views: the mean
     of the views' probabilities, or of their logits with predict.ensemble=mean_logit. The images are read
-    as validation reads them (the cache, or decoded and preprocessed; `aug.valid`), once for all models."""
+    as validation reads them (the cache, or decoded and preprocessed; `aug.valid`; normalised with the
+    models' `norm`, `fold_norm`), once for all models."""
     views = check_tta(cfg.aug.tta)
     dataset = ImageDataset(paths, None, cfg.image_size, build_transform(cfg.aug.valid, "aug.valid"),
                            load=image_loader(cfg, comp))
     loader = make_loader(dataset, cfg.batch_size, None, cfg.num_workers, pin_memory=device.type == "cuda")
     activation = None if cfg.predict.ensemble == "mean_logit" else (lambda t: t.softmax(1))
     with tqdm(total=len(loader), desc=desc, leave=False, dynamic_ncols=True) as bar:  # closed on an error too
-        batches = (x for x, _, _ in device_batches(loader, device, cfg.model.in_chans, cfg.train.channels_last))
+        batches = (x for x, _, _ in device_batches(loader, device, cfg.model.in_chans, cfg.train.channels_last,
+                                                   norm))
         return forward_views(models, batches, views, amp_dtype_for(device, cfg.train.amp), activation,
                              on_batch=lambda: bar.update(1))
 
@@ -119,9 +128,10 @@ def predict_test(cfg: Any, comp: Competition, device: torch.device | None = None
     device = device or pick_device(cfg.device)
     views = check_tta(cfg.aug.tta)
     paths = paths or trained_folds(cfg)
-    models, weights = [], []
+    models, weights, norms = [], [], {}
     for path in paths:
         model, meta = load_fold(path, cfg, comp.classes, expect_hash)
+        norms[path] = fold_norm(meta)
         model = model.to(device)
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -132,8 +142,12 @@ def predict_test(cfg: Any, comp: Competition, device: torch.device | None = None
         shown = f"{best:.4f}" if isinstance(best, (int, float)) else "?"
         log(f"{path.parent.name}: validation {meta.get('metric', 'score')} {shown}, weight {w:.4g}, "
             f"{len(views)} TTA view(s)")
+    if len(set(norms.values())) > 1:  # one batch feeds every fold: they must agree on the input convention
+        (p0, n0), (p1, n1) = list(norms.items())[0], next((p, n) for p, n in norms.items() if n != norms[paths[0]])
+        raise UserError(f"{p1} normalises its input with (mean, std) {n1} but {p0} with {n0}: folds of one "
+                        f"experiment must share the model's input convention; retrain the older fold")
     outs = fold_outputs(cfg, comp, models, comp.test["path"].tolist(), device,
-                        f"predict {len(models)} fold(s) x {len(views)} view(s)")
+                        f"predict {len(models)} fold(s) x {len(views)} view(s)", norms[paths[0]])
     total, weight_sum = None, 0.0
     for w, out in zip(weights, outs, strict=True):  # fold order: the same sums as fold after fold
         total = w * out.double() if total is None else total + w * out.double()

@@ -35,11 +35,11 @@ from comp.config import resolve_path  # noqa: E402
 from comp.data.augment import build_transform  # noqa: E402
 from comp.data.cache import image_loader  # noqa: E402
 from comp.data.competition import Competition, load_competition  # noqa: E402
-from comp.data.loader import ImageDataset, to_input  # noqa: E402
+from comp.data.loader import IMAGENET, ImageDataset, to_input  # noqa: E402
 from comp.errors import UserError  # noqa: E402
 from comp.io import write_bytes, write_text  # noqa: E402
 from comp.log import log  # noqa: E402
-from comp.predict.predict import load_fold, pick_device, trained_folds  # noqa: E402
+from comp.predict.predict import fold_norm, load_fold, pick_device, trained_folds  # noqa: E402
 from comp.report import errors_analysis as ea  # noqa: E402
 from comp.train.oof import load_oof, oof_probs  # noqa: E402
 
@@ -133,7 +133,7 @@ def overlay(img: np.ndarray, cam: np.ndarray) -> np.ndarray:
 
 
 def render(cfg: Any, comp: Competition, model: nn.Module, rows: pd.DataFrame, device: torch.device,
-           load: Any = None) -> list[dict]:
+           load: Any = None, norm: Any = IMAGENET) -> list[dict]:
     """Each row's image as the model saw it and its Grad-CAM overlay: dicts of id, section, truth, pred,
     prob, image and heat ((H, W, 3) uint8). `load`: the image loader (default `image_loader(cfg, comp)`)."""
     paths = dict(zip(comp.train["id"], comp.train["path"], strict=True))
@@ -147,7 +147,8 @@ def render(cfg: Any, comp: Competition, model: nn.Module, rows: pd.DataFrame, de
     for start in range(0, len(ds), cfg.batch_size):
         idx = range(start, min(start + cfg.batch_size, len(ds)))
         xb = torch.stack([ds[i][0] for i in idx])  # (B, 3, H, W) uint8
-        cams = grad_cam(model, to_input(xb, device, cfg.model.in_chans), rows["pred"].iloc[list(idx)].tolist())
+        x = to_input(xb, device, cfg.model.in_chans, norm=norm)
+        cams = grad_cam(model, x, rows["pred"].iloc[list(idx)].tolist())
         for b, i in enumerate(idx):
             img = xb[b].permute(1, 2, 0).numpy()
             r = rows.iloc[i]
@@ -287,8 +288,9 @@ def explain(cfg: Any, per_class: int = 4, out: Path | None = None, duplicates: b
         if mine.empty:
             log(f"explain: {path.parent} has no oof.csv; skipped")
             continue
-        model, _ = load_fold(path, cfg, comp.classes)
-        sheets[k] = render(cfg, comp, model, review_rows(mine, comp.classes, per_class, cfg.seed), device, load)
+        model, meta = load_fold(path, cfg, comp.classes)
+        sheets[k] = render(cfg, comp, model, review_rows(mine, comp.classes, per_class, cfg.seed), device, load,
+                           fold_norm(meta))
         for s, name in SECTIONS.items():
             chosen = [it for it in sheets[k] if it["section"] == s]
             if chosen:

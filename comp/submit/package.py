@@ -71,7 +71,7 @@ def _slim(ck: dict[str, Any]) -> dict[str, Any]:
     """A fold checkpoint reduced to what prediction needs: the validated weights and the metadata."""
     weights = ck["ema"] if ck.get("eval_weights") == "ema" and ck.get("ema") is not None else ck["model"]
     keep = ("format_version", "config_hash", "model_name", "num_classes", "in_chans", "classes", "fold", "metric",
-            "best", "epoch")
+            "best", "epoch", "input_norm", "positive", "config")
     return {**{k: ck[k] for k in keep if k in ck}, "model": weights, "ema": None, "eval_weights": "model"}
 
 

@@ -19,7 +19,7 @@ from comp.data.loader import EpochSampler, ImageDataset, class_weights, make_loa
 from comp.device import amp_dtype_for, pick_device
 from comp.errors import UserError
 from comp.metrics import check_metric, positive_index
-from comp.models import create_model
+from comp.models import create_model, input_norm
 from comp.train.distributed import setup_distributed
 from comp.train.optim import build_optimizer
 from comp.train.state import FoldData, Run, restore
@@ -122,6 +122,7 @@ def build_run(cfg: Any, fold: int, resume: bool) -> Run:
     meta = {"config_hash": config_hash(cfg), "model_name": cfg.model.name, "num_classes": comp.num_classes,
             "in_chans": cfg.model.in_chans, "classes": list(comp.classes), "fold": fold, "metric": metric,
             "eval_weights": "ema" if ema is not None else "model",
+            "input_norm": [list(v) for v in input_norm(raw)],  # (mean, std): validation, prediction, package
             "positive": positive_index(cfg.data.positive_class, comp.classes, comp.label_values)
             if comp.num_classes == 2 else 1}  # the class a two-class AUC ranks (data.positive_class)
     run = Run(cfg=cfg, fold=fold, dir=fold_dir, device=device, dist=d, raw=raw, model=model, optimizer=optimizer,

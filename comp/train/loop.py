@@ -54,13 +54,19 @@ class Stopped(Exception):
 
 
 def _forward_loss(run: Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The mean training loss of one micro-batch: cross-entropy (weighted, label-smoothed), or against the
-    soft targets of mixup/cutmix."""
+    """The mean training loss of one micro-batch: cross-entropy (class-weighted, label-smoothed), or against
+    the soft targets of mixup/cutmix (B, C), label smoothing already in them. Class weights apply to soft
+    targets too: sum_i sum_c w_c y_ic (-log p_ic) / sum_i sum_c w_c y_ic, which for one-hot targets is
+    exactly torch's weighted cross-entropy (a weighted mean over the batch), so mixup never drops them."""
     with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
         logits = run.model(x)
     logits = logits.float()
-    if run.mixup is not None:  # y is a soft (B, C) target, label smoothing already in it
-        return torch.sum(-y * F.log_softmax(logits, dim=-1), dim=-1).mean()
+    if run.mixup is not None:
+        logp = F.log_softmax(logits, dim=-1)
+        if run.loss_weight is None:
+            return torch.sum(-y * logp, dim=-1).mean()
+        wy = y * run.loss_weight  # (B, C)
+        return torch.sum(-wy * logp) / wy.sum()
     return F.cross_entropy(logits, y, weight=run.loss_weight, label_smoothing=run.cfg.train.label_smoothing)
 
 
@@ -119,7 +125,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
         return bool(g_stop)
 
     t0 = time.perf_counter() - part["seconds"]  # the time before a resume counts too
-    it = device_batches(batches, run.device, cfg.model.in_chans, cfg.train.channels_last)
+    it = device_batches(batches, run.device, cfg.model.in_chans, cfg.train.channels_last, run.norm)
     try:
         for step in range(start, run.steps_per_epoch):
             losses, sizes = [], []
@@ -193,7 +199,7 @@ def validate(run: Run) -> tuple[dict[str, float], np.ndarray]:
     with tqdm(total=len(data.valid_loader), desc="validate", leave=False, disable=not run.dist.main,
               dynamic_ncols=True) as bar:
         batches = (x for x, _, _ in device_batches(data.valid_loader, run.device, cfg.model.in_chans,
-                                                   cfg.train.channels_last))
+                                                   cfg.train.channels_last, run.norm))
         (logits,) = forward_views([model], batches, amp_dtype=run.amp_dtype, on_batch=lambda: bar.update(1))
     logits = logits.numpy() if len(logits) else np.zeros((0, run.meta["num_classes"]), np.float32)
     logits = gather_rows(run.dist, data.valid_index, logits, len(data.valid_set))

@@ -78,6 +78,12 @@ class Run:
     config_saved: bool = False  # config.yaml goes with this attempt's first checkpoint (save)
     next_epoch: tuple[int, Any] | None = None  # (epoch, its train_loader iterator), started before validation
 
+    @property
+    def norm(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The model's input (mean, std) (comp.models.input_norm), saved in every checkpoint."""
+        mean, std = self.meta["input_norm"]
+        return tuple(mean), tuple(std)
+
     def global_step(self) -> int:
         """Optimizer steps taken since the start of the run, counted at today's steps per epoch."""
         return self.state["epoch"] * self.steps_per_epoch + self.state["step"]

@@ -19,7 +19,7 @@ from conftest import ROOT, assert_user_error, run_script, write_tiny_competition
 from test_predict import make_experiment
 
 from comp.config import config_hash, load_config
-from comp.report.report import cv_table
+from comp.train.oof import cv_table
 
 COMPETITION = "tiny-comp"
 

@@ -33,6 +33,7 @@ if __name__ == "__main__":
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="YAML config (default: configs/demo.yaml)")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one error line")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (drawn only when stderr is a terminal)")
     p.add_argument("file", metavar="FILE", help="the submission CSV")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.add_argument("-m", "--message", required=True, help="the submission's description on Kaggle")

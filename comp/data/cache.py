@@ -36,14 +36,13 @@ from typing import Any
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from comp import io
 from comp.data.competition import Problem
 from comp.config import resolve_path
 from comp.errors import UserError
 from comp.data.images import ImageError
-from comp.log import log
+from comp.log import log, progress
 from comp.data.preprocess import check_steps, load_preprocessed
 
 CACHE_VERSION = 2  # bump when decoding or a preprocessing step changes the pixels it produces
@@ -172,7 +171,7 @@ def process_images(cfg: Any, root: Path, paths: Sequence[str], workers: int | No
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if len(jobs) >= MIN_PARALLEL else 1
     desc = "cache images" if folder is not None else "check images"
-    bar = tqdm(total=len(jobs), desc=desc, dynamic_ncols=True, leave=False)
+    bar = progress(len(jobs), desc)
     problems: list[Problem] = []
     try:
         if workers <= 1:

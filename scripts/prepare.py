@@ -10,9 +10,10 @@ from comp.data.prepare import prepare
 
 
 def run(args):
+    from comp import validate_config
     from comp.config import load_config
 
-    prepare(load_config(args.config, args.overrides))
+    prepare(validate_config(load_config(args.config, args.overrides)))  # every key, before any work
 
 
 if __name__ == "__main__":

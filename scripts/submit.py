@@ -22,10 +22,11 @@ class Parser(argparse.ArgumentParser):
 
 
 def run(args):
+    from comp import validate_config
     from comp.config import load_config
     from comp.submit.kaggle import submit
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = validate_config(load_config(args.config, args.overrides))  # every key, before any work
     submit(cfg, Path(args.file), args.message, config_path=args.config, dry_run=args.dry_run)
 
 

@@ -122,7 +122,8 @@ def to_checkpoint(run: Run) -> dict[str, Any]:
 
 # What only a resume reads: best.pt (the epoch that scored best) is predicted from, never resumed from
 # (restore reads recovery.pt and last.pt), so it goes without them. The optimizer state is most of a training
-# checkpoint (AdamW: two moments per weight, 2x the model; ResNet-18 with EMA 134 MB -> 45 MB without).
+# checkpoint (AdamW: two moments per weight, 2x the model; measured, ResNet-18 at 1000 classes: 134 MiB,
+# best.pt 45 MiB).
 # timm hard-links best to last instead (no extra write), but the link then pins that epoch's optimizer state
 # on disk once last.pt moves on; a slim copy costs one write of the weights and stays small.
 RESUME_ONLY = ("optimizer", "scaler", "rng", "partial")

@@ -96,7 +96,8 @@ def test_a_typo_anywhere_fails_train_fold_before_training(tiny, override, needle
 def test_one_epoch_fold_log_file_figures_and_slim_best(tiny, tmp_path):
     log = tmp_path / "fold0.log"
     with log.open("w") as f:
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "train_fold.py"), "--fold", "0", *tiny["overrides"]],
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "train_fold.py"), "--fold", "0", *tiny["overrides"],
+                        "model.name=timm/test_resnet"],
                        stderr=f, stdout=subprocess.DEVNULL, check=True, cwd=ROOT, timeout=300,
                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
     text = log.read_text()

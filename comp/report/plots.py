@@ -17,6 +17,15 @@ from comp.metrics import confusion  # noqa: E402
 from comp.train.oof import oof_probs  # noqa: E402
 
 
+def _epoch_axis(axes: tuple, epochs: pd.Series) -> None:
+    """Whole epochs on the x axis, half an epoch of room at each end (one epoch: a tick at it, not +-0.05)."""
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        if epochs.nunique() <= 10:  # MaxNLocator falls back to fractions on a range under one epoch
+            ax.set_xticks(sorted(epochs.unique()))
+        ax.set_xlim(epochs.min() - 0.5, epochs.max() + 0.5)
+
+
 def curves(history: pd.DataFrame, metric: str, path: Path, title: str = "") -> None:
     """Train/valid loss and the metric per epoch, in two panels; each epoch a marker, so a one-epoch run
     shows its point (a line needs two)."""
@@ -27,8 +36,7 @@ def curves(history: pd.DataFrame, metric: str, path: Path, title: str = "") -> N
     a.legend()
     b.plot(history["epoch"], history[metric], marker="o", color="C2")
     b.set(xlabel="epoch", ylabel=metric, title=f"valid {metric}")
-    for ax in (a, b):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _epoch_axis((a, b), history["epoch"])
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -94,8 +102,8 @@ def compare_figure(runs: dict[str, list[pd.DataFrame]], metric: str, path: Path,
                 ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=color, alpha=0.15)
     a.set(xlabel="epoch", ylabel="loss", title="loss (solid: valid, dashed: train)")
     b.set(xlabel="epoch", ylabel=metric, title=f"valid {metric} (mean over folds, range shaded)")
+    _epoch_axis((a, b), pd.concat([h["epoch"] for hs in runs.values() for h in hs]))
     for ax in (a, b):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from comp.errors import UserError
+from comp.log import set_quiet
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -22,6 +23,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", default=None, help="YAML config (default: configs/demo.yaml)")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one error line")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (drawn only when stderr is a terminal)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. epochs=3")
     return p
 
@@ -51,6 +53,7 @@ def main(run: Callable[[argparse.Namespace], Any], p: argparse.ArgumentParser, a
     or a refused file write, 130 on Ctrl-C, and 1 with a one-line message (traceback with --debug) on
     anything unexpected."""
     args = p.parse_args(argv)
+    set_quiet(getattr(args, "quiet", False))
     try:
         code = run(args)
     except UserError as e:

@@ -139,6 +139,8 @@ class PredictConfig:
     thresholds: bool = True  # metric=qwk: decode the expected grade with cut-points tuned on the OOF
     output: str = "auto"  # auto | label | prob: labels, or probabilities (auto: per-class sample columns, or auc)
     submissions_dir: str = "submissions"  # scripts/submit.py keeps each submitted CSV and index.csv here
+    folds: list[int] = field(default_factory=list)  # the folds to ensemble, e.g. [0, 2]; empty = every fold
+    # of folds.n_folds, each of which must be trained (a partial ensemble only when asked for by name)
 
 
 @dataclass
@@ -229,6 +231,9 @@ def _check_values(cfg: Any) -> None:
          "must be mean_prob or mean_logit"),
         ("predict.fold_weights", cfg.predict.fold_weights in ("equal", "cv"), "must be equal or cv"),
         ("predict.output", cfg.predict.output in ("auto", "label", "prob"), "must be auto, label or prob"),
+        ("predict.folds", all(0 <= k < cfg.folds.n_folds for k in cfg.predict.folds)
+         and len(set(cfg.predict.folds)) == len(cfg.predict.folds),
+         f"must list distinct fold numbers 0..{cfg.folds.n_folds - 1} (folds.n_folds={cfg.folds.n_folds})"),
     ]
     for key, ok, why in checks:
         if not ok:

@@ -13,11 +13,12 @@ from comp.cli import main, parser
 
 
 def run(args):
+    from comp import validate_config
     from comp.config import load_config
     from comp.predict.predict import check_probs_path, save_probs
     from comp.submit.submission import make_submission
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = validate_config(load_config(args.config, args.overrides))  # every key, before any work
     if args.save_probs:
         check_probs_path(args.save_probs)
     sub = make_submission(cfg)

@@ -11,9 +11,11 @@ from comp.data.prepare import prepare
 
 
 def run(args):
+    from comp import validate_config
     from comp.config import load_config
 
-    prepare(load_config(args.config, args.overrides), download=args.download, rebuild_cache=args.rebuild_cache)
+    prepare(validate_config(load_config(args.config, args.overrides)), download=args.download,  # every key first
+            rebuild_cache=args.rebuild_cache)
 
 
 if __name__ == "__main__":

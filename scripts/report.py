@@ -24,11 +24,12 @@ def fmt(v: float) -> str:
 
 
 def run(args):
+    from comp import validate_config
     from comp.config import load_config, resolve_path
     from comp.report.report import compare, oof_report
     from comp.train.oof import cv_table
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = validate_config(load_config(args.config, args.overrides))  # every key, before any work
     if args.leaderboard:
         from comp.report.leaderboard import leaderboard
 

@@ -28,11 +28,12 @@ class Parser(argparse.ArgumentParser):
 
 
 def run(args):
+    from comp import validate_config
     from comp.config import load_config
 
     if args.file is not None and "=" in args.file and (args.notebook or not Path(args.file).exists()):
         args.overrides, args.file = [args.file, *args.overrides], None  # no FILE: the first override
-    cfg = load_config(args.config, args.overrides)
+    cfg = validate_config(load_config(args.config, args.overrides))  # every key, before any work
     wait = {"wait_s": args.wait, "poll_s": args.poll}
     if args.notebook:
         from comp.submit.notebook import notebook_submit
@@ -53,6 +54,7 @@ if __name__ == "__main__":
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="YAML config (default: configs/demo.yaml)")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one error line")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (drawn only when stderr is a terminal)")
     p.add_argument("file", metavar="FILE", nargs="?", help="the submission CSV (not with --notebook)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.add_argument("-m", "--message", required=True, help="the submission's description on Kaggle")

@@ -27,13 +27,14 @@ from comp.cli import main, parser
 
 
 def run(args):
+    from comp import validate_config
     from comp.config import load_config
     from comp.data.download import ensure_data
     from comp.report.plots import fold_figures
     from comp.train import Stopped, fit
     from comp.train.distributed import setup_distributed
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = validate_config(load_config(args.config, args.overrides))  # every key, before any work
     d = setup_distributed(cfg.device)  # under torchrun: rank 0 fetches the data while the others wait
     rank0 = d.main
     if rank0:

@@ -131,7 +131,7 @@ def test_prepare_train_predict(replicas, tmp_path, name):
     run_script("prepare.py", "--config", str(ROOT / "configs" / f"{name}.yaml"), *ov, check=True)
     folds = pd.read_csv(out / "folds.csv", dtype=str)
     assert (folds.groupby("group")["fold"].nunique() == 1).all()
-    comp_cfg = cfg_for(name, root, out, f"images.cache_dir={cache}")
+    comp_cfg = cfg_for(name, root, out, f"images.cache_dir={cache}", "predict.folds=[0]")  # fold 0 alone
     entries = list(cache.rglob(f"*.{comp_cfg.images.cache_format}"))
     comp = load_competition(comp_cfg)
     assert len(entries) == len(comp.train) + len(comp.test)  # every image cached once

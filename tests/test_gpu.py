@@ -24,7 +24,7 @@ GPU = ["device=cuda", "train.amp=true", "train.channels_last=true", "batch_size=
 
 
 def config(tiny, *extra: str):
-    return load_config(None, tiny["overrides"] + GPU + list(extra))
+    return load_config(None, tiny["overrides"] + GPU + ["predict.folds=[0]"] + list(extra))
 
 
 def test_fit_bf16_channels_last_ema_then_resume(tiny):
@@ -70,7 +70,7 @@ def test_gpu_prediction_matches_cpu(tiny):
     gpu = predict_test(cfg, comp, device=torch.device("cuda"))
     cpu = predict_test(cfg, comp, device=torch.device("cpu"))
     np.testing.assert_allclose(gpu, cpu, atol=1e-3)  # TF32 convolutions on the GPU
-    amp = predict_test(load_config(None, tiny["overrides"] + GPU + ["model.name=resnet18"]), comp)
+    amp = predict_test(load_config(None, tiny["overrides"] + GPU + ["model.name=resnet18", "predict.folds=[0]"]), comp)
     np.testing.assert_allclose(amp, cpu, atol=3e-2)  # bf16
 
 

@@ -43,7 +43,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from comp import io
 from comp.config import resolve_path
@@ -51,6 +50,7 @@ from comp.data.competition import Problem
 from comp.data.dicom import DicomOptions
 from comp.data.dicom import from_config as dicom_options
 from comp.data.images import ImageError
+from comp.log import log, progress
 from comp.data.preprocess import check_steps, load_preprocessed
 from comp.errors import UserError
 from comp.log import log
@@ -234,7 +234,7 @@ def process_images(cfg: Any, root: Path, paths: Sequence[str], workers: int | No
     if workers is None:
         workers = usable_cpus() if len(jobs) >= MIN_PARALLEL else 1
     desc = "cache images" if folder is not None else "check images"
-    bar = tqdm(total=len(jobs), desc=desc, dynamic_ncols=True, leave=False)
+    bar = progress(len(jobs), desc)
     problems: list[Problem] = []
     try:
         if workers <= 1:

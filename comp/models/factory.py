@@ -38,6 +38,24 @@ def list_models() -> list[str]:
     return list(RESNETS)
 
 
+def check_model_name(name: str) -> str:
+    """`name` when it names a model create_model can build (a kit ResNet, or a timm model under `timm/`),
+    checked without building anything (a config check at load time).
+
+    Raises:
+        UserError: an unknown name, with the choices.
+    """
+    if name.startswith(TIMM_PREFIX):
+        if not timm.is_model(timm_name := name.removeprefix(TIMM_PREFIX)):
+            raise UserError(f"model {name!r}: timm has no model {timm_name!r} (see timm.list_models())")
+    elif name not in RESNETS:
+        raise UserError(
+            f"unknown model {name!r}: the kit's own are {', '.join(RESNETS)}; "
+            f"timm models need the '{TIMM_PREFIX}' prefix, e.g. 'timm/efficientnet_b0'"
+        )
+    return name
+
+
 def create_model(
     name: str,
     num_classes: int,
@@ -57,14 +75,7 @@ def create_model(
     Raises:
         UserError: unknown name, missing or unsafe file, weights that do not fit, failed download.
     """
-    if name.startswith(TIMM_PREFIX):
-        if not timm.is_model(timm_name := name.removeprefix(TIMM_PREFIX)):
-            raise UserError(f"model {name!r}: timm has no model {timm_name!r} (see timm.list_models())")
-    elif name not in RESNETS:
-        raise UserError(
-            f"unknown model {name!r}: the kit's own are {', '.join(RESNETS)}; "
-            f"timm models need the '{TIMM_PREFIX}' prefix, e.g. 'timm/efficientnet_b0'"
-        )
+    check_model_name(name)
     if not pretrained:  # None, or "" from a config
         return _build(name, num_classes, in_chans, drop_rate)
     if _is_tag(pretrained):

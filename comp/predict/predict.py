@@ -15,17 +15,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from comp import io
-from comp.config import config_hash, resolve_path
+from comp.config import resolve_path
 from comp.data.augment import build_transform, check_tta
 from comp.data.cache import image_loader
 from comp.data.competition import Competition
 from comp.data.loader import IMAGENET, ImageDataset, Norm, device_batches, make_loader
 from comp.device import amp_dtype_for, pick_device
 from comp.errors import UserError
-from comp.log import log
+from comp.log import log, progress
 from comp.models import create_model
 from comp.models.inference import forward_views
 from comp.train import checkpoint as ckpt_io
@@ -33,13 +32,26 @@ from comp.train.oof import prob_frame
 
 
 def trained_folds(cfg: Any) -> list[Path]:
-    """The `best.pt` of every fold folder of the experiment, in fold order."""
+    """The `best.pt` of each fold to ensemble, in fold order: every fold of `folds.n_folds`, or those named
+    by `predict.folds` (a partial ensemble is never made silently).
+
+    Raises:
+        UserError: a fold to ensemble has no best.pt (naming which are trained and how to ask for them).
+    """
     out = resolve_path(cfg.out_dir)
-    paths = [out / f"fold{k}" / "best.pt" for k in range(cfg.folds.n_folds)]
-    found = [p for p in paths if p.is_file()]
-    if not found:
+    wanted = list(cfg.predict.folds) or list(range(cfg.folds.n_folds))
+    paths = {k: out / f"fold{k}" / "best.pt" for k in range(cfg.folds.n_folds)}
+    trained = [k for k, p in paths.items() if p.is_file()]
+    missing = [k for k in wanted if k not in trained]
+    if not trained:
         raise UserError(f"no trained fold in {out} (no fold*/best.pt); run scripts/train_fold.py --fold 0 first")
-    return found
+    if missing:
+        ask = f"predict.folds=[{','.join(map(str, trained))}]"
+        key = "predict.folds" if cfg.predict.folds else "folds.n_folds"
+        raise UserError(f"{len(trained)} of {cfg.folds.n_folds} folds trained in {out} (folds {trained}); "
+                        f"fold(s) {missing} of {key} have no best.pt: train them (scripts/train_fold.py --fold "
+                        f"{missing[0]}), or ensemble the trained ones with {ask}")
+    return [paths[k] for k in wanted]
 
 
 def load_fold(path: Path, cfg: Any, classes: list[str] | None = None,
@@ -50,13 +62,17 @@ def load_fold(path: Path, cfg: Any, classes: list[str] | None = None,
     Args:
         expect_hash: the config hash the fold must carry; default that of `cfg` (the offline package
             passes the hash of the config it shipped, before data.root was pointed elsewhere).
+
+    Raises:
+        UserError: an unreadable checkpoint, or one trained with other model, data, image or fold settings
+            (naming each key that differs, `old -> new`, as --resume does), classes or class count.
     """
     ck = ckpt_io.load(path)
     ckpt_io.require(ck, path, ckpt_io.PREDICT_KEYS, "predict")
-    want = expect_hash or config_hash(cfg)
-    if ck.get("config_hash") != want:
+    what = ckpt_io.meaning_changes(ck, cfg, expect_hash=expect_hash)
+    if what:
         raise UserError(f"{path} was trained with a different model, data or image setting than this config "
-                        f"(hash {ck.get('config_hash')} != {want})")
+                        f"({what}); predict with the fold's settings, or retrain it")
     if classes is not None and ck.get("classes") is not None and list(ck["classes"]) != list(classes):
         raise UserError(f"{path} predicts the classes {list(ck['classes'])} but the data has {list(classes)}")
     if classes is not None and ck["num_classes"] != len(classes):
@@ -100,7 +116,7 @@ def fold_outputs(cfg: Any, comp: Competition, models: list[torch.nn.Module], pat
                            load=image_loader(cfg, comp))
     loader = make_loader(dataset, cfg.batch_size, None, cfg.num_workers, pin_memory=device.type == "cuda")
     activation = None if cfg.predict.ensemble == "mean_logit" else (lambda t: t.softmax(1))
-    with tqdm(total=len(loader), desc=desc, leave=False, dynamic_ncols=True) as bar:  # closed on an error too
+    with progress(len(loader), desc) as bar:  # closed on an error too
         batches = (x for x, _, _ in device_batches(loader, device, cfg.model.in_chans, cfg.train.channels_last,
                                                    norm))
         return forward_views(models, batches, views, amp_dtype_for(device, cfg.train.amp), activation,
@@ -128,6 +144,8 @@ def predict_test(cfg: Any, comp: Competition, device: torch.device | None = None
     device = device or pick_device(cfg.device)
     views = check_tta(cfg.aug.tta)
     paths = paths or trained_folds(cfg)
+    log(f"ensemble: {len(paths)} of {cfg.folds.n_folds} folds ({', '.join(p.parent.name for p in paths)}) x "
+        f"{len(views)} TTA view(s) ({', '.join(views)})")
     models, weights, norms = [], [], {}
     for path in paths:
         model, meta = load_fold(path, cfg, comp.classes, expect_hash)

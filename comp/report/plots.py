@@ -17,28 +17,52 @@ from comp.metrics import confusion  # noqa: E402
 from comp.train.oof import oof_probs  # noqa: E402
 
 
+def _epoch_axis(axes: tuple, epochs: pd.Series) -> None:
+    """Whole epochs on the x axis, half an epoch of room at each end (one epoch: a tick at it, not +-0.05)."""
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        if epochs.nunique() <= 10:  # MaxNLocator falls back to fractions on a range under one epoch
+            ax.set_xticks(sorted(epochs.unique()))
+        ax.set_xlim(epochs.min() - 0.5, epochs.max() + 0.5)
+
+
 def curves(history: pd.DataFrame, metric: str, path: Path, title: str = "") -> None:
-    """Train/valid loss and the metric per epoch, in two panels."""
+    """Train/valid loss and the metric per epoch, in two panels; each epoch a marker, so a one-epoch run
+    shows its point (a line needs two)."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(history["epoch"], history["train_loss"], label="train")
-    a.plot(history["epoch"], history["valid_loss"], label="valid")
+    a.plot(history["epoch"], history["train_loss"], marker="o", label="train")  # markers: one epoch is a point
+    a.plot(history["epoch"], history["valid_loss"], marker="o", label="valid")
     a.set(xlabel="epoch", ylabel="loss", title="loss")
     a.legend()
-    b.plot(history["epoch"], history[metric], color="C2")
+    b.plot(history["epoch"], history[metric], marker="o", color="C2")
     b.set(xlabel="epoch", ylabel=metric, title=f"valid {metric}")
-    for ax in (a, b):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _epoch_axis((a, b), history["epoch"])
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
+CONFUSION_MIN_INCHES = (5.0, 4.2)  # (w, h): measured, a 2-class matrix with its title and labels fits clear
+CELL_INCHES = 0.6  # per class, each axis: room for "0.00\n(123)" at fontsize 7
+CHAR_INCHES = 0.07  # per character of the longest class name (the y tick labels, the rotated x ones)
+
+
+def confusion_size(classes: list[str]) -> tuple[float, float]:
+    """The confusion figure's (width, height) in inches for these classes (see confusion_figure)."""
+    n, longest = len(classes), max((len(str(c)) for c in classes), default=1)
+    label = CHAR_INCHES * longest
+    return (max(CONFUSION_MIN_INCHES[0], 1.6 + label + CELL_INCHES * n),
+            max(CONFUSION_MIN_INCHES[1], 1.4 + label + CELL_INCHES * n))
+
+
 def confusion_figure(y: np.ndarray, pred: np.ndarray, classes: list[str], path: Path, title: str = "") -> None:
-    """Confusion matrix normalised by true class (rows sum to 1), counts in each cell."""
+    """Confusion matrix normalised by true class (rows sum to 1), counts in each cell. The figure grows with
+    the class count and the longest class name, from a minimum (CONFUSION_MIN_INCHES) at which the title,
+    the axis labels and the cells of two or three classes do not touch."""
     norm = confusion(y, pred, len(classes), normalize="true")
     counts = confusion(y, pred, len(classes))
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(classes), 1 + 0.6 * len(classes)))
+    fig, ax = plt.subplots(figsize=confusion_size(classes))
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(classes)):
         for j in range(len(classes)):
@@ -46,6 +70,8 @@ def confusion_figure(y: np.ndarray, pred: np.ndarray, classes: list[str], path: 
                     color="white" if norm[i, j] > 0.5 else "black")
     ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
            xlabel="predicted", ylabel="true", title=title or "confusion (normalised by true class)")
+    if max((len(str(c)) for c in classes), default=0) > 3:  # long names side by side would overlap
+        plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -70,13 +96,14 @@ def compare_figure(runs: dict[str, list[pd.DataFrame]], metric: str, path: Path,
         for ax, column, style in ((a, "valid_loss", "-"), (a, "train_loss", "--"), (b, metric, "-")):
             table = pd.concat([h.set_index("epoch")[column] for h in histories], axis=1)  # (epochs, folds)
             mean = table.mean(axis=1)
-            ax.plot(mean.index, mean, style, color=color, label=label if style == "-" else None)
+            ax.plot(mean.index, mean, style, marker="o", color=color,  # a one-epoch run is a point: a marker
+                    label=label if style == "-" else None)
             if table.shape[1] > 1 and style == "-":
                 ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=color, alpha=0.15)
     a.set(xlabel="epoch", ylabel="loss", title="loss (solid: valid, dashed: train)")
     b.set(xlabel="epoch", ylabel=metric, title=f"valid {metric} (mean over folds, range shaded)")
+    _epoch_axis((a, b), pd.concat([h["epoch"] for hs in runs.values() for h in hs]))
     for ax in (a, b):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()

@@ -183,6 +183,33 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def settings_changes(ckpt: dict[str, Any], cfg: Any) -> dict[str, tuple[Any, Any]]:
+    """The settings that differ between the config a checkpoint was saved with (its `config` key) and
+    `cfg`: {dotted key: (checkpoint's value, now)}; empty when the checkpoint carries no config."""
+    old = _flat(ckpt["config"]) if isinstance(ckpt.get("config"), dict) else {}
+    now = _flat(OmegaConf.to_container(cfg, resolve=True))
+    return {k: (old.get(k), now.get(k)) for k in sorted(set(old) | set(now)) if old and old.get(k) != now.get(k)}
+
+
+def meaning_changes(ckpt: dict[str, Any], cfg: Any, changes: dict[str, tuple[Any, Any]] | None = None,
+                    expect_hash: str | None = None) -> str | None:
+    """None when checkpoint `ckpt` was trained with the model, data, image and fold settings of `cfg` (the
+    config hash, HASHED_KEYS); otherwise what differs, `key old -> new, ...` (the hashes when the
+    checkpoint carries no config). Shared by --resume (check_resume) and prediction (load_fold).
+
+    Args:
+        changes: `settings_changes(ckpt, cfg)` when the caller has it already.
+        expect_hash: the hash to compare with; default `config_hash(cfg)`.
+    """
+    want = expect_hash or config_hash(cfg)
+    if ckpt.get("config_hash") == want:
+        return None
+    changes = settings_changes(ckpt, cfg) if changes is None else changes
+    hashed = [k for k in changes if any(k == h or k.startswith(h + ".") for h in HASHED_KEYS)]
+    return ", ".join(f"{k} {changes[k][0]!r} -> {changes[k][1]!r}" for k in hashed) or \
+        f"config hash {ckpt.get('config_hash')} -> {want}"
+
+
 def check_resume(ckpt: dict[str, Any], path: Path, cfg: Any, world_size: int) -> dict[str, tuple[Any, Any]]:
     """May the run of checkpoint `ckpt` go on under `cfg`? Returns the settings that changed,
     {dotted key: (checkpoint's value, now)}: epochs, logging, lr... are free to change.
@@ -192,14 +219,10 @@ def check_resume(ckpt: dict[str, Any], path: Path, cfg: Any, world_size: int) ->
             mean something else), another optimizer, or a mid-epoch checkpoint with another batch shape
             or process count (its position in the epoch is counted in batches).
     """
-    old = _flat(ckpt["config"]) if isinstance(ckpt.get("config"), dict) else {}
-    now = _flat(OmegaConf.to_container(cfg, resolve=True))
-    changes = {k: (old.get(k), now.get(k)) for k in sorted(set(old) | set(now)) if old and old.get(k) != now.get(k)}
-    if ckpt.get("config_hash") != config_hash(cfg):
-        hashed = [k for k in changes if any(k == h or k.startswith(h + ".") for h in HASHED_KEYS)]
-        what = ", ".join(f"{k} {changes[k][0]!r} -> {changes[k][1]!r}" for k in hashed)
-        raise UserError(f"--resume: {path} was trained with another model, data or fold setting "
-                        f"({what or 'config hash ' + str(ckpt.get('config_hash'))}); "
+    changes = settings_changes(ckpt, cfg)
+    what = meaning_changes(ckpt, cfg, changes)
+    if what:
+        raise UserError(f"--resume: {path} was trained with another model, data or fold setting ({what}); "
                         f"resume with the same settings, or set another out_dir")
     if "optim.name" in changes:
         a, b = changes["optim.name"]

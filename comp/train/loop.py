@@ -29,12 +29,11 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from comp import io
 from comp.data.loader import device_batches
 from comp.errors import UserError
-from comp.log import log
+from comp.log import log, progress
 from comp.metrics import score_all
 from comp.models import set_backbone_trainable
 from comp.models.inference import forward_views
@@ -42,7 +41,7 @@ from comp.train import checkpoint as ckpt_io
 from comp.train.build import build_run
 from comp.train.distributed import agree, check_ranks_agree, gather_rows, wrap_ddp
 from comp.train.oof import write_oof
-from comp.train.state import Run, fresh_partial, save, to_checkpoint
+from comp.train.state import Run, best_checkpoint, fresh_partial, save, to_checkpoint
 
 
 class Stopped(Exception):
@@ -99,8 +98,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
         run.ddp = run.model = None  # the old wrapper is freed here, and its gradient hooks with it
         run.ddp, run.model = wrap_ddp(run.raw, run.device, cfg.train.compile, old=run.wrapped_frozen)
         run.wrapped_frozen = frozen
-    bar = tqdm(total=run.steps_per_epoch, initial=start, desc=f"fold {run.fold} epoch {epoch}",
-               disable=not run.dist.main, leave=False, dynamic_ncols=True)
+    bar = progress(run.steps_per_epoch, f"fold {run.fold} epoch {epoch}", initial=start, enabled=run.dist.main)
     pending: list[tuple[int, torch.Tensor, list[int]]] = []  # (step, its micro-step losses, their sizes)
 
     def flush() -> bool:
@@ -196,8 +194,7 @@ def validate(run: Run) -> tuple[dict[str, float], np.ndarray]:
             distribute_bn(run.ema.module, run.dist.world, reduce=False)
     model = run.ema.module if run.ema is not None else run.raw
     cfg, data = run.cfg, run.data
-    with tqdm(total=len(data.valid_loader), desc="validate", leave=False, disable=not run.dist.main,
-              dynamic_ncols=True) as bar:
+    with progress(len(data.valid_loader), "validate", enabled=run.dist.main) as bar:
         batches = (x for x, _, _ in device_batches(data.valid_loader, run.device, cfg.model.in_chans,
                                                    cfg.train.channels_last, run.norm))
         (logits,) = forward_views([model], batches, amp_dtype=run.amp_dtype, on_batch=lambda: bar.update(1))
@@ -254,7 +251,7 @@ def fit(cfg: Any, fold: int, resume: bool = False) -> dict[str, Any]:
             ckpt = to_checkpoint(run)
             if run.dist.main:
                 if improved:
-                    save(run, ckpt, "best.pt")
+                    save(run, best_checkpoint(ckpt), "best.pt")  # weights, EMA, metadata: no optimizer
                     write_oof(run.dir / "oof.csv", run.data.valid_ids, run.data.valid_set.labels, probs,
                               run.meta["classes"])
                 io.write_csv(run.dir / "metrics.csv", pd.DataFrame(run.state["history"]))

@@ -1,0 +1,247 @@
+"""A config starter: look at a competition download and guess the `data.*` keys (and a few others) a config
+for it needs, each with the reason, written as a commented YAML the user then edits (scripts/init.py).
+
+What is looked at, in this order:
+- the sample submission (a CSV named like `sample_submission.csv` / `sampleSubmission.csv`): its first
+  column is the id, its second the label (several value columns: a probability per class);
+- the labels CSV (the other CSV that holds the sample's id column, or whose ids name image files, `train`
+  in its name first): its id and label columns, the label's distinct values (the classes), a patient-like
+  column (`patient`, `subject`, `case`...);
+- the image folders: those holding the labels CSV's ids as files (`<id><ext>`) for training, one named like
+  `test` for the test images, the most common extension;
+- without a labels CSV, class folders (`<split>/<class>/*.png`, chest X-ray style): the splits named like
+  `test` hold the test images, the others the training ones;
+- the ids: a leading token shared by several ids (`10_left`, `10_right`; `person1_bacteria_1`) is guessed
+  to be the patient (`data.group_pattern`), so folds keep a patient whole.
+A guess is a guess: the written file says which keys to check.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from comp.data.competition import IMAGE_EXTS
+from comp.errors import UserError
+
+SAMPLE_RX = re.compile(r"sample.?submission", re.I)
+TEST_RX = re.compile(r"test", re.I)
+PATIENT_RX = re.compile(r"patient|subject|case|person|study|participant", re.I)
+SKIP = ("__MACOSX",)
+ORDINAL_MAX = 10  # integer labels 0..K (K >= 2, at most this many) look like grades: qwk is the usual metric
+
+
+@dataclass
+class Guess:
+    """The guessed keys ({dotted key: value}) and why each ({dotted key: reason}), plus notes."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    why: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def set(self, key: str, value: Any, why: str) -> None:
+        self.values[key], self.why[key] = value, why
+
+
+def _visible(p: Path, root: Path) -> bool:
+    return not any(part.startswith(".") or part in SKIP for part in p.relative_to(root).parts)
+
+
+def _read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, encoding="utf-8-sig", keep_default_na=False, nrows=200_000)
+
+
+def _images(root: Path) -> dict[Path, list[Path]]:
+    """Image files by folder (visible ones: no __MACOSX, no dot files)."""
+    found: dict[Path, list[Path]] = {}
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() in IMAGE_EXTS and p.is_file() and _visible(p, root):
+            found.setdefault(p.parent, []).append(p)
+    return found
+
+
+def _group_pattern(ids: list[str]) -> tuple[str, str] | None:
+    """A regex whose first group is a patient-like leading token of the ids, and why; None when the ids do not
+    share one (every id its own group)."""
+    split = [i.split("_") for i in ids if "_" in i]
+    if len(split) < max(2, len(ids) // 3):
+        return None
+    fixed = []  # leading tokens every id shares (e.g. 'UID'), skipped to the first that varies
+    for pos in range(min(len(s) for s in split) - 1):
+        tokens = {s[pos] for s in split}
+        if len(tokens) > 1:
+            groups = Counter(s[pos] for s in split)
+            if len(groups) < len(split) and len(groups) > 1:
+                rx = "^" + "".join(re.escape(t) + "_" for t in fixed) + "([^_]+)_"
+                shown = ", ".join(repr("_".join(t)) for t in split[:2])
+                return rx, (f"ids like {shown} share a leading token ({len(groups)} groups for {len(split)} ids "
+                            f"with '_'): taken as the patient, so a fold keeps a patient's images together")
+            return None
+        fixed.append(tokens.pop())
+    return None
+
+
+def _metric(values: list[str], guess: Guess) -> None:
+    distinct = sorted(set(values))
+    if all(v.lstrip("-").isdigit() for v in distinct):
+        ints = sorted(int(v) for v in distinct)
+        if ints == list(range(len(ints))) and 3 <= len(ints) <= ORDINAL_MAX:
+            guess.set("metric", "qwk", f"the labels are the integers 0..{ints[-1]}: grades, scored by quadratic "
+                      f"weighted kappa in APTOS/DR-style competitions (check the competition's Evaluation page)")
+            return
+    guess.set("metric", "accuracy" if len(distinct) != 2 else "f1_macro",
+              "a guess: set the competition's metric (accuracy, balanced_accuracy, f1_macro, f1_weighted, qwk, auc)")
+
+
+def _csv_layout(root: Path, labels_csv: Path, df: pd.DataFrame, sample: pd.DataFrame | None,
+                images: dict[Path, list[Path]], guess: Guess) -> bool:
+    """Fill the csv-layout keys; False when no id column of `df` names image files."""
+    stems = {d: {p.stem for p in files} for d, files in images.items()}
+    candidates = list(df.columns)
+    if sample is not None and sample.columns[0] in df.columns:  # the sample's id column first
+        candidates.remove(sample.columns[0])
+        candidates.insert(0, sample.columns[0])
+    for col in candidates:
+        ids = [Path(str(v)).stem for v in df[col].head(500)]
+        hits = {d: sum(i in s for i in ids) for d, s in stems.items()}
+        train_dirs = [d for d, n in hits.items() if n >= max(1, len(ids) // 2) and not TEST_RX.search(d.name)]
+        if train_dirs:
+            break
+    else:
+        return False
+    guess.set("data.layout", "csv", f"{labels_csv.name} names image files in {_rel(train_dirs[0], root)}/")
+    guess.set("data.train_csv", _rel(labels_csv, root), "the CSV whose ids are the training images' file names")
+    guess.set("data.id_column", col, f"its values are file names under {_rel(train_dirs[0], root)}/")
+    rest = [c for c in df.columns if c != col]
+    label = (sample.columns[1] if sample is not None and len(sample.columns) > 1 and sample.columns[1] in rest
+             else min(rest, key=lambda c: df[c].nunique()) if rest else "")
+    if not label:
+        raise UserError(f"{labels_csv} has no column besides the id {col!r}: no label to learn")
+    why = "the sample submission's value column" if sample is not None and label == sample.columns[1] else \
+        f"the column with the fewest distinct values ({df[label].nunique()})"
+    guess.set("data.label_column", label, why)
+    guess.set("data.train_images", [_rel(d, root) for d in train_dirs], "the folders holding those files")
+    exts = Counter(p.suffix for d in train_dirs for p in images[d])
+    guess.set("data.image_ext", exts.most_common(1)[0][0], f"the extension of the training images {dict(exts)}")
+    test_dirs = [d for d in images if TEST_RX.search(_rel(d, root)) and d not in train_dirs]
+    guess.set("data.test_images", [_rel(d, root) for d in test_dirs] or ["test"],
+              "folders named like 'test'" if test_dirs else "none found: point it at the test images")
+    _metric(df[label].astype(str).tolist(), guess)
+    patient = [c for c in rest if c != label and PATIENT_RX.search(c)]
+    if patient:
+        guess.notes.append(f"column {patient[0]!r} of {labels_csv.name} looks like a patient id: the kit groups "
+                           f"folds by a regex on the id (data.group_pattern); set one that extracts the patient")
+    found = _group_pattern(df[col].astype(str).tolist())
+    if found:
+        guess.set("data.group_pattern", *found)
+    return True
+
+
+def _folder_layout(root: Path, images: dict[Path, list[Path]], guess: Guess) -> bool:
+    """Fill the class-folder keys: split folders whose sub-folders (the classes) hold the images."""
+    splits: dict[str, set[str]] = {}  # split folder name -> class names
+    for d in images:
+        if d.parent != root and _visible(d.parent, root):
+            splits.setdefault(d.parent.name, set()).add(d.name)
+    splits = {s: c for s, c in splits.items() if len(c) >= 2}
+    if not splits:
+        return False
+    test = sorted(s for s in splits if TEST_RX.search(s))
+    train = sorted(s for s in splits if s not in test)
+    if not train:
+        return False
+    classes = sorted(set().union(*(splits[s] for s in train)))
+    guess.set("data.layout", "folders", f"no labels CSV; images sit in class folders {classes} under {train}")
+    guess.set("data.train_csv", "", "the labels are the folder names")
+    guess.set("data.train_images", [f"**/{s}" for s in train],
+              "every folder of that name at any depth (a tree unzipped twice is read once)")
+    loose = [_rel(d, root) for d in images if TEST_RX.search(_rel(d, root)) and d.parent.name not in splits]
+    guess.set("data.test_images", [f"**/{s}" for s in test] or loose or ["test"],
+              "its class folders make a labelled held-out set" if test else
+              "the image folders named like 'test' (keep the one to submit)" if loose else
+              "none found: point it at the test images")
+    guess.set("data.classes", classes, "the class folder names, sorted")
+    names = [p.stem for d, files in images.items() if d.parent.name in train for p in files]
+    found = _group_pattern(names)
+    if found:
+        guess.set("data.group_pattern", *found)
+    _metric(classes, guess)
+    return True
+
+
+def _rel(p: Path, root: Path) -> str:
+    return p.relative_to(root).as_posix()
+
+
+def inspect_download(root: str | Path) -> Guess:
+    """Guess the config of the competition download under `root` (see the module docstring).
+
+    Raises:
+        UserError: `root` is no folder, holds no image, or neither a labels CSV nor class folders.
+    """
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise UserError(f"{root} is not a folder: give the folder the competition was downloaded (unzipped) into")
+    guess = Guess()
+    guess.set("data.root", str(root), "the folder given")
+    guess.set("out_dir", f"runs/{root.name}", "one experiment folder per competition")
+    guess.set("data.competition", "", "the Kaggle slug (the competition URL's last part): needed to submit, and to "
+              "download again; a dataset instead: data.source=dataset and data.dataset=owner/name")
+    images = _images(root)
+    if not images:
+        raise UserError(f"no image files ({', '.join(sorted(IMAGE_EXTS))}) under {root}; unzip the download first")
+    csvs = sorted(p for p in root.rglob("*.csv") if _visible(p, root))
+    samples = [p for p in csvs if SAMPLE_RX.search(p.name)]
+    sample = _read(samples[0]) if samples else None
+    if samples:
+        guess.set("data.sample_submission", _rel(samples[0], root),
+                  f"named like a sample submission; columns {list(sample.columns)}")
+        if len(sample.columns) > 2:
+            guess.set("predict.output", "prob", f"the sample has one value column per class {list(sample.columns[1:])}")
+    else:
+        guess.set("data.sample_submission", "", "no sample submission found: the submission is id,label")
+    others = sorted((p for p in csvs if p not in samples), key=lambda p: ("train" not in p.name.lower(), p.name))
+    done = False
+    for path in others:
+        df = _read(path)
+        if len(df.columns) >= 2 and len(df) and _csv_layout(root, path, df, sample, images, guess):
+            done = True
+            break
+    if not done and not _folder_layout(root, images, guess):
+        raise UserError(f"{root}: found neither a CSV naming the image files nor class folders; write the "
+                        f"config by hand (README: configuration reference)")
+    id_col = guess.values.get("data.id_column", "id")
+    tests = [p for p in others if TEST_RX.search(p.name) and id_col in _read(p).columns]
+    if tests:
+        guess.set("data.test_csv", _rel(tests[0], root), f"named like 'test' and holds the id column {id_col!r}")
+    return guess
+
+
+HEADER = """# Written by scripts/init.py from {root}: guesses, each with its reason; check them, then run
+#   python scripts/prepare.py --config {out}
+# Every key and its default: README.md, "Configuration reference".
+"""
+
+
+def config_text(guess: Guess, out: str | Path = "config.yaml") -> str:
+    """The guessed config as YAML, each key under a comment with its reason, the notes at the top."""
+    lines = [HEADER.format(root=guess.values.get("data.root", "?"), out=out)]
+    lines += [f"# NOTE: {n}" for n in guess.notes]
+    sections: dict[str, list[str]] = {}
+    for key, value in guess.values.items():
+        section, _, leaf = key.rpartition(".")
+        body = yaml.safe_dump({leaf or key: value}, default_flow_style=True, width=1000).strip()[1:-1]
+        sections.setdefault(section, []).append(f"# {guess.why[key]}\n{body}")
+    for section, items in sections.items():
+        if not section:
+            lines += items
+            continue
+        lines.append(f"{section}:")
+        lines += ["\n".join("  " + ln for ln in item.splitlines()) for item in items]
+    return "\n".join(lines) + "\n"

@@ -258,7 +258,8 @@ def test_rsna_pneumonia_replica_prepare_fold_predict(tmp_path):
 
     root = rsna_pneumonia(tmp_path / "rsna")
     cfg = load_config(ROOT / "configs" / "rsna_pneumonia.yaml",
-                      [*overrides(root, tmp_path / "runs", FAST), f"images.cache_dir={tmp_path / 'cache'}"])
+                      [*overrides(root, tmp_path / "runs", FAST), f"images.cache_dir={tmp_path / 'cache'}",
+                       "predict.folds=[0]"])
     prepare(cfg, workers=1)
     assert len(list((tmp_path / "cache").rglob("*.dcm.npy"))) == 16 + 6
     assert np.isfinite(fit(cfg, 0)["best"])

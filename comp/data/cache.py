@@ -50,10 +50,9 @@ from comp.data.competition import Problem
 from comp.data.dicom import DicomOptions
 from comp.data.dicom import from_config as dicom_options
 from comp.data.images import ImageError
-from comp.log import log, progress
 from comp.data.preprocess import check_steps, load_preprocessed
 from comp.errors import UserError
-from comp.log import log
+from comp.log import log, progress
 from comp.system import process_context, usable_cpus
 
 CACHE_VERSION = 3  # bump when decoding or a preprocessing step changes the pixels it produces (3: 16-bit range)

@@ -119,6 +119,8 @@ class PredictConfig:
     thresholds: bool = True  # metric=qwk: decode the expected grade with cut-points tuned on the OOF
     output: str = "auto"  # auto | label | prob: labels, or probabilities (auto: per-class sample columns, or auc)
     submissions_dir: str = "submissions"  # scripts/submit.py keeps each submitted CSV and index.csv here
+    on_bad_image: str = "fail"  # fail | prior: a test image that cannot be read stops predict (exit 2 naming it),
+    # or its row gets the training labels' class prior with a warning (the offline package's default)
 
 
 @dataclass
@@ -186,6 +188,7 @@ def _check_values(cfg: Any) -> None:
          "must be mean_prob or mean_logit"),
         ("predict.fold_weights", cfg.predict.fold_weights in ("equal", "cv"), "must be equal or cv"),
         ("predict.output", cfg.predict.output in ("auto", "label", "prob"), "must be auto, label or prob"),
+        ("predict.on_bad_image", cfg.predict.on_bad_image in ("fail", "prior"), "must be fail or prior"),
     ]
     for key, ok, why in checks:
         if not ok:

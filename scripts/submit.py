@@ -14,13 +14,6 @@ import _common  # noqa: F401
 from comp.cli import main
 
 
-class Parser(argparse.ArgumentParser):
-    """FILE and KEY=VALUE overrides may come before or after -m (two positionals need intermixed parsing)."""
-
-    def parse_args(self, args=None, namespace=None):
-        return self.parse_intermixed_args(args, namespace)
-
-
 def run(args):
     from comp.config import load_config
     from comp.submit.kaggle import submit
@@ -30,7 +23,8 @@ def run(args):
 
 
 if __name__ == "__main__":
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # FILE and KEY=VALUE overrides may come before or after -m: comp.cli.main parses intermixed
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="YAML config (default: configs/demo.yaml)")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one error line")
     p.add_argument("file", metavar="FILE", help="the submission CSV")

@@ -22,6 +22,7 @@ from comp.config import config_hash, resolve_path
 from comp.data.augment import build_transform, check_tta
 from comp.data.cache import image_loader
 from comp.data.competition import Competition
+from comp.data.images import ImageError
 from comp.data.loader import ImageDataset, device_batches, make_loader
 from comp.device import amp_dtype_for, pick_device
 from comp.errors import UserError
@@ -82,6 +83,30 @@ def fold_weight(meta: dict[str, Any], how: str, path: Path) -> float:
     return float(best)
 
 
+class MarkBadImages(torch.utils.data.Dataset):
+    """predict.on_bad_image=prior: `dataset[i]` as (image, 0), or (a black image, 1) when the image cannot
+    be read (ImageError: missing, empty, truncated, corrupt), so one bad file cannot stop the ensemble; the
+    flag takes the label's place in the batch and the row is overwritten afterwards (`predict_test`)."""
+
+    def __init__(self, dataset: ImageDataset):
+        self.dataset, self.size = dataset, dataset.size
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        try:
+            return self.dataset[i][0], 0
+        except ImageError:
+            return torch.zeros((3, self.size, self.size), dtype=torch.uint8), 1
+
+
+def class_prior(comp: Competition) -> np.ndarray:
+    """(C,) float64: each class's share of the training labels (the best guess for an image not seen)."""
+    counts = np.bincount(comp.train["label"].to_numpy(dtype=np.int64), minlength=comp.num_classes)
+    return counts / max(counts.sum(), 1)
+
+
 def predict_test(cfg: Any, comp: Competition, device: torch.device | None = None, paths: list[Path] | None = None,
                  expect_hash: str | None = None) -> np.ndarray:
     """(N_test, C) class probabilities in `comp.test` order, averaged over the TTA views and the folds.
@@ -95,8 +120,13 @@ def predict_test(cfg: Any, comp: Competition, device: torch.device | None = None
         paths: the fold checkpoints to ensemble; default every `<out_dir>/fold*/best.pt`.
         expect_hash: see `load_fold`.
 
+    A test image that cannot be read stops the prediction (ImageError, naming it) with
+    predict.on_bad_image=fail; with `prior` its row is the training class prior (`class_prior`), and a
+    warning names each such file.
+
     Raises:
-        UserError: no test images, no trained fold, a fold that does not match the config or the data.
+        UserError: no test images, no trained fold, a fold that does not match the config or the data, a bad
+            test image (predict.on_bad_image=fail).
     """
     if len(comp.test) == 0:
         raise UserError(f"no test images found for {cfg.data.root} (data.test_images / data.sample_submission)")
@@ -119,11 +149,20 @@ def predict_test(cfg: Any, comp: Competition, device: torch.device | None = None
             f"{len(views)} TTA view(s)")
     dataset = ImageDataset(comp.test["path"].tolist(), None, cfg.image_size,
                            build_transform(cfg.aug.valid, "aug.valid"), load=image_loader(cfg, comp))
-    loader = make_loader(dataset, cfg.batch_size, None, cfg.num_workers, pin_memory=device.type == "cuda")
+    prior = cfg.predict.on_bad_image == "prior"
+    loader = make_loader(MarkBadImages(dataset) if prior else dataset, cfg.batch_size, None, cfg.num_workers,
+                         pin_memory=device.type == "cuda")
+    flags: list[torch.Tensor] = []  # per batch: 1 for an image that could not be read (prior), on the device
+
+    def inputs(batches):
+        for x, y, _ in batches:
+            flags.append(y)
+            yield x
+
     activation = None if cfg.predict.ensemble == "mean_logit" else (lambda t: t.softmax(1))
     desc = f"predict {len(models)} fold(s) x {len(views)} view(s)"
     with tqdm(total=len(loader), desc=desc, leave=False, dynamic_ncols=True) as bar:  # closed on an error too
-        batches = (x for x, _, _ in device_batches(loader, device, cfg.model.in_chans, cfg.train.channels_last))
+        batches = inputs(device_batches(loader, device, cfg.model.in_chans, cfg.train.channels_last))
         outs = forward_views(models, batches, views, amp_dtype, activation, on_batch=lambda: bar.update(1))
     total, weight_sum = None, 0.0
     for w, out in zip(weights, outs, strict=True):  # fold order: the same sums as fold after fold
@@ -132,7 +171,14 @@ def predict_test(cfg: Any, comp: Competition, device: torch.device | None = None
     mean = total / weight_sum
     if cfg.predict.ensemble == "mean_logit":
         mean = mean.softmax(1)
-    return mean.float().numpy()
+    probs = mean.float().numpy()
+    bad = np.flatnonzero(torch.cat(flags).cpu().numpy() > 0) if prior and flags else np.zeros(0, np.int64)
+    if len(bad):
+        probs[bad] = class_prior(comp).astype(np.float32)
+        for i in bad:
+            log(f"warning: test image {comp.test['path'].iloc[i]} cannot be read; its row is the training class "
+                f"prior (predict.on_bad_image=prior)")
+    return probs
 
 
 def check_probs_path(path: str | Path) -> Path:
@@ -141,6 +187,9 @@ def check_probs_path(path: str | Path) -> Path:
     path = Path(path)
     if path.suffix not in (".csv", ".npy"):
         raise UserError(f"--save-probs {path}: name a .csv or .npy file")
+    if path.is_dir():
+        raise UserError(f"--save-probs {path}: it is a folder; name a .csv or .npy file")
+    io.check_dir(path.parent, "--save-probs")  # a file in the way, or a folder not writable
     if not path.parent.is_dir():
         raise UserError(f"--save-probs {path}: folder {path.parent} does not exist")
     return path

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from comp import kaggle_cli
+from comp import io, kaggle_cli
 from comp.config import DEFAULT_CONFIG, REPO_ROOT, config_hash, resolve_path
 from comp.data.competition import load_competition
 from comp.errors import UserError
@@ -102,6 +102,7 @@ def submit(cfg: Any, file: Path, message: str, config_path: str | None = None, d
         return {"command": kaggle_cli.describe(args), "score": score}
     if not competition:
         raise UserError("data.competition is empty: name the Kaggle competition to submit to")
+    io.check_dir(resolve_path(cfg.predict.submissions_dir), "predict.submissions_dir")  # before it is sent
     answer = kaggle_cli.last_line(kaggle_cli.run(args))
     log(f"kaggle: {answer}")
     folder = resolve_path(cfg.predict.submissions_dir)

@@ -49,6 +49,13 @@ SHM_PATTERNS = (re.compile(r"killed by signal: Bus error"), re.compile(r"out of 
 SHM_HINT = ("the DataLoader workers ran out of shared memory (/dev/shm{size}); use fewer workers (e.g. "
             "num_workers={half}) or a smaller batch_size, or give the container more: docker run --shm-size=8g "
             "(Kubernetes: an emptyDir volume with medium: Memory at /dev/shm)")
+# torch's words when a worker process died without an exception (the SIGBUS of a full /dev/shm, a worker
+# killed for RAM, a crash in a C library): the worker's own note, if any, is on stderr above the line
+WORKER_DIED = re.compile(r"DataLoader worker \(pid\(s\) ([\d, ]+)\) exited unexpectedly")
+WORKER_DIED_HINT = ("a DataLoader worker process died (pid {pids}): most often out of shared memory (/dev/shm{size}: "
+                    "its note 'bus error' above says so) or RAM; use fewer workers (e.g. num_workers={half}) or give "
+                    "the container more: docker run --shm-size=8g; num_workers=0 shows any other error in the main "
+                    "process")
 OOM_WORDS = ("out of memory", "can't allocate memory", "Cannot allocate memory")  # CUDA; torch's CPU allocator
 
 
@@ -100,6 +107,10 @@ def user_line(e: BaseException, args: argparse.Namespace) -> str | None:
     if isinstance(e, (RuntimeError, OSError)) and any(p.search(shm_text) for p in SHM_PATTERNS):
         workers = _num_workers(args)
         return SHM_HINT.format(size=shm_size(), half=max(0, (workers or 2) // 2))
+    died = WORKER_DIED.search(first) if isinstance(e, RuntimeError) else None
+    if died:
+        workers = _num_workers(args)
+        return WORKER_DIED_HINT.format(pids=died.group(1), size=shm_size(), half=max(0, (workers or 2) // 2))
     if isinstance(e, OSError) and e.errno in FS_ERRNOS:
         names = [str(f) for f in (e.filename, e.filename2) if f]
         what = {errno.EEXIST: "a file is in the way (a folder belongs there)",

@@ -56,6 +56,7 @@ WORKER_DIED_HINT = ("a DataLoader worker process died (pid {pids}): most often o
                     "its note 'bus error' above says so) or RAM; use fewer workers (e.g. num_workers={half}) or give "
                     "the container more: docker run --shm-size=8g; num_workers=0 shows any other error in the main "
                     "process")
+WORKER_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
 OOM_WORDS = ("out of memory", "can't allocate memory", "Cannot allocate memory")  # CUDA; torch's CPU allocator
 
 
@@ -125,6 +126,9 @@ def internal_error(e: BaseException, debug: bool) -> str:
     text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
     frames = traceback.extract_tb(e.__traceback__)
     where = f" at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
+    in_worker = WORKER_FRAME.findall(str(e))  # re-raised from a DataLoader worker: the worker's own frame
+    if in_worker and str(e).startswith("Caught "):
+        where = f" at {in_worker[-1][0]}:{in_worker[-1][1]} in {in_worker[-1][2]} (in a DataLoader worker)"
     path = Path(tempfile.gettempdir()) / f"comp-internal-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
     try:
         path.write_text(f"{' '.join(sys.argv)}\n\n{text}")

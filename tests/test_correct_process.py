@@ -352,6 +352,13 @@ def test_an_internal_error_names_its_frame_and_a_traceback_file(tmp_path, monkey
     assert code == 1 and "Traceback (most recent call last)" in err and err.splitlines()[-1].startswith(
         "internal error:")
 
+    def in_a_worker(_args):  # a bug in a DataLoader worker: its own frame, not torch's re-raise
+        for _ in torch.utils.data.DataLoader(Raising(ValueError("a bug in a worker")), num_workers=1):
+            pass
+
+    code, err = call_main(in_a_worker)
+    assert code == 1 and f"at {__file__}:" in err and "in __getitem__ (in a DataLoader worker)" in err, err
+
 
 def test_only_a_failed_download_of_pretrained_weights_is_the_users(monkeypatch):
     import comp.models.factory as factory

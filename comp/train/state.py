@@ -141,12 +141,10 @@ def restore_rng(run: Run, rng: Any, path: Path) -> None:
     missed = []
     if run.dist.rank < len(states):
         missed += ckpt_io.set_rng_state(states[run.dist.rank])
-    else:
-        missed.append(f"rank {run.dist.rank}'s RNG (the checkpoint has {len(states)} process(es); kept as seeded)")
-    if len(states) != run.dist.world and run.dist.main:
+    if len(states) != run.dist.world:  # ranks past the saved ones keep their own seeded streams
         missed.append(f"the RNG streams of {len(states)} processes, now {run.dist.world}: dropout and mixup draws "
                       f"differ from an uninterrupted run")
-    if missed:
+    if missed and run.dist.main:
         log(f"--resume: {path}: not restored: " + "; ".join(missed))
 
 

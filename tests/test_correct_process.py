@@ -1,8 +1,8 @@
-"""Process-level correctness (issue 13, items 7-12 and 15): a stop signal to the whole process group ends in
+"""Process-level correctness (issue 13, items 7-11 and 15): a stop signal to the whole process group ends in
 a recovery checkpoint; a UserError raised in a DataLoader worker keeps its one line; one bad test image
 cannot lose a submission (predict.on_bad_image); a resume on another machine shape; DataLoader workers out
-of shared memory; flags and overrides in any order; a file where a folder belongs; and the kit's own bugs
-kept visible (a traceback file, not dressed as the user's fault)."""
+of shared memory; flags and overrides in any order; and the kit's own bugs kept visible (a traceback file,
+not dressed as the user's fault). A file where a folder belongs (item 12): tests/test_faults_config.py."""
 
 from __future__ import annotations
 
@@ -277,57 +277,6 @@ def test_the_packaged_infer_takes_overrides_before_and_after_a_flag(monkeypatch)
     with pytest.raises(SystemExit):
         infer_main(Path("."), ["batch_size=4", "--data", "d", "seed=1"])
     assert seen[0].overrides == ["batch_size=4", "seed=1"] and seen[0].data == "d"
-
-
-# --- 12. a file where a folder belongs ------------------------------------------------------------------
-
-@pytest.fixture
-def data(tmp_path) -> dict:
-    root = write_tiny_competition(tmp_path / "data")
-    blocker = tmp_path / "a_file"
-    blocker.write_text("not a folder")
-    return {"root": root, "file": blocker, "ov": [*COMMON, f"data.root={root}", f"out_dir={tmp_path / 'runs'}"]}
-
-
-@pytest.mark.parametrize("under", [False, True], ids=["the file", "a folder under the file"])
-def test_every_folder_the_user_names_may_be_a_file(data, tmp_path, under):
-    bad = data["file"] / "sub" if under else data["file"]
-    ov, shown = data["ov"], str(data["file"])
-    cases = [
-        ("train_fold.py", "--fold", "0", *ov, f"out_dir={bad}"),
-        ("prepare.py", *ov, f"out_dir={bad}"),
-        ("prepare.py", *ov, "images.cache=true", f"images.cache_dir={bad}"),
-        ("prepare.py", *ov, f"data.root={bad}"),
-        ("predict.py", *ov, "--save-probs", str(bad / "p.npy")),
-        ("package.py", *ov, "-o", str(bad)),
-        ("submit.py", str(data["root"] / "sample_submission.csv"), *ov, "-m", "x", "data.competition=c",
-         f"predict.submissions_dir={bad}"),
-    ]
-    for script, *argv in cases:
-        code, _, err = run_main(script, *argv)
-        line = one_error(code, err, shown, "is a file, not a folder")
-        assert line, (script, argv)
-    assert data["file"].read_text() == "not a folder"
-
-
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to any folder")
-def test_a_read_only_folder_is_named(data, tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o555)
-    try:
-        code, _, err = run_main("prepare.py", *data["ov"], f"out_dir={ro / 'runs'}")
-        one_error(code, err, str(ro), "not writable")
-    finally:
-        ro.chmod(0o755)
-
-
-def test_an_os_error_on_a_path_is_one_line_naming_it():
-    def run(_args):
-        raise FileExistsError(17, "File exists", "/runs/x")
-
-    code, err = call_main(run)
-    one_error(code, err, "a file is in the way", "/runs/x")
 
 
 # --- 15. the kit's own bugs stay visible ---------------------------------------------------------------

@@ -173,7 +173,7 @@ def test_the_offline_package_gives_a_bad_image_the_prior_by_default(tmp_path, mo
 
 # --- 9. resuming on another machine shape --------------------------------------------------------------
 
-@pytest.mark.parametrize("saved", [2, 5, 8])
+@pytest.mark.parametrize("saved", [0, 2, 5, 8])  # 0: saved on a CPU
 def test_cuda_rng_states_restore_for_the_gpus_both_machines_have(monkeypatch, saved):
     state = ckpt_io.rng_state()
     state["cuda"] = [torch.full((16,), k, dtype=torch.uint8) for k in range(saved)]

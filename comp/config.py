@@ -141,6 +141,8 @@ class PredictConfig:
     submissions_dir: str = "submissions"  # scripts/submit.py keeps each submitted CSV and index.csv here
     folds: list[int] = field(default_factory=list)  # the folds to ensemble, e.g. [0, 2]; empty = every fold
     # of folds.n_folds, each of which must be trained (a partial ensemble only when asked for by name)
+    on_bad_image: str = "fail"  # fail | prior: a test image that cannot be read stops predict (exit 2 naming it),
+    # or its row gets the training labels' class prior with a warning (the offline package's default)
 
 
 @dataclass
@@ -234,6 +236,7 @@ def _check_values(cfg: Any) -> None:
         ("predict.folds", all(0 <= k < cfg.folds.n_folds for k in cfg.predict.folds)
          and len(set(cfg.predict.folds)) == len(cfg.predict.folds),
          f"must list distinct fold numbers 0..{cfg.folds.n_folds - 1} (folds.n_folds={cfg.folds.n_folds})"),
+        ("predict.on_bad_image", cfg.predict.on_bad_image in ("fail", "prior"), "must be fail or prior"),
     ]
     for key, ok, why in checks:
         if not ok:

@@ -160,3 +160,26 @@ def atomic_dir(path: str | Path, what: str = "folder") -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fsync_dir(path.parent)
+
+
+def check_dir(path: str | Path, what: str) -> Path:
+    """Check, before any work, that the folder `path` (named by config key or option `what`, e.g.
+    "out_dir") is or can be made: the nearest part of it that exists must be a folder, and writable.
+    Makes nothing.
+
+    Raises:
+        UserError: a file where a folder belongs (`path` itself or a parent), or a folder this user may not
+            write (permissions, a read-only file system), naming both.
+    """
+    path = Path(path)
+    p = path
+    while not p.exists() and not p.is_symlink() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        where = "it" if p == path else p
+        raise UserError(f"{what} {path}: {where} is a file, not a folder; point {what} at a folder")
+    if not os.access(p, os.W_OK | os.X_OK):
+        where = "it" if p == path else f"the folder {p}"
+        raise UserError(f"{what} {path}: {where} is not writable (permissions or a read-only file system); "
+                        f"point {what} at a folder you can write")
+    return path

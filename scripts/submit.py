@@ -20,13 +20,6 @@ from comp.cli import main
 from comp.errors import UserError
 
 
-class Parser(argparse.ArgumentParser):
-    """FILE and KEY=VALUE overrides may come before or after -m (two positionals need intermixed parsing)."""
-
-    def parse_args(self, args=None, namespace=None):
-        return self.parse_intermixed_args(args, namespace)
-
-
 def run(args):
     from comp import validate_config
     from comp.config import load_config
@@ -51,7 +44,8 @@ def run(args):
 
 
 if __name__ == "__main__":
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # FILE and KEY=VALUE overrides may come before or after -m: comp.cli.main parses intermixed
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="YAML config (default: configs/demo.yaml)")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one error line")
     p.add_argument("--quiet", action="store_true", help="no progress bars (drawn only when stderr is a terminal)")

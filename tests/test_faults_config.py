@@ -11,6 +11,7 @@ is trained once per test run, and a folder's files are compared byte for byte be
 from __future__ import annotations
 
 import io
+import os
 import runpy
 import shutil
 import sys
@@ -224,9 +225,9 @@ CONFIG_FAULTS = {
                                             lambda ov, t: [*ov, f"model.pretrained={t / 'w.pth'}"],
                                             ["pretrained weights file not found", "w.pth"]),
     "cache folder under a file": ("prepare.py", lambda ov, t: [*ov, f"images.cache_dir={_under_file(t)}"],
-                                  ["cannot make the image cache folder", "images.cache_dir"]),
+                                  ["images.cache_dir", "a_file is a file, not a folder"]),
     "out_dir under a file": ("prepare.py", lambda ov, t: [*ov, f"out_dir={_under_file(t)}"],
-                             ["Not a directory", "a_file"]),
+                             ["out_dir", "a_file is a file, not a folder"]),
     "more folds than images in a class": ("prepare.py", lambda ov, t: [*ov, f"out_dir={t / 'new'}",
                                                                       "folds.n_folds=11"],
                                           ["folds.n_folds=11 but the rarest class has only 10 image(s)"]),
@@ -246,3 +247,60 @@ def test_config_fault_is_one_error_line_and_nothing_is_touched(name, trained, tm
     assert out == ""
     assert_kept(before, ex["base"])
     assert not (tmp_path / "new" / "folds.csv").exists()
+
+
+# --- a file where a folder belongs, a folder not writable (issue 13, item 12) ---------------------------
+
+@pytest.fixture
+def blocked(tmp_path) -> dict:
+    root = write_tiny_competition(tmp_path / "data")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    return {"root": root, "file": blocker, "ov": [*COMMON, f"data.root={root}", f"out_dir={tmp_path / 'runs'}"]}
+
+
+@pytest.mark.parametrize("under", [False, True], ids=["the file", "a folder under the file"])
+def test_every_folder_the_user_names_may_be_a_file(blocked, tmp_path, under):
+    data = blocked
+    bad = data["file"] / "sub" if under else data["file"]
+    ov, shown = data["ov"], str(data["file"])
+    cases = [
+        ("train_fold.py", "--fold", "0", *ov, f"out_dir={bad}"),
+        ("prepare.py", *ov, f"out_dir={bad}"),
+        ("prepare.py", *ov, "images.cache=true", f"images.cache_dir={bad}"),
+        ("prepare.py", *ov, f"data.root={bad}"),
+        ("predict.py", *ov, "--save-probs", str(bad / "p.npy")),
+        ("package.py", *ov, "-o", str(bad)),
+        ("submit.py", str(data["root"] / "sample_submission.csv"), *ov, "-m", "x", "data.competition=c",
+         f"predict.submissions_dir={bad}"),
+    ]
+    for script, *argv in cases:
+        code, _, err = run_main(script, *argv)
+        line = one_error(code, err, shown, "is a file, not a folder")
+        assert line, (script, argv)
+    assert data["file"].read_text() == "not a folder"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to any folder")
+def test_a_read_only_folder_is_named(blocked, tmp_path):
+    data = blocked
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        code, _, err = run_main("prepare.py", *data["ov"], f"out_dir={ro / 'runs'}")
+        one_error(code, err, str(ro), "not writable")
+    finally:
+        ro.chmod(0o755)
+
+
+def test_an_os_error_on_a_path_is_one_line_naming_it():
+    import comp.cli as cli
+
+    def run(_args):
+        raise FileExistsError(17, "File exists", "/runs/x")
+
+    err = io.StringIO()
+    with redirect_stderr(err), pytest.raises(SystemExit) as e:
+        cli.main(run, cli.parser("test"), [])
+    one_error(e.value.code, err.getvalue(), "a file is in the way", "/runs/x")

@@ -185,14 +185,15 @@ def image_loader(cfg: Any, comp: Any) -> Callable[[str], np.ndarray]:
 
 
 def _work(job: tuple[str, str | None, int, list[str], str, DicomOptions]) -> Problem | None:
-    """Check one image and, with an entry path, write its cache entry. Runs in a worker process."""
+    """Check one image and, with an entry path, write its cache entry. Runs in a worker process.
+    Only a failed decode (ImageError) makes a Problem."""
     path, entry, size, steps, fmt, dicom = job
     try:
         img = load_preprocessed(path, size, steps, dicom)
-    except ImageError as e:
+    except ImageError as e:  # decoding failed: the file is missing, empty, truncated or corrupt
         return Problem(e.kind, path, e.detail)
-    except (cv2.error, ValueError) as e:  # a decodable file whose pixels the steps cannot handle
-        return Problem("corrupt", path, str(e).strip().splitlines()[-1])
+    # anything else (a ValueError or cv2.error of a preprocessing step on a decoded image) is the kit's bug,
+    # not the file's: it propagates, and comp.cli reports it as an internal error with its traceback
     if entry is not None:
         write_entry(img, Path(entry), fmt)
     return None

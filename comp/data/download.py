@@ -192,6 +192,7 @@ def ensure_data(cfg: Any, download: bool = False) -> Path:
     root = resolve_path(cfg.data.root)
     if root.is_dir() and any(root.iterdir()):
         return root
+    io.check_dir(root, "data.root")  # a file in the way or a read-only folder: before any download
     if cfg.data.source == "demo":
         make_demo(root)
         return root

@@ -13,6 +13,8 @@ device.
 from __future__ import annotations
 
 import functools
+import shutil
+import signal
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from typing import Any
@@ -102,6 +104,57 @@ class EpochSampler(Sampler):
         return len(self.items)
 
 
+SHM_BUDGET = 2**30  # bytes of batches one loader keeps in flight at most (in /dev/shm), at most SHM_SHARE of it
+SHM_SHARE = 0.25  # of /dev/shm's size per loader: the train and validation loaders may both be busy at once
+MAX_PREFETCH = 4  # batches each worker loads ahead (torch's default is 2)
+
+
+def shm_budget(shm_bytes: int | None = None) -> int:
+    """The bytes of batches one loader may hold in shared memory: SHM_BUDGET, or SHM_SHARE of /dev/shm's
+    size when that is smaller (64 MiB in a default Docker container). `shm_bytes` None reads /dev/shm."""
+    if shm_bytes is None:
+        try:
+            shm_bytes = shutil.disk_usage("/dev/shm").total
+        except OSError:  # no /dev/shm (macOS, Windows): torch uses other shared memory there
+            return SHM_BUDGET
+    return min(SHM_BUDGET, int(shm_bytes * SHM_SHARE))
+
+
+def batches_in_flight_bytes(batch_size: int, image_size: int, num_workers: int, prefetch_factor: int) -> int:
+    """Shared memory the loader's workers hold at once: each worker keeps `prefetch_factor` uint8 batches of
+    (batch_size, 3, image_size, image_size) in /dev/shm until the main process takes them."""
+    return batch_size * 3 * image_size * image_size * prefetch_factor * num_workers
+
+
+def prefetch_factor_for(batch_size: int, image_size: int, num_workers: int, budget: int) -> int | None:
+    """The DataLoader's prefetch_factor: MAX_PREFETCH batches per worker, fewer when the bytes in flight
+    (`batches_in_flight_bytes`) would pass `budget`, never under 1. None without workers (torch's rule)."""
+    if num_workers <= 0:
+        return None
+    per_batch = batches_in_flight_bytes(batch_size, image_size, num_workers, 1)
+    return max(1, min(MAX_PREFETCH, budget // max(per_batch, 1)))
+
+
+def ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: SIGINT and SIGTERM are ignored in the workers. A Ctrl-C in a terminal
+    and a scheduler's preemption (Slurm, Kubernetes, torchrun) signal every process of the job; the main
+    process alone acts on them (after the current step, with a recovery checkpoint), and stops its workers
+    itself. A worker killed by the signal would otherwise end the run with torch's `DataLoader worker is
+    killed by signal` before anything is saved. (Workers still exit when the main process dies: torch's
+    watchdog.)"""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _image_side(dataset: Any) -> int | None:
+    """The square side of the dataset's images (ImageDataset.size), looking through Subset-like wrappers."""
+    while dataset is not None:
+        if isinstance(getattr(dataset, "size", None), int):
+            return dataset.size
+        dataset = getattr(dataset, "dataset", None)
+    return None
+
+
 def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, num_workers: int,
                 drop_last: bool = False, pin_memory: bool = False, persistent: bool = False) -> DataLoader:
     """A DataLoader over `dataset`; sequential order when `sampler` is None (validation, test).
@@ -110,10 +163,24 @@ def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, num_
     starting 8-16 workers costs ~1 s, which at 5,000 images/s is a third of a 16,000-image epoch and
     the whole of a small fold's (measured on an H100, BENCHMARKS.md). It gets a generator of its own: the
     workers' base seed would otherwise be drawn from the global torch RNG, and a resumed run would then
-    see the model's RNG (dropout) shifted by one draw."""
+    see the model's RNG (dropout) shifted by one draw.
+
+    Shared memory: workers hand batches over through /dev/shm, batch_size x 3 x image_size^2 bytes each,
+    `prefetch_factor` per worker, so num_workers x prefetch_factor batches are in flight. prefetch_factor
+    is MAX_PREFETCH (4), lowered (`prefetch_factor_for`) to keep that under `shm_budget()`: 1 GiB, or a
+    quarter of /dev/shm's size (64 MiB in a default Docker container; `docker run --shm-size=8g`). The
+    shipped configs: aptos2019 32 x 512 px x 8 workers x 4 = 805 MB; cnmc2019 64 x 384 px x 8 x 4 = 906 MB;
+    dr2015 32 x 512 px x 12 workers at 3 = 906 MB (4 would be 1.2 GB). When even one batch per worker does
+    not fit, the workers die of SIGBUS and comp.cli says so with the remedy (fewer num_workers, --shm-size).
+
+    Workers ignore SIGINT/SIGTERM (`ignore_stop_signals`): the main process stops the run."""
+    side = _image_side(dataset)
+    prefetch = prefetch_factor_for(batch_size, side or 0, num_workers, shm_budget()) if side else (
+        MAX_PREFETCH if num_workers > 0 else None)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers,
                       drop_last=drop_last, pin_memory=pin_memory, generator=torch.Generator(),
-                      prefetch_factor=4 if num_workers > 0 else None, persistent_workers=persistent and num_workers > 0)
+                      prefetch_factor=prefetch, persistent_workers=persistent and num_workers > 0,
+                      worker_init_fn=ignore_stop_signals if num_workers > 0 else None)
 
 
 Norm = tuple[tuple[float, ...], tuple[float, ...]]  # (mean, std) per RGB channel, on the 0..1 scale

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from comp import io
 from comp.config import resolve_path
 from comp.data.cache import cache_folder, process_images
 from comp.data.competition import Problem, load_competition
@@ -59,6 +60,9 @@ def prepare(cfg: Any, workers: int | None = None, download: bool = False, rebuil
             any unusable image (all of them listed in one message).
     """
     check_steps(cfg.images.preprocess)
+    io.check_dir(resolve_path(cfg.out_dir), "out_dir")  # before a download or hours of caching
+    if cfg.images.cache:
+        io.check_dir(cache_folder(cfg), "images.cache_dir")
     root = ensure_data(cfg, download)
     comp = load_competition(cfg, strict=False, check_sample=True)
     out_dir = resolve_path(cfg.out_dir)

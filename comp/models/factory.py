@@ -113,6 +113,24 @@ def _is_tag(pretrained: str | os.PathLike) -> bool:
     return not (os.path.exists(s) or "." in s or "/" in s or os.sep in s)
 
 
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """What a failed download raises: OSError covers socket and urllib errors, requests' RequestException and
+    huggingface_hub's HTTP, offline-mode and LocalEntryNotFound errors (all OSError subclasses); the hub's
+    EntryNotFoundError is not one. Anything else from timm.create_model is the kit's (or timm's) bug and
+    is not dressed as a download failure."""
+    errors: list[type[BaseException]] = [OSError]
+    try:
+        from huggingface_hub.errors import EntryNotFoundError
+
+        errors.append(EntryNotFoundError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+NETWORK_ERRORS = _network_errors()
+
+
 def _create_from_hub(name: str, tag: str, num_classes: int, in_chans: int, drop_rate: float) -> nn.Module:
     """Fetch timm's pretrained weights for `name` (tag `tag`) and return the model holding them."""
     arch = name.removeprefix(TIMM_PREFIX)
@@ -134,7 +152,7 @@ def _create_from_hub(name: str, tag: str, num_classes: int, in_chans: int, drop_
                 arch, pretrained=True, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate
             )
         source = timm.create_model(arch, pretrained=True)  # same keys as ours; 1000 classes, 3 channels
-    except Exception as e:  # offline: huggingface_hub's LocalEntryNotFoundError, socket errors, ...
+    except NETWORK_ERRORS as e:  # offline, no such file on the hub, a refused or cut connection
         raise UserError(
             f"pretrained={tag!r}: the weights {arch!r} could not be downloaded "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "

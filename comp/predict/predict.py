@@ -21,6 +21,7 @@ from comp.config import resolve_path
 from comp.data.augment import build_transform, check_tta
 from comp.data.cache import image_loader
 from comp.data.competition import Competition
+from comp.data.images import ImageError
 from comp.data.loader import IMAGENET, ImageDataset, Norm, device_batches, make_loader
 from comp.device import amp_dtype_for, pick_device
 from comp.errors import UserError
@@ -98,6 +99,30 @@ def fold_weight(meta: dict[str, Any], how: str, path: Path) -> float:
     return float(best)
 
 
+class MarkBadImages(torch.utils.data.Dataset):
+    """predict.on_bad_image=prior: `dataset[i]` as (image, 0), or (a black image, 1) when the image cannot
+    be read (ImageError: missing, empty, truncated, corrupt), so one bad file cannot stop the ensemble; the
+    flag takes the label's place in the batch and the row is overwritten afterwards (`predict_test`)."""
+
+    def __init__(self, dataset: ImageDataset):
+        self.dataset, self.size = dataset, dataset.size
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        try:
+            return self.dataset[i][0], 0
+        except ImageError:
+            return torch.zeros((3, self.size, self.size), dtype=torch.uint8), 1
+
+
+def class_prior(comp: Competition) -> np.ndarray:
+    """(C,) float64: each class's share of the training labels (the best guess for an image not seen)."""
+    counts = np.bincount(comp.train["label"].to_numpy(dtype=np.int64), minlength=comp.num_classes)
+    return counts / max(counts.sum(), 1)
+
+
 def fold_norm(meta: dict[str, Any]) -> Norm:
     """The input (mean, std) a fold was trained and validated with (its checkpoint's `input_norm`); a
     checkpoint of a kit older than the key was trained with ImageNet's, whatever the model."""
@@ -106,19 +131,28 @@ def fold_norm(meta: dict[str, Any]) -> Norm:
 
 
 def fold_outputs(cfg: Any, comp: Competition, models: list[torch.nn.Module], paths: list[str],
-                 device: torch.device, desc: str, norm: Norm = IMAGENET) -> list[torch.Tensor]:
+                 device: torch.device, desc: str, norm: Norm = IMAGENET,
+                 flags: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """Each model's (N, C) output over the images `paths`, averaged over the config's TTA views: the mean
     of the views' probabilities, or of their logits with predict.ensemble=mean_logit. The images are read
     as validation reads them (the cache, or decoded and preprocessed; `aug.valid`; normalised with the
-    models' `norm`, `fold_norm`), once for all models."""
+    models' `norm`, `fold_norm`), once for all models. With a `flags` list, an image that cannot be read
+    is a black one instead of an error (`MarkBadImages`), and each batch's (B,) 0/1 flags are appended."""
     views = check_tta(cfg.aug.tta)
     dataset = ImageDataset(paths, None, cfg.image_size, build_transform(cfg.aug.valid, "aug.valid"),
                            load=image_loader(cfg, comp))
-    loader = make_loader(dataset, cfg.batch_size, None, cfg.num_workers, pin_memory=device.type == "cuda")
+    loader = make_loader(MarkBadImages(dataset) if flags is not None else dataset, cfg.batch_size, None,
+                         cfg.num_workers, pin_memory=device.type == "cuda")
+
+    def inputs(batches):
+        for x, y, _ in batches:
+            if flags is not None:
+                flags.append(y)
+            yield x
+
     activation = None if cfg.predict.ensemble == "mean_logit" else (lambda t: t.softmax(1))
     with progress(len(loader), desc) as bar:  # closed on an error too
-        batches = (x for x, _, _ in device_batches(loader, device, cfg.model.in_chans, cfg.train.channels_last,
-                                                   norm))
+        batches = inputs(device_batches(loader, device, cfg.model.in_chans, cfg.train.channels_last, norm))
         return forward_views(models, batches, views, amp_dtype_for(device, cfg.train.amp), activation,
                              on_batch=lambda: bar.update(1))
 
@@ -136,8 +170,13 @@ def predict_test(cfg: Any, comp: Competition, device: torch.device | None = None
         paths: the fold checkpoints to ensemble; default every `<out_dir>/fold*/best.pt`.
         expect_hash: see `load_fold`.
 
+    A test image that cannot be read stops the prediction (ImageError, naming it) with
+    predict.on_bad_image=fail; with `prior` its row is the training class prior (`class_prior`), and a
+    warning names each such file.
+
     Raises:
-        UserError: no test images, no trained fold, a fold that does not match the config or the data.
+        UserError: no test images, no trained fold, a fold that does not match the config or the data, a bad
+            test image (predict.on_bad_image=fail).
     """
     if len(comp.test) == 0:
         raise UserError(f"no test images found for {cfg.data.root} (data.test_images / data.sample_submission)")
@@ -164,8 +203,10 @@ def predict_test(cfg: Any, comp: Competition, device: torch.device | None = None
         (p0, n0), (p1, n1) = list(norms.items())[0], next((p, n) for p, n in norms.items() if n != norms[paths[0]])
         raise UserError(f"{p1} normalises its input with (mean, std) {n1} but {p0} with {n0}: folds of one "
                         f"experiment must share the model's input convention; retrain the older fold")
+    prior = cfg.predict.on_bad_image == "prior"
+    flags: list[torch.Tensor] | None = [] if prior else None  # per batch: 1 for an image that cannot be read
     outs = fold_outputs(cfg, comp, models, comp.test["path"].tolist(), device,
-                        f"predict {len(models)} fold(s) x {len(views)} view(s)", norms[paths[0]])
+                        f"predict {len(models)} fold(s) x {len(views)} view(s)", norms[paths[0]], flags)
     total, weight_sum = None, 0.0
     for w, out in zip(weights, outs, strict=True):  # fold order: the same sums as fold after fold
         total = w * out.double() if total is None else total + w * out.double()
@@ -173,7 +214,14 @@ def predict_test(cfg: Any, comp: Competition, device: torch.device | None = None
     mean = total / weight_sum
     if cfg.predict.ensemble == "mean_logit":
         mean = mean.softmax(1)
-    return mean.float().numpy()
+    probs = mean.float().numpy()
+    bad = np.flatnonzero(torch.cat(flags).cpu().numpy() > 0) if prior and flags else np.zeros(0, np.int64)
+    if len(bad):
+        probs[bad] = class_prior(comp).astype(np.float32)
+        for i in bad:
+            log(f"warning: test image {comp.test['path'].iloc[i]} cannot be read; its row is the training class "
+                f"prior (predict.on_bad_image=prior)")
+    return probs
 
 
 def check_probs_path(path: str | Path) -> Path:
@@ -182,6 +230,9 @@ def check_probs_path(path: str | Path) -> Path:
     path = Path(path)
     if path.suffix not in (".csv", ".npy"):
         raise UserError(f"--save-probs {path}: name a .csv or .npy file")
+    if path.is_dir():
+        raise UserError(f"--save-probs {path}: it is a folder; name a .csv or .npy file")
+    io.check_dir(path.parent, "--save-probs")  # a file in the way, or a folder not writable
     if not path.parent.is_dir():
         raise UserError(f"--save-probs {path}: folder {path.parent} does not exist")
     return path

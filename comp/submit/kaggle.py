@@ -21,16 +21,16 @@ since nothing was submitted. `--dry-run` does the same for any competition.
 from __future__ import annotations
 
 import csv
-import io
 import shlex
 import shutil
 import subprocess
 import time
 from datetime import datetime, timezone
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
-from comp import kaggle_cli
+from comp import io, kaggle_cli
 from comp.config import DEFAULT_CONFIG, REPO_ROOT, config_hash, resolve_path
 from comp.data.competition import load_competition
 from comp.errors import UserError
@@ -80,7 +80,7 @@ def append_index(index: Path, row: dict[str, str]) -> None:
             rows = list(reader)
             header = list(reader.fieldnames or [])
     columns = header + [c for c in INDEX_COLUMNS if c not in header]
-    buf = io.StringIO()
+    buf = StringIO()
     w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     w.writeheader()
     w.writerows([*rows, row])
@@ -218,6 +218,7 @@ def submit(cfg: Any, file: Path, message: str, config_path: str | None = None, d
                               "--notebook", "-m", message])
         raise UserError(f"{competition} is a code competition (data.code_competition=true): Kaggle refuses a CSV "
                         f"upload (400); submit the notebook instead: {command}")
+    io.check_dir(resolve_path(cfg.predict.submissions_dir), "predict.submissions_dir")  # before it is sent
     output = kaggle_cli.run(args)
     folder = resolve_path(cfg.predict.submissions_dir)
     folder.mkdir(parents=True, exist_ok=True)

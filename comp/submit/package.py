@@ -16,7 +16,9 @@ comp.config is built on it. It is pure Python (~0.5 MB, BSD-3, antlr4 vendored i
 it travels with the package rather than having the entry point re-implement the config schema: the
 package runs exactly the code that made the local CSV. infer.py reads the same config, points data.root
 at the competition's input and out_dir at the package, and turns the image cache off (the input folder
-is read-only). It reproduces scripts/predict.py's CSV byte for byte on the same device.
+is read-only), and gives an unreadable test image the training class prior (predict.on_bad_image=prior, a
+warning naming it: a hidden test set cannot be fixed by hand, and a failed notebook is a lost submission).
+It reproduces scripts/predict.py's CSV byte for byte on the same device.
 """
 
 from __future__ import annotations
@@ -190,7 +192,7 @@ def build_package(cfg: Any, out: Path | None = None, dataset_id: str | None = No
         UserError: no trained fold, a fold trained with another config, `out` exists (without `force`).
     """
     out_dir = resolve_path(cfg.out_dir)
-    out = Path(out) if out is not None else out_dir / "package"
+    out = io.check_dir(Path(out) if out is not None else out_dir / "package", "-o" if out is not None else "out_dir")
     if out.exists() and any(out.iterdir()) and not force:
         raise UserError(f"{out} already exists; pass --force to replace it, or -o another folder")
     want = config_hash(cfg)
@@ -248,7 +250,8 @@ def infer_main(here: Path, argv: list[str] | None = None) -> None:
         if not Path(data).is_dir():
             raise UserError(f"--data {data}: no such folder; pass the competition's data folder")
         cfg = load_config(here / "config.yaml", [f"data.root={Path(data).resolve()}", f"out_dir={here}",
-                                                 "images.cache=false", *args.overrides])
+                                                 "images.cache=false", "predict.on_bad_image=prior",
+                                                 *args.overrides])
         sub = make_submission(cfg, expect_hash=config_hash(packaged))
         if args.save_probs:
             save_probs(Path(args.save_probs), sub.ids, sub.probs, sub.classes)

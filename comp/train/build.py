@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from comp import io
 from comp.config import config_hash, resolve_path
 from comp.data.augment import build_transform
 from comp.data.cache import image_loader
@@ -69,7 +70,7 @@ def build_run(cfg: Any, fold: int, resume: bool) -> Run:
     if not 0 <= fold < cfg.folds.n_folds:
         raise UserError(f"--fold {fold} is outside 0..{cfg.folds.n_folds - 1} (folds.n_folds={cfg.folds.n_folds})")
     out_dir = resolve_path(cfg.out_dir)
-    fold_dir = out_dir / f"fold{fold}"
+    fold_dir = io.check_dir(out_dir / f"fold{fold}", "out_dir")
     if not resume and any((fold_dir / n).exists() for n in ("last.pt", "recovery.pt")):
         raise UserError(f"{fold_dir} already holds a trained fold; pass --resume to continue it, "
                         f"or set another out_dir")

@@ -119,12 +119,25 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> list[str]:
+    """Put back the RNG states of `rng_state()`, as far as this machine has them: Python's, NumPy's and
+    torch's CPU generator always; the CUDA generators of the GPUs both the checkpoint and this machine
+    have (a resume with fewer or more visible GPUs, or on a CPU). Returns what could not be restored, as
+    phrases for a log line (empty when everything was)."""
     random.setstate(_tuples(state["python"]))
     np.random.set_state(_tuples(state["numpy"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = list(state.get("cuda") or [])
+    here = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for i, s in enumerate(saved[:here]):
+        torch.cuda.set_rng_state(s, i)
+    missed = []
+    if len(saved) > here:
+        missed.append(f"the CUDA RNG of {len(saved) - here} of the checkpoint's {len(saved)} GPU(s) "
+                      f"(this machine has {here})")
+    if here > len(saved):
+        missed.append(f"the CUDA RNG of {here - len(saved)} GPU(s) the checkpoint did not have (kept as seeded)")
+    return missed
 
 
 def _plain(x: Any) -> Any:

@@ -153,6 +153,22 @@ def save(run: Run, ckpt: dict[str, Any], *names: str) -> None:
         run.config_saved = True
 
 
+def restore_rng(run: Run, rng: Any, path: Path) -> None:
+    """Each rank's RNG states from the checkpoint's list (one per rank of the run that saved it). Under
+    another process count (allowed at an epoch boundary: check_resume) rank r takes the saved rank r's
+    when there was one, and keeps its own seeded stream (seed + rank, build_run) when there was not; on
+    another machine shape only the generators both have are restored. A log line says what was not."""
+    states = rng if isinstance(rng, list) else [rng]
+    missed = []
+    if run.dist.rank < len(states):
+        missed += ckpt_io.set_rng_state(states[run.dist.rank])
+    if len(states) != run.dist.world:  # ranks past the saved ones keep their own seeded streams
+        missed.append(f"the RNG streams of {len(states)} processes, now {run.dist.world}: dropout and mixup draws "
+                      f"differ from an uninterrupted run")
+    if missed and run.dist.main:
+        log(f"--resume: {path}: not restored: " + "; ".join(missed))
+
+
 def restore(run: Run) -> None:
     """Load the newest valid checkpoint of the fold (recovery.pt or last.pt) into `run`; a fold with none
     yet starts from scratch.
@@ -203,8 +219,7 @@ def restore(run: Run) -> None:
     run.state.update(epoch=ck["epoch"], step=ck["step"], best=ck["best"], bad_epochs=ck["bad_epochs"],
                      history=list(ck["history"]), partial=partial)
     run.set_lr()  # the position, at today's steps per epoch (comp.train.optim)
-    states = ck["rng"] if isinstance(ck["rng"], list) else [ck["rng"]]
-    ckpt_io.set_rng_state(states[run.dist.rank] if len(states) == run.dist.world else states[0])
+    restore_rng(run, ck["rng"], path)
     if run.dist.main:
         for tmp in run.dir.glob(".*.tmp"):  # a write cut short by a kill
             tmp.unlink(missing_ok=True)

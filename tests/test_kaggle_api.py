@@ -65,7 +65,8 @@ def _zip_of(folder: Path) -> dict[str, bytes]:
 def test_prepare_downloads_through_the_real_cli_and_403_leaves_nothing(fake, api, tmp_path):
     fake.competitions["tiny-dl"] = Competition(files=_zip_of(write_tiny_competition(tmp_path / "src")))
     root = tmp_path / "data" / "tiny"
-    res = run_script("prepare.py", "--download", f"data.root={root}", "data.source=competition", "data.competition=tiny-dl",
+    res = run_script("prepare.py", "--download", f"data.root={root}", "data.source=competition",
+                     "data.competition=tiny-dl",
                      "data.image_ext=.png", "image_size=16", f"out_dir={tmp_path / 'runs'}", env=api)
     assert res.returncode == 0, res.stderr
     assert (root / "train.csv").read_bytes() == (tmp_path / "src" / "train.csv").read_bytes()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
+from conftest import run_script
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from comp.config import load_config
@@ -27,8 +30,6 @@ def test_tensorboard_event_files_hold_steps_epochs_config_and_figures(tiny):
     tags = acc.Tags()
     for col in ("train_loss", "valid_loss", "accuracy", "lr", "images_per_s"):
         assert [e.step for e in acc.Scalars(f"epoch/{col}")] == [0, 1], col
-    import pandas as pd
-
     metrics = pd.read_csv(result["dir"] / "metrics.csv")
     assert [e.value for e in acc.Scalars("epoch/accuracy")] == pytest.approx(metrics["accuracy"].tolist())
     steps = [e.step for e in acc.Scalars("train/loss")]
@@ -57,3 +58,27 @@ def test_tracker_none_writes_nothing_and_missing_package_is_named(tiny, monkeypa
         fit(cfg, 0)
     with pytest.raises(UserError, match="train.tracker"):
         load_config(None, tiny["overrides"] + ["train.tracker=neptune"])
+
+
+def test_lr_finder_writes_its_plot_and_suggests_an_lr_within_the_ramp(tiny):
+    from comp.train.lr_find import ramp, valley
+
+    # fastai's valley on a hand-made curve: flat, a 9-step fall, then a rise; the longest decreasing run
+    # is steps 2..11 (start = 11 - 10 = 1), third = 10/3, so index 1 + 3 + 1 = 5
+    losses = np.array([5.0, 5.0, 5.0, 4.5, 4.0, 3.5, 3.0, 2.5, 2.0, 1.5, 1.0, 0.9, 3.0, 9.0])
+    assert valley(np.arange(1.0, 15.0), losses) == 6.0
+    assert ramp(1e-4, 1.0, 5) == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1, 1.0])
+
+    res = run_script("lr_find.py", "--steps", "20", "--start", "1e-5", "--end", "10", *tiny["overrides"],
+                     "batch_size=4", check=True)
+    line = res.stdout.strip().splitlines()[-1]
+    assert line.startswith("optim.lr=")
+    lr = float(line.split("=")[1])
+    assert 1e-5 <= lr <= 10
+    folder = tiny["out"] / "lr_find"
+    assert (folder / "lr_find.png").stat().st_size > 1000
+    table = pd.read_csv(folder / "lr_find.csv")
+    assert 2 <= len(table) <= 20 and table["lr"].is_monotonic_increasing
+    assert table["lr"].iloc[0] == pytest.approx(1e-5)
+    assert not (tiny["out"] / "fold0").exists()  # nothing in the experiment's fold folders
+    assert load_config(None, tiny["overrides"] + [line]).optim.lr == pytest.approx(lr)  # pastes as an override

@@ -82,3 +82,48 @@ def test_lr_finder_writes_its_plot_and_suggests_an_lr_within_the_ramp(tiny):
     assert table["lr"].iloc[0] == pytest.approx(1e-5)
     assert not (tiny["out"] / "fold0").exists()  # nothing in the experiment's fold folders
     assert load_config(None, tiny["overrides"] + [line]).optim.lr == pytest.approx(lr)  # pastes as an override
+
+
+def test_optuna_search_three_trials_writes_best_yaml(tiny, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.lr: {low: 1.0e-4, high: 1.0e-2, log: true}\n"
+                     "model.drop_rate: {low: 0.0, high: 0.5}\n"
+                     "optim.name: {choices: [adamw, sgd]}\n"
+                     "model.freeze_epochs: {low: 0, high: 1, step: 1}\n")
+    res = run_script("tune.py", "--space", str(space), "--trials", "3", *tiny["overrides"], check=True)
+    tune_dir = tiny["out"] / "tune"
+    assert "3 trials completed" in res.stderr and "vs the starting config's" in res.stderr, res.stderr
+    import optuna
+
+    study = optuna.load_study(study_name="tune", storage=f"sqlite:///{tune_dir / 'study.db'}")
+    assert len(study.trials) == 3
+    start = study.trials[0]  # the starting config, enqueued: the demo's own values
+    base = load_config(None, tiny["overrides"])
+    assert start.user_attrs["starting_config"] and start.params["optim.lr"] == pytest.approx(base.optim.lr)
+    assert start.params["optim.name"] == base.optim.name
+    assert start.params["model.freeze_epochs"] == base.model.freeze_epochs
+    assert isinstance(study.trials[1].params["model.freeze_epochs"], int)
+    best = study.best_trial
+    assert f"best trial {best.number} {best.value:.4f}" in res.stderr
+    assert f"starting config's {start.value:.4f}" in res.stderr
+    for t in study.trials:  # each an ordinary run in its own folder, with the sampled values
+        saved = load_config(tune_dir / f"trial{t.number}" / "fold0" / "config.yaml")
+        assert saved.optim.lr == pytest.approx(t.params["optim.lr"]) and saved.optim.name == t.params["optim.name"]
+        assert (tune_dir / f"trial{t.number}" / "fold0" / "metrics.csv").is_file()
+    cfg = load_config(tune_dir / "best.yaml")
+    assert cfg.optim.lr == pytest.approx(best.params["optim.lr"]) and cfg.image_size == 16
+    assert cfg.model.drop_rate == pytest.approx(best.params["model.drop_rate"])
+    assert len(pd.read_csv(tune_dir / "trials.csv")) == 3
+
+
+def test_bad_search_space_names_the_key(tiny, tmp_path):
+    from comp.train.tune import load_space
+
+    bad = tmp_path / "bad.yaml"
+    for text, needle in [("optim.lrr: {low: 1, high: 2}\n", "'optim.lrr' is not a config key"),
+                         ("optim.lr: {low: 2, high: 1}\n", "needs low < high"),
+                         ("optim.lr: {low: 0, high: 1, log: true}\n", "low > 0"),
+                         ("optim.name: {choices: []}\n", "non-empty list")]:
+        bad.write_text(text)
+        with pytest.raises(UserError, match=needle):
+            load_space(bad)

@@ -130,6 +130,17 @@ def plot(result: LRFind, path: Path) -> None:
     io.write_bytes(path, buf.getvalue())
 
 
+def copy_folds(src_dir: Path, dst_dir: Path) -> None:
+    """Give a side run in `dst_dir` (the LR finder, a tuning trial) the experiment's split: `src_dir`'s
+    folds.json and then folds.csv (whose existence marks a finished split), when it has them and `dst_dir`
+    has none. Without them the side run makes its own, the same split from the same folds settings."""
+    if not folds_path(src_dir).is_file() or folds_path(dst_dir).is_file():
+        return
+    for name in ("folds.json", "folds.csv"):
+        if (src_dir / name).is_file():
+            io.write_bytes(dst_dir / name, (src_dir / name).read_bytes())
+
+
 def lr_find(cfg: Any, fold: int = 0, steps: int = 200, start: float = 1e-7, end: float = 10.0) -> LRFind:
     """Run the range test on fold `fold`; write `<out_dir>/lr_find/lr_find.csv` and `lr_find.png`.
 
@@ -144,11 +155,7 @@ def lr_find(cfg: Any, fold: int = 0, steps: int = 200, start: float = 1e-7, end:
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.merge(cfg, {"out_dir": str(folder), "train": {"ema": False}})
-    src, dst = folds_path(parent), folds_path(folder)
-    if src.is_file():  # the experiment's own split (folds.json first: folds.csv marks a finished split)
-        for name in ("folds.json", "folds.csv"):
-            if (src.parent / name).is_file():
-                io.write_bytes(dst.parent / name, (src.parent / name).read_bytes())
+    copy_folds(parent, folder)
     run = build_run(cfg, fold, resume=False)  # its fold folder stays empty: no checkpoint is ever saved
     if run.dist.world > 1:
         raise UserError("the LR finder runs in one process: start it with python, not torchrun")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import run_script
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from comp.config import load_config
 from comp.errors import UserError
 from comp.report.plots import fold_figures
-from comp.train.loop import fit
+from comp.train.loop import Pruned, fit
 from comp.train.tracking import log_figures
 
 
@@ -40,9 +41,20 @@ def test_tensorboard_event_files_hold_steps_epochs_config_and_figures(tiny):
 
 
 def test_tracker_none_writes_nothing_and_missing_package_is_named(tiny, monkeypatch):
-    cfg = load_config(None, tiny["overrides"] + ["train.tracker=none"])
-    result = fit(cfg, 0)
-    assert not (result["dir"] / "tb").exists()
+    cfg = load_config(None, tiny["overrides"] + ["train.tracker=none", "epochs=3"])
+    seen = []
+
+    def on_epoch(epoch, score):  # a pruned trial: fit lets the exception through once epoch 0's files are written
+        seen.append((epoch, score))
+        raise Pruned("pruned")
+
+    with pytest.raises(Pruned):
+        fit(cfg, 0, on_epoch=on_epoch)
+    fold_dir = tiny["out"] / "fold0"
+    metrics = pd.read_csv(fold_dir / "metrics.csv")
+    assert seen == [(0, pytest.approx(metrics["accuracy"].iloc[0]))] and len(metrics) == 1
+    assert torch.load(fold_dir / "last.pt", weights_only=True)["epoch"] == 1  # consistent: resumes at epoch 1
+    assert not (fold_dir / "tb").exists()
     import builtins
 
     real = builtins.__import__

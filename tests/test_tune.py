@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import run_script
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_faults_config import run_main
 
 from comp.config import load_config
 from comp.errors import UserError
@@ -81,9 +81,10 @@ def test_lr_finder_writes_its_plot_and_suggests_an_lr_within_the_ramp(tiny):
     assert valley(np.arange(1.0, 15.0), losses) == 6.0
     assert ramp(1e-4, 1.0, 5) == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1, 1.0])
 
-    res = run_script("lr_find.py", "--steps", "20", "--start", "1e-5", "--end", "10", *tiny["overrides"],
-                     "batch_size=4", check=True)
-    line = res.stdout.strip().splitlines()[-1]
+    code, out, err = run_main("lr_find.py", "--steps", "20", "--start", "1e-5", "--end", "10", *tiny["overrides"],
+                              "batch_size=4")
+    assert code == 0, err
+    line = out.strip().splitlines()[-1]
     assert line.startswith("optim.lr=")
     lr = float(line.split("=")[1])
     assert 1e-5 <= lr <= 10
@@ -102,9 +103,10 @@ def test_optuna_search_three_trials_writes_best_yaml(tiny, tmp_path):
                      "model.drop_rate: {low: 0.0, high: 0.5}\n"
                      "optim.name: {choices: [adamw, sgd]}\n"
                      "model.freeze_epochs: {low: 0, high: 1, step: 1}\n")
-    res = run_script("tune.py", "--space", str(space), "--trials", "3", *tiny["overrides"], check=True)
+    code, out, err = run_main("tune.py", "--space", str(space), "--trials", "3", *tiny["overrides"])
+    assert code == 0, err
     tune_dir = tiny["out"] / "tune"
-    assert "3 trials completed" in res.stderr and "vs the starting config's" in res.stderr, res.stderr
+    assert "3 trials completed" in err and "vs the starting config's" in err, err
     import optuna
 
     study = optuna.load_study(study_name="tune", storage=f"sqlite:///{tune_dir / 'study.db'}")
@@ -116,8 +118,8 @@ def test_optuna_search_three_trials_writes_best_yaml(tiny, tmp_path):
     assert start.params["model.freeze_epochs"] == base.model.freeze_epochs
     assert isinstance(study.trials[1].params["model.freeze_epochs"], int)
     best = study.best_trial
-    assert f"best trial {best.number} {best.value:.4f}" in res.stderr
-    assert f"starting config's {start.value:.4f}" in res.stderr
+    assert f"best trial {best.number} {best.value:.4f}" in err
+    assert f"starting config's {start.value:.4f}" in err
     for t in study.trials:  # each an ordinary run in its own folder, with the sampled values
         saved = load_config(tune_dir / f"trial{t.number}" / "fold0" / "config.yaml")
         assert saved.optim.lr == pytest.approx(t.params["optim.lr"]) and saved.optim.name == t.params["optim.name"]

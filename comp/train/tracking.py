@@ -80,60 +80,77 @@ class Tracker:
 
 
 class Trackers(Tracker):
-    """TensorBoard, plus MLflow or W&B when configured: the same scalars to each."""
+    """TensorBoard, plus MLflow or W&B when configured: the same scalars to each.
+
+    The packages are imported at once (a missing one fails before training), but nothing is written until
+    the attempt's first epoch is committed (`log_epoch`, called after last.pt): the step scalars wait in
+    memory until then, so an attempt that fails or is stopped before it leaves the fold folder as it was."""
 
     def __init__(self, cfg: Any, fold_dir: Path, fold: int):
         from torch.utils.tensorboard import SummaryWriter  # raises ImportError without the tensorboard package
 
-        kind = cfg.train.tracker
-        self.tb = SummaryWriter(log_dir=str(fold_dir / "tb"))
-        self.mlflow = self.wandb = None
+        self.cfg, self.fold_dir, self.fold, self.writer_cls = cfg, fold_dir, fold, SummaryWriter
+        self.module = _require(cfg.train.tracker) if cfg.train.tracker in PIP_NAMES else None
+        self.tb: Any = None
+        self.mlflow: Any = None
+        self.wandb: Any = None
+        self.pending: list[tuple[int, dict[str, float]]] = []
+
+    def _open(self) -> None:
+        """Create the writers and log the config, commit and versions (once)."""
+        cfg, kind = self.cfg, self.cfg.train.tracker
+        self.tb = self.writer_cls(log_dir=str(self.fold_dir / "tb"))
         info = {"git_commit": git_commit(), **{f"version/{k}": v for k, v in versions().items()}}
         config_text = to_yaml(cfg)
         self.tb.add_text("config", "\n".join("    " + line for line in config_text.splitlines()))  # markdown code
         self.tb.add_text("run", "  \n".join(f"{k}: {v}" for k, v in info.items()))
         out_dir = resolve_path(cfg.out_dir)
         project = cfg.train.tracker_project or out_dir.name
-        name = f"{out_dir.name}/fold{fold}"
+        name = f"{out_dir.name}/fold{self.fold}"
         ids: dict[str, str] = {}
         if kind == "mlflow":
-            mlflow = _require("mlflow")
-            mlflow.set_tracking_uri(cfg.train.tracker_uri or (out_dir / "mlruns").as_uri())
-            mlflow.set_experiment(project)
-            self.mlflow = mlflow
-            ids["mlflow"] = mlflow.start_run(run_name=name).info.run_id
-            mlflow.set_tags(info)
-            mlflow.log_text(config_text, "config.yaml")
+            self.mlflow = self.module
+            self.mlflow.set_tracking_uri(cfg.train.tracker_uri or (out_dir / "mlruns").as_uri())
+            self.mlflow.set_experiment(project)
+            ids["mlflow"] = self.mlflow.start_run(run_name=name).info.run_id
+            self.mlflow.set_tags(info)
+            self.mlflow.log_text(config_text, "config.yaml")
         elif kind == "wandb":
-            wandb = _require("wandb")
             from omegaconf import OmegaConf
 
-            self.wandb = wandb.init(project=project, name=name, dir=str(fold_dir),
-                                    config=OmegaConf.to_container(cfg, resolve=True), reinit=True)
+            self.wandb = self.module.init(project=project, name=name, dir=str(self.fold_dir),
+                                          config=OmegaConf.to_container(cfg, resolve=True))
             self.wandb.summary.update(info)
             ids["wandb"] = self.wandb.id
         if ids:  # log_figures reopens the same runs
-            io.write_json(fold_dir / "tb" / "tracker_ids.json", {**ids, "project": project})
+            io.write_json(self.fold_dir / "tb" / "tracker_ids.json", {**ids, "project": project})
 
-    def log_step(self, step: int, values: dict[str, float]) -> None:
+    def _scalars(self, values: dict[str, float], step: int, axis: str) -> None:
         for k, v in values.items():
             self.tb.add_scalar(k, v, step)
         if self.mlflow is not None:
             self.mlflow.log_metrics({k.replace("/", "_"): v for k, v in values.items()}, step=step)
         if self.wandb is not None:
-            self.wandb.log({**values, "step": step})
+            self.wandb.log({**values, axis: step})
+
+    def log_step(self, step: int, values: dict[str, float]) -> None:
+        if self.tb is None:
+            self.pending.append((step, values))
+        else:
+            self._scalars(values, step, "step")
 
     def log_epoch(self, epoch: int, row: dict[str, Any]) -> None:
+        if self.tb is None:
+            self._open()
+        for step, values in self.pending:
+            self._scalars(values, step, "step")
+        self.pending.clear()
         values = {f"epoch/{k}": float(v) for k, v in row.items() if k != "epoch" and isinstance(v, (int, float))}
-        for k, v in values.items():
-            self.tb.add_scalar(k, v, epoch)
+        self._scalars(values, epoch, "epoch")
         self.tb.flush()
-        if self.mlflow is not None:
-            self.mlflow.log_metrics({k.replace("/", "_"): v for k, v in values.items()}, step=epoch)
-        if self.wandb is not None:
-            self.wandb.log({**values, "epoch": epoch})
 
     def close(self) -> None:
+        self.pending.clear()
         if self.tb is not None:
             self.tb.close()
             self.tb = None

@@ -6,7 +6,7 @@ space.yaml maps config keys to ranges, e.g.
     optim.lr: {low: 1.0e-4, high: 1.0e-2, log: true}
     model.drop_rate: {low: 0.0, high: 0.5}
     optim.name: {choices: [adamw, sgd]}
-    optim.warmup_epochs: {low: 0, high: 3, step: 1}
+    model.freeze_epochs: {low: 0, high: 3, step: 1}
 
 Maximises the best validation score of the competition metric on --folds (their mean), pruning trials
 below the median at each epoch. Trial 0 is the starting config. Trials train in <out_dir>/tune/trial<N>;

@@ -137,7 +137,8 @@ def test_bad_search_space_names_the_key(tiny, tmp_path):
     for text, needle in [("optim.lrr: {low: 1, high: 2}\n", "'optim.lrr' is not a config key"),
                          ("optim.lr: {low: 2, high: 1}\n", "needs low < high"),
                          ("optim.lr: {low: 0, high: 1, log: true}\n", "low > 0"),
-                         ("optim.name: {choices: []}\n", "non-empty list")]:
+                         ("optim.name: {choices: []}\n", "non-empty list"),
+                         ("train.early_stop: {low: 0, high: 2.5}\n", "integer key")]:
         bad.write_text(text)
         with pytest.raises(UserError, match=needle):
             load_space(bad)

@@ -5,7 +5,7 @@ A space file maps dotted config keys to a distribution (Optuna's `suggest_float`
 
     optim.lr: {low: 1.0e-4, high: 1.0e-2, log: true}     # float (log scale)
     model.drop_rate: {low: 0.0, high: 0.5}                 # float
-    optim.warmup_epochs: {low: 0, high: 3, step: 1}        # int: low, high (and step) all integers
+    model.freeze_epochs: {low: 0, high: 3, step: 1}        # an int key (the schema's type): integers
     optim.name: {choices: [adamw, sgd]}                    # categorical
 
 The objective is the best validation score of the competition metric (higher is better) on the given folds,
@@ -84,16 +84,24 @@ def load_space(path: str | Path) -> dict[str, dict[str, Any]]:
                             f"got {spec!r}")
         if not spec["low"] < spec["high"] or spec.get("log") and spec["low"] <= 0:
             raise UserError(f"{where}: needs low < high (and low > 0 with log: true), got {spec!r}")
+        if _is_int_key(key) and not all(isinstance(v, int) for v in nums):
+            raise UserError(f"{where} is an integer key: low, high (and step) must be integers, got {spec!r}")
     return space
 
 
+def _is_int_key(key: str) -> bool:
+    """Whether the schema types `key` as an integer (its default is an int, not a bool)."""
+    value = OmegaConf.select(OmegaConf.structured(Config), key)
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _suggest(trial: Any, key: str, spec: dict[str, Any]) -> Any:
-    """One value of `key` from `trial` (ints when low, high and step are all integers)."""
+    """One value of `key` from `trial`: an int for a key the schema types as int, else a float (or a choice)."""
     if "choices" in spec:
         return trial.suggest_categorical(key, spec["choices"])
     low, high, step, log_ = spec["low"], spec["high"], spec.get("step"), bool(spec.get("log", False))
-    if all(isinstance(v, int) for v in (low, high)) and (step is None or isinstance(step, int)) and "step" in spec:
-        return trial.suggest_int(key, low, high, step=step, log=log_)
+    if _is_int_key(key):
+        return trial.suggest_int(key, low, high, step=step or 1, log=log_)
     return trial.suggest_float(key, float(low), float(high), step=step, log=log_)
 
 

@@ -142,3 +142,29 @@ def test_bad_search_space_names_the_key(tiny, tmp_path):
         bad.write_text(text)
         with pytest.raises(UserError, match=needle):
             load_space(bad)
+
+
+def test_a_stopped_trial_is_retried_in_its_own_folder(tiny, tmp_path, monkeypatch):
+    import signal
+
+    import optuna
+
+    import comp.train.tune as tune_mod
+    from comp.train import Stopped
+
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.lr: {low: 1.0e-4, high: 1.0e-2, log: true}\n")
+
+    def stopped(cfg, fold, resume=False, on_epoch=None):
+        raise Stopped(signal.SIGTERM, tiny["out"] / "x")
+
+    monkeypatch.setattr(tune_mod, "fit", stopped)
+    with pytest.raises(Stopped):
+        tune_mod.tune(None, tiny["overrides"], space, n_trials=1)
+    monkeypatch.undo()
+    result = tune_mod.tune(None, tiny["overrides"], space, n_trials=1)  # retries trial 0, the starting config
+    study = optuna.load_study(study_name="tune", storage=f"sqlite:///{tiny['out'] / 'tune' / 'study.db'}")
+    first, retry = study.trials
+    assert first.state == optuna.trial.TrialState.FAIL and retry.state == optuna.trial.TrialState.COMPLETE
+    assert retry.user_attrs["dir"] == str(tiny["out"] / "tune" / "trial0") and retry.params == first.params
+    assert result.start_value == retry.value and result.best_number == 1

@@ -109,6 +109,10 @@ class TrainConfig:
     early_stop: int = 0  # stop after this many epochs without improvement; 0 = off
     recovery_every: int = 50  # save a recovery checkpoint every N optimizer steps; 0 = off
     log_every: int = 10  # steps between loss read-backs (a device sync): progress bar, non-finite check
+    tracker: str = "tensorboard"  # none | tensorboard | mlflow | wandb: where step and epoch scalars also go
+    # (comp/train/tracking.py); TensorBoard event files in <out_dir>/fold<K>/tb/ (always, unless none)
+    tracker_uri: str = ""  # MLflow tracking URI; empty = the local file store <out_dir>/mlruns (nothing is sent)
+    tracker_project: str = ""  # MLflow experiment / W&B project name; empty = the name of out_dir's folder
 
 
 @dataclass
@@ -211,6 +215,8 @@ def _check_values(cfg: Any) -> None:
         ("train.early_stop", cfg.train.early_stop >= 0, "must be >= 0 (0 = off)"),
         ("train.recovery_every", cfg.train.recovery_every >= 0, "must be >= 0 (0 = off)"),
         ("train.log_every", cfg.train.log_every >= 1, "must be >= 1"),
+        ("train.tracker", cfg.train.tracker in ("none", "tensorboard", "mlflow", "wandb"),
+         "must be none, tensorboard, mlflow or wandb"),
         ("model.in_chans", cfg.model.in_chans in (1, 3), "must be 1 or 3"),
         ("data.layout", cfg.data.layout in ("csv", "folders"), "must be csv or folders"),
         ("data.group_unmatched", cfg.data.group_unmatched in ("error", "own"), "must be error or own"),

@@ -2,7 +2,8 @@
 """Train one fold: scripts/train_fold.py [--config PATH] --fold K [--resume] [KEY=VALUE ...]
 
 Outputs go to <out_dir>/fold<K>/: config.yaml, last.pt (every epoch), best.pt and oof.csv (best epoch of
-the competition metric), recovery.pt (mid-epoch), metrics.csv, curves.png, confusion.png.
+the competition metric), recovery.pt (mid-epoch), metrics.csv, curves.png, confusion.png, tb/ (TensorBoard:
+`tensorboard --logdir <out_dir>`; train.tracker=mlflow|wandb logs there too).
 
 --resume continues from the newest checkpoint of the fold, mid-epoch included; SIGTERM or Ctrl-C
 saves one after the current step and prints the command to resume.
@@ -33,6 +34,7 @@ def run(args):
     from comp.report.plots import fold_figures
     from comp.train import Stopped, fit
     from comp.train.distributed import setup_distributed
+    from comp.train.tracking import log_figures
 
     cfg = validate_config(load_config(args.config, args.overrides))  # every key, before any work
     d = setup_distributed(cfg.device)  # under torchrun: rank 0 fetches the data while the others wait
@@ -54,6 +56,7 @@ def run(args):
         return 128 + e.signum
     if rank0:
         fold_figures(result["dir"], result["classes"], result["metric"])  # curves.png, confusion.png
+        log_figures(cfg, result["dir"], [result["dir"] / "curves.png", result["dir"] / "confusion.png"])
         print(f"fold {result['fold']}: best {result['metric']} {result['best']:.4f} -> {result['dir']}",
               file=sys.stderr)
 

@@ -21,6 +21,7 @@ import contextlib
 import math
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from comp.train.build import build_run
 from comp.train.distributed import agree, check_ranks_agree, gather_rows, wrap_ddp
 from comp.train.oof import write_oof
 from comp.train.state import Run, best_checkpoint, fresh_partial, save, to_checkpoint
+from comp.train.tracking import start as start_tracking
 
 
 class Stopped(Exception):
@@ -120,6 +122,9 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
         for g_loss, g_count in zip(g[:len(sums)], g[len(sums):], strict=True):
             part["loss_sum"] += g_loss
             part["count"] += g_count
+        if sums:  # the mean loss of the steps read back now, at the last of them
+            run.tracker.log_step(run.global_step(), {"train/loss": sum(g[:len(sums)]) / max(sum(g[len(sums):]), 1),
+                                                     "train/lr": run.lr})
         return bool(g_stop)
 
     t0 = time.perf_counter() - part["seconds"]  # the time before a resume counts too
@@ -215,8 +220,17 @@ def _improved(score: float, best: float | None) -> bool:
     return math.isnan(best) or score > best
 
 
-def fit(cfg: Any, fold: int, resume: bool = False) -> dict[str, Any]:
+class Pruned(Exception):
+    """Raised by an `on_epoch` callback of `fit` to end the run early (an Optuna trial pruned)."""
+
+
+def fit(cfg: Any, fold: int, resume: bool = False,
+        on_epoch: Callable[[int, float], None] | None = None) -> dict[str, Any]:
     """Train fold `fold` to the end (or early stop) and return its best score and output folder.
+
+    `on_epoch(epoch, score)` is called after each epoch's validation, once its files (metrics.csv, last.pt)
+    are written, with that epoch's competition metric; whatever it raises (e.g. `Pruned`) ends the run and
+    goes through to the caller. The scalars go to the run's tracker (comp.train.tracking) on rank 0.
 
     Raises:
         UserError: bad data or config, a resume that does not match, a non-finite loss.
@@ -232,6 +246,7 @@ def fit(cfg: Any, fold: int, resume: bool = False) -> dict[str, Any]:
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
+        run.tracker = start_tracking(run)
         first = run.state["epoch"]
         while run.state["epoch"] < cfg.epochs:
             if cfg.train.early_stop and run.state["bad_epochs"] >= cfg.train.early_stop:
@@ -259,11 +274,14 @@ def fit(cfg: Any, fold: int, resume: bool = False) -> dict[str, Any]:
                 # (disk full) or a kill leaves the previous last.pt, and the resume redoes the epoch and them
                 save(run, ckpt, "last.pt")
                 (run.dir / "recovery.pt").unlink(missing_ok=True)  # older than last.pt now
+                run.tracker.log_epoch(epoch, run.state["history"][-1])
                 log(f"fold {fold} epoch {epoch}: train_loss {run.state['history'][-1]['train_loss']:.4f} "
                     f"valid_loss {scores['valid_loss']:.4f} {metric} {score:.4f}{' *' if improved else ''} "
                     f"({stats['images_per_s']:.0f} img/s)")
             if agree(run.dist, run.device, run.stop_signal)[0] and run.state["epoch"] < cfg.epochs:
                 raise Stopped(run.stop_signal or signal.SIGTERM, run.dir / "last.pt")
+            if on_epoch is not None:
+                on_epoch(epoch, score)
         if run.state["epoch"] == first and run.dist.main:
             log(f"fold {fold}: nothing left to train (epoch {first} of epochs={cfg.epochs}, best {metric} "
                 f"{run.state['best']})")
@@ -271,6 +289,7 @@ def fit(cfg: Any, fold: int, resume: bool = False) -> dict[str, Any]:
             check_ranks_agree(run.dist, (ckpt_io.weights_digest(run.raw.state_dict()), ckpt_io.weights_digest(
                 run.ema.module.state_dict()) if run.ema is not None else ""), fold)
     finally:
+        run.tracker.close()
         for s, h in old.items():
             signal.signal(s, h)
         run.data.train_loader = run.data.valid_loader = None  # their persistent workers exit now, not at exit

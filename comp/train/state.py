@@ -25,6 +25,7 @@ from comp.log import log
 from comp.train import checkpoint as ckpt_io
 from comp.train.distributed import Dist, gather_objects
 from comp.train.optim import set_lr
+from comp.train.tracking import Tracker
 
 
 def fresh_partial() -> dict[str, float]:
@@ -77,6 +78,7 @@ class Run:
     stop_signal: int = 0
     config_saved: bool = False  # config.yaml goes with this attempt's first checkpoint (save)
     next_epoch: tuple[int, Any] | None = None  # (epoch, its train_loader iterator), started before validation
+    tracker: Tracker = field(default_factory=Tracker)  # TensorBoard/MLflow/W&B (comp.train.tracking), set by fit
 
     @property
     def norm(self) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -279,7 +279,8 @@ def bench_e2e(work: Path, quick: bool, echo: Callable[[str], None]) -> dict[str,
     n_folds, views = (2, ["identity", "hflip"]) if quick else (5, ["identity", "hflip"])
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         over = [f"data.root={work / 'demo'}", f"out_dir={tmp}", "epochs=1", f"aug.tta=[{','.join(views)}]",
-                "train.recovery_every=0"] + (["num_workers=0", "image_size=16"] if quick else [])
+                "train.recovery_every=0", f"predict.folds=[{','.join(map(str, range(n_folds)))}]",
+                "train.tracker=none"] + (["num_workers=0", "image_size=16"] if quick else [])
         cfg = load_config(None, over)
         prepare(cfg)  # builds the demo competition under <work>/demo on first use
         fold_dir = Path(fit(cfg, 0)["dir"])

@@ -48,7 +48,6 @@ def call_main(run, *argv: str) -> tuple[int, str]:
 
 # --- 7. a stop signal to the whole process group -------------------------------------------------------
 
-BAR = re.compile(r"fold 0 epoch 0:\s+\d+%\|[^|\r\n]*\|\s*(\d+)/(\d+)")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -56,7 +55,7 @@ def test_stop_signal_to_the_process_group_ends_in_a_recovery_checkpoint(tmp_path
     root = write_tiny_competition(tmp_path / "data", n_per_class=30, size=16)
     out = tmp_path / "runs"
     argv = [*COMMON, f"data.root={root}", f"out_dir={out}", "batch_size=2", "folds.n_folds=10", "num_workers=2",
-            "train.log_every=1000"]  # 40 steps an epoch
+            "train.log_every=1000", "train.recovery_every=5"]  # 40 steps an epoch; a first recovery.pt at step 5
     log = tmp_path / "stderr.log"
     with open(log, "w") as f:  # its own session: the group is the script and its loader workers
         p = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "train_fold.py"), "--fold", "0", *argv],
@@ -64,11 +63,11 @@ def test_stop_signal_to_the_process_group_ends_in_a_recovery_checkpoint(tmp_path
                              env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     try:
         deadline = time.monotonic() + 120
-        while p.poll() is None and time.monotonic() < deadline:  # mid-epoch, the loader's workers running
-            hits = BAR.findall(log.read_text(errors="replace"))
-            if hits and 1 <= int(hits[-1][0]) <= int(hits[-1][1]) - 10:
+        recovery = out / "fold0" / "recovery.pt"
+        while p.poll() is None and time.monotonic() < deadline:  # mid-epoch (step 5 of 40), workers running
+            if recovery.exists():
                 break
-            time.sleep(0.02)
+            time.sleep(0.01)
         assert p.poll() is None, log.read_text()[-2000:]
         os.killpg(p.pid, sig)  # as a terminal's Ctrl-C or a scheduler's preemption does
         code = p.wait(60)
@@ -328,15 +327,15 @@ def test_only_a_failed_decode_is_a_corrupt_image(tmp_path, monkeypatch):
 
     root = write_tiny_competition(tmp_path / "data", n_per_class=1, n_test=1)
     img = str(root / "train" / "img_0_000.png")
-    assert cache._work((img, None, 16, [], "png")) is None
+    assert cache._work((img, None, 16, [], "png", None)) is None
 
     def step_bug(*_a, **_k):
         raise ValueError("a preprocessing step's bug")
 
     monkeypatch.setattr(cache, "load_preprocessed", step_bug)
     with pytest.raises(ValueError, match="step's bug"):
-        cache._work((img, None, 16, [], "png"))
+        cache._work((img, None, 16, [], "png", None))
     monkeypatch.undo()
     (tmp_path / "cut.png").write_bytes(Path(img).read_bytes()[:40])
-    problem = cache._work((str(tmp_path / "cut.png"), None, 16, [], "png"))
+    problem = cache._work((str(tmp_path / "cut.png"), None, 16, [], "png", None))
     assert problem is not None and problem.kind == "truncated"

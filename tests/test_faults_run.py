@@ -227,14 +227,14 @@ def _download_args(tmp_path: Path, ex: dict) -> list[str]:
 
 def test_kaggle_cli_missing_for_the_download(ex, monkeypatch, tmp_path):
     _no_kaggle(monkeypatch, tmp_path)
-    code, _, err = run_main("prepare.py", *_download_args(tmp_path, ex))
+    code, _, err = run_main("prepare.py", "--download", *_download_args(tmp_path, ex))
     one_error(code, err, "the kaggle CLI is not on PATH", "pip install kaggle")
     assert not (tmp_path / "downloads").exists()
 
 
 def test_kaggle_cli_failing_for_the_download(ex, monkeypatch, tmp_path):
     ran = _failing_kaggle(monkeypatch, tmp_path)
-    code, _, err = run_main("prepare.py", *_download_args(tmp_path, ex))
+    code, _, err = run_main("prepare.py", "--download", *_download_args(tmp_path, ex))
     one_error(code, err, "kaggle competitions download -c tiny-comp -p", "failed: 403 - Forbidden")
     assert ran.read_text().startswith("competitions download -c tiny-comp -p ")
     assert list((tmp_path / "downloads").iterdir()) == []  # no data root, no half-made temporary folder

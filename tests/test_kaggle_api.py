@@ -71,8 +71,9 @@ def test_prepare_downloads_through_the_real_cli_and_403_leaves_nothing(fake, api
     assert res.returncode == 0, res.stderr
     assert (root / "train.csv").read_bytes() == (tmp_path / "src" / "train.csv").read_bytes()
     assert len(list((root / "test").iterdir())) == 9 and (tmp_path / "runs" / "folds.csv").is_file()
-    assert [p for m, p, _ in fake.requests][:2] == [
-        "/api/v1/competitions.CompetitionApiService/DownloadDataFiles", "/files/tiny-dl.zip"]
+    paths = [p for m, p, _ in fake.requests]  # the size listed first (`kaggle competitions files`), then the data
+    assert paths[:3] == ["/api/v1/competitions.CompetitionApiService/ListDataFiles",
+                         "/api/v1/competitions.CompetitionApiService/DownloadDataFiles", "/files/tiny-dl.zip"]
 
     fake.competitions["tiny-rules"] = Competition(files={"a.csv": b"x"}, rules_accepted=False)
     cfg = load_config(None, [f"data.root={tmp_path / 'data' / 'r'}", "data.competition=tiny-rules",

@@ -87,6 +87,22 @@ def _group_pattern(ids: list[str]) -> tuple[str, str] | None:
     return None
 
 
+def _set_group_pattern(guess: Guess, ids: list[str]) -> None:
+    """`data.group_pattern` when the ids share a patient-like token; the ids it does not match (chest X-ray's
+    NORMAL images are IM-xxxx-yyyy beside personN_...) are then each a patient of their own, said in
+    `data.group_unmatched: own` (the kit refuses a pattern that leaves ids unmatched unless told so)."""
+    found = _group_pattern(ids)
+    if not found:
+        return
+    guess.set("data.group_pattern", *found)
+    rx = re.compile(found[0])
+    missed = [i for i in ids if not rx.search(i)]
+    if missed:
+        guess.set("data.group_unmatched", "own", f"{len(missed)} of {len(ids)} ids do not match the pattern (e.g. "
+                  f"{missed[0]!r}): each of them is taken as a patient of its own; set a pattern that covers them "
+                  f"when their names hold the patient too")
+
+
 def _metric(values: list[str], guess: Guess) -> None:
     distinct = sorted(set(values))
     if all(v.lstrip("-").isdigit() for v in distinct):
@@ -137,9 +153,7 @@ def _csv_layout(root: Path, labels_csv: Path, df: pd.DataFrame, sample: pd.DataF
     if patient:
         guess.notes.append(f"column {patient[0]!r} of {labels_csv.name} looks like a patient id: the kit groups "
                            f"folds by a regex on the id (data.group_pattern); set one that extracts the patient")
-    found = _group_pattern(df[col].astype(str).tolist())
-    if found:
-        guess.set("data.group_pattern", *found)
+    _set_group_pattern(guess, df[col].astype(str).tolist())
     return True
 
 
@@ -168,9 +182,7 @@ def _folder_layout(root: Path, images: dict[Path, list[Path]], guess: Guess) -> 
               "none found: point it at the test images")
     guess.set("data.classes", classes, "the class folder names, sorted")
     names = [p.stem for d, files in images.items() if d.parent.name in train for p in files]
-    found = _group_pattern(names)
-    if found:
-        guess.set("data.group_pattern", *found)
+    _set_group_pattern(guess, names)
     _metric(classes, guess)
     return True
 

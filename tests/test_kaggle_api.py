@@ -80,7 +80,7 @@ def test_prepare_downloads_through_the_real_cli_and_403_leaves_nothing(fake, api
                              "data.source=competition"])
     with pytest.raises(UserError, match="kaggle competitions download -c tiny-rules .* failed: .*accept this "
                                         "competition's rules"):
-        ensure_data(cfg)
+        ensure_data(cfg, download=True)
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["cache", "tiny"]  # nothing half-made
 
 

@@ -188,3 +188,25 @@ def test_opencv_reduced_decode_gives_simplejpegs_pixels_at_the_shared_scales(tmp
         monkeypatch.setattr(images, "simplejpeg", simplejpeg)
         assert with_sj.shape == without.shape == (-(-301 // scale), -(-451 // scale), 3), (target, with_sj.shape)
         np.testing.assert_array_equal(with_sj, without, err_msg=f"target {target}")
+
+
+def test_the_package_drops_the_answers_and_never_leaves_an_empty_csv(tmp_path, capsys):
+    # issue 21 item 6: the demo config names data.solution_csv; inference never needs held-out answers, so
+    # the package ships without the key, and -o writes the CSV only when the whole prediction succeeded.
+    from comp.config import load_config
+    from comp.submit.package import infer_main
+
+    ex = make_experiment(tmp_path)  # its config sets data.solution_csv=solution.csv
+    pkg = build_package(ex["cfg"], tmp_path / "pkg")
+    assert ex["cfg"].data.solution_csv and load_config(pkg / "config.yaml").data.solution_csv == ""
+    (ex["root"] / "solution.csv").unlink()  # a hidden test set comes without its answers
+    out = tmp_path / "submission.csv"
+    with pytest.raises(SystemExit) as e:
+        infer_main(pkg, ["--data", str(ex["root"]), "-o", str(out)])
+    assert e.value.code == 0 and out.read_text().startswith("id,label\n")
+    empty = tmp_path / "nothing"
+    (empty / "test").mkdir(parents=True)  # a data folder whose test images are missing: the run fails
+    out.unlink()
+    with pytest.raises(SystemExit) as e:
+        infer_main(pkg, ["--data", str(empty), "-o", str(out)])
+    assert e.value.code == 2 and not out.exists() and capsys.readouterr().out == ""

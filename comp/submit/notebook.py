@@ -56,8 +56,9 @@ def mounted(slug, marker):
 
 package = mounted({dataset_slug!r}, "infer.py")
 data = mounted({competition!r}, ".")
-with open(WORKING / "submission.csv", "w") as out:
-    code = subprocess.run([sys.executable, str(package / "infer.py"), "--data", str(data)], stdout=out).returncode
+# -o: the CSV is written only when the whole prediction succeeded (never an empty submission.csv)
+code = subprocess.run([sys.executable, str(package / "infer.py"), "--data", str(data), "-o",
+                       str(WORKING / "submission.csv")]).returncode
 sys.exit(code)
 '''
 

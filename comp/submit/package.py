@@ -1,7 +1,7 @@
 """An offline package for code competitions: one folder, uploaded as a Kaggle dataset, that predicts the
 hidden test set in a notebook with no internet and nothing to install.
 
-    <DIR>/infer.py              python infer.py --data /kaggle/input/<competition> > submission.csv
+    <DIR>/infer.py              python infer.py --data /kaggle/input/<competition> -o submission.csv
     <DIR>/config.yaml           the experiment's resolved config
     <DIR>/fold<K>/best.pt       each fold's validated weights (the EMA when that was validated), without
                                 optimizer state: about a third of a training checkpoint
@@ -33,8 +33,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from comp import io
-from comp.config import REPO_ROOT, config_hash, load_config, resolve_path, to_yaml
+from comp.config import REPO_ROOT, config_hash, load_config, resolve_path
 from comp.errors import UserError
 from comp.log import log
 from comp.predict import thresholds
@@ -47,10 +49,11 @@ RUNTIME_WARN_SHARE = 0.5  # warn when the estimated run passes half the limit: K
 INFER_PY = '''#!/usr/bin/env python
 """Offline inference of a packaged experiment (written by the kit's scripts/package.py):
 
-    python infer.py [--data ROOT] [--save-probs PATH] [KEY=VALUE ...] > submission.csv
+    python infer.py [--data ROOT] [-o submission.csv] [--save-probs PATH] [KEY=VALUE ...]
 
 ROOT is the competition's data (default /kaggle/input/<data.competition>). Only this folder is needed:
-no network, no install; logs go to stderr, the validated CSV to stdout."""
+no network, no install; logs go to stderr, the validated CSV to -o FILE (written only when the whole
+prediction succeeded, so a failed run never leaves an empty submission.csv behind), else to stdout."""
 
 import os
 import sys
@@ -211,7 +214,10 @@ def build_package(cfg: Any, out: Path | None = None, dataset_id: str | None = No
     with io.atomic_dir(out, "package") as tmp:  # a leftover of a killed run is cleared first
         for path, ck in folds:
             ckpt_io.save(_slim(ck), tmp / path.parent.name / "best.pt")
-        (tmp / "config.yaml").write_text(to_yaml(cfg))
+        # inference never needs the held-out answers (data.solution_csv): the package drops them
+        shipped = OmegaConf.to_container(cfg, resolve=True)
+        shipped["data"]["solution_csv"] = ""
+        (tmp / "config.yaml").write_text(OmegaConf.to_yaml(shipped))
         if decoding is not None:
             shutil.copyfile(out_dir / thresholds.FILE, tmp / thresholds.FILE)
         shutil.copytree(REPO_ROOT / "comp", tmp / "comp", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
@@ -225,7 +231,7 @@ def build_package(cfg: Any, out: Path | None = None, dataset_id: str | None = No
     log(f"upload:  kaggle datasets create -p {out} --dir-mode zip   (later: kaggle datasets version -p {out} "
         f"--dir-mode zip -m MESSAGE)")
     log(f"in the notebook: !python /kaggle/input/<dataset>/infer.py --data /kaggle/input/"
-        f"{cfg.data.competition or '<competition>'} > submission.csv")
+        f"{cfg.data.competition or '<competition>'} -o submission.csv")
     return out
 
 
@@ -236,6 +242,8 @@ def infer_main(here: Path, argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=INFER_PY.split('"""')[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=None, help="the competition's data folder (default /kaggle/input/<competition>)")
+    p.add_argument("-o", "--output", default=None, metavar="FILE",
+                   help="write the CSV to FILE, atomically and only on success (default: stdout)")
     p.add_argument("--save-probs", default=None, metavar="PATH", help="also write the test probabilities (.csv/.npy)")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one error line")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. batch_size=16")
@@ -257,6 +265,10 @@ def infer_main(here: Path, argv: list[str] | None = None) -> None:
             save_probs(Path(args.save_probs), sub.ids, sub.probs, sub.classes)
         if sub.score is not None:
             log(f"held-out {cfg.metric}: {sub.score:.4f}")
-        sys.stdout.write(sub.text)
+        if args.output:
+            io.write_text(args.output, sub.text, what="submission")
+            log(f"submission: {args.output} ({len(sub.frame)} rows)")
+        else:
+            sys.stdout.write(sub.text)
 
     main(run, p, argv)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comp import preprocess as P
+from comp.data import preprocess as P
 from comp.data.images import ImageError, load_image, read_image
 from comp.errors import UserError
 

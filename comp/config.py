@@ -176,8 +176,37 @@ def _explain(err: Exception, where: str) -> str:
         return f"bad config value {where}: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
     msg = str(err).splitlines()[0] if str(err) else type(err).__name__
     if "not in struct" in msg or "Key '" in msg and "not in" in msg:
-        return f"unknown config key '{key}' {where}"
+        return f"unknown config key '{key}' {where}{_did_you_mean(str(key))}"
     return f"bad value for config key '{key}' {where}: {msg}"
+
+
+# Other tools' names for the kit's keys (the last part of a dotted key), for the "did you mean" of a typo
+ALIASES = {"learning_rate": "lr", "wd": "weight_decay", "img_size": "image_size", "size": "image_size",
+           "bs": "batch_size", "batch": "batch_size", "workers": "num_workers", "n_epochs": "epochs",
+           "num_epochs": "epochs", "max_epochs": "epochs", "arch": "name", "model_name": "name",
+           "folds": "n_folds", "nfolds": "n_folds", "num_folds": "n_folds", "smoothing": "label_smoothing"}
+
+
+def _did_you_mean(key: str) -> str:
+    """`; did you mean 'image_size'?` for a key a letter or two from a schema key (`image_szie`), or one whose
+    last part names another key of the schema (`optim.learning_rate` -> `optim.lr` by difflib's ratio)."""
+    import difflib
+
+    def keys(node: Any, prefix: str = "") -> list[str]:
+        out = []
+        for k, v in node.items():
+            out += keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+        return out
+
+    known = keys(OmegaConf.to_container(OmegaConf.structured(Config)))
+    head, _, last = key.rpartition(".")
+    alias = ALIASES.get(last)
+    if alias:  # another library's name for one of ours (timm's `lr` is ours too, Keras' `learning_rate` is not)
+        named = [k for k in known if k.rsplit(".", 1)[-1] == alias and k.startswith(head)]
+        if named:
+            return f"; did you mean '{named[0]}'?"
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def _yaml_where(err: Exception) -> str:

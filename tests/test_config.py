@@ -80,3 +80,13 @@ def test_fold_outside_range(tiny):
 def test_debug_shows_traceback():
     res = run_script("train_fold.py", "--debug", "--fold", "0", "model.nme=x")
     assert res.returncode == 2 and "Traceback" in res.stderr
+
+
+@pytest.mark.parametrize("override, suggestion", [("image_szie=3", "image_size"), ("optim.learning_rate=1", "optim.lr"),
+                                                  ("train.ema_dcay=0.9", "train.ema_decay"), ("zzz=1", None)])
+def test_an_unknown_key_suggests_the_one_meant(override, suggestion):
+    with pytest.raises(UserError) as e:
+        load_config(None, [override])
+    msg = str(e.value)
+    assert msg.startswith(f"unknown config key '{override.split('=')[0]}'")
+    assert (f"did you mean '{suggestion}'?" in msg) if suggestion else "did you mean" not in msg

@@ -339,3 +339,20 @@ def test_only_a_failed_decode_is_a_corrupt_image(tmp_path, monkeypatch):
     (tmp_path / "cut.png").write_bytes(Path(img).read_bytes()[:40])
     problem = cache._work((str(tmp_path / "cut.png"), None, 16, [], "png", None))
     assert problem is not None and problem.kind == "truncated"
+
+
+def test_a_run_ending_with_live_loader_workers_exits(tmp_path):
+    # The workers ignore SIGTERM (a stop signal to the group is the main process's to act on), and
+    # multiprocessing stops daemonic children at exit with SIGTERM, then joins them: an iterator kept alive
+    # by an exception (a closed stderr, an error mid-epoch) used to leave the process waiting forever.
+    script = tmp_path / "live_workers.py"
+    script.write_text(
+        "import sys, torch\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from comp.data.loader import make_loader\n"
+        "it = iter(make_loader(torch.utils.data.TensorDataset(torch.zeros(64, 3)), 2, None, num_workers=2))\n"
+        "next(it)\n"
+        "raise SystemExit(3)  # `it` is still referenced: its workers are alive at exit\n")
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 3 and "Traceback" not in res.stderr, res.stderr[-2000:]

@@ -149,11 +149,11 @@ def _csv_layout(root: Path, labels_csv: Path, df: pd.DataFrame, sample: pd.DataF
     guess.set("data.test_images", [_rel(d, root) for d in test_dirs] or ["test"],
               "folders named like 'test'" if test_dirs else "none found: point it at the test images")
     _metric(df[label].astype(str).tolist(), guess)
+    _set_group_pattern(guess, df[col].astype(str).tolist())
     patient = [c for c in rest if c != label and PATIENT_RX.search(c)]
-    if patient:
+    if patient and "data.group_pattern" not in guess.values:
         guess.notes.append(f"column {patient[0]!r} of {labels_csv.name} looks like a patient id: the kit groups "
                            f"folds by a regex on the id (data.group_pattern); set one that extracts the patient")
-    _set_group_pattern(guess, df[col].astype(str).tolist())
     return True
 
 

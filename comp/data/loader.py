@@ -12,7 +12,9 @@ device.
 
 from __future__ import annotations
 
+import atexit
 import functools
+import multiprocessing
 import shutil
 import signal
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -144,6 +146,21 @@ def ignore_stop_signals(_worker_id: int) -> None:
     watchdog.)"""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _kill_workers_at_exit() -> None:
+    """At interpreter exit, SIGKILL the daemonic child processes still alive (DataLoader workers whose
+    iterator an exception kept referenced). multiprocessing's own exit hook stops daemonic children with
+    SIGTERM, which these workers ignore (`ignore_stop_signals`), and then joins them: without this the main
+    process would wait forever. Registered after multiprocessing's hook, so it runs before it."""
+    children = [c for c in multiprocessing.active_children() if c.daemon]
+    if children and hasattr(signal, "SIGCHLD"):  # torch's SIGCHLD handler would call these deaths an error
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in children:
+        child.kill()
+
+
+atexit.register(_kill_workers_at_exit)
 
 
 def _image_side(dataset: Any) -> int | None:

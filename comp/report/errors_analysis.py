@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from comp.errors import UserError
 from comp.io import write_csv
+from comp.log import progress
 from comp.train.oof import oof_probs
 
 EPS = 1e-7  # probability floor of the log loss (scikit-learn's log_loss clips likewise)
@@ -115,8 +115,12 @@ def phash_bits(images: Iterable[np.ndarray]) -> np.ndarray:
     import imagehash
     from PIL import Image
 
-    out = [np.packbits(imagehash.phash(Image.fromarray(img)).hash.flatten()).view(">u8")[0]
-           for img in tqdm(images, desc="hash images", leave=False, dynamic_ncols=True)]
+    images = list(images)
+    out = []
+    with progress(len(images), "hash images") as bar:  # drawn on a terminal only (comp.log)
+        for img in images:
+            out.append(np.packbits(imagehash.phash(Image.fromarray(img)).hash.flatten()).view(">u8")[0])
+            bar.update(1)
     return np.array(out, dtype=np.uint64)
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import shlex
 import shutil
-import subprocess
 import time
 from datetime import datetime, timezone
 from io import StringIO
@@ -37,25 +36,12 @@ from comp.errors import UserError
 from comp.io import write_text
 from comp.log import log
 from comp.submit.submission import check, read_exact, score_holdout
+from comp.system import git_commit
 
 INDEX_COLUMNS = ["time", "file", "competition", "config", "config_hash", "git_commit", "cv_metric", "cv_score",
                  "message", "kaggle_answer", "kaggle_ref", "status", "public_score", "error", "kernel"]
 WAIT_S = 600.0  # how long submit.py waits for Kaggle's score by default (most score in a minute or two)
 POLL_S = 15.0  # seconds between status reads
-
-
-def git_commit() -> str:
-    """The checkout's commit, `+dirty` when tracked files differ from it; `unknown` outside git."""
-    try:
-        head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short=12", "HEAD"],
-                              capture_output=True, text=True, timeout=30)
-        if head.returncode != 0:
-            return "unknown"
-        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=30)
-        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def cv_score(cfg: Any) -> str:

@@ -71,6 +71,17 @@ def _forward_loss(run: Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y, weight=run.loss_weight, label_smoothing=run.cfg.train.label_smoothing)
 
 
+def optimizer_step(run: Run) -> None:
+    """One optimizer step from the accumulated gradients: clip them (train.clip_grad, after unscaling),
+    step through the fp16 gradient scaler (a no-op scaler otherwise), zero them."""
+    if run.cfg.train.clip_grad > 0:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.raw.parameters(), run.cfg.train.clip_grad)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+
+
 def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
     """Optimizer steps from `run.state['step']` to the end of the epoch; returns loss and throughput.
 
@@ -145,12 +156,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
                     run.scaler.scale(loss / accum).backward()
                 losses.append(loss.detach())
                 sizes.append(n)
-            if cfg.train.clip_grad > 0:
-                run.scaler.unscale_(run.optimizer)
-                torch.nn.utils.clip_grad_norm_(run.raw.parameters(), cfg.train.clip_grad)
-            run.scaler.step(run.optimizer)
-            run.scaler.update()
-            run.optimizer.zero_grad(set_to_none=True)
+            optimizer_step(run)
             run.state["step"] = step + 1  # the position the next learning rate and a checkpoint are at
             run.set_lr()
             if run.ema is not None:

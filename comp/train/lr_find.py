@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from comp import io
 from comp.config import resolve_path
@@ -29,7 +28,7 @@ from comp.data.loader import device_batches
 from comp.errors import UserError
 from comp.models import set_backbone_trainable
 from comp.train.build import build_run
-from comp.train.loop import _forward_loss
+from comp.train.loop import _forward_loss, optimizer_step
 
 BETA = 0.98  # smoothing of the recorded loss: fastai's Recorder (an exponential moving average, debiased)
 DIVERGE = 4.0  # stop once the smoothed loss exceeds this multiple of its minimum (fastai's LRFinder)
@@ -181,12 +180,7 @@ def lr_find(cfg: Any, fold: int = 0, steps: int = 200, start: float = 1e-7, end:
                     loss = _forward_loss(run, x, y)
                     run.scaler.scale(loss / cfg.train.accum_steps).backward()
                     total += loss.item() / cfg.train.accum_steps  # a sync every step: a short test, it is fine
-                if cfg.train.clip_grad > 0:
-                    run.scaler.unscale_(run.optimizer)
-                    torch.nn.utils.clip_grad_norm_(run.raw.parameters(), cfg.train.clip_grad)
-                run.scaler.step(run.optimizer)
-                run.scaler.update()
-                run.optimizer.zero_grad(set_to_none=True)
+                optimizer_step(run)
                 avg = BETA * avg + (1 - BETA) * total
                 smooth = avg / (1 - BETA ** (len(lrs) + 1))
                 lrs.append(lr)

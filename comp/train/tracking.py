@@ -17,33 +17,19 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import json
-import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from comp import io
-from comp.config import REPO_ROOT, resolve_path, to_yaml
+from comp.config import resolve_path, to_yaml
 from comp.errors import UserError
+from comp.system import git_commit
 
 if TYPE_CHECKING:
     from comp.train.state import Run
 
 LIBRARIES = ("torch", "torchvision", "timm", "numpy", "albumentations", "opencv-python-headless", "scikit-learn")
 PIP_NAMES = {"mlflow": "mlflow", "wandb": "wandb"}
-
-
-def git_commit() -> str:
-    """The checkout's commit (12 hex digits), `+dirty` when tracked files differ from it; `unknown` outside git."""
-    try:
-        head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short=12", "HEAD"],
-                              capture_output=True, text=True, timeout=30)
-        if head.returncode != 0:
-            return "unknown"
-        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=30)
-        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def versions() -> dict[str, str]:

@@ -1,0 +1,153 @@
+"""The typed schema of the kit's configuration: one dataclass per section, each key with its default and
+a comment saying what it does (README's configuration table has a row for every key; tests/test_readme.py
+checks it). comp.config loads, merges and checks values against it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/demo"  # where the competition download lives (relative to the repo, or absolute)
+    competition: str = ""  # Kaggle slug, for `kaggle competitions download/submit`
+    source: str = "competition"  # how prepare.py downloads: competition | dataset | demo
+    dataset: str = ""  # Kaggle dataset slug (owner/name) when source=dataset
+    layout: str = "csv"  # csv: a label CSV + an image folder; folders: one sub-folder per class
+    train_csv: str = "train.csv"  # csv layout: the labels file, relative to root
+    test_csv: str = ""  # CSV listing the test ids (any layout); empty = the sample submission's ids, or
+    # with neither, every image under test_images (in class sub-folders: a labelled held-out set)
+    sample_submission: str = "sample_submission.csv"  # relative to root; empty when there is none
+    id_column: str = "id"  # column of the image id in the CSVs
+    label_column: str = "label"  # column of the label in train_csv (and the submission)
+    train_images: list[str] = field(default_factory=lambda: ["train"])  # folders (globs, `**` ok) of training
+    # images; a doubly-unzipped copy and __MACOSX/ debris are skipped
+    test_images: list[str] = field(default_factory=lambda: ["test"])  # folders (globs) of test images
+    image_ext: str = ".png"  # extension appended to a CSV id to find its file (unless the id ends with it)
+    classes: list[str] = field(default_factory=list)  # class names in label order; empty = sorted labels
+    class_values: list[str] = field(default_factory=list)  # the competition's value of each class (same order
+    # as classes) in its CSVs and submission, e.g. classes [hem, all] + class_values [0, 1]; empty = the names
+    group_pattern: str = ""  # regex on the image id; its first group is the patient (folds keep it whole)
+    positive_class: str = ""  # two classes: the positive one (a class name or value), whose probability an AUC
+    # submission holds; empty = the class whose value is 1 / "1" / True-like, else the second class in order
+    group_unmatched: str = "error"  # an id group_pattern does not match: error (refused, naming a few) | own
+    # (the image is a patient of its own)
+    download: bool = False  # prepare.py downloads a missing data.root from Kaggle (else: --download)
+    limit: int = 0  # smoke mode: N training images per class (and N x classes test images); 0 = all
+    dedupe_ids: bool = False  # csv layout: an id on several rows (one per box, RSNA Pneumonia) is one image, its
+    # rows' labels must agree (else an error naming the id); false = a repeated id is an error
+    solution_csv: str = ""  # held-out labels (id_column, label_column) to score a submission locally, if known
+    exclude: Any = field(default_factory=list)  # training image ids to drop (suspected label errors, duplicates):
+    # a list of ids, or a path to a CSV with an id column (e.g. scripts/explain.py's label_issues.csv); test
+    # images are never dropped. Part of the folds' meaning: a folds.csv made without it is refused
+    code_competition: bool = False  # Kaggle takes no CSV upload, only a notebook's output (submit.py --notebook)
+    kernel_gpu: bool = False  # the submission notebook runs with a GPU (code competitions)
+    hidden_test_size: int = 0  # images in the hidden test set a code competition's notebook predicts; 0 = unknown
+    runtime_limit_hours: float = 9.0  # the competition's notebook run-time limit (9 h for most)
+
+
+@dataclass
+class FoldsConfig:
+    n_folds: int = 5  # K of the K-fold split; folds.csv is written once and reused
+    grouped: bool = True  # StratifiedGroupKFold when data.group_pattern is set
+    seed: int = 42  # seed of the split, apart from `seed` so a seed ensemble trains on the same folds
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet18"  # kit ResNet (resnet18..resnet152) or any timm model as timm/<name>
+    pretrained: str | None = None  # local .pth/.safetensors file, or a timm pretrained tag
+    in_chans: int = 3  # 1 for grayscale input (a pretrained first conv is summed over colour)
+    drop_rate: float = 0.0  # dropout before the classifier
+    freeze_epochs: int = 0  # epochs training only the head before unfreezing the backbone
+    backbone_lr_mult: float = 1.0  # backbone learning rate = lr * this (comp.train.optim: every step)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adamw | sgd
+    lr: float = 1e-3  # peak learning rate, reached after the warmup
+    weight_decay: float = 0.05
+    momentum: float = 0.9  # SGD only
+    schedule: str = "cosine"  # cosine | onecycle | constant, stepped every optimizer step
+    warmup_epochs: float = 1.0  # linear warmup from lr/100
+    min_lr: float = 1e-6
+
+
+@dataclass
+class TrainConfig:
+    amp: bool = True  # mixed precision on CUDA: bf16 where supported, fp16 + GradScaler otherwise
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the model
+    accum_steps: int = 1  # gradient accumulation: micro-batches per optimizer step
+    clip_grad: float = 0.0  # max gradient norm; 0 = off
+    label_smoothing: float = 0.0
+    ema: bool = False  # keep an exponential moving average of the weights (validated, checkpointed)
+    ema_decay: float = 0.999
+    ema_warmup: bool = True  # EMA decay ramps up over the first steps (timm's), so a short run's EMA is usable
+    mixup: float = 0.0  # mixup alpha; 0 = off
+    cutmix: float = 0.0  # cutmix alpha; 0 = off
+    class_weights: bool = False  # weight the loss by inverse class frequency
+    sampler: str = "random"  # random | weighted (inverse class frequency sampling)
+    early_stop: int = 0  # stop after this many epochs without improvement; 0 = off
+    recovery_every: int = 50  # save a recovery checkpoint every N optimizer steps; 0 = off
+    log_every: int = 10  # steps between loss read-backs (a device sync): progress bar, non-finite check
+    tracker: str = "tensorboard"  # none | tensorboard | mlflow | wandb: where step and epoch scalars also go
+    # (comp/train/tracking.py); TensorBoard event files in <out_dir>/fold<K>/tb/ (always, unless none)
+    tracker_uri: str = ""  # MLflow tracking URI; empty = the local file store <out_dir>/mlruns (nothing is sent)
+    tracker_project: str = ""  # MLflow experiment / W&B project name; empty = the name of out_dir's folder
+
+
+@dataclass
+class ImagesConfig:
+    preprocess: list[str] = field(default_factory=list)  # crop_black, crop_circle, ben_graham, clahe, equalize,
+    # grayscale: crops run on the decoded image, the rest in list order after the resize (comp/preprocess.py)
+    cache: bool = True  # prepare.py writes every image once, preprocessed and resized; training reads it
+    cache_dir: str = ""  # the cache's parent folder; empty = <parent of data.root>/cache (set it when data.root
+    # is read-only, e.g. /kaggle/working/cache); each setting gets its own <root name>-<size>px-<hash> folder
+    cache_format: str = "npy"  # npy: raw arrays, fastest to read | png: lossless, ~3x smaller on disk
+    dicom_windows: list[Any] = field(default_factory=list)  # DICOM grey levels, one channel per window (1 or
+    # 3): names (brain, subdural, bone, ... comp/data/dicom.py WINDOWS; file = the file's own) or [center, width];
+    # empty = the file's own VOI LUT or window, else its full range
+    dicom_frame: str = "error"  # multi-frame DICOM: first | middle | error (an error naming the file and its frames)
+
+
+@dataclass
+class AugConfig:
+    train: list[Any] = field(default_factory=list)  # albumentations transforms: {name: ..., args...}
+    valid: list[Any] = field(default_factory=list)
+    tta: list[str] = field(default_factory=lambda: ["identity", "hflip"])  # views averaged at predict
+
+
+@dataclass
+class PredictConfig:
+    ensemble: str = "mean_prob"  # mean_prob | mean_logit: average probabilities, or logits then softmax
+    fold_weights: str = "equal"  # equal | cv: weight each fold by its best validation score (best.pt)
+    thresholds: bool = True  # metric=qwk: decode the expected grade with cut-points tuned on the OOF
+    output: str = "auto"  # auto | label | prob: labels, or probabilities (auto: per-class sample columns, or auc)
+    submissions_dir: str = "submissions"  # scripts/submit.py keeps each submitted CSV and index.csv here
+    folds: list[int] = field(default_factory=list)  # the folds to ensemble, e.g. [0, 2]; empty = every fold
+    # of folds.n_folds, each of which must be trained (a partial ensemble only when asked for by name)
+    on_bad_image: str = "fail"  # fail | prior: a test image that cannot be read stops predict (exit 2 naming it),
+    # or its row gets the training labels' class prior with a warning (the offline package's default)
+
+
+@dataclass
+class Config:
+    seed: int = 42
+    out_dir: str = "runs/demo"  # where fold folders, folds.csv and predictions go
+    epochs: int = 10
+    batch_size: int = 64
+    image_size: int = 32  # square side the images are resized to
+    num_workers: int = 2  # DataLoader worker processes
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    metric: str = "accuracy"  # the competition metric: accuracy | f1_macro | f1_weighted | qwk | auc | ...
+    data: DataConfig = field(default_factory=DataConfig)
+    folds: FoldsConfig = field(default_factory=FoldsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)

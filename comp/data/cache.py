@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -184,6 +185,12 @@ def image_loader(cfg: Any, comp: Any) -> Callable[[str], np.ndarray]:
     return ImageLoader(cfg.image_size, steps, comp.root, folder, cfg.images.cache_format, manifest, dicom)
 
 
+def _ignore_sigint() -> None:
+    """Cache worker initializer: SIGINT (a terminal's Ctrl-C reaches the whole group) is left to the main
+    process; SIGTERM still ends a worker with its group."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _work(job: tuple[str, str | None, int, list[str], str, DicomOptions]) -> Problem | None:
     """Check one image and, with an entry path, write its cache entry. Runs in a worker process.
     Only a failed decode (ImageError) makes a Problem."""
@@ -245,16 +252,23 @@ def process_images(cfg: Any, root: Path, paths: Sequence[str], workers: int | No
         else:  # forkserver (spawn on Windows): clean workers, not forks of a parent holding torch/BLAS threads.
             # concurrent.futures rather than multiprocessing.Pool: a worker killed by the OS (out of memory)
             # breaks the executor with an error, where a Pool would wait forever for its lost result.
+            # The workers ignore SIGINT: a Ctrl-C to the process group is the main process's to act on (it
+            # stops the build, cancelling what is queued), not a worker failure breaking the pool.
             chunk = max(1, min(32, len(jobs) // (workers * 8)))
+            pool = ProcessPoolExecutor(workers, mp_context=process_context(), initializer=_ignore_sigint)
             try:
-                with ProcessPoolExecutor(workers, mp_context=process_context()) as pool:
-                    for res in pool.map(_work, jobs, chunksize=chunk):
-                        problems += [res] if res else []
-                        bar.update(1)
+                for res in pool.map(_work, jobs, chunksize=chunk):
+                    problems += [res] if res else []
+                    bar.update(1)
             except BrokenProcessPool:
+                pool.shutdown(wait=False, cancel_futures=True)
                 raise RuntimeError(f"a worker process of the image cache died (killed by the system: out of memory? "
                                    f"{workers} workers); the entries written so far are kept, rerun "
                                    f"scripts/prepare.py") from None
+            except BaseException:  # Ctrl-C, a user error: the queued images are not built
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown(wait=True)
     finally:
         bar.close()
     if folder is not None:

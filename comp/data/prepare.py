@@ -74,8 +74,8 @@ def prepare(cfg: Any, workers: int | None = None, download: bool = False, rebuil
     if problems:
         report = out_dir / "image_problems.csv"
         try:
-            pd.DataFrame([vars(q) for q in problems]).to_csv(report, index=False)
-        except OSError:
+            io.write_csv(report, pd.DataFrame([vars(q) for q in problems]))
+        except UserError:  # the list could not be written: the error line below still names every kind
             report = None
         total = len(paths) + sum(q.kind == "missing" for q in comp.problems)
         raise UserError(problems_message(problems, total, comp.root, report))

@@ -3,6 +3,7 @@ matplotlib with the Agg backend: files only, no display needed."""
 
 from __future__ import annotations
 
+from io import BytesIO
 from pathlib import Path
 
 import matplotlib
@@ -13,9 +14,17 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from comp import io  # noqa: E402
 from comp.metrics import confusion  # noqa: E402
 from comp.train.oof import oof_probs  # noqa: E402
 
+
+def save_figure(fig: plt.Figure, path: Path, dpi: int = 100) -> None:
+    """A figure as PNG at `path`, written atomically (comp.io), then closed."""
+    buf = BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    io.write_bytes(path, buf.getvalue(), what="figure")
 
 def _epoch_axis(axes: tuple, epochs: pd.Series) -> None:
     """Whole epochs on the x axis, half an epoch of room at each end (one epoch: a tick at it, not +-0.05)."""
@@ -39,8 +48,7 @@ def curves(history: pd.DataFrame, metric: str, path: Path, title: str = "") -> N
     _epoch_axis((a, b), history["epoch"])
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 CONFUSION_MIN_INCHES = (5.0, 4.2)  # (w, h): measured, a 2-class matrix with its title and labels fits clear
@@ -73,8 +81,7 @@ def confusion_figure(y: np.ndarray, pred: np.ndarray, classes: list[str], path: 
     if max((len(str(c)) for c in classes), default=0) > 3:  # long names side by side would overlap
         plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def fold_figures(fold_dir: Path, classes: list[str], metric: str) -> None:
@@ -107,5 +114,4 @@ def compare_figure(runs: dict[str, list[pd.DataFrame]], metric: str, path: Path,
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

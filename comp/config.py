@@ -221,9 +221,12 @@ def to_yaml(cfg: Any) -> str:
 # so the same folds can be predicted from a Kaggle notebook's /kaggle/input or resumed with more epochs.
 HASHED_KEYS = ("model.name", "model.in_chans", "image_size", "images.preprocess", "data.layout", "data.train_csv",
                "data.id_column", "data.label_column", "data.train_images", "data.classes", "data.class_values",
-               "data.group_pattern", "folds", "data.exclude", "data.limit")
-# Keys added after checkpoints of the old hash existed: hashed only when set, so those checkpoints still load.
-HASHED_WHEN_SET = ("data.exclude", "data.limit")
+               "data.group_pattern", "folds", "data.exclude", "data.limit", "task", "model.head",
+               "data.label_columns", "data.group_column")
+# Keys added after checkpoints of the old hash existed: hashed only when not at their default, so those
+# checkpoints still load.
+HASHED_WHEN_SET = {"data.exclude": [], "data.limit": 0, "task": "multiclass", "model.head": "auto",
+                   "data.label_columns": [], "data.group_column": ""}
 
 
 def config_hash(cfg: Any, keys: tuple[str, ...] = HASHED_KEYS) -> str:
@@ -232,7 +235,8 @@ def config_hash(cfg: Any, keys: tuple[str, ...] = HASHED_KEYS) -> str:
     picked = {}
     for k in keys:
         v = OmegaConf.select(cfg, k)
-        if k in HASHED_WHEN_SET and not v:
+        v = OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+        if k in HASHED_WHEN_SET and v in (HASHED_WHEN_SET[k], "", None):
             continue
-        picked[k] = OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+        picked[k] = v
     return hashlib.sha256(repr(sorted(picked.items())).encode()).hexdigest()[:12]

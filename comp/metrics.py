@@ -1,7 +1,9 @@
-"""Competition metrics over scikit-learn, computed from class probabilities.
+"""Competition metrics over scikit-learn and the competitions' published formulas
+(comp.competition_metrics), for every task (comp.tasks).
 
-Each metric takes (y_true (N,) class indices, probs (N, C)) and returns a float where higher is better.
-The competition's metric (`metric` in the config) picks the best checkpoint and is the CV score.
+`METRICS` names each metric with what it needs (hard classes, probabilities, values, target rows), the
+tasks it scores and its direction (log loss, KL divergence, RMSE and MAE: lower is better). The
+competition's metric (`metric` in the config) picks the best checkpoint and is the CV score.
 
 Every metric is computed over the competition's C classes, C = probs.shape[1], never over the classes
 that happen to occur in `y_true` or in the predictions: scikit-learn infers the class set from the data
@@ -17,13 +19,16 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
+from comp import competition_metrics as cm
 from comp.errors import UserError
+from comp.tasks import Task
 
 # values that mean "positive" in a two-class competition's own spelling (a 0/1 target, a True/False column)
 TRUE_VALUES = {"1", "1.0", "true", "t", "yes", "y", "positive", "pos"}
@@ -59,7 +64,11 @@ def qwk(y: np.ndarray, p: np.ndarray) -> float:
     """Quadratic weighted kappa of the argmax over the grades 0..C-1 (weights (i-j)^2 of the full grid);
     NaN when undefined (one grade on both sides). comp.predict.thresholds.qwk is the fast equivalent for
     its search (tests/test_correct_metrics.py proves them equal)."""
-    return float(skm.cohen_kappa_score(y, p.argmax(1), weights="quadratic", labels=_labels(p)))
+    return _qwk_pred(y, p.argmax(1), p.shape[1])
+
+
+def _qwk_pred(y: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
+    return float(skm.cohen_kappa_score(y, pred, weights="quadratic", labels=range(num_classes)))
 
 
 def auc(y: np.ndarray, p: np.ndarray, positive: int = 1) -> float:
@@ -75,37 +84,128 @@ def auc(y: np.ndarray, p: np.ndarray, positive: int = 1) -> float:
     return float(np.mean([skm.roc_auc_score(y == c, p[:, c]) for c in present]))
 
 
-METRICS: dict[str, Callable[..., float]] = {
-    "accuracy": lambda y, p: float(skm.accuracy_score(y, p.argmax(1))),
+CLASS_TASKS = frozenset({"multiclass", "binary", "ordinal"})
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric: `fn(y, x)` over what `needs` names, the tasks it scores, and its direction.
+
+    needs: `pred` (N,) hard classes vs (N,) class indices; `probs` (N, C) class probabilities; `values`
+    (N,) numbers (regression values, or an ordinal model's value / expected grade); `rows` (N, K) outputs
+    vs (N, K) target rows (multi-label probabilities, soft-target distributions); `binary` (N,) 0/1
+    truth vs (N,) P(positive)."""
+
+    fn: Callable[..., float]
+    needs: str
+    kinds: frozenset[str]
+    higher: bool = True
+    soft_only: bool = False  # multiclass soft targets only (KL divergence)
+
+    def __call__(self, y: np.ndarray, probs: np.ndarray) -> float:
+        """The metric of a multiclass softmax's (N, C) probabilities (the kit's first task)."""
+        return score_task(self, _softmax_task(probs.shape[1]), y, probs)
+
+
+def _f1_rows(y: np.ndarray, p: np.ndarray, average: str) -> float:
+    return float(skm.f1_score(y.astype(int), (p >= 0.5).astype(int), average=average, zero_division=np.nan))
+
+
+METRICS: dict[str, Metric] = {
+    "accuracy": Metric(lambda y, pred, c: float(skm.accuracy_score(y, pred)), "pred", CLASS_TASKS),
     # mean recall over the classes present in y (scikit-learn's balanced_accuracy_score)
-    "balanced_accuracy": lambda y, p: float(skm.recall_score(y, p.argmax(1), labels=_labels(p), average="macro",
-                                                              zero_division=np.nan)),
-    "f1_macro": lambda y, p: float(skm.f1_score(y, p.argmax(1), labels=_labels(p), average="macro",
-                                                zero_division=np.nan)),
-    "f1_weighted": lambda y, p: float(skm.f1_score(y, p.argmax(1), labels=_labels(p), average="weighted",
-                                                   zero_division=np.nan)),
-    "qwk": qwk,
-    "auc": auc,
+    "balanced_accuracy": Metric(lambda y, pred, c: float(skm.recall_score(y, pred, labels=range(c), average="macro",
+                                                                          zero_division=np.nan)), "pred", CLASS_TASKS),
+    "f1_macro": Metric(lambda y, pred, c: float(skm.f1_score(y, pred, labels=range(c), average="macro",
+                                                             zero_division=np.nan)), "pred", CLASS_TASKS),
+    "f1_weighted": Metric(lambda y, pred, c: float(skm.f1_score(y, pred, labels=range(c), average="weighted",
+                                                                zero_division=np.nan)), "pred", CLASS_TASKS),
+    "f1": Metric(lambda y, p: float(skm.f1_score(y, p >= 0.5, zero_division=np.nan)), "binary", frozenset({"binary"})),
+    "f1_macro_labels": Metric(lambda y, p: _f1_rows(y, p, "macro"), "rows", frozenset({"multilabel"})),
+    "qwk": Metric(lambda y, pred, c: _qwk_pred(y, pred, c), "pred", frozenset({"multiclass", "ordinal"})),
+    "auc": Metric(None, "auc", frozenset({"multiclass", "binary", "ordinal", "multilabel"})),  # type: ignore[arg-type]
+    "pauc": Metric(cm.partial_auc, "binary", frozenset({"binary"})),
+    "pf1": Metric(cm.probabilistic_f1, "binary", frozenset({"binary"})),
+    "log_loss": Metric(None, "log_loss", frozenset({"multiclass", "binary", "ordinal", "multilabel"}),  # type: ignore
+                       higher=False),
+    "kl_divergence": Metric(cm.kl_divergence, "rows", frozenset({"multiclass"}), higher=False, soft_only=True),
+    "rmse": Metric(cm.rmse, "values", frozenset({"regression", "ordinal"}), higher=False),
+    "mae": Metric(cm.mae, "values", frozenset({"regression", "ordinal"}), higher=False),
+    "r2": Metric(cm.r2, "values", frozenset({"regression"})),
 }
 
 
-def check_metric(name: str) -> str:
+def _softmax_task(c: int, positive: int = 1) -> Task:
+    return Task(kind="multiclass", names=[str(i) for i in range(c)], head="softmax", positive=positive)
+
+
+def applies(name: str, task: Task) -> bool:
+    """Whether metric `name` scores `task` (its kind, its head: no probabilities from a regression head,
+    KL divergence only for soft targets)."""
+    m = METRICS[name]
+    if task.kind not in m.kinds or (m.soft_only and not task.soft):
+        return False
+    if m.needs in ("probs", "auc", "log_loss", "binary") and task.head == "regression":
+        return False
+    return not (task.soft and m.needs in ("auc", "log_loss"))
+
+
+def check_metric(name: str, task: Task | None = None) -> str:
+    """`name` when it is a metric (of `task`, when given).
+
+    Raises:
+        UserError: an unknown metric, or one that cannot score the task, naming the ones that can."""
     if name not in METRICS:
         raise UserError(f"bad value for config key 'metric': {name!r}; choose from {sorted(METRICS)}")
+    if task is not None and not applies(name, task):
+        ok = sorted(n for n in METRICS if applies(n, task))
+        raise UserError(f"bad value for config key 'metric': {name!r} does not score task={task.kind}"
+                        f"{' (' + task.head + ' head)' if task.kind == 'ordinal' else ''}; choose from {ok}")
     return name
 
 
-def score(name: str, y: np.ndarray, probs: np.ndarray, positive: int = 1) -> float:
-    """One metric; `positive` (the positive class's index, `positive_index`) matters to a two-class AUC only."""
-    return METRICS[name](y, probs, positive) if name == "auc" else METRICS[name](y, probs)
+def score_task(metric: Metric | str, task: Task, y: np.ndarray, out: np.ndarray, min_tpr: float = 0.8) -> float:
+    """One metric of the outputs `out` (N, K) (comp.tasks.Task.activate) against the targets `y`: (N,)
+    class indices or values, or (N, K) target rows (multi-label, soft targets)."""
+    m = METRICS[metric] if isinstance(metric, str) else metric
+    y = np.asarray(y)
+    cls = y.argmax(1) if task.soft else y
+    if m.needs == "pred":
+        return m.fn(cls.astype(np.int64), task.decode(out), len(task.names))
+    if m.needs == "values":
+        return m.fn(y.astype(np.float64), task.values(out))
+    if m.needs == "rows":
+        return m.fn(y, out)
+    if m.needs == "binary":
+        truth = (cls == task.positive).astype(np.int64)
+        extra = (min_tpr,) if m.fn is cm.partial_auc else ()
+        return m.fn(truth, out[:, task.positive], *extra)
+    if m.needs == "auc":
+        return cm.mean_column_auc(y, out) if task.kind == "multilabel" else auc(cls, out, task.positive)
+    if task.kind == "multilabel":  # log_loss
+        return cm.mean_column_log_loss(y, out)
+    return cm.log_loss(cls.astype(np.int64), out)
 
 
-def score_all(y: np.ndarray, probs: np.ndarray, positive: int = 1) -> dict[str, float]:
-    """Every metric at once (the columns of metrics.csv). Quiet: scikit-learn's warnings about a class
-    never predicted (early epochs) or an undefined kappa would repeat every epoch."""
+def score(name: str, y: np.ndarray, out: np.ndarray, positive: int = 1, task: Task | None = None,
+          min_tpr: float = 0.8) -> float:
+    """One metric (`score_task`); without `task`, of a multiclass softmax whose positive class (for a
+    two-class AUC) is `positive` (`positive_index`)."""
+    return score_task(name, task or _softmax_task(out.shape[1], positive), y, out, min_tpr)
+
+
+def score_all(y: np.ndarray, out: np.ndarray, positive: int = 1, task: Task | None = None,
+              min_tpr: float = 0.8) -> dict[str, float]:
+    """Every metric that scores the task (the columns of metrics.csv). Quiet: scikit-learn's warnings about a
+    class never predicted (early epochs) or an undefined kappa would repeat every epoch."""
+    task = task or _softmax_task(out.shape[1], positive)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return {name: score(name, y, probs, positive) for name in METRICS}
+        return {name: score_task(name, task, y, out, min_tpr) for name in METRICS if applies(name, task)}
+
+
+def higher_is_better(name: str) -> bool:
+    return METRICS[name].higher
 
 
 def classification_report(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> pd.DataFrame:

@@ -21,6 +21,15 @@ class DataConfig:
     sample_submission: str = "sample_submission.csv"  # relative to root; empty when there is none
     id_column: str = "id"  # column of the image id in the CSVs
     label_column: str = "label"  # column of the label in train_csv (and the submission)
+    label_columns: list[str] = field(default_factory=list)  # several target columns of train_csv, in the
+    # submission's order: task=multilabel (one 0/1 column per label), or task=multiclass soft targets (vote
+    # counts or shares per class, normalised per row); empty = data.label_column
+    group_column: str = ""  # column of train_csv naming the patient / lesion / study: folds keep it whole
+    # (instead of data.group_pattern)
+    submission_id_column: str = ""  # column of the test CSV / sample naming the submission row when it groups
+    # several images (RSNA Mammography: prediction_id); images are aggregated into it (predict.aggregate)
+    submission_id_parts: list[str] = field(default_factory=list)  # columns whose values joined by "_" make
+    # data.submission_id_column where a CSV lacks it (RSNA Mammography's train.csv: [patient_id, laterality])
     train_images: list[str] = field(default_factory=lambda: ["train"])  # folders (globs, `**` ok) of training
     # images; a doubly-unzipped copy and __MACOSX/ debris are skipped
     test_images: list[str] = field(default_factory=lambda: ["test"])  # folders (globs) of test images
@@ -60,6 +69,8 @@ class ModelConfig:
     pretrained: str | None = None  # local .pth/.safetensors file, or a timm pretrained tag
     in_chans: int = 3  # 1 for grayscale input (a pretrained first conv is summed over colour)
     drop_rate: float = 0.0  # dropout before the classifier
+    head: str = "auto"  # task=ordinal: softmax (one logit per grade) | regression (one output on the grade,
+    # cut into grades at points tuned on OOF); auto = softmax; other tasks have their own head
     freeze_epochs: int = 0  # epochs training only the head before unfreezing the backbone
     backbone_lr_mult: float = 1.0  # backbone learning rate = lr * this (comp.train.optim: every step)
 
@@ -83,12 +94,15 @@ class TrainConfig:
     accum_steps: int = 1  # gradient accumulation: micro-batches per optimizer step
     clip_grad: float = 0.0  # max gradient norm; 0 = off
     label_smoothing: float = 0.0
+    loss: str = "auto"  # regression head: mse | smooth_l1 | l1 on standardised targets; auto = smooth_l1 for
+    # ordinal, mse for regression (classification losses follow the task: cross-entropy or BCE)
     ema: bool = False  # keep an exponential moving average of the weights (validated, checkpointed)
     ema_decay: float = 0.999
     ema_warmup: bool = True  # EMA decay ramps up over the first steps (timm's), so a short run's EMA is usable
     mixup: float = 0.0  # mixup alpha; 0 = off
     cutmix: float = 0.0  # cutmix alpha; 0 = off
-    class_weights: bool = False  # weight the loss by inverse class frequency
+    class_weights: bool = False  # weight the loss by inverse class frequency (sigmoid heads: BCE pos_weight =
+    # negatives / positives per label)
     sampler: str = "random"  # random | weighted (inverse class frequency sampling)
     early_stop: int = 0  # stop after this many epochs without improvement; 0 = off
     recovery_every: int = 50  # save a recovery checkpoint every N optimizer steps; 0 = off
@@ -122,6 +136,8 @@ class AugConfig:
 
 @dataclass
 class PredictConfig:
+    aggregate: str = "mean"  # mean | max: how the images of one submission row (data.submission_id_column)
+    # are combined; OOF scores are computed at the same level
     ensemble: str = "mean_prob"  # mean_prob | mean_logit: average probabilities, or logits then softmax
     fold_weights: str = "equal"  # equal | cv: weight each fold by its best validation score (best.pt)
     thresholds: bool = True  # metric=qwk: decode the expected grade with cut-points tuned on the OOF
@@ -142,7 +158,10 @@ class Config:
     image_size: int = 32  # square side the images are resized to
     num_workers: int = 2  # DataLoader worker processes
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    metric: str = "accuracy"  # the competition metric: accuracy | f1_macro | f1_weighted | qwk | auc | ...
+    task: str = "multiclass"  # multiclass | binary | multilabel | ordinal | regression (comp/tasks.py)
+    metric: str = "accuracy"  # the competition metric (comp/metrics.py METRICS: accuracy, balanced_accuracy,
+    # f1_macro, f1_weighted, f1, qwk, auc, pauc, pf1, log_loss, kl_divergence, rmse, mae, r2)
+    pauc_min_tpr: float = 0.8  # metric=pauc: the partial AUC above this true-positive rate (ISIC 2024: 0.8)
     data: DataConfig = field(default_factory=DataConfig)
     folds: FoldsConfig = field(default_factory=FoldsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

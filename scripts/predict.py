@@ -23,7 +23,7 @@ def run(args):
         check_probs_path(args.save_probs)
     sub = make_submission(cfg)
     if args.save_probs:
-        save_probs(args.save_probs, sub.ids, sub.probs, sub.classes)
+        save_probs(args.save_probs, sub.ids, sub.probs, sub.task)
         print(f"test probabilities: {args.save_probs}", file=sys.stderr)
     if sub.score is not None:
         print(f"held-out {cfg.metric}: {sub.score:.4f}", file=sys.stderr)

@@ -15,7 +15,8 @@ MODULES = sorted(p for p in COMP.rglob("*.py"))
 
 # Lowest first: a module may import its own layer and the ones before it, never a later one.
 LAYERS = [
-    ("comp.config", "comp.errors", "comp.log", "comp.io", "comp.device", "comp.metrics", "comp.kaggle_cli",
+    ("comp.config", "comp.errors", "comp.log", "comp.io", "comp.device", "comp.tasks", "comp.competition_metrics",
+     "comp.metrics", "comp.kaggle_cli",
      "comp.cli", "comp.system", "comp.schema"),
     ("comp.data",),
     ("comp.models",),

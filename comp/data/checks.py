@@ -68,7 +68,10 @@ def limit_images(train: pd.DataFrame, test: pd.DataFrame, n: int, num_classes: i
     run) and kept in table order, and the first `n` x `num_classes` test rows; `n` = 0: both unchanged."""
     if n <= 0:
         return train, test
-    picked = train.sample(frac=1.0, random_state=0).groupby("label", sort=False).head(n).index
+    by = train["label"]
+    if by.dtype.kind == "f":  # a regression target: n images from each of 5 quantile bins
+        by = pd.qcut(by.rank(method="first"), min(5, len(by)), labels=False)
+    picked = train.assign(_by=by).sample(frac=1.0, random_state=0).groupby("_by", sort=False).head(n).index
     return train.loc[sorted(picked)].reset_index(drop=True), test.head(n * num_classes).reset_index(drop=True)
 
 

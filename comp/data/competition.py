@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from comp.config import path_hint, resolve_path
@@ -43,6 +44,7 @@ from comp.data.checks import (  # noqa: F401  (check_sample_submission: prepare 
     two_classes,
 )
 from comp.data.tables import read_csv  # noqa: F401  (the CSV reader of every table, here since the start)
+from comp.data.targets import class_task, dedupe, read_targets, target_columns
 from comp.errors import UserError
 from comp.log import log
 
@@ -61,9 +63,9 @@ class Problem:
 
 @dataclass
 class Competition:
-    train: pd.DataFrame  # id, path, label (int 0..C-1), group
+    train: pd.DataFrame  # id, path, label, group (+ target_<name> columns for label_columns tasks)
     test: pd.DataFrame  # id, path (and label when the held-out labels are known)
-    classes: list[str]  # class names, index = label
+    classes: list[str]  # output names (comp.tasks.Task.names): classes, index = label; labels; target column
     label_values: list[Any]  # the competition's own value for each class (int or str)
     root: Path
     problems: list[Problem] = field(default_factory=list)  # ids without an image (load_competition(strict=False))
@@ -71,6 +73,17 @@ class Competition:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def targets(self, df: pd.DataFrame) -> np.ndarray:
+        """The training targets of the rows of `df` (a slice of `train`, or of the folds table) as the
+        dataset yields them (comp.tasks): (N, K) float32 target rows when the task reads
+        data.label_columns, (N,) float32 values (regression), else (N,) int64 class indices."""
+        cols = target_columns(df)
+        if cols:
+            return df[cols].to_numpy(np.float32)
+        if df["label"].dtype.kind == "f":
+            return df["label"].to_numpy(np.float32)
+        return df["label"].to_numpy(np.int64)
 
 
 def _group_of(ids: pd.Series, pattern: str, unmatched: str = "error") -> pd.Series:
@@ -227,24 +240,6 @@ def _load_test(cfg: Any, root: Path, classes: list[str], problems: list[Problem]
     return test[["id", "path"]].reset_index(drop=True)
 
 
-def _dedupe(df: pd.DataFrame, id_col: str, label_col: str, csv: Path) -> tuple[pd.DataFrame, pd.Series]:
-    """One row per id (its first), for a labels CSV with a row per box or finding (RSNA Pneumonia's
-    stage_2_train_labels.csv repeats a patient once per opacity). The rows of an id must share its label.
-
-    Raises:
-        UserError: an id whose rows disagree, naming it, its labels and its rows.
-    """
-    labels = df[label_col].astype(str).str.strip()
-    n = labels.groupby(df[id_col]).nunique()
-    if (n > 1).any():
-        bad = n.index[(n > 1).to_numpy()][0]
-        rows = [int(i) + 2 for i in df.index[df[id_col] == bad]]
-        raise UserError(f"{csv}: id {bad!r} has different labels on its rows {rows}: "
-                        f"{sorted(set(labels[df[id_col] == bad]))} (data.dedupe_ids needs them to agree)")
-    df = df[~df[id_col].duplicated()]
-    return df, df[id_col]
-
-
 def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False) -> Competition:
     """Read the download at `data.root` as the config describes it.
 
@@ -270,24 +265,40 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False) 
     excluded = excluded_ids(cfg)
     if d.layout == "csv":
         train_csv = root / d.train_csv
-        df = read_csv(train_csv, [d.id_column, d.label_column])
+        label_cols = [str(c) for c in d.label_columns] or [d.label_column]
+        group_cols = [d.group_column] if d.group_column else []
+        df = read_csv(train_csv, [d.id_column, *label_cols, *group_cols])
         if df.empty:
             raise UserError(f"{train_csv} has a header but no rows")
         ids = df[d.id_column].str.strip()
         if d.dedupe_ids:
-            df, ids = _dedupe(df.assign(**{d.id_column: ids}), d.id_column, d.label_column, train_csv)
+            df, ids = dedupe(df.assign(**{d.id_column: ids}), d.id_column, label_cols, train_csv)
         dup = ids.duplicated()
         if dup.any():
             raise UserError(f"{train_csv}: id {ids[dup].iloc[0]!r} appears more than once "
                             f"(row {int(dup.idxmax()) + 2}); data.dedupe_ids=true reads an id's rows as one image")
-        labels, classes, values = _encode_labels(df[d.label_column], classes_cfg, values_cfg,
-                                                 lambda i: f"{train_csv}: row {int(df.index[i]) + 2}")
+        if not class_task(cfg):
+            targets, classes = read_targets(cfg, df, train_csv)
+            labels, values = targets["label"], []
+            frame = pd.concat([pd.DataFrame({"id": ids}), targets], axis=1)
+        else:
+            labels, classes, values = _encode_labels(df[d.label_column], classes_cfg, values_cfg,
+                                                     lambda i: f"{train_csv}: row {int(df.index[i]) + 2}")
+            frame = pd.DataFrame({"id": ids, "label": labels})
+        if group_cols:
+            frame["group"] = df[d.group_column].str.strip()
         # excluded before their files are looked for: a missing or broken image can be excluded too
-        train = exclude(pd.DataFrame({"id": ids, "label": labels}), excluded)
+        train = exclude(frame, excluded)
         train["path"] = _find_files(root, list(d.train_images), train["id"], d.image_ext, train_csv, "train_images",
                                     problems)
         train = train[train["path"] != ""]
     else:
+        if not class_task(cfg):
+            raise UserError(f"data.layout=folders holds one class per folder; task={cfg.task} reads its targets "
+                            f"from a labels CSV (data.layout=csv)")
+        if d.group_column:
+            raise UserError("data.group_column names a column of the labels CSV; data.layout=folders has none "
+                            "(use data.group_pattern on the file names)")
         if not _folders(root, list(d.train_images)):
             raise UserError(f"image folder not found: {root / d.train_images[0]} (data.train_images)")
         scanned = _scan(root, list(d.train_images), labelled=True)
@@ -296,7 +307,7 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False) 
         labels, classes, values = _encode_labels(scanned["label"], classes_cfg, values_cfg,
                                                  lambda i: f"class folder of {scanned['path'].iloc[i]}")
         train = exclude(scanned.assign(label=labels), excluded)
-    if not classes_cfg:
+    if not classes_cfg and class_task(cfg):
         if d.layout == "csv":
             def rows(idx: list[int]) -> str:
                 return f"{train_csv.name} row(s) " + ", ".join(str(i + 2) for i in idx[:10])
@@ -304,14 +315,20 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False) 
             def rows(idx: list[int]) -> str:
                 return f"folder {str(Path(scanned['path'].iloc[idx[0]]).parent)!r}"
         check_spelling(labels, classes, int(cfg.folds.n_folds), rows)
-    two_classes(labels, classes)
-    if excluded:
-        two_classes(train["label"], classes, " after data.exclude")
-    test = _load_test(cfg, root, classes, problems)
-    train["group"] = _group_of(train["id"], d.group_pattern, d.group_unmatched)
+    if class_task(cfg) or cfg.data.label_columns and cfg.task == "multiclass":
+        two_classes(labels, classes)
+        if excluded:
+            two_classes(train["label"], classes, " after data.exclude")
+    test = _load_test(cfg, root, classes if class_task(cfg) else [], problems)
+    if not d.group_column:
+        train["group"] = _group_of(train["id"], d.group_pattern, d.group_unmatched)
+    elif (train["group"] == "").any():
+        i = int(np.flatnonzero((train["group"] == "").to_numpy())[0])
+        raise UserError(f"{train_csv}: image {train['id'].iloc[i]!r} has a blank {d.group_column!r} "
+                        f"(data.group_column)")
     if check_sample and not problems:  # ids without an image come first, listed by prepare
         check_sample_submission(cfg, root, test)
-    cols = ["id", "path", "label", "group"]
+    cols = ["id", "path", "label", "group", *target_columns(train)]
     train, test = limit_images(train[cols].reset_index(drop=True), test, int(d.limit), len(classes))
     return Competition(train=train, test=test, classes=classes, label_values=values, root=root,
                        problems=problems or [])

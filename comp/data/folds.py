@@ -21,6 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
@@ -35,26 +36,67 @@ FIXED_SGKF = (1, 8)  # scikit-learn >= 1.8 stratifies StratifiedGroupKFold(shuff
 
 def check_split(train: pd.DataFrame, n_folds: int, grouped: bool) -> None:
     """Raise `UserError` when `train` cannot be split into `n_folds` stratified (grouped) folds."""
+    if len(train) < n_folds:
+        raise UserError(f"folds.n_folds={n_folds} but there are only {len(train)} training image(s); "
+                        f"lower folds.n_folds")
     smallest = int(train["label"].value_counts().min()) if len(train) else 0
-    if smallest < n_folds:
+    if _kind(train) == "class" and smallest < n_folds:
         raise UserError(f"folds.n_folds={n_folds} but the rarest class has only {smallest} image(s); "
                         f"lower folds.n_folds")
     n_groups = int(train["group"].nunique())
     if grouped and n_groups < n_folds:
-        raise UserError(f"folds.n_folds={n_folds} but data.group_pattern finds only {n_groups} patient(s); "
+        raise UserError(f"folds.n_folds={n_folds} but the data has only {n_groups} patient(s) (data.group_pattern / "
+                        f"data.group_column); "
                         f"lower folds.n_folds")
 
 
+def _kind(train: pd.DataFrame) -> str:
+    """class (integer labels) | value (regression: float labels) | rows (multi-label: target_ columns)."""
+    if train["label"].dtype.kind == "f":
+        return "value"
+    return "rows" if train["label"].dtype == object and any(c.startswith("target_") for c in train.columns) \
+        else "class"
+
+
+def strata(train: pd.DataFrame, n_folds: int) -> pd.Series:
+    """What the split stratifies on: the class, or a regression target's quantile bin (up to 10 bins,
+    each holding at least n_folds images), so every fold spans the target's range."""
+    if _kind(train) != "value":
+        return train["label"]
+    bins = max(1, min(10, len(train) // (2 * n_folds)))
+    return pd.qcut(train["label"].rank(method="first"), bins, labels=False)
+
+
+def _multilabel(train: pd.DataFrame, n_folds: int, seed: int, grouped: bool) -> list[np.ndarray]:
+    """Validation row indices of each fold, stratified over every label at once by iterative
+    stratification (Sechidis et al. 2011, the iterative-stratification package's MultilabelStratifiedKFold).
+    Grouped: the groups are split, each carrying the union (max) of its images' labels, so a patient's
+    images stay together (an approximation: a group counts once per label, whatever its size)."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    y = train[[c for c in train.columns if c.startswith("target_")]].to_numpy()
+    splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    if not grouped:
+        return [v for _, v in splitter.split(np.zeros(len(y)), y)]
+    codes, groups = pd.factorize(train["group"])
+    per_group = pd.DataFrame(y).groupby(codes).max().to_numpy()
+    return [np.flatnonzero(np.isin(codes, v)) for _, v in splitter.split(np.zeros(len(groups)), per_group)]
+
+
 def split(train: pd.DataFrame, n_folds: int, seed: int, grouped: bool) -> pd.Series:
-    """Fold number (0..n_folds-1) for each row of `train` (columns label, group)."""
+    """Fold number (0..n_folds-1) for each row of `train` (columns label, group; target_* for multi-label):
+    StratifiedGroupKFold / StratifiedKFold on the class or binned value (`strata`), iterative
+    stratification for multi-label targets (`_multilabel`)."""
     check_split(train, n_folds, grouped)
     fold = pd.Series(-1, index=train.index, dtype=int)
-    if grouped:
+    if _kind(train) == "rows":
+        parts = [(None, v) for v in _multilabel(train, n_folds, seed, grouped)]
+    elif grouped:
         splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-        parts = splitter.split(train, train["label"], groups=train["group"])
+        parts = splitter.split(train, strata(train, n_folds), groups=train["group"])
     else:
         splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-        parts = splitter.split(train, train["label"])
+        parts = splitter.split(train, strata(train, n_folds))
     for k, (_, valid_idx) in enumerate(parts):
         fold.iloc[valid_idx] = k
     return fold
@@ -67,9 +109,11 @@ def folds_path(out_dir: Path) -> Path:
 def settings(cfg: Any) -> dict[str, Any]:
     """What decides the split (kept in folds.json, with the library versions that made it); `exclude`
     (data.exclude) only when set, as in the folds.json of runs made before the key."""
-    grouped = bool(cfg.folds.grouped and cfg.data.group_pattern)
+    grouped = bool(cfg.folds.grouped and (cfg.data.group_pattern or cfg.data.group_column))
     out = {"n_folds": int(cfg.folds.n_folds), "seed": int(cfg.folds.seed), "grouped": grouped,
            "group_pattern": cfg.data.group_pattern if grouped else ""}
+    if grouped and cfg.data.group_column:
+        out["group_column"] = cfg.data.group_column
     exclude = cfg.data.exclude
     exclude = [str(v) for v in exclude] if OmegaConf.is_list(exclude) else exclude
     out = {**out, "exclude": exclude} if exclude else out
@@ -137,11 +181,12 @@ def _check(path: Path, folds: pd.DataFrame, train: pd.DataFrame, want: dict[str,
         raise UserError(f"{path} has {folds['fold'].nunique()} folds but folds.n_folds={want['n_folds']}; {redo}")
     if made is None:
         return  # a hand-made split: trusted as it is
-    for key in ("n_folds", "seed", "grouped", "group_pattern"):
-        if made.get(key) != want[key]:
+    for key in ("n_folds", "seed", "grouped", "group_pattern", "group_column"):
+        if made.get(key) != want.get(key):
             name = {"n_folds": "folds.n_folds", "seed": "folds.seed", "grouped": "folds.grouped",
-                    "group_pattern": "data.group_pattern"}[key]
-            raise UserError(f"{path} was made with {name}={made.get(key)!r}, the config now says {want[key]!r}; {redo}")
+                    "group_pattern": "data.group_pattern", "group_column": "data.group_column"}[key]
+            raise UserError(f"{path} was made with {name}={made.get(key)!r}, the config now says {want.get(key)!r}; "
+                            f"{redo}")
     if want["grouped"] and (merged["group"] != merged["group_f"]).any():
         bad = merged.loc[merged["group"] != merged["group_f"], "id"].iloc[0]
         raise UserError(f"{path}: the patient of {bad!r} changed since the folds were made; {redo}")
@@ -170,7 +215,9 @@ def load_or_make_folds(cfg: Any, train: pd.DataFrame, out_dir: Path) -> pd.DataF
     path = folds_path(out_dir)
     want = settings(cfg)
     if path.exists():
-        folds = pd.read_csv(path, dtype={"id": str, "group": str}, keep_default_na=False)
+        text_label = train["label"].dtype == object  # multi-label rows "0,1,0" stay text
+        folds = pd.read_csv(path, dtype={"id": str, "group": str, **({"label": str} if text_label else {})},
+                            keep_default_na=False)
         _check(path, folds, train, want)
         return train.merge(folds[["id", "fold"]], on="id")
     out = train.assign(fold=split(train, want["n_folds"], want["seed"], _grouped(train, want)))

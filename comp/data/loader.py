@@ -33,20 +33,24 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ImageDataset(Dataset):
-    """Images at `size` as (3, size, size) uint8 tensors, with their integer label (-1 when unknown).
+    """Images at `size` as (3, size, size) uint8 tensors, with their target (-1 when unknown).
 
     Args:
         paths: one image file per sample.
-        labels: integer labels, or None for an unlabeled test set.
+        labels: the targets (comp.tasks): (N,) integer classes, (N,) float values, or (N, K) float rows
+            (labels, distributions); or None for an unlabeled test set.
         size: square side the image is resized to when decoded.
         transform: an albumentations pipeline applied after resizing, or None.
         load: `load(path) -> (size, size, 3) uint8`; default decodes the file (comp.data.cache reads the cache).
     """
 
-    def __init__(self, paths: Sequence[str], labels: Sequence[int] | None, size: int,
+    def __init__(self, paths: Sequence[str], labels: Sequence[int] | np.ndarray | None, size: int,
                  transform: Any = None, load: Callable[[str], np.ndarray] | None = None):
         self.paths = list(paths)
-        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        labels = None if labels is None else np.asarray(labels)
+        if labels is not None:
+            labels = labels.astype(np.float32 if labels.dtype.kind == "f" else np.int64)
+        self.labels = labels
         self.size = size
         self.transform = transform
         self.load = load or partial(load_image, size=size)
@@ -54,7 +58,7 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, Any]:
         index, seed = key if isinstance(key, tuple) else (key, None)
         img = self.load(self.paths[index])
         if self.transform is not None:
@@ -62,7 +66,10 @@ class ImageDataset(Dataset):
                 seed_transform(self.transform, seed)
             img = self.transform(image=img)["image"]
         x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))  # (3, H, W) uint8
-        return x, int(self.labels[index]) if self.labels is not None else -1
+        if self.labels is None:
+            return x, -1
+        y = self.labels[index]
+        return x, (torch.from_numpy(y) if y.ndim else (float(y) if y.dtype.kind == "f" else int(y)))
 
 
 def epoch_order(n: int, seed: int, epoch: int, weights: np.ndarray | None = None) -> np.ndarray:

@@ -14,7 +14,7 @@ from comp.data.augment import TTA_VIEWS
 @torch.no_grad()
 def forward_views(models: Sequence[torch.nn.Module], batches: Iterable[torch.Tensor],
                   views: Sequence[str] = ("identity",), amp_dtype: torch.dtype | None = None,
-                  activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  activation: Callable[[torch.Tensor], torch.Tensor] | Sequence[Callable] | None = None,
                   on_batch: Callable[[], None] | None = None) -> list[torch.Tensor]:
     """Each model's output over every batch, averaged over the TTA views: one (N, C) float32 CPU tensor
     per model, rows in batch order.
@@ -25,12 +25,14 @@ def forward_views(models: Sequence[torch.nn.Module], batches: Iterable[torch.Ten
         batches: (B, C, H, W) normalised inputs on the models' device.
         views: names of `comp.data.augment.TTA_VIEWS`, each one forward pass.
         amp_dtype: autocast dtype, or None for full precision.
-        activation: applied to each view's logits before the mean (e.g. softmax: mean of probabilities);
-            None averages the logits.
+        activation: applied to each view's logits before the mean (e.g. softmax: mean of probabilities),
+            one for all models or one per model (a regression head's own target mean and std); None
+            averages the logits.
         on_batch: called after each batch (a progress bar's update).
     """
     for m in models:
         m.eval()
+    acts = list(activation) if isinstance(activation, Sequence) else [activation] * len(models)
     outs: list[list[torch.Tensor]] = [[] for _ in models]
     device_type = None
     for x in batches:
@@ -40,7 +42,7 @@ def forward_views(models: Sequence[torch.nn.Module], batches: Iterable[torch.Ten
             for view in views:
                 with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     logits = model(TTA_VIEWS[view](x)).float()  # (B, C)
-                out = logits if activation is None else activation(logits)
+                out = logits if acts[k] is None else acts[k](logits)
                 acc = out if acc is None else acc + out
             outs[k].append(acc / len(views))
         if on_batch is not None:

@@ -30,7 +30,7 @@ from comp.device import pick_device
 from comp.errors import UserError
 from comp.io import write_csv, write_json
 from comp.log import log
-from comp.predict.predict import fold_norm, fold_outputs, load_fold
+from comp.predict.predict import fold_norm, fold_outputs, fold_task, load_fold
 from comp.train.oof import prob_frame
 
 FILE = "oof_tta.csv"
@@ -115,12 +115,14 @@ def _predict(cfg: Any, comp: Competition, device: torch.device, todo: list[tuple
         model = model.to(device)
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        task = fold_task(meta)
         (out,) = fold_outputs(cfg, comp, [model], va["path"].tolist(), device, f"OOF x TTA {path.parent.name}",
-                              fold_norm(meta))
-        probs = (out.softmax(1) if cfg.predict.ensemble == "mean_logit" else out).double().numpy()  # (N_k, C)
-        oof = prob_frame(va["id"].astype(str).tolist(), probs, list(comp.classes), va["label"].to_numpy())
+                              fold_norm(meta), tasks=[task])
+        logit_mean = cfg.predict.ensemble == "mean_logit" and task.head != "regression"
+        probs = (task.activate(out) if logit_mean else out).double().numpy()  # (N_k, K)
+        oof = prob_frame(va["id"].astype(str).tolist(), probs, task, comp.targets(va))
         csv = write_csv(path.parent / FILE, oof, what="TTA out-of-fold predictions")
         write_json(path.parent / META, {"digest": wants[k], "csv_sha256": _sha256(csv), "views": views,
                                          "n": len(oof)})
         log(f"{path.parent.name}: out-of-fold predictions with {len(views)} TTA view(s) "
-            f"(mean max prob {np.mean(probs.max(1)):.3f}) → {csv}")
+            f"(mean max output {np.mean(probs.max(1)):.3f}) → {csv}")

@@ -1,4 +1,5 @@
-"""Test predictions: every trained fold × every TTA view → one (N, C) probability array.
+"""Test predictions: every trained fold × every TTA view → one (N, K) array of the task's outputs
+(comp.tasks: class or label probabilities, or values).
 
 Each fold's `best.pt` is loaded with weights_only=True, with the weights it was validated with (the EMA
 when training kept one), and must match the config's model, data and image settings (the config hash
@@ -28,6 +29,7 @@ from comp.errors import UserError
 from comp.log import log, progress
 from comp.models import create_model
 from comp.models.inference import forward_views
+from comp.tasks import Task
 from comp.train import checkpoint as ckpt_io
 from comp.train.oof import prob_frame
 
@@ -76,7 +78,8 @@ def load_fold(path: Path, cfg: Any, classes: list[str] | None = None,
                         f"({what}); predict with the fold's settings, or retrain it")
     if classes is not None and ck.get("classes") is not None and list(ck["classes"]) != list(classes):
         raise UserError(f"{path} predicts the classes {list(ck['classes'])} but the data has {list(classes)}")
-    if classes is not None and ck["num_classes"] != len(classes):
+    task = fold_task(ck)
+    if classes is not None and ck["num_classes"] != task.num_logits:
         raise UserError(f"{path} has {ck['num_classes']} outputs but the data has {len(classes)} classes "
                         f"{list(classes)}")
     use_ema = ck.get("eval_weights") == "ema"
@@ -117,8 +120,21 @@ class MarkBadImages(torch.utils.data.Dataset):
             return torch.zeros((3, self.size, self.size), dtype=torch.uint8), 1
 
 
-def class_prior(comp: Competition) -> np.ndarray:
-    """(C,) float64: each class's share of the training labels (the best guess for an image not seen)."""
+def fold_task(meta: dict[str, Any]) -> Task:
+    """The task a fold was trained for (its checkpoint's `task`); a checkpoint of a kit older than the key
+    holds a multiclass softmax over its classes."""
+    if meta.get("task"):
+        return Task.from_meta(meta["task"])
+    return Task(kind="multiclass", names=list(meta.get("classes") or []), head="softmax",
+                positive=int(meta.get("positive", 1)))
+
+
+def class_prior(comp: Competition, task: Task | None = None) -> np.ndarray:
+    """(K,) float64: the best guess for an image not seen: each class's share of the training labels, each
+    label's rate (multi-label), the mean share (soft targets) or the mean value (a regression head)."""
+    if task is not None and (task.dense_targets or task.head == "regression"):
+        t = comp.targets(comp.train).astype(np.float64)
+        return t.mean(0) if t.ndim == 2 else np.array([t.mean()])
     counts = np.bincount(comp.train["label"].to_numpy(dtype=np.int64), minlength=comp.num_classes)
     return counts / max(counts.sum(), 1)
 
@@ -132,9 +148,11 @@ def fold_norm(meta: dict[str, Any]) -> Norm:
 
 def fold_outputs(cfg: Any, comp: Competition, models: list[torch.nn.Module], paths: list[str],
                  device: torch.device, desc: str, norm: Norm = IMAGENET,
-                 flags: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
-    """Each model's (N, C) output over the images `paths`, averaged over the config's TTA views: the mean
-    of the views' probabilities, or of their logits with predict.ensemble=mean_logit. The images are read
+                 flags: list[torch.Tensor] | None = None, tasks: list[Task] | None = None) -> list[torch.Tensor]:
+    """Each model's (N, K) output over the images `paths`, averaged over the config's TTA views: the mean
+    of the views' outputs (`tasks`: each model's Task.activate; default a softmax), or of their logits with
+    predict.ensemble=mean_logit (a regression head's values always: its mean and std are its fold's own,
+    and the mean of values is the mean of logits mapped linearly). The images are read
     as validation reads them (the cache, or decoded and preprocessed; `aug.valid`; normalised with the
     models' `norm`, `fold_norm`), once for all models. With a `flags` list, an image that cannot be read
     is a black one instead of an error (`MarkBadImages`), and each batch's (B,) 0/1 flags are appended."""
@@ -150,7 +168,9 @@ def fold_outputs(cfg: Any, comp: Competition, models: list[torch.nn.Module], pat
                 flags.append(y)
             yield x
 
-    activation = None if cfg.predict.ensemble == "mean_logit" else (lambda t: t.softmax(1))
+    tasks = tasks or [Task(kind="multiclass", names=list(comp.classes), head="softmax")] * len(models)
+    logit_mean = cfg.predict.ensemble == "mean_logit" and tasks[0].head != "regression"
+    activation = [None if logit_mean else t.activate for t in tasks]
     with progress(len(loader), desc) as bar:  # closed on an error too
         batches = inputs(device_batches(loader, device, cfg.model.in_chans, cfg.train.channels_last, norm))
         return forward_views(models, batches, views, amp_dtype_for(device, cfg.train.amp), activation,
@@ -185,10 +205,11 @@ def predict_test(cfg: Any, comp: Competition, device: torch.device | None = None
     paths = paths or trained_folds(cfg)
     log(f"ensemble: {len(paths)} of {cfg.folds.n_folds} folds ({', '.join(p.parent.name for p in paths)}) x "
         f"{len(views)} TTA view(s) ({', '.join(views)})")
-    models, weights, norms = [], [], {}
+    models, weights, norms, tasks = [], [], {}, []
     for path in paths:
         model, meta = load_fold(path, cfg, comp.classes, expect_hash)
         norms[path] = fold_norm(meta)
+        tasks.append(fold_task(meta))
         model = model.to(device)
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -206,18 +227,18 @@ def predict_test(cfg: Any, comp: Competition, device: torch.device | None = None
     prior = cfg.predict.on_bad_image == "prior"
     flags: list[torch.Tensor] | None = [] if prior else None  # per batch: 1 for an image that cannot be read
     outs = fold_outputs(cfg, comp, models, comp.test["path"].tolist(), device,
-                        f"predict {len(models)} fold(s) x {len(views)} view(s)", norms[paths[0]], flags)
+                        f"predict {len(models)} fold(s) x {len(views)} view(s)", norms[paths[0]], flags, tasks)
     total, weight_sum = None, 0.0
     for w, out in zip(weights, outs, strict=True):  # fold order: the same sums as fold after fold
         total = w * out.double() if total is None else total + w * out.double()
         weight_sum += w
     mean = total / weight_sum
-    if cfg.predict.ensemble == "mean_logit":
-        mean = mean.softmax(1)
+    if cfg.predict.ensemble == "mean_logit" and tasks[0].head != "regression":
+        mean = tasks[0].activate(mean)
     probs = mean.float().numpy()
     bad = np.flatnonzero(torch.cat(flags).cpu().numpy() > 0) if prior and flags else np.zeros(0, np.int64)
     if len(bad):
-        probs[bad] = class_prior(comp).astype(np.float32)
+        probs[bad] = class_prior(comp, tasks[0]).astype(np.float32)
         for i in bad:
             log(f"warning: test image {comp.test['path'].iloc[i]} cannot be read; its row is the training class "
                 f"prior (predict.on_bad_image=prior)")
@@ -238,7 +259,7 @@ def check_probs_path(path: str | Path) -> Path:
     return path
 
 
-def save_probs(path: Path, ids: list[str], probs: np.ndarray, classes: list[str]) -> None:
+def save_probs(path: Path, ids: list[str], probs: np.ndarray, classes: list[str] | Task) -> None:
     """The raw test probabilities for later blending, written atomically: `.csv` as `id,prob_<class>...`
     (the columns of oof.csv), `.npy` as the bare (N, C) float32 array; rows in the submission's order.
 

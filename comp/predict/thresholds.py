@@ -45,13 +45,19 @@ ROUNDS = 20  # coordinate-search sweeps; it stops earlier as soon as one sweep c
 
 
 def expected_grade(probs: np.ndarray) -> np.ndarray:
-    """(N, C) probabilities over grades 0..C-1 → (N,) expected grade."""
+    """(N, C) probabilities over grades 0..C-1 → (N,) expected grade; (N, 1) → the value of a regression
+    head on the grade (model.head=regression), as it is."""
+    if probs.shape[1] == 1:
+        return probs[:, 0].astype(np.float64)
     return probs @ np.arange(probs.shape[1], dtype=np.float64)
 
 
-def decode(probs: np.ndarray, cuts: np.ndarray | None) -> np.ndarray:
-    """Grades (N,): the expected grade cut at `cuts` (C-1 increasing values), or the argmax when None."""
+def decode(probs: np.ndarray, cuts: np.ndarray | None, num_classes: int | None = None) -> np.ndarray:
+    """Grades (N,): the expected grade cut at `cuts` (C-1 increasing values); when None, the argmax, or a
+    regression head's value rounded to the nearest of the grades 0..num_classes-1."""
     if cuts is None:
+        if probs.shape[1] == 1:
+            return np.clip(np.rint(probs[:, 0]), 0, (num_classes or 2) - 1).astype(np.int64)
         return probs.argmax(1)
     return np.searchsorted(np.asarray(cuts), expected_grade(probs), side="right")
 
@@ -70,12 +76,13 @@ def qwk(y: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
     return 0.0 if denom == 0 else float(1 - (w * observed).sum() / denom)
 
 
-def fit_cuts(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, float]:
+def fit_cuts(y: np.ndarray, probs: np.ndarray, num_classes: int | None = None) -> tuple[np.ndarray, float]:
     """Cut-points maximising OOF kappa by coordinate search from the rounding points 0.5, 1.5, ...
 
     Each cut in turn moves to the best of up to GRID candidates strictly between its neighbours (a move
-    must improve kappa, so the search ends); sweeps repeat until none moves. Returns (cuts, kappa)."""
-    c = probs.shape[1]
+    must improve kappa, so the search ends); sweeps repeat until none moves. Returns (cuts, kappa).
+    `num_classes`: the grades of a regression head's (N, 1) values; default probs.shape[1]."""
+    c = num_classes or probs.shape[1]
     score = expected_grade(probs)
     cuts = np.arange(c - 1, dtype=np.float64) + 0.5
     best = qwk(y, np.searchsorted(cuts, score, side="right"), c)
@@ -101,18 +108,18 @@ def fit_cuts(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, float]:
     return cuts, best
 
 
-def cross_fit(y: np.ndarray, probs: np.ndarray, folds: np.ndarray) -> np.ndarray:
+def cross_fit(y: np.ndarray, probs: np.ndarray, folds: np.ndarray, num_classes: int | None = None) -> np.ndarray:
     """(N,) grades of each OOF row decoded with cut-points fit on the other folds' rows only (`folds`:
     (N,) fold of each row, at least two distinct); the honest counterpart of `decode(probs, fit_cuts(...))`."""
     pred = np.empty(len(y), dtype=np.int64)
     for k in np.unique(folds):
         held = folds == k
-        cuts, _ = fit_cuts(y[~held], probs[~held])
+        cuts, _ = fit_cuts(y[~held], probs[~held], num_classes)
         pred[held] = decode(probs[held], cuts)
     return pred
 
 
-def choose(y: np.ndarray, probs: np.ndarray, folds: np.ndarray) -> dict[str, Any]:
+def choose(y: np.ndarray, probs: np.ndarray, folds: np.ndarray, num_classes: int | None = None) -> dict[str, Any]:
     """The decoding to use for these OOF predictions (the dict thresholds.json holds): the cut-points fit on
     every row when both their in-sample gain over the argmax and their honest (cross-fitted, `cross_fit`)
     gain are positive, else the argmax. With a single fold there is no honest estimate: argmax.
@@ -121,13 +128,13 @@ def choose(y: np.ndarray, probs: np.ndarray, folds: np.ndarray) -> dict[str, Any
     on the rows they were fit on), kappa_honest (cross-fitted, None with one fold), gain_in_sample,
     gain_honest, kappa (that of the chosen decoding, in-sample), folds (per fold: fold, n, kappa_argmax,
     gain_in_sample, gain_honest)."""
-    c = probs.shape[1]
+    c = num_classes or probs.shape[1]
     y, folds = np.asarray(y, dtype=np.int64), np.asarray(folds)
-    argmax = probs.argmax(1)
+    argmax = decode(probs, None, c)  # a regression head's baseline: its value rounded
     kappa_argmax = qwk(y, argmax, c)
-    cuts, kappa_tuned = fit_cuts(y, probs)
+    cuts, kappa_tuned = fit_cuts(y, probs, c)
     tuned = decode(probs, cuts)
-    honest = cross_fit(y, probs, folds) if len(np.unique(folds)) >= 2 else None
+    honest = cross_fit(y, probs, folds, c) if len(np.unique(folds)) >= 2 else None
     per_fold = []
     for k in np.unique(folds):
         m = folds == k
@@ -200,9 +207,10 @@ def load_or_fit(cfg: Any, num_classes: int, comp: Any = None) -> dict[str, Any] 
             return t
     oof = read_oof(files)
     probs = oof_probs(oof)
-    if probs.shape[1] != num_classes:
+    if probs.shape[1] not in (1, num_classes):
         raise UserError(f"{files[0]} has {probs.shape[1]} probability columns but the data has {num_classes} classes")
-    t = {"version": VERSION, **choose(oof["label"].to_numpy(), probs, oof["fold"].to_numpy()), "source": source,
+    t = {"version": VERSION, **choose(oof["label"].to_numpy(), probs, oof["fold"].to_numpy(), num_classes),
+         "source": source,
          "oof_digest": digest}
     io.write_json(path, t, what="thresholds")
     for f in t["folds"]:
@@ -217,4 +225,5 @@ def load_or_fit(cfg: Any, num_classes: int, comp: Any = None) -> dict[str, Any] 
 
 def labels(probs: np.ndarray, t: dict[str, Any] | None) -> np.ndarray:
     """Class indices for `probs` under the decoding `t` (None: argmax)."""
-    return decode(probs, None if t is None or t["method"] == "argmax" else np.asarray(t["cuts"]))
+    return decode(probs, None if t is None or t["method"] == "argmax" else np.asarray(t["cuts"]),
+                  None if t is None else t["num_classes"])

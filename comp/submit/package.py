@@ -208,7 +208,7 @@ def build_package(cfg: Any, out: Path | None = None, dataset_id: str | None = No
         folds.append((path, ck))
     if len(folds) < cfg.folds.n_folds:
         log(f"packaging {len(folds)} of {cfg.folds.n_folds} folds (the others have no best.pt)")
-    decoding = thresholds.load_or_fit(cfg, folds[0][1]["num_classes"])
+    decoding = thresholds.load_or_fit(cfg, len(folds[0][1]["classes"]))
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with io.atomic_dir(out, "package") as tmp:  # a leftover of a killed run is cleared first
@@ -262,7 +262,7 @@ def infer_main(here: Path, argv: list[str] | None = None) -> None:
                                                  *args.overrides])
         sub = make_submission(cfg, expect_hash=config_hash(packaged))
         if args.save_probs:
-            save_probs(Path(args.save_probs), sub.ids, sub.probs, sub.classes)
+            save_probs(Path(args.save_probs), sub.ids, sub.probs, sub.task)
         if sub.score is not None:
             log(f"held-out {cfg.metric}: {sub.score:.4f}")
         if args.output:

@@ -5,9 +5,11 @@ What a row holds follows the sample (predict.output=auto):
 - `label`: one value column, the competition's value of the predicted class (an integer grade or a class
   name, as in its train CSV), decoded with the kappa cut-points for metric=qwk (comp.predict.thresholds);
 - `class_probs`: one column per class, named by its value or its name: each class's probability;
-- `binary_prob`: one value column holding P(positive class) of a two-class competition scored by AUC, the
-  positive class being `data.positive_class` (default: the class whose value is 1 / True-like, else the
-  second class; comp.metrics.positive_index), wherever it stands in the class order.
+- `binary_prob`: one value column holding P(positive class) of a two-class competition scored by AUC (or
+  any task=binary), the positive class being `data.positive_class` (default: the class whose value is 1 /
+  True-like, else the second class; comp.metrics.positive_index), wherever it stands in the class order;
+- `value`: one number per row (task=regression), any finite number.
+Multi-label and soft-target competitions name one column per label or class: `class_probs`.
 Files are read with the csv module, not pandas, so that what is checked is what Kaggle reads: the exact
 header, every field as written, a row with a missing or extra field.
 """
@@ -24,8 +26,10 @@ import numpy as np
 import pandas as pd
 
 from comp.data.competition import Competition, read_csv
+from comp.data.targets import class_task, read_targets
 from comp.errors import UserError
 from comp.metrics import positive_index, score
+from comp.tasks import Task, make_task
 
 NAN_WORDS = {"nan", "na", "n/a", "null", "none", "inf", "-inf", "+inf", "infinity", "-infinity"}
 
@@ -90,8 +94,14 @@ def output_mode(cfg: Any, comp: Competition, sample: pd.DataFrame) -> str:
         return "class_probs"
     if len(cols) != 1:
         raise UserError(f"the sample submission's columns {cols} are neither one value column nor one column "
-                        f"per class {names}; check data.id_column and data.classes")
-    if want == "prob" or (want == "auto" and cfg.metric == "auc"):
+                        f"per class {names or list(comp.classes)}; check data.id_column and data.classes"
+                        f"{' / data.label_columns' if cfg.data.label_columns else ''}")
+    if cfg.task == "regression":
+        return "value"
+    if cfg.task == "multilabel" or cfg.data.label_columns:
+        raise UserError(f"the sample submission has one value column {cols} but task={cfg.task} predicts "
+                        f"{list(comp.classes)}; the sample needs one column per label")
+    if want == "prob" or (want == "auto" and (cfg.metric in ("auc", "pauc", "pf1") or cfg.task == "binary")):
         if len(names) != 2:
             raise UserError(f"predict.output={want} with one value column needs two classes, the data has {names}")
         return "binary_prob"
@@ -133,7 +143,10 @@ def build(cfg: Any, comp: Competition, probs: np.ndarray, labels: np.ndarray | N
     if mode == "binary_prob":
         out[col] = probs[order, positive(cfg, comp)]
         return out
-    pred = (labels if labels is not None else probs.argmax(1))[order]
+    if mode == "value":
+        out[col] = probs[order, 0]
+        return out
+    pred = (labels if labels is not None else comp_task(cfg, comp).decode(probs))[order]
     out[col] = [str(comp.label_values[i]) for i in pred]
     return out
 
@@ -186,6 +199,12 @@ def validate(df: pd.DataFrame, sample: pd.DataFrame, id_col: str, mode: str, all
             if not ok.all():
                 i = int(np.flatnonzero(~ok.to_numpy())[0])
                 raise UserError(f"{where(i)}: {col}={values.iloc[i]!r} is not one of the classes {list(allowed)}")
+        elif mode == "value":
+            num = pd.to_numeric(stripped, errors="coerce")
+            bad = num.isna() | ~np.isfinite(num)
+            if bad.any():
+                i = int(np.flatnonzero(bad.to_numpy())[0])
+                raise UserError(f"{where(i)}: {col}={values.iloc[i]!r} is not a finite number")
         else:
             num = pd.to_numeric(stripped, errors="coerce")
             bad = num.isna() | ~np.isfinite(num) | (num < 0) | (num > 1)
@@ -215,12 +234,17 @@ def submission_probs(cfg: Any, comp: Competition, df: pd.DataFrame) -> np.ndarra
     if mode == "class_probs":
         return df[class_columns(comp, list(df.columns), id_col)].astype(float).to_numpy()
     col = next(c for c in df.columns if c != id_col)
+    if mode == "value":
+        return df[[col]].astype(float).to_numpy()
     if mode == "binary_prob":
         p = df[col].astype(float).to_numpy()
         pos = positive(cfg, comp)
         return np.stack([p, 1 - p] if pos == 0 else [1 - p, p], axis=1)
     index = {str(v): i for i, v in enumerate(comp.label_values)}
-    return np.eye(comp.num_classes)[df[col].astype(str).map(index).to_numpy().astype(int)]
+    grades = df[col].astype(str).map(index).to_numpy().astype(int)
+    if cfg.model.head == "regression":  # an ordinal regression head's outputs are the grade itself
+        return grades[:, None].astype(np.float64)
+    return np.eye(comp.num_classes)[grades]
 
 
 def score_holdout(cfg: Any, comp: Competition, df: pd.DataFrame) -> float | None:
@@ -228,7 +252,14 @@ def score_holdout(cfg: Any, comp: Competition, df: pd.DataFrame) -> float | None
     the labels of a labelled test folder), as the leaderboard would compute it; None when unknown."""
     id_col = cfg.data.id_column
     index = {str(v): i for i, v in enumerate(comp.label_values)}
-    if cfg.data.solution_csv:
+    task = comp_task(cfg, comp)
+    if cfg.data.solution_csv and not class_task(cfg):
+        path = comp.root / cfg.data.solution_csv
+        sol = read_csv(path, [id_col, *(list(cfg.data.label_columns) or [cfg.data.label_column])])
+        t, _ = read_targets(cfg, sol, path)
+        cols = [c for c in t.columns if c.startswith("target_")] or ["label"]
+        truth = t[cols].set_axis(sol[id_col].str.strip())
+    elif cfg.data.solution_csv:
         sol = read_csv(comp.root / cfg.data.solution_csv, [id_col, cfg.data.label_column])
         raw = sol.set_index(sol[id_col].str.strip())[cfg.data.label_column].astype(str).str.strip()
         truth = raw.map(index)
@@ -243,7 +274,15 @@ def score_holdout(cfg: Any, comp: Competition, df: pd.DataFrame) -> float | None
     probs = probs.reindex(truth.index)
     if probs.isna().any().any():
         raise UserError("the held-out answers name ids the submission lacks; check data.solution_csv")
-    return score(cfg.metric, truth.to_numpy().astype(int), probs.to_numpy(), positive(cfg, comp))
+    y = truth.to_numpy()
+    y = y[:, 0] if y.ndim == 2 and y.shape[1] == 1 else y
+    return score(cfg.metric, y if not task.has_classes or task.soft else y.astype(int), probs.to_numpy(),
+                 task=task, min_tpr=cfg.pauc_min_tpr)
+
+
+def comp_task(cfg: Any, comp: Competition) -> Task:
+    """The config's task over the competition's output names (binary: its positive class)."""
+    return make_task(cfg, comp.classes, positive(cfg, comp) if comp.num_classes == 2 else 1)
 
 
 @dataclass
@@ -251,8 +290,9 @@ class Submission:
     frame: pd.DataFrame  # validated, in the sample's order
     text: str  # the CSV
     ids: list[str]  # the frame's ids (the sample's spelling)
-    probs: np.ndarray  # (N, C) ensemble probabilities in the frame's row order
+    probs: np.ndarray  # (N, K) ensemble outputs in the frame's row order
     classes: list[str]
+    task: Task
     score: float | None  # held-out score when the answers are known
 
 
@@ -273,4 +313,4 @@ def make_submission(cfg: Any, expect_hash: str | None = None) -> Submission:
     check(cfg, comp, df)
     order = sample_order(df, cfg.data.id_column, comp)
     return Submission(frame=df, text=to_csv_text(df), ids=df[cfg.data.id_column].tolist(), probs=probs[order],
-                      classes=list(comp.classes), score=score_holdout(cfg, comp, df))
+                      classes=list(comp.classes), task=comp_task(cfg, comp), score=score_holdout(cfg, comp, df))

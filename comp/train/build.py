@@ -21,6 +21,7 @@ from comp.device import amp_dtype_for, pick_device
 from comp.errors import UserError
 from comp.metrics import check_metric, positive_index
 from comp.models import create_model, input_norm
+from comp.tasks import make_task
 from comp.train.distributed import setup_distributed
 from comp.train.optim import build_optimizer
 from comp.train.state import FoldData, Run, restore
@@ -36,15 +37,23 @@ def seed_all(seed: int) -> None:
 def fold_data(cfg: Any, comp: Any, folds: Any, fold: int, rank: int, world: int, pin: bool) -> FoldData:
     """The training images of every other fold and the validation images of `fold`, with their loaders:
     the training order from an `EpochSampler` (this rank's share), validation in order, every world-th
-    image on this rank."""
+    image on this rank. Targets as `Competition.targets` gives them (comp.tasks).
+
+    Raises:
+        UserError: train.sampler=weighted for a task without classes (multi-label, regression)."""
     tr, va = folds[folds["fold"] != fold], folds[folds["fold"] == fold]
     load = image_loader(cfg, comp)
-    train_set = ImageDataset(tr["path"].tolist(), tr["label"].tolist(), cfg.image_size,
+    train_set = ImageDataset(tr["path"].tolist(), comp.targets(tr), cfg.image_size,
                              build_transform(cfg.aug.train, "aug.train"), load=load)
-    valid_set = ImageDataset(va["path"].tolist(), va["label"].tolist(), cfg.image_size,
+    valid_set = ImageDataset(va["path"].tolist(), comp.targets(va), cfg.image_size,
                              build_transform(cfg.aug.valid, "aug.valid"), load=load)
-    labels = tr["label"].to_numpy()
-    weights = class_weights(labels, comp.num_classes)[labels] if cfg.train.sampler == "weighted" else None
+    weights = None
+    if cfg.train.sampler == "weighted":
+        if cfg.task in ("multilabel", "regression"):
+            raise UserError(f"bad value for config key 'train.sampler': weighted samples by class; task={cfg.task} "
+                            f"has none (use train.class_weights for BCE pos_weight)")
+        labels = tr["label"].to_numpy(np.int64)
+        weights = class_weights(labels, comp.num_classes)[labels]
     sampler = EpochSampler(len(train_set), cfg.seed, 0, weights=weights, rank=rank, world_size=world)
     valid_index = np.arange(rank, len(valid_set), world)
     return FoldData(
@@ -66,7 +75,6 @@ def build_run(cfg: Any, fold: int, resume: bool) -> Run:
     """
     d = setup_distributed(cfg.device)
     device = pick_device(cfg.device, d.local_rank)
-    metric = check_metric(cfg.metric)
     if not 0 <= fold < cfg.folds.n_folds:
         raise UserError(f"--fold {fold} is outside 0..{cfg.folds.n_folds - 1} (folds.n_folds={cfg.folds.n_folds})")
     out_dir = resolve_path(cfg.out_dir)
@@ -84,7 +92,11 @@ def build_run(cfg: Any, fold: int, resume: bool) -> Run:
     if d.world > 1:  # rank 0 writes folds.csv once, the others read it
         torch.distributed.barrier()
         folds = load_or_make_folds(cfg, comp.train, out_dir)
+    positive = positive_index(cfg.data.positive_class, comp.classes, comp.label_values) if comp.num_classes == 2 else 1
+    task = make_task(cfg, comp.classes, positive)
+    metric = check_metric(cfg.metric, task)
     data = fold_data(cfg, comp, folds, fold, d.rank, d.world, pin=device.type == "cuda")
+    task = task.fit_norm(data.train_set.labels)  # a regression head's targets: the training fold's mean, std
     per_rank = math.ceil(len(data.train_set) / d.world)
     steps_per_epoch = per_rank // cfg.batch_size // cfg.train.accum_steps
     if steps_per_epoch < 1:
@@ -92,7 +104,7 @@ def build_run(cfg: Any, fold: int, resume: bool) -> Run:
                         f"the {per_rank} training images of fold {fold} per process; lower batch_size")
 
     seed_all(cfg.seed)  # the same initial weights on every rank (DDP would broadcast rank 0's anyway)
-    model = create_model(cfg.model.name, comp.num_classes, in_chans=cfg.model.in_chans,
+    model = create_model(cfg.model.name, task.num_logits, in_chans=cfg.model.in_chans,
                          pretrained=cfg.model.pretrained, drop_rate=cfg.model.drop_rate).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -110,25 +122,25 @@ def build_run(cfg: Any, fold: int, resume: bool) -> Run:
     if cfg.train.mixup > 0 or cfg.train.cutmix > 0:
         from timm.data import Mixup
 
-        mixup = Mixup(mixup_alpha=cfg.train.mixup, cutmix_alpha=cfg.train.cutmix,
-                      label_smoothing=cfg.train.label_smoothing, num_classes=comp.num_classes)
+        # mixes the identity targets 0..B-1 into the (B, B) matrix that mixes any task's targets (comp.tasks)
+        mixup = Mixup(mixup_alpha=cfg.train.mixup, cutmix_alpha=cfg.train.cutmix, label_smoothing=0.0,
+                      num_classes=cfg.batch_size)
     loss_weight = None
     if cfg.train.class_weights:
-        cw = class_weights(data.train_set.labels, comp.num_classes)
-        loss_weight = torch.tensor(cw, dtype=torch.float32, device=device)
+        loss_weight = torch.tensor(task.loss_weight(data.train_set.labels), dtype=torch.float32, device=device)
     raw = model
     if cfg.train.compile and d.world == 1:
         model = torch.compile(model)  # under DDP: compiled around the wrapper (comp.train.distributed.wrap_ddp)
     seed_all(cfg.seed + d.rank)  # each rank its own dropout/mixup stream from here on
-    meta = {"config_hash": config_hash(cfg), "model_name": cfg.model.name, "num_classes": comp.num_classes,
+    meta = {"config_hash": config_hash(cfg), "model_name": cfg.model.name, "num_classes": task.num_logits,
             "in_chans": cfg.model.in_chans, "classes": list(comp.classes), "fold": fold, "metric": metric,
             "eval_weights": "ema" if ema is not None else "model",
             "input_norm": [list(v) for v in input_norm(raw)],  # (mean, std): validation, prediction, package
-            "positive": positive_index(cfg.data.positive_class, comp.classes, comp.label_values)
-            if comp.num_classes == 2 else 1}  # the class a two-class AUC ranks (data.positive_class)
+            "positive": positive,  # the class a two-class AUC ranks (data.positive_class)
+            "task": task.meta()}  # head, output names, a regression head's target mean and std
     run = Run(cfg=cfg, fold=fold, dir=fold_dir, device=device, dist=d, raw=raw, model=model, optimizer=optimizer,
               scaler=scaler, ema=ema, mixup=mixup, loss_weight=loss_weight, amp_dtype=amp_dtype, data=data,
-              steps_per_epoch=steps_per_epoch, meta=meta)
+              steps_per_epoch=steps_per_epoch, meta=meta, task=task)
     run.set_lr()
     if resume:
         restore(run)

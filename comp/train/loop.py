@@ -29,15 +29,15 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from comp import io
 from comp.data.loader import device_batches
 from comp.errors import UserError
 from comp.log import log, progress
-from comp.metrics import score_all
+from comp.metrics import higher_is_better, score_all
 from comp.models import set_backbone_trainable
 from comp.models.inference import forward_views
+from comp.tasks import mix_matrix
 from comp.train import checkpoint as ckpt_io
 from comp.train.build import build_run
 from comp.train.distributed import agree, check_ranks_agree, gather_rows, wrap_ddp
@@ -55,20 +55,12 @@ class Stopped(Exception):
 
 
 def _forward_loss(run: Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The mean training loss of one micro-batch: cross-entropy (class-weighted, label-smoothed), or against
-    the soft targets of mixup/cutmix (B, C), label smoothing already in them. Class weights apply to soft
-    targets too: sum_i sum_c w_c y_ic (-log p_ic) / sum_i sum_c w_c y_ic, which for one-hot targets is
-    exactly torch's weighted cross-entropy (a weighted mean over the batch), so mixup never drops them."""
+    """The mean training loss of one micro-batch under the task's loss (comp.tasks.Task.loss): targets as
+    the dataset gives them, or mixed by mixup/cutmix (dense rows, label smoothing already in them)."""
     with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
         logits = run.model(x)
-    logits = logits.float()
-    if run.mixup is not None:
-        logp = F.log_softmax(logits, dim=-1)
-        if run.loss_weight is None:
-            return torch.sum(-y * logp, dim=-1).mean()
-        wy = y * run.loss_weight  # (B, C)
-        return torch.sum(-wy * logp) / wy.sum()
-    return F.cross_entropy(logits, y, weight=run.loss_weight, label_smoothing=run.cfg.train.label_smoothing)
+    mixed = run.mixup is not None and run.task.head == "softmax"  # smoothing is in the mixed rows already
+    return run.task.loss(logits.float(), y, run.loss_weight, 0.0 if mixed else run.cfg.train.label_smoothing)
 
 
 def optimizer_step(run: Run) -> None:
@@ -148,7 +140,8 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
                 x, y, n = next(it)
                 part["wait"] += time.perf_counter() - tw
                 if run.mixup is not None:
-                    x, y = run.mixup(x, y)
+                    x, m = mix_matrix(run.mixup, x)
+                    y = m @ run.task.dense(y, run.cfg.train.label_smoothing)
                 loss = _forward_loss(run, x, y)
                 # DDP all-reduces gradients on the last micro-step only
                 sync = micro == accum - 1 or run.ddp is None
@@ -194,8 +187,9 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
 
 
 def validate(run: Run) -> tuple[dict[str, float], np.ndarray]:
-    """Loss and every metric on the fold's validation images, with the EMA weights when kept; returns
-    them and the (N_valid, C) probabilities in the fold's validation order (on every rank)."""
+    """Loss and every metric of the task on the fold's validation images, with the EMA weights when kept;
+    returns them and the (N_valid, K) outputs (comp.tasks.Task.activate) in the fold's validation order
+    (on every rank)."""
     if run.dist.world > 1:
         from timm.utils import distribute_bn
 
@@ -209,21 +203,23 @@ def validate(run: Run) -> tuple[dict[str, float], np.ndarray]:
         batches = (x for x, _, _ in device_batches(data.valid_loader, run.device, cfg.model.in_chans,
                                                    cfg.train.channels_last, run.norm))
         (logits,) = forward_views([model], batches, amp_dtype=run.amp_dtype, on_batch=lambda: bar.update(1))
-    logits = logits.numpy() if len(logits) else np.zeros((0, run.meta["num_classes"]), np.float32)
+    logits = logits.numpy() if len(logits) else np.zeros((0, run.task.num_logits), np.float32)
     logits = gather_rows(run.dist, data.valid_index, logits, len(data.valid_set))
     y = data.valid_set.labels
-    probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
-    loss = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y)).item()
-    return {"valid_loss": loss, **score_all(y, probs, run.meta["positive"])}, probs
+    t_logits = torch.from_numpy(logits)
+    out = run.task.activate(t_logits).numpy()
+    loss = run.task.loss(t_logits, torch.from_numpy(y)).item()
+    return {"valid_loss": loss, **score_all(y, out, task=run.task, min_tpr=cfg.pauc_min_tpr)}, out
 
 
-def _improved(score: float, best: float | None) -> bool:
-    """Higher is better; a NaN score (e.g. AUC on a one-class fold) never beats a number."""
+def _improved(score: float, best: float | None, higher: bool = True) -> bool:
+    """Higher is better (lower for log loss, KL, RMSE, MAE); a NaN score (e.g. AUC on a one-class fold)
+    never beats a number."""
     if best is None:
         return True
     if math.isnan(score):
         return False
-    return math.isnan(best) or score > best
+    return math.isnan(best) or (score > best if higher else score < best)
 
 
 class Pruned(Exception):
@@ -263,7 +259,7 @@ def fit(cfg: Any, fold: int, resume: bool = False,
             stats = train_one_epoch(run, epoch)
             scores, probs = validate(run)
             score = scores[metric]
-            improved = _improved(score, run.state["best"])
+            improved = _improved(score, run.state["best"], higher_is_better(metric))
             run.state["history"].append({"epoch": epoch, "train_loss": stats.pop("train_loss"), **scores,
                                          "lr": run.lr, **stats})
             run.state.update(epoch=epoch + 1, step=0, partial=fresh_partial(),
@@ -273,8 +269,7 @@ def fit(cfg: Any, fold: int, resume: bool = False,
             if run.dist.main:
                 if improved:
                     save(run, best_checkpoint(ckpt), "best.pt")  # weights, EMA, metadata: no optimizer
-                    write_oof(run.dir / "oof.csv", run.data.valid_ids, run.data.valid_set.labels, probs,
-                              run.meta["classes"])
+                    write_oof(run.dir / "oof.csv", run.data.valid_ids, run.data.valid_set.labels, probs, run.task)
                 io.write_csv(run.dir / "metrics.csv", pd.DataFrame(run.state["history"]))
                 # last.pt is the commit point: written after the files above, so a failed write of any of them
                 # (disk full) or a kill leaves the previous last.pt, and the resume redoes the epoch and them

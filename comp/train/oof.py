@@ -1,7 +1,11 @@
-"""Out-of-fold predictions: `<out_dir>/fold<K>/oof.csv` (id, label, prob_<class>...), the validation
-images of each fold predicted by the model of its best epoch. The one writer and reader of the format,
-and the cross-validation score computed from it (the CV score every report and submission record shows).
-Test probabilities saved for blending (`predict.py --save-probs`) use the same `prob_<class>` columns.
+"""Out-of-fold predictions: `<out_dir>/fold<K>/oof.csv`, the validation images of each fold predicted by
+the model of its best epoch. The one writer and reader of the format, and the cross-validation score
+computed from it (the CV score every report and submission record shows).
+
+Columns: `id`; the targets: `label` (a class index, or a regression value), or `target_<name>` per label
+or class (multi-label, soft targets); the outputs (comp.tasks.Task.output_columns): `prob_<name>` per
+class or label, or `value` (a regression head). Test outputs saved for blending (`predict.py
+--save-probs`) use the same output columns.
 """
 
 from __future__ import annotations
@@ -14,40 +18,75 @@ import pandas as pd
 
 from comp import io
 from comp.config import resolve_path
+from comp.data.targets import TARGET
 from comp.errors import UserError
-from comp.metrics import METRICS, positive_index, score
+from comp.metrics import positive_index, score, score_all
+from comp.tasks import Task, make_task
 
 PREFIX = "prob_"
 
 
-def prob_frame(ids: list[str], probs: np.ndarray, classes: list[str], labels: np.ndarray | None = None) -> pd.DataFrame:
-    """id[, label], prob_<class>... for (N, C) probabilities `probs`, in row order."""
+def prob_frame(ids: list[str], probs: np.ndarray, classes: list[str] | Task, labels: np.ndarray | None = None
+               ) -> pd.DataFrame:
+    """id[, targets], outputs for (N, K) outputs `probs` in row order: `prob_<class>` columns for a list of
+    class names, or the task's output columns (module doc); (N, K) `labels` become `target_<name>` columns."""
+    names = classes.names if isinstance(classes, Task) else list(classes)
+    columns = classes.output_columns() if isinstance(classes, Task) else [f"{PREFIX}{n}" for n in names]
     df = pd.DataFrame({"id": list(ids)})
     if labels is not None:
-        df["label"] = np.asarray(labels)
-    for c, name in enumerate(classes):
-        df[f"{PREFIX}{name}"] = probs[:, c]
+        labels = np.asarray(labels)
+        if labels.ndim == 2:
+            for k, name in enumerate(names):
+                df[f"{TARGET}{name}"] = labels[:, k]
+        else:
+            df["label"] = labels
+    for c, col in enumerate(columns):
+        df[col] = probs[:, c]
     return df
 
 
-def write_oof(path: Path, ids: list[str], labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> None:
+def write_oof(path: Path, ids: list[str], labels: np.ndarray, probs: np.ndarray, classes: list[str] | Task) -> None:
     """One fold's oof.csv, written atomically."""
     io.write_csv(path, prob_frame(ids, probs, classes, labels))
 
 
 def prob_columns(df: pd.DataFrame) -> list[str]:
-    """The `prob_<class>` columns of an OOF or probabilities frame, in file order (= class order)."""
-    return [c for c in df.columns if c.startswith(PREFIX)]
+    """The output columns of an OOF or probabilities frame in file order (= class order): `prob_<class>`...,
+    or `value`."""
+    return [c for c in df.columns if c.startswith(PREFIX)] or [c for c in df.columns if c == "value"]
 
 
 def oof_probs(df: pd.DataFrame) -> np.ndarray:
-    """(N, C) probabilities of an OOF or probabilities frame."""
+    """(N, K) outputs of an OOF or probabilities frame."""
     return df[prob_columns(df)].to_numpy()
 
 
+def oof_targets(df: pd.DataFrame) -> np.ndarray:
+    """The targets of an OOF frame: (N, K) `target_<name>` rows, else the (N,) `label` column."""
+    cols = [c for c in df.columns if c.startswith(TARGET)]
+    return df[cols].to_numpy(np.float64) if cols else df["label"].to_numpy()
+
+
+def oof_task(cfg: Any, oof: pd.DataFrame) -> Task:
+    """The task an OOF frame was made under: `make_task` over the output names of its columns, or, for a
+    regression head's `value`, the config's target column (regression) or grades (ordinal: data.classes,
+    else the sorted labels found)."""
+    names = classes_of(oof)
+    if not names:
+        if cfg.task == "regression":
+            names = [cfg.data.label_column]
+        else:
+            names = [str(c) for c in cfg.data.classes] or [str(v) for v in sorted(oof["label"].unique())]
+    positive = 1
+    if len(names) == 2:  # the class a two-class AUC ranks: data.positive_class, by name or value
+        values = [str(v) for v in cfg.data.class_values] or names
+        positive = positive_index(cfg.data.positive_class, names, values)
+    return make_task(cfg, names, positive)
+
+
 def classes_of(df: pd.DataFrame) -> list[str]:
-    """Class names in label order, from the prob_<name> columns."""
-    return [c[len(PREFIX):] for c in prob_columns(df)]
+    """Class (or label) names in order, from the prob_<name> columns; [] for a `value` column."""
+    return [c[len(PREFIX):] for c in prob_columns(df) if c.startswith(PREFIX)]
 
 
 def oof_files(out_dir: Path, n_folds: int, name: str = "oof.csv") -> list[Path]:
@@ -83,15 +122,11 @@ def cv_table(cfg: Any) -> tuple[pd.DataFrame, float, int]:
     """
     out_dir = resolve_path(cfg.out_dir)
     oof = load_oof(out_dir, cfg.folds.n_folds)
-    classes = classes_of(oof)
-    positive = 1
-    if len(classes) == 2:  # the class a two-class AUC ranks: data.positive_class, by name or value
-        values = [str(v) for v in cfg.data.class_values] or classes
-        positive = positive_index(cfg.data.positive_class, classes, values)
+    task = oof_task(cfg, oof)
     rows = []
     for k, part in oof.groupby("fold"):
-        y, p = part["label"].to_numpy(), oof_probs(part)
-        rows.append({"fold": k, "n": len(part), **{m: score(m, y, p, positive) for m in METRICS}})
+        rows.append({"fold": k, "n": len(part), **score_all(oof_targets(part), oof_probs(part), task=task,
+                                                            min_tpr=cfg.pauc_min_tpr)})
     table = pd.DataFrame(rows)
-    cv = score(cfg.metric, oof["label"].to_numpy(), oof_probs(oof), positive)
+    cv = score(cfg.metric, oof_targets(oof), oof_probs(oof), task=task, min_tpr=cfg.pauc_min_tpr)
     return table, cv, len(rows)

@@ -22,6 +22,7 @@ from comp.config import to_yaml
 from comp.data.loader import EpochSampler, ImageDataset
 from comp.errors import UserError
 from comp.log import log
+from comp.tasks import Task
 from comp.train import checkpoint as ckpt_io
 from comp.train.distributed import Dist, gather_objects
 from comp.train.optim import set_lr
@@ -71,6 +72,7 @@ class Run:
     data: FoldData
     steps_per_epoch: int
     meta: dict[str, Any]  # what every checkpoint of the run says about its weights (model, classes, ...)
+    task: Task  # head, loss, activation (comp.tasks); a regression head's target mean and std
     ddp: Any = None  # the DistributedDataParallel wrapper, or None
     wrapped_frozen: bool | None = None  # the freeze state `ddp` was built for (None: not built yet)
     state: dict[str, Any] = field(default_factory=fresh_state)  # epoch, step, best, bad_epochs, history, partial

@@ -1,0 +1,216 @@
+"""What the model predicts and how it learns it: one `Task` per config `task`, on the one training loop.
+
+- multiclass: targets are class indices, or per-class distributions (soft); C logits; cross-entropy
+  (against the rows when soft); outputs the softmax, `prob_<class>` columns.
+- binary: class indices of two classes; 1 logit; BCE-with-logits (optional pos_weight); outputs both
+  classes' probabilities [1-p, p] in class order, `prob_<class>`.
+- multilabel: a 0/1 row per image (L,); L logits; BCE-with-logits; outputs the sigmoids, `prob_<label>`.
+- ordinal: grade indices; the softmax head of multiclass, or a regression head on the grade (1 logit,
+  SmoothL1) whose value is cut into grades (comp.predict.thresholds); outputs probabilities or `value`.
+- regression: a number; 1 logit; MSE / SmoothL1 / L1 on standardised targets; outputs the value.
+
+Outputs are what OOF files, ensembles and submissions hold: averaging them over TTA views and folds is
+right for every task (probabilities, or values). A regression target is standardised with the training
+fold's mean and std (`Task.mean`, `Task.std`), saved in the fold's checkpoint with the rest of `Task.meta`.
+Soft targets (cross-entropy against the row's distribution) equal the KL divergence up to the targets'
+entropy, a constant: the loss HMS 2024's winners trained on.
+
+Mixup and cutmix mix any task's targets with the same matrix as the images: `mix_matrix` asks timm's
+Mixup for a (B, B) matrix M (mixing an identity batch) and the mixed targets are M @ Y for dense targets
+Y (one-hot smoothed classes, label vectors, distributions, values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from comp.errors import UserError
+
+KINDS = ("multiclass", "binary", "multilabel", "ordinal", "regression")
+HEADS = ("auto", "softmax", "regression")
+LOSSES = {"auto": None, "mse": F.mse_loss, "smooth_l1": F.smooth_l1_loss, "l1": F.l1_loss}
+
+
+@dataclass
+class Task:
+    """One task's head, loss, activation and decoding. `names` are the output columns' names: the classes
+    (multiclass, binary, ordinal), the labels (multilabel), or the target column (regression)."""
+
+    kind: str
+    names: list[str]
+    head: str  # softmax | sigmoid | regression: how logits become outputs
+    positive: int = 1  # binary: the positive class's index in `names` (comp.metrics.positive_index)
+    soft: bool = False  # multiclass: targets are per-class distributions (data.label_columns)
+    mean: float = 0.0  # regression head: the training fold's target mean and std
+    std: float = 1.0
+    loss_name: str = "auto"  # regression head: mse | smooth_l1 | l1 (auto = smooth_l1 for ordinal, mse else)
+
+    @property
+    def num_logits(self) -> int:
+        if self.head == "regression" or self.kind == "binary":
+            return 1
+        return len(self.names)
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.head == "regression" else len(self.names)
+
+    @property
+    def has_classes(self) -> bool:
+        """Targets are class indices (argmax, confusion matrix, stratified folds by class)."""
+        return self.kind in ("multiclass", "binary", "ordinal")
+
+    @property
+    def dense_targets(self) -> bool:
+        """Targets are (N, K) matrices (labels, distributions) rather than one value per image."""
+        return self.kind == "multilabel" or self.soft
+
+    def output_columns(self) -> list[str]:
+        """OOF / --save-probs column names of the outputs: prob_<name>..., or `value`."""
+        return ["value"] if self.head == "regression" else [f"prob_{n}" for n in self.names]
+
+    def meta(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the task (JSON-able)."""
+        return asdict(self)
+
+    @staticmethod
+    def from_meta(meta: dict[str, Any]) -> Task:
+        return Task(**meta)
+
+    def fit_norm(self, targets: np.ndarray) -> Task:
+        """This task with a regression head standardised by `targets` (the training fold's), else itself."""
+        if self.head != "regression":
+            return self
+        t = np.asarray(targets, np.float64)
+        std = float(t.std())
+        return Task(**{**asdict(self), "mean": float(t.mean()), "std": std if std > 1e-12 else 1.0})
+
+    # --- training ---------------------------------------------------------------------------------------
+    def dense(self, y: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+        """(B, W) float targets for mixing: smoothed one-hot classes (softmax head; timm's smoothing:
+        off = s/C, on = 1-s+s/C), one-hot classes (binary), the label/distribution rows, or (B, 1) values."""
+        if self.head == "regression":
+            return y.float().reshape(len(y), 1)
+        if y.dtype.is_floating_point:
+            y = y.float()
+            return y * (1 - smoothing) + smoothing / y.shape[1] if self.head == "softmax" else y
+        k = len(self.names)
+        one_hot = F.one_hot(y.long(), k).float()
+        if self.head == "softmax":
+            return one_hot * (1 - smoothing) + smoothing / k
+        return one_hot
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None,
+             smoothing: float = 0.0) -> torch.Tensor:
+        """Mean loss of (B, num_logits) float logits against targets `y`: (B,) class indices or values, or
+        (B, W) dense float targets (`dense`, mixed or soft; pass smoothing=0 for rows `dense` smoothed).
+
+        `weight`: softmax: (C,) class weights (a weighted mean over the batch, as torch's cross-entropy;
+        for dense targets sum_i sum_c w_c y_ic (-log p_ic) / sum_i sum_c w_c y_ic, which is the same for
+        one-hot rows); sigmoid: BCE `pos_weight` (1,) or (L,).
+        """
+        if self.head == "softmax":
+            if not y.dtype.is_floating_point:
+                return F.cross_entropy(logits, y, weight=weight, label_smoothing=smoothing)
+            y = y * (1 - smoothing) + smoothing / y.shape[1]
+            logp = F.log_softmax(logits, dim=-1)
+            if weight is None:
+                return torch.sum(-y * logp, dim=-1).mean()
+            wy = y * weight
+            return torch.sum(-wy * logp) / wy.sum()
+        if self.head == "sigmoid":
+            if self.kind == "binary":
+                t = y[:, self.positive] if y.dtype.is_floating_point else (y == self.positive).float()
+                t, logits = t.reshape(-1, 1), logits.reshape(-1, 1)
+            else:
+                t = y.float()
+            t = t * (1 - smoothing) + smoothing / 2
+            return F.binary_cross_entropy_with_logits(logits, t, pos_weight=weight)
+        value = y.float().reshape(len(y), -1)[:, 0]
+        z = (value - self.mean) / self.std
+        fn = LOSSES[self.loss_name] or (F.smooth_l1_loss if self.kind == "ordinal" else F.mse_loss)
+        return fn(logits.reshape(-1), z)
+
+    def loss_weight(self, targets: np.ndarray) -> np.ndarray:
+        """train.class_weights: softmax: (C,) inverse class frequency scaled to mean 1 over the images
+        (scikit-learn's 'balanced'); sigmoid: BCE pos_weight n_negative / n_positive per label (torch's
+        documented use), (1,) for binary. Raises UserError for a regression head."""
+        if self.head == "regression":
+            raise UserError("bad value for config key 'train.class_weights': a regression head has no classes")
+        if self.head == "softmax":
+            y = targets.argmax(1) if targets.ndim == 2 else targets
+            counts = np.bincount(y.astype(np.int64), minlength=len(self.names)).astype(np.float64)
+            return len(y) / (len(self.names) * np.maximum(counts, 1))
+        t = (targets == self.positive).astype(np.float64)[:, None] if targets.ndim == 1 else targets.astype(float)
+        pos = t.sum(0)
+        return (len(t) - pos) / np.maximum(pos, 1)
+
+    # --- outputs ----------------------------------------------------------------------------------------
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, num_logits) logits → (B, num_outputs) outputs: softmax; sigmoid (binary: both classes'
+        probabilities in class order); or the de-standardised value."""
+        logits = logits.float()
+        if self.head == "softmax":
+            return logits.softmax(1)
+        if self.head == "regression":
+            return logits[:, :1] * self.std + self.mean
+        p = torch.sigmoid(logits)
+        if self.kind != "binary":
+            return p
+        p = p[:, :1]
+        return torch.cat([p, 1 - p] if self.positive == 0 else [1 - p, p], dim=1)
+
+    def decode(self, outputs: np.ndarray) -> np.ndarray:
+        """(N,) int class of each row (class tasks): the argmax, or the value rounded and clipped to the
+        grades 0..C-1 (ordinal regression head)."""
+        if self.head == "regression":
+            return np.clip(np.rint(outputs[:, 0]), 0, len(self.names) - 1).astype(np.int64)
+        return outputs.argmax(1)
+
+    def values(self, outputs: np.ndarray) -> np.ndarray:
+        """(N,) float score per row for error metrics: the value (regression head) or the expected grade
+        Σ_c p_c·c (softmax over ordered grades)."""
+        if self.head == "regression":
+            return outputs[:, 0].astype(np.float64)
+        return outputs @ np.arange(outputs.shape[1], dtype=np.float64)
+
+
+def make_task(cfg: Any, names: list[str], positive: int = 1) -> Task:
+    """The task of a config over the output names `names` (comp.data.competition.load_competition's
+    classes or labels).
+
+    Raises:
+        UserError: an unknown `task` or `model.head`, a head the task cannot take, or a binary task whose
+            data has other than two classes.
+    """
+    kind, head = cfg.task, cfg.model.head
+    if kind not in KINDS:
+        raise UserError(f"bad value for config key 'task': {kind!r}; choose from {list(KINDS)}")
+    if head not in HEADS:
+        raise UserError(f"bad value for config key 'model.head': {head!r}; choose from {list(HEADS)}")
+    if cfg.train.loss not in LOSSES:
+        raise UserError(f"bad value for config key 'train.loss': {cfg.train.loss!r}; choose from {list(LOSSES)}")
+    if head != "auto" and kind not in ("ordinal",) and not (kind == "multiclass" and head == "softmax") \
+            and not (kind == "regression" and head == "regression"):
+        raise UserError(f"bad value for config key 'model.head': {head!r} is for task=ordinal "
+                        f"(softmax | regression); task={kind} has its own head")
+    if kind == "binary" and len(names) != 2:
+        raise UserError(f"task=binary needs two classes; the labels have {len(names)}: {names[:10]}")
+    resolved = {"multiclass": "softmax", "binary": "sigmoid", "multilabel": "sigmoid", "regression": "regression",
+                "ordinal": "softmax" if head == "auto" else head}[kind]
+    return Task(kind=kind, names=list(names), head=resolved, positive=positive if kind == "binary" else 1,
+                soft=kind == "multiclass" and bool(cfg.data.label_columns), loss_name=cfg.train.loss)
+
+
+def mix_matrix(mixup: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix the batch `x` in place with timm's Mixup (mixup/cutmix, its own random draws) and return it with
+    the (B, B) mixing matrix M: row i of the mixed batch's targets is Σ_j M_ij y_j. `mixup` must be built
+    with num_classes=B and label_smoothing=0, so mixing the identity targets 0..B-1 gives M itself."""
+    eye = torch.arange(x.shape[0], device=x.device)
+    x, m = mixup(x, eye)
+    return x, m

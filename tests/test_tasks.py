@@ -1,0 +1,172 @@
+"""Every task (comp/tasks.py) through the one loop: a labels CSV of its kind → folds → one short fold →
+OOF and CV score → the fold ensemble → a submission validated against the sample; and the task's pieces
+(loss, activation, mixing of targets) against their definitions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from timm.data import Mixup
+
+from comp.config import load_config
+from comp.data.competition import load_competition
+from comp.data.folds import split
+from comp.submit.submission import make_submission
+from comp.tasks import Task, make_task, mix_matrix
+from comp.train.loop import fit
+from comp.train.oof import cv_table, load_oof
+from conftest import FAST
+
+LABELS = ["ett", "ngt", "cvc"]
+
+
+def write_competition(root: Path, task: str, n: int = 24, n_test: int = 6, seed: int = 0) -> list[str]:
+    """A CSV competition whose targets follow the image brightness: one per task kind. Returns the
+    overrides that read it."""
+    rng = np.random.default_rng(seed)
+    (root / "train").mkdir(parents=True)
+    (root / "test").mkdir()
+    rows = []
+    for k in range(n):
+        level = k % 4
+        img = np.clip(rng.normal(40 + 50 * level, 15, (20, 20, 3)), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(root / "train" / f"im{k:03d}.png"), img)
+        row = {"image_id": f"im{k:03d}", "patient_id": f"p{k // 2}"}
+        if task == "multilabel":
+            row.update({c: int(b) for c, b in zip(LABELS, [level >= 2, level % 2 == 1, level == 0], strict=True)})
+        elif task == "soft":
+            votes = np.bincount([level % 3, level % 3, (level + 1) % 3], minlength=3)
+            row.update({f"{c}_vote": int(v) for c, v in zip(LABELS, votes, strict=True)})
+        elif task == "regression":
+            row["boneage"] = 30.0 + 40.0 * level + rng.normal(0, 3)
+        elif task == "binary":
+            row["target"] = int(level >= 2)
+        else:  # ordinal
+            row["diagnosis"] = level
+        rows.append(row)
+    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+    test_ids = [f"t{k:02d}" for k in range(n_test)]
+    for k, i in enumerate(test_ids):
+        cv2.imwrite(str(root / "test" / f"{i}.png"), np.full((20, 20, 3), 40 + 50 * (k % 4), np.uint8))
+    cols = {"multilabel": LABELS, "soft": [f"{c}_vote" for c in LABELS], "regression": ["boneage"],
+            "binary": ["target"], "ordinal": ["diagnosis"]}[task]
+    sample = pd.DataFrame({"image_id": test_ids, **{c: 0 for c in cols}})
+    sample.to_csv(root / "sample_submission.csv", index=False)
+    truth = pd.DataFrame(rows[:n_test]).drop(columns="patient_id").assign(image_id=test_ids)  # levels 0,1,2,3,0,1
+    truth.to_csv(root / "solution.csv", index=False)
+    base = ["data.id_column=image_id", "data.group_column=patient_id", f"data.root={root}",
+            "data.solution_csv=solution.csv"]
+    if task in ("multilabel", "soft"):
+        return base + [f"task={'multiclass' if task == 'soft' else task}", f"data.label_columns=[{','.join(cols)}]"]
+    return base + [f"task={task}", f"data.label_column={cols[0]}"]
+
+
+CASES = {
+    "multilabel": ["metric=auc"],
+    "soft": ["metric=kl_divergence"],
+    "regression": ["metric=mae"],
+    "binary": ["metric=pauc", "train.class_weights=true"],
+    "ordinal": ["metric=qwk", "model.head=regression"],
+}
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+def test_each_task_trains_predicts_and_submits(tmp_path, kind):
+    over = write_competition(tmp_path / "data", kind) + CASES[kind]
+    cfg = load_config(None, FAST + over + [f"out_dir={tmp_path / 'runs'}", "aug.tta=[identity,hflip]",
+                                           "train.mixup=0.4", "epochs=2"])
+    comp = load_competition(cfg)
+    res = fit(cfg, 0)
+    oof = load_oof(tmp_path / "runs", 2)
+    assert len(oof) == 12 and np.isfinite(res["best"])
+    table, cv, n = cv_table(cfg)
+    assert n == 1 and np.isfinite(cv) and cfg.metric in table.columns
+    fit(cfg, 1)
+    sub = make_submission(cfg)
+    sample = pd.read_csv(tmp_path / "data" / "sample_submission.csv")
+    assert list(sub.frame.columns) == list(sample.columns) and len(sub.frame) == len(sample)
+    values = sub.frame.drop(columns="image_id").astype(float).to_numpy()
+    if kind == "regression":
+        assert np.isfinite(values).all() and sub.probs.shape == (6, 1)
+    elif kind == "ordinal":
+        assert set(values.ravel()) <= {0, 1, 2, 3}
+    else:
+        assert ((values >= 0) & (values <= 1)).all()
+    if kind == "soft":  # probabilities per class, one column each, rows summing to 1
+        assert np.allclose(values.sum(1), 1, atol=1e-5)
+    assert sub.score is not None and np.isfinite(sub.score)  # scored against solution.csv as Kaggle would
+    assert comp.train["group"].nunique() == 12
+
+
+def test_group_column_keeps_patients_whole_and_multilabel_folds_stratify(tmp_path):
+    cfg = load_config(None, FAST + write_competition(tmp_path / "d", "multilabel", n=40) + ["folds.n_folds=4"])
+    comp = load_competition(cfg)
+    fold = split(comp.train, 4, 42, grouped=True)
+    assert comp.train.assign(fold=fold).groupby("group")["fold"].nunique().max() == 1
+    y = comp.targets(comp.train)
+    for k in range(4):  # every label's positives spread over every fold (iterative stratification)
+        assert (y[fold.to_numpy() == k].sum(0) > 0).all()
+
+
+def test_losses_and_activations_follow_their_definitions():
+    torch.manual_seed(0)
+    logits = torch.randn(6, 3)
+    soft = torch.rand(6, 3)
+    soft = soft / soft.sum(1, keepdim=True)
+    t = Task("multiclass", LABELS, "softmax", soft=True)
+    kl = F.kl_div(logits.log_softmax(1), soft, reduction="batchmean")
+    entropy = -(soft * soft.log()).sum(1).mean()
+    assert torch.allclose(t.loss(logits, soft), kl + entropy, atol=1e-6)  # soft CE = KL + H(targets)
+    y = torch.tensor([0, 1, 1, 0, 1, 0])
+    b = Task("binary", ["benign", "malignant"], "sigmoid", positive=1)
+    want = F.binary_cross_entropy_with_logits(logits[:, 0], y.float())
+    assert torch.allclose(b.loss(logits[:, :1], y), want)
+    p = b.activate(logits[:, :1])
+    assert torch.allclose(p[:, 1], torch.sigmoid(logits[:, 0])) and torch.allclose(p.sum(1), torch.ones(6))
+    flipped = Task("binary", ["malignant", "benign"], "sigmoid", positive=0)
+    assert torch.allclose(flipped.loss(logits[:, :1], 1 - y), want)  # positive first: y==0 is the positive
+    r = Task("regression", ["boneage"], "regression").fit_norm(np.array([10.0, 20.0, 30.0]))
+    assert r.mean == 20.0 and r.std == pytest.approx(np.std([10.0, 20.0, 30.0]))
+    assert torch.allclose(r.activate(torch.tensor([[1.0]])), torch.tensor([[20.0 + r.std]]))
+    v = torch.tensor([20.0 + r.std])
+    assert r.loss(torch.tensor([[1.0]]), v).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_mixup_matrix_mixes_targets_as_the_images():
+    np.random.seed(0)
+    mixup = Mixup(mixup_alpha=0.4, cutmix_alpha=0.0, label_smoothing=0.0, num_classes=4)
+    x = torch.arange(4, dtype=torch.float32).reshape(4, 1, 1, 1).expand(4, 3, 2, 2).clone()
+    x0 = x.clone()
+    mixed, m = mix_matrix(mixup, x)
+    assert torch.allclose(m.sum(1), torch.ones(4))
+    assert torch.allclose(mixed[:, 0, 0, 0], m @ x0[:, 0, 0, 0])  # the targets' matrix mixed the images too
+    t = Task("multiclass", LABELS, "softmax")
+    y = torch.tensor([0, 1, 2, 0])
+    dense = t.dense(y, 0.1)
+    old = Mixup(mixup_alpha=0.4, cutmix_alpha=0.0, label_smoothing=0.1, num_classes=3)
+    np.random.seed(1)
+    _, want = old(x0.clone(), y)
+    np.random.seed(1)
+    _, m = mix_matrix(mixup, x0.clone())
+    assert torch.allclose(m @ dense, want, atol=1e-6)  # timm's own mixing of smoothed one-hot targets
+
+
+def test_bad_task_settings_are_named(tmp_path):
+    from comp.errors import UserError
+
+    cfg = load_config(None, FAST + ["task=multilabel", "model.head=regression"])
+    with pytest.raises(UserError, match="model.head"):
+        make_task(cfg, LABELS)
+    cfg = load_config(None, FAST + ["task=binary"])
+    with pytest.raises(UserError, match="two classes"):
+        make_task(cfg, LABELS)
+    over = write_competition(tmp_path / "d", "multilabel")
+    pd.read_csv(tmp_path / "d" / "train.csv").assign(ngt=2).to_csv(tmp_path / "d" / "train.csv", index=False)
+    with pytest.raises(UserError, match=r"train.csv: row 2 column 'ngt' has '2'"):
+        load_competition(load_config(None, FAST + over))

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import FAST
 from timm.data import Mixup
 
 from comp.config import load_config
@@ -21,7 +22,6 @@ from comp.submit.submission import make_submission
 from comp.tasks import Task, make_task, mix_matrix
 from comp.train.loop import fit
 from comp.train.oof import cv_table, load_oof
-from conftest import FAST
 
 LABELS = ["ett", "ngt", "cvc"]
 
@@ -170,3 +170,67 @@ def test_bad_task_settings_are_named(tmp_path):
     pd.read_csv(tmp_path / "d" / "train.csv").assign(ngt=2).to_csv(tmp_path / "d" / "train.csv", index=False)
     with pytest.raises(UserError, match=r"train.csv: row 2 column 'ngt' has '2'"):
         load_competition(load_config(None, FAST + over))
+
+
+def test_group_level_rows_aggregate_images_like_rsna_mammography(tmp_path):
+    """RSNA Screening Mammography 2023's layout: several images per breast; train.csv has no prediction_id
+    (made from patient_id + laterality), test.csv has it, the sample has one row per prediction_id; scored by
+    pF1 at the breast level, in OOF and in the submission."""
+    from comp.predict.predict import predict_test
+    from comp.train.oof import row_level
+
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for d in ("train_images", "test_images"):
+        (root / d).mkdir(parents=True)
+    rows, test_rows = [], []
+    for p in range(12):
+        for lat in "LR":
+            cancer = int((p + (lat == "R")) % 3 == 0)
+            for v in range(2):
+                iid = f"{p}{lat}{v}"
+                img = np.clip(rng.normal(60 + 120 * cancer, 15, (20, 20, 3)), 0, 255).astype(np.uint8)
+                (root / "train_images" / str(p)).mkdir(exist_ok=True)
+                cv2.imwrite(str(root / "train_images" / str(p) / f"{iid}.png"), img)
+                rows.append({"site_id": 1, "patient_id": p, "image_id": iid, "laterality": lat, "cancer": cancer})
+    for p in (90, 91):
+        (root / "test_images" / str(p)).mkdir()
+        for lat in "LR":
+            for v in range(3 if lat == "L" else 1):
+                iid = f"{p}{lat}{v}"
+                cv2.imwrite(str(root / "test_images" / str(p) / f"{iid}.png"),
+                            np.full((20, 20, 3), 60 + 40 * v, np.uint8))
+                test_rows.append({"patient_id": p, "image_id": iid, "laterality": lat, "prediction_id": f"{p}_{lat}"})
+    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+    test = pd.DataFrame(test_rows)
+    test.to_csv(root / "test.csv", index=False)
+    pd.DataFrame({"prediction_id": test["prediction_id"].unique(), "cancer": 0}).to_csv(
+        root / "sample_submission.csv", index=False)
+    pd.DataFrame({"prediction_id": ["90_L", "90_R", "91_L", "91_R"], "cancer": [1, 0, 0, 1]}).to_csv(
+        root / "solution.csv", index=False)
+    cfg = load_config(None, FAST + [f"data.root={root}", f"out_dir={tmp_path / 'runs'}", "task=binary",
+                                    "data.id_column=image_id", "data.label_column=cancer",
+                                    "data.group_column=patient_id",
+                                    "data.train_images=[train_images/*]", "data.test_images=[test_images/*]",
+                                    "data.test_csv=test.csv", "data.submission_id_column=prediction_id",
+                                    "data.submission_id_parts=[patient_id,laterality]", "metric=pf1",
+                                    "predict.aggregate=max", "aug.tta=[identity]"])
+    fit(cfg, 0)
+    fit(cfg, 1)
+    oof = load_oof(tmp_path / "runs", 2)
+    assert set(oof["row"]) == {f"{p}_{lat}" for p in range(12) for lat in "LR"}
+    y, out = row_level(oof, "max")
+    firsts = list(dict.fromkeys(oof["row"]))
+    assert len(y) == 24 and np.allclose(out[:, 1], oof.groupby("row")["prob_1"].max().loc[firsts].to_numpy())
+    assert np.allclose(out.sum(1), 1)
+    _, cv, _ = cv_table(cfg)
+    from comp.competition_metrics import probabilistic_f1
+    assert cv == pytest.approx(probabilistic_f1(y, out[:, 1]))
+    sub = make_submission(cfg)
+    assert list(sub.frame["prediction_id"]) == ["90_L", "90_R", "91_L", "91_R"]
+    comp = load_competition(cfg)
+    per_image = predict_test(cfg, comp)[:, 1]
+    want = pd.Series(per_image).groupby(comp.test["row"].to_numpy()).max()
+    got = sub.frame["cancer"].astype(float).to_numpy()
+    assert np.allclose(got, want.loc[sub.frame["prediction_id"]].to_numpy(), atol=1e-6)
+    assert sub.score == pytest.approx(probabilistic_f1(np.array([1, 0, 0, 1]), got), abs=1e-6)  # at the row level

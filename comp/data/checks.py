@@ -89,10 +89,11 @@ def check_sample_submission(cfg: Any, root: Path, test: pd.DataFrame) -> None:
     if not path.is_file():
         raise UserError(f"sample submission not found: {path} (data.sample_submission; set it to '' when the "
                         f"competition has none)")
-    ids = read_csv(path, [d.id_column], comma_only=True)[d.id_column].str.strip()
+    col = d.submission_id_column or d.id_column  # a row may group several images (data.submission_id_column)
+    ids = read_csv(path, [col], comma_only=True)[col].str.strip()
     if ids.empty:
         raise UserError(f"sample submission {path} has a header but no rows")
-    lost = ~ids.isin(set(test["id"].astype(str)))
+    lost = ~ids.isin(set(test["row" if "row" in test.columns else "id"].astype(str)))
     if lost.any():
         shown = ", ".join(repr(i) for i in ids[lost].iloc[:3])
         raise UserError(f"sample submission {path}: {int(lost.sum())} of {len(ids)} id(s) have no test image "

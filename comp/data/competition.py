@@ -44,7 +44,7 @@ from comp.data.checks import (  # noqa: F401  (check_sample_submission: prepare 
     two_classes,
 )
 from comp.data.tables import read_csv  # noqa: F401  (the CSV reader of every table, here since the start)
-from comp.data.targets import class_task, dedupe, read_targets, target_columns
+from comp.data.targets import class_task, dedupe, read_targets, submission_rows, target_columns
 from comp.errors import UserError
 from comp.log import log
 
@@ -225,8 +225,15 @@ def _load_test(cfg: Any, root: Path, classes: list[str], problems: list[Problem]
     d = cfg.data
     csv = d.test_csv or d.sample_submission
     if csv:
-        ids = read_csv(root / csv, [d.id_column])[d.id_column].str.strip()
+        if d.submission_id_column and not d.test_csv:
+            raise UserError("data.submission_id_column groups test images into submission rows; name the CSV that "
+                            "lists the test images and their rows in data.test_csv")
+        table = read_csv(root / csv, [d.id_column])
+        ids = table[d.id_column].str.strip()
         test = pd.DataFrame({"id": ids})
+        rows = submission_rows(cfg, table, root / csv)
+        if rows is not None:
+            test["row"] = rows
         test["path"] = _find_files(root, list(d.test_images), ids, d.image_ext, root / csv, "test_images",
                                    problems) if len(ids) else []
         return test[test["path"] != ""].reset_index(drop=True)
@@ -287,6 +294,9 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False) 
             frame = pd.DataFrame({"id": ids, "label": labels})
         if group_cols:
             frame["group"] = df[d.group_column].str.strip()
+        rows = submission_rows(cfg, df, train_csv)
+        if rows is not None:
+            frame["row"] = rows
         # excluded before their files are looked for: a missing or broken image can be excluded too
         train = exclude(frame, excluded)
         train["path"] = _find_files(root, list(d.train_images), train["id"], d.image_ext, train_csv, "train_images",
@@ -328,7 +338,7 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False) 
                         f"(data.group_column)")
     if check_sample and not problems:  # ids without an image come first, listed by prepare
         check_sample_submission(cfg, root, test)
-    cols = ["id", "path", "label", "group", *target_columns(train)]
+    cols = ["id", "path", "label", "group", *(["row"] if "row" in train.columns else []), *target_columns(train)]
     train, test = limit_images(train[cols].reset_index(drop=True), test, int(d.limit), len(classes))
     return Competition(train=train, test=test, classes=classes, label_values=values, root=root,
                        problems=problems or [])

@@ -85,3 +85,25 @@ def dedupe(df: pd.DataFrame, id_col: str, label_cols: list[str], csv: Path) -> t
                         f"{sorted(set(labels[df[id_col] == bad]))} (data.dedupe_ids needs them to agree)")
     df = df[~df[id_col].duplicated()]
     return df, df[id_col]
+
+
+def submission_rows(cfg: Any, df: pd.DataFrame, csv: Path) -> pd.Series | None:
+    """The submission row of each image of the CSV `df` (data.submission_id_column, e.g. RSNA Mammography's
+    prediction_id = <patient_id>_<laterality>): its own column, else the data.submission_id_parts columns
+    joined by "_"; None when the key is not set (one row per image).
+
+    Raises:
+        UserError: the CSV has neither the column nor every part, naming the file and the keys.
+    """
+    d = cfg.data
+    if not d.submission_id_column:
+        return None
+    if d.submission_id_column in df.columns:
+        return df[d.submission_id_column].astype(str).str.strip()
+    parts = [str(p) for p in d.submission_id_parts]
+    missing = [p for p in parts if p not in df.columns]
+    if not parts or missing:
+        raise UserError(f"{csv} has no column {d.submission_id_column!r} (data.submission_id_column)"
+                        + (f" nor the parts {missing} (data.submission_id_parts)" if parts else
+                           "; set data.submission_id_parts to the columns that make it"))
+    return df[parts].astype(str).apply(lambda c: c.str.strip()).agg("_".join, axis=1)

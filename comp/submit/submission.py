@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from comp.data.targets import class_task, read_targets
 from comp.errors import UserError
 from comp.metrics import positive_index, score
 from comp.tasks import Task, make_task
+from comp.train.oof import aggregate
 
 NAN_WORDS = {"nan", "na", "n/a", "null", "none", "inf", "-inf", "+inf", "infinity", "-infinity"}
 
@@ -280,6 +281,21 @@ def score_holdout(cfg: Any, comp: Competition, df: pd.DataFrame) -> float | None
                  task=task, min_tpr=cfg.pauc_min_tpr)
 
 
+def row_config(cfg: Any) -> Any:
+    """The config as the submission sees it: with data.submission_id_column set, its rows are keyed by that
+    column (data.id_column names the images), so the sample, the submission and the held-out answers are
+    read by it; else `cfg` itself."""
+    if not cfg.data.submission_id_column:
+        return cfg
+    from omegaconf import OmegaConf
+
+    out = cfg.copy()
+    OmegaConf.set_readonly(out, False)
+    out.data.id_column = cfg.data.submission_id_column
+    OmegaConf.set_readonly(out, True)
+    return out
+
+
 def comp_task(cfg: Any, comp: Competition) -> Task:
     """The config's task over the competition's output names (binary: its positive class)."""
     return make_task(cfg, comp.classes, positive(cfg, comp) if comp.num_classes == 2 else 1)
@@ -304,10 +320,15 @@ def make_submission(cfg: Any, expect_hash: str | None = None) -> Submission:
     from comp.predict.predict import predict_test
 
     comp = load_competition(cfg)
+    images, full, cfg = comp, cfg, row_config(cfg)  # `full` keeps the hash the folds were trained under
     output_mode(cfg, comp, sample_frame(cfg, comp))  # a sample that fits no encoding fails before inference
     positive(cfg, comp)  # so does a data.positive_class that is not a class
-    probs = predict_test(cfg, comp, expect_hash=expect_hash)
-    decoding = thresholds.load_or_fit(cfg, comp.num_classes, comp)
+    probs = predict_test(full, images, expect_hash=expect_hash)
+    if "row" in images.test.columns:  # one submission row per group of images (data.submission_id_column)
+        rows, _, probs = aggregate(images.test["row"].to_numpy(), None, probs, cfg.predict.aggregate,
+                                   comp_task(cfg, comp).positive)
+        comp = replace(images, test=pd.DataFrame({"id": rows, "path": ""}))
+    decoding = thresholds.load_or_fit(full, comp.num_classes, images)
     labels = thresholds.labels(probs, decoding) if decoding is not None else None
     df = build(cfg, comp, probs, labels)
     check(cfg, comp, df)

@@ -62,7 +62,7 @@ def fold_data(cfg: Any, comp: Any, folds: Any, fold: int, rank: int, world: int,
                                  pin_memory=pin, persistent=True),
         valid_loader=make_loader(torch.utils.data.Subset(valid_set, valid_index.tolist()), cfg.batch_size, None,
                                  cfg.num_workers, pin_memory=pin, persistent=True),
-        valid_index=valid_index)
+        valid_index=valid_index, valid_rows=va["row"].astype(str).tolist() if "row" in va.columns else None)
 
 
 def build_run(cfg: Any, fold: int, resume: bool) -> Run:

@@ -41,7 +41,7 @@ from comp.tasks import mix_matrix
 from comp.train import checkpoint as ckpt_io
 from comp.train.build import build_run
 from comp.train.distributed import agree, check_ranks_agree, gather_rows, wrap_ddp
-from comp.train.oof import write_oof
+from comp.train.oof import aggregate, write_oof
 from comp.train.state import Run, best_checkpoint, fresh_partial, save, to_checkpoint
 from comp.train.tracking import start as start_tracking
 
@@ -209,7 +209,10 @@ def validate(run: Run) -> tuple[dict[str, float], np.ndarray]:
     t_logits = torch.from_numpy(logits)
     out = run.task.activate(t_logits).numpy()
     loss = run.task.loss(t_logits, torch.from_numpy(y)).item()
-    return {"valid_loss": loss, **score_all(y, out, task=run.task, min_tpr=cfg.pauc_min_tpr)}, out
+    y_s, out_s = y, out
+    if data.valid_rows is not None:  # scored at the submission's level: images aggregated into their rows
+        _, y_s, out_s = aggregate(np.asarray(data.valid_rows), y, out, cfg.predict.aggregate, run.task.positive)
+    return {"valid_loss": loss, **score_all(y_s, out_s, task=run.task, min_tpr=cfg.pauc_min_tpr)}, out
 
 
 def _improved(score: float, best: float | None, higher: bool = True) -> bool:
@@ -269,7 +272,8 @@ def fit(cfg: Any, fold: int, resume: bool = False,
             if run.dist.main:
                 if improved:
                     save(run, best_checkpoint(ckpt), "best.pt")  # weights, EMA, metadata: no optimizer
-                    write_oof(run.dir / "oof.csv", run.data.valid_ids, run.data.valid_set.labels, probs, run.task)
+                    write_oof(run.dir / "oof.csv", run.data.valid_ids, run.data.valid_set.labels, probs, run.task,
+                              run.data.valid_rows)
                 io.write_csv(run.dir / "metrics.csv", pd.DataFrame(run.state["history"]))
                 # last.pt is the commit point: written after the files above, so a failed write of any of them
                 # (disk full) or a kill leaves the previous last.pt, and the resume redoes the epoch and them

@@ -26,13 +26,16 @@ from comp.tasks import Task, make_task
 PREFIX = "prob_"
 
 
-def prob_frame(ids: list[str], probs: np.ndarray, classes: list[str] | Task, labels: np.ndarray | None = None
-               ) -> pd.DataFrame:
-    """id[, targets], outputs for (N, K) outputs `probs` in row order: `prob_<class>` columns for a list of
-    class names, or the task's output columns (module doc); (N, K) `labels` become `target_<name>` columns."""
+def prob_frame(ids: list[str], probs: np.ndarray, classes: list[str] | Task, labels: np.ndarray | None = None,
+               rows: list[str] | None = None) -> pd.DataFrame:
+    """id[, row][, targets], outputs for (N, K) outputs `probs` in row order: `prob_<class>` columns for a list
+    of class names, or the task's output columns (module doc); (N, K) `labels` become `target_<name>`
+    columns; `rows`: each image's submission row (data.submission_id_column)."""
     names = classes.names if isinstance(classes, Task) else list(classes)
     columns = classes.output_columns() if isinstance(classes, Task) else [f"{PREFIX}{n}" for n in names]
     df = pd.DataFrame({"id": list(ids)})
+    if rows is not None:
+        df["row"] = list(rows)
     if labels is not None:
         labels = np.asarray(labels)
         if labels.ndim == 2:
@@ -45,9 +48,10 @@ def prob_frame(ids: list[str], probs: np.ndarray, classes: list[str] | Task, lab
     return df
 
 
-def write_oof(path: Path, ids: list[str], labels: np.ndarray, probs: np.ndarray, classes: list[str] | Task) -> None:
+def write_oof(path: Path, ids: list[str], labels: np.ndarray, probs: np.ndarray, classes: list[str] | Task,
+              rows: list[str] | None = None) -> None:
     """One fold's oof.csv, written atomically."""
-    io.write_csv(path, prob_frame(ids, probs, classes, labels))
+    io.write_csv(path, prob_frame(ids, probs, classes, labels, rows))
 
 
 def prob_columns(df: pd.DataFrame) -> list[str]:
@@ -65,6 +69,38 @@ def oof_targets(df: pd.DataFrame) -> np.ndarray:
     """The targets of an OOF frame: (N, K) `target_<name>` rows, else the (N,) `label` column."""
     cols = [c for c in df.columns if c.startswith(TARGET)]
     return df[cols].to_numpy(np.float64) if cols else df["label"].to_numpy()
+
+
+def aggregate(rows: np.ndarray | pd.Series, y: np.ndarray | None, out: np.ndarray, how: str, positive: int = 1
+              ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Images → submission rows (data.submission_id_column): each row's outputs combined over its images
+    (`how`: mean | max, predict.aggregate; two-class probabilities under max: the positive class's max, the
+    other class 1 minus it) and its target (its first image's: the images of one row share it, e.g. one
+    breast's cancer label). Returns (row ids in first-seen order, targets or None, outputs).
+
+    Raises:
+        UserError: an unknown `how`."""
+    if how not in ("mean", "max"):
+        raise UserError(f"bad value for config key 'predict.aggregate': {how!r}; choose from ['mean', 'max']")
+    codes, uniq = pd.factorize(pd.Series(np.asarray(rows)).astype(str))
+    g = pd.DataFrame(np.asarray(out, np.float64)).groupby(codes, sort=True)
+    agg = (g.mean() if how == "mean" else g.max()).to_numpy().copy()
+    if how == "max" and agg.shape[1] == 2 and np.allclose(np.asarray(out).sum(1), 1, atol=1e-4):
+        agg[:, 1 - positive] = 1 - agg[:, positive]
+    if y is None:
+        return np.asarray(uniq), None, agg
+    first = pd.Series(np.arange(len(codes))).groupby(codes, sort=True).first().to_numpy()
+    return np.asarray(uniq), np.asarray(y)[first], agg
+
+
+def row_level(oof: pd.DataFrame, how: str, positive: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(targets, outputs) of an OOF frame at the submission's level: aggregated over `row` when the frame
+    has the column (`aggregate`), else as they are."""
+    y, out = oof_targets(oof), oof_probs(oof)
+    if "row" not in oof.columns:
+        return y, out
+    _, y, out = aggregate(oof["row"].to_numpy(), y, out, how, positive)
+    return y, out
 
 
 def oof_task(cfg: Any, oof: pd.DataFrame) -> Task:
@@ -123,10 +159,10 @@ def cv_table(cfg: Any) -> tuple[pd.DataFrame, float, int]:
     out_dir = resolve_path(cfg.out_dir)
     oof = load_oof(out_dir, cfg.folds.n_folds)
     task = oof_task(cfg, oof)
-    rows = []
+    rows, how = [], cfg.predict.aggregate
     for k, part in oof.groupby("fold"):
-        rows.append({"fold": k, "n": len(part), **score_all(oof_targets(part), oof_probs(part), task=task,
-                                                            min_tpr=cfg.pauc_min_tpr)})
+        y, out = row_level(part, how, task.positive)
+        rows.append({"fold": k, "n": len(y), **score_all(y, out, task=task, min_tpr=cfg.pauc_min_tpr)})
     table = pd.DataFrame(rows)
-    cv = score(cfg.metric, oof_targets(oof), oof_probs(oof), task=task, min_tpr=cfg.pauc_min_tpr)
+    cv = score(cfg.metric, *row_level(oof, how, task.positive), task=task, min_tpr=cfg.pauc_min_tpr)
     return table, cv, len(rows)

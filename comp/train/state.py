@@ -50,6 +50,7 @@ class FoldData:
     train_loader: Any
     valid_loader: Any  # over this rank's share of the validation images (valid_index)
     valid_index: np.ndarray
+    valid_rows: list[str] | None = None  # each validation image's submission row (data.submission_id_column)
 
 
 @dataclass(kw_only=True)

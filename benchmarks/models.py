@@ -19,10 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from comp.models import create_model
+from comp.tasks import Task
 
 
-def _step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool):
-    """One SGD training step (forward, backward, update), as the training loop does it."""
+def _step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool, loss_fn=F.cross_entropy):
+    """One SGD training step (forward, backward, update), as the training loop does it, with `loss_fn`
+    (logits, y) -> loss."""
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     # bfloat16 on CPU (no fp16 kernels there), float16 on CUDA as the training loop uses with a GradScaler.
     dtype = torch.bfloat16 if x.device.type == "cpu" else torch.float16
@@ -30,7 +32,7 @@ def _step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool):
 
     def step() -> None:
         with autocast():
-            loss = F.cross_entropy(model(x), y)
+            loss = loss_fn(model(x).float(), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -61,6 +63,7 @@ def bench_model_step(
     amp: bool = False,
     channels_last: bool = True,
     num_classes: int = 10,
+    task: str = "multiclass",
 ) -> list[dict]:
     """Images/s of a training step for each kit model `names` and timm's model of the same name.
 
@@ -72,6 +75,9 @@ def bench_model_step(
         device: "cpu", "cuda", "cuda:1" ...
         amp: autocast (bfloat16 on CPU, float16 on CUDA).
         channels_last: both models and the input in NHWC, the faster layout for convs on CPU and GPU.
+        task: multiclass (the kit's task loss: softmax cross-entropy; timm side F.cross_entropy) or
+            multilabel (`num_classes` labels: the kit's comp.tasks BCE head and loss; timm side
+            F.binary_cross_entropy_with_logits on the same 0/1 targets, as timm's train.py --bce-loss).
 
     Returns:
         One dict per name: name, batch, size, device, amp, channels_last, kit_ips, timm_ips and
@@ -83,15 +89,24 @@ def bench_model_step(
     for name in names:
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(batch, 3, size, size, generator=gen).to(dev, memory_format=fmt)
-        y = torch.randint(0, num_classes, (batch,), generator=gen).to(dev)
+        labels = [str(i) for i in range(num_classes)]
+        if task == "multilabel":
+            y = torch.randint(0, 2, (batch, num_classes), generator=gen).float().to(dev)
+            kit_task = Task("multilabel", labels, "sigmoid")
+            timm_loss = F.binary_cross_entropy_with_logits
+        else:
+            y = torch.randint(0, num_classes, (batch,), generator=gen).to(dev)
+            kit_task = Task("multiclass", labels, "softmax")
+            timm_loss = F.cross_entropy
         models = {
-            "kit": create_model(name, num_classes),
+            "kit": create_model(name, kit_task.num_logits),
             "timm": timm.create_model(name, num_classes=num_classes),
         }
+        losses = {"kit": kit_task.loss, "timm": timm_loss}
         steps_fn = {}
         for side, model in models.items():
             model.to(dev, memory_format=fmt).train()
-            steps_fn[side] = _step_fn(model, x, y, amp)
+            steps_fn[side] = _step_fn(model, x, y, amp, losses[side])
             time_steps(steps_fn[side], warmup, dev)
         secs: dict[str, list[float]] = {"kit": [], "timm": []}
         for r in range(rounds):
@@ -102,7 +117,7 @@ def bench_model_step(
         kit_ips = batch * steps / statistics.median(secs["kit"])
         timm_ips = batch * steps / statistics.median(secs["timm"])
         rows.append(dict(
-            name=name, batch=batch, size=size, device=str(dev), amp=amp, channels_last=channels_last,
+            name=name, task=task, batch=batch, size=size, device=str(dev), amp=amp, channels_last=channels_last,
             kit_ips=kit_ips, timm_ips=timm_ips, ratio=kit_ips / timm_ips,
         ))
         del models, steps_fn

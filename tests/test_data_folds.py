@@ -54,7 +54,7 @@ def test_too_few_for_the_folds():
     with pytest.raises(UserError, match="folds.n_folds=5 but the rarest class"):
         split(t[t["label"] != 3].assign(label=lambda d: d["label"].where(d.index > 0, 3)), 5, 0, False)
     few = pd.DataFrame({"id": list("abcdef"), "label": [0, 1] * 3, "group": ["p", "p", "p", "q", "q", "q"]})
-    with pytest.raises(UserError, match="finds only 2 patient"):
+    with pytest.raises(UserError, match="has only 2 patient"):
         split(few, 3, 0, True)
 
 

@@ -35,8 +35,8 @@ from comp import io
 from comp.config import resolve_path
 from comp.errors import UserError
 from comp.log import log
-from comp.predict import oof_tta
-from comp.train.oof import oof_files, oof_probs, read_oof
+from comp.predict import cutoff, oof_tta
+from comp.train.oof import aggregate, oof_files, oof_probs, oof_task, read_oof, row_level
 
 FILE = "thresholds.json"
 VERSION = 2  # 2: the honest (cross-fitted) gain decides; a file of another version is refit
@@ -163,7 +163,9 @@ def read(path: Path, num_classes: int) -> dict[str, Any]:
     """A thresholds.json, checked against the number of classes."""
     try:
         t = json.loads(path.read_text())
-        ok = t["method"] in ("cuts", "argmax") and t["num_classes"] == num_classes
+        ok = t["method"] in ("cuts", "argmax", "cutoff", "probs") and t["num_classes"] == num_classes
+        if t["method"] == "cutoff":
+            ok = ok and 0.0 <= float(t["cutoff"]) <= 1.0 and t["positive"] in (0, 1)
         if t["method"] == "cuts":
             ok = ok and len(t["cuts"]) == num_classes - 1 and bool(np.all(np.diff(t["cuts"]) > 0))
     except (OSError, ValueError, KeyError, TypeError):
@@ -185,7 +187,8 @@ def load_or_fit(cfg: Any, num_classes: int, comp: Any = None) -> dict[str, Any] 
     OOF when aug.tta has more than the identity view, made or reused by comp.predict.oof_tta, with `comp`
     the loaded competition or None to load it), else refit and rewritten. Without them (the offline
     package), the saved file is used as it is."""
-    if cfg.metric != "qwk" or not cfg.predict.thresholds:
+    binary_cut = cfg.task == "binary" and cfg.metric in ("f1", "pf1")  # a decision threshold (comp.predict.cutoff)
+    if (cfg.metric != "qwk" and not binary_cut) or not cfg.predict.thresholds:
         return None
     out_dir = resolve_path(cfg.out_dir)
     path = out_dir / FILE
@@ -206,6 +209,8 @@ def load_or_fit(cfg: Any, num_classes: int, comp: Any = None) -> dict[str, Any] 
         if t.get("oof_digest") == digest and t.get("version") == VERSION:
             return t
     oof = read_oof(files)
+    if binary_cut:
+        return _fit_cutoff(cfg, oof, path, digest, source, num_classes)
     probs = oof_probs(oof)
     if probs.shape[1] not in (1, num_classes):
         raise UserError(f"{files[0]} has {probs.shape[1]} probability columns but the data has {num_classes} classes")
@@ -223,7 +228,30 @@ def load_or_fit(cfg: Any, num_classes: int, comp: Any = None) -> dict[str, Any] 
     return t
 
 
+def _fit_cutoff(cfg: Any, oof: Any, path: Path, digest: str, source: str, num_classes: int) -> dict[str, Any]:
+    """thresholds.json for a binary task's decision threshold (comp.predict.cutoff), fit on the OOF at the
+    submission's level (rows aggregated: data.submission_id_column)."""
+    positive = oof_task(cfg, oof).positive
+    y, out = row_level(oof, cfg.predict.aggregate, positive)
+    folds = oof["fold"].to_numpy()
+    if "row" in oof.columns:  # a row's images share a fold (its group is whole)
+        folds = aggregate(oof["row"].to_numpy(), folds, oof_probs(oof), "mean", positive)[1]
+    t = {"version": VERSION, **cutoff.choose(cfg.metric, (np.asarray(y) == positive).astype(np.int64),
+                                             out[:, positive], folds),
+         "num_classes": num_classes, "positive": positive, "source": source, "oof_digest": digest}
+    io.write_json(path, t, what="thresholds")
+    shown = f"threshold {t['cutoff']:.4f}" if t["cutoff"] is not None else "probabilities kept"
+    log(f"thresholds: {source} {cfg.metric} {t['score_baseline']:.4f} without a threshold; tuned {t['score_tuned']:.4f}"
+        f" in-sample, honest gain {_gain(t['gain_honest'])}; {shown}; saved {path}")
+    return t
+
+
 def labels(probs: np.ndarray, t: dict[str, Any] | None) -> np.ndarray:
-    """Class indices for `probs` under the decoding `t` (None: argmax)."""
+    """Class indices for `probs` under the decoding `t` (None: argmax; a binary `cutoff`: the positive
+    class where its probability reaches the threshold)."""
+    if t is not None and t["method"] in ("cutoff", "probs"):
+        pos = int(t["positive"])
+        cut = float(t["cutoff"]) if t["method"] == "cutoff" else 0.5
+        return np.where(probs[:, pos] >= cut, pos, 1 - pos)
     return decode(probs, None if t is None or t["method"] == "argmax" else np.asarray(t["cuts"]),
                   None if t is None else t["num_classes"])

@@ -102,7 +102,8 @@ def output_mode(cfg: Any, comp: Competition, sample: pd.DataFrame) -> str:
     if cfg.task == "multilabel" or cfg.data.label_columns:
         raise UserError(f"the sample submission has one value column {cols} but task={cfg.task} predicts "
                         f"{list(comp.classes)}; the sample needs one column per label")
-    if want == "prob" or (want == "auto" and (cfg.metric in ("auc", "pauc", "pf1") or cfg.task == "binary")):
+    scored_on_probs = cfg.metric in ("auc", "pauc", "pf1", "log_loss")  # else hard labels (accuracy, f1, ...)
+    if want == "prob" or (want == "auto" and scored_on_probs):
         if len(names) != 2:
             raise UserError(f"predict.output={want} with one value column needs two classes, the data has {names}")
         return "binary_prob"
@@ -142,7 +143,9 @@ def build(cfg: Any, comp: Competition, probs: np.ndarray, labels: np.ndarray | N
         return out
     col = next(c for c in sample.columns if c != id_col)
     if mode == "binary_prob":
-        out[col] = probs[order, positive(cfg, comp)]
+        pos = positive(cfg, comp)
+        tuned = labels is not None and cfg.task == "binary"  # a decision threshold tuned on OOF: 0/1 values
+        out[col] = (labels[order] == pos).astype(float) if tuned else probs[order, pos]
         return out
     if mode == "value":
         out[col] = probs[order, 0]
@@ -329,7 +332,8 @@ def make_submission(cfg: Any, expect_hash: str | None = None) -> Submission:
                                    comp_task(cfg, comp).positive)
         comp = replace(images, test=pd.DataFrame({"id": rows, "path": ""}))
     decoding = thresholds.load_or_fit(full, comp.num_classes, images)
-    labels = thresholds.labels(probs, decoding) if decoding is not None else None
+    keep = decoding is not None and decoding["method"] != "probs"  # pf1 without a tuned threshold: as they are
+    labels = thresholds.labels(probs, decoding) if keep else None
     df = build(cfg, comp, probs, labels)
     check(cfg, comp, df)
     order = sample_order(df, cfg.data.id_column, comp)

@@ -228,17 +228,26 @@ def test_every_loss_option_takes_effect_with_mixup(tiny):
     logits = torch.randn(6, 3)
     hard = torch.tensor([0, 1, 2, 2, 1, 0])
     w = torch.tensor([0.5, 1.0, 3.0])
+    from comp.tasks import Task, mix_matrix
+
     run = SimpleNamespace(model=lambda x: x, device=torch.device("cpu"), amp_dtype=None, mixup=object(),
-                          loss_weight=w, cfg=SimpleNamespace(train=SimpleNamespace(label_smoothing=0.0)))
+                          loss_weight=w, cfg=SimpleNamespace(train=SimpleNamespace(label_smoothing=0.0)),
+                          task=Task("multiclass", ["a", "b", "c"], "softmax"))
     soft = torch.nn.functional.one_hot(hard, 3).float()
     weighted = _forward_loss(run, logits, soft)
     assert torch.allclose(weighted, torch.nn.functional.cross_entropy(logits, hard, weight=w))  # one-hot: exact
     run.loss_weight = None
     assert not torch.allclose(_forward_loss(run, logits, soft), weighted)  # the weights took effect
-    # the soft targets the run's Mixup makes carry the label smoothing and the class count
+    # the soft targets the run's mixing makes carry the label smoothing and the class count (comp.tasks.mix_matrix)
     built = build_run(config(tiny, "train.mixup=0.4", "train.label_smoothing=0.2", "train.class_weights=true"), 0,
                       resume=False)
-    assert built.mixup.label_smoothing == 0.2 and built.mixup.num_classes == 3 and built.loss_weight is not None
+    assert built.loss_weight is not None and built.mixup.num_classes == built.cfg.batch_size
+    x = torch.zeros(built.cfg.batch_size, 3, 4, 4)
+    y = torch.arange(built.cfg.batch_size) % 3
+    _, m = mix_matrix(built.mixup, x)
+    mixed = m @ built.task.dense(y, 0.2)
+    assert mixed.shape == (built.cfg.batch_size, 3) and torch.allclose(mixed.sum(1), torch.ones(len(y)))
+    assert mixed.min() >= 0.2 / 3 - 1e-6  # smoothing: no class below s/C
 
 
 def test_the_model_defines_its_input_normalisation(tiny):

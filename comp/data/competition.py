@@ -225,7 +225,8 @@ def _load_test(cfg: Any, root: Path, classes: list[str], problems: list[Problem]
     d = cfg.data
     csv = d.test_csv or d.sample_submission
     if csv:
-        ids = read_csv(root / csv, [d.id_column])[d.id_column].str.strip()
+        col = (d.test_id_column or d.id_column) if d.test_csv else d.id_column
+        ids = read_csv(root / csv, [col])[col].str.strip()
         test = pd.DataFrame({"id": ids})
         test["path"] = _find_files(root, list(d.test_images), ids, d.image_ext, root / csv, "test_images",
                                    problems) if len(ids) else []

@@ -24,7 +24,8 @@ formats and quirks, with a few dozen tiny images each, so the shipped configs ru
 - RANZCR CLiP 2021 (multi-label, mean column AUC): train.csv (StudyInstanceUID, 11 labels, PatientID),
   train_annotations.csv, one-channel JPEGs train/<uid>.jpg, test/, sample_submission.csv with 11 columns.
 - RSNA Bone Age (kmader/rsna-bone-age; regression, MAE): boneage-training-dataset.csv (id, boneage, male),
-  boneage-test-dataset.csv ("Case ID", Sex), grey PNGs in boneage-{training,test}-dataset/; no sample.
+  boneage-test-dataset.csv ("Case ID", Sex), grey PNGs in boneage-{training,test}-dataset/ each nested in
+  a folder of its own name (as the Kaggle archive unzips); no sample.
 - HAM10000 (kmader/skin-cancer-mnist-ham10000; 7 classes, balanced accuracy): HAM10000_metadata.csv
   (lesion_id, image_id, dx, dx_type, age, sex, localization), HAM10000_images_part_{1,2}/ and their
   lower-case copies, hmnist_8_8_L.csv; no test set (ISIC2018_Task3_Test_Input/ on request).
@@ -350,11 +351,12 @@ def _hand(rng: np.random.Generator, months: float, w: int, h: int) -> np.ndarray
     return np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
 
 
-def rsna_bone_age(root: Path, seed: int = 0, nested: bool = False) -> Path:
+def rsna_bone_age(root: Path, seed: int = 0, nested: bool = True) -> Path:
     """kmader/rsna-bone-age: 24 training hands (id, boneage in months, male True/False) and 6 test hands
-    listed by "Case ID" and Sex (M/F), grey PNGs of several sizes in boneage-training-dataset/ and
-    boneage-test-dataset/ (`nested`: each inside a folder of the same name, as some copies of the archive
-    unzip); no sample submission."""
+    (4360, 4361, ...) listed by "Case ID" and Sex (M/F), grey PNGs of several sizes in
+    boneage-training-dataset/boneage-training-dataset/ and boneage-test-dataset/boneage-test-dataset/ (the
+    Kaggle archive nests each folder in one of the same name; `nested=False`: flat, as a re-zipped copy);
+    no sample submission."""
     rng = np.random.default_rng(seed)
 
     def folder(name: str) -> Path:

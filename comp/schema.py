@@ -20,6 +20,8 @@ class DataConfig:
     # with neither, every image under test_images (in class sub-folders: a labelled held-out set)
     sample_submission: str = "sample_submission.csv"  # relative to root; empty when there is none
     id_column: str = "id"  # column of the image id in the CSVs
+    test_id_column: str = ""  # column of the image id in data.test_csv when it differs (RSNA Bone Age's "Case ID");
+    # empty = data.id_column. The submission's id column stays data.id_column
     label_column: str = "label"  # column of the label in train_csv (and the submission)
     label_columns: list[str] = field(default_factory=list)  # several target columns of train_csv, in the
     # submission's order: task=multilabel (one 0/1 column per label), or task=multiclass soft targets (vote

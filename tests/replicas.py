@@ -1,4 +1,4 @@
-"""Miniature replicas of the four real downloads: the same folder trees, file names, CSV headers, image
+"""Miniature replicas of the real downloads: the same folder trees, file names, CSV headers, image
 formats and quirks, with a few dozen tiny images each, so the shipped configs run on them unchanged
 (but for `data.root` and the FAST sizes).
 
@@ -17,6 +17,18 @@ formats and quirks, with a few dozen tiny images each, so the shipped configs ru
   stage_2_train_images/<patientId>.dcm and stage_2_test_images/, stage_2_sample_submission.csv
   (patientId,PredictionString). The real files are 1024x1024 8-bit MONOCHROME2; these are 12-bit CR
   chests, MONOCHROME1 and MONOCHROME2, some with a window, some RLE-compressed (made with pydicom).
+- SIIM-ISIC Melanoma 2020 (binary, AUC): train.csv (image_name, patient_id, sex, age_approx,
+  anatom_site_general_challenge, diagnosis, benign_malignant, target; metadata blank in places), test.csv,
+  sample_submission.csv (image_name,target), jpeg/{train,test}/ISIC_<7 digits>.jpg. (The real download
+  also holds DICOM and TFRecord copies; not replicated.)
+- RANZCR CLiP 2021 (multi-label, mean column AUC): train.csv (StudyInstanceUID, 11 labels, PatientID),
+  train_annotations.csv, one-channel JPEGs train/<uid>.jpg, test/, sample_submission.csv with 11 columns.
+- RSNA Bone Age (kmader/rsna-bone-age; regression, MAE): boneage-training-dataset.csv (id, boneage, male),
+  boneage-test-dataset.csv ("Case ID", Sex), grey PNGs in boneage-{training,test}-dataset/ each nested in
+  a folder of its own name (as the Kaggle archive unzips); no sample.
+- HAM10000 (kmader/skin-cancer-mnist-ham10000; 7 classes, balanced accuracy): HAM10000_metadata.csv
+  (lesion_id, image_id, dx, dx_type, age, sex, localization), HAM10000_images_part_{1,2}/ and their
+  lower-case copies, hmnist_8_8_L.csv; no test set (ISIC2018_Task3_Test_Input/ on request).
 """
 
 from __future__ import annotations
@@ -241,13 +253,180 @@ def rsna_pneumonia(root: Path, seed: int = 0) -> Path:
     return root
 
 
+def _lesion(rng: np.random.Generator, w: int, h: int, dark: int) -> np.ndarray:
+    """A dermoscopic lesion: a brown blob on pink skin, darker and more irregular as `dark` (0-6) grows."""
+    img = np.empty((h, w, 3), np.uint8)
+    img[:] = (225, 170, 150)
+    centre, axes = (w // 2, h // 2), (w // 4 + int(rng.integers(0, 3)), h // 4)
+    cv2.ellipse(img, centre, axes, int(rng.integers(0, 180)), 0, 360, (170 - 18 * dark, 110 - 12 * dark, 80), -1)
+    for _ in range(dark):
+        cv2.circle(img, tuple(int(v) for v in rng.integers((w // 3, h // 3), (2 * w // 3, 2 * h // 3))), 2,
+                   (60, 30, 40), -1)
+    return np.clip(img + rng.normal(0, 5, img.shape), 0, 255).astype(np.uint8)
+
+
+def isic2020(root: Path, seed: int = 0) -> Path:
+    """SIIM-ISIC Melanoma 2020: 8 patients (IP_<7 digits>) with 3-4 images each (ISIC_<7 digits>), 7 of
+    the 28 malignant; 6 test images. train.csv with all 8 columns (metadata blank in places, as in the
+    real file), test.csv, sample_submission.csv (image_name,target), JPEGs in jpeg/train and jpeg/test."""
+    rng = np.random.default_rng(seed)
+    sites = ["torso", "lower extremity", "upper extremity", "head/neck", ""]
+    rows, k = [], 0
+    for p in range(8):
+        pid = f"IP_{int(rng.integers(10**6, 10**7)):07d}"
+        sex, age = ("male", "female", "")[p % 3], ("45.0", "60.0", "")[p % 3]
+        for _ in range(3 + p % 2):
+            name = f"ISIC_{int(rng.integers(10**6, 10**7)):07d}"
+            mal = k % 4 == 1
+            diag = "melanoma" if mal else ("unknown", "nevus", "seborrheic keratosis")[k % 3]
+            _write_rgb(root / "jpeg" / "train" / f"{name}.jpg", _lesion(rng, 48 + 8 * (k % 2), 36, 6 if mal else 1))
+            rows.append((name, pid, sex, age, sites[k % 5], diag, "malignant" if mal else "benign", int(mal)))
+            k += 1
+    cols = ["image_name", "patient_id", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis",
+            "benign_malignant", "target"]
+    _write_csv(pd.DataFrame(rows, columns=cols), root / "train.csv")
+    test = [(f"ISIC_{int(rng.integers(10**6, 10**7)):07d}", f"IP_{int(rng.integers(10**6, 10**7)):07d}")
+            for _ in range(6)]
+    for k, (name, _) in enumerate(test):
+        _write_rgb(root / "jpeg" / "test" / f"{name}.jpg", _lesion(rng, 48, 36, 6 * (k % 2)))
+    _write_csv(pd.DataFrame([(n, p, "female", "50.0", "torso") for n, p in test], columns=cols[:5]), root / "test.csv")
+    _write_csv(pd.DataFrame({"image_name": [n for n, _ in test], "target": 0}), root / "sample_submission.csv")
+    return root
+
+
+RANZCR_LABELS = ["ETT - Abnormal", "ETT - Borderline", "ETT - Normal", "NGT - Abnormal", "NGT - Borderline",
+                 "NGT - Incompletely Imaged", "NGT - Normal", "CVC - Abnormal", "CVC - Borderline", "CVC - Normal",
+                 "Swan Ganz Catheter Present"]
+
+
+def _uid(rng: np.random.Generator) -> str:
+    """A DICOM StudyInstanceUID as RANZCR's: the 1.2.826.0.1.3680043.8.498 root and a long number."""
+    return "1.2.826.0.1.3680043.8.498." + "".join(str(d) for d in rng.integers(0, 10, 38)).lstrip("0")
+
+
+def ranzcr_clip(root: Path, seed: int = 0) -> Path:
+    """RANZCR CLiP: 10 patients (9 hex digits) with 2-3 studies each, 11 labels per study (one ETT, NGT and
+    CVC state or none, a rare Swan-Ganz), drawn as lines on a grey chest; grayscale JPEGs taller than
+    wide in train/ and test/, train_annotations.csv for some positives, a sample with the 11 columns."""
+    rng = np.random.default_rng(seed)
+    rows, notes, k = [], [], 0
+    for p in range(10):
+        patient = rng.bytes(5).hex()[:9]
+        for _ in range(2 + p % 2):
+            uid, y = _uid(rng), [0] * 11
+            y[k % 3 if k % 4 else 2] = 1 if k % 5 else 0  # ETT: abnormal / borderline / normal, or none
+            y[3 + k % 4] = 1  # NGT
+            y[7 + (k // 2) % 3] = 1  # CVC
+            y[10] = int(k % 6 == 0)  # Swan Ganz
+            img = _xray(rng, False, 48)
+            for j in np.flatnonzero(y):
+                cv2.line(img, (4 + 4 * int(j), 2), (6 + 3 * int(j), 40), 250, 1)
+            path = root / "train" / f"{uid}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            assert cv2.imwrite(str(path), cv2.resize(img, (40, 48)))  # one channel, as the real JPEGs
+            rows.append((uid, *y, patient))
+            if y[2] and len(notes) < 4:
+                notes.append((uid, "ETT - Normal", "[[12, 3], [13, 20], [14, 30]]"))
+            k += 1
+    _write_csv(pd.DataFrame(rows, columns=["StudyInstanceUID", *RANZCR_LABELS, "PatientID"]), root / "train.csv")
+    _write_csv(pd.DataFrame(notes, columns=["StudyInstanceUID", "label", "data"]), root / "train_annotations.csv")
+    test = [_uid(rng) for _ in range(6)]
+    for k, uid in enumerate(test):
+        path = root / "test" / f"{uid}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(path), cv2.resize(_xray(rng, k % 2 == 1, 48), (40, 48)))
+    _write_csv(pd.DataFrame({"StudyInstanceUID": test, **{c: 0 for c in RANZCR_LABELS}}),
+               root / "sample_submission.csv")
+    return root
+
+
+def _hand(rng: np.random.Generator, months: float, w: int, h: int) -> np.ndarray:
+    """A grey hand radiograph: a palm and five fingers whose length and brightness grow with the age."""
+    img = np.full((h, w), 20, np.uint8)
+    grow = months / 228
+    cv2.ellipse(img, (w // 2, 2 * h // 3), (w // 4, h // 6), 0, 0, 360, 120 + int(80 * grow), -1)
+    for f in range(5):
+        x = w // 4 + f * w // 10
+        cv2.line(img, (x, 2 * h // 3), (x, 2 * h // 3 - int(h * (0.2 + 0.3 * grow))), 150 + int(90 * grow), 2)
+    return np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+
+
+def rsna_bone_age(root: Path, seed: int = 0, nested: bool = True) -> Path:
+    """kmader/rsna-bone-age: 24 training hands (id, boneage in months, male True/False) and 6 test hands
+    (4360, 4361, ...) listed by "Case ID" and Sex (M/F), grey PNGs of several sizes in
+    boneage-training-dataset/boneage-training-dataset/ and boneage-test-dataset/boneage-test-dataset/ (the
+    Kaggle archive nests each folder in one of the same name; `nested=False`: flat, as a re-zipped copy);
+    no sample submission."""
+    rng = np.random.default_rng(seed)
+
+    def folder(name: str) -> Path:
+        return root / name / name if nested else root / name
+
+    rows = []
+    for k in range(24):
+        i, months = 1377 + 17 * k, int(rng.integers(6, 228))
+        path = folder("boneage-training-dataset") / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(path), _hand(rng, months, 36 + 4 * (k % 3), 48))
+        rows.append((i, months, "True" if k % 2 else "False"))
+    _write_csv(pd.DataFrame(rows, columns=["id", "boneage", "male"]), root / "boneage-training-dataset.csv")
+    test = [(4360 + k, "M" if k % 2 else "F") for k in range(6)]
+    for i, _ in test:
+        path = folder("boneage-test-dataset") / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(path), _hand(rng, float(rng.integers(6, 228)), 40, 48))
+    _write_csv(pd.DataFrame(test, columns=["Case ID", "Sex"]), root / "boneage-test-dataset.csv")
+    return root
+
+
+HAM_CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+
+
+def ham10000(root: Path, seed: int = 0, isic_test: bool = False) -> Path:
+    """kmader/skin-cancer-mnist-ham10000: 40 images of 30 lesions (HAM_<7 digits>; some photographed
+    twice), nv the largest class, split over HAM10000_images_part_1/ and _part_2/, with the archive's
+    lower-case copies of both folders and an hmnist_8_8_L.csv pixel table. `isic_test`: also the ISIC 2018
+    Task 3 test folder (ISIC2018_Task3_Test_Input/: 5 images and a LICENSE.txt), which Kaggle does not hold."""
+    rng = np.random.default_rng(seed)
+    counts = {"akiec": 4, "bcc": 4, "bkl": 5, "df": 4, "mel": 5, "nv": 14, "vasc": 4}
+    sites = ["back", "lower extremity", "trunk", "face", "scalp", "abdomen"]
+    rows, pixels, k = [], [], 0
+    for dx, n in counts.items():
+        lesion = ""
+        for j in range(n):
+            if j % 3 != 1:  # every third image is a second photo of the lesion before it
+                lesion = f"HAM_{int(rng.integers(0, 10**7)):07d}"
+            image_id = f"ISIC_{24306 + 7 * k:07d}"
+            img = _lesion(rng, 40, 30, HAM_CLASSES.index(dx))
+            part = "HAM10000_images_part_1" if k % 2 else "HAM10000_images_part_2"
+            _write_rgb(root / part / f"{image_id}.jpg", img)
+            (root / part.lower()).mkdir(exist_ok=True)
+            (root / part.lower() / f"{image_id}.jpg").write_bytes((root / part / f"{image_id}.jpg").read_bytes())
+            age = "" if k % 9 == 0 else f"{float(rng.integers(1, 18) * 5)}"
+            rows.append((lesion, image_id, dx, ("histo", "follow_up", "consensus")[k % 3], age,
+                         ("male", "female", "unknown")[k % 3], sites[k % 6]))
+            pixels.append([*cv2.resize(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), (8, 8)).ravel(), HAM_CLASSES.index(dx)])
+            k += 1
+    cols = ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization"]
+    _write_csv(pd.DataFrame(rows, columns=cols), root / "HAM10000_metadata.csv")
+    _write_csv(pd.DataFrame(pixels, columns=[*(f"pixel{i:04d}" for i in range(64)), "label"]),
+               root / "hmnist_8_8_L.csv")
+    if isic_test:
+        for t in range(5):
+            _write_rgb(root / "ISIC2018_Task3_Test_Input" / f"ISIC_{34524 + t:07d}.jpg", _lesion(rng, 40, 30, t))
+        (root / "ISIC2018_Task3_Test_Input" / "LICENSE.txt").write_text("CC-BY-NC\n")
+    return root
+
+
 BUILDERS = {"aptos2019": aptos2019, "dr2015": dr2015, "chest_xray": chest_xray, "cnmc2019": cnmc2019}
 # rsna_pneumonia is not in BUILDERS: its submission holds probabilities, not labels (tests/test_dicom.py runs it)
+TASK_BUILDERS = {"isic2020": isic2020, "ranzcr_clip": ranzcr_clip, "rsna_bone_age": rsna_bone_age,
+                 "ham10000": ham10000}  # tasks beyond one label per image (tests/test_competitions_new.py)
 
 
 def build(name: str, root: Path) -> Path:
     """The replica of competition `name` (a config name in configs/) under `root`."""
-    return BUILDERS[name](root)
+    return {**BUILDERS, **TASK_BUILDERS}[name](root)
 
 
 def overrides(root: Path, out: Path, fast: list[str]) -> list[str]:

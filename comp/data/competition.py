@@ -228,8 +228,9 @@ def _load_test(cfg: Any, root: Path, classes: list[str], problems: list[Problem]
         if d.submission_id_column and not d.test_csv:
             raise UserError("data.submission_id_column groups test images into submission rows; name the CSV that "
                             "lists the test images and their rows in data.test_csv")
-        table = read_csv(root / csv, [d.id_column])
-        ids = table[d.id_column].str.strip()
+        col = (d.test_id_column or d.id_column) if d.test_csv else d.id_column
+        table = read_csv(root / csv, [col])
+        ids = table[col].str.strip()
         test = pd.DataFrame({"id": ids})
         rows = submission_rows(cfg, table, root / csv)
         if rows is not None:

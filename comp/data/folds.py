@@ -54,8 +54,12 @@ def _kind(train: pd.DataFrame) -> str:
     """class (integer labels) | value (regression: float labels) | rows (multi-label: target_ columns)."""
     if train["label"].dtype.kind == "f":
         return "value"
-    return "rows" if train["label"].dtype == object and any(c.startswith("target_") for c in train.columns) \
-        else "class"
+    return "rows" if _text_label(train) and any(c.startswith("target_") for c in train.columns) else "class"
+
+
+def _text_label(train: pd.DataFrame) -> bool:
+    """Multi-label rows "0,1,0" are text: object dtype in pandas 2, the `str` dtype in pandas 3."""
+    return not pd.api.types.is_numeric_dtype(train["label"])
 
 
 def strata(train: pd.DataFrame, n_folds: int) -> pd.Series:
@@ -215,7 +219,7 @@ def load_or_make_folds(cfg: Any, train: pd.DataFrame, out_dir: Path) -> pd.DataF
     path = folds_path(out_dir)
     want = settings(cfg)
     if path.exists():
-        text_label = train["label"].dtype == object  # multi-label rows "0,1,0" stay text
+        text_label = _text_label(train)  # multi-label rows "0,1,0" stay text
         folds = pd.read_csv(path, dtype={"id": str, "group": str, **({"label": str} if text_label else {})},
                             keep_default_na=False)
         _check(path, folds, train, want)

@@ -16,7 +16,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from comp import io  # noqa: E402
 from comp.metrics import confusion  # noqa: E402
-from comp.train.oof import oof_probs  # noqa: E402
+from comp.train.oof import oof_probs, prob_columns  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, path: Path, dpi: int = 100) -> None:
@@ -85,10 +85,14 @@ def confusion_figure(y: np.ndarray, pred: np.ndarray, classes: list[str], path: 
 
 
 def fold_figures(fold_dir: Path, classes: list[str], metric: str) -> None:
-    """curves.png from metrics.csv and confusion.png from oof.csv of one fold folder."""
+    """curves.png from metrics.csv and confusion.png from oof.csv of one fold folder (the confusion only for
+    one class per image: an OOF with a class `label` and a probability per class; multi-label rows and
+    regression values have no confusion matrix)."""
     history = pd.read_csv(fold_dir / "metrics.csv")
     curves(history, metric, fold_dir / "curves.png", title=fold_dir.name)
     oof = pd.read_csv(fold_dir / "oof.csv")
+    if "label" not in oof.columns or oof["label"].dtype.kind == "f" or len(prob_columns(oof)) != len(classes):
+        return
     confusion_figure(oof["label"].to_numpy(), oof_probs(oof).argmax(1), classes, fold_dir / "confusion.png",
                      fold_dir.name)
 

@@ -1,0 +1,157 @@
+"""The shipped configs of tasks beyond one label per image, each on a replica of its real download
+(tests/replicas.py): SIIM-ISIC 2020 (binary, AUC), RANZCR CLiP (11 labels, mean column AUC), RSNA Bone
+Age (regression, MAE, a test CSV whose id column is "Case ID") and HAM10000 (7 classes, lesions as
+groups, no test set). Each is read as the real files are, then run as a user would: prepare.py, one
+short fold with train_fold.py, predict.py, and the CSV on stdout checked against the sample submission
+(or, where there is none, the test ids and one value column)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import runpy
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import FAST, ROOT
+from replicas import HAM_CLASSES, RANZCR_LABELS, TASK_BUILDERS, ham10000, overrides, rsna_bone_age
+
+from comp.config import load_config
+from comp.data.competition import load_competition
+from comp.errors import UserError
+
+NAMES = list(TASK_BUILDERS)
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("replicas")
+    return {name: TASK_BUILDERS[name](base / name) for name in NAMES}
+
+
+def script(capsys, name: str, *argv: str) -> str:
+    """`python scripts/<name> ARGV` in this process (runpy: the script's own parser and comp.cli.main, without
+    paying the torch import three times per competition); its stdout. Fails on a non-zero exit, showing
+    stderr."""
+    old = sys.argv, list(sys.path)
+    sys.argv = [str(ROOT / "scripts" / name), *argv]
+    sys.path.insert(0, str(ROOT / "scripts"))  # for the scripts' `import _common`
+    try:
+        runpy.run_path(sys.argv[0], run_name="__main__")
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    finally:
+        sys.argv, sys.path[:] = old
+    out, err = capsys.readouterr()
+    assert code == 0, f"{name} exited {code}:\n{err[-3000:]}"
+    return out
+
+
+def cfg_for(name: str, root: Path, out: Path, *extra: str):
+    return load_config(ROOT / "configs" / f"{name}.yaml", [*overrides(root, out, FAST), *extra])
+
+
+def test_isic2020_reads_patients_and_the_malignant_target(replicas, tmp_path):
+    root = replicas["isic2020"]
+    comp = load_competition(cfg_for("isic2020", root, tmp_path))
+    raw = pd.read_csv(root / "train.csv", dtype=str)
+    assert list(comp.train["id"]) == list(raw["image_name"])
+    assert list(comp.train["group"]) == list(raw["patient_id"])  # data.group_column, not the image
+    assert comp.classes == ["benign", "malignant"] and comp.label_values == [0, 1]
+    assert list(comp.train["label"]) == [int(t) for t in raw["target"]]
+    assert all(Path(p).parent == root / "jpeg" / "train" for p in comp.train["path"])
+    assert list(comp.test["id"]) == list(pd.read_csv(root / "test.csv", dtype=str)["image_name"])
+
+
+def test_ranzcr_reads_eleven_labels_in_the_samples_order(replicas, tmp_path):
+    root = replicas["ranzcr_clip"]
+    cfg = cfg_for("ranzcr_clip", root, tmp_path)
+    assert list(cfg.data.label_columns) == RANZCR_LABELS
+    comp = load_competition(cfg)
+    raw = pd.read_csv(root / "train.csv", dtype=str)
+    sample = pd.read_csv(root / "sample_submission.csv", dtype=str)
+    assert comp.classes == list(sample.columns[1:]) == RANZCR_LABELS
+    assert np.array_equal(comp.targets(comp.train), raw[RANZCR_LABELS].astype(np.float32).to_numpy())
+    assert list(comp.train["group"]) == list(raw["PatientID"])
+    assert list(comp.test["id"]) == list(sample["StudyInstanceUID"])  # dotted UIDs + .jpg find their files
+
+
+def test_bone_age_reads_case_ids_from_the_test_csv(replicas, tmp_path):
+    root = replicas["rsna_bone_age"]
+    comp = load_competition(cfg_for("rsna_bone_age", root, tmp_path))
+    raw = pd.read_csv(root / "boneage-training-dataset.csv")
+    assert comp.train["label"].dtype.kind == "f"
+    assert np.allclose(comp.targets(comp.train), raw["boneage"].to_numpy())
+    assert list(comp.test["id"]) == [str(i) for i in pd.read_csv(root / "boneage-test-dataset.csv")["Case ID"]]
+    # without data.test_id_column the test CSV has no `id` column: refused, naming it
+    with pytest.raises(UserError, match=r"boneage-test-dataset.csv.*'id'"):
+        load_competition(cfg_for("rsna_bone_age", root, tmp_path, "data.test_id_column=''"))
+    assert all(Path(p).parent.parent.name == Path(p).parent.name for p in comp.train["path"])  # nested
+    flat = rsna_bone_age(tmp_path / "flat", nested=False)  # a copy re-zipped without the nesting reads alike
+    comp2 = load_competition(cfg_for("rsna_bone_age", flat, tmp_path))
+    assert len(comp2.train) == len(comp.train) and len(comp2.test) == len(comp.test)
+
+
+def test_ham10000_keeps_lesions_whole_and_has_no_test_set(replicas, tmp_path):
+    from comp.submit.submission import make_submission
+
+    root = replicas["ham10000"]
+    cfg = cfg_for("ham10000", root, tmp_path)
+    comp = load_competition(cfg)
+    raw = pd.read_csv(root / "HAM10000_metadata.csv", dtype=str)
+    assert sorted(comp.train["id"]) == sorted(raw["image_id"])  # one copy each, not the lower-case folders'
+    assert all(Path(p).parent.name.startswith("HAM10000_images_part_") for p in comp.train["path"])
+    assert comp.classes == HAM_CLASSES
+    assert comp.train["group"].nunique() == raw["lesion_id"].nunique() < len(raw)
+    assert comp.test.empty
+    with pytest.raises(UserError, match="no test images"):
+        make_submission(cfg)
+
+
+def _ham_with_test(replicas, tmp_path: Path) -> Path:
+    root = tmp_path / "ham10000"
+    shutil.copytree(replicas["ham10000"], root)
+    extra = ham10000(tmp_path / "with_test", isic_test=True) / "ISIC2018_Task3_Test_Input"
+    shutil.copytree(extra, root / extra.name)
+    return root
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_prepare_train_predict(replicas, tmp_path, capsys, name):
+    """prepare.py → train_fold.py --fold 0 → predict.py on the replica, the CSV checked as Kaggle reads it."""
+    root = _ham_with_test(replicas, tmp_path) if name == "ham10000" else replicas[name]
+    out = tmp_path / "runs"
+    config = str(ROOT / "configs" / f"{name}.yaml")
+    ov = [*overrides(root, out, FAST), f"images.cache_dir={tmp_path / 'cache'}", "predict.folds=[0]",
+          "train.accum_steps=1"]  # RANZCR accumulates 4 batches: more than a replica's fold holds
+    script(capsys, "prepare.py", "--config", config, *ov)
+    folds = pd.read_csv(out / "folds.csv", dtype=str)
+    assert (folds.groupby("group")["fold"].nunique() == 1).all()
+    script(capsys, "train_fold.py", "--config", config, "--fold", "0", *ov)
+    assert (out / "fold0" / "best.pt").is_file() and (out / "fold0" / "oof.csv").is_file()
+    rows = list(csv.reader(io.StringIO(script(capsys, "predict.py", "--config", config, *ov))))
+    header, body = rows[0], rows[1:]
+    cfg = load_config(config, ov)
+    if cfg.data.sample_submission:
+        sample = list(csv.reader(open(root / cfg.data.sample_submission, newline="")))
+        assert header == sample[0]
+        assert [r[0] for r in body] == [r[0] for r in sample[1:]]  # the sample's ids, in its order
+    else:
+        assert header == [cfg.data.id_column, cfg.data.label_column]
+        assert sorted(r[0] for r in body) == sorted(load_competition(cfg).test["id"])
+    values = [r[1:] for r in body]
+    if name == "ham10000":
+        assert {v for (v,) in values} <= set(HAM_CLASSES)
+        return
+    num = np.array(values, dtype=float)
+    assert np.isfinite(num).all()
+    if name == "rsna_bone_age":  # months, de-standardised: near the training ages, not z-scores
+        ages = pd.read_csv(root / "boneage-training-dataset.csv")["boneage"]
+        assert num.shape == (6, 1) and (num > ages.min() - 3 * ages.std()).all() and num.mean() > 10
+    else:  # probabilities: P(target = 1) (ISIC), one per label (RANZCR)
+        assert num.shape[1] == (11 if name == "ranzcr_clip" else 1) and ((num >= 0) & (num <= 1)).all()

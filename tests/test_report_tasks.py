@@ -19,6 +19,7 @@ from comp.errors import UserError
 from comp.models import create_model
 from comp.report import errors_analysis as ea
 from comp.report.explain import grad_cam
+from comp.report.plots import fold_figures
 from comp.tasks import Task
 from comp.train.loop import fit
 from comp.train.oof import oof_probs, oof_targets
@@ -108,6 +109,8 @@ def test_report_numbers_and_figures_per_task(runs, kind, capsys):
     figures = {f.stem.removeprefix("oof_") for f in run["dir"].glob("oof_*.png")}
     assert figures == FIGURES[kind]
     assert all((run["dir"] / f"oof_{f}.png").stat().st_size > 5000 for f in figures)
+    drawn = fold_figures(run["dir"] / "fold0", [], metric)  # what scripts/train_fold.py draws after fit
+    assert set(drawn) == {"curves", *FIGURES[kind]} and all(p.stat().st_size > 5000 for p in drawn.values())
     if kind in ("multilabel", "regression"):  # no classes: no classification report
         assert "classification report" not in out and "macro avg" not in out
         assert "qwk" not in table.columns and "accuracy" not in table.columns

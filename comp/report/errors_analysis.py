@@ -291,12 +291,12 @@ def find_duplicates(items: pd.DataFrame, load: Callable[[str], np.ndarray], clas
 
 def shown_labels(task: Task, targets: np.ndarray) -> list[str]:
     """Each image's targets as one string: the class name (-1: ""), the `|`-joined labels set (multi-label),
-    the largest share's class (soft targets), or the value (regression)."""
+    the largest share's class (soft targets), or the value (regression; NaN: "")."""
     t = np.asarray(targets)
     if t.ndim == 2:
         return _named(t.argmax(1), task.names) if task.soft else _joined(t >= 0.5, task.names)
     if task.kind == "regression":
-        return [f"{v:g}" for v in t.astype(np.float64)]
+        return ["" if np.isnan(v) else f"{v:g}" for v in t.astype(np.float64)]
     return [task.names[int(v)] if v >= 0 else "" for v in t]
 
 

@@ -162,6 +162,7 @@ def test_explain_reviews_tasks_without_classes(runs, kind, tmp_path):
     if kind == "regression":
         assert top["abs_error"].is_monotonic_decreasing and not (tmp_path / "label_issues.csv").exists()
         assert "task=regression with a regression head has no class probabilities" in page
+        assert "<h3>largest absolute errors</h3>" in page and "least confident" not in page
         assert not (tmp_path / "fold0_unsure.png").exists()  # a regression has no "correct" to be unsure of
     else:
         assert top["loss"].is_monotonic_decreasing and (tmp_path / "label_issues.csv").is_file()

@@ -46,7 +46,7 @@ from comp.io import write_bytes, write_text  # noqa: E402
 from comp.log import log  # noqa: E402
 from comp.predict.predict import fold_norm, load_fold, pick_device, trained_folds  # noqa: E402
 from comp.report import errors_analysis as ea  # noqa: E402
-from comp.report.review import SECTIONS, review_rows  # noqa: E402
+from comp.report.review import SECTIONS, review_rows, section_titles  # noqa: E402
 from comp.train.oof import load_oof, oof_task  # noqa: E402
 
 PER = {"multilabel": " per label", "regression": ""}
@@ -242,13 +242,15 @@ TABLE_TITLES = {"top_losses": "Top losses (all folds' OOF)", "confused_pairs": "
 
 
 def html_page(title: str, folds: dict[int, list[dict]], tables: dict[str, pd.DataFrame],
-              dup_images: dict[str, np.ndarray], notes: dict[str, str] | None = None) -> str:
+              dup_images: dict[str, np.ndarray], notes: dict[str, str] | None = None,
+              titles: dict[str, str] | None = None) -> str:
     """One self-contained HTML page (images as base64 data URIs): the sheets, then the tables, then a line
-    for each table the task does not have (`notes`: name -> why)."""
+    for each table the task does not have (`notes`: name -> why). `titles`: the sections' headings
+    (comp.report.review.section_titles; default SECTIONS)."""
     body = [f"<h1>{html.escape(title)}</h1>"]
     for k, items in folds.items():
         body.append(f"<h2>fold {k}</h2>")
-        for s, name in SECTIONS.items():
+        for s, name in (titles or SECTIONS).items():
             cards = "".join(_card(it) for it in items if it["section"] == s)
             body.append(f'<h3>{name}</h3><div class="sheet">{cards or "<p>none</p>"}</div>')
     for name, df in tables.items():
@@ -293,7 +295,7 @@ def explain(cfg: Any, per_class: int = 4, out: Path | None = None, duplicates: b
         model, meta = load_fold(path, cfg, comp.classes)
         sheets[k] = render(cfg, comp, model, review_rows(mine, task, per_class, cfg.seed), device, load,
                            fold_norm(meta))
-        for s, name in SECTIONS.items():
+        for s, name in section_titles(task).items():
             chosen = [it for it in sheets[k] if it["section"] == s]
             if chosen:
                 title = f"fold {k}: {name} ({per_class}{PER[task.kind]})"
@@ -310,7 +312,7 @@ def explain(cfg: Any, per_class: int = 4, out: Path | None = None, duplicates: b
     if task.head == "regression":
         notes["label_issues"] = f"none: task={task.kind} with a regression head has no class probabilities"
     page = html_page(f"{run_dir.name}: what the model learned", sheets, tables, {i: load(paths[i]) for i in shown},
-                     notes)
+                     notes, section_titles(task))
     written.append(write_text(out / "review.html", page))
     n = sum(len(v) for v in sheets.values())
     log(f"explain: {len(sheets)} fold(s), {n} images reviewed; {out / 'review.html'}")

@@ -14,6 +14,19 @@ from comp.train.oof import oof_probs, oof_targets
 SECTIONS = {"errors": "most confident errors", "unsure": "least confident correct", "random": "random sample"}
 
 
+def section_titles(task: Task) -> dict[str, str]:
+    """SECTIONS as named for `task` (a regression head's errors are its largest absolute errors), without
+    `unsure` for a regression."""
+    if task.kind == "regression":  # no "correct" to be unsure of
+        return {"errors": "largest absolute errors", "random": SECTIONS["random"]}
+    if task.head == "regression":
+        return {**SECTIONS, "errors": "wrong grades, largest absolute error", "unsure": "right grade, farthest value"}
+    if task.kind == "multilabel":
+        return {**SECTIONS, "errors": "most confident errors (per label, at 0.5)",
+                "unsure": "least confident correct (per label)"}
+    return dict(SECTIONS)
+
+
 def _long(oof: pd.DataFrame, task: Task) -> pd.DataFrame:
     """One row per (image, group shown): group (true class; label; 0 for a regression), wrong, worse (the
     errors' sort key, larger first), unsure (the correct ones' sort key, larger first), truth and pred

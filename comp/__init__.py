@@ -70,8 +70,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def train_fold(cfg: Any, fold: int, resume: bool = False) -> dict[str, Any]:
-    """Train fold `fold` (comp.train.fit) and draw its figures (curves.png, confusion.png), as
-    scripts/train_fold.py does. Returns fit's result: {fold, best, metric, dir, classes}.
+    """Train fold `fold` (comp.train.fit) and draw its figures (curves.png and the task's:
+    comp.report.plots.fold_figures), as scripts/train_fold.py does. Returns fit's result: {fold, best,
+    metric, dir, classes}.
 
     Raises:
         UserError: bad data or config, a resume that does not match, a non-finite loss.

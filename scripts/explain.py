@@ -4,7 +4,8 @@ tables over all folds' out-of-fold predictions, label-issue candidates and dupli
 
 scripts/explain.py [--config PATH] [--per-class N] [-o DIR] [KEY=VALUE ...]
     writes to DIR (default <out_dir>/explain): fold<K>_errors.png fold<K>_unsure.png fold<K>_random.png,
-    top_losses.csv confused_pairs.csv group_metrics.csv label_issues.csv duplicates.csv, and review.html
+    top_losses.csv confused_pairs.csv (classes) group_metrics.csv label_issues.csv (class probabilities,
+    multi-label; not for a regression head) duplicates.csv, and review.html
     (one page, images embedded: open it in any browser). Drop suspected images from training with
     data.exclude=DIR/label_issues.csv (a new out_dir: the folds change).
 """

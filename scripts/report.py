@@ -2,8 +2,10 @@
 """Cross-validation report of an experiment, or several experiments compared.
 
 scripts/report.py [--config PATH] [KEY=VALUE ...]
-    per-fold scores of every metric, the out-of-fold CV score of the competition metric, the OOF
-    classification report (stdout) and <out_dir>/oof_confusion.png.
+    the CV table of every metric that scores the task (per fold, their mean, all OOF pooled; stdout and
+    <out_dir>/cv.csv), the out-of-fold CV score of the competition metric, the OOF classification report
+    where there are classes (stdout), and the task's OOF figures: <out_dir>/oof_confusion.png (classes),
+    oof_roc.png and oof_calibration.png (binary, multi-label), oof_scatter.png (a regression head).
 scripts/report.py --compare runs/a runs/b [--labels A B] [--metric M] [-o compare.png]
     the experiments' curves in one figure (mean over folds) and a table of their scores.
 scripts/report.py --leaderboard [-o leaderboard.png] [KEY=VALUE ...]
@@ -26,8 +28,8 @@ def fmt(v: float) -> str:
 def run(args):
     from comp import validate_config
     from comp.config import load_config, resolve_path
-    from comp.report.report import compare, oof_report
-    from comp.train.oof import cv_table
+    from comp.metrics import higher_is_better
+    from comp.report.report import compare, cv_report, oof_report
 
     cfg = validate_config(load_config(args.config, args.overrides))  # every key, before any work
     if args.leaderboard:
@@ -43,12 +45,18 @@ def run(args):
         print(table.to_string(index=False, float_format=fmt))
         print(f"figure: {args.output}", file=sys.stderr)
         return
-    table, cv, n = cv_table(cfg)
+    table, cv, n, task = cv_report(cfg)
+    print(f"task={task.kind}{' (' + task.head + ' head)' if task.kind == 'ordinal' else ''}: "
+          f"{'target' if task.kind == 'regression' else 'classes' if task.has_classes else 'labels'} {task.names}")
     print(table.to_string(index=False, float_format=fmt))
-    print(f"CV {cfg.metric} (out-of-fold, {n} fold{'s' if n != 1 else ''}): {cv:.4f}")
-    report, figure = oof_report(cfg)
-    print(f"\nout-of-fold classification report:\n{report.to_string(float_format=fmt)}")
-    print(f"OOF confusion matrix: {figure}", file=sys.stderr)
+    direction = "higher" if higher_is_better(cfg.metric) else "lower"
+    print(f"CV {cfg.metric} (out-of-fold, {n} fold{'s' if n != 1 else ''}): {cv:.4f} ({direction} is better)")
+    report, figures = oof_report(cfg, task)
+    if report is not None:
+        print(f"\nout-of-fold classification report:\n{report.to_string(float_format=fmt)}")
+    print(f"CV table: {resolve_path(cfg.out_dir) / 'cv.csv'}", file=sys.stderr)
+    for name, path in figures.items():
+        print(f"OOF {name}: {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 """Train one fold: scripts/train_fold.py [--config PATH] --fold K [--resume] [KEY=VALUE ...]
 
 Outputs go to <out_dir>/fold<K>/: config.yaml, last.pt (every epoch), best.pt and oof.csv (best epoch of
-the competition metric), recovery.pt (mid-epoch), metrics.csv, curves.png, confusion.png, tb/ (TensorBoard:
+the competition metric), recovery.pt (mid-epoch), metrics.csv, curves.png and the task's figures
+(confusion.png where there are classes, roc.png and calibration.png, scatter.png), tb/ (TensorBoard:
 `tensorboard --logdir <out_dir>`; train.tracker=mlflow|wandb logs there too).
 
 --resume continues from the newest checkpoint of the fold, mid-epoch included; SIGTERM or Ctrl-C
@@ -55,8 +56,8 @@ def run(args):
                   file=sys.stderr)
         return 128 + e.signum
     if rank0:
-        fold_figures(result["dir"], result["classes"], result["metric"])  # curves.png, confusion.png
-        log_figures(cfg, result["dir"], [result["dir"] / "curves.png", result["dir"] / "confusion.png"])
+        figures = fold_figures(result["dir"], result["classes"], result["metric"])  # curves.png + the task's
+        log_figures(cfg, result["dir"], list(figures.values()))
         print(f"fold {result['fold']}: best {result['metric']} {result['best']:.4f} -> {result['dir']}",
               file=sys.stderr)
 

@@ -1,13 +1,18 @@
 """What the model looked at: Grad-CAM review sheets of each fold on its own validation images, with the
 error-analysis tables (comp.report.errors_analysis), as PNG pages and one self-contained HTML page.
 
-Per fold (its `best.pt`, the weights it was validated with) and per class, three sections:
-- `errors`: the most confident mistakes (wrong, highest predicted probability);
-- `unsure`: the least confident correct predictions;
+Per fold (its `best.pt`, the weights it was validated with) and per true class (multi-label: per label;
+regression: all images as one group), three sections:
+- `errors`: the most confident mistakes (wrong, highest predicted probability; an ordinal regression
+  head's wrong grades, and a regression's values, by largest absolute error; a label's mistakes at 0.5 by
+  its largest BCE);
+- `unsure`: the least confident correct predictions (none for a regression);
 - `random`: a seeded random sample, the unbiased look.
 Each image is shown as the model saw it (comp.data.cache.image_loader, `aug.valid`, then
-comp.data.loader.to_input) beside its Grad-CAM heat map (Selvaraju et al., ICCV 2017) for the predicted
-class, from the `grad-cam` package (pytorch-grad-cam). The CAM layer is the output of
+comp.data.loader.to_input) beside its Grad-CAM heat map (Selvaraju et al., ICCV 2017), from the
+`grad-cam` package (pytorch-grad-cam), for the logit of the prediction: the predicted class (softmax);
+the one logit of a binary model, negated when the negative class is predicted (what raises P(predicted));
+the label's own logit (multi-label); the value (a regression head). The CAM layer is the output of
 `model.forward_features`, the last feature map before global pooling, for the kit's ResNets (its `layer4`)
 and timm models alike (`cam_target`); token maps (ViT) and NHWC maps (Swin) are reshaped to (B, C, h, w).
 A chest X-ray model lighting up the burned-in hospital marker instead of the lungs shows here.
@@ -41,9 +46,11 @@ from comp.io import write_bytes, write_text  # noqa: E402
 from comp.log import log  # noqa: E402
 from comp.predict.predict import fold_norm, load_fold, pick_device, trained_folds  # noqa: E402
 from comp.report import errors_analysis as ea  # noqa: E402
-from comp.train.oof import load_oof, oof_probs  # noqa: E402
+from comp.report.review import SECTIONS, review_rows, section_titles  # noqa: E402
+from comp.train.oof import load_oof, oof_task  # noqa: E402
 
-SECTIONS = {"errors": "most confident errors", "unsure": "least confident correct", "random": "random sample"}
+PER = {"multilabel": " per label", "regression": ""}
+PER.update({k: " per class" for k in ("multiclass", "binary", "ordinal")})
 THUMB = 160  # px: smaller images are enlarged (nearest neighbour) in the HTML page so they can be seen
 
 
@@ -89,40 +96,32 @@ def cam_target(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     return split, split.features
 
 
-def grad_cam(model: nn.Module, x: torch.Tensor, targets: list[int]) -> np.ndarray:
-    """(B, H, W) Grad-CAM maps in [0, 1] of normalised input `x` (B, C, H, W) for class `targets[b]`, at
-    the layer `cam_target` picks. For the kit's ResNets that is `layer4` (tested equal)."""
+class _Logit:
+    """A Grad-CAM target: `sign` times logit `index` of each image (pytorch-grad-cam calls it per image)."""
+
+    def __init__(self, index: int, sign: int = 1):
+        self.index, self.sign = index, sign
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        out = model_output[self.index] if model_output.ndim == 1 else model_output[:, self.index]
+        return self.sign * out
+
+
+def grad_cam(model: nn.Module, x: torch.Tensor, targets: list[int], signs: list[int] | None = None) -> np.ndarray:
+    """(B, H, W) Grad-CAM maps in [0, 1] of normalised input `x` (B, C, H, W) for logit `targets[b]`
+    (times `signs[b]`, default +1: -1 explains the negative class of a one-logit binary model), at the
+    layer `cam_target` picks. For the kit's ResNets that is `layer4` (tested equal)."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    signs = signs or [1] * len(targets)
     call, layer = cam_target(model)
     cam = GradCAM(model=call, target_layers=[layer], reshape_transform=_to_nchw(model))
     try:
-        return cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+        return cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) if s == 1 else _Logit(int(t), s)
+                                            for t, s in zip(targets, signs, strict=True)])
     finally:
         cam.activations_and_grads.release()  # not `with`: its __exit__ swallows IndexError
-
-
-def review_rows(oof: pd.DataFrame, classes: list[str], per_class: int, seed: int) -> pd.DataFrame:
-    """The OOF rows of one fold to show: per true class, `per_class` of each section (module docstring).
-
-    Returns:
-        the chosen rows of `oof` plus section, pred (int), p_pred, in section then class order.
-    """
-    p = oof_probs(oof)
-    df = oof.assign(pred=p.argmax(1), p_pred=p.max(1), p_label=p[np.arange(len(oof)), oof["label"].to_numpy(int)])
-    rng = np.random.default_rng(seed)
-    parts = []
-    for c in range(len(classes)):
-        mine = df[df["label"] == c]
-        wrong, right = mine[mine["pred"] != c], mine[mine["pred"] == c]
-        chosen = {"errors": wrong.sort_values("p_pred", ascending=False, kind="stable").head(per_class),
-                  "unsure": right.sort_values("p_label", kind="stable").head(per_class),
-                  "random": mine.iloc[np.sort(rng.permutation(len(mine))[:per_class])]}
-        parts += [rows.assign(section=s) for s, rows in chosen.items()]
-    out = pd.concat(parts, ignore_index=True)
-    order = {s: i for i, s in enumerate(SECTIONS)}
-    return out.sort_values("section", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
 
 
 def overlay(img: np.ndarray, cam: np.ndarray) -> np.ndarray:
@@ -134,13 +133,14 @@ def overlay(img: np.ndarray, cam: np.ndarray) -> np.ndarray:
 
 def render(cfg: Any, comp: Competition, model: nn.Module, rows: pd.DataFrame, device: torch.device,
            load: Any = None, norm: Any = IMAGENET) -> list[dict]:
-    """Each row's image as the model saw it and its Grad-CAM overlay: dicts of id, section, truth, pred,
-    prob, image and heat ((H, W, 3) uint8). `load`: the image loader (default `image_loader(cfg, comp)`)."""
+    """Each row's image as the model saw it and its Grad-CAM overlay (`review_rows`' cam and sign): dicts of
+    id, section, truth, pred (as shown), ok, image and heat ((H, W, 3) uint8). `load`: the image loader
+    (default `image_loader(cfg, comp)`)."""
     paths = dict(zip(comp.train["id"], comp.train["path"], strict=True))
     missing = [i for i in rows["id"] if i not in paths]
     if missing:
         raise UserError(f"OOF id {missing[0]!r} is not in the training data (data changed since training?)")
-    ds = ImageDataset([paths[i] for i in rows["id"]], rows["label"].tolist(), cfg.image_size,
+    ds = ImageDataset([paths[i] for i in rows["id"]], None, cfg.image_size,
                       build_transform(cfg.aug.valid, "aug.valid"), load=load or image_loader(cfg, comp))
     model = model.to(device)
     items = []
@@ -148,13 +148,12 @@ def render(cfg: Any, comp: Competition, model: nn.Module, rows: pd.DataFrame, de
         idx = range(start, min(start + cfg.batch_size, len(ds)))
         xb = torch.stack([ds[i][0] for i in idx])  # (B, 3, H, W) uint8
         x = to_input(xb, device, cfg.model.in_chans, norm=norm)
-        cams = grad_cam(model, x, rows["pred"].iloc[list(idx)].tolist())
-        for b, i in enumerate(idx):
+        part = rows.iloc[list(idx)]
+        cams = grad_cam(model, x, part["cam"].astype(int).tolist(), part["sign"].astype(int).tolist())
+        for b, (_, r) in enumerate(part.iterrows()):
             img = xb[b].permute(1, 2, 0).numpy()
-            r = rows.iloc[i]
-            items.append({"id": r["id"], "section": r["section"], "truth": comp.classes[int(r["label"])],
-                          "pred": comp.classes[int(r["pred"])], "prob": float(r["p_pred"]), "image": img,
-                          "heat": overlay(img, cams[b])})
+            items.append({"id": r["id"], "section": r["section"], "truth": r["truth"], "pred": r["pred"],
+                          "ok": r["ok"], "image": img, "heat": overlay(img, cams[b])})
     return items
 
 
@@ -167,8 +166,8 @@ def _enlarged(img: np.ndarray, side: int = THUMB) -> np.ndarray:
 
 def sheet(items: list[dict], title: str, path: Path, per_row: int = 4) -> Path:
     """A PNG page: each item's image beside its heat map, titled with id, truth, prediction (green when
-    right, red when wrong) and its probability. The tiles are laid out as one array and drawn with one
-    imshow: a matplotlib axes per tile costs seconds per page."""
+    right, red when wrong, black for a regression) and its probability or value. The tiles are laid out as
+    one array and drawn with one imshow: a matplotlib axes per tile costs seconds per page."""
     t, gap, band = THUMB, 8, 30  # tile side, spacing, caption band (px)
     rows = max(1, -(-len(items) // per_row))
     cell_w, cell_h = 2 * t + 2 * gap, t + band + gap
@@ -186,11 +185,10 @@ def sheet(items: list[dict], title: str, path: Path, per_row: int = 4) -> Path:
     ax.set_axis_off()
     for k, it in enumerate(items):
         y, x = (k // per_row) * cell_h + band - 3, (k % per_row) * cell_w
-        ok = it["truth"] == it["pred"]
         ax.text(x, y - 13, f"{it['id']}", fontsize=7, va="bottom")
         ax.text(x, y, f"truth {it['truth']}", fontsize=7, va="bottom")
-        ax.text(x + t + 2, y, f"pred {it['pred']} ({it['prob']:.2f})", fontsize=7, va="bottom",
-                color="green" if ok else "red")
+        ax.text(x + t + 2, y, f"pred {it['pred']}", fontsize=7, va="bottom",
+                color="black" if it["ok"] is None else "green" if it["ok"] else "red")
     fig.suptitle(title, fontsize=10)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -209,10 +207,10 @@ def data_uri(img: np.ndarray) -> str:
 
 
 def _card(it: dict) -> str:
-    cls = "ok" if it["truth"] == it["pred"] else "bad"
+    cls = "" if it["ok"] is None else "ok" if it["ok"] else "bad"
     return (f'<figure><img src="{data_uri(it["image"])}" alt="image"><img src="{data_uri(it["heat"])}" '
             f'alt="Grad-CAM"><figcaption>{html.escape(str(it["id"]))}<br>truth {html.escape(it["truth"])} · '
-            f'<span class="{cls}">pred {html.escape(it["pred"])} ({it["prob"]:.2f})</span></figcaption></figure>')
+            f'<span class="{cls}">pred {html.escape(it["pred"])}</span></figcaption></figure>')
 
 
 def _table(df: pd.DataFrame, rows: int = 50) -> str:
@@ -244,18 +242,23 @@ TABLE_TITLES = {"top_losses": "Top losses (all folds' OOF)", "confused_pairs": "
 
 
 def html_page(title: str, folds: dict[int, list[dict]], tables: dict[str, pd.DataFrame],
-              dup_images: dict[str, np.ndarray]) -> str:
-    """One self-contained HTML page (images as base64 data URIs): the sheets, then the tables."""
+              dup_images: dict[str, np.ndarray], notes: dict[str, str] | None = None,
+              titles: dict[str, str] | None = None) -> str:
+    """One self-contained HTML page (images as base64 data URIs): the sheets, then the tables, then a line
+    for each table the task does not have (`notes`: name -> why). `titles`: the sections' headings
+    (comp.report.review.section_titles; default SECTIONS)."""
     body = [f"<h1>{html.escape(title)}</h1>"]
     for k, items in folds.items():
         body.append(f"<h2>fold {k}</h2>")
-        for s, name in SECTIONS.items():
+        for s, name in (titles or SECTIONS).items():
             cards = "".join(_card(it) for it in items if it["section"] == s)
             body.append(f'<h3>{name}</h3><div class="sheet">{cards or "<p>none</p>"}</div>')
     for name, df in tables.items():
         body.append(f"<h2>{TABLE_TITLES.get(name, name)}</h2>{_table(df)}")
         if name == "duplicates" and not df.empty:
             body.append(_pairs(df, dup_images))
+    for name, why in (notes or {}).items():
+        body.append(f"<h2>{TABLE_TITLES.get(name, name)}</h2><p>{html.escape(why)}</p>")
     return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
 
@@ -273,6 +276,7 @@ def explain(cfg: Any, per_class: int = 4, out: Path | None = None, duplicates: b
     out = out or run_dir / "explain"
     comp = load_competition(cfg)
     oof = load_oof(run_dir, cfg.folds.n_folds)
+    task = oof_task(cfg, oof)
     folds_csv = run_dir / "folds.csv"
     if folds_csv.is_file():
         groups = pd.read_csv(folds_csv, dtype={"id": str, "group": str}, keep_default_na=False)
@@ -289,19 +293,26 @@ def explain(cfg: Any, per_class: int = 4, out: Path | None = None, duplicates: b
             log(f"explain: {path.parent} has no oof.csv; skipped")
             continue
         model, meta = load_fold(path, cfg, comp.classes)
-        sheets[k] = render(cfg, comp, model, review_rows(mine, comp.classes, per_class, cfg.seed), device, load,
+        sheets[k] = render(cfg, comp, model, review_rows(mine, task, per_class, cfg.seed), device, load,
                            fold_norm(meta))
-        for s, name in SECTIONS.items():
+        for s, name in section_titles(task).items():
             chosen = [it for it in sheets[k] if it["section"] == s]
             if chosen:
-                written.append(sheet(chosen, f"fold {k}: {name} ({per_class} per class)", out / f"fold{k}_{s}.png"))
-    items = ea.duplicate_items(comp.train, comp.test) if duplicates else None
-    tables = ea.analyse(oof, comp.classes, items, load)
+                title = f"fold {k}: {name} ({per_class}{PER[task.kind]})"
+                written.append(sheet(chosen, title, out / f"fold{k}_{s}.png"))
+    items = ea.duplicate_items(comp.train, comp.test, task, comp.targets(comp.train)) if duplicates else None
+    tables = ea.analyse(oof, task, items, load)
     written += ea.write_tables(tables, out)
     dups = tables.get("duplicates", pd.DataFrame())
     paths = dict(zip(items["id"], items["path"], strict=True)) if items is not None else {}
     shown = set(dups.head(24)[["id_a", "id_b"]].to_numpy().ravel()) if not dups.empty else set()
-    page = html_page(f"{run_dir.name}: what the model learned", sheets, tables, {i: load(paths[i]) for i in shown})
+    notes = {}
+    if not task.has_classes:
+        notes["confused_pairs"] = f"none: task={task.kind} has no classes"
+    if task.head == "regression":
+        notes["label_issues"] = f"none: task={task.kind} with a regression head has no class probabilities"
+    page = html_page(f"{run_dir.name}: what the model learned", sheets, tables, {i: load(paths[i]) for i in shown},
+                     notes, section_titles(task))
     written.append(write_text(out / "review.html", page))
     n = sum(len(v) for v in sheets.values())
     log(f"explain: {len(sheets)} fold(s), {n} images reviewed; {out / 'review.html'}")

@@ -4,7 +4,6 @@ scores, and where it stops doing so (overfitting the public split, a leak in the
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,6 @@ import pandas as pd
 
 from comp.config import resolve_path
 from comp.errors import UserError
-from comp.io import write_bytes
 
 SHOWN = ["time", "message", "cv_metric", "cv_score", "public_score", "status", "kaggle_ref"]
 
@@ -25,7 +23,7 @@ def leaderboard(cfg: Any, path: Path) -> pd.DataFrame:
     Raises:
         UserError: no index.csv, or no submission of this competition recorded in it.
     """
-    from comp.report.plots import plt  # the Agg backend, set once there
+    from comp.report.plots import plt, save_figure  # the Agg backend, set once there
 
     index = resolve_path(cfg.predict.submissions_dir) / "index.csv"
     if not index.is_file():
@@ -54,8 +52,5 @@ def leaderboard(cfg: Any, path: Path) -> pd.DataFrame:
     ax.set_title(f"{cfg.data.competition}: {int(scored.sum())} of {len(table)} submissions scored")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
     return table

@@ -1,5 +1,11 @@
-"""Figures of a fold (training curves, confusion matrix) and of several experiments side by side.
-matplotlib with the Agg backend: files only, no display needed."""
+"""Figures of a fold or of the out-of-fold predictions (training curves; per task: confusion matrix, ROC
+curves, reliability diagram, prediction against truth) and of several experiments side by side.
+matplotlib with the Agg backend: files only, no display needed; every figure written through comp.io.
+
+Which figures a task gets (`task_figures`): the confusion matrix where there are classes (multiclass,
+binary, ordinal; soft targets against the argmax of the target shares); ROC curves and a reliability
+diagram of the positive class (binary) or of each label (multi-label); the prediction against the truth
+for a regression head (regression values; an ordinal model's value against the grade)."""
 
 from __future__ import annotations
 
@@ -13,10 +19,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from sklearn import metrics as skm  # noqa: E402
+from sklearn.calibration import calibration_curve  # noqa: E402
 
 from comp import io  # noqa: E402
 from comp.metrics import confusion  # noqa: E402
-from comp.train.oof import oof_probs, prob_columns  # noqa: E402
+from comp.tasks import Task  # noqa: E402
+from comp.train.oof import oof_probs, oof_targets  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, path: Path, dpi: int = 100) -> None:
@@ -84,17 +93,119 @@ def confusion_figure(y: np.ndarray, pred: np.ndarray, classes: list[str], path: 
     save_figure(fig, path)
 
 
-def fold_figures(fold_dir: Path, classes: list[str], metric: str) -> None:
-    """curves.png from metrics.csv and confusion.png from oof.csv of one fold folder (the confusion only for
-    one class per image: an OOF with a class `label` and a probability per class; multi-label rows and
-    regression values have no confusion matrix)."""
+def class_truth(task: Task, y: np.ndarray) -> np.ndarray:
+    """(N,) int true class of each row of a class task: the class index, or the argmax of a soft target's
+    shares (its majority class)."""
+    return np.asarray(y).argmax(1) if task.soft else np.asarray(y).astype(np.int64)
+
+
+def roc_figure(truth: np.ndarray, scores: np.ndarray, names: list[str], path: Path, title: str = "") -> None:
+    """ROC curves (sklearn.metrics.roc_curve) of (N, L) 0/1 `truth` against (N, L) `scores`, one per column
+    `names[k]`, its AUC in the legend; a column whose truth holds one value only has no curve (said so)."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for k, name in enumerate(names):
+        t = truth[:, k]
+        if t.min() == t.max():
+            ax.plot([], [], " ", label=f"{name}: one class only, no ROC")
+            continue
+        fpr, tpr, _ = skm.roc_curve(t, scores[:, k])
+        ax.plot(fpr, tpr, label=f"{name} (AUC {skm.roc_auc_score(t, scores[:, k]):.3f})")
+    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate",
+           title=title or "ROC")
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def calibration_figure(truth: np.ndarray, probs: np.ndarray, names: list[str], path: Path, title: str = "",
+                       n_bins: int = 10) -> None:
+    """Reliability diagram: per column, the share of positives against the mean predicted probability in
+    `n_bins` equal-width bins (sklearn.calibration.calibration_curve; empty bins left out), with the
+    diagonal of perfect calibration and the column's Brier score in the legend."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for k, name in enumerate(names):
+        frac, mean = calibration_curve(truth[:, k], probs[:, k], n_bins=n_bins, strategy="uniform")
+        brier = skm.brier_score_loss(truth[:, k], probs[:, k])
+        ax.plot(mean, frac, marker="o", label=f"{name} (Brier {brier:.3f})")
+    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfectly calibrated")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="mean predicted probability", ylabel="fraction of positives",
+           title=title or "reliability")
+    ax.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def scatter_figure(truth: np.ndarray, pred: np.ndarray, path: Path, xlabel: str = "truth",
+                   ylabel: str = "prediction", title: str = "") -> None:
+    """The prediction against the truth of each row, the line y = x, and MAE and RMSE in the title."""
+    truth, pred = np.asarray(truth, np.float64), np.asarray(pred, np.float64)
+    err = pred - truth
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.scatter(truth, pred, s=12, alpha=0.6)
+    lo, hi = float(min(truth.min(), pred.min())), float(max(truth.max(), pred.max()))
+    pad = (hi - lo) * 0.05 or 0.5
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "--", color="grey", linewidth=1, label="y = x")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{title}\nMAE {np.abs(err).mean():.4g}, "
+           f"RMSE {np.sqrt((err ** 2).mean()):.4g}".strip())
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def task_figures(task: Task, y: np.ndarray, out: np.ndarray, directory: Path, prefix: str = "",
+                 title: str = "") -> dict[str, Path]:
+    """The figures of `task` (module docstring) for targets `y` (comp.train.oof.oof_targets) and outputs
+    `out` (N, K), written to `<directory>/<prefix><name>.png`; returns {name: path} for the names
+    confusion, roc, calibration, scatter that the task has."""
+    paths: dict[str, Path] = {}
+
+    def at(name: str) -> Path:
+        paths[name] = directory / f"{prefix}{name}.png"
+        return paths[name]
+
+    if task.has_classes:
+        confusion_figure(class_truth(task, y), task.decode(out), task.names, at("confusion"), title)
+    if task.kind in ("binary", "multilabel"):
+        if task.kind == "binary":
+            truth = (class_truth(task, y) == task.positive).astype(int)[:, None]
+            probs, names = out[:, [task.positive]], [f"{task.names[task.positive]} (positive class)"]
+        else:
+            truth, probs, names = (np.asarray(y) >= 0.5).astype(int), out, task.names
+        roc_figure(truth, probs, names, at("roc"), f"{title}: ROC" if title else "")
+        calibration_figure(truth, probs, names, at("calibration"), f"{title}: reliability" if title else "")
+    if task.head == "regression":
+        what = "grade" if task.kind == "ordinal" else task.names[0]
+        scatter_figure(np.asarray(y, np.float64), task.values(out), at("scatter"), f"true {what}",
+                       f"predicted {'value' if task.kind == 'ordinal' else what}", title)
+    return paths
+
+
+def saved_task(run_dir: Path, oof: pd.DataFrame) -> Task:
+    """The task of a fold or experiment folder's OOF frame: comp.train.oof.oof_task under the config saved
+    with the run (`config.yaml`, or that of its first fold), else (a run of a kit older than the file) a
+    multiclass softmax over the OOF's classes."""
+    from comp.config import load_config
+    from comp.train.oof import classes_of, oof_task
+
+    saved = [run_dir / "config.yaml", *sorted(run_dir.glob("fold*/config.yaml"))]
+    found = next((p for p in saved if p.is_file()), None)
+    if found is None:
+        return Task(kind="multiclass", names=classes_of(oof), head="softmax")
+    return oof_task(load_config(found), oof)
+
+
+def fold_figures(fold_dir: Path, classes: list[str], metric: str) -> dict[str, Path]:
+    """curves.png from metrics.csv, and the task's figures (`task_figures`: confusion.png, roc.png,
+    calibration.png, scatter.png) from oof.csv, of one fold folder. `classes`: the output names (kept for
+    callers; the task, names included, is read from the fold's config.yaml and oof.csv)."""
     history = pd.read_csv(fold_dir / "metrics.csv")
     curves(history, metric, fold_dir / "curves.png", title=fold_dir.name)
-    oof = pd.read_csv(fold_dir / "oof.csv")
-    if "label" not in oof.columns or oof["label"].dtype.kind == "f" or len(prob_columns(oof)) != len(classes):
-        return
-    confusion_figure(oof["label"].to_numpy(), oof_probs(oof).argmax(1), classes, fold_dir / "confusion.png",
-                     fold_dir.name)
+    oof = pd.read_csv(fold_dir / "oof.csv", dtype={"id": str})
+    task = saved_task(fold_dir, oof)
+    return {"curves": fold_dir / "curves.png",
+            **task_figures(task, oof_targets(oof), oof_probs(oof), fold_dir, "", fold_dir.name)}
 
 
 def compare_figure(runs: dict[str, list[pd.DataFrame]], metric: str, path: Path, title: str = "") -> None:

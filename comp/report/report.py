@@ -1,5 +1,7 @@
-"""Cross-validation reports from a run's fold folders: the out-of-fold classification report and confusion
-matrix, and several experiments compared (the per-fold and CV scores themselves: comp.train.oof.cv_table)."""
+"""Cross-validation reports from a run's fold folders, for every task (comp.tasks): the CV table (every
+metric that scores the task, per fold, their mean and over all out-of-fold predictions pooled), the OOF
+classification report where there are classes, the task's OOF figures (comp.report.plots.task_figures), and
+several experiments compared."""
 
 from __future__ import annotations
 
@@ -8,53 +10,87 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
 
+from comp import io
 from comp.config import resolve_path
 from comp.errors import UserError
-from comp.metrics import METRICS, classification_report
-from comp.train.oof import classes_of, load_oof, oof_probs
+from comp.metrics import METRICS, applies, classification_report, higher_is_better, score, score_all
+from comp.tasks import Task
+from comp.train.oof import load_oof, oof_probs, oof_targets, oof_task
 
 
-def oof_report(cfg: Any) -> tuple[pd.DataFrame, Path]:
-    """Per-class precision, recall, F1 and support of the out-of-fold predictions (argmax), and the OOF
-    confusion matrix figure (normalised by true class), written to <out_dir>/oof_confusion.png."""
-    from comp.report.plots import confusion_figure
+def cv_report(cfg: Any) -> tuple[pd.DataFrame, float, int, Task]:
+    """The CV table of the experiment at `out_dir`, written to <out_dir>/cv.csv: one row per fold (`fold`
+    = its number, `n` its images), a `mean` row (the folds' mean) and an `oof` row (all out-of-fold
+    predictions pooled), with a column per metric that scores the task (comp.metrics.score_all); and the
+    CV score (the competition metric over the pooled OOF), the number of folds found and the task.
+
+    Raises:
+        UserError: no fold has an oof.csv yet; a metric that does not score the task.
+    """
+    from comp.metrics import check_metric
 
     out_dir = resolve_path(cfg.out_dir)
     oof = load_oof(out_dir, cfg.folds.n_folds)
-    classes = classes_of(oof)
-    y, pred = oof["label"].to_numpy(), oof_probs(oof).argmax(1)
-    path = out_dir / "oof_confusion.png"
+    task = oof_task(cfg, oof)
+    check_metric(cfg.metric, task)
+    rows = [{"fold": str(k), "n": len(part), **score_all(oof_targets(part), oof_probs(part), task=task,
+                                                        min_tpr=cfg.pauc_min_tpr)}
+            for k, part in oof.groupby("fold")]
+    table = pd.DataFrame(rows)
+    metrics = [c for c in table.columns if c not in ("fold", "n")]
+    mean = {"fold": "mean", "n": int(table["n"].sum()), **table[metrics].mean().to_dict()}
+    pooled = {"fold": "oof", "n": len(oof), **score_all(oof_targets(oof), oof_probs(oof), task=task,
+                                                       min_tpr=cfg.pauc_min_tpr)}
+    table = pd.concat([table, pd.DataFrame([mean, pooled])], ignore_index=True)
+    io.write_csv(out_dir / "cv.csv", table)
+    return table, float(pooled[cfg.metric]), len(rows), task
+
+
+def oof_report(cfg: Any, task: Task | None = None) -> tuple[pd.DataFrame | None, dict[str, Path]]:
+    """Per-class precision, recall, F1 and support of the out-of-fold predictions (classes: the argmax, an
+    ordinal regression head's rounded value; soft targets: against the argmax of the target shares; None
+    for a task without classes), and the task's OOF figures written to <out_dir>/oof_<name>.png
+    (comp.report.plots.task_figures: confusion, roc, calibration, scatter), by name."""
+    from comp.report.plots import class_truth, task_figures
+
+    out_dir = resolve_path(cfg.out_dir)
+    oof = load_oof(out_dir, cfg.folds.n_folds)
+    task = task or oof_task(cfg, oof)
+    y, out = oof_targets(oof), oof_probs(oof)
     n = oof["fold"].nunique()
-    confusion_figure(y, pred, classes, path, title=f"{out_dir.name}: out-of-fold, {n} fold{'s' * (n != 1)}")
-    return classification_report(y, pred, classes), path
+    figures = task_figures(task, y, out, out_dir, "oof_", f"{out_dir.name}: out-of-fold, {n} fold{'s' * (n != 1)}")
+    if not task.has_classes:
+        return None, figures
+    return classification_report(class_truth(task, y), task.decode(out), task.names), figures
 
 
-def load_experiment(run_dir: Path) -> tuple[list[pd.DataFrame], pd.DataFrame | None, str | None]:
+def load_experiment(run_dir: Path) -> tuple[list[pd.DataFrame], pd.DataFrame | None, str | None, Any]:
     """An experiment folder's per-fold histories (fold*/metrics.csv), its out-of-fold predictions (None
-    when no fold has an oof.csv) and its competition metric (from a fold's config.yaml).
+    when no fold has an oof.csv), its competition metric and its config (from a fold's config.yaml; None
+    for both when no fold has one).
 
     Raises:
         UserError: the folder holds no trained fold.
     """
+    from comp.config import load_config
+
     folds = sorted(p.parent for p in run_dir.glob("fold*/metrics.csv"))
     if not folds:
         raise UserError(f"{run_dir} holds no trained fold (no fold*/metrics.csv)")
     histories = [pd.read_csv(f / "metrics.csv") for f in folds]
     oofs = [pd.read_csv(f / "oof.csv", dtype={"id": str}) for f in folds if (f / "oof.csv").is_file()]
-    metric = None
-    for f in folds:
-        if (f / "config.yaml").is_file():
-            metric = OmegaConf.load(f / "config.yaml").get("metric")
-            break
-    return histories, pd.concat(oofs, ignore_index=True) if oofs else None, metric
+    saved = next((f / "config.yaml" for f in folds if (f / "config.yaml").is_file()), None)
+    cfg = load_config(saved) if saved is not None else None
+    return histories, pd.concat(oofs, ignore_index=True) if oofs else None, cfg.metric if cfg else None, cfg
 
 
 def compare(run_dirs: list[Path], path: Path, labels: list[str] | None = None,
             metric: str | None = None) -> pd.DataFrame:
     """One figure of several experiments' curves (comp.report.plots.compare_figure) and a table of their scores:
-    folds trained, epochs, mean best-epoch score over folds, and the out-of-fold CV score.
+    folds trained, epochs, mean over folds of each fold's best epoch (the highest score, or the lowest for
+    a metric where lower is better), and the out-of-fold CV score (comp.metrics.score under each
+    experiment's own task).
 
     Args:
         run_dirs: experiment folders (each holding fold<K>/ folders).
@@ -62,23 +98,33 @@ def compare(run_dirs: list[Path], path: Path, labels: list[str] | None = None,
         metric: the metric to plot; default the first experiment's competition metric.
 
     Raises:
-        UserError: a folder without trained folds, a label count that does not match, an unknown metric.
+        UserError: a folder without trained folds, a label count that does not match, an unknown metric,
+            or one that does not score an experiment's task.
     """
-    from comp.report.plots import compare_figure
+    from comp.report.plots import compare_figure, saved_task
 
     if labels and len(labels) != len(run_dirs):
         raise UserError(f"--labels: {len(labels)} labels for {len(run_dirs)} experiments")
     labels = labels or [d.name for d in run_dirs]
     loaded = [load_experiment(d) for d in run_dirs]
-    metric = metric or next((m for _, _, m in loaded if m), "accuracy")
+    metric = metric or next((m for _, _, m, _ in loaded if m), "accuracy")
     if metric not in METRICS:
         raise UserError(f"--metric: unknown metric {metric!r}; choose from {sorted(METRICS)}")
-    compare_figure({lb: h for lb, (h, _, _) in zip(labels, loaded, strict=True)}, metric, path)
+    for d, (histories, _, _, _) in zip(run_dirs, loaded, strict=True):
+        if any(metric not in h.columns for h in histories):
+            raise UserError(f"--metric: {d} has no {metric!r} in its metrics.csv (not a metric of its task)")
+    compare_figure({lb: h for lb, (h, _, _, _) in zip(labels, loaded, strict=True)}, metric, path)
+    best = np.nanmax if higher_is_better(metric) else np.nanmin
     rows = []
-    for label, (histories, oof, _) in zip(labels, loaded, strict=True):
-        rows.append({"experiment": label, "folds": len(histories),
-                     "epochs": max(len(h) for h in histories),
-                     f"best {metric} (fold mean)": float(np.mean([h[metric].max() for h in histories])),
-                     f"CV {metric} (out-of-fold)": METRICS[metric](oof["label"].to_numpy(), oof_probs(oof))
-                     if oof is not None else float("nan")})
+    for d, label, (histories, oof, _, cfg) in zip(run_dirs, labels, loaded, strict=True):
+        cv = float("nan")
+        if oof is not None:
+            task = saved_task(d, oof)
+            if not applies(metric, task):
+                raise UserError(f"--metric: {metric!r} does not score {d}'s task={task.kind}")
+            cv = score(metric, oof_targets(oof), oof_probs(oof), task=task,
+                       min_tpr=cfg.pauc_min_tpr if cfg is not None else 0.8)
+        rows.append({"experiment": label, "folds": len(histories), "epochs": max(len(h) for h in histories),
+                     f"best {metric} (fold mean)": float(np.mean([best(h[metric]) for h in histories])),
+                     f"CV {metric} (out-of-fold)": cv})
     return pd.DataFrame(rows)

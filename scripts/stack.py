@@ -19,6 +19,11 @@ def run(args):
     from comp.config import load_config
     from comp.report.stack import stack
 
+    for name in ("oof", "test_probs", "columns"):  # KEY=VALUE overrides after a list option belong to the config
+        values = getattr(args, name)
+        if values:
+            setattr(args, name, [v for v in values if "=" not in v])
+            args.overrides += [v for v in values if "=" in v]
     cfg = validate_config(load_config(args.config, args.overrides))
     params = {"max_iter": args.max_iter, "learning_rate": args.learning_rate,
               "min_samples_leaf": args.min_samples_leaf}

@@ -99,7 +99,8 @@ def trained(tmp_path_factory):
 def test_stack_with_metadata_beats_the_image_model_and_is_an_experiment(trained):
     tmp, over = trained["tmp"], trained["over"]
     out = tmp / "stack"
-    stdout, _ = script("stack.py", *over, "--out", str(out), "--min-samples-leaf", "4")
+    stdout, _ = script("stack.py", *over[:-1], "--out", str(out), "--min-samples-leaf", "4",
+                       "--columns", "sex", "age_approx", over[-1])  # an override after a list option: the config's
     summary = json.loads((out / "stack.json").read_text())
     assert "sex" in summary["features"] and "e0_prob_1_minus_group" in summary["features"]
     assert summary["cv_images"][0] < 0.75  # noise images: the image model cannot see the target
@@ -162,6 +163,10 @@ def test_multiclass_and_regression_level2_outputs():
     oof, test = stack_mod.fit_folds(task, x, y.to_numpy(), np.arange(90) % 3, x.head(5), {"min_samples_leaf": 5})
     assert oof.shape == (90, 3) and np.allclose(oof.sum(1), 1) and test.shape == (5, 3)
     assert (oof.argmax(1) == y.to_numpy()).mean() > 0.8
+    labels = Task("multilabel", ["pos_a", "torso"], "sigmoid")
+    ym = np.stack([(x["a"] > 0).to_numpy(), (x["site"] == "torso").to_numpy()], 1).astype(float)
+    oof, _ = stack_mod.fit_folds(labels, x, ym, np.arange(90) % 3, None, {"min_samples_leaf": 5})
+    assert oof.shape == (90, 2) and ((oof > 0.5) == ym).mean() > 0.9  # one classifier per label
     reg = Task("regression", ["v"], "regression")
     oof, _ = stack_mod.fit_folds(reg, x, 3 * x["a"].to_numpy(), np.arange(90) % 3, None, {"min_samples_leaf": 5})
     assert oof.shape == (90, 1) and np.corrcoef(oof[:, 0], x["a"])[0, 1] > 0.9

@@ -39,6 +39,8 @@ class DataConfig:
     classes: list[str] = field(default_factory=list)  # class names in label order; empty = sorted labels
     class_values: list[str] = field(default_factory=list)  # the competition's value of each class (same order
     # as classes) in its CSVs and submission, e.g. classes [hem, all] + class_values [0, 1]; empty = the names
+    tabular_columns: list[str] = field(default_factory=list)  # columns of train_csv and test_csv (age, sex,
+    # anatomic site...) that scripts/stack.py adds to the image models' outputs; non-numeric ones are categorical
     group_pattern: str = ""  # regex on the image id; its first group is the patient (folds keep it whole)
     positive_class: str = ""  # two classes: the positive one (a class name or value), whose probability an AUC
     # submission holds; empty = the class whose value is 1 / "1" / True-like, else the second class in order

@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Ensemble every trained fold with TTA into a submission:
-scripts/predict.py [--config PATH] [--save-probs PATH.csv|PATH.npy] [KEY=VALUE ...] > submission.csv
+scripts/predict.py [--config PATH] [--save-probs PATH.csv|PATH.npy] [--save-features DIR] [KEY=VALUE ...]
+    > submission.csv
 
 The validated CSV alone goes to stdout; logs, progress bars and the held-out score (when the answers are
-known) to stderr. --save-probs also writes the ensemble's test probabilities for blending."""
+known) to stderr. --save-probs also writes the ensemble's test probabilities for blending; --save-features
+each fold's pooled image embeddings, out of fold for train and for every test image (comp.predict.features)."""
 
 import sys
 
@@ -21,10 +23,20 @@ def run(args):
     cfg = validate_config(load_config(args.config, args.overrides))  # every key, before any work
     if args.save_probs:
         check_probs_path(args.save_probs)
+    if args.save_features:
+        from comp.predict.features import check_features_dir
+
+        check_features_dir(args.save_features)
     sub = make_submission(cfg)
     if args.save_probs:
         save_probs(args.save_probs, sub.ids, sub.probs, sub.task)
         print(f"test probabilities: {args.save_probs}", file=sys.stderr)
+    if args.save_features:
+        from comp.data.competition import load_competition
+        from comp.predict.features import save_features
+
+        save_features(cfg, load_competition(cfg), args.save_features)
+        print(f"image features: {args.save_features}", file=sys.stderr)
     if sub.score is not None:
         print(f"held-out {cfg.metric}: {sub.score:.4f}", file=sys.stderr)
     sys.stdout.write(sub.text)
@@ -34,4 +46,7 @@ if __name__ == "__main__":
     p = parser(__doc__)
     p.add_argument("--save-probs", default=None, metavar="PATH",
                    help="also write the test probabilities: .csv (id,prob_<class>...) or .npy (N, C)")
+    p.add_argument("--save-features", default=None, metavar="DIR",
+                   help="also write each fold's pooled embeddings: DIR/train.npy (out of fold) + train_ids.csv, "
+                        "DIR/test_fold<K>.npy + test_ids.csv")
     main(run, p)

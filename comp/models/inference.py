@@ -15,7 +15,7 @@ from comp.data.augment import TTA_VIEWS
 def forward_views(models: Sequence[torch.nn.Module], batches: Iterable[torch.Tensor],
                   views: Sequence[str] = ("identity",), amp_dtype: torch.dtype | None = None,
                   activation: Callable[[torch.Tensor], torch.Tensor] | Sequence[Callable] | None = None,
-                  on_batch: Callable[[], None] | None = None) -> list[torch.Tensor]:
+                  on_batch: Callable[[], None] | None = None, features: bool = False) -> list[torch.Tensor]:
     """Each model's output over every batch, averaged over the TTA views: one (N, C) float32 CPU tensor
     per model, rows in batch order.
 
@@ -29,6 +29,9 @@ def forward_views(models: Sequence[torch.nn.Module], batches: Iterable[torch.Ten
             one for all models or one per model (a regression head's own target mean and std); None
             averages the logits.
         on_batch: called after each batch (a progress bar's update).
+        features: the pooled embeddings instead of the logits, (N, num_features) per model: timm's
+            `forward_head(forward_features(x), pre_logits=True)`, which the kit's ResNets share
+            (comp.models.resnet); `activation` is not applied to them.
     """
     for m in models:
         m.eval()
@@ -41,8 +44,10 @@ def forward_views(models: Sequence[torch.nn.Module], batches: Iterable[torch.Ten
             acc = None
             for view in views:
                 with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    logits = model(TTA_VIEWS[view](x)).float()  # (B, C)
-                out = logits if acts[k] is None else acts[k](logits)
+                    v = TTA_VIEWS[view](x)
+                    logits = (model.forward_head(model.forward_features(v), pre_logits=True) if features
+                              else model(v)).float()  # (B, C), or (B, num_features)
+                out = logits if acts[k] is None or features else acts[k](logits)
                 acc = out if acc is None else acc + out
             outs[k].append(acc / len(views))
         if on_batch is not None:

@@ -148,14 +148,16 @@ def fold_norm(meta: dict[str, Any]) -> Norm:
 
 def fold_outputs(cfg: Any, comp: Competition, models: list[torch.nn.Module], paths: list[str],
                  device: torch.device, desc: str, norm: Norm = IMAGENET,
-                 flags: list[torch.Tensor] | None = None, tasks: list[Task] | None = None) -> list[torch.Tensor]:
+                 flags: list[torch.Tensor] | None = None, tasks: list[Task] | None = None,
+                 features: bool = False) -> list[torch.Tensor]:
     """Each model's (N, K) output over the images `paths`, averaged over the config's TTA views: the mean
     of the views' outputs (`tasks`: each model's Task.activate; default a softmax), or of their logits with
     predict.ensemble=mean_logit (a regression head's values always: its mean and std are its fold's own,
     and the mean of values is the mean of logits mapped linearly). The images are read
     as validation reads them (the cache, or decoded and preprocessed; `aug.valid`; normalised with the
     models' `norm`, `fold_norm`), once for all models. With a `flags` list, an image that cannot be read
-    is a black one instead of an error (`MarkBadImages`), and each batch's (B,) 0/1 flags are appended."""
+    is a black one instead of an error (`MarkBadImages`), and each batch's (B,) 0/1 flags are appended.
+    `features`: each model's (N, num_features) pooled embeddings instead (forward_views; --save-features)."""
     views = check_tta(cfg.aug.tta)
     dataset = ImageDataset(paths, None, cfg.image_size, build_transform(cfg.aug.valid, "aug.valid"),
                            load=image_loader(cfg, comp))
@@ -174,7 +176,7 @@ def fold_outputs(cfg: Any, comp: Competition, models: list[torch.nn.Module], pat
     with progress(len(loader), desc) as bar:  # closed on an error too
         batches = inputs(device_batches(loader, device, cfg.model.in_chans, cfg.train.channels_last, norm))
         return forward_views(models, batches, views, amp_dtype_for(device, cfg.train.amp), activation,
-                             on_batch=lambda: bar.update(1))
+                             on_batch=lambda: bar.update(1), features=features)
 
 
 def predict_test(cfg: Any, comp: Competition, device: torch.device | None = None, paths: list[Path] | None = None,

@@ -32,6 +32,7 @@ from omegaconf import OmegaConf
 from comp.data.preprocess import check_steps
 from comp.errors import UserError
 from comp.metrics import check_metric
+from comp.tasks import make_task
 
 # The TTA views: exact flips and rotations of a (B, C, H, W) batch, on the device, no resampling
 TTA_VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -128,14 +129,16 @@ def check_config(cfg: Any) -> None:
     """Everything a config names that the schema's types cannot check, checked when it loads rather than at the
     stage that uses it (a TTA typo found at predict would come after every fold's training): the aug.train and
     aug.valid pipelines (built, so the arguments are validated too), the aug.tta views, the
-    images.preprocess steps and the metric. The model name is the model layer's to check
+    images.preprocess steps, the task's keys (task, model.head, train.loss) and the metric (one that scores
+    the task). The model name is the model layer's to check
     (comp.models.factory.check_model_name); `comp.validate_config` calls both, and every script calls it
     right after loading its config (comp/__init__.py holds it: the one module above both layers).
 
     Raises:
         UserError: the first bad value, naming its key (`aug.tta: unknown view 'idnetity'; ...`).
     """
-    check_metric(cfg.metric)
+    names = [str(c) for c in cfg.data.label_columns] or ["0", "1"]  # the task's kind and head, not its names
+    check_metric(cfg.metric, make_task(cfg, names))
     check_steps(cfg.images.preprocess)
     build_transform(cfg.aug.train, "aug.train")
     build_transform(cfg.aug.valid, "aug.valid")

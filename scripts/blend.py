@@ -19,7 +19,7 @@ from comp.cli import main
 
 
 def run(args):
-    from comp import validate_config
+    from comp import io, validate_config
     from comp.report.blend_plot import blend_figure
     from comp.submit import blend as sb
 
@@ -37,8 +37,10 @@ def run(args):
     test_outs, comp = sb.test_outputs(members, args.test_probs or [])
     test_probs = sb.blend_test(members, test_outs, res.method)
     df, text, held_out = sb.submission(members, comp, test_probs, res.decoding)
-    sb.write(out, members, res, test_probs, comp, text)
-    blend_figure(res.table, res.corr, metric, out / "blend.png", title=f"blend of {', '.join(m.name for m in members)}")
+    with io.atomic_dir(out, "blend folder") as tmp:  # all of it or nothing; an existing one only with --force
+        sb.write(out, members, res, test_probs, comp, text, into=tmp)
+        blend_figure(res.table, res.corr, metric, tmp / "blend.png",
+                     title=f"blend of {', '.join(m.name for m in members)}: {res.method}")
     if held_out is not None:
         print(f"held-out {metric}: {held_out:.4f}")
     print(f"blend ({res.method}): {out} (submission.csv validated, {len(df)} rows; blend.png)", file=sys.stderr)

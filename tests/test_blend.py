@@ -14,6 +14,7 @@ import pytest
 from conftest import FAST, assert_user_error, run_script, write_tiny_competition
 
 from comp.config import load_config
+from comp.errors import UserError
 from comp.predict import blend as bl
 from comp.submit import blend as sb
 from comp.tasks import Task
@@ -140,7 +141,8 @@ def test_two_trained_recipes_blend_end_to_end_and_other_folds_are_refused(tmp_pa
     sub = pd.read_csv(out / "submission.csv")
     assert list(sub.columns) == ["id", "label"] and len(sub) == 6
     assert (out / "blend.png").stat().st_size > 0 and (out / "fold1" / "oof.csv").is_file()
-    assert_user_error(run_script("blend.py", *configs, *common, "--out", str(out)), "exists", "--force")
+    with pytest.raises(UserError, match="exists.*--force"):  # never overwritten without --force
+        sb.check_out(out, [], force=False)
     # an experiment whose folds.csv puts the images in other folds
     other = tmp_path / "other"
     other.mkdir()

@@ -36,7 +36,7 @@ def blend_figure(table: pd.DataFrame, corr: np.ndarray, metric: str, path: Path,
         a.text(i - 0.2, v, f"{v:.4f}", ha="center", va="bottom", fontsize=7, rotation=90)
     a.set_xticks(x, names, rotation=30, ha="right", rotation_mode="anchor")
     a.set(ylabel=metric, title=f"CV {metric}")
-    a.legend(fontsize=7, loc="lower left")
+    a.legend(fontsize=7, loc="best")
     im = b.imshow(corr, cmap="viridis", vmin=min(0.0, float(np.nanmin(corr))), vmax=1)
     for i in range(len(members)):
         for j in range(len(members)):

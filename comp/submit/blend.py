@@ -241,9 +241,11 @@ def check_out(out: Path, members: list[Member], force: bool) -> Path:
 
 
 def write(out: Path, members: list[Member], res: Result, test_probs: np.ndarray, comp: Competition,
-          csv_text: str) -> None:
-    """The blend as an experiment (module doc); every file through comp.io."""
-    m0 = members[0]
+          csv_text: str, into: Path | None = None) -> None:
+    """The blend as the experiment `out` (module doc), its files written in `into` (default `out`; the
+    script passes comp.io.atomic_dir's partial folder, renamed to `out` once all is written); every file
+    through comp.io."""
+    m0, final, out = members[0], out, into or out
     ids, y = m0.oof["id"].tolist(), oof_targets(m0.oof)
     rows = m0.oof["row"].astype(str).tolist() if "row" in m0.oof.columns else None
     for k in sorted(m0.oof["fold"].unique()):
@@ -254,7 +256,7 @@ def write(out: Path, members: list[Member], res: Result, test_probs: np.ndarray,
         if (m0.out_dir / name).is_file():
             io.write_bytes(out / name, (m0.out_dir / name).read_bytes(), what="blend")
     cfg = OmegaConf.to_container(m0.cfg)
-    cfg["out_dir"] = str(out)  # the blend is an experiment of its own: report.py --config out/config.yaml
+    cfg["out_dir"] = str(final)  # the blend is an experiment of its own: report.py --config out/config.yaml
     io.write_text(out / "config.yaml", OmegaConf.to_yaml(cfg), what="blend")
     save_probs(out / TEST_PROBS, comp.test["id"].astype(str).tolist(), test_probs.astype(np.float32), m0.task)
     io.write_json(out / "blend.json", {

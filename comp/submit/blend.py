@@ -32,7 +32,7 @@ from comp.metrics import higher_is_better, score
 from comp.predict import blend as bl
 from comp.predict import thresholds
 from comp.predict.predict import predict_test, save_probs
-from comp.submit.submission import build, check, comp_task, row_config, sample_order, score_holdout, to_csv_text
+from comp.submit.submission import build, check, comp_task, row_config, score_holdout, to_csv_text
 from comp.tasks import Task
 from comp.train.oof import aggregate, load_oof, oof_probs, oof_targets, oof_task, prob_columns, write_oof
 
@@ -222,7 +222,6 @@ def submission(members: list[Member], comp: Competition, probs: np.ndarray,
     labels = thresholds.labels(probs, decoding) if decoding is not None else None
     df = build(cfg, comp, probs, labels)
     check(cfg, comp, df)
-    sample_order(df, cfg.data.id_column, comp)
     return df, to_csv_text(df), score_holdout(cfg, comp, df)
 
 

@@ -86,18 +86,19 @@ def _case(kind: str, rng: np.random.Generator, n: int):
         task = Task(kind="regression", names=["boneage"], head="regression")
         outs = [(y + rng.normal(0, s, n))[:, None] for s in (10, 20)]
         return y, task, outs, ["task=regression", "data.label_column=boneage", "metric=mae"]
-    if kind == "binary":
+    if kind in ("binary", "binary_f1"):
         y = rng.integers(0, 2, n)
         task = Task(kind="binary", names=["0", "1"], head="sigmoid")
         ps = [1 / (1 + np.exp(-(1.5 * (2 * y - 1) + rng.normal(0, s, n)))) for s in (1.5, 2.5)]
-        return y, task, [np.stack([1 - p, p], 1) for p in ps], ["task=binary", "metric=auc"]
+        metric = "f1" if kind == "binary_f1" else "auc"
+        return y, task, [np.stack([1 - p, p], 1) for p in ps], ["task=binary", f"metric={metric}"]
     y = rng.integers(0, 4, n)  # ordinal, a regression head on the grade; qwk with refitted cut-points
     task = Task(kind="ordinal", names=["0", "1", "2", "3"], head="regression")
     outs = [(y + rng.normal(0, s, n) - 0.3)[:, None] for s in (0.6, 0.9)]
     return y, task, outs, ["task=ordinal", "model.head=regression", "metric=qwk"]
 
 
-@pytest.mark.parametrize("kind", ["multilabel", "regression", "binary", "ordinal"])
+@pytest.mark.parametrize("kind", ["multilabel", "regression", "binary", "binary_f1", "ordinal"])
 def test_every_task_blends_and_the_blend_is_an_experiment(tmp_path, kind):
     rng = np.random.default_rng(1)
     n = 160
@@ -109,16 +110,18 @@ def test_every_task_blends_and_the_blend_is_an_experiment(tmp_path, kind):
     t = res.table.set_index("name")
     assert ("blend:rank" in t.index) == (kind in ("multilabel", "binary"))  # rank: AUC metrics only
     assert np.isfinite(t["cv_honest"]).all() and res.oof.shape == outs[0].shape
-    if kind == "ordinal":
+    if kind == "ordinal":  # cut-points refitted on the blend's OOF
         assert res.decoding is not None and res.decoding["num_classes"] == 4
+    if kind == "binary_f1":  # a decision threshold refitted on the blend's OOF
+        assert res.decoding is not None and res.decoding["method"] in ("cutoff", "probs")
     test = SimpleNamespace(test=pd.DataFrame({"id": ["t0", "t1"]}))
     test_probs = sb.blend_test(members, [o[:2] for o in outs], res.method)
     assert test_probs.shape == (2, outs[0].shape[1])
     out = tmp_path / "blend"
     sb.write(out, members, res, test_probs, test, "id,x\n")
     again = sb.load_member(load_config(out / "config.yaml"))  # the blend reloads as an experiment...
-    assert np.allclose(again.oof.filter(like="prob_" if kind in ("multilabel", "binary") else "value").to_numpy(),
-                       res.oof, atol=1e-6)
+    columns = "value" if kind in ("regression", "ordinal") else "prob_"
+    assert np.allclose(again.oof.filter(like=columns).to_numpy(), res.oof, atol=1e-6)
     sb.check_compatible([again, members[0]])  # ...on the same folds: it can be blended again
     assert len(load_oof(out, N_FOLDS)) == n
 

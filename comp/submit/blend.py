@@ -10,7 +10,8 @@ OOF rows twice: honestly (fitted on K-1 folds, scored on the held-out fold) and 
 blended test outputs, refitted on every OOF row; a later blend reads it instead of predicting), `blend.json`
 (members, table, weights, decoding) and `submission.csv`, built and validated by comp.submit.submission.
 With metric=qwk the grades are decoded with cut-points refitted on the blend's OOF
-(comp.predict.thresholds.choose), kept when their honest gain is positive.
+(comp.predict.thresholds.choose), with f1/pf1 (task=binary) by a decision threshold refitted on it
+(comp.predict.cutoff.choose), each kept when its honest gain is positive, as for a single experiment.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from comp.data.competition import Competition, load_competition
 from comp.errors import UserError
 from comp.metrics import higher_is_better, score
 from comp.predict import blend as bl
-from comp.predict import thresholds
+from comp.predict import cutoff, thresholds
 from comp.predict.predict import predict_test, save_probs
 from comp.submit.submission import build, check, comp_task, row_config, score_holdout, to_csv_text
 from comp.tasks import Task
@@ -105,7 +106,7 @@ class Result:
     table: pd.DataFrame  # one row per member and per method: name, kind, cv_honest, cv_in_sample, weights
     method: str  # the chosen method
     oof: np.ndarray  # (N, K) its honest OOF outputs
-    decoding: dict[str, Any] | None  # qwk cut-points (comp.predict.thresholds.choose) of its OOF
+    decoding: dict[str, Any] | None  # qwk cut-points or a binary f1/pf1 threshold refitted on its OOF
     weights: list[float]  # the `weighted` method's weights fitted on every OOF row
     corr: np.ndarray  # (M, M) members' OOF correlation
 
@@ -124,6 +125,17 @@ def scorer(m: Member) -> Callable[[np.ndarray], float]:
 
 def uses_cuts(m: Member) -> bool:
     return m.cfg.metric == "qwk" and m.cfg.predict.thresholds and m.task.kind in ("ordinal", "multiclass")
+
+
+def uses_cutoff(m: Member) -> bool:
+    return m.cfg.metric in ("f1", "pf1") and m.cfg.predict.thresholds and m.task.kind == "binary"
+
+
+def _cutoff(m: Member, y: np.ndarray, out: np.ndarray, folds: np.ndarray) -> dict[str, Any]:
+    """comp.predict.cutoff.choose on the positive class's OOF probability, in thresholds.json's form."""
+    truth = (np.asarray(y) == m.task.positive).astype(np.int64)
+    return {**cutoff.choose(m.cfg.metric, truth, out[:, m.task.positive], folds), "num_classes": 2,
+            "positive": m.task.positive}
 
 
 def evaluate(members: list[Member], method: str = "auto") -> Result:
@@ -148,6 +160,11 @@ def evaluate(members: list[Member], method: str = "auto") -> Result:
             t = decodings[k] = thresholds.choose(y, honest[k], folds, c)
             cv_h = t["kappa_honest"] if t["method"] == "cuts" else t["kappa_argmax"]
             cv_i = thresholds.choose(y, fitted, folds, c)["kappa"]
+        elif uses_cutoff(m0):  # a binary decision threshold refitted on the blend's OOF (comp.predict.cutoff)
+            t, truth = _cutoff(m0, y, honest[k], folds), np.asarray(y) == task.positive
+            decodings[k] = t
+            cv_h = t["score_honest"] if t["method"] == "cutoff" else t["score_baseline"]
+            cv_i = cutoff.choose(cfg.metric, truth, fitted[:, task.positive], folds)["score_tuned"]
         rows.append({"name": f"blend:{k}", "kind": "blend", "cv_honest": cv_h, "cv_in_sample": cv_i,
                      "weights": " ".join(f"{v:.3f}" for v in w) if k == "weighted" else ""})
     table = pd.DataFrame(rows)
@@ -219,7 +236,8 @@ def submission(members: list[Member], comp: Competition, probs: np.ndarray,
         rows, _, probs = aggregate(images.test["row"].to_numpy(), None, probs, cfg.predict.aggregate,
                                    comp_task(cfg, comp).positive)
         comp = replace(images, test=pd.DataFrame({"id": rows, "path": ""}))
-    labels = thresholds.labels(probs, decoding) if decoding is not None else None
+    keep = decoding is not None and decoding["method"] != "probs"  # pF1 without a threshold: as they are
+    labels = thresholds.labels(probs, decoding) if keep else None
     df = build(cfg, comp, probs, labels)
     check(cfg, comp, df)
     return df, to_csv_text(df), score_holdout(cfg, comp, df)

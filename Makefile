@@ -1,12 +1,17 @@
 # The two commands: `make demo` (the whole Kaggle loop on CPU) and `make test`.
+# `make blend-demo`: a second recipe (configs/demo_b.yaml, 24 px) on the demo's folds, blended with the first
+# (scripts/blend.py: each member's CV beside every blend's honest CV, runs/blend-demo/submission.csv validated).
+# A quick smoke run: make blend-demo FOLDS=2 ARGS="epochs=1 folds.n_folds=2" (its own runs: rm -r runs/demo* first).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/demo.yaml
 FOLDS ?= 5
+BLEND_CONFIG ?= configs/demo_b.yaml
+ARGS ?=
 
-.PHONY: setup demo test lint bench clean-demo
+.PHONY: setup demo blend-demo test lint bench clean-demo
 
 setup: $(STAMP)
 
@@ -28,6 +33,17 @@ demo: setup
 	$(BIN)/python scripts/submit.py --config $(CONFIG) --dry-run submissions/demo.csv -m "make demo"
 	@echo "submission: submissions/demo.csv (validated)   runs: runs/demo/fold*/ (metrics.csv, oof.csv, curves.png, confusion.png)"
 	@echo "to submit it (a real competition's config): $(BIN)/python scripts/submit.py --config $(CONFIG) submissions/demo.csv -m \"MESSAGE\""
+
+# Trains what is not trained yet (--resume), then blends; --force: the blend folder is rewritten each time.
+blend-demo: setup
+	for c in $(CONFIG) $(BLEND_CONFIG); do \
+		$(BIN)/python scripts/prepare.py --config $$c $(ARGS) || exit $$?; \
+		for k in $$(seq 0 $$(($(FOLDS) - 1))); do \
+			$(BIN)/python scripts/train_fold.py --config $$c --fold $$k --resume $(ARGS) || exit $$?; \
+		done; \
+	done
+	$(BIN)/python scripts/blend.py $(CONFIG) $(BLEND_CONFIG) --out runs/blend-demo --force $(ARGS)
+	@echo "blend: runs/blend-demo/ (submission.csv validated, blend.png, blend.json, fold*/oof.csv)"
 
 test: setup
 	$(BIN)/python -m pytest -q

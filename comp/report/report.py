@@ -67,8 +67,8 @@ def oof_report(cfg: Any, task: Task | None = None) -> tuple[pd.DataFrame | None,
 
 def load_experiment(run_dir: Path) -> tuple[list[pd.DataFrame], pd.DataFrame | None, str | None, Any]:
     """An experiment folder's per-fold histories (fold*/metrics.csv; a seed bag's fold*/seed*/), its
-    out-of-fold predictions (None when no fold has an oof.csv), its competition metric and its config (from a fold's config.yaml; None
-    for both when no fold has one).
+    out-of-fold predictions (None when no fold has an oof.csv), its competition metric and its config (from
+    a fold's config.yaml; None for both when no fold has one).
 
     Raises:
         UserError: the folder holds no trained fold.

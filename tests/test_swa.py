@@ -6,6 +6,7 @@ same average as one never interrupted."""
 from __future__ import annotations
 
 import shutil
+import signal
 from pathlib import Path
 
 import pandas as pd
@@ -106,4 +107,39 @@ def test_resumed_average_is_bit_identical(tiny, tmp_path):
             assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs"
     ma, mb = (pd.read_csv(d / "fold0" / "metrics.csv").drop(columns=["seconds", "images_per_s", "data_wait_share"],
                                                             errors="ignore") for d in (tmp_path / "base", fold.parent))
+    pd.testing.assert_frame_equal(ma, mb, check_exact=True)
+
+
+def test_killed_mid_epoch_with_ema_resumes_bit_for_bit(tmp_path):
+    """test_resume's run (EMA, mixup, dropout, a recovery checkpoint every step) with the last 2 of 3 epochs
+    averaged: SIGTERM in epoch 2, once epoch 1 is in the average, then resumed with the script."""
+    from conftest import write_tiny_competition
+    from test_resume import ARGS, changed, poll, start
+
+    data = write_tiny_competition(tmp_path / "data")
+    out, fold = tmp_path / "killed", tmp_path / "killed" / "fold0"
+    p = start(data, out, "train.swa_epochs=2")
+    assert poll(p, lambda: (fold / "metrics.csv").is_file()
+                and len((fold / "metrics.csv").read_text().splitlines()) == 3)  # epochs 0 and 1 written
+    assert poll(p, changed(fold / "recovery.pt"))
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(60) == 128 + signal.SIGTERM
+    ck = torch.load(fold / "recovery.pt", weights_only=True)
+    assert ck["epoch"] == 2 and ck["step"] > 0 and int(ck["swa"]["n_averaged"]) == 1
+    p = start(data, out, "train.swa_epochs=2", resume=True)
+    assert p.wait(120) == 0, (out / "stderr.log").read_text()[-3000:]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        loop.fit(load_config(None, [*ARGS, "train.swa_epochs=2", f"data.root={data}",
+                                    f"out_dir={tmp_path / 'base'}"]), 0)
+    finally:
+        torch.set_num_threads(threads)
+    a, b = (torch.load(d / "fold0" / "last.pt", weights_only=True) for d in (tmp_path / "base", out))
+    assert int(b["swa"]["n_averaged"]) == 2 and b["swa_done"]
+    for part in ("model", "ema", "swa"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs"
+    cols = ["epoch", "valid_loss", "accuracy", "weights"]
+    ma, mb = (pd.read_csv(d / "fold0" / "metrics.csv")[cols] for d in (tmp_path / "base", out))
     pd.testing.assert_frame_equal(ma, mb, check_exact=True)

@@ -102,6 +102,8 @@ def _check_values(cfg: Any) -> None:
         ("optim.min_lr", 0 <= cfg.optim.min_lr <= cfg.optim.lr, "must be between 0 and optim.lr"),
         ("optim.weight_decay", cfg.optim.weight_decay >= 0, "must be >= 0"),
         ("train.ema_decay", 0 <= cfg.train.ema_decay < 1, "must be in [0, 1)"),
+        ("train.swa_epochs", 0 <= cfg.train.swa_epochs <= cfg.epochs, "must be between 0 (off) and epochs"),
+        ("seeds", len(set(cfg.seeds)) == len(cfg.seeds), "must list distinct seeds"),
         ("train.label_smoothing", 0 <= cfg.train.label_smoothing < 1, "must be in [0, 1)"),
         ("train.clip_grad", cfg.train.clip_grad >= 0, "must be >= 0 (0 = off)"),
         ("train.mixup", cfg.train.mixup >= 0, "must be >= 0 (0 = off)"),

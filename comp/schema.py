@@ -103,6 +103,8 @@ class TrainConfig:
     ema: bool = False  # keep an exponential moving average of the weights (validated, checkpointed)
     ema_decay: float = 0.999
     ema_warmup: bool = True  # EMA decay ramps up over the first steps (timm's), so a short run's EMA is usable
+    swa_epochs: int = 0  # average the weights of the last N epochs (SWA-style, BatchNorm statistics recomputed;
+    # comp/train/swa.py), validated as a row of its own and saved as best.pt when it scores best; 0 = off
     mixup: float = 0.0  # mixup alpha; 0 = off
     cutmix: float = 0.0  # cutmix alpha; 0 = off
     class_weights: bool = False  # weight the loss by inverse class frequency (sigmoid heads: BCE pos_weight =
@@ -156,6 +158,8 @@ class PredictConfig:
 @dataclass
 class Config:
     seed: int = 42
+    seeds: list[int] = field(default_factory=list)  # a seed bag: the recipe trained once per seed on the same
+    # folds, into <out_dir>/fold<K>/seed<S>/, predicted and scored as one experiment; empty = just `seed`
     out_dir: str = "runs/demo"  # where fold folders, folds.csv and predictions go
     epochs: int = 10
     batch_size: int = 64

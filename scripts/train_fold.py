@@ -1,10 +1,14 @@
 #!/usr/bin/env python
-"""Train one fold: scripts/train_fold.py [--config PATH] --fold K [--resume] [KEY=VALUE ...]
+"""Train one fold: scripts/train_fold.py [--config PATH] --fold K [--seed S] [--resume] [KEY=VALUE ...]
 
 Outputs go to <out_dir>/fold<K>/: config.yaml, last.pt (every epoch), best.pt and oof.csv (best epoch of
 the competition metric), recovery.pt (mid-epoch), metrics.csv, curves.png and the task's figures
 (confusion.png where there are classes, roc.png and calibration.png, scatter.png), tb/ (TensorBoard:
 `tensorboard --logdir <out_dir>`; train.tracker=mlflow|wandb logs there too).
+
+A seed bag (seeds=[42,43,44]) trains every seed of fold K in turn, each into <out_dir>/fold<K>/seed<S>/,
+or only --seed S (one job per seed); once every seed of the fold is trained, <out_dir>/fold<K>/oof.csv
+is written: the per-image mean of the seeds' OOF (comp/train/bag.py).
 
 --resume continues from the newest checkpoint of the fold, mid-epoch included; SIGTERM or Ctrl-C
 saves one after the current step and prints the command to resume.
@@ -46,25 +50,36 @@ def run(args):
         import torch.distributed as dist
 
         dist.barrier()
-    try:
-        result = fit(cfg, args.fold, resume=args.resume)
-    except Stopped as e:
-        if rank0:
-            launch = f"torchrun --nproc_per_node={d.world}" if d.world > 1 else "python"
-            argv = (["--config", args.config] if args.config else []) + ["--fold", str(args.fold), "--resume"]
-            print(f"{e}\nresume with: {launch} scripts/train_fold.py {shlex.join(argv + args.overrides)}",
-                  file=sys.stderr)
-        return 128 + e.signum
-    if rank0:
-        figures = fold_figures(result["dir"], result["classes"], result["metric"])  # curves.png + the task's
-        log_figures(cfg, result["dir"], list(figures.values()))
-        print(f"fold {result['fold']}: best {result['metric']} {result['best']:.4f} -> {result['dir']}",
-              file=sys.stderr)
+    from comp.errors import UserError
+    from comp.train.bag import bag_seeds, with_seed, write_bag_oof
 
+    seeds = bag_seeds(cfg)
+    if args.seed is not None and args.seed not in seeds:
+        raise UserError(f"--seed {args.seed} is not a seed of the bag seeds={seeds}; name one of them, or list it "
+                        f"in seeds")
+    for seed in [args.seed] if args.seed is not None else seeds or [cfg.seed]:
+        try:
+            result = fit(with_seed(cfg, seed) if seeds else cfg, args.fold, resume=args.resume)
+        except Stopped as e:
+            if rank0:
+                launch = f"torchrun --nproc_per_node={d.world}" if d.world > 1 else "python"
+                argv = (["--config", args.config] if args.config else []) + ["--fold", str(args.fold)]
+                argv += (["--seed", str(args.seed)] if args.seed is not None else []) + ["--resume"]
+                print(f"{e}\nresume with: {launch} scripts/train_fold.py {shlex.join(argv + args.overrides)}",
+                      file=sys.stderr)
+            return 128 + e.signum
+        if rank0:
+            figures = fold_figures(result["dir"], result["classes"], result["metric"])  # curves.png + the task's
+            log_figures(cfg, result["dir"], list(figures.values()))
+            print(f"fold {result['fold']}: best {result['metric']} {result['best']:.4f} -> {result['dir']}",
+                  file=sys.stderr)
+            write_bag_oof(cfg, args.fold)  # once every seed of the fold's bag is trained (a no-op without a bag)
 
 if __name__ == "__main__":
     p = parser(__doc__)
     p.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the command lines above as written
     p.add_argument("--fold", type=int, required=True, help="which fold to train (0..folds.n_folds-1)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the fold")
+    p.add_argument("--seed", type=int, default=None,
+                   help="in a seed bag (seeds=[...]): train this seed only (parallel jobs); default every seed")
     main(run, p)

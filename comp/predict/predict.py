@@ -5,7 +5,8 @@ Each fold's `best.pt` is loaded with weights_only=True, with the weights it was 
 when training kept one), and must match the config's model, data and image settings (the config hash
 saved in it) and the competition's classes. TTA views are exact flips/rotations of the batch on the
 device, so a view costs one forward pass and no decoding. Views are averaged within a fold, folds
-across the ensemble (equal weights, or each fold's validation score with predict.fold_weights=cv), as
+across the ensemble (equal weights, or each fold's validation score with predict.fold_weights=cv; a seed bag's seeds
+are models of their fold, each weighted so: comp.train.bag), as
 probabilities (default) or as logits then softmax (predict.ensemble=mean_logit).
 """
 
@@ -31,20 +32,33 @@ from comp.models import create_model
 from comp.models.inference import forward_views
 from comp.tasks import Task
 from comp.train import checkpoint as ckpt_io
+from comp.train.bag import bag_seeds, fold_checkpoints
 from comp.train.oof import prob_frame
 
 
 def trained_folds(cfg: Any) -> list[Path]:
-    """The `best.pt` of each fold to ensemble, in fold order: every fold of `folds.n_folds`, or those named
-    by `predict.folds` (a partial ensemble is never made silently).
+    """The `best.pt` of each fold to ensemble, in fold order (in a seed bag, each fold's seeds in `seeds`
+    order: comp.train.bag.fold_checkpoints): every fold of `folds.n_folds`, or those named by `predict.folds`
+    (a partial ensemble is never made silently; a partial bag only when `seeds` names the trained ones).
 
     Raises:
-        UserError: a fold to ensemble has no best.pt (naming which are trained and how to ask for them).
+        UserError: a fold to ensemble has no best.pt, or a seed of its bag has none (naming which are trained
+            and how to ask for them).
     """
     out = resolve_path(cfg.out_dir)
     wanted = list(cfg.predict.folds) or list(range(cfg.folds.n_folds))
-    paths = {k: out / f"fold{k}" / "best.pt" for k in range(cfg.folds.n_folds)}
-    trained = [k for k, p in paths.items() if p.is_file()]
+    paths = {k: fold_checkpoints(cfg, k) for k in range(cfg.folds.n_folds)}
+    seeds = bag_seeds(cfg)
+    if seeds:
+        have = {k: [s for s, p in zip(seeds, ps, strict=True) if p.is_file()] for k, ps in paths.items()}
+        short = [k for k in wanted if 0 < len(have[k]) < len(seeds)]
+        if short:
+            k = short[0]
+            lack = [s for s in seeds if s not in have[k]]
+            raise UserError(f"fold {k} of the seed bag seeds={seeds} lacks seed(s) {lack} (no {out}/fold{k}/seed"
+                            f"{lack[0]}/best.pt): train it (scripts/train_fold.py --fold {k} --seed {lack[0]}), or "
+                            f"ensemble the trained seeds with seeds=[{','.join(map(str, have[k]))}]")
+    trained = [k for k, ps in paths.items() if all(p.is_file() for p in ps)]
     missing = [k for k in wanted if k not in trained]
     if not trained:
         raise UserError(f"no trained fold in {out} (no fold*/best.pt); run scripts/train_fold.py --fold 0 first")
@@ -54,7 +68,14 @@ def trained_folds(cfg: Any) -> list[Path]:
         raise UserError(f"{len(trained)} of {cfg.folds.n_folds} folds trained in {out} (folds {trained}); "
                         f"fold(s) {missing} of {key} have no best.pt: train them (scripts/train_fold.py --fold "
                         f"{missing[0]}), or ensemble the trained ones with {ask}")
-    return [paths[k] for k in wanted]
+    return [p for k in wanted for p in paths[k]]
+
+
+def model_name(path: Path) -> str:
+    """How a log line names the model of a checkpoint: its fold folder (`fold0`), or fold and seed in a
+    seed bag (`fold0/seed42`)."""
+    parent = path.parent
+    return f"{parent.parent.name}/{parent.name}" if parent.name.startswith("seed") else parent.name
 
 
 def load_fold(path: Path, cfg: Any, classes: list[str] | None = None,
@@ -205,7 +226,7 @@ def predict_test(cfg: Any, comp: Competition, device: torch.device | None = None
     device = device or pick_device(cfg.device)
     views = check_tta(cfg.aug.tta)
     paths = paths or trained_folds(cfg)
-    log(f"ensemble: {len(paths)} of {cfg.folds.n_folds} folds ({', '.join(p.parent.name for p in paths)}) x "
+    log(f"ensemble: {len(paths)} model(s), {cfg.folds.n_folds} folds ({', '.join(map(model_name, paths))}) x "
         f"{len(views)} TTA view(s) ({', '.join(views)})")
     models, weights, norms, tasks = [], [], {}, []
     for path in paths:
@@ -220,7 +241,7 @@ def predict_test(cfg: Any, comp: Competition, device: torch.device | None = None
         weights.append(w)
         best = meta.get("best")
         shown = f"{best:.4f}" if isinstance(best, (int, float)) else "?"
-        log(f"{path.parent.name}: validation {meta.get('metric', 'score')} {shown}, weight {w:.4g}, "
+        log(f"{model_name(path)}: validation {meta.get('metric', 'score')} {shown}, weight {w:.4g}, "
             f"{len(views)} TTA view(s)")
     if len(set(norms.values())) > 1:  # one batch feeds every fold: they must agree on the input convention
         (p0, n0), (p1, n1) = list(norms.items())[0], next((p, n) for p, n in norms.items() if n != norms[paths[0]])

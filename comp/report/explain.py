@@ -287,7 +287,10 @@ def explain(cfg: Any, per_class: int = 4, out: Path | None = None, duplicates: b
     written: list[Path] = []
     sheets: dict[int, list[dict]] = {}  # first: a checkpoint that does not match fails before the slow hashing
     for path in trained_folds(cfg):
-        k = int(path.parent.name.removeprefix("fold"))
+        bagged = path.parent.name.startswith("seed")  # a seed bag's fold<K>/seed<S>/best.pt (comp.train.bag)
+        k = int((path.parent.parent if bagged else path.parent).name.removeprefix("fold"))
+        if k in sheets:  # a seed bag: the sheets show the fold's first seed, on the rows the bag's OOF picks
+            continue
         mine = oof[oof["fold"] == k]
         if mine.empty:
             log(f"explain: {path.parent} has no oof.csv; skipped")

@@ -66,21 +66,23 @@ def oof_report(cfg: Any, task: Task | None = None) -> tuple[pd.DataFrame | None,
 
 
 def load_experiment(run_dir: Path) -> tuple[list[pd.DataFrame], pd.DataFrame | None, str | None, Any]:
-    """An experiment folder's per-fold histories (fold*/metrics.csv), its out-of-fold predictions (None
-    when no fold has an oof.csv), its competition metric and its config (from a fold's config.yaml; None
-    for both when no fold has one).
+    """An experiment folder's per-fold histories (fold*/metrics.csv; a seed bag's fold*/seed*/), its
+    out-of-fold predictions (None when no fold has an oof.csv), its competition metric and its config (from
+    a fold's config.yaml; None for both when no fold has one).
 
     Raises:
         UserError: the folder holds no trained fold.
     """
     from comp.config import load_config
 
-    folds = sorted(p.parent for p in run_dir.glob("fold*/metrics.csv"))
-    if not folds:
+    # a seed bag's runs are fold<K>/seed<S>/, its OOF the bag's fold<K>/oof.csv (comp.train.bag)
+    runs = sorted(p.parent for p in [*run_dir.glob("fold*/metrics.csv"), *run_dir.glob("fold*/seed*/metrics.csv")])
+    if not runs:
         raise UserError(f"{run_dir} holds no trained fold (no fold*/metrics.csv)")
-    histories = [pd.read_csv(f / "metrics.csv") for f in folds]
+    histories = [pd.read_csv(f / "metrics.csv") for f in runs]
+    folds = sorted({f if f.name.startswith("fold") else f.parent for f in runs})
     oofs = [pd.read_csv(f / "oof.csv", dtype={"id": str}) for f in folds if (f / "oof.csv").is_file()]
-    saved = next((f / "config.yaml" for f in folds if (f / "config.yaml").is_file()), None)
+    saved = next((f / "config.yaml" for f in runs if (f / "config.yaml").is_file()), None)
     cfg = load_config(saved) if saved is not None else None
     return histories, pd.concat(oofs, ignore_index=True) if oofs else None, cfg.metric if cfg else None, cfg
 

@@ -213,7 +213,7 @@ def build_package(cfg: Any, out: Path | None = None, dataset_id: str | None = No
     out.parent.mkdir(parents=True, exist_ok=True)
     with io.atomic_dir(out, "package") as tmp:  # a leftover of a killed run is cleared first
         for path, ck in folds:
-            ckpt_io.save(_slim(ck), tmp / path.parent.name / "best.pt")
+            ckpt_io.save(_slim(ck), tmp / path.parent.relative_to(out_dir) / "best.pt")  # fold<K>[/seed<S>]
         # inference never needs the held-out answers (data.solution_csv): the package drops them
         shipped = OmegaConf.to_container(cfg, resolve=True)
         shipped["data"]["solution_csv"] = ""

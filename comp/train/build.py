@@ -22,9 +22,11 @@ from comp.errors import UserError
 from comp.metrics import check_metric, positive_index
 from comp.models import create_model, input_norm
 from comp.tasks import make_task
+from comp.train.bag import run_dir
 from comp.train.distributed import setup_distributed
 from comp.train.optim import build_optimizer
 from comp.train.state import FoldData, Run, restore
+from comp.train.swa import make_averager
 
 
 def seed_all(seed: int) -> None:
@@ -78,7 +80,7 @@ def build_run(cfg: Any, fold: int, resume: bool) -> Run:
     if not 0 <= fold < cfg.folds.n_folds:
         raise UserError(f"--fold {fold} is outside 0..{cfg.folds.n_folds - 1} (folds.n_folds={cfg.folds.n_folds})")
     out_dir = resolve_path(cfg.out_dir)
-    fold_dir = io.check_dir(out_dir / f"fold{fold}", "out_dir")
+    fold_dir = io.check_dir(run_dir(cfg, fold), "out_dir")  # <out_dir>/fold<K>[/seed<S>] (comp.train.bag)
     if not resume and any((fold_dir / n).exists() for n in ("last.pt", "recovery.pt")):
         raise UserError(f"{fold_dir} already holds a trained fold; pass --resume to continue it, "
                         f"or set another out_dir")
@@ -118,6 +120,7 @@ def build_run(cfg: Any, fold: int, resume: bool) -> Run:
         # warmup: decay 1-(1+step)^(-2/3) capped at ema_decay, so a short fine-tune's EMA is not mostly the
         # initial weights (0.999 reaches the weights of ~1000 steps ago only)
         ema = ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=cfg.train.ema_warmup)
+    swa = make_averager(cfg, model)  # before compile/DDP: the average of the plain model's weights
     mixup = None
     if cfg.train.mixup > 0 or cfg.train.cutmix > 0:
         from timm.data import Mixup
@@ -133,13 +136,14 @@ def build_run(cfg: Any, fold: int, resume: bool) -> Run:
         model = torch.compile(model)  # under DDP: compiled around the wrapper (comp.train.distributed.wrap_ddp)
     seed_all(cfg.seed + d.rank)  # each rank its own dropout/mixup stream from here on
     meta = {"config_hash": config_hash(cfg), "model_name": cfg.model.name, "num_classes": task.num_logits,
-            "in_chans": cfg.model.in_chans, "classes": list(comp.classes), "fold": fold, "metric": metric,
+            "in_chans": cfg.model.in_chans, "classes": list(comp.classes), "fold": fold, "seed": cfg.seed,
+            "metric": metric,
             "eval_weights": "ema" if ema is not None else "model",
             "input_norm": [list(v) for v in input_norm(raw)],  # (mean, std): validation, prediction, package
             "positive": positive,  # the class a two-class AUC ranks (data.positive_class)
             "task": task.meta()}  # head, output names, a regression head's target mean and std
     run = Run(cfg=cfg, fold=fold, dir=fold_dir, device=device, dist=d, raw=raw, model=model, optimizer=optimizer,
-              scaler=scaler, ema=ema, mixup=mixup, loss_weight=loss_weight, amp_dtype=amp_dtype, data=data,
+              scaler=scaler, ema=ema, swa=swa, mixup=mixup, loss_weight=loss_weight, amp_dtype=amp_dtype, data=data,
               steps_per_epoch=steps_per_epoch, meta=meta, task=task)
     run.set_lr()
     if resume:

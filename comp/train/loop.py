@@ -39,6 +39,7 @@ from comp.models import set_backbone_trainable
 from comp.models.inference import forward_views
 from comp.tasks import mix_matrix
 from comp.train import checkpoint as ckpt_io
+from comp.train import swa
 from comp.train.build import build_run
 from comp.train.distributed import agree, check_ranks_agree, gather_rows, wrap_ddp
 from comp.train.oof import aggregate, write_oof
@@ -186,10 +187,10 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
             "images_per_s": part["count"] / max(seconds, 1e-9), "data_wait_share": part["wait"] / max(seconds, 1e-9)}
 
 
-def validate(run: Run) -> tuple[dict[str, float], np.ndarray]:
-    """Loss and every metric of the task on the fold's validation images, with the EMA weights when kept;
-    returns them and the (N_valid, K) outputs (comp.tasks.Task.activate) in the fold's validation order
-    (on every rank)."""
+def validate(run: Run, model: torch.nn.Module | None = None) -> tuple[dict[str, float], np.ndarray]:
+    """Loss and every metric of the task on the fold's validation images, with `model` (default: the EMA
+    weights when kept, else the model's); returns them and the (N_valid, K) outputs
+    (comp.tasks.Task.activate) in the fold's validation order (on every rank)."""
     if run.dist.world > 1:
         from timm.utils import distribute_bn
 
@@ -197,7 +198,8 @@ def validate(run: Run) -> tuple[dict[str, float], np.ndarray]:
         distribute_bn(run.raw, run.dist.world, reduce=False)
         if run.ema is not None:
             distribute_bn(run.ema.module, run.dist.world, reduce=False)
-    model = run.ema.module if run.ema is not None else run.raw
+    if model is None:
+        model = run.ema.module if run.ema is not None else run.raw
     cfg, data = run.cfg, run.data
     with progress(len(data.valid_loader), "validate", enabled=run.dist.main) as bar:
         batches = (x for x, _, _ in device_batches(data.valid_loader, run.device, cfg.model.in_chans,
@@ -223,6 +225,41 @@ def _improved(score: float, best: float | None, higher: bool = True) -> bool:
     if math.isnan(score):
         return False
     return math.isnan(best) or (score > best if higher else score < best)
+
+
+def _commit(run: Run, ckpt: dict[str, Any], best: dict[str, Any] | None, probs: np.ndarray) -> None:
+    """Rank 0 writes an epoch's files: best.pt + oof.csv (when `best`, the checkpoint to predict from, is
+    given), metrics.csv, then last.pt, the commit point: written after the files above, so a failed write of
+    any of them (disk full) or a kill leaves the previous last.pt, and the resume redoes the epoch and them."""
+    if not run.dist.main:
+        return
+    if best is not None:
+        save(run, best, "best.pt")  # weights, EMA, metadata: no optimizer
+        write_oof(run.dir / "oof.csv", run.data.valid_ids, run.data.valid_set.labels, probs, run.task,
+                  run.data.valid_rows)
+    io.write_csv(run.dir / "metrics.csv", pd.DataFrame(run.state["history"]))
+    save(run, ckpt, "last.pt")
+    (run.dir / "recovery.pt").unlink(missing_ok=True)  # older than last.pt now
+
+
+def _swa_epoch(run: Run, metric: str) -> None:
+    """Validate the average of the last epochs' weights (comp.train.swa) as a metrics.csv row of its own
+    (`weights` = swa, `epoch` = the epochs trained), and save it as best.pt (its weights as the model's, no
+    EMA) with its oof.csv when it beats the best epoch; last.pt records that it is done."""
+    model = swa.recompute_bn(run)
+    scores, probs = validate(run, model)
+    score = scores[metric]
+    improved = _improved(score, run.state["best"], higher_is_better(metric))
+    run.state["history"].append({"epoch": run.state["epoch"], **scores, "weights": "swa",
+                                 "swa_epochs": swa.count(run)})
+    run.state.update(swa_done=True, best=score if improved else run.state["best"])
+    ckpt = to_checkpoint(run)
+    best = {**best_checkpoint(ckpt), "model": model.state_dict(), "ema": None, "eval_weights": "swa"}
+    _commit(run, ckpt, best if improved else None, probs)
+    if run.dist.main:
+        run.tracker.log_epoch(run.state["epoch"], run.state["history"][-1])
+        log(f"fold {run.fold} average of the last {swa.count(run)} epochs (train.swa_epochs): valid_loss "
+            f"{scores['valid_loss']:.4f} {metric} {score:.4f}{' *' if improved else ''}")
 
 
 class Pruned(Exception):
@@ -263,22 +300,15 @@ def fit(cfg: Any, fold: int, resume: bool = False,
             scores, probs = validate(run)
             score = scores[metric]
             improved = _improved(score, run.state["best"], higher_is_better(metric))
+            swa.update(run, epoch)  # the weights at this epoch's end into the running average, when averaged
             run.state["history"].append({"epoch": epoch, "train_loss": stats.pop("train_loss"), **scores,
                                          "lr": run.lr, **stats})
             run.state.update(epoch=epoch + 1, step=0, partial=fresh_partial(),
                              best=score if improved else run.state["best"],
                              bad_epochs=0 if improved else run.state["bad_epochs"] + 1)
             ckpt = to_checkpoint(run)
+            _commit(run, ckpt, best_checkpoint(ckpt) if improved else None, probs)
             if run.dist.main:
-                if improved:
-                    save(run, best_checkpoint(ckpt), "best.pt")  # weights, EMA, metadata: no optimizer
-                    write_oof(run.dir / "oof.csv", run.data.valid_ids, run.data.valid_set.labels, probs, run.task,
-                              run.data.valid_rows)
-                io.write_csv(run.dir / "metrics.csv", pd.DataFrame(run.state["history"]))
-                # last.pt is the commit point: written after the files above, so a failed write of any of them
-                # (disk full) or a kill leaves the previous last.pt, and the resume redoes the epoch and them
-                save(run, ckpt, "last.pt")
-                (run.dir / "recovery.pt").unlink(missing_ok=True)  # older than last.pt now
                 run.tracker.log_epoch(epoch, run.state["history"][-1])
                 log(f"fold {fold} epoch {epoch}: train_loss {run.state['history'][-1]['train_loss']:.4f} "
                     f"valid_loss {scores['valid_loss']:.4f} {metric} {score:.4f}{' *' if improved else ''} "
@@ -287,7 +317,10 @@ def fit(cfg: Any, fold: int, resume: bool = False,
                 raise Stopped(run.stop_signal or signal.SIGTERM, run.dir / "last.pt")
             if on_epoch is not None:
                 on_epoch(epoch, score)
-        if run.state["epoch"] == first and run.dist.main:
+        if swa.count(run) and not run.state["swa_done"]:
+            run.next_epoch = None  # an early stop's prefetched epoch: the BatchNorm pass reads its own
+            _swa_epoch(run, metric)
+        elif run.state["epoch"] == first and run.dist.main:
             log(f"fold {fold}: nothing left to train (epoch {first} of epochs={cfg.epochs}, best {metric} "
                 f"{run.state['best']})")
         if run.dist.world > 1:

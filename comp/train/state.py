@@ -24,6 +24,7 @@ from comp.errors import UserError
 from comp.log import log
 from comp.tasks import Task
 from comp.train import checkpoint as ckpt_io
+from comp.train import swa as swa_avg
 from comp.train.distributed import Dist, gather_objects
 from comp.train.optim import set_lr
 from comp.train.tracking import Tracker
@@ -36,7 +37,8 @@ def fresh_partial() -> dict[str, float]:
 
 def fresh_state() -> dict[str, Any]:
     """The position and bookkeeping of a run that has not started."""
-    return {"epoch": 0, "step": 0, "best": None, "bad_epochs": 0, "history": [], "partial": fresh_partial()}
+    return {"epoch": 0, "step": 0, "best": None, "bad_epochs": 0, "history": [], "partial": fresh_partial(),
+            "swa_done": False}
 
 
 @dataclass(kw_only=True)
@@ -67,6 +69,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     ema: Any  # timm ModelEmaV3 or None
+    swa: Any  # torch AveragedModel of the last train.swa_epochs epochs' weights, or None (comp.train.swa)
     mixup: Any  # timm Mixup or None
     loss_weight: torch.Tensor | None
     amp_dtype: torch.dtype | None
@@ -76,7 +79,8 @@ class Run:
     task: Task  # head, loss, activation (comp.tasks); a regression head's target mean and std
     ddp: Any = None  # the DistributedDataParallel wrapper, or None
     wrapped_frozen: bool | None = None  # the freeze state `ddp` was built for (None: not built yet)
-    state: dict[str, Any] = field(default_factory=fresh_state)  # epoch, step, best, bad_epochs, history, partial
+    state: dict[str, Any] = field(default_factory=fresh_state)  # epoch, step, best, bad_epochs, history, partial,
+    # swa_done
     lr: float = 0.0  # the head's learning rate of the next optimizer step
     stop_signal: int = 0
     config_saved: bool = False  # config.yaml goes with this attempt's first checkpoint (save)
@@ -124,6 +128,8 @@ def to_checkpoint(run: Run) -> dict[str, Any]:
         "best": run.state["best"],
         "bad_epochs": run.state["bad_epochs"],
         "history": run.state["history"],
+        "swa": swa_avg.state_dict(run),  # the running average of the last epochs' weights (train.swa_epochs)
+        "swa_done": run.state["swa_done"],  # the average validated, its row in history (comp.train.swa)
         "rng": states,  # one per rank
         "world_size": run.dist.world,
         "config": OmegaConf.to_container(run.cfg, resolve=True),
@@ -137,7 +143,7 @@ def to_checkpoint(run: Run) -> dict[str, Any]:
 # best.pt 45 MiB).
 # timm hard-links best to last instead (no extra write), but the link then pins that epoch's optimizer state
 # on disk once last.pt moves on; a slim copy costs one write of the weights and stays small.
-RESUME_ONLY = ("optimizer", "scaler", "rng", "partial")
+RESUME_ONLY = ("optimizer", "scaler", "rng", "partial", "swa")
 
 
 def best_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -222,7 +228,8 @@ def restore(run: Run) -> None:
         run.scaler.load_state_dict(ck["scaler"])
     partial = {**fresh_partial(), **{k: v for k, v in (ck.get("partial") or {}).items() if k in fresh_partial()}}
     run.state.update(epoch=ck["epoch"], step=ck["step"], best=ck["best"], bad_epochs=ck["bad_epochs"],
-                     history=list(ck["history"]), partial=partial)
+                     history=list(ck["history"]), partial=partial, swa_done=bool(ck.get("swa_done", False)))
+    swa_avg.load_state_dict(run, ck.get("swa"))
     run.set_lr()  # the position, at today's steps per epoch (comp.train.optim)
     restore_rng(run, ck["rng"], path)
     if run.dist.main:

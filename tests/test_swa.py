@@ -1,0 +1,146 @@
+"""Checkpoint averaging (train.swa_epochs, comp/train/swa.py): the average is the mean of the last epochs'
+weights, its BatchNorm statistics are recomputed over the kit's training inputs, it is validated as a row
+of its own, saved as best.pt when it scores best (and predicted from), and a resumed run ends with the
+same average as one never interrupted."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from torch.optim.swa_utils import update_bn
+
+from comp.config import load_config
+from comp.models import create_model
+from comp.predict.predict import load_fold
+from comp.train import loop
+from comp.train import swa as swa_mod
+from comp.train.build import build_run
+
+SWA = ["epochs=3", "train.swa_epochs=2", "model.drop_rate=0.2", "optim.warmup_epochs=0"]
+
+
+def is_bn_stat(key: str) -> bool:
+    return "running_" in key or "num_batches_tracked" in key
+
+
+def averaged(ck: dict) -> dict[str, torch.Tensor]:
+    """The module weights of a checkpoint's AveragedModel state dict."""
+    return {k[len("module."):]: v for k, v in ck["swa"].items() if k.startswith("module.")}
+
+
+@pytest.fixture
+def swa_always_best(monkeypatch):
+    """The averaged model counts as an improvement, so best.pt holds it whatever the tiny run scores."""
+    phase = {"swa": False}
+    real_bn, real_improved = swa_mod.recompute_bn, loop._improved
+
+    def bn(run):
+        phase["swa"] = True
+        return real_bn(run)
+
+    monkeypatch.setattr(swa_mod, "recompute_bn", bn)
+    monkeypatch.setattr(loop, "_improved", lambda s, b, h=True: phase["swa"] or real_improved(s, b, h))
+
+
+def test_average_bn_and_prediction(tiny, swa_always_best):
+    cfg = load_config(None, [*tiny["overrides"], *SWA])
+    fold = Path(tiny["out"]) / "fold0"
+    per_epoch = []
+    loop.fit(cfg, 0, on_epoch=lambda e, s: per_epoch.append(torch.load(fold / "last.pt", weights_only=True)["model"]))
+    last = torch.load(fold / "last.pt", weights_only=True)
+    assert int(last["swa"]["n_averaged"]) == 2 and last["swa_done"]
+    avg = averaged(last)
+    for k in per_epoch[-1]:
+        if not is_bn_stat(k):  # the weights: the mean of epochs 1 and 2's
+            torch.testing.assert_close(avg[k], (per_epoch[1][k] + per_epoch[2][k]) / 2, rtol=0, atol=1e-6)
+    # BatchNorm statistics: not the plain average of the epochs', but a pass over the kit's inputs
+    stats = [k for k in avg if "running_mean" in k]
+    assert stats and any(not torch.allclose(avg[k], (per_epoch[1][k] + per_epoch[2][k]) / 2) for k in stats)
+    run = build_run(cfg, 0, resume=True)  # the kit's loader and normalisation, as training built them
+    manual = create_model(cfg.model.name, 3, drop_rate=cfg.model.drop_rate)
+    manual.load_state_dict({k: (per_epoch[1][k] + per_epoch[2][k]) / 2 if not is_bn_stat(k) else v
+                            for k, v in per_epoch[-1].items()})
+    update_bn(list(swa_mod.bn_inputs(run)), manual)
+    for k, v in manual.state_dict().items():
+        if is_bn_stat(k):
+            torch.testing.assert_close(avg[k].float(), v.float(), rtol=0, atol=1e-5, msg=k)
+    # validated as a row of its own; best.pt holds it and prediction loads it
+    metrics = pd.read_csv(fold / "metrics.csv")
+    assert len(metrics) == 4 and list(metrics["weights"].fillna("")) == ["", "", "", "swa"]
+    assert metrics["epoch"].iloc[-1] == 3 and metrics["swa_epochs"].iloc[-1] == 2
+    best = torch.load(fold / "best.pt", weights_only=True)
+    assert best["eval_weights"] == "swa" and "swa" not in best
+    assert best["best"] == metrics[cfg.metric].iloc[-1]
+    model, meta = load_fold(fold / "best.pt", cfg)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, avg[k]), k
+    assert len(pd.read_csv(fold / "oof.csv")) == len(run.data.valid_ids)
+
+
+def test_resumed_average_is_bit_identical(tiny, tmp_path):
+    base = load_config(None, [*tiny["overrides"], *SWA, f"out_dir={tmp_path / 'base'}"])
+    loop.fit(base, 0)
+    cfg = load_config(None, [*tiny["overrides"], *SWA, f"out_dir={tmp_path / 'cut'}"])
+    fold = tmp_path / "cut" / "fold0"
+    keep = tmp_path / "epoch2_last.pt"
+
+    def stop_after_epoch1(epoch, _score):
+        if epoch == 1:  # one epoch averaged: the running average must travel in last.pt
+            raise loop.Pruned()
+
+    with pytest.raises(loop.Pruned):
+        loop.fit(cfg, 0, on_epoch=stop_after_epoch1)
+    assert int(torch.load(fold / "last.pt", weights_only=True)["swa"]["n_averaged"]) == 1
+    loop.fit(cfg, 0, resume=True, on_epoch=lambda e, s: shutil.copyfile(fold / "last.pt", keep))
+    # killed after the last epoch, before the average's last.pt: the resume redoes the average's epoch
+    shutil.copyfile(keep, fold / "last.pt")
+    loop.fit(cfg, 0, resume=True)
+    a, b = (torch.load(d / "fold0" / "last.pt", weights_only=True) for d in (tmp_path / "base", tmp_path / "cut"))
+    for part in ("model", "swa"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs"
+    ma, mb = (pd.read_csv(d / "fold0" / "metrics.csv").drop(columns=["seconds", "images_per_s", "data_wait_share"],
+                                                            errors="ignore") for d in (tmp_path / "base", fold.parent))
+    pd.testing.assert_frame_equal(ma, mb, check_exact=True)
+
+
+@pytest.mark.slow
+def test_killed_mid_epoch_with_ema_resumes_bit_for_bit(tmp_path):
+    """test_resume's run (EMA, mixup, dropout, a recovery checkpoint every step) with the last 2 of 3 epochs
+    averaged: SIGTERM in epoch 2, once epoch 1 is in the average, then resumed with the script."""
+    from conftest import write_tiny_competition
+    from test_resume import ARGS, changed, poll, start
+
+    data = write_tiny_competition(tmp_path / "data")
+    out, fold = tmp_path / "killed", tmp_path / "killed" / "fold0"
+    p = start(data, out, "train.swa_epochs=2")
+    assert poll(p, lambda: (fold / "metrics.csv").is_file()
+                and len((fold / "metrics.csv").read_text().splitlines()) == 3)  # epochs 0 and 1 written
+    assert poll(p, changed(fold / "recovery.pt"))
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(60) == 128 + signal.SIGTERM
+    ck = torch.load(fold / "recovery.pt", weights_only=True)
+    assert ck["epoch"] == 2 and ck["step"] > 0 and int(ck["swa"]["n_averaged"]) == 1
+    p = start(data, out, "train.swa_epochs=2", resume=True)
+    assert p.wait(120) == 0, (out / "stderr.log").read_text()[-3000:]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        loop.fit(load_config(None, [*ARGS, "train.swa_epochs=2", f"data.root={data}",
+                                    f"out_dir={tmp_path / 'base'}"]), 0)
+    finally:
+        torch.set_num_threads(threads)
+    a, b = (torch.load(d / "fold0" / "last.pt", weights_only=True) for d in (tmp_path / "base", out))
+    assert int(b["swa"]["n_averaged"]) == 2 and b["swa_done"]
+    for part in ("model", "ema", "swa"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs"
+    cols = ["epoch", "valid_loss", "accuracy", "weights"]
+    ma, mb = (pd.read_csv(d / "fold0" / "metrics.csv")[cols] for d in (tmp_path / "base", out))
+    pd.testing.assert_frame_equal(ma, mb, check_exact=True)

@@ -55,6 +55,15 @@ def test_bag_oof_ensemble_and_partial_bag(bag, tiny):
     singles = [predict_test(cfg, comp, paths=[p]) for p in paths]
     assert all(not np.allclose(singles[0], s) for s in singles[1:])
     np.testing.assert_allclose(ensemble, np.mean(singles, axis=0), atol=1e-6)
+    # the TTA out-of-fold predictions (qwk cut-points) of a bag: each fold's seeds averaged, in fold<K>/
+    from comp.predict import oof_tta
+
+    files = oof_tta.write_tta_oof(cfg, comp)
+    assert files == [out / "fold0" / "oof_tta.csv", out / "fold1" / "oof_tta.csv"]
+    tta = pd.read_csv(files[0], dtype={"id": str})
+    plain = pd.read_csv(out / "fold0" / "oof.csv", dtype={"id": str})
+    assert tta["id"].tolist() == plain["id"].tolist() and tta.shape == plain.shape
+    assert not np.allclose(oof_probs(tta), oof_probs(plain))  # the hflip view counts
 
     # a fold missing a seed: refused with one error line naming it, unless the trained seeds are asked for
     (out / "fold1" / "seed43" / "best.pt").unlink()

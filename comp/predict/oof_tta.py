@@ -31,6 +31,7 @@ from comp.errors import UserError
 from comp.io import write_csv, write_json
 from comp.log import log
 from comp.predict.predict import fold_norm, fold_outputs, fold_task, load_fold
+from comp.train.bag import fold_checkpoints
 from comp.train.oof import prob_frame
 
 FILE = "oof_tta.csv"
@@ -89,40 +90,49 @@ def write_tta_oof(cfg: Any, comp: Competition | None = None, device: torch.devic
             checkpoint does not match the config (see `load_fold`), or a fold has no validation rows.
     """
     out_dir = resolve_path(cfg.out_dir)
-    ckpts = [(k, p) for k in range(cfg.folds.n_folds) if (p := out_dir / f"fold{k}" / "best.pt").is_file()]
+    ckpts = [(k, ps) for k in range(cfg.folds.n_folds)
+             if (ps := fold_checkpoints(cfg, k)) and all(p.is_file() for p in ps)]  # a seed bag: every seed's
     if not ckpts:
         raise UserError(f"no trained fold in {out_dir} (no fold*/best.pt) to predict the out-of-fold images of")
     split = folds_path(out_dir)
     if not split.is_file():
         raise UserError(f"{split} is missing: the TTA out-of-fold predictions need the split the folds were "
                         f"trained on (set aug.tta=[identity] to fit the cut-points on the plain oof.csv)")
-    wants = {k: digest(p, split, cfg) for k, p in ckpts}
-    todo = [(k, p) for k, p in ckpts if not _fresh(p.parent, wants[k])]
+    wants = {k: "".join(digest(p, split, cfg) for p in ps) for k, ps in ckpts}
+    fold_dirs = {k: out_dir / f"fold{k}" for k, _ in ckpts}
+    todo = [(k, ps) for k, ps in ckpts if not _fresh(fold_dirs[k], wants[k])]
     if todo:
         _predict(cfg, comp or load_competition(cfg), device or pick_device(cfg.device), todo, wants, out_dir)
-    return [p.parent / FILE for _, p in ckpts]
+    return [fold_dirs[k] / FILE for k, _ in ckpts]
 
 
-def _predict(cfg: Any, comp: Competition, device: torch.device, todo: list[tuple[int, Path]],
+def _predict(cfg: Any, comp: Competition, device: torch.device, todo: list[tuple[int, list[Path]]],
              wants: dict[int, str], out_dir: Path) -> None:
+    """Each fold's validation images through its model (a seed bag: the mean of its seeds' outputs)."""
     folds = load_or_make_folds(cfg, comp.train, out_dir)  # folds.csv exists: read and checked, never made
     views = check_tta(cfg.aug.tta)
-    for k, path in todo:
+    for k, paths in todo:
+        fold_dir = out_dir / f"fold{k}"
         va = folds[folds["fold"] == k]
         if len(va) == 0:
-            raise UserError(f"{folds_path(out_dir)} has no validation rows for fold {k}, which has {path}")
-        model, meta = load_fold(path, cfg, comp.classes)
-        model = model.to(device)
-        if cfg.train.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        task = fold_task(meta)
-        (out,) = fold_outputs(cfg, comp, [model], va["path"].tolist(), device, f"OOF x TTA {path.parent.name}",
-                              fold_norm(meta), tasks=[task])
-        logit_mean = cfg.predict.ensemble == "mean_logit" and task.head != "regression"
-        probs = (task.activate(out) if logit_mean else out).double().numpy()  # (N_k, K)
-        oof = prob_frame(va["id"].astype(str).tolist(), probs, task, comp.targets(va))
-        csv = write_csv(path.parent / FILE, oof, what="TTA out-of-fold predictions")
-        write_json(path.parent / META, {"digest": wants[k], "csv_sha256": _sha256(csv), "views": views,
-                                         "n": len(oof)})
-        log(f"{path.parent.name}: out-of-fold predictions with {len(views)} TTA view(s) "
+            raise UserError(f"{folds_path(out_dir)} has no validation rows for fold {k}, which has {paths[0]}")
+        models, tasks, metas = [], [], []
+        for path in paths:
+            model, meta = load_fold(path, cfg, comp.classes)
+            model = model.to(device)
+            if cfg.train.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            models.append(model)
+            tasks.append(fold_task(meta))
+            metas.append(meta)
+        outs = fold_outputs(cfg, comp, models, va["path"].tolist(), device, f"OOF x TTA {fold_dir.name}",
+                            fold_norm(metas[0]), tasks=tasks)
+        logit_mean = cfg.predict.ensemble == "mean_logit" and tasks[0].head != "regression"
+        probs = np.mean([(t.activate(o) if logit_mean else o).double().numpy() for t, o in zip(tasks, outs,
+                                                                                               strict=True)], 0)
+        oof = prob_frame(va["id"].astype(str).tolist(), probs, tasks[0], comp.targets(va))
+        csv = write_csv(fold_dir / FILE, oof, what="TTA out-of-fold predictions")
+        write_json(fold_dir / META, {"digest": wants[k], "csv_sha256": _sha256(csv), "views": views,
+                                     "n": len(oof)})
+        log(f"{fold_dir.name}: out-of-fold predictions with {len(views)} TTA view(s) "
             f"(mean max output {np.mean(probs.max(1)):.3f}) → {csv}")

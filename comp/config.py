@@ -193,7 +193,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
         except (OmegaConfBaseException, TypeError, ValueError, yaml.YAMLError) as e:
-            raise UserError(_explain(e, f"in override '{item}'")) from None
+            empty = item.endswith("=") and "'None'" in str(e)  # `KEY=` reads as null, not as ""
+            hint = f"; an empty string is written {item}\"\" (quoted for the shell: '{item}\"\"')" if empty else ""
+            raise UserError(_explain(e, f"in override '{item}'") + hint) from None
     _check_values(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg

@@ -211,6 +211,13 @@ def test_the_demo_competition_is_scored_locally_not_submitted(comp_setup, tmp_pa
 
     code, err = submit_in_process(monkeypatch, capsys, str(file), "--dry-run", "-m", "dry", *comp_setup["label"])
     assert code == 0 and "--dry-run" in err and not argv_log.exists()
+    # a dry run never shows a command Kaggle would refuse: a code competition's CSV, an empty competition
+    code, err = submit_in_process(monkeypatch, capsys, str(file), "--dry-run", "-m", "dry", *comp_setup["label"],
+                                  "data.code_competition=true")
+    assert code == 0 and "code competition" in err and "--notebook" in err and "would be" not in err
+    code, err = submit_in_process(monkeypatch, capsys, str(file), "--dry-run", "-m", "dry", *comp_setup["label"],
+                                  'data.competition=""')
+    assert code == 0 and "data.competition is empty" in err and "would be" not in err
 
 
 def test_submit_script_as_a_subprocess(comp_setup, tmp_path):

@@ -234,6 +234,16 @@ def test_group_level_rows_aggregate_images_like_rsna_mammography(tmp_path):
     got = sub.frame["cancer"].astype(float).to_numpy()
     assert np.allclose(got, want.loc[sub.frame["prediction_id"]].to_numpy(), atol=1e-6)
     assert sub.score == pytest.approx(probabilistic_f1(np.array([1, 0, 0, 1]), got), abs=1e-6)  # at the row level
+    # the submission validates and scores at the row level in submit.py too, and the report's CV table
+    from comp.report.report import cv_report
+    from comp.submit.kaggle import submit
+
+    path = tmp_path / "sub.csv"
+    path.write_text(sub.text)
+    done = submit(cfg, path, "rows", dry_run=True)
+    assert done["score"] == pytest.approx(sub.score)
+    table, report_cv, _ = cv_report(cfg)[:3]
+    assert report_cv == pytest.approx(cv) and table.loc[table["fold"] == "oof", "n"].item() == 24
 
 
 def test_binary_decision_threshold_is_tuned_on_oof_and_kept_only_when_honest(tmp_path):

@@ -174,8 +174,12 @@ def _check(path: Path, folds: pd.DataFrame, train: pd.DataFrame, want: dict[str,
         raise UserError(f"{path} was made with data.limit={made.get('limit', 0)!r} (0 = every image), the config "
                         f"now says {want.get('limit', 0)!r}; give the smoke run its own out_dir, or {redo}")
     if len(folds) != len(train) or set(folds["id"]) != set(train["id"]):
+        only_f = sorted(set(folds["id"]) - set(train["id"]))[:1]
+        only_t = sorted(set(train["id"]) - set(folds["id"]))[:1]
+        which = (f"e.g. {only_f[0]!r} is in it but not in the data" if only_f else
+                 f"e.g. {only_t[0]!r} is in the data but not in it")
         raise UserError(f"{path} was made from a different set of images ({len(folds)} rows, data has "
-                        f"{len(train)}); {redo}")
+                        f"{len(train)}; {which}); {redo}")
     merged = train[["id", "label", "group"]].merge(folds[["id", "label", "group"]], on="id", suffixes=("", "_f"))
     changed = merged["label"] != merged["label_f"]
     if changed.any():

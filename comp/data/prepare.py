@@ -50,6 +50,19 @@ def problems_message(problems: list[Problem], total: int, root: Path, report: Pa
     return f"{len(problems)} of {total} images cannot be used ({head}) under {root}: {'; '.join(parts)}{where}"
 
 
+def _target_summary(cfg: Any, comp: Any) -> str:
+    """What the training targets hold, for prepare's summary line: images per class, positives per label
+    (multi-label), the range and mean of a regression target, the classes of the largest share (soft)."""
+    if cfg.task == "regression":
+        v = comp.train["label"].astype(float)
+        return f"with {cfg.data.label_column} from {v.min():.4g} to {v.max():.4g} (mean {v.mean():.4g})"
+    if cfg.task == "multilabel":
+        pos = comp.targets(comp.train).sum(0).astype(int).tolist()
+        return f"with {comp.num_classes} labels, positives per label {dict(zip(comp.classes, pos, strict=True))}"
+    per_class = comp.train["label"].value_counts().sort_index().tolist()
+    return f"in {comp.num_classes} classes {per_class}"
+
+
 def prepare(cfg: Any, workers: int | None = None, download: bool = False, rebuild_cache: bool = False) -> None:
     """Get data.root (the demo built; a Kaggle download only with `download` or data.download), check the
     CSVs, the sample submission and every image (building the cache when `images.cache`: entries of
@@ -81,9 +94,8 @@ def prepare(cfg: Any, workers: int | None = None, download: bool = False, rebuil
         raise UserError(problems_message(problems, total, comp.root, report))
     folds = load_or_make_folds(cfg, comp.train, out_dir)
     counts = folds.groupby("fold").size().tolist()
-    per_class = comp.train["label"].value_counts().sort_index().tolist()
     smoke = f" (smoke mode: data.limit={cfg.data.limit})" if cfg.data.limit else ""
-    log(f"{root}: {len(comp.train)} training images{smoke} in {comp.num_classes} classes {per_class}, "
+    log(f"{root}: {len(comp.train)} training images{smoke} {_target_summary(cfg, comp)}, "
         f"{len(comp.test)} test images; folds {counts} ({out_dir / 'folds.csv'})")
     if cfg.images.cache:
         log(f"cache: {cache_folder(cfg)} ({cfg.images.cache_format}, {cfg.image_size}px)")

@@ -130,7 +130,8 @@ def _predict(cfg: Any, comp: Competition, device: torch.device, todo: list[tuple
         logit_mean = cfg.predict.ensemble == "mean_logit" and tasks[0].head != "regression"
         probs = np.mean([(t.activate(o) if logit_mean else o).double().numpy() for t, o in zip(tasks, outs,
                                                                                                strict=True)], 0)
-        oof = prob_frame(va["id"].astype(str).tolist(), probs, tasks[0], comp.targets(va))
+        oof = prob_frame(va["id"].astype(str).tolist(), probs, tasks[0], comp.targets(va),
+                         va["row"].astype(str).tolist() if "row" in va.columns else None)
         csv = write_csv(fold_dir / FILE, oof, what="TTA out-of-fold predictions")
         write_json(fold_dir / META, {"digest": wants[k], "csv_sha256": _sha256(csv), "views": views,
                                      "n": len(oof)})

@@ -16,12 +16,13 @@ from comp.config import resolve_path
 from comp.errors import UserError
 from comp.metrics import METRICS, applies, classification_report, higher_is_better, score, score_all
 from comp.tasks import Task
-from comp.train.oof import load_oof, oof_probs, oof_targets, oof_task
+from comp.train.oof import load_oof, oof_probs, oof_targets, oof_task, row_level
 
 
 def cv_report(cfg: Any) -> tuple[pd.DataFrame, float, int, Task]:
     """The CV table of the experiment at `out_dir`, written to <out_dir>/cv.csv: one row per fold (`fold`
-    = its number, `n` its images), a `mean` row (the folds' mean) and an `oof` row (all out-of-fold
+    = its number, `n` its images, or its submission rows with data.submission_id_column: every score is at
+    the submission's level, comp.train.oof.row_level), a `mean` row (the folds' mean) and an `oof` row (all out-of-fold
     predictions pooled), with a column per metric that scores the task (comp.metrics.score_all); and the
     CV score (the competition metric over the pooled OOF), the number of folds found and the task.
 
@@ -34,14 +35,16 @@ def cv_report(cfg: Any) -> tuple[pd.DataFrame, float, int, Task]:
     oof = load_oof(out_dir, cfg.folds.n_folds)
     task = oof_task(cfg, oof)
     check_metric(cfg.metric, task)
-    rows = [{"fold": str(k), "n": len(part), **score_all(oof_targets(part), oof_probs(part), task=task,
-                                                        min_tpr=cfg.pauc_min_tpr)}
-            for k, part in oof.groupby("fold")]
+    how = cfg.predict.aggregate  # scored at the submission's level: images grouped into rows (row_level)
+    rows = []
+    for k, part in oof.groupby("fold"):
+        y, out = row_level(part, how, task.positive)
+        rows.append({"fold": str(k), "n": len(y), **score_all(y, out, task=task, min_tpr=cfg.pauc_min_tpr)})
     table = pd.DataFrame(rows)
     metrics = [c for c in table.columns if c not in ("fold", "n")]
     mean = {"fold": "mean", "n": int(table["n"].sum()), **table[metrics].mean().to_dict()}
-    pooled = {"fold": "oof", "n": len(oof), **score_all(oof_targets(oof), oof_probs(oof), task=task,
-                                                       min_tpr=cfg.pauc_min_tpr)}
+    y, out = row_level(oof, how, task.positive)
+    pooled = {"fold": "oof", "n": len(y), **score_all(y, out, task=task, min_tpr=cfg.pauc_min_tpr)}
     table = pd.concat([table, pd.DataFrame([mean, pooled])], ignore_index=True)
     io.write_csv(out_dir / "cv.csv", table)
     return table, float(pooled[cfg.metric]), len(rows), task

@@ -35,7 +35,7 @@ from comp.data.competition import load_competition
 from comp.errors import UserError
 from comp.io import write_text
 from comp.log import log
-from comp.submit.submission import check, read_exact, score_holdout
+from comp.submit.submission import check, read_exact, row_view, score_holdout
 from comp.system import git_commit
 
 INDEX_COLUMNS = ["time", "file", "competition", "config", "config_hash", "git_commit", "cv_metric", "cv_score",
@@ -184,7 +184,7 @@ def submit(cfg: Any, file: Path, message: str, config_path: str | None = None, d
     """
     if not message.strip():
         raise UserError("-m MESSAGE is empty: say what this submission is")
-    comp = load_competition(cfg)
+    cfg, comp = row_view(cfg, load_competition(cfg))  # rows grouping images: data.submission_id_column
     df = read_exact(file)
     check(cfg, comp, df)
     log(f"{file}: valid ({len(df)} rows, header {list(df.columns)})")
@@ -192,7 +192,13 @@ def submit(cfg: Any, file: Path, message: str, config_path: str | None = None, d
     args = ["competitions", "submit", competition, "-f", str(file), "-m", message]
     if dry_run or cfg.data.source == "demo":
         why = "data.source=demo has no Kaggle competition" if cfg.data.source == "demo" else "--dry-run"
-        log(f"not submitted ({why}); the command would be: {kaggle_cli.describe(args)}")
+        if cfg.data.source != "demo" and not competition:
+            log(f"not submitted ({why}); data.competition is empty, so there is no competition to submit to")
+        elif cfg.data.code_competition:
+            log(f"not submitted ({why}); {competition} is a code competition: Kaggle refuses a CSV upload, "
+                f"scripts/submit.py --notebook -m MSG submits the notebook that writes it")
+        else:
+            log(f"not submitted ({why}); the command would be: {kaggle_cli.describe(args)}")
         score = score_holdout(cfg, comp, df)
         if score is not None:
             log(f"local score against the held-out answers: {cfg.metric} {score:.4f}")

@@ -28,11 +28,11 @@ import pandas as pd
 from comp.data.competition import Competition, read_csv
 from comp.data.targets import class_task, read_targets
 from comp.errors import UserError
+from comp.log import log
 from comp.metrics import positive_index, score
+from comp.submit.checks import NAN_WORDS, validate  # noqa: F401  (imported from here since the start)
 from comp.tasks import Task, make_task
 from comp.train.oof import aggregate
-
-NAN_WORDS = {"nan", "na", "n/a", "null", "none", "inf", "-inf", "+inf", "infinity", "-infinity"}
 
 
 def read_exact(path: Path, what: str = "submission") -> pd.DataFrame:
@@ -145,7 +145,7 @@ def build(cfg: Any, comp: Competition, probs: np.ndarray, labels: np.ndarray | N
     if mode == "binary_prob":
         pos = positive(cfg, comp)
         tuned = labels is not None and cfg.task == "binary"  # a decision threshold tuned on OOF: 0/1 values
-        out[col] = (labels[order] == pos).astype(float) if tuned else probs[order, pos]
+        out[col] = (labels[order] == pos).astype(int) if tuned else probs[order, pos]
         return out
     if mode == "value":
         out[col] = probs[order, 0]
@@ -153,68 +153,6 @@ def build(cfg: Any, comp: Competition, probs: np.ndarray, labels: np.ndarray | N
     pred = (labels if labels is not None else comp_task(cfg, comp).decode(probs))[order]
     out[col] = [str(comp.label_values[i]) for i in pred]
     return out
-
-
-def validate(df: pd.DataFrame, sample: pd.DataFrame, id_col: str, mode: str, allowed: list[Any]) -> None:
-    """Refuse a submission Kaggle would reject or score wrongly: a header other than the sample's, an id
-    missing, repeated or unknown, an empty or NaN value, a label outside `allowed` (mode `label`) or a
-    probability outside [0, 1] (the other modes).
-
-    Raises:
-        UserError: naming the first problem and its row.
-    """
-    if list(df.columns) != list(sample.columns):
-        raise UserError(f"submission header {list(df.columns)} is not the sample submission's {list(sample.columns)}")
-    lines = df.attrs.get("lines") or list(range(2, len(df) + 2))
-
-    def where(i: int) -> str:
-        return f"submission line {lines[i]}"
-
-    ids = df[id_col].astype(str)
-    empty = ids.str.strip() == ""
-    if empty.any():
-        raise UserError(f"{where(int(np.flatnonzero(empty.to_numpy())[0]))} has an empty {id_col!r}")
-    dup = ids.duplicated()
-    if dup.any():
-        i = int(np.flatnonzero(dup.to_numpy())[0])
-        raise UserError(f"{where(i)}: id {ids.iloc[i]!r} appears more than once")
-    want = set(sample[id_col].astype(str))
-    extra = ~ids.isin(want)
-    if extra.any():
-        i = int(np.flatnonzero(extra.to_numpy())[0])
-        raise UserError(f"{where(i)}: id {ids.iloc[i]!r} is not in the sample submission "
-                        f"({int(extra.sum())} such id(s))")
-    missing = sorted(want - set(ids))
-    if missing:
-        raise UserError(f"submission lacks {len(missing)} test id(s) of the sample submission, e.g. {missing[0]!r} "
-                        f"({len(df)} rows, the sample has {len(sample)})")
-    allowed_s = {str(a) for a in allowed}
-    for col in df.columns:
-        if col == id_col:
-            continue
-        values = df[col].astype(str)
-        stripped = values.str.strip()
-        blank = (stripped == "") | (stripped.str.lower().isin(NAN_WORDS) & ~stripped.isin(allowed_s))
-        if blank.any():
-            i = int(np.flatnonzero(blank.to_numpy())[0])
-            raise UserError(f"{where(i)}: {col}={values.iloc[i]!r} is empty or NaN")
-        if mode == "label":
-            ok = values.isin(allowed_s)
-            if not ok.all():
-                i = int(np.flatnonzero(~ok.to_numpy())[0])
-                raise UserError(f"{where(i)}: {col}={values.iloc[i]!r} is not one of the classes {list(allowed)}")
-        elif mode == "value":
-            num = pd.to_numeric(stripped, errors="coerce")
-            bad = num.isna() | ~np.isfinite(num)
-            if bad.any():
-                i = int(np.flatnonzero(bad.to_numpy())[0])
-                raise UserError(f"{where(i)}: {col}={values.iloc[i]!r} is not a finite number")
-        else:
-            num = pd.to_numeric(stripped, errors="coerce")
-            bad = num.isna() | ~np.isfinite(num) | (num < 0) | (num > 1)
-            if bad.any():
-                i = int(np.flatnonzero(bad.to_numpy())[0])
-                raise UserError(f"{where(i)}: {col}={values.iloc[i]!r} is not a probability in [0, 1]")
 
 
 def check(cfg: Any, comp: Competition, df: pd.DataFrame) -> None:
@@ -284,6 +222,24 @@ def score_holdout(cfg: Any, comp: Competition, df: pd.DataFrame) -> float | None
                  task=task, min_tpr=cfg.pauc_min_tpr)
 
 
+def row_view(cfg: Any, comp: Competition) -> tuple[Any, Competition]:
+    """The config and competition as the submission sees them: with data.submission_id_column, one test
+    row per submission row (in first-seen order, `row_config`), else both as they are. A test row the
+    sample does not list is logged (its images are predicted for nothing)."""
+    if "row" not in comp.test.columns:
+        return cfg, comp
+    rows = list(dict.fromkeys(comp.test["row"].astype(str)))
+    out = row_config(cfg)
+    view = replace(comp, test=pd.DataFrame({"id": rows, "path": ""}))
+    if cfg.data.sample_submission:
+        listed = set(sample_frame(out, view)[out.data.id_column].str.strip())
+        extra = [r for r in rows if r not in listed]
+        if extra:
+            log(f"warning: {len(extra)} submission row(s) of data.test_csv are not in the sample submission, "
+                f"e.g. {extra[0]!r}; their images are left out")
+    return out, view
+
+
 def row_config(cfg: Any) -> Any:
     """The config as the submission sees it: with data.submission_id_column set, its rows are keyed by that
     column (data.id_column names the images), so the sample, the submission and the held-out answers are
@@ -322,15 +278,16 @@ def make_submission(cfg: Any, expect_hash: str | None = None) -> Submission:
     from comp.predict import thresholds
     from comp.predict.predict import predict_test
 
-    comp = load_competition(cfg)
-    images, full, cfg = comp, cfg, row_config(cfg)  # `full` keeps the hash the folds were trained under
+    images = load_competition(cfg)
+    full = cfg  # keeps the hash the folds were trained under
+    cfg, comp = row_view(cfg, images)  # one row per group of images with data.submission_id_column
     output_mode(cfg, comp, sample_frame(cfg, comp))  # a sample that fits no encoding fails before inference
     positive(cfg, comp)  # so does a data.positive_class that is not a class
     probs = predict_test(full, images, expect_hash=expect_hash)
-    if "row" in images.test.columns:  # one submission row per group of images (data.submission_id_column)
+    if "row" in images.test.columns:
         rows, _, probs = aggregate(images.test["row"].to_numpy(), None, probs, cfg.predict.aggregate,
                                    comp_task(cfg, comp).positive)
-        comp = replace(images, test=pd.DataFrame({"id": rows, "path": ""}))
+        assert list(rows) == list(comp.test["id"]), "rows out of the view's order"
     decoding = thresholds.load_or_fit(full, comp.num_classes, images)
     keep = decoding is not None and decoding["method"] != "probs"  # pf1 without a tuned threshold: as they are
     labels = thresholds.labels(probs, decoding) if keep else None

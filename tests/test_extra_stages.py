@@ -177,3 +177,18 @@ def test_two_stages_hand_on_weights_resume_and_predict(tiny, ext, monkeypatch):
 def test_last_stage_may_not_change_what_predict_reads(tiny):
     res = run_script("train_fold.py", "--fold", "0", *tiny["overrides"], "stages=[{}, {image_size: 32}]")
     assert_user_error(res, "stages[1]", "image_size")
+
+
+def test_prepare_caches_the_extra_images_of_every_stage(tiny, ext):
+    from comp.data.cache import cache_folder, read_manifest
+    from comp.train.stages import stage_configs
+
+    over = tiny["overrides"] + [extra_entry(ext, stage="pretrain"), STAGES]
+    res = run_script("prepare.py", *over, "--quiet")
+    assert res.returncode == 0, res.stderr
+    cfg = load_config(None, over)
+    for c in stage_configs(cfg):
+        keys = read_manifest(cache_folder(c))
+        assert len(keys) == 15 * 2 + 9 + 12, (c.image_size, len(keys))  # train, test and the 12 extra images
+    folds = pd.read_csv(tiny["out"] / "folds.csv", dtype={"id": str})
+    assert len(folds) == 30 and not folds["id"].str.startswith("dr_").any()

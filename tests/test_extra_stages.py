@@ -192,3 +192,17 @@ def test_prepare_caches_the_extra_images_of_every_stage(tiny, ext):
         assert len(keys) == 15 * 2 + 9 + 12, (c.image_size, len(keys))  # train, test and the 12 extra images
     folds = pd.read_csv(tiny["out"] / "folds.csv", dtype={"id": str})
     assert len(folds) == 30 and not folds["id"].str.startswith("dr_").any()
+
+
+def test_train_fold_runs_the_stages_and_resume_skips_the_finished_ones(tiny, ext):
+    over = ["--fold", "1", *tiny["overrides"], extra_entry(ext, stage="pretrain"), "stages=[{image_size: 24}, {}]"]
+    res = run_script("train_fold.py", *over)
+    assert res.returncode == 0, res.stderr
+    fold = tiny["out"] / "fold1"
+    assert (fold / "stage1" / "done.json").is_file() and (fold / "best.pt").is_file()
+    assert (fold / "oof.csv").is_file() and not (fold / "stage1" / "stage1").exists()
+    again = run_script("train_fold.py", *over)  # without --resume: the trained stage is not overwritten
+    assert_user_error(again, "fold1 already holds a trained fold", "--resume")
+    res = run_script("train_fold.py", *over, "--resume")
+    assert res.returncode == 0, res.stderr
+    assert "stage 1/2: done" in res.stderr and "nothing left to train" in res.stderr, res.stderr

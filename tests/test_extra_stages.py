@@ -109,8 +109,12 @@ def test_id_clash_with_a_competition_image_is_refused(tiny, tmp_path):
 
 
 def test_bad_entry_keys_are_refused_by_the_config(tiny, ext):
-    res = run_script("train_fold.py", "--fold", "0", *tiny["overrides"], extra_entry(ext, stage="later"))
-    assert_user_error(res, "data.extra[0].stage")
+    from comp import load_config as load_checked
+
+    for bad, key in ((dict(stage="later"), "data.extra[0].stage"), (dict(weight=0), "data.extra[0].weight"),
+                     (dict(labels="x"), "'labels' in data.extra[0]")):
+        with pytest.raises(UserError, match=__import__("re").escape(key)):
+            load_checked(None, tiny["overrides"] + [extra_entry(ext, **bad)])
 
 
 STAGES = "stages=[{image_size: 24, data: {extra_only: true}}, {epochs: 2}]"
@@ -175,8 +179,13 @@ def test_two_stages_hand_on_weights_resume_and_predict(tiny, ext, monkeypatch):
 
 
 def test_last_stage_may_not_change_what_predict_reads(tiny):
-    res = run_script("train_fold.py", "--fold", "0", *tiny["overrides"], "stages=[{}, {image_size: 32}]")
-    assert_user_error(res, "stages[1]", "image_size")
+    from comp.train.stages import stage_configs
+
+    for stages, needle in (("[{}, {image_size: 32}]", "stages[1] (the last stage) sets 'image_size'"),
+                           ("[{out_dir: x}, {}]", "stages[0] sets 'out_dir'"),
+                           ("[{epochz: 1}, {}]", "stages[0]")):
+        with pytest.raises(UserError, match=__import__("re").escape(needle)):
+            stage_configs(load_config(None, tiny["overrides"] + [f"stages={stages}"]))
 
 
 def test_prepare_caches_the_extra_images_of_every_stage(tiny, ext):
@@ -194,6 +203,7 @@ def test_prepare_caches_the_extra_images_of_every_stage(tiny, ext):
     assert len(folds) == 30 and not folds["id"].str.startswith("dr_").any()
 
 
+@pytest.mark.slow
 def test_train_fold_runs_the_stages_and_resume_skips_the_finished_ones(tiny, ext):
     over = ["--fold", "1", *tiny["overrides"], extra_entry(ext, stage="pretrain"), "stages=[{image_size: 24}, {}]"]
     res = run_script("train_fold.py", *over)

@@ -32,6 +32,7 @@ from omegaconf import OmegaConf
 
 from comp.data.targets import class_task
 from comp.errors import UserError
+from comp.log import log
 from comp.schema import Config, DataConfig
 
 OWN_KEYS = ("name", "label_map", "weight", "stage")
@@ -77,6 +78,9 @@ def extra_entries(cfg: Any, stage: int | None = None) -> list[tuple[int, dict[st
         d = _entry(e, i)
         if d.get("stage", "all") == "all" or stage > 0:
             out.append((i, d))
+        else:
+            log(f"data.extra[{i}] ({source_name(i, d)!r}) has stage=pretrain: not used in "
+                f"the last stage or a run without stages (only stages before the last)")
     return out
 
 

@@ -50,6 +50,9 @@ def validate_config(cfg: Any) -> Any:
     from comp.models.factory import check_model_name
 
     check_config(cfg)
+    from comp.data.extra import check_extra
+
+    check_extra(cfg)
     try:
         check_model_name(cfg.model.name)
     except UserError as e:

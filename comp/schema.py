@@ -58,6 +58,11 @@ class DataConfig:
     kernel_gpu: bool = False  # the submission notebook runs with a GPU (code competitions)
     hidden_test_size: int = 0  # images in the hidden test set a code competition's notebook predicts; 0 = unknown
     runtime_limit_hours: float = 9.0  # the competition's notebook run-time limit (9 h for most)
+    extra: list[Any] = field(default_factory=list)  # external training data: other downloads, each a partial data
+    # section (root, layout, train_csv, id_column, label_column, train_images, image_ext, ...) plus name,
+    # label_map {from: to}, weight (sampling share, competition images 1) and stage (all | pretrain); added to
+    # the training part of every fold, never to validation, folds.csv or OOF (comp/data/extra.py)
+    extra_only: bool = False  # train on data.extra only (a pre-training stage); validation stays the fold's own
 
 
 @dataclass
@@ -161,6 +166,11 @@ class Config:
     seeds: list[int] = field(default_factory=list)  # a seed bag: the recipe trained once per seed on the same
     # folds, into <out_dir>/fold<K>/seed<S>/, predicted and scored as one experiment; empty = just `seed`
     out_dir: str = "runs/demo"  # where fold folders, folds.csv and predictions go
+    stages: list[Any] = field(default_factory=list)  # a multi-stage recipe: partial configs trained in order, each
+    # from the previous stage's best.pt (model.pretrained); earlier stages in <out_dir>/fold<K>/stage<i>/, the
+    # last in <out_dir>/fold<K>/ where predict reads it (comp/train/stages.py); empty = one stage
+    stage: int = 0  # set by scripts/train_fold.py for each of `stages`: i >= 1 a stage before the last (its folder
+    # fold<K>/stage<i>/, data.extra entries with stage=pretrain used); 0 = the last stage, or no stages
     epochs: int = 10
     batch_size: int = 64
     image_size: int = 32  # square side the images are resized to

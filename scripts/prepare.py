@@ -2,7 +2,9 @@
 """Get the data ready: build the demo, or with --download (or data.download=true) fetch a missing data.root
 from Kaggle; check every label, the sample submission and every image (listing every unusable one at
 once), build the pre-resized image cache in parallel (resumable: rerun after an interruption; a replaced
-image's entry is rebuilt; --rebuild-cache rebuilds all), and write the folds once to <out_dir>/folds.csv."""
+image's entry is rebuilt; --rebuild-cache rebuilds all), and write the folds once to <out_dir>/folds.csv.
+data.extra's images are checked and cached too, and each of `stages` with its own image_size or
+preprocessing gets its own cache."""
 
 import _common  # noqa: F401
 
@@ -13,9 +15,16 @@ from comp.data.prepare import prepare
 def run(args):
     from comp import validate_config
     from comp.config import load_config
+    from comp.data.cache import cache_folder
+    from comp.train.stages import stage_configs
 
-    prepare(validate_config(load_config(args.config, args.overrides)), download=args.download,  # every key first
-            rebuild_cache=args.rebuild_cache)
+    cfg = validate_config(load_config(args.config, args.overrides))  # every key first
+    prepare(cfg, download=args.download, rebuild_cache=args.rebuild_cache)
+    done = {cache_folder(cfg)}
+    for stage in stage_configs(cfg):  # a stage at another image_size or preprocessing: its own cache
+        if stage.images.cache and cache_folder(stage) not in done:
+            done.add(cache_folder(stage))
+            prepare(stage, rebuild_cache=args.rebuild_cache)
 
 
 if __name__ == "__main__":

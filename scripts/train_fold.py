@@ -10,6 +10,10 @@ A seed bag (seeds=[42,43,44]) trains every seed of fold K in turn, each into <ou
 or only --seed S (one job per seed); once every seed of the fold is trained, <out_dir>/fold<K>/oof.csv
 is written: the per-image mean of the seeds' OOF (comp/train/bag.py).
 
+A multi-stage recipe (stages: [{...}, {...}]) trains each stage in turn, from the previous stage's best.pt:
+stages before the last into <out_dir>/fold<K>/stage<i>/ (done.json when finished), the last into
+<out_dir>/fold<K>/ where predict reads it (comp/train/stages.py); --resume skips the finished stages.
+
 --resume continues from the newest checkpoint of the fold, mid-epoch included; SIGTERM or Ctrl-C
 saves one after the current step and prints the command to resume.
 
@@ -52,6 +56,7 @@ def run(args):
         dist.barrier()
     from comp.errors import UserError
     from comp.train.bag import bag_seeds, with_seed, write_bag_oof
+    from comp.train.stages import train_stages
 
     seeds = bag_seeds(cfg)
     if args.seed is not None and args.seed not in seeds:
@@ -59,7 +64,7 @@ def run(args):
                         f"in seeds")
     for seed in [args.seed] if args.seed is not None else seeds or [cfg.seed]:
         try:
-            result = fit(with_seed(cfg, seed) if seeds else cfg, args.fold, resume=args.resume)
+            result = train_stages(with_seed(cfg, seed) if seeds else cfg, args.fold, args.resume, fit)
         except Stopped as e:
             if rank0:
                 launch = f"torchrun --nproc_per_node={d.world}" if d.world > 1 else "python"

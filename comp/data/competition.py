@@ -248,7 +248,7 @@ def _load_test(cfg: Any, root: Path, classes: list[str], problems: list[Problem]
     return test[["id", "path"]].reset_index(drop=True)
 
 
-def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False) -> Competition:
+def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False, extra: bool = False) -> Competition:
     """Read the download at `data.root` as the config describes it.
 
     Args:
@@ -318,7 +318,7 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False) 
         labels, classes, values = _encode_labels(scanned["label"], classes_cfg, values_cfg,
                                                  lambda i: f"class folder of {scanned['path'].iloc[i]}")
         train = exclude(scanned.assign(label=labels), excluded)
-    if not classes_cfg and class_task(cfg):
+    if not classes_cfg and class_task(cfg) and not extra:
         if d.layout == "csv":
             def rows(idx: list[int]) -> str:
                 return f"{train_csv.name} row(s) " + ", ".join(str(i + 2) for i in idx[:10])
@@ -326,7 +326,7 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False) 
             def rows(idx: list[int]) -> str:
                 return f"folder {str(Path(scanned['path'].iloc[idx[0]]).parent)!r}"
         check_spelling(labels, classes, int(cfg.folds.n_folds), rows)
-    if class_task(cfg) or cfg.data.label_columns and cfg.task == "multiclass":
+    if (class_task(cfg) or cfg.data.label_columns and cfg.task == "multiclass") and not extra:
         two_classes(labels, classes)
         if excluded:
             two_classes(train["label"], classes, " after data.exclude")

@@ -17,6 +17,7 @@ from comp.config import resolve_path
 from comp.data.cache import cache_folder, process_images
 from comp.data.competition import Problem, load_competition
 from comp.data.download import ensure_data
+from comp.data.extra import load_extra
 from comp.data.folds import check_folds, load_or_make_folds
 from comp.data.preprocess import check_steps
 from comp.errors import UserError
@@ -65,7 +66,7 @@ def _target_summary(cfg: Any, comp: Any) -> str:
 
 def prepare(cfg: Any, workers: int | None = None, download: bool = False, rebuild_cache: bool = False) -> None:
     """Get data.root (the demo built; a Kaggle download only with `download` or data.download), check the
-    CSVs, the sample submission and every image (building the cache when `images.cache`: entries of
+    CSVs, the sample submission and every image (data.extra's too) (building the cache when `images.cache`: entries of
     changed sources, or all with `rebuild_cache`, rebuilt), write the folds.
 
     Raises:
@@ -82,7 +83,9 @@ def prepare(cfg: Any, workers: int | None = None, download: bool = False, rebuil
     out_dir.mkdir(parents=True, exist_ok=True)  # an unusable out_dir or fold setting fails now, not after
     if not comp.problems:  # hours of caching (with ids missing their image, their listing comes first)
         check_folds(cfg, comp.train, out_dir)
+    extra = load_extra(cfg, comp, stage=1) if not comp.problems else None  # every source, pretrain ones too
     paths = comp.train["path"].tolist() + comp.test["path"].tolist()
+    paths += extra["path"].tolist() if extra is not None else []
     problems = comp.problems + process_images(cfg, comp.root, paths, workers, rebuild_cache)
     if problems:
         report = out_dir / "image_problems.csv"
@@ -97,5 +100,8 @@ def prepare(cfg: Any, workers: int | None = None, download: bool = False, rebuil
     smoke = f" (smoke mode: data.limit={cfg.data.limit})" if cfg.data.limit else ""
     log(f"{root}: {len(comp.train)} training images{smoke} {_target_summary(cfg, comp)}, "
         f"{len(comp.test)} test images; folds {counts} ({out_dir / 'folds.csv'})")
+    if extra is not None and len(extra):
+        log(f"data.extra: {extra['source'].value_counts(sort=False).to_dict()} training images (every fold's "
+            f"training part only; cached beside the competition's)")
     if cfg.images.cache:
         log(f"cache: {cache_folder(cfg)} ({cfg.images.cache_format}, {cfg.image_size}px)")

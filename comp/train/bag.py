@@ -42,18 +42,20 @@ def with_seed(cfg: Any, seed: int) -> Any:
 
 def run_dir(cfg: Any, fold: int) -> Path:
     """The folder one training run of fold `fold` writes: `<out_dir>/fold<K>/seed<S>/` (S = cfg.seed) in
-    a seed bag, else `<out_dir>/fold<K>/`.
+    a seed bag, else `<out_dir>/fold<K>/`; a stage before the last of `stages` (cfg.stage = i >= 1) writes
+    `stage<i>/` below that (comp.train.stages).
 
     Raises:
         UserError: a bag whose `seeds` do not include `seed` (the run would belong to no bag)."""
     fold_dir = resolve_path(cfg.out_dir) / f"fold{fold}"
+    stage = f"stage{int(cfg.stage)}" if int(cfg.stage) > 0 else ""
     seeds = bag_seeds(cfg)
     if not seeds:
-        return fold_dir
+        return fold_dir / stage
     if int(cfg.seed) not in seeds:
         raise UserError(f"seed={cfg.seed} is not one of the bag's seeds={seeds}; train a seed of the bag "
                         f"(scripts/train_fold.py --seed S), or add it to seeds")
-    return fold_dir / f"seed{int(cfg.seed)}"
+    return fold_dir / f"seed{int(cfg.seed)}" / stage
 
 
 def fold_checkpoints(cfg: Any, fold: int) -> list[Path]:

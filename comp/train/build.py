@@ -15,10 +15,12 @@ from comp.config import config_hash, resolve_path
 from comp.data.augment import build_transform
 from comp.data.cache import image_loader
 from comp.data.competition import load_competition
+from comp.data.extra import load_extra, sample_weights, source_counts, training_rows
 from comp.data.folds import load_or_make_folds
 from comp.data.loader import EpochSampler, ImageDataset, class_weights, make_loader
 from comp.device import amp_dtype_for, pick_device
 from comp.errors import UserError
+from comp.log import log
 from comp.metrics import check_metric, positive_index
 from comp.models import create_model, input_norm
 from comp.tasks import make_task
@@ -36,14 +38,17 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def fold_data(cfg: Any, comp: Any, folds: Any, fold: int, rank: int, world: int, pin: bool) -> FoldData:
-    """The training images of every other fold and the validation images of `fold`, with their loaders:
-    the training order from an `EpochSampler` (this rank's share), validation in order, every world-th
-    image on this rank. Targets as `Competition.targets` gives them (comp.tasks).
+def fold_data(cfg: Any, comp: Any, folds: Any, fold: int, rank: int, world: int, pin: bool,
+              extra: Any = None) -> FoldData:
+    """The training images of every other fold (plus every row of `extra`, comp.data.extra.load_extra: the
+    external sources, training only) and the validation images of `fold`, with their loaders: the training
+    order from an `EpochSampler` (this rank's share; the sources' `weight` as sampling weights), validation
+    in order, every world-th image on this rank. Targets as `Competition.targets` gives them (comp.tasks).
 
     Raises:
         UserError: train.sampler=weighted for a task without classes (multi-label, regression)."""
     tr, va = folds[folds["fold"] != fold], folds[folds["fold"] == fold]
+    tr = training_rows(cfg, tr, extra if extra is not None else tr.iloc[0:0])
     load = image_loader(cfg, comp)
     train_set = ImageDataset(tr["path"].tolist(), comp.targets(tr), cfg.image_size,
                              build_transform(cfg.aug.train, "aug.train"), load=load)
@@ -56,6 +61,9 @@ def fold_data(cfg: Any, comp: Any, folds: Any, fold: int, rank: int, world: int,
                             f"has none (use train.class_weights for BCE pos_weight)")
         labels = tr["label"].to_numpy(np.int64)
         weights = class_weights(labels, comp.num_classes)[labels]
+    share = sample_weights(tr)  # data.extra[].weight: each source's share of the draws
+    if share is not None:
+        weights = share if weights is None else weights * share
     sampler = EpochSampler(len(train_set), cfg.seed, 0, weights=weights, rank=rank, world_size=world)
     valid_index = np.arange(rank, len(valid_set), world)
     return FoldData(
@@ -97,7 +105,15 @@ def build_run(cfg: Any, fold: int, resume: bool) -> Run:
     positive = positive_index(cfg.data.positive_class, comp.classes, comp.label_values) if comp.num_classes == 2 else 1
     task = make_task(cfg, comp.classes, positive)
     metric = check_metric(cfg.metric, task)
-    data = fold_data(cfg, comp, folds, fold, d.rank, d.world, pin=device.type == "cuda")
+    extra = load_extra(cfg, comp)
+    data = fold_data(cfg, comp, folds, fold, d.rank, d.world, pin=device.type == "cuda", extra=extra)
+    counts = source_counts(training_rows(cfg, folds[folds["fold"] != fold], extra))
+    if d.main:
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        io.write_json(fold_dir / "sources.json", {"fold": fold, "stage": int(cfg.stage), "train_images": counts,
+                                                  "valid_images": int((folds["fold"] == fold).sum())})
+    if len(extra) or cfg.data.extra_only:
+        log(f"fold {fold}: training images per source {counts} ({fold_dir / 'sources.json'})")
     task = task.fit_norm(data.train_set.labels)  # a regression head's targets: the training fold's mean, std
     per_rank = math.ceil(len(data.train_set) / d.world)
     steps_per_epoch = per_rank // cfg.batch_size // cfg.train.accum_steps

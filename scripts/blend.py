@@ -56,8 +56,9 @@ if __name__ == "__main__":
                    help="the blend to write (default: the best honest CV)")
     p.add_argument("--out", default=None, help="output folder (default runs/blend-<names>)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output folder")
-    p.add_argument("--test-probs", action="append", default=None, metavar="PATH",
-                   help="a member's saved test outputs (repeat once per config, in order)")
+    p.add_argument("--test-probs", action="extend", nargs="+", default=None, metavar="PATH",
+                   help="the members' saved test outputs, one per config in order ('' to predict one); "
+                        "several after one flag, or the flag repeated")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one error line")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     main(run, p)

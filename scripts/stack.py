@@ -27,19 +27,21 @@ def run(args):
     cfg = validate_config(load_config(args.config, args.overrides))
     params = {"max_iter": args.max_iter, "learning_rate": args.learning_rate,
               "min_samples_leaf": args.min_samples_leaf}
-    s = stack(cfg, args.out, args.oof, args.test_probs, args.columns, not args.no_group_features, params)
+    s = stack(cfg, args.out, args.oof, args.test_probs, args.columns, not args.no_group_features, params,
+              force=args.force)
     for d, cv in zip(s["experiments"], s["cv_images"], strict=True):
         print(f"image model {d}: CV {s['metric']} {cv:.4f}")
     print(f"stack ({len(s['features'])} features): CV {s['metric']} {s['cv_stack']:.4f} (fold k fitted on the "
           f"other folds' OOF rows)")
     if s["held_out"] is not None:
         print(f"stack held-out {s['metric']}: {s['held_out']:.4f}")
-    print(f"written: {args.out}/fold*/oof.csv, submission.csv, test_probs.csv, stack.json")
+    print(f"written: {args.out}/fold*/oof.csv, submission.csv, test_probs.csv, stack.json, config.yaml")
 
 
 if __name__ == "__main__":
     p = parser(__doc__)
     p.add_argument("--out", required=True, metavar="DIR", help="the stack's folder (its OOF, submission, summary)")
+    p.add_argument("--force", action="store_true", help="replace the files of an existing --out folder")
     p.add_argument("--oof", nargs="+", default=None, metavar="DIR",
                    help="image experiments' out_dirs, trained on the same folds (default: the config's out_dir)")
     p.add_argument("--test-probs", nargs="+", default=None, metavar="CSV",

@@ -116,6 +116,12 @@ def test_stack_with_metadata_beats_the_image_model_and_is_an_experiment(trained)
     probs = pd.read_csv(out / "test_probs.csv")
     assert np.allclose(probs["prob_1"], sub["target"]) and np.allclose(probs[["prob_0", "prob_1"]].sum(axis=1), 1)
     assert (out / "folds.csv").read_bytes() == (tmp / "runs" / "folds.csv").read_bytes()
+    own = load_config(str(out / "config.yaml"), [])  # the stack is an experiment: report.py and blend.py read it
+    assert Path(own.out_dir) == out and own.metric == "auc"
+    before = (out / "stack.json").read_bytes()
+    with pytest.raises(UserError, match="already holds files"):  # never overwritten without --force
+        stack_mod.stack(load_config(None, over), out)
+    assert (out / "stack.json").read_bytes() == before
 
 
 def test_fold_k_model_never_sees_fold_k_rows():

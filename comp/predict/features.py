@@ -59,6 +59,9 @@ def save_features(cfg: Any, comp: Competition, out: str | Path, device: torch.de
             folder.
     """
     out = check_features_dir(out)
+    if len(cfg.seeds) > 1:
+        raise UserError(f"--save-features: the seeds of a bag {list(cfg.seeds)} embed images in different spaces; "
+                        f"save one seed's features with seeds=[{cfg.seeds[0]}]")
     device = device or pick_device(cfg.device)
     paths = trained_folds(cfg)
     fpath = folds_path(resolve_path(cfg.out_dir))

@@ -143,17 +143,21 @@ def _test_groups(cfg: Any, comp: Any) -> np.ndarray:
 
 
 def stack(cfg: Any, out: str | Path, oof_dirs: list[str] | None = None, test_probs: list[str] | None = None,
-          columns: list[str] | None = None, groups: bool = True, params: dict[str, Any] | None = None
-          ) -> dict[str, Any]:
+          columns: list[str] | None = None, groups: bool = True, params: dict[str, Any] | None = None,
+          force: bool = False) -> dict[str, Any]:
     """Stack the experiments `oof_dirs` (default the config's out_dir) with the tabular `columns` (default
     data.tabular_columns) and group features (data.group_column), write everything to `out` (module doc),
     and return the summary saved in stack.json (`cv_images`: each experiment's CV; `cv_stack`: the stack's,
     honest; `held_out`: the submission's score when the answers are known).
 
     Raises:
-        UserError: no OOF, experiments on different folds, soft targets, a missing column, image or file.
+        UserError: no OOF, experiments on different folds, soft targets, a missing column, image or file, an
+            existing `out` without `force`.
     """
     out = io.check_dir(resolve_path(out), "--out")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise UserError(f"--out {out} already holds files (a stack or another experiment); pass --force to "
+                        f"replace them, or name another folder")
     dirs = [resolve_path(d) for d in (oof_dirs or [cfg.out_dir])]
     columns = list(columns if columns is not None else cfg.data.tabular_columns)
     params = {k: v for k, v in (params or {}).items() if v is not None}
@@ -179,6 +183,10 @@ def stack(cfg: Any, out: str | Path, oof_dirs: list[str] | None = None, test_pro
     log(f"stack: {len(dirs)} experiment(s), {x.shape[1]} features ({', '.join(x.columns)}), "
         f"{len(np.unique(folds))} folds")
     oof, test_out = fit_folds(task, x, y, folds, x_test, params, int(cfg.seed))
+    if np.allclose(oof, oof[:1]):
+        leaf = {**DEFAULTS, **params}.get("min_samples_leaf")
+        log(f"warning: the stack predicts one constant for every row: its trees found no split with "
+            f"min_samples_leaf={leaf} on {len(y)} rows; lower --min-samples-leaf")
     how, pos, mt = cfg.predict.aggregate, task.positive, cfg.pauc_min_tpr
     rows = base["row"].astype(str).tolist() if "row" in base.columns else None
     frame = prob_frame(train_ids.tolist(), oof, task, y, rows).assign(fold=folds)
@@ -195,6 +203,11 @@ def stack(cfg: Any, out: str | Path, oof_dirs: list[str] | None = None, test_pro
                   part["row"].tolist() if rows is not None else None)
     if folds_path(dirs[0]).is_file():
         io.write_bytes(folds_path(out), folds_path(dirs[0]).read_bytes())
+    from omegaconf import OmegaConf
+
+    own = OmegaConf.to_container(cfg, resolve=True)
+    own["out_dir"] = str(out)  # the stack is an experiment of its own: report.py / blend.py read this config
+    io.write_text(out / "config.yaml", OmegaConf.to_yaml(own), what="stack")
     if test_out is not None:
         summary["held_out"] = _submit(cfg, comp, test_out, task, out)
     io.write_json(out / "stack.json", summary)

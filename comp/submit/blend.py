@@ -207,7 +207,8 @@ def test_outputs(members: list[Member], probs_files: list[str]) -> tuple[list[np
     comp = load_competition(members[0].cfg)
     outs = []
     for i, m in enumerate(members):
-        own = m.out_dir / TEST_PROBS if (m.out_dir / "blend.json").is_file() else None
+        # a blend's or a stack's own test outputs (it has no checkpoints to predict with)
+        own = m.out_dir / TEST_PROBS if any((m.out_dir / f).is_file() for f in ("blend.json", "stack.json")) else None
         given = probs_files[i] if probs_files else ""
         if given or own:
             outs.append(read_test_probs(Path(given) if given else own, comp, m.task))

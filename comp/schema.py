@@ -58,6 +58,10 @@ class DataConfig:
     kernel_gpu: bool = False  # the submission notebook runs with a GPU (code competitions)
     hidden_test_size: int = 0  # images in the hidden test set a code competition's notebook predicts; 0 = unknown
     runtime_limit_hours: float = 9.0  # the competition's notebook run-time limit (9 h for most)
+    demo_external: float = 0.0  # data.source=demo: this share of the training digits goes to external/ without
+    # labels (their answers in external_solution.csv), an unlabelled pool for pseudo-labels; 0 = none
+    pseudo: str = ""  # a pseudo-label CSV made by scripts/pseudo.py (with its .json record): its rows join the
+    # training part of every fold, never a validation part (comp/train/pseudo.py); empty = none
 
 
 @dataclass
@@ -156,6 +160,14 @@ class PredictConfig:
 
 
 @dataclass
+class DistillConfig:
+    teacher: Any = ""  # knowledge distillation: the teacher experiment's out_dir, or a list of them (a mean-logit
+    # blend); student fold K learns from teacher fold K's model only (comp/train/distill.py); empty = off
+    alpha: float = 0.5  # weight of the hard-label loss; 1 - alpha goes to the teacher's soft targets
+    temperature: float = 2.0  # softmax/sigmoid temperature T of the soft targets (the soft loss is scaled by T^2)
+
+
+@dataclass
 class Config:
     seed: int = 42
     seeds: list[int] = field(default_factory=list)  # a seed bag: the recipe trained once per seed on the same
@@ -178,3 +190,4 @@ class Config:
     images: ImagesConfig = field(default_factory=ImagesConfig)
     aug: AugConfig = field(default_factory=AugConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)

@@ -23,8 +23,10 @@ from comp.metrics import check_metric, positive_index
 from comp.models import create_model, input_norm
 from comp.tasks import make_task
 from comp.train.bag import run_dir
+from comp.train.distill import attach as attach_teacher
 from comp.train.distributed import setup_distributed
 from comp.train.optim import build_optimizer
+from comp.train.pseudo import training_rows
 from comp.train.state import FoldData, Run, restore
 from comp.train.swa import make_averager
 
@@ -45,7 +47,8 @@ def fold_data(cfg: Any, comp: Any, folds: Any, fold: int, rank: int, world: int,
         UserError: train.sampler=weighted for a task without classes (multi-label, regression)."""
     tr, va = folds[folds["fold"] != fold], folds[folds["fold"] == fold]
     load = image_loader(cfg, comp)
-    train_set = ImageDataset(tr["path"].tolist(), comp.targets(tr), cfg.image_size,
+    train_paths, train_targets = training_rows(cfg, comp, tr, folds)  # + data.pseudo rows (comp.train.pseudo)
+    train_set = ImageDataset(train_paths, train_targets, cfg.image_size,
                              build_transform(cfg.aug.train, "aug.train"), load=load)
     valid_set = ImageDataset(va["path"].tolist(), comp.targets(va), cfg.image_size,
                              build_transform(cfg.aug.valid, "aug.valid"), load=load)
@@ -131,6 +134,7 @@ def build_run(cfg: Any, fold: int, resume: bool) -> Run:
     loss_weight = None
     if cfg.train.class_weights:
         loss_weight = torch.tensor(task.loss_weight(data.train_set.labels), dtype=torch.float32, device=device)
+    distiller, taught = attach_teacher(cfg, comp, data, folds, fold, task, device)  # distill.teacher: soft targets
     raw = model
     if cfg.train.compile and d.world == 1:
         model = torch.compile(model)  # under DDP: compiled around the wrapper (comp.train.distributed.wrap_ddp)
@@ -141,10 +145,11 @@ def build_run(cfg: Any, fold: int, resume: bool) -> Run:
             "eval_weights": "ema" if ema is not None else "model",
             "input_norm": [list(v) for v in input_norm(raw)],  # (mean, std): validation, prediction, package
             "positive": positive,  # the class a two-class AUC ranks (data.positive_class)
-            "task": task.meta()}  # head, output names, a regression head's target mean and std
+            "task": task.meta(),  # head, output names, a regression head's target mean and std
+            **({"distill": taught} if taught else {})}  # the teacher checkpoints and their sha256
     run = Run(cfg=cfg, fold=fold, dir=fold_dir, device=device, dist=d, raw=raw, model=model, optimizer=optimizer,
               scaler=scaler, ema=ema, swa=swa, mixup=mixup, loss_weight=loss_weight, amp_dtype=amp_dtype, data=data,
-              steps_per_epoch=steps_per_epoch, meta=meta, task=task)
+              steps_per_epoch=steps_per_epoch, meta=meta, task=task, distill=distiller)
     run.set_lr()
     if resume:
         restore(run)

@@ -49,7 +49,7 @@ blend-demo: setup
 # (test + external images at confidence >= 0.9) and a distillation round, each on the baseline's folds.csv,
 # their out-of-fold CV printed one after another. Quick: make ssl-demo SSL_FOLDS=2 ARGS="folds.n_folds=2 epochs=2"
 SSL_CONFIG ?= configs/demo_ssl.yaml
-SSL_FOLDS ?= 3
+SSL_FOLDS ?= 2
 ssl-demo: setup
 	$(BIN)/python scripts/prepare.py --config $(SSL_CONFIG) $(ARGS)
 	for k in $$(seq 0 $$(($(SSL_FOLDS) - 1))); do \

@@ -162,3 +162,23 @@ def test_demo_splits_off_an_unlabelled_external_pool(tmp_path):
     assert files == set(ext["id"]) and not files & set(train["id"])
     assert abs(len(ext) - len(train)) <= 1 and len(files) + len(train) == 1437
     assert not (tmp_path / "d" / "external").joinpath("x").exists()
+
+
+def test_pseudo_from_saved_test_probabilities(teacher, tmp_path):
+    from comp.train.oof import prob_frame
+
+    cfg = teacher["cfg"]
+    comp = load_competition(cfg)
+    ids = comp.test["id"].astype(str).tolist()
+    probs = np.tile(np.array([[0.95, 0.03, 0.02], [0.4, 0.3, 0.3]], np.float32), (len(ids), 1))[:len(ids)]
+    saved = tmp_path / "test_probs.csv"
+    prob_frame(ids, probs, ["0", "1", "2"]).to_csv(saved, index=False)
+    rows = make_pseudo(cfg, comp, tmp_path / "p.csv", 0.9, False, test=False, images=[], probs=str(saved))
+    assert rows["id"].tolist() == ids[::2] and (rows["label"] == 0).all()  # only the sure rows
+    record = json.loads(record_path(tmp_path / "p.csv").read_text())
+    assert record["sources"][0]["sha256"] == sha256_file(saved) and record["labels"] == "hard"
+    with pytest.raises(UserError, match="regression|probability in"):
+        make_pseudo(cfg, comp, tmp_path / "q.csv", 1.5, False, test=False, images=[], probs=str(saved))
+    prob_frame(["nope"] + ids[1:], probs, ["0", "1", "2"]).to_csv(saved, index=False)
+    with pytest.raises(UserError, match="'nope' is not a test image"):
+        make_pseudo(cfg, comp, tmp_path / "q.csv", 0.9, False, test=False, images=[], probs=str(saved))

@@ -46,7 +46,7 @@ blend-demo: setup
 	@echo "blend: runs/blend-demo/ (submission.csv validated, blend.png, blend.json, fold*/oof.csv)"
 
 # The demo with half its training digits unlabelled (configs/demo_ssl.yaml): a baseline, a pseudo-label round
-# (test + external images at confidence >= 0.9) and a distillation round, each on the baseline's folds.csv,
+# (test + external images at confidence >= 0.5) and a distillation round, each on the baseline's folds.csv,
 # their out-of-fold CV printed one after another. Quick: make ssl-demo SSL_FOLDS=2 ARGS="folds.n_folds=2 epochs=2"
 SSL_CONFIG ?= configs/demo_ssl.yaml
 SSL_FOLDS ?= 2
@@ -56,7 +56,7 @@ ssl-demo: setup
 		$(BIN)/python scripts/train_fold.py --config $(SSL_CONFIG) --fold $$k --resume $(ARGS) || exit $$?; \
 	done
 	$(BIN)/python scripts/pseudo.py --config $(SSL_CONFIG) --test --images data/demo_ssl/external \
-		--min-confidence 0.9 --out runs/ssl_pseudo.csv $(ARGS)
+		--min-confidence 0.5 --out runs/ssl_pseudo.csv $(ARGS)
 	for r in "ssl_pseudo data.pseudo=runs/ssl_pseudo.csv" "ssl_distill distill.teacher=runs/ssl_base"; do \
 		set -- $$r; mkdir -p runs/$$1; cp runs/ssl_base/folds.csv runs/ssl_base/folds.json runs/$$1/; \
 		for k in $$(seq 0 $$(($(SSL_FOLDS) - 1))); do \

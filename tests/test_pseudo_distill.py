@@ -124,8 +124,8 @@ def test_pseudo_round_and_its_leak_rules(teacher, tmp_path):
     assert len(run.data.train_set) == n_train + len(rows)  # pseudo rows in training
     assert len(run.data.valid_set) == int((pd.read_csv(teacher["out"] / "folds.csv")["fold"] == 0).sum())
     assert fit(s, 0)["best"] >= 0
-    soft = make_pseudo(cfg, comp, tmp_path / "soft.csv", 0.99, True, test=True, images=[], probs=None)
-    assert all(c.startswith("prob_") for c in soft.columns[2:]) and (soft.iloc[:, 2:].max(axis=1) >= 0.99).all()
+    soft = make_pseudo(cfg, comp, tmp_path / "soft.csv", 0.34, True, test=True, images=[], probs=None)
+    assert all(c.startswith("prob_") for c in soft.columns[2:]) and (soft.iloc[:, 2:].max(axis=1) >= 0.34).all()
 
     # leak: a pseudo row for a training image (e.g. an "external" pool overlapping the training set)
     leak = tmp_path / "leak.csv"
@@ -177,6 +177,8 @@ def test_pseudo_from_saved_test_probabilities(teacher, tmp_path):
     assert rows["id"].tolist() == ids[::2] and (rows["label"] == 0).all()  # only the sure rows
     record = json.loads(record_path(tmp_path / "p.csv").read_text())
     assert record["sources"][0]["sha256"] == sha256_file(saved) and record["labels"] == "hard"
+    with pytest.raises(UserError, match="no row reaches"):
+        make_pseudo(cfg, comp, tmp_path / "q.csv", 0.99, False, test=False, images=[], probs=str(saved))
     with pytest.raises(UserError, match="regression|probability in"):
         make_pseudo(cfg, comp, tmp_path / "q.csv", 1.5, False, test=False, images=[], probs=str(saved))
     prob_frame(["nope"] + ids[1:], probs, ["0", "1", "2"]).to_csv(saved, index=False)

@@ -143,6 +143,9 @@ def make_pseudo(cfg: Any, comp: Competition, out: Path, min_confidence: float, s
                                 predict_rows(cfg, comp, table), min_confidence, soft))
         sources.append({"images": [str(resolve_path(f)) for f in images]})
     rows = pd.concat(parts, ignore_index=True)
+    if not len(rows):
+        raise UserError(f"pseudo-labels: no row reaches --min-confidence {min_confidence}; lower it (the "
+                        f"teacher's confidences are lower with train.label_smoothing)")
     if rows["id"].duplicated().any():
         raise UserError(f"pseudo-labels: id {rows['id'][rows['id'].duplicated()].iloc[0]!r} comes from two sources")
     io.write_csv(out, rows, what="--out")

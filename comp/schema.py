@@ -63,6 +63,10 @@ class DataConfig:
     # label_map {from: to}, weight (sampling share, competition images 1) and stage (all | pretrain); added to
     # the training part of every fold, never to validation, folds.csv or OOF (comp/data/extra.py)
     extra_only: bool = False  # train on data.extra only (a pre-training stage); validation stays the fold's own
+    demo_external: float = 0.0  # data.source=demo: this share of the training digits goes to external/ without
+    # labels (their answers in external_solution.csv), an unlabelled pool for pseudo-labels; 0 = none
+    pseudo: str = ""  # a pseudo-label CSV made by scripts/pseudo.py (with its .json record): its rows join the
+    # training part of every fold, never a validation part (comp/train/pseudo.py); empty = none
 
 
 @dataclass
@@ -161,6 +165,14 @@ class PredictConfig:
 
 
 @dataclass
+class DistillConfig:
+    teacher: Any = ""  # knowledge distillation: the teacher experiment's out_dir, or a list of them (a mean-logit
+    # blend); student fold K learns from teacher fold K's model only (comp/train/distill.py); empty = off
+    alpha: float = 0.5  # weight of the hard-label loss; 1 - alpha goes to the teacher's soft targets
+    temperature: float = 2.0  # softmax/sigmoid temperature T of the soft targets (the soft loss is scaled by T^2)
+
+
+@dataclass
 class Config:
     seed: int = 42
     seeds: list[int] = field(default_factory=list)  # a seed bag: the recipe trained once per seed on the same
@@ -188,3 +200,4 @@ class Config:
     images: ImagesConfig = field(default_factory=ImagesConfig)
     aug: AugConfig = field(default_factory=AugConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)

@@ -4,7 +4,9 @@
 The demo is scikit-learn's bundled handwritten digits (1,797 real 8x8 scans, 10 classes), laid out
 exactly like a Kaggle download: train.csv (id,label), train/<id>.png, test/<id>.png,
 sample_submission.csv, plus solution.csv with the held-out answers Kaggle would keep for the
-leaderboard. Nothing is downloaded.
+leaderboard. Nothing is downloaded. With `data.demo_external` a share of the training digits (stratified)
+goes to external/<id>.png instead, unlabelled, their answers in external_solution.csv: the "external"
+unlabelled images that pseudo-labelling (scripts/pseudo.py --images) and distillation learn from.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from comp.log import log
 DEMO_TEST_SHARE = 0.2  # a fifth of the digits is the held-out "leaderboard" test set
 
 
-def make_demo(root: Path) -> None:
-    """Write the demo competition under `root` (into a temporary folder, renamed when complete)."""
+def make_demo(root: Path, external_share: float = 0.0) -> None:
+    """Write the demo competition under `root` (into a temporary folder, renamed when complete); with
+    `external_share` in (0, 1), that share of the training digits as unlabelled external/ images."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -38,9 +41,16 @@ def make_demo(root: Path) -> None:
     ids = np.array([f"digit_{i:04d}" for i in range(len(images))])
     tr, te = train_test_split(np.arange(len(images)), test_size=DEMO_TEST_SHARE, stratify=digits.target,
                               random_state=0)
+    ex = np.zeros(0, np.int64)
+    if external_share > 0:
+        if not external_share < 1:
+            raise UserError(f"bad value for config key 'data.demo_external': {external_share!r}; a share in [0, 1)")
+        tr, ex = train_test_split(tr, test_size=external_share, stratify=digits.target[tr], random_state=1)
     root.parent.mkdir(parents=True, exist_ok=True)
     with io.atomic_dir(root, "the demo competition") as tmp:
-        for split, idx in (("train", tr), ("test", te)):
+        for split, idx in (("train", tr), ("test", te), ("external", ex)):
+            if not len(idx):
+                continue
             (tmp / split).mkdir(parents=True)
             for i in idx:
                 cv2.imwrite(str(tmp / split / f"{ids[i]}.png"), images[i])
@@ -48,6 +58,10 @@ def make_demo(root: Path) -> None:
         te = np.sort(te)
         pd.DataFrame({"id": ids[te], "label": 0}).to_csv(tmp / "sample_submission.csv", index=False)
         pd.DataFrame({"id": ids[te], "label": digits.target[te]}).to_csv(tmp / "solution.csv", index=False)
+        if len(ex):
+            ex = np.sort(ex)
+            pd.DataFrame({"id": ids[ex], "label": digits.target[ex]}).to_csv(tmp / "external_solution.csv",
+                                                                             index=False)
 
 
 def kaggle_download(cfg: Any, root: Path) -> None:
@@ -194,7 +208,7 @@ def ensure_data(cfg: Any, download: bool = False) -> Path:
         return root
     io.check_dir(root, "data.root")  # a file in the way or a read-only folder: before any download
     if cfg.data.source == "demo":
-        make_demo(root)
+        make_demo(root, float(cfg.data.demo_external))
         return root
     if not (download or cfg.data.download):
         state = "is empty" if root.is_dir() else "does not exist"

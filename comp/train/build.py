@@ -25,8 +25,10 @@ from comp.metrics import check_metric, positive_index
 from comp.models import create_model, input_norm
 from comp.tasks import make_task
 from comp.train.bag import run_dir
+from comp.train.distill import attach as attach_teacher
 from comp.train.distributed import setup_distributed
 from comp.train.optim import build_optimizer
+from comp.train.pseudo import training_rows as with_pseudo
 from comp.train.state import FoldData, Run, restore
 from comp.train.swa import make_averager
 
@@ -50,7 +52,8 @@ def fold_data(cfg: Any, comp: Any, folds: Any, fold: int, rank: int, world: int,
     tr, va = folds[folds["fold"] != fold], folds[folds["fold"] == fold]
     tr = training_rows(cfg, tr, extra if extra is not None else tr.iloc[0:0])
     load = image_loader(cfg, comp)
-    train_set = ImageDataset(tr["path"].tolist(), comp.targets(tr), cfg.image_size,
+    train_paths, train_targets = with_pseudo(cfg, comp, tr, folds)  # + data.pseudo rows (comp.train.pseudo)
+    train_set = ImageDataset(train_paths, train_targets, cfg.image_size,
                              build_transform(cfg.aug.train, "aug.train"), load=load)
     valid_set = ImageDataset(va["path"].tolist(), comp.targets(va), cfg.image_size,
                              build_transform(cfg.aug.valid, "aug.valid"), load=load)
@@ -64,6 +67,8 @@ def fold_data(cfg: Any, comp: Any, folds: Any, fold: int, rank: int, world: int,
     share = sample_weights(tr)  # data.extra[].weight: each source's share of the draws
     if share is not None:
         weights = share if weights is None else weights * share
+    if weights is not None and len(train_paths) > len(tr):  # pseudo rows (after the rest) are drawn as weight 1
+        weights = np.concatenate([weights, np.ones(len(train_paths) - len(tr))])
     sampler = EpochSampler(len(train_set), cfg.seed, 0, weights=weights, rank=rank, world_size=world)
     valid_index = np.arange(rank, len(valid_set), world)
     return FoldData(
@@ -147,6 +152,7 @@ def build_run(cfg: Any, fold: int, resume: bool) -> Run:
     loss_weight = None
     if cfg.train.class_weights:
         loss_weight = torch.tensor(task.loss_weight(data.train_set.labels), dtype=torch.float32, device=device)
+    distiller, taught = attach_teacher(cfg, comp, data, folds, fold, task, device)  # distill.teacher: soft targets
     raw = model
     if cfg.train.compile and d.world == 1:
         model = torch.compile(model)  # under DDP: compiled around the wrapper (comp.train.distributed.wrap_ddp)
@@ -157,10 +163,11 @@ def build_run(cfg: Any, fold: int, resume: bool) -> Run:
             "eval_weights": "ema" if ema is not None else "model",
             "input_norm": [list(v) for v in input_norm(raw)],  # (mean, std): validation, prediction, package
             "positive": positive,  # the class a two-class AUC ranks (data.positive_class)
-            "task": task.meta()}  # head, output names, a regression head's target mean and std
+            "task": task.meta(),  # head, output names, a regression head's target mean and std
+            **({"distill": taught} if taught else {})}  # the teacher checkpoints and their sha256
     run = Run(cfg=cfg, fold=fold, dir=fold_dir, device=device, dist=d, raw=raw, model=model, optimizer=optimizer,
               scaler=scaler, ema=ema, swa=swa, mixup=mixup, loss_weight=loss_weight, amp_dtype=amp_dtype, data=data,
-              steps_per_epoch=steps_per_epoch, meta=meta, task=task)
+              steps_per_epoch=steps_per_epoch, meta=meta, task=task, distill=distiller)
     run.set_lr()
     if resume:
         restore(run)

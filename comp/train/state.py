@@ -78,6 +78,7 @@ class Run:
     meta: dict[str, Any]  # what every checkpoint of the run says about its weights (model, classes, ...)
     task: Task  # head, loss, activation (comp.tasks); a regression head's target mean and std
     ddp: Any = None  # the DistributedDataParallel wrapper, or None
+    distill: Any = None  # comp.train.distill.Distiller when distill.teacher is set: packed targets, its loss
     wrapped_frozen: bool | None = None  # the freeze state `ddp` was built for (None: not built yet)
     state: dict[str, Any] = field(default_factory=fresh_state)  # epoch, step, best, bad_epochs, history, partial,
     # swa_done

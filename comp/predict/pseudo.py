@@ -1,0 +1,161 @@
+"""Making pseudo-labels (scripts/pseudo.py): an experiment's fold ensemble (or a saved `--save-probs` CSV of
+it, or of a blend) labels test images and/or unlabelled external images; a confidence rule keeps the sure
+ones; the rows are written as a CSV that `data.pseudo` reads (comp.train.pseudo), with a record
+`<csv>.json` of which experiment, split and checkpoints made it and the CSV's own sha256.
+
+Confidence of a row: softmax heads the top probability; binary the larger of p and 1 - p; multi-label the
+least sure label's; a regression head has none (every row is kept, `--min-confidence` must be 0).
+Hard labels: the argmax class (multi-label: each label's p >= 0.5 as 0/1 rows; regression: the value);
+soft labels: the outputs as they are (`prob_<name>` columns, or `value`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from comp import io
+from comp.config import resolve_path
+from comp.data.competition import IMAGE_EXTS, Competition
+from comp.errors import UserError
+from comp.log import log
+from comp.tasks import Task
+from comp.train import checkpoint as ckpt_io
+from comp.train.oof import oof_probs, prob_frame
+from comp.train.pseudo import folds_sha256, record_path, sha256_file
+
+
+def confidence(task: Task, out: np.ndarray) -> np.ndarray:
+    """(N,) confidence of (N, K) outputs (module doc); ones for a regression head."""
+    if task.head == "regression":
+        return np.ones(len(out))
+    if task.head == "softmax" or task.kind == "binary":
+        return out.max(1)
+    return np.maximum(out, 1 - out).min(1)
+
+
+def label_rows(task: Task, ids: list[str], paths: list[str], out: np.ndarray, min_confidence: float,
+               soft: bool) -> pd.DataFrame:
+    """The kept rows as the pseudo CSV holds them: id, path, then `label` (hard classes), or the outputs'
+    columns (`prob_<name>`, soft or 0/1 labels; `value`).
+
+    Raises:
+        UserError: a confidence threshold outside [0, 1], or one above 0 for a regression head."""
+    if not 0.0 <= min_confidence <= 1.0:
+        raise UserError(f"--min-confidence {min_confidence!r}: a probability in [0, 1]")
+    if task.head == "regression" and min_confidence > 0:
+        raise UserError("--min-confidence: a regression head's outputs carry no confidence; leave it at 0")
+    keep = confidence(task, out) >= min_confidence
+    out = out[keep]
+    if soft or task.head == "regression":
+        df = prob_frame(list(np.asarray(ids)[keep]), out, task)
+    elif task.kind == "multilabel":
+        df = prob_frame(list(np.asarray(ids)[keep]), (out >= 0.5).astype(np.float32), task)
+    else:
+        df = pd.DataFrame({"id": list(np.asarray(ids)[keep]), "label": out.argmax(1)})
+    df.insert(1, "path", list(np.asarray(paths)[keep]))
+    return df
+
+
+def external_images(folders: list[str]) -> pd.DataFrame:
+    """id (file name without extension), path of every image file under `folders` (recursively).
+
+    Raises:
+        UserError: a missing folder, no image in them, or one id twice."""
+    rows = []
+    for f in folders:
+        d = resolve_path(f)
+        if not d.is_dir():
+            raise UserError(f"--images {f!r}: no such folder ({d})")
+        rows += [(p.stem, str(p)) for p in sorted(d.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_EXTS]
+    if not rows:
+        raise UserError(f"--images {folders}: no image files ({', '.join(sorted(IMAGE_EXTS))}) found")
+    df = pd.DataFrame(rows, columns=["id", "path"])
+    dup = df["id"][df["id"].duplicated()]
+    if len(dup):
+        raise UserError(f"--images: two images share the id {dup.iloc[0]!r}; give each a unique file name")
+    return df
+
+
+def teacher_task(paths: list[Path]) -> Task:
+    """The task of the experiment's first fold checkpoint."""
+    ck = ckpt_io.load(paths[0])
+    if not ck.get("task"):
+        raise UserError(f"{paths[0]} records no task (an older kit made it); retrain it")
+    return Task.from_meta(ck["task"])
+
+
+def predict_rows(cfg: Any, comp: Competition, table: pd.DataFrame) -> np.ndarray:
+    """The experiment's fold × TTA ensemble outputs over the images of `table` (id, path)."""
+    from comp.predict.predict import predict_test
+
+    return predict_test(cfg, dataclasses.replace(comp, test=table.reset_index(drop=True)))
+
+
+def make_pseudo(cfg: Any, comp: Competition, out: Path, min_confidence: float, soft: bool, test: bool,
+                images: list[str], probs: str | None) -> pd.DataFrame:
+    """Write the pseudo-label CSV `out` and its record from the experiment of `cfg`; returns the rows.
+
+    Sources: `probs` (a --save-probs CSV over the test images, e.g. of a blend), else the experiment's
+    ensemble over the test images when `test`; plus its ensemble over the external `images` folders.
+
+    Raises:
+        UserError: no source, an untrained experiment, a probs file that does not fit the test set or the
+            task, or a threshold `label_rows` refuses."""
+    from comp.predict.predict import trained_folds
+
+    if not (test or images or probs):
+        raise UserError("scripts/pseudo.py: name a source: --test, --probs FILE or --images FOLDER")
+    if out.suffix != ".csv":
+        raise UserError(f"--out {str(out)!r}: name a .csv file")
+    out_dir = resolve_path(cfg.out_dir)
+    split = out_dir / "folds.csv"
+    checkpoints = trained_folds(cfg)  # every fold trained, else a UserError naming the missing one
+    if not split.is_file():
+        raise UserError(f"{out_dir} has no folds.csv; train the experiment first")
+    task = teacher_task(checkpoints)
+    parts, sources = [], []
+    if probs:
+        df = pd.read_csv(resolve_path(probs), dtype={"id": str})
+        cols = task.output_columns()
+        if [c for c in df.columns if c != "id"] != cols:
+            raise UserError(f"--probs {probs!r} has columns {list(df.columns)}; this task's outputs are {cols}")
+        where = comp.test.assign(id=comp.test["id"].astype(str)).set_index("id")["path"]
+        missing = df.loc[~df["id"].isin(where.index), "id"]
+        if len(missing):
+            raise UserError(f"--probs {probs!r}: id {missing.iloc[0]!r} is not a test image of {cfg.data.root}")
+        parts.append(label_rows(task, df["id"].tolist(), where.loc[df["id"]].tolist(), oof_probs(df),
+                                min_confidence, soft))
+        sources.append({"probs": str(resolve_path(probs)), "sha256": sha256_file(resolve_path(probs))})
+    elif test:
+        table = comp.test[["id", "path"]].astype(str)
+        parts.append(label_rows(task, table["id"].tolist(), table["path"].tolist(),
+                                predict_rows(cfg, comp, table), min_confidence, soft))
+        sources.append("test")
+    if images:
+        table = external_images(images)
+        parts.append(label_rows(task, table["id"].tolist(), table["path"].tolist(),
+                                predict_rows(cfg, comp, table), min_confidence, soft))
+        sources.append({"images": [str(resolve_path(f)) for f in images]})
+    rows = pd.concat(parts, ignore_index=True)
+    if not len(rows):
+        raise UserError(f"pseudo-labels: no row reaches --min-confidence {min_confidence}; lower it (the "
+                        f"teacher's confidences are lower with train.label_smoothing)")
+    if rows["id"].duplicated().any():
+        raise UserError(f"pseudo-labels: id {rows['id'][rows['id'].duplicated()].iloc[0]!r} comes from two sources")
+    io.write_csv(out, rows, what="--out")
+    record = {"made": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "out_dirs": [str(out_dir)], "config_hash": ckpt_io.load(checkpoints[0]).get("config_hash"),
+              "folds_sha256": folds_sha256(pd.read_csv(split, dtype={"id": str})),
+              "checkpoints": {str(p): sha256_file(p) for p in checkpoints},
+              "sources": sources, "min_confidence": min_confidence, "labels": "soft" if soft else "hard",
+              "rows": len(rows), "csv_sha256": sha256_file(out)}
+    io.write_json(record_path(out), record)
+    log(f"pseudo-labels: {len(rows)} row(s) kept at confidence >= {min_confidence} -> {out} "
+        f"(record {record_path(out).name})")
+    return rows

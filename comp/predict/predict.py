@@ -226,7 +226,9 @@ def predict_test(cfg: Any, comp: Competition, device: torch.device | None = None
     device = device or pick_device(cfg.device)
     views = check_tta(cfg.aug.tta)
     paths = paths or trained_folds(cfg)
-    log(f"ensemble: {len(paths)} model(s), {cfg.folds.n_folds} folds ({', '.join(map(model_name, paths))}) x "
+    folds_in = sorted({p.parent.name if p.parent.name.startswith("fold") else p.parent.parent.name for p in paths})
+    seeds = f", {len(paths)} models (seeds)" if len(paths) > len(folds_in) else ""
+    log(f"ensemble: {len(folds_in)} of {cfg.folds.n_folds} folds ({', '.join(map(model_name, paths))}){seeds} x "
         f"{len(views)} TTA view(s) ({', '.join(views)})")
     models, weights, norms, tasks = [], [], {}, []
     for path in paths:

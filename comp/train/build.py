@@ -113,12 +113,6 @@ def build_run(cfg: Any, fold: int, resume: bool) -> Run:
     extra = load_extra(cfg, comp)
     data = fold_data(cfg, comp, folds, fold, d.rank, d.world, pin=device.type == "cuda", extra=extra)
     counts = source_counts(training_rows(cfg, folds[folds["fold"] != fold], extra))
-    if d.main:
-        fold_dir.mkdir(parents=True, exist_ok=True)
-        io.write_json(fold_dir / "sources.json", {"fold": fold, "stage": int(cfg.stage), "train_images": counts,
-                                                  "valid_images": int((folds["fold"] == fold).sum())})
-    if len(extra) or cfg.data.extra_only:
-        log(f"fold {fold}: training images per source {counts} ({fold_dir / 'sources.json'})")
     task = task.fit_norm(data.train_set.labels)  # a regression head's targets: the training fold's mean, std
     per_rank = math.ceil(len(data.train_set) / d.world)
     steps_per_epoch = per_rank // cfg.batch_size // cfg.train.accum_steps
@@ -171,4 +165,10 @@ def build_run(cfg: Any, fold: int, resume: bool) -> Run:
     run.set_lr()
     if resume:
         restore(run)
+    if d.main:  # written once the run is whole: a refused setting above leaves the fold folder untouched
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        io.write_json(fold_dir / "sources.json", {"fold": fold, "stage": int(cfg.stage), "train_images": counts,
+                                                  "valid_images": int((folds["fold"] == fold).sum())})
+    if len(extra) or cfg.data.extra_only:
+        log(f"fold {fold}: training images per source {counts} ({fold_dir / 'sources.json'})")
     return run

@@ -16,6 +16,7 @@ several processes may write at once, such as cache entries built by a process po
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -24,6 +25,15 @@ from pathlib import Path
 from typing import IO, Any
 
 from comp.errors import UserError
+
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 hex digest of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def temp_path(path: Path, unique: bool = False) -> Path:

@@ -28,7 +28,7 @@ from comp.data.competition import Competition, load_competition
 from comp.data.folds import folds_path, load_or_make_folds
 from comp.device import pick_device
 from comp.errors import UserError
-from comp.io import write_csv, write_json
+from comp.io import sha256_file, write_csv, write_json
 from comp.log import log
 from comp.predict.predict import fold_norm, fold_outputs, fold_task, load_fold
 from comp.train.bag import fold_checkpoints
@@ -43,14 +43,6 @@ def uses_tta(cfg: Any) -> bool:
     return check_tta(cfg.aug.tta) != ["identity"]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def settings(cfg: Any) -> dict[str, Any]:
     """The settings a TTA OOF file depends on, besides the checkpoint and the split."""
     return {"views": check_tta(cfg.aug.tta), "valid": OmegaConf.to_container(cfg.aug.valid, resolve=True),
@@ -60,7 +52,7 @@ def settings(cfg: Any) -> dict[str, Any]:
 def digest(ckpt: Path, split: Path, cfg: Any) -> str:
     """sha256 (16 hex digits) of a fold's checkpoint bytes, folds.csv's bytes and `settings(cfg)`."""
     h = hashlib.sha256()
-    for part in (_sha256(ckpt), _sha256(split), json.dumps(settings(cfg), sort_keys=True)):
+    for part in (sha256_file(ckpt), sha256_file(split), json.dumps(settings(cfg), sort_keys=True)):
         h.update(part.encode())
     return h.hexdigest()[:16]
 
@@ -69,7 +61,7 @@ def _fresh(fold_dir: Path, want: str) -> bool:
     """The fold's oof_tta.csv exists, was made with digest `want` and is the file the digest was saved with."""
     try:
         meta = json.loads((fold_dir / META).read_text())
-        return meta.get("digest") == want and meta.get("csv_sha256") == _sha256(fold_dir / FILE)
+        return meta.get("digest") == want and meta.get("csv_sha256") == sha256_file(fold_dir / FILE)
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -133,7 +125,7 @@ def _predict(cfg: Any, comp: Competition, device: torch.device, todo: list[tuple
         oof = prob_frame(va["id"].astype(str).tolist(), probs, tasks[0], comp.targets(va),
                          va["row"].astype(str).tolist() if "row" in va.columns else None)
         csv = write_csv(fold_dir / FILE, oof, what="TTA out-of-fold predictions")
-        write_json(fold_dir / META, {"digest": wants[k], "csv_sha256": _sha256(csv), "views": views,
+        write_json(fold_dir / META, {"digest": wants[k], "csv_sha256": sha256_file(csv), "views": views,
                                      "n": len(oof)})
         log(f"{fold_dir.name}: out-of-fold predictions with {len(views)} TTA view(s) "
             f"(mean max output {np.mean(probs.max(1)):.3f}) → {csv}")

@@ -29,17 +29,8 @@ import pandas as pd
 
 from comp.config import resolve_path
 from comp.errors import UserError
-
-PREFIX = "prob_"
-
-
-def sha256_file(path: Path) -> str:
-    """sha256 hex digest of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+from comp.io import sha256_file  # noqa: F401  (distill and predict.pseudo import it from here)
+from comp.train.oof import PREFIX
 
 
 def folds_sha256(folds: pd.DataFrame) -> str:

@@ -74,6 +74,27 @@ def run_script(name: str, *args: str, check: bool = False, env: dict | None = No
     return res
 
 
+def run_in_process(name: str, *argv: str) -> tuple[int, str, str]:
+    """`python scripts/<name> ARGV` in this process (runpy: the script's own parser and comp.cli.main, without
+    paying another torch import); (exit code, stdout, stderr)."""
+    import io
+    import runpy
+    from contextlib import redirect_stderr, redirect_stdout
+
+    old = sys.argv, list(sys.path)
+    sys.argv, out, err = [str(ROOT / "scripts" / name), *argv], io.StringIO(), io.StringIO()
+    sys.path.insert(0, str(ROOT / "scripts"))  # as `python scripts/<name>` has it
+    code = 0
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            runpy.run_path(sys.argv[0], run_name="__main__")
+    except SystemExit as e:
+        code = e.code or 0
+    finally:
+        sys.argv, sys.path[:] = old
+    return code, out.getvalue(), err.getvalue()
+
+
 def assert_user_error(res: subprocess.CompletedProcess, *needles: str) -> None:
     """Exit code 2, one `error:` line naming the culprit, no traceback."""
     assert res.returncode == 2, (res.returncode, res.stderr)

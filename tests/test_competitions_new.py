@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import csv
 import io
-import runpy
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FAST, ROOT
+from conftest import FAST, ROOT, run_in_process
 from replicas import HAM_CLASSES, RANZCR_LABELS, TASK_BUILDERS, ham10000, overrides, rsna_bone_age
 
 from comp.config import load_config
@@ -34,20 +32,9 @@ def replicas(tmp_path_factory) -> dict[str, Path]:
 
 
 def script(capsys, name: str, *argv: str) -> str:
-    """`python scripts/<name> ARGV` in this process (runpy: the script's own parser and comp.cli.main, without
-    paying the torch import three times per competition); its stdout. Fails on a non-zero exit, showing
-    stderr."""
-    old = sys.argv, list(sys.path)
-    sys.argv = [str(ROOT / "scripts" / name), *argv]
-    sys.path.insert(0, str(ROOT / "scripts"))  # for the scripts' `import _common`
-    try:
-        runpy.run_path(sys.argv[0], run_name="__main__")
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    finally:
-        sys.argv, sys.path[:] = old
-    out, err = capsys.readouterr()
+    """`python scripts/<name> ARGV` in this process (conftest.run_in_process); its stdout. Fails on a
+    non-zero exit, showing stderr."""
+    code, out, err = run_in_process(name, *argv)
     assert code == 0, f"{name} exited {code}:\n{err[-3000:]}"
     return out
 

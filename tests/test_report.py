@@ -4,13 +4,10 @@ too (runpy), as `python scripts/report.py ...` would."""
 
 from __future__ import annotations
 
-import runpy
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT
+from conftest import run_in_process
 
 from comp.config import load_config
 from comp.metrics import METRICS
@@ -21,18 +18,7 @@ SMALL = ["model.name=timm/test_efficientnet", "batch_size=4", "epochs=2"]
 
 
 def report(capsys, *argv: str) -> tuple[int, str, str]:
-    old = sys.argv, list(sys.path)
-    sys.argv = [str(ROOT / "scripts" / "report.py"), *argv]
-    sys.path.insert(0, str(ROOT / "scripts"))  # as `python scripts/report.py` has it
-    try:
-        runpy.run_path(sys.argv[0], run_name="__main__")
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    finally:
-        sys.argv, sys.path[:] = old
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_in_process("report.py", *argv)
 
 
 @pytest.fixture

@@ -5,11 +5,7 @@ computations; saved embeddings are the pooled features the classifier reads."""
 
 from __future__ import annotations
 
-import io
 import json
-import runpy
-import sys
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import cv2
@@ -17,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import FAST, ROOT
+from conftest import FAST, run_in_process
 from sklearn.metrics import roc_auc_score
 
 from comp.config import load_config
@@ -35,21 +31,11 @@ BINARY = Task("binary", ["0", "1"], "sigmoid", positive=1)
 
 
 def script(name: str, *argv: str) -> tuple[str, str]:
-    """`python scripts/<name> ARGV` in this process (no second torch import: the test stays fast); its
-    (stdout, stderr), asserting exit code 0."""
-    old_argv, old_path = sys.argv, list(sys.path)
-    sys.argv, out, err = [str(ROOT / "scripts" / name), *argv], io.StringIO(), io.StringIO()
-    sys.path.insert(0, str(ROOT / "scripts"))
-    code = 0
-    try:
-        with redirect_stdout(out), redirect_stderr(err):
-            runpy.run_path(sys.argv[0], run_name="__main__")
-    except SystemExit as e:
-        code = e.code
-    finally:
-        sys.argv, sys.path[:] = old_argv, old_path
-    assert code == 0, (code, err.getvalue()[-3000:])
-    return out.getvalue(), err.getvalue()
+    """`python scripts/<name> ARGV` in this process (conftest.run_in_process); its (stdout, stderr),
+    asserting exit code 0."""
+    code, out, err = run_in_process(name, *argv)
+    assert code == 0, (code, err[-3000:])
+    return out, err
 
 
 def write_metadata_competition(root: Path) -> list[str]:

@@ -37,9 +37,9 @@ from comp.errors import UserError
 from comp.log import log
 from comp.metrics import score
 from comp.report.stack_data import level2_table, tabular
-from comp.submit.submission import build, check, row_config, sample_order, score_holdout, to_csv_text
+from comp.submit.submission import decoded_submission, sample_order, score_holdout, to_csv_text
 from comp.tasks import Task
-from comp.train.oof import aggregate, load_oof, oof_targets, oof_task, prob_columns, prob_frame, row_level, write_oof
+from comp.train.oof import load_oof, oof_targets, oof_task, prob_columns, prob_frame, row_level, write_oof
 
 DEFAULTS = {"max_iter": 200, "learning_rate": 0.05, "min_samples_leaf": 20}  # scikit-learn's, fewer, slower steps
 
@@ -217,14 +217,7 @@ def stack(cfg: Any, out: str | Path, oof_dirs: list[str] | None = None, test_pro
 def _submit(cfg: Any, comp: Any, probs: np.ndarray, task: Task, out: Path) -> float | None:
     """The stack's validated submission and test outputs (comp.test order in, the sample's order out);
     returns the held-out score when the answers are known."""
-    from dataclasses import replace
-
-    rcfg = row_config(cfg)
-    if "row" in comp.test.columns:  # one submission row per group of images (data.submission_id_column)
-        row_ids, _, probs = aggregate(comp.test["row"].to_numpy(), None, probs, cfg.predict.aggregate, task.positive)
-        comp = replace(comp, test=pd.DataFrame({"id": row_ids, "path": ""}))
-    df = build(rcfg, comp, probs)
-    check(rcfg, comp, df)
+    rcfg, comp, probs, df = decoded_submission(cfg, comp, probs, None)
     order = sample_order(df, rcfg.data.id_column, comp)
     io.write_text(out / "submission.csv", to_csv_text(df))
     io.write_csv(out / "test_probs.csv", prob_frame(df[rcfg.data.id_column].tolist(), probs[order], task))

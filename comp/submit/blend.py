@@ -17,7 +17,7 @@ With metric=qwk the grades are decoded with cut-points refitted on the blend's O
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from comp.metrics import higher_is_better, score
 from comp.predict import blend as bl
 from comp.predict import cutoff, thresholds
 from comp.predict.predict import predict_test, save_probs
-from comp.submit.submission import build, check, comp_task, row_config, score_holdout, to_csv_text
+from comp.submit.submission import decoded_submission, score_holdout, to_csv_text
 from comp.tasks import Task
 from comp.train.oof import aggregate, load_oof, oof_probs, oof_targets, oof_task, prob_columns, write_oof
 
@@ -231,16 +231,7 @@ def submission(members: list[Member], comp: Competition, probs: np.ndarray,
                decoding: dict[str, Any] | None) -> tuple[pd.DataFrame, str, float | None]:
     """The blend's submission, built and validated as make_submission builds any other: (frame, CSV text,
     held-out score or None)."""
-    full = members[0].cfg
-    cfg, images = row_config(full), comp
-    if "row" in images.test.columns:  # one submission row per group of images (data.submission_id_column)
-        rows, _, probs = aggregate(images.test["row"].to_numpy(), None, probs, cfg.predict.aggregate,
-                                   comp_task(cfg, comp).positive)
-        comp = replace(images, test=pd.DataFrame({"id": rows, "path": ""}))
-    keep = decoding is not None and decoding["method"] != "probs"  # pF1 without a threshold: as they are
-    labels = thresholds.labels(probs, decoding) if keep else None
-    df = build(cfg, comp, probs, labels)
-    check(cfg, comp, df)
+    cfg, comp, _, df = decoded_submission(members[0].cfg, comp, probs, decoding)
     return df, to_csv_text(df), score_holdout(cfg, comp, df)
 
 

@@ -240,6 +240,25 @@ def row_view(cfg: Any, comp: Competition) -> tuple[Any, Competition]:
     return out, view
 
 
+def decoded_submission(cfg: Any, images: Competition, probs: np.ndarray, decoding: dict[str, Any] | None
+                       ) -> tuple[Any, Competition, np.ndarray, pd.DataFrame]:
+    """The validated submission for per-image outputs `probs` (N_test, K) in `images.test` order: images
+    aggregated into their submission rows (data.submission_id_column, predict.aggregate), decoded with
+    `decoding` (comp.predict.thresholds; a binary `probs` decision keeps the probabilities), built and
+    checked. Returns the row-level config and competition, the row-level outputs and the frame; the one
+    path of make_submission, blends and stacks."""
+    from comp.predict import thresholds
+
+    rcfg, comp = row_view(cfg, images)
+    if "row" in images.test.columns:
+        _, _, probs = aggregate(images.test["row"].to_numpy(), None, probs, cfg.predict.aggregate,
+                                comp_task(rcfg, comp).positive)
+    keep = decoding is not None and decoding["method"] != "probs"  # pF1 without a tuned threshold: as they are
+    df = build(rcfg, comp, probs, thresholds.labels(probs, decoding) if keep else None)
+    check(rcfg, comp, df)
+    return rcfg, comp, probs, df
+
+
 def row_config(cfg: Any) -> Any:
     """The config as the submission sees it: with data.submission_id_column set, its rows are keyed by that
     column (data.id_column names the images), so the sample, the submission and the held-out answers are
@@ -279,20 +298,12 @@ def make_submission(cfg: Any, expect_hash: str | None = None) -> Submission:
     from comp.predict.predict import predict_test
 
     images = load_competition(cfg)
-    full = cfg  # keeps the hash the folds were trained under
-    cfg, comp = row_view(cfg, images)  # one row per group of images with data.submission_id_column
-    output_mode(cfg, comp, sample_frame(cfg, comp))  # a sample that fits no encoding fails before inference
-    positive(cfg, comp)  # so does a data.positive_class that is not a class
-    probs = predict_test(full, images, expect_hash=expect_hash)
-    if "row" in images.test.columns:
-        rows, _, probs = aggregate(images.test["row"].to_numpy(), None, probs, cfg.predict.aggregate,
-                                   comp_task(cfg, comp).positive)
-        assert list(rows) == list(comp.test["id"]), "rows out of the view's order"
-    decoding = thresholds.load_or_fit(full, comp.num_classes, images)
-    keep = decoding is not None and decoding["method"] != "probs"  # pf1 without a tuned threshold: as they are
-    labels = thresholds.labels(probs, decoding) if keep else None
-    df = build(cfg, comp, probs, labels)
-    check(cfg, comp, df)
+    rcfg = row_config(cfg)  # the sample is keyed by the submission's rows (data.submission_id_column)
+    output_mode(rcfg, images, sample_frame(rcfg, images))  # a sample that fits no encoding fails before inference
+    positive(rcfg, images)  # so does a data.positive_class that is not a class
+    probs = predict_test(cfg, images, expect_hash=expect_hash)  # the images' config: the folds' hash
+    decoding = thresholds.load_or_fit(cfg, images.num_classes, images)
+    cfg, comp, probs, df = decoded_submission(cfg, images, probs, decoding)
     order = sample_order(df, cfg.data.id_column, comp)
     return Submission(frame=df, text=to_csv_text(df), ids=df[cfg.data.id_column].tolist(), probs=probs[order],
                       classes=list(comp.classes), task=comp_task(cfg, comp), score=score_holdout(cfg, comp, df))

@@ -88,6 +88,24 @@ def changed(path: Path):
     return lambda: path.exists() and path.stat().st_mtime_ns != before
 
 
+def term_inside_epoch(proc: subprocess.Popen, recovery: Path, epoch: int | None = None) -> None:
+    """SIGTERM while the run is inside `epoch`'s steps (any epoch's when None): the run is frozen at each new
+    `recovery` (written atomically, so whole) and signalled only when that checkpoint is of `epoch`; the
+    signal is then handled at the next step, still in the epoch. (A signal sent after a plain poll could land in the validation
+    after the epoch's last step on a loaded machine: the run then ends with last.pt and no recovery.pt.)"""
+    while poll(proc, changed(recovery)):
+        os.kill(proc.pid, signal.SIGSTOP)
+        while not stopped(proc.pid):
+            time.sleep(0.0002)
+        hit = epoch is None or torch.load(recovery, weights_only=True)["epoch"] == epoch
+        if hit:
+            proc.send_signal(signal.SIGTERM)
+        os.kill(proc.pid, signal.SIGCONT)
+        if hit:
+            return
+    raise AssertionError(f"the run ended before a recovery checkpoint (epoch {epoch})")
+
+
 def assert_latest_loads(fold: Path) -> tuple[int, int]:
     """Every checkpoint left in the folder loads with weights_only=True; returns the newest (epoch, step)."""
     for p in fold.glob("*.pt"):
@@ -129,8 +147,7 @@ def test_killed_anywhere_resumes_bit_for_bit(data, tmp_path):
     # 2. SIGTERM mid-epoch: a recovery checkpoint after the current step, the message, exit 128+15;
     #    resumed with 2 DataLoader workers where the first run had none
     p = start(data, out, "num_workers=2", resume=True)
-    assert poll(p, changed(fold / "recovery.pt"))
-    p.send_signal(signal.SIGTERM)
+    term_inside_epoch(p, fold / "recovery.pt")
     assert p.wait(60) == 128 + signal.SIGTERM
     err = (out / "stderr.log").read_text()
     assert "stopped by SIGTERM" in err and "resume with: python scripts/train_fold.py --fold 0 --resume" in err

@@ -115,15 +115,14 @@ def test_killed_mid_epoch_with_ema_resumes_bit_for_bit(tmp_path):
     """test_resume's run (EMA, mixup, dropout, a recovery checkpoint every step) with the last 2 of 3 epochs
     averaged: SIGTERM in epoch 2, once epoch 1 is in the average, then resumed with the script."""
     from conftest import write_tiny_competition
-    from test_resume import ARGS, changed, poll, start
+    from test_resume import ARGS, poll, start, term_inside_epoch
 
     data = write_tiny_competition(tmp_path / "data")
     out, fold = tmp_path / "killed", tmp_path / "killed" / "fold0"
     p = start(data, out, "train.swa_epochs=2")
     assert poll(p, lambda: (fold / "metrics.csv").is_file()
                 and len((fold / "metrics.csv").read_text().splitlines()) == 3)  # epochs 0 and 1 written
-    assert poll(p, changed(fold / "recovery.pt"))
-    p.send_signal(signal.SIGTERM)
+    term_inside_epoch(p, fold / "recovery.pt", 2)
     assert p.wait(60) == 128 + signal.SIGTERM
     ck = torch.load(fold / "recovery.pt", weights_only=True)
     assert ck["epoch"] == 2 and ck["step"] > 0 and int(ck["swa"]["n_averaged"]) == 1

@@ -4,6 +4,7 @@ comp/train/stages.py), on the tiny competition of conftest with a DR-2015-like e
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import cv2
@@ -106,6 +107,22 @@ def test_id_clash_with_a_competition_image_is_refused(tiny, tmp_path):
         load_extra(cfg, load_competition(cfg))
     msg = str(e.value)
     assert "'img_0_000'" in msg and "img_0_000.jpeg" in msg and "img_0_000.png" in msg and "\n" not in msg
+
+
+def test_copies_of_competition_images_are_left_out_with_a_warning(tiny, ext, capsys):
+    from comp.data.competition import load_competition
+    from comp.data.extra import load_extra
+
+    cfg = load_config(None, tiny["overrides"] + [extra_entry(ext)])
+    comp = load_competition(cfg)
+    assert len(load_extra(cfg, comp)) == 12
+    victim = ext / "train" / "dr_11_2.jpeg"  # its bytes replaced by a competition training image's
+    shutil.copyfile(comp.train["path"].iloc[3], victim)
+    capsys.readouterr()
+    rows = load_extra(cfg, comp)
+    assert len(rows) == 11 and str(victim) not in set(rows["path"])
+    err = capsys.readouterr().err
+    assert "1 image(s) are byte-identical copies" in err and str(victim) in err and comp.train["path"].iloc[3] in err
 
 
 def test_bad_entry_keys_are_refused_by_the_config(tiny, ext):

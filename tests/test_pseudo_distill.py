@@ -110,7 +110,7 @@ def test_distillation_loss_for_every_head(kind):
     assert logits.grad.abs().max() > 1e-4
 
 
-def test_pseudo_round_and_its_leak_rules(teacher, tmp_path):
+def test_pseudo_round_and_its_leak_rules(teacher, tmp_path, monkeypatch):
     cfg = teacher["cfg"]
     comp = load_competition(cfg)
     out = tmp_path / "pseudo.csv"
@@ -127,11 +127,29 @@ def test_pseudo_round_and_its_leak_rules(teacher, tmp_path):
     soft = make_pseudo(cfg, comp, tmp_path / "soft.csv", 0.34, True, test=True, images=[], probs=None)
     assert all(c.startswith("prob_") for c in soft.columns[2:]) and (soft.iloc[:, 2:].max(axis=1) >= 0.34).all()
 
-    # leak: a pseudo row for a training image (e.g. an "external" pool overlapping the training set)
+    # leak: an "external" pool holding copies of training images under other names: left out, recorded
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    copies = comp.train["path"].iloc[[0, 5]].tolist()
+    for k, p in enumerate(copies):
+        shutil.copyfile(p, pool / f"ext_{k}.png")
+    shutil.copyfile(comp.test["path"].iloc[0], pool / "ext_new.png")  # not a training image: kept
+    mixed = make_pseudo(cfg, comp, tmp_path / "pool.csv", 0.0, False, test=False, images=[str(pool)], probs=None)
+    assert mixed["id"].tolist() == ["ext_new"]
+    assert json.loads(record_path(tmp_path / "pool.csv").read_text())["left_out_copies"] == {
+        str(pool / f"ext_{k}.png"): p for k, p in enumerate(copies)}
+    with pytest.raises(UserError, match="every image is a copy of a training image"):
+        make_pseudo(cfg, comp, tmp_path / "all.csv", 0.0, False, test=False,
+                    images=[str(Path(comp.train["path"].iloc[0]).parent)], probs=None)
+
+    # leak: a pseudo row for a training image, in a file made without the copy check (an older kit): refused
+    # when a student reads it
     leak = tmp_path / "leak.csv"
     train = comp.train.iloc[:2]
+    monkeypatch.setattr("comp.predict.pseudo.byte_duplicates", lambda candidates, reference: {})
     make_pseudo(cfg, comp, leak, 0.0, False, test=False, images=[str(Path(train["path"].iloc[0]).parent)],
                 probs=None)
+    monkeypatch.undo()
     with pytest.raises(UserError, match="training images.*leak"):
         build_run(student(teacher, "leak", f"data.pseudo={leak}"), 0, resume=False)
 

@@ -18,7 +18,8 @@ not over the competition's) plus four keys of its own:
 The source is read by comp.data.competition.load_competition itself (the same layouts, checks and error
 messages), its test part switched off. The images never reach folds.csv, a validation set or an OOF file:
 comp.train.build.fold_data appends them to the training rows of the fold only. An image id that is also
-a competition image's id (training or test), or another source's, is refused.
+a competition image's id (training or test), or another source's, is refused; an image whose bytes are a
+competition training image's is left out with a warning (comp.data.duplicates).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
+from comp.data.duplicates import byte_duplicates
 from comp.data.targets import class_task
 from comp.errors import UserError
 from comp.log import log
@@ -164,10 +166,26 @@ def load_extra(cfg: Any, comp: Any, stage: int | None = None) -> pd.DataFrame:
             seen[image_id] = (f"data.extra image of {source_name(i, d)!r}", path)
         tables.append(t)
     cols = [*comp.train.columns.drop("row", errors="ignore"), "source", "weight"]
+    if tables:
+        tables = [drop_copies(t, comp.train["path"].astype(str).tolist()) for t in tables]
     if not tables:
         return pd.DataFrame({c: pd.Series([], dtype=comp.train[c].dtype if c in comp.train else object)
                              for c in cols})
     return pd.concat(tables, ignore_index=True)[cols]
+
+
+def drop_copies(table: pd.DataFrame, train_paths: list[str]) -> pd.DataFrame:
+    """`table` (one source's rows) without the images that are byte-identical copies of competition training
+    images (comp.data.duplicates: the fold validating on the original would train on its copy), with a
+    warning line naming how many and one pair."""
+    copies = byte_duplicates(table["path"].astype(str).tolist(), train_paths)
+    if not copies:
+        return table
+    first = next(iter(copies.items()))
+    log(f"warning: data.extra {table['source'].iloc[0]!r}: {len(copies)} image(s) are byte-identical copies of "
+        f"competition training images (e.g. {first[0]} = {first[1]}) and are left out: each would reach the "
+        f"validation of the fold holding its original")
+    return table[~table["path"].astype(str).isin(copies)].reset_index(drop=True)
 
 
 def training_rows(cfg: Any, fold_rows: pd.DataFrame, extra: pd.DataFrame) -> pd.DataFrame:

@@ -7,6 +7,8 @@ Confidence of a row: softmax heads the top probability; binary the larger of p a
 least sure label's; a regression head has none (every row is kept, `--min-confidence` must be 0).
 Hard labels: the argmax class (multi-label: each label's p >= 0.5 as 0/1 rows; regression: the value);
 soft labels: the outputs as they are (`prob_<name>` columns, or `value`).
+Images whose bytes are a training image's (a copy under another name, or the file itself) are left out with
+a warning and listed in the record (`left_out_copies`; comp.data.duplicates).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pandas as pd
 from comp import io
 from comp.config import resolve_path
 from comp.data.competition import IMAGE_EXTS, Competition
+from comp.data.duplicates import byte_duplicates
 from comp.errors import UserError
 from comp.log import log
 from comp.tasks import Task
@@ -143,6 +146,16 @@ def make_pseudo(cfg: Any, comp: Competition, out: Path, min_confidence: float, s
                                 predict_rows(cfg, comp, table), min_confidence, soft))
         sources.append({"images": [str(resolve_path(f)) for f in images]})
     rows = pd.concat(parts, ignore_index=True)
+    copies = byte_duplicates(rows["path"].astype(str).tolist(), comp.train["path"].astype(str).tolist())
+    if copies:  # a copy of a training image would carry models' knowledge of its label into its fold
+        first = next(iter(copies.items()))
+        log(f"warning: pseudo-labels: {len(copies)} image(s) are byte-identical copies of training images (e.g. "
+            f"{first[0]} = {first[1]}) and are left out: each would reach the validation of the fold holding its "
+            f"original")
+        rows = rows[~rows["path"].astype(str).isin(copies)].reset_index(drop=True)
+    if not len(rows) and copies:
+        raise UserError(f"pseudo-labels: every image is a copy of a training image (e.g. {first[0]} = {first[1]}); "
+                        f"nothing is left to pseudo-label")
     if not len(rows):
         raise UserError(f"pseudo-labels: no row reaches --min-confidence {min_confidence}; lower it (the "
                         f"teacher's confidences are lower with train.label_smoothing)")
@@ -154,7 +167,7 @@ def make_pseudo(cfg: Any, comp: Competition, out: Path, min_confidence: float, s
               "folds_sha256": folds_sha256(pd.read_csv(split, dtype={"id": str})),
               "checkpoints": {str(p): sha256_file(p) for p in checkpoints},
               "sources": sources, "min_confidence": min_confidence, "labels": "soft" if soft else "hard",
-              "rows": len(rows), "csv_sha256": sha256_file(out)}
+              "rows": len(rows), "left_out_copies": dict(sorted(copies.items())), "csv_sha256": sha256_file(out)}
     io.write_json(record_path(out), record)
     log(f"pseudo-labels: {len(rows)} row(s) kept at confidence >= {min_confidence} -> {out} "
         f"(record {record_path(out).name})")

@@ -385,11 +385,12 @@ def _timm_loop(folder: Path, batch: int, workers: int, epochs: int, compile_: bo
 
 def _compute_only(batch: int, steps: int, compile_: bool | str, device: str = "cuda", model: str = "resnet50",
                   size: int = SIZE, in_chans: int = 3, num_classes: int = 5, ema: bool = False, amp: bool = True,
-                  accum: int = 1, drop_rate: float = 0.0) -> dict[str, float]:
+                  accum: int = 1, drop_rate: float = 0.0, net: torch.nn.Module | None = None) -> dict[str, float]:
     """The ceiling of a training loop: the kit's `model` (comp.models.create_model: `resnet50`, `timm/<name>`)
     on one batch that stays on the device (bf16 autocast with `amp` on CUDA, channels_last, AdamW every
     `accum` micro-batches, ModelEmaV3 with `ema`, no host sync inside the timed steps), no loader. A loop's
-    share of this speed is what its data path leaves of the GPU, whatever its own wait timer says."""
+    share of this speed is what its data path leaves of the GPU, whatever its own wait timer says. `net`:
+    that model already built (the recipes section passes the one the kit's loop trained)."""
     from timm.utils import ModelEmaV3
 
     from benchmarks.models import time_steps
@@ -397,8 +398,9 @@ def _compute_only(batch: int, steps: int, compile_: bool | str, device: str = "c
 
     dev = torch.device(device)
     torch.backends.cudnn.benchmark = True
-    net = create_model(model, num_classes, in_chans=in_chans, drop_rate=drop_rate)
+    net = net if net is not None else create_model(model, num_classes, in_chans=in_chans, drop_rate=drop_rate)
     net = net.to(dev, memory_format=torch.channels_last).train()
+    num_classes = net.get_classifier().out_features  # a built net's head: a regression head has one output
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     model_ema = ModelEmaV3(net, decay=0.999) if ema else None
     step_fn = compile_model(net, compile_)

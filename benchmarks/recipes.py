@@ -131,14 +131,16 @@ def recipe_config(path: Path, root: Path, out: Path, *overrides: str) -> Any:
     return load_config(path, [f"data.root={root}", f"out_dir={out}", *data, *overrides])
 
 
-def _kit_loop(cfg: Any, epochs: int) -> dict[str, float]:
-    """The kit's training loop over fold 0 for `epochs` epochs (build_run, then train_one_epoch as fit calls
-    it); images/s and data wait share: medians of the epochs after the first (all of one)."""
+def _kit_loop(cfg: Any, epochs: int, steps: int) -> dict[str, Any]:
+    """The kit's training loop over fold 0 for `epochs` epochs of at most `steps` optimizer steps (build_run,
+    then train_one_epoch as fit calls it); images/s and data wait share: medians of the epochs after the
+    first (all of one); `model`: the trained module, for compute only to reuse."""
     from comp.train.build import build_run
     from comp.train.loop import train_one_epoch
     from comp.train.state import fresh_partial
 
     run = build_run(cfg, 0, resume=False)
+    run.steps_per_epoch = min(run.steps_per_epoch, steps)  # as timm's side: the same number of steps
     rows = []
     for epoch in range(epochs):
         rows.append(train_one_epoch(run, epoch))
@@ -146,7 +148,7 @@ def _kit_loop(cfg: Any, epochs: int) -> dict[str, float]:
     run.data.train_loader = run.data.valid_loader = run.next_epoch = None  # persistent workers exit now
     later = rows[1:] or rows
     return {"images_per_s": statistics.median(r["images_per_s"] for r in later),
-            "data_wait_share": statistics.median(r["data_wait_share"] for r in later)}
+            "data_wait_share": statistics.median(r["data_wait_share"] for r in later), "model": run.raw}
 
 
 def _peak(on: str, fn: Callable[..., dict[str, float]], /, *args: Any, **kwargs: Any) -> dict[str, float]:
@@ -164,8 +166,8 @@ def bench_recipes(work: Path, quick: bool, echo: Callable[[str], None], names: l
                   steps: int | None = None, device: str | None = None) -> dict[str, Any]:
     """Each config of `names` (default every configs/*.yaml): the kit's loop, timm's loop and compute only
     with its recipe. On a GPU: the config's image size and batch, `steps` optimizer steps an epoch (default
-    20), 2 epochs (the second timed); on a CPU or with `quick`: 32 px (a model's minimum input size if
-    larger), batch 2 without accumulation, one step of one epoch."""
+    20), 2 epochs (the second timed); on a CPU or with `quick`: at most 32 px (a model's minimum input
+    size if larger), batch 2 without accumulation, one step of one epoch."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.startswith("cuda")
     small = quick or not cuda
@@ -181,7 +183,7 @@ def bench_recipes(work: Path, quick: bool, echo: Callable[[str], None], names: l
             model = base.model.name.removeprefix("timm/")
             size, batch = base.image_size, base.batch_size
             if small:
-                size, batch = MIN_SIZE.get(model, 32), 2
+                size, batch = max(min(size, 32), MIN_SIZE.get(model, 0)), 2
             accum = 1 if small else base.train.accum_steps  # shrunk: one micro-batch a step
             n_cls = len(base.data.label_columns) or len(base.data.classes) or 2
             n = max(2 * batch * accum * steps, 4 * n_cls)  # 2 folds: half of it trains
@@ -191,14 +193,16 @@ def bench_recipes(work: Path, quick: bool, echo: Callable[[str], None], names: l
             cfg = recipe_config(path, root, Path(tmp) / name, *over)
             t0 = time.perf_counter()
             prepare(cfg)  # the image cache the kit trains from (timm reads the JPEGs)
-            kit = _peak(device, _kit_loop, cfg, epochs)
+            kit = _peak(device, _kit_loop, cfg, epochs, steps)
+            net = kit.pop("model")
             amp = bool(cfg.train.amp) and cuda
             num_logits = n_cls if cfg.task != "regression" else 1
             loop = dict(model=cfg.model.name, size=size, in_chans=cfg.model.in_chans, num_classes=num_logits,
                         ema=cfg.train.ema, amp=amp, accum=accum, drop_rate=cfg.model.drop_rate)
             tim = _peak(device, _timm_loop, root / "train", batch, workers, epochs, False, device=device, steps=steps,
                         **loop)
-            ceiling = _peak(device, _compute_only, batch, steps, False, device=device, **loop)
+            ceiling = _peak(device, _compute_only, batch, steps, False, device=device, net=net, **loop)
+            del net
             rows[name] = {"model": cfg.model.name, "size": size, "batch": batch, "accum": accum, "ema": cfg.train.ema,
                           "amp": amp, "kind": KINDS.get(name, "fundus"), "kit": kit, "timm": tim,
                           "compute_only": ceiling, "kit_share_of_compute_only": kit["images_per_s"]
@@ -219,8 +223,9 @@ def _plain(node: Any) -> Any:
 
 def _table(rows: dict[str, Any], device: str, small: bool, steps: int, echo: Callable[[str], None]) -> None:
     gib = (lambda v: f"{v:7.2f}") if device.startswith("cuda") else (lambda v: "    n/a")
+    shrunk = " (shrunk: <= 32 px, batch 2, no accumulation)" if small else ""
     echo(f"5. Recipes: each config's model, size, batch x accum, aug.train, EMA, AMP on generated images of its "
-         f"kind, {device}, {steps} step(s) an epoch" + (" (shrunk: 32 px, batch 2, no accumulation)" if small else ""))
+         f"kind, {device}, {steps} step(s) an epoch{shrunk}")
     echo(f"   {'config':<15}{'model':<28}{'px':>5}{'batch':>8}{'EMA':>5}{'kit img/s':>11}{'timm img/s':>12}"
          f"{'compute-only':>14}{'kit share':>11}{'kit/timm':>10}{'peak GiB kit/timm':>19}")
     for name, r in rows.items():

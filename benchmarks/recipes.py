@@ -117,18 +117,19 @@ def recipe_set(work: Path, name: str, cfg: Any, n: int, size: int) -> Path:
 
 def recipe_config(path: Path, root: Path, out: Path, *overrides: str) -> Any:
     """The config at `path` with its data settings pointed at `root` (a `recipe_set`), its recipe intact;
-    `overrides` on top."""
-    data = ["data.source=competition", "data.layout=csv", "data.train_csv=train.csv", "data.test_csv=''",
-            "data.sample_submission=''", "data.solution_csv=''", "data.id_column=id", "data.test_id_column=''",
-            "data.label_column=label", "data.group_column=''", "data.group_pattern=''", "data.class_values=[]",
-            "data.positive_class=''", "data.submission_id_column=''", "data.submission_id_parts=[]",
-            "data.train_images=[train]", "data.test_images=[test]", "data.image_ext=.jpg", "data.dedupe_ids=false",
-            "data.extra=[]", "data.extra_only=false", "data.exclude=[]", "data.pseudo=''", "data.limit=0",
-            "data.demo_external=0.0", "data.download=false", "images.preprocess=[]", "images.cache=true",
-            "images.cache_format=npy", "images.dicom_windows=[]", "model.pretrained=null", "stages=[]", "seeds=[]",
-            "distill.teacher=''", "folds.n_folds=2", "train.recovery_every=0", "train.tracker=none",
-            "train.early_stop=0", "train.swa_epochs=0"]
-    return load_config(path, [f"data.root={root}", f"out_dir={out}", *data, *overrides])
+    `overrides` on top. (Each section's settings go in as one override: comp.config merges overrides one
+    by one, ~15 ms each.)"""
+    data = {"root": str(root), "source": "competition", "layout": "csv", "train_csv": "train.csv", "test_csv": "",
+            "sample_submission": "", "solution_csv": "", "id_column": "id", "test_id_column": "",
+            "label_column": "label", "group_column": "", "group_pattern": "", "class_values": [], "positive_class": "",
+            "submission_id_column": "", "submission_id_parts": [], "train_images": ["train"], "test_images": ["test"],
+            "image_ext": ".jpg", "dedupe_ids": False, "extra": [], "extra_only": False, "exclude": [], "pseudo": "",
+            "limit": 0, "demo_external": 0.0, "download": False}
+    images = {"preprocess": [], "cache": True, "cache_format": "npy", "dicom_windows": []}
+    train = {"recovery_every": 0, "tracker": "none", "early_stop": 0, "swa_epochs": 0}
+    return load_config(path, [f"data={json.dumps(data)}", f"images={json.dumps(images)}", f"train={json.dumps(train)}",
+                              "model.pretrained=null", "stages=[]", "seeds=[]", "distill.teacher=''",
+                              "folds.n_folds=2", f"out_dir={out}", *overrides])
 
 
 def _kit_loop(cfg: Any, epochs: int, steps: int) -> dict[str, Any]:

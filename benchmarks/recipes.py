@@ -200,10 +200,10 @@ def bench_recipes(work: Path, quick: bool, echo: Callable[[str], None], names: l
             num_logits = n_cls if cfg.task != "regression" else 1
             loop = dict(model=cfg.model.name, size=size, in_chans=cfg.model.in_chans, num_classes=num_logits,
                         ema=cfg.train.ema, amp=amp, accum=accum, drop_rate=cfg.model.drop_rate)
+            ceiling = _peak(device, _compute_only, batch, steps, False, device=device, net=net, **loop)
+            del net  # before timm's side: its peak memory is its own
             tim = _peak(device, _timm_loop, root / "train", batch, workers, epochs, False, device=device, steps=steps,
                         **loop)
-            ceiling = _peak(device, _compute_only, batch, steps, False, device=device, net=net, **loop)
-            del net
             rows[name] = {"model": cfg.model.name, "size": size, "batch": batch, "accum": accum, "ema": cfg.train.ema,
                           "amp": amp, "kind": KINDS.get(name, "fundus"), "kit": kit, "timm": tim,
                           "compute_only": ceiling, "kit_share_of_compute_only": kit["images_per_s"]

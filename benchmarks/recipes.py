@@ -18,6 +18,7 @@ device), the kit's share of compute only, and the peak GPU memory of each side (
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import statistics
@@ -156,6 +157,7 @@ def _peak(on: str, fn: Callable[..., dict[str, float]], /, *args: Any, **kwargs:
     """fn(*args, **kwargs)'s numbers, with the peak memory of device `on` in GiB (None on a CPU)."""
     cuda = on.startswith("cuda")
     if cuda:
+        gc.collect()  # the previous side's objects (a Run holds reference cycles) before its memory is freed
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(on)
     res = fn(*args, **kwargs)

@@ -71,3 +71,38 @@ def test_gpu_all_script_is_ready():
     text = script.read_text()
     for part in ("--sections", "gpu", "recipes", "predict", "tests/test_gpu.py", "$OUT"):
         assert part in text, part
+
+
+def test_gpu_section_measures_each_compile_mode(tmp_path, monkeypatch):
+    # The GPU section's bookkeeping, on the CPU: fit, compute only and timm's loop stand in with fixed
+    # numbers (their GPU runs are benchmarks/gpu_all.sh's), the modes and their rows must all be there.
+    import pandas as pd
+
+    import comp.data.prepare
+    import comp.train.loop
+
+    seen = []
+
+    def fake_fit(cfg, fold):
+        seen.append(cfg.train.compile)
+        d = tmp_path / "runs" / str(len(seen))
+        d.mkdir(parents=True)
+        ips = {False: 100.0, "default": 150.0, "reduce-overhead": 160.0}[cfg.train.compile]
+        pd.DataFrame({"images_per_s": [1.0, ips, ips], "data_wait_share": [0.5, 0.01, 0.01]}).to_csv(
+            d / "metrics.csv", index=False)
+        return {"dir": d}
+
+    monkeypatch.setattr(harness, "fundus_set", lambda *a, **k: tmp_path)
+    monkeypatch.setattr(comp.data.prepare, "prepare", lambda cfg: None)
+    monkeypatch.setattr(comp.train.loop, "fit", fake_fit)
+    monkeypatch.setattr(harness, "_compute_only", lambda b, s, mode, device: {"images_per_s": 200.0})
+    monkeypatch.setattr(harness, "_timm_loop", lambda *a, device: {"images_per_s": 50.0, "data_wait_share": 0.3})
+    lines: list[str] = []
+    res = harness.bench_gpu(tmp_path, False, lines.append, device="cpu", compile_modes=("default", "reduce-overhead"),
+                            images=128)
+    assert seen == [False, "default", "reduce-overhead"] and res["images"] == 128
+    assert res["gpu_compile_modes_images_per_s"] == {"False": 100.0, "default": 150.0, "reduce-overhead": 160.0}
+    assert res["gpu_compile_images_per_s"] == 150.0 and res["gpu_ratio_vs_timm"] == 2.0
+    assert res["kit_compile_reduce-overhead"]["share_of_compute_only"] == 0.8
+    assert set(res) >= {"timm_eager", "timm_compile", "ceiling_compile_reduce-overhead"}
+    assert any("train.compile=reduce-overhead" in line for line in lines)

@@ -52,8 +52,12 @@ def _experiment(work: Path, out: Path, n: int, size: int, model: str, n_folds: i
     sample = root / f"sample_{n}.csv"
     if not sample.is_file():
         pd.DataFrame({"id": test_ids, "label": 0}).to_csv(sample, index=False)
+    train = root / "train_50.csv"  # a few training rows: prepare caches the training images too
+    if not train.is_file():
+        pd.read_csv(root / "train.csv").head(50).to_csv(train, index=False)
     over = [
         f"data.root={root}", "data.source=competition", "data.image_ext=.jpg", f"data.sample_submission={sample.name}",
+        f"data.train_csv={train.name}",
         "data.solution_csv=''", f"out_dir={out}", f"image_size={size}", "images.cache=true", f"folds.n_folds={n_folds}",
         f"model.name={model}", "aug.valid=[]", f"aug.tta=[{','.join(VIEWS)}]", "train.amp=true",
         "train.channels_last=true", *overrides]

@@ -38,11 +38,11 @@ bench() {  # bench NAME SECONDS ARGS...: one benchmark section; its JSON line to
 }
 
 step test_gpu 150 "$PY" -m pytest -q tests/test_gpu.py -p no:cacheprovider
-# 4,096 images (16 steps of 256 a training epoch), 3 epochs, eager and two train.compile modes; the
+# 4,096 images (12 steps of 256 a training epoch: fold 0 of 5), 3 epochs, eager and two train.compile modes; the
 # max-autotune modes autotune for minutes and are left to `make bench` on a lent machine of its own.
-bench gpu 170 --sections gpu --gpu-images 4096 --compile-modes default reduce-overhead
+bench gpu 150 --sections gpu --gpu-images 4096 --compile-modes default reduce-overhead
 # 1,000 cached 512 px test images x 5 folds x 4 views = 20,000 forward passes per model and setting.
-bench predict 110 --sections predict --predict-images 1000 --compile-modes true
+bench predict 130 --sections predict --predict-images 1000 --compile-modes true
 # every shipped config at its own size and batch, 3 optimizer steps an epoch, 2 epochs (the second timed).
 bench recipes 110 --sections recipes --recipe-steps 3
 echo "done $(date -u)" >> "$OUT/summary.txt"

@@ -25,9 +25,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from comp.device import compile_model
 from comp.system import usable_cpus
 
-SECTIONS = ("loader", "model", "e2e", "gpu")
+SECTIONS = ("loader", "model", "e2e", "gpu", "recipes", "predict")
 FLIPS = [{"name": "HorizontalFlip", "p": 0.5}, {"name": "VerticalFlip", "p": 0.5}]
 SIZE = 224  # the training size of every loader in section 1 and of the GPU step
 
@@ -324,40 +325,54 @@ def bench_e2e(work: Path, quick: bool, echo: Callable[[str], None]) -> dict[str,
 # --------------------------------------------------------------------------------------------- 4. GPU
 
 
-def _timm_loop(folder: Path, batch: int, workers: int, epochs: int, compile_: bool,
-               device: str = "cuda") -> dict[str, float]:
+def _timm_loop(folder: Path, batch: int, workers: int, epochs: int, compile_: bool | str,
+               device: str = "cuda", model: str = "resnet50", size: int = SIZE, in_chans: int = 3,
+               num_classes: int = 5, ema: bool = False, amp: bool = True, accum: int = 1, drop_rate: float = 0.0,
+               steps: int | None = None) -> dict[str, float]:
     """What timm's train.py does per step (its script is not in the wheel): timm's ImageDataset and
-    create_loader (PIL decode in persistent workers, prefetcher normalising on the GPU), a timm ResNet50
-    in channels_last, bf16 autocast, AdamW, loss.item() every step (train.py's loss meter). Whole epochs,
-    as comp.train.fit is measured: images/s and data wait share, medians of the epochs after the first."""
+    create_loader (PIL decode in persistent workers, RandomResizedCrop and flips, prefetcher normalising on
+    the GPU), timm's `model` (a `timm/` prefix dropped) in channels_last, bf16 autocast (`amp`, on CUDA),
+    AdamW, `accum` micro-batches per optimizer step (its --grad-accum-steps), ModelEmaV3 after each step
+    with `ema` (its --model-ema), loss.item() every step (train.py's loss meter). Whole epochs (at most
+    `steps` optimizer steps each), as comp.train.fit is measured: images/s and data wait share, medians of
+    the epochs after the first."""
     import timm
     import timm.data
+    from timm.utils import ModelEmaV3
 
     dev = torch.device(device)
     torch.backends.cudnn.benchmark = True
-    ds = timm.data.ImageDataset(str(folder))
-    loader = timm.data.create_loader(ds, input_size=(3, SIZE, SIZE), batch_size=batch, is_training=True,
+    ds = timm.data.ImageDataset(str(folder), input_img_mode="L" if in_chans == 1 else "RGB")
+    grey = {"mean": (0.5,), "std": (0.5,)} if in_chans == 1 else {}
+    loader = timm.data.create_loader(ds, input_size=(in_chans, size, size), batch_size=batch, is_training=True,
                                      hflip=0.5, vflip=0.5, color_jitter=None, num_workers=workers, pin_memory=True,
-                                     device=dev, use_prefetcher=True)
-    model = timm.create_model("resnet50", num_classes=5).to(dev, memory_format=torch.channels_last).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    step_fn = torch.compile(model) if compile_ else model
+                                     device=dev, use_prefetcher=True, **grey)
+    net = timm.create_model(model.removeprefix("timm/"), num_classes=num_classes, in_chans=in_chans,
+                            drop_rate=drop_rate)
+    net = net.to(dev, memory_format=torch.channels_last).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    model_ema = ModelEmaV3(net, decay=0.999) if ema else None
+    step_fn = compile_model(net, compile_)
     rows = []
     for _ in range(epochs):
-        wait, n, t0 = 0.0, 0, time.perf_counter()
+        wait, n, t0, micro = 0.0, 0, time.perf_counter(), 0
         it = iter(loader)
-        while True:
+        while steps is None or micro < steps * accum:
             tw = time.perf_counter()
             try:
                 x, y = next(it)
             except StopIteration:
                 break
             wait += time.perf_counter() - tw
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):  # as comp.train
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and dev.type == "cuda"):  # as comp.train
                 loss = torch.nn.functional.cross_entropy(step_fn(x.contiguous(memory_format=torch.channels_last)), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            (loss / accum).backward()
+            micro += 1
+            if micro % accum == 0:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if model_ema is not None:
+                    model_ema.update(net)
             loss.item()
             n += len(x)
         secs = time.perf_counter() - t0
@@ -368,36 +383,59 @@ def _timm_loop(folder: Path, batch: int, workers: int, epochs: int, compile_: bo
             "data_wait_share": statistics.median(r[1] for r in later)}
 
 
-def _compute_only(batch: int, steps: int, compile_: bool, device: str = "cuda") -> dict[str, float]:
-    """The ceiling of a training loop: the kit's ResNet50 on one batch that stays on the device (bf16
-    autocast, channels_last, AdamW, no host sync inside the timed steps), no loader. A loop's share of
-    this speed is what its data path leaves of the GPU, whatever its own wait timer says."""
+def _compute_only(batch: int, steps: int, compile_: bool | str, device: str = "cuda", model: str = "resnet50",
+                  size: int = SIZE, in_chans: int = 3, num_classes: int = 5, ema: bool = False, amp: bool = True,
+                  accum: int = 1, drop_rate: float = 0.0, net: torch.nn.Module | None = None) -> dict[str, float]:
+    """The ceiling of a training loop: the kit's `model` (comp.models.create_model: `resnet50`, `timm/<name>`)
+    on one batch that stays on the device (bf16 autocast with `amp` on CUDA, channels_last, AdamW every
+    `accum` micro-batches, ModelEmaV3 with `ema`, no host sync inside the timed steps), no loader. A loop's
+    share of this speed is what its data path leaves of the GPU, whatever its own wait timer says. `net`:
+    that model already built (the recipes section passes the one the kit's loop trained)."""
+    from timm.utils import ModelEmaV3
+
     from benchmarks.models import time_steps
     from comp.models import create_model
 
     dev = torch.device(device)
     torch.backends.cudnn.benchmark = True
-    model = create_model("resnet50", 5).to(dev, memory_format=torch.channels_last).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    step_fn = torch.compile(model) if compile_ else model
-    x = torch.randn(batch, 3, SIZE, SIZE, device=dev).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 5, (batch,), device=dev)
+    net = net if net is not None else create_model(model, num_classes, in_chans=in_chans, drop_rate=drop_rate)
+    net = net.to(dev, memory_format=torch.channels_last).train()
+    num_classes = net.get_classifier().out_features  # a built net's head: a regression head has one output
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    model_ema = ModelEmaV3(net, decay=0.999) if ema else None
+    step_fn = compile_model(net, compile_)
+    x = torch.randn(batch, in_chans, size, size, device=dev).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, num_classes, (batch,), device=dev)
 
     def step() -> None:
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            loss = torch.nn.functional.cross_entropy(step_fn(x), y)
-        loss.backward()
+        for _ in range(accum):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and dev.type == "cuda"):
+                loss = torch.nn.functional.cross_entropy(step_fn(x), y)
+            (loss / accum).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if model_ema is not None:
+            model_ema.update(net)
 
-    time_steps(step, 3, dev)  # compilation, cuDNN's algorithm search, the allocator
-    return {"images_per_s": steps * batch / time_steps(step, steps, dev)}
+    time_steps(step, 1 if dev.type == "cpu" else 3, dev)  # compilation, cuDNN's algorithm search, the allocator
+    return {"images_per_s": steps * batch * accum / time_steps(step, steps, dev)}
 
 
-def bench_gpu(work: Path, quick: bool, echo: Callable[[str], None], device: str = "cuda") -> dict[str, Any]:
-    """ResNet50, 224 px, bf16, channels_last on the GPU: comp.train.fit from the cache, eager and
-    torch.compile (epochs after the first: no compilation, no cache filling), against a timm loop.
-    `device` is "cuda" but for checking this code path on a CPU."""
+GPU_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
+
+
+def _mode_key(mode: bool | str) -> str:
+    """How a train.compile value names its rows: eager, compile (torch.compile's default), compile_<mode>."""
+    return "eager" if mode is False else "compile" if mode in (True, "default") else f"compile_{mode}"
+
+
+def bench_gpu(work: Path, quick: bool, echo: Callable[[str], None], device: str = "cuda",
+              compile_modes: tuple[str, ...] = GPU_COMPILE_MODES, images: int | None = None) -> dict[str, Any]:
+    """ResNet50, 224 px, bf16, channels_last on the GPU: comp.train.fit from the cache, eager and in each
+    train.compile mode of `compile_modes` (epochs after the first: no compilation, no cache filling), against
+    compute only (the same modes) and a timm loop (eager, and torch.compile's default mode when measured).
+    `images`: the set's size (a multiple of 64; default 16,384). `device` is "cuda" but for checking this
+    code path on a CPU."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         echo("4. GPU: skipped, no CUDA device (torch.cuda.is_available() is False)")
         return {"skipped": "no CUDA device"}
@@ -407,41 +445,47 @@ def bench_gpu(work: Path, quick: bool, echo: Callable[[str], None], device: str 
     # 16,384 images: 51 steps of 256 per training epoch (4 folds of 5), so an epoch's start (the prefetch
     # queue filling) weighs as in a real fold; APTOS 2019's ~2,900 training images per fold would be 11 steps.
     batch, copies, epochs = (64, 8, 2) if quick else (256, 256, 3)
+    copies = max(1, images // 64) if images else copies
     workers = max(1, min(16, (os.cpu_count() or 2) - 1))
     root = fundus_set(work, 64, 512, 512, copies=copies, classes=5)
     res: dict[str, Any] = {"batch": batch, "workers": workers, "images": 64 * copies}
+    modes: list[bool | str] = [False] if quick else [False, *compile_modes]
     with tempfile.TemporaryDirectory(dir=work) as tmp:
-        for compile_ in (False,) if quick else (False, True):
-            cfg = fundus_config(root, Path(tmp) / f"compile{int(compile_)}", "model.name=resnet50", "folds.n_folds=5",
+        for mode in modes:
+            key = _mode_key(mode)
+            torch.compiler.reset()
+            cfg = fundus_config(root, Path(tmp) / key, "model.name=resnet50", "folds.n_folds=5",
                                 f"batch_size={batch}", f"num_workers={workers}", f"epochs={epochs}", f"device={device}",
-                                "train.amp=true", "train.channels_last=true", f"train.compile={str(compile_).lower()}")
+                                "train.amp=true", "train.channels_last=true", f"train.compile={str(mode).lower()}")
             prepare(cfg)
             rows = pd.read_csv(Path(fit(cfg, 0)["dir"]) / "metrics.csv").iloc[1:]  # epoch 0: compile, cache fill
-            res[f"kit_{'compile' if compile_ else 'eager'}"] = {
-                "images_per_s": float(rows["images_per_s"].median()),
-                "data_wait_share": float(rows["data_wait_share"].median())}
-        for compile_ in (False,) if quick else (False, True):
-            key = "compile" if compile_ else "eager"
-            res[f"timm_{key}"] = _timm_loop(root / "train", batch, workers, epochs, compile_, device=device)
-            res[f"ceiling_{key}"] = _compute_only(batch, 3 if quick else 40, compile_, device=device)
+            res[f"kit_{key}"] = {"images_per_s": float(rows["images_per_s"].median()),
+                                 "data_wait_share": float(rows["data_wait_share"].median())}
+            res[f"ceiling_{key}"] = _compute_only(batch, 3 if quick else 40, mode, device=device)
+        for mode in [m for m in modes if m in (False, "default")]:
+            res[f"timm_{_mode_key(mode)}"] = _timm_loop(root / "train", batch, workers, epochs, mode, device=device)
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else device
     echo(f"4. GPU ({name}): ResNet50, {SIZE} px, batch {batch}, bf16, channels_last, "
          f"{workers} workers, {res['images']} images (64 distinct 512 px JPEGs)")
-    labels = {"ceiling_eager": "compute only: one batch resident on the GPU, no loader, eager",
-              "ceiling_compile": "compute only, torch.compile",
-              "kit_eager": "kit: comp.train.fit from the cache, eager",
-              "kit_compile": "kit: comp.train.fit from the cache, torch.compile",
-              "timm_eager": "timm: ImageDataset + create_loader (JPEG decode) + timm resnet50, eager",
-              "timm_compile": "timm: same, torch.compile"}
+    labels = {}
+    for mode in modes:
+        key, how = _mode_key(mode), "eager" if mode is False else f"train.compile={mode}"
+        labels[f"ceiling_{key}"] = f"compute only: one batch resident on the GPU, no loader, {how}"
+    for mode in modes:
+        key, how = _mode_key(mode), "eager" if mode is False else f"train.compile={mode}"
+        labels[f"kit_{key}"] = f"kit: comp.train.fit from the cache, {how}"
+    labels.update({"timm_eager": "timm: ImageDataset + create_loader (JPEG decode) + timm resnet50, eager",
+                   "timm_compile": "timm: same, torch.compile"})
     echo(f"   {'':<76}{'img/s':>9}{'of compute-only':>17}{'loop data wait':>16}")
     for key, label in labels.items():
         if key in res:
             r = res[key]
-            r["share_of_compute_only"] = r["images_per_s"] / res[f"ceiling_{key.split('_')[1]}"]["images_per_s"]
+            r["share_of_compute_only"] = r["images_per_s"] / res[f"ceiling_{key.split('_', 1)[1]}"]["images_per_s"]
             wait = f"{100 * r['data_wait_share']:15.1f}%" if "data_wait_share" in r else ""
             echo(f"   {label:<76}{r['images_per_s']:>9.0f}{100 * r['share_of_compute_only']:>16.1f}%{wait}")
     res["gpu_images_per_s"] = res["kit_eager"]["images_per_s"]
     res["gpu_compile_images_per_s"] = res.get("kit_compile", res["kit_eager"])["images_per_s"]
+    res["gpu_compile_modes_images_per_s"] = {str(m): res[f"kit_{_mode_key(m)}"]["images_per_s"] for m in modes}
     res["gpu_data_wait_share"] = res["kit_eager"]["data_wait_share"]
     res["gpu_share_of_compute_only"] = res["kit_eager"]["share_of_compute_only"]
     res["gpu_ratio_vs_timm"] = res["kit_eager"]["images_per_s"] / res["timm_eager"]["images_per_s"]
@@ -452,7 +496,8 @@ def bench_gpu(work: Path, quick: bool, echo: Callable[[str], None], device: str 
 
 
 def run(sections: list[str] | tuple[str, ...] = SECTIONS, quick: bool = False, work: Path | None = None,
-        echo: Callable[[str], None] = print, command: str = "") -> dict[str, Any]:
+        echo: Callable[[str], None] = print, command: str = "", options: dict[str, Any] | None = None
+        ) -> dict[str, Any]:
     """Run `sections` in order, `echo` each table as it is done, return every number in one dict.
 
     Args:
@@ -461,7 +506,14 @@ def run(sections: list[str] | tuple[str, ...] = SECTIONS, quick: bool = False, w
         work: where generated images and the demo data are kept between runs (default: a folder in the
             system temp dir); every run's outputs go to a temporary folder inside it, removed after.
         command: the command line, printed in the header and kept in the result.
+        options: sizes of the issue-17 sections (benchmarks/run.py's flags): `compile_modes` (gpu and
+            predict: train.compile / predict.compile values), `gpu_images`, `recipes` (config names), `recipe_steps`,
+            `predict_images`, `predict_models`; a key left out takes the section's default.
     """
+    from benchmarks.predict_scale import bench_predict
+    from benchmarks.recipes import bench_recipes
+
+    opt = {k: v for k, v in (options or {}).items() if v is not None}
     work = Path(work) if work else Path(tempfile.gettempdir()) / "comp-bench"
     work.mkdir(parents=True, exist_ok=True)
     info = machine()
@@ -470,8 +522,14 @@ def run(sections: list[str] | tuple[str, ...] = SECTIONS, quick: bool = False, w
          f"({info['torch_threads']} threads), GPU: {info['gpu'] or 'none'}")
     out: dict[str, Any] = {"machine": info, "command": command, "date": time.strftime("%Y-%m-%d"), "quick": quick,
                            "sections": {}}
+    modes = tuple(opt["compile_modes"]) if "compile_modes" in opt else None
+    gpu_kw = {**({"compile_modes": modes} if modes is not None else {}), "images": opt.get("gpu_images")}
     fns = {"loader": lambda: bench_loader(work, quick, echo), "model": lambda: bench_model(quick, echo),
-           "e2e": lambda: bench_e2e(work, quick, echo), "gpu": lambda: bench_gpu(work, quick, echo)}
+           "e2e": lambda: bench_e2e(work, quick, echo), "gpu": lambda: bench_gpu(work, quick, echo, **gpu_kw),
+           "recipes": lambda: bench_recipes(work, quick, echo, names=opt.get("recipes"), steps=opt.get("recipe_steps")),
+           "predict": lambda: bench_predict(work, quick, echo, n_images=opt.get("predict_images"),
+                                            models=tuple(opt.get("predict_models") or ()) or None,
+                                            compile_modes=modes)}
     for name in sections:
         echo("")
         t0 = time.perf_counter()

@@ -1,6 +1,8 @@
 #!/usr/bin/env python
 """Benchmark the kit against the lab reports' loader and timm (BENCHMARKS.md):
-benchmarks/run.py [--quick] [--sections loader model e2e gpu] [--json] [--work DIR]
+benchmarks/run.py [--quick] [--sections loader model e2e gpu recipes predict] [--json] [--work DIR]
+  [--compile-modes MODE ...] [--gpu-images N] [--recipes CONFIG ...] [--recipe-steps N]
+  [--predict-images N] [--predict-models M ...]
 
 A table on stdout; with --json, every number as one JSON object on the last line."""
 
@@ -13,14 +15,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout:
 
 from comp.cli import main  # noqa: E402
 
-SECTIONS = ("loader", "model", "e2e", "gpu")  # benchmarks.harness.SECTIONS, without importing torch for --help
+# benchmarks.harness.SECTIONS, without importing torch for --help
+SECTIONS = ("loader", "model", "e2e", "gpu", "recipes", "predict")
 
 
 def run(args):
     from benchmarks.harness import run as bench
 
     command = " ".join(["python", "benchmarks/run.py", *sys.argv[1:]])
-    result = bench(args.sections, quick=args.quick, work=Path(args.work) if args.work else None, command=command)
+    options = {k: getattr(args, k) for k in ("compile_modes", "gpu_images", "recipes", "recipe_steps",
+                                             "predict_images", "predict_models")}
+    result = bench(args.sections, quick=args.quick, work=Path(args.work) if args.work else None, command=command,
+                   options=options)
     if args.json:
         print(json.dumps(result, default=float))
 
@@ -32,5 +38,15 @@ if __name__ == "__main__":
     p.add_argument("--json", action="store_true", help="print every number as one JSON object on the last line")
     p.add_argument("--work", default=None,
                    help="where generated images and demo data are kept (default: $TMPDIR/comp-bench)")
+    p.add_argument("--compile-modes", nargs="+", default=None, metavar="MODE",
+                   help="gpu and predict sections: the torch.compile modes to measure beside eager (default: gpu "
+                        "default reduce-overhead max-autotune-no-cudagraphs max-autotune; predict true)")
+    p.add_argument("--gpu-images", type=int, default=None, help="gpu section: images in the set (default 16384)")
+    p.add_argument("--recipes", nargs="+", default=None, metavar="CONFIG",
+                   help="recipes section: config names under configs/ (default: every one)")
+    p.add_argument("--recipe-steps", type=int, default=None, help="recipes section: optimizer steps an epoch")
+    p.add_argument("--predict-images", type=int, default=None, help="predict section: test images (default 10000)")
+    p.add_argument("--predict-models", nargs="+", default=None, metavar="MODEL",
+                   help="predict section: model names (default resnet50 timm/efficientnet_b3)")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one error line")
     main(run, p)

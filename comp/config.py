@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from comp.errors import UserError
 from comp.schema import (  # noqa: F401  (the schema's names, imported from here since the start)
+    COMPILE_MODES,
     AugConfig,
     Config,
     DataConfig,
@@ -139,12 +140,19 @@ def _check_values(cfg: Any) -> None:
          and len(set(cfg.predict.folds)) == len(cfg.predict.folds),
          f"must list distinct fold numbers 0..{cfg.folds.n_folds - 1} (folds.n_folds={cfg.folds.n_folds})"),
         ("predict.on_bad_image", cfg.predict.on_bad_image in ("fail", "prior"), "must be fail or prior"),
+        *((key, _compile_ok(OmegaConf.select(cfg, key)), f"must be false, true or a torch.compile mode "
+           f"({', '.join(COMPILE_MODES)})") for key in ("train.compile", "predict.compile")),
     ]
     for key, ok, why in checks:
         if not ok:
             value = OmegaConf.select(cfg, key)
             raise UserError(f"bad value for config key '{key}': {value!r} {why}")
     _check_windows(list(cfg.images.dicom_windows))
+
+
+def _compile_ok(value: Any) -> bool:
+    """train.compile / predict.compile: a bool (true = torch.compile's default mode) or a mode name."""
+    return isinstance(value, bool) or isinstance(value, str) and value in COMPILE_MODES
 
 
 def _check_windows(windows: list[Any]) -> None:

@@ -29,3 +29,20 @@ def amp_dtype_for(device: torch.device, amp: bool) -> torch.dtype | None:
     if device.type != "cuda" or not amp:
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+
+
+def compile_model(module: torch.nn.Module, value: bool | str) -> torch.nn.Module:
+    """`module` under torch.compile as the config's `train.compile` / `predict.compile` asks: false = the
+    module itself; true or `default` = torch.compile's default mode (Inductor, no CUDA graphs); or the mode
+    named (`reduce-overhead`: CUDA graphs, for small batches that are launch-bound; `max-autotune`: Triton
+    autotuning of matmuls/convs and CUDA graphs, minutes of compilation; `max-autotune-no-cudagraphs`).
+    The modes are torch's (https://pytorch.org/docs/stable/generated/torch.compile.html); the config check
+    (comp.config) has already refused any other value, so an unknown one here is the kit's bug (ValueError).
+    """
+    from comp.schema import COMPILE_MODES
+
+    if value is False:
+        return module
+    if value is not True and value not in COMPILE_MODES:
+        raise ValueError(f"compile_model: {value!r} is neither a bool nor one of {COMPILE_MODES}")
+    return torch.compile(module, mode=None if value is True or value == "default" else value)

@@ -7,6 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# train.compile / predict.compile: false, true (= default) or one of torch.compile's modes
+# (https://pytorch.org/docs/stable/generated/torch.compile.html)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 
 @dataclass
 class DataConfig:
@@ -103,7 +107,8 @@ class OptimConfig:
 class TrainConfig:
     amp: bool = True  # mixed precision on CUDA: bf16 where supported, fp16 + GradScaler otherwise
     channels_last: bool = True
-    compile: bool = False  # torch.compile the model
+    compile: Any = False  # torch.compile the model: false | true (= default) | default | reduce-overhead (CUDA
+    # graphs) | max-autotune | max-autotune-no-cudagraphs (COMPILE_MODES; comp.device.compile_model)
     accum_steps: int = 1  # gradient accumulation: micro-batches per optimizer step
     clip_grad: float = 0.0  # max gradient norm; 0 = off
     label_smoothing: float = 0.0
@@ -160,6 +165,7 @@ class PredictConfig:
     submissions_dir: str = "submissions"  # scripts/submit.py keeps each submitted CSV and index.csv here
     folds: list[int] = field(default_factory=list)  # the folds to ensemble, e.g. [0, 2]; empty = every fold
     # of folds.n_folds, each of which must be trained (a partial ensemble only when asked for by name)
+    compile: Any = False  # torch.compile each fold's model for prediction: the values of train.compile
     on_bad_image: str = "fail"  # fail | prior: a test image that cannot be read stops predict (exit 2 naming it),
     # or its row gets the training labels' class prior with a warning (the offline package's default)
 

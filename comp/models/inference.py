@@ -48,7 +48,8 @@ def forward_views(models: Sequence[torch.nn.Module], batches: Iterable[torch.Ten
                     logits = (model.forward_head(model.forward_features(v), pre_logits=True) if features
                               else model(v)).float()  # (B, C), or (B, num_features)
                 out = logits if acts[k] is None or features else acts[k](logits)
-                acc = out if acc is None else acc + out
+                # a copy: a compiled model's output in CUDA graphs (reduce-overhead) is overwritten by its next call
+                acc = out.clone() if acc is None else acc + out
             outs[k].append(acc / len(views))
         if on_batch is not None:
             on_batch()

@@ -25,7 +25,7 @@ from comp.data.cache import image_loader
 from comp.data.competition import Competition
 from comp.data.images import ImageError
 from comp.data.loader import IMAGENET, ImageDataset, Norm, device_batches, make_loader
-from comp.device import amp_dtype_for, pick_device
+from comp.device import amp_dtype_for, compile_model, pick_device
 from comp.errors import UserError
 from comp.log import log, progress
 from comp.models import create_model
@@ -238,6 +238,7 @@ def predict_test(cfg: Any, comp: Competition, device: torch.device | None = None
         model = model.to(device)
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        model = compile_model(model, cfg.predict.compile)  # predict.compile: each resident model compiled once
         w = fold_weight(meta, cfg.predict.fold_weights, path)
         models.append(model)
         weights.append(w)

@@ -18,7 +18,7 @@ from comp.data.competition import load_competition
 from comp.data.extra import load_extra, sample_weights, source_counts, training_rows
 from comp.data.folds import load_or_make_folds
 from comp.data.loader import EpochSampler, ImageDataset, class_weights, make_loader
-from comp.device import amp_dtype_for, pick_device
+from comp.device import amp_dtype_for, compile_model, pick_device
 from comp.errors import UserError
 from comp.log import log
 from comp.metrics import check_metric, positive_index
@@ -149,7 +149,7 @@ def build_run(cfg: Any, fold: int, resume: bool) -> Run:
     distiller, taught = attach_teacher(cfg, comp, data, folds, fold, task, device)  # distill.teacher: soft targets
     raw = model
     if cfg.train.compile and d.world == 1:
-        model = torch.compile(model)  # under DDP: compiled around the wrapper (comp.train.distributed.wrap_ddp)
+        model = compile_model(model, cfg.train.compile)  # its mode; under DDP: around the wrapper (wrap_ddp)
     seed_all(cfg.seed + d.rank)  # each rank its own dropout/mixup stream from here on
     meta = {"config_hash": config_hash(cfg), "model_name": cfg.model.name, "num_classes": task.num_logits,
             "in_chans": cfg.model.in_chans, "classes": list(comp.classes), "fold": fold, "seed": cfg.seed,

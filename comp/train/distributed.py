@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from comp.device import compile_model
 from comp.log import log
 
 
@@ -78,16 +79,17 @@ def gather_objects(d: Dist, obj: Any) -> list[Any]:
     return out
 
 
-def wrap_ddp(raw: torch.nn.Module, device: torch.device, compile_: bool, old: Any = None) -> Any:
+def wrap_ddp(raw: torch.nn.Module, device: torch.device, compile_: bool | str, old: Any = None) -> Any:
     """A DistributedDataParallel wrapper of `raw` for its current trainable parameters (DDP all-reduces
     the parameters that require gradients when it is built: wrapped while the backbone is frozen it syncs
     the head alone, and it needs no `find_unused_parameters` traversal every step). Building it
     broadcasts rank 0's parameters and buffers, which every rank holds already. Returns (ddp, the module
-    the forward pass calls: compiled around the wrapper, so its gradient buckets are seen)."""
+    the forward pass calls: compiled around the wrapper in `compile_`'s mode (train.compile,
+    comp.device.compile_model), so its gradient buckets are seen)."""
     if old is not None and compile_:
         torch.compiler.reset()  # compiled code holds the old wrapper, whose gradient hooks must go with it
     ddp = torch.nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None)
-    return ddp, torch.compile(ddp) if compile_ else ddp
+    return ddp, compile_model(ddp, compile_)
 
 
 def check_ranks_agree(d: Dist, digests: tuple[str, str], fold: int) -> None:

@@ -158,3 +158,7 @@ def test_two_trained_recipes_blend_end_to_end_and_other_folds_are_refused(tmp_pa
     bad = run_script("blend.py", configs[0], str(tmp_path / "o.yaml"), *common, "--out", str(tmp_path / "b2"))
     assert_user_error(bad, "different folds", str(tmp_path / "r16"), str(other))
     assert not (tmp_path / "b2").exists()
+    # one experiment twice (another config file naming its out_dir): refused, not a "blend"
+    (tmp_path / "again.yaml").write_text(f"out_dir: {tmp_path / 'r16'}\nimage_size: 16\n")
+    with pytest.raises(UserError, match="name the same experiment"):
+        sb.load_members([configs[0], str(tmp_path / "again.yaml")], common)

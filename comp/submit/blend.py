@@ -66,6 +66,12 @@ def load_members(configs: list[str], overrides: list[str]) -> list[Member]:
     if len(configs) < 2:
         raise UserError(f"blending needs at least two experiments' configs; got {configs!r}")
     members = [load_member(load_config(c, overrides)) for c in configs]
+    seen: dict[Path, str] = {}
+    for c, m in zip(configs, members, strict=True):
+        if m.out_dir.resolve() in seen:  # one experiment's OOF twice: a "blend" that only reweights it
+            raise UserError(f"{seen[m.out_dir.resolve()]!r} and {c!r} name the same experiment ({m.out_dir}); "
+                            f"blend different experiments (another out_dir each)")
+        seen[m.out_dir.resolve()] = c
     check_compatible(members)
     return members
 

@@ -47,11 +47,24 @@ def swa_always_best(monkeypatch):
     monkeypatch.setattr(loop, "_improved", lambda s, b, h=True: phase["swa"] or real_improved(s, b, h))
 
 
-def test_average_bn_and_prediction(tiny, swa_always_best):
+def test_average_that_loses_to_the_best_epoch_says_so(tiny, monkeypatch, capsys):
+    phase = {"swa": False}
+    real_bn, real_improved = swa_mod.recompute_bn, loop._improved
+    monkeypatch.setattr(swa_mod, "recompute_bn", lambda run: phase.update(swa=True) or real_bn(run))
+    monkeypatch.setattr(loop, "_improved", lambda s, b, h=True: not phase["swa"] and real_improved(s, b, h))
+    loop.fit(load_config(None, [*tiny["overrides"], *SWA]), 0)
+    err = capsys.readouterr().err
+    assert "average of the last 2 epochs" in err and "not better than the best epoch's" in err
+    assert "best.pt keeps that epoch" in err
+    assert torch.load(Path(tiny["out"]) / "fold0" / "best.pt", weights_only=True)["eval_weights"] != "swa"
+
+
+def test_average_bn_and_prediction(tiny, swa_always_best, capsys):
     cfg = load_config(None, [*tiny["overrides"], *SWA])
     fold = Path(tiny["out"]) / "fold0"
     per_epoch = []
     loop.fit(cfg, 0, on_epoch=lambda e, s: per_epoch.append(torch.load(fold / "last.pt", weights_only=True)["model"]))
+    assert "* (best.pt: the average)" in capsys.readouterr().err
     last = torch.load(fold / "last.pt", weights_only=True)
     assert int(last["swa"]["n_averaged"]) == 2 and last["swa_done"]
     avg = averaged(last)

@@ -251,7 +251,8 @@ def _swa_epoch(run: Run, metric: str) -> None:
     model = swa.recompute_bn(run)
     scores, probs = validate(run, model)
     score = scores[metric]
-    improved = _improved(score, run.state["best"], higher_is_better(metric))
+    before = run.state["best"]
+    improved = _improved(score, before, higher_is_better(metric))
     run.state["history"].append({"epoch": run.state["epoch"], **scores, "weights": "swa",
                                  "swa_epochs": swa.count(run)})
     run.state.update(swa_done=True, best=score if improved else run.state["best"])
@@ -261,7 +262,8 @@ def _swa_epoch(run: Run, metric: str) -> None:
     if run.dist.main:
         run.tracker.log_epoch(run.state["epoch"], run.state["history"][-1])
         log(f"fold {run.fold} average of the last {swa.count(run)} epochs (train.swa_epochs): valid_loss "
-            f"{scores['valid_loss']:.4f} {metric} {score:.4f}{' *' if improved else ''}")
+            f"{scores['valid_loss']:.4f} {metric} {score:.4f}" + (" * (best.pt: the average)" if improved else
+            f" (not better than the best epoch's {before:.4f}: best.pt keeps that epoch)"))
 
 
 class Pruned(Exception):

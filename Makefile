@@ -59,6 +59,7 @@ ssl-demo: setup
 		--min-confidence 0.5 --out runs/ssl_pseudo.csv $(ARGS)
 	for r in "ssl_pseudo data.pseudo=runs/ssl_pseudo.csv" "ssl_distill distill.teacher=runs/ssl_base"; do \
 		set -- $$r; mkdir -p runs/$$1; cp runs/ssl_base/folds.csv runs/ssl_base/folds.json runs/$$1/; \
+		$(BIN)/python scripts/prepare.py --config $(SSL_CONFIG) out_dir=runs/$$1 $$2 $(ARGS) || exit $$?; \
 		for k in $$(seq 0 $$(($(SSL_FOLDS) - 1))); do \
 			$(BIN)/python scripts/train_fold.py --config $(SSL_CONFIG) --fold $$k --resume out_dir=runs/$$1 $$2 \
 				$(ARGS) || exit $$?; \

@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -202,3 +203,32 @@ def test_pseudo_from_saved_test_probabilities(teacher, tmp_path):
     prob_frame(["nope"] + ids[1:], probs, ["0", "1", "2"]).to_csv(saved, index=False)
     with pytest.raises(UserError, match="'nope' is not a test image"):
         make_pseudo(cfg, comp, tmp_path / "q.csv", 0.9, False, test=False, images=[], probs=str(saved))
+
+
+def test_prepare_caches_the_pseudo_labelled_images(teacher, tmp_path, capsys):
+    from comp.data.cache import cache_folder, entry_path, image_loader, manifest_key, read_manifest
+    from comp.data.prepare import prepare
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    rng = np.random.default_rng(3)
+    for k in range(3):  # external images outside data.root, never seen by the teacher
+        cv2.imwrite(str(pool / f"ext_{k}.png"), rng.integers(0, 255, (20, 20, 3), dtype=np.uint8))
+    cfg = teacher["cfg"]
+    comp = load_competition(cfg)
+    out = tmp_path / "p.csv"
+    rows = make_pseudo(cfg, comp, out, 0.0, False, test=False, images=[str(pool)], probs=None)
+    s = student(teacher, "cached", f"data.pseudo={out}", "images.cache=true")
+    prepare(s, workers=0)
+    folder = cache_folder(s)
+    manifest = read_manifest(folder)
+    for p in rows["path"]:
+        entry = entry_path(folder, comp.root, p, s.images.cache_format)
+        assert entry.is_file() and manifest_key(folder, entry) in manifest, p
+    capsys.readouterr()
+    load = image_loader(s, comp)
+    assert load(rows["path"].iloc[0]).shape == (s.image_size, s.image_size, 3)
+    assert "not in the cache" not in capsys.readouterr().err  # read from the cache, not decoded again
+    bad = student(teacher, "nopseudo", f"data.pseudo={tmp_path / 'missing.csv'}")
+    with pytest.raises(UserError, match="missing.csv.*does not exist"):
+        prepare(bad, workers=0)

@@ -64,10 +64,27 @@ def _target_summary(cfg: Any, comp: Any) -> str:
     return f"in {comp.num_classes} classes {per_class}"
 
 
+def pseudo_paths(cfg: Any) -> list[str]:
+    """The images of `data.pseudo` ([] when unset), for the cache; the file's rules (its record, no training
+    image, the split) are checked when a fold trains (comp.train.pseudo).
+
+    Raises:
+        UserError: the file is missing or has no `path` column."""
+    if not cfg.data.pseudo:
+        return []
+    path = resolve_path(cfg.data.pseudo)
+    if not path.is_file():
+        raise UserError(f"data.pseudo {str(path)!r} does not exist; make it with scripts/pseudo.py")
+    df = pd.read_csv(path, dtype=str)
+    if "path" not in df.columns:
+        raise UserError(f"data.pseudo {str(path)!r} has no 'path' column; make it with scripts/pseudo.py")
+    return df["path"].tolist()
+
+
 def prepare(cfg: Any, workers: int | None = None, download: bool = False, rebuild_cache: bool = False) -> None:
     """Get data.root (the demo built; a Kaggle download only with `download` or data.download), check the
-    CSVs, the sample submission and every image (data.extra's too) (building the cache when `images.cache`: entries of
-    changed sources, or all with `rebuild_cache`, rebuilt), write the folds.
+    CSVs, the sample submission and every image (data.extra's and data.pseudo's too; building the cache
+    when `images.cache`: entries of changed sources, or all with `rebuild_cache`, rebuilt), write the folds.
 
     Raises:
         UserError: data.root missing without a download asked, bad config, CSV or sample submission, or
@@ -86,6 +103,7 @@ def prepare(cfg: Any, workers: int | None = None, download: bool = False, rebuil
     extra = load_extra(cfg, comp, stage=1) if not comp.problems else None  # every source, pretrain ones too
     paths = comp.train["path"].tolist() + comp.test["path"].tolist()
     paths += extra["path"].tolist() if extra is not None else []
+    paths += pseudo_paths(cfg)  # trained on every epoch like the rest: decoded once, into the cache
     problems = comp.problems + process_images(cfg, comp.root, paths, workers, rebuild_cache)
     if problems:
         report = out_dir / "image_problems.csv"

@@ -73,6 +73,21 @@ def test_student_fold_learns_from_the_same_teacher_fold_only(teacher, tmp_path):
     assert np.isfinite(res["best"])
 
 
+def test_alpha_one_trains_exactly_the_plain_student(teacher):
+    """distill.alpha=1 puts all weight on the hard labels: the run must be bit-identical to one without a
+    teacher (the teacher's forward passes, the packed targets and their split change nothing else). This is
+    what settled issue 19's question: the distilled demo student scored lower because of its schedule, not
+    of a misaligned or perturbed pipeline."""
+    plain = fit(student(teacher, "plain"), 0)
+    taught = fit(student(teacher, "alpha1", f"distill.teacher={teacher['out']}", "distill.alpha=1"), 0)
+    a, b = (torch.load(r["dir"] / "last.pt", weights_only=True) for r in (plain, taught))
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    ma, mb = (pd.read_csv(r["dir"] / "metrics.csv").drop(columns=["seconds", "images_per_s", "data_wait_share"],
+                                                          errors="ignore") for r in (plain, taught))
+    pd.testing.assert_frame_equal(ma, mb, check_exact=True)
+
+
 def test_teacher_on_another_split_is_refused(teacher, tmp_path):
     t = tmp_path / "t"
     shutil.copytree(teacher["out"], t)

@@ -88,6 +88,17 @@ def test_alpha_one_trains_exactly_the_plain_student(teacher):
     pd.testing.assert_frame_equal(ma, mb, check_exact=True)
 
 
+def test_resume_with_a_retrained_teacher_is_refused(teacher, tmp_path):
+    t = tmp_path / "t"
+    shutil.copytree(teacher["out"], t)
+    fit(student(teacher, "s_resume", f"distill.teacher={t}"), 0)
+    ck = torch.load(t / "fold0" / "best.pt", weights_only=True)  # "retrained": other weights, same file
+    ck["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in ck["model"].items()}
+    torch.save(ck, t / "fold0" / "best.pt")
+    with pytest.raises(UserError, match="learnt from the teacher checkpoints.*retrained"):
+        build_run(student(teacher, "s_resume", f"distill.teacher={t}", "epochs=2"), 0, resume=True)
+
+
 def test_teacher_on_another_split_is_refused(teacher, tmp_path):
     t = tmp_path / "t"
     shutil.copytree(teacher["out"], t)
@@ -126,7 +137,7 @@ def test_distillation_loss_for_every_head(kind):
     assert logits.grad.abs().max() > 1e-4
 
 
-def test_pseudo_round_and_its_leak_rules(teacher, tmp_path, monkeypatch):
+def test_pseudo_round_and_its_leak_rules(teacher, tmp_path):
     cfg = teacher["cfg"]
     comp = load_competition(cfg)
     out = tmp_path / "pseudo.csv"
@@ -137,7 +148,9 @@ def test_pseudo_round_and_its_leak_rules(teacher, tmp_path, monkeypatch):
     s = student(teacher, "p", f"data.pseudo={out}")
     run = build_run(s, 0, resume=False)
     n_train = int((pd.read_csv(teacher["out"] / "folds.csv")["fold"] != 0).sum())
-    assert len(run.data.train_set) == n_train + len(rows)  # pseudo rows in training
+    assert len(run.data.train_set) == n_train + len(rows)  # pseudo rows in training, and counted
+    assert json.loads((run.dir / "sources.json").read_text())["train_images"] == {"competition": n_train,
+                                                                                  "pseudo": len(rows)}
     assert len(run.data.valid_set) == int((pd.read_csv(teacher["out"] / "folds.csv")["fold"] == 0).sum())
     assert fit(s, 0)["best"] >= 0
     soft = make_pseudo(cfg, comp, tmp_path / "soft.csv", 0.34, True, test=True, images=[], probs=None)
@@ -158,14 +171,24 @@ def test_pseudo_round_and_its_leak_rules(teacher, tmp_path, monkeypatch):
         make_pseudo(cfg, comp, tmp_path / "all.csv", 0.0, False, test=False,
                     images=[str(Path(comp.train["path"].iloc[0]).parent)], probs=None)
 
-    # leak: a pseudo row for a training image, in a file made without the copy check (an older kit): refused
-    # when a student reads it
+    # an external image under a training image's name (other pixels): refused when written, naming both
+    named = tmp_path / "named"
+    named.mkdir()
+    shutil.copyfile(comp.test["path"].iloc[1], named / f"{comp.train['id'].iloc[2]}.png")
+    with pytest.raises(UserError, match=f"has the id '{comp.train['id'].iloc[2]}' of the training image.*rename"):
+        make_pseudo(cfg, comp, tmp_path / "named.csv", 0.0, False, test=False, images=[str(named)], probs=None)
+    with pytest.raises(UserError, match=r"no row reaches --min-confidence 1.0 \(the highest confidence is 0\.\d+"):
+        make_pseudo(cfg, comp, tmp_path / "none.csv", 1.0, False, test=True, images=[], probs=None)
+
+    # leak: pseudo rows for training images in a file whose record fits (an older kit's, made without these
+    # checks): refused when a student reads it
     leak = tmp_path / "leak.csv"
-    train = comp.train.iloc[:2]
-    monkeypatch.setattr("comp.predict.pseudo.byte_duplicates", lambda candidates, reference: {})
-    make_pseudo(cfg, comp, leak, 0.0, False, test=False, images=[str(Path(train["path"].iloc[0]).parent)],
-                probs=None)
-    monkeypatch.undo()
+    make_pseudo(cfg, comp, leak, 0.0, False, test=True, images=[], probs=None)
+    df = pd.read_csv(leak, dtype={"id": str})
+    df.loc[:1, ["id", "path"]] = comp.train[["id", "path"]].iloc[:2].to_numpy()
+    df.to_csv(leak, index=False)
+    record_path(leak).write_text(json.dumps({**json.loads(record_path(leak).read_text()),
+                                             "csv_sha256": sha256_file(leak)}))
     with pytest.raises(UserError, match="training images.*leak"):
         build_run(student(teacher, "leak", f"data.pseudo={leak}"), 0, resume=False)
 

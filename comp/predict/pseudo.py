@@ -53,7 +53,8 @@ def label_rows(task: Task, ids: list[str], paths: list[str], out: np.ndarray, mi
         raise UserError(f"--min-confidence {min_confidence!r}: a probability in [0, 1]")
     if task.head == "regression" and min_confidence > 0:
         raise UserError("--min-confidence: a regression head's outputs carry no confidence; leave it at 0")
-    keep = confidence(task, out) >= min_confidence
+    conf = confidence(task, out)
+    keep = conf >= min_confidence
     out = out[keep]
     if soft or task.head == "regression":
         df = prob_frame(list(np.asarray(ids)[keep]), out, task)
@@ -62,6 +63,7 @@ def label_rows(task: Task, ids: list[str], paths: list[str], out: np.ndarray, mi
     else:
         df = pd.DataFrame({"id": list(np.asarray(ids)[keep]), "label": out.argmax(1)})
     df.insert(1, "path", list(np.asarray(paths)[keep]))
+    df.attrs["top_confidence"] = float(conf.max()) if len(conf) else None  # for make_pseudo's message
     return df
 
 
@@ -153,14 +155,24 @@ def make_pseudo(cfg: Any, comp: Competition, out: Path, min_confidence: float, s
             f"{first[0]} = {first[1]}) and are left out: each would reach the validation of the fold holding its "
             f"original")
         rows = rows[~rows["path"].astype(str).isin(copies)].reset_index(drop=True)
+    rows["id"] = rows["id"].astype(str)
+    named = rows[rows["id"].isin(set(comp.train["id"].astype(str)))]
+    if len(named):  # another file under a training image's name: folds, the cache and OOF are keyed by id
+        i, name = named.index[0], str(named["id"].iloc[0])
+        raise UserError(f"pseudo-labels: {rows.at[i, 'path']} has the id {name!r} of the training image "
+                        f"{comp.train.loc[comp.train['id'].astype(str) == name, 'path'].iloc[0]}; "
+                        f"rename it (ids are file names without the extension and must be unique)")
+    twice = rows[rows["id"].duplicated(keep=False)]
+    if len(twice):
+        raise UserError(f"pseudo-labels: {twice['path'].iloc[0]} and {twice['path'].iloc[1]} share the id "
+                        f"{str(twice['id'].iloc[0])!r}; rename one (ids must be unique)")
     if not len(rows) and copies:
         raise UserError(f"pseudo-labels: every image is a copy of a training image (e.g. {first[0]} = {first[1]}); "
                         f"nothing is left to pseudo-label")
     if not len(rows):
-        raise UserError(f"pseudo-labels: no row reaches --min-confidence {min_confidence}; lower it (the "
-                        f"teacher's confidences are lower with train.label_smoothing)")
-    if rows["id"].duplicated().any():
-        raise UserError(f"pseudo-labels: id {rows['id'][rows['id'].duplicated()].iloc[0]!r} comes from two sources")
+        tops = [p.attrs["top_confidence"] for p in parts if p.attrs.get("top_confidence") is not None]
+        raise UserError(f"pseudo-labels: no row reaches --min-confidence {min_confidence} (the highest confidence "
+                        f"is {max(tops):.4f}); lower it" if tops else "pseudo-labels: no image to label")
     io.write_csv(out, rows, what="--out")
     record = {"made": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "out_dirs": [str(out_dir)], "config_hash": ckpt_io.load(checkpoints[0]).get("config_hash"),

@@ -113,6 +113,8 @@ def build_run(cfg: Any, fold: int, resume: bool) -> Run:
     extra = load_extra(cfg, comp)
     data = fold_data(cfg, comp, folds, fold, d.rank, d.world, pin=device.type == "cuda", extra=extra)
     counts = source_counts(training_rows(cfg, folds[folds["fold"] != fold], extra))
+    if len(data.train_set) > sum(counts.values()):  # data.pseudo's rows, appended after the rest
+        counts["pseudo"] = len(data.train_set) - sum(counts.values())
     task = task.fit_norm(data.train_set.labels)  # a regression head's targets: the training fold's mean, std
     per_rank = math.ceil(len(data.train_set) / d.world)
     steps_per_epoch = per_rank // cfg.batch_size // cfg.train.accum_steps

@@ -207,6 +207,11 @@ def restore(run: Run) -> None:
     if ck.get("classes") is not None and list(ck["classes"]) != run.meta["classes"]:
         raise UserError(f"--resume: {path} was trained on the classes {list(ck['classes'])} but the data has "
                         f"{run.meta['classes']}; set another out_dir")
+    before, now = (ck.get("distill") or {}).get("teachers"), (run.meta.get("distill") or {}).get("teachers")
+    if before is not None and before != now:  # the soft targets would come from other models mid-run
+        raise UserError(f"--resume: {path} learnt from the teacher checkpoints {before} but distill.teacher now "
+                        f"gives {now or 'none'} (retrained, or another teacher); train fold {run.fold} again from "
+                        f"scratch (move {run.dir} away) or restore that teacher")
     if changes and run.dist.main:
         log("--resume: settings changed since the checkpoint: "
             + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))

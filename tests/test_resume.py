@@ -91,8 +91,9 @@ def changed(path: Path):
 def term_inside_epoch(proc: subprocess.Popen, recovery: Path, epoch: int | None = None) -> None:
     """SIGTERM while the run is inside `epoch`'s steps (any epoch's when None): the run is frozen at each new
     `recovery` (written atomically, so whole) and signalled only when that checkpoint is of `epoch`; the
-    signal is then handled at the next step, still in the epoch. (A signal sent after a plain poll could land in the validation
-    after the epoch's last step on a loaded machine: the run then ends with last.pt and no recovery.pt.)"""
+    signal is then handled at the next step, still in the epoch. (A signal sent after a plain poll could land
+    in the validation after the epoch's last step on a loaded machine: the run then ends with last.pt and no
+    recovery.pt.)"""
     while poll(proc, changed(recovery)):
         os.kill(proc.pid, signal.SIGSTOP)
         while not stopped(proc.pid):

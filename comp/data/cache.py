@@ -162,7 +162,8 @@ class ImageLoader:
             if not self.warned:  # once per loader (per worker): the cache is behind the download
                 self.warned = True
                 log(f"images: {path} changed or is not in the cache since scripts/prepare.py built it; decoding "
-                    f"from the source (rerun scripts/prepare.py to refresh {self.folder})")
+                    f"from the source (prepare.py caches the competition's, data.extra's and data.pseudo's images "
+                    f"into {self.folder}: rerun it after they change; other images are always decoded)")
         return load_preprocessed(path, self.size, self.steps, self.dicom)
 
 

@@ -32,7 +32,7 @@ from comp.log import set_quiet
 
 def parser(description: str) -> argparse.ArgumentParser:
     """An argument parser with the options every script takes."""
-    p = argparse.ArgumentParser(description=description)
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="YAML config (default: configs/demo.yaml)")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one error line")
     p.add_argument("--quiet", action="store_true", help="no progress bars (drawn only when stderr is a terminal)")

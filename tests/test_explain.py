@@ -112,6 +112,40 @@ def test_duplicates_on_real_photographs(tmp_path):
     assert dups.loc[0, "conflict"]  # conflicting labels listed first
 
 
+def test_duplicates_reach_external_data_and_pseudo_pools(tmp_path):
+    """A fundus photograph (scikit-image's retina) as a training image; a JPEG-recompressed, resized copy in a
+    data.extra source and in an external pseudo pool: other bytes, so only the pHash search finds them."""
+    import yaml
+
+    from comp.report.explain import duplicate_search_items
+
+    root = write_tiny_competition(tmp_path / "data")
+    retina = cv2.cvtColor(skdata.retina(), cv2.COLOR_RGB2BGR)
+    cv2.imwrite(str(root / "train" / "img_0_000.png"), retina)  # a real photograph as a training image
+    small = cv2.resize(retina, (400, 400), interpolation=cv2.INTER_AREA)
+    ext = tmp_path / "ext"
+    (ext / "train").mkdir(parents=True)
+    cv2.imwrite(str(ext / "train" / "e_0.jpeg"), small, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    cv2.imwrite(str(ext / "train" / "e_1.jpeg"), cv2.cvtColor(skdata.coffee(), cv2.COLOR_RGB2BGR))
+    pd.DataFrame({"image": ["e_0", "e_1"], "level": [0, 1]}).to_csv(ext / "labels.csv", index=False)
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    cv2.imwrite(str(pool / "u_0.jpg"), small, [cv2.IMWRITE_JPEG_QUALITY, 60])
+    pseudo = tmp_path / "p.csv"
+    pd.DataFrame({"id": ["u_0"], "path": [str(pool / "u_0.jpg")], "label": [0]}).to_csv(pseudo, index=False)
+    entry = {"name": "dr", "root": str(ext), "train_csv": "labels.csv", "id_column": "image", "label_column": "level",
+             "image_ext": ".jpeg", "label_map": {}}
+    cfg = load_config(None, [*FAST, f"data.root={root}", "data.source=competition", f"data.pseudo={pseudo}",
+                             "data.extra=[" + yaml.safe_dump(entry, default_flow_style=True).strip() + "]"])
+    comp = load_competition(cfg)
+    items = duplicate_search_items(cfg, comp, None)
+    assert set(items["set"]) == {"train", "test", "extra:dr", "pseudo"}
+    dups = ea.find_duplicates(items, lambda p: load_image(p, 64), CLASSES)
+    found = {(r.id_a, r.set_b, r.id_b) for r in dups.itertuples() if r.id_a == "img_0_000"}
+    assert ("img_0_000", "extra:dr", "e_0") in found and ("img_0_000", "pseudo", "pseudo:u_0") in found
+    assert not any("e_1" in (r.id_a, r.id_b) for r in dups.itertuples())  # an unrelated photograph
+
+
 # --- Grad-CAM ------------------------------------------------------------------------------------------
 
 def test_grad_cam_is_layer4_for_the_kit_resnet_and_works_on_a_vit():

@@ -263,6 +263,24 @@ def html_page(title: str, folds: dict[int, list[dict]], tables: dict[str, pd.Dat
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
 
 
+def duplicate_search_items(cfg: Any, comp: Competition, task: Any) -> pd.DataFrame:
+    """`find_duplicates`' items: the competition's train and test images, plus data.extra's images (set
+    `extra:<source>`) and data.pseudo's external ones (set `pseudo`), unlabelled: a re-encoded or resized
+    copy of a training image in external data (other bytes, so not left out by comp.data.duplicates) would
+    put its original into the training part of the fold that validates on it; duplicates.csv lists it."""
+    from comp.data.extra import load_extra
+    from comp.data.prepare import pseudo_paths
+
+    items = ea.duplicate_items(comp.train, comp.test, task, comp.targets(comp.train))
+    extra = load_extra(cfg, comp, stage=1)
+    ours = set(items["path"].astype(str))
+    pseudo = [p for p in pseudo_paths(cfg) if p not in ours]  # test images pseudo-labelled are already in
+    outside = [extra[["id", "path"]].assign(set="extra:" + extra["source"].astype(str)),
+               pd.DataFrame({"id": ["pseudo:" + Path(p).stem for p in pseudo], "path": pseudo, "set": "pseudo"})]
+    outside = [o.assign(label="") for o in outside if len(o)]
+    return pd.concat([items, *outside], ignore_index=True) if outside else items
+
+
 def explain(cfg: Any, per_class: int = 4, out: Path | None = None, duplicates: bool = True) -> list[Path]:
     """Review sheets and error-analysis tables of the experiment at `out_dir`, written to `out`
     (default `<out_dir>/explain`): fold<K>_<section>.png, <table>.csv and review.html.
@@ -303,7 +321,7 @@ def explain(cfg: Any, per_class: int = 4, out: Path | None = None, duplicates: b
             if chosen:
                 title = f"fold {k}: {name} ({per_class}{PER[task.kind]})"
                 written.append(sheet(chosen, title, out / f"fold{k}_{s}.png"))
-    items = ea.duplicate_items(comp.train, comp.test, task, comp.targets(comp.train)) if duplicates else None
+    items = duplicate_search_items(cfg, comp, task) if duplicates else None
     tables = ea.analyse(oof, task, items, load)
     written += ea.write_tables(tables, out)
     dups = tables.get("duplicates", pd.DataFrame())

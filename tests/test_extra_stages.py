@@ -80,6 +80,7 @@ def test_fit_oof_has_no_extra_image_and_sources_are_counted(tiny, ext):
     assert not oof["id"].str.startswith("dr_").any() and len(oof) == 15
     src = yaml.safe_load((res["dir"] / "sources.json").read_text())
     assert src["train_images"] == {"competition": 15, "dr": 12} and src["valid_images"] == 15
+    assert src["sampling_weights"] == {"competition": 1.0, "dr": 2.0}
 
 
 def test_unknown_label_after_mapping_is_refused_naming_source_and_row(tiny, ext):

@@ -167,10 +167,13 @@ def build_run(cfg: Any, fold: int, resume: bool) -> Run:
     run.set_lr()
     if resume:
         restore(run)
+    weights = {"competition": 1.0, **dict(zip(extra["source"], extra["weight"].astype(float), strict=True))}
     if d.main:  # written once the run is whole: a refused setting above leaves the fold folder untouched
         fold_dir.mkdir(parents=True, exist_ok=True)
         io.write_json(fold_dir / "sources.json", {"fold": fold, "stage": int(cfg.stage), "train_images": counts,
-                                                  "valid_images": int((folds["fold"] == fold).sum())})
-    if len(extra) or cfg.data.extra_only:
-        log(f"fold {fold}: training images per source {counts} ({fold_dir / 'sources.json'})")
+                                                  "valid_images": int((folds["fold"] == fold).sum()),
+                                                  **({"sampling_weights": weights} if len(extra) else {})})
+    if len(extra) or cfg.data.extra_only or "pseudo" in counts:
+        shares = "" if all(w == 1.0 for w in extra["weight"]) else f", sampling weights {weights}"
+        log(f"fold {fold}: training images per source {counts}{shares} ({fold_dir / 'sources.json'})")
     return run

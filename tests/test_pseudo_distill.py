@@ -18,12 +18,13 @@ from comp.config import load_config
 from comp.data.competition import load_competition
 from comp.data.download import make_demo
 from comp.errors import UserError
+from comp.io import sha256_file
 from comp.predict.pseudo import make_pseudo
 from comp.tasks import Task
 from comp.train.build import build_run
 from comp.train.distill import Distiller
 from comp.train.loop import fit
-from comp.train.pseudo import record_path, sha256_file
+from comp.train.pseudo import record_path
 
 SMALL = ["model.name=timm/test_efficientnet", "batch_size=4", "train.tracker=none"]
 

@@ -15,7 +15,10 @@ import os
 from collections import defaultdict
 from collections.abc import Sequence
 
+import pandas as pd
+
 from comp.io import sha256_file
+from comp.log import log
 
 
 def byte_duplicates(candidates: Sequence[str], reference: Sequence[str]) -> dict[str, str]:
@@ -55,3 +58,15 @@ def byte_duplicates(candidates: Sequence[str], reference: Sequence[str]) -> dict
         if match is not None:
             found[c] = match
     return found
+
+
+def leave_out_copies(table: pd.DataFrame, train_paths: list[str], what: str) -> tuple[pd.DataFrame, dict[str, str]]:
+    """`table` (rows with a `path`) without its byte-identical copies of training images (`byte_duplicates`),
+    and {copy: original}; a warning line names `what` (e.g. "data.extra 'dr'"), how many and one pair."""
+    copies = byte_duplicates(table["path"].astype(str).tolist(), train_paths)
+    if not copies:
+        return table, copies
+    first = next(iter(copies.items()))
+    log(f"warning: {what}: {len(copies)} image(s) are byte-identical copies of training images (e.g. {first[0]} = "
+        f"{first[1]}) and are left out: each would reach the validation of the fold holding its original")
+    return table[~table["path"].astype(str).isin(copies)].reset_index(drop=True), copies

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from comp.data.duplicates import byte_duplicates
+from comp.data.duplicates import leave_out_copies
 from comp.data.targets import class_task
 from comp.errors import UserError
 from comp.log import log
@@ -167,25 +167,12 @@ def load_extra(cfg: Any, comp: Any, stage: int | None = None) -> pd.DataFrame:
         tables.append(t)
     cols = [*comp.train.columns.drop("row", errors="ignore"), "source", "weight"]
     if tables:
-        tables = [drop_copies(t, comp.train["path"].astype(str).tolist()) for t in tables]
+        train_paths = comp.train["path"].astype(str).tolist()
+        tables = [leave_out_copies(t, train_paths, f"data.extra {t['source'].iloc[0]!r}")[0] for t in tables]
     if not tables:
         return pd.DataFrame({c: pd.Series([], dtype=comp.train[c].dtype if c in comp.train else object)
                              for c in cols})
     return pd.concat(tables, ignore_index=True)[cols]
-
-
-def drop_copies(table: pd.DataFrame, train_paths: list[str]) -> pd.DataFrame:
-    """`table` (one source's rows) without the images that are byte-identical copies of competition training
-    images (comp.data.duplicates: the fold validating on the original would train on its copy), with a
-    warning line naming how many and one pair."""
-    copies = byte_duplicates(table["path"].astype(str).tolist(), train_paths)
-    if not copies:
-        return table
-    first = next(iter(copies.items()))
-    log(f"warning: data.extra {table['source'].iloc[0]!r}: {len(copies)} image(s) are byte-identical copies of "
-        f"competition training images (e.g. {first[0]} = {first[1]}) and are left out: each would reach the "
-        f"validation of the fold holding its original")
-    return table[~table["path"].astype(str).isin(copies)].reset_index(drop=True)
 
 
 def training_rows(cfg: Any, fold_rows: pd.DataFrame, extra: pd.DataFrame) -> pd.DataFrame:

@@ -24,13 +24,13 @@ import pandas as pd
 from comp import io
 from comp.config import resolve_path
 from comp.data.competition import IMAGE_EXTS, Competition
-from comp.data.duplicates import byte_duplicates
+from comp.data.duplicates import leave_out_copies
 from comp.errors import UserError
 from comp.log import log
 from comp.tasks import Task
 from comp.train import checkpoint as ckpt_io
 from comp.train.oof import oof_probs, prob_frame
-from comp.train.pseudo import folds_sha256, record_path, sha256_file
+from comp.train.pseudo import folds_sha256, record_path
 
 
 def confidence(task: Task, out: np.ndarray) -> np.ndarray:
@@ -136,7 +136,7 @@ def make_pseudo(cfg: Any, comp: Competition, out: Path, min_confidence: float, s
             raise UserError(f"--probs {probs!r}: id {missing.iloc[0]!r} is not a test image of {cfg.data.root}")
         parts.append(label_rows(task, df["id"].tolist(), where.loc[df["id"]].tolist(), oof_probs(df),
                                 min_confidence, soft))
-        sources.append({"probs": str(resolve_path(probs)), "sha256": sha256_file(resolve_path(probs))})
+        sources.append({"probs": str(resolve_path(probs)), "sha256": io.sha256_file(resolve_path(probs))})
     elif test:
         table = comp.test[["id", "path"]].astype(str)
         parts.append(label_rows(task, table["id"].tolist(), table["path"].tolist(),
@@ -148,13 +148,7 @@ def make_pseudo(cfg: Any, comp: Competition, out: Path, min_confidence: float, s
                                 predict_rows(cfg, comp, table), min_confidence, soft))
         sources.append({"images": [str(resolve_path(f)) for f in images]})
     rows = pd.concat(parts, ignore_index=True)
-    copies = byte_duplicates(rows["path"].astype(str).tolist(), comp.train["path"].astype(str).tolist())
-    if copies:  # a copy of a training image would carry models' knowledge of its label into its fold
-        first = next(iter(copies.items()))
-        log(f"warning: pseudo-labels: {len(copies)} image(s) are byte-identical copies of training images (e.g. "
-            f"{first[0]} = {first[1]}) and are left out: each would reach the validation of the fold holding its "
-            f"original")
-        rows = rows[~rows["path"].astype(str).isin(copies)].reset_index(drop=True)
+    rows, copies = leave_out_copies(rows, comp.train["path"].astype(str).tolist(), "pseudo-labels")
     rows["id"] = rows["id"].astype(str)
     named = rows[rows["id"].isin(set(comp.train["id"].astype(str)))]
     if len(named):  # another file under a training image's name: folds, the cache and OOF are keyed by id
@@ -167,8 +161,8 @@ def make_pseudo(cfg: Any, comp: Competition, out: Path, min_confidence: float, s
         raise UserError(f"pseudo-labels: {twice['path'].iloc[0]} and {twice['path'].iloc[1]} share the id "
                         f"{str(twice['id'].iloc[0])!r}; rename one (ids must be unique)")
     if not len(rows) and copies:
-        raise UserError(f"pseudo-labels: every image is a copy of a training image (e.g. {first[0]} = {first[1]}); "
-                        f"nothing is left to pseudo-label")
+        raise UserError(f"pseudo-labels: every image is a copy of a training image (e.g. "
+                        f"{' = '.join(next(iter(copies.items())))}); nothing is left to pseudo-label")
     if not len(rows):
         tops = [p.attrs["top_confidence"] for p in parts if p.attrs.get("top_confidence") is not None]
         raise UserError(f"pseudo-labels: no row reaches --min-confidence {min_confidence} (the highest confidence "
@@ -177,9 +171,9 @@ def make_pseudo(cfg: Any, comp: Competition, out: Path, min_confidence: float, s
     record = {"made": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "out_dirs": [str(out_dir)], "config_hash": ckpt_io.load(checkpoints[0]).get("config_hash"),
               "folds_sha256": folds_sha256(pd.read_csv(split, dtype={"id": str})),
-              "checkpoints": {str(p): sha256_file(p) for p in checkpoints},
+              "checkpoints": {str(p): io.sha256_file(p) for p in checkpoints},
               "sources": sources, "min_confidence": min_confidence, "labels": "soft" if soft else "hard",
-              "rows": len(rows), "left_out_copies": dict(sorted(copies.items())), "csv_sha256": sha256_file(out)}
+              "rows": len(rows), "left_out_copies": dict(sorted(copies.items())), "csv_sha256": io.sha256_file(out)}
     io.write_json(record_path(out), record)
     log(f"pseudo-labels: {len(rows)} row(s) kept at confidence >= {min_confidence} -> {out} "
         f"(record {record_path(out).name})")

@@ -37,12 +37,13 @@ from comp.data.augment import build_transform
 from comp.data.cache import image_loader
 from comp.data.loader import IMAGENET, ImageDataset, device_batches, make_loader
 from comp.errors import UserError
+from comp.io import sha256_file
 from comp.log import log
 from comp.models import create_model
 from comp.models.inference import forward_views
 from comp.tasks import Task
 from comp.train import checkpoint as ckpt_io
-from comp.train.pseudo import folds_sha256, sha256_file
+from comp.train.pseudo import folds_sha256
 
 
 def teachers(cfg: Any) -> list[Path]:

@@ -29,7 +29,7 @@ import pandas as pd
 
 from comp.config import resolve_path
 from comp.errors import UserError
-from comp.io import sha256_file  # noqa: F401  (distill and predict.pseudo import it from here)
+from comp.io import sha256_file
 from comp.train.oof import PREFIX
 
 

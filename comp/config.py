@@ -204,6 +204,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             empty = item.endswith("=") and "'None'" in str(e)  # `KEY=` reads as null, not as ""
             hint = f"; an empty string is written {item}\"\" (quoted for the shell: '{item}\"\"')" if empty else ""
             raise UserError(_explain(e, f"in override '{item}'") + hint) from None
+    if str(cfg.model.pretrained) in ("False", "false"):  # YAML `pretrained: false` arrives as the string 'False'
+        cfg.model.pretrained = None  # no weights, as the key's default says (it was refused as a timm tag)
     _check_values(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg

@@ -90,3 +90,11 @@ def test_an_unknown_key_suggests_the_one_meant(override, suggestion):
     msg = str(e.value)
     assert msg.startswith(f"unknown config key '{override.split('=')[0]}'")
     assert (f"did you mean '{suggestion}'?" in msg) if suggestion else "did you mean" not in msg
+
+
+def test_pretrained_false_means_no_weights(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  pretrained: false\n")
+    assert load_config(path).model.pretrained is None
+    assert load_config(None, ["model.pretrained=false"]).model.pretrained is None
+    assert load_config(None, ["model.pretrained=tv_in1k"]).model.pretrained == "tv_in1k"

@@ -31,7 +31,7 @@ from comp.config import config_hash, load_config  # noqa: E402
 from comp.data.competition import load_competition  # noqa: E402
 from comp.models import create_model  # noqa: E402
 from comp.predict.predict import predict_test  # noqa: E402
-from comp.train import checkpoint as ckpt_io  # noqa: E402
+from comp.experiment import checkpoint as ckpt_io  # noqa: E402
 
 
 def experiment(work: Path, n_images: int, n_folds: int):

@@ -40,7 +40,7 @@ def _experiment(work: Path, out: Path, n: int, size: int, model: str, n_folds: i
     from comp.data.competition import load_competition
     from comp.data.prepare import prepare
     from comp.models import create_model, input_norm
-    from comp.train import checkpoint as ckpt_io
+    from comp.experiment import checkpoint as ckpt_io
 
     copies = -(-n // 64)
     root = fundus_set(work, 64, 512, 512, copies=copies, classes=5)

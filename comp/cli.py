@@ -68,9 +68,9 @@ def _batch_hint(args: argparse.Namespace) -> str:
     if not (hasattr(args, "config") and hasattr(args, "overrides")):
         return "try a smaller batch_size"
     try:
-        from comp.config import load_config
+        from comp.config import read_config
 
-        bs = load_config(args.config, args.overrides).batch_size
+        bs = read_config(args.config, args.overrides).batch_size
     except Exception:
         return "try a smaller batch_size"
     return f"try a smaller batch_size (now {bs}: e.g. batch_size={max(1, bs // 2)})"
@@ -88,9 +88,9 @@ def shm_size() -> str:
 
 def _num_workers(args: argparse.Namespace) -> int | None:
     try:
-        from comp.config import load_config
+        from comp.config import read_config
 
-        return int(load_config(args.config, args.overrides).num_workers)
+        return int(read_config(args.config, args.overrides).num_workers)
     except Exception:
         return None
 

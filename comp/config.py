@@ -1,9 +1,11 @@
-"""The one typed configuration of the kit: schema defaults < YAML file < `KEY=VALUE` overrides.
+"""The typed configuration of the kit: schema defaults < YAML file < `KEY=VALUE` overrides (`read_config`).
 
 The schema is a tree of dataclasses read by OmegaConf, which does the typed merging: a key that is
-not in the schema, or a value of the wrong type, fails with a `UserError` naming the dotted key. The
-resolved config is written next to every run (`<out_dir>/fold<K>/config.yaml`) so a run can always be
-rebuilt from its folder.
+not in the schema, or a value of the wrong type, fails with a `UserError` naming the dotted key; values
+that type-check but cannot work are refused here too. What only a higher layer can check (augmentation
+and TTA names, the model name, data.extra, every stage of `stages`) is checked by the ONE loader every
+script and notebook uses, comp.experiment.load_config, on top of this one. The resolved config is written
+next to every run so a run can always be rebuilt from its folder.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def _yaml_where(err: Exception) -> str:
     return f" at line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
-def _check_values(cfg: Any) -> None:
+def check_values(cfg: Any) -> None:
     """Reject values that type-check but cannot work, naming the key."""
     checks = [
         ("epochs", cfg.epochs >= 1, "must be >= 1"),
@@ -172,9 +174,10 @@ def _check_windows(windows: list[Any]) -> None:
                             f"window name nor [center, width] with width >= 1")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
+def read_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
     """Build the config: schema defaults, then the YAML at `path` (default configs/demo.yaml), then
-    `KEY=VALUE` overrides with dotted keys. Returns a read-only OmegaConf object typed by `Config`.
+    `KEY=VALUE` overrides with dotted keys, its types and value ranges checked. Returns a read-only OmegaConf
+    object typed by `Config`. Scripts and notebooks use comp.experiment.load_config, which checks the rest.
 
     Raises:
         UserError: the file is missing or not YAML, a key is unknown, a value has the wrong type or an
@@ -206,7 +209,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise UserError(_explain(e, f"in override '{item}'") + hint) from None
     if str(cfg.model.pretrained) in ("False", "false"):  # YAML `pretrained: false` arrives as the string 'False'
         cfg.model.pretrained = None  # no weights, as the key's default says (it was refused as a timm tag)
-    _check_values(cfg)
+    check_values(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
 

@@ -19,15 +19,13 @@ from comp.cli import main
 
 
 def run(args):
-    from comp import io, validate_config
+    from comp import io
+    from comp.ensemble import blend as sb
     from comp.report.blend_plot import blend_figure
-    from comp.submit import blend as sb
 
     configs = list(args.config or []) + [a for a in args.items if "=" not in a]
     overrides = [a for a in args.items if "=" in a]
-    members = sb.load_members(configs, overrides)
-    for m in members:
-        validate_config(m.cfg)
+    members = sb.load_members(configs, overrides)  # each config loaded and checked (comp.experiment)
     out = sb.check_out(Path(args.out).absolute() if args.out else sb.default_out(members), members, args.force)
     res = sb.evaluate(members, args.method)
     metric = members[0].cfg.metric

@@ -20,7 +20,7 @@ from comp.cli import main, parser
 
 
 def run(args):
-    from comp.config import load_config
+    from comp.experiment import load_config
     from comp.report.explain import explain
 
     cfg = load_config(args.config, args.overrides)

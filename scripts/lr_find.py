@@ -16,8 +16,8 @@ from comp.cli import main, parser
 
 
 def run(args):
-    from comp.config import load_config
     from comp.data.download import ensure_data
+    from comp.experiment import load_config
     from comp.train.lr_find import lr_find
 
     cfg = load_config(args.config, args.overrides)

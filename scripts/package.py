@@ -17,11 +17,10 @@ from comp.cli import main, parser
 
 
 def run(args):
-    from comp import validate_config
-    from comp.config import load_config
+    from comp.experiment import load_config
     from comp.submit.package import build_package
 
-    cfg = validate_config(load_config(args.config, args.overrides))  # every key, before any work
+    cfg = load_config(args.config, args.overrides)  # every key, before any work
     out = build_package(cfg, Path(args.output) if args.output else None, dataset_id=args.id, force=args.force,
                         estimate=args.estimate)
     print(out)

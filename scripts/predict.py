@@ -15,19 +15,20 @@ from comp.cli import main, parser
 
 
 def run(args):
-    from comp import validate_config
-    from comp.config import load_config
+    from comp.data.competition import load_competition
+    from comp.experiment import Experiment, load_config
     from comp.predict.predict import check_probs_path, save_probs
-    from comp.submit.submission import make_submission
+    from comp.predict.submission import make_submission
 
-    cfg = validate_config(load_config(args.config, args.overrides))  # every key, before any work
+    cfg = load_config(args.config, args.overrides)  # every key, before any work
     if args.save_probs:
         check_probs_path(args.save_probs)
     if args.save_features:
         from comp.predict.features import check_features_dir
 
         check_features_dir(args.save_features)
-    sub = make_submission(cfg)
+    exp, comp = Experiment(cfg), load_competition(cfg)
+    sub = make_submission(exp, comp)
     if args.save_probs:
         save_probs(args.save_probs, sub.ids, sub.probs, sub.task)
         print(f"test probabilities: {args.save_probs}", file=sys.stderr)

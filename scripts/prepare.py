@@ -9,22 +9,14 @@ preprocessing gets its own cache."""
 import _common  # noqa: F401
 
 from comp.cli import main, parser
-from comp.data.prepare import prepare
 
 
 def run(args):
-    from comp import validate_config
-    from comp.config import load_config
-    from comp.data.cache import cache_folder
-    from comp.train.stages import stage_configs
+    from comp.experiment import load_config
+    from comp.pipeline import prepare
 
-    cfg = validate_config(load_config(args.config, args.overrides))  # every key first
+    cfg = load_config(args.config, args.overrides)  # every key first
     prepare(cfg, download=args.download, rebuild_cache=args.rebuild_cache)
-    done = {cache_folder(cfg)}
-    for stage in stage_configs(cfg):  # a stage at another image_size or preprocessing: its own cache
-        if stage.images.cache and cache_folder(stage) not in done:
-            done.add(cache_folder(stage))
-            prepare(stage, rebuild_cache=args.rebuild_cache)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ The experiment's fold ensemble (with its TTA views) labels the test images (--te
 `predict.py --save-probs` CSV of it or of a blend is read (--probs), and/or it labels the unlabelled images
 under --images; rows under the confidence threshold are dropped. Writes PATH.csv (id, path, label or
 prob_<name>...) and PATH.csv.json, the record of the experiment, split and checkpoints that made it
-(comp.predict.pseudo). A training run refuses the file when it would leak (comp.train.pseudo)."""
+(comp.teacher.pseudo). A training run refuses the file when it would leak (comp.teacher.pseudo_rows)."""
 
 import sys
 from pathlib import Path
@@ -18,14 +18,13 @@ from comp.cli import main, parser
 
 
 def run(args):
-    from comp import validate_config
-    from comp.config import load_config
     from comp.data.competition import load_competition
-    from comp.predict.pseudo import make_pseudo
+    from comp.experiment import Experiment, load_config
+    from comp.teacher.pseudo import make_pseudo
 
-    cfg = validate_config(load_config(args.config, args.overrides))
-    rows = make_pseudo(cfg, load_competition(cfg), Path(args.out), args.min_confidence, args.soft, args.test,
-                       args.images or [], args.probs)
+    cfg = load_config(args.config, args.overrides)
+    rows = make_pseudo(Experiment(cfg), load_competition(cfg), Path(args.out), args.min_confidence, args.soft,
+                       args.test, args.images or [], args.probs)
     print(f"pseudo-labels: {len(rows)} rows in {args.out}", file=sys.stderr)
 
 

@@ -26,12 +26,12 @@ def fmt(v: float) -> str:
 
 
 def run(args):
-    from comp import validate_config
-    from comp.config import load_config, resolve_path
+    from comp.config import resolve_path
+    from comp.experiment import Experiment, load_config
     from comp.metrics import higher_is_better
     from comp.report.report import compare, cv_report, oof_report
 
-    cfg = validate_config(load_config(args.config, args.overrides))  # every key, before any work
+    cfg = load_config(args.config, args.overrides)  # every key, before any work
     if args.leaderboard:
         from comp.report.leaderboard import leaderboard
 
@@ -54,7 +54,7 @@ def run(args):
     report, figures = oof_report(cfg, task)
     if report is not None:
         print(f"\nout-of-fold classification report:\n{report.to_string(float_format=fmt)}")
-    print(f"CV table: {resolve_path(cfg.out_dir) / 'cv.csv'}", file=sys.stderr)
+    print(f"CV table: {Experiment(cfg).file('cv')}", file=sys.stderr)
     for name, path in figures.items():
         print(f"OOF {name}: {path}", file=sys.stderr)
 

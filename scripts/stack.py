@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Stack image models with tabular metadata: a gradient-boosted tree model (scikit-learn's
 HistGradientBoosting) over the experiments' OOF outputs, the competition's tabular columns and each image's
-features relative to its patient, fitted fold by fold without leaking (comp.report.stack):
+features relative to its patient, fitted fold by fold without leaking (comp.ensemble.stack):
 scripts/stack.py [--config PATH] --out DIR [--oof DIR ...] [--test-probs P.csv ...] [--columns COL ...]
     [--no-group-features] [--max-iter N] [--learning-rate LR] [--min-samples-leaf N] [KEY=VALUE ...]
 
@@ -15,16 +15,15 @@ from comp.cli import main, parser
 
 
 def run(args):
-    from comp import validate_config
-    from comp.config import load_config
-    from comp.report.stack import stack
+    from comp.ensemble.stack import stack
+    from comp.experiment import load_config
 
     for name in ("oof", "test_probs", "columns"):  # KEY=VALUE overrides after a list option belong to the config
         values = getattr(args, name)
         if values:
             setattr(args, name, [v for v in values if "=" not in v])
             args.overrides += [v for v in values if "=" in v]
-    cfg = validate_config(load_config(args.config, args.overrides))
+    cfg = load_config(args.config, args.overrides)
     params = {"max_iter": args.max_iter, "learning_rate": args.learning_rate,
               "min_samples_leaf": args.min_samples_leaf}
     s = stack(cfg, args.out, args.oof, args.test_probs, args.columns, not args.no_group_features, params,
@@ -35,7 +34,8 @@ def run(args):
           f"other folds' OOF rows)")
     if s["held_out"] is not None:
         print(f"stack held-out {s['metric']}: {s['held_out']:.4f}")
-    print(f"written: {args.out}/fold*/oof.csv, submission.csv, test_probs.csv, stack.json, config.yaml")
+    print(f"written to {args.out}: each fold's out-of-fold predictions, submission.csv, test_probs.csv, stack.json, "
+          f"config.yaml")
 
 
 if __name__ == "__main__":

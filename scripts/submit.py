@@ -21,12 +21,11 @@ from comp.errors import UserError
 
 
 def run(args):
-    from comp import validate_config
-    from comp.config import load_config
+    from comp.experiment import load_config
 
     if args.file is not None and "=" in args.file and (args.notebook or not Path(args.file).exists()):
         args.overrides, args.file = [args.file, *args.overrides], None  # no FILE: the first override
-    cfg = validate_config(load_config(args.config, args.overrides))  # every key, before any work
+    cfg = load_config(args.config, args.overrides)  # every key, before any work
     wait = {"wait_s": args.wait, "poll_s": args.poll}
     if args.notebook:
         from comp.submit.notebook import notebook_submit

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Train one fold: scripts/train_fold.py [--config PATH] --fold K [--seed S] [--resume] [KEY=VALUE ...]
 
+The script's work is comp.pipeline.train_fold, the function a notebook calls as comp.train_fold(cfg, K).
 Outputs go to <out_dir>/fold<K>/: config.yaml, last.pt (every epoch), best.pt and oof.csv (best epoch of
 the competition metric), recovery.pt (mid-epoch), metrics.csv, curves.png and the task's figures
 (confusion.png where there are classes, roc.png and calibration.png, scatter.png), tb/ (TensorBoard:
@@ -28,6 +29,7 @@ Several folds at once, one per GPU (write the folds first, so the processes do n
 """
 
 import argparse
+import os
 import shlex
 import sys
 
@@ -37,48 +39,23 @@ from comp.cli import main, parser
 
 
 def run(args):
-    from comp import validate_config
-    from comp.config import load_config
-    from comp.data.download import ensure_data
-    from comp.report.plots import fold_figures
-    from comp.train import Stopped, fit
-    from comp.train.distributed import setup_distributed
-    from comp.train.tracking import log_figures
+    from comp.experiment import load_config
+    from comp.pipeline import train_fold
+    from comp.train import Stopped
 
-    cfg = validate_config(load_config(args.config, args.overrides))  # every key, before any work
-    d = setup_distributed(cfg.device)  # under torchrun: rank 0 fetches the data while the others wait
-    rank0 = d.main
-    if rank0:
-        ensure_data(cfg, download=False)  # the demo is built; a missing Kaggle download is an error
-    if d.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-    from comp.errors import UserError
-    from comp.train.bag import bag_seeds, with_seed, write_bag_oof
-    from comp.train.stages import train_stages
-
-    seeds = bag_seeds(cfg)
-    if args.seed is not None and args.seed not in seeds:
-        raise UserError(f"--seed {args.seed} is not a seed of the bag seeds={seeds}; name one of them, or list it "
-                        f"in seeds")
-    for seed in [args.seed] if args.seed is not None else seeds or [cfg.seed]:
-        try:
-            result = train_stages(with_seed(cfg, seed) if seeds else cfg, args.fold, args.resume, fit)
-        except Stopped as e:
-            if rank0:
-                launch = f"torchrun --nproc_per_node={d.world}" if d.world > 1 else "python"
-                argv = (["--config", args.config] if args.config else []) + ["--fold", str(args.fold)]
-                argv += (["--seed", str(args.seed)] if args.seed is not None else []) + ["--resume"]
-                print(f"{e}\nresume with: {launch} scripts/train_fold.py {shlex.join(argv + args.overrides)}",
-                      file=sys.stderr)
-            return 128 + e.signum
-        if rank0:
-            figures = fold_figures(result["dir"], result["classes"], result["metric"])  # curves.png + the task's
-            log_figures(cfg, result["dir"], list(figures.values()))
-            print(f"fold {result['fold']}: best {result['metric']} {result['best']:.4f} -> {result['dir']}",
+    cfg = load_config(args.config, args.overrides)  # every key, every stage, before any work
+    try:
+        train_fold(cfg, args.fold, resume=args.resume, seed=args.seed)  # what comp.train_fold runs in a notebook
+    except Stopped as e:
+        world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; rank 0 says how to resume
+        if os.environ.get("RANK", "0") == "0":
+            launch = f"torchrun --nproc_per_node={world}" if world > 1 else "python"
+            argv = (["--config", args.config] if args.config else []) + ["--fold", str(args.fold)]
+            argv += (["--seed", str(args.seed)] if args.seed is not None else []) + ["--resume"]
+            print(f"{e}\nresume with: {launch} scripts/train_fold.py {shlex.join(argv + args.overrides)}",
                   file=sys.stderr)
-            write_bag_oof(cfg, args.fold)  # once every seed of the fold's bag is trained (a no-op without a bag)
+        return 128 + e.signum
+
 
 if __name__ == "__main__":
     p = parser(__doc__)

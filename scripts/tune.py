@@ -23,8 +23,8 @@ from comp.cli import main, parser
 
 
 def run(args):
-    from comp.config import load_config
     from comp.data.download import ensure_data
+    from comp.experiment import load_config
     from comp.train import Stopped
     from comp.train.tune import tune
 

@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 from conftest import assert_user_error, run_script
 
-from comp.config import load_config
 from comp.data.competition import load_competition
+from comp.ensemble.bag import with_seed, write_bag_oof
 from comp.errors import UserError
+from comp.experiment import load_config
+from comp.experiment.oof import cv_table, oof_probs
 from comp.predict.predict import predict_test, trained_folds
-from comp.train.bag import with_seed, write_bag_oof
 from comp.train.loop import fit
-from comp.train.oof import cv_table, oof_probs
 
 BAG = ["seeds=[42,43]"]
 

@@ -12,7 +12,7 @@ import torch
 from conftest import ROOT
 
 from benchmarks import harness
-from comp.config import load_config
+from comp.experiment import load_config
 
 RECIPES = ["rsna_bone_age", "ranzcr_clip"]  # grey + regression + EMA (inception_v3); multi-label, tf_efficientnet_b8
 

@@ -1,4 +1,4 @@
-"""Blending experiments (comp.predict.blend, comp.submit.blend, scripts/blend.py): leak-free fitting (a
+"""Blending experiments (comp.ensemble.methods, comp.ensemble.blend, scripts/blend.py): leak-free fitting (a
 member of pure noise gets ~0 weight; the honest CV is never above the in-sample one), every task's output
 shape through synthetic OOF files, one real pair of tiny trained recipes end to end to a validated
 submission, and the refusal of experiments trained on different folds."""
@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 from conftest import FAST, assert_user_error, run_script, write_tiny_competition
 
-from comp.config import load_config
+from comp.ensemble import blend as sb
+from comp.ensemble import methods as bl
 from comp.errors import UserError
-from comp.predict import blend as bl
-from comp.submit import blend as sb
+from comp.experiment import load_config
+from comp.experiment.oof import load_oof, write_oof
 from comp.tasks import Task
 from comp.train.loop import fit
-from comp.train.oof import load_oof, write_oof
 
 N_FOLDS = 4
 

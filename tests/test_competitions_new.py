@@ -18,9 +18,9 @@ import pytest
 from conftest import FAST, ROOT, run_in_process
 from replicas import HAM_CLASSES, RANZCR_LABELS, TASK_BUILDERS, ham10000, overrides, rsna_bone_age
 
-from comp.config import load_config
 from comp.data.competition import load_competition
 from comp.errors import UserError
+from comp.experiment import load_config
 
 NAMES = list(TASK_BUILDERS)
 
@@ -85,7 +85,7 @@ def test_bone_age_reads_case_ids_from_the_test_csv(replicas, tmp_path):
 
 
 def test_ham10000_keeps_lesions_whole_and_has_no_test_set(replicas, tmp_path):
-    from comp.submit.submission import make_submission
+    from comp.predict.submission import make_submission
 
     root = replicas["ham10000"]
     cfg = cfg_for("ham10000", root, tmp_path)

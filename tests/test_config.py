@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 from conftest import assert_user_error, run_script
 
-from comp.config import Config, load_config, to_yaml
+from comp.config import Config, to_yaml
 from comp.errors import UserError
+from comp.experiment import load_config
 
 
 def test_precedence_defaults_yaml_cli(tmp_path: Path):

@@ -26,7 +26,6 @@ from replicas import build, overrides
 from scipy.stats import chisquare
 
 from comp import system
-from comp.config import load_config
 from comp.data import cache
 from comp.data.augment import build_transform
 from comp.data.competition import load_competition
@@ -34,6 +33,7 @@ from comp.data.download import unzip_all
 from comp.data.folds import library_versions, load_or_make_folds, split
 from comp.data.loader import ImageDataset
 from comp.errors import UserError
+from comp.experiment import load_config
 
 # --- 1. augmentations: independent decisions, a pure function of the sample's seed ------------------
 

@@ -22,13 +22,13 @@ from hypothesis import strategies as st
 from sklearn import metrics as skm
 from test_predict import make_experiment
 
-from comp.config import load_config
 from comp.data.competition import load_competition
 from comp.errors import UserError
+from comp.experiment import load_config
 from comp.metrics import METRICS, auc, classification_report, confusion, positive_index, score_all
 from comp.predict import oof_tta, thresholds
 from comp.predict.predict import predict_test
-from comp.submit.submission import build, check, score_holdout, submission_probs, to_csv_text
+from comp.predict.submission import build, check, score_holdout, submission_probs, to_csv_text
 
 # ---------------------------------------------------------------- 5: metrics over the competition's classes
 

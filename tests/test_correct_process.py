@@ -24,7 +24,7 @@ from conftest import ROOT, write_tiny_competition
 from test_faults_config import COMMON, copy_of, one_error, run_main, trained_fixture
 
 import comp.cli as cli
-from comp.config import load_config, to_yaml
+from comp.config import to_yaml
 from comp.data.images import ImageError
 from comp.data.loader import (
     MAX_PREFETCH,
@@ -35,7 +35,8 @@ from comp.data.loader import (
     shm_budget,
 )
 from comp.errors import UserError, worker_user_error
-from comp.train import checkpoint as ckpt_io
+from comp.experiment import checkpoint as ckpt_io
+from comp.experiment import load_config
 
 
 def call_main(run, *argv: str) -> tuple[int, str]:
@@ -153,7 +154,7 @@ def test_a_bad_test_image_fails_by_name_or_gets_the_class_prior(trained, tmp_pat
 
 
 def test_the_offline_package_gives_a_bad_image_the_prior_by_default(tmp_path, monkeypatch):
-    import comp.submit.submission as submission
+    import comp.predict.submission as submission
     from comp.submit.package import infer_main
 
     (tmp_path / "config.yaml").write_text(to_yaml(load_config(None, COMMON)))

@@ -14,7 +14,6 @@ import torch
 from conftest import FAST, ROOT, assert_user_error, run_script
 from replicas import build, overrides
 
-from comp.config import load_config
 from comp.data.augment import build_transform
 from comp.data.cache import ImageLoader, cache_folder, entry_path, image_loader, process_images, read_entry
 from comp.data.competition import load_competition
@@ -22,6 +21,7 @@ from comp.data.loader import EpochSampler, ImageDataset, make_loader
 from comp.data.prepare import prepare
 from comp.data.preprocess import load_preprocessed
 from comp.errors import UserError
+from comp.experiment import load_config
 
 
 def _cfg(name, root, out, *extra):
@@ -97,7 +97,7 @@ KILLER = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
 import comp.data.cache as c
-from comp.config import load_config
+from comp.experiment import load_config
 from comp.data.prepare import prepare
 real, n = c.write_entry, [0]
 def dying(img, path, fmt):  # the 6th entry: its temporary file half written, then SIGKILL

@@ -9,10 +9,10 @@ import pytest
 from conftest import FAST
 from replicas import build, overrides
 
-from comp.config import load_config
 from comp.data.competition import load_competition
 from comp.data.folds import library_versions, load_or_make_folds, split
 from comp.errors import UserError
+from comp.experiment import load_config
 
 ROOT_CONFIGS = "configs"
 

@@ -11,9 +11,9 @@ import pytest
 from conftest import FAST, ROOT, run_script
 from replicas import BUILDERS, build, overrides
 
-from comp.config import load_config
 from comp.data.competition import load_competition
 from comp.errors import UserError
+from comp.experiment import load_config
 
 NAMES = list(BUILDERS)
 
@@ -121,7 +121,7 @@ def test_class_values_need_one_per_class(tmp_path):
 def test_prepare_train_predict(replicas, tmp_path, name):
     """The shipped config on its replica: prepare.py (checks, cache, folds), a few steps of fold 0, and a
     submission in the competition's encoding, scored where the answers are known."""
-    from comp.submit.submission import make_submission
+    from comp.predict.submission import make_submission
     from comp.train import fit
 
     root = replicas[name]

@@ -17,8 +17,8 @@ import pytest
 import torch
 from conftest import ROOT, write_tiny_competition
 
+from comp.experiment import checkpoint as ckpt_io
 from comp.metrics import score_all
-from comp.train import checkpoint as ckpt_io
 
 pytestmark = pytest.mark.slow
 

@@ -16,12 +16,12 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 from replicas import overrides, rsna_pneumonia, write_cr
 
-from comp.config import load_config
 from comp.data.cache import cache_folder
 from comp.data.competition import load_competition
 from comp.data.dicom import WINDOWS, options, read_dicom
 from comp.data.images import ImageError, read_image
 from comp.errors import UserError
+from comp.experiment import load_config
 
 
 def path(name: str) -> str:
@@ -253,7 +253,7 @@ def test_rsna_pneumonia_replica_prepare_fold_predict(tmp_path):
     """The shipped config on the replica (12-bit MONOCHROME1/2 CR, some windowed, some RLE): prepare
     caches every image, fold 0 trains, the submission holds P(Target=1) per patientId in the sample's order."""
     from comp.data.prepare import prepare
-    from comp.submit.submission import make_submission
+    from comp.predict.submission import make_submission
     from comp.train.loop import fit
 
     root = rsna_pneumonia(tmp_path / "rsna")

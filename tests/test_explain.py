@@ -18,11 +18,12 @@ from conftest import FAST, write_tiny_competition
 from skimage import data as skdata
 from test_faults_config import one_error, run_main
 
-from comp.config import HASHED_KEYS, config_hash, load_config
+from comp.config import HASHED_KEYS, config_hash
 from comp.data.competition import load_competition
 from comp.data.folds import load_or_make_folds
 from comp.data.images import load_image
 from comp.errors import UserError
+from comp.experiment import load_config
 from comp.models import create_model
 from comp.report import errors_analysis as ea
 from comp.report.explain import grad_cam

@@ -15,8 +15,8 @@ import torch
 import yaml
 from conftest import assert_user_error, run_script
 
-from comp.config import load_config
 from comp.errors import UserError
+from comp.experiment import load_config
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 

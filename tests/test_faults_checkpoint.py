@@ -14,8 +14,8 @@ import pytest
 import torch
 from test_faults_config import copy_of, one_error, run_main, snapshot, trained_fixture
 
+from comp.experiment.checkpoint import FORMAT_VERSION
 from comp.models import create_model
-from comp.train.checkpoint import FORMAT_VERSION
 
 
 @pytest.fixture(scope="module")

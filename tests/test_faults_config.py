@@ -25,8 +25,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from comp.config import Config, load_config
+from comp.config import Config
 from comp.errors import UserError
+from comp.experiment import load_config
 
 # --- shared by the fault suites ------------------------------------------------------------------------
 

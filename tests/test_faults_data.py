@@ -18,10 +18,10 @@ import pytest
 from PIL import Image
 from test_faults_config import at, experiment, one_error, run_main, snapshot
 
-from comp.config import load_config
 from comp.data.cache import cache_folder, entry_path, read_entry
 from comp.data.competition import load_competition
-from comp.submit.submission import build, check
+from comp.experiment import load_config
+from comp.predict.submission import build, check
 
 N_IMAGES = 39  # the tiny competition: 30 training + 9 test images
 

@@ -21,9 +21,9 @@ import pytest
 from conftest import ROOT, write_tiny_competition
 from test_faults_config import COMMON, run_main, trained_fixture
 
-from comp.config import load_config
 from comp.data.cache import cache_folder
 from comp.data.prepare import prepare
+from comp.experiment import load_config
 
 pytestmark = pytest.mark.slow
 

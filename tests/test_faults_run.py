@@ -21,9 +21,9 @@ from test_faults_config import copy_of, one_error, run_main, snapshot, trained_f
 import comp.io
 import comp.predict.predict as predict_mod
 import comp.train.loop as train_mod
-from comp.config import load_config
 from comp.data.cache import cache_folder
-from comp.train import checkpoint as ckpt_io
+from comp.experiment import checkpoint as ckpt_io
+from comp.experiment import load_config
 
 RESUME = ("train_fold.py", "--fold", "0", "--resume")
 

@@ -1,7 +1,7 @@
 """Submission validation, property-based (hypothesis): mutations of a valid submission (ids dropped,
 repeated, added or misspelt, rows reordered, headers renamed, columns dropped or added, values blank,
 NaN, random text or random numbers), given as a frame or written to a file (BOM, CRLF, quoting, cut
-short at any byte) go through what scripts/submit.py runs before the Kaggle CLI: comp.submit.submission's
+short at any byte) go through what scripts/submit.py runs before the Kaggle CLI: comp.predict.submission's
 read_exact and check. Whatever the input, the answer is acceptance or one UserError line — never
 another exception — and whatever is accepted really matches the sample submission: the same header,
 the same set of ids once each, and allowed values only (a class value, or a probability in [0, 1])."""
@@ -19,10 +19,10 @@ from conftest import FAST, write_tiny_competition
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from comp.config import load_config
 from comp.data.competition import load_competition
 from comp.errors import UserError
-from comp.submit.submission import check, output_mode, read_exact, sample_frame
+from comp.experiment import load_config
+from comp.predict.submission import check, output_mode, read_exact, sample_frame
 
 PLAIN_NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")  # what any CSV reader takes
 

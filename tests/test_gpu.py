@@ -10,11 +10,11 @@ import pytest
 import timm
 import torch
 
-from comp.config import load_config
 from comp.data.competition import load_competition
+from comp.experiment import checkpoint as ckpt_io
+from comp.experiment import load_config
 from comp.models import create_model
 from comp.predict.predict import predict_test
-from comp.train import checkpoint as ckpt_io
 from comp.train.build import build_run
 from comp.train.loop import fit
 

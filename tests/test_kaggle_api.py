@@ -23,9 +23,9 @@ from test_package import _offline_env
 from test_predict import make_experiment
 from test_submit import submit_in_process
 
-from comp.config import load_config
 from comp.data.download import ensure_data
 from comp.errors import UserError
+from comp.experiment import load_config
 from comp.submit.kaggle import INDEX_COLUMNS
 
 CLI = Path(sys.executable).parent / "kaggle"
@@ -200,7 +200,7 @@ def test_the_notebook_flow_end_to_end(fake, api, tmp_path, monkeypatch, capsys):
     assert (sub["kernelSlug"], sub["kernelVersion"], sub["fileName"]) == ("tiny-code-nb-runs-infer", 1,
                                                                           "submission.csv")
     # What the kernel wrote on "Kaggle" (simplejpeg and the network blocked) is predict.py's CSV.
-    from comp.submit.submission import make_submission
+    from comp.predict.submission import make_submission
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the kernel's OMP_NUM_THREADS=1: CPU sums depend on the thread count

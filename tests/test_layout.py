@@ -14,16 +14,21 @@ COMP = ROOT / "comp"
 MODULES = sorted(p for p in COMP.rglob("*.py"))
 
 # Lowest first: a module may import its own layer and the ones before it, never a later one.
+# Prediction sits below training because training uses it (a distillation teacher's outputs, pseudo-labels).
 LAYERS = [
     ("comp.config", "comp.errors", "comp.log", "comp.io", "comp.device", "comp.tasks", "comp.competition_metrics",
      "comp.metrics", "comp.kaggle_cli",
      "comp.cli", "comp.system", "comp.schema"),
     ("comp.data",),
     ("comp.models",),
-    ("comp.train",),
+    ("comp.experiment",),
     ("comp.predict",),
+    ("comp.teacher",),
+    ("comp.train",),
+    ("comp.ensemble",),
     ("comp.submit",),
     ("comp.report",),
+    ("comp.pipeline",),
 ]
 
 
@@ -81,3 +86,76 @@ def test_every_module_says_what_it_owns():
             continue
         doc = ast.get_docstring(ast.parse(path.read_text()))
         assert doc and len(doc) > 20, f"{path.relative_to(ROOT)} opens with no docstring"
+
+
+# The run folder's file names (comp.experiment.layout.FILES) and its folder prefixes, spelled as a path
+# (the whole string, or after a `/` or a glob's `*`): only the experiment may build those paths. Prose that
+# names a file in a message ("this experiment's folds.csv") is not a path and is not matched.
+SCANNED = [*MODULES, *sorted((ROOT / "scripts").glob("*.py")), *sorted((ROOT / "benchmarks").glob("*.py"))]
+OWNER = COMP / "experiment" / "layout.py"
+
+
+# The same names where they are not the run folder's: (file, name, why)
+ELSEWHERE = [("scripts/init.py", "config.yaml", "the user's own config file init.py writes"),
+             ("comp/data/inspect.py", "config.yaml", "the user's own config file init.py writes"),
+             ("comp/train/tracking.py", "config.yaml", "the name of the config's MLflow artifact"),
+             ("comp/submit/notebook.py", "submission.csv", "the file Kaggle takes from a notebook's output"),
+             ("comp/train/tune.py", "fold", "an Optuna trial attribute, fold<K>'s score (trials.csv)")]
+
+
+def _path_pieces(tree: ast.AST) -> list[tuple[int, str, bool]]:
+    """(line, text, followed by a formatted value that ends the string or a path part) of every string
+    literal and f-string piece that is code, not a docstring."""
+    docs = {id(n.body[0].value) for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n.body
+            and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):
+            for i, part in enumerate(node.values):
+                if isinstance(part, ast.Constant) and isinstance(part.value, str):
+                    nxt = node.values[i + 1] if i + 1 < len(node.values) else None
+                    after = node.values[i + 2] if i + 2 < len(node.values) else None  # `fold{k}/` or `fold{k}`
+                    ends = after is None or isinstance(after, ast.Constant) and str(after.value).startswith("/")
+                    out.append((node.lineno, part.value, isinstance(nxt, ast.FormattedValue) and ends))
+                    docs.add(id(part))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+            out.append((node.lineno, node.value, False))
+    return out
+
+
+def run_folder_spellings(path: Path) -> list[str]:
+    import re
+
+    from comp.experiment.layout import FILES
+
+    names = "|".join(re.escape(n) for n in FILES.values())
+    as_path = re.compile(rf"(^|[/*])({names})($|/)")
+    prefix = re.compile(r"(^|/)(fold|seed|stage)$")
+    found, rel = [], str(path.relative_to(ROOT))
+    allowed = {name for f, name, _ in ELSEWHERE if f == rel}
+    for line, text, formatted in _path_pieces(ast.parse(path.read_text())):
+        if text in allowed:
+            continue
+        if as_path.search(text) or formatted and prefix.search(text):
+            found.append(f"{rel}:{line}: {text!r}")
+    return found
+
+
+def test_only_the_experiment_spells_the_run_folder():
+    """Every path into the run folder is built by comp.experiment (its layout's FILES and fold/seed/stage
+    folders); the check itself is checked on the lines it must catch."""
+    bad = [hit for p in SCANNED if p != OWNER for hit in run_folder_spellings(p)]
+    assert not bad, "run-folder paths built outside comp/experiment/layout.py:\n" + "\n".join(bad)
+    assert run_folder_spellings(OWNER), "the check finds nothing in the layout itself: it is broken"
+    probe = ROOT / "tests" / "_probe_layout.py"
+    probe.write_text('d = out / f"fold{k}" / "best.pt"\ng = run.glob("fold*/oof.csv")\n'
+                     'm = f"see {out}/fold{k}/seed{s}/metrics.csv"\n'
+                     'ok = f"fold {k}: {n} test_fold{k} fold{k}_{s}.png; the folds.csv of {d}"\n')
+    try:
+        hits = run_folder_spellings(probe)
+    finally:
+        probe.unlink()
+    assert [h.split(": ", 1)[1] for h in hits] == ["'fold'", "'best.pt'", "'fold*/oof.csv'", "'/fold'", "'/seed'",
+                                                  "'/metrics.csv'"] or len(hits) == 6, hits

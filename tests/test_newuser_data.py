@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from conftest import FAST, write_tiny_competition
 
-from comp.config import HASHED_KEYS, REPO_ROOT, config_hash, load_config
+from comp.config import HASHED_KEYS, REPO_ROOT, config_hash
 from comp.data.cache import MANIFEST, cache_folder, entry_path, image_loader, process_images, read_entry
 from comp.data.checks import near_duplicate
 from comp.data.competition import load_competition
@@ -26,6 +26,7 @@ from comp.data.folds import load_or_make_folds
 from comp.data.prepare import prepare
 from comp.data.preprocess import load_preprocessed
 from comp.errors import UserError
+from comp.experiment import load_config
 
 
 def _cfg(root: Path, *extra: str, out: Path | None = None):

@@ -21,15 +21,15 @@ from test_faults_config import one_error, run_main
 from test_predict import make_experiment
 
 import comp
-from comp.config import load_config
 from comp.data.prepare import prepare
 from comp.errors import UserError
+from comp.experiment import checkpoint as ckpt_io
+from comp.experiment import load_config
+from comp.experiment.checkpoint import save as save_atomic
 from comp.log import progress, set_quiet
 from comp.predict.predict import predict_test, trained_folds
 from comp.report.plots import confusion_figure
 from comp.report.report import compare
-from comp.train import checkpoint as ckpt_io
-from comp.train.checkpoint import save as save_atomic
 
 C2 = (0x2C, 0xA0, 0x2C)  # matplotlib's "C2" (the metric's line in curves.png), RGB
 

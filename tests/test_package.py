@@ -21,8 +21,8 @@ from conftest import ROOT, run_script, write_tiny_competition
 from test_predict import make_experiment
 
 from comp.errors import UserError
+from comp.experiment.checkpoint import save as save_atomic
 from comp.submit.package import build_package
-from comp.train.checkpoint import save as save_atomic
 
 # Loaded at interpreter start-up (PYTHONPATH): no connection can be made, and no file of the repository's
 # code can be opened, so the kit's editable install cannot stand in for the package's own copy.
@@ -193,7 +193,7 @@ def test_opencv_reduced_decode_gives_simplejpegs_pixels_at_the_shared_scales(tmp
 def test_the_package_drops_the_answers_and_never_leaves_an_empty_csv(tmp_path, capsys):
     # issue 21 item 6: the demo config names data.solution_csv; inference never needs held-out answers, so
     # the package ships without the key, and -o writes the CSV only when the whole prediction succeeded.
-    from comp.config import load_config
+    from comp.experiment import load_config
     from comp.submit.package import infer_main
 
     ex = make_experiment(tmp_path)  # its config sets data.solution_csv=solution.csv

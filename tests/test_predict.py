@@ -18,13 +18,16 @@ import pytest
 import torch
 from conftest import FAST, run_script, write_tiny_competition
 
-from comp.config import config_hash, load_config
+from comp.config import config_hash
 from comp.data.augment import tta_view
 from comp.data.competition import load_competition
 from comp.errors import UserError
-from comp.models import create_model
-from comp.predict.predict import predict_test, save_probs, trained_folds
-from comp.train.checkpoint import save as save_atomic
+from comp.experiment import Experiment, load_config
+from comp.experiment.checkpoint import save as save_atomic
+from comp.experiment.model import inputs_of
+from comp.models import create_model, input_norm
+from comp.predict.predict import predict_test, save_probs
+from comp.tasks import make_task
 
 TINY_MODEL = "model.name=timm/test_resnet"  # 0.4 M parameters: checkpoints of 1.5 MB, instant forward passes
 
@@ -49,7 +52,9 @@ def make_experiment(tmp_path: Path, *extra: str, n_folds: int = 2, root: Path | 
         ck = {"format_version": 1, "model": weights, "ema": None, "config_hash": config_hash(cfg),
               "model_name": cfg.model.name, "num_classes": comp.num_classes, "in_chans": cfg.model.in_chans,
               "classes": list(comp.classes), "fold": k, "metric": cfg.metric, "eval_weights": "model",
-              "best": best[k % len(best)], "epoch": 1, "step": 0, "optimizer": {"state": {}, "param_groups": []}}
+              "best": best[k % len(best)], "epoch": 1, "step": 0, "optimizer": {"state": {}, "param_groups": []},
+              "input_norm": [list(v) for v in input_norm(model)], "inputs": inputs_of(cfg, input_norm(model)),
+              "task": make_task(cfg, comp.classes).meta()}
         if ema:  # the validated weights are another set: the EMA
             torch.manual_seed(200 + k)
             ck["ema"] = create_model(cfg.model.name, comp.num_classes, in_chans=cfg.model.in_chans).state_dict()
@@ -75,7 +80,7 @@ def write_test_images(root: Path, images: list[np.ndarray]) -> None:
 def test_two_fold_ensemble_is_the_mean_of_its_folds(tmp_path):
     ex = make_experiment(tmp_path)
     cfg, comp = ex["cfg"], ex["comp"]
-    f0, f1 = trained_folds(cfg)
+    f0, f1 = Experiment(cfg).trained()
     p0 = predict_test(cfg, comp, paths=[f0])
     p1 = predict_test(cfg, comp, paths=[f1])
     both = predict_test(cfg, comp)
@@ -91,7 +96,7 @@ def test_two_fold_ensemble_is_the_mean_of_its_folds(tmp_path):
 def test_mean_logit_ensemble_is_the_softmax_of_the_mean_logit(tmp_path):
     ex = make_experiment(tmp_path, "predict.ensemble=mean_logit")
     cfg, comp = ex["cfg"], ex["comp"]
-    f0, f1 = trained_folds(cfg)
+    f0, f1 = Experiment(cfg).trained()
     # a single fold's output is softmax(its mean logit): its log is that logit up to a per-row constant,
     # which the softmax of the average removes again
     l0 = np.log(predict_test(cfg, comp, paths=[f0]).astype(np.float64))
@@ -158,7 +163,7 @@ def test_a_flip_view_equals_predicting_the_mirrored_files(tmp_path, view, flip):
 def test_the_validated_ema_weights_are_the_ones_used(tmp_path):
     ex = make_experiment(tmp_path, ema=True)
     cfg, comp = ex["cfg"], ex["comp"]
-    f0 = trained_folds(cfg)[0]
+    f0 = Experiment(cfg).trained()[0]
     with_ema = predict_test(cfg, comp, paths=[f0])
     ck = torch.load(f0, weights_only=True)
     plain = tmp_path / "plain" / "fold0" / "best.pt"
@@ -172,9 +177,9 @@ def test_the_validated_ema_weights_are_the_ones_used(tmp_path):
 def test_a_fold_of_another_config_or_other_classes_is_refused(tmp_path):
     ex = make_experiment(tmp_path)
     other = load_config(None, ex["overrides"] + ["image_size=24"])
-    with pytest.raises(UserError, match="different model, data or image setting"):
+    with pytest.raises(UserError, match="image_size=24 would change what the trained model sees"):
         predict_test(other, ex["comp"])
-    f0 = trained_folds(ex["cfg"])[0]
+    f0 = Experiment(ex["cfg"]).trained()[0]
     ck = torch.load(f0, weights_only=True)
     save_atomic({**ck, "classes": ["a", "b", "c"]}, f0)
     with pytest.raises(UserError, match="predicts the classes"):

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from sklearn.metrics import cohen_kappa_score
 from test_predict import make_experiment
 
-from comp.config import load_config
 from comp.errors import UserError
+from comp.experiment import load_config
 from comp.predict import thresholds
-from comp.submit.submission import make_submission
+from comp.predict.submission import make_submission
 
 
 @st.composite

@@ -14,17 +14,17 @@ import pandas as pd
 import pytest
 import torch
 
-from comp.config import load_config
 from comp.data.competition import load_competition
 from comp.data.download import make_demo
 from comp.errors import UserError
+from comp.experiment import load_config
 from comp.io import sha256_file
-from comp.predict.pseudo import make_pseudo
 from comp.tasks import Task
+from comp.teacher.distill import Distiller
+from comp.teacher.pseudo import make_pseudo
+from comp.teacher.pseudo_rows import record_path
 from comp.train.build import build_run
-from comp.train.distill import Distiller
 from comp.train.loop import fit
-from comp.train.pseudo import record_path
 
 SMALL = ["model.name=timm/test_efficientnet", "batch_size=4", "train.tracker=none"]
 
@@ -223,7 +223,7 @@ def test_demo_splits_off_an_unlabelled_external_pool(tmp_path):
 
 
 def test_pseudo_from_saved_test_probabilities(teacher, tmp_path):
-    from comp.train.oof import prob_frame
+    from comp.experiment.oof import prob_frame
 
     cfg = teacher["cfg"]
     comp = load_competition(cfg)

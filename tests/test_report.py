@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from conftest import run_in_process
 
-from comp.config import load_config
+from comp.experiment import load_config
+from comp.experiment.oof import oof_probs
 from comp.metrics import METRICS
 from comp.train.loop import fit
-from comp.train.oof import oof_probs
 
 SMALL = ["model.name=timm/test_efficientnet", "batch_size=4", "epochs=2"]
 

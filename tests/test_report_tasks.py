@@ -14,15 +14,15 @@ from test_faults_config import run_main
 from test_report import report
 from test_tasks import write_competition
 
-from comp.config import load_config
 from comp.errors import UserError
+from comp.experiment import RunFiles, load_config
+from comp.experiment.oof import oof_probs, oof_targets
 from comp.models import create_model
 from comp.report import errors_analysis as ea
 from comp.report.explain import grad_cam
 from comp.report.plots import fold_figures
 from comp.tasks import Task
 from comp.train.loop import fit
-from comp.train.oof import oof_probs, oof_targets
 
 CASES = {  # kind of write_competition -> (metric, folds trained, extra overrides)
     "binary": ("auc", (0,), []),
@@ -109,7 +109,7 @@ def test_report_numbers_and_figures_per_task(runs, kind, capsys):
     figures = {f.stem.removeprefix("oof_") for f in run["dir"].glob("oof_*.png")}
     assert figures == FIGURES[kind]
     assert all((run["dir"] / f"oof_{f}.png").stat().st_size > 5000 for f in figures)
-    drawn = fold_figures(run["dir"] / "fold0", [], metric)  # what scripts/train_fold.py draws after fit
+    drawn = fold_figures(RunFiles(run["dir"] / "fold0"), metric)  # what comp.train_fold draws after fit
     assert set(drawn) == {"curves", *FIGURES[kind]} and all(p.stat().st_size > 5000 for p in drawn.values())
     if kind in ("multilabel", "regression"):  # no classes: no classification report
         assert "classification report" not in out and "macro avg" not in out

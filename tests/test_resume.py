@@ -20,8 +20,8 @@ import pytest
 import torch
 from conftest import ROOT, write_tiny_competition
 
-from comp.config import load_config
-from comp.train import checkpoint as ckpt_io
+from comp.experiment import checkpoint as ckpt_io
+from comp.experiment import load_config
 from comp.train.loop import fit
 
 pytestmark = pytest.mark.slow

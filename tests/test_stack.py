@@ -1,4 +1,4 @@
-"""Stacking with metadata (comp.report.stack, scripts/stack.py) and image embeddings (predict.py
+"""Stacking with metadata (comp.ensemble.stack, scripts/stack.py) and image embeddings (predict.py
 --save-features): a tabular column the images cannot see lifts the stack's honest CV above the image
 model's; fold k's level-2 model never sees fold k's rows; features relative to the patient equal hand
 computations; saved embeddings are the pooled features the classifier reads."""
@@ -16,15 +16,15 @@ import torch
 from conftest import FAST, run_in_process
 from sklearn.metrics import roc_auc_score
 
-from comp.config import load_config
 from comp.data.competition import load_competition
+from comp.ensemble import stack as stack_mod
+from comp.ensemble.stack_data import group_features
 from comp.errors import UserError
+from comp.experiment import load_config
+from comp.experiment.oof import load_oof
 from comp.predict.predict import load_fold, predict_test, trained_folds
-from comp.report import stack as stack_mod
-from comp.report.stack_data import group_features
 from comp.tasks import Task
 from comp.train.loop import fit
-from comp.train.oof import load_oof
 
 N, N_TEST = 64, 8
 BINARY = Task("binary", ["0", "1"], "sigmoid", positive=1)

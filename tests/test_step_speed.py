@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from comp.config import load_config
 from comp.data.competition import load_competition
 from comp.device import compile_model
 from comp.errors import UserError
+from comp.experiment import load_config
 from comp.predict.predict import predict_test
 from comp.schema import COMPILE_MODES
 from comp.train.build import build_run

@@ -12,10 +12,10 @@ import pytest
 from conftest import write_tiny_competition
 from test_predict import make_experiment
 
-from comp.config import load_config
 from comp.data.competition import load_competition
 from comp.errors import UserError
-from comp.submit.submission import build, check, make_submission, read_exact, to_csv_text
+from comp.experiment import load_config
+from comp.predict.submission import build, check, make_submission, read_exact, to_csv_text
 
 
 def _setup(tmp_path, sample_columns=None, classes=(0, 1, 2), extra=()):

@@ -18,8 +18,9 @@ import pytest
 from conftest import ROOT, assert_user_error, run_script, write_tiny_competition
 from test_predict import make_experiment
 
-from comp.config import config_hash, load_config
-from comp.train.oof import cv_table
+from comp.config import config_hash
+from comp.experiment import load_config
+from comp.experiment.oof import cv_table
 
 COMPETITION = "tiny-comp"
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from conftest import write_tiny_competition
 
-from comp.config import load_config
 from comp.data.competition import load_competition
 from comp.data.download import ensure_data
 from comp.errors import UserError
+from comp.experiment import load_config
 
 
 def _zip_competition(tmp_path: Path, inner: bool) -> Path:

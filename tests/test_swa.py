@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.optim.swa_utils import update_bn
 
-from comp.config import load_config
+from comp.experiment import load_config
 from comp.models import create_model
 from comp.predict.predict import load_fold
 from comp.train import loop

@@ -15,13 +15,13 @@ import torch.nn.functional as F
 from conftest import FAST
 from timm.data import Mixup
 
-from comp.config import load_config
 from comp.data.competition import load_competition
 from comp.data.folds import split
-from comp.submit.submission import make_submission
+from comp.experiment import load_config
+from comp.experiment.oof import cv_table, load_oof
+from comp.predict.submission import make_submission
 from comp.tasks import Task, make_task, mix_matrix
 from comp.train.loop import fit
-from comp.train.oof import cv_table, load_oof
 
 LABELS = ["ett", "ngt", "cvc"]
 
@@ -176,8 +176,8 @@ def test_group_level_rows_aggregate_images_like_rsna_mammography(tmp_path):
     """RSNA Screening Mammography 2023's layout: several images per breast; train.csv has no prediction_id
     (made from patient_id + laterality), test.csv has it, the sample has one row per prediction_id; scored by
     pF1 at the breast level, in OOF and in the submission."""
+    from comp.experiment.oof import row_level
     from comp.predict.predict import predict_test
-    from comp.train.oof import row_level
 
     root = tmp_path / "data"
     rng = np.random.default_rng(0)

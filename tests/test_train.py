@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from comp.config import load_config
 from comp.errors import UserError
+from comp.experiment import checkpoint as ckpt_io
+from comp.experiment import load_config
 from comp.report.plots import fold_figures
-from comp.train import checkpoint as ckpt_io
 from comp.train.build import build_run
 from comp.train.loop import fit, train_one_epoch
 from comp.train.optim import lr_at
@@ -70,7 +70,7 @@ def test_outputs_and_sgd_accumulation_clipping(tiny):
                  "train.label_smoothing=0.1", "train.sampler=weighted", "train.class_weights=true", "metric=f1_macro")
     result = fit(cfg, 0)
     fold = result["dir"]
-    fold_figures(fold, result["classes"], result["metric"])  # what scripts/train_fold.py draws after fit
+    fold_figures(result["files"], result["metric"])  # what comp.train_fold draws after fit
     assert {"config.yaml", "last.pt", "best.pt", "metrics.csv", "oof.csv", "curves.png", "confusion.png"} <= {
         p.name for p in fold.iterdir()}
     m = pd.read_csv(fold / "metrics.csv")
@@ -253,13 +253,15 @@ def test_every_loss_option_takes_effect_with_mixup(tiny):
 def test_the_model_defines_its_input_normalisation(tiny):
     # timm's test_resnet was pretrained with mean = std = 0.5, the kit's ResNets with ImageNet's: each run
     # normalises with its model's own values, saves them in the checkpoint, and prediction reads them back.
-    from comp.predict.predict import fold_norm, load_fold
+    from comp.experiment import Experiment
+    from comp.experiment.model import _saved_inputs
 
     run = build_run(config(tiny, "model.name=timm/test_resnet"), 0, resume=False)
     assert run.norm == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     assert build_run(config(tiny, "model.name=resnet18", f"out_dir={tiny['out'] / 'r'}"), 0,
                      resume=False).norm == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     fit(config(tiny, "model.name=timm/test_resnet"), 0)
-    _, meta = load_fold(tiny["out"] / "fold0" / "best.pt", config(tiny, "model.name=timm/test_resnet"))
-    assert fold_norm(meta) == run.norm
-    assert fold_norm({}) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # an older kit's fold: ImageNet's
+    model = Experiment(config(tiny, "model.name=timm/test_resnet")).load_model(tiny["out"] / "fold0" / "best.pt")
+    assert model.norm == run.norm
+    older = {"model_name": "resnet18", "in_chans": 3, "config": {}}  # an older kit's fold, no input_norm: ImageNet's
+    assert _saved_inputs(older)["input_norm"] == [[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]]

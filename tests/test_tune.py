@@ -9,8 +9,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_faults_config import run_main
 
-from comp.config import load_config
 from comp.errors import UserError
+from comp.experiment import load_config
 from comp.report.plots import fold_figures
 from comp.train.loop import Pruned, fit
 from comp.train.tracking import log_figures
@@ -25,7 +25,7 @@ def _events(folder):
 def test_tensorboard_event_files_hold_steps_epochs_config_and_figures(tiny):
     cfg = load_config(None, tiny["overrides"] + ["epochs=2", "train.log_every=1"])
     result = fit(cfg, 0)
-    fold_figures(result["dir"], result["classes"], result["metric"])
+    fold_figures(result["files"], result["metric"])
     log_figures(cfg, result["dir"], [result["dir"] / "curves.png", result["dir"] / "confusion.png"])
     acc = _events(result["dir"] / "tb")
     tags = acc.Tags()

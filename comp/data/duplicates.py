@@ -1,5 +1,5 @@
 """Byte-identical image files between two sets of paths: a leak check for data that joins the training part
-of every fold (comp.data.extra's external sources, comp.predict.pseudo's pseudo-labelled images).
+of every fold (comp.data.extra's external sources, comp.teacher.pseudo's pseudo-labelled images).
 
 Why it matters: an external or test image that is a copy of competition training image X is trained on by
 the fold that validates on X, with X's label (an external source's own label, or a pseudo-label from

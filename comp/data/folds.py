@@ -17,6 +17,7 @@ run of an experiment must share one); it is logged.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -106,8 +107,13 @@ def split(train: pd.DataFrame, n_folds: int, seed: int, grouped: bool) -> pd.Ser
     return fold
 
 
-def folds_path(out_dir: Path) -> Path:
-    return out_dir / "folds.csv"
+@dataclass(frozen=True)
+class SplitFiles:
+    """Where an experiment keeps its split (comp.experiment.Experiment.split names them): `csv` (id, label,
+    group, fold), whose existence marks a finished split, and `meta` (what made it: settings, versions)."""
+
+    csv: Path
+    meta: Path
 
 
 def settings(cfg: Any) -> dict[str, Any]:
@@ -146,8 +152,9 @@ def _release(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def _note_versions(path: Path, made: dict[str, Any], grouped: bool) -> None:
-    """Log (never refuse) how the libraries that made `path` differ from those installed now."""
+def _note_versions(files: SplitFiles, made: dict[str, Any], grouped: bool) -> None:
+    """Log (never refuse) how the libraries that made the split differ from those installed now."""
+    path = files.csv
     then = made.get("made_with")
     if not isinstance(then, dict):
         return  # written before versions were recorded
@@ -159,13 +166,13 @@ def _note_versions(path: Path, made: dict[str, Any], grouped: bool) -> None:
     sk = _release(str(then.get("scikit-learn", "")))
     if grouped and sk and sk < FIXED_SGKF:
         log(f"folds: {path} was made by scikit-learn {then['scikit-learn']}, whose StratifiedGroupKFold(shuffle="
-            f"True) did not stratify (fixed in 1.8); delete it (and folds.json) to re-split them stratified")
+            f"True) did not stratify (fixed in 1.8); delete it (and {files.meta.name}) to re-split them stratified")
 
 
-def _check(path: Path, folds: pd.DataFrame, train: pd.DataFrame, want: dict[str, Any]) -> None:
+def _check(files: SplitFiles, folds: pd.DataFrame, train: pd.DataFrame, want: dict[str, Any]) -> None:
     """Refuse folds.csv when the data or the settings differ from those it was made with."""
-    redo = "delete it (and folds.json) or use another out_dir to re-split"
-    meta_path = path.with_name("folds.json")
+    path, meta_path = files.csv, files.meta
+    redo = f"delete it (and {meta_path.name}) or use another out_dir to re-split"
     made = json.loads(meta_path.read_text()) if meta_path.is_file() else None
     if made is not None and made.get("exclude", []) != want.get("exclude", []):
         raise UserError(f"{path} was made with data.exclude={made.get('exclude', [])!r}, the config now says "
@@ -198,7 +205,7 @@ def _check(path: Path, folds: pd.DataFrame, train: pd.DataFrame, want: dict[str,
     if want["grouped"] and (merged["group"] != merged["group_f"]).any():
         bad = merged.loc[merged["group"] != merged["group_f"], "id"].iloc[0]
         raise UserError(f"{path}: the patient of {bad!r} changed since the folds were made; {redo}")
-    _note_versions(path, made, bool(made.get("grouped")))
+    _note_versions(files, made, bool(made.get("grouped")))
 
 
 def _grouped(train: pd.DataFrame, want: dict[str, Any]) -> bool:
@@ -206,31 +213,31 @@ def _grouped(train: pd.DataFrame, want: dict[str, Any]) -> bool:
     return bool(want["grouped"] and train["group"].nunique() < len(train))
 
 
-def check_folds(cfg: Any, train: pd.DataFrame, out_dir: Path) -> None:
+def check_folds(cfg: Any, train: pd.DataFrame, files: SplitFiles) -> None:
     """Before the slow work (the image cache): fail now if folds.csv will have to be made and cannot be."""
-    if not folds_path(out_dir).exists():
+    if not files.csv.exists():
         check_split(train, int(cfg.folds.n_folds), _grouped(train, settings(cfg)))
 
 
-def load_or_make_folds(cfg: Any, train: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
-    """The fold table for this experiment: read from `out_dir/folds.csv` when it exists (and still
-    matches the data and settings), else made and written atomically (folds.json first, then
-    folds.csv, whose existence marks a finished split).
+def load_or_make_folds(cfg: Any, train: pd.DataFrame, files: SplitFiles) -> pd.DataFrame:
+    """The fold table for this experiment: read from `files.csv` (folds.csv) when it exists (and still
+    matches the data and settings), else made and written atomically (`files.meta` first, then the csv,
+    whose existence marks a finished split).
 
     Raises:
         UserError: folds.csv exists but was made from other images, labels or fold settings.
     """
-    path = folds_path(out_dir)
+    path = files.csv
     want = settings(cfg)
     if path.exists():
         text_label = _text_label(train)  # multi-label rows "0,1,0" stay text
         folds = pd.read_csv(path, dtype={"id": str, "group": str, **({"label": str} if text_label else {})},
                             keep_default_na=False)
-        _check(path, folds, train, want)
+        _check(files, folds, train, want)
         return train.merge(folds[["id", "fold"]], on="id")
     out = train.assign(fold=split(train, want["n_folds"], want["seed"], _grouped(train, want)))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     made = {**want, "made_with": library_versions()}
-    io.write_json(path.with_name("folds.json"), made)
+    io.write_json(files.meta, made)
     io.write_csv(path, out[["id", "label", "group", "fold"]])
     return out

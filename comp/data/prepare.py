@@ -1,8 +1,8 @@
 """scripts/prepare.py's work: data present, every image checked (and cached), folds written.
 
 All the problems of a download are reported at once, by kind (missing, empty, truncated, corrupt),
-in one `error:` line naming the files, with the complete list in `<out_dir>/image_problems.csv`; the
-folds are written only when every image can be used.
+in one `error:` line naming the files, with the complete list in a CSV the caller names (the experiment's
+image_problems.csv); the folds are written only when every image can be used.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from comp.data.cache import cache_folder, process_images
 from comp.data.competition import Problem, load_competition
 from comp.data.download import ensure_data
 from comp.data.extra import load_extra
-from comp.data.folds import check_folds, load_or_make_folds
+from comp.data.folds import SplitFiles, check_folds, load_or_make_folds
 from comp.data.preprocess import check_steps
 from comp.errors import UserError
 from comp.log import log
@@ -66,7 +66,7 @@ def _target_summary(cfg: Any, comp: Any) -> str:
 
 def pseudo_paths(cfg: Any) -> list[str]:
     """The images of `data.pseudo` ([] when unset), for the cache; the file's rules (its record, no training
-    image, the split) are checked when a fold trains (comp.train.pseudo).
+    image, the split) are checked when a fold trains (comp.teacher.pseudo_rows).
 
     Raises:
         UserError: the file is missing or has no `path` column."""
@@ -81,43 +81,45 @@ def pseudo_paths(cfg: Any) -> list[str]:
     return df["path"].tolist()
 
 
-def prepare(cfg: Any, workers: int | None = None, download: bool = False, rebuild_cache: bool = False) -> None:
+def prepare(cfg: Any, split: SplitFiles, problems_csv: Path, workers: int | None = None, download: bool = False,
+            rebuild_cache: bool = False) -> None:
     """Get data.root (the demo built; a Kaggle download only with `download` or data.download), check the
     CSVs, the sample submission and every image (data.extra's and data.pseudo's too; building the cache
-    when `images.cache`: entries of changed sources, or all with `rebuild_cache`, rebuilt), write the folds.
+    when `images.cache`: entries of changed sources, or all with `rebuild_cache`, rebuilt), write the folds
+    (`split`, the experiment's folds.csv and folds.json) and, when images cannot be used, their list
+    (`problems_csv`).
 
     Raises:
         UserError: data.root missing without a download asked, bad config, CSV or sample submission, or
             any unusable image (all of them listed in one message).
     """
     check_steps(cfg.images.preprocess)
-    io.check_dir(resolve_path(cfg.out_dir), "out_dir")  # before a download or hours of caching
+    io.check_dir(split.csv.parent, "out_dir")  # before a download or hours of caching
     if cfg.images.cache:
         io.check_dir(cache_folder(cfg), "images.cache_dir")
     root = ensure_data(cfg, download)
     comp = load_competition(cfg, strict=False, check_sample=True)
-    out_dir = resolve_path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)  # an unusable out_dir or fold setting fails now, not after
+    split.csv.parent.mkdir(parents=True, exist_ok=True)  # an unusable out_dir or fold setting fails now, not after
     if not comp.problems:  # hours of caching (with ids missing their image, their listing comes first)
-        check_folds(cfg, comp.train, out_dir)
+        check_folds(cfg, comp.train, split)
     extra = load_extra(cfg, comp, stage=1) if not comp.problems else None  # every source, pretrain ones too
     paths = comp.train["path"].tolist() + comp.test["path"].tolist()
     paths += extra["path"].tolist() if extra is not None else []
     paths += pseudo_paths(cfg)  # trained on every epoch like the rest: decoded once, into the cache
     problems = comp.problems + process_images(cfg, comp.root, paths, workers, rebuild_cache)
     if problems:
-        report = out_dir / "image_problems.csv"
+        report = problems_csv
         try:
             io.write_csv(report, pd.DataFrame([vars(q) for q in problems]))
         except UserError:  # the list could not be written: the error line below still names every kind
             report = None
         total = len(paths) + sum(q.kind == "missing" for q in comp.problems)
         raise UserError(problems_message(problems, total, comp.root, report))
-    folds = load_or_make_folds(cfg, comp.train, out_dir)
+    folds = load_or_make_folds(cfg, comp.train, split)
     counts = folds.groupby("fold").size().tolist()
     smoke = f" (smoke mode: data.limit={cfg.data.limit})" if cfg.data.limit else ""
     log(f"{root}: {len(comp.train)} training images{smoke} {_target_summary(cfg, comp)}, "
-        f"{len(comp.test)} test images; folds {counts} ({out_dir / 'folds.csv'})")
+        f"{len(comp.test)} test images; folds {counts} ({split.csv})")
     if extra is not None and len(extra):
         log(f"data.extra: {extra['source'].value_counts(sort=False).to_dict()} training images (every fold's "
             f"training part only; cached beside the competition's)")

@@ -14,20 +14,18 @@ the input of its classifier) through the kit's one forward loop (comp.models.inf
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from comp import io
-from comp.config import resolve_path
 from comp.data.competition import Competition
-from comp.data.folds import folds_path
 from comp.device import pick_device
 from comp.errors import UserError
+from comp.experiment import Experiment
 from comp.log import log
-from comp.predict.predict import fold_norm, fold_outputs, load_fold, trained_folds
+from comp.predict.predict import model_outputs, to_device
 
 
 def check_features_dir(path: str | Path) -> Path:
@@ -45,11 +43,7 @@ def check_features_dir(path: str | Path) -> Path:
     return io.check_dir(path, "--save-features")
 
 
-def _fold_of(path: Path) -> int:
-    return int(path.parent.name[len("fold"):])
-
-
-def save_features(cfg: Any, comp: Competition, out: str | Path, device: torch.device | None = None
+def save_features(exp: Experiment, comp: Competition, out: str | Path, device: torch.device | None = None
                   ) -> dict[str, np.ndarray]:
     """Write every trained fold's embeddings (module doc) to `out` and return them by file stem
     (`train`, `test_fold<K>`).
@@ -58,13 +52,14 @@ def save_features(cfg: Any, comp: Competition, out: str | Path, device: torch.de
         UserError: no trained fold, a fold that does not match the config, no folds.csv, or an unwritable
             folder.
     """
+    cfg = exp.cfg
     out = check_features_dir(out)
     if len(cfg.seeds) > 1:
         raise UserError(f"--save-features: the seeds of a bag {list(cfg.seeds)} embed images in different spaces; "
                         f"save one seed's features with seeds=[{cfg.seeds[0]}]")
     device = device or pick_device(cfg.device)
-    paths = trained_folds(cfg)
-    fpath = folds_path(resolve_path(cfg.out_dir))
+    models = exp.load_models(comp.classes)
+    fpath = exp.split.csv
     if not fpath.is_file():
         raise UserError(f"--save-features: {fpath} is missing; the folds were trained from it")
     folds = pd.read_csv(fpath, dtype={"id": str})
@@ -72,28 +67,27 @@ def save_features(cfg: Any, comp: Competition, out: str | Path, device: torch.de
     out.mkdir(exist_ok=True)
     arrays: dict[str, np.ndarray] = {}
     train_parts, id_parts = [], []
-    models, norm = [], None
-    for path in paths:
-        model, meta = load_fold(path, cfg, comp.classes)
-        model = model.to(device)
-        k, norm = _fold_of(path), fold_norm(meta)
+    nets = []
+    for m in models:
+        net = to_device(m, device, cfg)
+        k = exp.fold_of(m.path)
         ids = [i for i in folds.loc[folds["fold"] == k, "id"] if i in where]
-        feats = fold_outputs(cfg, comp, [model], [where[i] for i in ids], device, f"features fold{k} (OOF)",
-                             norm, features=True)[0]
+        feats = model_outputs(cfg, comp, [m], [net], [where[i] for i in ids], device,
+                              f"features {exp.name(m.path)} (OOF)", features=True)[0]
         train_parts.append(feats.numpy().astype(np.float32))
         id_parts.append(pd.DataFrame({"id": ids, "fold": k}))
-        models.append(model)
+        nets.append(net)
     arrays["train"] = np.concatenate(train_parts)
     io.save_npy(out / "train.npy", arrays["train"], what="--save-features")
     io.write_csv(out / "train_ids.csv", pd.concat(id_parts, ignore_index=True), what="--save-features")
     if len(comp.test):
-        test = fold_outputs(cfg, comp, models, comp.test["path"].tolist(), device,
-                            f"features {len(models)} fold(s) (test)", norm, features=True)
-        for path, feats in zip(paths, test, strict=True):
-            name = f"test_fold{_fold_of(path)}"
+        test = model_outputs(cfg, comp, models, nets, comp.test["path"].tolist(), device,
+                             f"features {len(models)} fold(s) (test)", features=True)
+        for m, feats in zip(models, test, strict=True):
+            name = f"test_fold{exp.fold_of(m.path)}"
             arrays[name] = feats.numpy().astype(np.float32)
             io.save_npy(out / f"{name}.npy", arrays[name], what="--save-features")
         io.write_csv(out / "test_ids.csv", comp.test[["id"]], what="--save-features")
     log(f"features: {arrays['train'].shape[0]} train (OOF) and {len(comp.test)} test image(s) x "
-        f"{arrays['train'].shape[1]} dims from {len(paths)} fold(s) in {out}")
+        f"{arrays['train'].shape[1]} dims from {len(models)} fold(s) in {out}")
     return arrays

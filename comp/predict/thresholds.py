@@ -14,11 +14,11 @@ gains, per fold and pooled, are logged and saved, and the cut-points (fit on eve
 when the honest pooled gain is positive (and the in-sample one too); otherwise the decoding is the argmax.
 
 They are fit on OOF predictions made the way test predictions are: with the config's TTA views
-(comp.predict.oof_tta, `fold<K>/oof_tta.csv`) when aug.tta has more than the identity view, else on the
-plain `fold<K>/oof.csv`. Each fold's OOF still comes from one model, where the test predictions average
+(comp.predict.oof_tta, each fold's oof_tta.csv) when aug.tta has more than the identity view, else on the
+plain oof.csv files. Each fold's OOF still comes from one model, where the test predictions average
 the folds (a smoother score); that difference remains.
 
-The result is `<out_dir>/thresholds.json`, refit only when the OOF files change, reused at prediction
+The result is the experiment's thresholds.json, refit only when the OOF files change, reused at prediction
 time and shipped in the offline package.
 """
 
@@ -32,13 +32,12 @@ from typing import Any
 import numpy as np
 
 from comp import io
-from comp.config import resolve_path
 from comp.errors import UserError
+from comp.experiment import Experiment
+from comp.experiment.oof import aggregate, oof_probs, oof_task, row_level
 from comp.log import log
 from comp.predict import cutoff, oof_tta
-from comp.train.oof import aggregate, oof_files, oof_probs, oof_task, read_oof, row_level
 
-FILE = "thresholds.json"
 VERSION = 2  # 2: the honest (cross-fitted) gain decides; a file of another version is refit
 GRID = 256  # candidate positions per cut-point per round (quantiles of the scores inside its interval)
 ROUNDS = 20  # coordinate-search sweeps; it stops earlier as soon as one sweep changes nothing
@@ -179,51 +178,63 @@ def _gain(v: float | None) -> str:
     return "n/a" if v is None else f"{v:+.4f}"
 
 
-def load_or_fit(cfg: Any, num_classes: int, comp: Any = None) -> dict[str, Any] | None:
-    """The decoding of this experiment's grades, or None when predictions use the argmax (metric is not
-    qwk, predict.thresholds=false, or neither OOF predictions nor a thresholds.json exist).
-
-    With OOF files, `<out_dir>/thresholds.json` is reused while it was fit on exactly these files (the TTA
-    OOF when aug.tta has more than the identity view, made or reused by comp.predict.oof_tta, with `comp`
-    the loaded competition or None to load it), else refit and rewritten. Without them (the offline
-    package), the saved file is used as it is."""
+def uses_decoding(cfg: Any) -> bool:
+    """Whether predictions are decoded with something fit on the OOF: qwk cut-points, or a binary task's
+    decision threshold for f1 / pf1 (predict.thresholds on)."""
     binary_cut = cfg.task == "binary" and cfg.metric in ("f1", "pf1")  # a decision threshold (comp.predict.cutoff)
-    if (cfg.metric != "qwk" and not binary_cut) or not cfg.predict.thresholds:
+    return (cfg.metric == "qwk" or binary_cut) and bool(cfg.predict.thresholds)
+
+
+def fit_decoding(exp: Experiment, num_classes: int, comp: Any = None) -> dict[str, Any] | None:
+    """The decoding of this experiment's predictions, or None when they use the argmax (metric is not qwk,
+    nor f1/pf1 of a binary task, predict.thresholds=false, or neither OOF predictions nor a saved
+    thresholds.json exist). A step of its own, logged as such (make_submission runs it before the test set).
+
+    With OOF files, the experiment's thresholds.json is reused while it was fit on exactly these files, else
+    refit and rewritten. When aug.tta has more than the identity view, it is fit on out-of-fold predictions
+    made with those views (comp.predict.oof_tta: each fold's validation images predicted once more, reused
+    while the folds are unchanged; `comp`: the loaded competition, or None to load it), as the test set is
+    predicted. Without OOF files (the offline package), the saved file is used as it is."""
+    cfg = exp.cfg
+    if not uses_decoding(cfg):
         return None
-    out_dir = resolve_path(cfg.out_dir)
-    path = out_dir / FILE
-    files = oof_files(out_dir, cfg.folds.n_folds)
+    binary_cut = cfg.task == "binary"
+    path = exp.file("thresholds")
+    files = exp.oof_files()
     if not files:
         if path.is_file():
             t = read(path, num_classes)
-            log(f"thresholds: {t['method']} from {path} (OOF kappa {t['kappa']:.4f})")
+            log(f"decoding: {t['method']} from {path} (OOF kappa {t['kappa']:.4f})")
             return t
-        log("thresholds: no out-of-fold predictions to tune cut-points on; decoding with the argmax")
+        log("decoding: no out-of-fold predictions to tune cut-points on; decoding with the argmax")
         return None
-    source = "oof"
+    kind = "oof"
     if oof_tta.uses_tta(cfg):
-        files, source = oof_tta.write_tta_oof(cfg, comp), "oof_tta"
+        log(f"decoding: the {'decision threshold' if binary_cut else 'cut-points'} are fit on out-of-fold "
+            f"predictions made as the test set's are, with the TTA views {list(cfg.aug.tta)}: each trained fold's "
+            f"validation images are predicted once more (reused while the folds are unchanged)")
+        files, kind = oof_tta.write_tta_oof(exp, comp), "oof_tta"
     digest = _digest(files)
     if path.is_file():
         t = read(path, num_classes)
         if t.get("oof_digest") == digest and t.get("version") == VERSION:
+            log(f"decoding: {t['method']} from {path} (fit on these out-of-fold files)")
             return t
-    oof = read_oof(files)
+    oof = exp.oof(kind)
     if binary_cut:
-        return _fit_cutoff(cfg, oof, path, digest, source, num_classes)
+        return _fit_cutoff(cfg, oof, path, digest, kind, num_classes)
     probs = oof_probs(oof)
     if probs.shape[1] not in (1, num_classes):
         raise UserError(f"{files[0]} has {probs.shape[1]} probability columns but the data has {num_classes} classes")
     t = {"version": VERSION, **choose(oof["label"].to_numpy(), probs, oof["fold"].to_numpy(), num_classes),
-         "source": source,
-         "oof_digest": digest}
+         "source": kind, "oof_digest": digest}
     io.write_json(path, t, what="thresholds")
     for f in t["folds"]:
-        log(f"thresholds: fold{f['fold']} ({f['n']} rows) kappa gain over the argmax: in-sample "
+        log(f"decoding: fold{f['fold']} ({f['n']} rows) kappa gain over the argmax: in-sample "
             f"{_gain(f['gain_in_sample'])}, honest (cut-points fit on the other folds) {_gain(f['gain_honest'])}")
     shown = (f"cut-points {np.round(t['cuts'], 3).tolist()}" if t["cuts"] else
              "argmax kept (the cut-points' honest gain is not positive)")
-    log(f"thresholds: {source} qwk {t['kappa_argmax']:.4f} (argmax); cut-points gain {_gain(t['gain_in_sample'])} "
+    log(f"decoding: {kind} qwk {t['kappa_argmax']:.4f} (argmax); cut-points gain {_gain(t['gain_in_sample'])} "
         f"in-sample, {_gain(t['gain_honest'])} honest; {shown}; saved {path}")
     return t
 
@@ -241,7 +252,7 @@ def _fit_cutoff(cfg: Any, oof: Any, path: Path, digest: str, source: str, num_cl
          "num_classes": num_classes, "positive": positive, "source": source, "oof_digest": digest}
     io.write_json(path, t, what="thresholds")
     shown = f"threshold {t['cutoff']:.4f}" if t["cutoff"] is not None else "probabilities kept"
-    log(f"thresholds: {source} {cfg.metric} {t['score_baseline']:.4f} without a threshold; tuned {t['score_tuned']:.4f}"
+    log(f"decoding: {source} {cfg.metric} {t['score_baseline']:.4f} without a threshold; tuned {t['score_tuned']:.4f}"
         f" in-sample, honest gain {_gain(t['gain_honest'])}; {shown}; saved {path}")
     return t
 

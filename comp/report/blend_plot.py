@@ -14,7 +14,7 @@ from comp.report.plots import save_figure
 
 
 def blend_figure(table: pd.DataFrame, corr: np.ndarray, metric: str, path: Path, title: str = "") -> None:
-    """Two panels: bars of the CV of every row of `table` (comp.submit.blend.Result.table: name, kind,
+    """Two panels: bars of the CV of every row of `table` (comp.ensemble.blend.Result.table: name, kind,
     cv_honest, cv_in_sample; members solid, blends' honest CV solid and their in-sample CV hatched), and
     the (M, M) correlation matrix `corr` of the members (rows of kind `member`, in order)."""
     names = table["name"].tolist()

@@ -26,10 +26,10 @@ import numpy as np
 import pandas as pd
 
 from comp.errors import UserError
+from comp.experiment.oof import oof_probs, oof_targets
 from comp.io import write_csv
 from comp.log import progress
 from comp.tasks import Task
-from comp.train.oof import oof_probs, oof_targets
 
 EPS = 1e-7  # probability floor of the log loss (scikit-learn's log_loss clips likewise)
 
@@ -63,7 +63,7 @@ def top_losses(oof: pd.DataFrame, classes: list[str] | Task) -> pd.DataFrame:
     """Every OOF row by how wrong it is, worst first (ties keep the OOF order).
 
     Args:
-        oof: id, the targets and outputs of comp.train.oof, and optionally fold, group.
+        oof: id, the targets and outputs of comp.experiment.oof, and optionally fold, group.
         classes: the Task, or the class names of a multiclass softmax.
     Returns:
         id, fold, group (when present), then: classes: label, pred (class names; soft targets: the

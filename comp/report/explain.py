@@ -36,18 +36,19 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from comp.config import resolve_path  # noqa: E402
 from comp.data.augment import build_transform  # noqa: E402
 from comp.data.cache import image_loader  # noqa: E402
 from comp.data.competition import Competition, load_competition  # noqa: E402
 from comp.data.loader import IMAGENET, ImageDataset, to_input  # noqa: E402
+from comp.device import pick_device  # noqa: E402
 from comp.errors import UserError  # noqa: E402
+from comp.experiment import Experiment  # noqa: E402
+from comp.experiment.model import input_config  # noqa: E402
+from comp.experiment.oof import oof_task  # noqa: E402
 from comp.io import write_bytes, write_text  # noqa: E402
 from comp.log import log  # noqa: E402
-from comp.predict.predict import fold_norm, load_fold, pick_device, trained_folds  # noqa: E402
 from comp.report import errors_analysis as ea  # noqa: E402
 from comp.report.review import SECTIONS, review_rows, section_titles  # noqa: E402
-from comp.train.oof import load_oof, oof_task  # noqa: E402
 
 PER = {"multilabel": " per label", "regression": ""}
 PER.update({k: " per class" for k in ("multiclass", "binary", "ordinal")})
@@ -290,12 +291,12 @@ def explain(cfg: Any, per_class: int = 4, out: Path | None = None, duplicates: b
     """
     if per_class < 1:
         raise UserError(f"--per-class {per_class}: must be >= 1")
-    run_dir = resolve_path(cfg.out_dir)
-    out = out or run_dir / "explain"
+    exp = Experiment(cfg)
+    out = out or exp.sub("explain")
     comp = load_competition(cfg)
-    oof = load_oof(run_dir, cfg.folds.n_folds)
+    oof = exp.oof()
     task = oof_task(cfg, oof)
-    folds_csv = run_dir / "folds.csv"
+    folds_csv = exp.split.csv
     if folds_csv.is_file():
         groups = pd.read_csv(folds_csv, dtype={"id": str, "group": str}, keep_default_na=False)
         oof = oof.merge(groups[["id", "group"]], on="id", how="left")
@@ -304,18 +305,16 @@ def explain(cfg: Any, per_class: int = 4, out: Path | None = None, duplicates: b
     device = pick_device(cfg.device)
     written: list[Path] = []
     sheets: dict[int, list[dict]] = {}  # first: a checkpoint that does not match fails before the slow hashing
-    for path in trained_folds(cfg):
-        bagged = path.parent.name.startswith("seed")  # a seed bag's fold<K>/seed<S>/best.pt (comp.train.bag)
-        k = int((path.parent.parent if bagged else path.parent).name.removeprefix("fold"))
+    for model in exp.load_models(comp.classes):
+        k = exp.fold_of(model.path)
         if k in sheets:  # a seed bag: the sheets show the fold's first seed, on the rows the bag's OOF picks
             continue
         mine = oof[oof["fold"] == k]
         if mine.empty:
-            log(f"explain: {path.parent} has no oof.csv; skipped")
+            log(f"explain: {exp.name(model.path)} has no out-of-fold predictions; skipped")
             continue
-        model, meta = load_fold(path, cfg, comp.classes)
-        sheets[k] = render(cfg, comp, model, review_rows(mine, task, per_class, cfg.seed), device, load,
-                           fold_norm(meta))
+        sheets[k] = render(input_config(cfg, model), comp, model.model, review_rows(mine, task, per_class, cfg.seed),
+                           device, load, model.norm)
         for s, name in section_titles(task).items():
             chosen = [it for it in sheets[k] if it["section"] == s]
             if chosen:
@@ -332,7 +331,7 @@ def explain(cfg: Any, per_class: int = 4, out: Path | None = None, duplicates: b
         notes["confused_pairs"] = f"none: task={task.kind} has no classes"
     if task.head == "regression":
         notes["label_issues"] = f"none: task={task.kind} with a regression head has no class probabilities"
-    page = html_page(f"{run_dir.name}: what the model learned", sheets, tables, {i: load(paths[i]) for i in shown},
+    page = html_page(f"{exp.dir.name}: what the model learned", sheets, tables, {i: load(paths[i]) for i in shown},
                      notes, section_titles(task))
     written.append(write_text(out / "review.html", page))
     n = sum(len(v) for v in sheets.values())

@@ -23,9 +23,10 @@ from sklearn import metrics as skm  # noqa: E402
 from sklearn.calibration import calibration_curve  # noqa: E402
 
 from comp import io  # noqa: E402
+from comp.experiment import RunFiles
+from comp.experiment.oof import oof_probs, oof_targets  # noqa: E402
 from comp.metrics import confusion  # noqa: E402
 from comp.tasks import Task  # noqa: E402
-from comp.train.oof import oof_probs, oof_targets  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, path: Path, dpi: int = 100) -> None:
@@ -156,7 +157,7 @@ def scatter_figure(truth: np.ndarray, pred: np.ndarray, path: Path, xlabel: str 
 
 def task_figures(task: Task, y: np.ndarray, out: np.ndarray, directory: Path, prefix: str = "",
                  title: str = "") -> dict[str, Path]:
-    """The figures of `task` (module docstring) for targets `y` (comp.train.oof.oof_targets) and outputs
+    """The figures of `task` (module docstring) for targets `y` (comp.experiment.oof.oof_targets) and outputs
     `out` (N, K), written to `<directory>/<prefix><name>.png`; returns {name: path} for the names
     confusion, roc, calibration, scatter that the task has."""
     paths: dict[str, Path] = {}
@@ -182,30 +183,28 @@ def task_figures(task: Task, y: np.ndarray, out: np.ndarray, directory: Path, pr
     return paths
 
 
-def saved_task(run_dir: Path, oof: pd.DataFrame) -> Task:
-    """The task of a fold or experiment folder's OOF frame: comp.train.oof.oof_task under the config saved
-    with the run (`config.yaml`, or that of its first fold), else (a run of a kit older than the file) a
-    multiclass softmax over the OOF's classes."""
-    from comp.config import load_config
-    from comp.train.oof import classes_of, oof_task
+def saved_task(config: Path | None, oof: pd.DataFrame) -> Task:
+    """The task of an OOF frame: comp.experiment.oof.oof_task under the config saved with the run or
+    experiment (`config`, a config.yaml), else (a run of a kit older than the file) a multiclass softmax over
+    the OOF's classes."""
+    from comp.config import read_config
+    from comp.experiment.oof import classes_of, oof_task
 
-    saved = [run_dir / "config.yaml", *sorted(run_dir.glob("fold*/config.yaml"))]
-    found = next((p for p in saved if p.is_file()), None)
-    if found is None:
+    if config is None or not config.is_file():
         return Task(kind="multiclass", names=classes_of(oof), head="softmax")
-    return oof_task(load_config(found), oof)
+    return oof_task(read_config(config), oof)
 
 
-def fold_figures(fold_dir: Path, classes: list[str], metric: str) -> dict[str, Path]:
-    """curves.png from metrics.csv, and the task's figures (`task_figures`: confusion.png, roc.png,
-    calibration.png, scatter.png) from oof.csv, of one fold folder. `classes`: the output names (kept for
-    callers; the task, names included, is read from the fold's config.yaml and oof.csv)."""
-    history = pd.read_csv(fold_dir / "metrics.csv")
-    curves(history, metric, fold_dir / "curves.png", title=fold_dir.name)
-    oof = pd.read_csv(fold_dir / "oof.csv", dtype={"id": str})
-    task = saved_task(fold_dir, oof)
-    return {"curves": fold_dir / "curves.png",
-            **task_figures(task, oof_targets(oof), oof_probs(oof), fold_dir, "", fold_dir.name)}
+def fold_figures(files: RunFiles, metric: str) -> dict[str, Path]:
+    """curves.png from a run's metrics.csv, and the task's figures (`task_figures`: confusion.png, roc.png,
+    calibration.png, scatter.png) from its oof.csv, in the run's folder (the task read from the run's
+    config.yaml and oof.csv)."""
+    d = files.dir
+    history = pd.read_csv(files.metrics)
+    curves(history, metric, d / "curves.png", title=d.name)
+    oof = pd.read_csv(files.oof, dtype={"id": str})
+    task = saved_task(files.config, oof)
+    return {"curves": d / "curves.png", **task_figures(task, oof_targets(oof), oof_probs(oof), d, "", d.name)}
 
 
 def compare_figure(runs: dict[str, list[pd.DataFrame]], metric: str, path: Path, title: str = "") -> None:

@@ -12,18 +12,18 @@ import numpy as np
 import pandas as pd
 
 from comp import io
-from comp.config import resolve_path
 from comp.errors import UserError
+from comp.experiment import Experiment
+from comp.experiment.oof import oof_probs, oof_targets, oof_task, row_level
 from comp.metrics import METRICS, applies, classification_report, higher_is_better, score, score_all
 from comp.tasks import Task
-from comp.train.oof import load_oof, oof_probs, oof_targets, oof_task, row_level
 
 
 def cv_report(cfg: Any) -> tuple[pd.DataFrame, float, int, Task]:
-    """The CV table of the experiment at `out_dir`, written to <out_dir>/cv.csv: one row per fold (`fold`
+    """The CV table of the experiment at `out_dir`, written to its cv.csv: one row per fold (`fold`
     = its number, `n` its images, or its submission rows with data.submission_id_column: every score is at
-    the submission's level, comp.train.oof.row_level), a `mean` row (the folds' mean) and an `oof` row (all out-of-fold
-    predictions pooled), with a column per metric that scores the task (comp.metrics.score_all); and the
+    the submission's level, comp.experiment.oof.row_level), a `mean` row (the folds' mean) and an `oof` row (all
+    out-of-fold predictions pooled), with a column per metric that scores the task (comp.metrics.score_all); and the
     CV score (the competition metric over the pooled OOF), the number of folds found and the task.
 
     Raises:
@@ -31,8 +31,8 @@ def cv_report(cfg: Any) -> tuple[pd.DataFrame, float, int, Task]:
     """
     from comp.metrics import check_metric
 
-    out_dir = resolve_path(cfg.out_dir)
-    oof = load_oof(out_dir, cfg.folds.n_folds)
+    exp = Experiment(cfg)
+    oof = exp.oof()
     task = oof_task(cfg, oof)
     check_metric(cfg.metric, task)
     how = cfg.predict.aggregate  # scored at the submission's level: images grouped into rows (row_level)
@@ -46,7 +46,7 @@ def cv_report(cfg: Any) -> tuple[pd.DataFrame, float, int, Task]:
     y, out = row_level(oof, how, task.positive)
     pooled = {"fold": "oof", "n": len(y), **score_all(y, out, task=task, min_tpr=cfg.pauc_min_tpr)}
     table = pd.concat([table, pd.DataFrame([mean, pooled])], ignore_index=True)
-    io.write_csv(out_dir / "cv.csv", table)
+    io.write_csv(exp.file("cv"), table)
     return table, float(pooled[cfg.metric]), len(rows), task
 
 
@@ -57,37 +57,29 @@ def oof_report(cfg: Any, task: Task | None = None) -> tuple[pd.DataFrame | None,
     (comp.report.plots.task_figures: confusion, roc, calibration, scatter), by name."""
     from comp.report.plots import class_truth, task_figures
 
-    out_dir = resolve_path(cfg.out_dir)
-    oof = load_oof(out_dir, cfg.folds.n_folds)
+    exp = Experiment(cfg)
+    oof = exp.oof()
     task = task or oof_task(cfg, oof)
     y, out = oof_targets(oof), oof_probs(oof)
     n = oof["fold"].nunique()
-    figures = task_figures(task, y, out, out_dir, "oof_", f"{out_dir.name}: out-of-fold, {n} fold{'s' * (n != 1)}")
+    figures = task_figures(task, y, out, exp.dir, "oof_", f"{exp.dir.name}: out-of-fold, {n} fold{'s' * (n != 1)}")
     if not task.has_classes:
         return None, figures
     return classification_report(class_truth(task, y), task.decode(out), task.names), figures
 
 
 def load_experiment(run_dir: Path) -> tuple[list[pd.DataFrame], pd.DataFrame | None, str | None, Any]:
-    """An experiment folder's per-fold histories (fold*/metrics.csv; a seed bag's fold*/seed*/), its
-    out-of-fold predictions (None when no fold has an oof.csv), its competition metric and its config (from
-    a fold's config.yaml; None for both when no fold has one).
+    """An experiment folder's per-fold histories (each final run's metrics.csv, every seed's in a bag), its
+    out-of-fold predictions (None when no fold has them), its competition metric and its config (the one
+    saved in it: comp.experiment.Experiment.open).
 
     Raises:
-        UserError: the folder holds no trained fold.
+        UserError: the folder holds no experiment of this kit, or no trained fold.
     """
-    from comp.config import load_config
-
-    # a seed bag's runs are fold<K>/seed<S>/, its OOF the bag's fold<K>/oof.csv (comp.train.bag)
-    runs = sorted(p.parent for p in [*run_dir.glob("fold*/metrics.csv"), *run_dir.glob("fold*/seed*/metrics.csv")])
-    if not runs:
-        raise UserError(f"{run_dir} holds no trained fold (no fold*/metrics.csv)")
-    histories = [pd.read_csv(f / "metrics.csv") for f in runs]
-    folds = sorted({f if f.name.startswith("fold") else f.parent for f in runs})
-    oofs = [pd.read_csv(f / "oof.csv", dtype={"id": str}) for f in folds if (f / "oof.csv").is_file()]
-    saved = next((f / "config.yaml" for f in runs if (f / "config.yaml").is_file()), None)
-    cfg = load_config(saved) if saved is not None else None
-    return histories, pd.concat(oofs, ignore_index=True) if oofs else None, cfg.metric if cfg else None, cfg
+    exp = Experiment.open(run_dir)
+    histories = exp.histories()
+    oof = exp.oof() if exp.oof_files() else None
+    return histories, oof, exp.cfg.metric, exp.cfg
 
 
 def compare(run_dirs: list[Path], path: Path, labels: list[str] | None = None,
@@ -106,7 +98,7 @@ def compare(run_dirs: list[Path], path: Path, labels: list[str] | None = None,
         UserError: a folder without trained folds, a label count that does not match, an unknown metric,
             or one that does not score an experiment's task.
     """
-    from comp.report.plots import compare_figure, saved_task
+    from comp.report.plots import compare_figure
 
     if labels and len(labels) != len(run_dirs):
         raise UserError(f"--labels: {len(labels)} labels for {len(run_dirs)} experiments")
@@ -124,7 +116,7 @@ def compare(run_dirs: list[Path], path: Path, labels: list[str] | None = None,
     for d, label, (histories, oof, _, cfg) in zip(run_dirs, labels, loaded, strict=True):
         cv = float("nan")
         if oof is not None:
-            task = saved_task(d, oof)
+            task = oof_task(cfg, oof)
             if not applies(metric, task):
                 raise UserError(f"--metric: {metric!r} does not score {d}'s task={task.kind}")
             cv = score(metric, oof_targets(oof), oof_probs(oof), task=task,

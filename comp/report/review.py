@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from comp.experiment.oof import oof_probs, oof_targets
 from comp.report import errors_analysis as ea
 from comp.tasks import Task
-from comp.train.oof import oof_probs, oof_targets
 
 SECTIONS = {"errors": "most confident errors", "unsure": "least confident correct", "random": "random sample"}
 

@@ -1,6 +1,2 @@
-"""From predictions to Kaggle: the submission frame and its validation (submission), the submit flow and
-its records (kaggle), the offline package for code competitions (package)."""
-
-from comp.submit.submission import make_submission
-
-__all__ = ["make_submission"]
+"""To Kaggle: the submit flow of a CSV competition and its records (kaggle), the notebook flow of a code
+competition (notebook), and the offline package a code competition's notebook predicts with (package)."""

@@ -35,7 +35,7 @@ from comp.data.competition import load_competition
 from comp.errors import UserError
 from comp.io import write_text
 from comp.log import log
-from comp.submit.submission import check, read_exact, row_view, score_holdout
+from comp.predict.submission import check, read_exact, row_view, score_holdout
 from comp.system import git_commit
 
 INDEX_COLUMNS = ["time", "file", "competition", "config", "config_hash", "git_commit", "cv_metric", "cv_score",
@@ -45,11 +45,11 @@ POLL_S = 15.0  # seconds between status reads
 
 
 def cv_score(cfg: Any) -> str:
-    """The experiment's out-of-fold score (comp.report.cv_table), or empty when no fold has an OOF."""
-    from comp.train.oof import cv_table
+    """The experiment's out-of-fold score (comp.experiment.Experiment.cv), or empty when no fold has an OOF."""
+    from comp.experiment import Experiment
 
     try:
-        return f"{cv_table(cfg)[1]:.6f}"
+        return f"{Experiment(cfg).cv()[1]:.6f}"
     except UserError:
         return ""
 

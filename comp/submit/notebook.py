@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from comp import kaggle_cli
-from comp.config import resolve_path
 from comp.errors import UserError
+from comp.experiment import Experiment
 from comp.io import write_json, write_text
 from comp.log import log
 from comp.submit.kaggle import POLL_S, WAIT_S, record
@@ -122,8 +122,8 @@ def notebook_submit(cfg: Any, message: str, config_path: str | None = None, data
     kernel_id = kernel_id or f"{owner}/{base}-infer"
     if not re.fullmatch(r"[\w.-]+/[a-z0-9][a-z0-9-]{4,49}", kernel_id):
         raise UserError(f"--kernel-id {kernel_id!r} is not OWNER/SLUG (slug: 5-50 lowercase letters, digits, '-')")
-    out_dir = resolve_path(cfg.out_dir)
-    pkg = build_package(cfg, out_dir / "package", dataset_id=dataset_id or f"{owner}/{base}-models", force=True)
+    exp = Experiment(cfg)
+    pkg = build_package(cfg, exp.sub("package"), dataset_id=dataset_id or f"{owner}/{base}-models", force=True)
     dataset = json.loads((pkg / "dataset-metadata.json").read_text())["id"]
     created: list[str] = []
     try:
@@ -141,7 +141,7 @@ def notebook_submit(cfg: Any, message: str, config_path: str | None = None, data
         log(f"kaggle: {created[-1]} uploaded")
         _poll(["datasets", "status", dataset], re.compile(r"^\s*ready\s*$", re.M | re.I), 1800, poll_s,
               f"dataset {dataset}")
-        folder = kernel_folder(cfg, dataset, kernel_id, out_dir / "kernel")
+        folder = kernel_folder(cfg, dataset, kernel_id, exp.sub("kernel"))
         pushed = kaggle_cli.run(["kernels", "push", "-p", str(folder)])
         m = re.search(r"Kernel version (\d+) successfully pushed", pushed)
         if not m:

@@ -36,12 +36,13 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from comp import io
-from comp.config import REPO_ROOT, config_hash, load_config, resolve_path
+from comp.config import REPO_ROOT, resolve_path
 from comp.errors import UserError
+from comp.experiment import Experiment, load_config
+from comp.experiment import checkpoint as ckpt_io
 from comp.log import log
 from comp.predict import thresholds
-from comp.predict.predict import check_probs_path, save_probs, trained_folds
-from comp.train import checkpoint as ckpt_io
+from comp.predict.predict import check_probs_path, save_probs
 
 RUNTIME_WARN_SHARE = 0.5  # warn when the estimated run passes half the limit: Kaggle's GPUs are often slower
 # than the packaging machine, and a notebook that times out on the hidden rerun scores nothing
@@ -72,12 +73,15 @@ if __name__ == "__main__":
 '''
 
 
+RESUME_ONLY = ("optimizer", "scaler", "rng", "partial", "swa", "history")  # what prediction never reads
+
+
 def _slim(ck: dict[str, Any]) -> dict[str, Any]:
-    """A fold checkpoint reduced to what prediction needs: the validated weights and the metadata."""
+    """A fold checkpoint reduced to what prediction needs: the validated weights and the metadata (what the
+    model sees and predicts: comp.experiment.model)."""
     weights = ck["ema"] if ck.get("eval_weights") == "ema" and ck.get("ema") is not None else ck["model"]
-    keep = ("format_version", "config_hash", "model_name", "num_classes", "in_chans", "classes", "fold", "metric",
-            "best", "epoch", "input_norm", "positive", "config")
-    return {**{k: ck[k] for k in keep if k in ck}, "model": weights, "ema": None, "eval_weights": "model"}
+    meta = {k: v for k, v in ck.items() if k not in (*RESUME_ONLY, "model", "ema", "eval_weights")}
+    return {**meta, "model": weights, "ema": None, "eval_weights": "model"}
 
 
 def _vendor_omegaconf(dest: Path) -> None:
@@ -194,38 +198,33 @@ def build_package(cfg: Any, out: Path | None = None, dataset_id: str | None = No
     Raises:
         UserError: no trained fold, a fold trained with another config, `out` exists (without `force`).
     """
-    out_dir = resolve_path(cfg.out_dir)
-    out = io.check_dir(Path(out) if out is not None else out_dir / "package", "-o" if out is not None else "out_dir")
+    exp = Experiment(cfg)
+    out = io.check_dir(Path(out) if out is not None else exp.sub("package"), "-o" if out is not None else "out_dir")
     if out.exists() and any(out.iterdir()) and not force:
         raise UserError(f"{out} already exists; pass --force to replace it, or -o another folder")
-    want = config_hash(cfg)
-    folds = []
-    for path in trained_folds(cfg):
-        ck = ckpt_io.load(path)
-        if ck.get("config_hash") != want:
-            raise UserError(f"{path} was trained with another model, data or image setting than this config "
-                            f"(hash {ck.get('config_hash')} != {want})")
-        folds.append((path, ck))
-    if len(folds) < cfg.folds.n_folds:
-        log(f"packaging {len(folds)} of {cfg.folds.n_folds} folds (the others have no best.pt)")
-    decoding = thresholds.load_or_fit(cfg, len(folds[0][1]["classes"]))
+    models = exp.load_models()  # they agree with each other and with this config on what they see
+    trained = exp.trained_folds()
+    if len(trained) < cfg.folds.n_folds:
+        log(f"packaging {len(trained)} of {cfg.folds.n_folds} folds (the others are not trained)")
+    decoding = thresholds.fit_decoding(exp, len(models[0].classes))
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with io.atomic_dir(out, "package") as tmp:  # a leftover of a killed run is cleared first
-        for path, ck in folds:
-            ckpt_io.save(_slim(ck), tmp / path.parent.relative_to(out_dir) / "best.pt")  # fold<K>[/seed<S>]
+        pkg = Experiment(cfg, tmp)  # the package is an experiment folder of its own: its runs as the experiment's
+        for m in models:
+            ckpt_io.save(_slim(ckpt_io.load(m.path)), tmp / m.path.relative_to(exp.dir))
         # inference never needs the held-out answers (data.solution_csv): the package drops them
         shipped = OmegaConf.to_container(cfg, resolve=True)
         shipped["data"]["solution_csv"] = ""
-        (tmp / "config.yaml").write_text(OmegaConf.to_yaml(shipped))
+        pkg.file("config").write_text(OmegaConf.to_yaml(shipped))
         if decoding is not None:
-            shutil.copyfile(out_dir / thresholds.FILE, tmp / thresholds.FILE)
+            shutil.copyfile(exp.file("thresholds"), pkg.file("thresholds"))
         shutil.copytree(REPO_ROOT / "comp", tmp / "comp", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         _vendor_omegaconf(tmp / "vendor")
         (tmp / "infer.py").write_text(INFER_PY)
         (tmp / "dataset-metadata.json").write_text(json.dumps(_metadata(cfg, dataset_id), indent=2) + "\n")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    log(f"package: {out} ({len(folds)} fold(s), {size / 2**20:.1f} MiB)")
+    log(f"package: {out} ({len(models)} model(s) of {len(trained)} fold(s), {size / 2**20:.1f} MiB)")
     if estimate or (estimate is None and cfg.data.code_competition and cfg.data.hidden_test_size > 0):
         estimate_runtime(cfg, out)
     log(f"upload:  kaggle datasets create -p {out} --dir-mode zip   (later: kaggle datasets version -p {out} "
@@ -249,18 +248,18 @@ def infer_main(here: Path, argv: list[str] | None = None) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. batch_size=16")
 
     def run(args: argparse.Namespace) -> None:
-        from comp.submit.submission import make_submission
+        from comp.predict.submission import make_submission
 
-        packaged = load_config(here / "config.yaml")
+        packaged = load_config(Experiment.config_in(here))
         if args.save_probs:
             check_probs_path(args.save_probs)
         data = args.data or f"/kaggle/input/{packaged.data.competition}"
         if not Path(data).is_dir():
             raise UserError(f"--data {data}: no such folder; pass the competition's data folder")
-        cfg = load_config(here / "config.yaml", [f"data.root={Path(data).resolve()}", f"out_dir={here}",
-                                                 "images.cache=false", "predict.on_bad_image=prior",
-                                                 *args.overrides])
-        sub = make_submission(cfg, expect_hash=config_hash(packaged))
+        cfg = load_config(Experiment.config_in(here), [f"data.root={Path(data).resolve()}", f"out_dir={here}",
+                                                       "images.cache=false", "predict.on_bad_image=prior",
+                                                       *args.overrides])
+        sub = make_submission(Experiment(cfg, here))  # the folds' own inputs, read from their checkpoints
         if args.save_probs:
             save_probs(Path(args.save_probs), sub.ids, sub.probs, sub.task)
         if sub.score is not None:

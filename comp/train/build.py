@@ -11,24 +11,25 @@ import numpy as np
 import torch
 
 from comp import io
-from comp.config import config_hash, resolve_path
+from comp.config import config_hash
 from comp.data.augment import build_transform
 from comp.data.cache import image_loader
 from comp.data.competition import load_competition
 from comp.data.extra import load_extra, sample_weights, source_counts, training_rows
 from comp.data.folds import load_or_make_folds
 from comp.data.loader import EpochSampler, ImageDataset, class_weights, make_loader
-from comp.device import amp_dtype_for, compile_model, pick_device
+from comp.device import amp_dtype_for, compile_model, fast_math, pick_device
 from comp.errors import UserError
+from comp.experiment import Experiment
+from comp.experiment.model import inputs_of
 from comp.log import log
 from comp.metrics import check_metric, positive_index
 from comp.models import create_model, input_norm
 from comp.tasks import make_task
-from comp.train.bag import run_dir
-from comp.train.distill import attach as attach_teacher
+from comp.teacher.distill import attach as attach_teacher
+from comp.teacher.pseudo_rows import training_rows as with_pseudo
 from comp.train.distributed import setup_distributed
 from comp.train.optim import build_optimizer
-from comp.train.pseudo import training_rows as with_pseudo
 from comp.train.state import FoldData, Run, restore
 from comp.train.swa import make_averager
 
@@ -52,7 +53,7 @@ def fold_data(cfg: Any, comp: Any, folds: Any, fold: int, rank: int, world: int,
     tr, va = folds[folds["fold"] != fold], folds[folds["fold"] == fold]
     tr = training_rows(cfg, tr, extra if extra is not None else tr.iloc[0:0])
     load = image_loader(cfg, comp)
-    train_paths, train_targets = with_pseudo(cfg, comp, tr, folds)  # + data.pseudo rows (comp.train.pseudo)
+    train_paths, train_targets = with_pseudo(cfg, comp, tr, folds)  # + data.pseudo rows (comp.teacher.pseudo_rows)
     train_set = ImageDataset(train_paths, train_targets, cfg.image_size,
                              build_transform(cfg.aug.train, "aug.train"), load=load)
     valid_set = ImageDataset(va["path"].tolist(), comp.targets(va), cfg.image_size,
@@ -92,21 +93,22 @@ def build_run(cfg: Any, fold: int, resume: bool) -> Run:
     device = pick_device(cfg.device, d.local_rank)
     if not 0 <= fold < cfg.folds.n_folds:
         raise UserError(f"--fold {fold} is outside 0..{cfg.folds.n_folds - 1} (folds.n_folds={cfg.folds.n_folds})")
-    out_dir = resolve_path(cfg.out_dir)
-    fold_dir = io.check_dir(run_dir(cfg, fold), "out_dir")  # <out_dir>/fold<K>[/seed<S>] (comp.train.bag)
-    if not resume and any((fold_dir / n).exists() for n in ("last.pt", "recovery.pt")):
+    exp = Experiment(cfg)
+    files = exp.run_of(cfg, fold)  # fold<K>[/seed<S>][/stage<i>] (comp.experiment.layout)
+    fold_dir = io.check_dir(files.dir, "out_dir")
+    if not resume and files.started():
         raise UserError(f"{fold_dir} already holds a trained fold; pass --resume to continue it, "
                         f"or set another out_dir")
     if (cfg.train.mixup > 0 or cfg.train.cutmix > 0) and cfg.batch_size % 2:
         raise UserError(f"bad value for config key 'batch_size': {cfg.batch_size} must be even with mixup/cutmix")
-    torch.backends.cudnn.benchmark = True
-    torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls/convs on Ampere+: ~free speed for fp32 parts
-    torch.backends.cudnn.allow_tf32 = True
+    flags = fast_math(device)
+    if flags and d.main:
+        log(f"fold {fold}: {flags}")
     comp = load_competition(cfg)
-    folds = load_or_make_folds(cfg, comp.train, out_dir) if d.main else None
+    folds = load_or_make_folds(cfg, comp.train, exp.split) if d.main else None
     if d.world > 1:  # rank 0 writes folds.csv once, the others read it
         torch.distributed.barrier()
-        folds = load_or_make_folds(cfg, comp.train, out_dir)
+        folds = load_or_make_folds(cfg, comp.train, exp.split)
     positive = positive_index(cfg.data.positive_class, comp.classes, comp.label_values) if comp.num_classes == 2 else 1
     task = make_task(cfg, comp.classes, positive)
     metric = check_metric(cfg.metric, task)
@@ -153,15 +155,17 @@ def build_run(cfg: Any, fold: int, resume: bool) -> Run:
     if cfg.train.compile and d.world == 1:
         model = compile_model(model, cfg.train.compile)  # its mode; under DDP: around the wrapper (wrap_ddp)
     seed_all(cfg.seed + d.rank)  # each rank its own dropout/mixup stream from here on
+    norm = input_norm(raw)
     meta = {"config_hash": config_hash(cfg), "model_name": cfg.model.name, "num_classes": task.num_logits,
             "in_chans": cfg.model.in_chans, "classes": list(comp.classes), "fold": fold, "seed": cfg.seed,
             "metric": metric,
             "eval_weights": "ema" if ema is not None else "model",
-            "input_norm": [list(v) for v in input_norm(raw)],  # (mean, std): validation, prediction, package
+            "input_norm": [list(v) for v in norm],  # (mean, std): validation, prediction, package
+            "inputs": inputs_of(cfg, norm),  # what the model sees: size, preprocessing, DICOM, views (comp.experiment)
             "positive": positive,  # the class a two-class AUC ranks (data.positive_class)
             "task": task.meta(),  # head, output names, a regression head's target mean and std
             **({"distill": taught} if taught else {})}  # the teacher checkpoints and their sha256
-    run = Run(cfg=cfg, fold=fold, dir=fold_dir, device=device, dist=d, raw=raw, model=model, optimizer=optimizer,
+    run = Run(cfg=cfg, fold=fold, files=files, device=device, dist=d, raw=raw, model=model, optimizer=optimizer,
               scaler=scaler, ema=ema, swa=swa, mixup=mixup, loss_weight=loss_weight, amp_dtype=amp_dtype, data=data,
               steps_per_epoch=steps_per_epoch, meta=meta, task=task, distill=distiller)
     run.set_lr()
@@ -170,10 +174,10 @@ def build_run(cfg: Any, fold: int, resume: bool) -> Run:
     weights = {"competition": 1.0, **dict(zip(extra["source"], extra["weight"].astype(float), strict=True))}
     if d.main:  # written once the run is whole: a refused setting above leaves the fold folder untouched
         fold_dir.mkdir(parents=True, exist_ok=True)
-        io.write_json(fold_dir / "sources.json", {"fold": fold, "stage": int(cfg.stage), "train_images": counts,
-                                                  "valid_images": int((folds["fold"] == fold).sum()),
-                                                  **({"sampling_weights": weights} if len(extra) else {})})
+        io.write_json(files.sources, {"fold": fold, "stage": int(cfg.stage), "train_images": counts,
+                                      "valid_images": int((folds["fold"] == fold).sum()),
+                                      **({"sampling_weights": weights} if len(extra) else {})})
     if len(extra) or cfg.data.extra_only or "pseudo" in counts:
         shares = "" if all(w == 1.0 for w in extra["weight"]) else f", sampling weights {weights}"
-        log(f"fold {fold}: training images per source {counts}{shares} ({fold_dir / 'sources.json'})")
+        log(f"fold {fold}: training images per source {counts}{shares} ({files.sources})")
     return run

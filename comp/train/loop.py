@@ -33,16 +33,16 @@ import torch.distributed as dist
 from comp import io
 from comp.data.loader import device_batches
 from comp.errors import UserError
+from comp.experiment import checkpoint as ckpt_io
+from comp.experiment.oof import aggregate, write_oof
 from comp.log import log, progress
 from comp.metrics import higher_is_better, score_all
 from comp.models import set_backbone_trainable
 from comp.models.inference import forward_views
 from comp.tasks import mix_matrix
-from comp.train import checkpoint as ckpt_io
 from comp.train import swa
 from comp.train.build import build_run
 from comp.train.distributed import agree, check_ranks_agree, gather_rows, wrap_ddp
-from comp.train.oof import aggregate, write_oof
 from comp.train.state import Run, best_checkpoint, fresh_partial, save, to_checkpoint
 from comp.train.tracking import start as start_tracking
 
@@ -61,7 +61,7 @@ def _forward_loss(run: Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
         logits = run.model(x)
     mixed = run.mixup is not None and run.task.head == "softmax"  # smoothing is in the mixed rows already
-    if getattr(run, "distill", None) is not None:  # hard targets packed with the teacher's outputs (comp.train.distill)
+    if getattr(run, "distill", None) is not None:  # hard targets packed with the teacher's outputs (comp.teacher)
         return run.distill.loss(run.task, logits.float(), y, run.loss_weight, run.cfg.train.label_smoothing)
     return run.task.loss(logits.float(), y, run.loss_weight, 0.0 if mixed else run.cfg.train.label_smoothing)
 
@@ -168,11 +168,11 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
                                 lr=f"{run.lr:.2e}")
                 if stop or recover:
                     part["seconds"] = time.perf_counter() - t0
-                    save(run, to_checkpoint(run), "recovery.pt")
+                    save(run, to_checkpoint(run), run.files.recovery)
                 if stop:
                     if run.dist.world > 1:
                         dist.barrier()  # rank 0 has written before any rank exits (torchrun stops the rest)
-                    raise Stopped(run.stop_signal or signal.SIGTERM, run.dir / "recovery.pt")
+                    raise Stopped(run.stop_signal or signal.SIGTERM, run.files.recovery)
     finally:
         bar.close()  # on an error too: the error line then starts a line of its own
         it.close()
@@ -236,12 +236,12 @@ def _commit(run: Run, ckpt: dict[str, Any], best: dict[str, Any] | None, probs: 
     if not run.dist.main:
         return
     if best is not None:
-        save(run, best, "best.pt")  # weights, EMA, metadata: no optimizer
-        write_oof(run.dir / "oof.csv", run.data.valid_ids, run.data.valid_set.labels, probs, run.task,
+        save(run, best, run.files.best)  # weights, EMA, metadata: no optimizer
+        write_oof(run.files.oof, run.data.valid_ids, run.data.valid_set.labels, probs, run.task,
                   run.data.valid_rows)
-    io.write_csv(run.dir / "metrics.csv", pd.DataFrame(run.state["history"]))
-    save(run, ckpt, "last.pt")
-    (run.dir / "recovery.pt").unlink(missing_ok=True)  # older than last.pt now
+    io.write_csv(run.files.metrics, pd.DataFrame(run.state["history"]))
+    save(run, ckpt, run.files.last)
+    run.files.recovery.unlink(missing_ok=True)  # older than last.pt now
 
 
 def _swa_epoch(run: Run, metric: str) -> None:
@@ -318,7 +318,7 @@ def fit(cfg: Any, fold: int, resume: bool = False,
                     f"valid_loss {scores['valid_loss']:.4f} {metric} {score:.4f}{' *' if improved else ''} "
                     f"({stats['images_per_s']:.0f} img/s)")
             if agree(run.dist, run.device, run.stop_signal)[0] and run.state["epoch"] < cfg.epochs:
-                raise Stopped(run.stop_signal or signal.SIGTERM, run.dir / "last.pt")
+                raise Stopped(run.stop_signal or signal.SIGTERM, run.files.last)
             if on_epoch is not None:
                 on_epoch(epoch, score)
         if swa.count(run) and not run.state["swa_done"]:
@@ -337,6 +337,7 @@ def fit(cfg: Any, fold: int, resume: bool = False,
         run.data.train_loader = run.data.valid_loader = None  # their persistent workers exit now, not at exit
         if run.dist.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
-    return {"fold": fold, "best": run.state["best"], "metric": metric, "dir": run.dir, "classes": run.meta["classes"]}
+    return {"fold": fold, "best": run.state["best"], "metric": metric, "dir": run.dir, "classes": run.meta["classes"],
+            "files": run.files}
 
 

@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 
 from comp import io
-from comp.config import resolve_path
-from comp.data.folds import folds_path
+from comp.data.folds import SplitFiles
 from comp.data.loader import device_batches
 from comp.errors import UserError
+from comp.experiment import Experiment
 from comp.models import set_backbone_trainable
 from comp.train.build import build_run
 from comp.train.loop import _forward_loss, optimizer_step
@@ -129,15 +129,15 @@ def plot(result: LRFind, path: Path) -> None:
     io.write_bytes(path, buf.getvalue())
 
 
-def copy_folds(src_dir: Path, dst_dir: Path) -> None:
-    """Give a side run in `dst_dir` (the LR finder, a tuning trial) the experiment's split: `src_dir`'s
-    folds.json and then folds.csv (whose existence marks a finished split), when it has them and `dst_dir`
-    has none. Without them the side run makes its own, the same split from the same folds settings."""
-    if not folds_path(src_dir).is_file() or folds_path(dst_dir).is_file():
+def copy_folds(src: SplitFiles, dst: SplitFiles) -> None:
+    """Give a side run (the LR finder, a tuning trial, a distillation student) the experiment's split: `src`'s
+    folds.json and then folds.csv (whose existence marks a finished split), when it has them and `dst` has
+    none. Without them the side run makes its own, the same split from the same folds settings."""
+    if not src.csv.is_file() or dst.csv.is_file():
         return
-    for name in ("folds.json", "folds.csv"):
-        if (src_dir / name).is_file():
-            io.write_bytes(dst_dir / name, (src_dir / name).read_bytes())
+    for a, b in ((src.meta, dst.meta), (src.csv, dst.csv)):
+        if a.is_file():
+            io.write_bytes(b, a.read_bytes())
 
 
 def lr_find(cfg: Any, fold: int = 0, steps: int = 200, start: float = 1e-7, end: float = 10.0) -> LRFind:
@@ -149,12 +149,12 @@ def lr_find(cfg: Any, fold: int = 0, steps: int = 200, start: float = 1e-7, end:
     """
     if steps < 2 or not 0 < start < end:
         raise UserError(f"the LR finder needs --steps >= 2 and 0 < --start < --end (got {steps}, {start!r}, {end!r})")
-    parent = resolve_path(cfg.out_dir)
-    folder = parent / "lr_find"
+    parent = Experiment(cfg)
+    folder = parent.sub("lr_find")
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.merge(cfg, {"out_dir": str(folder), "train": {"ema": False}})
-    copy_folds(parent, folder)
+    copy_folds(parent.split, Experiment(cfg).split)
     run = build_run(cfg, fold, resume=False)  # its fold folder stays empty: no checkpoint is ever saved
     if run.dist.world > 1:
         raise UserError("the LR finder runs in one process: start it with python, not torchrun")

@@ -1,5 +1,5 @@
 """The state of one fold's training run (`Run`) and its round trip through a checkpoint: `to_checkpoint`
-builds the dict a file holds (comp.train.checkpoint writes and reads it), `restore` puts the newest valid
+builds the dict a file holds (comp.experiment.checkpoint writes and reads it), `restore` puts the newest valid
 checkpoint of the fold back into a freshly built run, mid-epoch included.
 
 The learning rate is not state: it is a function of the position (comp.train.optim), set again from
@@ -21,9 +21,10 @@ from comp import io
 from comp.config import to_yaml
 from comp.data.loader import EpochSampler, ImageDataset
 from comp.errors import UserError
+from comp.experiment import RunFiles
+from comp.experiment import checkpoint as ckpt_io
 from comp.log import log
 from comp.tasks import Task
-from comp.train import checkpoint as ckpt_io
 from comp.train import swa as swa_avg
 from comp.train.distributed import Dist, gather_objects
 from comp.train.optim import set_lr
@@ -61,7 +62,7 @@ class Run:
 
     cfg: Any
     fold: int
-    dir: Path
+    files: RunFiles  # the run's folder and its files (comp.experiment.layout)
     device: torch.device
     dist: Dist
     raw: torch.nn.Module  # the plain model: its state dict is saved, EMA and clipping use it
@@ -78,7 +79,7 @@ class Run:
     meta: dict[str, Any]  # what every checkpoint of the run says about its weights (model, classes, ...)
     task: Task  # head, loss, activation (comp.tasks); a regression head's target mean and std
     ddp: Any = None  # the DistributedDataParallel wrapper, or None
-    distill: Any = None  # comp.train.distill.Distiller when distill.teacher is set: packed targets, its loss
+    distill: Any = None  # comp.teacher.distill.Distiller when distill.teacher is set: packed targets, its loss
     wrapped_frozen: bool | None = None  # the freeze state `ddp` was built for (None: not built yet)
     state: dict[str, Any] = field(default_factory=fresh_state)  # epoch, step, best, bad_epochs, history, partial,
     # swa_done
@@ -87,6 +88,11 @@ class Run:
     config_saved: bool = False  # config.yaml goes with this attempt's first checkpoint (save)
     next_epoch: tuple[int, Any] | None = None  # (epoch, its train_loader iterator), started before validation
     tracker: Tracker = field(default_factory=Tracker)  # TensorBoard/MLflow/W&B (comp.train.tracking), set by fit
+
+    @property
+    def dir(self) -> Path:
+        """The run's folder."""
+        return self.files.dir
 
     @property
     def norm(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -153,15 +159,14 @@ def best_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in ckpt.items() if k not in RESUME_ONLY}
 
 
-def save(run: Run, ckpt: dict[str, Any], *names: str) -> None:
-    """Rank 0 writes `ckpt` under each of `names` in the fold folder; the run's config.yaml goes with the
-    first checkpoint of this attempt (an attempt that fails before saving any leaves it as it was)."""
+def save(run: Run, ckpt: dict[str, Any], path: Path) -> None:
+    """Rank 0 writes `ckpt` to `path` (one of the run's files); the run's config.yaml goes with the first
+    checkpoint of this attempt (an attempt that fails before saving any leaves it as it was)."""
     if not run.dist.main:
         return
-    for name in names:
-        ckpt_io.save(ckpt, run.dir / name)
+    ckpt_io.save(ckpt, path)
     if not run.config_saved:
-        io.write_text(run.dir / "config.yaml", to_yaml(run.cfg))
+        io.write_text(run.files.config, to_yaml(run.cfg))
         run.config_saved = True
 
 
@@ -187,9 +192,9 @@ def restore(run: Run) -> None:
 
     Raises:
         UserError: a checkpoint that is there but unusable (never started over on top of), or one made with
-            another model, data, fold or optimizer setting (comp.train.checkpoint.check_resume).
+            another model, data, fold or optimizer setting (comp.experiment.checkpoint.check_resume).
     """
-    candidates = [run.dir / "recovery.pt", run.dir / "last.pt"]
+    candidates = [run.files.recovery, run.files.last]
     found = ckpt_io.newest(candidates)
     if found is None:
         for p in candidates[::-1]:  # a file that is there but unusable: never start over on top of it

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from comp import io
 from comp.config import resolve_path, to_yaml
 from comp.errors import UserError
+from comp.experiment import Experiment
 from comp.system import git_commit
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ class Trackers(Tracker):
         self.tb.add_text("run", "  \n".join(f"{k}: {v}" for k, v in info.items()))
         out_dir = resolve_path(cfg.out_dir)
         project = cfg.train.tracker_project or out_dir.name
-        name = f"{out_dir.name}/fold{self.fold}"
+        name = f"{out_dir.name}/{Experiment(cfg).name(self.fold_dir)}"  # fold0, fold0/seed42, fold0/seed42/stage1
         ids: dict[str, str] = {}
         if kind == "mlflow":
             self.mlflow = self.module

@@ -29,11 +29,13 @@ import yaml
 from omegaconf import OmegaConf
 
 from comp import io
-from comp.config import DEFAULT_CONFIG, Config, load_config, resolve_path
+from comp.config import DEFAULT_CONFIG, Config
 from comp.errors import UserError
+from comp.experiment import Experiment, load_config
 from comp.log import log
 from comp.train.loop import Pruned, fit
 from comp.train.lr_find import copy_folds
+from comp.train.stages import train_stages
 
 
 @dataclass
@@ -150,8 +152,8 @@ def tune(config_path: str | None, overrides: list[str], space_path: str | Path, 
     space = load_space(space_path)
     if n_trials < 1 or not folds:
         raise UserError(f"--trials must be >= 1 and --folds name at least one fold (got {n_trials}, {list(folds)})")
-    out_dir = resolve_path(base.out_dir)
-    tune_dir = out_dir / "tune"
+    exp = Experiment(base)
+    tune_dir = exp.sub("tune")
     tune_dir.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{tune_dir / 'study.db'}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -170,7 +172,8 @@ def tune(config_path: str | None, overrides: list[str], space_path: str | Path, 
         trial.set_user_attr("dir", str(trial_dir))
         cfg = load_config(config_path, [*overrides, *(_override(k, v) for k, v in values.items()),
                                         f"out_dir={trial_dir}"])
-        copy_folds(out_dir, trial_dir)
+        trial_exp = Experiment(cfg)
+        copy_folds(exp.split, trial_exp.split)
         scores = []
         for i, fold in enumerate(folds):
             def on_epoch(epoch: int, score: float, i: int = i, fold: int = fold) -> None:
@@ -178,10 +181,9 @@ def tune(config_path: str | None, overrides: list[str], space_path: str | Path, 
                 if trial.should_prune():
                     raise Pruned(f"trial {trial.number} pruned at fold {fold} epoch {epoch} ({score:.4f})")
 
-            fold_dir = trial_dir / f"fold{fold}"
-            resume = any((fold_dir / n).is_file() for n in ("last.pt", "recovery.pt"))
+            resume = trial_exp.run_of(cfg, fold).started() or bool(cfg.stages)  # stages: each its own
             try:
-                result = fit(cfg, fold, resume=resume, on_epoch=on_epoch)
+                result = train_stages(cfg, fold, resume, fit, on_epoch=on_epoch)
             except Pruned as e:
                 log(str(e))
                 raise optuna.TrialPruned(str(e)) from None

@@ -1,6 +1,6 @@
 """Stacking with metadata (`scripts/stack.py`): a gradient-boosted tree model over the image models'
 out-of-fold outputs, the competition's tabular columns and each image's features relative to its patient
-(comp.report.stack_data), as ISIC 2024's winners stacked trees over CNN OOF predictions.
+(comp.ensemble.stack_data), as ISIC 2024's winners stacked trees over CNN OOF predictions.
 
 Model: scikit-learn's HistGradientBoostingClassifier / Regressor (LightGBM's histogram algorithm, with
 native missing values and categorical splits), chosen over LightGBM / XGBoost because scikit-learn is
@@ -16,7 +16,7 @@ every fold's level-2 model, averaged.
 
 Writes, in `out`: `fold<K>/oof.csv` (the kit's OOF format: blendable and scored like any experiment),
 `folds.csv` (the experiments' own, so blending can check the folds), `test_probs.csv` (as --save-probs),
-`submission.csv` (validated by comp.submit.submission) and `stack.json` (CVs, features, settings).
+`submission.csv` (validated by comp.predict.submission) and `stack.json` (CVs, features, settings).
 """
 
 from __future__ import annotations
@@ -31,15 +31,15 @@ from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostin
 from comp import io
 from comp.config import resolve_path
 from comp.data.competition import load_competition
-from comp.data.folds import folds_path
 from comp.data.tables import read_csv
+from comp.ensemble.stack_data import level2_table, tabular
 from comp.errors import UserError
+from comp.experiment import Experiment
+from comp.experiment.oof import oof_targets, oof_task, prob_columns, prob_frame, row_level, write_oof
 from comp.log import log
 from comp.metrics import score
-from comp.report.stack_data import level2_table, tabular
-from comp.submit.submission import decoded_submission, sample_order, score_holdout, to_csv_text
+from comp.predict.submission import decoded_submission, sample_order, score_holdout, to_csv_text
 from comp.tasks import Task
-from comp.train.oof import load_oof, oof_targets, oof_task, prob_columns, prob_frame, row_level, write_oof
 
 DEFAULTS = {"max_iter": 200, "learning_rate": 0.05, "min_samples_leaf": 20}  # scikit-learn's, fewer, slower steps
 
@@ -130,7 +130,8 @@ def _test_outputs(cfg: Any, comp: Any, dirs: list[Path], test_probs: list[str], 
                         "P.csv); only the config's own out_dir is predicted here")
     from comp.predict.predict import predict_test
 
-    return [prob_frame(comp.test["id"].astype(str).tolist(), predict_test(cfg, comp), task).drop(columns="id")]
+    return [prob_frame(comp.test["id"].astype(str).tolist(), predict_test(Experiment(cfg), comp), task)
+            .drop(columns="id")]
 
 
 def _test_groups(cfg: Any, comp: Any) -> np.ndarray:
@@ -161,7 +162,7 @@ def stack(cfg: Any, out: str | Path, oof_dirs: list[str] | None = None, test_pro
     dirs = [resolve_path(d) for d in (oof_dirs or [cfg.out_dir])]
     columns = list(columns if columns is not None else cfg.data.tabular_columns)
     params = {k: v for k, v in (params or {}).items() if v is not None}
-    oofs = [load_oof(d, cfg.folds.n_folds) for d in dirs]
+    oofs = [Experiment(cfg, d).oof() for d in dirs]  # each folder's OOF files, with the config's fold count
     base = oofs[0]
     oofs = [base] + [_align(base, o, d, dirs[0]) for o, d in zip(oofs[1:], dirs[1:], strict=True)]
     task = oof_task(cfg, base)
@@ -195,30 +196,31 @@ def stack(cfg: Any, out: str | Path, oof_dirs: list[str] | None = None, test_pro
         "features": list(x.columns), "params": {**DEFAULTS, **params},
         "cv_images": [score(cfg.metric, *row_level(o, how, pos), task=task, min_tpr=mt) for o in oofs],
         "cv_stack": score(cfg.metric, *row_level(frame, how, pos), task=task, min_tpr=mt), "held_out": None}
+    own = Experiment(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
     for k in np.unique(folds):
         part = frame[folds == k]
-        (out / f"fold{k}").mkdir(exist_ok=True)
-        write_oof(out / f"fold{k}" / "oof.csv", part["id"].tolist(), oof_targets(part), oof[folds == k], task,
+        write_oof(own.fold(k).oof, part["id"].tolist(), oof_targets(part), oof[folds == k], task,
                   part["row"].tolist() if rows is not None else None)
-    if folds_path(dirs[0]).is_file():
-        io.write_bytes(folds_path(out), folds_path(dirs[0]).read_bytes())
+    first = Experiment(cfg, dirs[0])
+    if first.split.csv.is_file():
+        io.write_bytes(own.split.csv, first.split.csv.read_bytes())
     from omegaconf import OmegaConf
 
-    own = OmegaConf.to_container(cfg, resolve=True)
-    own["out_dir"] = str(out)  # the stack is an experiment of its own: report.py / blend.py read this config
-    io.write_text(out / "config.yaml", OmegaConf.to_yaml(own), what="stack")
+    conf = OmegaConf.to_container(cfg, resolve=True)
+    conf["out_dir"] = str(out)  # the stack is an experiment of its own: report.py / blend.py read this config
+    io.write_text(own.file("config"), OmegaConf.to_yaml(conf), what="stack")
     if test_out is not None:
-        summary["held_out"] = _submit(cfg, comp, test_out, task, out)
-    io.write_json(out / "stack.json", summary)
+        summary["held_out"] = _submit(cfg, comp, test_out, task, own)
+    io.write_json(own.file("stack"), summary)
     return summary
 
 
-def _submit(cfg: Any, comp: Any, probs: np.ndarray, task: Task, out: Path) -> float | None:
+def _submit(cfg: Any, comp: Any, probs: np.ndarray, task: Task, own: Experiment) -> float | None:
     """The stack's validated submission and test outputs (comp.test order in, the sample's order out);
     returns the held-out score when the answers are known."""
     rcfg, comp, probs, df = decoded_submission(cfg, comp, probs, None)
     order = sample_order(df, rcfg.data.id_column, comp)
-    io.write_text(out / "submission.csv", to_csv_text(df))
-    io.write_csv(out / "test_probs.csv", prob_frame(df[rcfg.data.id_column].tolist(), probs[order], task))
+    io.write_text(own.file("submission"), to_csv_text(df))
+    io.write_csv(own.file("test_probs"), prob_frame(df[rcfg.data.id_column].tolist(), probs[order], task))
     return score_holdout(rcfg, comp, df)

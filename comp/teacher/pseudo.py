@@ -1,6 +1,6 @@
 """Making pseudo-labels (scripts/pseudo.py): an experiment's fold ensemble (or a saved `--save-probs` CSV of
 it, or of a blend) labels test images and/or unlabelled external images; a confidence rule keeps the sure
-ones; the rows are written as a CSV that `data.pseudo` reads (comp.train.pseudo), with a record
+ones; the rows are written as a CSV that `data.pseudo` reads (comp.teacher.pseudo_rows), with a record
 `<csv>.json` of which experiment, split and checkpoints made it and the CSV's own sha256.
 
 Confidence of a row: softmax heads the top probability; binary the larger of p and 1 - p; multi-label the
@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,11 +25,13 @@ from comp.config import resolve_path
 from comp.data.competition import IMAGE_EXTS, Competition
 from comp.data.duplicates import leave_out_copies
 from comp.errors import UserError
+from comp.experiment import Experiment
+from comp.experiment.model import FoldModel
+from comp.experiment.oof import oof_probs, prob_frame
 from comp.log import log
+from comp.predict.predict import predict_test
 from comp.tasks import Task
-from comp.train import checkpoint as ckpt_io
-from comp.train.oof import oof_probs, prob_frame
-from comp.train.pseudo import folds_sha256, record_path
+from comp.teacher.pseudo_rows import folds_sha256, record_path
 
 
 def confidence(task: Task, out: np.ndarray) -> np.ndarray:
@@ -87,24 +88,22 @@ def external_images(folders: list[str]) -> pd.DataFrame:
     return df
 
 
-def teacher_task(paths: list[Path]) -> Task:
-    """The task of the experiment's first fold checkpoint."""
-    ck = ckpt_io.load(paths[0])
-    if not ck.get("task"):
-        raise UserError(f"{paths[0]} records no task (an older kit made it); retrain it")
-    return Task.from_meta(ck["task"])
+def teacher_task(models: list[FoldModel]) -> Task:
+    """The task of the experiment's first fold model."""
+    if not models[0].meta.get("task"):
+        raise UserError(f"{models[0].path} records no task (an older kit made it); retrain it")
+    return models[0].task
 
 
-def predict_rows(cfg: Any, comp: Competition, table: pd.DataFrame) -> np.ndarray:
+def predict_rows(exp: Experiment, comp: Competition, table: pd.DataFrame, models: list[FoldModel]) -> np.ndarray:
     """The experiment's fold × TTA ensemble outputs over the images of `table` (id, path)."""
-    from comp.predict.predict import predict_test
-
-    return predict_test(cfg, dataclasses.replace(comp, test=table.reset_index(drop=True)))
+    return predict_test(exp, dataclasses.replace(comp, test=table.reset_index(drop=True)), models=models)
 
 
-def make_pseudo(cfg: Any, comp: Competition, out: Path, min_confidence: float, soft: bool, test: bool,
+def make_pseudo(exp: Experiment, comp: Competition, out: Path, min_confidence: float, soft: bool, test: bool,
                 images: list[str], probs: str | None) -> pd.DataFrame:
-    """Write the pseudo-label CSV `out` and its record from the experiment of `cfg`; returns the rows.
+    """Write the pseudo-label CSV `out` and its record from the experiment `exp` (the teacher); returns the
+    rows.
 
     Sources: `probs` (a --save-probs CSV over the test images, e.g. of a blend), else the experiment's
     ensemble over the test images when `test`; plus its ensemble over the external `images` folders.
@@ -112,18 +111,17 @@ def make_pseudo(cfg: Any, comp: Competition, out: Path, min_confidence: float, s
     Raises:
         UserError: no source, an untrained experiment, a probs file that does not fit the test set or the
             task, or a threshold `label_rows` refuses."""
-    from comp.predict.predict import trained_folds
-
+    cfg = exp.cfg
     if not (test or images or probs):
         raise UserError("scripts/pseudo.py: name a source: --test, --probs FILE or --images FOLDER")
     if out.suffix != ".csv":
         raise UserError(f"--out {str(out)!r}: name a .csv file")
-    out_dir = resolve_path(cfg.out_dir)
-    split = out_dir / "folds.csv"
-    checkpoints = trained_folds(cfg)  # every fold trained, else a UserError naming the missing one
+    models = exp.load_models(comp.classes)  # every fold trained, else a UserError naming the missing one
+    checkpoints = [m.path for m in models]
+    split = exp.split.csv
     if not split.is_file():
-        raise UserError(f"{out_dir} has no folds.csv; train the experiment first")
-    task = teacher_task(checkpoints)
+        raise UserError(f"{exp.dir} has no {split.name}; train the experiment first")
+    task = teacher_task(models)
     parts, sources = [], []
     if probs:
         df = pd.read_csv(resolve_path(probs), dtype={"id": str})
@@ -140,12 +138,12 @@ def make_pseudo(cfg: Any, comp: Competition, out: Path, min_confidence: float, s
     elif test:
         table = comp.test[["id", "path"]].astype(str)
         parts.append(label_rows(task, table["id"].tolist(), table["path"].tolist(),
-                                predict_rows(cfg, comp, table), min_confidence, soft))
+                                predict_rows(exp, comp, table, models), min_confidence, soft))
         sources.append("test")
     if images:
         table = external_images(images)
         parts.append(label_rows(task, table["id"].tolist(), table["path"].tolist(),
-                                predict_rows(cfg, comp, table), min_confidence, soft))
+                                predict_rows(exp, comp, table, models), min_confidence, soft))
         sources.append({"images": [str(resolve_path(f)) for f in images]})
     rows = pd.concat(parts, ignore_index=True)
     rows, copies = leave_out_copies(rows, comp.train["path"].astype(str).tolist(), "pseudo-labels")
@@ -169,7 +167,7 @@ def make_pseudo(cfg: Any, comp: Competition, out: Path, min_confidence: float, s
                         f"is {max(tops):.4f}); lower it" if tops else "pseudo-labels: no image to label")
     io.write_csv(out, rows, what="--out")
     record = {"made": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "out_dirs": [str(out_dir)], "config_hash": ckpt_io.load(checkpoints[0]).get("config_hash"),
+              "out_dirs": [str(exp.dir)], "config_hash": models[0].meta.get("config_hash"),
               "folds_sha256": folds_sha256(pd.read_csv(split, dtype={"id": str})),
               "checkpoints": {str(p): io.sha256_file(p) for p in checkpoints},
               "sources": sources, "min_confidence": min_confidence, "labels": "soft" if soft else "hard",

@@ -23,6 +23,7 @@ the hard target's columns then the teacher's outputs (`pack`), split again in `D
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,46 +36,46 @@ import torch.nn.functional as F
 from comp.config import resolve_path
 from comp.data.augment import build_transform
 from comp.data.cache import image_loader
-from comp.data.loader import IMAGENET, ImageDataset, device_batches, make_loader
+from comp.data.loader import ImageDataset, device_batches, make_loader
 from comp.errors import UserError
+from comp.experiment import Experiment
+from comp.experiment.model import TTA_KEY, FoldModel, input_config, load_model
 from comp.io import sha256_file
 from comp.log import log
-from comp.models import create_model
 from comp.models.inference import forward_views
 from comp.tasks import Task
-from comp.train import checkpoint as ckpt_io
-from comp.train.pseudo import folds_sha256
+from comp.teacher.pseudo_rows import folds_sha256
 
 
-def teachers(cfg: Any) -> list[Path]:
-    """The teacher out_dirs of `distill.teacher` (one, or a list: a blend), resolved; [] when off."""
+def teachers(cfg: Any) -> list[Experiment]:
+    """The teacher experiments of `distill.teacher` (an out_dir, or a list of them: a blend); [] when off.
+
+    Raises:
+        UserError: a teacher folder that does not exist or holds no experiment of this kit."""
     value = cfg.distill.teacher
     items = [value] if isinstance(value, str) else list(value or [])
-    return [resolve_path(str(v)) for v in items if str(v)]
+    return [Experiment.open(resolve_path(str(v))) for v in items if str(v)]
 
 
-def fold_models(teacher: Path, fold: int) -> list[Path]:
-    """Teacher fold `fold`'s checkpoints: `fold<K>/best.pt`, or each seed's of a seed bag."""
-    one = teacher / f"fold{fold}" / "best.pt"
-    return [one] if one.is_file() else sorted((teacher / f"fold{fold}").glob("seed*/best.pt"))
-
-
-def check_teacher(teacher: Path, folds: pd.DataFrame, fold: int) -> list[Path]:
-    """Teacher fold `fold`'s checkpoints, after checking the teacher was trained on the student's split.
+def check_teacher(teacher: Experiment, folds: pd.DataFrame, fold: int) -> list[Path]:
+    """Teacher fold `fold`'s checkpoints (each seed's of a bag), after checking the teacher was trained on the
+    student's split.
 
     Raises:
         UserError: no folds.csv, another split, or no trained fold `fold` (a blend folder has OOF rows only)."""
-    split = teacher / "folds.csv"
+    where = str(teacher.dir)
+    split = teacher.split.csv
     if not split.is_file():
-        raise UserError(f"distill.teacher {str(teacher)!r} has no folds.csv: name a trained experiment's out_dir")
+        raise UserError(f"distill.teacher {where!r} has no {split.name}: name a trained experiment's out_dir")
     if folds_sha256(pd.read_csv(split, dtype={"id": str})) != folds_sha256(folds):
-        raise UserError(f"distill.teacher {str(teacher)!r} was trained on another split than this experiment's "
-                        f"folds.csv: its fold models saw other validation images (a leak); copy its folds.csv "
+        raise UserError(f"distill.teacher {where!r} was trained on another split than this experiment's "
+                        f"{split.name}: its fold models saw other validation images (a leak); copy its {split.name} "
                         f"into this out_dir before the first fold")
-    paths = fold_models(teacher, fold)
-    if not paths:
-        raise UserError(f"distill.teacher {str(teacher)!r} has no fold{fold}/best.pt: student fold {fold} learns "
-                        f"from teacher fold {fold}'s model only (a blend folder holds OOF rows: list its members)")
+    paths = teacher.checkpoints(fold)
+    if not all(p.is_file() for p in paths):
+        raise UserError(f"distill.teacher {where!r} has no {paths[0].relative_to(teacher.dir)}: student fold {fold} "
+                        f"learns from teacher fold {fold}'s model only (a blend folder holds OOF rows: list its "
+                        f"members)")
     return paths
 
 
@@ -116,35 +117,39 @@ class Distiller:
 
 def teacher_outputs(cfg: Any, comp: Any, paths: list[Path], images: list[str], task: Task,
                     device: torch.device) -> np.ndarray:
-    """(N, K) float32 teacher outputs over `images` (read as validation reads them, at the student's image
-    settings): the mean logits of the checkpoints `paths`, or a regression head's mean value.
+    """(N, K) float32 teacher outputs over `images`, read as the teacher saw images in validation (its
+    checkpoint's image size, preprocessing, transforms and normalisation: comp.experiment.model): the mean
+    logits of the checkpoints `paths`, or a regression head's mean value.
 
     Raises:
-        UserError: a checkpoint that cannot be read, or whose task does not match the student's."""
-    models, norms = [], set()
-    for p in paths:
-        ck = ckpt_io.load(p)
-        ckpt_io.require(ck, p, ckpt_io.PREDICT_KEYS, "distil from")
-        t = Task.from_meta(ck["task"]) if ck.get("task") else None
-        if t is None or t.head != task.head or list(t.names) != list(task.names) or t.positive != task.positive:
-            raise UserError(f"distill.teacher checkpoint {str(p)!r} has task {ck.get('task')} but the student's "
-                            f"is {task.kind} with head {task.head} over {list(task.names)}")
-        model = create_model(ck["model_name"], ck["num_classes"], in_chans=ck["in_chans"])
-        ema = ck.get("eval_weights") == "ema" and ck.get("ema") is not None
-        ckpt_io.load_weights(model, ck["ema"] if ema else ck["model"], p, ck["model_name"])
-        models.append(model.to(device).eval())
-        norms.add(tuple(map(tuple, ck.get("input_norm") or IMAGENET)))
-        in_chans = ck["in_chans"]
-        acts = t.activate if t.head == "regression" else None
-    if len(norms) > 1:
-        raise UserError(f"distill.teacher checkpoints {[str(p) for p in paths]} normalise their input differently")
-    dataset = ImageDataset(images, None, cfg.image_size, build_transform(cfg.aug.valid, "aug.valid"),
-                           load=image_loader(cfg, comp))
-    loader = make_loader(dataset, cfg.batch_size, None, 0)
-    (mean, std), = norms
-    batches = (x for x, _, _ in device_batches(loader, device, in_chans, False, (mean, std)))
-    outs = forward_views(models, batches, activation=acts)
+        UserError: a checkpoint that cannot be read, or a task other than the student's."""
+    models = [load_model(p) for p in paths]
+    for m in models:
+        t = m.task
+        if m.meta.get("task") is None or t.head != task.head or list(t.names) != list(task.names) \
+                or t.positive != task.positive:
+            raise UserError(f"distill.teacher checkpoint {str(m.path)!r} has task {m.meta.get('task')} but the "
+                            f"student's is {task.kind} with head {task.head} over {list(task.names)}")
+    outs = []
+    for group in _by_inputs(models):  # teachers trained at other sizes or preprocessing: each read its own way
+        first = group[0]
+        seen = input_config(cfg, first)
+        dataset = ImageDataset(images, None, seen.image_size, build_transform(seen.aug.valid, "aug.valid"),
+                               load=image_loader(seen, comp))
+        loader = make_loader(dataset, cfg.batch_size, None, 0)
+        acts = [m.task.activate if task.head == "regression" else None for m in group]
+        batches = (x for x, _, _ in device_batches(loader, device, seen.model.in_chans, False, first.norm))
+        outs += forward_views([m.model.to(device).eval() for m in group], batches, activation=acts)
     return torch.stack(outs).double().mean(0).float().numpy()
+
+
+def _by_inputs(models: list[FoldModel]) -> list[list[FoldModel]]:
+    """The models grouped by what they see (their checkpoints' inputs), in first-seen order."""
+    groups: dict[str, list[FoldModel]] = {}
+    for m in models:
+        groups.setdefault(json.dumps({k: v for k, v in m.inputs.items() if k != TTA_KEY}, sort_keys=True),
+                          []).append(m)
+    return list(groups.values())
 
 
 def pack(hard: np.ndarray, soft: np.ndarray) -> np.ndarray:

@@ -1,6 +1,6 @@
-"""Out-of-fold predictions: `<out_dir>/fold<K>/oof.csv`, the validation images of each fold predicted by
-the model of its best epoch. The one writer and reader of the format, and the cross-validation score
-computed from it (the CV score every report and submission record shows).
+"""Out-of-fold predictions: each fold's oof.csv (comp.experiment.layout), the validation images of the fold
+predicted by the model of its best epoch. The one writer and reader of the format, and the cross-validation
+score computed from it (the CV score every report and submission record shows).
 
 Columns: `id`; the targets: `label` (a class index, or a regression value), or `target_<name>` per label
 or class (multi-label, soft targets); the outputs (comp.tasks.Task.output_columns): `prob_<name>` per
@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 
 from comp import io
-from comp.config import resolve_path
 from comp.data.targets import TARGET
 from comp.errors import UserError
 from comp.metrics import positive_index, score, score_all
@@ -125,39 +124,10 @@ def classes_of(df: pd.DataFrame) -> list[str]:
     return [c[len(PREFIX):] for c in prob_columns(df) if c.startswith(PREFIX)]
 
 
-def oof_files(out_dir: Path, n_folds: int, name: str = "oof.csv") -> list[Path]:
-    """The `name` file (oof.csv, or oof_tta.csv: comp.predict.oof_tta) of every fold that has one, in fold
-    order."""
-    return [p for k in range(n_folds) if (p := out_dir / f"fold{k}" / name).is_file()]
-
-
-def read_oof(paths: list[Path]) -> pd.DataFrame:
-    """OOF files (`fold<K>/<name>`: id, label, prob_<class>...) concatenated, with a `fold` column."""
-    return pd.concat([pd.read_csv(p, dtype={"id": str}).assign(fold=int(p.parent.name[len("fold"):]))
-                      for p in paths], ignore_index=True)
-
-
-def load_oof(out_dir: Path, n_folds: int) -> pd.DataFrame:
-    """The out-of-fold predictions of every trained fold, concatenated (id, label, prob_*, fold).
-
-    Raises:
-        UserError: no fold has an oof.csv yet.
-    """
-    paths = oof_files(out_dir, n_folds)
-    if not paths:
-        raise UserError(f"no fold of {out_dir} has an oof.csv yet; train a fold first")
-    return read_oof(paths)
-
-
-def cv_table(cfg: Any) -> tuple[pd.DataFrame, float, int]:
-    """Per-fold scores of every metric, and the competition metric over all out-of-fold predictions
-    together (the CV score), with the number of folds found.
-
-    Raises:
-        UserError: no fold has an oof.csv yet.
-    """
-    out_dir = resolve_path(cfg.out_dir)
-    oof = load_oof(out_dir, cfg.folds.n_folds)
+def cv_table(cfg: Any, oof: pd.DataFrame) -> tuple[pd.DataFrame, float, int]:
+    """Per-fold scores of every metric of the OOF frame `oof` (every fold's rows with a `fold` column:
+    comp.experiment.Experiment.oof), and the competition metric over all of them together (the CV score),
+    with the number of folds found."""
     task = oof_task(cfg, oof)
     rows, how = [], cfg.predict.aggregate
     for k, part in oof.groupby("fold"):

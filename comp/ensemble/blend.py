@@ -2,13 +2,13 @@
 experiment with an honest CV, its OOF files and a validated submission.
 
 Members must share the folds (`<out_dir>/folds.csv`: the same ids in the same folds), the task and the
-targets, and every fold must have its oof.csv. Each candidate method (comp.predict.blend) is scored on the
+targets, and every fold must have its oof.csv. Each candidate method (comp.ensemble.methods) is scored on the
 OOF rows twice: honestly (fitted on K-1 folds, scored on the held-out fold) and in-sample. The chosen one
 (`--method`, else the best honest CV) is written as an experiment of its own in the output folder:
 `fold<K>/oof.csv` (its honest, cross-fitted OOF, so `report.py` and a later blend score it out of fold),
 `folds.csv` (copied), `config.yaml` (the first member's, `out_dir` pointed here), `test_probs.csv` (the
 blended test outputs, refitted on every OOF row; a later blend reads it instead of predicting), `blend.json`
-(members, table, weights, decoding) and `submission.csv`, built and validated by comp.submit.submission.
+(members, table, weights, decoding) and `submission.csv`, built and validated by comp.predict.submission.
 With metric=qwk the grades are decoded with cut-points refitted on the blend's OOF
 (comp.predict.thresholds.choose), with f1/pf1 (task=binary) by a decision threshold refitted on it
 (comp.predict.cutoff.choose), each kept when its honest gain is positive, as for a single experiment.
@@ -26,38 +26,45 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from comp import io
-from comp.config import load_config, resolve_path
+from comp.config import resolve_path
 from comp.data.competition import Competition, load_competition
+from comp.ensemble import methods as bl
 from comp.errors import UserError
+from comp.experiment import Experiment, load_config
+from comp.experiment.oof import aggregate, oof_probs, oof_targets, oof_task, prob_columns, write_oof
 from comp.metrics import higher_is_better, score
-from comp.predict import blend as bl
 from comp.predict import cutoff, thresholds
 from comp.predict.predict import predict_test, save_probs
-from comp.submit.submission import decoded_submission, score_holdout, to_csv_text
+from comp.predict.submission import decoded_submission, score_holdout, to_csv_text
 from comp.tasks import Task
-from comp.train.oof import aggregate, load_oof, oof_probs, oof_targets, oof_task, prob_columns, write_oof
-
-TEST_PROBS = "test_probs.csv"
 
 
 @dataclass
 class Member:
     name: str  # its out_dir's folder name
-    cfg: Any
-    out_dir: Path
+    exp: Experiment
     oof: pd.DataFrame  # every fold's OOF rows, sorted by id
     task: Task
+
+    @property
+    def cfg(self) -> Any:
+        return self.exp.cfg
+
+    @property
+    def out_dir(self) -> Path:
+        return self.exp.dir
 
 
 def load_member(cfg: Any) -> Member:
     """One experiment: its config and every fold's OOF (UserError when a fold has none)."""
-    out_dir = resolve_path(cfg.out_dir)
-    oof = load_oof(out_dir, cfg.folds.n_folds)
+    exp = Experiment(cfg)
+    oof = exp.oof()
     folds = sorted(oof["fold"].unique())
     if len(folds) != cfg.folds.n_folds:
         missing = sorted(set(range(cfg.folds.n_folds)) - set(folds))
-        raise UserError(f"{out_dir}: fold(s) {missing} have no oof.csv; train every fold before blending")
-    return Member(out_dir.name, cfg, out_dir, oof.sort_values("id", kind="stable").reset_index(drop=True),
+        raise UserError(f"{exp.dir}: fold(s) {missing} have no out-of-fold predictions; train every fold before "
+                        f"blending")
+    return Member(exp.dir.name, exp, oof.sort_values("id", kind="stable").reset_index(drop=True),
                   oof_task(cfg, oof))
 
 
@@ -77,9 +84,9 @@ def load_members(configs: list[str], overrides: list[str]) -> list[Member]:
 
 
 def _folds_frame(m: Member) -> pd.DataFrame:
-    path = m.out_dir / "folds.csv"
+    path = m.exp.split.csv
     if not path.is_file():
-        raise UserError(f"{m.out_dir} has no folds.csv; it was not trained with this kit (scripts/prepare.py)")
+        raise UserError(f"{m.out_dir} has no {path.name}; it was not trained with this kit (scripts/prepare.py)")
     return pd.read_csv(path, dtype={"id": str}, usecols=["id", "fold"]).sort_values("id").reset_index(drop=True)
 
 
@@ -213,8 +220,7 @@ def test_outputs(members: list[Member], probs_files: list[str]) -> tuple[list[np
     comp = load_competition(members[0].cfg)
     outs = []
     for i, m in enumerate(members):
-        # a blend's or a stack's own test outputs (it has no checkpoints to predict with)
-        own = m.out_dir / TEST_PROBS if any((m.out_dir / f).is_file() for f in ("blend.json", "stack.json")) else None
+        own = m.exp.own_outputs()  # a blend's or a stack's own test outputs (it has no checkpoints to predict with)
         given = probs_files[i] if probs_files else ""
         if given or own:
             outs.append(read_test_probs(Path(given) if given else own, comp, m.task))
@@ -222,7 +228,7 @@ def test_outputs(members: list[Member], probs_files: list[str]) -> tuple[list[np
         mine = load_competition(m.cfg)
         if list(mine.test["id"].astype(str)) != list(comp.test["id"].astype(str)):
             raise UserError(f"{m.out_dir} and {members[0].out_dir} read different test images; blend one data set")
-        outs.append(predict_test(m.cfg, mine).astype(np.float64))
+        outs.append(predict_test(m.exp, mine).astype(np.float64))
     return outs, comp
 
 
@@ -260,22 +266,23 @@ def write(out: Path, members: list[Member], res: Result, test_probs: np.ndarray,
     """The blend as the experiment `out` (module doc), its files written in `into` (default `out`; the
     script passes comp.io.atomic_dir's partial folder, renamed to `out` once all is written); every file
     through comp.io."""
-    m0, final, out = members[0], out, into or out
+    m0, final = members[0], out
+    blend = Experiment(m0.cfg, into or out)  # the blend's files, written where `into` says
     ids, y = m0.oof["id"].tolist(), oof_targets(m0.oof)
     rows = m0.oof["row"].astype(str).tolist() if "row" in m0.oof.columns else None
     for k in sorted(m0.oof["fold"].unique()):
         sel = (m0.oof["fold"] == k).to_numpy()
-        write_oof(out / f"fold{k}" / "oof.csv", [i for i, s in zip(ids, sel, strict=True) if s], y[sel],
+        write_oof(blend.fold(k).oof, [i for i, s in zip(ids, sel, strict=True) if s], y[sel],
                   res.oof[sel], m0.task, None if rows is None else [r for r, s in zip(rows, sel, strict=True) if s])
-    for name in ("folds.csv", "folds.json"):
-        if (m0.out_dir / name).is_file():
-            io.write_bytes(out / name, (m0.out_dir / name).read_bytes(), what="blend")
+    for what in ("folds_meta", "folds"):
+        if m0.exp.file(what).is_file():
+            io.write_bytes(blend.file(what), m0.exp.file(what).read_bytes(), what="blend")
     cfg = OmegaConf.to_container(m0.cfg)
     cfg["out_dir"] = str(final)  # the blend is an experiment of its own: report.py --config out/config.yaml
-    io.write_text(out / "config.yaml", OmegaConf.to_yaml(cfg), what="blend")
-    save_probs(out / TEST_PROBS, comp.test["id"].astype(str).tolist(), test_probs.astype(np.float32), m0.task)
-    io.write_json(out / "blend.json", {
+    io.write_text(blend.file("config"), OmegaConf.to_yaml(cfg), what="blend")
+    save_probs(blend.file("test_probs"), comp.test["id"].astype(str).tolist(), test_probs.astype(np.float32), m0.task)
+    io.write_json(blend.file("blend"), {
         "members": [{"name": m.name, "out_dir": str(m.out_dir)} for m in members], "method": res.method,
         "metric": m0.cfg.metric, "weights": res.weights, "table": res.table.to_dict(orient="records"),
         "correlation": res.corr.tolist(), "decoding": res.decoding}, what="blend")
-    io.write_text(out / "submission.csv", csv_text, what="blend")
+    io.write_text(blend.file("submission"), csv_text, what="blend")

@@ -28,11 +28,12 @@ import pandas as pd
 from comp.data.competition import Competition, read_csv
 from comp.data.targets import class_task, read_targets
 from comp.errors import UserError
+from comp.experiment import Experiment
+from comp.experiment.oof import aggregate
 from comp.log import log
 from comp.metrics import positive_index, score
-from comp.submit.checks import NAN_WORDS, validate  # noqa: F401  (imported from here since the start)
+from comp.predict.checks import NAN_WORDS, validate  # noqa: F401  (imported from here since the start)
 from comp.tasks import Task, make_task
-from comp.train.oof import aggregate
 
 
 def read_exact(path: Path, what: str = "submission") -> pd.DataFrame:
@@ -290,19 +291,28 @@ class Submission:
     score: float | None  # held-out score when the answers are known
 
 
-def make_submission(cfg: Any, expect_hash: str | None = None) -> Submission:
-    """Predict the test set with every trained fold and TTA view, decode (kappa cut-points for qwk),
-    build and validate the submission. `expect_hash`: see comp.predict.load_fold."""
+def make_submission(exp: Experiment | Any, comp: Competition | None = None) -> Submission:
+    """The prediction entry point: the experiment's (`exp`, or a config to make one of) submission, in two
+    named steps: the decoding fit on the out-of-fold predictions (comp.predict.thresholds.fit_decoding: qwk
+    cut-points, a binary decision threshold, or none), then every trained fold x TTA view over the test set
+    (comp.predict.predict.predict_test); then built and validated against the sample submission.
+
+    Raises:
+        UserError: a sample that fits no encoding, a bad data.positive_class, no trained fold, folds that
+            disagree or do not match the config, a bad test image (predict.on_bad_image=fail).
+    """
     from comp.data.competition import load_competition
     from comp.predict import thresholds
     from comp.predict.predict import predict_test
 
-    images = load_competition(cfg)
+    exp = exp if isinstance(exp, Experiment) else Experiment(exp)
+    cfg = exp.cfg
+    images = comp or load_competition(cfg)
     rcfg = row_config(cfg)  # the sample is keyed by the submission's rows (data.submission_id_column)
     output_mode(rcfg, images, sample_frame(rcfg, images))  # a sample that fits no encoding fails before inference
     positive(rcfg, images)  # so does a data.positive_class that is not a class
-    probs = predict_test(cfg, images, expect_hash=expect_hash)  # the images' config: the folds' hash
-    decoding = thresholds.load_or_fit(cfg, images.num_classes, images)
+    decoding = thresholds.fit_decoding(exp, images.num_classes, images)
+    probs = predict_test(exp, images)
     cfg, comp, probs, df = decoded_submission(cfg, images, probs, decoding)
     order = sample_order(df, cfg.data.id_column, comp)
     return Submission(frame=df, text=to_csv_text(df), ids=df[cfg.data.id_column].tolist(), probs=probs[order],

@@ -10,7 +10,8 @@ changed (`check_resume`) and refuse the ones that would change what the weights 
 Keys: format_version, model, ema, optimizer, scaler, epoch (in progress, or next when step is
 0), step (optimizer steps of that epoch done), partial (that epoch's running loss sums), best,
 bad_epochs, history (the metrics.csv rows), rng (one state per DDP rank), world_size, config,
-config_hash, model_name, num_classes, in_chans, classes, fold, metric, eval_weights ("ema" or "model").
+config_hash, model_name, num_classes, in_chans, classes, fold, metric, eval_weights ("ema", "model" or "swa"),
+inputs and task (what the model sees and predicts: comp.experiment.model).
 """
 
 from __future__ import annotations
@@ -76,8 +77,9 @@ def load(path: Path) -> dict[str, Any]:
 
 
 # What each use of a checkpoint reads from it (a file of an older layout may lack some)
-PREDICT_KEYS = ("model", "model_name", "num_classes", "in_chans", "config_hash")
-RESUME_KEYS = (*PREDICT_KEYS, "optimizer", "scaler", "epoch", "step", "best", "bad_epochs", "history", "rng")
+PREDICT_KEYS = ("model", "model_name", "num_classes", "in_chans")
+RESUME_KEYS = (*PREDICT_KEYS, "config_hash", "optimizer", "scaler", "epoch", "step", "best", "bad_epochs", "history",
+               "rng")
 
 
 def require(ckpt: dict[str, Any], path: Path, keys: tuple[str, ...], use: str) -> None:
@@ -204,17 +206,17 @@ def settings_changes(ckpt: dict[str, Any], cfg: Any) -> dict[str, tuple[Any, Any
     return {k: (old.get(k), now.get(k)) for k in sorted(set(old) | set(now)) if old and old.get(k) != now.get(k)}
 
 
-def meaning_changes(ckpt: dict[str, Any], cfg: Any, changes: dict[str, tuple[Any, Any]] | None = None,
-                    expect_hash: str | None = None) -> str | None:
+def meaning_changes(ckpt: dict[str, Any], cfg: Any, changes: dict[str, tuple[Any, Any]] | None = None
+                    ) -> str | None:
     """None when checkpoint `ckpt` was trained with the model, data, image and fold settings of `cfg` (the
     config hash, HASHED_KEYS); otherwise what differs, `key old -> new, ...` (the hashes when the
-    checkpoint carries no config). Shared by --resume (check_resume) and prediction (load_fold).
+    checkpoint carries no config). What --resume checks (check_resume); prediction checks only what the
+    model sees (comp.experiment.model.check_config).
 
     Args:
         changes: `settings_changes(ckpt, cfg)` when the caller has it already.
-        expect_hash: the hash to compare with; default `config_hash(cfg)`.
     """
-    want = expect_hash or config_hash(cfg)
+    want = config_hash(cfg)
     if ckpt.get("config_hash") == want:
         return None
     changes = settings_changes(ckpt, cfg) if changes is None else changes

@@ -1,4 +1,4 @@
-"""Pseudo-labelled rows in training (`data.pseudo`): a CSV made by scripts/pseudo.py (comp.predict.pseudo)
+"""Pseudo-labelled rows in training (`data.pseudo`): a CSV made by scripts/pseudo.py (comp.teacher.pseudo)
 with its record `<csv>.json`, joined to the training part of every fold and never to a validation part.
 
 The file: `id, path` and the targets, hard (`label`: a class index, or `value`) or soft (`prob_<name>` per
@@ -29,8 +29,8 @@ import pandas as pd
 
 from comp.config import resolve_path
 from comp.errors import UserError
+from comp.experiment.oof import PREFIX
 from comp.io import sha256_file
-from comp.train.oof import PREFIX
 
 
 def folds_sha256(folds: pd.DataFrame) -> str:

@@ -1,4 +1,4 @@
-"""The level-2 table of stacking (comp.report.stack): image-model outputs, tabular columns of the
+"""The level-2 table of stacking (comp.ensemble.stack): image-model outputs, tabular columns of the
 competition's CSVs, and features of each image relative to its group (patient).
 
 - image outputs: each experiment's OOF outputs (train) or test outputs, `e<i>_<column>`; a binary task
@@ -23,8 +23,8 @@ import pandas as pd
 
 from comp.data.tables import read_csv
 from comp.errors import UserError
+from comp.experiment.oof import prob_columns
 from comp.tasks import Task
-from comp.train.oof import prob_columns
 
 MAX_CATEGORIES = 255  # HistGradientBoosting's limit: a categorical column has at most max_bins (255) values
 

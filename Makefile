@@ -11,7 +11,7 @@ FOLDS ?= 5
 BLEND_CONFIG ?= configs/demo_b.yaml
 ARGS ?=
 
-.PHONY: setup demo blend-demo ssl-demo test lint bench clean-demo
+.PHONY: setup demo blend-demo ssl-demo test lint bench docs clean-demo
 
 setup: $(STAMP)
 
@@ -79,3 +79,8 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/run.py
+
+# docs/config.md, generated from the schema (python -m comp.schema_doc: every key's type, default and comment);
+# rerun after changing a key or its comment in comp/schema.py (tests/test_docs.py fails until then).
+docs: setup
+	$(BIN)/python -m comp.schema_doc > docs/config.md.tmp && mv docs/config.md.tmp docs/config.md

@@ -96,26 +96,26 @@ class ModelConfig:
 class OptimConfig:
     name: str = "adamw"  # adamw | sgd
     lr: float = 1e-3  # peak learning rate, reached after the warmup
-    weight_decay: float = 0.05
+    weight_decay: float = 0.05  # weight decay (decoupled in AdamW); biases and norm weights get none
     momentum: float = 0.9  # SGD only
     schedule: str = "cosine"  # cosine | onecycle | constant, stepped every optimizer step
     warmup_epochs: float = 1.0  # linear warmup from lr/100
-    min_lr: float = 1e-6
+    min_lr: float = 1e-6  # the learning rate the cosine and one-cycle schedules end at
 
 
 @dataclass
 class TrainConfig:
     amp: bool = True  # mixed precision on CUDA: bf16 where supported, fp16 + GradScaler otherwise
-    channels_last: bool = True
+    channels_last: bool = True  # NHWC memory format for the model and its batches
     compile: Any = False  # torch.compile the model: false | true (= default) | default | reduce-overhead (CUDA
     # graphs) | max-autotune | max-autotune-no-cudagraphs (COMPILE_MODES; comp.device.compile_model)
     accum_steps: int = 1  # gradient accumulation: micro-batches per optimizer step
     clip_grad: float = 0.0  # max gradient norm; 0 = off
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # cross-entropy towards uniform, BCE towards 0.5; 0 = off
     loss: str = "auto"  # regression head: mse | smooth_l1 | l1 on standardised targets; auto = smooth_l1 for
     # ordinal, mse for regression (classification losses follow the task: cross-entropy or BCE)
     ema: bool = False  # keep an exponential moving average of the weights (validated, checkpointed)
-    ema_decay: float = 0.999
+    ema_decay: float = 0.999  # EMA decay per optimizer step
     ema_warmup: bool = True  # EMA decay ramps up over the first steps (timm's), so a short run's EMA is usable
     swa_epochs: int = 0  # average the weights of the last N epochs (SWA-style, BatchNorm statistics recomputed;
     # comp/train/swa.py), validated as a row of its own and saved as best.pt when it scores best; 0 = off
@@ -150,7 +150,7 @@ class ImagesConfig:
 @dataclass
 class AugConfig:
     train: list[Any] = field(default_factory=list)  # albumentations transforms: {name: ..., args...}
-    valid: list[Any] = field(default_factory=list)
+    valid: list[Any] = field(default_factory=list)  # transforms for validation and test images, as aug.train
     tta: list[str] = field(default_factory=lambda: ["identity", "hflip"])  # views averaged at predict
 
 
@@ -180,7 +180,7 @@ class DistillConfig:
 
 @dataclass
 class Config:
-    seed: int = 42
+    seed: int = 42  # seeds the sample order, augmentation and initial weights (the split has folds.seed)
     seeds: list[int] = field(default_factory=list)  # a seed bag: the recipe trained once per seed on the same
     # folds, into <out_dir>/fold<K>/seed<S>/, predicted and scored as one experiment; empty = just `seed`
     out_dir: str = "runs/demo"  # where fold folders, folds.csv and predictions go
@@ -189,8 +189,8 @@ class Config:
     # last in <out_dir>/fold<K>/ where predict reads it (comp/train/stages.py); empty = one stage
     stage: int = 0  # set by scripts/train_fold.py for each of `stages`: i >= 1 a stage before the last (its folder
     # fold<K>/stage<i>/, data.extra entries with stage=pretrain used); 0 = the last stage, or no stages
-    epochs: int = 10
-    batch_size: int = 64
+    epochs: int = 10  # training epochs per fold
+    batch_size: int = 64  # images per optimizer micro-step (per process under torchrun)
     image_size: int = 32  # square side the images are resized to
     num_workers: int = 2  # DataLoader worker processes
     device: str = "auto"  # auto | cpu | cuda | cuda:N

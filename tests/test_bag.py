@@ -8,13 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import assert_user_error, run_script
+from omegaconf import OmegaConf
 
 from comp.data.competition import load_competition
-from comp.ensemble.bag import with_seed, write_bag_oof
+from comp.ensemble.bag import write_bag_oof
 from comp.errors import UserError
-from comp.experiment import load_config
-from comp.experiment.oof import cv_table, oof_probs
-from comp.predict.predict import predict_test, trained_folds
+from comp.experiment import Experiment, load_config
+from comp.experiment.oof import oof_probs
+from comp.predict.predict import predict_test
 from comp.train.loop import fit
 
 BAG = ["seeds=[42,43]"]
@@ -27,7 +28,7 @@ def bag(tiny):
     run_script("train_fold.py", "--fold", "0", *args, check=True, env={"OMP_NUM_THREADS": "1"})
     cfg = load_config(None, args)
     for seed in (42, 43):
-        fit(with_seed(cfg, seed), 1)
+        fit(OmegaConf.merge(cfg, {"seed": seed}), 1)
         written = write_bag_oof(cfg, 1)
         assert (written is None) == (seed == 42)  # the bag's OOF waits for its last seed
     return cfg, tiny["out"]
@@ -44,10 +45,10 @@ def test_bag_oof_ensemble_and_partial_bag(bag, tiny):
         np.testing.assert_allclose(oof_probs(mean), (oof_probs(seeds[0]) + oof_probs(seeds[1])) / 2, atol=1e-6)
         assert (out / f"fold{k}" / "seed43" / "config.yaml").is_file()
         assert not (out / f"fold{k}" / "best.pt").exists()
-    table, cv, n = cv_table(cfg)  # the readers of fold<K>/oof.csv see one experiment
+    table, cv, n = Experiment(cfg).cv()  # the readers of fold<K>/oof.csv see one experiment
     assert n == 2 and len(table) == 2 and np.isfinite(cv)
 
-    paths = trained_folds(cfg)
+    paths = Experiment(cfg).trained()
     assert [p.relative_to(out).as_posix() for p in paths] == [
         "fold0/seed42/best.pt", "fold0/seed43/best.pt", "fold1/seed42/best.pt", "fold1/seed43/best.pt"]
     comp = load_competition(cfg)
@@ -68,7 +69,7 @@ def test_bag_oof_ensemble_and_partial_bag(bag, tiny):
     # a fold missing a seed: refused with one error line naming it, unless the trained seeds are asked for
     (out / "fold1" / "seed43" / "best.pt").unlink()
     with pytest.raises(UserError, match=r"fold 1 of the seed bag seeds=\[42, 43\] lacks seed\(s\) \[43\]"):
-        trained_folds(cfg)
+        Experiment(cfg).trained()
     res = run_script("predict.py", *tiny["overrides"], *BAG, env={"OMP_NUM_THREADS": "1"})
     assert_user_error(res, "fold 1", "seed(s) [43]", "--fold 1 --seed 43", "seeds=[42]")
     one = load_config(None, [*tiny["overrides"], "seeds=[42]"])

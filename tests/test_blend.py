@@ -16,8 +16,8 @@ from conftest import FAST, assert_user_error, run_script, write_tiny_competition
 from comp.ensemble import blend as sb
 from comp.ensemble import methods as bl
 from comp.errors import UserError
-from comp.experiment import load_config
-from comp.experiment.oof import load_oof, write_oof
+from comp.experiment import Experiment, load_config
+from comp.experiment.oof import write_oof
 from comp.tasks import Task
 from comp.train.loop import fit
 
@@ -123,7 +123,7 @@ def test_every_task_blends_and_the_blend_is_an_experiment(tmp_path, kind):
     columns = "value" if kind in ("regression", "ordinal") else "prob_"
     assert np.allclose(again.oof.filter(like=columns).to_numpy(), res.oof, atol=1e-6)
     sb.check_compatible([again, members[0]])  # ...on the same folds: it can be blended again
-    assert len(load_oof(out, N_FOLDS)) == n
+    assert len(Experiment.open(out).oof()) == n
 
 
 def test_two_trained_recipes_blend_end_to_end_and_other_folds_are_refused(tmp_path):

@@ -33,7 +33,7 @@ from comp.data.download import unzip_all
 from comp.data.folds import library_versions, load_or_make_folds, split
 from comp.data.loader import ImageDataset
 from comp.errors import UserError
-from comp.experiment import load_config
+from comp.experiment import Experiment, load_config
 
 # --- 1. augmentations: independent decisions, a pure function of the sample's seed ------------------
 
@@ -187,7 +187,7 @@ def test_folds_json_records_library_versions_and_a_new_version_does_not_refuse(t
     cfg = load_config(ROOT / "configs" / "dr2015.yaml", overrides(root, tmp_path / "runs", FAST))
     train = load_competition(cfg).train
     out = tmp_path / "runs"
-    first = load_or_make_folds(cfg, train, out)
+    first = load_or_make_folds(cfg, train, Experiment(cfg, out).split)
     made = json.loads((out / "folds.json").read_text())
     assert made["made_with"] == {name: metadata.version(name) for name in ("scikit-learn", "numpy", "pandas", "comp")}
     assert made["made_with"] == library_versions()
@@ -196,7 +196,7 @@ def test_folds_json_records_library_versions_and_a_new_version_does_not_refuse(t
     (out / "folds.json").write_text(json.dumps(made))
     csv = (out / "folds.csv").read_text()
     capsys.readouterr()
-    again = load_or_make_folds(cfg, train, out)
+    again = load_or_make_folds(cfg, train, Experiment(cfg, out).split)
     assert again["fold"].equals(first["fold"]) and (out / "folds.csv").read_text() == csv
     err = capsys.readouterr().err
     assert "scikit-learn 1.7.2 (now " in err and "numpy 1.26.4" in err and "kept as it is" in err

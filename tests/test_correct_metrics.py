@@ -178,7 +178,7 @@ def test_tta_oof_is_each_fold_predicted_as_the_test_set_and_is_cached(tmp_path):
 def test_thresholds_fit_on_the_tta_oof_and_store_both_gains(tmp_path):
     ex = make_experiment(tmp_path, "metric=qwk", "aug.tta=[identity,hflip]", n_folds=3)
     cfg, out = ex["cfg"], ex["out"]
-    t = thresholds.load_or_fit(cfg, 3)
+    t = thresholds.fit_decoding(cfg, 3)
     saved = json.loads((out / "thresholds.json").read_text())
     assert t == saved and saved["source"] == "oof_tta"
     oof = pd.concat([pd.read_csv(out / f"fold{k}" / "oof_tta.csv").assign(fold=k) for k in range(3)])
@@ -195,9 +195,9 @@ def test_thresholds_fit_on_the_tta_oof_and_store_both_gains(tmp_path):
 
     mtime = (out / "thresholds.json").stat().st_mtime_ns
     (out / "fold0" / "oof.csv").write_text((out / "fold1" / "oof.csv").read_text())
-    thresholds.load_or_fit(cfg, 3)
+    thresholds.fit_decoding(cfg, 3)
     assert (out / "thresholds.json").stat().st_mtime_ns == mtime  # the plain OOF is not what it was fit on
-    plain = thresholds.load_or_fit(load_config(None, [*ex["overrides"], "aug.tta=[identity]"]), 3)
+    plain = thresholds.fit_decoding(load_config(None, [*ex["overrides"], "aug.tta=[identity]"]), 3)
     assert plain["source"] == "oof"
 
 

@@ -160,8 +160,8 @@ def test_the_offline_package_gives_a_bad_image_the_prior_by_default(tmp_path, mo
     (tmp_path / "config.yaml").write_text(to_yaml(load_config(None, COMMON)))
     seen = []
 
-    def make_submission(cfg, **_kw):
-        seen.append(cfg.predict.on_bad_image)
+    def make_submission(exp, *_a, **_kw):
+        seen.append(exp.cfg.predict.on_bad_image)
         raise UserError("stop here")
 
     monkeypatch.setattr(submission, "make_submission", make_submission)

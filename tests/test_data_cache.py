@@ -18,10 +18,10 @@ from comp.data.augment import build_transform
 from comp.data.cache import ImageLoader, cache_folder, entry_path, image_loader, process_images, read_entry
 from comp.data.competition import load_competition
 from comp.data.loader import EpochSampler, ImageDataset, make_loader
-from comp.data.prepare import prepare
 from comp.data.preprocess import load_preprocessed
 from comp.errors import UserError
 from comp.experiment import load_config
+from comp.pipeline import prepare
 
 
 def _cfg(name, root, out, *extra):
@@ -98,7 +98,7 @@ import os, signal, sys
 sys.path.insert(0, {root!r})
 import comp.data.cache as c
 from comp.experiment import load_config
-from comp.data.prepare import prepare
+from comp.pipeline import prepare
 real, n = c.write_entry, [0]
 def dying(img, path, fmt):  # the 6th entry: its temporary file half written, then SIGKILL
     n[0] += 1

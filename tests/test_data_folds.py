@@ -12,7 +12,7 @@ from replicas import build, overrides
 from comp.data.competition import load_competition
 from comp.data.folds import library_versions, load_or_make_folds, split
 from comp.errors import UserError
-from comp.experiment import load_config
+from comp.experiment import Experiment, load_config
 
 ROOT_CONFIGS = "configs"
 
@@ -69,20 +69,21 @@ def test_written_once_and_reused(dr, tmp_path):
     cfg = dr()
     train = load_competition(cfg).train
     out = tmp_path / "runs"
-    first = load_or_make_folds(cfg, train, out)
+    first = load_or_make_folds(cfg, train, Experiment(cfg, out).split)
     text = (out / "folds.csv").read_text()
     made = json.loads((out / "folds.json").read_text())
     assert made.pop("made_with") == library_versions()  # scikit-learn, numpy, pandas, the kit
     assert made == {"n_folds": 2, "seed": 42, "grouped": True, "group_pattern": r"^(\d+)_(?:left|right)$"}
     assert (first.groupby("group")["fold"].nunique() == 1).all()  # both eyes of a patient together
-    again = load_or_make_folds(cfg, train.sample(frac=1, random_state=0), out)  # any row order
+    again = load_or_make_folds(cfg, train.sample(frac=1, random_state=0), Experiment(cfg, out).split)  # any row order
     assert (out / "folds.csv").read_text() == text
     assert again.set_index("id")["fold"].sort_index().equals(first.set_index("id")["fold"].sort_index())
     (out / "folds.csv").unlink()
     (out / "folds.json").unlink()
-    load_or_make_folds(cfg, train, out)
+    load_or_make_folds(cfg, train, Experiment(cfg, out).split)
     assert (out / "folds.csv").read_text() == text  # remade from scratch: the same split
-    assert load_or_make_folds(dr("seed=7"), train, out)["fold"].equals(first["fold"])  # training seed: same folds
+    again = load_or_make_folds(dr("seed=7"), train, Experiment(dr("seed=7"), out).split)
+    assert again["fold"].equals(first["fold"])  # training seed: same folds
 
 
 @pytest.mark.parametrize("change, needle", [
@@ -94,10 +95,10 @@ def test_written_once_and_reused(dr, tmp_path):
 def test_changed_setting_refused(dr, tmp_path, change, needle):
     cfg = dr()
     train = load_competition(cfg).train
-    load_or_make_folds(cfg, train, tmp_path / "runs")
+    load_or_make_folds(cfg, train, Experiment(cfg, tmp_path / "runs").split)
     changed = dr(*change)
     with pytest.raises(UserError, match="folds.csv") as e:
-        load_or_make_folds(changed, load_competition(changed).train, tmp_path / "runs")
+        load_or_make_folds(changed, load_competition(changed).train, Experiment(changed, tmp_path / "runs").split)
     assert needle in str(e.value) and "delete it" in str(e.value)
 
 
@@ -105,12 +106,12 @@ def test_changed_data_refused(dr, tmp_path):
     cfg = dr()
     train = load_competition(cfg).train
     out = tmp_path / "runs"
-    load_or_make_folds(cfg, train, out)
+    load_or_make_folds(cfg, train, Experiment(cfg, out).split)
     with pytest.raises(UserError, match="different set of images"):
-        load_or_make_folds(cfg, train.iloc[1:], out)
+        load_or_make_folds(cfg, train.iloc[1:], Experiment(cfg, out).split)
     relabelled = train.assign(label=train["label"].where(train.index != 3, (train["label"] + 1) % 5))
     with pytest.raises(UserError, match=f"the label of '{train['id'][3]}' changed"):
-        load_or_make_folds(cfg, relabelled, out)
+        load_or_make_folds(cfg, relabelled, Experiment(cfg, out).split)
 
 
 def test_hand_made_folds_are_trusted(dr, tmp_path):
@@ -121,5 +122,5 @@ def test_hand_made_folds_are_trusted(dr, tmp_path):
     out.mkdir()
     mine = train.assign(fold=np.arange(len(train)) % 2)
     mine[["id", "label", "group", "fold"]].to_csv(out / "folds.csv", index=False)
-    got = load_or_make_folds(cfg, train, out)
+    got = load_or_make_folds(cfg, train, Experiment(cfg, out).split)
     assert got.set_index("id")["fold"].equals(mine.set_index("id")["fold"])

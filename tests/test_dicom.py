@@ -252,7 +252,7 @@ def test_repeated_ids_are_one_image_when_their_labels_agree(tmp_path):
 def test_rsna_pneumonia_replica_prepare_fold_predict(tmp_path):
     """The shipped config on the replica (12-bit MONOCHROME1/2 CR, some windowed, some RLE): prepare
     caches every image, fold 0 trains, the submission holds P(Target=1) per patientId in the sample's order."""
-    from comp.data.prepare import prepare
+    from comp.pipeline import prepare
     from comp.predict.submission import make_submission
     from comp.train.loop import fit
 

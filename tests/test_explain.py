@@ -23,7 +23,7 @@ from comp.data.competition import load_competition
 from comp.data.folds import load_or_make_folds
 from comp.data.images import load_image
 from comp.errors import UserError
-from comp.experiment import load_config
+from comp.experiment import Experiment, load_config
 from comp.models import create_model
 from comp.report import errors_analysis as ea
 from comp.report.explain import grad_cam
@@ -257,21 +257,22 @@ def test_data_exclude_drops_training_ids_and_the_old_folds_are_refused(tiny, tmp
         with pytest.raises(UserError, match=re.escape(needle)):
             load_competition(load_config(None, [*tiny["overrides"], f"data.exclude={bad}"]))
     out = tiny["out"]
-    load_or_make_folds(base, full.train, out)
+    load_or_make_folds(base, full.train, Experiment(base, out).split)
     with pytest.raises(UserError, match=r"folds.csv was made with data.exclude=\[\], the config now says"):
-        load_or_make_folds(cfg, comp.train, out)
+        load_or_make_folds(cfg, comp.train, Experiment(cfg, out).split)
     (out / "folds.json").unlink()  # a hand-made split without the excluded images is still refused
     with pytest.raises(UserError, match="different set of images"):
-        load_or_make_folds(cfg, comp.train, out)
+        load_or_make_folds(cfg, comp.train, Experiment(cfg, out).split)
 
 
 def test_data_exclude_unset_keeps_old_hashes_and_folds(tiny):
     cfg = load_config(None, tiny["overrides"])  # checkpoints trained before the key keep their hash
     assert config_hash(cfg) == config_hash(cfg, tuple(k for k in HASHED_KEYS if k != "data.exclude"))
     comp = load_competition(cfg)
-    folds = load_or_make_folds(cfg, comp.train, tiny["out"])
+    folds = load_or_make_folds(cfg, comp.train, Experiment(cfg, tiny["out"]).split)
     assert "exclude" not in json.loads((tiny["out"] / "folds.json").read_text())  # as before the key existed
-    assert load_or_make_folds(cfg, comp.train, tiny["out"])["fold"].tolist() == folds["fold"].tolist()
+    again = load_or_make_folds(cfg, comp.train, Experiment(cfg, tiny["out"]).split)
+    assert again["fold"].tolist() == folds["fold"].tolist()
 
 
 def test_explain_user_errors(tiny):

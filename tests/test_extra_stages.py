@@ -16,7 +16,7 @@ import yaml
 from conftest import assert_user_error, run_script
 
 from comp.errors import UserError
-from comp.experiment import load_config
+from comp.experiment import Experiment, load_config
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -60,7 +60,7 @@ def test_every_fold_trains_on_all_extra_rows_and_validates_on_none(tiny, ext):
     # the label map: level 10/11/12 -> class 0/1/2 (ids say their level)
     want = extra["id"].str.split("_").str[1].astype(int) - 10
     assert (extra["label"].to_numpy() == want.to_numpy()).all()
-    folds = load_or_make_folds(cfg, comp.train, Path(cfg.out_dir))
+    folds = load_or_make_folds(cfg, comp.train, Experiment(cfg, Path(cfg.out_dir)).split)
     assert not folds["id"].isin(extra["id"]).any()  # never in folds.csv
     for k in range(2):
         fd = fold_data(cfg, comp, folds, k, 0, 1, pin=False, extra=extra)
@@ -196,19 +196,21 @@ def test_two_stages_hand_on_weights_resume_and_predict(tiny, ext, monkeypatch):
     assert len(pd.read_csv(__import__("io").StringIO(pred.stdout))) == 9
 
 
-def test_last_stage_may_not_change_what_predict_reads(tiny):
-    from comp.train.stages import stage_configs
-
+def test_a_bad_stage_is_refused_when_the_config_loads(tiny):
+    # the one loader checks every stage as a whole config: a stage the script would refuse hours later (its
+    # TTA view, a range, a key prediction reads) fails at load, for a notebook and a script alike
     for stages, needle in (("[{}, {image_size: 32}]", "stages[1] (the last stage) sets 'image_size'"),
                            ("[{out_dir: x}, {}]", "stages[0] sets 'out_dir'"),
-                           ("[{epochz: 1}, {}]", "stages[0]")):
+                           ("[{epochz: 1}, {}]", "stages[0]"),
+                           ("[{epochs: 0}, {}]", "stages[0]: bad value for config key 'epochs': 0 must be >= 1"),
+                           ("[{aug: {tta: [idnetity]}}, {}]", "stages[0]: aug.tta: unknown view 'idnetity'")):
         with pytest.raises(UserError, match=__import__("re").escape(needle)):
-            stage_configs(load_config(None, tiny["overrides"] + [f"stages={stages}"]))
+            load_config(None, tiny["overrides"] + [f"stages={stages}"])
 
 
 def test_prepare_caches_the_extra_images_of_every_stage(tiny, ext):
     from comp.data.cache import cache_folder, read_manifest
-    from comp.train.stages import stage_configs
+    from comp.experiment import stage_configs
 
     over = tiny["overrides"] + [extra_entry(ext, stage="pretrain"), STAGES]
     res = run_script("prepare.py", *over, "--quiet")

@@ -22,8 +22,8 @@ from conftest import ROOT, write_tiny_competition
 from test_faults_config import COMMON, run_main, trained_fixture
 
 from comp.data.cache import cache_folder
-from comp.data.prepare import prepare
 from comp.experiment import load_config
+from comp.pipeline import prepare
 
 pytestmark = pytest.mark.slow
 

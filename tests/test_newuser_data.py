@@ -23,10 +23,10 @@ from comp.data.checks import near_duplicate
 from comp.data.competition import load_competition
 from comp.data.download import ensure_data
 from comp.data.folds import load_or_make_folds
-from comp.data.prepare import prepare
 from comp.data.preprocess import load_preprocessed
 from comp.errors import UserError
-from comp.experiment import load_config
+from comp.experiment import Experiment, load_config
+from comp.pipeline import prepare
 
 
 def _cfg(root: Path, *extra: str, out: Path | None = None):
@@ -237,9 +237,9 @@ def test_limit_takes_n_per_class_and_never_mixes_with_full_runs(tiny_root, tmp_p
     before = tuple(k for k in HASHED_KEYS if k != "data.limit")  # the keys before data.limit existed
     assert config_hash(full) == config_hash(full, before) != config_hash(limited)
     out = tmp_path / "runs"
-    load_or_make_folds(limited, a.train, out)
+    load_or_make_folds(limited, a.train, Experiment(limited, out).split)
     assert json.loads((out / "folds.json").read_text())["limit"] == 3
     with pytest.raises(UserError, match="data.limit=3"):
-        load_or_make_folds(full, load_competition(full).train, out)
+        load_or_make_folds(full, load_competition(full).train, Experiment(full, out).split)
     with pytest.raises(UserError, match="data.limit"):
         _cfg(tiny_root, "data.limit=1")  # fewer than folds.n_folds=2

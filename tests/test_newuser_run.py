@@ -21,13 +21,13 @@ from test_faults_config import one_error, run_main
 from test_predict import make_experiment
 
 import comp
-from comp.data.prepare import prepare
 from comp.errors import UserError
+from comp.experiment import Experiment, load_config
 from comp.experiment import checkpoint as ckpt_io
-from comp.experiment import load_config
 from comp.experiment.checkpoint import save as save_atomic
 from comp.log import progress, set_quiet
-from comp.predict.predict import predict_test, trained_folds
+from comp.pipeline import prepare
+from comp.predict.predict import predict_test
 from comp.report.plots import confusion_figure
 from comp.report.report import compare
 
@@ -48,9 +48,9 @@ def test_a_partial_ensemble_is_refused_unless_named_and_every_prediction_says_wh
     (ex["out"] / "fold1" / "best.pt").unlink()
     (ex["out"] / "fold2" / "best.pt").unlink()
     with pytest.raises(UserError, match=r"1 of 3 folds trained .*folds \[0\].*predict.folds=\[0\]"):
-        trained_folds(ex["cfg"])
+        Experiment(ex["cfg"]).trained()
     with pytest.raises(UserError, match=r"fold\(s\) \[2\] of predict.folds have no best.pt"):
-        trained_folds(load_config(None, [*ex["overrides"], "predict.folds=[0,2]"]))
+        Experiment(load_config(None, [*ex["overrides"], "predict.folds=[0,2]"])).trained()
     with pytest.raises(UserError, match="predict.folds"):
         load_config(None, [*ex["overrides"], "predict.folds=[3]"])  # folds.n_folds=3: 0..2
     capsys.readouterr()

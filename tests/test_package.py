@@ -112,7 +112,7 @@ def test_the_package_predicts_offline_exactly_like_predict_py(tmp_path):
                               "--save-probs", str(tmp_path / "offline.csv")],
                              capture_output=True, text=True, env=env, cwd=elsewhere, timeout=300)
     assert offline.returncode == 0, offline.stderr
-    assert "thresholds: " in offline.stderr and str(pkg / "thresholds.json") in offline.stderr
+    assert "decoding: " in offline.stderr and str(pkg / "thresholds.json") in offline.stderr
     # Same thread count on both sides: CPU convolutions sum in a thread-dependent order.
     local = run_script("predict.py", *ex["overrides"], "--save-probs", str(tmp_path / "local.csv"), check=True,
                        env={"OMP_NUM_THREADS": "1"})
@@ -132,13 +132,13 @@ def test_package_refuses_a_foreign_fold_and_an_existing_folder(tmp_path):
     assert not (pkg / "thresholds.json").exists()  # metric=accuracy: argmax, no thresholds
 
     f1 = ex["out"] / "fold1" / "best.pt"
-    save_atomic({**torch.load(f1, weights_only=True), "config_hash": "0123456789ab"}, f1)
-    with pytest.raises(UserError, match="fold1/best.pt was trained with another"):
+    ck = torch.load(f1, weights_only=True)
+    save_atomic({**ck, "inputs": {**ck["inputs"], "image_size": 24}}, f1)  # a fold that sees other images
+    with pytest.raises(UserError, match=r"fold1/best.pt was trained with image_size=24 but .*fold0/best.pt with 16"):
         build_package(ex["cfg"], tmp_path / "pkg2")
     assert not (tmp_path / "pkg2").exists() and not (tmp_path / ".pkg2.partial").exists()
     with pytest.raises(UserError, match="is not owner/slug"):
-        save_atomic({**torch.load(f1, weights_only=True), "config_hash": torch.load(
-            ex["out"] / "fold0" / "best.pt", weights_only=True)["config_hash"]}, f1)
+        save_atomic(ck, f1)
         build_package(ex["cfg"], tmp_path / "pkg3", dataset_id="Not A Slug")
     assert not (tmp_path / "pkg3").exists()
 

@@ -177,7 +177,7 @@ def test_the_validated_ema_weights_are_the_ones_used(tmp_path):
 def test_a_fold_of_another_config_or_other_classes_is_refused(tmp_path):
     ex = make_experiment(tmp_path)
     other = load_config(None, ex["overrides"] + ["image_size=24"])
-    with pytest.raises(UserError, match="image_size=24 would change what the trained model sees"):
+    with pytest.raises(UserError, match=r"was trained with a different input .*\(image_size 16 -> 24\)"):
         predict_test(other, ex["comp"])
     f0 = Experiment(ex["cfg"]).trained()[0]
     ck = torch.load(f0, weights_only=True)

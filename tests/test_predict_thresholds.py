@@ -93,7 +93,7 @@ def test_thresholds_file_is_fit_once_and_decides_the_submission_labels(tmp_path)
     oof = pd.read_csv(out / "fold0" / "oof.csv")
     oof.loc[:, "prob_0"], oof.loc[:, "prob_2"] = oof["prob_2"].to_numpy(), oof["prob_0"].to_numpy()
     oof.to_csv(out / "fold0" / "oof.csv", index=False)
-    thresholds.load_or_fit(cfg, 3)
+    thresholds.fit_decoding(cfg, 3)
     assert json.loads((out / "thresholds.json").read_text())["oof_digest"] != saved["oof_digest"]  # refit
 
 
@@ -104,11 +104,11 @@ def test_decoding_and_when_thresholds_apply(tmp_path):
     np.testing.assert_array_equal(thresholds.labels(probs, None), [0, 2])
 
     ex = make_experiment(tmp_path, "metric=qwk")
-    assert thresholds.load_or_fit(ex["cfg"], 3) is not None
-    assert thresholds.load_or_fit(load_config(None, ex["overrides"] + ["metric=accuracy"]), 3) is None
-    assert thresholds.load_or_fit(load_config(None, ex["overrides"] + ["predict.thresholds=false"]), 3) is None
+    assert thresholds.fit_decoding(ex["cfg"], 3) is not None
+    assert thresholds.fit_decoding(load_config(None, ex["overrides"] + ["metric=accuracy"]), 3) is None
+    assert thresholds.fit_decoding(load_config(None, ex["overrides"] + ["predict.thresholds=false"]), 3) is None
     for k in (0, 1):  # no OOF (the offline package): the saved file is used as it is
         (ex["out"] / f"fold{k}" / "oof.csv").unlink()
-    assert thresholds.load_or_fit(ex["cfg"], 3) == json.loads((ex["out"] / "thresholds.json").read_text())
+    assert thresholds.fit_decoding(ex["cfg"], 3) == json.loads((ex["out"] / "thresholds.json").read_text())
     with pytest.raises(UserError, match="not a thresholds file for 5 classes"):
-        thresholds.load_or_fit(ex["cfg"], 5)
+        thresholds.fit_decoding(ex["cfg"], 5)

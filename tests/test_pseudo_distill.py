@@ -246,7 +246,7 @@ def test_pseudo_from_saved_test_probabilities(teacher, tmp_path):
 
 def test_prepare_caches_the_pseudo_labelled_images(teacher, tmp_path, capsys):
     from comp.data.cache import cache_folder, entry_path, image_loader, manifest_key, read_manifest
-    from comp.data.prepare import prepare
+    from comp.pipeline import prepare
 
     pool = tmp_path / "pool"
     pool.mkdir()

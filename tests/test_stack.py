@@ -20,9 +20,8 @@ from comp.data.competition import load_competition
 from comp.ensemble import stack as stack_mod
 from comp.ensemble.stack_data import group_features
 from comp.errors import UserError
-from comp.experiment import load_config
-from comp.experiment.oof import load_oof
-from comp.predict.predict import load_fold, predict_test, trained_folds
+from comp.experiment import Experiment, load_config
+from comp.predict.predict import predict_test
 from comp.tasks import Task
 from comp.train.loop import fit
 
@@ -92,8 +91,8 @@ def test_stack_with_metadata_beats_the_image_model_and_is_an_experiment(trained)
     assert summary["cv_images"][0] < 0.75  # noise images: the image model cannot see the target
     assert summary["cv_stack"] > summary["cv_images"][0] + 0.2 and summary["cv_stack"] > 0.8
     assert f"CV auc {summary['cv_stack']:.4f}" in stdout and f"CV auc {summary['cv_images'][0]:.4f}" in stdout
-    oof = load_oof(out, 2)  # the kit's OOF format: a blendable experiment, scored as any
-    image_oof = load_oof(tmp / "runs", 2)
+    oof = Experiment.open(out).oof()  # the kit's OOF format: a blendable experiment, scored as any
+    image_oof = Experiment.open(tmp / "runs").oof()
     assert sorted(oof["id"]) == sorted(image_oof["id"]) and list(oof.columns[:2]) == ["id", "label"]
     assert roc_auc_score(oof["label"], oof["prob_1"]) == pytest.approx(summary["cv_stack"])
     sub = pd.read_csv(out / "submission.csv")
@@ -171,13 +170,14 @@ def test_save_features_are_the_pooled_inputs_of_the_classifier(trained):
     assert "image features:" in stderr and stdout.startswith("image_name,target")
     ids = pd.read_csv(tmp / "feats" / "train_ids.csv", dtype={"id": str})
     train = np.load(tmp / "feats" / "train.npy")
-    model, _ = load_fold(trained_folds(cfg)[0], cfg, comp.classes)
+    exp = Experiment(cfg)
+    model = exp.load_model(exp.trained()[0]).model
     assert train.shape == (N, model.num_features) and train.dtype == np.float32
     # the classifier on the saved OOF rows gives the fold's own OOF outputs, image for image
-    oof = load_oof(Path(cfg.out_dir), 2).set_index("id").loc[ids["id"]]
+    oof = exp.oof().set_index("id").loc[ids["id"]]
     logits = []
-    for k, path in enumerate(trained_folds(cfg)):
-        m, _ = load_fold(path, cfg, comp.classes)
+    for k, path in enumerate(exp.trained()):
+        m = exp.load_model(path).model
         logits.append(m.fc(torch.from_numpy(train[(ids["fold"] == k).to_numpy()])))
     p = torch.sigmoid(torch.cat(logits)[:, 0]).detach().numpy()
     assert np.allclose(p, oof["prob_1"].to_numpy(), atol=1e-5)
@@ -185,7 +185,7 @@ def test_save_features_are_the_pooled_inputs_of_the_classifier(trained):
     assert list(test_ids) == list(comp.test["id"])
     tests = [np.load(tmp / "feats" / f"test_fold{k}.npy") for k in (0, 1)]
     assert all(t.shape == (N_TEST, model.num_features) for t in tests)
-    folds = [load_fold(path, cfg, comp.classes)[0] for path in trained_folds(cfg)]
+    folds = [exp.load_model(path).model for path in exp.trained()]
     per_fold = [torch.sigmoid(m.fc(torch.from_numpy(t))[:, 0]).detach().numpy()
                 for m, t in zip(folds, tests, strict=True)]
     mean = np.mean(per_fold, 0)

@@ -19,8 +19,7 @@ from conftest import ROOT, assert_user_error, run_script, write_tiny_competition
 from test_predict import make_experiment
 
 from comp.config import config_hash
-from comp.experiment import load_config
-from comp.experiment.oof import cv_table
+from comp.experiment import Experiment, load_config
 
 COMPETITION = "tiny-comp"
 
@@ -162,7 +161,7 @@ def test_the_cli_gets_exactly_its_arguments_and_the_submission_is_recorded(tmp_p
     assert copy.parent == subs and copy.read_bytes() == file.read_bytes()
     assert row["competition"] == COMPETITION and row["message"] == message
     assert row["config_hash"] == config_hash(ex["cfg"]) and row["git_commit"]
-    assert row["cv_metric"] == "accuracy" and float(row["cv_score"]) == pytest.approx(cv_table(ex["cfg"])[1])
+    assert row["cv_metric"] == "accuracy" and float(row["cv_score"]) == pytest.approx(Experiment(ex["cfg"]).cv()[1])
     assert row["kaggle_answer"] == f"Successfully submitted to {COMPETITION}"
     assert (row["kaggle_ref"], row["status"], row["public_score"], row["error"]) == ("123", "COMPLETE", "0.5", "")
     assert pd.Timestamp(row["time"]).tzinfo is not None

@@ -14,9 +14,8 @@ import pytest
 import torch
 from torch.optim.swa_utils import update_bn
 
-from comp.experiment import load_config
+from comp.experiment import Experiment, load_config
 from comp.models import create_model
-from comp.predict.predict import load_fold
 from comp.train import loop
 from comp.train import swa as swa_mod
 from comp.train.build import build_run
@@ -89,7 +88,7 @@ def test_average_bn_and_prediction(tiny, swa_always_best, capsys):
     best = torch.load(fold / "best.pt", weights_only=True)
     assert best["eval_weights"] == "swa" and "swa" not in best
     assert best["best"] == metrics[cfg.metric].iloc[-1]
-    model, meta = load_fold(fold / "best.pt", cfg)
+    model = Experiment(cfg).load_model(fold / "best.pt").model
     for k, v in model.state_dict().items():
         assert torch.equal(v, avg[k]), k
     assert len(pd.read_csv(fold / "oof.csv")) == len(run.data.valid_ids)

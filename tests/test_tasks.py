@@ -17,8 +17,7 @@ from timm.data import Mixup
 
 from comp.data.competition import load_competition
 from comp.data.folds import split
-from comp.experiment import load_config
-from comp.experiment.oof import cv_table, load_oof
+from comp.experiment import Experiment, load_config
 from comp.predict.submission import make_submission
 from comp.tasks import Task, make_task, mix_matrix
 from comp.train.loop import fit
@@ -83,9 +82,9 @@ def test_each_task_trains_predicts_and_submits(tmp_path, kind):
                                            "train.mixup=0.4", "epochs=2"])
     comp = load_competition(cfg)
     res = fit(cfg, 0)
-    oof = load_oof(tmp_path / "runs", 2)
+    oof = Experiment(cfg).oof()
     assert len(oof) == 12 and np.isfinite(res["best"])
-    table, cv, n = cv_table(cfg)
+    table, cv, n = Experiment(cfg).cv()
     assert n == 1 and np.isfinite(cv) and cfg.metric in table.columns
     fit(cfg, 1)
     sub = make_submission(cfg)
@@ -105,7 +104,8 @@ def test_each_task_trains_predicts_and_submits(tmp_path, kind):
 
 
 def test_group_column_keeps_patients_whole_and_multilabel_folds_stratify(tmp_path):
-    cfg = load_config(None, FAST + write_competition(tmp_path / "d", "multilabel", n=40) + ["folds.n_folds=4"])
+    cfg = load_config(None, FAST + write_competition(tmp_path / "d", "multilabel", n=40) + ["folds.n_folds=4",
+                                                                                           "metric=auc"])
     comp = load_competition(cfg)
     fold = split(comp.train, 4, 42, grouped=True)
     assert comp.train.assign(fold=fold).groupby("group")["fold"].nunique().max() == 1
@@ -158,18 +158,21 @@ def test_mixup_matrix_mixes_targets_as_the_images():
 
 
 def test_bad_task_settings_are_named(tmp_path):
+    from comp.config import read_config  # the schema's reader: make_task's own checks, under load_config's
     from comp.errors import UserError
 
-    cfg = load_config(None, FAST + ["task=multilabel", "model.head=regression"])
+    cfg = read_config(None, FAST + ["task=multilabel", "model.head=regression"])
     with pytest.raises(UserError, match="model.head"):
         make_task(cfg, LABELS)
-    cfg = load_config(None, FAST + ["task=binary"])
+    with pytest.raises(UserError, match="model.head"):  # the one loader refuses it when the config loads
+        load_config(None, FAST + ["task=multilabel", "model.head=regression", "metric=auc"])
+    cfg = read_config(None, FAST + ["task=binary"])
     with pytest.raises(UserError, match="two classes"):
         make_task(cfg, LABELS)
     over = write_competition(tmp_path / "d", "multilabel")
     pd.read_csv(tmp_path / "d" / "train.csv").assign(ngt=2).to_csv(tmp_path / "d" / "train.csv", index=False)
     with pytest.raises(UserError, match=r"train.csv: row 2 column 'ngt' has '2'"):
-        load_competition(load_config(None, FAST + over))
+        load_competition(load_config(None, FAST + over + ["metric=auc"]))
 
 
 def test_group_level_rows_aggregate_images_like_rsna_mammography(tmp_path):
@@ -217,13 +220,13 @@ def test_group_level_rows_aggregate_images_like_rsna_mammography(tmp_path):
                                     "predict.aggregate=max", "aug.tta=[identity]", "predict.thresholds=false"])
     fit(cfg, 0)
     fit(cfg, 1)
-    oof = load_oof(tmp_path / "runs", 2)
+    oof = Experiment(cfg).oof()
     assert set(oof["row"]) == {f"{p}_{lat}" for p in range(12) for lat in "LR"}
     y, out = row_level(oof, "max")
     firsts = list(dict.fromkeys(oof["row"]))
     assert len(y) == 24 and np.allclose(out[:, 1], oof.groupby("row")["prob_1"].max().loc[firsts].to_numpy())
     assert np.allclose(out.sum(1), 1)
-    _, cv, _ = cv_table(cfg)
+    _, cv, _ = Experiment(cfg).cv()
     from comp.competition_metrics import probabilistic_f1
     assert cv == pytest.approx(probabilistic_f1(y, out[:, 1]))
     sub = make_submission(cfg)

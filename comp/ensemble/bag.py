@@ -15,6 +15,7 @@ comp.data.loader), not the split (`folds.seed`).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,7 @@ from comp.experiment.oof import prob_columns
 from comp.log import log
 
 
-def write_bag_oof(exp: Experiment, fold: int) -> Path | None:
+def write_bag_oof(exp: Experiment | Any, fold: int) -> Path | None:
     """The OOF of fold `fold` of a seed bag: every seed's OOF of the fold averaged image by image (the outputs'
     mean; ids, targets and rows as the seeds share them), written atomically once every seed of the bag has
     one. Returns its path, or None when there is no bag or a seed is still missing (logged).
@@ -34,6 +35,7 @@ def write_bag_oof(exp: Experiment, fold: int) -> Path | None:
     Raises:
         UserError: the seeds' OOF files do not hold the same images in the same order (e.g. one was trained
             on another folds.csv)."""
+    exp = Experiment.of(exp)
     seeds = exp.seeds
     if not seeds:
         return None

@@ -79,6 +79,12 @@ class Experiment:
     def __repr__(self) -> str:
         return f"Experiment({str(self.dir)!r})"
 
+    @classmethod
+    def of(cls, exp_or_cfg: Experiment | Any) -> Experiment:
+        """`exp_or_cfg` itself when it is an Experiment, else the experiment of that config: what the library
+        functions a notebook calls take (an experiment, or the config of one)."""
+        return exp_or_cfg if isinstance(exp_or_cfg, Experiment) else cls(exp_or_cfg)
+
     @staticmethod
     def config_in(folder: str | Path) -> Path:
         """The config file an experiment folder of its own keeps (a blend's, a stack's, a package's)."""

@@ -128,14 +128,14 @@ def check_config(model: FoldModel, cfg: Any, classes: list[str] | None = None) -
     the classes it predicts.
 
     Raises:
-        UserError: naming the key whose value would change what the trained model sees (`key=now` against
-            the checkpoint's), another task, other classes or another class count."""
+        UserError: naming the key whose value would change what the trained model sees (`key old -> new`, as
+            --resume names a changed setting), another task, other classes or another class count."""
     for key in INPUT_KEYS:
         now, then = _plain(OmegaConf.select(cfg, key)), model.inputs.get(key)
         if then is not None and now != then:
-            raise UserError(f"{key}={now!r} would change what the trained model sees: {model.path} was trained "
-                            f"with {key}={then!r}; predict with the folds' own setting (drop the override, or "
-                            f"retrain)")
+            raise UserError(f"{model.path} was trained with a different input than this config gives it ({key} "
+                            f"{then!r} -> {now!r}): it would change what the trained model sees; predict with the "
+                            f"folds' own setting (drop the override), or retrain")
     if str(cfg.task) != model.task.kind:
         raise UserError(f"task={cfg.task} but {model.path} was trained for task={model.task.kind}; predict with "
                         f"the folds' own task, or retrain")

@@ -14,6 +14,7 @@ the input of its classifier) through the kit's one forward loop (comp.models.inf
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -43,7 +44,7 @@ def check_features_dir(path: str | Path) -> Path:
     return io.check_dir(path, "--save-features")
 
 
-def save_features(exp: Experiment, comp: Competition, out: str | Path, device: torch.device | None = None
+def save_features(exp: Experiment | Any, comp: Competition, out: str | Path, device: torch.device | None = None
                   ) -> dict[str, np.ndarray]:
     """Write every trained fold's embeddings (module doc) to `out` and return them by file stem
     (`train`, `test_fold<K>`).
@@ -52,6 +53,7 @@ def save_features(exp: Experiment, comp: Competition, out: str | Path, device: t
         UserError: no trained fold, a fold that does not match the config, no folds.csv, or an unwritable
             folder.
     """
+    exp = Experiment.of(exp)
     cfg = exp.cfg
     out = check_features_dir(out)
     if len(cfg.seeds) > 1:

@@ -63,7 +63,8 @@ def _fresh(fold: RunFiles, want: str) -> bool:
         return False
 
 
-def write_tta_oof(exp: Experiment, comp: Competition | None = None, device: torch.device | None = None) -> list[Path]:
+def write_tta_oof(exp: Experiment | Any, comp: Competition | None = None, device: torch.device | None = None
+                  ) -> list[Path]:
     """Every trained fold's oof_tta.csv (a seed bag: every seed of the fold trained), in fold order, made or
     reused (module doc).
 
@@ -79,6 +80,7 @@ def write_tta_oof(exp: Experiment, comp: Competition | None = None, device: torc
         UserError: no trained fold, no folds.csv or one that no longer matches the data, a checkpoint that
             does not match the config (comp.experiment.model.check_config), a fold without validation rows.
     """
+    exp = Experiment.of(exp)
     cfg = exp.cfg
     ckpts = [(k, exp.checkpoints(k)) for k in exp.trained_folds()]
     if not ckpts:

@@ -137,9 +137,9 @@ def predict_test(exp: Experiment | Any, comp: Competition, device: torch.device 
     the folds.
 
     Every model (`models`, or those of the checkpoints `paths`, default every fold to ensemble and each seed of
-    a bag: `exp.load_models`) is kept on the device, and each batch of test images goes through all of them: an image is decoded and
-    preprocessed once for the whole ensemble, not once per fold (with the cache off, as in the offline
-    package, decoding is most of the time on a CPU).
+    a bag: `exp.load_models`) is kept on the device, and each batch of test images goes through all of them:
+    an image is decoded and preprocessed once for the whole ensemble, not once per fold (with the cache off,
+    as in the offline package, decoding is most of the time on a CPU).
 
     A test image that cannot be read stops the prediction (ImageError, naming it) with
     predict.on_bad_image=fail; with `prior` its row is the training class prior (`class_prior`), and a
@@ -149,7 +149,7 @@ def predict_test(exp: Experiment | Any, comp: Competition, device: torch.device 
         UserError: no test images, no trained fold, folds that disagree, a fold that does not match the config
             or the data, a bad test image (predict.on_bad_image=fail).
     """
-    exp = exp if isinstance(exp, Experiment) else Experiment(exp)
+    exp = Experiment.of(exp)
     cfg = exp.cfg
     if len(comp.test) == 0:
         raise UserError(f"no test images found for {cfg.data.root} (data.test_images / data.sample_submission)")

@@ -305,7 +305,7 @@ def make_submission(exp: Experiment | Any, comp: Competition | None = None) -> S
     from comp.predict import thresholds
     from comp.predict.predict import predict_test
 
-    exp = exp if isinstance(exp, Experiment) else Experiment(exp)
+    exp = Experiment.of(exp)
     cfg = exp.cfg
     images = comp or load_competition(cfg)
     rcfg = row_config(cfg)  # the sample is keyed by the submission's rows (data.submission_id_column)

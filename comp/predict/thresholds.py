@@ -185,7 +185,7 @@ def uses_decoding(cfg: Any) -> bool:
     return (cfg.metric == "qwk" or binary_cut) and bool(cfg.predict.thresholds)
 
 
-def fit_decoding(exp: Experiment, num_classes: int, comp: Any = None) -> dict[str, Any] | None:
+def fit_decoding(exp: Experiment | Any, num_classes: int, comp: Any = None) -> dict[str, Any] | None:
     """The decoding of this experiment's predictions, or None when they use the argmax (metric is not qwk,
     nor f1/pf1 of a binary task, predict.thresholds=false, or neither OOF predictions nor a saved
     thresholds.json exist). A step of its own, logged as such (make_submission runs it before the test set).
@@ -195,6 +195,7 @@ def fit_decoding(exp: Experiment, num_classes: int, comp: Any = None) -> dict[st
     made with those views (comp.predict.oof_tta: each fold's validation images predicted once more, reused
     while the folds are unchanged; `comp`: the loaded competition, or None to load it), as the test set is
     predicted. Without OOF files (the offline package), the saved file is used as it is."""
+    exp = Experiment.of(exp)
     cfg = exp.cfg
     if not uses_decoding(cfg):
         return None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -100,10 +101,10 @@ def predict_rows(exp: Experiment, comp: Competition, table: pd.DataFrame, models
     return predict_test(exp, dataclasses.replace(comp, test=table.reset_index(drop=True)), models=models)
 
 
-def make_pseudo(exp: Experiment, comp: Competition, out: Path, min_confidence: float, soft: bool, test: bool,
+def make_pseudo(exp: Experiment | Any, comp: Competition, out: Path, min_confidence: float, soft: bool, test: bool,
                 images: list[str], probs: str | None) -> pd.DataFrame:
-    """Write the pseudo-label CSV `out` and its record from the experiment `exp` (the teacher); returns the
-    rows.
+    """Write the pseudo-label CSV `out` and its record from the experiment `exp` (the teacher, or its config);
+    returns the rows.
 
     Sources: `probs` (a --save-probs CSV over the test images, e.g. of a blend), else the experiment's
     ensemble over the test images when `test`; plus its ensemble over the external `images` folders.
@@ -111,6 +112,7 @@ def make_pseudo(exp: Experiment, comp: Competition, out: Path, min_confidence: f
     Raises:
         UserError: no source, an untrained experiment, a probs file that does not fit the test set or the
             task, or a threshold `label_rows` refuses."""
+    exp = Experiment.of(exp)
     cfg = exp.cfg
     if not (test or images or probs):
         raise UserError("scripts/pseudo.py: name a source: --test, --probs FILE or --images FOLDER")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FAST, ROOT, run_in_process
+from conftest import FAST, ROOT, run_main
 from replicas import HAM_CLASSES, RANZCR_LABELS, TASK_BUILDERS, ham10000, overrides, rsna_bone_age
 
 from comp.data.competition import load_competition
@@ -34,7 +34,7 @@ def replicas(tmp_path_factory) -> dict[str, Path]:
 def script(capsys, name: str, *argv: str) -> str:
     """`python scripts/<name> ARGV` in this process (conftest.run_in_process); its stdout. Fails on a
     non-zero exit, showing stderr."""
-    code, out, err = run_in_process(name, *argv)
+    code, out, err = run_main(name, *argv)
     assert code == 0, f"{name} exited {code}:\n{err[-3000:]}"
     return out
 

@@ -16,11 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import write_tiny_competition
+from conftest import make_experiment, write_tiny_competition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn import metrics as skm
-from test_predict import make_experiment
 
 from comp.data.competition import load_competition
 from comp.errors import UserError

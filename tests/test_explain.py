@@ -14,9 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import FAST, write_tiny_competition
+from conftest import FAST, one_error, run_main, write_tiny_competition
 from skimage import data as skdata
-from test_faults_config import one_error, run_main
 
 from comp.config import HASHED_KEYS, config_hash
 from comp.data.competition import load_competition

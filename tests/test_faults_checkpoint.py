@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_faults_config import copy_of, one_error, run_main, snapshot, trained_fixture
+from conftest import copy_of, one_error, run_main, snapshot, trained_fixture
 
 from comp.experiment.checkpoint import FORMAT_VERSION
 from comp.models import create_model

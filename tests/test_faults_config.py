@@ -12,15 +12,21 @@ from __future__ import annotations
 
 import io
 import os
-import runpy
-import shutil
-import sys
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import redirect_stderr
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, ROOT, write_tiny_competition
+from conftest import (
+    COMMON,
+    assert_kept,
+    copy_of,
+    one_error,
+    run_main,
+    snapshot,
+    trained_fixture,
+    write_tiny_competition,
+)
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
@@ -28,100 +34,6 @@ from omegaconf import OmegaConf
 from comp.config import Config
 from comp.errors import UserError
 from comp.experiment import load_config
-
-# --- shared by the fault suites ------------------------------------------------------------------------
-
-SCRIPTS = ROOT / "scripts"
-# 16 px images, 2 folds, one epoch of one step, a 0.4 M-parameter model: a fold trains in about a second
-COMMON = [*FAST, "data.source=competition", "data.solution_csv=solution.csv", "model.name=timm/test_resnet",
-          "aug.tta=[identity]", "predict.folds=[0]"]  # fold 0 alone is trained: a partial ensemble, asked for
-
-
-def run_main(script: str, *argv: str) -> tuple[int, str, str]:
-    """`python scripts/<script> ARGV` in this process: the script's own parser and comp.cli.main.
-    Returns (exit code, stdout, stderr)."""
-    old_argv, old_path = sys.argv, list(sys.path)
-    sys.argv = [str(SCRIPTS / script), *argv]
-    sys.path.insert(0, str(SCRIPTS))  # for the scripts' `import _common`
-    out, err = io.StringIO(), io.StringIO()
-    code: int | str | None = 0
-    try:
-        with redirect_stdout(out), redirect_stderr(err):
-            runpy.run_path(str(SCRIPTS / script), run_name="__main__")
-    except SystemExit as e:
-        code = e.code
-    finally:
-        sys.argv, sys.path[:] = old_argv, old_path
-    return (code if isinstance(code, int) else int(code is not None)), out.getvalue(), err.getvalue()
-
-
-def one_error(code: int, err: str, *needles: str) -> str:
-    """Exit code 2, exactly one `error:` line holding every needle, no traceback; returns the line."""
-    assert code == 2, (code, err[-2000:])
-    assert "Traceback" not in err and "internal error" not in err, err[-2000:]
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, err[-2000:]
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under `folder` (relative path -> bytes)."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def assert_kept(before: dict[str, bytes], folder: Path, new_ok: tuple[str, ...] = ()) -> None:
-    """Nothing of `before` overwritten or deleted, and no file added but those named in `new_ok`
-    (a half-written or temporary file would be one)."""
-    after = snapshot(folder)
-    changed = sorted(k for k in before if after.get(k) != before[k])
-    assert not changed, f"changed or deleted: {changed}"
-    added = sorted(k for k in set(after) - set(before) if Path(k).name not in new_ok)
-    assert not added, f"added: {added}"
-
-
-def experiment(base: Path, *extra: str, classes=(0, 1, 2), train: bool = True) -> dict:
-    """A tiny competition under base/data and, with `train`, fold 0 trained into base/runs."""
-    from comp.train.loop import fit
-
-    write_tiny_competition(base / "data", classes=classes)
-    ex = at(base, *extra)
-    if train:
-        fit(load_config(None, ex["overrides"]), 0)
-    return ex
-
-
-def at(base: Path, *extra: str) -> dict:
-    """The overrides of the experiment under `base` (after a copy, its own paths)."""
-    root, out = base / "data", base / "runs"
-    return {"base": base, "root": root, "out": out, "fold": out / "fold0",
-            "overrides": [*COMMON, f"data.root={root}", f"out_dir={out}", *extra]}
-
-
-def copy_of(ex: dict, dest: Path, *extra: str) -> dict:
-    """A private copy of an experiment (data and runs): a fault may do anything to it."""
-    shutil.copytree(ex["base"], dest)
-    return at(dest, *extra)
-
-
-_TRAINED: dict[str, dict] = {}  # one trained experiment per setting for the whole test run
-
-
-def trained_fixture(tmp_path_factory, name: str, **kw) -> dict:
-    """A tiny trained fold, trained once per test run for each setting (`kw`) and shared by the modules
-    that read it (those that change files work on `copy_of` it), built with one thread as the runs it is
-    compared with. Returns a new dict each call, so a module may add keys of its own."""
-    key = repr(sorted(kw.items()))
-    if key not in _TRAINED:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            _TRAINED[key] = experiment(tmp_path_factory.mktemp(f"trained_{name}"), **kw)
-        finally:
-            torch.set_num_threads(threads)
-    return dict(_TRAINED[key])
-
 
 # --- hypothesis: nothing a config can hold crashes the loader --------------------------------------------
 

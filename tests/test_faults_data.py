@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import at, experiment, one_error, run_main, snapshot
 from PIL import Image
-from test_faults_config import at, experiment, one_error, run_main, snapshot
 
 from comp.data.cache import cache_folder, entry_path, read_entry
 from comp.data.competition import load_competition

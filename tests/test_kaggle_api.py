@@ -17,10 +17,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import run_script, write_tiny_competition
+from conftest import make_experiment, run_script, write_tiny_competition
 from fake_kaggle import USER, Competition, FakeKaggle
 from test_package import _offline_env
-from test_predict import make_experiment
 from test_submit import submit_in_process
 
 from comp.data.download import ensure_data

@@ -14,11 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import FAST, ROOT
+from conftest import FAST, ROOT, make_experiment, one_error, run_main
 from omegaconf import OmegaConf
 from replicas import build
-from test_faults_config import one_error, run_main
-from test_predict import make_experiment
 
 import comp
 from comp.errors import UserError

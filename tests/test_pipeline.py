@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from conftest import FAST, run_in_process, write_tiny_competition
+from conftest import FAST, run_main, write_tiny_competition
 
 import comp
 from comp.experiment import load_config
@@ -61,7 +61,7 @@ def test_the_api_and_the_script_train_the_same_fold_with_stages_and_a_seed_bag(t
     cfg = load_config(None, [*common, f"out_dir={out_a}"])
     results = comp.train_fold(cfg, 0)  # what a notebook calls
     assert [r["dir"] for r in results] == [out_a / "fold0" / "seed1", out_a / "fold0" / "seed2"]
-    code, _, err = run_in_process("train_fold.py", "--fold", "0", *common, f"out_dir={out_b}")
+    code, _, err = run_main("train_fold.py", "--fold", "0", *common, f"out_dir={out_b}")
     assert code == 0, err
     a, b = _files(out_a), _files(out_b)
     assert sorted(a) == sorted(b)

@@ -9,72 +9,19 @@ format, plus an oof.csv) instead of trained: the tests are about what happens af
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import FAST, run_script, write_tiny_competition
+from conftest import make_experiment, run_script, write_test_images
 
-from comp.config import config_hash
 from comp.data.augment import tta_view
-from comp.data.competition import load_competition
 from comp.errors import UserError
 from comp.experiment import Experiment, load_config
 from comp.experiment.checkpoint import save as save_atomic
-from comp.experiment.model import inputs_of
-from comp.models import create_model, input_norm
 from comp.predict.predict import predict_test, save_probs
-from comp.tasks import make_task
-
-TINY_MODEL = "model.name=timm/test_resnet"  # 0.4 M parameters: checkpoints of 1.5 MB, instant forward passes
-
-
-def make_experiment(tmp_path: Path, *extra: str, n_folds: int = 2, root: Path | None = None, best=(0.5, 0.6),
-                    ema: bool = False, oof_seed: int = 0, **competition) -> dict:
-    """A tiny competition and an experiment whose folds look trained: `fold<K>/best.pt` (random weights
-    seeded by K, in the training checkpoint format), `fold<K>/oof.csv` (random probabilities) and the
-    split `folds.csv` (row i in fold i mod n_folds)."""
-    root = root or write_tiny_competition(tmp_path / "data", **competition)
-    out = tmp_path / "runs"
-    overrides = FAST + [f"data.root={root}", f"out_dir={out}", "data.source=competition",
-                        "data.solution_csv=solution.csv", "aug.tta=[identity,hflip]", TINY_MODEL,
-                        f"folds.n_folds={n_folds}", *extra]
-    cfg = load_config(None, overrides)
-    comp = load_competition(cfg)
-    rng = np.random.default_rng(oof_seed)
-    for k in range(n_folds):
-        torch.manual_seed(100 + k)
-        model = create_model(cfg.model.name, comp.num_classes, in_chans=cfg.model.in_chans)
-        weights = model.state_dict()
-        ck = {"format_version": 1, "model": weights, "ema": None, "config_hash": config_hash(cfg),
-              "model_name": cfg.model.name, "num_classes": comp.num_classes, "in_chans": cfg.model.in_chans,
-              "classes": list(comp.classes), "fold": k, "metric": cfg.metric, "eval_weights": "model",
-              "best": best[k % len(best)], "epoch": 1, "step": 0, "optimizer": {"state": {}, "param_groups": []},
-              "input_norm": [list(v) for v in input_norm(model)], "inputs": inputs_of(cfg, input_norm(model)),
-              "task": make_task(cfg, comp.classes).meta()}
-        if ema:  # the validated weights are another set: the EMA
-            torch.manual_seed(200 + k)
-            ck["ema"] = create_model(cfg.model.name, comp.num_classes, in_chans=cfg.model.in_chans).state_dict()
-            ck["eval_weights"] = "ema"
-        save_atomic(ck, out / f"fold{k}" / "best.pt")
-        part = comp.train.iloc[k::n_folds]
-        probs = rng.dirichlet(np.ones(comp.num_classes), len(part))
-        oof = pd.DataFrame({"id": part["id"].to_numpy(), "label": part["label"].to_numpy()})
-        for c, name in enumerate(comp.classes):
-            oof[f"prob_{name}"] = probs[:, c]
-        oof.to_csv(out / f"fold{k}" / "oof.csv", index=False)
-    split = comp.train[["id", "label", "group"]].assign(fold=np.arange(len(comp.train)) % n_folds)
-    split.to_csv(out / "folds.csv", index=False)  # the split the oof.csv rows follow, as training writes it
-    return {"cfg": cfg, "comp": comp, "root": root, "out": out, "overrides": overrides}
-
-
-def write_test_images(root: Path, images: list[np.ndarray]) -> None:
-    """Replace the test images of a tiny competition with `images` (same ids, in order)."""
-    for k, img in enumerate(images):
-        cv2.imwrite(str(root / "test" / f"test_{k:03d}.png"), img)
 
 
 def test_two_fold_ensemble_is_the_mean_of_its_folds(tmp_path):

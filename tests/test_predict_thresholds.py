@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_experiment
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import cohen_kappa_score
-from test_predict import make_experiment
 
 from comp.errors import UserError
 from comp.experiment import load_config

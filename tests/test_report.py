@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_in_process
+from conftest import run_main
 
 from comp.experiment import load_config
 from comp.experiment.oof import oof_probs
@@ -18,7 +18,7 @@ SMALL = ["model.name=timm/test_efficientnet", "batch_size=4", "epochs=2"]
 
 
 def report(capsys, *argv: str) -> tuple[int, str, str]:
-    return run_in_process("report.py", *argv)
+    return run_main("report.py", *argv)
 
 
 @pytest.fixture

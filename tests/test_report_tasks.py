@@ -8,11 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import FAST
+from conftest import FAST, run_main, write_competition
 from sklearn import metrics as skm
-from test_faults_config import run_main
 from test_report import report
-from test_tasks import write_competition
 
 from comp.errors import UserError
 from comp.experiment import RunFiles, load_config

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import FAST, run_in_process
+from conftest import FAST, run_main
 from sklearn.metrics import roc_auc_score
 
 from comp.data.competition import load_competition
@@ -32,7 +32,7 @@ BINARY = Task("binary", ["0", "1"], "sigmoid", positive=1)
 def script(name: str, *argv: str) -> tuple[str, str]:
     """`python scripts/<name> ARGV` in this process (conftest.run_in_process); its (stdout, stderr),
     asserting exit code 0."""
-    code, out, err = run_in_process(name, *argv)
+    code, out, err = run_main(name, *argv)
     assert code == 0, (code, err[-3000:])
     return out, err
 

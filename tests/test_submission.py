@@ -9,8 +9,7 @@ import io
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import write_tiny_competition
-from test_predict import make_experiment
+from conftest import make_experiment, write_tiny_competition
 
 from comp.data.competition import load_competition
 from comp.errors import UserError

@@ -4,15 +4,13 @@ OOF and CV score → the fold ensemble → a submission validated against the sa
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FAST
+from conftest import FAST, LABELS, write_competition
 from timm.data import Mixup
 
 from comp.data.competition import load_competition
@@ -21,50 +19,6 @@ from comp.experiment import Experiment, load_config
 from comp.predict.submission import make_submission
 from comp.tasks import Task, make_task, mix_matrix
 from comp.train.loop import fit
-
-LABELS = ["ett", "ngt", "cvc"]
-
-
-def write_competition(root: Path, task: str, n: int = 24, n_test: int = 6, seed: int = 0) -> list[str]:
-    """A CSV competition whose targets follow the image brightness: one per task kind. Returns the
-    overrides that read it."""
-    rng = np.random.default_rng(seed)
-    (root / "train").mkdir(parents=True)
-    (root / "test").mkdir()
-    rows = []
-    for k in range(n):
-        level = k % 4
-        img = np.clip(rng.normal(40 + 50 * level, 15, (20, 20, 3)), 0, 255).astype(np.uint8)
-        cv2.imwrite(str(root / "train" / f"im{k:03d}.png"), img)
-        row = {"image_id": f"im{k:03d}", "patient_id": f"p{k // 2}"}
-        if task == "multilabel":
-            row.update({c: int(b) for c, b in zip(LABELS, [level >= 2, level % 2 == 1, level == 0], strict=True)})
-        elif task == "soft":
-            votes = np.bincount([level % 3, level % 3, (level + 1) % 3], minlength=3)
-            row.update({f"{c}_vote": int(v) for c, v in zip(LABELS, votes, strict=True)})
-        elif task == "regression":
-            row["boneage"] = 30.0 + 40.0 * level + rng.normal(0, 3)
-        elif task == "binary":
-            row["target"] = int(level >= 2)
-        else:  # ordinal
-            row["diagnosis"] = level
-        rows.append(row)
-    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
-    test_ids = [f"t{k:02d}" for k in range(n_test)]
-    for k, i in enumerate(test_ids):
-        cv2.imwrite(str(root / "test" / f"{i}.png"), np.full((20, 20, 3), 40 + 50 * (k % 4), np.uint8))
-    cols = {"multilabel": LABELS, "soft": [f"{c}_vote" for c in LABELS], "regression": ["boneage"],
-            "binary": ["target"], "ordinal": ["diagnosis"]}[task]
-    sample = pd.DataFrame({"image_id": test_ids, **{c: 0 for c in cols}})
-    sample.to_csv(root / "sample_submission.csv", index=False)
-    truth = pd.DataFrame(rows[:n_test]).drop(columns="patient_id").assign(image_id=test_ids)  # levels 0,1,2,3,0,1
-    truth.to_csv(root / "solution.csv", index=False)
-    base = ["data.id_column=image_id", "data.group_column=patient_id", f"data.root={root}",
-            "data.solution_csv=solution.csv"]
-    if task in ("multilabel", "soft"):
-        return base + [f"task={'multiclass' if task == 'soft' else task}", f"data.label_columns=[{','.join(cols)}]"]
-    return base + [f"task={task}", f"data.label_column={cols[0]}"]
-
 
 CASES = {
     "multilabel": ["metric=auc"],

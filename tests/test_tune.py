@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import run_main
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_faults_config import run_main
 
 from comp.errors import UserError
 from comp.experiment import load_config

@@ -11,7 +11,7 @@ FOLDS ?= 5
 BLEND_CONFIG ?= configs/demo_b.yaml
 ARGS ?=
 
-.PHONY: setup demo blend-demo ssl-demo test lint bench docs clean-demo
+.PHONY: setup demo blend-demo ssl-demo test lint bench docs
 
 setup: $(STAMP)
 

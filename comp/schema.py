@@ -1,6 +1,7 @@
 """The typed schema of the kit's configuration: one dataclass per section, each key with its default and
-a comment saying what it does (README's configuration table has a row for every key; tests/test_readme.py
-checks it). comp.config loads, merges and checks values against it."""
+the comment after it saying what it does: the one place a key is documented (docs/config.md is generated
+from these comments by comp.schema_doc, `make docs`; tests/test_docs.py fails when it is out of date).
+comp.config reads, merges and checks values against it."""
 
 from __future__ import annotations
 
@@ -65,12 +66,12 @@ class DataConfig:
     extra: list[Any] = field(default_factory=list)  # external training data: other downloads, each a partial data
     # section (root, layout, train_csv, id_column, label_column, train_images, image_ext, ...) plus name,
     # label_map {from: to}, weight (sampling share, competition images 1) and stage (all | pretrain); added to
-    # the training part of every fold, never to validation, folds.csv or OOF (comp/data/extra.py)
+    # the training part of every fold, never to validation, folds.csv or OOF (comp.data.extra)
     extra_only: bool = False  # train on data.extra only (a pre-training stage); validation stays the fold's own
     demo_external: float = 0.0  # data.source=demo: this share of the training digits goes to external/ without
     # labels (their answers in external_solution.csv), an unlabelled pool for pseudo-labels; 0 = none
     pseudo: str = ""  # a pseudo-label CSV made by scripts/pseudo.py (with its .json record): its rows join the
-    # training part of every fold, never a validation part (comp/train/pseudo.py); empty = none
+    # training part of every fold, never a validation part (comp.teacher); empty = none
 
 
 @dataclass
@@ -118,7 +119,7 @@ class TrainConfig:
     ema_decay: float = 0.999  # EMA decay per optimizer step
     ema_warmup: bool = True  # EMA decay ramps up over the first steps (timm's), so a short run's EMA is usable
     swa_epochs: int = 0  # average the weights of the last N epochs (SWA-style, BatchNorm statistics recomputed;
-    # comp/train/swa.py), validated as a row of its own and saved as best.pt when it scores best; 0 = off
+    # comp.train.swa), validated as a row of its own and saved as best.pt when it scores best; 0 = off
     mixup: float = 0.0  # mixup alpha; 0 = off
     cutmix: float = 0.0  # cutmix alpha; 0 = off
     class_weights: bool = False  # weight the loss by inverse class frequency (sigmoid heads: BCE pos_weight =
@@ -128,21 +129,22 @@ class TrainConfig:
     recovery_every: int = 50  # save a recovery checkpoint every N optimizer steps; 0 = off
     log_every: int = 10  # steps between loss read-backs (a device sync): progress bar, non-finite check
     tracker: str = "tensorboard"  # none | tensorboard | mlflow | wandb: where step and epoch scalars also go
-    # (comp/train/tracking.py); TensorBoard event files in <out_dir>/fold<K>/tb/ (always, unless none)
+    # (comp.train.tracking); TensorBoard event files in <out_dir>/fold<K>/tb/ (always, unless none)
     tracker_uri: str = ""  # MLflow tracking URI; empty = the local file store <out_dir>/mlruns (nothing is sent)
     tracker_project: str = ""  # MLflow experiment / W&B project name; empty = the name of out_dir's folder
 
 
 @dataclass
 class ImagesConfig:
-    preprocess: list[str] = field(default_factory=list)  # crop_black, crop_circle, ben_graham, clahe, equalize,
-    # grayscale: crops run on the decoded image, the rest in list order after the resize (comp/preprocess.py)
+    preprocess: list[str] = field(default_factory=list)  # crop_black, crop_circle, crop_border, ben_graham, clahe,
+    # equalize, grayscale: crops run on the decoded image, the rest in list order after the resize
+    # (comp.data.preprocess)
     cache: bool = True  # prepare.py writes every image once, preprocessed and resized; training reads it
     cache_dir: str = ""  # the cache's parent folder; empty = <parent of data.root>/cache (set it when data.root
     # is read-only, e.g. /kaggle/working/cache); each setting gets its own <root name>-<size>px-<hash> folder
     cache_format: str = "npy"  # npy: raw arrays, fastest to read | png: lossless, ~3x smaller on disk
     dicom_windows: list[Any] = field(default_factory=list)  # DICOM grey levels, one channel per window (1 or
-    # 3): names (brain, subdural, bone, ... comp/data/dicom.py WINDOWS; file = the file's own) or [center, width];
+    # 3): names (brain, subdural, bone, ... comp.data.dicom's WINDOWS; file = the file's own) or [center, width];
     # empty = the file's own VOI LUT or window, else its full range
     dicom_frame: str = "error"  # multi-frame DICOM: first | middle | error (an error naming the file and its frames)
 
@@ -151,7 +153,8 @@ class ImagesConfig:
 class AugConfig:
     train: list[Any] = field(default_factory=list)  # albumentations transforms: {name: ..., args...}
     valid: list[Any] = field(default_factory=list)  # transforms for validation and test images, as aug.train
-    tta: list[str] = field(default_factory=lambda: ["identity", "hflip"])  # views averaged at predict
+    tta: list[str] = field(default_factory=lambda: ["identity", "hflip"])  # views averaged at predict: identity,
+    # hflip, vflip, hvflip, rot90, rot270, transpose (exact flips and rotations of the batch on the device)
 
 
 @dataclass
@@ -160,7 +163,8 @@ class PredictConfig:
     # are combined; OOF scores are computed at the same level
     ensemble: str = "mean_prob"  # mean_prob | mean_logit: average probabilities, or logits then softmax
     fold_weights: str = "equal"  # equal | cv: weight each fold by its best validation score (best.pt)
-    thresholds: bool = True  # metric=qwk: decode the expected grade with cut-points tuned on the OOF
+    thresholds: bool = True  # decode with what is tuned on the OOF: metric=qwk, cut-points on the expected grade;
+    # task=binary with metric f1 or pf1, a decision threshold; each kept only when its cross-fitted gain is positive
     output: str = "auto"  # auto | label | prob: labels, or probabilities (auto: per-class sample columns, or auc)
     submissions_dir: str = "submissions"  # scripts/submit.py keeps each submitted CSV and index.csv here
     folds: list[int] = field(default_factory=list)  # the folds to ensemble, e.g. [0, 2]; empty = every fold
@@ -173,7 +177,7 @@ class PredictConfig:
 @dataclass
 class DistillConfig:
     teacher: Any = ""  # knowledge distillation: the teacher experiment's out_dir, or a list of them (a mean-logit
-    # blend); student fold K learns from teacher fold K's model only (comp/train/distill.py); empty = off
+    # blend); student fold K learns from teacher fold K's model only (comp.teacher.distill); empty = off
     alpha: float = 0.5  # weight of the hard-label loss; 1 - alpha goes to the teacher's soft targets
     temperature: float = 2.0  # softmax/sigmoid temperature T of the soft targets (the soft loss is scaled by T^2)
 
@@ -186,7 +190,7 @@ class Config:
     out_dir: str = "runs/demo"  # where fold folders, folds.csv and predictions go
     stages: list[Any] = field(default_factory=list)  # a multi-stage recipe: partial configs trained in order, each
     # from the previous stage's best.pt (model.pretrained); earlier stages in <out_dir>/fold<K>/stage<i>/, the
-    # last in <out_dir>/fold<K>/ where predict reads it (comp/train/stages.py); empty = one stage
+    # last in <out_dir>/fold<K>/ where predict reads it (comp.train.stages); empty = one stage
     stage: int = 0  # set by scripts/train_fold.py for each of `stages`: i >= 1 a stage before the last (its folder
     # fold<K>/stage<i>/, data.extra entries with stage=pretrain used); 0 = the last stage, or no stages
     epochs: int = 10  # training epochs per fold
@@ -194,9 +198,9 @@ class Config:
     image_size: int = 32  # square side the images are resized to
     num_workers: int = 2  # DataLoader worker processes
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    task: str = "multiclass"  # multiclass | binary | multilabel | ordinal | regression (comp/tasks.py)
-    metric: str = "accuracy"  # the competition metric (comp/metrics.py METRICS: accuracy, balanced_accuracy,
-    # f1_macro, f1_weighted, f1, qwk, auc, pauc, pf1, log_loss, kl_divergence, rmse, mae, r2)
+    task: str = "multiclass"  # multiclass | binary | multilabel | ordinal | regression (comp.tasks)
+    metric: str = "accuracy"  # the competition metric (comp.metrics METRICS: accuracy, balanced_accuracy,
+    # f1_macro, f1_weighted, f1, f1_macro_labels, qwk, auc, pauc, pf1, log_loss, kl_divergence, rmse, mae, r2)
     pauc_min_tpr: float = 0.8  # metric=pauc: the partial AUC above this true-positive rate (ISIC 2024: 0.8)
     data: DataConfig = field(default_factory=DataConfig)
     folds: FoldsConfig = field(default_factory=FoldsConfig)

@@ -1,5 +1,5 @@
 """Questions about the machine with one portable answer each, so no Linux-only call is made without a
-fallback (the README promises the CPU demo on macOS and Windows too).
+fallback (the CPU demo is promised on macOS and Windows too).
 
 - `os.sched_getaffinity` exists on Linux only; `os.process_cpu_count` (Python 3.13+) is its portable
   successor, `os.cpu_count` the last resort.

@@ -227,7 +227,7 @@ def inspect_download(root: str | Path) -> Guess:
             break
     if not done and not _folder_layout(root, images, guess):
         raise UserError(f"{root}: found neither a CSV naming the image files nor class folders; write the "
-                        f"config by hand (README: configuration reference)")
+                        f"config by hand (docs/config.md)")
     id_col = guess.values.get("data.id_column", "id")
     tests = [p for p in others if TEST_RX.search(p.name) and id_col in _read(p).columns]
     if tests:
@@ -237,7 +237,7 @@ def inspect_download(root: str | Path) -> Guess:
 
 HEADER = """# Written by scripts/init.py from {root}: guesses, each with its reason; check them, then run
 #   python scripts/prepare.py --config {out}
-# Every key and its default: README.md, "Configuration reference".
+# Every key and its default: docs/config.md.
 """
 
 

@@ -6,7 +6,7 @@ hidden test set in a notebook with no internet and nothing to install.
     <DIR>/fold<K>/best.pt       each fold's validated weights (the EMA when that was validated), without
                                 optimizer state: about a third of a training checkpoint
     <DIR>/thresholds.json       metric=qwk: the OOF-tuned cut-points
-    <DIR>/comp/                 the kit's own code, the same that scripts/predict.py runs
+    <DIR>/comp/                 the kit's own code, the same that scripts/predict.py runs, with its LICENSE
     <DIR>/vendor/omegaconf/     appended to sys.path, so only used when the image lacks it
     <DIR>/dataset-metadata.json for `kaggle datasets create -p <DIR> --dir-mode zip`
 
@@ -220,6 +220,8 @@ def build_package(cfg: Any, out: Path | None = None, dataset_id: str | None = No
         if decoding is not None:
             shutil.copyfile(exp.file("thresholds"), pkg.file("thresholds"))
         shutil.copytree(REPO_ROOT / "comp", tmp / "comp", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        if (REPO_ROOT / "LICENSE").is_file():  # the kit's code travels under its licence (Apache-2.0)
+            shutil.copyfile(REPO_ROOT / "LICENSE", tmp / "comp" / "LICENSE")
         _vendor_omegaconf(tmp / "vendor")
         (tmp / "infer.py").write_text(INFER_PY)
         (tmp / "dataset-metadata.json").write_text(json.dumps(_metadata(cfg, dataset_id), indent=2) + "\n")

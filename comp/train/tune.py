@@ -72,7 +72,7 @@ def load_space(path: str | Path) -> dict[str, dict[str, Any]]:
     for key, spec in space.items():
         where = f"search space {path}: {key!r}"
         if not isinstance(key, str) or OmegaConf.select(schema, key, default="<missing>") == "<missing>":
-            raise UserError(f"{where} is not a config key (see README's configuration table)")
+            raise UserError(f"{where} is not a config key (see docs/config.md)")
         if not isinstance(spec, dict):
             raise UserError(f"{where} must be {{low, high[, log, step]}} or {{choices: [...]}}, got {spec!r}")
         if "choices" in spec:

@@ -9,11 +9,11 @@ the competition metric), recovery.pt (mid-epoch), metrics.csv, curves.png and th
 
 A seed bag (seeds=[42,43,44]) trains every seed of fold K in turn, each into <out_dir>/fold<K>/seed<S>/,
 or only --seed S (one job per seed); once every seed of the fold is trained, <out_dir>/fold<K>/oof.csv
-is written: the per-image mean of the seeds' OOF (comp/train/bag.py).
+is written: the per-image mean of the seeds' OOF (comp.ensemble.bag).
 
 A multi-stage recipe (stages: [{...}, {...}]) trains each stage in turn, from the previous stage's best.pt:
 stages before the last into <out_dir>/fold<K>/stage<i>/ (done.json when finished), the last into
-<out_dir>/fold<K>/ where predict reads it (comp/train/stages.py); --resume skips the finished stages.
+<out_dir>/fold<K>/ where predict reads it (comp.train.stages); --resume skips the finished stages.
 
 --resume continues from the newest checkpoint of the fold, mid-epoch included; SIGTERM or Ctrl-C
 saves one after the current step and prints the command to resume.

@@ -130,9 +130,8 @@ def check_config(cfg: Any) -> None:
     stage that uses it (a TTA typo found at predict would come after every fold's training): the aug.train and
     aug.valid pipelines (built, so the arguments are validated too), the aug.tta views, the
     images.preprocess steps, the task's keys (task, model.head, train.loss) and the metric (one that scores
-    the task). The model name is the model layer's to check
-    (comp.models.factory.check_model_name); `comp.validate_config` calls both, and every script calls it
-    right after loading its config (comp/__init__.py holds it: the one module above both layers).
+    the task). The model name is the model layer's to check (comp.models.factory.check_model_name);
+    comp.experiment.load_config, the one loader every script and notebook uses, calls both.
 
     Raises:
         UserError: the first bad value, naming its key (`aug.tta: unknown view 'idnetity'; ...`).

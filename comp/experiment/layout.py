@@ -51,10 +51,55 @@ class RunFiles:
 
     dir: Path
 
-    def __getattr__(self, name: str) -> Path:  # run.best, run.last, run.oof, ... (FILES)
-        if name in FILES:
-            return self.dir / FILES[name]
-        raise AttributeError(name)
+    @property
+    def best(self) -> Path:
+        """The weights of the best epoch, the ones predicted with (no optimizer state)."""
+        return self.dir / FILES["best"]
+
+    @property
+    def last(self) -> Path:
+        """The whole training state at the end of the last epoch: what a resume reads."""
+        return self.dir / FILES["last"]
+
+    @property
+    def recovery(self) -> Path:
+        """The whole training state mid-epoch (train.recovery_every, a stop signal)."""
+        return self.dir / FILES["recovery"]
+
+    @property
+    def oof(self) -> Path:
+        """The out-of-fold predictions of the best epoch (a fold's: a seed bag's mean)."""
+        return self.dir / FILES["oof"]
+
+    @property
+    def oof_tta(self) -> Path:
+        """The fold's out-of-fold predictions made with the TTA views (comp.predict.oof_tta)."""
+        return self.dir / FILES["oof_tta"]
+
+    @property
+    def oof_tta_meta(self) -> Path:
+        """What the TTA out-of-fold file was made from (its digest)."""
+        return self.dir / FILES["oof_tta_meta"]
+
+    @property
+    def metrics(self) -> Path:
+        """One row per epoch: losses, every metric, learning rate, speed."""
+        return self.dir / FILES["metrics"]
+
+    @property
+    def config(self) -> Path:
+        """The run's resolved config."""
+        return self.dir / FILES["config"]
+
+    @property
+    def sources(self) -> Path:
+        """The training images per source (competition, data.extra, pseudo-labels)."""
+        return self.dir / FILES["sources"]
+
+    @property
+    def done(self) -> Path:
+        """A finished stage before the last of a multi-stage recipe."""
+        return self.dir / FILES["done"]
 
     def started(self) -> bool:
         """A training checkpoint is there (the run was started and saved once at least)."""

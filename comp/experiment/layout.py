@@ -163,16 +163,6 @@ class Experiment:
         """folds.csv and folds.json, for comp.data.folds."""
         return SplitFiles(self.file("folds"), self.file("folds_meta"))
 
-    def folds(self) -> pd.DataFrame:
-        """folds.csv as it was written (id, label, group, fold; ids as text).
-
-        Raises:
-            UserError: the experiment has no folds.csv yet."""
-        path = self.file("folds")
-        if not path.is_file():
-            raise UserError(f"{path} is missing: run scripts/prepare.py (or train a fold) first")
-        return pd.read_csv(path, dtype={"id": str, "group": str}, keep_default_na=False)
-
     def own_outputs(self) -> Path | None:
         """A blend's or a stack's saved test outputs (it has no checkpoints to predict with), else None."""
         made = self.file("blend").is_file() or self.file("stack").is_file()

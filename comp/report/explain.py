@@ -282,8 +282,8 @@ def duplicate_search_items(cfg: Any, comp: Competition, task: Any) -> pd.DataFra
     return pd.concat([items, *outside], ignore_index=True) if outside else items
 
 
-def explain(cfg: Any, per_class: int = 4, out: Path | None = None, duplicates: bool = True) -> list[Path]:
-    """Review sheets and error-analysis tables of the experiment at `out_dir`, written to `out`
+def explain(exp: Experiment | Any, per_class: int = 4, out: Path | None = None, duplicates: bool = True) -> list[Path]:
+    """Review sheets and error-analysis tables of the experiment `exp` (or of a config), written to `out`
     (default `<out_dir>/explain`): fold<K>_<section>.png, <table>.csv and review.html.
 
     Raises:
@@ -291,7 +291,8 @@ def explain(cfg: Any, per_class: int = 4, out: Path | None = None, duplicates: b
     """
     if per_class < 1:
         raise UserError(f"--per-class {per_class}: must be >= 1")
-    exp = Experiment(cfg)
+    exp = Experiment.of(exp)
+    cfg = exp.cfg
     out = out or exp.sub("explain")
     comp = load_competition(cfg)
     oof = exp.oof()

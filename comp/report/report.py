@@ -19,8 +19,8 @@ from comp.metrics import METRICS, applies, classification_report, higher_is_bett
 from comp.tasks import Task
 
 
-def cv_report(cfg: Any) -> tuple[pd.DataFrame, float, int, Task]:
-    """The CV table of the experiment at `out_dir`, written to its cv.csv: one row per fold (`fold`
+def cv_report(exp: Experiment | Any) -> tuple[pd.DataFrame, float, int, Task]:
+    """The CV table of the experiment `exp` (or of a config), written to its cv.csv: one row per fold (`fold`
     = its number, `n` its images, or its submission rows with data.submission_id_column: every score is at
     the submission's level, comp.experiment.oof.row_level), a `mean` row (the folds' mean) and an `oof` row (all
     out-of-fold predictions pooled), with a column per metric that scores the task (comp.metrics.score_all); and the
@@ -31,7 +31,8 @@ def cv_report(cfg: Any) -> tuple[pd.DataFrame, float, int, Task]:
     """
     from comp.metrics import check_metric
 
-    exp = Experiment(cfg)
+    exp = Experiment.of(exp)
+    cfg = exp.cfg
     oof = exp.oof()
     task = oof_task(cfg, oof)
     check_metric(cfg.metric, task)
@@ -50,16 +51,16 @@ def cv_report(cfg: Any) -> tuple[pd.DataFrame, float, int, Task]:
     return table, float(pooled[cfg.metric]), len(rows), task
 
 
-def oof_report(cfg: Any, task: Task | None = None) -> tuple[pd.DataFrame | None, dict[str, Path]]:
+def oof_report(exp: Experiment | Any, task: Task | None = None) -> tuple[pd.DataFrame | None, dict[str, Path]]:
     """Per-class precision, recall, F1 and support of the out-of-fold predictions (classes: the argmax, an
     ordinal regression head's rounded value; soft targets: against the argmax of the target shares; None
     for a task without classes), and the task's OOF figures written to <out_dir>/oof_<name>.png
     (comp.report.plots.task_figures: confusion, roc, calibration, scatter), by name."""
     from comp.report.plots import class_truth, task_figures
 
-    exp = Experiment(cfg)
+    exp = Experiment.of(exp)
     oof = exp.oof()
-    task = task or oof_task(cfg, oof)
+    task = task or oof_task(exp.cfg, oof)
     y, out = oof_targets(oof), oof_probs(oof)
     n = oof["fold"].nunique()
     figures = task_figures(task, y, out, exp.dir, "oof_", f"{exp.dir.name}: out-of-fold, {n} fold{'s' * (n != 1)}")

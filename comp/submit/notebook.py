@@ -123,7 +123,7 @@ def notebook_submit(cfg: Any, message: str, config_path: str | None = None, data
     if not re.fullmatch(r"[\w.-]+/[a-z0-9][a-z0-9-]{4,49}", kernel_id):
         raise UserError(f"--kernel-id {kernel_id!r} is not OWNER/SLUG (slug: 5-50 lowercase letters, digits, '-')")
     exp = Experiment(cfg)
-    pkg = build_package(cfg, exp.sub("package"), dataset_id=dataset_id or f"{owner}/{base}-models", force=True)
+    pkg = build_package(exp, exp.sub("package"), dataset_id=dataset_id or f"{owner}/{base}-models", force=True)
     dataset = json.loads((pkg / "dataset-metadata.json").read_text())["id"]
     created: list[str] = []
     try:

@@ -188,17 +188,18 @@ def estimate_runtime(cfg: Any, pkg: Path, sample: int = 32) -> float | None:
     return estimate
 
 
-def build_package(cfg: Any, out: Path | None = None, dataset_id: str | None = None, force: bool = False,
+def build_package(exp: Experiment | Any, out: Path | None = None, dataset_id: str | None = None, force: bool = False,
                   estimate: bool | None = None) -> Path:
-    """Gather the experiment's folds, config, thresholds and the kit's code into `out` (default
-    `<out_dir>/package`), built in a temporary folder and renamed when complete. With `estimate` (default:
-    for a code competition with data.hidden_test_size set) the run time on the hidden test set is
-    estimated (estimate_runtime).
+    """Gather the folds, config and thresholds of the experiment `exp` (or of a config) and the kit's code into
+    `out` (default `<out_dir>/package`), built in a temporary folder and renamed when complete. With
+    `estimate` (default: for a code competition with data.hidden_test_size set) the run time on the hidden
+    test set is estimated (estimate_runtime).
 
     Raises:
         UserError: no trained fold, a fold trained with another config, `out` exists (without `force`).
     """
-    exp = Experiment(cfg)
+    exp = Experiment.of(exp)
+    cfg = exp.cfg
     out = io.check_dir(Path(out) if out is not None else exp.sub("package"), "-o" if out is not None else "out_dir")
     if out.exists() and any(out.iterdir()) and not force:
         raise UserError(f"{out} already exists; pass --force to replace it, or -o another folder")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import assert_user_error, run_script
+from helpers import assert_user_error, run_script
 from omegaconf import OmegaConf
 
 from comp.data.competition import load_competition

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 import torch
-from conftest import ROOT
+from helpers import ROOT
 
 from benchmarks import harness
 from comp.experiment import load_config

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import torch
-from conftest import ROOT, run_script
+from helpers import ROOT, run_script
 
 from benchmarks.harness import fundus_image, interleaved, median_ratio
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FAST, assert_user_error, run_script, write_tiny_competition
+from helpers import FAST, assert_user_error, run_script, write_tiny_competition
 
 from comp.ensemble import blend as sb
 from comp.ensemble import methods as bl

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FAST, ROOT, run_main
+from helpers import FAST, ROOT, run_main
 from replicas import HAM_CLASSES, RANZCR_LABELS, TASK_BUILDERS, ham10000, overrides, rsna_bone_age
 
 from comp.data.competition import load_competition

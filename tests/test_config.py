@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from conftest import assert_user_error, run_script
+from helpers import assert_user_error, run_script
 
 from comp.config import Config, to_yaml
 from comp.errors import UserError

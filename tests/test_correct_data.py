@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FAST, ROOT
+from helpers import FAST, ROOT
 from replicas import build, overrides
 from scipy.stats import chisquare
 

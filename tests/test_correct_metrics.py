@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import make_experiment, write_tiny_competition
+from helpers import make_experiment, write_tiny_competition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn import metrics as skm

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import COMMON, ROOT, copy_of, one_error, run_main, trained_fixture, write_tiny_competition
+from helpers import COMMON, ROOT, copy_of, one_error, run_main, trained_fixture, write_tiny_competition
 
 import comp.cli as cli
 from comp.config import to_yaml

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import FAST, ROOT, assert_user_error, run_script
+from helpers import FAST, ROOT, assert_user_error, run_script
 from replicas import build, overrides
 
 from comp.data.augment import build_transform

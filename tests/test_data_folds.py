@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FAST
+from helpers import FAST
 from replicas import build, overrides
 
 from comp.data.competition import load_competition

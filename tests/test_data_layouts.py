@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FAST, ROOT, run_script
+from helpers import FAST, ROOT, run_script
 from replicas import BUILDERS, build, overrides
 
 from comp.data.competition import load_competition

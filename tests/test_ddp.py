@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, write_tiny_competition
+from helpers import ROOT, write_tiny_competition
 
 from comp.experiment import checkpoint as ckpt_io
 from comp.metrics import score_all

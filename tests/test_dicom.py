@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-from conftest import FAST, ROOT
+from helpers import FAST, ROOT
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 from replicas import overrides, rsna_pneumonia, write_cr

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import FAST, one_error, run_main, write_tiny_competition
+from helpers import FAST, one_error, run_main, write_tiny_competition
 from skimage import data as skdata
 
 from comp.config import HASHED_KEYS, config_hash

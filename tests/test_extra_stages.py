@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import assert_user_error, run_script
+from helpers import assert_user_error, run_script
 
 from comp.errors import UserError
 from comp.experiment import Experiment, load_config

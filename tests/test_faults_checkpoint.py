@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import copy_of, one_error, run_main, snapshot, trained_fixture
+from helpers import copy_of, one_error, run_main, snapshot, trained_fixture
 
 from comp.experiment.checkpoint import FORMAT_VERSION
 from comp.models import create_model

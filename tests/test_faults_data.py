@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import at, experiment, one_error, run_main, snapshot
+from helpers import at, experiment, one_error, run_main, snapshot
 from PIL import Image
 
 from comp.data.cache import cache_folder, entry_path, read_entry

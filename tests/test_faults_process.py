@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import COMMON, ROOT, run_main, trained_fixture, write_tiny_competition
+from helpers import COMMON, ROOT, run_main, trained_fixture, write_tiny_competition
 
 from comp.data.cache import cache_folder
 from comp.experiment import load_config

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import copy_of, one_error, run_main, snapshot, trained_fixture
+from helpers import copy_of, one_error, run_main, snapshot, trained_fixture
 
 import comp.io
 import comp.predict.predict as predict_mod

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import FAST, write_tiny_competition
+from helpers import FAST, write_tiny_competition
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 

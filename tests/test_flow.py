@@ -4,7 +4,7 @@ import io
 
 import pandas as pd
 import torch
-from conftest import run_script
+from helpers import run_script
 
 from comp.data.download import make_demo
 

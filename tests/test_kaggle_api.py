@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import make_experiment, run_script, write_tiny_competition
 from fake_kaggle import USER, Competition, FakeKaggle
+from helpers import make_experiment, run_script, write_tiny_competition
 from test_package import _offline_env
 from test_submit import submit_in_process
 

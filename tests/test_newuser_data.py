@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FAST, write_tiny_competition
+from helpers import FAST, write_tiny_competition
 
 from comp.config import HASHED_KEYS, REPO_ROOT, config_hash
 from comp.data.cache import MANIFEST, cache_folder, entry_path, image_loader, process_images, read_entry

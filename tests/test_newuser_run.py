@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import FAST, ROOT, make_experiment, one_error, run_main
+from helpers import FAST, ROOT, make_experiment, one_error, run_main
 from omegaconf import OmegaConf
 from replicas import build
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, make_experiment, run_script, write_tiny_competition
+from helpers import ROOT, make_experiment, run_script, write_tiny_competition
 
 from comp.errors import UserError
 from comp.experiment.checkpoint import save as save_atomic

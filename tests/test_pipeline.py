@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from conftest import FAST, run_main, write_tiny_competition
+from helpers import FAST, run_main, write_tiny_competition
 
 import comp
 from comp.experiment import load_config

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import make_experiment, run_script, write_test_images
+from helpers import make_experiment, run_script, write_test_images
 
 from comp.data.augment import tta_view
 from comp.errors import UserError

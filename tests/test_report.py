@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_main
+from helpers import run_main
 
 from comp.experiment import load_config
 from comp.experiment.oof import oof_probs

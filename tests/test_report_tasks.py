@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import FAST, run_main, write_competition
+from helpers import FAST, run_main, write_competition
 from sklearn import metrics as skm
 from test_report import report
 

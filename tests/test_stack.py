@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import FAST, run_main
+from helpers import FAST, run_main
 from sklearn.metrics import roc_auc_score
 
 from comp.data.competition import load_competition

@@ -9,7 +9,7 @@ import io
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_experiment, write_tiny_competition
+from helpers import make_experiment, write_tiny_competition
 
 from comp.data.competition import load_competition
 from comp.errors import UserError

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT, assert_user_error, make_experiment, run_script, write_tiny_competition
+from helpers import ROOT, assert_user_error, make_experiment, run_script, write_tiny_competition
 
 from comp.config import config_hash
 from comp.experiment import Experiment, load_config

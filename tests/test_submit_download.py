@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import write_tiny_competition
+from helpers import write_tiny_competition
 
 from comp.data.competition import load_competition
 from comp.data.download import ensure_data

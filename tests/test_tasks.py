@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FAST, LABELS, write_competition
+from helpers import FAST, LABELS, write_competition
 from timm.data import Mixup
 
 from comp.data.competition import load_competition

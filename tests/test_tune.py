@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import run_main
+from helpers import run_main
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from comp.errors import UserError

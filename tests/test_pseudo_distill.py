@@ -36,7 +36,7 @@ def config(tiny, *extra: str):
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     """A tiny competition with a two-fold teacher experiment trained on it (1 epoch per fold)."""
-    from conftest import FAST, write_tiny_competition
+    from helpers import FAST, write_tiny_competition
 
     tmp = tmp_path_factory.mktemp("teacher")
     root = write_tiny_competition(tmp / "data")

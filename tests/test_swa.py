@@ -126,7 +126,7 @@ def test_resumed_average_is_bit_identical(tiny, tmp_path):
 def test_killed_mid_epoch_with_ema_resumes_bit_for_bit(tmp_path):
     """test_resume's run (EMA, mixup, dropout, a recovery checkpoint every step) with the last 2 of 3 epochs
     averaged: SIGTERM in epoch 2, once epoch 1 is in the average, then resumed with the script."""
-    from conftest import write_tiny_competition
+    from helpers import write_tiny_competition
     from test_resume import ARGS, poll, start, term_inside_epoch
 
     data = write_tiny_competition(tmp_path / "data")

@@ -1,21 +1,31 @@
-"""The pre-resized cache and prepare's checks: keyed by the preprocessing, resumable after a kill,
-identical batches to decoding, and every unusable image listed at once."""
+"""comp.data.cache, the pre-resized image cache: keyed by the preprocessing, lossless (the same batches as
+decoding), never stale (an image replaced under it is rebuilt), built in parallel as serially; only a failed
+decode is the image's fault. A build interrupted: tests/data/test_cache_resume.py."""
 
+from __future__ import annotations
+
+import json
 import os
-import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
-import pandas as pd
+import cv2
+import numpy as np
 import pytest
 import torch
-from helpers import FAST, ROOT, assert_user_error, run_script
+from helpers import FAST, ROOT, write_tiny_competition
 from replicas import build, overrides
 
+from comp.data import cache
 from comp.data.augment import build_transform
-from comp.data.cache import ImageLoader, cache_folder, entry_path, image_loader, process_images, read_entry
+from comp.data.cache import (
+    MANIFEST,
+    ImageLoader,
+    cache_folder,
+    entry_path,
+    image_loader,
+    process_images,
+    read_entry,
+)
 from comp.data.competition import load_competition
 from comp.data.loader import EpochSampler, ImageDataset, make_loader
 from comp.data.preprocess import load_preprocessed
@@ -93,50 +103,6 @@ def test_cache_gives_the_same_batches_as_decoding(tmp_path, name, fmt):
         assert cv2.imread(str(entry), cv2.IMREAD_UNCHANGED).ndim == 2
 
 
-KILLER = """
-import os, signal, sys
-sys.path.insert(0, {root!r})
-import comp.data.cache as c
-from comp.experiment import load_config
-from comp.pipeline import prepare
-real, n = c.write_entry, [0]
-def dying(img, path, fmt):  # the 6th entry: its temporary file half written, then SIGKILL
-    n[0] += 1
-    if n[0] == 6:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.with_name('.' + path.name + '.' + str(os.getpid()) + '.tmp').write_bytes(b'half a png')
-        os.kill(os.getpid(), signal.SIGKILL)
-    real(img, path, fmt)
-c.write_entry = dying
-prepare(load_config({config!r}, {overrides!r}))
-"""
-
-
-@pytest.mark.slow
-def test_killed_build_resumes(tmp_path):
-    root = build("aptos2019", tmp_path / "aptos2019")
-    ov = overrides(root, tmp_path / "runs", FAST)
-    config = str(ROOT / "configs" / "aptos2019.yaml")
-    code = KILLER.format(root=str(ROOT), config=config, overrides=ov)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert res.returncode == -signal.SIGKILL, res.stderr
-    cfg = load_config(config, ov)
-    folder = cache_folder(cfg)
-    assert len(_entries(folder)) == 5 and len(list(folder.rglob(".*.tmp"))) == 1  # 5 whole entries, no 6th
-    assert not (tmp_path / "runs" / "folds.csv").exists()
-
-    prepare(cfg)  # resumes: builds the rest, drops the leftover
-    comp = load_competition(cfg)
-    paths = comp.train["path"].tolist() + comp.test["path"].tolist()
-    assert len(_entries(folder)) == len(paths) and not list(folder.rglob(".*.tmp"))
-    for p in paths:  # every entry, those before the kill included, is what decoding gives
-        fmt = cfg.images.cache_format
-        assert (read_entry(entry_path(folder, comp.root, p, fmt), fmt) == load_preprocessed(
-            p, 16, ["crop_circle", "ben_graham"])).all()
-    assert (tmp_path / "runs" / "folds.csv").is_file()
-
-
 @pytest.mark.slow
 def test_parallel_build_matches_serial(tmp_path):
     root = build("dr2015", tmp_path / "dr2015")
@@ -147,50 +113,6 @@ def test_parallel_build_matches_serial(tmp_path):
     assert process_images(serial, comp.root, paths, workers=1) == []
     assert process_images(parallel, comp.root, paths, workers=2) == []  # a forkserver pool of 2
     assert _entries(cache_folder(serial)) == _entries(cache_folder(parallel))
-
-
-def _break_aptos(root: Path) -> dict[str, str]:
-    """One image of each kind of problem; returns kind -> file name."""
-    files = sorted((root / "train_images").iterdir())
-    files[0].unlink()  # an id in train.csv with no image
-    files[1].write_bytes(b"")
-    whole = files[2].read_bytes()
-    files[2].write_bytes(whole[: len(whole) // 2])
-    files[3].write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200) + b"IEND\xaeB`\x82")
-    test = sorted((root / "test_images").iterdir())[0]
-    test.write_bytes(test.read_bytes()[:100])
-    return {"missing": files[0].name, "empty": files[1].name, "truncated": files[2].name,
-            "corrupt": files[3].name, "truncated_test": test.name}
-
-
-def test_prepare_lists_every_problem_at_once(tmp_path):
-    root = build("aptos2019", tmp_path / "aptos2019")
-    bad = _break_aptos(root)
-    out = tmp_path / "runs"
-    res = run_script("prepare.py", "--config", str(ROOT / "configs" / "aptos2019.yaml"), *overrides(root, out, FAST))
-    assert_user_error(res, "5 of 44 images cannot be used", "1 no image file", "1 empty (0 bytes)",
-                      "2 truncated", "1 corrupt", *bad.values(), "image_problems.csv")
-    assert "Premature end" not in res.stderr and "libpng" not in res.stderr  # no decoder noise
-    listed = pd.read_csv(out / "image_problems.csv")
-    assert sorted(listed["kind"]) == ["corrupt", "empty", "missing", "truncated", "truncated"]
-    assert not (out / "folds.csv").exists()  # nothing written until every image is usable
-
-
-@pytest.mark.parametrize("kind", ["missing", "empty", "truncated", "corrupt"])
-def test_each_problem_names_its_file(tmp_path, kind):
-    root = build("aptos2019", tmp_path / "aptos2019")
-    bad = _break_aptos(root)
-    for other, name in bad.items():  # keep only `kind` broken
-        if other != kind:
-            fresh = tmp_path / "fresh"
-            if not fresh.exists():
-                build("aptos2019", fresh)
-            sub = "test_images" if other.endswith("_test") else "train_images"
-            shutil.copy(fresh / sub / name, root / sub / name)
-    with pytest.raises(UserError) as e:
-        prepare(_cfg("aptos2019", root, tmp_path / "runs"))
-    msg = str(e.value)
-    assert msg.startswith("1 of 44 images cannot be used") and bad[kind] in msg and "\n" not in msg
 
 
 def test_loader_without_cache_decodes(aptos, tmp_path):
@@ -207,3 +129,48 @@ def test_loader_without_cache_decodes(aptos, tmp_path):
 def test_bad_cache_settings():
     with pytest.raises(UserError, match="images.cache_format"):
         load_config(None, ["images.cache_format=jpeg"])
+
+
+def test_replaced_image_is_never_read_stale_and_prepare_rebuilds_it(tmp_path):
+    tiny_root = write_tiny_competition(tmp_path / "data")
+    cfg = load_config(None, [*FAST, f"data.root={tiny_root}", f"out_dir={tmp_path / 'runs'}", "data.source=competition",
+                             "images.cache_format=npy"])
+    comp = load_competition(cfg)
+    paths = comp.train["path"].tolist()
+    assert process_images(cfg, comp.root, paths, workers=1) == []
+    folder = cache_folder(cfg)
+    assert len(json.loads((folder / MANIFEST).read_text())) == len(paths)
+    src = Path(paths[0])
+    entry = entry_path(folder, comp.root, src, "npy")
+    old = read_entry(entry, "npy")
+    before = src.stat()
+    new = np.full((24, 24, 3), 255, np.uint8)  # white, where the old one was dark
+    cv2.imwrite(str(src), new)
+    os.utime(src, ns=(before.st_atime_ns, before.st_mtime_ns - 10**9))  # older mtime, as unzip restores
+    load = image_loader(cfg, comp)
+    assert (load(str(src)) == load_preprocessed(str(src), 16, [])).all() and (load(str(src)) != old).any()
+    assert (load(paths[1]) == read_entry(entry_path(folder, comp.root, paths[1], "npy"), "npy")).all()
+    stamp1 = entry_path(folder, comp.root, paths[1], "npy").stat().st_mtime_ns
+    assert process_images(cfg, comp.root, paths, workers=1) == []  # prepare: only the changed one rebuilt
+    assert (read_entry(entry, "npy") == load_preprocessed(str(src), 16, [])).all()
+    assert entry_path(folder, comp.root, paths[1], "npy").stat().st_mtime_ns == stamp1
+    assert image_loader(cfg, comp).manifest[entry.relative_to(folder).as_posix()][0] == src.stat().st_size
+    assert process_images(cfg, comp.root, paths, workers=1, rebuild=True) == []  # --rebuild-cache: every one
+    assert entry_path(folder, comp.root, paths[1], "npy").stat().st_mtime_ns > stamp1
+
+
+def test_only_a_failed_decode_is_a_corrupt_image(tmp_path, monkeypatch):
+    root = write_tiny_competition(tmp_path / "data", n_per_class=1, n_test=1)
+    img = str(root / "train" / "img_0_000.png")
+    assert cache._work((img, None, 16, [], "png", None)) is None
+
+    def step_bug(*_a, **_k):
+        raise ValueError("a preprocessing step's bug")
+
+    monkeypatch.setattr(cache, "load_preprocessed", step_bug)
+    with pytest.raises(ValueError, match="step's bug"):
+        cache._work((img, None, 16, [], "png", None))
+    monkeypatch.undo()
+    (tmp_path / "cut.png").write_bytes(Path(img).read_bytes()[:40])
+    problem = cache._work((str(tmp_path / "cut.png"), None, 16, [], "png", None))
+    assert problem is not None and problem.kind == "truncated"

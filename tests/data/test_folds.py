@@ -1,20 +1,22 @@
-"""Folds: stratified, grouped by patient when configured, written once, reused, and refused when the
-data or a fold setting changes."""
+"""comp.data.folds: stratified (multi-label folds too), grouped by patient when configured, written once,
+reused, refused when the data or a fold setting changes; folds.json records the libraries that made them
+(scikit-learn >= 1.8, the release whose shuffled StratifiedGroupKFold stratifies)."""
+
+from __future__ import annotations
 
 import json
+from importlib import metadata
 
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import FAST
+from helpers import FAST, ROOT, write_competition
 from replicas import build, overrides
 
 from comp.data.competition import load_competition
 from comp.data.folds import library_versions, load_or_make_folds, split
 from comp.errors import UserError
 from comp.experiment import Experiment, load_config
-
-ROOT_CONFIGS = "configs"
 
 
 def _table(n_patients=60, seed=0) -> pd.DataFrame:
@@ -58,11 +60,16 @@ def test_too_few_for_the_folds():
         split(few, 3, 0, True)
 
 
+@pytest.fixture(scope="module")
+def dr_root(tmp_path_factory):
+    """The DR 2015 replica (both eyes of a patient: one group), built once and only read."""
+    return build("dr2015", tmp_path_factory.mktemp("dr") / "dr")
+
+
 @pytest.fixture
-def dr(tmp_path):
-    root = build("dr2015", tmp_path / "dr")
-    ov = overrides(root, tmp_path / "runs", FAST)
-    return lambda *extra: load_config(f"{ROOT_CONFIGS}/dr2015.yaml", [*ov, *extra])
+def dr(dr_root, tmp_path):
+    ov = overrides(dr_root, tmp_path / "runs", FAST)
+    return lambda *extra: load_config(ROOT / "configs" / "dr2015.yaml", [*ov, *extra])
 
 
 def test_written_once_and_reused(dr, tmp_path):
@@ -124,3 +131,47 @@ def test_hand_made_folds_are_trusted(dr, tmp_path):
     mine[["id", "label", "group", "fold"]].to_csv(out / "folds.csv", index=False)
     got = load_or_make_folds(cfg, train, Experiment(cfg, out).split)
     assert got.set_index("id")["fold"].equals(mine.set_index("id")["fold"])
+
+
+def test_group_column_keeps_patients_whole_and_multilabel_folds_stratify(tmp_path):
+    cfg = load_config(None, FAST + write_competition(tmp_path / "d", "multilabel", n=40) + ["folds.n_folds=4",
+                                                                                           "metric=auc"])
+    comp = load_competition(cfg)
+    fold = split(comp.train, 4, 42, grouped=True)
+    assert comp.train.assign(fold=fold).groupby("group")["fold"].nunique().max() == 1
+    y = comp.targets(comp.train)
+    for k in range(4):  # every label's positives spread over every fold (iterative stratification)
+        assert (y[fold.to_numpy() == k].sum(0) > 0).all()
+
+
+def test_sklearn_floor_is_the_release_that_stratifies_shuffled_group_folds():
+    """scikit-learn < 1.8 shuffled StratifiedGroupKFold's groups apart from their labels (PR #32540): one
+    image per patient, 20 positives in 100, 5 folds must give 4 positives in every fold, for any seed."""
+    assert '"scikit-learn>=1.8",' in (ROOT / "pyproject.toml").read_text()
+    major, minor = (int(p) for p in metadata.version("scikit-learn").split(".")[:2])
+    assert (major, minor) >= (1, 8)
+    y = np.array([1] * 20 + [0] * 80)
+    table = pd.DataFrame({"label": y, "group": [f"p{i}" for i in range(100)]})
+    for seed in range(4):
+        fold = split(table, 5, seed, grouped=True).to_numpy()
+        assert [int(y[fold == k].sum()) for k in range(5)] == [4] * 5
+
+
+def test_folds_json_records_library_versions_and_a_new_version_does_not_refuse(dr, tmp_path, capsys):
+    cfg = dr()
+    train = load_competition(cfg).train
+    out = tmp_path / "runs"
+    first = load_or_make_folds(cfg, train, Experiment(cfg, out).split)
+    made = json.loads((out / "folds.json").read_text())
+    assert made["made_with"] == {name: metadata.version(name) for name in ("scikit-learn", "numpy", "pandas", "comp")}
+    assert made["made_with"] == library_versions()
+    # the same folds made under older libraries: reused as they are, the difference logged
+    made["made_with"] = {**made["made_with"], "scikit-learn": "1.7.2", "numpy": "1.26.4"}
+    (out / "folds.json").write_text(json.dumps(made))
+    csv = (out / "folds.csv").read_text()
+    capsys.readouterr()
+    again = load_or_make_folds(cfg, train, Experiment(cfg, out).split)
+    assert again["fold"].equals(first["fold"]) and (out / "folds.csv").read_text() == csv
+    err = capsys.readouterr().err
+    assert "scikit-learn 1.7.2 (now " in err and "numpy 1.26.4" in err and "kept as it is" in err
+    assert "did not stratify" in err  # dr2015 is grouped by patient: those folds were made by the bug

@@ -1,14 +1,36 @@
-"""The epoch sampler (shuffled, weighted, resumed, split across DDP ranks), class weights, the loader's
-uint8 hand-over and device-side normalisation, and repeatable augmentation with worker processes."""
+"""comp.data.loader: the epoch sampler (shuffled, weighted, resumed, split across DDP ranks), class weights,
+the loader's uint8 hand-over and device-side normalisation, repeatable augmentation with worker processes,
+workers that leave a stop signal to the main process and never hold up its exit, and the batches in flight
+sized to the shared memory there is."""
 
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT
 
 from comp.data.augment import build_transform
-from comp.data.loader import EpochSampler, ImageDataset, class_weights, epoch_order, make_loader, to_input
+from comp.data.loader import (
+    MAX_PREFETCH,
+    EpochSampler,
+    ImageDataset,
+    batches_in_flight_bytes,
+    class_weights,
+    epoch_order,
+    ignore_stop_signals,
+    make_loader,
+    prefetch_factor_for,
+    shm_budget,
+    to_input,
+)
+from comp.experiment import load_config
 
 
 @pytest.mark.parametrize("n, world", [(10, 3), (12, 4), (7, 2), (5, 1)])
@@ -76,3 +98,51 @@ def test_to_input_normalises_on_the_device():
     assert out.dtype == torch.float32 and torch.allclose(out[0, :, 0, 0], torch.tensor(
         [(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]))
     assert to_input(x, torch.device("cpu"), in_chans=1).shape == (2, 1, 4, 4)
+
+
+def test_loader_workers_ignore_stop_signals():
+    loader = make_loader(torch.utils.data.TensorDataset(torch.zeros(4, 1)), 2, None, num_workers=1)
+    assert loader.worker_init_fn is ignore_stop_signals
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        ignore_stop_signals(0)
+        assert all(signal.getsignal(s) is signal.SIG_IGN for s in old)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    assert make_loader(torch.utils.data.TensorDataset(torch.zeros(4, 1)), 2, None, 0).worker_init_fn is None
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_the_shipped_configs_fit_the_shared_memory_budget(name):
+    cfg = load_config(ROOT / "configs" / name)
+    budget = shm_budget(64 * 2**30)  # a machine with 64 GiB of /dev/shm: the 1 GiB cap
+    k = prefetch_factor_for(cfg.batch_size, cfg.image_size, cfg.num_workers, budget)
+    assert k is not None and 1 <= k <= MAX_PREFETCH
+    assert batches_in_flight_bytes(cfg.batch_size, cfg.image_size, cfg.num_workers, k) <= budget
+
+
+def test_prefetch_shrinks_to_the_shared_memory_there_is():
+    assert shm_budget(64 * 2**20) == 16 * 2**20  # Docker's default 64 MiB: a quarter per loader
+    assert prefetch_factor_for(32, 512, 12, 2**30) == 3  # dr2015: 4 would be 1.2 GB
+    assert prefetch_factor_for(32, 512, 8, 2**30) == 4
+    assert prefetch_factor_for(32, 512, 8, 16 * 2**20) == 1  # never below one batch per worker
+    assert prefetch_factor_for(32, 512, 0, 2**30) is None
+
+
+def test_a_run_ending_with_live_loader_workers_exits(tmp_path):
+    # The workers ignore SIGTERM (a stop signal to the group is the main process's to act on), and
+    # multiprocessing stops daemonic children at exit with SIGTERM, then joins them: an iterator kept alive
+    # by an exception (a closed stderr, an error mid-epoch) used to leave the process waiting forever.
+    # A subprocess: what is tested is the interpreter's own exit (its atexit hooks, the join of its workers).
+    script = tmp_path / "live_workers.py"
+    script.write_text(
+        "import sys, torch\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from comp.data.loader import make_loader\n"
+        "it = iter(make_loader(torch.utils.data.TensorDataset(torch.zeros(64, 3)), 2, None, num_workers=2))\n"
+        "next(it)\n"
+        "raise SystemExit(3)  # `it` is still referenced: its workers are alive at exit\n")
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 3 and "Traceback" not in res.stderr, res.stderr[-2000:]

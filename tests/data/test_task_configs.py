@@ -1,0 +1,85 @@
+"""The shipped configs of tasks beyond one label per image, each on a replica of its real download
+(tests/replicas.py): SIIM-ISIC 2020 (binary, AUC), RANZCR CLiP (11 labels, mean column AUC), RSNA Bone Age
+(regression, MAE, a test CSV whose id column is "Case ID") and HAM10000 (7 classes, lesions as groups, no
+test set), run as a user would: prepare.py, one short fold with train_fold.py, predict.py, and the CSV on
+stdout checked against the sample submission (or, where there is none, the test ids and one value column)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import FAST, ROOT, run_main
+from replicas import HAM_CLASSES, TASK_BUILDERS, ham10000, overrides
+
+from comp.data.competition import load_competition
+from comp.experiment import load_config
+
+NAMES = list(TASK_BUILDERS)
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("replicas")
+    return {name: TASK_BUILDERS[name](base / name) for name in NAMES}
+
+
+def script(capsys, name: str, *argv: str) -> str:
+    """`python scripts/<name> ARGV` in this process (conftest.run_main); its stdout. Fails on a
+    non-zero exit, showing stderr."""
+    code, out, err = run_main(name, *argv)
+    assert code == 0, f"{name} exited {code}:\n{err[-3000:]}"
+    return out
+
+
+def cfg_for(name: str, root: Path, out: Path, *extra: str):
+    return load_config(ROOT / "configs" / f"{name}.yaml", [*overrides(root, out, FAST), *extra])
+
+
+def _ham_with_test(replicas, tmp_path: Path) -> Path:
+    root = tmp_path / "ham10000"
+    shutil.copytree(replicas["ham10000"], root)
+    extra = ham10000(tmp_path / "with_test", isic_test=True) / "ISIC2018_Task3_Test_Input"
+    shutil.copytree(extra, root / extra.name)
+    return root
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_prepare_train_predict(replicas, tmp_path, capsys, name):
+    """prepare.py → train_fold.py --fold 0 → predict.py on the replica, the CSV checked as Kaggle reads it."""
+    root = _ham_with_test(replicas, tmp_path) if name == "ham10000" else replicas[name]
+    out = tmp_path / "runs"
+    config = str(ROOT / "configs" / f"{name}.yaml")
+    ov = [*overrides(root, out, FAST), f"images.cache_dir={tmp_path / 'cache'}", "predict.folds=[0]",
+          "train.accum_steps=1"]  # RANZCR accumulates 4 batches: more than a replica's fold holds
+    script(capsys, "prepare.py", "--config", config, *ov)
+    folds = pd.read_csv(out / "folds.csv", dtype=str)
+    assert (folds.groupby("group")["fold"].nunique() == 1).all()
+    script(capsys, "train_fold.py", "--config", config, "--fold", "0", *ov)
+    assert (out / "fold0" / "best.pt").is_file() and (out / "fold0" / "oof.csv").is_file()
+    rows = list(csv.reader(io.StringIO(script(capsys, "predict.py", "--config", config, *ov))))
+    header, body = rows[0], rows[1:]
+    cfg = load_config(config, ov)
+    if cfg.data.sample_submission:
+        sample = list(csv.reader(open(root / cfg.data.sample_submission, newline="")))
+        assert header == sample[0]
+        assert [r[0] for r in body] == [r[0] for r in sample[1:]]  # the sample's ids, in its order
+    else:
+        assert header == [cfg.data.id_column, cfg.data.label_column]
+        assert sorted(r[0] for r in body) == sorted(load_competition(cfg).test["id"])
+    values = [r[1:] for r in body]
+    if name == "ham10000":
+        assert {v for (v,) in values} <= set(HAM_CLASSES)
+        return
+    num = np.array(values, dtype=float)
+    assert np.isfinite(num).all()
+    if name == "rsna_bone_age":  # months, de-standardised: near the training ages, not z-scores
+        ages = pd.read_csv(root / "boneage-training-dataset.csv")["boneage"]
+        assert num.shape == (6, 1) and (num > ages.min() - 3 * ages.std()).all() and num.mean() > 10
+    else:  # probabilities: P(target = 1) (ISIC), one per label (RANZCR)
+        assert num.shape[1] == (11 if name == "ranzcr_clip" else 1) and ((num >= 0) & (num <= 1)).all()

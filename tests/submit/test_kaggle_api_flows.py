@@ -1,0 +1,218 @@
+"""The kit's Kaggle flows with the real `kaggle` CLI (kaggle 2.x) against a fake of Kaggle's API on loopback
+(tests/fake_kaggle.py): prepare's download, submit.py's CSV flow (success with its score recorded, a
+submission Kaggle fails to score, 403 unaccepted rules, 429 the daily limit, 400 a CSV to a code
+competition) and the whole code-competition notebook flow (comp.submit.notebook), whose pushed kernel is run
+here as a process of its own with the network and simplejpeg blocked, as on Kaggle. The kit's scripts run
+in-process; the CLI is a process, as the kit calls it. One module, one server: every test shares it."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from conftest import make_experiment, one_error, run_main, write_tiny_competition
+from fake_kaggle import USER, Competition, FakeKaggle
+from offline_kaggle import offline_env
+
+from comp.data.download import ensure_data
+from comp.errors import UserError
+from comp.experiment import load_config
+from comp.submit.kaggle import INDEX_COLUMNS
+
+CLI = Path(sys.executable).parent / "kaggle"
+pytestmark = pytest.mark.skipif(not CLI.is_file(), reason="the kaggle CLI is not installed beside the interpreter")
+
+
+@pytest.fixture(scope="module")
+def fake():
+    with FakeKaggle() as f:
+        yield f
+
+
+@pytest.fixture
+def api(fake, tmp_path, monkeypatch):
+    """The real CLI pointed at the fake: its environment, and the CLI first on PATH."""
+    env = fake.env(tmp_path / "home")
+    for var in [v for v in os.environ if v.startswith("KAGGLE_")]:
+        monkeypatch.delenv(var)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PATH", f"{CLI.parent}{os.pathsep}{os.environ['PATH']}")
+    fake.requests.clear()
+    return env
+
+
+def _zip_of(folder: Path) -> dict[str, bytes]:
+    return {f.relative_to(folder).as_posix(): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def test_prepare_downloads_through_the_real_cli_and_403_leaves_nothing(fake, api, tmp_path):
+    fake.competitions["tiny-dl"] = Competition(files=_zip_of(write_tiny_competition(tmp_path / "src")))
+    root = tmp_path / "data" / "tiny"
+    code, _, err = run_main("prepare.py", "--download", f"data.root={root}", "data.source=competition",
+                            "data.competition=tiny-dl", "data.image_ext=.png", "image_size=16",
+                            f"out_dir={tmp_path / 'runs'}")
+    assert code == 0, err
+    assert (root / "train.csv").read_bytes() == (tmp_path / "src" / "train.csv").read_bytes()
+    assert len(list((root / "test").iterdir())) == 9 and (tmp_path / "runs" / "folds.csv").is_file()
+    paths = [p for m, p, _ in fake.requests]  # the size listed first (`kaggle competitions files`), then the data
+    assert paths[:3] == ["/api/v1/competitions.CompetitionApiService/ListDataFiles",
+                         "/api/v1/competitions.CompetitionApiService/DownloadDataFiles", "/files/tiny-dl.zip"]
+
+    fake.competitions["tiny-rules"] = Competition(files={"a.csv": b"x"}, rules_accepted=False)
+    cfg = load_config(None, [f"data.root={tmp_path / 'data' / 'r'}", "data.competition=tiny-rules",
+                             "data.source=competition"])
+    with pytest.raises(UserError, match="kaggle competitions download -c tiny-rules .* failed: .*accept this "
+                                        "competition's rules"):
+        ensure_data(cfg, download=True)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["cache", "tiny"]  # nothing half-made
+
+
+@pytest.fixture
+def csv_setup(tmp_path):
+    root = write_tiny_competition(tmp_path / "data")
+    ids = pd.read_csv(root / "sample_submission.csv", dtype=str)["id"]
+    file = tmp_path / "sub.csv"
+    pd.DataFrame({"id": ids, "label": [k % 3 for k in range(len(ids))]}).to_csv(file, index=False)
+    subs = tmp_path / "subs"
+    return {"file": file, "subs": subs, "overrides": [f"data.root={root}", "data.source=competition",
+                                                      f"predict.submissions_dir={subs}", f"out_dir={tmp_path / 'r'}"]}
+
+
+def test_a_csv_submission_is_scored_and_recorded_under_an_old_index(fake, api, csv_setup):
+    fake.competitions["tiny-csv"] = Competition(outcome=("COMPLETE", "0.777", ""), polls=1)
+    subs = csv_setup["subs"]
+    subs.mkdir()
+    old = INDEX_COLUMNS[:INDEX_COLUMNS.index("kaggle_answer") + 1]  # the index an older kit wrote
+    (subs / "index.csv").write_text(",".join(old) + "\n" + ",".join(["2026-01-01T00:00:00+00:00", "a.csv", "tiny-csv",
+                                                                      "c.yaml", "h", "g", "qwk", "0.5", "first",
+                                                                      "Successfully submitted"]) + "\n")
+    code, _, err = run_main("submit.py", str(csv_setup["file"]), "-m", "resnet18", "--poll", "0.05",
+                            *csv_setup["overrides"], "data.competition=tiny-csv")
+    assert code == 0, err
+    index = pd.read_csv(subs / "index.csv", dtype=str, keep_default_na=False)
+    assert list(index.columns) == INDEX_COLUMNS and len(index) == 2
+    assert index.iloc[0]["message"] == "first" and index.iloc[0]["status"] == ""  # the old row, whole
+    row = index.iloc[1]
+    assert row["kaggle_ref"] == str(fake.submissions[-1]["ref"]) and row["status"] == "COMPLETE"
+    assert row["public_score"] == "0.777" and row["error"] == "" and row["message"] == "resnet18"
+    assert fake.submissions[-1]["content"] == csv_setup["file"].read_bytes()
+    assert len(fake.calls("ListSubmissions")) >= 2  # PENDING first, then COMPLETE
+
+
+@pytest.mark.parametrize("case", ["scoring error", "rules", "daily limit", "code competition on Kaggle"])
+def test_a_failed_submission_is_one_error_line(case, fake, api, csv_setup):
+    slug = "tiny-" + case.replace(" ", "-")
+    fake.competitions[slug] = {
+        "scoring error": Competition(outcome=("ERROR", "", "Submission has 3 rows, expected 9")),
+        "rules": Competition(rules_accepted=False), "daily limit": Competition(left_today=0),
+        "code competition on Kaggle": Competition(code=True)}[case]
+    code, _, err = run_main("submit.py", str(csv_setup["file"]), "-m", "x", "--poll", "0.05",
+                            *csv_setup["overrides"], f"data.competition={slug}")
+    line = one_error(code, err)
+    index = csv_setup["subs"] / "index.csv"
+    if case == "scoring error":  # made, so recorded, and reported
+        assert "failed to score: Submission has 3 rows, expected 9" in line
+        row = pd.read_csv(index, dtype=str, keep_default_na=False).iloc[-1]
+        assert row["status"] == "ERROR" and row["error"] == "Submission has 3 rows, expected 9"
+        return
+    assert f"kaggle competitions submit {slug}" in line
+    assert {"rules": "accept this competition's rules before submitting",
+            "daily limit": "daily Submission allowance",
+            "code competition on Kaggle": "only accepts submissions from notebooks"}[case] in line
+    assert not index.exists() and not list(csv_setup["subs"].glob("*.csv"))  # nothing recorded or kept
+
+
+def test_a_csv_to_a_code_competition_is_refused_before_sending(fake, api, csv_setup):
+    code, _, err = run_main("submit.py", str(csv_setup["file"]), "-m", "x", *csv_setup["overrides"],
+                            "data.competition=tiny-code", "data.code_competition=true")
+    line = one_error(code, err)
+    assert "is a code competition" in line and "scripts/submit.py --notebook -m x" in line
+    assert fake.requests == []
+
+
+def _run_pushed_kernel(root: Path, work: Path):
+    """The fake's kernel runner: the pushed kernel.py, run as Kaggle would, with the dataset's files (its
+    zips extracted, as Kaggle does) and the competition's data mounted under an input folder, no network
+    and no simplejpeg."""
+
+    def run(body: dict, fake: FakeKaggle) -> tuple[str, str]:
+        inp = work / "input"
+        (inp / "tiny-code-nb").symlink_to(root)
+        for source in body["datasetDataSources"]:
+            mount = inp / source.split("/")[1]
+            for name, data in fake.dataset_files(source).items():
+                if name.endswith(".zip"):
+                    zipfile.ZipFile(io.BytesIO(data)).extractall(mount / name[:-4])
+                else:
+                    (mount / name).parent.mkdir(parents=True, exist_ok=True)
+                    (mount / name).write_bytes(data)
+        (work / "kernel.py").write_text(body["text"])
+        (work / "working").mkdir()
+        env = {**offline_env(work), "KIT_KAGGLE_INPUT": str(inp), "KIT_KAGGLE_WORKING": str(work / "working")}
+        res = subprocess.run([sys.executable, str(work / "kernel.py")], capture_output=True, text=True, env=env,
+                             cwd=work / "working", timeout=300)
+        (work / "log.txt").write_text(res.stderr)
+        return ("COMPLETE", "") if res.returncode == 0 else ("ERROR", res.stderr.strip().splitlines()[-1])
+
+    (work / "input").mkdir(parents=True)
+    return run
+
+
+def test_the_notebook_flow_end_to_end(fake, api, tmp_path):
+    ex = make_experiment(tmp_path, "data.competition=tiny-code-nb", "data.code_competition=true",
+                         f"predict.submissions_dir={tmp_path / 'subs'}")
+    fake.competitions["tiny-code-nb"] = Competition(code=True, outcome=("COMPLETE", "0.654", ""))
+    fake.run_kernel = _run_pushed_kernel(ex["root"], tmp_path / "kaggle")
+    try:
+        code, _, err = run_main("submit.py", "--notebook", "-m", "nb 2 folds", "--poll", "0.05",
+                                *ex["overrides"])
+    finally:
+        fake.run_kernel = None
+    assert code == 0, err + (tmp_path / "kaggle" / "log.txt").read_text()
+    methods = [p.rsplit("/", 1)[1] for m, p, _ in fake.requests if p.startswith("/api/")]
+    assert methods[0] == "GetDatasetStatus" and "CreateDatasetVersion" not in methods  # absent: created
+    assert methods.index("CreateDataset") < methods.index("SaveKernel") < methods.index("CreateCodeSubmission")
+    kernel_id = f"{USER}/tiny-code-nb-runs-infer"
+    saved = fake.calls("SaveKernel")[0]
+    assert saved["slug"] == kernel_id and saved["competitionDataSources"] == ["tiny-code-nb"]
+    assert saved["datasetDataSources"] == [f"{USER}/tiny-code-nb-runs-models"]
+    assert saved["enableInternet"] is False and saved.get("enableGpu", False) is False
+    meta = json.loads((ex["out"] / "kernel" / "kernel-metadata.json").read_text())
+    assert meta["enable_internet"] is False and meta["competition_sources"] == ["tiny-code-nb"]
+    sub = fake.calls("CreateCodeSubmission")[0]
+    assert (sub["kernelSlug"], sub["kernelVersion"], sub["fileName"]) == ("tiny-code-nb-runs-infer", 1,
+                                                                          "submission.csv")
+    # What the kernel wrote on "Kaggle" (simplejpeg and the network blocked) is predict.py's CSV.
+    from comp.predict.submission import make_submission
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the kernel's OMP_NUM_THREADS=1: CPU sums depend on the thread count
+    try:
+        local = make_submission(ex["cfg"]).text
+    finally:
+        torch.set_num_threads(threads)
+    assert (tmp_path / "kaggle" / "working" / "submission.csv").read_text() == local
+    row = pd.read_csv(tmp_path / "subs" / "index.csv", dtype=str, keep_default_na=False).iloc[-1]
+    assert (row["status"], row["public_score"], row["kernel"]) == ("COMPLETE", "0.654", f"{kernel_id} v1")
+
+    # Again, the notebook failing on Kaggle: the dataset is versioned, and the error names what exists.
+    fake.kernel_outcome = ("ERROR", "FileNotFoundError: /kaggle/input/tiny-code-nb")
+    try:
+        code, _, err = run_main("submit.py", "--notebook", "-m", "again", "--poll", "0.05",
+                                *ex["overrides"])
+    finally:
+        fake.kernel_outcome = ("COMPLETE", "")
+    line = one_error(code, err)
+    assert f"notebook {kernel_id} version 2 ended ERROR on Kaggle: FileNotFoundError" in line
+    assert f"already created on Kaggle: a new version of dataset {USER}/tiny-code-nb-runs-models, notebook " \
+           f"{kernel_id} version 2" in line
+    assert len(fake.calls("CreateDatasetVersion")) == 1 and len(fake.calls("CreateCodeSubmission")) == 1

@@ -1,8 +1,10 @@
-"""Kaggle's notebook image as the offline tests model it, for the packaged infer.py and the pushed kernel run
-as separate processes: no network, no simplejpeg, and the repository's code out of reach (so the kit's
-editable install cannot stand in for the package's own copy). A helper module rather than a conftest.py:
-pytest imports every conftest.py as the module `conftest`, which would hide tests/conftest.py from the test
-modules' `from conftest import ...`."""
+"""The environments of the Kaggle tests. Kaggle's notebook image, for the packaged infer.py and the pushed
+kernel run as separate processes (`offline_env`): no network, no simplejpeg, and the repository's code out of
+reach (so the kit's editable install cannot stand in for the package's own copy). The real `kaggle` CLI
+pointed at the fake of Kaggle's API (`use_real_cli`, tests/fake_kaggle.py).
+
+A helper module rather than a conftest.py: pytest imports every conftest.py as the module `conftest`, which
+would hide tests/conftest.py from the test modules' `from conftest import ...`."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import sys
 from pathlib import Path
 
 from conftest import ROOT
+
+CLI = Path(sys.executable).parent / "kaggle"  # the real CLI (kaggle 2.x), installed beside the interpreter
 
 # Loaded at interpreter start-up (PYTHONPATH): no connection can be made, and no file of the repository's
 # code can be opened, so the kit's editable install cannot stand in for the package's own copy.
@@ -59,3 +63,16 @@ def offline_env(tmp_path: Path) -> dict:
     site.mkdir()
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE.format(roots=roots, blocked=set(NOT_IN_KAGGLE_IMAGE)))
     return {**env, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def use_real_cli(fake, home: Path, monkeypatch) -> dict:
+    """Point the real CLI at `fake` (a FakeKaggle): its environment set (every other KAGGLE_ variable
+    removed), the CLI first on PATH, and the fake's request log cleared. Returns the environment."""
+    env = fake.env(home)
+    for var in [v for v in os.environ if v.startswith("KAGGLE_")]:
+        monkeypatch.delenv(var)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PATH", f"{CLI.parent}{os.pathsep}{os.environ['PATH']}")
+    fake.requests.clear()
+    return env

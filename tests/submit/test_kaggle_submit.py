@@ -1,21 +1,21 @@
-"""scripts/submit.py: an invalid file never reaches Kaggle nor the record; a valid one is handed to the
-CLI with exactly `competitions submit <competition> -f FILE -m MESSAGE`, and recorded only when the CLI
-succeeds. A stand-in `kaggle` placed first on PATH records its arguments; the script runs in-process
-(runpy) to keep the dozen cases fast, and once as a real subprocess."""
+"""scripts/submit.py and its flow (comp.submit.kaggle): an invalid file never reaches Kaggle nor the record; a
+valid one is handed to the CLI with exactly `competitions submit <competition> -f FILE -m MESSAGE`, and
+recorded only when the CLI succeeds; a missing or failing CLI is one error line. A stand-in `kaggle` placed
+first on PATH records its arguments (tests/submit/test_kaggle_api_flows.py runs the real CLI against a fake
+of Kaggle's API); the script runs in-process (conftest.run_main)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
-import runpy
 import stat
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import ROOT, assert_user_error, make_experiment, run_script, write_tiny_competition
+from helpers import make_experiment, one_error, run_main, write_tiny_competition
 
 from comp.config import config_hash
 from comp.experiment import Experiment, load_config
@@ -28,7 +28,7 @@ def install_stand_in(tmp_path: Path, monkeypatch, code: int = 0,
     """A fake `kaggle` first on PATH: appends its argv (JSON) to a log; to `competitions submit` prints
     `answer` and exits `code`; to `competitions submissions` lists submission 123 (described "ok") as
     COMPLETE with public score 0.5, as kaggle 2.x does. It also prints KAGGLE_KEY, to show the kit masks
-    credentials. (tests/test_kaggle_api.py runs the real CLI against a fake API.)"""
+    credentials. (test_kaggle_api_flows.py runs the real CLI against a fake API.)"""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     argv_log = tmp_path / "kaggle_argv.jsonl"
@@ -46,35 +46,25 @@ def install_stand_in(tmp_path: Path, monkeypatch, code: int = 0,
     return argv_log
 
 
-def submit_in_process(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """Run scripts/submit.py as `python scripts/submit.py ARGS` would, in this process."""
-    monkeypatch.setattr(sys, "argv", [str(ROOT / "scripts" / "submit.py"), *args])
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    with pytest.raises(SystemExit) as e:
-        runpy.run_path(str(ROOT / "scripts" / "submit.py"), run_name="__main__")
-    return e.value.code or 0, capsys.readouterr().err
-
-
-def _one_error(code: int, err: str) -> str:
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
+@pytest.fixture(scope="module")
+def competitions(tmp_path_factory) -> dict:
+    """A tiny competition (labels 0/1/2) and one whose sample has a probability column per class; only read."""
+    base = tmp_path_factory.mktemp("submit")
+    labels = write_tiny_competition(base / "labels")
+    probs = write_tiny_competition(base / "probs")
+    sample = pd.read_csv(probs / "sample_submission.csv", dtype=str)
+    pd.DataFrame({"id": sample["id"], "0": 0, "1": 0, "2": 0}).to_csv(probs / "sample_submission.csv", index=False)
+    return {"label": labels, "prob": probs, "ids": list(sample["id"])}
 
 
 @pytest.fixture
-def comp_setup(tmp_path):
-    """A tiny competition (labels 0/1/2) and one whose sample has a probability column per class."""
-    labels = write_tiny_competition(tmp_path / "labels")
-    probs = write_tiny_competition(tmp_path / "probs")
-    sample = pd.read_csv(probs / "sample_submission.csv", dtype=str)
-    pd.DataFrame({"id": sample["id"], "0": 0, "1": 0, "2": 0}).to_csv(probs / "sample_submission.csv", index=False)
+def comp_setup(competitions, tmp_path):
+    """The overrides of either competition, with this test's own submissions folder and out_dir."""
     subs = tmp_path / "subs"
     common = ["data.source=competition", f"data.competition={COMPETITION}", f"predict.submissions_dir={subs}",
               f"out_dir={tmp_path / 'runs'}", "data.solution_csv=solution.csv"]
-    return {"label": [f"data.root={labels}", *common], "prob": [f"data.root={probs}", *common],
-            "ids": list(sample["id"]), "subs": subs}
+    return {"label": [f"data.root={competitions['label']}", *common],
+            "prob": [f"data.root={competitions['prob']}", *common], "ids": competitions["ids"], "subs": subs}
 
 
 def _valid(ids: list[str], kind: str) -> list[list[str]]:
@@ -119,35 +109,35 @@ def _write(path: Path, rows, crlf: bool = False, bom: bool = False) -> Path:
 
 
 @pytest.mark.parametrize("name", list(MALFORMED))
-def test_a_malformed_submission_is_refused_and_nothing_is_written(name, comp_setup, tmp_path, monkeypatch, capsys):
+def test_a_malformed_submission_is_refused_and_nothing_is_written(name, comp_setup, tmp_path, monkeypatch):
     kind, edit, needle = MALFORMED[name]
     argv_log = install_stand_in(tmp_path, monkeypatch)
     file = _write(tmp_path / "bad.csv", edit(_valid(comp_setup["ids"], kind)))
-    code, err = submit_in_process(monkeypatch, capsys, file.as_posix(), "-m", "should fail", *comp_setup[kind])
-    line = _one_error(code, err)
+    code, _, err = run_main("submit.py", file.as_posix(), "-m", "should fail", *comp_setup[kind])
+    line = one_error(code, err)
     assert needle in line, (needle, line)
     assert not argv_log.exists()  # the CLI never ran
     assert not comp_setup["subs"].exists()  # no index row, no copy
 
 
-def test_the_valid_versions_pass_and_a_bom_crlf_file_too(comp_setup, tmp_path, monkeypatch, capsys):
+def test_the_valid_versions_pass_and_a_bom_crlf_file_too(comp_setup, tmp_path, monkeypatch):
     argv_log = install_stand_in(tmp_path, monkeypatch)
     for kind in ("label", "prob"):
         rows = _valid(comp_setup["ids"], kind)
         for crlf, bom in ((False, False), (True, True)):
             file = _write(tmp_path / f"{kind}_{crlf}.csv", [rows[0]] + rows[1:][::-1], crlf=crlf, bom=bom)  # any order
-            code, err = submit_in_process(monkeypatch, capsys, str(file), "-m", "ok", *comp_setup[kind])
+            code, _, err = run_main("submit.py", str(file), "-m", "ok", *comp_setup[kind])
             assert code == 0, err
     assert len(argv_log.read_text().splitlines()) == 8  # each: submit, then the status read
 
 
-def test_the_cli_gets_exactly_its_arguments_and_the_submission_is_recorded(tmp_path, monkeypatch, capsys):
+def test_the_cli_gets_exactly_its_arguments_and_the_submission_is_recorded(tmp_path, monkeypatch):
     ex = make_experiment(tmp_path, f"data.competition={COMPETITION}", f"predict.submissions_dir={tmp_path / 'subs'}")
     argv_log = install_stand_in(tmp_path, monkeypatch)
     rows = _valid(pd.read_csv(ex["root"] / "sample_submission.csv", dtype=str)["id"].tolist(), "label")
     file = _write(tmp_path / "my sub.csv", rows)
     message = "resnet18 5 folds, TTA 'hflip'"
-    code, err = submit_in_process(monkeypatch, capsys, str(file), "-m", message, *ex["overrides"])
+    code, _, err = run_main("submit.py", str(file), "-m", message, *ex["overrides"])
     assert code == 0, err
     assert [json.loads(ln) for ln in argv_log.read_text().splitlines()] == [
         ["competitions", "submit", COMPETITION, "-f", str(file), "-m", message],
@@ -166,23 +156,23 @@ def test_the_cli_gets_exactly_its_arguments_and_the_submission_is_recorded(tmp_p
     assert pd.Timestamp(row["time"]).tzinfo is not None
     assert "S3CRET-KEY-123" not in err
 
-    code, err = submit_in_process(monkeypatch, capsys, str(file), "-m", "again", *ex["overrides"])
+    code, _, err = run_main("submit.py", str(file), "-m", "again", *ex["overrides"])
     assert code == 0, err
     index = pd.read_csv(subs / "index.csv", dtype=str)
     assert list(index["message"]) == [message, "again"] and len(list(subs.glob("*.csv"))) == 3  # 2 copies + index
 
 
-def test_a_failing_cli_is_one_error_line_and_nothing_is_recorded(comp_setup, tmp_path, monkeypatch, capsys):
+def test_a_failing_cli_is_one_error_line_and_nothing_is_recorded(comp_setup, tmp_path, monkeypatch):
     argv_log = install_stand_in(tmp_path, monkeypatch, code=1, answer="400 Client Error: Bad Request for url")
     file = _write(tmp_path / "ok.csv", _valid(comp_setup["ids"], "label"))
-    code, err = submit_in_process(monkeypatch, capsys, str(file), "-m", "x", *comp_setup["label"])
-    line = _one_error(code, err)
+    code, _, err = run_main("submit.py", str(file), "-m", "x", *comp_setup["label"])
+    line = one_error(code, err)
     assert "kaggle competitions submit tiny-comp" in line and "failed:" in line and "400 Client Error" in line
     assert argv_log.exists() and not comp_setup["subs"].exists()
     assert "S3CRET-KEY-123" not in err
 
 
-def test_missing_credentials_pass_on_the_real_cli_instructions(comp_setup, tmp_path, monkeypatch, capsys):
+def test_missing_credentials_pass_on_the_real_cli_instructions(comp_setup, tmp_path, monkeypatch):
     real = Path(sys.executable).parent / "kaggle"
     if not real.is_file():
         pytest.skip("the kaggle CLI is not installed beside the interpreter")
@@ -192,94 +182,81 @@ def test_missing_credentials_pass_on_the_real_cli_instructions(comp_setup, tmp_p
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "home" / ".kaggle"))
     monkeypatch.setenv("PATH", f"{real.parent}{os.pathsep}{os.environ['PATH']}")
     file = _write(tmp_path / "ok.csv", _valid(comp_setup["ids"], "label"))
-    code, err = submit_in_process(monkeypatch, capsys, str(file), "-m", "x", *comp_setup["label"])
-    line = _one_error(code, err)
+    code, _, err = run_main("submit.py", str(file), "-m", "x", *comp_setup["label"])
+    line = one_error(code, err)
     assert "failed:" in line and ("kaggle auth login" in line or "kaggle.json" in line), line
     assert not comp_setup["subs"].exists()
 
 
-def test_the_demo_competition_is_scored_locally_not_submitted(comp_setup, tmp_path, monkeypatch, capsys):
+def test_the_demo_competition_is_scored_locally_not_submitted(comp_setup, tmp_path, monkeypatch):
     argv_log = install_stand_in(tmp_path, monkeypatch)
     file = _write(tmp_path / "ok.csv", _valid(comp_setup["ids"], "label"))
-    code, err = submit_in_process(monkeypatch, capsys, str(file), "-m", "demo", *comp_setup["label"],
-                                  "data.source=demo")
+    code, _, err = run_main("submit.py", str(file), "-m", "demo", *comp_setup["label"],
+                            "data.source=demo")
     assert code == 0, err
     assert f"kaggle competitions submit {COMPETITION} -f {file} -m demo" in err
     assert "local score against the held-out answers: accuracy" in err
     assert not argv_log.exists() and not comp_setup["subs"].exists()
 
-    code, err = submit_in_process(monkeypatch, capsys, str(file), "--dry-run", "-m", "dry", *comp_setup["label"])
+    code, _, err = run_main("submit.py", str(file), "--dry-run", "-m", "dry", *comp_setup["label"])
     assert code == 0 and "--dry-run" in err and not argv_log.exists()
     # a dry run never shows a command Kaggle would refuse: a code competition's CSV, an empty competition
-    code, err = submit_in_process(monkeypatch, capsys, str(file), "--dry-run", "-m", "dry", *comp_setup["label"],
-                                  "data.code_competition=true")
+    code, _, err = run_main("submit.py", str(file), "--dry-run", "-m", "dry", *comp_setup["label"],
+                            "data.code_competition=true")
     assert code == 0 and "code competition" in err and "--notebook" in err and "would be" not in err
-    code, err = submit_in_process(monkeypatch, capsys, str(file), "--dry-run", "-m", "dry", *comp_setup["label"],
-                                  'data.competition=""')
+    code, _, err = run_main("submit.py", str(file), "--dry-run", "-m", "dry", *comp_setup["label"],
+                            'data.competition=""')
     assert code == 0 and "data.competition is empty" in err and "would be" not in err
 
 
-def test_submit_script_as_a_subprocess(comp_setup, tmp_path):
+def test_the_script_refuses_a_bad_file_and_requires_a_message(comp_setup, tmp_path):
     file = _write(tmp_path / "bad.csv", _valid(comp_setup["ids"], "label")[:-1])
-    res = run_script("submit.py", str(file), "-m", "x", *comp_setup["label"])
-    assert_user_error(res, "lacks 1 test id")
-    res = run_script("submit.py", str(file), *comp_setup["label"])
-    assert res.returncode == 2 and "-m/--message" in res.stderr  # argparse: the message is required
+    code, _, err = run_main("submit.py", str(file), "-m", "x", *comp_setup["label"])
+    one_error(code, err, "lacks 1 test id")
+    code, _, err = run_main("submit.py", str(file), *comp_setup["label"])
+    assert code == 2 and "-m/--message" in err  # argparse: the message is required
     assert not comp_setup["subs"].exists()
 
 
-def test_an_empty_message_or_competition_is_refused(comp_setup, tmp_path, monkeypatch, capsys):
+def test_an_empty_message_or_competition_is_refused(comp_setup, tmp_path, monkeypatch):
     argv_log = install_stand_in(tmp_path, monkeypatch)
     file = _write(tmp_path / "ok.csv", _valid(comp_setup["ids"], "label"))
-    code, err = submit_in_process(monkeypatch, capsys, str(file), "-m", " ", *comp_setup["label"])
-    assert "-m MESSAGE is empty" in _one_error(code, err)
-    code, err = submit_in_process(monkeypatch, capsys, str(file), "-m", "x", *comp_setup["label"],
-                                  "data.competition=''")
-    assert "data.competition is empty" in _one_error(code, err)
+    code, _, err = run_main("submit.py", str(file), "-m", " ", *comp_setup["label"])
+    assert "-m MESSAGE is empty" in one_error(code, err)
+    code, _, err = run_main("submit.py", str(file), "-m", "x", *comp_setup["label"],
+                            "data.competition=''")
+    assert "data.competition is empty" in one_error(code, err)
     assert not argv_log.exists() and not comp_setup["subs"].exists()
     assert load_config(None, comp_setup["label"]).data.competition == COMPETITION
 
 
-def test_an_older_cli_without_a_ref_is_looked_up_and_a_silent_failure_is_caught(comp_setup, tmp_path, monkeypatch,
-                                                                                   capsys):
+def test_an_older_cli_without_a_ref_is_looked_up_and_a_silent_failure_is_caught(comp_setup, tmp_path, monkeypatch):
     file = _write(tmp_path / "ok.csv", _valid(comp_setup["ids"], "label"))
     install_stand_in(tmp_path, monkeypatch, answer=f"Successfully submitted to {COMPETITION}")  # no ref printed
-    code, err = submit_in_process(monkeypatch, capsys, str(file), "-m", "ok", *comp_setup["label"])
+    code, _, err = run_main("submit.py", str(file), "-m", "ok", *comp_setup["label"])
     assert code == 0, err
     row = pd.read_csv(comp_setup["subs"] / "index.csv", dtype=str).iloc[-1]
     assert row["kaggle_ref"] == "123" and row["status"] == "COMPLETE"  # found by its description
 
     install_stand_in(tmp_path, monkeypatch, answer="Could not submit to competition")  # older CLIs: exit 0
-    code, err = submit_in_process(monkeypatch, capsys, str(file), "-m", "other", *comp_setup["label"])
-    assert "failed: Could not submit to competition" in _one_error(code, err)
+    code, _, err = run_main("submit.py", str(file), "-m", "other", *comp_setup["label"])
+    assert "failed: Could not submit to competition" in one_error(code, err)
     assert len(pd.read_csv(comp_setup["subs"] / "index.csv")) == 1  # not recorded
     assert len(list(comp_setup["subs"].glob("*.csv"))) == 2  # index + the first copy only
 
 
-def test_the_leaderboard_plots_cv_against_public_score_of_every_recorded_submission(tmp_path, monkeypatch, capsys):
-    from comp.report.leaderboard import leaderboard
-    from comp.submit.kaggle import INDEX_COLUMNS, append_index
-
-    subs = tmp_path / "subs"
-    subs.mkdir()
-    old = INDEX_COLUMNS[:INDEX_COLUMNS.index("kaggle_answer") + 1]
-    (subs / "index.csv").write_text(",".join(old) + "\nt0,a.csv,tiny-comp,c,h,g,accuracy,0.61,old kit,ok\n")
-    for ref, cv, status, public, comp in [("1", "0.70", "COMPLETE", "0.68", "tiny-comp"),
-                                          ("2", "0.75", "ERROR", "", "tiny-comp"),
-                                          ("3", "0.80", "COMPLETE", "0.74", "tiny-comp"),
-                                          ("4", "0.90", "COMPLETE", "0.10", "other-comp")]:
-        append_index(subs / "index.csv", {"time": f"t{ref}", "competition": comp, "cv_metric": "accuracy",
-                                          "cv_score": cv, "message": f"run {ref}", "kaggle_ref": ref,
-                                          "status": status, "public_score": public})
-    cfg = load_config(None, ["data.competition=tiny-comp", f"predict.submissions_dir={subs}"])
-    table = leaderboard(cfg, tmp_path / "lb.png")
-    assert list(table["kaggle_ref"]) == ["", "1", "2", "3"] and list(table["public_score"]) == ["", "0.68", "", "0.74"]
-    assert (tmp_path / "lb.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-    monkeypatch.setattr(sys, "argv", [str(ROOT / "scripts" / "report.py"), "--leaderboard", "-o",
-                                      str(tmp_path / "lb2.png"), "data.competition=nowhere",
-                                      f"predict.submissions_dir={subs}"])
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    with pytest.raises(SystemExit) as e:
-        runpy.run_path(str(ROOT / "scripts" / "report.py"), run_name="__main__")
-    assert "no submission to 'nowhere' recorded" in _one_error(e.value.code, capsys.readouterr().err)
+def test_kaggle_cli_missing_for_the_submission(tmp_path, monkeypatch):
+    ex = make_experiment(tmp_path / "ex")
+    code, sub, err = run_main("predict.py", *ex["overrides"])
+    assert code == 0, err
+    file = tmp_path / "sub.csv"
+    file.write_text(sub)
+    empty = tmp_path / "empty_bin"  # no `kaggle` on PATH, nor beside the interpreter
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.setattr(sys, "executable", str(empty / "python"))
+    subs = tmp_path / "submissions"
+    code, _, err = run_main("submit.py", str(file), "-m", "first try", *ex["overrides"],
+                            "data.competition=tiny-comp", f"predict.submissions_dir={subs}")
+    one_error(code, err, "the kaggle CLI is not on PATH")
+    assert not subs.exists() and file.read_text() == sub  # nothing recorded, the file as it was

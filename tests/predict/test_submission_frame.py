@@ -1,6 +1,6 @@
-"""The submission frame follows the sample submission: its header, its row order, its id spelling and the
-competition's value encoding (integer grades, class names, one probability column per class, or the
-positive-class probability for AUC)."""
+"""The submission frame (comp.predict.submission) follows the sample submission: its header, its row order, its
+id spelling and the competition's value encoding (integer grades, class names, one probability column per
+class, or the positive-class probability for AUC, whatever the order of the classes)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,20 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers import make_experiment, write_tiny_competition
+from sklearn import metrics as skm
 
 from comp.data.competition import load_competition
 from comp.errors import UserError
 from comp.experiment import load_config
-from comp.predict.submission import build, check, make_submission, read_exact, to_csv_text
+from comp.predict.submission import (
+    build,
+    check,
+    make_submission,
+    read_exact,
+    score_holdout,
+    submission_probs,
+    to_csv_text,
+)
 
 
 def _setup(tmp_path, sample_columns=None, classes=(0, 1, 2), extra=()):
@@ -95,12 +104,6 @@ def test_binary_auc_submission_holds_the_positive_probability(tmp_path):
     assert set(labels["label"]) <= {"0", "1"}
 
 
-def test_a_sample_that_fits_no_encoding_is_refused(tmp_path):
-    cfg, comp, probs, _ = _setup(tmp_path, sample_columns=["a", "b"])
-    with pytest.raises(UserError, match="neither one value column nor one column per class"):
-        build(cfg, comp, probs)
-
-
 def test_make_submission_end_to_end_with_probability_columns(tmp_path):
     root = write_tiny_competition(tmp_path / "data")
     sample = pd.read_csv(root / "sample_submission.csv", dtype=str)
@@ -142,3 +145,61 @@ def test_class_values_spell_the_labels_and_class_names_may_head_probability_colu
     by_id = _by_id(comp, probs)
     np.testing.assert_allclose(out["all"].astype(float), [by_id[i][1] for i in out["id"]], rtol=1e-12)
     check(cfg, comp, out)
+
+
+# --- the positive class of an AUC submission ---------------------------------------------------------
+
+def _binary(tmp_path, *extra):
+    """A two-class competition whose train/solution CSVs say 1 (malignant) and 0 (benign)."""
+    root = write_tiny_competition(tmp_path / "data", classes=(1, 0))
+    cfg = load_config(None, [f"data.root={root}", "data.source=competition", "data.solution_csv=solution.csv",
+                             "metric=auc", *extra])
+    comp = load_competition(cfg)
+    truth = pd.read_csv(root / "solution.csv", dtype={"id": str}).set_index("id")["label"]
+    malignant = (truth.loc[comp.test["id"]] == 1).to_numpy()
+    return cfg, comp, truth, malignant
+
+
+@pytest.mark.parametrize("order", [["malignant", "benign"], ["benign", "malignant"]])
+def test_auc_submission_holds_the_positive_probability_whatever_the_class_order(tmp_path, order):
+    values = [1 if c == "malignant" else 0 for c in order]
+    cfg, comp, truth, malignant = _binary(tmp_path, f"data.classes=[{','.join(order)}]",
+                                          f"data.class_values=[{','.join(map(str, values))}]")
+    assert comp.classes == order
+    p_mal = np.where(malignant, 0.8, 0.3) + np.linspace(0, 0.1, len(malignant))
+    probs = np.zeros((len(p_mal), 2))
+    probs[:, order.index("malignant")], probs[:, order.index("benign")] = p_mal, 1 - p_mal
+    df = build(cfg, comp, probs)
+    check(cfg, comp, df)
+    sub = pd.read_csv(io.StringIO(to_csv_text(df)), dtype={"id": str}).set_index("id")["label"]
+    np.testing.assert_allclose(sub.loc[comp.test["id"]].to_numpy(), p_mal, rtol=1e-12)  # P(malignant)
+    # scored as Kaggle scores it: the solution's 1 is the positive class, the column its probability
+    assert skm.roc_auc_score(truth.loc[sub.index] == 1, sub) == 1.0
+    assert score_holdout(cfg, comp, df) == 1.0
+    np.testing.assert_allclose(submission_probs(cfg, comp, df)[:, order.index("malignant")], sub.to_numpy())
+
+    other = load_config(None, [*_auc_overrides(cfg), "data.positive_class=benign"])
+    flipped = pd.read_csv(io.StringIO(to_csv_text(build(other, comp, probs))), dtype={"id": str})
+    np.testing.assert_allclose(flipped.set_index("id")["label"].loc[comp.test["id"]], 1 - p_mal, rtol=1e-12)
+
+
+def _auc_overrides(cfg) -> list[str]:
+    return [f"data.root={cfg.data.root}", "data.source=competition", "data.solution_csv=solution.csv", "metric=auc",
+            f"data.classes=[{','.join(cfg.data.classes)}]", f"data.class_values=[{','.join(cfg.data.class_values)}]"]
+
+
+# name -> (the competition, what the error must say)
+REFUSED = {
+    "a sample that fits no encoding": (lambda tmp: _setup(tmp, sample_columns=["a", "b"])[:2],
+                                       "neither one value column nor one column per class"),
+    "a positive class that is not a class of the data": (  # classes inferred from the data: 0, 1
+        lambda tmp: _binary(tmp, "data.positive_class=2")[:2], "'data.positive_class': '2' is not one of the classes"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_a_frame_that_cannot_be_built_is_refused(tmp_path, case):
+    make, needle = REFUSED[case]
+    cfg, comp = make(tmp_path)
+    with pytest.raises(UserError, match=needle):
+        build(cfg, comp, np.full((len(comp.test), comp.num_classes), 1 / comp.num_classes))

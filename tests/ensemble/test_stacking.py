@@ -15,6 +15,7 @@ import pytest
 import torch
 from helpers import FAST, run_main
 from sklearn.metrics import roc_auc_score
+from threadpoolctl import threadpool_limits
 
 from comp.data.competition import load_competition
 from comp.ensemble import stack as stack_mod
@@ -29,9 +30,18 @@ N, N_TEST = 64, 8
 BINARY = Task("binary", ["0", "1"], "sigmoid", positive=1)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_openmp_thread():
+    """The level-2 models (scikit-learn's HistGradientBoosting) on one OpenMP thread: its threads spin-wait
+    for each other, and on cores shared with the other test workers the two level-2 tests took 125 s where
+    one thread takes 5 s (measured on the 2-core machine, others testing beside)."""
+    with threadpool_limits(1, user_api="openmp"):
+        yield
+
+
 def script(name: str, *argv: str) -> tuple[str, str]:
-    """`python scripts/<name> ARGV` in this process (conftest.run_in_process); its (stdout, stderr),
-    asserting exit code 0."""
+    """`python scripts/<name> ARGV` in this process (conftest.run_main); its (stdout, stderr), asserting exit
+    code 0."""
     code, out, err = run_main(name, *argv)
     assert code == 0, (code, err[-3000:])
     return out, err

@@ -1,23 +1,20 @@
-"""scripts/report.py, the error analysis and the review sheets for every task beyond one softmax (binary,
-multi-label, regression, an ordinal regression head, soft targets): one tiny fold per task trained
-in-process, then every number the report prints or writes checked against scikit-learn on the OOF file."""
+"""The CV report (scripts/report.py), the error analysis and the review sheets for every task beyond one
+softmax (binary, multi-label, regression, an ordinal regression head, soft targets): one tiny fold per task
+trained in-process, then every number the report prints or writes checked against scikit-learn on the OOF
+file."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from helpers import FAST, run_main, write_competition
 from sklearn import metrics as skm
-from test_report import report
 
 from comp.errors import UserError
 from comp.experiment import RunFiles, load_config
 from comp.experiment.oof import oof_probs, oof_targets
-from comp.models import create_model
 from comp.report import errors_analysis as ea
-from comp.report.explain import grad_cam
 from comp.report.plots import fold_figures
 from comp.tasks import Task
 from comp.train.loop import fit
@@ -77,9 +74,9 @@ def _sklearn_scores(kind: str, oof: pd.DataFrame) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("kind", list(CASES))
-def test_report_numbers_and_figures_per_task(runs, kind, capsys):
+def test_report_numbers_and_figures_per_task(runs, kind):
     run, metric = runs[kind], CASES[kind][0]
-    code, out, err = report(capsys, *run["over"])
+    code, out, err = run_main("report.py", *run["over"])
     assert code == 0, err
     oof = _oof(run)
     want = _sklearn_scores(kind, oof)
@@ -167,28 +164,15 @@ def test_explain_reviews_tasks_without_classes(runs, kind, tmp_path):
         assert page.count("<figure>") >= 3  # a card per label at least
 
 
-def test_grad_cam_of_a_one_logit_binary_model_follows_the_predicted_side():
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
-
-    torch.manual_seed(0)
-    model = create_model("resnet18", 1).eval()
-    x = torch.randn(2, 3, 64, 64)
-    ours = grad_cam(model, x, [0, 0], [1, -1])
-    ref = GradCAM(model=model, target_layers=[model.layer4])
-    want = ref(input_tensor=x, targets=[BinaryClassifierOutputTarget(1), BinaryClassifierOutputTarget(0)])
-    ref.activations_and_grads.release()
-    assert np.allclose(ours, want, atol=1e-5) and not np.allclose(ours[1], grad_cam(model, x[1:], [0])[0])
-
-
-def test_compare_picks_the_lowest_of_a_lower_is_better_metric(runs, capsys, tmp_path):
+def test_compare_picks_the_lowest_of_a_lower_is_better_metric(runs, tmp_path):
     d = runs["regression"]["dir"]
-    code, out, err = report(capsys, "--compare", str(d), str(d), "--labels", "a", "b", "-o", str(tmp_path / "c.png"))
+    code, out, err = run_main("report.py", "--compare", str(d), str(d), "--labels", "a", "b", "-o",
+                              str(tmp_path / "c.png"))
     assert code == 0, err
     best = np.mean([pd.read_csv(d / f"fold{k}" / "metrics.csv")["mae"].min() for k in (0, 1)])
     oof = _oof(runs["regression"])
     row = out.splitlines()[1].split()
     assert float(row[3]) == pytest.approx(best, abs=1e-4)
     assert float(row[4]) == pytest.approx(skm.mean_absolute_error(oof["label"], oof["value"]), abs=1e-4)
-    code, _, err = report(capsys, "--compare", str(d), "--metric", "auc", "-o", str(tmp_path / "c.png"))
+    code, _, err = run_main("report.py", "--compare", str(d), "--metric", "auc", "-o", str(tmp_path / "c.png"))
     assert code == 2 and "has no 'auc' in its metrics.csv" in err

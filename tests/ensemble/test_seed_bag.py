@@ -1,13 +1,14 @@
-"""Seed bags (`seeds`, comp/train/bag.py): 2 seeds x 2 folds on the tiny competition, trained as
-scripts/train_fold.py trains them, read as one experiment: the bag's OOF is the mean of its seeds', the
-test ensemble is the mean of the four models, and a fold missing a seed is refused unless asked for."""
+"""Seed bags (`seeds`, comp.ensemble.bag): 2 seeds x 2 folds on the tiny competition, trained as
+scripts/train_fold.py trains them (the script run in-process), read as one experiment: the bag's OOF is the
+mean of its seeds', the test ensemble is the mean of the four models, and a fold missing a seed is refused
+unless asked for."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import assert_user_error, run_script
+from helpers import one_error, run_main
 from omegaconf import OmegaConf
 
 from comp.data.competition import load_competition
@@ -25,7 +26,8 @@ BAG = ["seeds=[42,43]"]
 def bag(tiny):
     """Fold 0 through the script (every seed in turn), fold 1 in-process, seed by seed, as --seed jobs do."""
     args = [*tiny["overrides"], *BAG]
-    run_script("train_fold.py", "--fold", "0", *args, check=True, env={"OMP_NUM_THREADS": "1"})
+    code, _, err = run_main("train_fold.py", "--fold", "0", *args)
+    assert code == 0, err[-3000:]
     cfg = load_config(None, args)
     for seed in (42, 43):
         fit(OmegaConf.merge(cfg, {"seed": seed}), 1)
@@ -70,15 +72,15 @@ def test_bag_oof_ensemble_and_partial_bag(bag, tiny):
     (out / "fold1" / "seed43" / "best.pt").unlink()
     with pytest.raises(UserError, match=r"fold 1 of the seed bag seeds=\[42, 43\] lacks seed\(s\) \[43\]"):
         Experiment(cfg).trained()
-    res = run_script("predict.py", *tiny["overrides"], *BAG, env={"OMP_NUM_THREADS": "1"})
-    assert_user_error(res, "fold 1", "seed(s) [43]", "--fold 1 --seed 43", "seeds=[42]")
+    code, _, err = run_main("predict.py", *tiny["overrides"], *BAG)
+    one_error(code, err, "fold 1", "seed(s) [43]", "--fold 1 --seed 43", "seeds=[42]")
     one = load_config(None, [*tiny["overrides"], "seeds=[42]"])
     np.testing.assert_allclose(predict_test(one, comp), np.mean([singles[0], singles[2]], axis=0), atol=1e-6)
 
 
 def test_seed_outside_the_bag_is_refused(tiny):
-    res = run_script("train_fold.py", "--fold", "0", "--seed", "7", *tiny["overrides"], *BAG)
-    assert_user_error(res, "--seed 7", "seeds=[42, 43]")
+    code, _, err = run_main("train_fold.py", "--fold", "0", "--seed", "7", *tiny["overrides"], *BAG)
+    one_error(code, err, "--seed 7", "seeds=[42, 43]")
     cfg = load_config(None, [*tiny["overrides"], *BAG, "seed=7"])
     with pytest.raises(UserError, match="seed=7 is not one of the bag's seeds"):
         fit(cfg, 0)

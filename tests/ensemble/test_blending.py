@@ -1,7 +1,7 @@
 """Blending experiments (comp.ensemble.methods, comp.ensemble.blend, scripts/blend.py): leak-free fitting (a
 member of pure noise gets ~0 weight; the honest CV is never above the in-sample one), every task's output
 shape through synthetic OOF files, one real pair of tiny trained recipes end to end to a validated
-submission, and the refusal of experiments trained on different folds."""
+submission (the script run in-process), and the refusal of experiments trained on different folds."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import FAST, assert_user_error, run_script, write_tiny_competition
+from helpers import FAST, one_error, run_main, write_tiny_competition
 
 from comp.ensemble import blend as sb
 from comp.ensemble import methods as bl
@@ -139,8 +139,9 @@ def test_two_trained_recipes_blend_end_to_end_and_other_folds_are_refused(tmp_pa
             fit(cfg, k)
         configs.append(str(path))
     out = tmp_path / "blend"
-    res = run_script("blend.py", *configs, *common, "--out", str(out), check=True)
-    assert "blend:weighted" in res.stdout and "r16" in res.stdout and "chosen:" in res.stdout
+    code, stdout, err = run_main("blend.py", *configs, *common, "--out", str(out))
+    assert code == 0, err[-3000:]
+    assert "blend:weighted" in stdout and "r16" in stdout and "chosen:" in stdout
     sub = pd.read_csv(out / "submission.csv")
     assert list(sub.columns) == ["id", "label"] and len(sub) == 6
     assert (out / "blend.png").stat().st_size > 0 and (out / "fold1" / "oof.csv").is_file()
@@ -155,8 +156,8 @@ def test_two_trained_recipes_blend_end_to_end_and_other_folds_are_refused(tmp_pa
     folds = pd.read_csv(tmp_path / "r24" / "folds.csv")
     folds.assign(fold=1 - folds["fold"]).to_csv(other / "folds.csv", index=False)
     (tmp_path / "o.yaml").write_text(f"out_dir: {other}\nimage_size: 24\n")
-    bad = run_script("blend.py", configs[0], str(tmp_path / "o.yaml"), *common, "--out", str(tmp_path / "b2"))
-    assert_user_error(bad, "different folds", str(tmp_path / "r16"), str(other))
+    code, _, err = run_main("blend.py", configs[0], str(tmp_path / "o.yaml"), *common, "--out", str(tmp_path / "b2"))
+    one_error(code, err, "different folds", str(tmp_path / "r16"), str(other))
     assert not (tmp_path / "b2").exists()
     # one experiment twice (another config file naming its out_dir): refused, not a "blend"
     (tmp_path / "again.yaml").write_text(f"out_dir: {tmp_path / 'r16'}\nimage_size: 16\n")

@@ -1,11 +1,10 @@
-"""Process faults: scripts/prepare.py and scripts/predict.py killed (SIGKILL, SIGTERM, SIGINT) at random
-moments and at the worst ones, then run again: the rerun finishes with exactly the result of a run never
-interrupted, and no file is ever left half-written (a cache entry, folds.csv, the --save-probs file:
-each appears whole by an atomic rename, or not at all). The CSV that predict.py prints to stdout is
+"""scripts/predict.py killed (SIGKILL, SIGTERM) at random moments and at the worst ones, then run again: the
+--save-probs file is never left half-written (it appears whole by an atomic rename, or not at all) and the
+rerun writes exactly what a run never interrupted writes. The CSV that predict.py prints to stdout is
 redirected by the user's shell, which is the user's business (`> x.tmp && mv x.tmp x` in the Makefile).
 
-train_fold.py killed anywhere and resumed bit for bit: tests/test_resume.py. A cache build killed at a
-chosen entry: tests/test_data_cache.py::test_killed_build_resumes."""
+The script runs as a separate process here: a signal, or a kill, ends the process itself.
+"""
 
 from __future__ import annotations
 
@@ -18,11 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import COMMON, ROOT, run_main, trained_fixture, write_tiny_competition
-
-from comp.data.cache import cache_folder
-from comp.experiment import load_config
-from comp.pipeline import prepare
+from helpers import ROOT, run_main, trained_fixture
 
 pytestmark = pytest.mark.slow
 
@@ -51,58 +46,9 @@ def signal_group(proc: subprocess.Popen, sig: int) -> int:
         raise AssertionError(f"the process did not end after {signal.Signals(sig).name}") from None
 
 
-def files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-# --- prepare: the cache build and the folds ------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def big(tmp_path_factory) -> dict:
-    """280 images of 160 px with two preprocessing steps: enough work (a pool of processes) to be
-    interrupted in the middle; and the outputs of a prepare never interrupted."""
-    base = tmp_path_factory.mktemp("prepare_kill")
-    root = write_tiny_competition(base / "data", n_per_class=80, n_test=40, size=160)
-    ov = [*COMMON, f"data.root={root}", "image_size=48", "images.preprocess=[ben_graham,clahe]"]
-    ref = load_config(None, [*ov, f"images.cache_dir={base / 'ref_cache'}", f"out_dir={base / 'ref_runs'}"])
-    prepare(ref)
-    return {"base": base, "overrides": ov, "cache": files(cache_folder(ref)), "runs": files(base / "ref_runs")}
-
-
-def test_prepare_killed_at_random_moments_then_rerun_gives_the_same_cache_and_folds(big, tmp_path):
-    ov = [*big["overrides"], f"images.cache_dir={tmp_path / 'cache'}", f"out_dir={tmp_path / 'runs'}"]
-    cfg = load_config(None, ov)
-    folder, pattern = cache_folder(cfg), f"*.{cfg.images.cache_format}"
-    total = len(big["cache"]) - 1  # entries, without cache.json
-    rng = random.Random(8)
-    seen = []
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
-        have = len(list(folder.rglob(pattern))) if folder.exists() else 0
-        target = have + rng.randint(5, max(6, (total - have) // 3))
-        p = start("prepare.py", *ov, log=tmp_path / "stderr.log")
-        while p.poll() is None and (not folder.exists() or len(list(folder.rglob(pattern))) < target):
-            time.sleep(0.001)
-        code = signal_group(p, sig)
-        assert code in (-sig, 128 + sig, 130 if sig == signal.SIGINT else -sig), (sig, code)
-        # whatever was interrupted: every entry in place is whole, folds.csv not written before the end
-        now = files(folder)
-        entries = {k: v for k, v in now.items() if not Path(k).name.startswith(".")}
-        assert all(big["cache"][k] == v for k, v in entries.items())
-        assert not (tmp_path / "runs" / "folds.csv").exists()
-        seen.append(len(entries))
-    assert seen == sorted(seen) and 0 < seen[0] and seen[-1] < total, seen  # each kill was mid-build
-
-    code, _, err = run_main("prepare.py", *ov)  # the rerun finishes the work
-    assert code == 0, err
-    assert files(folder) == big["cache"]  # the very bytes of the uninterrupted build, cache.json included
-    assert files(tmp_path / "runs") == big["runs"]  # folds.csv, folds.json
-
-
-# --- predict --save-probs --------------------------------------------------------------------------------
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict:
-    ex = trained_fixture(tmp_path_factory, "predict_kill")
+    ex = trained_fixture(tmp_path_factory, "predict_killed")
     ref = {}
     for suffix in (".csv", ".npy"):
         path = ex["base"] / f"ref{suffix}"

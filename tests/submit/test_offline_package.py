@@ -1,15 +1,17 @@
-"""The offline package: built by scripts/package.py, its infer.py runs in a subprocess with the network
-disabled, simplejpeg unimportable (Kaggle's Python image lacks it), from another working directory, with
-the repository out of reach, and writes exactly the CSV (and probabilities) scripts/predict.py writes
-from JPEGs (decoded by OpenCV's reduced decode there, by simplejpeg here). The run-time estimate warns
-when the hidden test set would not fit the limit."""
+"""The offline package (comp.submit.package, scripts/package.py): its infer.py runs in a process of its own
+with the network disabled, simplejpeg unimportable (Kaggle's Python image lacks it), from another working
+directory, with the repository out of reach, and writes exactly the CSV (and probabilities) scripts/predict.py
+writes from JPEGs (decoded by OpenCV's reduced decode there, by simplejpeg here). A bad test image gets the
+class prior by default, and overrides go before or after a flag. The run-time estimate:
+test_package_runtime.py."""
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import subprocess
 import sys
+from contextlib import redirect_stderr
 from pathlib import Path
 
 import cv2
@@ -17,56 +19,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import ROOT, make_experiment, run_script, write_tiny_competition
+from helpers import COMMON, make_experiment, run_main, write_tiny_competition
+from kaggle_env import offline_env
 
+import comp.cli as cli
+from comp.config import to_yaml
 from comp.errors import UserError
+from comp.experiment import load_config
 from comp.experiment.checkpoint import save as save_atomic
-from comp.submit.package import build_package
-
-# Loaded at interpreter start-up (PYTHONPATH): no connection can be made, and no file of the repository's
-# code can be opened, so the kit's editable install cannot stand in for the package's own copy.
-SITECUSTOMIZE = '''
-import os, socket, sys
-
-def _no_network(*args, **kwargs):
-    raise OSError("network disabled for this test")
-
-socket.socket.connect = socket.socket.connect_ex = _no_network
-socket.create_connection = socket.getaddrinfo = _no_network
-
-_BLOCKED = tuple(os.path.join(r, d) + os.sep for r in {roots!r} for d in ("comp", "scripts", "configs"))
-
-def _audit(event, args):
-    if event in ("open", "os.listdir", "os.scandir") and args and isinstance(args[0], (str, bytes, os.PathLike)):
-        path = os.path.abspath(os.fsdecode(args[0]))
-        if path.startswith(_BLOCKED):
-            raise PermissionError(f"the repository is out of reach in this test: {{path}}")
-
-sys.addaudithook(_audit)
-
-
-class _NotInKaggleImage:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {blocked!r}:
-            raise ModuleNotFoundError(f"No module named {{name!r}} (blocked: Kaggle's image has none)")
-
-
-sys.meta_path.insert(0, _NotInKaggleImage())
-'''
-NOT_IN_KAGGLE_IMAGE = ("simplejpeg",)  # packages the kit can use that Kaggle's Python image does not install
-
-
-def _offline_env(tmp_path: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    # The repository, and wherever an installed kit resolves `comp` to (an editable install of another
-    # checkout), are both out of reach.
-    installed = subprocess.run([sys.executable, "-c", "import comp, os; print(os.path.dirname(comp.__path__[0]))"],
-                               capture_output=True, text=True, env=env, cwd=tmp_path).stdout.strip()
-    roots = sorted({str(ROOT), *([installed] if installed else [])})
-    site = tmp_path / "offline_site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(SITECUSTOMIZE.format(roots=roots, blocked=set(NOT_IN_KAGGLE_IMAGE)))
-    return {**env, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+from comp.submit.package import build_package, infer_main
 
 
 def _jpeg_competition(root: Path) -> Path:
@@ -82,9 +43,10 @@ def test_the_package_predicts_offline_exactly_like_predict_py(tmp_path):
     ex = make_experiment(tmp_path, "metric=qwk", "data.image_ext=.jpg", ema=True,
                          root=_jpeg_competition(tmp_path / "data"))
     pkg = tmp_path / "pkg"
-    res = run_script("package.py", *ex["overrides"], "-o", str(pkg), "--id", "someone/tiny-models", check=True)
-    assert res.stdout.strip() == str(pkg)
-    assert "kaggle datasets create -p" in res.stderr
+    code, out, err = run_main("package.py", *ex["overrides"], "-o", str(pkg), "--id", "someone/tiny-models")
+    assert code == 0, err[-3000:]
+    assert out.strip() == str(pkg)
+    assert "kaggle datasets create -p" in err
     for name in ("infer.py", "config.yaml", "thresholds.json", "dataset-metadata.json", "fold0/best.pt",
                  "fold1/best.pt", "comp/predict/predict.py", "vendor/omegaconf/__init__.py"):
         assert (pkg / name).is_file(), name
@@ -95,7 +57,7 @@ def test_the_package_predicts_offline_exactly_like_predict_py(tmp_path):
     for k, v in full["ema"].items():  # the validated (EMA) weights are the ones shipped
         assert torch.equal(slim["model"][k], v), k
 
-    env = _offline_env(tmp_path)
+    env = offline_env(tmp_path)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     probe = subprocess.run([sys.executable, "-c", "import socket; socket.create_connection(('127.0.0.1', 9))"],
@@ -107,15 +69,21 @@ def test_the_package_predicts_offline_exactly_like_predict_py(tmp_path):
     probe = subprocess.run([sys.executable, "-c", "import simplejpeg"], capture_output=True, text=True, env=env)
     assert probe.returncode != 0 and "blocked" in probe.stderr  # and simplejpeg absent, as on Kaggle
 
+    # infer.py as a Kaggle notebook runs it: a process of its own in the offline environment
     offline = subprocess.run([sys.executable, str(pkg / "infer.py"), "--data", str(ex["root"]),
                               "--save-probs", str(tmp_path / "offline.csv")],
                              capture_output=True, text=True, env=env, cwd=elsewhere, timeout=300)
     assert offline.returncode == 0, offline.stderr
     assert "decoding: " in offline.stderr and str(pkg / "thresholds.json") in offline.stderr
     # Same thread count on both sides: CPU convolutions sum in a thread-dependent order.
-    local = run_script("predict.py", *ex["overrides"], "--save-probs", str(tmp_path / "local.csv"), check=True,
-                       env={"OMP_NUM_THREADS": "1"})
-    assert offline.stdout == local.stdout and offline.stdout.startswith("id,label\n")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code, local, err = run_main("predict.py", *ex["overrides"], "--save-probs", str(tmp_path / "local.csv"))
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err[-3000:]
+    assert offline.stdout == local and offline.stdout.startswith("id,label\n")
     assert (tmp_path / "offline.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
     assert not list(pkg.rglob("__pycache__"))  # nothing written into the (read-only on Kaggle) package
 
@@ -142,27 +110,17 @@ def test_package_refuses_a_foreign_fold_and_an_existing_folder(tmp_path):
     assert not (tmp_path / "pkg3").exists()
 
 
-def test_infer_needs_its_data_folder(tmp_path):
+def test_infer_needs_its_data_folder(tmp_path, capsys):
     ex = make_experiment(tmp_path)
     pkg = build_package(ex["cfg"], tmp_path / "pkg")
-    res = subprocess.run([sys.executable, str(pkg / "infer.py"), "--data", str(tmp_path / "absent")],
-                         capture_output=True, text=True, env=_offline_env(tmp_path), cwd=tmp_path, timeout=300)
-    assert res.returncode == 2 and res.stdout == ""
-    assert [ln for ln in res.stderr.splitlines() if ln.startswith("error:")] == [
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:  # the packaged entry point, in-process
+        infer_main(pkg, ["--data", str(tmp_path / "absent")])
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and out == ""
+    assert [ln for ln in err.splitlines() if ln.startswith("error:")] == [
         f"error: --data {tmp_path / 'absent'}: no such folder; pass the competition's data folder"]
     np.testing.assert_array_equal(pd.read_csv(ex["root"] / "sample_submission.csv").shape, (9, 2))
-
-
-def test_the_run_time_estimate_warns_when_the_hidden_test_set_would_not_fit(tmp_path, capsys):
-    ex = make_experiment(tmp_path, "data.code_competition=true", "data.hidden_test_size=100000",
-                         "data.runtime_limit_hours=0.001", "data.test_csv=sample_submission.csv")
-    build_package(ex["cfg"], tmp_path / "pkg")  # a code competition with a hidden size: estimated by default
-    err = capsys.readouterr().err
-    assert "warning: estimated run time of infer.py on 100000 hidden test images" in err, err
-    assert "over 50% of the limit" in err and "ms/image" in err
-    capsys.readouterr()
-    build_package(ex["cfg"], tmp_path / "pkg2", estimate=False)
-    assert "estimated run time" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("subsampling", ["420", "444", "gray"])
@@ -190,11 +148,8 @@ def test_opencv_reduced_decode_gives_simplejpegs_pixels_at_the_shared_scales(tmp
 
 
 def test_the_package_drops_the_answers_and_never_leaves_an_empty_csv(tmp_path, capsys):
-    # issue 21 item 6: the demo config names data.solution_csv; inference never needs held-out answers, so
-    # the package ships without the key, and -o writes the CSV only when the whole prediction succeeded.
-    from comp.experiment import load_config
-    from comp.submit.package import infer_main
-
+    # the demo config names data.solution_csv; inference never needs held-out answers, so the package ships
+    # without the key, and -o writes the CSV only when the whole prediction succeeded.
     ex = make_experiment(tmp_path)  # its config sets data.solution_csv=solution.csv
     pkg = build_package(ex["cfg"], tmp_path / "pkg")
     assert ex["cfg"].data.solution_csv and load_config(pkg / "config.yaml").data.solution_csv == ""
@@ -209,3 +164,27 @@ def test_the_package_drops_the_answers_and_never_leaves_an_empty_csv(tmp_path, c
     with pytest.raises(SystemExit) as e:
         infer_main(pkg, ["--data", str(empty), "-o", str(out)])
     assert e.value.code == 2 and not out.exists() and capsys.readouterr().out == ""
+
+
+def test_the_offline_package_gives_a_bad_image_the_prior_by_default(tmp_path, monkeypatch):
+    import comp.predict.submission as submission
+    (tmp_path / "config.yaml").write_text(to_yaml(load_config(None, COMMON)))
+    seen = []
+
+    def make_submission(exp, *_a, **_kw):
+        seen.append(exp.cfg.predict.on_bad_image)
+        raise UserError("stop here")
+
+    monkeypatch.setattr(submission, "make_submission", make_submission)
+    for argv, want in (([], "prior"), (["predict.on_bad_image=fail"], "fail")):
+        with redirect_stderr(io.StringIO()), pytest.raises(SystemExit):
+            infer_main(tmp_path, ["--data", str(tmp_path), *argv])
+        assert seen[-1] == want
+
+
+def test_the_packaged_infer_takes_overrides_before_and_after_a_flag(monkeypatch):
+    real, seen = cli.main, []
+    monkeypatch.setattr(cli, "main", lambda run, p, argv=None: real(seen.append, p, argv))
+    with pytest.raises(SystemExit):
+        infer_main(Path("."), ["batch_size=4", "--data", "d", "seed=1"])
+    assert seen[0].overrides == ["batch_size=4", "seed=1"] and seen[0].data == "d"

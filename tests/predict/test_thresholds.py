@@ -1,5 +1,7 @@
-"""Kappa cut-points: never worse than the argmax on the OOF, better when the probabilities are
-miscalibrated, fit once per set of OOF files and used for the submission's labels."""
+"""Kappa cut-points (comp.predict.thresholds): never worse than the argmax on the OOF, better when the
+probabilities are miscalibrated, judged honestly (fit on the other folds, scored on the held-out one), fit
+once per set of OOF files, on the out-of-fold predictions made as the test predictions are (the TTA OOF),
+and used for the submission's labels."""
 
 from __future__ import annotations
 
@@ -112,3 +114,58 @@ def test_decoding_and_when_thresholds_apply(tmp_path):
     assert thresholds.fit_decoding(ex["cfg"], 3) == json.loads((ex["out"] / "thresholds.json").read_text())
     with pytest.raises(UserError, match="not a thresholds file for 5 classes"):
         thresholds.fit_decoding(ex["cfg"], 5)
+
+
+def _noise(seed: int, n: int = 150, c: int = 5):
+    rng = np.random.default_rng(seed)
+    return rng.choice(c, n, p=[0.45, 0.1, 0.25, 0.1, 0.1]), rng.dirichlet(np.ones(c), n)
+
+
+def test_cut_points_on_noise_gain_in_sample_but_not_honestly():
+    """Probabilities unrelated to the grades: tuned cut-points 'gain' kappa on the rows they were fit on
+    (what the kit used to report), while the cross-fitted gain is zero on average."""
+    t = [thresholds.choose(*_noise(seed), np.arange(150) % 5) for seed in range(8)]
+    in_sample, honest = np.mean([x["gain_in_sample"] for x in t]), np.mean([x["gain_honest"] for x in t])
+    assert in_sample > 0.06 and abs(honest) < 0.03, (in_sample, honest)
+    for x in t:
+        assert (x["method"] == "cuts") == (x["gain_honest"] > 0 and x["gain_in_sample"] > 0)
+        assert len(x["folds"]) == 5 and sum(f["n"] for f in x["folds"]) == 150
+
+
+def test_honest_cut_points_never_see_the_held_out_labels():
+    y, probs = _noise(3)
+    folds = np.arange(150) % 3
+    before = thresholds.cross_fit(y, probs, folds)
+    y2 = y.copy()
+    y2[folds == 1] = np.random.default_rng(9).integers(0, 5, np.sum(folds == 1))
+    after = thresholds.cross_fit(y2, probs, folds)
+    np.testing.assert_array_equal(before[folds == 1], after[folds == 1])  # fold 1 decoded without its labels
+    assert not np.array_equal(before[folds != 1], after[folds != 1])  # the other folds did learn from them
+    single = thresholds.choose(y, probs, np.zeros(150, int))  # one fold: no honest estimate, argmax
+    assert single["method"] == "argmax" and single["gain_honest"] is None
+
+
+def test_thresholds_fit_on_the_tta_oof_and_store_both_gains(tmp_path):
+    ex = make_experiment(tmp_path, "metric=qwk", "aug.tta=[identity,hflip]", n_folds=3)
+    cfg, out = ex["cfg"], ex["out"]
+    t = thresholds.fit_decoding(cfg, 3)
+    saved = json.loads((out / "thresholds.json").read_text())
+    assert t == saved and saved["source"] == "oof_tta"
+    oof = pd.concat([pd.read_csv(out / f"fold{k}" / "oof_tta.csv").assign(fold=k) for k in range(3)])
+    y, probs, folds = oof["label"].to_numpy(), oof.filter(like="prob_").to_numpy(), oof["fold"].to_numpy()
+    want = thresholds.choose(y, probs, folds)  # fit on the TTA OOF, not on oof.csv
+    for key in ("kappa_argmax", "kappa_tuned", "kappa_honest", "gain_in_sample", "gain_honest", "method"):
+        assert saved[key] == pytest.approx(want[key], abs=1e-12), key
+    honest = thresholds.cross_fit(y, probs, folds)
+    for f in saved["folds"]:
+        m = folds == f["fold"]
+        base = thresholds.qwk(y[m], probs[m].argmax(1), 3)
+        assert f["gain_honest"] == pytest.approx(thresholds.qwk(y[m], honest[m], 3) - base, abs=1e-12)
+    assert (saved["method"] == "cuts") == (saved["gain_honest"] > 0 and saved["gain_in_sample"] > 0)
+
+    mtime = (out / "thresholds.json").stat().st_mtime_ns
+    (out / "fold0" / "oof.csv").write_text((out / "fold1" / "oof.csv").read_text())
+    thresholds.fit_decoding(cfg, 3)
+    assert (out / "thresholds.json").stat().st_mtime_ns == mtime  # the plain OOF is not what it was fit on
+    plain = thresholds.fit_decoding(load_config(None, [*ex["overrides"], "aug.tta=[identity]"]), 3)
+    assert plain["source"] == "oof"

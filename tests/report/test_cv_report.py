@@ -1,6 +1,6 @@
-"""scripts/report.py on trained folds: the CV table, the OOF report and confusion figure, and the
-comparison figure of several experiments. The folds are trained in-process; the script runs in-process
-too (runpy), as `python scripts/report.py ...` would."""
+"""The CV report (comp.report.report, scripts/report.py) on trained folds: the CV table, the OOF report and
+confusion figure, and the comparison figure of several experiments. The folds are trained in-process; the
+script runs in-process too (conftest.run_main), as `python scripts/report.py ...` would."""
 
 from __future__ import annotations
 
@@ -17,10 +17,6 @@ from comp.train.loop import fit
 SMALL = ["model.name=timm/test_efficientnet", "batch_size=4", "epochs=2"]
 
 
-def report(capsys, *argv: str) -> tuple[int, str, str]:
-    return run_main("report.py", *argv)
-
-
 @pytest.fixture
 def experiments(tiny):
     """Two experiments on the tiny competition: `a` with both folds, `b` (another lr) with fold 0."""
@@ -32,9 +28,9 @@ def experiments(tiny):
     return a, b
 
 
-def test_report_cv_table_oof_report_and_compare(experiments, tiny, capsys):
+def test_report_cv_table_oof_report_and_compare(experiments, tiny):
     a, _ = experiments
-    code, out, err = report(capsys, *a)
+    code, out, err = run_main("report.py", *a)
     assert code == 0, err
     oof = pd.concat([pd.read_csv(tiny["out"] / "a" / f"fold{k}" / "oof.csv") for k in (0, 1)])
     cv = METRICS["accuracy"](oof["label"].to_numpy(), oof_probs(oof))
@@ -47,7 +43,7 @@ def test_report_cv_table_oof_report_and_compare(experiments, tiny, capsys):
     assert (tiny["out"] / "a" / "oof_confusion.png").stat().st_size > 0
 
     fig = tiny["out"] / "compare.png"
-    code, out, err = report(capsys, "--compare", str(tiny["out"] / "a"), str(tiny["out"] / "b"),
+    code, out, err = run_main("report.py", "--compare", str(tiny["out"] / "a"), str(tiny["out"] / "b"),
                             "--labels", "lr 3e-3", "lr 3e-4", "-o", str(fig))
     assert code == 0, err
     assert fig.stat().st_size > 0
@@ -57,10 +53,10 @@ def test_report_cv_table_oof_report_and_compare(experiments, tiny, capsys):
     assert np.isclose(float(lines[1].split()[-1]), cv, atol=1e-4)
 
 
-def test_report_errors_name_the_culprit(tiny, capsys):
-    code, _, err = report(capsys, "--compare", str(tiny["root"]))
+def test_report_errors_name_the_culprit(tiny):
+    code, _, err = run_main("report.py", "--compare", str(tiny["root"]))
     assert code == 2 and err.startswith("error: ") and str(tiny["root"]) in err and "Traceback" not in err
-    code, _, err = report(capsys, "--compare", str(tiny["root"]), "--labels", "x", "y")
+    code, _, err = run_main("report.py", "--compare", str(tiny["root"]), "--labels", "x", "y")
     assert code == 2 and "--labels" in err
-    code, _, err = report(capsys, *tiny["overrides"], f"out_dir={tiny['out'] / 'none'}")
+    code, _, err = run_main("report.py", *tiny["overrides"], f"out_dir={tiny['out'] / 'none'}")
     assert code == 2 and "no fold" in err

@@ -1,27 +1,39 @@
-"""Fold ensembles with TTA: the ensemble is the (weighted) mean of its folds, TTA views are the exact
-flips they claim to be, the validated (EMA) weights are used, and the raw probabilities can be saved.
+"""Fold ensembles with TTA (comp.predict.predict, scripts/predict.py): the ensemble is the (weighted) mean of
+its folds, TTA views are the exact flips they claim to be, the validated (EMA) weights are used, the raw
+probabilities can be saved; and what goes wrong while predicting: a bad test image fails by name or gets the
+class prior, out of memory or a full disk leaves the earlier probabilities file as it was.
 
-Fold checkpoints are built directly (a freshly initialised model saved in the training checkpoint's
-format, plus an oof.csv) instead of trained: the tests are about what happens after training.
-`make_experiment` is shared with the submission, submit and package tests.
+Fold checkpoints are built directly (conftest.make_experiment: a freshly initialised model saved in the
+training checkpoint's format, plus an oof.csv) where the tests are about what happens after training; the
+faults run on a copy of the tiny trained fold (conftest.trained_fixture).
 """
 
 from __future__ import annotations
 
+import errno
 import io
+import os
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import make_experiment, run_script, write_test_images
+from helpers import copy_of, make_experiment, one_error, run_main, snapshot, trained_fixture, write_test_images
 
+import comp.io
+import comp.predict.predict as predict_mod
 from comp.data.augment import tta_view
 from comp.errors import UserError
 from comp.experiment import Experiment, load_config
 from comp.experiment.checkpoint import save as save_atomic
 from comp.predict.predict import predict_test, save_probs
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    return trained_fixture(tmp_path_factory, "fold_ensemble")
 
 
 def test_two_fold_ensemble_is_the_mean_of_its_folds(tmp_path):
@@ -153,11 +165,96 @@ def test_save_probs_csv_and_npy(tmp_path):
 
 def test_predict_script_writes_the_csv_to_stdout_and_the_probabilities_to_a_file(tmp_path):
     ex = make_experiment(tmp_path)
-    res = run_script("predict.py", *ex["overrides"], "--save-probs", str(tmp_path / "test_probs.csv"), check=True)
-    sub = pd.read_csv(io.StringIO(res.stdout), dtype=str)
+    code, out, err = run_main("predict.py", *ex["overrides"], "--save-probs", str(tmp_path / "test_probs.csv"))
+    assert code == 0, err
+    sub = pd.read_csv(io.StringIO(out), dtype=str)
     sample = pd.read_csv(ex["root"] / "sample_submission.csv", dtype=str)
     assert list(sub.columns) == list(sample.columns) and list(sub["id"]) == list(sample["id"])
     probs = pd.read_csv(tmp_path / "test_probs.csv", dtype={"id": str})
     assert list(probs["id"]) == list(sub["id"]) and list(probs.columns) == ["id", "prob_0", "prob_1", "prob_2"]
     assert list(probs.iloc[:, 1:].to_numpy().argmax(1).astype(str)) == list(sub["label"])
-    assert "held-out accuracy" in res.stderr and "test probabilities" in res.stderr
+    assert "held-out accuracy" in err and "test probabilities" in err
+
+
+# --- what goes wrong while predicting -----------------------------------------------------------------
+
+
+def test_a_bad_test_image_fails_by_name_or_gets_the_class_prior(trained, tmp_path):
+    ex = copy_of(trained, tmp_path / "ex", "images.cache=false")
+    bad = ex["root"] / "test" / "test_004.png"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # truncated
+
+    code, _, err = run_main("predict.py", *ex["overrides"], "num_workers=1")  # read in a worker process
+    one_error(code, err, "truncated", str(bad))
+
+    probs = tmp_path / "probs.npy"
+    code, out, err = run_main("predict.py", *ex["overrides"], "predict.on_bad_image=prior", "--save-probs",
+                              str(probs))
+    assert code == 0, err
+    assert len(out.strip().splitlines()) == 1 + 9  # header and every test image
+    assert f"test image {bad} cannot be read" in err
+    p = np.load(probs)
+    np.testing.assert_allclose(p[4], [1 / 3] * 3, rtol=1e-6)  # 10 training images per class: uniform prior
+    assert not np.allclose(p[[0, 1, 2, 3, 5, 6, 7, 8]], 1 / 3, atol=1e-3)  # the others are the models'
+
+
+def _out_of_memory(monkeypatch, probs: Path) -> None:
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.77 GiB total "
+                                     "capacity; 14.90 GiB already allocated)\nmore lines of allocator detail")
+    monkeypatch.setattr(predict_mod, "forward_views", oom)
+
+
+def _disk_full(monkeypatch, probs: Path) -> None:
+    """The disk fills while comp.io (the one writer of the kit's files) writes the temporary of `probs`:
+    half its bytes, then ENOSPC."""
+    real = comp.io._open
+
+    class Half:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            self.f.write(bytes(data)[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.f.name)
+
+        def __getattr__(self, key):
+            return getattr(self.f, key)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def opener(path, mode="r", *args, **kwargs):
+        f = real(path, mode, *args, **kwargs)
+        if "w" in mode and str(path).endswith(".tmp") and probs.name in Path(path).name:
+            return Half(f)
+        return f
+
+    monkeypatch.setattr(comp.io, "_open", opener)
+
+
+# name -> (the fault, the --save-probs file, extra overrides, what the error line must say)
+FAULTS = {
+    "out of memory": (_out_of_memory, "probs.npy", ["batch_size=32"],
+                      "out of memory (GPU); try a smaller batch_size (now 32: e.g. batch_size=16)"),
+    "disk full .csv": (_disk_full, "probs.csv", [], "could not write --save-probs {probs}: No space left on device"),
+    "disk full .npy": (_disk_full, "probs.npy", [], "could not write --save-probs {probs}: No space left on device"),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_a_failed_prediction_writes_nothing_and_keeps_the_earlier_probabilities(trained, tmp_path, monkeypatch,
+                                                                                 fault):
+    inject, name, extra, needle = FAULTS[fault]
+    ex = copy_of(trained, tmp_path / "ex")
+    probs = tmp_path / name
+    probs.write_bytes(b"earlier probabilities")
+    inject(monkeypatch, probs)
+    before = snapshot(ex["base"])
+    code, out, err = run_main("predict.py", *ex["overrides"], *extra, "--save-probs", str(probs))
+    one_error(code, err, needle.format(probs=probs))
+    assert out == "" and probs.read_bytes() == b"earlier probabilities" and snapshot(ex["base"]) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ex", name]  # no temporary left behind

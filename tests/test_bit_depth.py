@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comp.data.images import _read_with_pil, png_sbit, read_image
+from comp.data.images import _read_with_pil, png_sbit
+from comp.data.readers import read_image
 
 
 def with_sbit(path: Path, bits: int) -> None:

@@ -25,7 +25,7 @@ from test_faults_config import COMMON, copy_of, one_error, run_main, trained_fix
 
 import comp.cli as cli
 from comp.config import load_config, to_yaml
-from comp.data.images import ImageError
+from comp.data.image_base import ImageError
 from comp.data.loader import (
     MAX_PREFETCH,
     batches_in_flight_bytes,

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from comp.data import preprocess as P
-from comp.data.images import ImageError, load_image, read_image
+from comp.data.image_base import ImageError
+from comp.data.readers import load_image, read_image
 from comp.errors import UserError
 
 RNG = np.random.default_rng(0)

@@ -21,7 +21,7 @@ from test_faults_config import one_error, run_main
 from comp.config import HASHED_KEYS, config_hash, load_config
 from comp.data.competition import load_competition
 from comp.data.folds import load_or_make_folds
-from comp.data.images import load_image
+from comp.data.readers import load_image
 from comp.errors import UserError
 from comp.models import create_model
 from comp.report import errors_analysis as ea

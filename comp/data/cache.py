@@ -50,7 +50,7 @@ from comp.config import resolve_path
 from comp.data.competition import Problem
 from comp.data.dicom import DicomOptions
 from comp.data.dicom import from_config as dicom_options
-from comp.data.images import ImageError
+from comp.data.image_base import ImageError
 from comp.data.preprocess import check_steps, load_preprocessed
 from comp.errors import UserError
 from comp.log import log, progress
@@ -188,8 +188,10 @@ def image_loader(cfg: Any, comp: Any) -> Callable[[str], np.ndarray]:
 
 def _ignore_sigint() -> None:
     """Cache worker initializer: SIGINT (a terminal's Ctrl-C reaches the whole group) is left to the main
-    process; SIGTERM still ends a worker with its group."""
+    process; SIGTERM still ends a worker with its group. OpenCV on one thread: the workers are the
+    parallelism."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cv2.setNumThreads(1)
 
 
 def _work(job: tuple[str, str | None, int, list[str], str, DicomOptions]) -> Problem | None:

@@ -21,12 +21,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from comp.data.augment import seed_transform
-from comp.data.images import load_image
+from comp.data.readers import load_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -150,9 +151,14 @@ def ignore_stop_signals(_worker_id: int) -> None:
     process alone acts on them (after the current step, with a recovery checkpoint), and stops its workers
     itself. A worker killed by the signal would otherwise end the run with torch's `DataLoader worker is
     killed by signal` before anything is saved. (Workers still exit when the main process dies: torch's
-    watchdog.)"""
+    watchdog.)
+
+    OpenCV runs on one thread in a worker: the workers are the parallelism, and OpenCV's own threads would
+    fight them (set here, in the worker, not at import: importing the kit changes no setting of the user's
+    process)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    cv2.setNumThreads(1)
 
 
 def _kill_workers_at_exit() -> None:

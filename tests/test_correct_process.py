@@ -356,3 +356,33 @@ def test_a_run_ending_with_live_loader_workers_exits(tmp_path):
     res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 3 and "Traceback" not in res.stderr, res.stderr[-2000:]
+
+
+def test_the_exit_hook_kills_the_kits_loader_workers_only(tmp_path):
+    # The kit's exit hook is registered when its loader starts workers (importing it registers nothing)
+    # and kills those workers only: a daemonic process of the user's own still gets multiprocessing's
+    # SIGTERM at exit (it writes `flag` from its handler), as it would without the kit.
+    flag, script = tmp_path / "flag", tmp_path / "own_child.py"
+    script.write_text(
+        "import atexit, multiprocessing, os, signal, sys, time, torch\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from comp.data.loader import make_loader\n"
+        "def own(flag, ready):\n"
+        "    signal.signal(signal.SIGTERM, lambda *a: (open(flag, 'w').write('term'), os._exit(0)))\n"
+        "    ready.set()\n"
+        "    time.sleep(120)\n"
+        "if __name__ == '__main__':\n"
+        "    ready = multiprocessing.Event()\n"
+        f"    multiprocessing.Process(target=own, args=({str(flag)!r}, ready), daemon=True).start()\n"
+        "    ready.wait(60)\n"
+        "    hooks = atexit._ncallbacks()\n"
+        "    it = iter(make_loader(torch.utils.data.TensorDataset(torch.zeros(64, 3)), 2, None, num_workers=2))\n"
+        "    next(it)\n"
+        "    assert atexit._ncallbacks() == hooks + 1, 'the hook is registered when workers start'\n"
+        "    iter(make_loader(torch.utils.data.TensorDataset(torch.zeros(8, 3)), 2, None, num_workers=1))\n"
+        "    assert atexit._ncallbacks() == hooks + 1, 'once'\n"
+        "    raise SystemExit(3)\n")
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 3 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert flag.read_text() == "term"

@@ -76,3 +76,29 @@ def test_to_input_normalises_on_the_device():
     assert out.dtype == torch.float32 and torch.allclose(out[0, :, 0, 0], torch.tensor(
         [(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]))
     assert to_input(x, torch.device("cpu"), in_chans=1).shape == (2, 1, 4, 4)
+
+
+def test_a_script_without_a_main_guard_loads_batches_in_process_where_workers_would_rerun_it(tmp_path):
+    # spawn (the default on macOS and Windows; forkserver on Linux from Python 3.14) imports the main script
+    # again in each DataLoader worker: a plain script's top level would run again there. Its batches are
+    # loaded in this process instead, with one warning line (the same rule as the cache's pool).
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    script = tmp_path / "plain.py"
+    script.write_text(
+        "import multiprocessing, sys, torch\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "multiprocessing.set_start_method('spawn')\n"
+        "from comp.data.loader import make_loader\n"
+        "for _ in range(2):\n"
+        "    loader = make_loader(torch.utils.data.TensorDataset(torch.zeros(8, 3)), 2, None, num_workers=2)\n"
+        "    print(loader.num_workers, sum(len(x) for x, in loader))\n")
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.split() == ["0", "8", "0", "8"], res.stderr[-2000:]
+    assert [line for line in res.stderr.splitlines() if "guard" in line] == [  # once
+        f"warning: loading batches in this process (num_workers=0, not 2): {script} has no `if __name__ == "
+        f"\"__main__\":` guard, so each DataLoader worker (spawn start) would run it again from the top; put its "
+        f"calls under that guard for worker processes"]

@@ -9,7 +9,7 @@ views of a tiny model, so the forward pass costs next to nothing and the decode 
   - `K folds, once`: predict_test over the K folds (the kit: every batch through every fold);
   - `K folds, K x`:  K calls of predict_test with one fold each (what the kit did before: a loader pass,
                      and so a decode of every image, per fold).
-Sides run interleaved round after round; the ratios are medians of per-round ratios (benchmarks.harness).
+Sides run interleaved round after round; the ratios are medians of per-round ratios (benchmarks.common).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.harness import fundus_image, interleaved, median_ratio  # noqa: E402
+from benchmarks.common import fundus_image, interleaved, median_ratio  # noqa: E402
 from comp.config import config_hash, load_config  # noqa: E402
 from comp.data.competition import load_competition  # noqa: E402
 from comp.models import create_model  # noqa: E402

@@ -5,7 +5,7 @@ N cached test images at 512 px (default 10,000: APTOS 2019's hidden test set is 
 views (identity, hflip, vflip, hvflip), every fold's model resident on the device, bf16 autocast on CUDA
 (`train.amp`), channels_last, eager and with `predict.compile`; for the kit's `resnet50` and
 `timm/efficientnet_b3` (APTOS 2019's model). The fold checkpoints are written as training writes them
-(random weights: the values cost nothing), the images are fundus JPEGs (benchmarks.harness.fundus_set),
+(random weights: the values cost nothing), the images are fundus JPEGs (benchmarks.common.fundus_set),
 hard-linked copies of 64 distinct ones, cached by comp.data.prepare.prepare as scripts/prepare.py does.
 
 Each side runs once untimed on a few batches first (loader start, cuDNN autotuning, and with compile the
@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from benchmarks.harness import fundus_set
+from benchmarks.common import fundus_set
 
 MODELS = ("resnet50", "timm/efficientnet_b3")
 VIEWS = ("identity", "hflip", "vflip", "hvflip")

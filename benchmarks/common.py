@@ -201,12 +201,14 @@ def timm_loop(folder: Path, batch: int, workers: int, epochs: int, compile_: boo
 
 def compute_only(batch: int, steps: int, compile_: bool | str, device: str = "cuda", model: str = "resnet50",
                   size: int = SIZE, in_chans: int = 3, num_classes: int = 5, ema: bool = False, amp: bool = True,
-                  accum: int = 1, drop_rate: float = 0.0, net: torch.nn.Module | None = None) -> dict[str, float]:
+                  accum: int = 1, drop_rate: float = 0.0, net: torch.nn.Module | None = None,
+                  warmup: int | None = None) -> dict[str, float]:
     """The ceiling of a training loop: the kit's `model` (comp.models.create_model: `resnet50`, `timm/<name>`)
     on one batch that stays on the device (bf16 autocast with `amp` on CUDA, channels_last, AdamW every
     `accum` micro-batches, ModelEmaV3 with `ema`, no host sync inside the timed steps), no loader. A loop's
     share of this speed is what its data path leaves of the GPU, whatever its own wait timer says. `net`:
-    that model already built (the recipes section passes the one the kit's loop trained)."""
+    that model already built (the recipes section passes the one the kit's loop trained). `warmup`: untimed
+    steps first (default 1 on a CPU, 3 on a GPU; 0 for a smoke run, whose numbers are not read)."""
     from timm.utils import ModelEmaV3
 
     from benchmarks.models import time_steps
@@ -233,5 +235,8 @@ def compute_only(batch: int, steps: int, compile_: bool | str, device: str = "cu
         if model_ema is not None:
             model_ema.update(net)
 
-    time_steps(step, 1 if dev.type == "cpu" else 3, dev)  # compilation, cuDNN's algorithm search, the allocator
+    if warmup is None:
+        warmup = 1 if dev.type == "cpu" else 3
+    if warmup:
+        time_steps(step, warmup, dev)  # compilation, cuDNN's algorithm search, the allocator
     return {"images_per_s": steps * batch * accum / time_steps(step, steps, dev)}

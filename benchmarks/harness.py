@@ -108,8 +108,8 @@ LOADER_NAMES = {
 def bench_loader(work: Path, quick: bool, echo: Callable[[str], None]) -> dict[str, Any]:
     """Images/s of each loader on one core (one process, no workers, one item at a time), at 512x512 and
     3000x2000; kit and cache speed-ups over the lab reports' loader."""
-    shapes = {"512x512": (512, 512, 16 if quick else 64), "3000x2000": (3000, 2000, 4 if quick else 32)}
-    rounds = 3 if quick else 7
+    shapes = {"512x512": (512, 512, 4 if quick else 64), "3000x2000": (3000, 2000, 4 if quick else 32)}
+    rounds = 2 if quick else 7
     threads, cv2_threads = torch.get_num_threads(), cv2.getNumThreads()
     torch.set_num_threads(1)  # per core: ToTensor/Normalize on one thread, as in one DataLoader worker
     cv2.setNumThreads(1)  # and OpenCV's decode and resize, as the kit's workers run them
@@ -148,7 +148,7 @@ def bench_model(quick: bool, echo: Callable[[str], None]) -> dict[str, Any]:
     """The kit's ResNets against timm's: training-step images/s (benchmarks.models.bench_model_step)."""
     cuda = torch.cuda.is_available()
     if quick:
-        kw = dict(names=("resnet18", "resnet50"), batch=8, size=32, steps=1, rounds=3, warmup=1)
+        kw = dict(names=("resnet18",), batch=4, size=32, steps=1, rounds=2, warmup=1)
     elif cuda:
         kw = dict(names=("resnet18", "resnet50", "resnet152"), batch=64, size=224, steps=10, rounds=7, warmup=5)
     else:
@@ -189,7 +189,7 @@ def bench_e2e(work: Path, quick: bool, echo: Callable[[str], None]) -> dict[str,
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         over = [f"data.root={work / 'demo'}", f"out_dir={tmp}", "epochs=1", f"aug.tta=[{','.join(views)}]",
                 "train.recovery_every=0", f"predict.folds=[{','.join(map(str, range(n_folds)))}]",
-                "train.tracker=none"] + (["num_workers=0", "image_size=16"] if quick else [])
+                "train.tracker=none"] + (["num_workers=0", "image_size=16", "data.limit=10"] if quick else [])
         cfg = load_config(None, over)
         prepare(cfg)  # builds the demo competition under <work>/demo on first use
         fold_dir = Path(fit(cfg, 0)["dir"])
@@ -304,7 +304,8 @@ def run(sections: list[str] | tuple[str, ...] = SECTIONS, quick: bool = False, w
 
     Args:
         sections: names from SECTIONS.
-        quick: a smoke run (well under a minute on 2 CPU cores): fewer images, rounds and models.
+        quick: a smoke run (seconds a section on 2 CPU cores; tests/test_benchmark.py): the code paths of
+            the full run on the fewest images, rounds and models that take them; its numbers mean nothing.
         work: where generated images and the demo data are kept between runs (default: a folder in the
             system temp dir); every run's outputs go to a temporary folder inside it, removed after.
         command: the command line, printed in the header and kept in the result.

@@ -11,7 +11,8 @@ hard-linked copies of 64 distinct ones, cached by comp.data.prepare.prepare as s
 Each side runs once untimed on a few batches first (loader start, cuDNN autotuning, and with compile the
 compilation of the full and the last partial batch's shapes: shown as `warm-up s`), then once over all N
 images, timed whole: test images/s, forward passes/s (N x folds x views / s), seconds, peak device memory.
-`--quick`: 24 images at 32 px; on a CPU without `--quick`, 48 at 64 px; eager only on a CPU.
+`--quick`: 24 images at 32 px (from 64 px sources); on a CPU without `--quick`, 48 at 64 px; eager only on a
+CPU.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ MODELS = ("resnet50", "timm/efficientnet_b3")
 VIEWS = ("identity", "hflip", "vflip", "hvflip")
 
 
-def _experiment(work: Path, out: Path, n: int, size: int, model: str, n_folds: int, *overrides: str):
+def _experiment(work: Path, out: Path, n: int, size: int, model: str, n_folds: int, *overrides: str,
+                source: int = 512):
     """The config overrides, competition and fold checkpoints of an experiment of `model` whose test set is
-    `n` fundus JPEGs (64 distinct), cached at `size` px."""
+    `n` fundus JPEGs of `source` px (64 distinct), cached at `size` px. The folds' checkpoints are one file
+    hard-linked: predict_test loads each fold's as its own, and random weights' values cost nothing."""
     from comp.config import config_hash, load_config
     from comp.data.competition import load_competition
     from comp.data.prepare import prepare
@@ -43,7 +46,7 @@ def _experiment(work: Path, out: Path, n: int, size: int, model: str, n_folds: i
     from comp.train import checkpoint as ckpt_io
 
     copies = -(-n // 64)
-    root = fundus_set(work, 64, 512, 512, copies=copies, classes=5)
+    root = fundus_set(work, 64, source, source, copies=copies, classes=5)
     test_ids = pd.read_csv(root / "train.csv")["id"].head(n)
     if not (root / "test").exists():  # the same files serve as the test set (hard links: no disk)
         (root / "test").mkdir()
@@ -64,16 +67,16 @@ def _experiment(work: Path, out: Path, n: int, size: int, model: str, n_folds: i
     cfg = load_config(None, over)
     prepare(cfg)  # the cache at `size` px, of the training images and the test ones
     comp = load_competition(cfg)
-    paths = []
-    for k in range(n_folds):
-        torch.manual_seed(k)
-        net = create_model(model, comp.num_classes)
-        path = out / f"fold{k}" / "best.pt"
-        ckpt_io.save({"format_version": 1, "model": net.state_dict(), "ema": None, "config_hash": config_hash(cfg),
-                      "model_name": model, "num_classes": comp.num_classes, "in_chans": 3,
-                      "classes": list(comp.classes), "fold": k, "metric": cfg.metric, "eval_weights": "model",
-                      "input_norm": [list(v) for v in input_norm(net)], "best": 0.5, "epoch": 1, "step": 0}, path)
-        paths.append(path)
+    torch.manual_seed(0)
+    net = create_model(model, comp.num_classes)
+    paths = [out / f"fold{k}" / "best.pt" for k in range(n_folds)]
+    ckpt_io.save({"format_version": 1, "model": net.state_dict(), "ema": None, "config_hash": config_hash(cfg),
+                  "model_name": model, "num_classes": comp.num_classes, "in_chans": 3,
+                  "classes": list(comp.classes), "fold": 0, "metric": cfg.metric, "eval_weights": "model",
+                  "input_norm": [list(v) for v in input_norm(net)], "best": 0.5, "epoch": 1, "step": 0}, paths[0])
+    for path in paths[1:]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.link(paths[0], path)
     return over, comp, paths
 
 
@@ -103,7 +106,7 @@ def bench_predict(work: Path, quick: bool, echo: Callable[[str], None], n_images
         for model in models:
             out = Path(tmp) / model.replace("/", "_")
             run = [f"batch_size={batch}", f"num_workers={workers}", f"device={device}"]
-            over, comp, paths = _experiment(work, out, n, size, model, n_folds, *run)
+            over, comp, paths = _experiment(work, out, n, size, model, n_folds, *run, source=64 if quick else 512)
             warm_comp = dataclasses.replace(comp, test=comp.test.head(2 * batch + 1))  # full and partial batches
             for mode in modes:
                 cfg_m = load_config(None, [*over, f"predict.compile={str(mode).lower()}"])

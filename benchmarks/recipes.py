@@ -202,7 +202,8 @@ def bench_recipes(work: Path, quick: bool, echo: Callable[[str], None], names: l
             num_logits = n_cls if cfg.task != "regression" else 1
             loop = dict(model=cfg.model.name, size=size, in_chans=cfg.model.in_chans, num_classes=num_logits,
                         ema=cfg.train.ema, amp=amp, accum=accum, drop_rate=cfg.model.drop_rate)
-            ceiling = _peak(device, compute_only, batch, steps, False, device=device, net=net, **loop)
+            ceiling = _peak(device, compute_only, batch, steps, False, device=device, net=net,
+                            warmup=0 if quick else None, **loop)
             del net  # before timm's side: its peak memory is its own
             tim = _peak(device, timm_loop, root / "train", batch, workers, epochs, False, device=device, steps=steps,
                         **loop)

@@ -11,8 +11,8 @@ hard-linked copies of 64 distinct ones, cached by comp.data.prepare.prepare as s
 Each side runs once untimed on a few batches first (loader start, cuDNN autotuning, and with compile the
 compilation of the full and the last partial batch's shapes: shown as `warm-up s`), then once over all N
 images, timed whole: test images/s, forward passes/s (N x folds x views / s), seconds, peak device memory.
-`--quick`: 24 images at 32 px (from 64 px sources); on a CPU without `--quick`, 48 at 64 px; eager only on a
-CPU.
+`--quick`: 24 images at 16 px (from 64 px sources) in one batch; on a CPU without `--quick`, 48 at 64 px;
+eager only on a CPU.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def _experiment(work: Path, out: Path, n: int, size: int, model: str, n_folds: i
 def bench_predict(work: Path, quick: bool, echo: Callable[[str], None], n_images: int | None = None,
                   models: tuple[str, ...] | None = None, compile_modes: tuple[Any, ...] | None = None,
                   device: str | None = None) -> dict[str, Any]:
-    """predict_test over `n_images` (default 10,000 at 512 px; 48 at 64 px on a CPU; 24 at 32 px with
+    """predict_test over `n_images` (default 10,000 at 512 px; 48 at 64 px on a CPU; 24 at 16 px with
     `quick`) cached test images x 5 folds x 4 TTA
     views for each of `models` (default MODELS), eager and in each predict.compile value of `compile_modes`
     (default: `true` on CUDA; none on a CPU or with `quick`)."""
@@ -96,9 +96,9 @@ def bench_predict(work: Path, quick: bool, echo: Callable[[str], None], n_images
     # A CPU cannot run 10,000 images x 20 forward passes at 512 px within a benchmark run (ResNet-50: ~1
     # forward pass a second per core there): without a GPU the section predicts a small set at 64 px.
     n = n_images or (24 if quick else 10_000 if cuda else 48)
-    size = 32 if quick else 512 if cuda else 64
+    size = 16 if quick else 512 if cuda else 64
     n_folds = 5
-    batch = 8 if quick else 64
+    batch = 32 if quick else 64  # quick: every test image in one batch, the fewest forward calls
     workers = 0 if quick or not cuda else max(1, min(16, (os.cpu_count() or 2) - 1))
     modes = [False, *(compile_modes if compile_modes is not None else ((True,) if cuda and not quick else ()))]
     rows = []

@@ -257,9 +257,9 @@ def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, num_
     prefetch = prefetch_factor_for(batch_size, side or 0, num_workers, shm_budget()) if side else (
         MAX_PREFETCH if num_workers > 0 else None)
     return KitLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers,
-                      drop_last=drop_last, pin_memory=pin_memory, generator=torch.Generator(),
-                      prefetch_factor=prefetch, persistent_workers=persistent and num_workers > 0,
-                      worker_init_fn=ignore_stop_signals if num_workers > 0 else None)
+                     drop_last=drop_last, pin_memory=pin_memory, generator=torch.Generator(),
+                     prefetch_factor=prefetch, persistent_workers=persistent and num_workers > 0,
+                     worker_init_fn=ignore_stop_signals if num_workers > 0 else None)
 
 
 Norm = tuple[tuple[float, ...], tuple[float, ...]]  # (mean, std) per RGB channel, on the 0..1 scale

@@ -51,6 +51,7 @@ from comp.data.competition import Problem
 from comp.data.dicom import DicomOptions
 from comp.data.dicom import from_config as dicom_options
 from comp.data.image_base import ImageError
+from comp.data.images import quiet_opencv
 from comp.data.preprocess import check_steps, load_preprocessed
 from comp.errors import UserError
 from comp.log import log, progress
@@ -111,7 +112,8 @@ def read_entry(path: Path, fmt: str) -> np.ndarray:
     """A cache entry as (S, S, 3) uint8 RGB."""
     if fmt == "npy":
         return np.load(path)
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    with quiet_opencv():  # a bad entry is reported by the ImageError below, not OpenCV's log
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
         raise ImageError("corrupt", path, "a cache entry; delete the cache folder and rerun scripts/prepare.py")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

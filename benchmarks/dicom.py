@@ -8,7 +8,7 @@ VinBigData and RSNA kernels' `read_xray`), on two generated files:
 - a 4096x3328 mammogram, 12-bit MONOCHROME2, JPEG 2000 lossless (RSNA Screening Mammography 2023 ships
   Hologic images of this size in this syntax), encoded with pylibjpeg-openjpeg through pydicom's compress.
 
-Both routes run interleaved round after round (benchmarks.harness.interleaved); the ratio is the median of
+Both routes run interleaved round after round (benchmarks.common.interleaved); the ratio is the median of
 the per-round ratios. The files are written to a temporary folder and deleted afterwards.
 
     python benchmarks/dicom.py [--rounds 5] [--size 512]
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.harness import interleaved, machine, median_ratio  # noqa: E402
+from benchmarks.common import interleaved, machine, median_ratio  # noqa: E402
 from comp.data.preprocess import load_preprocessed  # noqa: E402
 
 

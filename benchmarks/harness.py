@@ -6,12 +6,14 @@ section's numbers, and the headline ratios as top-level keys (`loader_speedup_vs
 `cache_speedup_vs_seed`, `resnet_step_ratio_vs_timm`, ...). Compared sides run interleaved round after
 round, the first side rotated, and a ratio is the median of the per-round ratios: a slow spell of a shared
 machine then hits both sides of a ratio alike (benchmarks.models interleaves the model step likewise).
+
+Sections 1-4 are defined here, `recipes` in benchmarks.recipes, `predict` in benchmarks.predict_scale; what
+they share (generated images, timing, the reference loops) is benchmarks.common, which imports no section.
 """
 
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -21,129 +23,25 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import numpy as np
 import pandas as pd
 import torch
 
-from comp.device import compile_model
-from comp.system import usable_cpus
+from benchmarks.common import (
+    FLIPS,
+    SIZE,
+    compute_only,
+    fundus_config,
+    fundus_set,
+    interleaved,
+    machine,
+    median_ratio,
+    timm_loop,
+)
+from benchmarks.models import bench_model_step
+from benchmarks.predict_scale import bench_predict
+from benchmarks.recipes import bench_recipes
 
-SECTIONS = ("loader", "model", "e2e", "gpu", "recipes", "predict")
-FLIPS = [{"name": "HorizontalFlip", "p": 0.5}, {"name": "VerticalFlip", "p": 0.5}]
-SIZE = 224  # the training size of every loader in section 1 and of the GPU step
-
-
-def machine() -> dict[str, Any]:
-    """CPU model, cores, torch version and threads, GPU name (None without CUDA)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    usable = usable_cpus()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable, "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "gpu": gpu}
-
-
-def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds of each call of each fn over `rounds`; within a round every fn runs once, the first one
-    rotated from round to round. `warmup` untimed calls each first (page cache, allocator, lazy caches)."""
-    names = list(fns)
-    for name in names:
-        for _ in range(warmup):
-            fns[name]()
-    secs: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        for k in range(len(names)):
-            name = names[(r + k) % len(names)]
-            t0 = time.perf_counter()
-            fns[name]()
-            secs[name].append(time.perf_counter() - t0)
-    return secs
-
-
-def median_ratio(fast: list[float], slow: list[float]) -> float:
-    """Median over rounds of slow/fast seconds: how many times faster `fast` is, noise of a round cancelled."""
-    return statistics.median(s / f for f, s in zip(fast, slow, strict=True))
-
-
-# ---------------------------------------------------------------------------------------------- data
-
-
-def fundus_image(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
-    """(h, w, 3) uint8 BGR fundus-like photograph: black surround, an orange-red disc darkening towards
-    its rim, a bright optic disc, dark vessels branching from it, sensor noise. Saved as JPEG quality 95 it
-    takes 0.2 bytes/pixel at 512 px and 0.13 at 3000x2000, as skimage.data.retina() (a real fundus
-    photograph) does (0.23 and 0.15): JPEG decode time depends on that entropy, so it must be realistic."""
-    s = 4 if min(h, w) >= 1024 else 1  # the smooth parts at 1/4 scale, then upsampled: 4x faster to make
-    hs, ws = h // s, w // s
-    yy, xx = np.ogrid[:hs, :ws]
-    cy, cx = hs / 2 * rng.uniform(0.97, 1.03), ws / 2 * rng.uniform(0.97, 1.03)
-    r = 0.46 * min(hs, ws) * rng.uniform(0.95, 1.05)
-    d2 = (((yy - cy) / r) ** 2 + ((xx - cx) / r) ** 2).astype(np.float32)  # (hs, ws), 1 on the rim
-    img = np.clip(1 - 0.6 * d2, 0, 1)[:, :, None] * (np.array([30, 90, 200], np.float32) * rng.uniform(0.8, 1.2, 3))
-    dy, dx = cy + rng.uniform(-0.1, 0.1) * r, cx + rng.choice([-1, 1]) * 0.45 * r
-    disc = np.exp(-(((yy - dy) ** 2 + (xx - dx) ** 2) / (0.12 * r) ** 2)).astype(np.float32)
-    img = np.clip(img + disc[:, :, None] * np.array([60, 110, 90], np.float32), 0, 255).astype(np.uint8)
-    mask = (d2 <= 1).astype(np.uint8)
-    if s > 1:
-        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
-        mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
-        r, dy, dx = r * s, dy * s, dx * s
-    width = max(1, min(h, w) // 300)
-    for _ in range(12):  # vessels: random walks out of the optic disc
-        a, pts = rng.uniform(0, 2 * np.pi), [(dx, dy)]
-        for _ in range(10):
-            a += rng.normal(0, 0.3)
-            pts.append((pts[-1][0] + np.cos(a) * r * 0.1, pts[-1][1] + np.sin(a) * r * 0.1))
-        thick = width * int(rng.integers(1, 4))
-        cv2.polylines(img, [np.array(pts, np.int32)], False, (20, 40, 110), thick, cv2.LINE_AA)
-    noise = rng.integers(0, 7, (h, w, 3), dtype=np.uint8)
-    img = cv2.subtract(cv2.add(img, noise), 3)
-    return img * mask[:, :, None] + (noise >> 1) * (1 - mask[:, :, None])
-
-
-def fundus_set(work: Path, n: int, width: int, height: int, copies: int = 1, classes: int = 2) -> Path:
-    """A competition folder in the Kaggle CSV layout (train.csv, train/<id>.jpg) of `n` generated fundus
-    JPEGs, each hard-linked `copies` times (more ids, the same n distinct images). Written once under
-    `work` and reused; ids carry the set's name so the kit's cache never confuses two sets."""
-    name = f"fundus_{width}x{height}_n{n}_x{copies}"
-    root = work / name
-    if (root / "train.csv").is_file():
-        return root
-    work.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=work))
-    (tmp / "train").mkdir()
-    rng = np.random.default_rng(0)
-    ids = []
-    for i in range(n):
-        first = tmp / "train" / f"{name}_{i:04d}_0.jpg"
-        cv2.imwrite(str(first), fundus_image(height, width, rng), [cv2.IMWRITE_JPEG_QUALITY, 95])
-        for c in range(copies):
-            if c:
-                os.link(first, first.with_name(f"{name}_{i:04d}_{c}.jpg"))
-            ids.append(f"{name}_{i:04d}_{c}")
-    pd.DataFrame({"id": ids, "label": [k % classes for k in range(len(ids))]}).to_csv(tmp / "train.csv", index=False)
-    try:
-        os.rename(tmp, root)
-    except OSError:  # another run made it meanwhile
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
-
-
-def fundus_config(root: Path, out: Path, *overrides: str) -> Any:
-    """The kit's config for a `fundus_set`: 224 px, flips, cache on; `overrides` on top."""
-    from comp.config import load_config
-
-    flips = ", ".join(f"{{name: {f['name']}, p: {f['p']}}}" for f in FLIPS)
-    return load_config(None, [
-        f"data.root={root}", "data.source=competition", "data.image_ext=.jpg", "data.sample_submission=''",
-        "data.solution_csv=''", f"out_dir={out}", f"image_size={SIZE}", "images.cache=true", "folds.n_folds=2",
-        f"aug.train=[{flips}]", "aug.valid=[]", "aug.tta=[identity]", "train.recovery_every=0", *overrides])
+SECTIONS = ("loader", "model", "e2e", "gpu", "recipes", "predict")  # each a function of this module or a section's
 
 
 # ----------------------------------------------------------------------------------- 1. input pipeline
@@ -180,7 +78,7 @@ def loaders(root: Path, out: Path) -> tuple[dict[str, torch.utils.data.Dataset],
     from comp.data.cache import image_loader
     from comp.data.competition import load_competition
     from comp.data.loader import ImageDataset
-    from comp.data.prepare import prepare
+    from comp.pipeline import prepare
 
     cfg = fundus_config(root, out / "default")
     png = fundus_config(root, out / "png", "images.cache_format=png")
@@ -210,10 +108,11 @@ LOADER_NAMES = {
 def bench_loader(work: Path, quick: bool, echo: Callable[[str], None]) -> dict[str, Any]:
     """Images/s of each loader on one core (one process, no workers, one item at a time), at 512x512 and
     3000x2000; kit and cache speed-ups over the lab reports' loader."""
-    shapes = {"512x512": (512, 512, 16 if quick else 64), "3000x2000": (3000, 2000, 4 if quick else 32)}
-    rounds = 3 if quick else 7
-    threads = torch.get_num_threads()
+    shapes = {"512x512": (512, 512, 4 if quick else 64), "3000x2000": (3000, 2000, 4 if quick else 32)}
+    rounds = 2 if quick else 7
+    threads, cv2_threads = torch.get_num_threads(), cv2.getNumThreads()
     torch.set_num_threads(1)  # per core: ToTensor/Normalize on one thread, as in one DataLoader worker
+    cv2.setNumThreads(1)  # and OpenCV's decode and resize, as the kit's workers run them
     res: dict[str, Any] = {}
     try:
         with tempfile.TemporaryDirectory(dir=work) as tmp:
@@ -227,6 +126,7 @@ def bench_loader(work: Path, quick: bool, echo: Callable[[str], None]) -> dict[s
                               "timm_speedup": median_ratio(secs["timm"], secs["lab"])}
     finally:
         torch.set_num_threads(threads)
+        cv2.setNumThreads(cv2_threads)
     cols = list(shapes)
     echo(f"1. Input pipeline: images/s on one core, {SIZE} px out, num_workers=0, median of {rounds} passes")
     echo(f"   {'':<78}" + "".join(f"{c:>12}" for c in cols))
@@ -246,11 +146,9 @@ def bench_loader(work: Path, quick: bool, echo: Callable[[str], None]) -> dict[s
 
 def bench_model(quick: bool, echo: Callable[[str], None]) -> dict[str, Any]:
     """The kit's ResNets against timm's: training-step images/s (benchmarks.models.bench_model_step)."""
-    from benchmarks.models import bench_model_step
-
     cuda = torch.cuda.is_available()
     if quick:
-        kw = dict(names=("resnet18", "resnet50"), batch=8, size=32, steps=1, rounds=3, warmup=1)
+        kw = dict(names=("resnet18",), batch=4, size=32, steps=1, rounds=2, warmup=1)
     elif cuda:
         kw = dict(names=("resnet18", "resnet50", "resnet152"), batch=64, size=224, steps=10, rounds=7, warmup=5)
     else:
@@ -281,9 +179,9 @@ def bench_model(quick: bool, echo: Callable[[str], None]) -> dict[str, Any]:
 def bench_e2e(work: Path, quick: bool, echo: Callable[[str], None]) -> dict[str, Any]:
     """One demo fold trained for one epoch (time split into data wait and compute, from comp.train.loop's
     metrics.csv), then comp.predict.predict_test over folds x TTA views (fold 0's checkpoint copied)."""
-    from comp.config import load_config
     from comp.data.competition import load_competition
-    from comp.data.prepare import prepare
+    from comp.experiment import Experiment, load_config
+    from comp.pipeline import prepare
     from comp.predict.predict import predict_test
     from comp.train.loop import fit
 
@@ -291,14 +189,15 @@ def bench_e2e(work: Path, quick: bool, echo: Callable[[str], None]) -> dict[str,
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         over = [f"data.root={work / 'demo'}", f"out_dir={tmp}", "epochs=1", f"aug.tta=[{','.join(views)}]",
                 "train.recovery_every=0", f"predict.folds=[{','.join(map(str, range(n_folds)))}]",
-                "train.tracker=none"] + (["num_workers=0", "image_size=16"] if quick else [])
+                "train.tracker=none"] + (["num_workers=0", "image_size=16", "data.limit=10"] if quick else [])
         cfg = load_config(None, over)
         prepare(cfg)  # builds the demo competition under <work>/demo on first use
-        fold_dir = Path(fit(cfg, 0)["dir"])
-        row = pd.read_csv(fold_dir / "metrics.csv").iloc[-1]
+        exp = Experiment(cfg)
+        first = fit(cfg, 0)["files"]
+        row = pd.read_csv(first.metrics).iloc[-1]
         for k in range(1, n_folds):  # the other folds: fold 0's weights, same cost to predict with
-            (fold_dir.parent / f"fold{k}").mkdir(exist_ok=True)
-            shutil.copy(fold_dir / "best.pt", fold_dir.parent / f"fold{k}" / "best.pt")
+            exp.run(k).dir.mkdir(exist_ok=True)
+            shutil.copy(first.best, exp.run(k).best)
         comp = load_competition(cfg)
         secs = []
         for _ in range(1 if quick else 3):
@@ -325,102 +224,6 @@ def bench_e2e(work: Path, quick: bool, echo: Callable[[str], None]) -> dict[str,
 # --------------------------------------------------------------------------------------------- 4. GPU
 
 
-def _timm_loop(folder: Path, batch: int, workers: int, epochs: int, compile_: bool | str,
-               device: str = "cuda", model: str = "resnet50", size: int = SIZE, in_chans: int = 3,
-               num_classes: int = 5, ema: bool = False, amp: bool = True, accum: int = 1, drop_rate: float = 0.0,
-               steps: int | None = None) -> dict[str, float]:
-    """What timm's train.py does per step (its script is not in the wheel): timm's ImageDataset and
-    create_loader (PIL decode in persistent workers, RandomResizedCrop and flips, prefetcher normalising on
-    the GPU), timm's `model` (a `timm/` prefix dropped) in channels_last, bf16 autocast (`amp`, on CUDA),
-    AdamW, `accum` micro-batches per optimizer step (its --grad-accum-steps), ModelEmaV3 after each step
-    with `ema` (its --model-ema), loss.item() every step (train.py's loss meter). Whole epochs (at most
-    `steps` optimizer steps each), as comp.train.fit is measured: images/s and data wait share, medians of
-    the epochs after the first."""
-    import timm
-    import timm.data
-    from timm.utils import ModelEmaV3
-
-    dev = torch.device(device)
-    torch.backends.cudnn.benchmark = True
-    ds = timm.data.ImageDataset(str(folder), input_img_mode="L" if in_chans == 1 else "RGB")
-    grey = {"mean": (0.5,), "std": (0.5,)} if in_chans == 1 else {}
-    loader = timm.data.create_loader(ds, input_size=(in_chans, size, size), batch_size=batch, is_training=True,
-                                     hflip=0.5, vflip=0.5, color_jitter=None, num_workers=workers, pin_memory=True,
-                                     device=dev, use_prefetcher=True, **grey)
-    net = timm.create_model(model.removeprefix("timm/"), num_classes=num_classes, in_chans=in_chans,
-                            drop_rate=drop_rate)
-    net = net.to(dev, memory_format=torch.channels_last).train()
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
-    model_ema = ModelEmaV3(net, decay=0.999) if ema else None
-    step_fn = compile_model(net, compile_)
-    rows = []
-    for _ in range(epochs):
-        wait, n, t0, micro = 0.0, 0, time.perf_counter(), 0
-        it = iter(loader)
-        while steps is None or micro < steps * accum:
-            tw = time.perf_counter()
-            try:
-                x, y = next(it)
-            except StopIteration:
-                break
-            wait += time.perf_counter() - tw
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and dev.type == "cuda"):  # as comp.train
-                loss = torch.nn.functional.cross_entropy(step_fn(x.contiguous(memory_format=torch.channels_last)), y)
-            (loss / accum).backward()
-            micro += 1
-            if micro % accum == 0:
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                if model_ema is not None:
-                    model_ema.update(net)
-            loss.item()
-            n += len(x)
-        secs = time.perf_counter() - t0
-        rows.append((n / secs, wait / secs))
-    del it, loader  # shuts the persistent workers down now, not at exit
-    later = rows[1:] or rows
-    return {"images_per_s": statistics.median(r[0] for r in later),
-            "data_wait_share": statistics.median(r[1] for r in later)}
-
-
-def _compute_only(batch: int, steps: int, compile_: bool | str, device: str = "cuda", model: str = "resnet50",
-                  size: int = SIZE, in_chans: int = 3, num_classes: int = 5, ema: bool = False, amp: bool = True,
-                  accum: int = 1, drop_rate: float = 0.0, net: torch.nn.Module | None = None) -> dict[str, float]:
-    """The ceiling of a training loop: the kit's `model` (comp.models.create_model: `resnet50`, `timm/<name>`)
-    on one batch that stays on the device (bf16 autocast with `amp` on CUDA, channels_last, AdamW every
-    `accum` micro-batches, ModelEmaV3 with `ema`, no host sync inside the timed steps), no loader. A loop's
-    share of this speed is what its data path leaves of the GPU, whatever its own wait timer says. `net`:
-    that model already built (the recipes section passes the one the kit's loop trained)."""
-    from timm.utils import ModelEmaV3
-
-    from benchmarks.models import time_steps
-    from comp.models import create_model
-
-    dev = torch.device(device)
-    torch.backends.cudnn.benchmark = True
-    net = net if net is not None else create_model(model, num_classes, in_chans=in_chans, drop_rate=drop_rate)
-    net = net.to(dev, memory_format=torch.channels_last).train()
-    num_classes = net.get_classifier().out_features  # a built net's head: a regression head has one output
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
-    model_ema = ModelEmaV3(net, decay=0.999) if ema else None
-    step_fn = compile_model(net, compile_)
-    x = torch.randn(batch, in_chans, size, size, device=dev).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, num_classes, (batch,), device=dev)
-
-    def step() -> None:
-        for _ in range(accum):
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and dev.type == "cuda"):
-                loss = torch.nn.functional.cross_entropy(step_fn(x), y)
-            (loss / accum).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if model_ema is not None:
-            model_ema.update(net)
-
-    time_steps(step, 1 if dev.type == "cpu" else 3, dev)  # compilation, cuDNN's algorithm search, the allocator
-    return {"images_per_s": steps * batch * accum / time_steps(step, steps, dev)}
-
-
 GPU_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
 
 
@@ -439,7 +242,7 @@ def bench_gpu(work: Path, quick: bool, echo: Callable[[str], None], device: str 
     if device.startswith("cuda") and not torch.cuda.is_available():
         echo("4. GPU: skipped, no CUDA device (torch.cuda.is_available() is False)")
         return {"skipped": "no CUDA device"}
-    from comp.data.prepare import prepare
+    from comp.pipeline import prepare
     from comp.train.loop import fit
 
     # 16,384 images: 51 steps of 256 per training epoch (4 folds of 5), so an epoch's start (the prefetch
@@ -458,12 +261,12 @@ def bench_gpu(work: Path, quick: bool, echo: Callable[[str], None], device: str 
                                 f"batch_size={batch}", f"num_workers={workers}", f"epochs={epochs}", f"device={device}",
                                 "train.amp=true", "train.channels_last=true", f"train.compile={str(mode).lower()}")
             prepare(cfg)
-            rows = pd.read_csv(Path(fit(cfg, 0)["dir"]) / "metrics.csv").iloc[1:]  # epoch 0: compile, cache fill
+            rows = pd.read_csv(fit(cfg, 0)["files"].metrics).iloc[1:]  # epoch 0: compile, cache fill
             res[f"kit_{key}"] = {"images_per_s": float(rows["images_per_s"].median()),
                                  "data_wait_share": float(rows["data_wait_share"].median())}
-            res[f"ceiling_{key}"] = _compute_only(batch, 3 if quick else 40, mode, device=device)
+            res[f"ceiling_{key}"] = compute_only(batch, 3 if quick else 40, mode, device=device)
         for mode in [m for m in modes if m in (False, "default")]:
-            res[f"timm_{_mode_key(mode)}"] = _timm_loop(root / "train", batch, workers, epochs, mode, device=device)
+            res[f"timm_{_mode_key(mode)}"] = timm_loop(root / "train", batch, workers, epochs, mode, device=device)
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else device
     echo(f"4. GPU ({name}): ResNet50, {SIZE} px, batch {batch}, bf16, channels_last, "
          f"{workers} workers, {res['images']} images (64 distinct 512 px JPEGs)")
@@ -502,7 +305,8 @@ def run(sections: list[str] | tuple[str, ...] = SECTIONS, quick: bool = False, w
 
     Args:
         sections: names from SECTIONS.
-        quick: a smoke run (well under a minute on 2 CPU cores): fewer images, rounds and models.
+        quick: a smoke run (seconds a section on 2 CPU cores; tests/test_benchmark.py): the code paths of
+            the full run on the fewest images, rounds and models that take them; its numbers mean nothing.
         work: where generated images and the demo data are kept between runs (default: a folder in the
             system temp dir); every run's outputs go to a temporary folder inside it, removed after.
         command: the command line, printed in the header and kept in the result.
@@ -510,9 +314,6 @@ def run(sections: list[str] | tuple[str, ...] = SECTIONS, quick: bool = False, w
             predict: train.compile / predict.compile values), `gpu_images`, `recipes` (config names), `recipe_steps`,
             `predict_images`, `predict_models`; a key left out takes the section's default.
     """
-    from benchmarks.predict_scale import bench_predict
-    from benchmarks.recipes import bench_recipes
-
     opt = {k: v for k, v in (options or {}).items() if v is not None}
     work = Path(work) if work else Path(tempfile.gettempdir()) / "comp-bench"
     work.mkdir(parents=True, exist_ok=True)

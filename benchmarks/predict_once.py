@@ -9,7 +9,7 @@ views of a tiny model, so the forward pass costs next to nothing and the decode 
   - `K folds, once`: predict_test over the K folds (the kit: every batch through every fold);
   - `K folds, K x`:  K calls of predict_test with one fold each (what the kit did before: a loader pass,
                      and so a decode of every image, per fold).
-Sides run interleaved round after round; the ratios are medians of per-round ratios (benchmarks.harness).
+Sides run interleaved round after round; the ratios are medians of per-round ratios (benchmarks.common).
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.harness import fundus_image, interleaved, median_ratio  # noqa: E402
-from comp.config import config_hash, load_config  # noqa: E402
+from benchmarks.common import fold_checkpoint, fundus_image, interleaved, median_ratio  # noqa: E402
 from comp.data.competition import load_competition  # noqa: E402
+from comp.experiment import Experiment, load_config  # noqa: E402
+from comp.experiment import checkpoint as ckpt_io  # noqa: E402
 from comp.models import create_model  # noqa: E402
 from comp.predict.predict import predict_test  # noqa: E402
-from comp.experiment import checkpoint as ckpt_io  # noqa: E402
 
 
 def experiment(work: Path, n_images: int, n_folds: int):
@@ -53,14 +53,11 @@ def experiment(work: Path, n_images: int, n_folds: int):
                              "images.cache=false", "model.name=timm/test_efficientnet", "num_workers=0",
                              "batch_size=8", f"folds.n_folds={n_folds}", "aug.tta=[identity,hflip]"])
     comp = load_competition(cfg)
-    for k in range(n_folds):
+    paths = [Experiment(cfg).run(k).best for k in range(n_folds)]
+    for k, path in enumerate(paths):
         torch.manual_seed(k)
-        model = create_model(cfg.model.name, comp.num_classes)
-        ckpt_io.save({"format_version": 1, "model": model.state_dict(), "ema": None, "config_hash": config_hash(cfg),
-                      "model_name": cfg.model.name, "num_classes": comp.num_classes, "in_chans": 3,
-                      "classes": list(comp.classes), "fold": k, "metric": cfg.metric, "eval_weights": "model",
-                      "best": 0.5, "epoch": 1, "step": 0}, out / f"fold{k}" / "best.pt")
-    return cfg, comp, [out / f"fold{k}" / "best.pt" for k in range(n_folds)]
+        ckpt_io.save(fold_checkpoint(cfg, comp, create_model(cfg.model.name, comp.num_classes), k), path)
+    return cfg, comp, paths
 
 
 def main() -> None:

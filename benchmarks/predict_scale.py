@@ -5,13 +5,14 @@ N cached test images at 512 px (default 10,000: APTOS 2019's hidden test set is 
 views (identity, hflip, vflip, hvflip), every fold's model resident on the device, bf16 autocast on CUDA
 (`train.amp`), channels_last, eager and with `predict.compile`; for the kit's `resnet50` and
 `timm/efficientnet_b3` (APTOS 2019's model). The fold checkpoints are written as training writes them
-(random weights: the values cost nothing), the images are fundus JPEGs (benchmarks.harness.fundus_set),
+(random weights: the values cost nothing), the images are fundus JPEGs (benchmarks.common.fundus_set),
 hard-linked copies of 64 distinct ones, cached by comp.data.prepare.prepare as scripts/prepare.py does.
 
 Each side runs once untimed on a few batches first (loader start, cuDNN autotuning, and with compile the
 compilation of the full and the last partial batch's shapes: shown as `warm-up s`), then once over all N
 images, timed whole: test images/s, forward passes/s (N x folds x views / s), seconds, peak device memory.
-`--quick`: 24 images at 32 px; on a CPU without `--quick`, 48 at 64 px; eager only on a CPU.
+`--quick`: 24 images at 16 px (from 64 px sources) in one batch; on a CPU without `--quick`, 48 at 64 px;
+eager only on a CPU.
 """
 
 from __future__ import annotations
@@ -27,23 +28,25 @@ from typing import Any
 import pandas as pd
 import torch
 
-from benchmarks.harness import fundus_set
+from benchmarks.common import fold_checkpoint, fundus_set
 
 MODELS = ("resnet50", "timm/efficientnet_b3")
 VIEWS = ("identity", "hflip", "vflip", "hvflip")
 
 
-def _experiment(work: Path, out: Path, n: int, size: int, model: str, n_folds: int, *overrides: str):
+def _experiment(work: Path, out: Path, n: int, size: int, model: str, n_folds: int, *overrides: str,
+                source: int = 512):
     """The config overrides, competition and fold checkpoints of an experiment of `model` whose test set is
-    `n` fundus JPEGs (64 distinct), cached at `size` px."""
-    from comp.config import config_hash, load_config
+    `n` fundus JPEGs of `source` px (64 distinct), cached at `size` px. The folds' checkpoints are one file
+    hard-linked: predict_test loads each fold's as its own, and random weights' values cost nothing."""
     from comp.data.competition import load_competition
-    from comp.data.prepare import prepare
-    from comp.models import create_model, input_norm
+    from comp.experiment import Experiment, load_config
     from comp.experiment import checkpoint as ckpt_io
+    from comp.models import create_model
+    from comp.pipeline import prepare
 
     copies = -(-n // 64)
-    root = fundus_set(work, 64, 512, 512, copies=copies, classes=5)
+    root = fundus_set(work, 64, source, source, copies=copies, classes=5)
     test_ids = pd.read_csv(root / "train.csv")["id"].head(n)
     if not (root / "test").exists():  # the same files serve as the test set (hard links: no disk)
         (root / "test").mkdir()
@@ -64,27 +67,24 @@ def _experiment(work: Path, out: Path, n: int, size: int, model: str, n_folds: i
     cfg = load_config(None, over)
     prepare(cfg)  # the cache at `size` px, of the training images and the test ones
     comp = load_competition(cfg)
-    paths = []
-    for k in range(n_folds):
-        torch.manual_seed(k)
-        net = create_model(model, comp.num_classes)
-        path = out / f"fold{k}" / "best.pt"
-        ckpt_io.save({"format_version": 1, "model": net.state_dict(), "ema": None, "config_hash": config_hash(cfg),
-                      "model_name": model, "num_classes": comp.num_classes, "in_chans": 3,
-                      "classes": list(comp.classes), "fold": k, "metric": cfg.metric, "eval_weights": "model",
-                      "input_norm": [list(v) for v in input_norm(net)], "best": 0.5, "epoch": 1, "step": 0}, path)
-        paths.append(path)
+    torch.manual_seed(0)
+    net = create_model(model, comp.num_classes)
+    paths = [Experiment(cfg).run(k).best for k in range(n_folds)]
+    ckpt_io.save(fold_checkpoint(cfg, comp, net, 0), paths[0])
+    for path in paths[1:]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.link(paths[0], path)
     return over, comp, paths
 
 
 def bench_predict(work: Path, quick: bool, echo: Callable[[str], None], n_images: int | None = None,
                   models: tuple[str, ...] | None = None, compile_modes: tuple[Any, ...] | None = None,
                   device: str | None = None) -> dict[str, Any]:
-    """predict_test over `n_images` (default 10,000 at 512 px; 48 at 64 px on a CPU; 24 at 32 px with
+    """predict_test over `n_images` (default 10,000 at 512 px; 48 at 64 px on a CPU; 24 at 16 px with
     `quick`) cached test images x 5 folds x 4 TTA
     views for each of `models` (default MODELS), eager and in each predict.compile value of `compile_modes`
     (default: `true` on CUDA; none on a CPU or with `quick`)."""
-    from comp.config import load_config
+    from comp.experiment import load_config
     from comp.predict.predict import predict_test
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -93,9 +93,9 @@ def bench_predict(work: Path, quick: bool, echo: Callable[[str], None], n_images
     # A CPU cannot run 10,000 images x 20 forward passes at 512 px within a benchmark run (ResNet-50: ~1
     # forward pass a second per core there): without a GPU the section predicts a small set at 64 px.
     n = n_images or (24 if quick else 10_000 if cuda else 48)
-    size = 32 if quick else 512 if cuda else 64
+    size = 16 if quick else 512 if cuda else 64
     n_folds = 5
-    batch = 8 if quick else 64
+    batch = 32 if quick else 64  # quick: every test image in one batch, the fewest forward calls
     workers = 0 if quick or not cuda else max(1, min(16, (os.cpu_count() or 2) - 1))
     modes = [False, *(compile_modes if compile_modes is not None else ((True,) if cuda and not quick else ()))]
     rows = []
@@ -103,7 +103,7 @@ def bench_predict(work: Path, quick: bool, echo: Callable[[str], None], n_images
         for model in models:
             out = Path(tmp) / model.replace("/", "_")
             run = [f"batch_size={batch}", f"num_workers={workers}", f"device={device}"]
-            over, comp, paths = _experiment(work, out, n, size, model, n_folds, *run)
+            over, comp, paths = _experiment(work, out, n, size, model, n_folds, *run, source=64 if quick else 512)
             warm_comp = dataclasses.replace(comp, test=comp.test.head(2 * batch + 1))  # full and partial batches
             for mode in modes:
                 cfg_m = load_config(None, [*over, f"predict.compile={str(mode).lower()}"])

@@ -1,6 +1,6 @@
 """Section `recipes` of the benchmarks (issue 17): every shipped config's training recipe, the kit's loop
-against timm's loop written out (benchmarks.harness._timm_loop) and against compute only
-(benchmarks.harness._compute_only), on generated images of its competition's kind.
+against timm's loop written out (benchmarks.common.timm_loop) and against compute only
+(benchmarks.common.compute_only), on generated images of its competition's kind.
 
 What a recipe is: the config file itself (configs/<name>.yaml, loaded by comp.config), with its model
 (`model.name`, `in_chans`, `drop_rate`), `image_size`, `batch_size`, `train.accum_steps`, the `aug.train`
@@ -33,9 +33,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmarks.harness import _compute_only, _timm_loop, fundus_image
-from comp.config import REPO_ROOT, load_config
-from comp.data.prepare import prepare
+from benchmarks.common import compute_only, fundus_image, timm_loop
+from comp.config import REPO_ROOT
+from comp.experiment import load_config
+from comp.pipeline import prepare
 
 KINDS = {"aptos2019": "fundus", "dr2015": "fundus", "chest_xray": "xray", "rsna_pneumonia": "xray",
          "ranzcr_clip": "xray", "rsna_bone_age": "xray", "cnmc2019": "cells", "ham10000": "skin",
@@ -45,7 +46,7 @@ MIN_SIZE = {"inception_v3": 80}  # the smallest input its stem takes (torchvisio
 
 
 def kind_image(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
-    """(size, size, 3) uint8 BGR image of a competition's kind: `fundus` (benchmarks.harness.fundus_image),
+    """(size, size, 3) uint8 BGR image of a competition's kind: `fundus` (benchmarks.common.fundus_image),
     `xray` (grey radiograph: a bright body on black, spine and ribs, noise), `skin` (a dermoscopy-like
     brown lesion on skin with hairs), `cells` (a stained lymphocyte on black, as C-NMC's segmented cells),
     `digits` (the demo's white digit on black)."""
@@ -202,9 +203,10 @@ def bench_recipes(work: Path, quick: bool, echo: Callable[[str], None], names: l
             num_logits = n_cls if cfg.task != "regression" else 1
             loop = dict(model=cfg.model.name, size=size, in_chans=cfg.model.in_chans, num_classes=num_logits,
                         ema=cfg.train.ema, amp=amp, accum=accum, drop_rate=cfg.model.drop_rate)
-            ceiling = _peak(device, _compute_only, batch, steps, False, device=device, net=net, **loop)
+            ceiling = _peak(device, compute_only, batch, steps, False, device=device, net=net,
+                            warmup=0 if quick else None, **loop)
             del net  # before timm's side: its peak memory is its own
-            tim = _peak(device, _timm_loop, root / "train", batch, workers, epochs, False, device=device, steps=steps,
+            tim = _peak(device, timm_loop, root / "train", batch, workers, epochs, False, device=device, steps=steps,
                         **loop)
             rows[name] = {"model": cfg.model.name, "size": size, "batch": batch, "accum": accum, "ema": cfg.train.ema,
                           "amp": amp, "kind": KINDS.get(name, "fundus"), "kit": kit, "timm": tim,

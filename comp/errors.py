@@ -36,7 +36,7 @@ def _rebuild(cls: type, args: tuple, state: dict[str, Any]) -> UserError:
 def _worker_message(text: str) -> tuple[str, str] | None:
     """(exception class name, its one-line message) from torch's text of an exception re-raised from a
     DataLoader worker, or None when `text` is not one. The message is the traceback's last line, after
-    the class name (`comp.data.images.ImageError: image file is truncated: ...`)."""
+    the class name (`comp.data.image_base.ImageError: image file is truncated: ...`)."""
     m = _WORKER.match(text)
     if not m:
         return None

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from helpers import ROOT, run_script
 
-from benchmarks.harness import fundus_image, interleaved, median_ratio
+from benchmarks.common import fundus_image, interleaved, median_ratio
 
 POSITIVE = ["loader_speedup_vs_seed", "cache_speedup_vs_seed", "cache_png_speedup_vs_seed",
             "resnet_step_ratio_vs_timm", "multilabel_ratio_change", "e2e_epoch_seconds", "e2e_images_per_s",

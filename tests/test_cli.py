@@ -19,7 +19,7 @@ import torch
 from helpers import COMMON, one_error, run_main, write_tiny_competition
 
 import comp.cli as cli
-from comp.data.images import ImageError
+from comp.data.image_base import ImageError
 from comp.errors import UserError, worker_user_error
 from comp.log import progress, set_quiet
 

@@ -24,7 +24,7 @@ from helpers import COMMON, ROOT, copy_of, one_error, run_main, trained_fixture,
 
 import comp.cli as cli
 from comp.config import to_yaml
-from comp.data.images import ImageError
+from comp.data.image_base import ImageError
 from comp.data.loader import (
     MAX_PREFETCH,
     batches_in_flight_bytes,

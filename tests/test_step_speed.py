@@ -21,6 +21,18 @@ from comp.train.build import build_run
 from comp.train.loop import fit, train_one_epoch
 from comp.train.optim import build_optimizer
 
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One torch thread, as tests/test_benchmark.py gives its subprocess: the suite shares 2 cores (xdist's
+    two workers, other jobs), and oversubscribed OpenMP threads make these CPU runs crawl (a resnet50 forward
+    pass 5x slower on 2 threads than on 1, measured on the loaded 2-core machine); no number is asserted."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ------------------------------------------------------------------------------------ compile modes
 
 

@@ -46,15 +46,16 @@ import cv2
 import numpy as np
 
 from comp import io
-from comp.config import resolve_path
+from comp.config import REPO_ROOT, resolve_path
 from comp.data.competition import Problem
 from comp.data.dicom import DicomOptions
 from comp.data.dicom import from_config as dicom_options
-from comp.data.images import ImageError
+from comp.data.image_base import ImageError
+from comp.data.images import quiet_opencv
 from comp.data.preprocess import check_steps, load_preprocessed
 from comp.errors import UserError
 from comp.log import log, progress
-from comp.system import process_context, usable_cpus
+from comp.system import GUARD, process_context, rerun_main, unguarded_main, usable_cpus
 
 CACHE_VERSION = 3  # bump when decoding or a preprocessing step changes the pixels it produces (3: 16-bit range)
 MIN_PARALLEL = 64  # fewer images than this are not worth starting worker processes for
@@ -111,7 +112,8 @@ def read_entry(path: Path, fmt: str) -> np.ndarray:
     """A cache entry as (S, S, 3) uint8 RGB."""
     if fmt == "npy":
         return np.load(path)
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    with quiet_opencv():  # a bad entry is reported by the ImageError below, not OpenCV's log
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
         raise ImageError("corrupt", path, "a cache entry; delete the cache folder and rerun scripts/prepare.py")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
@@ -188,8 +190,10 @@ def image_loader(cfg: Any, comp: Any) -> Callable[[str], np.ndarray]:
 
 def _ignore_sigint() -> None:
     """Cache worker initializer: SIGINT (a terminal's Ctrl-C reaches the whole group) is left to the main
-    process; SIGTERM still ends a worker with its group."""
+    process; SIGTERM still ends a worker with its group. OpenCV on one thread: the workers are the
+    parallelism."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cv2.setNumThreads(1)
 
 
 def _work(job: tuple[str, str | None, int, list[str], str, DicomOptions]) -> Problem | None:
@@ -207,6 +211,17 @@ def _work(job: tuple[str, str | None, int, list[str], str, DicomOptions]) -> Pro
     return None
 
 
+def _rerun_hint(method: str) -> str:
+    """The other cause of a dead cache worker, named when it can be the one: a main script of the user's
+    (not one of the kit's scripts/) that the workers import again, which re-runs the kit's calls it makes
+    outside its `if __name__ == "__main__":` guard (one without any guard is caught before the pool starts)."""
+    script = rerun_main(method)
+    if script is None or script.resolve().parent == REPO_ROOT / "scripts":
+        return ""
+    return (f"; or the workers ({method} start) ran {script} again from the top: keep every call of the kit in it "
+            f"under `{GUARD}`")
+
+
 def process_images(cfg: Any, root: Path, paths: Sequence[str], workers: int | None = None,
                    rebuild: bool = False) -> list[Problem]:
     """Decode every image once, in parallel over all cores: check it and, with `images.cache` on, write
@@ -214,7 +229,9 @@ def process_images(cfg: Any, root: Path, paths: Sequence[str], workers: int | No
     a killed build resumes; one whose source changed is rebuilt). Returns the images that cannot be used.
 
     Args:
-        workers: processes; default all usable cores, or none (in this process) for a few images.
+        workers: processes; default all usable cores, or none (in this process) for a few images. A main
+            script without an `if __name__ == "__main__":` guard, which each worker would run again, gets
+            the build in this process and a warning saying so (comp.system.unguarded_main).
         rebuild: rebuild every entry (`scripts/prepare.py --rebuild-cache`).
     """
     steps, fmt, dicom = check_steps(cfg.images.preprocess), cfg.images.cache_format, dicom_options(cfg)
@@ -241,6 +258,12 @@ def process_images(cfg: Any, root: Path, paths: Sequence[str], workers: int | No
         jobs.append((p, None if entry is None else str(entry), int(cfg.image_size), steps, fmt, dicom))
     if workers is None:
         workers = usable_cpus() if len(jobs) >= MIN_PARALLEL else 1
+    ctx = process_context()
+    if workers > 1 and (script := unguarded_main(ctx.get_start_method())) is not None:
+        log(f"warning: images: building the cache in this process, not in {workers} worker processes: {script} has "
+            f"no `{GUARD}` guard, so each worker ({ctx.get_start_method()} start) would run it again from the top; "
+            f"put its calls under that guard for the parallel build")
+        workers = 1
     desc = "cache images" if folder is not None else "check images"
     bar = progress(len(jobs), desc)
     problems: list[Problem] = []
@@ -256,7 +279,7 @@ def process_images(cfg: Any, root: Path, paths: Sequence[str], workers: int | No
             # The workers ignore SIGINT: a Ctrl-C to the process group is the main process's to act on (it
             # stops the build, cancelling what is queued), not a worker failure breaking the pool.
             chunk = max(1, min(32, len(jobs) // (workers * 8)))
-            pool = ProcessPoolExecutor(workers, mp_context=process_context(), initializer=_ignore_sigint)
+            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_sigint)
             try:
                 for res in pool.map(_work, jobs, chunksize=chunk):
                     problems += [res] if res else []
@@ -264,8 +287,8 @@ def process_images(cfg: Any, root: Path, paths: Sequence[str], workers: int | No
             except BrokenProcessPool:
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise RuntimeError(f"a worker process of the image cache died (killed by the system: out of memory? "
-                                   f"{workers} workers); the entries written so far are kept, rerun "
-                                   f"scripts/prepare.py") from None
+                                   f"{workers} workers{_rerun_hint(ctx.get_start_method())}); the entries written "
+                                   f"so far are kept, rerun scripts/prepare.py") from None
             except BaseException:  # Ctrl-C, a user error: the queued images are not built
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise

@@ -29,6 +29,9 @@ Colour (RGB, YBR_* converted to RGB by the decoder or pydicom, PALETTE COLOR thr
 
 Multi-frame files: `images.dicom_frame` first | middle | error (default: an `ImageError('unsupported')`
 naming the file and its frame count). Only the chosen frame is decoded.
+
+One reader of the table in comp.data.readers: it takes the files SUFFIXES and MAGIC name (an
+extension-less DICOM by its DICM prefix too) and imports only comp.data.image_base of the other readers.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from comp.data.images import ImageError, stretch
+from comp.data.image_base import ImageError, stretch
 from comp.errors import UserError
 
 # CT windows as (center, width) in Hounsfield units. Radiopaedia, "Windowing (CT)"
@@ -54,7 +57,8 @@ WINDOWS: dict[str, tuple[float, float]] = {
     "lung": (-600, 1500), "mediastinum": (50, 350), "liver": (30, 150), "abdomen": (50, 400)}
 FILE = "file"  # the file's own VOI LUT or first window, else the full range (the default)
 FRAMES = ("first", "middle", "error")
-DICOM_EXTS = {".dcm", ".dicom"}
+SUFFIXES = (".dcm", ".dicom")  # the files comp.data.readers sends here by name,
+MAGIC = ((128, b"DICM"),)  # and by content: "DICM" after the 128-byte preamble (PS3.10 7.1), whatever the name
 MAX_LUT = 1 << 20  # distinct stored values beyond which the VOI stage runs on the whole array instead
 
 # Transfer syntax UID prefix -> the package that decodes it (for the message when none is installed)
@@ -112,18 +116,6 @@ def from_config(cfg: Any) -> DicomOptions:
     wins = OmegaConf.to_container(cfg.images.dicom_windows, resolve=True) if OmegaConf.is_config(
         cfg.images.dicom_windows) else cfg.images.dicom_windows
     return options(wins, str(cfg.images.dicom_frame))
-
-
-def is_dicom(path: Path) -> bool:
-    """A DICOM file by its extension or by the 'DICM' prefix after its 128-byte preamble."""
-    if path.suffix.lower() in DICOM_EXTS:
-        return True
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
 
 
 def window(values: np.ndarray, center: float, width: float) -> np.ndarray:

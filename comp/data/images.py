@@ -1,4 +1,5 @@
-"""Decoding any image file the competitions ship into an RGB uint8 array at the training size.
+"""The reader of JPEG, PNG, TIFF, BMP and WebP files (and the fallback of comp.data.readers for a file no
+reader claims): decoding into an RGB uint8 array at the training size.
 
 JPEGs are decoded by libjpeg-turbo through simplejpeg (where it is absent, as in Kaggle's Python image,
 through OpenCV's IMREAD_REDUCED_* at 1/8, 1/4, 1/2), at the smallest of its scales (1/8, 2/8, 3/8, ...)
@@ -8,8 +9,8 @@ IMREAD_REDUCED_* at the scales both have, ~25% faster (0.76 against 1.0 ms for a
 Everything else, and any JPEG simplejpeg refuses (CMYK, a recoverable error), goes to OpenCV (several
 times faster than PIL), then PIL. Whatever the file holds (grayscale, RGBA, palette, 16-bit, float TIFF,
 CMYK JPEG, BMP) comes out as (H, W, 3) uint8 RGB. EXIF orientation is ignored on every path, so the
-reduced and the full decode of a file agree (and PIL, which ignores it too). DICOM files (`.dcm`,
-`.dicom`, or any file with the DICM prefix) go to comp.data.dicom.
+reduced and the full decode of a file agree (and PIL, which ignores it too). DICOM files are
+comp.data.dicom's: the table in comp.data.readers sends each file to its reader.
 
 High bit depth (16-bit PNG/TIFF, how radiographs exported from DICOM are stored): the data's real range
 becomes 0..255, the same way on the OpenCV and the PIL path: 0..2^b-1 when the PNG's sBIT chunk says b
@@ -23,42 +24,50 @@ OpenCV decodes a JPEG cut short without complaint (the missing rows come out gre
 checked from the file's tail before decoding: a JPEG must end with its EOI marker, a PNG with IEND, a
 BMP must be as long as its header says. A file failing that check is confirmed with PIL, which reads
 the whole stream, so a file with harmless trailing bytes after its end marker still loads.
+
+Nothing global is set at import: OpenCV's thread count is set to one in the kit's worker processes only
+(comp.data.loader.ignore_stop_signals, the cache's pool initializer), and its log is silenced only around
+the kit's own decode calls (`quiet_opencv`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
-from comp.errors import UserError
+from comp.data.image_base import ImageError, stretch
 
-if TYPE_CHECKING:
-    from comp.data.dicom import DicomOptions
 try:
     import simplejpeg
 except ImportError:  # Kaggle's Python image has no simplejpeg: OpenCV's reduced decode gives the same pixels
     simplejpeg = None
 
-cv2.setNumThreads(1)  # the DataLoader workers are the parallelism; OpenCV threads would fight them
-if hasattr(cv2, "utils") and hasattr(cv2.utils, "logging"):  # bad files are reported by ImageError instead
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+# (offset, bytes) at the start of each format: JPEG SOI, PNG signature, BMP, TIFF little/big endian, WebP
+MAGIC = ((0, b"\xff\xd8\xff"), (0, b"\x89PNG\r\n\x1a\n"), (0, b"BM"), (0, b"II*\x00"), (0, b"MM\x00*"),
+         (8, b"WEBP"))
+_HAS_LOG = hasattr(cv2, "utils") and hasattr(cv2.utils, "logging")
+
+
+@contextmanager
+def quiet_opencv() -> Iterator[None]:
+    """OpenCV's log silenced for the calls inside (a bad file is reported by ImageError instead), and put
+    back as it was after: the kit changes no process-wide setting of a library the user's code shares."""
+    if not _HAS_LOG:
+        yield
+        return
+    old = cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # returns the level it replaces
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(old)
+
 
 _TAIL = 1024  # bytes read from a file's end to find its end marker
-
-
-class ImageError(UserError):
-    """An image file that cannot be used; `kind` is missing | empty | truncated | corrupt | unsupported
-    (a valid file this install or config cannot read: a DICOM syntax without decoder, several frames)."""
-
-    def __init__(self, kind: str, path: Path, detail: str = ""):
-        what = {"missing": "image file not found", "empty": "image file is empty (0 bytes)",
-                "truncated": "image file is truncated", "corrupt": "cannot decode image file",
-                "unsupported": "cannot use image file"}[kind]
-        super().__init__(f"{what}: {path}" + (f" ({detail})" if detail else ""))
-        self.kind, self.path, self.detail = kind, Path(path), detail
 
 
 _REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
@@ -104,15 +113,6 @@ def looks_complete(path: Path, size: int) -> bool | None:
         declared = int.from_bytes(head[2:6], "little")  # bfSize; some writers leave it 0
         return None if declared == 0 else size >= declared
     return None
-
-
-def stretch(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """`lo`..`hi` linearly to 0..255 (rounded, clipped) as uint8, same shape; all 0 when hi <= lo. The one
-    mapping of every high-bit-depth path (PNG, TIFF, DICOM), so they agree to the grey level."""
-    v = np.asarray(values, np.float64)
-    if not hi > lo:
-        return np.zeros(v.shape, np.uint8)
-    return np.rint(np.clip((v - lo) * (255.0 / (hi - lo)), 0, 255)).astype(np.uint8)
 
 
 def png_sbit(path: Path) -> int | None:
@@ -166,14 +166,13 @@ def to_rgb_uint8(img: np.ndarray, sbit: int | None = None) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def read_image(path: str | Path, target: int | None = None, dicom: DicomOptions | None = None) -> np.ndarray:
-    """Decode `path` into (H, W, 3) uint8 RGB. With `target` (the side it will be resized to), a JPEG is
-    decoded at the smallest scale that keeps both sides >= target, which is most of the speed-up on
-    full-size fundus photographs. A DICOM file is read by comp.data.dicom with the `dicom` options
-    (windows, frame; default: the file's own window, single-frame only).
+def read_raster(path: Path, target: int | None = None) -> np.ndarray:
+    """Decode `path` (JPEG, PNG, TIFF, BMP, WebP, or anything OpenCV or PIL opens) into (H, W, 3) uint8 RGB.
+    With `target` (the side it will be resized to), a JPEG is decoded at the smallest scale that keeps both
+    sides >= target, which is most of the speed-up on full-size fundus photographs.
 
     Raises:
-        ImageError: the file is missing, empty, truncated, not a decodable image, or unsupported.
+        ImageError: the file is missing, empty, truncated, or not a decodable image.
     """
     path = Path(path)
     try:
@@ -182,24 +181,19 @@ def read_image(path: str | Path, target: int | None = None, dicom: DicomOptions 
         raise ImageError("missing", path) from None
     if size == 0:
         raise ImageError("empty", path)
-    if path.suffix.lower() in (".dcm", ".dicom"):  # pydicom reads the whole file and checks its length
-        from comp.data.dicom import read_dicom
-
-        return read_dicom(path, dicom)
     try:
         complete = looks_complete(path, size)
     except OSError as e:  # a folder named like an image, no read permission
         raise ImageError("corrupt", path, e.strerror or str(e)) from None
     if complete is False:  # cut short, or trailing bytes after the end: let PIL decide
         return _read_with_pil(path, complete)
-    img = _decode_jpeg(path, target) if path.suffix.lower() in (".jpg", ".jpeg") else None
-    if img is None:
-        raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)  # never applies EXIF orientation
-        if raw is None:
-            from comp.data.dicom import is_dicom, read_dicom
-
-            return read_dicom(path, dicom) if is_dicom(path) else _read_with_pil(path, complete)
-        img = to_rgb_uint8(raw, png_sbit(path) if raw.dtype == np.uint16 else None)
+    with quiet_opencv():
+        img = _decode_jpeg(path, target) if path.suffix.lower() in (".jpg", ".jpeg") else None
+        if img is None:
+            raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)  # never applies EXIF orientation
+            if raw is None:
+                return _read_with_pil(path, complete)
+            img = to_rgb_uint8(raw, png_sbit(path) if raw.dtype == np.uint16 else None)
     return img
 
 
@@ -225,20 +219,3 @@ def _read_with_pil(path: Path, complete: bool | None) -> np.ndarray:
         cut = complete is False or (complete is None and "truncat" in msg.lower())
         kind = "truncated" if cut else "corrupt"
         raise ImageError(kind, path, msg) from None
-
-
-def resize(img: np.ndarray, size: int) -> np.ndarray:
-    """Square resize to `size`: INTER_AREA when shrinking 2x or more (it averages every source pixel, no
-    aliasing), INTER_LINEAR otherwise. Below 2x bilinear's 2x2 taps already reach every source pixel, and
-    OpenCV's INTER_AREA at a fractional ratio costs 5x more (0.53 ms against 0.10 ms for 256 -> 224 px, the
-    usual step after a reduced JPEG decode)."""
-    if img.shape[0] == size and img.shape[1] == size:
-        return img
-    interp = cv2.INTER_AREA if min(img.shape[:2]) >= 2 * size else cv2.INTER_LINEAR
-    return cv2.resize(img, (size, size), interpolation=interp)
-
-
-def load_image(path: str | Path, size: int) -> np.ndarray:
-    """Decode and resize to (size, size, 3) uint8 RGB, with no preprocessing."""
-    return resize(read_image(path, target=size), size)
-

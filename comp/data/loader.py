@@ -14,19 +14,22 @@ from __future__ import annotations
 
 import atexit
 import functools
-import multiprocessing
 import shutil
 import signal
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from comp.data.augment import seed_transform
-from comp.data.images import load_image
+from comp.data.readers import load_image
+from comp.log import log
+from comp.system import GUARD, default_start_method, unguarded_main
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -150,24 +153,61 @@ def ignore_stop_signals(_worker_id: int) -> None:
     process alone acts on them (after the current step, with a recovery checkpoint), and stops its workers
     itself. A worker killed by the signal would otherwise end the run with torch's `DataLoader worker is
     killed by signal` before anything is saved. (Workers still exit when the main process dies: torch's
-    watchdog.)"""
+    watchdog.)
+
+    OpenCV runs on one thread in a worker: the workers are the parallelism, and OpenCV's own threads would
+    fight them (set here, in the worker, not at import: importing the kit changes no setting of the user's
+    process)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    cv2.setNumThreads(1)
 
 
-def _kill_workers_at_exit() -> None:
-    """At interpreter exit, SIGKILL the daemonic child processes still alive (DataLoader workers whose
-    iterator an exception kept referenced). multiprocessing's own exit hook stops daemonic children with
-    SIGTERM, which these workers ignore (`ignore_stop_signals`), and then joins them: without this the main
-    process would wait forever. Registered after multiprocessing's hook, so it runs before it."""
-    children = [c for c in multiprocessing.active_children() if c.daemon]
-    if children and hasattr(signal, "SIGCHLD"):  # torch's SIGCHLD handler would call these deaths an error
+_WORKERS: weakref.WeakSet = weakref.WeakSet()  # the worker processes this kit's loaders started
+
+
+def _kill_live_workers() -> None:
+    """At interpreter exit, SIGKILL the worker processes the kit's loaders started that are still alive
+    (those of an iterator an exception kept referenced, or one whose torch shutdown could not stop them:
+    its SIGTERM is ignored), and no other process. multiprocessing's own exit hook stops daemonic children
+    with SIGTERM, which these workers ignore (`ignore_stop_signals`), and then joins them: without this the
+    main process would wait forever. Registered when the first workers start, after multiprocessing's hook
+    (registered when it is imported, before any process can start), so it runs before it (atexit runs
+    last-registered first)."""
+    workers = [w for w in list(_WORKERS) if w.is_alive()]
+    if workers and hasattr(signal, "SIGCHLD"):  # torch's SIGCHLD handler would call these deaths an error
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    for child in children:
-        child.kill()
+    for w in workers:
+        w.kill()
 
 
-atexit.register(_kill_workers_at_exit)
+@functools.cache
+def _register_exit_hook() -> None:
+    """`_kill_live_workers` at exit, registered once, when the kit first starts workers (never at import)."""
+    atexit.register(_kill_live_workers)
+
+
+class KitLoader(DataLoader):
+    """torch's DataLoader whose worker processes, if still alive at interpreter exit, are killed there
+    (`_kill_live_workers`): the loader's own, no other process's.
+
+    OpenCV is put on one thread while the workers start, and back as it was after: a worker forked from a
+    process whose OpenCV thread pool is running inherits the pool without its threads and hangs on its
+    first OpenCV call (seen in tests/test_data_sampler.py once the parent had used OpenCV's threads). With
+    one thread the pool is stopped, so the workers start clean; they keep one thread (`ignore_stop_signals`)."""
+
+    def _get_iterator(self) -> Any:
+        if self.num_workers == 0:
+            return super()._get_iterator()
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            it = super()._get_iterator()
+        finally:
+            cv2.setNumThreads(threads)
+        _register_exit_hook()
+        _WORKERS.update(getattr(it, "_workers", ()))
+        return it
 
 
 def _image_side(dataset: Any) -> int | None:
@@ -177,6 +217,11 @@ def _image_side(dataset: Any) -> int | None:
             return dataset.size
         dataset = getattr(dataset, "dataset", None)
     return None
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    log(message)
 
 
 def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, num_workers: int,
@@ -197,14 +242,24 @@ def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, num_
     dr2015 32 x 512 px x 12 workers at 3 = 906 MB (4 would be 1.2 GB). When even one batch per worker does
     not fit, the workers die of SIGBUS and comp.cli says so with the remedy (fewer num_workers, --shm-size).
 
-    Workers ignore SIGINT/SIGTERM (`ignore_stop_signals`): the main process stops the run."""
+    Workers ignore SIGINT/SIGTERM (`ignore_stop_signals`): the main process stops the run.
+
+    The workers start with torch's default, the platform's start method: fork on Linux (before Python
+    3.14), spawn on macOS and Windows, whose children import the main module again. A main script without
+    an `if __name__ == "__main__":` guard would then run again in every worker (comp.system.unguarded_main):
+    for such a script the batches are loaded in this process (num_workers=0), with a warning saying so."""
+    if num_workers > 0 and (script := unguarded_main(default_start_method())) is not None:
+        _warn_once(f"warning: loading batches in this process (num_workers=0, not {num_workers}): {script} has no "
+                   f"`{GUARD}` guard, so each DataLoader worker ({default_start_method()} start) would run it again "
+                   f"from the top; put its calls under that guard for worker processes")
+        num_workers = 0
     side = _image_side(dataset)
     prefetch = prefetch_factor_for(batch_size, side or 0, num_workers, shm_budget()) if side else (
         MAX_PREFETCH if num_workers > 0 else None)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers,
-                      drop_last=drop_last, pin_memory=pin_memory, generator=torch.Generator(),
-                      prefetch_factor=prefetch, persistent_workers=persistent and num_workers > 0,
-                      worker_init_fn=ignore_stop_signals if num_workers > 0 else None)
+    return KitLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers,
+                     drop_last=drop_last, pin_memory=pin_memory, generator=torch.Generator(),
+                     prefetch_factor=prefetch, persistent_workers=persistent and num_workers > 0,
+                     worker_init_fn=ignore_stop_signals if num_workers > 0 else None)
 
 
 Norm = tuple[tuple[float, ...], tuple[float, ...]]  # (mean, std) per RGB channel, on the 0..1 scale

@@ -41,7 +41,7 @@ import cv2
 import numpy as np
 
 from comp.data.dicom import DicomOptions
-from comp.data.images import read_image, resize
+from comp.data.readers import read_image, resize
 from comp.errors import UserError
 
 BLACK_TOL = 7  # grey level at or below which a border pixel counts as black (APTOS kernels' tol=7)

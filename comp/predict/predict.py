@@ -23,7 +23,7 @@ from comp import io
 from comp.data.augment import build_transform, check_tta
 from comp.data.cache import image_loader
 from comp.data.competition import Competition
-from comp.data.images import ImageError
+from comp.data.image_base import ImageError
 from comp.data.loader import ImageDataset, device_batches, make_loader
 from comp.device import amp_dtype_for, compile_model, fast_math, pick_device
 from comp.errors import UserError

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from comp.report.plots import save_figure
+from comp.report.plots import new_figure, save_figure
 
 
 def blend_figure(table: pd.DataFrame, corr: np.ndarray, metric: str, path: Path, title: str = "") -> None:
@@ -20,7 +19,8 @@ def blend_figure(table: pd.DataFrame, corr: np.ndarray, metric: str, path: Path,
     names = table["name"].tolist()
     members = table.loc[table["kind"] == "member", "name"].tolist()
     width = max(9.0, 4.5 + 0.7 * len(names) + 0.5 * len(members))
-    fig, (a, b) = plt.subplots(1, 2, figsize=(width, 4.2), gridspec_kw={"width_ratios": [1.4, 1]})
+    fig = new_figure(figsize=(width, 4.2))
+    a, b = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.4, 1]})
     x = np.arange(len(names))
     colors = ["C0" if k == "member" else "C2" for k in table["kind"]]
     a.bar(x - 0.2, table["cv_honest"], 0.4, color=colors, label="CV (blends: honest, fitted on K-1 folds)")

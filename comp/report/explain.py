@@ -27,28 +27,25 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import matplotlib
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from comp.data.augment import build_transform  # noqa: E402
-from comp.data.cache import image_loader  # noqa: E402
-from comp.data.competition import Competition, load_competition  # noqa: E402
-from comp.data.loader import IMAGENET, ImageDataset, to_input  # noqa: E402
-from comp.device import pick_device  # noqa: E402
-from comp.errors import UserError  # noqa: E402
-from comp.experiment import Experiment  # noqa: E402
-from comp.experiment.model import input_config  # noqa: E402
-from comp.experiment.oof import oof_task  # noqa: E402
-from comp.io import write_bytes, write_text  # noqa: E402
-from comp.log import log  # noqa: E402
-from comp.report import errors_analysis as ea  # noqa: E402
-from comp.report.review import SECTIONS, review_rows, section_titles  # noqa: E402
+from comp.data.augment import build_transform
+from comp.data.cache import image_loader
+from comp.data.competition import Competition, load_competition
+from comp.data.loader import IMAGENET, ImageDataset, to_input
+from comp.device import pick_device
+from comp.errors import UserError
+from comp.experiment import Experiment
+from comp.experiment.model import input_config
+from comp.experiment.oof import oof_task
+from comp.io import write_bytes, write_text
+from comp.log import log
+from comp.report import errors_analysis as ea
+from comp.report.plots import new_figure
+from comp.report.review import SECTIONS, review_rows, section_titles
 
 PER = {"multilabel": " per label", "regression": ""}
 PER.update({k: " per class" for k in ("multiclass", "binary", "ordinal")})
@@ -180,7 +177,7 @@ def sheet(items: list[dict], title: str, path: Path, per_row: int = 4) -> Path:
             canvas[y:y + tile.shape[0], x + j * (t + 2):x + j * (t + 2) + tile.shape[1]] = tile
     h, w = canvas.shape[:2]
     top = 36
-    fig = plt.figure(figsize=(w / 100, (h + top) / 100), dpi=100)
+    fig = new_figure(figsize=(w / 100, (h + top) / 100), dpi=100)
     ax = fig.add_axes((0, 0, 1, h / (h + top)))
     ax.imshow(canvas, interpolation="nearest")
     ax.set_axis_off()
@@ -193,7 +190,6 @@ def sheet(items: list[dict], title: str, path: Path, per_row: int = 4) -> Path:
     fig.suptitle(title, fontsize=10)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
     return write_bytes(path, buf.getvalue())
 
 

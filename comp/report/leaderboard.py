@@ -17,13 +17,13 @@ SHOWN = ["time", "message", "cv_metric", "cv_score", "public_score", "status", "
 
 def leaderboard(cfg: Any, path: Path) -> pd.DataFrame:
     """The recorded submissions of data.competition (a table of SHOWN, oldest first) and a figure at `path`
-    (PNG, matplotlib Agg): CV score (x) against public score (y) of each scored one, labelled by its
+    (PNG, comp.report.plots.new_figure): CV score (x) against public score (y) of each scored one, labelled by its
     message, with the y = x line. An index.csv of an older kit (no status or public_score) is read too.
 
     Raises:
         UserError: no index.csv, or no submission of this competition recorded in it.
     """
-    from comp.report.plots import plt, save_figure  # the Agg backend, set once there
+    from comp.report.plots import new_figure, save_figure
 
     index = resolve_path(cfg.predict.submissions_dir) / "index.csv"
     if not index.is_file():
@@ -37,7 +37,8 @@ def leaderboard(cfg: Any, path: Path) -> pd.DataFrame:
     cv = pd.to_numeric(table["cv_score"], errors="coerce")
     public = pd.to_numeric(table["public_score"], errors="coerce")
     scored = cv.notna() & public.notna()
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig = new_figure(figsize=(6, 5))
+    ax = fig.subplots()
     ax.scatter(cv[scored], public[scored], color="tab:blue")
     for x, y, text in zip(cv[scored], public[scored], table["message"][scored], strict=True):
         ax.annotate(text[:30], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)

@@ -1,6 +1,8 @@
 """Figures of a fold or of the out-of-fold predictions (training curves; per task: confusion matrix, ROC
 curves, reliability diagram, prediction against truth) and of several experiments side by side.
-matplotlib with the Agg backend: files only, no display needed; every figure written through comp.io.
+matplotlib Figure objects drawn by the Agg canvas (`new_figure`): files only, no display needed, and no pyplot
+state: importing or drawing changes no backend or figure list of the user's process. Every figure is
+written through comp.io.
 
 Which figures a task gets (`task_figures`): the confusion matrix where there are classes (multiclass,
 binary, ordinal; soft targets against the argmax of the target shares); ROC curves and a reliability
@@ -12,28 +14,33 @@ from __future__ import annotations
 from io import BytesIO
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from sklearn import metrics as skm
+from sklearn.calibration import calibration_curve
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from sklearn import metrics as skm  # noqa: E402
-from sklearn.calibration import calibration_curve  # noqa: E402
-
-from comp import io  # noqa: E402
+from comp import io
 from comp.experiment import RunFiles
-from comp.experiment.oof import oof_probs, oof_targets  # noqa: E402
-from comp.metrics import confusion  # noqa: E402
-from comp.tasks import Task  # noqa: E402
+from comp.experiment.oof import oof_probs, oof_targets
+from comp.metrics import confusion
+from comp.tasks import Task
 
 
-def save_figure(fig: plt.Figure, path: Path, dpi: int = 100) -> None:
-    """A figure as PNG at `path`, written atomically (comp.io), then closed."""
+def new_figure(**kw) -> Figure:
+    """A matplotlib Figure (`kw`: figsize, dpi, ...) on its own Agg canvas: no pyplot, so no backend is
+    chosen and no figure is kept anywhere; it is freed with its last reference."""
+    fig = Figure(**kw)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Figure, path: Path, dpi: int = 100) -> None:
+    """A figure as PNG at `path`, written atomically (comp.io)."""
     buf = BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
     io.write_bytes(path, buf.getvalue(), what="figure")
 
 def _epoch_axis(axes: tuple, epochs: pd.Series) -> None:
@@ -48,7 +55,8 @@ def _epoch_axis(axes: tuple, epochs: pd.Series) -> None:
 def curves(history: pd.DataFrame, metric: str, path: Path, title: str = "") -> None:
     """Train/valid loss and the metric per epoch, in two panels; each epoch a marker, so a one-epoch run
     shows its point (a line needs two)."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = new_figure(figsize=(10, 4))
+    a, b = fig.subplots(1, 2)
     a.plot(history["epoch"], history["train_loss"], marker="o", label="train")  # markers: one epoch is a point
     a.plot(history["epoch"], history["valid_loss"], marker="o", label="valid")
     a.set(xlabel="epoch", ylabel="loss", title="loss")
@@ -80,7 +88,8 @@ def confusion_figure(y: np.ndarray, pred: np.ndarray, classes: list[str], path: 
     the axis labels and the cells of two or three classes do not touch."""
     norm = confusion(y, pred, len(classes), normalize="true")
     counts = confusion(y, pred, len(classes))
-    fig, ax = plt.subplots(figsize=confusion_size(classes))
+    fig = new_figure(figsize=confusion_size(classes))
+    ax = fig.subplots()
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(classes)):
         for j in range(len(classes)):
@@ -89,7 +98,8 @@ def confusion_figure(y: np.ndarray, pred: np.ndarray, classes: list[str], path: 
     ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
            xlabel="predicted", ylabel="true", title=title or "confusion (normalised by true class)")
     if max((len(str(c)) for c in classes), default=0) > 3:  # long names side by side would overlap
-        plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
+        for label in ax.get_xticklabels():
+            label.set(rotation=45, ha="right", rotation_mode="anchor")
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -103,7 +113,8 @@ def class_truth(task: Task, y: np.ndarray) -> np.ndarray:
 def roc_figure(truth: np.ndarray, scores: np.ndarray, names: list[str], path: Path, title: str = "") -> None:
     """ROC curves (sklearn.metrics.roc_curve) of (N, L) 0/1 `truth` against (N, L) `scores`, one per column
     `names[k]`, its AUC in the legend; a column whose truth holds one value only has no curve (said so)."""
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig = new_figure(figsize=(5.5, 5))
+    ax = fig.subplots()
     for k, name in enumerate(names):
         t = truth[:, k]
         if t.min() == t.max():
@@ -124,7 +135,8 @@ def calibration_figure(truth: np.ndarray, probs: np.ndarray, names: list[str], p
     """Reliability diagram: per column, the share of positives against the mean predicted probability in
     `n_bins` equal-width bins (sklearn.calibration.calibration_curve; empty bins left out), with the
     diagonal of perfect calibration and the column's Brier score in the legend."""
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig = new_figure(figsize=(5.5, 5))
+    ax = fig.subplots()
     for k, name in enumerate(names):
         frac, mean = calibration_curve(truth[:, k], probs[:, k], n_bins=n_bins, strategy="uniform")
         brier = skm.brier_score_loss(truth[:, k], probs[:, k])
@@ -142,7 +154,8 @@ def scatter_figure(truth: np.ndarray, pred: np.ndarray, path: Path, xlabel: str 
     """The prediction against the truth of each row, the line y = x, and MAE and RMSE in the title."""
     truth, pred = np.asarray(truth, np.float64), np.asarray(pred, np.float64)
     err = pred - truth
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig = new_figure(figsize=(5.5, 5))
+    ax = fig.subplots()
     ax.scatter(truth, pred, s=12, alpha=0.6)
     lo, hi = float(min(truth.min(), pred.min())), float(max(truth.max(), pred.max()))
     pad = (hi - lo) * 0.05 or 0.5
@@ -211,7 +224,8 @@ def compare_figure(runs: dict[str, list[pd.DataFrame]], metric: str, path: Path,
     """Several experiments' curves on the same axes (e.g. with vs without pretraining): loss (solid
     valid, dashed train) and the valid metric per epoch, each the mean over the experiment's folds with
     the range of the folds shaded."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = new_figure(figsize=(11, 4))
+    a, b = fig.subplots(1, 2)
     for i, (label, histories) in enumerate(runs.items()):
         color = f"C{i}"
         for ax, column, style in ((a, "valid_loss", "-"), (a, "train_loss", "--"), (b, metric, "-")):

@@ -101,12 +101,12 @@ def suggest(lrs: np.ndarray, smoothed: np.ndarray, steps: int) -> tuple[float, f
 
 def plot(result: LRFind, path: Path) -> None:
     """Loss (raw, light; smoothed, dark) against learning rate on a log axis, the suggestions marked."""
-    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))  # no pyplot: no backend chosen, no figure kept (comp.report.plots.new_figure)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     ax.plot(result.lrs, result.losses, color="0.75", lw=0.8, label="loss")
     ax.plot(result.lrs, result.smoothed, color="C0", lw=1.6, label=f"smoothed (beta {BETA})")
     for name, lr, color in (("valley", result.valley, "C3"), ("steepest", result.steepest, "C2")):
@@ -125,7 +125,6 @@ def plot(result: LRFind, path: Path) -> None:
     fig.tight_layout()
     buf = pyio.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
     io.write_bytes(path, buf.getvalue())
 
 

@@ -1,9 +1,10 @@
 """Experiment tracking: every run's scalars, config and figures in TensorBoard, and (train.tracker) in MLflow
 or Weights & Biases too.
 
-The interface is four calls, made by comp.train.loop: `start(run)` → `log_step` (at each loss read-back:
-train/loss, train/lr at the global optimizer step) → `log_epoch` (every metrics.csv column, at the epoch) →
-`close`; `log_figures` adds the fold figures once scripts/train_fold.py has drawn them. Only rank 0 writes.
+The interface is four calls, made by comp.train.loop: `start(cfg, fold_dir, fold, main)` → `log_step` (at
+each loss read-back: train/loss, train/lr at the global optimizer step) → `log_epoch` (every metrics.csv
+column, at the epoch) → `close`; `log_figures` adds the fold figures once scripts/train_fold.py has drawn
+them. Only rank 0 writes.
 
 TensorBoard (torch.utils.tensorboard.SummaryWriter, which needs the `tensorboard` package) writes event
 files to `<out_dir>/fold<K>/tb/` for every tracker but `none`: local files, nothing is sent. MLflow logs to
@@ -18,16 +19,13 @@ import importlib
 import importlib.metadata
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from comp import io
 from comp.config import resolve_path, to_yaml
 from comp.errors import UserError
 from comp.experiment import Experiment
 from comp.system import git_commit
-
-if TYPE_CHECKING:
-    from comp.train.state import Run
 
 LIBRARIES = ("torch", "torchvision", "timm", "numpy", "albumentations", "opencv-python-headless", "scikit-learn")
 PIP_NAMES = {"mlflow": "mlflow", "wandb": "wandb"}
@@ -149,19 +147,21 @@ class Trackers(Tracker):
             self.wandb = None
 
 
-def start(run: Run) -> Tracker:
-    """The tracker of `run`: a `Trackers` on rank 0 unless train.tracker=none, else the no-op `Tracker`.
+def start(cfg: Any, fold_dir: Path, fold: int, main: bool = True) -> Tracker:
+    """The tracker of fold `fold`'s run writing to `fold_dir`: a `Trackers` on rank 0 (`main`) unless
+    train.tracker=none, else the no-op `Tracker`. Plain values, not the Run: tracking sits below the run's
+    state (comp.train.state holds a Tracker), so it never imports it back.
 
     Raises:
         UserError: train.tracker names a package that is not installed (mlflow, wandb, tensorboard).
     """
-    if not run.dist.main or run.cfg.train.tracker == "none":
+    if not main or cfg.train.tracker == "none":
         return Tracker()
     try:
-        return Trackers(run.cfg, run.dir, run.fold)
+        return Trackers(cfg, fold_dir, fold)
     except ImportError as e:
         if "tensorboard" in str(e).lower():
-            raise UserError(f"train.tracker={run.cfg.train.tracker} writes TensorBoard files and needs the "
+            raise UserError(f"train.tracker={cfg.train.tracker} writes TensorBoard files and needs the "
                             f"tensorboard package: pip install tensorboard (or set train.tracker=none)") from None
         raise
 

@@ -21,7 +21,8 @@ from replicas import overrides, rsna_pneumonia
 from comp.data.cache import cache_folder
 from comp.data.competition import load_competition
 from comp.data.dicom import WINDOWS, options, read_dicom
-from comp.data.images import ImageError, read_image
+from comp.data.image_base import ImageError
+from comp.data.readers import read_image
 from comp.errors import UserError
 from comp.experiment import load_config
 
@@ -239,3 +240,29 @@ def test_rsna_pneumonia_replica_prepare_fold_predict(tmp_path):
     assert list(sub.columns) == ["patientId", "PredictionString"]
     assert list(sub["patientId"]) == list(sample["patientId"])
     assert sub["PredictionString"].astype(float).between(0, 1).all()
+
+
+def test_the_reader_table_chooses_by_name_or_content_and_readers_import_no_other(tmp_path):
+    import ast
+
+    import cv2
+
+    from comp.data import readers
+
+    ct = tmp_path / "ct.png"  # a DICOM under an image's name: its DICM prefix decides, as for no extension
+    shutil.copy(path("CT_small.dcm"), ct)
+    cv2.imwrite(str(tmp_path / "x.png"), np.zeros((4, 4, 3), np.uint8))
+    shutil.copy(tmp_path / "x.png", tmp_path / "png_noext")
+    (tmp_path / "x.gif").write_bytes(b"GIF89a")
+    (tmp_path / "page.dcm").write_text("<html>403 Forbidden</html>")
+    chosen = {p: readers.reader_for(tmp_path / p).name for p in ("ct.png", "x.png", "png_noext", "x.gif", "page.dcm")}
+    assert chosen == {"ct.png": "dicom", "x.png": "images", "png_noext": "images", "x.gif": "images",
+                      "page.dcm": "dicom"}
+    assert readers.FALLBACK.name == "images" and readers.HEAD >= 132
+    assert (read_image(ct) == read("CT_small.dcm")).all()
+    for reader in ("images", "dicom", "image_base"):  # the table imports the readers, never the other way
+        tree = ast.parse((ROOT / "comp" / "data" / f"{reader}.py").read_text())
+        mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        mods |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not mods & {"comp.data.readers", "comp.data.images", "comp.data.dicom"} - {f"comp.data.{reader}"}, (
+            reader, mods)

@@ -16,7 +16,9 @@ import pytest
 from PIL import Image
 from replicas import write_cr
 
-from comp.data.images import ImageError, _read_with_pil, load_image, png_sbit, read_image
+from comp.data.image_base import ImageError
+from comp.data.images import _read_with_pil, png_sbit
+from comp.data.readers import load_image, read_image
 from comp.errors import UserError
 
 RNG = np.random.default_rng(0)

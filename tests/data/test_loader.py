@@ -146,3 +146,54 @@ def test_a_run_ending_with_live_loader_workers_exits(tmp_path):
     res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 3 and "Traceback" not in res.stderr, res.stderr[-2000:]
+
+
+def test_a_script_without_a_main_guard_loads_batches_in_process_where_workers_would_rerun_it(tmp_path):
+    # spawn (the default on macOS and Windows; forkserver on Linux from Python 3.14) imports the main script
+    # again in each DataLoader worker: a plain script's top level would run again there. Its batches are
+    # loaded in this process instead, with one warning line (the same rule as the cache's pool).
+    script = tmp_path / "plain.py"
+    script.write_text(
+        "import multiprocessing, sys, torch\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "multiprocessing.set_start_method('spawn')\n"
+        "from comp.data.loader import make_loader\n"
+        "for _ in range(2):\n"
+        "    loader = make_loader(torch.utils.data.TensorDataset(torch.zeros(8, 3)), 2, None, num_workers=2)\n"
+        "    print(loader.num_workers, sum(len(x) for x, in loader))\n")
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.split() == ["0", "8", "0", "8"], res.stderr[-2000:]
+    assert [line for line in res.stderr.splitlines() if "guard" in line] == [  # once
+        f"warning: loading batches in this process (num_workers=0, not 2): {script} has no `if __name__ == "
+        f"\"__main__\":` guard, so each DataLoader worker (spawn start) would run it again from the top; put its "
+        f"calls under that guard for worker processes"]
+
+
+def test_the_exit_hook_kills_the_kits_loader_workers_only(tmp_path):
+    # The kit's exit hook is registered when its loader starts workers (importing it registers nothing)
+    # and kills those workers only: a daemonic process of the user's own still gets multiprocessing's
+    # SIGTERM at exit (it writes `flag` from its handler), as it would without the kit.
+    flag, script = tmp_path / "flag", tmp_path / "own_child.py"
+    script.write_text(
+        "import atexit, multiprocessing, os, signal, sys, time, torch\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from comp.data.loader import make_loader\n"
+        "def own(flag, ready):\n"
+        "    signal.signal(signal.SIGTERM, lambda *a: (open(flag, 'w').write('term'), os._exit(0)))\n"
+        "    ready.set()\n"
+        "    time.sleep(120)\n"
+        "if __name__ == '__main__':\n"
+        "    ready = multiprocessing.Event()\n"
+        f"    multiprocessing.Process(target=own, args=({str(flag)!r}, ready), daemon=True).start()\n"
+        "    ready.wait(60)\n"
+        "    hooks = atexit._ncallbacks()\n"
+        "    it = iter(make_loader(torch.utils.data.TensorDataset(torch.zeros(64, 3)), 2, None, num_workers=2))\n"
+        "    next(it)\n"
+        "    assert atexit._ncallbacks() == hooks + 1, 'the hook is registered when workers start'\n"
+        "    iter(make_loader(torch.utils.data.TensorDataset(torch.zeros(8, 3)), 2, None, num_workers=1))\n"
+        "    assert atexit._ncallbacks() == hooks + 1, 'once'\n"
+        "    raise SystemExit(3)\n")
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 3 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert flag.read_text() == "term"

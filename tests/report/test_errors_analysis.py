@@ -12,7 +12,7 @@ from helpers import FAST, write_tiny_competition
 from skimage import data as skdata
 
 from comp.data.competition import load_competition
-from comp.data.images import load_image
+from comp.data.readers import load_image
 from comp.experiment import load_config
 from comp.report import errors_analysis as ea
 

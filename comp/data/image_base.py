@@ -1,0 +1,36 @@
+"""What every image reader shares (comp.data.readers holds the table of them): `ImageError`, the one
+error a file that cannot be used raises, and `stretch`, the one mapping of a high bit depth to 0..255.
+
+The readers (comp.data.images for JPEG/PNG/TIFF/BMP/WebP, comp.data.dicom for DICOM) import this module
+and nothing of each other; the table imports them, so the dispatcher and its decoders never import each
+other back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from comp.errors import UserError
+
+
+class ImageError(UserError):
+    """An image file that cannot be used; `kind` is missing | empty | truncated | corrupt | unsupported
+    (a valid file this install or config cannot read: a DICOM syntax without decoder, several frames)."""
+
+    def __init__(self, kind: str, path: Path, detail: str = ""):
+        what = {"missing": "image file not found", "empty": "image file is empty (0 bytes)",
+                "truncated": "image file is truncated", "corrupt": "cannot decode image file",
+                "unsupported": "cannot use image file"}[kind]
+        super().__init__(f"{what}: {path}" + (f" ({detail})" if detail else ""))
+        self.kind, self.path, self.detail = kind, Path(path), detail
+
+
+def stretch(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """`lo`..`hi` linearly to 0..255 (rounded, clipped) as uint8, same shape; all 0 when hi <= lo. The one
+    mapping of every high-bit-depth path (PNG, TIFF, DICOM), so they agree to the grey level."""
+    v = np.asarray(values, np.float64)
+    if not hi > lo:
+        return np.zeros(v.shape, np.uint8)
+    return np.rint(np.clip((v - lo) * (255.0 / (hi - lo)), 0, 255)).astype(np.uint8)

@@ -9,10 +9,10 @@ import subprocess
 
 import pytest
 import torch
-from conftest import ROOT
+from helpers import ROOT
 
 from benchmarks import common, harness
-from comp.config import load_config
+from comp.experiment import load_config
 
 RECIPES = ["rsna_bone_age", "ranzcr_clip"]  # grey + regression + EMA (inception_v3); multi-label, tf_efficientnet_b8
 
@@ -89,8 +89,9 @@ def test_gpu_section_measures_each_compile_mode(tmp_path, monkeypatch):
     # numbers (their GPU runs are benchmarks/gpu_all.sh's), the modes and their rows must all be there.
     import pandas as pd
 
-    import comp.data.prepare
+    import comp.pipeline
     import comp.train.loop
+    from comp.experiment import RunFiles
 
     seen = []
 
@@ -101,10 +102,10 @@ def test_gpu_section_measures_each_compile_mode(tmp_path, monkeypatch):
         ips = {False: 100.0, "default": 150.0, "reduce-overhead": 160.0}[cfg.train.compile]
         pd.DataFrame({"images_per_s": [1.0, ips, ips], "data_wait_share": [0.5, 0.01, 0.01]}).to_csv(
             d / "metrics.csv", index=False)
-        return {"dir": d}
+        return {"dir": d, "files": RunFiles(d)}
 
     monkeypatch.setattr(harness, "fundus_set", lambda *a, **k: tmp_path)
-    monkeypatch.setattr(comp.data.prepare, "prepare", lambda cfg: None)
+    monkeypatch.setattr(comp.pipeline, "prepare", lambda cfg: None)
     monkeypatch.setattr(comp.train.loop, "fit", fake_fit)
     monkeypatch.setattr(harness, "compute_only", lambda b, s, mode, device: {"images_per_s": 200.0})
     monkeypatch.setattr(harness, "timm_loop", lambda *a, device: {"images_per_s": 50.0, "data_wait_share": 0.3})

@@ -12,7 +12,7 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT
+from helpers import ROOT
 
 COMP = ROOT / "comp"
 STATEFUL = {"matplotlib.pyplot", "pylab"}  # importing these is itself a global change (a backend, an exit hook)

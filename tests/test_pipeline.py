@@ -1,18 +1,35 @@
-"""comp.pipeline: one way to train a fold. A notebook's comp.train_fold and scripts/train_fold.py run the same
-library function, so a recipe with two stages and a two-seed bag gives the same fold folder both ways, file
-for file (only the run folder's own path and the wall-clock columns differ)."""
+"""comp.pipeline and the loop a user runs, end to end.
+
+One way to train a fold: a notebook's comp.train_fold and scripts/train_fold.py run the same library function,
+so a recipe with two stages and a two-seed bag gives the same fold folder both ways, file for file (only the
+run folder's own path and the wall-clock columns differ). The config is checked whole before any training. The
+loop of `make demo` (prepare → train_fold → predict, stdout only CSV → report) runs once with the scripts as
+their own processes, as a user runs them; the demo notebook runs top to bottom; the demo data is laid out as a
+Kaggle download; a one-epoch fold's log, figures and slim best.pt."""
 
 from __future__ import annotations
 
+import ast
+import io
 import json
+import os
+import subprocess
+import sys
+import tempfile
+from contextlib import redirect_stdout
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pandas as pd
+import pytest
 import torch
-from conftest import FAST, run_main, write_tiny_competition
+from conftest import FAST, ROOT, one_error, run_main, run_script, write_tiny_competition
 
 import comp
+from comp.data.download import make_demo
 from comp.experiment import load_config
+from comp.report.report import compare
 
 # two stages (the first at a smaller size), a bag of two seeds: 4 runs of fold 0
 RECIPE = ["seeds=[1,2]", "stages=[{image_size: 12, epochs: 1}, {epochs: 1}]", "folds.n_folds=2",
@@ -71,3 +88,148 @@ def test_the_api_and_the_script_train_the_same_fold_with_stages_and_a_seed_bag(t
     assert "fold0/oof.csv" in a and json.loads(a["fold0/seed1/stage1/done.json"].read_text())["of"] == 2
     for name in a:
         _same(a[name], b[name], out_a, out_b)
+
+
+@pytest.mark.parametrize("override,needles", [
+    ("aug.tta=[idnetity]", ["aug.tta", "'idnetity'"]),
+    ("aug.valid=[{name: HorizontalFlip, prob: 0.5}]", ["aug.valid[0]", "HorizontalFlip"]),
+    ("images.preprocess=[clahe, ben_graam]", ["images.preprocess[1]", "'ben_graam'"]),
+    ("metric=kappa", ["'metric'", "'kappa'"]),
+    ("model.name=timm/resnet_18", ["'model.name'", "'resnet_18'"]),
+])
+def test_a_typo_anywhere_fails_train_fold_before_training(tiny, override, needles):
+    code, out, err = run_main("train_fold.py", "--fold", "0", *tiny["overrides"], override)
+    one_error(code, err, *needles)
+    assert not tiny["out"].exists()  # nothing trained, nothing written
+
+
+def test_demo_layout(tmp_path):
+    root = tmp_path / "demo"
+    make_demo(root)
+    train = pd.read_csv(root / "train.csv", dtype={"id": str})
+    sample = pd.read_csv(root / "sample_submission.csv", dtype={"id": str})
+    solution = pd.read_csv(root / "solution.csv", dtype={"id": str})
+    assert list(train.columns) == ["id", "label"] and list(sample.columns) == ["id", "label"]
+    assert len(train) + len(sample) == 1797  # every digit once
+    assert not set(train["id"]) & set(sample["id"])
+    assert sorted(train["label"].unique()) == list(range(10))
+    assert {p.stem for p in (root / "train").glob("*.png")} == set(train["id"])
+    assert {p.stem for p in (root / "test").glob("*.png")} == set(sample["id"])
+    assert list(solution["id"]) == list(sample["id"])
+    assert not (tmp_path / ".demo.partial").exists()
+
+
+def test_the_scripts_run_the_loop_as_a_user_runs_them(tiny, tmp_path):
+    # The one end-to-end run of the scripts as their own processes (`python scripts/X.py` from a checkout, a
+    # fresh interpreter, stdout and stderr the real streams): prepare, a fold trained with its stderr to a
+    # file, predict writing only CSV to stdout. The second fold, a refused retrain and the report run
+    # in-process (run_main): the same script code, without paying for another interpreter.
+    ov = tiny["overrides"]
+    run_script("prepare.py", *ov, check=True)
+    folds = pd.read_csv(tiny["out"] / "folds.csv", dtype={"id": str})
+    assert list(folds.columns) == ["id", "label", "group", "fold"] and set(folds["fold"]) == {0, 1}
+
+    log = tmp_path / "fold0.log"
+    with log.open("w") as f:  # `2> fold0.log`
+        res = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_fold.py"), "--fold", "0", *ov, "epochs=2"],
+                             stdout=subprocess.PIPE, stderr=f, text=True, cwd=ROOT, timeout=300,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    text = log.read_text()
+    assert res.returncode == 0, text[-3000:]
+    assert res.stdout == ""  # training logs go to stderr
+    assert "\r" not in text  # no progress-bar frames in a file...
+    assert "fold 0 epoch 0: train_loss" in text and "fold 0 epoch 1: train_loss" in text  # ...the epochs' lines
+    code, out, err = run_main("train_fold.py", "--fold", "1", *ov, "epochs=2")
+    assert code == 0 and out == "", err
+
+    fold0 = tiny["out"] / "fold0"
+    for name in ("config.yaml", "last.pt", "best.pt", "metrics.csv", "oof.csv", "curves.png", "confusion.png"):
+        assert (fold0 / name).is_file(), name
+    ck = torch.load(fold0 / "best.pt", weights_only=True)
+    assert "model" in ck and ck["num_classes"] == 3
+    metrics = pd.read_csv(fold0 / "metrics.csv")
+    assert list(metrics["epoch"]) == [0, 1] and {"train_loss", "valid_loss", "accuracy", "qwk", "lr"} <= set(metrics)
+    oof = pd.read_csv(fold0 / "oof.csv", dtype={"id": str})
+    assert list(oof.columns) == ["id", "label", "prob_0", "prob_1", "prob_2"]
+    assert set(oof["id"]) == set(folds.loc[folds["fold"] == 0, "id"])
+    assert (oof[["prob_0", "prob_1", "prob_2"]].sum(axis=1) - 1).abs().max() < 1e-4
+
+    before = (fold0 / "best.pt").read_bytes()  # a trained fold is never overwritten without --resume
+    code, _, err = run_main("train_fold.py", "--fold", "0", *ov)
+    assert code == 2 and "--resume" in err
+    assert (fold0 / "best.pt").read_bytes() == before
+
+    res = run_script("predict.py", *ov, check=True)
+    sub = pd.read_csv(io.StringIO(res.stdout), dtype={"id": str})
+    sample = pd.read_csv(tiny["root"] / "sample_submission.csv", dtype={"id": str})
+    assert list(sub.columns) == list(sample.columns)
+    assert list(sub["id"]) == list(sample["id"])  # same ids, same order
+    assert set(sub["label"]) <= {0, 1, 2}
+    assert "held-out accuracy" in res.stderr  # scored against solution.csv, on stderr
+
+    code, out, err = run_main("report.py", *ov)
+    assert code == 0, err
+    assert "CV accuracy (out-of-fold, 2 folds)" in out
+
+
+C2 = (0x2C, 0xA0, 0x2C)  # matplotlib's "C2" (the metric's line in curves.png), RGB
+
+
+def _pixels(png: Path, rgb: tuple[int, int, int], tol: int = 40) -> int:
+    """How many pixels of `png` are within `tol` (per channel) of colour `rgb`."""
+    img = cv2.cvtColor(cv2.imread(str(png)), cv2.COLOR_BGR2RGB).astype(int)
+    return int((np.abs(img - np.array(rgb)).max(axis=2) <= tol).sum())
+
+
+def test_one_epoch_fold_log_figures_and_slim_best(tiny, tmp_path):
+    # stderr here is not a terminal (as with `2> fold0.log`; a real file: test_the_scripts_run_the_loop...)
+    code, out, err = run_main("train_fold.py", "--fold", "0", *tiny["overrides"], "model.name=timm/test_resnet")
+    assert code == 0, err
+    assert "\r" not in err  # no progress-bar frames...
+    assert "fold 0 epoch 0: train_loss" in err  # ...the epoch's line instead
+
+    fold = tiny["out"] / "fold0"
+    best, last = fold / "best.pt", fold / "last.pt"
+    assert "optimizer" not in torch.load(best, weights_only=True)
+    assert "optimizer" in torch.load(last, weights_only=True)  # the resume checkpoint keeps everything
+    assert best.stat().st_size < 0.6 * last.stat().st_size, (best.stat().st_size, last.stat().st_size)
+
+    assert _pixels(fold / "curves.png", C2) > 20  # the one epoch's metric is a marker, not an invisible line
+    table = compare([tiny["out"]], tmp_path / "compare.png")
+    assert list(table["experiment"]) == [tiny["out"].name] and table["epochs"].tolist() == [1]
+    assert _pixels(tmp_path / "compare.png", (0x1F, 0x77, 0xB4)) > 250  # C0: markers beyond the legend's
+
+
+def test_the_demo_notebook_runs_top_to_bottom(monkeypatch, tmp_path):
+    # Its cells run in this process, in order, in one namespace, each cell's last expression shown as a
+    # notebook shows it: the notebook is plain Python (no magics, checked below), so a kernel process would
+    # add only its start-up. From the checkout's root, as Jupyter started there would run it.
+    import nbformat
+
+    nb = nbformat.read(ROOT / "examples" / "demo.ipynb", as_version=4)
+    nbformat.validate(nb)
+    assert comp.train_fold and comp.validate_config  # the API the notebook uses
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the notebook puts the checkout first
+    real_mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp(*args, **kwargs):
+        if kwargs.get("prefix") == "comp-demo-":  # the notebook's work folder: in this test's, removed with it
+            kwargs.setdefault("dir", str(tmp_path))
+        return real_mkdtemp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    namespace: dict = {"__name__": "__main__"}
+    outputs = io.StringIO()
+    for cell in (c for c in nb.cells if c.cell_type == "code"):
+        assert not any(line.lstrip().startswith(("%", "!")) for line in cell.source.splitlines()), cell.source
+        body = ast.parse(cell.source)
+        last = body.body.pop() if body.body and isinstance(body.body[-1], ast.Expr) else None
+        with redirect_stdout(outputs):
+            exec(compile(body, "<demo.ipynb>", "exec"), namespace)
+            if last is not None:
+                value = eval(compile(ast.Expression(last.value), "<demo.ipynb>", "eval"), namespace)
+                if value is not None:
+                    print(repr(value))
+    text = outputs.getvalue()
+    assert "held-out accuracy" in text and "fold" in text

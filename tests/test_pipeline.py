@@ -48,7 +48,7 @@ def _same(a: Path, b: Path, out_a: Path, out_b: Path) -> None:
         assert x.keys() == y.keys(), a
         for key in x:
             if key in ("model", "ema", "optimizer") and isinstance(x[key], dict):
-                assert repr(_tensors(x[key])) == repr(_tensors(y[key])), (a, key)
+                _same_state(x[key], y[key], f"{a}: {key}")
             elif key == "config":  # paths inside it (out_dir, a stage's model.pretrained) are the folder's own
                 assert json.dumps(x[key]).replace(str(out_a), "OUT") == json.dumps(y[key]).replace(str(out_b), "OUT")
             elif key == "history":
@@ -64,11 +64,19 @@ def _same(a: Path, b: Path, out_a: Path, out_b: Path) -> None:
         assert a.read_bytes() == b.read_bytes(), a
 
 
-def _tensors(state: dict) -> list:
-    out = []
-    for k, v in sorted(state.items(), key=lambda kv: str(kv[0])):
-        out.append((k, _tensors(v) if isinstance(v, dict) else v.tolist() if isinstance(v, torch.Tensor) else v))
-    return out
+def _same_state(x: dict, y: dict, where: str) -> None:
+    """Two (nested) state dicts have the same keys, and each tensor the same dtype, shape and bytes (bit for bit:
+    -0.0 is not 0.0); any other value the same repr (an optimizer's param_groups)."""
+    assert sorted(map(str, x)) == sorted(map(str, y)), where
+    for k, v in x.items():
+        w = y[k]
+        if isinstance(v, dict):
+            _same_state(v, w, f"{where}.{k}")
+        elif isinstance(v, torch.Tensor):
+            assert isinstance(w, torch.Tensor) and (v.dtype, v.shape) == (w.dtype, w.shape), (where, k)
+            assert torch.equal(v.reshape(-1).view(torch.uint8), w.reshape(-1).view(torch.uint8)), (where, k)
+        else:
+            assert repr(v) == repr(w), (where, k)
 
 
 def test_the_api_and_the_script_train_the_same_fold_with_stages_and_a_seed_bag(tmp_path):

@@ -4,19 +4,16 @@ One way to train a fold: a notebook's comp.train_fold and scripts/train_fold.py 
 so a recipe with two stages and a two-seed bag gives the same fold folder both ways, file for file (only the
 run folder's own path and the wall-clock columns differ). The config is checked whole before any training. The
 loop of `make demo` (prepare → train_fold → predict, stdout only CSV → report) runs once with the scripts as
-their own processes, as a user runs them; the demo notebook runs top to bottom; the demo data is laid out as a
-Kaggle download; a one-epoch fold's log, figures and slim best.pt."""
+their own processes, as a user runs them; the demo data is laid out as a Kaggle download; a one-epoch fold's
+log, figures and slim best.pt. The demo notebook: test_examples.py."""
 
 from __future__ import annotations
 
-import ast
 import io
 import json
 import os
 import subprocess
 import sys
-import tempfile
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import cv2
@@ -206,38 +203,3 @@ def test_one_epoch_fold_log_figures_and_slim_best(tiny, tmp_path):
     table = compare([tiny["out"]], tmp_path / "compare.png")
     assert list(table["experiment"]) == [tiny["out"].name] and table["epochs"].tolist() == [1]
     assert _pixels(tmp_path / "compare.png", (0x1F, 0x77, 0xB4)) > 250  # C0: markers beyond the legend's
-
-
-def test_the_demo_notebook_runs_top_to_bottom(monkeypatch, tmp_path):
-    # Its cells run in this process, in order, in one namespace, each cell's last expression shown as a
-    # notebook shows it: the notebook is plain Python (no magics, checked below), so a kernel process would
-    # add only its start-up. From the checkout's root, as Jupyter started there would run it.
-    import nbformat
-
-    nb = nbformat.read(ROOT / "examples" / "demo.ipynb", as_version=4)
-    nbformat.validate(nb)
-    assert comp.train_fold and comp.validate_config  # the API the notebook uses
-    monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(sys, "path", list(sys.path))  # the notebook puts the checkout first
-    real_mkdtemp = tempfile.mkdtemp
-
-    def mkdtemp(*args, **kwargs):
-        if kwargs.get("prefix") == "comp-demo-":  # the notebook's work folder: in this test's, removed with it
-            kwargs.setdefault("dir", str(tmp_path))
-        return real_mkdtemp(*args, **kwargs)
-
-    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
-    namespace: dict = {"__name__": "__main__"}
-    outputs = io.StringIO()
-    for cell in (c for c in nb.cells if c.cell_type == "code"):
-        assert not any(line.lstrip().startswith(("%", "!")) for line in cell.source.splitlines()), cell.source
-        body = ast.parse(cell.source)
-        last = body.body.pop() if body.body and isinstance(body.body[-1], ast.Expr) else None
-        with redirect_stdout(outputs):
-            exec(compile(body, "<demo.ipynb>", "exec"), namespace)
-            if last is not None:
-                value = eval(compile(ast.Expression(last.value), "<demo.ipynb>", "eval"), namespace)
-                if value is not None:
-                    print(repr(value))
-    text = outputs.getvalue()
-    assert "held-out accuracy" in text and "fold" in text

@@ -10,6 +10,7 @@ import sys
 import tempfile
 from contextlib import redirect_stdout
 
+import torch
 from conftest import ROOT
 
 import comp
@@ -36,15 +37,22 @@ def test_the_demo_notebook_runs_top_to_bottom(monkeypatch, tmp_path):
     monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
     namespace: dict = {"__name__": "__main__"}
     outputs = io.StringIO()
-    for cell in (c for c in nb.cells if c.cell_type == "code"):
-        assert not any(line.lstrip().startswith(("%", "!")) for line in cell.source.splitlines()), cell.source
-        body = ast.parse(cell.source)
-        last = body.body.pop() if body.body and isinstance(body.body[-1], ast.Expr) else None
-        with redirect_stdout(outputs):
-            exec(compile(body, "<demo.ipynb>", "exec"), namespace)
-            if last is not None:
-                value = eval(compile(ast.Expression(last.value), "<demo.ipynb>", "eval"), namespace)
-                if value is not None:
-                    print(repr(value))
+    threads = torch.get_num_threads()
+    # one thread, as the kernel process ran it (OMP_NUM_THREADS=1): `make test` runs a worker per core, where a
+    # second intra-op thread only contends (the notebook's user CPU 44 s with two, 16 s with one)
+    torch.set_num_threads(1)
+    try:
+        for cell in (c for c in nb.cells if c.cell_type == "code"):
+            assert not any(line.lstrip().startswith(("%", "!")) for line in cell.source.splitlines()), cell.source
+            body = ast.parse(cell.source)
+            last = body.body.pop() if body.body and isinstance(body.body[-1], ast.Expr) else None
+            with redirect_stdout(outputs):
+                exec(compile(body, "<demo.ipynb>", "exec"), namespace)
+                if last is not None:
+                    value = eval(compile(ast.Expression(last.value), "<demo.ipynb>", "eval"), namespace)
+                    if value is not None:
+                        print(repr(value))
+    finally:
+        torch.set_num_threads(threads)
     text = outputs.getvalue()
     assert "held-out accuracy" in text and "fold" in text

@@ -32,6 +32,8 @@ from comp.report.report import compare
 RECIPE = ["seeds=[1,2]", "stages=[{image_size: 12, epochs: 1}, {epochs: 1}]", "folds.n_folds=2",
           "train.tracker=none"]
 TIMING = ["seconds", "images_per_s", "data_wait_share"]  # metrics.csv's wall-clock columns
+# a script's process on one thread: `make test` runs a worker per core, where more threads only contend
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 def _files(folder: Path) -> dict[str, Path]:
@@ -140,7 +142,7 @@ def test_the_scripts_run_the_loop_as_a_user_runs_them(tiny, tmp_path):
     with log.open("w") as f:  # `2> fold0.log`
         res = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_fold.py"), "--fold", "0", *ov, "epochs=2"],
                              stdout=subprocess.PIPE, stderr=f, text=True, cwd=ROOT, timeout=300,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                             env={**os.environ, **ONE_THREAD, "PYTHONUNBUFFERED": "1"})
     text = log.read_text()
     assert res.returncode == 0, text[-3000:]
     assert res.stdout == ""  # training logs go to stderr
@@ -166,7 +168,7 @@ def test_the_scripts_run_the_loop_as_a_user_runs_them(tiny, tmp_path):
     assert code == 2 and "--resume" in err
     assert (fold0 / "best.pt").read_bytes() == before
 
-    res = run_script("predict.py", *ov, check=True)
+    res = run_script("predict.py", *ov, check=True, env=ONE_THREAD)
     sub = pd.read_csv(io.StringIO(res.stdout), dtype={"id": str})
     sample = pd.read_csv(tiny["root"] / "sample_submission.csv", dtype={"id": str})
     assert list(sub.columns) == list(sample.columns)

@@ -91,10 +91,19 @@ def kill_during_write(proc: subprocess.Popen, tmp: Path, skip: int = 0) -> None:
     raise AssertionError(f"the run ended before a write of {tmp.name} could be interrupted")
 
 
+def mtime(path: Path) -> int | None:
+    """`path`'s modification time, None when it is not there (the run may remove it at any moment: recovery.pt
+    goes once the epoch's last.pt is written)."""
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
 def changed(path: Path):
     """A condition: `path` is (re)written after this call."""
-    before = path.stat().st_mtime_ns if path.exists() else None
-    return lambda: path.exists() and path.stat().st_mtime_ns != before
+    before = mtime(path)
+    return lambda: (now := mtime(path)) is not None and now != before
 
 
 def signal_inside_epoch(proc: subprocess.Popen, recovery: Path, sig: int, epoch: int | None = None) -> None:
@@ -105,7 +114,10 @@ def signal_inside_epoch(proc: subprocess.Popen, recovery: Path, sig: int, epoch:
     the run then ends with last.pt and no recovery.pt.)"""
     while poll(proc, changed(recovery)):
         freeze(proc)
-        hit = epoch is None or torch.load(recovery, weights_only=True)["epoch"] == epoch
+        try:  # frozen: the file is the run's last recovery checkpoint, or gone at the epoch's end
+            hit = epoch is None or torch.load(recovery, weights_only=True)["epoch"] == epoch
+        except FileNotFoundError:
+            hit = False
         if hit:
             os.killpg(proc.pid, sig)  # the workers ignore it; the script acts after the current step
         os.kill(proc.pid, signal.SIGCONT)

@@ -2,7 +2,7 @@
 (tests/fake_kaggle.py): prepare's download and submit.py's CSV flow (comp.submit.kaggle: success with its
 score recorded, a submission Kaggle fails to score, 403 unaccepted rules, 429 the daily limit, 400 a CSV to
 a code competition). The kit's scripts run in-process; the CLI is a process, as the kit calls it. One
-module, one server: every test shares it. The notebook flow: test_notebook_flow.py."""
+module, one server: every test shares it. The notebook flow: test_notebook.py."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The CUDA paths of training and prediction: AMP (bf16, and fp16 with its GradScaler), channels_last,
 torch.compile, resume, and predictions that agree with the CPU's. Skipped without a GPU (CI has none);
-run on a lent GPU with `pytest tests/test_gpu.py` (BENCHMARKS.md records the last such run)."""
+run on a lent GPU with `pytest tests/train/test_gpu.py` (BENCHMARKS.md records the last such run)."""
 
 from __future__ import annotations
 

@@ -1,17 +1,19 @@
-"""Checkpoint averaging (train.swa_epochs, comp/train/swa.py): the average is the mean of the last epochs'
+"""Checkpoint averaging (train.swa_epochs, comp.train.swa): the average is the mean of the last epochs'
 weights, its BatchNorm statistics are recomputed over the kit's training inputs, it is validated as a row
 of its own, saved as best.pt when it scores best (and predicted from), and a resumed run ends with the
-same average as one never interrupted."""
+same average as one never interrupted. A run killed mid-epoch with an average: test_interrupt.py."""
 
 from __future__ import annotations
 
+import io
 import shutil
-import signal
+from contextlib import redirect_stderr
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from helpers import FAST, write_tiny_competition
 from torch.optim.swa_utils import update_bn
 
 from comp.experiment import Experiment, load_config
@@ -32,9 +34,15 @@ def averaged(ck: dict) -> dict[str, torch.Tensor]:
     return {k[len("module."):]: v for k, v in ck["swa"].items() if k.startswith("module.")}
 
 
-@pytest.fixture
-def swa_always_best(monkeypatch):
-    """The averaged model counts as an improvement, so best.pt holds it whatever the tiny run scores."""
+def overrides(root: Path, out: Path) -> list[str]:
+    """The `tiny` fixture's overrides (conftest) for a competition at `root`, runs in `out`."""
+    return [*FAST, f"data.root={root}", f"out_dir={out}", "data.source=competition", "data.solution_csv=solution.csv",
+            "aug.tta=[identity,hflip]"]
+
+
+def swa_counts_as_best(monkeypatch, best: bool) -> None:
+    """The averaged model counts as an improvement (`best`), so best.pt holds it whatever the tiny run scores,
+    or never does."""
     phase = {"swa": False}
     real_bn, real_improved = swa_mod.recompute_bn, loop._improved
 
@@ -43,14 +51,31 @@ def swa_always_best(monkeypatch):
         return real_bn(run)
 
     monkeypatch.setattr(swa_mod, "recompute_bn", bn)
-    monkeypatch.setattr(loop, "_improved", lambda s, b, h=True: phase["swa"] or real_improved(s, b, h))
+    if best:
+        monkeypatch.setattr(loop, "_improved", lambda s, b, h=True: phase["swa"] or real_improved(s, b, h))
+    else:
+        monkeypatch.setattr(loop, "_improved", lambda s, b, h=True: not phase["swa"] and real_improved(s, b, h))
+
+
+@pytest.fixture(scope="module")
+def averaged_run(tmp_path_factory) -> dict:
+    """One fold trained with the last 2 of 3 epochs averaged, the average counting as best: each epoch's
+    weights as last.pt held them, and what the run logged. Read-only for the tests."""
+    base = tmp_path_factory.mktemp("swa")
+    root = write_tiny_competition(base / "data")
+    over = [*overrides(root, base / "runs"), *SWA]
+    cfg = load_config(None, over)
+    fold = base / "runs" / "fold0"
+    per_epoch, err = [], io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, redirect_stderr(err):
+        swa_counts_as_best(mp, True)
+        loop.fit(cfg, 0, on_epoch=lambda e, s: per_epoch.append(torch.load(fold / "last.pt",
+                                                                           weights_only=True)["model"]))
+    return {"root": root, "overrides": over, "cfg": cfg, "fold": fold, "per_epoch": per_epoch, "err": err.getvalue()}
 
 
 def test_average_that_loses_to_the_best_epoch_says_so(tiny, monkeypatch, capsys):
-    phase = {"swa": False}
-    real_bn, real_improved = swa_mod.recompute_bn, loop._improved
-    monkeypatch.setattr(swa_mod, "recompute_bn", lambda run: phase.update(swa=True) or real_bn(run))
-    monkeypatch.setattr(loop, "_improved", lambda s, b, h=True: not phase["swa"] and real_improved(s, b, h))
+    swa_counts_as_best(monkeypatch, False)
     loop.fit(load_config(None, [*tiny["overrides"], *SWA]), 0)
     err = capsys.readouterr().err
     assert "average of the last 2 epochs" in err and "not better than the best epoch's" in err
@@ -58,12 +83,9 @@ def test_average_that_loses_to_the_best_epoch_says_so(tiny, monkeypatch, capsys)
     assert torch.load(Path(tiny["out"]) / "fold0" / "best.pt", weights_only=True)["eval_weights"] != "swa"
 
 
-def test_average_bn_and_prediction(tiny, swa_always_best, capsys):
-    cfg = load_config(None, [*tiny["overrides"], *SWA])
-    fold = Path(tiny["out"]) / "fold0"
-    per_epoch = []
-    loop.fit(cfg, 0, on_epoch=lambda e, s: per_epoch.append(torch.load(fold / "last.pt", weights_only=True)["model"]))
-    assert "* (best.pt: the average)" in capsys.readouterr().err
+def test_average_bn_and_prediction(averaged_run):
+    cfg, fold, per_epoch = averaged_run["cfg"], averaged_run["fold"], averaged_run["per_epoch"]
+    assert "* (best.pt: the average)" in averaged_run["err"]
     last = torch.load(fold / "last.pt", weights_only=True)
     assert int(last["swa"]["n_averaged"]) == 2 and last["swa_done"]
     avg = averaged(last)
@@ -94,10 +116,10 @@ def test_average_bn_and_prediction(tiny, swa_always_best, capsys):
     assert len(pd.read_csv(fold / "oof.csv")) == len(run.data.valid_ids)
 
 
-def test_resumed_average_is_bit_identical(tiny, tmp_path):
-    base = load_config(None, [*tiny["overrides"], *SWA, f"out_dir={tmp_path / 'base'}"])
-    loop.fit(base, 0)
-    cfg = load_config(None, [*tiny["overrides"], *SWA, f"out_dir={tmp_path / 'cut'}"])
+def test_resumed_average_is_bit_identical(averaged_run, tmp_path):
+    # the run never interrupted: averaged_run's (which average counts as best changes only best.pt)
+    base = averaged_run["fold"].parent
+    cfg = load_config(None, [*averaged_run["overrides"], f"out_dir={tmp_path / 'cut'}"])
     fold = tmp_path / "cut" / "fold0"
     keep = tmp_path / "epoch2_last.pt"
 
@@ -112,46 +134,11 @@ def test_resumed_average_is_bit_identical(tiny, tmp_path):
     # killed after the last epoch, before the average's last.pt: the resume redoes the average's epoch
     shutil.copyfile(keep, fold / "last.pt")
     loop.fit(cfg, 0, resume=True)
-    a, b = (torch.load(d / "fold0" / "last.pt", weights_only=True) for d in (tmp_path / "base", tmp_path / "cut"))
+    a, b = (torch.load(d / "fold0" / "last.pt", weights_only=True) for d in (base, tmp_path / "cut"))
     for part in ("model", "swa"):
         assert a[part].keys() == b[part].keys()
         for k in a[part]:
             assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs"
     ma, mb = (pd.read_csv(d / "fold0" / "metrics.csv").drop(columns=["seconds", "images_per_s", "data_wait_share"],
-                                                            errors="ignore") for d in (tmp_path / "base", fold.parent))
-    pd.testing.assert_frame_equal(ma, mb, check_exact=True)
-
-
-@pytest.mark.slow
-def test_killed_mid_epoch_with_ema_resumes_bit_for_bit(tmp_path):
-    """test_resume's run (EMA, mixup, dropout, a recovery checkpoint every step) with the last 2 of 3 epochs
-    averaged: SIGTERM in epoch 2, once epoch 1 is in the average, then resumed with the script."""
-    from helpers import write_tiny_competition
-    from test_resume import ARGS, poll, start, term_inside_epoch
-
-    data = write_tiny_competition(tmp_path / "data")
-    out, fold = tmp_path / "killed", tmp_path / "killed" / "fold0"
-    p = start(data, out, "train.swa_epochs=2")
-    assert poll(p, lambda: (fold / "metrics.csv").is_file()
-                and len((fold / "metrics.csv").read_text().splitlines()) == 3)  # epochs 0 and 1 written
-    term_inside_epoch(p, fold / "recovery.pt", 2)
-    assert p.wait(60) == 128 + signal.SIGTERM
-    ck = torch.load(fold / "recovery.pt", weights_only=True)
-    assert ck["epoch"] == 2 and ck["step"] > 0 and int(ck["swa"]["n_averaged"]) == 1
-    p = start(data, out, "train.swa_epochs=2", resume=True)
-    assert p.wait(120) == 0, (out / "stderr.log").read_text()[-3000:]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        loop.fit(load_config(None, [*ARGS, "train.swa_epochs=2", f"data.root={data}",
-                                    f"out_dir={tmp_path / 'base'}"]), 0)
-    finally:
-        torch.set_num_threads(threads)
-    a, b = (torch.load(d / "fold0" / "last.pt", weights_only=True) for d in (tmp_path / "base", out))
-    assert int(b["swa"]["n_averaged"]) == 2 and b["swa_done"]
-    for part in ("model", "ema", "swa"):
-        for k in a[part]:
-            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs"
-    cols = ["epoch", "valid_loss", "accuracy", "weights"]
-    ma, mb = (pd.read_csv(d / "fold0" / "metrics.csv")[cols] for d in (tmp_path / "base", out))
+                                                            errors="ignore") for d in (base, fold.parent))
     pd.testing.assert_frame_equal(ma, mb, check_exact=True)

@@ -1,6 +1,8 @@
-"""torchrun with 2 CPU processes (gloo): a fold trains with a frozen-backbone warm-up, is stopped by
-SIGTERM mid-epoch, resumes under torchrun, and ends with the weights of a run never stopped; the ranks
-agree bit for bit and only rank 0 writes."""
+"""DDP (comp.train.distributed) under torchrun with 2 CPU processes (gloo): a fold trains with a frozen-backbone
+warm-up, is stopped by SIGTERM mid-epoch, resumes under torchrun, and ends with the weights of a run never
+stopped; the ranks agree bit for bit and only rank 0 writes. torchrun and its process group are what is under
+test, so the runs are subprocesses: three launches (the run never stopped, alongside the stopped one, then
+its resume), each of 2 epochs of 4 steps on 16 px images."""
 
 from __future__ import annotations
 

@@ -1,9 +1,16 @@
-"""External training data (data.extra: comp/data/extra.py) and multi-stage recipes (stages:
-comp/train/stages.py), on the tiny competition of conftest with a DR-2015-like external source."""
+"""Multi-stage recipes (stages: comp.train.stages) and the external training data they pretrain on (data.extra:
+comp.data.extra, as training uses it in comp.train.build.fold_data), on the tiny competition of conftest with a
+DR-2015-like external source.
+
+External data: every fold trains on all the extra rows and validates on none, the OOF holds none, the sources
+are counted; a bad entry, a label outside the map, an id clash and byte-identical copies of competition images
+are refused or left out. Stages: weights handed on from stage to stage, a stage resumed and the finished ones
+skipped, a bad stage refused when the config loads, every stage's extra images cached by prepare."""
 
 from __future__ import annotations
 
-import os
+import io
+import re
 import shutil
 from pathlib import Path
 
@@ -13,12 +20,13 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from helpers import assert_user_error, run_script
+from helpers import one_error, run_main
 
+import comp
+from comp.data.competition import load_competition
+from comp.data.extra import load_extra
 from comp.errors import UserError
 from comp.experiment import Experiment, load_config
-
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def write_external(root: Path, n_per_level: int = 4, levels=(10, 11, 12), prefix: str = "dr") -> Path:
@@ -48,22 +56,20 @@ def ext(tiny, tmp_path):
 
 
 def test_every_fold_trains_on_all_extra_rows_and_validates_on_none(tiny, ext):
-    from comp.data.competition import load_competition
-    from comp.data.extra import load_extra
     from comp.data.folds import load_or_make_folds
     from comp.train.build import fold_data
 
     cfg = load_config(None, tiny["overrides"] + [extra_entry(ext)])
-    comp = load_competition(cfg)
-    extra = load_extra(cfg, comp)
+    competition = load_competition(cfg)
+    extra = load_extra(cfg, competition)
     assert len(extra) == 12 and set(extra["source"]) == {"dr"}
     # the label map: level 10/11/12 -> class 0/1/2 (ids say their level)
     want = extra["id"].str.split("_").str[1].astype(int) - 10
     assert (extra["label"].to_numpy() == want.to_numpy()).all()
-    folds = load_or_make_folds(cfg, comp.train, Experiment(cfg, Path(cfg.out_dir)).split)
+    folds = load_or_make_folds(cfg, competition.train, Experiment(cfg, Path(cfg.out_dir)).split)
     assert not folds["id"].isin(extra["id"]).any()  # never in folds.csv
     for k in range(2):
-        fd = fold_data(cfg, comp, folds, k, 0, 1, pin=False, extra=extra)
+        fd = fold_data(cfg, competition, folds, k, 0, 1, pin=False, extra=extra)
         own = folds[folds["fold"] != k]
         assert fd.train_set.paths == own["path"].tolist() + extra["path"].tolist()
         assert fd.train_set.labels.tolist() == own["label"].tolist() + extra["label"].tolist()
@@ -84,9 +90,6 @@ def test_fit_oof_has_no_extra_image_and_sources_are_counted(tiny, ext):
 
 
 def test_unknown_label_after_mapping_is_refused_naming_source_and_row(tiny, ext):
-    from comp.data.competition import load_competition
-    from comp.data.extra import load_extra
-
     cfg = load_config(None, tiny["overrides"] + [extra_entry(ext, label_map={10: 0, 11: 1})])
     with pytest.raises(UserError) as e:
         load_extra(cfg, load_competition(cfg))
@@ -95,9 +98,6 @@ def test_unknown_label_after_mapping_is_refused_naming_source_and_row(tiny, ext)
 
 
 def test_id_clash_with_a_competition_image_is_refused(tiny, tmp_path):
-    from comp.data.competition import load_competition
-    from comp.data.extra import load_extra
-
     clash = write_external(tmp_path / "clash", levels=(0,), prefix="img_0")  # img_0_0_0.. no clash
     (clash / "train" / "img_0_0_0.jpeg").rename(clash / "train" / "img_0_000.jpeg")
     t = pd.read_csv(clash / "trainLabels.csv")
@@ -111,29 +111,27 @@ def test_id_clash_with_a_competition_image_is_refused(tiny, tmp_path):
 
 
 def test_copies_of_competition_images_are_left_out_with_a_warning(tiny, ext, capsys):
-    from comp.data.competition import load_competition
-    from comp.data.extra import load_extra
-
     cfg = load_config(None, tiny["overrides"] + [extra_entry(ext)])
-    comp = load_competition(cfg)
-    assert len(load_extra(cfg, comp)) == 12
+    competition = load_competition(cfg)
+    assert len(load_extra(cfg, competition)) == 12
     victim = ext / "train" / "dr_11_2.jpeg"  # its bytes replaced by a competition training image's
-    shutil.copyfile(comp.train["path"].iloc[3], victim)
+    shutil.copyfile(competition.train["path"].iloc[3], victim)
     capsys.readouterr()
-    rows = load_extra(cfg, comp)
+    rows = load_extra(cfg, competition)
     assert len(rows) == 11 and str(victim) not in set(rows["path"])
     err = capsys.readouterr().err
-    assert "1 image(s) are byte-identical copies" in err and str(victim) in err and comp.train["path"].iloc[3] in err
+    assert "1 image(s) are byte-identical copies" in err and str(victim) in err
+    assert competition.train["path"].iloc[3] in err
 
 
 def test_bad_entry_keys_are_refused_by_the_config(tiny, ext):
-    from comp import load_config as load_checked
-
     for bad, key in ((dict(stage="later"), "data.extra[0].stage"), (dict(weight=0), "data.extra[0].weight"),
                      (dict(labels="x"), "'labels' in data.extra[0]")):
-        with pytest.raises(UserError, match=__import__("re").escape(key)):
-            load_checked(None, tiny["overrides"] + [extra_entry(ext, **bad)])
+        with pytest.raises(UserError, match=re.escape(key)):
+            comp.load_config(None, tiny["overrides"] + [extra_entry(ext, **bad)])
 
+
+# --- stages -------------------------------------------------------------------------------------------------
 
 STAGES = "stages=[{image_size: 24, data: {extra_only: true}}, {epochs: 2}]"
 
@@ -183,17 +181,22 @@ def test_two_stages_hand_on_weights_resume_and_predict(tiny, ext, monkeypatch):
         assert torch.equal(weights[k], v), k
     mtime = (s1 / "best.pt").stat().st_mtime_ns
     calls.clear()
-    res = train_stages(cfg, 0, True, fit_plain := (lambda c, f, resume=False: (calls.append((int(c.stage), resume)),
-                                                                             fit(c, f, resume=resume))[1]))
-    assert fit_plain and calls == [(0, True)]  # stage 1 not redone, stage 2 resumed
+
+    def fit_plain(c, f, resume=False):
+        calls.append((int(c.stage), resume))
+        return fit(c, f, resume=resume)
+
+    res = train_stages(cfg, 0, True, fit_plain)
+    assert calls == [(0, True)]  # stage 1 not redone, stage 2 resumed
     assert (s1 / "best.pt").stat().st_mtime_ns == mtime
     assert len(pd.read_csv(fold / "metrics.csv")) == 2 and res["dir"] == fold
     saved2 = yaml.safe_load((fold / "config.yaml").read_text())
     assert saved2["model"]["pretrained"] == str(s1 / "best.pt") and saved2["image_size"] == 16
-    pred = run_script("predict.py", *tiny["overrides"], extra_entry(ext, stage="pretrain"), STAGES,
-                      "predict.folds=[0]", "--quiet")
-    assert pred.returncode == 0, pred.stderr
-    assert len(pd.read_csv(__import__("io").StringIO(pred.stdout))) == 9
+    monkeypatch.undo()
+    code, out, err = run_main("predict.py", *tiny["overrides"], extra_entry(ext, stage="pretrain"), STAGES,
+                              "predict.folds=[0]", "--quiet")
+    assert code == 0, err
+    assert len(pd.read_csv(io.StringIO(out))) == 9
 
 
 def test_a_bad_stage_is_refused_when_the_config_loads(tiny):
@@ -204,7 +207,7 @@ def test_a_bad_stage_is_refused_when_the_config_loads(tiny):
                            ("[{epochz: 1}, {}]", "stages[0]"),
                            ("[{epochs: 0}, {}]", "stages[0]: bad value for config key 'epochs': 0 must be >= 1"),
                            ("[{aug: {tta: [idnetity]}}, {}]", "stages[0]: aug.tta: unknown view 'idnetity'")):
-        with pytest.raises(UserError, match=__import__("re").escape(needle)):
+        with pytest.raises(UserError, match=re.escape(needle)):
             load_config(None, tiny["overrides"] + [f"stages={stages}"])
 
 
@@ -213,8 +216,8 @@ def test_prepare_caches_the_extra_images_of_every_stage(tiny, ext):
     from comp.experiment import stage_configs
 
     over = tiny["overrides"] + [extra_entry(ext, stage="pretrain"), STAGES]
-    res = run_script("prepare.py", *over, "--quiet")
-    assert res.returncode == 0, res.stderr
+    code, _, err = run_main("prepare.py", *over, "--quiet")
+    assert code == 0, err
     cfg = load_config(None, over)
     for c in stage_configs(cfg):
         keys = read_manifest(cache_folder(c))
@@ -223,16 +226,15 @@ def test_prepare_caches_the_extra_images_of_every_stage(tiny, ext):
     assert len(folds) == 30 and not folds["id"].str.startswith("dr_").any()
 
 
-@pytest.mark.slow
 def test_train_fold_runs_the_stages_and_resume_skips_the_finished_ones(tiny, ext):
     over = ["--fold", "1", *tiny["overrides"], extra_entry(ext, stage="pretrain"), "stages=[{image_size: 24}, {}]"]
-    res = run_script("train_fold.py", *over)
-    assert res.returncode == 0, res.stderr
+    code, _, err = run_main("train_fold.py", *over)
+    assert code == 0, err
     fold = tiny["out"] / "fold1"
     assert (fold / "stage1" / "done.json").is_file() and (fold / "best.pt").is_file()
     assert (fold / "oof.csv").is_file() and not (fold / "stage1" / "stage1").exists()
-    again = run_script("train_fold.py", *over)  # without --resume: the trained stage is not overwritten
-    assert_user_error(again, "fold1 already holds a trained fold", "--resume")
-    res = run_script("train_fold.py", *over, "--resume")
-    assert res.returncode == 0, res.stderr
-    assert "stage 1/2: done" in res.stderr and "nothing left to train" in res.stderr, res.stderr
+    code, _, err = run_main("train_fold.py", *over)  # without --resume: the trained stage is not overwritten
+    one_error(code, err, "fold1 already holds a trained fold", "--resume")
+    code, _, err = run_main("train_fold.py", *over, "--resume")
+    assert code == 0, err
+    assert "stage 1/2: done" in err and "nothing left to train" in err, err

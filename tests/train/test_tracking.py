@@ -1,0 +1,71 @@
+"""Seeing training (comp.train.tracking): TensorBoard event files read back (steps, epochs, the config, the
+figures), tracker none writes nothing, a missing tracker package is named."""
+
+from __future__ import annotations
+
+import builtins
+
+import pandas as pd
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from comp.errors import UserError
+from comp.experiment import load_config
+from comp.report.plots import fold_figures
+from comp.train.loop import Pruned, fit
+from comp.train.tracking import log_figures
+
+
+def _events(folder):
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def test_tensorboard_event_files_hold_steps_epochs_config_and_figures(tiny):
+    cfg = load_config(None, tiny["overrides"] + ["epochs=2", "train.log_every=1"])
+    result = fit(cfg, 0)
+    fold_figures(result["files"], result["metric"])
+    log_figures(cfg, result["dir"], [result["dir"] / "curves.png", result["dir"] / "confusion.png"])
+    acc = _events(result["dir"] / "tb")
+    tags = acc.Tags()
+    for col in ("train_loss", "valid_loss", "accuracy", "lr", "images_per_s"):
+        assert [e.step for e in acc.Scalars(f"epoch/{col}")] == [0, 1], col
+    metrics = pd.read_csv(result["dir"] / "metrics.csv")
+    assert [e.value for e in acc.Scalars("epoch/accuracy")] == pytest.approx(metrics["accuracy"].tolist())
+    steps = [e.step for e in acc.Scalars("train/loss")]
+    assert len(steps) >= 2 and steps == sorted(steps) and len(acc.Scalars("train/lr")) == len(steps)
+    assert {"curves", "confusion"} <= set(tags["images"])
+    text = " ".join(tags["tensors"])  # add_text is stored as tensors
+    assert "config/text_summary" in text and "run/text_summary" in text
+
+
+def test_tracker_none_writes_nothing_and_missing_package_is_named(tiny, monkeypatch):
+    cfg = load_config(None, tiny["overrides"] + ["train.tracker=none", "epochs=3"])
+    seen = []
+
+    def on_epoch(epoch, score):  # a pruned trial: fit lets the exception through once epoch 0's files are written
+        seen.append((epoch, score))
+        raise Pruned("pruned")
+
+    with pytest.raises(Pruned):
+        fit(cfg, 0, on_epoch=on_epoch)
+    fold_dir = tiny["out"] / "fold0"
+    metrics = pd.read_csv(fold_dir / "metrics.csv")
+    assert seen == [(0, pytest.approx(metrics["accuracy"].iloc[0]))] and len(metrics) == 1
+    assert torch.load(fold_dir / "last.pt", weights_only=True)["epoch"] == 1  # consistent: resumes at epoch 1
+    assert not (fold_dir / "tb").exists()
+    real = builtins.__import__
+
+    def no_mlflow(name, *a, **k):
+        if name == "mlflow":
+            raise ImportError("No module named 'mlflow'")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_mlflow)
+    cfg = load_config(None, tiny["overrides"] + ["train.tracker=mlflow", f"out_dir={tiny['out']}2"])
+    with pytest.raises(UserError, match=r"train.tracker=mlflow needs the mlflow package: pip install mlflow"):
+        fit(cfg, 0)
+    with pytest.raises(UserError, match="train.tracker"):
+        load_config(None, tiny["overrides"] + ["train.tracker=neptune"])

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU check of the kit in one call, sized for ~9 minutes on one H100/H200 (BENCHMARKS.md, "One GPU run"):
-#   1. pytest -q tests/test_gpu.py                        (AMP, compile modes, resume, no host sync in a step)
+#   1. pytest -q tests/train/test_gpu.py                        (AMP, compile modes, resume, no host sync in a step)
 #   2. benchmarks/run.py --sections gpu                   (fit vs compute only vs timm; eager, default, reduce-overhead)
 #   3. benchmarks/run.py --sections predict               (predict_test, 5 folds x 4 TTA views, eager and compiled)
 #   4. benchmarks/run.py --sections recipes               (every configs/*.yaml recipe: kit vs timm vs compute only)
@@ -37,7 +37,7 @@ bench() {  # bench NAME SECONDS ARGS...: one benchmark section; its JSON line to
   tail -n 1 "$OUT/$name.txt" | grep '^{' > "$OUT/$name.json" || rm -f "$OUT/$name.json"
 }
 
-step test_gpu 150 "$PY" -m pytest -q tests/test_gpu.py -p no:cacheprovider
+step test_gpu 150 "$PY" -m pytest -q tests/train/test_gpu.py -p no:cacheprovider
 # 4,096 images (12 steps of 256 a training epoch: fold 0 of 5), 3 epochs, eager and two train.compile modes; the
 # max-autotune modes autotune for minutes and are left to `make bench` on a lent machine of its own.
 bench gpu 150 --sections gpu --gpu-images 4096 --compile-modes default reduce-overhead

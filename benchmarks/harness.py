@@ -305,7 +305,7 @@ def run(sections: list[str] | tuple[str, ...] = SECTIONS, quick: bool = False, w
 
     Args:
         sections: names from SECTIONS.
-        quick: a smoke run (seconds a section on 2 CPU cores; tests/test_benchmark.py): the code paths of
+        quick: a smoke run (seconds a section on 2 CPU cores; tests/benchmarks/test_bench_run.py): the code paths of
             the full run on the fewest images, rounds and models that take them; its numbers mean nothing.
         work: where generated images and the demo data are kept between runs (default: a folder in the
             system temp dir); every run's outputs go to a temporary folder inside it, removed after.

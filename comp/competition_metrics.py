@@ -69,7 +69,7 @@ def log_loss(y: np.ndarray, p: np.ndarray, eps: float = 1e-15) -> float:
 
     Computed here rather than by sklearn.metrics.log_loss because scikit-learn clips to the float's machine
     epsilon (not Kaggle's eps) and does not renormalise; on rows that already lie in [eps, 1-eps] and sum to 1
-    the two agree (tests/test_competition_metrics.py).
+    the two agree (tests/test_metrics.py).
     """
     y, p = _arrays(y, p, 1, 2)
     if not (np.array_equal(y, np.round(y)) and (y >= 0).all() and (y < p.shape[1]).all()):

@@ -63,7 +63,7 @@ def _labels(p: np.ndarray) -> range:
 def qwk(y: np.ndarray, p: np.ndarray) -> float:
     """Quadratic weighted kappa of the argmax over the grades 0..C-1 (weights (i-j)^2 of the full grid);
     NaN when undefined (one grade on both sides). comp.predict.thresholds.qwk is the fast equivalent for
-    its search (tests/test_correct_metrics.py proves them equal)."""
+    its search (tests/test_metrics.py proves them equal)."""
     return _qwk_pred(y, p.argmax(1), p.shape[1])
 
 

@@ -79,7 +79,7 @@ def _decode_jpeg(path: Path, target: int | None) -> np.ndarray | None:
 
     simplejpeg picks among the scales n/8; without it (Kaggle's image) OpenCV's IMREAD_REDUCED_* decodes
     at 1/8, 1/4 or 1/2 (the largest reduction that still covers `target`), EXIF orientation ignored as
-    everywhere else. At the scales both have the pixels are the same (tests/test_kaggle_api.py)."""
+    everywhere else. At the scales both have the pixels are the same (tests/data/test_images.py)."""
     try:
         data = path.read_bytes()
         if simplejpeg is not None:

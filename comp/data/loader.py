@@ -193,7 +193,7 @@ class KitLoader(DataLoader):
 
     OpenCV is put on one thread while the workers start, and back as it was after: a worker forked from a
     process whose OpenCV thread pool is running inherits the pool without its threads and hangs on its
-    first OpenCV call (seen in tests/test_data_sampler.py once the parent had used OpenCV's threads). With
+    first OpenCV call (seen in tests/data/test_loader.py once the parent had used OpenCV's threads). With
     one thread the pool is stopped, so the workers start clean; they keep one thread (`ignore_stop_signals`)."""
 
     def _get_iterator(self) -> Any:

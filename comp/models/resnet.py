@@ -6,7 +6,7 @@ images/s (https://catalog.ngc.nvidia.com/orgs/nvidia/resources/resnet_50_v1_5_fo
 
 Parameter and buffer names are torchvision's (`conv1 bn1 layer1..4 .downsample.0/.1 fc`), which timm's
 resnet.py keeps too: those state-dict keys are a public API, so torchvision's and timm's weights load
-here with `strict=True`. `scripts/crosscheck.py` and tests/test_models.py prove that outputs and
+here with `strict=True`. `scripts/crosscheck.py` and tests/models/test_resnet.py prove that outputs and
 gradients then equal timm's. Methods follow timm's model interface (`forward_features`, `forward_head`,
 `get_classifier`, `reset_classifier`, `num_features`) so the rest of the kit treats both alike.
 """

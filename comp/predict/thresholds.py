@@ -7,7 +7,7 @@ so Nelder-Mead stalls on its plateaus; a coordinate search over the observed sco
 cut at a time and takes ~0.7 s on 3,662 OOF rows (APTOS 2019's size; one CPU core).
 
 Cut-points judged on the rows they were fit on look better than they are: tuned on probabilities that
-carry no information, they gain ~+0.08 kappa over the argmax on 150 rows (tests/test_correct_metrics.py).
+carry no information, they gain ~+0.08 kappa over the argmax on 150 rows (tests/predict/test_thresholds.py).
 So the gain is also measured honestly, cross-fitted: for each fold, the cut-points are fit on the other
 folds' OOF and scored on it (K more searches: ~4 s for 5 folds of APTOS, once per set of OOF files). Both
 gains, per fold and pooled, are logged and saved, and the cut-points (fit on every row) are kept only
@@ -65,7 +65,7 @@ def qwk(y: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
     """Quadratic weighted kappa over the grades 0..num_classes-1: scikit-learn's
     cohen_kappa_score(weights='quadratic', labels=range(num_classes)) (comp.metrics.qwk), ~50x faster for
     the thousands of evaluations of a search; 0 where that is undefined (one grade on both sides).
-    tests/test_correct_metrics.py proves the two equal on random inputs with absent grades."""
+    tests/test_metrics.py proves the two equal on random inputs with absent grades."""
     n = num_classes
     observed = np.bincount(y * n + pred, minlength=n * n).reshape(n, n).astype(np.float64)
     expected = np.outer(observed.sum(1), observed.sum(0)) / max(len(y), 1)

@@ -264,7 +264,7 @@ def find_duplicates(items: pd.DataFrame, load: Callable[[str], np.ndarray], clas
             unlabelled test image), or the label as shown (a string, "" when unknown: `duplicate_items`).
         load: `load(path) -> (H, W, 3) uint8` (the kit's image loader: the cache when there is one).
         max_distance: largest pHash Hamming distance (of 64 bits) called a near duplicate. A resized and
-            JPEG-recompressed copy of a photograph lands at 0-2 (tests/test_explain.py), unrelated images
+            JPEG-recompressed copy of a photograph lands at 0-2 (tests/report/test_errors_analysis.py), unrelated images
             near 32.
     Returns:
         id_a, set_a, label_a, id_b, set_b, label_b, distance, kind (identical: the same pixels as loaded;

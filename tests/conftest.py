@@ -33,6 +33,12 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture
+def tiny_root(tmp_path: Path) -> Path:
+    """A tiny competition (write_tiny_competition) under tmp_path/data."""
+    return write_tiny_competition(tmp_path / "data")
+
+
+@pytest.fixture
 def tiny(tmp_path: Path) -> dict:
     """A tiny competition and the overrides that point the demo config at it."""
     root = write_tiny_competition(tmp_path / "data")

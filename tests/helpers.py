@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 # Tiny and fast: 16 px images, 2 folds, a few steps, no worker processes, and timm's 0.37 M-parameter
 # test_resnet (a 1.5 MB best.pt where resnet18's is 45 MB, its last.pt 134 MB): the kit's own ResNets are
-# proven in test_models.py and trained end to end where a test names them.
+# proven in tests/models/test_resnet.py and trained end to end where a test names them.
 FAST = ["epochs=1", "batch_size=8", "image_size=16", "num_workers=0", "folds.n_folds=2",
         "train.recovery_every=0", "model.name=timm/test_resnet"]
 
@@ -62,6 +62,13 @@ def write_tiny_competition(root: Path, n_per_class: int = 10, n_test: int = 9, c
     test.assign(label=classes[0]).to_csv(root / "sample_submission.csv", index=False)
     test.to_csv(root / "solution.csv", index=False)
     return root
+
+
+def tiny_config(root: Path, *extra: str, out: Path | None = None):
+    """The demo config pointed at the competition under `root` (write_tiny_competition), with FAST; runs under
+    `out` (default: runs/ beside the data)."""
+    out = out or root.parent / "runs"
+    return load_config(None, [*FAST, f"data.root={root}", f"out_dir={out}", "data.source=competition", *extra])
 
 
 def run_script(name: str, *args: str, check: bool = False, env: dict | None = None,

@@ -104,3 +104,31 @@ def test_readme_names_only_real_scripts_flags_and_targets():
     targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
     for target in re.findall(r"`make ([\w-]+)", README) + re.findall(r"^make ([\w-]+)", README, re.M):
         assert target in targets, f"README.md names make {target}, which the Makefile lacks"
+
+
+PATH_NAMED = re.compile(r"(?<![\w/.])((?:tests|scripts|benchmarks|comp|configs|docs|examples)/"
+                        r"[\w/.-]*\w\.(?:py|sh|yaml|md|ipynb))")
+TEST_FILE_NAMED = re.compile(r"(?<![\w/.])(test_\w+\.py)\b")
+
+
+def test_every_file_the_tree_names_exists():
+    """Files move (the tests mirror comp/): a comment, docstring, doc page or script that names a file by its path
+    under the repository, or a test file by its bare name, points at one that exists."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    test_names = {Path(p).name for p in tracked if p.startswith("tests/")}
+    stale = []
+    for rel in tracked:
+        if rel == "BENCHMARKS.md" or (not rel.endswith((".py", ".md", ".sh", ".yaml", ".yml", ".toml", ".cfg"))
+                                      and rel != "Makefile"):
+            continue  # BENCHMARKS.md records the commands as they were on the day
+        text = (ROOT / rel).read_text(errors="replace")
+        for i, line in enumerate(text.splitlines(), 1):
+            for named in PATH_NAMED.findall(line):
+                placeholder = Path(named).stem in ("X", "x", "does_not_exist")
+                outside = "github.com" in line  # a path in another repository
+                if not (ROOT / named).exists() and not placeholder and not outside:
+                    stale.append(f"{rel}:{i}: {named}")
+            for named in TEST_FILE_NAMED.findall(line):
+                if named not in test_names and f"/{named}" not in line:
+                    stale.append(f"{rel}:{i}: {named}")
+    assert not stale, "files named that do not exist:\n" + "\n".join(stale)

@@ -34,3 +34,18 @@ def stretch(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     if not hi > lo:
         return np.zeros(v.shape, np.uint8)
     return np.rint(np.clip((v - lo) * (255.0 / (hi - lo)), 0, 255)).astype(np.uint8)
+
+
+def file_size(path: Path) -> int:
+    """The size of the image file at `path` in bytes, checked before any reader opens it.
+
+    Raises:
+        ImageError: the file is missing ("missing") or has no bytes ("empty").
+    """
+    try:
+        size = path.stat().st_size
+    except OSError:
+        raise ImageError("missing", path) from None
+    if size == 0:
+        raise ImageError("empty", path)
+    return size

@@ -39,7 +39,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from comp.data.image_base import ImageError, stretch
+from comp.data.image_base import ImageError, file_size, stretch
 
 try:
     import simplejpeg
@@ -175,12 +175,7 @@ def read_raster(path: Path, target: int | None = None) -> np.ndarray:
         ImageError: the file is missing, empty, truncated, or not a decodable image.
     """
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError:
-        raise ImageError("missing", path) from None
-    if size == 0:
-        raise ImageError("empty", path)
+    size = file_size(path)
     try:
         complete = looks_complete(path, size)
     except OSError as e:  # a folder named like an image, no read permission

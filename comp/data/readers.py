@@ -29,7 +29,7 @@ import numpy as np
 from comp.data import dicom as dicom_reader
 from comp.data import images as image_reader
 from comp.data.dicom import DicomOptions
-from comp.data.image_base import ImageError
+from comp.data.image_base import file_size
 
 
 @dataclass(frozen=True)
@@ -100,12 +100,7 @@ def read_image(path: str | Path, target: int | None = None, dicom: DicomOptions 
         ImageError: the file is missing, empty, truncated, not a decodable image, or unsupported.
     """
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError:
-        raise ImageError("missing", path) from None
-    if size == 0:
-        raise ImageError("empty", path)
+    file_size(path)
     return reader_for(path).read(path, Request(target, dicom))
 
 

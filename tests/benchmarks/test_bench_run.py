@@ -20,7 +20,7 @@ POSITIVE = ["loader_speedup_vs_seed", "cache_speedup_vs_seed", "cache_png_speedu
 def test_quick_benchmark_json(tmp_path):
     # One thread: the test suite may share the cores with other jobs, and oversubscribed OpenMP threads
     # make a smoke run crawl; --quick measures nothing worth the contention anyway.
-    # Sections 1-4; the recipes and predict sections (issue 17) have their tests in test_bench_speed.py.
+    # Sections 1-4; the recipes and predict sections (issue 17) have their tests in test_bench_sections.py.
     res = run_script(str(ROOT / "benchmarks" / "run.py"), "--quick", "--json", "--work", str(tmp_path), "--sections",
                      "loader", "model", "e2e", "gpu", check=True, env={"OMP_NUM_THREADS": "1"}, timeout=600)
     lines = res.stdout.strip().splitlines()

@@ -17,17 +17,6 @@ from comp.experiment import load_config
 RECIPES = ["rsna_bone_age", "ranzcr_clip"]  # grey + regression + EMA (inception_v3); multi-label, tf_efficientnet_b8
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread, as tests/test_benchmark.py gives its subprocess: the suite shares 2 cores (xdist's
-    two workers, other jobs), and oversubscribed OpenMP threads make these CPU runs crawl (a resnet50 forward
-    pass 5x slower on 2 threads than on 1, measured on the loaded 2-core machine); no number is asserted."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_recipes_section_uses_each_configs_recipe(tmp_path):
     lines: list[str] = []
     out = harness.run(["recipes"], quick=True, work=tmp_path, echo=lines.append, options={"recipes": RECIPES})
@@ -80,7 +69,7 @@ def test_gpu_all_script_is_ready():
     script = ROOT / "benchmarks" / "gpu_all.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     text = script.read_text()
-    for part in ("--sections", "gpu", "recipes", "predict", "tests/test_gpu.py", "$OUT"):
+    for part in ("--sections", "gpu", "recipes", "predict", "tests/train/test_gpu.py", "$OUT"):
         assert part in text, part
 
 

@@ -5,7 +5,6 @@ never interrupted."""
 
 from __future__ import annotations
 
-import errno
 import os
 import random
 import signal
@@ -15,10 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+from faults import disk_full, signal_group, start
 from helpers import COMMON, FAST, ROOT, experiment, one_error, run_main, snapshot, write_tiny_competition
 from replicas import build, overrides
 
-import comp.io
 from comp.data.cache import cache_folder, entry_path, read_entry
 from comp.data.competition import load_competition
 from comp.data.preprocess import load_preprocessed
@@ -78,44 +77,6 @@ def test_killed_build_resumes(tmp_path):
 
 # --- a full disk while the cache is built ---------------------------------------------------------------
 
-def enospc(path) -> OSError:
-    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-
-
-def disk_full(monkeypatch, name: str, nth: int = 1) -> None:
-    """The disk fills while comp.io writes the temporary of a file named `name` (a suffix): its `nth` such
-    write gets half its bytes, then ENOSPC. comp.io is the one writer of the kit's files, so this is
-    every file's disk-full path."""
-    real, seen = comp.io._open, [0]
-
-    class Half:
-        def __init__(self, f):
-            self.f = f
-
-        def write(self, data):
-            self.f.write(bytes(data)[: len(data) // 2])
-            raise enospc(self.f.name)
-
-        def __getattr__(self, key):
-            return getattr(self.f, key)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-    def opener(path, mode="r", *args, **kwargs):
-        f = real(path, mode, *args, **kwargs)
-        if "w" in mode and str(path).endswith(".tmp") and name in Path(path).name:
-            seen[0] += 1
-            if seen[0] == nth:
-                return Half(f)
-        return f
-
-    monkeypatch.setattr(comp.io, "_open", opener)
-
-
 def test_disk_full_while_building_the_cache(tmp_path, monkeypatch):
     ex = experiment(tmp_path / "ex", train=False)
     cfg = load_config(None, ex["overrides"])
@@ -135,31 +96,6 @@ def test_disk_full_while_building_the_cache(tmp_path, monkeypatch):
 
 # --- prepare killed at random moments -------------------------------------------------------------------
 # Subprocesses: a signal to a process group (the script and its pool of cache workers), and a SIGKILL.
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def start(code_or_script: str, *argv: str, log: Path) -> subprocess.Popen:
-    """A script (or `-c` code) in its own session, so its worker processes get the signal with it."""
-    cmd = [sys.executable, *(["-c", code_or_script] if "\n" in code_or_script else
-                             [str(ROOT / "scripts" / code_or_script)]), *argv]
-    with open(log, "a") as f:
-        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=f, env=ENV, cwd=str(ROOT),
-                                start_new_session=True)
-
-
-def signal_group(proc: subprocess.Popen, sig: int) -> int:
-    """`sig` to the whole process group, as a terminal's Ctrl-C or a job scheduler does; the exit code."""
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-    try:
-        return proc.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise AssertionError(f"the process did not end after {signal.Signals(sig).name}") from None
-
 
 # --- prepare: the cache build and the folds ------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import FAST, write_tiny_competition
+from helpers import tiny_config
 
 from comp.config import HASHED_KEYS, config_hash
 from comp.data.cache import cache_folder
@@ -21,18 +21,8 @@ from comp.data.checks import near_duplicate
 from comp.data.competition import load_competition
 from comp.data.folds import load_or_make_folds
 from comp.errors import UserError
-from comp.experiment import Experiment, load_config
+from comp.experiment import Experiment
 from comp.pipeline import prepare
-
-
-def _cfg(root: Path, *extra: str, out: Path | None = None):
-    out = out or root.parent / "runs"
-    return load_config(None, [*FAST, f"data.root={root}", f"out_dir={out}", "data.source=competition", *extra])
-
-
-@pytest.fixture
-def tiny_root(tmp_path: Path) -> Path:
-    return write_tiny_competition(tmp_path / "data")
 
 
 def _relabel(root: Path, rows: dict[int, str], header: str = "id,label") -> None:
@@ -46,24 +36,24 @@ def _relabel(root: Path, rows: dict[int, str], header: str = "id,label") -> None
 
 def test_trailing_space_in_label_and_header_is_the_same_class(tiny_root):
     _relabel(tiny_root, {0: "Fundus ", 1: " Fundus"}, header="id ,label ")
-    comp = load_competition(_cfg(tiny_root))
+    comp = load_competition(tiny_config(tiny_root))
     assert comp.classes == ["Fundus", "Other", "Retina"] and (comp.train["label"] == 0).sum() == 10
 
 
 def test_rare_near_duplicate_class_is_an_error_naming_rows(tiny_root):
     _relabel(tiny_root, {2: "fundus", 5: "Fundis"})  # csv rows 4 and 7; n_folds=2 > each one's 1 image
     with pytest.raises(UserError) as e:
-        load_competition(_cfg(tiny_root))
+        load_competition(tiny_config(tiny_root))
     msg = str(e.value)
     assert "did you mean 'Fundus'?" in msg and "row(s) " in msg and "\n" not in msg
     assert "'Fundis'" in msg and "row(s) 7" in msg or "'fundus'" in msg and "row(s) 4" in msg
-    comp = load_competition(_cfg(tiny_root, "data.classes=[Fundus,fundus,Fundis,Other,Retina]"))  # real: say so
+    comp = load_competition(tiny_config(tiny_root, "data.classes=[Fundus,fundus,Fundis,Other,Retina]"))  # real: say so
     assert comp.num_classes == 5
 
 
 def test_common_near_duplicate_is_a_warning_and_numbers_are_never_slips(tiny_root, capsys):
     _relabel(tiny_root, {i: "fundus" for i in range(3)})  # 3 images >= n_folds=2: may be real
-    comp = load_competition(_cfg(tiny_root))
+    comp = load_competition(tiny_config(tiny_root))
     assert comp.num_classes == 4
     assert "warning: class 'fundus' (3 image(s)" in capsys.readouterr().err
     assert near_duplicate("1", ["0", "2"]) is None and near_duplicate("hem", ["all"]) is None
@@ -78,7 +68,7 @@ def test_class_folder_spelt_two_ways_names_the_folder(tmp_path):
         for k in range(n):
             cv2.imwrite(str(root / "train" / name / f"{name}_{k}.png"), np.full((8, 8), 40 * k, np.uint8))
     with pytest.raises(UserError) as e:
-        load_competition(_cfg(root, "data.layout=folders", "data.sample_submission=''"))
+        load_competition(tiny_config(root, "data.layout=folders", "data.sample_submission=''"))
     assert "class 'Normal' (1 image(s): folder " in str(e.value) and "did you mean 'NORMAL'?" in str(e.value)
     assert str(root / "train" / "Normal") in str(e.value)
 
@@ -86,11 +76,11 @@ def test_class_folder_spelt_two_ways_names_the_folder(tmp_path):
 def test_semicolon_csv_is_read_and_a_semicolon_sample_refused(tiny_root):
     df = pd.read_csv(tiny_root / "train.csv", dtype=str)
     df.to_csv(tiny_root / "train.csv", index=False, sep=";")
-    comp = load_competition(_cfg(tiny_root))
+    comp = load_competition(tiny_config(tiny_root))
     assert len(comp.train) == 30 and comp.classes == ["0", "1", "2"]
     pd.read_csv(tiny_root / "sample_submission.csv", dtype=str).to_csv(tiny_root / "sample_submission.csv",
                                                                         index=False, sep=";")
-    cfg = _cfg(tiny_root, "data.test_csv=solution.csv")
+    cfg = tiny_config(tiny_root, "data.test_csv=solution.csv")
     assert len(load_competition(cfg).test) == 9  # predict-time reading is not asked for here
     with pytest.raises(UserError, match="looks ';'-separated"):
         load_competition(cfg, strict=False, check_sample=True)
@@ -112,7 +102,8 @@ def test_sample_submission_is_checked_at_prepare(tiny_root, case, needle):
         pd.read_csv(sample, dtype=str).drop(index=[0, 1]).to_csv(tiny_root / "test.csv", index=False)
     else:
         sample.unlink()
-    cfg = _cfg(tiny_root, "data.test_csv=test.csv" if case == "ids without images" else "data.test_csv=solution.csv")
+    test_csv = "test.csv" if case == "ids without images" else "solution.csv"
+    cfg = tiny_config(tiny_root, f"data.test_csv={test_csv}")
     if case != "ids without images":
         load_competition(cfg)  # without the check: loads (the test ids come from test_csv)
     with pytest.raises(UserError) as e:
@@ -124,12 +115,12 @@ def test_sample_submission_is_checked_at_prepare(tiny_root, case, needle):
 
 
 def test_limit_takes_n_per_class_and_never_mixes_with_full_runs(tiny_root, tmp_path):
-    limited = _cfg(tiny_root, "data.limit=3")
+    limited = tiny_config(tiny_root, "data.limit=3")
     a, b = load_competition(limited), load_competition(limited)
     assert a.train["label"].value_counts().to_dict() == {0: 3, 1: 3, 2: 3} and len(a.test) == 9
     assert a.train["id"].tolist() == b.train["id"].tolist()  # the same rows every run
-    assert len(load_competition(_cfg(tiny_root, "data.limit=2")).test) == 6
-    full = _cfg(tiny_root)
+    assert len(load_competition(tiny_config(tiny_root, "data.limit=2")).test) == 6
+    full = tiny_config(tiny_root)
     before = tuple(k for k in HASHED_KEYS if k != "data.limit")  # the keys before data.limit existed
     assert config_hash(full) == config_hash(full, before) != config_hash(limited)
     out = tmp_path / "runs"
@@ -138,4 +129,4 @@ def test_limit_takes_n_per_class_and_never_mixes_with_full_runs(tiny_root, tmp_p
     with pytest.raises(UserError, match="data.limit=3"):
         load_or_make_folds(full, load_competition(full).train, Experiment(full, out).split)
     with pytest.raises(UserError, match="data.limit"):
-        _cfg(tiny_root, "data.limit=1")  # fewer than folds.n_folds=2
+        tiny_config(tiny_root, "data.limit=1")  # fewer than folds.n_folds=2

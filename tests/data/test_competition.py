@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import FAST, ROOT, write_tiny_competition
+from helpers import FAST, ROOT, tiny_config
 from replicas import HAM_CLASSES, RANZCR_LABELS, build, overrides, rsna_bone_age
 
 from comp.data.competition import load_competition
@@ -36,16 +36,6 @@ def replicas(tmp_path_factory) -> dict[str, Path]:
 
 def cfg_for(name: str, root: Path, out: Path, *extra: str):
     return load_config(ROOT / "configs" / f"{name}.yaml", [*overrides(root, out, FAST), *extra])
-
-
-def _cfg(root: Path, *extra: str, out: Path | None = None):
-    out = out or root.parent / "runs"
-    return load_config(None, [*FAST, f"data.root={root}", f"out_dir={out}", "data.source=competition", *extra])
-
-
-@pytest.fixture
-def tiny_root(tmp_path: Path) -> Path:
-    return write_tiny_competition(tmp_path / "data")
 
 
 # --- the shipped configs on their replicas -----------------------------------------------------------------
@@ -199,7 +189,7 @@ def test_ham10000_keeps_lesions_whole_and_has_no_test_set(replicas, tmp_path):
 # --- ids unique in any folder layout; copies by content ----------------------------------------------
 
 
-def _folders_cfg(root: Path, out: Path, *extra: str):
+def _folderstiny_config(root: Path, out: Path, *extra: str):
     return load_config(ROOT / "configs" / "chest_xray.yaml", [*overrides(root, out, FAST), *extra])
 
 
@@ -212,7 +202,7 @@ def test_byte_identical_copy_dropped_but_same_size_other_image_refused(replicas,
     chest = replicas["chest_xray"]
     """The replica holds its tree twice (as the real zip does): the copies are dropped. A copy that has
     the first one's size but other bytes is another image under the same id: an error naming both."""
-    assert len(load_competition(_folders_cfg(chest, tmp_path)).train) == 24  # one of each doubled file
+    assert len(load_competition(_folderstiny_config(chest, tmp_path)).train) == 24  # one of each doubled file
     root = tmp_path / "cx"
     shutil.copytree(chest, root)
     copy = root / "chest_xray" / "chest_xray" / "train" / "NORMAL" / "IM-0115-0001.jpeg"
@@ -221,7 +211,7 @@ def test_byte_identical_copy_dropped_but_same_size_other_image_refused(replicas,
     copy.write_bytes(bytes(data))
     assert copy.stat().st_size == (root / "chest_xray" / "train" / "NORMAL" / copy.name).stat().st_size
     with pytest.raises(UserError, match="image id 'IM-0115-0001' appears twice .*different contents") as e:
-        load_competition(_folders_cfg(root, tmp_path))
+        load_competition(_folderstiny_config(root, tmp_path))
     assert str(copy) in str(e.value) and str(root / "chest_xray" / "train" / "NORMAL" / copy.name) in str(e.value)
 
 
@@ -235,14 +225,14 @@ def test_class_folders_reusing_file_names_get_unique_ids(replicas, tmp_path):
             _png(root / "chest_xray" / "train" / cls / f"{k}.png", v)
     _png(root / "chest_xray" / "test" / "NORMAL" / "1.png", 40)
     _png(root / "chest_xray" / "test" / "PNEUMONIA" / "1.png", 230)
-    comp = load_competition(_folders_cfg(root, tmp_path, "data.group_pattern=''"))
+    comp = load_competition(_folderstiny_config(root, tmp_path, "data.group_pattern=''"))
     t = comp.train.set_index("id")
     assert sorted(t.index) == ["NORMAL/1", "NORMAL/2", "NORMAL/3", "PNEUMONIA/1", "PNEUMONIA/2", "PNEUMONIA/3"]
     assert list(t.loc[["NORMAL/1", "PNEUMONIA/1"], "label"]) == [0, 1]
     assert all(Path(p).parent.name == i.split("/")[0] for i, p in t["path"].items())
     assert sorted(comp.test["id"]) == ["NORMAL/1", "PNEUMONIA/1"] and comp.test["id"].is_unique
     # names unique across classes (the real chest X-ray): ids stay the plain names
-    assert "IM-0115-0001" in set(load_competition(_folders_cfg(chest, tmp_path)).train["id"])
+    assert "IM-0115-0001" in set(load_competition(_folderstiny_config(chest, tmp_path)).train["id"])
 
 
 def test_unlabelled_folder_with_one_name_twice_is_refused(tmp_path):
@@ -254,7 +244,7 @@ def test_unlabelled_folder_with_one_name_twice_is_refused(tmp_path):
     _png(root / "chest_xray" / "test" / "1.png", 1)
     cv2.imwrite(str(root / "chest_xray" / "test" / "1.jpg"), np.full((8, 8), 99, np.uint8))
     with pytest.raises(UserError, match="image id '1' appears twice .*different contents"):
-        load_competition(_folders_cfg(root, tmp_path, "data.group_pattern=''"))
+        load_competition(_folderstiny_config(root, tmp_path, "data.group_pattern=''"))
 
 
 # --- what a new user's labels trip on -------------------------------------------------------------------
@@ -262,13 +252,13 @@ def test_unlabelled_folder_with_one_name_twice_is_refused(tmp_path):
 
 def test_group_pattern_missing_ids_is_refused_or_explicitly_own(tiny_root):
     with pytest.raises(UserError) as e:  # img_0_*, img_1_* match; the 10 img_2_* do not
-        load_competition(_cfg(tiny_root, r"data.group_pattern='^img_([01])_'"))
+        load_competition(tiny_config(tiny_root, r"data.group_pattern='^img_([01])_'"))
     msg = str(e.value)
     assert "10 of 30" in msg and "'img_2_000'" in msg and "data.group_unmatched=own" in msg and "\n" not in msg
-    comp = load_competition(_cfg(tiny_root, r"data.group_pattern='^img_([01])_'", "data.group_unmatched=own"))
+    comp = load_competition(tiny_config(tiny_root, r"data.group_pattern='^img_([01])_'", "data.group_unmatched=own"))
     groups = dict(zip(comp.train["id"], comp.train["group"], strict=True))
     assert groups["img_0_003"] == "0" and groups["img_1_009"] == "1" and groups["img_2_004"] == "img_2_004"
     with pytest.raises(UserError, match="matches no patient in 30 of 30"):
-        load_competition(_cfg(tiny_root, "data.group_pattern=nomatch"))
+        load_competition(tiny_config(tiny_root, "data.group_pattern=nomatch"))
     with pytest.raises(UserError, match="data.group_unmatched"):
-        _cfg(tiny_root, "data.group_unmatched=maybe")
+        tiny_config(tiny_root, "data.group_unmatched=maybe")

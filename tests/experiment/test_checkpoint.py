@@ -7,21 +7,18 @@ is refused naming the key, old -> new, in the words --resume uses."""
 
 from __future__ import annotations
 
-import builtins
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from faults import BAD_CHECKPOINTS, edit, evil
 from helpers import copy_of, make_experiment, one_error, run_main, snapshot, trained_fixture
 from omegaconf import OmegaConf
 
 from comp.errors import UserError
 from comp.experiment import checkpoint as ckpt_io
 from comp.experiment import load_config
-from comp.experiment.checkpoint import FORMAT_VERSION
 from comp.experiment.checkpoint import save as save_atomic
-from comp.models import create_model
 from comp.predict.predict import predict_test
 
 
@@ -36,65 +33,6 @@ def two_class(tmp_path_factory) -> dict:
     return trained_fixture(tmp_path_factory, "ckpt_two_class", classes=(0, 1))
 
 
-class Payload:
-    """Unpickling this calls exec(), which writes the marker file: what a malicious checkpoint would do."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return builtins.exec, (f"open({str(self.marker)!r}, 'w').write('the code ran')",)
-
-
-def _edit(fn):
-    def edit(path: Path, ctx: dict) -> None:
-        ck = torch.load(path, weights_only=True)
-        torch.save(fn(ck, ctx), path)
-    return edit
-
-
-def _truncate(path: Path, ctx: dict) -> None:
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-
-
-def _other_classes(path: Path, ctx: dict) -> None:
-    shutil.copy(ctx["two_class"]["fold"] / path.name, path)
-
-
-def _evil(path: Path, ctx: dict) -> None:
-    ck = torch.load(path, weights_only=True)
-    torch.save({**ck, "hook": Payload(ctx["marker"])}, path)
-
-
-def _other_architecture(ck: dict, ctx: dict) -> dict:
-    torch.manual_seed(0)
-    return {**ck, "model": create_model("timm/test_efficientnet", 3).state_dict()}
-
-
-# name -> (what is done to the checkpoint, extra overrides, what the error line must name)
-FAULTS = {
-    "truncated": (_truncate, [], ["cannot load checkpoint", "truncated or not a PyTorch checkpoint"]),
-    "empty": (lambda p, c: p.write_bytes(b""), [], ["cannot load checkpoint", "the file is empty (0 bytes)"]),
-    "not a checkpoint": (lambda p, c: p.write_text("model weights: see the attached spreadsheet\n"), [],
-                         ["cannot load checkpoint", "truncated or not a PyTorch checkpoint"]),
-    "pickle carrying code": (_evil, [], ["cannot load checkpoint", "pickled code", "refused (weights_only=True)"]),
-    "another class count": (_other_classes, [], ["['0', '1'] but the data has ['0', '1', '2']"]),
-    "another architecture (config)": (lambda p, c: None, ["model.name=timm/test_efficientnet"],
-                                      ["was trained with a", "model"]),
-    "weights of another architecture": (_edit(_other_architecture), [],
-                                        ["the weights do not fit timm/test_resnet"]),
-    "weights saved under DDP's 'module.' names": (
-        _edit(lambda ck, c: {**ck, "model": {f"module.{k}": v for k, v in ck["model"].items()}}), [],
-        ["the weights do not fit timm/test_resnet", "Missing key(s)"]),
-    "older kit layout (weights and epoch only)": (
-        _edit(lambda ck, c: {"model": ck["model"], "epoch": ck["epoch"]}), [],
-        ["has no 'model_name'", f"checkpoint format 0, this kit writes {FORMAT_VERSION}"]),
-    "a bare state dict": (_edit(lambda ck, c: ck["model"]), [], ["is not a kit checkpoint (no 'model' state dict)"]),
-    "newer kit": (_edit(lambda ck, c: {**ck, "format_version": FORMAT_VERSION + 1}), [],
-                  [f"written by a newer kit (format {FORMAT_VERSION + 1} > {FORMAT_VERSION}); update the kit"]),
-}
-
-
 def _setup(trained, two_class, tmp_path) -> tuple[dict, dict]:
     ex = copy_of(trained, tmp_path / "ex")
     probs = tmp_path / "probs.csv"  # the probabilities of an earlier prediction
@@ -102,10 +40,10 @@ def _setup(trained, two_class, tmp_path) -> tuple[dict, dict]:
     return ex, {"two_class": two_class, "marker": tmp_path / "PWNED", "probs": probs}
 
 
-@pytest.mark.parametrize("name", list(FAULTS))
+@pytest.mark.parametrize("name", list(BAD_CHECKPOINTS))
 def test_predict_refuses_a_bad_fold(name, trained, two_class, tmp_path):
     ex, ctx = _setup(trained, two_class, tmp_path)
-    fault, extra, needles = FAULTS[name]
+    fault, extra, needles = BAD_CHECKPOINTS[name]
     fault(ex["fold"] / "best.pt", ctx)
     before, probs = snapshot(ex["base"]), ctx["probs"].read_bytes()
     code, out, err = run_main("predict.py", *ex["overrides"], *extra, "--save-probs", str(ctx["probs"]))
@@ -119,7 +57,7 @@ def test_predict_refuses_a_bad_fold(name, trained, two_class, tmp_path):
 def test_the_pickle_payload_is_live(trained, two_class, tmp_path):
     """The payload above does run when unpickled without weights_only: the refusal is what stops it."""
     ex, ctx = _setup(trained, two_class, tmp_path)
-    _evil(ex["fold"] / "best.pt", ctx)
+    evil(ex["fold"] / "best.pt", ctx)
     torch.load(ex["fold"] / "best.pt", weights_only=False)
     assert ctx["marker"].read_text() == "the code ran"
 
@@ -127,7 +65,7 @@ def test_the_pickle_payload_is_live(trained, two_class, tmp_path):
 def test_an_older_kit_checkpoint_with_every_key_is_loaded(trained, two_class, tmp_path):
     """No format_version (format 0) but the same layout: predicted from, and resumed."""
     ex, ctx = _setup(trained, two_class, tmp_path)
-    strip = _edit(lambda ck, c: {k: v for k, v in ck.items() if k != "format_version"})
+    strip = edit(lambda ck, c: {k: v for k, v in ck.items() if k != "format_version"})
     strip(ex["fold"] / "best.pt", ctx)
     strip(ex["fold"] / "last.pt", ctx)
     code, out, err = run_main("predict.py", *ex["overrides"])

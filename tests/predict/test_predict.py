@@ -10,9 +10,7 @@ faults run on a copy of the tiny trained fold (conftest.trained_fixture).
 
 from __future__ import annotations
 
-import errno
 import io
-import os
 from pathlib import Path
 
 import cv2
@@ -20,9 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from faults import disk_full
 from helpers import copy_of, make_experiment, one_error, run_main, snapshot, trained_fixture, write_test_images
 
-import comp.io
 import comp.predict.predict as predict_mod
 from comp.data.augment import tta_view
 from comp.errors import UserError
@@ -206,34 +204,7 @@ def _out_of_memory(monkeypatch, probs: Path) -> None:
 
 
 def _disk_full(monkeypatch, probs: Path) -> None:
-    """The disk fills while comp.io (the one writer of the kit's files) writes the temporary of `probs`:
-    half its bytes, then ENOSPC."""
-    real = comp.io._open
-
-    class Half:
-        def __init__(self, f):
-            self.f = f
-
-        def write(self, data):
-            self.f.write(bytes(data)[: len(data) // 2])
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.f.name)
-
-        def __getattr__(self, key):
-            return getattr(self.f, key)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-    def opener(path, mode="r", *args, **kwargs):
-        f = real(path, mode, *args, **kwargs)
-        if "w" in mode and str(path).endswith(".tmp") and probs.name in Path(path).name:
-            return Half(f)
-        return f
-
-    monkeypatch.setattr(comp.io, "_open", opener)
+    disk_full(monkeypatch, probs.name)
 
 
 # name -> (the fault, the --save-probs file, extra overrides, what the error line must say)

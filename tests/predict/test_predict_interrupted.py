@@ -8,43 +8,15 @@ The script runs as a separate process here: a signal, or a kill, ends the proces
 
 from __future__ import annotations
 
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
+from faults import signal_group, start
 from helpers import ROOT, run_main, trained_fixture
 
 pytestmark = pytest.mark.slow
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def start(code_or_script: str, *argv: str, log: Path) -> subprocess.Popen:
-    """A script (or `-c` code) in its own session, so its worker processes get the signal with it."""
-    cmd = [sys.executable, *(["-c", code_or_script] if "\n" in code_or_script else
-                             [str(ROOT / "scripts" / code_or_script)]), *argv]
-    with open(log, "a") as f:
-        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=f, env=ENV, cwd=str(ROOT),
-                                start_new_session=True)
-
-
-def signal_group(proc: subprocess.Popen, sig: int) -> int:
-    """`sig` to the whole process group, as a terminal's Ctrl-C or a job scheduler does; the exit code."""
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-    try:
-        return proc.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise AssertionError(f"the process did not end after {signal.Signals(sig).name}") from None
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict:

@@ -1,7 +1,7 @@
 """The environments of the Kaggle tests. Kaggle's notebook image, for the packaged infer.py and the pushed
 kernel run as separate processes (`offline_env`): no network, no simplejpeg, and the repository's code out of
 reach (so the kit's editable install cannot stand in for the package's own copy). The real `kaggle` CLI
-pointed at the fake of Kaggle's API (`use_real_cli`, tests/fake_kaggle.py).
+pointed at the fake of Kaggle's API (`use_real_cli`, tests/fake_kaggle.py), and the fixtures `fake` and `api`.
 
 A helper module rather than a conftest.py: pytest imports every conftest.py as the module `conftest`, which
 would hide tests/conftest.py from the test modules' `from conftest import ...`."""
@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from fake_kaggle import FakeKaggle
 from helpers import ROOT
 
 CLI = Path(sys.executable).parent / "kaggle"  # the real CLI (kaggle 2.x), installed beside the interpreter
@@ -76,3 +78,18 @@ def use_real_cli(fake, home: Path, monkeypatch) -> dict:
     monkeypatch.setenv("PATH", f"{CLI.parent}{os.pathsep}{os.environ['PATH']}")
     fake.requests.clear()
     return env
+
+
+# The fixtures of the tests that run the real CLI: a test module imports them by name.
+
+@pytest.fixture(scope="module")
+def fake():
+    """One fake of Kaggle's API (tests/fake_kaggle.py) serving a whole test module."""
+    with FakeKaggle() as f:
+        yield f
+
+
+@pytest.fixture
+def api(fake, tmp_path, monkeypatch):
+    """The real CLI pointed at the fake."""
+    return use_real_cli(fake, tmp_path / "home", monkeypatch)

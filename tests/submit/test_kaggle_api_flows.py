@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import kaggle_env
 import pandas as pd
 import pytest
-from fake_kaggle import Competition, FakeKaggle
+from fake_kaggle import Competition
 from helpers import one_error, run_main, write_tiny_competition
-from kaggle_env import CLI, use_real_cli
+from kaggle_env import CLI
 
 from comp.data.download import ensure_data
 from comp.errors import UserError
@@ -20,18 +21,7 @@ from comp.experiment import load_config
 from comp.submit.kaggle import INDEX_COLUMNS
 
 pytestmark = pytest.mark.skipif(not CLI.is_file(), reason="the kaggle CLI is not installed beside the interpreter")
-
-
-@pytest.fixture(scope="module")
-def fake():
-    with FakeKaggle() as f:
-        yield f
-
-
-@pytest.fixture
-def api(fake, tmp_path, monkeypatch):
-    """The real CLI pointed at the fake."""
-    return use_real_cli(fake, tmp_path / "home", monkeypatch)
+fake, api = kaggle_env.fake, kaggle_env.api  # the fixtures: the fake of Kaggle's API, the real CLI at it
 
 
 def _zip_of(folder: Path) -> dict[str, bytes]:

@@ -13,26 +13,16 @@ import sys
 import zipfile
 from pathlib import Path
 
+import kaggle_env
 import pandas as pd
 import pytest
 import torch
 from fake_kaggle import USER, Competition, FakeKaggle
 from helpers import make_experiment, one_error, run_main
-from kaggle_env import CLI, offline_env, use_real_cli
+from kaggle_env import CLI, offline_env
 
 pytestmark = pytest.mark.skipif(not CLI.is_file(), reason="the kaggle CLI is not installed beside the interpreter")
-
-
-@pytest.fixture(scope="module")
-def fake():
-    with FakeKaggle() as f:
-        yield f
-
-
-@pytest.fixture
-def api(fake, tmp_path, monkeypatch):
-    """The real CLI pointed at the fake."""
-    return use_real_cli(fake, tmp_path / "home", monkeypatch)
+fake, api = kaggle_env.fake, kaggle_env.api  # the fixtures: the fake of Kaggle's API, the real CLI at it
 
 
 def _run_pushed_kernel(root: Path, work: Path):

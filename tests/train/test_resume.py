@@ -5,20 +5,17 @@ Killed and signalled runs: test_interrupt.py."""
 
 from __future__ import annotations
 
-import builtins
-import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from faults import BAD_CHECKPOINTS
 from helpers import copy_of, one_error, run_main, snapshot, trained_fixture
 
 from comp.errors import UserError
 from comp.experiment import checkpoint as ckpt_io
 from comp.experiment import load_config
-from comp.experiment.checkpoint import FORMAT_VERSION
-from comp.models import create_model
 from comp.train.build import build_run
 from comp.train.loop import fit
 from comp.train.optim import lr_at
@@ -114,69 +111,10 @@ def test_lr_follows_progress_across_a_resume_that_changes_the_steps_per_epoch(ti
 
 # --- a bad last.pt: refused with one `error:` line naming it, nothing overwritten, never started over ------
 
-class Payload:
-    """Unpickling this calls exec(), which writes the marker file: what a malicious checkpoint would do."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return builtins.exec, (f"open({str(self.marker)!r}, 'w').write('the code ran')",)
-
-
-def _edit(fn):
-    def edit(path: Path, ctx: dict) -> None:
-        ck = torch.load(path, weights_only=True)
-        torch.save(fn(ck, ctx), path)
-    return edit
-
-
-def _truncate(path: Path, ctx: dict) -> None:
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-
-
-def _other_classes(path: Path, ctx: dict) -> None:
-    shutil.copy(ctx["two_class"]["fold"] / path.name, path)
-
-
-def _evil(path: Path, ctx: dict) -> None:
-    ck = torch.load(path, weights_only=True)
-    torch.save({**ck, "hook": Payload(ctx["marker"])}, path)
-
-
-def _other_architecture(ck: dict, ctx: dict) -> dict:
-    torch.manual_seed(0)
-    return {**ck, "model": create_model("timm/test_efficientnet", 3).state_dict()}
-
-
-# name -> (what is done to the checkpoint, extra overrides, what the error line must name)
-FAULTS = {
-    "truncated": (_truncate, [], ["cannot load checkpoint", "truncated or not a PyTorch checkpoint"]),
-    "empty": (lambda p, c: p.write_bytes(b""), [], ["cannot load checkpoint", "the file is empty (0 bytes)"]),
-    "not a checkpoint": (lambda p, c: p.write_text("model weights: see the attached spreadsheet\n"), [],
-                         ["cannot load checkpoint", "truncated or not a PyTorch checkpoint"]),
-    "pickle carrying code": (_evil, [], ["cannot load checkpoint", "pickled code", "refused (weights_only=True)"]),
-    "another class count": (_other_classes, [], ["['0', '1'] but the data has ['0', '1', '2']"]),
-    "another architecture (config)": (lambda p, c: None, ["model.name=timm/test_efficientnet"],
-                                      ["was trained with a", "model"]),
-    "weights of another architecture": (_edit(_other_architecture), [],
-                                        ["the weights do not fit timm/test_resnet"]),
-    "weights saved under DDP's 'module.' names": (
-        _edit(lambda ck, c: {**ck, "model": {f"module.{k}": v for k, v in ck["model"].items()}}), [],
-        ["the weights do not fit timm/test_resnet", "Missing key(s)"]),
-    "older kit layout (weights and epoch only)": (
-        _edit(lambda ck, c: {"model": ck["model"], "epoch": ck["epoch"]}), [],
-        ["has no 'model_name'", f"checkpoint format 0, this kit writes {FORMAT_VERSION}"]),
-    "a bare state dict": (_edit(lambda ck, c: ck["model"]), [], ["is not a kit checkpoint (no 'model' state dict)"]),
-    "newer kit": (_edit(lambda ck, c: {**ck, "format_version": FORMAT_VERSION + 1}), [],
-                  [f"written by a newer kit (format {FORMAT_VERSION + 1} > {FORMAT_VERSION}); update the kit"]),
-}
-
-
-@pytest.mark.parametrize("name", list(FAULTS))
+@pytest.mark.parametrize("name", list(BAD_CHECKPOINTS))
 def test_resume_refuses_a_bad_checkpoint_and_never_starts_over(name, ex, two_class, tmp_path):
     ctx = {"two_class": two_class, "marker": tmp_path / "PWNED"}
-    fault, extra, needles = FAULTS[name]
+    fault, extra, needles = BAD_CHECKPOINTS[name]
     fault(ex["fold"] / "last.pt", ctx)
     before = snapshot(ex["base"])
     code, out, err = run_main(*RESUME, *ex["overrides"], "epochs=2", *extra)

@@ -4,17 +4,14 @@ written (the previous last.pt, the commit point, stays), and the RNG states of a
 
 from __future__ import annotations
 
-import errno
-import os
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from faults import disk_full, enospc
 from helpers import copy_of, one_error, run_main, snapshot, trained_fixture
 
-import comp.io
 from comp.errors import UserError
 from comp.experiment import checkpoint as ckpt_io
 
@@ -29,10 +26,6 @@ def trained(tmp_path_factory) -> dict:
 @pytest.fixture
 def ex(trained, tmp_path) -> dict:
     return copy_of(trained, tmp_path / "ex")
-
-
-def enospc(path) -> OSError:
-    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
 
 def test_checkpoint_writes_are_atomic_and_loads_safe(tmp_path, monkeypatch):
@@ -98,40 +91,6 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(ex, monkeyp
     code, _, err = run_main(*RESUME, *ex["overrides"], "epochs=2")
     assert code == 0, err
     assert ckpt_io.load(ex["fold"] / "last.pt")["epoch"] == 2
-
-
-def disk_full(monkeypatch, name: str, nth: int = 1) -> None:
-    """The disk fills while comp.io writes the temporary of a file named `name` (a suffix): its `nth` such
-    write gets half its bytes, then ENOSPC. comp.io is the one writer of the kit's files, so this is
-    every file's disk-full path."""
-    real, seen = comp.io._open, [0]
-
-    class Half:
-        def __init__(self, f):
-            self.f = f
-
-        def write(self, data):
-            self.f.write(bytes(data)[: len(data) // 2])
-            raise enospc(self.f.name)
-
-        def __getattr__(self, key):
-            return getattr(self.f, key)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-    def opener(path, mode="r", *args, **kwargs):
-        f = real(path, mode, *args, **kwargs)
-        if "w" in mode and str(path).endswith(".tmp") and name in Path(path).name:
-            seen[0] += 1
-            if seen[0] == nth:
-                return Half(f)
-        return f
-
-    monkeypatch.setattr(comp.io, "_open", opener)
 
 
 def test_disk_full_while_writing_metrics_keeps_it_and_the_commit_point(ex, monkeypatch):

@@ -1,7 +1,7 @@
 """The training step and prediction paths that speed depends on (issue 17), proven on the CPU: the fused
 optimizer chosen for CUDA, the EMA's foreach update, no host read of a tensor between log points, the
 `train.compile` / `predict.compile` modes, and compiled prediction equal to eager prediction. The CUDA
-side of the same claims (sync debug mode "error") is in tests/test_gpu.py."""
+side of the same claims (sync debug mode "error") is in tests/train/test_gpu.py."""
 
 from __future__ import annotations
 
@@ -20,18 +20,6 @@ from comp.schema import COMPILE_MODES
 from comp.train.build import build_run
 from comp.train.loop import fit, train_one_epoch
 from comp.train.optim import build_optimizer
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread, as tests/test_benchmark.py gives its subprocess: the suite shares 2 cores (xdist's
-    two workers, other jobs), and oversubscribed OpenMP threads make these CPU runs crawl (a resnet50 forward
-    pass 5x slower on 2 threads than on 1, measured on the loaded 2-core machine); no number is asserted."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ------------------------------------------------------------------------------------ compile modes
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,21 +131,25 @@ def test_prefetch_shrinks_to_the_shared_memory_there_is():
     assert prefetch_factor_for(32, 512, 0, 2**30) is None
 
 
+def _run_script(path: Path, *lines: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Write a Python script that imports the checkout's kit, then `lines`, to `path` and run it."""
+    path.write_text("".join(["import sys\n", f"sys.path.insert(0, {str(ROOT)!r})\n", *lines]))
+    return subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=120,
+                          env=env or {**os.environ, "OMP_NUM_THREADS": "1"})
+
+
 def test_a_run_ending_with_live_loader_workers_exits(tmp_path):
     # The workers ignore SIGTERM (a stop signal to the group is the main process's to act on), and
     # multiprocessing stops daemonic children at exit with SIGTERM, then joins them: an iterator kept alive
     # by an exception (a closed stderr, an error mid-epoch) used to leave the process waiting forever.
     # A subprocess: what is tested is the interpreter's own exit (its atexit hooks, the join of its workers).
-    script = tmp_path / "live_workers.py"
-    script.write_text(
-        "import sys, torch\n"
-        f"sys.path.insert(0, {str(ROOT)!r})\n"
+    res = _run_script(
+        tmp_path / "live_workers.py",
+        "import torch\n"
         "from comp.data.loader import make_loader\n"
         "it = iter(make_loader(torch.utils.data.TensorDataset(torch.zeros(64, 3)), 2, None, num_workers=2))\n"
         "next(it)\n"
         "raise SystemExit(3)  # `it` is still referenced: its workers are alive at exit\n")
-    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 3 and "Traceback" not in res.stderr, res.stderr[-2000:]
 
 
@@ -153,15 +158,14 @@ def test_a_script_without_a_main_guard_loads_batches_in_process_where_workers_wo
     # again in each DataLoader worker: a plain script's top level would run again there. Its batches are
     # loaded in this process instead, with one warning line (the same rule as the cache's pool).
     script = tmp_path / "plain.py"
-    script.write_text(
-        "import multiprocessing, sys, torch\n"
-        f"sys.path.insert(0, {str(ROOT)!r})\n"
+    res = _run_script(
+        script,
+        "import multiprocessing, torch\n"
         "multiprocessing.set_start_method('spawn')\n"
         "from comp.data.loader import make_loader\n"
         "for _ in range(2):\n"
         "    loader = make_loader(torch.utils.data.TensorDataset(torch.zeros(8, 3)), 2, None, num_workers=2)\n"
-        "    print(loader.num_workers, sum(len(x) for x, in loader))\n")
-    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+        "    print(loader.num_workers, sum(len(x) for x, in loader))\n", env=dict(os.environ))
     assert res.returncode == 0 and res.stdout.split() == ["0", "8", "0", "8"], res.stderr[-2000:]
     assert [line for line in res.stderr.splitlines() if "guard" in line] == [  # once
         f"warning: loading batches in this process (num_workers=0, not 2): {script} has no `if __name__ == "
@@ -173,10 +177,10 @@ def test_the_exit_hook_kills_the_kits_loader_workers_only(tmp_path):
     # The kit's exit hook is registered when its loader starts workers (importing it registers nothing)
     # and kills those workers only: a daemonic process of the user's own still gets multiprocessing's
     # SIGTERM at exit (it writes `flag` from its handler), as it would without the kit.
-    flag, script = tmp_path / "flag", tmp_path / "own_child.py"
-    script.write_text(
-        "import atexit, multiprocessing, os, signal, sys, time, torch\n"
-        f"sys.path.insert(0, {str(ROOT)!r})\n"
+    flag = tmp_path / "flag"
+    res = _run_script(
+        tmp_path / "own_child.py",
+        "import atexit, multiprocessing, os, signal, time, torch\n"
         "from comp.data.loader import make_loader\n"
         "def own(flag, ready):\n"
         "    signal.signal(signal.SIGTERM, lambda *a: (open(flag, 'w').write('term'), os._exit(0)))\n"
@@ -193,7 +197,5 @@ def test_the_exit_hook_kills_the_kits_loader_workers_only(tmp_path):
         "    iter(make_loader(torch.utils.data.TensorDataset(torch.zeros(8, 3)), 2, None, num_workers=1))\n"
         "    assert atexit._ncallbacks() == hooks + 1, 'once'\n"
         "    raise SystemExit(3)\n")
-    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 3 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert flag.read_text() == "term"

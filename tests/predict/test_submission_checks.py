@@ -128,6 +128,18 @@ def _check_one_line(e: UserError) -> None:
     event("refused: " + re.sub(r"'.*?'|\[.*?\]|\d+|/\S+", "_", str(e))[:45])  # --hypothesis-show-statistics
 
 
+def _judge(checked, sample, mode, comp) -> None:
+    """`checked()` either refuses the submission with a one-line UserError or returns the frame it accepted,
+    which must then match the sample."""
+    try:
+        df = checked()
+    except UserError as e:
+        _check_one_line(e)
+        return
+    event("accepted")
+    assert_matches_sample(df, sample, mode, comp.label_values)
+
+
 MODES = ["label", "class_probs", "binary_prob"]
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -143,13 +155,11 @@ def test_a_submission_frame_is_accepted_only_when_it_matches_the_sample(comps, m
     if len(set(head)) != len(head):  # a frame cannot hold two columns of one name; the file test covers it
         return
     df = pd.DataFrame(body, columns=head, dtype=str) if body else pd.DataFrame(columns=head, dtype=str)
-    try:
+
+    def checked():
         check(cfg, comp, df)
-    except UserError as e:
-        _check_one_line(e)
-        return
-    event("accepted")
-    assert_matches_sample(df, sample, mode, comp.label_values)
+        return df
+    _judge(checked, sample, mode, comp)
 
 
 @SETTINGS
@@ -167,14 +177,12 @@ def test_a_submission_file_is_accepted_only_when_it_matches_the_sample(comps, mo
         data = data[:cut]
     path = Path(folder) / "sub.csv"
     path.write_bytes(data)
-    try:
+
+    def read_and_check():
         df = read_exact(path)
         check(cfg, comp, df)
-    except UserError as e:
-        _check_one_line(e)
-        return
-    event("accepted")
-    assert_matches_sample(df, sample, mode, comp.label_values)
+        return df
+    _judge(read_and_check, sample, mode, comp)
 
 
 value_edits = st.lists(st.tuples(st.just("set_value"), st.integers(0, 20), st.integers(0, 3), values),

@@ -36,6 +36,8 @@ extension-less DICOM by its DICM prefix too) and imports only comp.data.image_ba
 
 from __future__ import annotations
 
+import math
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +46,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from comp.data.image_base import ImageError, stretch
+from comp.data.image_base import ImageError, repaired, stretch
 from comp.errors import UserError
 
 # CT windows as (center, width) in Hounsfield units. Radiopaedia, "Windowing (CT)"
@@ -81,7 +83,7 @@ def options(windows: Any = (), frame: str = "error") -> DicomOptions:
     `images.dicom_frame`.
 
     Raises:
-        UserError: an unknown name, a pair that is not two numbers with width >= 1, a count other than
+        UserError: an unknown name, a pair that is not two numbers with width > 0, a count other than
             0, 1 or 3, or an unknown frame policy, naming the key.
     """
     out: list[tuple[float, float] | None] = []
@@ -98,8 +100,8 @@ def options(windows: Any = (), frame: str = "error") -> DicomOptions:
         except (TypeError, ValueError):
             raise UserError(f"bad value for config key '{key}': {w!r} is neither a window name nor "
                             f"[center, width]") from None
-        if not (np.isfinite(c) and np.isfinite(wd) and wd >= 1):
-            raise UserError(f"bad value for config key '{key}': {[c, wd]!r} needs a finite center and width >= 1")
+        if not (np.isfinite(c) and np.isfinite(wd) and wd > 0):  # < 1: in the units of a tiny Rescale Slope
+            raise UserError(f"bad value for config key '{key}': {[c, wd]!r} needs a finite center and width > 0")
         out.append((c, wd))
     if len(out) not in (0, 1, 3):
         raise UserError(f"bad value for config key 'images.dicom_windows': {len(out)} windows; give 1 (grey) "
@@ -118,47 +120,146 @@ def from_config(cfg: Any) -> DicomOptions:
     return options(wins, str(cfg.images.dicom_frame))
 
 
-def window(values: np.ndarray, center: float, width: float) -> np.ndarray:
-    """PS3.3 C.11.2.1.2.1 LINEAR window to 0..1: 0 at or below c - 0.5 - (w-1)/2, 1 above c - 0.5 + (w-1)/2,
-    linear between (the formula pydicom's apply_windowing uses, with its output range scaled to 0..1)."""
-    return np.clip((values - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0) if width > 1 else (
-        (values > center - 0.5).astype(np.float64))
+def _number(v: Any) -> float | None:
+    """One DS/IS value as a float, however the writer formatted it: pydicom's DSfloat, or the string pydicom
+    leaves when it cannot parse one (spaces or NULs around it, a decimal comma from a comma-decimal locale:
+    '40,5'). None when empty, not a number or not finite (nan, 1e400)."""
+    if isinstance(v, bytes):
+        v = v.decode("latin-1")
+    if isinstance(v, str):
+        v = v.strip(" \x00")
+        if re.fullmatch(r"[+-]?\d+,\d+", v):
+            v = v.replace(",", ".")
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
 
 
-def _own_voi(values: np.ndarray, ds: Any) -> np.ndarray:
-    """The file's VOI LUT, else its first window, else its full range, as uint8 (module docstring)."""
-    from pydicom.pixels.processing import apply_voi, apply_windowing
+def _said(ds: Any, keyword: str) -> str:
+    """An element's value as a note quotes it: `missing`, or its value as the file spells it."""
+    v = ds.get(keyword)
+    return "missing" if v is None or v == "" else repr(str(v)) if isinstance(v, str) else str(v)
 
-    seq = ds.get("VOILUTSequence")
-    if seq and seq[0].get("LUTDescriptor") is not None and seq[0].get("LUTData") is not None:
-        out = apply_voi(np.rint(values).astype(np.int64), ds, 0).astype(np.float64)
-        entries = np.asarray(apply_voi(np.arange(-(1 << 16), 1 << 17), ds, 0), np.float64)  # every LUT entry
-        return stretch(out, entries.min(), entries.max())
-    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
-        with np.errstate(over="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            y = apply_windowing(values.astype(np.float64), ds, 0)
-            lo, hi = apply_windowing(np.array([-1e300, 1e300]), ds, 0)  # the output range: its two limits
-        return stretch(y, lo, hi)
+
+def _shown(v: Any) -> str:
+    return repr(str(v)) if isinstance(v, (str, bytes)) and not isinstance(v, float) else str(v)
+
+
+def _values(ds: Any, keyword: str) -> list[Any]:
+    """The raw values of a (possibly multi-valued, possibly empty) element; [] when absent or empty."""
+    v = ds[keyword].value if keyword in ds else None
+    if v is None or v == "" or v == b"":
+        return []
+    return [v] if isinstance(v, (str, bytes)) or not hasattr(v, "__iter__") else list(v)  # a MultiValue
+
+
+def _apply_window(values: np.ndarray, center: float, width: float, func: str = "LINEAR") -> np.ndarray:
+    """A window to 0..255 uint8 by pydicom's `apply_windowing` (PS3.3 C.11.2.1.2: LINEAR, LINEAR_EXACT,
+    SIGMOID), its output range set to 0..255 by a header of 8 unsigned bits and no rescale (the values are
+    already the Modality LUT's output). LINEAR needs width >= 1, which holds in stored units; after a tiny
+    Rescale Slope a window narrower than 1 is legitimate (fo-dicom#1999, RT images with slope 1e-6), and
+    pydicom refuses it (pydicom#1073): it is applied as LINEAR_EXACT, which takes any width > 0, as
+    fo-dicom (PR #1951) and dicom-rs do."""
+    from pydicom.dataset import Dataset
+    from pydicom.pixels.processing import apply_windowing
+
+    if func == "LINEAR" and width < 1:
+        func = "LINEAR_EXACT"
+    hdr = Dataset()
+    hdr.PhotometricInterpretation, hdr.BitsStored, hdr.PixelRepresentation = "MONOCHROME2", 8, 0
+    hdr.WindowCenter, hdr.WindowWidth, hdr.VOILUTFunction = center, width, func
+    with np.errstate(over="ignore"):  # SIGMOID's exp overflows to 0 or 255 far from the center: intended
+        y = apply_windowing(np.asarray(values, np.float64), hdr, 0)
+    return np.rint(np.clip(y, 0, 255)).astype(np.uint8)
+
+
+def _voi_lut(values: np.ndarray, ds: Any) -> np.ndarray:
+    """The file's VOI LUT Sequence (pydicom's `apply_voi`), its output spread from its smallest to its
+    largest entry, as uint8."""
+    from pydicom.pixels.processing import apply_voi
+
+    out = apply_voi(np.rint(values).astype(np.int64), ds, 0).astype(np.float64)
+    entries = np.asarray(apply_voi(np.arange(-(1 << 16), 1 << 17), ds, 0), np.float64)  # every LUT entry
+    if not entries.max() > entries.min():
+        raise ValueError("its entries are all one value")
+    return stretch(out, entries.min(), entries.max())
+
+
+def _own_voi(values: np.ndarray, ds: Any, notes: list[str]) -> np.ndarray:
+    """The file's own VOI as uint8, from the first usable of its sources (PS3.3 C.11.2, pydicom's
+    apply_voi_lut order): the VOI LUT Sequence, then each Window Center/Width pair in turn (a multi-valued
+    window lists alternatives), then the full range of the values (min to max, as viewers do without a
+    window). A source that is present but unusable (a Width of 0 or below, a value that is not a number, a
+    broken LUT) is skipped, and `notes` says which and what was used instead (fo-dicom#161: Width 0 exists
+    in real files)."""
+    skipped: list[str] = []
+    if ds.get("VOILUTSequence"):
+        try:
+            return _voi_lut(values, ds)
+        except Exception as e:  # a LUT with a bad descriptor, bit depth or data: the next source
+            skipped.append(f"(0028,3010) VOI LUT Sequence unusable ({_first_line(e)})")
+    centers, widths = _values(ds, "WindowCenter"), _values(ds, "WindowWidth")
+    if centers or widths:
+        func = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
+        if func not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+            notes.append(f"(0028,1056) VOI LUT Function {func!r} is not LINEAR, LINEAR_EXACT or SIGMOID: "
+                         f"LINEAR used")
+            func = "LINEAR"
+        if len(centers) != len(widths):
+            notes.append(f"(0028,1050) Window Center has {len(centers)} value(s) and (0028,1051) Window Width "
+                         f"{len(widths)}: paired as far as both go")
+        for i, (c, w) in enumerate(zip(centers, widths)):
+            cx, wx = _number(c), _number(w)
+            if cx is not None and wx is not None and wx > 0:
+                if skipped:
+                    notes.extend([*skipped, f"window {i + 1} of {len(centers)} used"])
+                return _apply_window(values, cx, wx, func)
+            skipped.append(f"window {i + 1} (0028,1050) Window Center {_shown(c)}, (0028,1051) Window Width {_shown(w)} "
+                         f"unusable (needs two numbers, width > 0)")
+    if skipped:
+        notes.extend([*skipped, "the image's full range used"])
     return stretch(values, values.min(), values.max())
 
 
-def _grey(arr: np.ndarray, ds: Any, opts: DicomOptions) -> np.ndarray:
-    """Stored values (H, W) -> (H, W, 3) uint8 through Modality LUT, VOI per channel and polarity."""
+def _modality(stored: np.ndarray, ds: Any, notes: list[str]) -> np.ndarray:
+    """Stored values through the Modality LUT (pydicom's `apply_modality_lut`): the Modality LUT Sequence,
+    or Rescale Slope and Intercept. pydicom skips the rescale unless both are present; a lone one gets the
+    other's identity value (slope 1, intercept 0), and a slope of 0 or not a number (every pixel one value)
+    is taken as 1, each with a note."""
     from pydicom.pixels.processing import apply_modality_lut
 
+    if ds.get("ModalityLUTSequence"):
+        return np.asarray(apply_modality_lut(stored, ds))
+    has_slope, has_icpt = "RescaleSlope" in ds, "RescaleIntercept" in ds
+    if not (has_slope or has_icpt):
+        return stored
+    slope, icpt = _number(ds.get("RescaleSlope")), _number(ds.get("RescaleIntercept"))
+    if not has_slope or slope is None or slope == 0:
+        notes.append(f"(0028,1053) Rescale Slope {_said(ds, 'RescaleSlope')}: 1 used")
+        slope = 1.0
+    if icpt is None:
+        notes.append(f"(0028,1052) Rescale Intercept {_said(ds, 'RescaleIntercept')}: 0 used")
+        icpt = 0.0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, icpt
+    return np.asarray(apply_modality_lut(stored, ds))
+
+
+def _grey(arr: np.ndarray, ds: Any, opts: DicomOptions, notes: list[str]) -> np.ndarray:
+    """Stored values (H, W) -> (H, W, 3) uint8 through Modality LUT, VOI per channel and polarity."""
     wins = opts.windows or (None,)
     integer = np.issubdtype(arr.dtype, np.integer)
     lo, hi = (int(arr.min()), int(arr.max())) if integer else (0, 0)
     use_lut = integer and hi - lo < MAX_LUT
     stored = np.arange(lo, hi + 1, dtype=np.int64) if use_lut else arr
-    values = np.asarray(apply_modality_lut(stored, ds))
+    values = np.asarray(_modality(stored, ds, notes), np.float64)
     if use_lut and lo != 0:  # table index of each pixel: its stored value - lo
         arr = np.subtract(arr, lo, dtype=np.int32 if arr.itemsize < 4 else np.int64, casting="unsafe")
     chans = []
     for w in wins:
-        y = _own_voi(values, ds) if w is None else stretch(window(values.astype(np.float64), *w), 0.0, 1.0)
-        if ds.get("PhotometricInterpretation") == "MONOCHROME1":
+        y = _own_voi(values, ds, notes) if w is None else _apply_window(values, *w)
+        if ds.PhotometricInterpretation == "MONOCHROME1":
             y = 255 - y
         chans.append(np.take(y, arr) if use_lut else y)  # each pixel through the table: one gather
     if len(chans) == 1:
@@ -203,17 +304,166 @@ def _decoder_plugin(path: Path, ds: Any) -> str:
     return "pylibjpeg" if "pylibjpeg" in dec.available_plugins else ""
 
 
-def read_dicom(path: str | Path, opts: DicomOptions | None = None) -> np.ndarray:
-    """Decode one DICOM file into (H, W, 3) uint8 RGB as described in the module docstring.
+COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420", "PALETTE COLOR")
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _repair_header(path: Path, ds: Any, notes: list[str]) -> int:
+    """Make the header describe the pixels as a viewer reads them, before pydicom decodes them; returns the
+    number of frames. Repaired, each with a note: no preamble/DICM prefix (PS3.10 7.1; pydicom reads the bare
+    data set with force=True); no Transfer Syntax UID (the encoding pydicom read the data set in: implicit or
+    explicit VR, little or big endian); no Samples per Pixel (1, or 3 for a colour Photometric
+    Interpretation); no Photometric Interpretation (MONOCHROME2, or RGB for 3 samples), or one spelt in lower
+    case or padded; no Bits Allocated (from Bits Stored, else from the Pixel Data's length); no Bits Stored,
+    or more than Bits Allocated (Bits Allocated); no Pixel Representation (0, unsigned); a Number of Frames
+    that is not a number (1); values that need more bits than Bits Stored says (pydicom would mask their high
+    bits, scrambling the image; kept unless an overlay lives in those bits); Pixel Data with fewer than one
+    frame of bytes past the end (trailing padding, PS3.5 8.1.1, ignored as pydicom does).
 
     Raises:
-        ImageError: corrupt (not DICOM, no pixel data, undecodable), truncated (less pixel data than the
-            header says), unsupported (no decoder for its transfer syntax; several frames and
+        ImageError: corrupt or truncated, naming the element: no or zero Rows/Columns, compressed Pixel Data
+            without a Transfer Syntax UID, a Bits Allocated that cannot be inferred, or Pixel Data shorter
+            than Rows x Columns x Samples x Bits Allocated x Number of Frames (or a frame or more longer).
+    """
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    if getattr(ds, "preamble", None) is None:
+        notes.append("no 128-byte preamble and DICM prefix (PS3.10 7.1): read as a bare data set")
+    if getattr(ds, "file_meta", None) is None:
+        ds.file_meta = FileMetaDataset()
+    pixels = ds["PixelData"] if "PixelData" in ds else None
+    encapsulated = pixels is not None and pixels.is_undefined_length
+    if ds.file_meta.get("TransferSyntaxUID") is None:
+        if encapsulated:
+            raise ImageError("corrupt", path, "no (0002,0010) Transfer Syntax UID and the (7FE0,0010) Pixel Data "
+                                              "is compressed: its codec is unknown")
+        implicit, little = ds.original_encoding
+        uid = ImplicitVRLittleEndian if implicit is not False else (
+            ExplicitVRLittleEndian if little is not False else ExplicitVRBigEndian)
+        ds.file_meta.TransferSyntaxUID = uid
+        notes.append(f"no (0002,0010) Transfer Syntax UID: {uid.name}, as the data set reads, assumed")
+    for kw, tag in (("Rows", "(0028,0010)"), ("Columns", "(0028,0011)")):
+        v = _number(ds.get(kw))
+        if not v or v < 1:
+            raise ImageError("corrupt", path, f"{tag} {kw} is {_said(ds, kw)}: the image has no size")
+    pi = str(ds.get("PhotometricInterpretation") or "").strip().upper()
+    spp = _number(ds.get("SamplesPerPixel"))
+    if spp not in (1, 3):
+        spp = 3 if pi in COLOUR and pi != "PALETTE COLOR" else 1
+        notes.append(f"(0028,0002) Samples per Pixel {_said(ds, 'SamplesPerPixel')}: {spp} assumed")
+        ds.SamplesPerPixel = spp
+    if not pi:
+        pi = "MONOCHROME2" if spp == 1 else "RGB"
+        notes.append(f"no (0028,0004) Photometric Interpretation: {pi} assumed")
+    elif pi != ds.PhotometricInterpretation:
+        notes.append(f"(0028,0004) Photometric Interpretation {ds.PhotometricInterpretation!r} read as {pi!r}")
+    ds.PhotometricInterpretation = pi
+    n = 1
+    if "NumberOfFrames" in ds:
+        nf = _number(ds.NumberOfFrames)
+        if nf is None or nf < 1 or nf != int(nf):
+            notes.append(f"(0028,0008) Number of Frames {_said(ds, 'NumberOfFrames')}: 1 assumed")
+            ds.NumberOfFrames = 1
+        n = int(_number(ds.NumberOfFrames) or 1)
+    if pixels is None:  # Float / Double Float Pixel Data: pydicom checks them
+        return n
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    samples = rows * cols * int(spp) * n
+    actual = len(pixels.value) if not encapsulated else 0
+    ba = _number(ds.get("BitsAllocated"))
+    if ba not in (1, 8, 16, 32, 64):
+        bs = _number(ds.get("BitsStored"))
+        if bs and 1 <= bs <= 64:
+            ba = 1 if bs == 1 else next(b for b in (8, 16, 32, 64) if b >= bs)
+        elif not encapsulated and actual in (samples * k + p for k in (1, 2, 4) for p in (0, 1)):
+            ba = 8 * (actual // samples)
+        else:
+            raise ImageError("corrupt", path, f"(0028,0100) Bits Allocated is {_said(ds, 'BitsAllocated')} and "
+                                              f"cannot be inferred")
+        notes.append(f"(0028,0100) Bits Allocated {_said(ds, 'BitsAllocated')}: {ba} assumed")
+        ds.BitsAllocated = int(ba)
+    ba = int(ba)
+    bs = _number(ds.get("BitsStored"))
+    if bs is None or not 1 <= bs <= ba:
+        notes.append(f"(0028,0101) Bits Stored {_said(ds, 'BitsStored')}: {ba} (Bits Allocated) assumed")
+        ds.BitsStored, ds.HighBit = ba, ba - 1
+    if _number(ds.get("PixelRepresentation")) not in (0, 1):
+        notes.append(f"(0028,0103) Pixel Representation {_said(ds, 'PixelRepresentation')}: 0 (unsigned) assumed")
+        ds.PixelRepresentation = 0
+    if encapsulated or pi == "YBR_FULL_422":  # the codec knows its length; 422 is pydicom's to check
+        return n
+    expected = (samples * ba + 7) // 8
+    frame = (rows * cols * int(spp) * ba + 7) // 8
+    geometry = (f"(7FE0,0010) Pixel Data holds {actual} bytes; Rows {rows} x Columns {cols} x Samples per Pixel "
+                f"{int(spp)} x Bits Allocated {ba} x Number of Frames {n} need {expected}")
+    if actual < expected:
+        raise ImageError("truncated", path, geometry)
+    if actual - expected >= max(frame, 2):
+        raise ImageError("corrupt", path, f"{geometry}: a frame or more left over, so Rows, Columns or Number of "
+                                          f"Frames is wrong")
+    if actual > expected + expected % 2:
+        notes.append(f"{geometry}: {actual - expected} trailing bytes ignored")
+    _bits_used(ds, pixels.value[:expected], ba, notes)
+    return n
+
+
+def _bits_used(ds: Any, raw: bytes, ba: int, notes: list[str]) -> None:
+    """Raise Bits Stored to the bits the stored values of native unsigned Pixel Data use, when it says
+    fewer: pydicom masks the bits above Bits Stored, which wraps every larger value around (a bright area
+    turns dark). Left alone when an overlay lives in those bits (60xx,0102 Overlay Bits Position, a retired
+    layout where masking is right), and for signed data, whose bits above Bits Stored need not repeat the
+    sign (pydicom sign-extends from bit Bits Stored - 1, as PS3.5 8.1.1 reads; pydicom's mlut_18.dcm)."""
+    bs = int(ds.BitsStored)
+    if ba not in (8, 16, 32) or bs >= ba or int(ds.PixelRepresentation) != 0:
+        return
+    if any(0x6000 <= e.tag.group <= 0x601E and e.tag.element == 0x0102 for e in ds):
+        return
+    big = ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.2"
+    v = np.frombuffer(raw, np.dtype(f"{'>' if big else '<'}u{ba // 8}"))
+    need = int(v.max()).bit_length() if v.size else 0
+    if need > bs:
+        notes.append(f"(0028,0101) Bits Stored {bs}, but the stored values reach {int(v.max())}, which needs "
+                     f"{need} bits: {need} used")
+        ds.BitsStored, ds.HighBit = need, need - 1
+
+
+# Where an enhanced (multi-frame) image keeps what a classic one has at the top level (PS3.3 C.7.6.16):
+# functional group sequence -> the elements of its item the grey stage reads
+FRAME_GROUPS = {"PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept", "RescaleType"),
+                "FrameVOILUTSequence": ("WindowCenter", "WindowWidth", "VOILUTFunction", "VOILUTSequence")}
+
+
+def _frame_header(ds: Any, index: int) -> None:
+    """Bring the chosen frame's Pixel Value Transformation and Frame VOI LUT (its Per-frame Functional
+    Group, else the Shared one) to the top level, where pydicom's apply_modality_lut and apply_windowing
+    look: an enhanced CT keeps its Hounsfield rescale and window only there (pydicom's eCT_Supplemental)."""
+    per = ds.get("PerFrameFunctionalGroupsSequence") or []
+    groups = [g for g in (per[index] if index < len(per) else None,
+                          (ds.get("SharedFunctionalGroupsSequence") or [None])[0]) if g is not None]
+    for seq, keywords in FRAME_GROUPS.items():
+        item = next((g[seq][0] for g in groups if g.get(seq)), None)
+        for kw in keywords if item is not None else ():
+            if kw in item:
+                ds[kw] = item[kw]
+
+
+def read_dicom(path: str | Path, opts: DicomOptions | None = None) -> np.ndarray:
+    """Decode one DICOM file into (H, W, 3) uint8 RGB as described in the module docstring. Headers that a
+    viewer reads past (see `_repair_header`, `_modality`, `_own_voi`) are repaired, with one warning line
+    naming the file and each repair (comp.data.image_base.repaired).
+
+    Raises:
+        ImageError: corrupt (not DICOM, no pixel data, undecodable, a header element that cannot be repaired,
+            named; any failure turning its values into grey levels, naming the file), truncated (less pixel
+            data than the header says), unsupported (no decoder for its transfer syntax; several frames and
             images.dicom_frame=error).
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels.utils import get_nr_frames
 
     path, opts = Path(path), opts or DicomOptions()
     try:
@@ -221,14 +471,17 @@ def read_dicom(path: str | Path, opts: DicomOptions | None = None) -> np.ndarray
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path, force=True)
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as e:
-        raise ImageError("corrupt", path, f"not a readable DICOM file: {str(e).splitlines()[0]}") from None
+        raise ImageError("corrupt", path, f"not a readable DICOM file: {_first_line(e)}") from None
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise ImageError("corrupt", path, "a DICOM file without pixel data")
-    plugin = _decoder_plugin(path, ds)
+    notes: list[str] = []
     try:
-        n = int(get_nr_frames(ds, warn=False))
-    except (TypeError, ValueError):  # a Number of Frames that is not a number ('1A'): one frame
-        n = 1
+        n = _repair_header(path, ds, notes)
+    except ImageError:
+        raise
+    except Exception as e:  # a header value of a type no repair foresaw: the file's fault, named
+        raise ImageError("corrupt", path, f"its header cannot be read: {type(e).__name__}: {_first_line(e)}") from None
+    plugin = _decoder_plugin(path, ds)
     if n > 1 and opts.frame == "error":
         raise ImageError("unsupported", path, f"{n} frames; set images.dicom_frame to first or middle")
     index = 0 if opts.frame == "first" or n == 1 else n // 2
@@ -238,11 +491,22 @@ def read_dicom(path: str | Path, opts: DicomOptions | None = None) -> np.ndarray
             ds.pixel_array_options(index=index, decoding_plugin=plugin)
             arr = ds.pixel_array
     except Exception as e:  # pydicom and its plugins raise many types for a bad stream
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = _first_line(e)
         kind = "truncated" if "less than expected" in msg or "truncat" in msg.lower() else "corrupt"
         raise ImageError(kind, path, msg) from None
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
-    if arr.ndim == 2 and ds.get("PhotometricInterpretation") != "PALETTE COLOR":
-        return _grey(arr, ds, opts)
-    return _colour(arr, ds)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _frame_header(ds, index)
+            if arr.ndim == 2 and ds.PhotometricInterpretation != "PALETTE COLOR":
+                img = _grey(arr, ds, opts, notes)
+            else:
+                img = _colour(arr, ds)
+    except Exception as e:  # pydicom's LUT and window functions raise ValueError, TypeError, KeyError...
+        raise ImageError("corrupt", path, f"its values cannot be turned into grey levels: {type(e).__name__}: "
+                                          f"{_first_line(e)}") from None
+    if notes:
+        repaired(path, notes)
+    return img

@@ -36,8 +36,6 @@ extension-less DICOM by its DICM prefix too) and imports only comp.data.image_ba
 
 from __future__ import annotations
 
-import math
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +44,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from comp.data.dicom_header import first_line, frame_header, number, repair_header, said
 from comp.data.image_base import ImageError, repaired, stretch
 from comp.errors import UserError
 
@@ -120,29 +119,6 @@ def from_config(cfg: Any) -> DicomOptions:
     return options(wins, str(cfg.images.dicom_frame))
 
 
-def _number(v: Any) -> float | None:
-    """One DS/IS value as a float, however the writer formatted it: pydicom's DSfloat, or the string pydicom
-    leaves when it cannot parse one (spaces or NULs around it, a decimal comma from a comma-decimal locale:
-    '40,5'). None when empty, not a number or not finite (nan, 1e400)."""
-    if isinstance(v, bytes):
-        v = v.decode("latin-1")
-    if isinstance(v, str):
-        v = v.strip(" \x00")
-        if re.fullmatch(r"[+-]?\d+,\d+", v):
-            v = v.replace(",", ".")
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
-def _said(ds: Any, keyword: str) -> str:
-    """An element's value as a note quotes it: `missing`, or its value as the file spells it."""
-    v = ds.get(keyword)
-    return "missing" if v is None or v == "" else repr(str(v)) if isinstance(v, str) else str(v)
-
-
 def _shown(v: Any) -> str:
     return repr(str(v)) if isinstance(v, (str, bytes)) and not isinstance(v, float) else str(v)
 
@@ -199,7 +175,7 @@ def _own_voi(values: np.ndarray, ds: Any, notes: list[str]) -> np.ndarray:
         try:
             return _voi_lut(values, ds)
         except Exception as e:  # a LUT with a bad descriptor, bit depth or data: the next source
-            skipped.append(f"(0028,3010) VOI LUT Sequence unusable ({_first_line(e)})")
+            skipped.append(f"(0028,3010) VOI LUT Sequence unusable ({first_line(e)})")
     centers, widths = _values(ds, "WindowCenter"), _values(ds, "WindowWidth")
     if centers or widths:
         func = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
@@ -210,14 +186,14 @@ def _own_voi(values: np.ndarray, ds: Any, notes: list[str]) -> np.ndarray:
         if len(centers) != len(widths):
             notes.append(f"(0028,1050) Window Center has {len(centers)} value(s) and (0028,1051) Window Width "
                          f"{len(widths)}: paired as far as both go")
-        for i, (c, w) in enumerate(zip(centers, widths)):
-            cx, wx = _number(c), _number(w)
+        for i, (c, w) in enumerate(zip(centers, widths, strict=False)):
+            cx, wx = number(c), number(w)
             if cx is not None and wx is not None and wx > 0:
                 if skipped:
                     notes.extend([*skipped, f"window {i + 1} of {len(centers)} used"])
                 return _apply_window(values, cx, wx, func)
-            skipped.append(f"window {i + 1} (0028,1050) Window Center {_shown(c)}, (0028,1051) Window Width {_shown(w)} "
-                         f"unusable (needs two numbers, width > 0)")
+            skipped.append(f"window {i + 1} (0028,1050) Window Center {_shown(c)}, (0028,1051) Window Width "
+                           f"{_shown(w)} unusable (needs two numbers, width > 0)")
     if skipped:
         notes.extend([*skipped, "the image's full range used"])
     return stretch(values, values.min(), values.max())
@@ -235,12 +211,12 @@ def _modality(stored: np.ndarray, ds: Any, notes: list[str]) -> np.ndarray:
     has_slope, has_icpt = "RescaleSlope" in ds, "RescaleIntercept" in ds
     if not (has_slope or has_icpt):
         return stored
-    slope, icpt = _number(ds.get("RescaleSlope")), _number(ds.get("RescaleIntercept"))
+    slope, icpt = number(ds.get("RescaleSlope")), number(ds.get("RescaleIntercept"))
     if not has_slope or slope is None or slope == 0:
-        notes.append(f"(0028,1053) Rescale Slope {_said(ds, 'RescaleSlope')}: 1 used")
+        notes.append(f"(0028,1053) Rescale Slope {said(ds, 'RescaleSlope')}: 1 used")
         slope = 1.0
     if icpt is None:
-        notes.append(f"(0028,1052) Rescale Intercept {_said(ds, 'RescaleIntercept')}: 0 used")
+        notes.append(f"(0028,1052) Rescale Intercept {said(ds, 'RescaleIntercept')}: 0 used")
         icpt = 0.0
     ds.RescaleSlope, ds.RescaleIntercept = slope, icpt
     return np.asarray(apply_modality_lut(stored, ds))
@@ -304,156 +280,9 @@ def _decoder_plugin(path: Path, ds: Any) -> str:
     return "pylibjpeg" if "pylibjpeg" in dec.available_plugins else ""
 
 
-COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420", "PALETTE COLOR")
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
-
-
-def _repair_header(path: Path, ds: Any, notes: list[str]) -> int:
-    """Make the header describe the pixels as a viewer reads them, before pydicom decodes them; returns the
-    number of frames. Repaired, each with a note: no preamble/DICM prefix (PS3.10 7.1; pydicom reads the bare
-    data set with force=True); no Transfer Syntax UID (the encoding pydicom read the data set in: implicit or
-    explicit VR, little or big endian); no Samples per Pixel (1, or 3 for a colour Photometric
-    Interpretation); no Photometric Interpretation (MONOCHROME2, or RGB for 3 samples), or one spelt in lower
-    case or padded; no Bits Allocated (from Bits Stored, else from the Pixel Data's length); no Bits Stored,
-    or more than Bits Allocated (Bits Allocated); no Pixel Representation (0, unsigned); a Number of Frames
-    that is not a number (1); values that need more bits than Bits Stored says (pydicom would mask their high
-    bits, scrambling the image; kept unless an overlay lives in those bits); Pixel Data with fewer than one
-    frame of bytes past the end (trailing padding, PS3.5 8.1.1, ignored as pydicom does).
-
-    Raises:
-        ImageError: corrupt or truncated, naming the element: no or zero Rows/Columns, compressed Pixel Data
-            without a Transfer Syntax UID, a Bits Allocated that cannot be inferred, or Pixel Data shorter
-            than Rows x Columns x Samples x Bits Allocated x Number of Frames (or a frame or more longer).
-    """
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
-    if getattr(ds, "preamble", None) is None:
-        notes.append("no 128-byte preamble and DICM prefix (PS3.10 7.1): read as a bare data set")
-    if getattr(ds, "file_meta", None) is None:
-        ds.file_meta = FileMetaDataset()
-    pixels = ds["PixelData"] if "PixelData" in ds else None
-    encapsulated = pixels is not None and pixels.is_undefined_length
-    if ds.file_meta.get("TransferSyntaxUID") is None:
-        if encapsulated:
-            raise ImageError("corrupt", path, "no (0002,0010) Transfer Syntax UID and the (7FE0,0010) Pixel Data "
-                                              "is compressed: its codec is unknown")
-        implicit, little = ds.original_encoding
-        uid = ImplicitVRLittleEndian if implicit is not False else (
-            ExplicitVRLittleEndian if little is not False else ExplicitVRBigEndian)
-        ds.file_meta.TransferSyntaxUID = uid
-        notes.append(f"no (0002,0010) Transfer Syntax UID: {uid.name}, as the data set reads, assumed")
-    for kw, tag in (("Rows", "(0028,0010)"), ("Columns", "(0028,0011)")):
-        v = _number(ds.get(kw))
-        if not v or v < 1:
-            raise ImageError("corrupt", path, f"{tag} {kw} is {_said(ds, kw)}: the image has no size")
-    pi = str(ds.get("PhotometricInterpretation") or "").strip().upper()
-    spp = _number(ds.get("SamplesPerPixel"))
-    if spp not in (1, 3):
-        spp = 3 if pi in COLOUR and pi != "PALETTE COLOR" else 1
-        notes.append(f"(0028,0002) Samples per Pixel {_said(ds, 'SamplesPerPixel')}: {spp} assumed")
-        ds.SamplesPerPixel = spp
-    if not pi:
-        pi = "MONOCHROME2" if spp == 1 else "RGB"
-        notes.append(f"no (0028,0004) Photometric Interpretation: {pi} assumed")
-    elif pi != ds.PhotometricInterpretation:
-        notes.append(f"(0028,0004) Photometric Interpretation {ds.PhotometricInterpretation!r} read as {pi!r}")
-    ds.PhotometricInterpretation = pi
-    n = 1
-    if "NumberOfFrames" in ds:
-        nf = _number(ds.NumberOfFrames)
-        if nf is None or nf < 1 or nf != int(nf):
-            notes.append(f"(0028,0008) Number of Frames {_said(ds, 'NumberOfFrames')}: 1 assumed")
-            ds.NumberOfFrames = 1
-        n = int(_number(ds.NumberOfFrames) or 1)
-    if pixels is None:  # Float / Double Float Pixel Data: pydicom checks them
-        return n
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    samples = rows * cols * int(spp) * n
-    actual = len(pixels.value) if not encapsulated else 0
-    ba = _number(ds.get("BitsAllocated"))
-    if ba not in (1, 8, 16, 32, 64):
-        bs = _number(ds.get("BitsStored"))
-        if bs and 1 <= bs <= 64:
-            ba = 1 if bs == 1 else next(b for b in (8, 16, 32, 64) if b >= bs)
-        elif not encapsulated and actual in (samples * k + p for k in (1, 2, 4) for p in (0, 1)):
-            ba = 8 * (actual // samples)
-        else:
-            raise ImageError("corrupt", path, f"(0028,0100) Bits Allocated is {_said(ds, 'BitsAllocated')} and "
-                                              f"cannot be inferred")
-        notes.append(f"(0028,0100) Bits Allocated {_said(ds, 'BitsAllocated')}: {ba} assumed")
-        ds.BitsAllocated = int(ba)
-    ba = int(ba)
-    bs = _number(ds.get("BitsStored"))
-    if bs is None or not 1 <= bs <= ba:
-        notes.append(f"(0028,0101) Bits Stored {_said(ds, 'BitsStored')}: {ba} (Bits Allocated) assumed")
-        ds.BitsStored, ds.HighBit = ba, ba - 1
-    if _number(ds.get("PixelRepresentation")) not in (0, 1):
-        notes.append(f"(0028,0103) Pixel Representation {_said(ds, 'PixelRepresentation')}: 0 (unsigned) assumed")
-        ds.PixelRepresentation = 0
-    if encapsulated or pi == "YBR_FULL_422":  # the codec knows its length; 422 is pydicom's to check
-        return n
-    expected = (samples * ba + 7) // 8
-    frame = (rows * cols * int(spp) * ba + 7) // 8
-    geometry = (f"(7FE0,0010) Pixel Data holds {actual} bytes; Rows {rows} x Columns {cols} x Samples per Pixel "
-                f"{int(spp)} x Bits Allocated {ba} x Number of Frames {n} need {expected}")
-    if actual < expected:
-        raise ImageError("truncated", path, geometry)
-    if actual - expected >= max(frame, 2):
-        raise ImageError("corrupt", path, f"{geometry}: a frame or more left over, so Rows, Columns or Number of "
-                                          f"Frames is wrong")
-    if actual > expected + expected % 2:
-        notes.append(f"{geometry}: {actual - expected} trailing bytes ignored")
-    _bits_used(ds, pixels.value[:expected], ba, notes)
-    return n
-
-
-def _bits_used(ds: Any, raw: bytes, ba: int, notes: list[str]) -> None:
-    """Raise Bits Stored to the bits the stored values of native unsigned Pixel Data use, when it says
-    fewer: pydicom masks the bits above Bits Stored, which wraps every larger value around (a bright area
-    turns dark). Left alone when an overlay lives in those bits (60xx,0102 Overlay Bits Position, a retired
-    layout where masking is right), and for signed data, whose bits above Bits Stored need not repeat the
-    sign (pydicom sign-extends from bit Bits Stored - 1, as PS3.5 8.1.1 reads; pydicom's mlut_18.dcm)."""
-    bs = int(ds.BitsStored)
-    if ba not in (8, 16, 32) or bs >= ba or int(ds.PixelRepresentation) != 0:
-        return
-    if any(0x6000 <= e.tag.group <= 0x601E and e.tag.element == 0x0102 for e in ds):
-        return
-    big = ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.2"
-    v = np.frombuffer(raw, np.dtype(f"{'>' if big else '<'}u{ba // 8}"))
-    need = int(v.max()).bit_length() if v.size else 0
-    if need > bs:
-        notes.append(f"(0028,0101) Bits Stored {bs}, but the stored values reach {int(v.max())}, which needs "
-                     f"{need} bits: {need} used")
-        ds.BitsStored, ds.HighBit = need, need - 1
-
-
-# Where an enhanced (multi-frame) image keeps what a classic one has at the top level (PS3.3 C.7.6.16):
-# functional group sequence -> the elements of its item the grey stage reads
-FRAME_GROUPS = {"PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept", "RescaleType"),
-                "FrameVOILUTSequence": ("WindowCenter", "WindowWidth", "VOILUTFunction", "VOILUTSequence")}
-
-
-def _frame_header(ds: Any, index: int) -> None:
-    """Bring the chosen frame's Pixel Value Transformation and Frame VOI LUT (its Per-frame Functional
-    Group, else the Shared one) to the top level, where pydicom's apply_modality_lut and apply_windowing
-    look: an enhanced CT keeps its Hounsfield rescale and window only there (pydicom's eCT_Supplemental)."""
-    per = ds.get("PerFrameFunctionalGroupsSequence") or []
-    groups = [g for g in (per[index] if index < len(per) else None,
-                          (ds.get("SharedFunctionalGroupsSequence") or [None])[0]) if g is not None]
-    for seq, keywords in FRAME_GROUPS.items():
-        item = next((g[seq][0] for g in groups if g.get(seq)), None)
-        for kw in keywords if item is not None else ():
-            if kw in item:
-                ds[kw] = item[kw]
-
-
 def read_dicom(path: str | Path, opts: DicomOptions | None = None) -> np.ndarray:
     """Decode one DICOM file into (H, W, 3) uint8 RGB as described in the module docstring. Headers that a
-    viewer reads past (see `_repair_header`, `_modality`, `_own_voi`) are repaired, with one warning line
+    viewer reads past (see comp.data.dicom_header, `_modality`, `_own_voi`) are repaired, with one warning line
     naming the file and each repair (comp.data.image_base.repaired).
 
     Raises:
@@ -471,16 +300,16 @@ def read_dicom(path: str | Path, opts: DicomOptions | None = None) -> np.ndarray
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path, force=True)
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as e:
-        raise ImageError("corrupt", path, f"not a readable DICOM file: {_first_line(e)}") from None
+        raise ImageError("corrupt", path, f"not a readable DICOM file: {first_line(e)}") from None
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise ImageError("corrupt", path, "a DICOM file without pixel data")
     notes: list[str] = []
     try:
-        n = _repair_header(path, ds, notes)
+        n = repair_header(path, ds, notes)
     except ImageError:
         raise
     except Exception as e:  # a header value of a type no repair foresaw: the file's fault, named
-        raise ImageError("corrupt", path, f"its header cannot be read: {type(e).__name__}: {_first_line(e)}") from None
+        raise ImageError("corrupt", path, f"its header cannot be read: {type(e).__name__}: {first_line(e)}") from None
     plugin = _decoder_plugin(path, ds)
     if n > 1 and opts.frame == "error":
         raise ImageError("unsupported", path, f"{n} frames; set images.dicom_frame to first or middle")
@@ -491,7 +320,7 @@ def read_dicom(path: str | Path, opts: DicomOptions | None = None) -> np.ndarray
             ds.pixel_array_options(index=index, decoding_plugin=plugin)
             arr = ds.pixel_array
     except Exception as e:  # pydicom and its plugins raise many types for a bad stream
-        msg = _first_line(e)
+        msg = first_line(e)
         kind = "truncated" if "less than expected" in msg or "truncat" in msg.lower() else "corrupt"
         raise ImageError(kind, path, msg) from None
     if arr.ndim == 3 and arr.shape[-1] == 1:
@@ -499,14 +328,14 @@ def read_dicom(path: str | Path, opts: DicomOptions | None = None) -> np.ndarray
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            _frame_header(ds, index)
+            frame_header(ds, index)
             if arr.ndim == 2 and ds.PhotometricInterpretation != "PALETTE COLOR":
                 img = _grey(arr, ds, opts, notes)
             else:
                 img = _colour(arr, ds)
     except Exception as e:  # pydicom's LUT and window functions raise ValueError, TypeError, KeyError...
         raise ImageError("corrupt", path, f"its values cannot be turned into grey levels: {type(e).__name__}: "
-                                          f"{_first_line(e)}") from None
+                                          f"{first_line(e)}") from None
     if notes:
         repaired(path, notes)
     return img

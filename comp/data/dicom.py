@@ -14,15 +14,26 @@ Grey levels (PS3.3 C.11 and PS3.4 N.2): the stored values go through the Modalit
 Intercept, or a Modality LUT Sequence: pydicom's `apply_modality_lut`), then the VOI stage, then to
 0..255, then MONOCHROME1 is inverted so that every image has its bone bright and air dark. The VOI stage
 is, per channel of `images.dicom_windows`:
-- default (no windows configured, or `file`): the file's VOI LUT Sequence (pydicom's `apply_voi`, its
-  output spread from its smallest to its largest entry), else its first window (Window Center/Width
-  with the VOI LUT Function LINEAR, LINEAR_EXACT or SIGMOID: pydicom's `apply_windowing`, its output
-  range as pydicom gives it), else the full range of the image's values (min to max, as viewers and
-  the Kaggle notebooks do);
-- a window [center, width] or a name in WINDOWS: the LINEAR function of PS3.3 C.11.2.1.2.1.
+- default (no windows configured, or `file`): the first usable of the file's VOI sources, in pydicom's
+  apply_voi_lut order: its VOI LUT Sequence (pydicom's `apply_voi`, its output spread from its smallest to
+  its largest entry), else each Window Center/Width pair in turn (a multi-valued window lists
+  alternatives; VOI LUT Function LINEAR, LINEAR_EXACT or SIGMOID: pydicom's `apply_windowing`), else the
+  full range of the image's values (min to max, as viewers and the Kaggle notebooks do). A source that
+  is present but unusable (a width of 0 or below: fo-dicom#161, real files carry it; a value that is not
+  a number; a broken LUT) is skipped with a warning naming the file, where pydicom raises (pydicom#1073);
+  a LINEAR width in (0, 1), legitimate after a tiny Rescale Slope (fo-dicom#1999), is applied as
+  LINEAR_EXACT (fo-dicom PR #1951);
+- a window [center, width] or a name in WINDOWS: the LINEAR function of PS3.3 C.11.2.1.2.1 (LINEAR_EXACT
+  below width 1).
 Since each of these maps a value to a value, they are computed once per distinct stored value (at most
 2^16 for the usual 8-16 bit data) and the image goes through the resulting 8-bit lookup table: the very
 pixels of applying them to the whole array, at the cost of one gather.
+
+Headers that viewers read past (no preamble or Transfer Syntax UID, pixel-module elements missing or at
+odds with the data, a Rescale Slope of 0, an enhanced image's functional groups) are repaired first
+(comp.data.dicom_header); every repair is one warning line naming the file and the element, and a fault
+that cannot be repaired, or any failure turning the values into grey levels, is an ImageError naming the
+file.
 
 Colour (RGB, YBR_* converted to RGB by the decoder or pydicom, PALETTE COLOR through pydicom's
 `apply_color_lut`) is scaled from its bit depth to 0..255; windows do not apply to it.
@@ -44,7 +55,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from comp.data.dicom_header import first_line, frame_header, number, repair_header, said
+from comp.data.dicom_header import first_line, frame_header, number, repair_header, said, shown, values_of
 from comp.data.image_base import ImageError, repaired, stretch
 from comp.errors import UserError
 
@@ -59,7 +70,12 @@ WINDOWS: dict[str, tuple[float, float]] = {
 FILE = "file"  # the file's own VOI LUT or first window, else the full range (the default)
 FRAMES = ("first", "middle", "error")
 SUFFIXES = (".dcm", ".dicom")  # the files comp.data.readers sends here by name,
-MAGIC = ((128, b"DICM"),)  # and by content: "DICM" after the 128-byte preamble (PS3.10 7.1), whatever the name
+# and by content: "DICM" after the 128-byte preamble (PS3.10 7.1), whatever the name; or, for a file written
+# without preamble (pydicom and viewers read it: dcmread force=True), its first tag, little endian: the File
+# Meta group (0002,0000)/(0002,0001), or a bare data set's usual first element of group 0008 (group length,
+# Specific Character Set, Image Type, Instance Creation Date, SOP Class UID). No image format starts so.
+MAGIC = ((128, b"DICM"), (0, b"\x02\x00\x00\x00"), (0, b"\x02\x00\x01\x00"), (0, b"\x08\x00\x00\x00"),
+         (0, b"\x08\x00\x05\x00"), (0, b"\x08\x00\x08\x00"), (0, b"\x08\x00\x12\x00"), (0, b"\x08\x00\x16\x00"))
 MAX_LUT = 1 << 20  # distinct stored values beyond which the VOI stage runs on the whole array instead
 
 # Transfer syntax UID prefix -> the package that decodes it (for the message when none is installed)
@@ -119,18 +135,6 @@ def from_config(cfg: Any) -> DicomOptions:
     return options(wins, str(cfg.images.dicom_frame))
 
 
-def _shown(v: Any) -> str:
-    return repr(str(v)) if isinstance(v, (str, bytes)) and not isinstance(v, float) else str(v)
-
-
-def _values(ds: Any, keyword: str) -> list[Any]:
-    """The raw values of a (possibly multi-valued, possibly empty) element; [] when absent or empty."""
-    v = ds[keyword].value if keyword in ds else None
-    if v is None or v == "" or v == b"":
-        return []
-    return [v] if isinstance(v, (str, bytes)) or not hasattr(v, "__iter__") else list(v)  # a MultiValue
-
-
 def _apply_window(values: np.ndarray, center: float, width: float, func: str = "LINEAR") -> np.ndarray:
     """A window to 0..255 uint8 by pydicom's `apply_windowing` (PS3.3 C.11.2.1.2: LINEAR, LINEAR_EXACT,
     SIGMOID), its output range set to 0..255 by a header of 8 unsigned bits and no rescale (the values are
@@ -176,7 +180,7 @@ def _own_voi(values: np.ndarray, ds: Any, notes: list[str]) -> np.ndarray:
             return _voi_lut(values, ds)
         except Exception as e:  # a LUT with a bad descriptor, bit depth or data: the next source
             skipped.append(f"(0028,3010) VOI LUT Sequence unusable ({first_line(e)})")
-    centers, widths = _values(ds, "WindowCenter"), _values(ds, "WindowWidth")
+    centers, widths = values_of(ds, "WindowCenter"), values_of(ds, "WindowWidth")
     if centers or widths:
         func = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
         if func not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
@@ -192,8 +196,8 @@ def _own_voi(values: np.ndarray, ds: Any, notes: list[str]) -> np.ndarray:
                 if skipped:
                     notes.extend([*skipped, f"window {i + 1} of {len(centers)} used"])
                 return _apply_window(values, cx, wx, func)
-            skipped.append(f"window {i + 1} (0028,1050) Window Center {_shown(c)}, (0028,1051) Window Width "
-                           f"{_shown(w)} unusable (needs two numbers, width > 0)")
+            skipped.append(f"window {i + 1} (0028,1050) Window Center {shown(c)}, (0028,1051) Window Width "
+                           f"{shown(w)} unusable (needs two numbers, width > 0)")
     if skipped:
         notes.extend([*skipped, "the image's full range used"])
     return stretch(values, values.min(), values.max())

@@ -43,6 +43,19 @@ def said(ds: Any, keyword: str) -> str:
     return "missing" if v is None or v == "" else repr(str(v)) if isinstance(v, str) else str(v)
 
 
+def shown(v: Any) -> str:
+    """A value as a note quotes it: a string the writer left unparsed in quotes, a number as is."""
+    return repr(str(v)) if isinstance(v, (str, bytes)) and not isinstance(v, float) else str(v)
+
+
+def values_of(ds: Any, keyword: str) -> list[Any]:
+    """The raw values of a (possibly multi-valued, possibly empty) element; [] when absent or empty."""
+    v = ds[keyword].value if keyword in ds else None
+    if v is None or v == "" or v == b"":
+        return []
+    return [v] if isinstance(v, (str, bytes)) or not hasattr(v, "__iter__") else list(v)  # a MultiValue
+
+
 def first_line(e: BaseException) -> str:
     return str(e).splitlines()[0] if str(e) else type(e).__name__
 

@@ -9,6 +9,7 @@ import only comp.data.image_base, never this module or each other.
 
     reader   suffixes                               magic (offset: bytes)
     dicom    .dcm .dicom                            128: DICM (an extension-less DICOM, or a misnamed one)
+                                                    0: a first tag of group 0002/0008 (no preamble)
     images   .jpg .jpeg .png .tif .tiff .bmp .webp  0: JPEG SOI, PNG, BM, TIFF II/MM; 8: WEBP
 
 A new format is a reader module with its suffixes, magic and read function, and one row here: HDF5

@@ -193,6 +193,9 @@ def _own_voi(values: np.ndarray, ds: Any, notes: list[str]) -> np.ndarray:
         for i, (c, w) in enumerate(zip(centers, widths, strict=False)):
             cx, wx = number(c), number(w)
             if cx is not None and wx is not None and wx > 0:
+                pairs = (("(0028,1050) Window Center", c, cx), ("(0028,1051) Window Width", w, wx))
+                # a value pydicom left unparsed (a decimal comma, NULs) that number() reads
+                notes.extend(f"{name} {shown(v)} read as {x:g}" for name, v, x in pairs if isinstance(v, str))
                 if skipped:
                     notes.extend([*skipped, f"window {i + 1} of {len(centers)} used"])
                 return _apply_window(values, cx, wx, func)

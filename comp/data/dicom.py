@@ -70,10 +70,9 @@ WINDOWS: dict[str, tuple[float, float]] = {
 FILE = "file"  # the file's own VOI LUT or first window, else the full range (the default)
 FRAMES = ("first", "middle", "error")
 SUFFIXES = (".dcm", ".dicom")  # the files comp.data.readers sends here by name,
-# and by content: "DICM" after the 128-byte preamble (PS3.10 7.1), whatever the name; or, for a file written
-# without preamble (pydicom and viewers read it: dcmread force=True), its first tag, little endian: the File
-# Meta group (0002,0000)/(0002,0001), or a bare data set's usual first element of group 0008 (group length,
-# Specific Character Set, Image Type, Instance Creation Date, SOP Class UID). No image format starts so.
+# and by content: "DICM" after the 128-byte preamble (PS3.10 7.1); or, written without preamble (pydicom and
+# viewers read it), its first tag: (0002,0000)/(0002,0001) of the File Meta, or a bare data set's usual first
+# element of group 0008 (length, Character Set, Image Type, Creation Date, SOP Class). No image starts so.
 MAGIC = ((128, b"DICM"), (0, b"\x02\x00\x00\x00"), (0, b"\x02\x00\x01\x00"), (0, b"\x08\x00\x00\x00"),
          (0, b"\x08\x00\x05\x00"), (0, b"\x08\x00\x08\x00"), (0, b"\x08\x00\x12\x00"), (0, b"\x08\x00\x16\x00"))
 MAX_LUT = 1 << 20  # distinct stored values beyond which the VOI stage runs on the whole array instead
@@ -235,6 +234,9 @@ def _grey(arr: np.ndarray, ds: Any, opts: DicomOptions, notes: list[str]) -> np.
     integer = np.issubdtype(arr.dtype, np.integer)
     lo, hi = (int(arr.min()), int(arr.max())) if integer else (0, 0)
     use_lut = integer and hi - lo < MAX_LUT
+    if not integer and not (ok := np.isfinite(arr)).all():  # nan/inf in Float Pixel Data: nan through any window
+        notes.append(f"(7FE0,0008) Float Pixel Data: {int((~ok).sum())} values not finite, the lowest finite used")
+        arr = np.where(ok, arr, arr[ok].min() if ok.any() else 0)
     stored = np.arange(lo, hi + 1, dtype=np.int64) if use_lut else arr
     values = np.asarray(_modality(stored, ds, notes), np.float64)
     if use_lut and lo != 0:  # table index of each pixel: its stored value - lo

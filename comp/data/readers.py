@@ -60,7 +60,7 @@ class Reader:
 
 
 READERS: tuple[Reader, ...] = (
-    # pydicom reads the whole file and checks its length (truncation) itself
+    # pydicom reads the whole file; comp.data.dicom_header checks the pixel data's length against the header
     Reader("dicom", dicom_reader.SUFFIXES, dicom_reader.MAGIC,
            lambda path, req: dicom_reader.read_dicom(path, req.dicom)),
     Reader("images", image_reader.SUFFIXES, image_reader.MAGIC,

@@ -80,6 +80,15 @@ def padded(ds: pydicom.Dataset) -> None:
     ds.PixelData = ds.PixelData + b"\0" * 6
 
 
+def float_with_nan(ds: pydicom.Dataset) -> None:  # Float Pixel Data (parametric maps) with 5 nan
+    a = ds.pixel_array.astype(np.float32)
+    a[0, :5] = np.nan
+    del ds.PixelData
+    ds.FloatPixelData, ds.BitsAllocated = a.tobytes(), 32
+    for k in ("BitsStored", "HighBit", "PixelRepresentation", "RescaleSlope", "RescaleIntercept"):
+        delattr(ds, k)
+
+
 def broken_voi_lut(ds: pydicom.Dataset) -> None:
     ds.VOILUTSequence[0].LUTDescriptor = [ds.VOILUTSequence[0].LUTDescriptor[0], 0, 9]  # 9 bits: refused
 
@@ -119,6 +128,9 @@ REPAIRED = [
     ("no Transfer Syntax UID", CT, no_transfer_syntax, (), full(HU),
      ["no (0002,0010) Transfer Syntax UID: Explicit VR Little Endian"]),
     ("trailing bytes after the pixels", CT, padded, (), full(HU), ["6 trailing bytes ignored"]),
+    ("nan in Float Pixel Data", CT, float_with_nan, (), full(np.where(np.arange(HU.size).reshape(HU.shape) < 5,
+                                                                     CT.pixel_array.min(), CT.pixel_array)),
+     ["(7FE0,0008) Float Pixel Data: 5 values not finite"]),
 ]
 
 

@@ -185,10 +185,12 @@ def test_a_failed_trial_is_retried_once_and_never_queued_again(tiny, tmp_path, m
     assert trials[1].user_attrs["starting_config"] and trials[1].params == trials[0].params
 
 
-def test_two_runs_starting_together_enqueue_the_starting_config_once(tiny, tmp_path, monkeypatch):
+@pytest.mark.parametrize("storage", ["new", "existing"])
+def test_two_runs_starting_together_enqueue_the_starting_config_once(tiny, tmp_path, monkeypatch, storage):
     """Two tune.py on one new study: each created or loaded it and, seeing no trial, enqueued the starting
-    config, so it ran twice. Both threads are held right after create_study until the other arrives (or 1 s
-    has passed, when the lock keeps the other out), the widest the race can be."""
+    config, so it ran twice (and in a new study.db both created its tables: "table studies already exists").
+    Both threads are held right after create_study until the other arrives (or 1 s has passed, when the lock
+    keeps the other out), the widest the race can be."""
     import threading
 
     import optuna
@@ -197,6 +199,9 @@ def test_two_runs_starting_together_enqueue_the_starting_config_once(tiny, tmp_p
 
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
+    if storage == "existing":  # the tables made, no study yet
+        (tiny["out"] / "tune").mkdir(parents=True)
+        optuna.storages.RDBStorage(f"sqlite:///{tiny['out'] / 'tune' / 'study.db'}")
     monkeypatch.setattr(tune_mod, "fit", lambda cfg, fold, resume=False, on_epoch=None: {"best": cfg.optim.lr})
     both = threading.Barrier(2)
     create = optuna.create_study

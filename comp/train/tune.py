@@ -18,35 +18,17 @@ comparison. The study lives in an RDB storage (SQLite by default, `<out_dir>/tun
 `load_if_exists`), so processes on several machines or GPUs can work on one study; each trial trains in
 `<out_dir>/tune/trial<N>`.
 
-What the next `tune` run does with a trial that did not finish (`_reconcile`, under the tune folder's lock
-`.study.lock`, so two processes starting together enqueue the starting config once and each retry once):
-- a trial interrupted by SIGTERM/SIGINT (its checkpoint written), or killed (SIGKILL, the OOM killer, a
-  preempted machine) is resumed in its own folder from its checkpoints, keeping its attributes (trial 0
-  stays "the starting config"). A killed trial is noticed by its folder's lock: the process running a trial
-  holds `trial<N>/.trial.lock` (fcntl.flock) while it trains, and the kernel frees it when that process
-  dies however it dies, so a RUNNING trial whose lock is free is dead (optuna#485, #2908, #3895); it is
-  marked failed and resumed at once, with no heartbeat grace period to wait out. A resumed trial that is
-  interrupted again is resumed again, up to MAX_ATTEMPTS runs in all.
-- a trial that failed by an error is retried once (a retry that fails too is not), and the retry is
-  recorded: the original has a later trial in its folder, so no later run queues it again (optuna#3616).
+A trial interrupted (SIGTERM, Ctrl-C) or killed (SIGKILL, the OOM killer) is resumed in its folder by the
+next run, a failed one retried once, the starting config enqueued once however many runs start together
+(comp.train.trials).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import socket
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; killed trials are not noticed there and enqueueing is not locked
-    fcntl = None  # type: ignore[assignment]
 
 import yaml
 from omegaconf import OmegaConf
@@ -60,6 +42,7 @@ from comp.metrics import higher_is_better
 from comp.train.loop import Pruned, Stopped, fit
 from comp.train.lr_find import copy_folds
 from comp.train.stages import train_stages
+from comp.train.trials import LOCK_WAIT_S, STUDY_LOCK, TRIAL_LOCK, check_study, claim, locked, reconcile
 
 
 @dataclass
@@ -167,131 +150,6 @@ def best_config_yaml(config_path: str | Path | None, overrides: list[str], param
     return "".join(f"# {line}\n" for line in note.splitlines()) + OmegaConf.to_yaml(conf)
 
 
-MAX_ATTEMPTS = 5  # runs of one trial's folder in all: a trial killed at the same place each time (the OOM
-# killer at one batch size) stops being resumed
-STUDY_LOCK = ".study.lock"  # in <out_dir>/tune: held while a run creates, checks and queues the study
-TRIAL_LOCK = ".trial.lock"  # in a trial's folder: held by the process training it, "<host> <pid>" inside
-LOCK_WAIT_S = 60.0  # a trial folder whose lock stays held this long belongs to a live process
-
-
-@contextlib.contextmanager
-def _locked(path: Path, wait_s: float | None = None) -> Iterator[Any]:
-    """The open lock file `path` (created), held with an exclusive fcntl.flock for the block; freed by the
-    kernel when this process ends, however it ends. Waits `wait_s` seconds for it (None: as long as it takes).
-
-    Raises:
-        UserError: the lock is still held after `wait_s` seconds (another process works in that folder).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        if fcntl is None:
-            yield f
-            return
-        deadline = None if wait_s is None else time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | (fcntl.LOCK_NB if deadline is not None else 0))
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:  # type: ignore[operator]
-                    f.seek(0)
-                    raise UserError(f"{path.parent} is in use by another process ({f.read().strip() or '?'} holds "
-                                    f"{path.name}); wait for it, or stop it") from None
-                time.sleep(0.2)
-        try:
-            yield f
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _alive(pid: int) -> bool:
-    """Whether process `pid` exists on this machine (a zombie not yet reaped counts as alive)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def _is_dead(trial: Any) -> bool:
-    """Whether the process that runs the RUNNING `trial` is gone: the trial holds its folder's lock (it wrote
-    its own number as `lock_owner` once it did) and that lock is free now, or held only by orphans of a dead
-    process on this machine (DataLoader workers forked before the kill inherit the lock until they notice).
-    False when that cannot be told: a trial that has not taken its lock yet, one run by an older kit, or a
-    folder this machine does not see (a trial of another machine)."""
-    if fcntl is None or trial.user_attrs.get("lock_owner") != trial.number or not trial.user_attrs.get("dir"):
-        return False
-    path = Path(trial.user_attrs["dir"]) / TRIAL_LOCK
-    if not path.is_file():
-        return False
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            host, _, pid = f.read().strip().partition(" ")
-            return host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
-        fcntl.flock(f, fcntl.LOCK_UN)
-        return True
-
-
-def _check_study(study: Any, metric: str, direction: str, name: str, storage: str) -> None:
-    """Refuse to join a study that optimises another way or another metric (one created by an older kit, which
-    maximised every metric, or for another config); record the metric of a new one.
-
-    Raises:
-        UserError: the study's direction or metric is not this config's, naming both and the study.
-    """
-    have = study.direction.name.lower()
-    if have != direction:
-        raise UserError(f"Optuna study {name!r} ({storage}) was created to {have}, but metric {metric} is "
-                        f"{'higher' if direction == 'maximize' else 'lower'} is better; use another --study-name "
-                        f"(or delete the study)")
-    recorded = study.user_attrs.get("metric")
-    if recorded is not None and recorded != metric:
-        raise UserError(f"Optuna study {name!r} ({storage}) scores trials by {recorded}, this config by {metric}; "
-                        f"use another --study-name")
-    if recorded is None:
-        study.set_user_attr("metric", metric)
-
-
-def _reconcile(study: Any, start: dict[str, Any]) -> None:
-    """What a run queues before its own trials (module doc), with the study lock held: the starting config on a
-    new study; a dead RUNNING trial marked failed (the study's `killed_trials`); each failed trial without a
-    later trial in its folder queued again with its params and attributes, resumed from its checkpoints:
-    always after an interruption (SIGTERM, a kill) up to MAX_ATTEMPTS, once after an error. The retry records
-    `retry_of` (the trial it continues), `attempt` and `errors` (error failures so far in its folder)."""
-    import optuna
-
-    state = optuna.trial.TrialState
-    if not study.get_trials(deepcopy=False):
-        study.enqueue_trial(start, user_attrs={"starting_config": True})
-    for t in study.get_trials(deepcopy=False, states=(state.RUNNING,)):
-        if _is_dead(t):
-            log(f"trial {t.number} is RUNNING in the study but its process is gone (killed); it resumes from its "
-                f"checkpoints in {t.user_attrs['dir']}")
-            study.set_user_attr("killed_trials", [*study.user_attrs.get("killed_trials", []), t.number])
-            study.tell(t.number, state=state.FAIL)
-    trials = study.get_trials(deepcopy=False)
-    killed = set(study.user_attrs.get("killed_trials", []))
-    for t in trials:
-        folder = t.user_attrs.get("dir")
-        if t.state != state.FAIL or not folder or any(u.number > t.number and u.user_attrs.get("dir") == folder
-                                                      for u in trials):
-            continue  # not failed, failed before training anything, or already retried
-        interrupted = t.number in killed or bool(t.user_attrs.get("interrupted"))
-        errors = int(t.user_attrs.get("errors", 0)) + (0 if interrupted else 1)
-        attempt = int(t.user_attrs.get("attempt", 1)) + 1
-        if errors > 1 or attempt > MAX_ATTEMPTS:
-            log(f"trial {t.number} ({folder}) is not retried: "
-                + ("it failed again after a retry" if errors > 1 else f"{MAX_ATTEMPTS} runs were interrupted"))
-            continue
-        attrs = {k: v for k, v in t.user_attrs.items() if k not in ("lock_owner", "interrupted", "retried")}
-        study.enqueue_trial(t.params, user_attrs={**attrs, "retry_of": t.number, "attempt": attempt, "errors": errors})
-
-
 def tune(config_path: str | None, overrides: list[str], space_path: str | Path, n_trials: int = 20,
          folds: tuple[int, ...] = (0,), study_name: str = "tune", storage: str | None = None) -> TuneResult:
     """Run `n_trials` trials of the study (created, or joined when it exists) and write
@@ -300,7 +158,7 @@ def tune(config_path: str | None, overrides: list[str], space_path: str | Path, 
     A trial whose run raises a UserError (a non-finite loss at a high lr, values the config refuses
     together) is recorded as failed (Optuna logs why) and the search goes on; before its own trials the run
     queues the starting config (a new study), resumes interrupted and killed trials and retries failed ones
-    once (`_reconcile`).
+    once (comp.train.trials.reconcile).
 
     Raises:
         UserError: a bad space or config, a study created for another metric or direction, or no completed
@@ -320,25 +178,22 @@ def tune(config_path: str | None, overrides: list[str], space_path: str | Path, 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     direction = "maximize" if higher_is_better(base.metric) else "minimize"
     start = _starting_params(base, space, Path(space_path))
-    with _locked(tune_dir / STUDY_LOCK):  # one process at a time creates, checks and queues (module doc)
+    with locked(tune_dir / STUDY_LOCK):  # one process at a time creates, checks and queues (comp.train.trials)
         study = optuna.create_study(study_name=study_name, storage=storage, direction=direction,
                                     load_if_exists=True, pruner=optuna.pruners.MedianPruner())
-        _check_study(study, base.metric, direction, study_name, storage)
-        _reconcile(study, start)
+        check_study(study, base.metric, direction, study_name, storage)
+        reconcile(study, start)
 
     def objective(trial: Any) -> float:
         values = {k: _suggest(trial, k, spec) for k, spec in space.items()}
         trial_dir = Path(trial.user_attrs.get("dir") or tune_dir / f"trial{trial.number}")
-        with _locked(trial_dir / TRIAL_LOCK, LOCK_WAIT_S) as lock:  # held while it trains: `_is_dead`
-            lock.seek(0)
-            lock.truncate()
-            lock.write(f"{socket.gethostname()} {os.getpid()}\n")
-            lock.flush()
+        with locked(trial_dir / TRIAL_LOCK, LOCK_WAIT_S) as lock:  # held while it trains (trials.is_dead)
+            claim(lock)
             trial.set_user_attr("dir", str(trial_dir))
             trial.set_user_attr("lock_owner", trial.number)
             try:
                 return train_trial(trial, values, trial_dir)
-            except Stopped as e:  # resumed by the next run, whatever its attempt (`_reconcile`)
+            except Stopped as e:  # resumed by the next run (trials.reconcile)
                 trial.set_user_attr("interrupted", f"signal {e.signum}")
                 raise
 

@@ -284,28 +284,28 @@ def test_a_running_trial_whose_lock_is_held_is_alive(tmp_path):
 
     import optuna
 
-    from comp.train.tune import TRIAL_LOCK, _is_dead, _locked
+    from comp.train.trials import TRIAL_LOCK, is_dead, locked
 
     study = optuna.create_study()
     trial = study.ask()
     folder = tmp_path / "trial0"
     trial.set_user_attr("dir", str(folder))
-    assert not _is_dead(study.trials[0])  # it has not taken its lock yet: unknown, alive
+    assert not is_dead(study.trials[0])  # it has not taken its lock yet: unknown, alive
     trial.set_user_attr("lock_owner", 0)
-    with _locked(folder / TRIAL_LOCK) as f:
+    with locked(folder / TRIAL_LOCK) as f:
         f.write(f"{socket.gethostname()} {os.getpid()}\n")
         f.flush()
-        assert not _is_dead(study.trials[0])
+        assert not is_dead(study.trials[0])
         gone = subprocess.Popen([sys.executable, "-c", "pass"])
         gone.wait()  # reaped: its pid names no process now
         f.seek(0)
         f.truncate()
         f.write(f"{socket.gethostname()} {gone.pid}\n")
         f.flush()
-        assert _is_dead(study.trials[0])  # held, but by orphans of a process that is gone
+        assert is_dead(study.trials[0])  # held, but by orphans of a process that is gone
         f.seek(0)
         f.truncate()
         f.write(f"another-machine {gone.pid}\n")
         f.flush()
-        assert not _is_dead(study.trials[0])  # another machine's process: cannot tell, alive
-    assert _is_dead(study.trials[0])  # the lock is free: its process is gone
+        assert not is_dead(study.trials[0])  # another machine's process: cannot tell, alive
+    assert is_dead(study.trials[0])  # the lock is free: its process is gone

@@ -205,6 +205,8 @@ def score_all(y: np.ndarray, out: np.ndarray, positive: int = 1, task: Task | No
 
 
 def higher_is_better(name: str) -> bool:
+    """Whether a larger value of metric `name` is better (False for log loss, KL divergence, RMSE, MAE): the
+    one direction every ranking asks (best epoch, early stop, tuning, fold weights, blends, reports)."""
     return METRICS[name].higher
 
 

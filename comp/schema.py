@@ -162,7 +162,8 @@ class PredictConfig:
     aggregate: str = "mean"  # mean | max: how the images of one submission row (data.submission_id_column)
     # are combined; OOF scores are computed at the same level
     ensemble: str = "mean_prob"  # mean_prob | mean_logit: average probabilities, or logits then softmax
-    fold_weights: str = "equal"  # equal | cv: weight each fold by its best validation score (best.pt)
+    fold_weights: str = "equal"  # equal | cv: weight each fold by its best validation score (best.pt), by its
+    # inverse where lower is better (mae, rmse, log_loss)
     thresholds: bool = True  # decode with what is tuned on the OOF: metric=qwk, cut-points on the expected grade;
     # task=binary with metric f1 or pf1, a decision threshold; each kept only when its cross-fitted gain is positive
     output: str = "auto"  # auto | label | prob: labels, or probabilities (auto: per-class sample columns, or auc)

@@ -8,10 +8,12 @@ space.yaml maps config keys to ranges, e.g.
     optim.name: {choices: [adamw, sgd]}
     model.freeze_epochs: {low: 0, high: 3, step: 1}
 
-Maximises the best validation score of the competition metric on --folds (their mean), pruning trials
-below the median at each epoch. Trial 0 is the starting config. Trials train in <out_dir>/tune/trial<N>;
-the study is in <out_dir>/tune/study.db (several processes may join it: same --study-name and --storage);
-the best config is written to <out_dir>/tune/best.yaml, ready for train_fold.py --config.
+Optimises the best validation score of the competition metric on --folds (their mean), maximising it or,
+for a metric where lower is better (mae, rmse, log_loss), minimising it, pruning trials worse than the
+median at each epoch. A trial interrupted or killed is resumed by the next run, a failed one retried once.
+Trial 0 is the starting config. Trials train in <out_dir>/tune/trial<N>; the study is in
+<out_dir>/tune/study.db (several processes may join it: same --study-name and --storage); the best config
+is written to <out_dir>/tune/best.yaml, ready for train_fold.py --config.
 """
 
 import argparse
@@ -36,10 +38,9 @@ def run(args):
         print(f"{e}\nrun the same tune.py command again: the interrupted trial resumes in its folder", file=sys.stderr)
         return 128 + e.signum
     start = f"{r.start_value:.4f}" if r.start_value is not None else "(did not complete)"
-    verdict = ("an improvement" if r.start_value is not None and r.best_value > r.start_value
-               else "no improvement")
+    verdict = "an improvement" if r.improved else "no improvement"
     print(f"{r.n_complete} trials completed, {r.n_pruned} pruned; best trial {r.best_number} {r.best_value:.4f} vs "
-          f"the starting config's {start}: {verdict}", file=sys.stderr)
+          f"the starting config's {start} ({'higher' if r.higher else 'lower'} is better): {verdict}", file=sys.stderr)
     print(f"best values: {r.best_params}\nbest config: {r.best_yaml}")
 
 

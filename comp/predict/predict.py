@@ -6,9 +6,10 @@ validated with) with what it means: what it sees (image size, preprocessing, DIC
 transforms, normalisation) and predicts (task, classes), read from the checkpoint; the folds must agree, and
 the config may not say otherwise (a key that would change what a model sees is refused, naming it). TTA
 views are exact flips/rotations of the batch on the device, so a view costs one forward pass and no decoding.
-Views are averaged within a fold, folds across the ensemble (equal weights, or each fold's validation score
-with predict.fold_weights=cv; a seed bag's seeds are models of their fold, each weighted so), as
-probabilities (default) or as logits then softmax (predict.ensemble=mean_logit).
+Views are averaged within a fold, folds across the ensemble (equal weights, or with predict.fold_weights=cv
+each fold's validation score, its inverse for a lower-is-better metric such as MAE: `fold_weight`; a seed
+bag's seeds are models of their fold, each weighted so), as probabilities (default) or as logits then
+softmax (predict.ensemble=mean_logit).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from comp.experiment import Experiment
 from comp.experiment.model import FoldModel, input_config
 from comp.experiment.oof import prob_frame
 from comp.log import log, progress
+from comp.metrics import higher_is_better
 from comp.models.inference import forward_views
 from comp.tasks import Task
 
@@ -43,15 +45,25 @@ def to_device(model: FoldModel, device: torch.device, cfg: Any) -> torch.nn.Modu
     return compile_model(net, cfg.predict.compile)  # predict.compile: each resident model compiled once
 
 
-def fold_weight(model: FoldModel, how: str) -> float:
-    """The weight of a fold in the ensemble: 1, or its best validation score (predict.fold_weights=cv)."""
+def fold_weight(model: FoldModel, how: str, metric: str | None = None) -> float:
+    """The weight of a fold in the ensemble: 1 (predict.fold_weights=equal), or with `cv` its best validation
+    score `s` (best.pt's `best`) turned into "better is heavier" by the metric's direction: `s` for a metric
+    where higher is better (AUC, kappa), `1 / s` where lower is better (MAE, RMSE, log loss), so a fold with
+    half the MAE counts twice. The metric is the checkpoint's own (`metric` in its meta), `metric` for an
+    older checkpoint without one.
+
+    Raises:
+        UserError: with `cv`, a fold whose score is missing, not finite or not positive (no weight of this
+            form exists: a negative R^2, an MAE of 0), naming the checkpoint.
+    """
     if how == "equal":
         return 1.0
     best = model.meta.get("best")
     if best is None or not np.isfinite(best) or best <= 0:
         raise UserError(f"predict.fold_weights=cv: {model.path} has no positive validation score ({best!r}); "
                         f"use predict.fold_weights=equal")
-    return float(best)
+    name = model.meta.get("metric") or metric
+    return float(best) if name is None or higher_is_better(name) else 1.0 / float(best)
 
 
 class MarkBadImages(torch.utils.data.Dataset):
@@ -121,7 +133,7 @@ def ensemble_mean(cfg: Any, models: list[FoldModel], outs: list[torch.Tensor]) -
     (the same sums as fold after fold); logits averaged then activated with predict.ensemble=mean_logit."""
     total, weight_sum = None, 0.0
     for m, out in zip(models, outs, strict=True):
-        w = fold_weight(m, cfg.predict.fold_weights)
+        w = fold_weight(m, cfg.predict.fold_weights, cfg.metric)
         total = w * out.double() if total is None else total + w * out.double()
         weight_sum += w
     mean = total / weight_sum
@@ -170,7 +182,7 @@ def predict_test(exp: Experiment | Any, comp: Competition, device: torch.device 
         best = m.meta.get("best")
         shown = f"{best:.4f}" if isinstance(best, (int, float)) else "?"
         log(f"{exp.name(m.path)}: validation {m.meta.get('metric', 'score')} {shown}, weight "
-            f"{fold_weight(m, cfg.predict.fold_weights):.4g}, {len(views)} TTA view(s)")
+            f"{fold_weight(m, cfg.predict.fold_weights, cfg.metric):.4g}, {len(views)} TTA view(s)")
     prior = cfg.predict.on_bad_image == "prior"
     flags: list[torch.Tensor] | None = [] if prior else None  # per batch: 1 for an image that cannot be read
     outs = model_outputs(cfg, comp, models, nets, comp.test["path"].tolist(), device,

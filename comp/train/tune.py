@@ -8,14 +8,19 @@ A space file maps dotted config keys to a distribution (Optuna's `suggest_float`
     model.freeze_epochs: {low: 0, high: 3, step: 1}        # an int key (the schema's type): integers
     optim.name: {choices: [adamw, sgd]}                    # categorical
 
-The objective is the best validation score of the competition metric (higher is better) on the given folds,
-their mean when several; each epoch's score is reported to Optuna and a trial the pruner (MedianPruner:
-below the median of earlier trials at the same epoch) stops ends through `fit(on_epoch=...)` raising
-`Pruned`, its files consistent. The starting config is enqueued first (`study.enqueue_trial`), so
-"best trial vs starting config" is an honest comparison. The study lives in an RDB storage (SQLite by
-default, `<out_dir>/tune/study.db`, `load_if_exists`), so processes on several machines or GPUs can work
-on one study; each trial trains in `<out_dir>/tune/trial<N>`, and a trial that failed or was killed is
-retried in its own folder (resumed from its checkpoints) by the next `tune` run.
+The objective is the best validation score of the competition metric on the given folds, their mean when
+several, optimised in the metric's direction (`comp.metrics.higher_is_better`: a maximising study for AUC or
+kappa, a minimising one for MAE, RMSE or log loss, optuna-examples#31); each epoch's score is reported to
+Optuna and a trial the pruner (MedianPruner, in the study's direction: worse than the median of earlier trials
+at the same epoch) stops ends through `fit(on_epoch=...)` raising `Pruned`, its files consistent. The
+starting config is enqueued first (`study.enqueue_trial`), so "best trial vs starting config" is an honest
+comparison. The study lives in an RDB storage (SQLite by default, `<out_dir>/tune/study.db`,
+`load_if_exists`), so processes on several machines or GPUs can work on one study; each trial trains in
+`<out_dir>/tune/trial<N>`.
+
+A trial interrupted (SIGTERM, Ctrl-C) or killed (SIGKILL, the OOM killer) is resumed in its folder by the
+next run, a failed one retried once, the starting config enqueued once however many runs start together
+(comp.train.trials).
 """
 
 from __future__ import annotations
@@ -33,9 +38,11 @@ from comp.config import DEFAULT_CONFIG, Config
 from comp.errors import UserError
 from comp.experiment import Experiment, load_config
 from comp.log import log
-from comp.train.loop import Pruned, fit
+from comp.metrics import higher_is_better
+from comp.train.loop import Pruned, Stopped, fit
 from comp.train.lr_find import copy_folds
 from comp.train.stages import train_stages
+from comp.train.trials import LOCK_WAIT_S, STUDY_LOCK, TRIAL_LOCK, check_study, claim, locked, reconcile
 
 
 @dataclass
@@ -49,6 +56,15 @@ class TuneResult:
     best_yaml: Path
     n_complete: int
     n_pruned: int
+    higher: bool = True  # the metric's direction: whether a larger value is better
+
+    @property
+    def improved(self) -> bool:
+        """Whether the best trial beats the starting config in the metric's direction (False when the starting
+        config did not complete)."""
+        if self.start_value is None:
+            return False
+        return self.best_value > self.start_value if self.higher else self.best_value < self.start_value
 
 
 def load_space(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -140,11 +156,14 @@ def tune(config_path: str | None, overrides: list[str], space_path: str | Path, 
     `<out_dir>/tune/best.yaml` and `trials.csv`.
 
     A trial whose run raises a UserError (a non-finite loss at a high lr, values the config refuses
-    together) is recorded as failed (Optuna logs why) and the search goes on.
+    together) is recorded as failed (Optuna logs why) and the search goes on; before its own trials the run
+    queues the starting config (a new study), resumes interrupted and killed trials and retries failed ones
+    once (comp.train.trials.reconcile).
 
     Raises:
-        UserError: a bad space or config, or no completed trial in the study.
-        Stopped: SIGTERM/SIGINT during a trial (its checkpoint written; the next run retries it).
+        UserError: a bad space or config, a study created for another metric or direction, or no completed
+            trial in the study.
+        Stopped: SIGTERM/SIGINT during a trial (its checkpoint written; the next run resumes it).
     """
     import optuna
 
@@ -157,19 +176,28 @@ def tune(config_path: str | None, overrides: list[str], space_path: str | Path, 
     tune_dir.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{tune_dir / 'study.db'}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
-                                pruner=optuna.pruners.MedianPruner())
+    direction = "maximize" if higher_is_better(base.metric) else "minimize"
     start = _starting_params(base, space, Path(space_path))
-    if not study.trials:
-        study.enqueue_trial(start, user_attrs={"starting_config": True})
-    for t in study.trials:  # a failed or killed trial is run again, resumed in its own folder
-        if t.state == optuna.trial.TrialState.FAIL and not t.user_attrs.get("retried") and t.user_attrs.get("dir"):
-            study.enqueue_trial(t.params, user_attrs={**t.user_attrs, "retried": True})
+    with locked(tune_dir / STUDY_LOCK):  # one process at a time creates, checks and queues (comp.train.trials)
+        study = optuna.create_study(study_name=study_name, storage=storage, direction=direction,
+                                    load_if_exists=True, pruner=optuna.pruners.MedianPruner())
+        check_study(study, base.metric, direction, study_name, storage)
+        reconcile(study, start)
 
     def objective(trial: Any) -> float:
         values = {k: _suggest(trial, k, spec) for k, spec in space.items()}
         trial_dir = Path(trial.user_attrs.get("dir") or tune_dir / f"trial{trial.number}")
-        trial.set_user_attr("dir", str(trial_dir))
+        with locked(trial_dir / TRIAL_LOCK, LOCK_WAIT_S) as lock:  # held while it trains (trials.is_dead)
+            claim(lock)
+            trial.set_user_attr("dir", str(trial_dir))
+            trial.set_user_attr("lock_owner", trial.number)
+            try:
+                return train_trial(trial, values, trial_dir)
+            except Stopped as e:  # resumed by the next run (trials.reconcile)
+                trial.set_user_attr("interrupted", f"signal {e.signum}")
+                raise
+
+    def train_trial(trial: Any, values: dict[str, Any], trial_dir: Path) -> float:
         cfg = load_config(config_path, [*overrides, *(_override(k, v) for k, v in values.items()),
                                         f"out_dir={trial_dir}"])
         trial_exp = Experiment(cfg)
@@ -201,10 +229,12 @@ def tune(config_path: str | None, overrides: list[str], space_path: str | Path, 
     best = study.best_trial
     starts = [t.value for t in done if t.user_attrs.get("starting_config")]
     start_value = starts[0] if starts else None
+    better = "higher" if direction == "maximize" else "lower"
     note = (f"best trial {best.number} of Optuna study {study_name!r} ({storage}): {base.metric} {best.value:.4f} "
-            f"on folds {list(folds)}; the starting config scored "
+            f"({better} is better) on folds {list(folds)}; the starting config scored "
             + (f"{start_value:.4f}" if start_value is not None else "(not completed)"))
     path = io.write_text(tune_dir / "best.yaml", best_config_yaml(config_path, overrides, best.params, note))
     pruned = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,))
     return TuneResult(best_number=best.number, best_value=best.value, best_params=dict(best.params),
-                      start_value=start_value, best_yaml=Path(path), n_complete=len(done), n_pruned=len(pruned))
+                      start_value=start_value, best_yaml=Path(path), n_complete=len(done), n_pruned=len(pruned),
+                      higher=direction == "maximize")

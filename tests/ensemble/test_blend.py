@@ -109,6 +109,8 @@ def test_every_task_blends_and_the_blend_is_an_experiment(tmp_path, kind):
     res = sb.evaluate(members)
     t = res.table.set_index("name")
     assert ("blend:rank" in t.index) == (kind in ("multilabel", "binary"))  # rank: AUC metrics only
+    honest = t.loc[t["kind"] == "blend", "cv_honest"]  # the chosen blend is the best in the metric's direction
+    assert f"blend:{res.method}" == (honest.idxmin() if kind == "regression" else honest.idxmax())  # mae: lowest
     assert np.isfinite(t["cv_honest"]).all() and res.oof.shape == outs[0].shape
     if kind == "ordinal":  # cut-points refitted on the blend's OOF
         assert res.decoding is not None and res.decoding["num_classes"] == 4

@@ -50,6 +50,28 @@ def test_two_fold_ensemble_is_the_mean_of_its_folds(tmp_path):
     np.testing.assert_allclose(weighted, (0.5 * p0 + 0.6 * p1) / 1.1, atol=1e-6)
 
 
+@pytest.mark.parametrize("metric", ["log_loss", "mae"])
+def test_cv_fold_weights_favour_the_better_fold_of_a_lower_is_better_metric(tmp_path, metric):
+    """fold 0 scored 0.5, fold 1 0.6: where lower is better fold 0 is the better one and weighs 1/0.5 against
+    1/0.6 (its inverse score), not 0.5 against 0.6 (optuna-examples#31: a loss read as a score)."""
+    from comp.experiment.model import FoldModel
+    from comp.predict.predict import fold_weight
+
+    if metric == "mae":  # a regression (bone age): the weight alone, from each checkpoint's own metric
+        fold = [FoldModel(Path(f"fold{k}/best.pt"), None, None, [], {}, {"best": b, "metric": "mae"})
+                for k, b in enumerate((0.5, 0.6))]
+        assert fold_weight(fold[0], "cv") == pytest.approx(2.0) and fold_weight(fold[1], "cv") == pytest.approx(1 / 0.6)
+        old = FoldModel(Path("best.pt"), None, None, [], {}, {"best": 4.0})  # no metric recorded: the config's
+        assert fold_weight(old, "cv", "mae") == pytest.approx(0.25) and fold_weight(old, "cv", "auc") == 4.0
+        return
+    ex = make_experiment(tmp_path, f"metric={metric}")
+    cfg, comp = ex["cfg"], ex["comp"]
+    f0, f1 = Experiment(cfg).trained()
+    p0, p1 = predict_test(cfg, comp, paths=[f0]), predict_test(cfg, comp, paths=[f1])
+    weighted = predict_test(load_config(None, ex["overrides"] + ["predict.fold_weights=cv"]), comp)
+    np.testing.assert_allclose(weighted, (p0 / 0.5 + p1 / 0.6) / (1 / 0.5 + 1 / 0.6), atol=1e-6)
+
+
 def test_mean_logit_ensemble_is_the_softmax_of_the_mean_logit(tmp_path):
     ex = make_experiment(tmp_path, "predict.ensemble=mean_logit")
     cfg, comp = ex["cfg"], ex["comp"]

@@ -52,6 +52,12 @@ def test_report_cv_table_oof_report_and_compare(experiments, tiny):
     assert lines[1].split()[:4] == ["lr", "3e-3", "2", "2"] and lines[2].split()[:4] == ["lr", "3e-4", "1", "2"]
     assert np.isclose(float(lines[1].split()[-1]), cv, atol=1e-4)
 
+    # a metric where lower is better: each fold's best epoch is its lowest log loss, not its highest
+    code, out, err = run_main("report.py", "--compare", str(tiny["out"] / "a"), "--metric", "log_loss", "-o", str(fig))
+    assert code == 0, err
+    lowest = np.mean([pd.read_csv(tiny["out"] / "a" / f"fold{k}" / "metrics.csv")["log_loss"].min() for k in (0, 1)])
+    assert np.isclose(float(out.splitlines()[1].split()[3]), lowest, atol=1e-4), out
+
 
 def test_report_errors_name_the_culprit(tiny):
     code, _, err = run_main("report.py", "--compare", str(tiny["root"]))

@@ -72,6 +72,20 @@ def test_outputs_and_sgd_accumulation_clipping(tiny):
     assert last["optimizer"]["param_groups"][0]["momentum"] == 0.9
 
 
+def test_a_lower_is_better_metric_picks_its_lowest_epoch_and_early_stops_on_it(tiny):
+    """metric log_loss: best.pt is the epoch of the lowest log loss, and an epoch counts as "no gain" for the
+    early stop when its log loss does not go down (loop._improved, asked by best epoch, early stop and SWA)."""
+    from comp.train.loop import _improved
+
+    assert _improved(0.4, 0.5, higher=False) and not _improved(0.6, 0.5, higher=False)
+    assert _improved(0.6, 0.5) and not _improved(0.4, 0.5)
+    assert _improved(0.6, None, higher=False) and _improved(0.6, float("nan"), higher=False)
+    result = fit(config(tiny, "epochs=3", "metric=log_loss", "optim.lr=0.01"), 0)
+    m = pd.read_csv(result["dir"] / "metrics.csv")
+    best = torch.load(result["dir"] / "best.pt", weights_only=True)
+    assert best["epoch"] - 1 == m["log_loss"].idxmin() and result["best"] == m["log_loss"].min()
+
+
 def test_a_non_finite_loss_stops_naming_the_step_and_keeps_every_file(ex):
     # the same refusal from the library (a notebook's fit) and from the script, on one copy: the first
     # changes nothing, so the second starts from the very same files

@@ -26,6 +26,10 @@ def run(args):
     if args.file is not None and "=" in args.file and (args.notebook or not Path(args.file).exists()):
         args.overrides, args.file = [args.file, *args.overrides], None  # no FILE: the first override
     cfg = load_config(args.config, args.overrides)  # every key, before any work
+    if args.message is None:
+        if not args.dry_run:
+            raise UserError("-m MESSAGE is missing: the submission's description on Kaggle")
+        args.message = "dry run"
     wait = {"wait_s": args.wait, "poll_s": args.poll}
     if args.notebook:
         from comp.submit.notebook import notebook_submit
@@ -50,7 +54,8 @@ if __name__ == "__main__":
     p.add_argument("--quiet", action="store_true", help="no progress bars (drawn only when stderr is a terminal)")
     p.add_argument("file", metavar="FILE", nargs="?", help="the submission CSV (not with --notebook)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
-    p.add_argument("-m", "--message", required=True, help="the submission's description on Kaggle")
+    p.add_argument("-m", "--message", default=None, help="the submission's description on Kaggle (required but "
+                   "with --dry-run)")
     p.add_argument("--dry-run", action="store_true", help="validate and score locally; submit nothing")
     p.add_argument("--notebook", action="store_true", help="code competition: package, upload, push, run, submit")
     p.add_argument("--dataset-id", default=None, metavar="OWNER/SLUG", help="the package's Kaggle dataset "

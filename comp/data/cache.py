@@ -57,7 +57,8 @@ from comp.errors import UserError
 from comp.log import log, progress
 from comp.system import GUARD, process_context, rerun_main, unguarded_main, usable_cpus
 
-CACHE_VERSION = 3  # bump when decoding or a preprocessing step changes the pixels it produces (3: 16-bit range)
+CACHE_VERSION = 4  # bump when decoding or a preprocessing step changes the pixels it produces (3: 16-bit range;
+# 4: DICOM headers repaired, an enhanced image's functional groups read)
 MIN_PARALLEL = 64  # fewer images than this are not worth starting worker processes for
 MANIFEST = "manifest.json"  # entry (relative to the cache folder) -> [source size, source mtime_ns]
 

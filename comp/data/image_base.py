@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from comp.errors import UserError
+from comp.log import log
+
+_told: set[tuple[str, str]] = set()  # (file, repairs) already logged by this process
 
 
 class ImageError(UserError):
@@ -49,3 +52,13 @@ def file_size(path: Path) -> int:
     if size == 0:
         raise ImageError("empty", path)
     return size
+
+
+def repaired(path: Path, notes: list[str]) -> None:
+    """Log one line `warning: image file <path> read with repairs: <note>; <note>` for a file a reader
+    decoded by reading past faults in its header (each note names the element and what was used instead).
+    Once per file and process: a loader decoding the file every epoch says it once."""
+    text = "; ".join(dict.fromkeys(notes))
+    if (str(path), text) not in _told:
+        _told.add((str(path), text))
+        log(f"warning: image file {path} read with repairs: {text}")

@@ -9,6 +9,7 @@ import only comp.data.image_base, never this module or each other.
 
     reader   suffixes                               magic (offset: bytes)
     dicom    .dcm .dicom                            128: DICM (an extension-less DICOM, or a misnamed one)
+                                                    0: a first tag of group 0002/0008 (no preamble)
     images   .jpg .jpeg .png .tif .tiff .bmp .webp  0: JPEG SOI, PNG, BM, TIFF II/MM; 8: WEBP
 
 A new format is a reader module with its suffixes, magic and read function, and one row here: HDF5
@@ -59,7 +60,7 @@ class Reader:
 
 
 READERS: tuple[Reader, ...] = (
-    # pydicom reads the whole file and checks its length (truncation) itself
+    # pydicom reads the whole file; comp.data.dicom_header checks the pixel data's length against the header
     Reader("dicom", dicom_reader.SUFFIXES, dicom_reader.MAGIC,
            lambda path, req: dicom_reader.read_dicom(path, req.dicom)),
     Reader("images", image_reader.SUFFIXES, image_reader.MAGIC,

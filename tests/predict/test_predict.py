@@ -131,6 +131,21 @@ def test_the_validated_ema_weights_are_the_ones_used(tmp_path):
     assert np.abs(with_ema - predict_test(cfg, comp, paths=[plain])).max() > 1e-5
 
 
+def test_output_file_is_written_only_when_prediction_succeeds(tmp_path):
+    """predict.py -o: the same CSV as stdout; a refusal (another image_size) leaves an earlier file whole,
+    where `> submission.csv` would have emptied it."""
+    ex = make_experiment(tmp_path)
+    code, out, err = run_main("predict.py", *ex["overrides"])
+    assert code == 0, err
+    sub = tmp_path / "submission.csv"
+    code, printed, err = run_main("predict.py", *ex["overrides"], "-o", str(sub))
+    assert code == 0 and printed == "" and sub.read_text() == out, err
+    code, _, err = run_main("predict.py", *ex["overrides"], "image_size=24", "-o", str(sub))
+    assert code == 2 and "image_size 16 -> 24" in one_error(code, err) and sub.read_text() == out
+    code, _, err = run_main("predict.py", *ex["overrides"], "-o", str(tmp_path / "nowhere" / "s.csv"))
+    assert "does not exist" in one_error(code, err)
+
+
 def test_a_fold_of_another_config_or_other_classes_is_refused(tmp_path):
     ex = make_experiment(tmp_path)
     other = load_config(None, ex["overrides"] + ["image_size=24"])

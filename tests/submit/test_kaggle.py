@@ -214,8 +214,11 @@ def test_the_script_refuses_a_bad_file_and_requires_a_message(comp_setup, tmp_pa
     code, _, err = run_main("submit.py", str(file), "-m", "x", *comp_setup["label"])
     one_error(code, err, "lacks 1 test id")
     code, _, err = run_main("submit.py", str(file), *comp_setup["label"])
-    assert code == 2 and "-m/--message" in err  # argparse: the message is required
+    assert "-m MESSAGE is missing" in one_error(code, err)  # required to submit
     assert not comp_setup["subs"].exists()
+    good = _write(tmp_path / "good.csv", _valid(comp_setup["ids"], "label"))
+    code, _, err = run_main("submit.py", str(good), "--dry-run", *comp_setup["label"])  # not to validate
+    assert code == 0 and "--dry-run" in err, err
 
 
 def test_an_empty_message_or_competition_is_refused(comp_setup, tmp_path, monkeypatch):

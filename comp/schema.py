@@ -130,7 +130,7 @@ class TrainConfig:
     log_every: int = 10  # steps between loss read-backs (a device sync): progress bar, non-finite check
     tracker: str = "tensorboard"  # none | tensorboard | mlflow | wandb: where step and epoch scalars also go
     # (comp.train.tracking); TensorBoard event files in <out_dir>/fold<K>/tb/ (always, unless none)
-    tracker_uri: str = ""  # MLflow tracking URI; empty = the local file store <out_dir>/mlruns (nothing is sent)
+    tracker_uri: str = ""  # MLflow tracking URI; empty = the local SQLite store <out_dir>/mlflow.db (nothing is sent)
     tracker_project: str = ""  # MLflow experiment / W&B project name; empty = the name of out_dir's folder
 
 

@@ -197,6 +197,28 @@ def _ignore_sigint() -> None:
     cv2.setNumThreads(1)
 
 
+def stop_pool(pool: ProcessPoolExecutor) -> None:
+    """End `pool` now, not when its workers are done: the queued chunks are cancelled and every worker is
+    terminated (SIGTERM) and reaped before this returns.
+
+    `shutdown(wait=False, cancel_futures=True)` alone cancels only what is not yet in the call queue: each
+    worker still finishes its chunk in hand and the chunks already queued (up to 32 images each), and the
+    interpreter's exit then waits for them (concurrent.futures joins its manager thread at exit, and
+    multiprocessing joins non-daemonic children), so a Ctrl-C under load could take a minute
+    (tests/data/test_cache_resume.py). Killing a worker mid-entry is safe by design: an entry is written to
+    a temporary file and renamed (write_entry), and the next build deletes the temporaries.
+    Python 3.14's `ProcessPoolExecutor.terminate_workers` does the same; before it, the executor's
+    `_processes` map (stable since Python 3.2) names the workers."""
+    workers = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in workers:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in workers:
+        proc.join()  # a terminated process ends at once: SIGTERM is not ignored by the workers
+    pool.shutdown(wait=True)  # the manager thread sees the dead workers, cleans up and ends
+
+
 def _work(job: tuple[str, str | None, int, list[str], str, DicomOptions]) -> Problem | None:
     """Check one image and, with an entry path, write its cache entry. Runs in a worker process.
     Only a failed decode (ImageError) makes a Problem."""
@@ -286,12 +308,12 @@ def process_images(cfg: Any, root: Path, paths: Sequence[str], workers: int | No
                     problems += [res] if res else []
                     bar.update(1)
             except BrokenProcessPool:
-                pool.shutdown(wait=False, cancel_futures=True)
+                stop_pool(pool)
                 raise RuntimeError(f"a worker process of the image cache died (killed by the system: out of memory? "
                                    f"{workers} workers{_rerun_hint(ctx.get_start_method())}); the entries written "
                                    f"so far are kept, rerun scripts/prepare.py") from None
             except BaseException:  # Ctrl-C, a user error: the queued images are not built
-                pool.shutdown(wait=False, cancel_futures=True)
+                stop_pool(pool)
                 raise
             pool.shutdown(wait=True)
     finally:

@@ -292,7 +292,7 @@ def fit(cfg: Any, fold: int, resume: bool = False,
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        run.tracker = start_tracking(cfg, run.dir, fold, run.dist.main)
+        run.tracker = start_tracking(cfg, run.dir, fold, run.dist.main, run.state["tracker_ids"])
         first = run.state["epoch"]
         while run.state["epoch"] < cfg.epochs:
             if cfg.train.early_stop and run.state["bad_epochs"] >= cfg.train.early_stop:

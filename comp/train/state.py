@@ -39,7 +39,7 @@ def fresh_partial() -> dict[str, float]:
 def fresh_state() -> dict[str, Any]:
     """The position and bookkeeping of a run that has not started."""
     return {"epoch": 0, "step": 0, "best": None, "bad_epochs": 0, "history": [], "partial": fresh_partial(),
-            "swa_done": False}
+            "swa_done": False, "tracker_ids": {}}
 
 
 @dataclass(kw_only=True)
@@ -137,6 +137,7 @@ def to_checkpoint(run: Run) -> dict[str, Any]:
         "history": run.state["history"],
         "swa": swa_avg.state_dict(run),  # the running average of the last epochs' weights (train.swa_epochs)
         "swa_done": run.state["swa_done"],  # the average validated, its row in history (comp.train.swa)
+        "tracker_ids": dict(run.state["tracker_ids"]),  # MLflow / W&B runs a resume continues (comp.train.tracking)
         "rng": states,  # one per rank
         "world_size": run.dist.world,
         "config": OmegaConf.to_container(run.cfg, resolve=True),
@@ -239,7 +240,8 @@ def restore(run: Run) -> None:
         run.scaler.load_state_dict(ck["scaler"])
     partial = {**fresh_partial(), **{k: v for k, v in (ck.get("partial") or {}).items() if k in fresh_partial()}}
     run.state.update(epoch=ck["epoch"], step=ck["step"], best=ck["best"], bad_epochs=ck["bad_epochs"],
-                     history=list(ck["history"]), partial=partial, swa_done=bool(ck.get("swa_done", False)))
+                     history=list(ck["history"]), partial=partial, swa_done=bool(ck.get("swa_done", False)),
+                     tracker_ids=dict(ck.get("tracker_ids") or {}))
     swa_avg.load_state_dict(run, ck.get("swa"))
     run.set_lr()  # the position, at today's steps per epoch (comp.train.optim)
     restore_rng(run, ck["rng"], path)

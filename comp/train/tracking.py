@@ -1,16 +1,23 @@
 """Experiment tracking: every run's scalars, config and figures in TensorBoard, and (train.tracker) in MLflow
 or Weights & Biases too.
 
-The interface is four calls, made by comp.train.loop: `start(cfg, fold_dir, fold, main)` → `log_step` (at
+The interface is four calls, made by comp.train.loop: `start(cfg, fold_dir, fold, main, ids)` → `log_step` (at
 each loss read-back: train/loss, train/lr at the global optimizer step) → `log_epoch` (every metrics.csv
 column, at the epoch) → `close`; `log_figures` adds the fold figures once scripts/train_fold.py has drawn
 them. Only rank 0 writes.
 
 TensorBoard (torch.utils.tensorboard.SummaryWriter, which needs the `tensorboard` package) writes event
 files to `<out_dir>/fold<K>/tb/` for every tracker but `none`: local files, nothing is sent. MLflow logs to
-`train.tracker_uri` (default: the local file store `<out_dir>/mlruns`), W&B to its own service; both are
-optional packages, asked for by name when missing. The resolved config, the git commit and the library
-versions go with each run (TensorBoard: add_text).
+`train.tracker_uri` (default: the SQLite store `<out_dir>/mlflow.db`; MLflow 3 refuses its old file store
+`mlruns/` unless told otherwise), W&B to its own service; both are optional packages, asked for by name when
+missing. The resolved config, the git commit and the library versions go with each run (TensorBoard:
+add_text).
+
+One fold is one tracker run however often it is stopped and resumed (KempnerForge#19, ArcticTraining PR
+#328): the run ids are chosen when the fold starts (MLflow: `MlflowClient.create_run`; W&B: an id of our own,
+`wandb.util.generate_id`) and kept in the fold's state, so every checkpoint carries them and a resume
+continues the same runs (`mlflow.start_run(run_id=...)`, `wandb.init(id=..., resume="allow")`, the W&B
+resume docs). TensorBoard appends to the same `tb/` folder by itself.
 """
 
 from __future__ import annotations
@@ -67,11 +74,13 @@ class Tracker:
 class Trackers(Tracker):
     """TensorBoard, plus MLflow or W&B when configured: the same scalars to each.
 
-    The packages are imported at once (a missing one fails before training), but nothing is written until
-    the attempt's first epoch is committed (`log_epoch`, called after last.pt): the step scalars wait in
-    memory until then, so an attempt that fails or is stopped before it leaves the fold folder as it was."""
+    The packages are imported at once (a missing one fails before training), but nothing is written to the
+    fold folder until the attempt's first epoch is committed (`log_epoch`, called after last.pt): the step
+    scalars wait in memory until then, so an attempt that fails or is stopped before it leaves the fold
+    folder as it was. Only a fresh fold's MLflow run is created at once (in the tracking store), so that its
+    id is in the first checkpoint."""
 
-    def __init__(self, cfg: Any, fold_dir: Path, fold: int):
+    def __init__(self, cfg: Any, fold_dir: Path, fold: int, ids: dict[str, str]):
         from torch.utils.tensorboard import SummaryWriter  # raises ImportError without the tensorboard package
 
         self.cfg, self.fold_dir, self.fold, self.writer_cls = cfg, fold_dir, fold, SummaryWriter
@@ -80,6 +89,17 @@ class Trackers(Tracker):
         self.mlflow: Any = None
         self.wandb: Any = None
         self.pending: list[tuple[int, dict[str, float]]] = []
+        out_dir = resolve_path(cfg.out_dir)
+        self.project = cfg.train.tracker_project or out_dir.name
+        self.name = f"{out_dir.name}/{Experiment(cfg).name(fold_dir)}"  # fold0, fold0/seed42, fold0/seed42/stage1
+        self.ids = ids  # the fold state's: filled here on a fresh start, read back on a resume
+        if cfg.train.tracker == "mlflow" and "mlflow" not in ids:
+            client = self.module.MlflowClient(tracking_uri=mlflow_uri(cfg))
+            found = client.get_experiment_by_name(self.project)
+            exp_id = found.experiment_id if found is not None else client.create_experiment(self.project)
+            ids["mlflow"] = client.create_run(exp_id, run_name=self.name).info.run_id
+        if cfg.train.tracker == "wandb" and "wandb" not in ids:
+            ids["wandb"] = self.module.util.generate_id()
 
     def _open(self) -> None:
         """Create the writers and log the config, commit and versions (once)."""
@@ -89,26 +109,22 @@ class Trackers(Tracker):
         config_text = to_yaml(cfg)
         self.tb.add_text("config", "\n".join("    " + line for line in config_text.splitlines()))  # markdown code
         self.tb.add_text("run", "  \n".join(f"{k}: {v}" for k, v in info.items()))
-        out_dir = resolve_path(cfg.out_dir)
-        project = cfg.train.tracker_project or out_dir.name
-        name = f"{out_dir.name}/{Experiment(cfg).name(self.fold_dir)}"  # fold0, fold0/seed42, fold0/seed42/stage1
-        ids: dict[str, str] = {}
         if kind == "mlflow":
             self.mlflow = self.module
-            self.mlflow.set_tracking_uri(cfg.train.tracker_uri or (out_dir / "mlruns").as_uri())
-            self.mlflow.set_experiment(project)
-            ids["mlflow"] = self.mlflow.start_run(run_name=name).info.run_id
+            self.mlflow.set_tracking_uri(mlflow_uri(cfg))
+            self.mlflow.start_run(run_id=self.ids["mlflow"])  # the fold's run, new or resumed
             self.mlflow.set_tags(info)
             self.mlflow.log_text(config_text, "config.yaml")
         elif kind == "wandb":
             from omegaconf import OmegaConf
 
-            self.wandb = self.module.init(project=project, name=name, dir=str(self.fold_dir),
+            self.wandb = self.module.init(project=self.project, name=self.name, dir=str(self.fold_dir),
+                                          id=self.ids["wandb"], resume="allow",
                                           config=OmegaConf.to_container(cfg, resolve=True))
             self.wandb.summary.update(info)
-            ids["wandb"] = self.wandb.id
+        ids = {k: v for k, v in self.ids.items() if k == kind}
         if ids:  # log_figures reopens the same runs
-            io.write_json(self.fold_dir / "tb" / "tracker_ids.json", {**ids, "project": project})
+            io.write_json(self.fold_dir / "tb" / "tracker_ids.json", {**ids, "project": self.project})
 
     def _scalars(self, values: dict[str, float], step: int, axis: str) -> None:
         for k, v in values.items():
@@ -147,10 +163,19 @@ class Trackers(Tracker):
             self.wandb = None
 
 
-def start(cfg: Any, fold_dir: Path, fold: int, main: bool = True) -> Tracker:
+def mlflow_uri(cfg: Any) -> str:
+    """train.tracker_uri, or the local SQLite store `<out_dir>/mlflow.db` (MLflow's recommended local backend;
+    MLflow 3 raises on the file store `mlruns/` unless MLFLOW_ALLOW_FILE_STORE is set)."""
+    return cfg.train.tracker_uri or f"sqlite:///{resolve_path(cfg.out_dir) / 'mlflow.db'}"
+
+
+def start(cfg: Any, fold_dir: Path, fold: int, main: bool = True, ids: dict[str, str] | None = None) -> Tracker:
     """The tracker of fold `fold`'s run writing to `fold_dir`: a `Trackers` on rank 0 (`main`) unless
     train.tracker=none, else the no-op `Tracker`. Plain values, not the Run: tracking sits below the run's
     state (comp.train.state holds a Tracker), so it never imports it back.
+
+    `ids` is the fold state's {tracker: run id} (saved in every checkpoint): the runs it names are continued,
+    a tracker it lacks gets a new run whose id is put into it (module doc).
 
     Raises:
         UserError: train.tracker names a package that is not installed (mlflow, wandb, tensorboard).
@@ -158,7 +183,7 @@ def start(cfg: Any, fold_dir: Path, fold: int, main: bool = True) -> Tracker:
     if not main or cfg.train.tracker == "none":
         return Tracker()
     try:
-        return Trackers(cfg, fold_dir, fold)
+        return Trackers(cfg, fold_dir, fold, {} if ids is None else ids)
     except ImportError as e:
         if "tensorboard" in str(e).lower():
             raise UserError(f"train.tracker={cfg.train.tracker} writes TensorBoard files and needs the "
@@ -183,7 +208,7 @@ def log_figures(cfg: Any, fold_dir: Path, paths: list[Path]) -> None:
     ids = json.loads(ids_path.read_text()) if ids_path.is_file() else {}
     if cfg.train.tracker == "mlflow" and "mlflow" in ids:
         mlflow = _require("mlflow")
-        mlflow.set_tracking_uri(cfg.train.tracker_uri or (resolve_path(cfg.out_dir) / "mlruns").as_uri())
+        mlflow.set_tracking_uri(mlflow_uri(cfg))
         with mlflow.start_run(run_id=ids["mlflow"]):
             for p in paths:
                 mlflow.log_artifact(str(p))

@@ -97,6 +97,40 @@ def test_disk_full_while_building_the_cache(tmp_path, monkeypatch):
 # --- prepare killed at random moments -------------------------------------------------------------------
 # Subprocesses: a signal to a process group (the script and its pool of cache workers), and a SIGKILL.
 
+def test_a_stopped_build_ends_its_workers_before_it_returns(tmp_path, monkeypatch):
+    """Ctrl-C (here: KeyboardInterrupt at the first finished image) ends the worker processes, busy in their
+    chunks with more queued, before the build returns: nothing of the pool is left for the interpreter's exit
+    to wait on (issue: prepare.py outlived SIGINT for 60 s under load)."""
+    import multiprocessing
+
+    import comp.data.cache as cache
+
+    root = write_tiny_competition(tmp_path / "data", n_per_class=40, n_test=0, size=96)
+    cfg = load_config(None, [*COMMON, f"data.root={root}", "image_size=48", "images.preprocess=[ben_graham,clahe]",
+                             f"images.cache_dir={tmp_path / 'cache'}", f"out_dir={tmp_path / 'runs'}"])
+    comp = load_competition(cfg)
+    paths = comp.train["path"].tolist()
+
+    class StopAtFirst:  # the progress bar, told of each finished image in the main process
+        def update(self, n):
+            raise KeyboardInterrupt
+
+        def close(self):
+            pass
+
+    before = {p.pid for p in multiprocessing.active_children()}
+    monkeypatch.setattr(cache, "progress", lambda n, desc: StopAtFirst())
+    with pytest.raises(KeyboardInterrupt):
+        cache.process_images(cfg, comp.root, paths, workers=2)
+    left = [p for p in multiprocessing.active_children() if p.pid not in before]
+    assert left == [], f"cache workers still running after the stop: {left}"
+    written = list(cache_folder(cfg).rglob("*.npy"))
+    assert len(written) < len(paths)  # stopped mid-build: the rest was cancelled, not finished
+    monkeypatch.undo()
+    assert cache.process_images(cfg, comp.root, paths, workers=1) == []  # the rerun completes, temporaries gone
+    assert not list(cache_folder(cfg).rglob(".*.tmp"))
+
+
 # --- prepare: the cache build and the folds ------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,7 @@ from comp.log import log, progress
 
 SHOWN_PAIRS = 5  # pairs named on the warning line; all of them are in folds.json
 MIN_THREADED = 64  # fewer images than this are hashed in this thread
-PAIR_COLUMNS = ("id_a", "id_b")  # what data.duplicates needs (scripts/explain.py's duplicates.csv has them, with set_a/b)
+PAIR_COLUMNS = ("id_a", "id_b")  # what data.duplicates needs (explain.py's duplicates.csv: with set_a, set_b)
 
 
 def byte_duplicates(candidates: Sequence[str], reference: Sequence[str]) -> dict[str, str]:

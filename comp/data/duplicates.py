@@ -120,13 +120,18 @@ def pixel_digest(img: np.ndarray) -> str | None:
 def identical_sets(ids: Sequence[str], paths: Sequence[str], load: Callable[[str], np.ndarray],
                    workers: int | None = None) -> list[list[str]]:
     """Sets (2 or more ids, in the order given) of images whose `load(path)` arrays are equal, flat images
-    excepted (`pixel_digest`). Each image is loaded once, in `workers` threads (default: the usable cores;
-    the kit's loader reads a cache entry or decodes with OpenCV/NumPy, which release the GIL). Ctrl-C
-    cancels what is queued: only the images being read finish.
-
-    Raises:
-        comp.data.image_base.ImageError: an image cannot be read (prepare has checked every one before)."""
+    excepted (`pixel_digest`), and images that cannot be read (an ImageError: left to the loaders that read
+    them for training, as `byte_duplicates` leaves a missing file). Each image is loaded once, in `workers`
+    threads (default: the usable cores; the kit's loader reads a cache entry or decodes with OpenCV/NumPy,
+    which release the GIL). Ctrl-C cancels what is queued: only the images being read finish."""
+    from comp.data.image_base import ImageError
     from comp.system import usable_cpus
+
+    def digest(p: str) -> str | None:
+        try:
+            return pixel_digest(load(p))
+        except ImageError:  # missing or broken: reported where it is read for training (prepare lists all)
+            return None
 
     paths = [str(p) for p in paths]
     n = usable_cpus() if workers is None else workers
@@ -135,12 +140,12 @@ def identical_sets(ids: Sequence[str], paths: Sequence[str], load: Callable[[str
     try:
         if n <= 1 or len(paths) < MIN_THREADED:
             for p in paths:
-                digests.append(pixel_digest(load(p)))
+                digests.append(digest(p))
                 bar.update(1)
         else:
             pool = ThreadPoolExecutor(n, thread_name_prefix="hash")
             try:
-                for d in pool.map(lambda p: pixel_digest(load(p)), paths):
+                for d in pool.map(digest, paths):
                     digests.append(d)
                     bar.update(1)
             except BaseException:  # Ctrl-C or an unreadable image: drop the queue, do not wait for it

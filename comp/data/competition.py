@@ -9,13 +9,17 @@ The test table comes from `data.test_csv`, else the sample submission, else the 
 Folder entries are globs, matched shallowest first. macOS archive debris (`__MACOSX/`, `._*` files) is
 skipped, and a byte-identical copy of an image already found in the same class (the chest X-ray zip holds
 its tree twice, `chest_xray/` and `chest_xray/chest_xray/`) is dropped, its contents compared, not its
-size; two different images of one name in one class are an error naming both files.
+size; a different file at the same place of the doubled tree is an error naming both files. In the `csv`
+layout an id whose file name is in two matched folders with other contents is an error naming both.
 
 Ids in the `folders` layout are the file names without extension (`person1_bacteria_1`), as the
-competitions name their images. A dataset whose class folders reuse names (`NORMAL/1.png`,
-`PNEUMONIA/1.png`: one counter per class) has no such unique name, and there is no submission to say
-otherwise, so every id becomes `<class>/<name>` (`NORMAL/1`), which is unique and names the file;
-`data.group_pattern` is matched (re.search) against that id.
+competitions name their images. Where a layout repeats a name, there is no such unique name, and there
+is no submission to say otherwise, so every id becomes the shortest tail of its path that is unique
+(`_unique_ids`): `<class>/<name>` when class folders reuse a counter (`NORMAL/1.png`, `PNEUMONIA/1.png`),
+`<split>/<class>/<name>` when folders read together do (`train/NORMAL/1.png`, `val/NORMAL/1.png`;
+`fold_0/all/1.bmp`, `fold_1/all/1.bmp`), the extension kept when only it differs (`1.png`, `1.jpg`); a
+scanned test folder's ids also stay apart from the training ids. `data.group_pattern` is matched
+(re.search) against that id.
 
 Labels become integers 0..C-1 in the order of `data.classes`; `label_values` keeps the competition's
 own spelling of each class (`data.class_values`, else the names) so the submission is written in its
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import filecmp
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,15 +173,25 @@ def _image_files(d: Path) -> list[Path]:
 def _find_files(root: Path, patterns: list[str], ids: pd.Series, ext: str, what: Path, key: str,
                 problems: list[Problem] | None) -> pd.Series:
     """Path of each id's file `<id><ext>` (or `<id>` when the id already ends with `ext`) in the first
-    of the folders holding it. Ids without a file: one error listing them, or `Problem`s when collecting."""
+    of the folders holding it; a byte-identical copy in a later folder (a tree unzipped twice) is ignored,
+    a different file of that name (train/ and val/ both matched, each numbering from 1) is refused: the CSV
+    cannot say which one its id means. Ids without a file: one error listing them, or `Problem`s when
+    collecting."""
     dirs = _folders(root, patterns)
     if not dirs:
         raise UserError(f"image folder not found: {root / patterns[0]} (data.{key})")
     found: dict[str, Path] = {}
+    again: dict[str, list[Path]] = {}  # a name in several of the folders: files after the first
     for _, d in dirs:
         for p in d.iterdir():
-            found.setdefault(p.name, p)
+            if found.setdefault(p.name, p) is not p:
+                again.setdefault(p.name, []).append(p)
     names = ids.map(lambda i: i if i.lower().endswith(ext.lower()) else i + ext)
+    for name, i in zip(names, ids, strict=True):  # one id, two different files: which one it names is unknown
+        other = next((p for p in again.get(name, []) if not _same_bytes(found[name], p)), None)
+        if other is not None:
+            raise UserError(f"id {i!r} in {what} names two different files in data.{key}: {found[name]} and "
+                            f"{other}; narrow data.{key} to the folder that holds its image, or remove one")
     paths = names.map(found.get)
     missing = paths.isna()
     if missing.any():
@@ -193,35 +208,81 @@ def _same_bytes(a: Path, b: Path) -> bool:
     return filecmp.cmp(a, b, shallow=False)
 
 
-def _scan(root: Path, patterns: list[str], labelled: bool) -> pd.DataFrame:
+def _scan(root: Path, patterns: list[str], labelled: bool, taken: frozenset[str] = frozenset()) -> pd.DataFrame:
     """(id, path, label) for every image under the folders: in their class sub-folders when `labelled`
     (label = the sub-folder's name), else directly in them (label "").
 
-    The id is the file name without its extension; when two class folders hold the same name (`1.png`
-    in each), every id is `<class>/<name>` instead, so ids stay unique and say where the file is. A
-    second file of one name in one class is dropped when its bytes are those of the first (a tree
-    unzipped twice) and an error naming both files otherwise."""
-    found: dict[tuple[str, str], Path] = {}  # (label, stem) -> the first file of that name in that class
+    A file at the same place as an earlier one in a copy of its tree (`_doubled`: `chest_xray/train/NORMAL/
+    x.jpeg` and `chest_xray/chest_xray/train/NORMAL/x.jpeg`, a tree unzipped twice) is dropped when its bytes are the first one's and refused, naming both, otherwise; so is a
+    byte-identical file of the same name and class elsewhere (`train/` and `val/` holding one image).
+    Every other file is an image of its own, and its id is `_unique_ids`' (the file name without its
+    extension unless names repeat), never one of `taken` (the training ids, for a test folder)."""
+    at_place: dict[str, list[tuple[Path, Path]]] = {}  # path under a matched folder -> (folder, file) kept there
+    by_name: dict[tuple[str, str], list[Path]] = {}  # (label, stem) -> the files kept under that name
+    rows: list[tuple[Path, str]] = []
     for _, d in _folders(root, patterns):
         subs = [p for p in sorted(d.iterdir()) if p.is_dir() and not p.name.startswith((".", "__MACOSX"))]
         for sub in (subs if labelled else []) or [d]:
             label = sub.name if sub is not d else ""
             for f in _image_files(sub):
-                first = found.setdefault((label, f.stem), f)
-                if first is not f and not _same_bytes(first, f):
-                    raise UserError(f"image id {f.stem!r} appears twice under {root} with different contents: "
-                                    f"{first} and {f}; remove or rename one")
-    stems = [stem for _, stem in found]
-    qualified = len(set(stems)) < len(stems)
-    if qualified:
-        clash = next(s for s in stems if stems.count(s) > 1)
-        log(f"data: class folders share file names (e.g. {clash!r}); ids are <class>/<name>, e.g. "
-            f"{next(f'{lab}/{s}' for lab, s in found if s == clash)!r}")
-    rows = [(f"{label}/{stem}" if qualified else stem, str(path), label) for (label, stem), path in found.items()]
-    return pd.DataFrame(rows, columns=["id", "path", "label"])
+                place = f.relative_to(d).as_posix()
+                first = next((g for e, g in at_place.get(place, []) if _doubled(root, e, d)), None)
+                if first is not None:
+                    if not _same_bytes(first, f):
+                        raise UserError(f"image id {f.stem!r} appears twice under {root} with different contents: "
+                                        f"{first} and {f} (the same place in two copies of the tree); remove one")
+                    continue
+                same = by_name.setdefault((label, f.stem), [])
+                if any(_same_bytes(g, f) for g in same):
+                    continue
+                at_place.setdefault(place, []).append((d, f))
+                same.append(f)
+                rows.append((f, label))
+    ids = _unique_ids(root, [f for f, _ in rows], taken)
+    return pd.DataFrame({"id": ids, "path": [str(f) for f, _ in rows], "label": [lab for _, lab in rows]},
+                        columns=["id", "path", "label"])
 
 
-def _load_test(cfg: Any, root: Path, classes: list[str], problems: list[Problem] | None) -> pd.DataFrame:
+def _doubled(root: Path, a: Path, b: Path) -> bool:
+    """Folders `a` and `b` are one folder of a tree held twice: the path of one under data.root ends with
+    the other's (`chest_xray/train` and `chest_xray/chest_xray/train`), as an archive unzipped into itself
+    leaves it; `train/` and `val/`, or `a/x/train` and `b/x/train`, are not."""
+    pa, pb = a.relative_to(root).parts, b.relative_to(root).parts
+    short, long = sorted((pa, pb), key=len)
+    return long[len(long) - len(short):] == short
+
+
+def _unique_ids(root: Path, files: list[Path], taken: frozenset[str] = frozenset()) -> list[str]:
+    """An id for each file, unique among them and outside `taken`: the file name without its extension
+    (`person1_bacteria_1`, as the competitions name their images) when those are unique, else the shortest
+    tail of the path under data.root that is, applied to every file alike: `<class>/<name>` (class folders
+    reusing a counter), `<split>/<class>/<name>` (train/ and val/ read together, or fold_0/ and fold_1/,
+    reusing one), and with the extension where only that differs (`1.png` and `1.jpg`). Logged when not
+    the plain names.
+
+    Raises:
+        UserError: no tail is unique (a test file whose whole path is a training id)."""
+    rels = [f.relative_to(root) for f in files]  # root.glob found them
+    deepest = max((len(r.parts) for r in rels), default=1)
+    for suffix in (False, True):
+        for n in range(1, deepest + 1):
+            ids = ["/".join((*r.parts[-n:-1], r.name if suffix else r.stem)) for r in rels]
+            if len(set(ids)) == len(ids) and taken.isdisjoint(ids):
+                if n > 1 or suffix:
+                    plain = [r.stem for r in rels]
+                    counts = Counter(plain)
+                    k = next((i for i, p in enumerate(plain) if counts[p] > 1), None)
+                    why = "repeat" if k is not None else "are training image ids too"
+                    k = k if k is not None else next(i for i, p in enumerate(plain) if p in taken)
+                    log(f"data: file names under {root} {why} (e.g. {plain[k]!r}: {files[k]}); ids are the last "
+                        f"{n} part(s) of the path{' with the extension' if suffix else ''}, e.g. {ids[k]!r}")
+                return ids
+    raise UserError(f"cannot give the images under {root} unique ids: {rels[0]} and the training ids overlap; "
+                    f"rename the files")
+
+
+def _load_test(cfg: Any, root: Path, classes: list[str], problems: list[Problem] | None,
+               train_ids: frozenset[str] = frozenset()) -> pd.DataFrame:
     d = cfg.data
     csv = d.test_csv or d.sample_submission
     if csv:
@@ -240,7 +301,7 @@ def _load_test(cfg: Any, root: Path, classes: list[str], problems: list[Problem]
         return test[test["path"] != ""].reset_index(drop=True)
     if not _folders(root, list(d.test_images)):
         return pd.DataFrame({"id": pd.Series([], dtype=str), "path": pd.Series([], dtype=str)})
-    test = _scan(root, list(d.test_images), labelled=d.layout == "folders")
+    test = _scan(root, list(d.test_images), labelled=d.layout == "folders", taken=train_ids)  # ids apart from train
     if (test["label"] != "").all() and len(test):  # a labelled held-out set (chest X-ray): keep its answers
         test["label"] = _encode_labels(test["label"], classes, list(d.class_values),
                                        lambda i: f"test image {test['path'].iloc[i]}")[0]
@@ -330,7 +391,7 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False, 
         two_classes(labels, classes)
         if excluded:
             two_classes(train["label"], classes, " after data.exclude")
-    test = _load_test(cfg, root, classes if class_task(cfg) else [], problems)
+    test = _load_test(cfg, root, classes if class_task(cfg) else [], problems, frozenset(train["id"].astype(str)))
     if not d.group_column:
         train["group"] = _group_of(train["id"], d.group_pattern, d.group_unmatched)
     elif (train["group"] == "").any():

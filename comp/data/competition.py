@@ -213,8 +213,9 @@ def _scan(root: Path, patterns: list[str], labelled: bool, taken: frozenset[str]
     (label = the sub-folder's name), else directly in them (label "").
 
     A file at the same place as an earlier one in a copy of its tree (`_doubled`: `chest_xray/train/NORMAL/
-    x.jpeg` and `chest_xray/chest_xray/train/NORMAL/x.jpeg`, a tree unzipped twice) is dropped when its bytes are the first one's and refused, naming both, otherwise; so is a
-    byte-identical file of the same name and class elsewhere (`train/` and `val/` holding one image).
+    x.jpeg` and `chest_xray/chest_xray/train/NORMAL/x.jpeg`, a tree unzipped twice) is dropped when its
+    bytes are the first one's and refused, naming both, otherwise; so is a byte-identical file of the same
+    name and class elsewhere (`train/` and `val/` holding one image).
     Every other file is an image of its own, and its id is `_unique_ids`' (the file name without its
     extension unless names repeat), never one of `taken` (the training ids, for a test folder)."""
     at_place: dict[str, list[tuple[Path, Path]]] = {}  # path under a matched folder -> (folder, file) kept there

@@ -15,7 +15,7 @@ layout an id whose file name is in two matched folders with other contents is an
 Ids in the `folders` layout are the file names without extension (`person1_bacteria_1`), as the
 competitions name their images. Where a layout repeats a name, there is no such unique name, and there
 is no submission to say otherwise, so every id becomes the shortest tail of its path that is unique
-(`_unique_ids`): `<class>/<name>` when class folders reuse a counter (`NORMAL/1.png`, `PNEUMONIA/1.png`),
+(`unique_ids`): `<class>/<name>` when class folders reuse a counter (`NORMAL/1.png`, `PNEUMONIA/1.png`),
 `<split>/<class>/<name>` when folders read together do (`train/NORMAL/1.png`, `val/NORMAL/1.png`;
 `fold_0/all/1.bmp`, `fold_1/all/1.bmp`), the extension kept when only it differs (`1.png`, `1.jpg`); a
 scanned test folder's ids also stay apart from the training ids. `data.group_pattern` is matched
@@ -216,7 +216,7 @@ def _scan(root: Path, patterns: list[str], labelled: bool, taken: frozenset[str]
     x.jpeg` and `chest_xray/chest_xray/train/NORMAL/x.jpeg`, a tree unzipped twice) is dropped when its
     bytes are the first one's and refused, naming both, otherwise; so is a byte-identical file of the same
     name and class elsewhere (`train/` and `val/` holding one image).
-    Every other file is an image of its own, and its id is `_unique_ids`' (the file name without its
+    Every other file is an image of its own, and its id is `unique_ids`' (the file name without its
     extension unless names repeat), never one of `taken` (the training ids, for a test folder)."""
     at_place: dict[str, list[tuple[Path, Path]]] = {}  # path under a matched folder -> (folder, file) kept there
     by_name: dict[tuple[str, str], list[Path]] = {}  # (label, stem) -> the files kept under that name
@@ -239,7 +239,7 @@ def _scan(root: Path, patterns: list[str], labelled: bool, taken: frozenset[str]
                 at_place.setdefault(place, []).append((d, f))
                 same.append(f)
                 rows.append((f, label))
-    ids = _unique_ids(root, [f for f, _ in rows], taken)
+    ids = unique_ids([f.relative_to(root) for f, _ in rows], str(root), taken)  # root.glob found them
     return pd.DataFrame({"id": ids, "path": [str(f) for f, _ in rows], "label": [lab for _, lab in rows]},
                         columns=["id", "path", "label"])
 
@@ -253,17 +253,17 @@ def _doubled(root: Path, a: Path, b: Path) -> bool:
     return long[len(long) - len(short):] == short
 
 
-def _unique_ids(root: Path, files: list[Path], taken: frozenset[str] = frozenset()) -> list[str]:
-    """An id for each file, unique among them and outside `taken`: the file name without its extension
+def unique_ids(rels: list[Path], where: str, taken: frozenset[str] = frozenset()) -> list[str]:
+    """An id for each file (`rels`: their paths under the folder `where` names), unique among them and
+    outside `taken`: the file name without its extension
     (`person1_bacteria_1`, as the competitions name their images) when those are unique, else the shortest
-    tail of the path under data.root that is, applied to every file alike: `<class>/<name>` (class folders
+    tail of the path that is, applied to every file alike: `<class>/<name>` (class folders
     reusing a counter), `<split>/<class>/<name>` (train/ and val/ read together, or fold_0/ and fold_1/,
     reusing one), and with the extension where only that differs (`1.png` and `1.jpg`). Logged when not
     the plain names.
 
     Raises:
         UserError: no tail is unique (a test file whose whole path is a training id)."""
-    rels = [f.relative_to(root) for f in files]  # root.glob found them
     deepest = max((len(r.parts) for r in rels), default=1)
     for suffix in (False, True):
         for n in range(1, deepest + 1):
@@ -275,10 +275,10 @@ def _unique_ids(root: Path, files: list[Path], taken: frozenset[str] = frozenset
                     k = next((i for i, p in enumerate(plain) if counts[p] > 1), None)
                     why = "repeat" if k is not None else "are training image ids too"
                     k = k if k is not None else next(i for i, p in enumerate(plain) if p in taken)
-                    log(f"data: file names under {root} {why} (e.g. {plain[k]!r}: {files[k]}); ids are the last "
+                    log(f"data: file names under {where} {why} (e.g. {plain[k]!r}: {rels[k]}); ids are the last "
                         f"{n} part(s) of the path{' with the extension' if suffix else ''}, e.g. {ids[k]!r}")
                 return ids
-    raise UserError(f"cannot give the images under {root} unique ids: {rels[0]} and the training ids overlap; "
+    raise UserError(f"cannot give the images under {where} unique ids: {rels[0]} and the training ids overlap; "
                     f"rename the files")
 
 

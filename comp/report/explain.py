@@ -266,6 +266,7 @@ def duplicate_search_items(cfg: Any, comp: Competition, task: Any) -> pd.DataFra
     `extra:<source>`) and data.pseudo's external ones (set `pseudo`), unlabelled: a re-encoded or resized
     copy of a training image in external data (other bytes, so not left out by comp.data.duplicates) would
     put its original into the training part of the fold that validates on it; duplicates.csv lists it."""
+    from comp.data.competition import unique_ids
     from comp.data.extra import load_extra
     from comp.data.prepare import pseudo_paths
 
@@ -274,7 +275,8 @@ def duplicate_search_items(cfg: Any, comp: Competition, task: Any) -> pd.DataFra
     ours = set(items["path"].astype(str))
     pseudo = [p for p in pseudo_paths(cfg) if p not in ours]  # test images pseudo-labelled are already in
     outside = [extra[["id", "path"]].assign(set="extra:" + extra["source"].astype(str)),
-               pd.DataFrame({"id": ["pseudo:" + Path(p).stem for p in pseudo], "path": pseudo, "set": "pseudo"})]
+               pd.DataFrame({"id": ["pseudo:" + i for i in unique_ids([Path(p) for p in pseudo], "data.pseudo")],
+                             "path": pseudo, "set": "pseudo"})]
     outside = [o.assign(label="") for o in outside if len(o)]
     return pd.concat([items, *outside], ignore_index=True) if outside else items
 

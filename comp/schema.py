@@ -59,6 +59,10 @@ class DataConfig:
     exclude: Any = field(default_factory=list)  # training image ids to drop (suspected label errors, duplicates):
     # a list of ids, or a path to a CSV with an id column (e.g. scripts/explain.py's label_issues.csv); test
     # images are never dropped. Part of the folds' meaning: a folds.csv made without it is refused
+    duplicates: str = ""  # a CSV of image pairs that are copies (scripts/explain.py's duplicates.csv, reviewed; or
+    # any CSV with id_a, id_b): two training images are kept in one fold, a data.extra image paired with a training
+    # image (set extra:<name>) is left out. Identical training images are joined without it. Part of the folds'
+    # meaning, as data.exclude
     code_competition: bool = False  # Kaggle takes no CSV upload, only a notebook's output (submit.py --notebook)
     kernel_gpu: bool = False  # the submission notebook runs with a GPU (code competitions)
     hidden_test_size: int = 0  # images in the hidden test set a code competition's notebook predicts; 0 = unknown

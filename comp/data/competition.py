@@ -6,16 +6,8 @@ Two layout families cover the competitions this kit targets (the download read a
 The test table comes from `data.test_csv`, else the sample submission, else the images under
 `data.test_images` (by class sub-folder when there are some: a labelled held-out set, as in chest X-ray).
 
-Folder entries are globs, matched shallowest first. macOS archive debris (`__MACOSX/`, `._*` files) is
-skipped, and a byte-identical copy of an image already found in the same class (the chest X-ray zip holds
-its tree twice, `chest_xray/` and `chest_xray/chest_xray/`) is dropped, its contents compared, not its
-size; two different images of one name in one class are an error naming both files.
-
-Ids in the `folders` layout are the file names without extension (`person1_bacteria_1`), as the
-competitions name their images. A dataset whose class folders reuse names (`NORMAL/1.png`,
-`PNEUMONIA/1.png`: one counter per class) has no such unique name, and there is no submission to say
-otherwise, so every id becomes `<class>/<name>` (`NORMAL/1`), which is unique and names the file;
-`data.group_pattern` is matched (re.search) against that id.
+Which files a layout holds and their ids (unique whatever the layout: class folders, split folders read
+together, nested globs, one name in two formats repeat a file name) are comp.data.layouts'.
 
 Labels become integers 0..C-1 in the order of `data.classes`; `label_values` keeps the competition's
 own spelling of each class (`data.class_values`, else the names) so the submission is written in its
@@ -24,7 +16,6 @@ encoding. A label in a CSV may be spelt either way.
 
 from __future__ import annotations
 
-import filecmp
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,22 +34,12 @@ from comp.data.checks import (  # noqa: F401  (check_sample_submission: prepare 
     limit_images,
     two_classes,
 )
+from comp.data.layouts import IMAGE_EXTS, Problem, find_files, matched_folders, scan, unique_ids  # noqa: F401
 from comp.data.tables import read_csv  # noqa: F401  (the CSV reader of every table, here since the start)
 from comp.data.targets import class_task, dedupe, read_targets, submission_rows, target_columns
 from comp.errors import UserError
-from comp.log import log
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom"}
 MISSING_WORDS = {"nan", "null", "#n/a"}  # a missing label as pandas (astype(str)), JSON/SQL or Excel spell it
-
-
-@dataclass
-class Problem:
-    """One unusable image: kind is missing | empty | truncated | corrupt."""
-
-    kind: str
-    path: str
-    detail: str = ""
 
 
 @dataclass
@@ -151,77 +132,8 @@ def _encode_labels(raw: pd.Series, classes: list[str], class_values: list[str],
     return values.map(index).astype(int), names, [_as_value(v) for v in spelt]
 
 
-def _folders(root: Path, patterns: list[str]) -> list[tuple[int, Path]]:
-    """(pattern index, folder) for the existing folders matching the globs, each pattern's matches
-    shallowest first, without macOS debris."""
-    out: list[tuple[int, Path]] = []
-    for k, pattern in enumerate(patterns):
-        found = [d for d in root.glob(pattern) if d.is_dir() and "__MACOSX" not in d.relative_to(root).parts]
-        out += [(k, d) for d in sorted(found, key=lambda p: (len(p.parts), str(p)))]
-    return out
-
-
-def _image_files(d: Path) -> list[Path]:
-    return sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
-
-
-def _find_files(root: Path, patterns: list[str], ids: pd.Series, ext: str, what: Path, key: str,
-                problems: list[Problem] | None) -> pd.Series:
-    """Path of each id's file `<id><ext>` (or `<id>` when the id already ends with `ext`) in the first
-    of the folders holding it. Ids without a file: one error listing them, or `Problem`s when collecting."""
-    dirs = _folders(root, patterns)
-    if not dirs:
-        raise UserError(f"image folder not found: {root / patterns[0]} (data.{key})")
-    found: dict[str, Path] = {}
-    for _, d in dirs:
-        for p in d.iterdir():
-            found.setdefault(p.name, p)
-    names = ids.map(lambda i: i if i.lower().endswith(ext.lower()) else i + ext)
-    paths = names.map(found.get)
-    missing = paths.isna()
-    if missing.any():
-        listed = [(str(dirs[0][1] / n), i) for n, i in zip(names[missing], ids[missing], strict=True)]
-        if problems is None:
-            shown = ", ".join(p for p, _ in listed[:3])
-            raise UserError(f"{len(listed)} id(s) in {what} have no image file in data.{key}, e.g. {shown}")
-        problems += [Problem("missing", p, f"id {i!r} in {what.name}") for p, i in listed]
-    return paths.map(lambda p: str(p) if p is not None else "")
-
-
-def _same_bytes(a: Path, b: Path) -> bool:
-    """Byte-identical files: the sizes first, then the contents (`filecmp.cmp(shallow=False)`)."""
-    return filecmp.cmp(a, b, shallow=False)
-
-
-def _scan(root: Path, patterns: list[str], labelled: bool) -> pd.DataFrame:
-    """(id, path, label) for every image under the folders: in their class sub-folders when `labelled`
-    (label = the sub-folder's name), else directly in them (label "").
-
-    The id is the file name without its extension; when two class folders hold the same name (`1.png`
-    in each), every id is `<class>/<name>` instead, so ids stay unique and say where the file is. A
-    second file of one name in one class is dropped when its bytes are those of the first (a tree
-    unzipped twice) and an error naming both files otherwise."""
-    found: dict[tuple[str, str], Path] = {}  # (label, stem) -> the first file of that name in that class
-    for _, d in _folders(root, patterns):
-        subs = [p for p in sorted(d.iterdir()) if p.is_dir() and not p.name.startswith((".", "__MACOSX"))]
-        for sub in (subs if labelled else []) or [d]:
-            label = sub.name if sub is not d else ""
-            for f in _image_files(sub):
-                first = found.setdefault((label, f.stem), f)
-                if first is not f and not _same_bytes(first, f):
-                    raise UserError(f"image id {f.stem!r} appears twice under {root} with different contents: "
-                                    f"{first} and {f}; remove or rename one")
-    stems = [stem for _, stem in found]
-    qualified = len(set(stems)) < len(stems)
-    if qualified:
-        clash = next(s for s in stems if stems.count(s) > 1)
-        log(f"data: class folders share file names (e.g. {clash!r}); ids are <class>/<name>, e.g. "
-            f"{next(f'{lab}/{s}' for lab, s in found if s == clash)!r}")
-    rows = [(f"{label}/{stem}" if qualified else stem, str(path), label) for (label, stem), path in found.items()]
-    return pd.DataFrame(rows, columns=["id", "path", "label"])
-
-
-def _load_test(cfg: Any, root: Path, classes: list[str], problems: list[Problem] | None) -> pd.DataFrame:
+def _load_test(cfg: Any, root: Path, classes: list[str], problems: list[Problem] | None,
+               train_ids: frozenset[str] = frozenset()) -> pd.DataFrame:
     d = cfg.data
     csv = d.test_csv or d.sample_submission
     if csv:
@@ -235,12 +147,12 @@ def _load_test(cfg: Any, root: Path, classes: list[str], problems: list[Problem]
         rows = submission_rows(cfg, table, root / csv)
         if rows is not None:
             test["row"] = rows
-        test["path"] = _find_files(root, list(d.test_images), ids, d.image_ext, root / csv, "test_images",
+        test["path"] = find_files(root, list(d.test_images), ids, d.image_ext, root / csv, "test_images",
                                    problems) if len(ids) else []
         return test[test["path"] != ""].reset_index(drop=True)
-    if not _folders(root, list(d.test_images)):
+    if not matched_folders(root, list(d.test_images)):
         return pd.DataFrame({"id": pd.Series([], dtype=str), "path": pd.Series([], dtype=str)})
-    test = _scan(root, list(d.test_images), labelled=d.layout == "folders")
+    test = scan(root, list(d.test_images), labelled=d.layout == "folders", taken=train_ids)  # ids apart from train
     if (test["label"] != "").all() and len(test):  # a labelled held-out set (chest X-ray): keep its answers
         test["label"] = _encode_labels(test["label"], classes, list(d.class_values),
                                        lambda i: f"test image {test['path'].iloc[i]}")[0]
@@ -300,7 +212,7 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False, 
             frame["row"] = rows
         # excluded before their files are looked for: a missing or broken image can be excluded too
         train = exclude(frame, excluded)
-        train["path"] = _find_files(root, list(d.train_images), train["id"], d.image_ext, train_csv, "train_images",
+        train["path"] = find_files(root, list(d.train_images), train["id"], d.image_ext, train_csv, "train_images",
                                     problems)
         train = train[train["path"] != ""]
     else:
@@ -310,9 +222,9 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False, 
         if d.group_column:
             raise UserError("data.group_column names a column of the labels CSV; data.layout=folders has none "
                             "(use data.group_pattern on the file names)")
-        if not _folders(root, list(d.train_images)):
+        if not matched_folders(root, list(d.train_images)):
             raise UserError(f"image folder not found: {root / d.train_images[0]} (data.train_images)")
-        scanned = _scan(root, list(d.train_images), labelled=True)
+        scanned = scan(root, list(d.train_images), labelled=True)
         if scanned.empty:
             raise UserError(f"no images in class folders under {root}/{list(d.train_images)} (data.train_images)")
         labels, classes, values = _encode_labels(scanned["label"], classes_cfg, values_cfg,
@@ -330,7 +242,7 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False, 
         two_classes(labels, classes)
         if excluded:
             two_classes(train["label"], classes, " after data.exclude")
-    test = _load_test(cfg, root, classes if class_task(cfg) else [], problems)
+    test = _load_test(cfg, root, classes if class_task(cfg) else [], problems, frozenset(train["id"].astype(str)))
     if not d.group_column:
         train["group"] = _group_of(train["id"], d.group_pattern, d.group_unmatched)
     elif (train["group"] == "").any():

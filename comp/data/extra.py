@@ -19,7 +19,8 @@ The source is read by comp.data.competition.load_competition itself (the same la
 messages), its test part switched off. The images never reach folds.csv, a validation set or an OOF file:
 comp.train.build.fold_data appends them to the training rows of the fold only. An image id that is also
 a competition image's id (training or test), or another source's, is refused; an image whose bytes are a
-competition training image's is left out with a warning (comp.data.duplicates).
+competition training image's is left out with a warning (comp.data.duplicates), and so is an image that
+`data.duplicates` (scripts/explain.py's near-copies, reviewed) pairs with a training image.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from comp.data.duplicates import leave_out_copies
+from comp.data.duplicates import leave_out_copies, listed_extra
 from comp.data.targets import class_task
 from comp.errors import UserError
 from comp.log import log
@@ -39,7 +40,7 @@ from comp.schema import Config, DataConfig
 
 OWN_KEYS = ("name", "label_map", "weight", "stage")
 STAGES = ("all", "pretrain")
-DATA_KEYS = {f.name for f in fields(DataConfig)} - {"extra", "extra_only"}
+DATA_KEYS = {f.name for f in fields(DataConfig)} - {"extra", "extra_only", "duplicates"}
 
 
 def _entry(e: Any, i: int) -> dict[str, Any]:
@@ -169,10 +170,26 @@ def load_extra(cfg: Any, comp: Any, stage: int | None = None) -> pd.DataFrame:
     if tables:
         train_paths = comp.train["path"].astype(str).tolist()
         tables = [leave_out_copies(t, train_paths, f"data.extra {t['source'].iloc[0]!r}")[0] for t in tables]
+        tables = [_leave_out_listed(cfg, t, set(comp.train["id"].astype(str))) for t in tables]
     if not tables:
         return pd.DataFrame({c: pd.Series([], dtype=comp.train[c].dtype if c in comp.train else object)
                              for c in cols})
     return pd.concat(tables, ignore_index=True)[cols]
+
+
+def _leave_out_listed(cfg: Any, table: pd.DataFrame, train_ids: set[str]) -> pd.DataFrame:
+    """`table` (one source's rows) without the images data.duplicates pairs with a training image
+    (comp.data.duplicates.listed_extra: near-copies found by scripts/explain.py), with a warning."""
+    if not len(table):
+        return table
+    name = str(table["source"].iloc[0])
+    listed = listed_extra(cfg, name, train_ids)
+    drop = table["id"].astype(str).isin(listed)
+    if drop.any():
+        log(f"warning: data.extra {name!r}: {int(drop.sum())} image(s) are listed in data.duplicates as copies of "
+            f"training images (e.g. {table.loc[drop, 'id'].iloc[0]!r}) and are left out: each would reach the "
+            f"validation of the fold holding its original")
+    return table[~drop].reset_index(drop=True)
 
 
 def training_rows(cfg: Any, fold_rows: pd.DataFrame, extra: pd.DataFrame) -> pd.DataFrame:

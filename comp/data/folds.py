@@ -7,6 +7,11 @@ The settings the split was made with (n_folds, seed, grouping, data.exclude, smo
 kept beside it in `folds.json`; a folds.csv without one (written by hand, e.g. a competition's official
 split) is taken as it is.
 
+Copies of one image are kept in one fold (comp.data.duplicates.split_groups): identical training images
+(the same pixels as the kit loads them) and the pairs listed in `data.duplicates` (scripts/explain.py's
+near-copies, reviewed) join their groups before the split; folds.json's `copies` says how many and which.
+folds.csv's `group` stays the patient; the joined groups only decide the split.
+
 `folds.json` also records the versions of the libraries that made the split (`made_with`: scikit-learn,
 numpy, pandas, the kit): another version may split the same data differently, and scikit-learn < 1.8
 did not stratify StratifiedGroupKFold(shuffle=True) at all (scikit-learn PR #32540, 1.8.0 changelog),
@@ -17,9 +22,11 @@ run of an experiment must share one); it is logged.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -28,6 +35,7 @@ from omegaconf import OmegaConf
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from comp import io
+from comp.data.duplicates import read_pairs, split_groups
 from comp.errors import UserError
 from comp.log import log
 
@@ -127,6 +135,7 @@ def settings(cfg: Any) -> dict[str, Any]:
     exclude = cfg.data.exclude
     exclude = [str(v) for v in exclude] if OmegaConf.is_list(exclude) else exclude
     out = {**out, "exclude": exclude} if exclude else out
+    out = {**out, "duplicates": str(cfg.data.duplicates)} if cfg.data.duplicates else out
     return {**out, "limit": int(cfg.data.limit)} if cfg.data.limit else out  # only a smoke run says so
 
 
@@ -177,6 +186,9 @@ def _check(files: SplitFiles, folds: pd.DataFrame, train: pd.DataFrame, want: di
     if made is not None and made.get("exclude", []) != want.get("exclude", []):
         raise UserError(f"{path} was made with data.exclude={made.get('exclude', [])!r}, the config now says "
                         f"{want.get('exclude', [])!r}; {redo}")
+    if made is not None and made.get("duplicates", "") != want.get("duplicates", ""):
+        raise UserError(f"{path} was made with data.duplicates={made.get('duplicates', '')!r}, the config now says "
+                        f"{want.get('duplicates', '')!r}; {redo}")
     if made is not None and made.get("limit", 0) != want.get("limit", 0):  # a smoke run's split (data.limit)
         raise UserError(f"{path} was made with data.limit={made.get('limit', 0)!r} (0 = every image), the config "
                         f"now says {want.get('limit', 0)!r}; give the smoke run its own out_dir, or {redo}")
@@ -205,6 +217,9 @@ def _check(files: SplitFiles, folds: pd.DataFrame, train: pd.DataFrame, want: di
     if want["grouped"] and (merged["group"] != merged["group_f"]).any():
         bad = merged.loc[merged["group"] != merged["group_f"], "id"].iloc[0]
         raise UserError(f"{path}: the patient of {bad!r} changed since the folds were made; {redo}")
+    if "copies" not in made:
+        log(f"folds: {path} was made before identical training images were kept in one fold; kept as it is "
+            f"(delete it and {meta_path.name} to re-split with copies together)")
     _note_versions(files, made, bool(made.get("grouped")))
 
 
@@ -217,15 +232,29 @@ def check_folds(cfg: Any, train: pd.DataFrame, files: SplitFiles) -> None:
     """Before the slow work (the image cache): fail now if folds.csv will have to be made and cannot be."""
     if not files.csv.exists():
         check_split(train, int(cfg.folds.n_folds), _grouped(train, settings(cfg)))
+        if cfg.data.duplicates:
+            read_pairs(cfg.data.duplicates)  # a missing or malformed list fails now, not after the cache
 
 
-def load_or_make_folds(cfg: Any, train: pd.DataFrame, files: SplitFiles) -> pd.DataFrame:
+def _loader(cfg: Any) -> Callable[[str], np.ndarray]:
+    """The kit's image loader (comp.data.cache.image_loader: the cache entries when prepare built them)."""
+    from comp.config import resolve_path
+    from comp.data.cache import image_loader
+
+    return image_loader(cfg, SimpleNamespace(root=resolve_path(cfg.data.root)))  # it reads only .root
+
+
+def load_or_make_folds(cfg: Any, train: pd.DataFrame, files: SplitFiles,
+                       load: Callable[[str], np.ndarray] | None = None) -> pd.DataFrame:
     """The fold table for this experiment: read from `files.csv` (folds.csv) when it exists (and still
     matches the data and settings), else made and written atomically (`files.meta` first, then the csv,
-    whose existence marks a finished split).
+    whose existence marks a finished split). A new split keeps copies together: each training image is
+    read once with `load` (default: the kit's loader for `cfg`, the cache when prepare built it) to find
+    identical ones (comp.data.duplicates.split_groups), and data.duplicates' pairs are joined.
 
     Raises:
-        UserError: folds.csv exists but was made from other images, labels or fold settings.
+        UserError: folds.csv exists but was made from other images, labels or fold settings; a bad
+            data.duplicates file.
     """
     path = files.csv
     want = settings(cfg)
@@ -235,9 +264,14 @@ def load_or_make_folds(cfg: Any, train: pd.DataFrame, files: SplitFiles) -> pd.D
                             keep_default_na=False)
         _check(files, folds, train, want)
         return train.merge(folds[["id", "fold"]], on="id")
-    out = train.assign(fold=split(train, want["n_folds"], want["seed"], _grouped(train, want)))
+    joined, copies = split_groups(cfg, train, load or _loader(cfg))
+    if copies["groups_joined"]:  # copies on both sides of a patient split, or of a split without groups
+        fold = split(train.assign(group=joined), want["n_folds"], want["seed"], True)
+    else:
+        fold = split(train, want["n_folds"], want["seed"], _grouped(train, want))
+    out = train.assign(fold=fold)
     path.parent.mkdir(parents=True, exist_ok=True)
-    made = {**want, "made_with": library_versions()}
+    made = {**want, "copies": copies, "made_with": library_versions()}
     io.write_json(files.meta, made)
     io.write_csv(path, out[["id", "label", "group", "fold"]])
     return out

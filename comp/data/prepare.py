@@ -14,7 +14,7 @@ import pandas as pd
 
 from comp import io
 from comp.config import resolve_path
-from comp.data.cache import cache_folder, process_images
+from comp.data.cache import cache_folder, image_loader, process_images
 from comp.data.competition import Problem, load_competition
 from comp.data.download import ensure_data
 from comp.data.extra import load_extra
@@ -115,7 +115,7 @@ def prepare(cfg: Any, split: SplitFiles, problems_csv: Path, workers: int | None
             report = None
         total = len(paths) + sum(q.kind == "missing" for q in comp.problems)
         raise UserError(problems_message(problems, total, comp.root, report))
-    folds = load_or_make_folds(cfg, comp.train, split)
+    folds = load_or_make_folds(cfg, comp.train, split, image_loader(cfg, comp))  # identical images: cache reads
     counts = folds.groupby("fold").size().tolist()
     smoke = f" (smoke mode: data.limit={cfg.data.limit})" if cfg.data.limit else ""
     log(f"{root}: {len(comp.train)} training images{smoke} {_target_summary(cfg, comp)}, "

@@ -16,10 +16,11 @@ Tables (pandas DataFrames, written as CSV by `write_tables`):
   head has none, so no table;
 - `duplicates`: exact and near-duplicate images within and across train and test, by perceptual hash
   (imagehash's pHash, 64 bits), with both labels side by side: APTOS 2019 had near-copies graded differently.
+  Each hash candidate is confirmed on the pixels, flat images never reported (comp.report.image_duplicates).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,17 @@ import pandas as pd
 from comp.errors import UserError
 from comp.experiment.oof import oof_probs, oof_targets
 from comp.io import write_csv
-from comp.log import progress
+from comp.report.image_duplicates import (  # noqa: F401  (the duplicates table's functions, here since the start)
+    FLAT_STD,
+    MIN_CORRELATION,
+    THUMB,
+    confirm,
+    find_duplicates,
+    fingerprints,
+    near_pairs,
+    phash_bits,
+    thumbnail,
+)
 from comp.tasks import Task
 
 EPS = 1e-7  # probability floor of the log loss (scikit-learn's log_loss clips likewise)
@@ -209,84 +220,6 @@ def label_issues(oof: pd.DataFrame, classes: list[str] | Task) -> pd.DataFrame:
         out["fold"] = sub["fold"].to_numpy()
     out["label"], out["suggested"], out["p_label"], out["p_suggested"] = label, suggested, p_label, p_suggested
     return out
-
-
-def phash_bits(images: Iterable[np.ndarray]) -> np.ndarray:
-    """(N,) uint64 pHash of each (H, W, 3) uint8 image (imagehash.phash: 8x8 DCT signs, 64 bits)."""
-    import imagehash
-    from PIL import Image
-
-    images = list(images)
-    out = []
-    with progress(len(images), "hash images") as bar:  # drawn on a terminal only (comp.log)
-        for img in images:
-            out.append(np.packbits(imagehash.phash(Image.fromarray(img)).hash.flatten()).view(">u8")[0])
-            bar.update(1)
-    return np.array(out, dtype=np.uint64)
-
-
-def _popcount(x: np.ndarray) -> np.ndarray:
-    """Set bits of each uint64."""
-    return np.unpackbits(x.astype(">u8").view(np.uint8).reshape(-1, 8), axis=1).sum(1)
-
-
-def near_pairs(hashes: np.ndarray, max_distance: int) -> list[tuple[int, int, int]]:
-    """(i, j, Hamming distance) for i < j with distance <= max_distance, without comparing all N^2 pairs:
-    the 64 bits are cut into max_distance + 1 bands, and by the pigeonhole principle two hashes within
-    max_distance bits agree exactly on at least one band, so only hashes sharing a band are compared."""
-    n_bands = max_distance + 1
-    if n_bands > 64:
-        raise UserError(f"max_distance={max_distance}: at most 63 of the 64 hash bits")
-    edges = np.linspace(0, 64, n_bands + 1).astype(int)
-    pairs: dict[tuple[int, int], int] = {}
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        band = (hashes >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
-        order = np.argsort(band, kind="stable")
-        starts = np.flatnonzero(np.r_[True, band[order][1:] != band[order][:-1], True])
-        for a, b in zip(starts[:-1], starts[1:], strict=True):
-            members = np.sort(order[a:b])
-            if len(members) < 2:
-                continue
-            i, j = np.triu_indices(len(members), 1)
-            d = _popcount(hashes[members[i]] ^ hashes[members[j]])
-            for ii, jj, dd in zip(members[i][d <= max_distance], members[j][d <= max_distance],
-                                  d[d <= max_distance], strict=True):
-                pairs[(int(ii), int(jj))] = int(dd)
-    return sorted((i, j, d) for (i, j), d in pairs.items())
-
-
-def find_duplicates(items: pd.DataFrame, load: Callable[[str], np.ndarray], classes: list[str],
-                    max_distance: int = 4) -> pd.DataFrame:
-    """Exact and near-duplicate images among `items` (train and test together).
-
-    Args:
-        items: id, path, set (train | test), label: an int class index into `classes` (-1 when unknown: an
-            unlabelled test image), or the label as shown (a string, "" when unknown: `duplicate_items`).
-        load: `load(path) -> (H, W, 3) uint8` (the kit's image loader: the cache when there is one).
-        max_distance: largest pHash Hamming distance (of 64 bits) called a near duplicate. A resized and
-            JPEG-recompressed copy of a photograph lands at 0-2 (tests/report/test_errors_analysis.py), unrelated images
-            near 32.
-    Returns:
-        id_a, set_a, label_a, id_b, set_b, label_b, distance, kind (identical: the same pixels as loaded;
-        near), conflict (both labelled and the labels differ); conflicts first, then by distance.
-    """
-    cols = ["id_a", "set_a", "label_a", "id_b", "set_b", "label_b", "distance", "kind", "conflict"]
-    paths = items["path"].tolist()
-    if items["label"].dtype.kind in "iu":
-        shown = [classes[int(v)] if v >= 0 else "" for v in items["label"]]
-    else:
-        shown = items["label"].fillna("").astype(str).tolist()
-    hashes = phash_bits(load(p) for p in paths)  # a generator: one image in memory at a time
-    rows = []
-    for i, j, d in near_pairs(hashes, max_distance):
-        same = d == 0 and np.array_equal(load(paths[i]), load(paths[j]))
-        la, lb = shown[i], shown[j]
-        rows.append({"id_a": items["id"].iloc[i], "set_a": items["set"].iloc[i], "label_a": la,
-                     "id_b": items["id"].iloc[j], "set_b": items["set"].iloc[j], "label_b": lb,
-                     "distance": d, "kind": "identical" if same else "near",
-                     "conflict": bool(la != "" and lb != "" and la != lb)})
-    table = pd.DataFrame(rows, columns=cols)
-    return table.sort_values(["conflict", "distance"], ascending=[False, True], kind="stable").reset_index(drop=True)
 
 
 def shown_labels(task: Task, targets: np.ndarray) -> list[str]:

@@ -217,14 +217,15 @@ def _table(df: pd.DataFrame, rows: int = 50) -> str:
     return df.head(rows).to_html(index=False, escape=True, float_format=lambda v: f"{v:.4f}", border=0) + more
 
 
-def _pairs(dups: pd.DataFrame, images: dict[str, np.ndarray], rows: int = 24) -> str:
-    """The first duplicate pairs, both images side by side with their labels."""
+def _pairs(dups: pd.DataFrame, images: dict[tuple[str, str], np.ndarray], rows: int = 24) -> str:
+    """The first duplicate pairs, both images side by side with their labels (`images`: (set, id) -> image)."""
     out = []
     for _, r in dups.head(rows).iterrows():
         cap = (f"{html.escape(str(r['id_a']))} ({r['set_a']}, {html.escape(str(r['label_a']) or '?')}) · "
                f"{html.escape(str(r['id_b']))} ({r['set_b']}, {html.escape(str(r['label_b']) or '?')}) · "
                f"distance {r['distance']}{' · <span class=bad>labels differ</span>' if r['conflict'] else ''}")
-        out.append(f'<figure><img src="{data_uri(images[r["id_a"]])}" alt="a"><img src="{data_uri(images[r["id_b"]])}"'
+        a, b = images[(r["set_a"], r["id_a"])], images[(r["set_b"], r["id_b"])]
+        out.append(f'<figure><img src="{data_uri(a)}" alt="a"><img src="{data_uri(b)}"'
                    f' alt="b"><figcaption>{cap}</figcaption></figure>')
     return "".join(out)
 
@@ -239,7 +240,7 @@ TABLE_TITLES = {"top_losses": "Top losses (all folds' OOF)", "confused_pairs": "
 
 
 def html_page(title: str, folds: dict[int, list[dict]], tables: dict[str, pd.DataFrame],
-              dup_images: dict[str, np.ndarray], notes: dict[str, str] | None = None,
+              dup_images: dict[tuple[str, str], np.ndarray], notes: dict[str, str] | None = None,
               titles: dict[str, str] | None = None) -> str:
     """One self-contained HTML page (images as base64 data URIs): the sheets, then the tables, then a line
     for each table the task does not have (`notes`: name -> why). `titles`: the sections' headings
@@ -265,6 +266,7 @@ def duplicate_search_items(cfg: Any, comp: Competition, task: Any) -> pd.DataFra
     `extra:<source>`) and data.pseudo's external ones (set `pseudo`), unlabelled: a re-encoded or resized
     copy of a training image in external data (other bytes, so not left out by comp.data.duplicates) would
     put its original into the training part of the fold that validates on it; duplicates.csv lists it."""
+    from comp.data.competition import unique_ids
     from comp.data.extra import load_extra
     from comp.data.prepare import pseudo_paths
 
@@ -273,7 +275,8 @@ def duplicate_search_items(cfg: Any, comp: Competition, task: Any) -> pd.DataFra
     ours = set(items["path"].astype(str))
     pseudo = [p for p in pseudo_paths(cfg) if p not in ours]  # test images pseudo-labelled are already in
     outside = [extra[["id", "path"]].assign(set="extra:" + extra["source"].astype(str)),
-               pd.DataFrame({"id": ["pseudo:" + Path(p).stem for p in pseudo], "path": pseudo, "set": "pseudo"})]
+               pd.DataFrame({"id": ["pseudo:" + i for i in unique_ids([Path(p) for p in pseudo], "data.pseudo")],
+                             "path": pseudo, "set": "pseudo"})]
     outside = [o.assign(label="") for o in outside if len(o)]
     return pd.concat([items, *outside], ignore_index=True) if outside else items
 
@@ -321,8 +324,12 @@ def explain(exp: Experiment | Any, per_class: int = 4, out: Path | None = None, 
     tables = ea.analyse(oof, task, items, load)
     written += ea.write_tables(tables, out)
     dups = tables.get("duplicates", pd.DataFrame())
-    paths = dict(zip(items["id"], items["path"], strict=True)) if items is not None else {}
-    shown = set(dups.head(24)[["id_a", "id_b"]].to_numpy().ravel()) if not dups.empty else set()
+    # keyed by (set, id): a test or extra image may share a training image's id (another folder's counter)
+    keys = list(zip(items["set"], items["id"], strict=True)) if items is not None else []
+    paths = dict(zip(keys, items["path"], strict=True)) if items is not None else {}
+    head = dups.head(24)
+    shown = ({*zip(head["set_a"], head["id_a"], strict=True), *zip(head["set_b"], head["id_b"], strict=True)}
+             if not dups.empty else set())
     notes = {}
     if not task.has_classes:
         notes["confused_pairs"] = f"none: task={task.kind} has no classes"

@@ -23,7 +23,7 @@ import pandas as pd
 
 from comp import io
 from comp.config import resolve_path
-from comp.data.competition import IMAGE_EXTS, Competition
+from comp.data.competition import IMAGE_EXTS, Competition, unique_ids
 from comp.data.duplicates import leave_out_copies
 from comp.errors import UserError
 from comp.experiment import Experiment
@@ -70,23 +70,23 @@ def label_rows(task: Task, ids: list[str], paths: list[str], out: np.ndarray, mi
 
 
 def external_images(folders: list[str]) -> pd.DataFrame:
-    """id (file name without extension), path of every image file under `folders` (recursively).
+    """id, path of every image file under `folders` (recursively). The id is the file name without its
+    extension, or where names repeat (subfolders, two folders, two formats) the shortest unique tail of its
+    path from the folder's name on (comp.data.competition.unique_ids).
 
     Raises:
-        UserError: a missing folder, no image in them, or one id twice."""
+        UserError: a missing folder, or no image in them."""
     rows = []
     for f in folders:
         d = resolve_path(f)
         if not d.is_dir():
             raise UserError(f"--images {f!r}: no such folder ({d})")
-        rows += [(p.stem, str(p)) for p in sorted(d.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_EXTS]
+        rows += [(p.relative_to(d.parent), str(p)) for p in sorted(d.rglob("*"))
+                 if p.is_file() and p.suffix.lower() in IMAGE_EXTS]
     if not rows:
         raise UserError(f"--images {folders}: no image files ({', '.join(sorted(IMAGE_EXTS))}) found")
-    df = pd.DataFrame(rows, columns=["id", "path"])
-    dup = df["id"][df["id"].duplicated()]
-    if len(dup):
-        raise UserError(f"--images: two images share the id {dup.iloc[0]!r}; give each a unique file name")
-    return df
+    ids = unique_ids([r for r, _ in rows], f"--images {folders}")  # nested folders may repeat a file name
+    return pd.DataFrame({"id": ids, "path": [p for _, p in rows]})
 
 
 def teacher_task(models: list[FoldModel]) -> Task:

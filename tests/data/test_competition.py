@@ -79,14 +79,18 @@ def test_chest_xray(replicas, tmp_path):
     assert len(comp.test) == 8 and sorted(comp.test["label"]) == [0] * 4 + [1] * 4
 
 
-def test_chest_xray_two_different_images_with_one_id(replicas, tmp_path):
+def test_chest_xray_val_reusing_a_train_name_is_another_image(replicas, tmp_path):
+    """val/ read with train/ (data.train_images) holding another image under a training image's name: two
+    images, two ids (`<split>/<class>/<name>`), the patient pattern still finding the patient."""
     root = tmp_path / "cx"
     shutil.copytree(replicas["chest_xray"], root)
     src = root / "chest_xray" / "train" / "NORMAL" / "IM-0115-0001.jpeg"
     shutil.copy(root / "chest_xray" / "train" / "PNEUMONIA" / "person1_virus_6.jpeg",
                 root / "chest_xray" / "val" / "NORMAL" / src.name)
-    with pytest.raises(UserError, match="image id 'IM-0115-0001' appears twice"):
-        load_competition(cfg_for("chest_xray", root, tmp_path))
+    t = load_competition(cfg_for("chest_xray", root, tmp_path)).train.set_index("id")
+    assert t.index.is_unique and len(t) == 25
+    both = t.loc[["train/NORMAL/IM-0115-0001", "val/NORMAL/IM-0115-0001"]]
+    assert [Path(p).parts[-3] for p in both["path"]] == ["train", "val"] and set(both["group"]) == {"IM-0115"}
 
 
 def test_cnmc2019(replicas, tmp_path):
@@ -230,21 +234,80 @@ def test_class_folders_reusing_file_names_get_unique_ids(replicas, tmp_path):
     assert sorted(t.index) == ["NORMAL/1", "NORMAL/2", "NORMAL/3", "PNEUMONIA/1", "PNEUMONIA/2", "PNEUMONIA/3"]
     assert list(t.loc[["NORMAL/1", "PNEUMONIA/1"], "label"]) == [0, 1]
     assert all(Path(p).parent.name == i.split("/")[0] for i, p in t["path"].items())
-    assert sorted(comp.test["id"]) == ["NORMAL/1", "PNEUMONIA/1"] and comp.test["id"].is_unique
+    # the held-out test folder reuses the names too: its ids stay apart from the training ids
+    assert sorted(comp.test["id"]) == ["test/NORMAL/1", "test/PNEUMONIA/1"]
     # names unique across classes (the real chest X-ray): ids stay the plain names
     assert "IM-0115-0001" in set(load_competition(_folderstiny_config(chest, tmp_path)).train["id"])
 
 
-def test_unlabelled_folder_with_one_name_twice_is_refused(tmp_path):
-    """Test images straight in a folder: `1.png` and `1.jpg` with other contents are two images, one id."""
+def test_unlabelled_folder_with_one_name_in_two_formats_is_two_images(tmp_path):
+    """Test images straight in a folder: `1.png` and `1.jpg` with other contents are two images: ids keep
+    the extension."""
     root = tmp_path / "d"
     for cls in ("NORMAL", "PNEUMONIA"):
         for k in range(2):
             _png(root / "chest_xray" / "train" / cls / f"{cls}_{k}.png", 50 * k + (100 if cls == "NORMAL" else 0))
     _png(root / "chest_xray" / "test" / "1.png", 1)
     cv2.imwrite(str(root / "chest_xray" / "test" / "1.jpg"), np.full((8, 8), 99, np.uint8))
-    with pytest.raises(UserError, match="image id '1' appears twice .*different contents"):
-        load_competition(_folderstiny_config(root, tmp_path, "data.group_pattern=''"))
+    test = load_competition(_folderstiny_config(root, tmp_path, "data.group_pattern=''")).test
+    assert sorted(test["id"]) == ["1.jpg", "1.png"]
+    assert sorted(Path(p).name for p in test["path"]) == ["1.jpg", "1.png"]
+
+
+# Every way a folder layout repeats a file name (folders layout): files {path under data.root: grey value},
+# data.train_images, and the ids wanted. Different values = different images; each is kept under a unique id.
+LAYOUTS = {
+    "class folders": ({"train/NORMAL/1.png": 10, "train/PNEUMONIA/1.png": 200}, ["train"],
+                      ["NORMAL/1", "PNEUMONIA/1"]),
+    "split folders read together": ({"train/NORMAL/1.png": 10, "val/NORMAL/1.png": 20, "val/PNEUMONIA/2.png": 200},
+                                    ["train", "val"], ["train/NORMAL/1", "val/NORMAL/1", "val/PNEUMONIA/2"]),
+    "nested folders of one glob": ({"data/fold_0/NORMAL/1.png": 10, "data/fold_1/NORMAL/1.png": 20,
+                                    "data/fold_1/PNEUMONIA/1.png": 200}, ["data/fold_*"],
+                                   ["fold_0/NORMAL/1", "fold_1/NORMAL/1", "fold_1/PNEUMONIA/1"]),
+    "nested split under a split": ({"a/train/NORMAL/1.png": 10, "b/train/NORMAL/2.png": 20,
+                                    "a/x/train/PNEUMONIA/1.png": 200, "b/x/train/PNEUMONIA/1.png": 210},
+                                   ["**/train"], ["a/train/NORMAL/1", "b/train/NORMAL/2", "a/x/train/PNEUMONIA/1",
+                                                  "b/x/train/PNEUMONIA/1"]),
+    "one stem, two formats": ({"train/NORMAL/1.png": 10, "train/NORMAL/1.bmp": 20, "train/PNEUMONIA/2.png": 200},
+                              ["train"], ["1.bmp", "1.png", "2.png"]),
+    "a byte-identical copy in another split": ({"train/NORMAL/1.png": 10, "val/NORMAL/1.png": 10,
+                                                "train/PNEUMONIA/2.png": 200}, ["train", "val"], ["1", "2"]),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_ids_are_unique_whatever_the_layout(layout, tmp_path):
+    files, train_images, want = LAYOUTS[layout]
+    root = tmp_path / "d"
+    for rel, value in files.items():
+        _png(root / rel, value)
+    cfg = _folderstiny_config(root, tmp_path, "data.group_pattern=''", f"data.train_images={train_images}",
+                              "data.test_images=[none]")
+    t = load_competition(cfg).train
+    assert sorted(t["id"]) == sorted(want)
+    assert t["path"].is_unique and set(t["path"]) <= {str(root / r) for r in files}  # each file once at most
+    labels = dict(zip(t["id"], t["label"], strict=True))
+    assert all(labels[i] == int("PNEUMONIA" in p) for i, p in zip(t["id"], t["path"], strict=True))
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_csv_id_in_two_matched_folders(same, tiny_root, tmp_path):
+    """csv layout, train/ and val/ read together: a CSV id whose file is in both is one image when the files
+    are byte-identical, and refused naming both files when they differ (which one the id means is unknown)."""
+    (tiny_root / "val").mkdir()
+    src = tiny_root / "train" / "img_0_003.png"
+    if same:
+        shutil.copy(src, tiny_root / "val" / src.name)
+    else:
+        _png(tiny_root / "val" / src.name, 7)
+    cfg = tiny_config(tiny_root, "data.train_images=[train,val]")
+    if same:
+        t = load_competition(cfg).train.set_index("id")
+        assert t.at["img_0_003", "path"] == str(src)
+        return
+    with pytest.raises(UserError, match="id 'img_0_003' in .*train.csv names two different files") as e:
+        load_competition(cfg)
+    assert str(src) in str(e.value) and str(tiny_root / "val" / src.name) in str(e.value)
 
 
 # --- what a new user's labels trip on -------------------------------------------------------------------

@@ -80,6 +80,7 @@ def test_written_once_and_reused(dr, tmp_path):
     text = (out / "folds.csv").read_text()
     made = json.loads((out / "folds.json").read_text())
     assert made.pop("made_with") == library_versions()  # scikit-learn, numpy, pandas, the kit
+    assert made.pop("copies") == {"identical_images": 0, "identical": [], "groups_joined": 0}  # no copies in it
     assert made == {"n_folds": 2, "seed": 42, "grouped": True, "group_pattern": r"^(\d+)_(?:left|right)$"}
     assert (first.groupby("group")["fold"].nunique() == 1).all()  # both eyes of a patient together
     again = load_or_make_folds(cfg, train.sample(frac=1, random_state=0), Experiment(cfg, out).split)  # any row order

@@ -133,3 +133,51 @@ def test_duplicates_reach_external_data_and_pseudo_pools(tmp_path):
     found = {(r.id_a, r.set_b, r.id_b) for r in dups.itertuples() if r.id_a == "img_0_000"}
     assert ("img_0_000", "extra:dr", "e_0") in found and ("img_0_000", "pseudo", "pseudo:u_0") in found
     assert not any("e_1" in (r.id_a, r.id_b) for r in dups.itertuples())  # an unrelated photograph
+
+
+def test_degenerate_images_are_not_duplicates_but_a_real_copy_is(tmp_path):
+    """imagehash#134: a blue and a white image share one pHash (so do black, greys of any brightness, and a
+    nearly flat image); each is a hash collision, not a copy, and none is reported. A resized, JPEG-re-encoded
+    copy of scikit-image's fundus photograph (retina) and of the astronaut is still found, and a byte-for-byte
+    equal one is `identical`."""
+    flat = {"black": (0, 0, 0), "white": (255, 255, 255), "blue": (0, 0, 254), "grey": (128, 128, 128),
+            "dark_grey": (60, 60, 60)}
+    rows = []
+    for k, (name, rgb) in enumerate(flat.items()):
+        cv2.imwrite(str(tmp_path / f"{name}.png"), np.full((300, 300, 3), rgb[::-1], np.uint8))
+        rows.append((name, "train", k % 3))
+    faint = np.full((300, 300), 100, np.uint8)
+    faint[::7] = 101  # one grey level of texture: flat for the eye and for the hash
+    cv2.imwrite(str(tmp_path / "faint.png"), faint)
+    rows.append(("faint", "train", 1))
+    for name, img in (("retina", skdata.retina()), ("astro", skdata.astronaut()), ("coffee", skdata.coffee())):
+        bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+        cv2.imwrite(str(tmp_path / f"{name}.png"), bgr)
+        small = cv2.resize(bgr, (bgr.shape[1] * 2 // 5, bgr.shape[0] * 2 // 5), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(tmp_path / f"{name}_copy.jpg"), small, [cv2.IMWRITE_JPEG_QUALITY, 60])
+        rows += [(name, "train", 0), (f"{name}_copy", "test", -1)]
+    cv2.imwrite(str(tmp_path / "astro_again.png"), cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR))
+    rows.append(("astro_again", "train", 2))
+    items = pd.DataFrame(rows, columns=["id", "set", "label"])
+    ext = {r: ".jpg" if r.endswith("_copy") else ".png" for r in items["id"]}
+    items["path"] = [str(tmp_path / f"{i}{ext[i]}") for i in items["id"]]
+    dups = ea.find_duplicates(items, lambda p: load_image(p, 128), CLASSES)
+    pairs = {tuple(sorted((r.id_a, r.id_b))): r for r in dups.itertuples()}
+    assert set(pairs) == {("retina", "retina_copy"), ("astro", "astro_copy"), ("astro", "astro_again"),
+                          ("astro_again", "astro_copy"), ("coffee", "coffee_copy")}
+    assert pairs[("astro", "astro_again")].kind == "identical" and pairs[("retina", "retina_copy")].kind == "near"
+    assert dups["correlation"].min() >= ea.MIN_CORRELATION
+    hashes = ea.phash_bits(load_image(p, 128) for p in items["path"][:6])
+    assert len(ea.near_pairs(hashes, 4)) == 15  # the collision is real: every two flat images are candidates
+
+
+def test_review_page_shows_both_images_when_a_test_image_has_a_training_id():
+    """Ids are unique within a set, not across: test `1` and train `1` (two folders' counters) are two
+    images on the page."""
+    from comp.report.explain import data_uri, html_page
+
+    a, b = np.zeros((8, 8, 3), np.uint8), np.full((8, 8, 3), 255, np.uint8)
+    dups = pd.DataFrame([{"id_a": "1", "set_a": "train", "label_a": "x", "id_b": "1", "set_b": "test",
+                          "label_b": "", "distance": 0, "correlation": 0.99, "kind": "near", "conflict": False}])
+    page = html_page("t", {}, {"duplicates": dups}, {("train", "1"): a, ("test", "1"): b})
+    assert data_uri(a) in page and data_uri(b) in page

@@ -163,3 +163,17 @@ def test_prepare_caches_the_pseudo_labelled_images(teacher, tmp_path, capsys):
     bad = student(teacher, "nopseudo", f"data.pseudo={tmp_path / 'missing.csv'}")
     with pytest.raises(UserError, match="missing.csv.*does not exist"):
         prepare(bad, workers=0)
+
+
+def test_external_images_repeating_a_name_get_unique_ids(tmp_path):
+    """A pool whose subfolders (or formats) repeat a file name: every image kept, each id unique."""
+    import cv2
+    import numpy as np
+
+    from comp.teacher.pseudo import external_images
+
+    for rel, v in (("pool/a/1.png", 1), ("pool/b/1.png", 2), ("pool/c.png", 3), ("pool/c.jpg", 4)):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / rel), np.full((8, 8), v, np.uint8))
+    df = external_images([str(tmp_path / "pool")])
+    assert sorted(df["id"]) == ["a/1.png", "b/1.png", "pool/c.jpg", "pool/c.png"] and len(set(df["path"])) == 4

@@ -75,7 +75,7 @@ class FakeKaggle:
         self.requests: list[tuple[str, str, dict]] = []
         self.tokens = {API_TOKEN}  # access tokens accepted as Bearer auth
         self.refresh_tokens: set[str] = set()
-        self.faults: dict[str, list[int]] = {}  # RPC method -> HTTP statuses of its next answers
+        self.faults: dict[str, list[tuple[str | None, int]]] = {}  # RPC method -> (after, HTTP status) to answer
         self.new_invisible = 0  # reads a new dataset, notebook version or submission stays invisible
         self.lock = threading.Lock()
         fake = self
@@ -118,12 +118,16 @@ class FakeKaggle:
             env.update(KAGGLE_USERNAME=USER, KAGGLE_KEY=KEY, KAGGLE_CONFIG_DIR=str(home / ".kaggle"))
         return env
 
-    def fail(self, method: str, *codes: int) -> None:
-        """Answer the next calls of the RPC `method` (e.g. "GetDatasetStatus") with these HTTP statuses."""
-        self.faults.setdefault(method, []).extend(codes)
+    def fail(self, method: str, *codes: int, after: str | None = None) -> None:
+        """Answer the next calls of the RPC `method` (e.g. "GetDatasetStatus") with these HTTP statuses;
+        with `after`, only the calls once the RPC `after` (e.g. "CreateDataset") has been called."""
+        self.faults.setdefault(method, []).extend((after, code) for code in codes)
 
     def reset(self) -> None:
-        """No pending faults, nothing hidden, the request log cleared."""
+        """No datasets, notebooks or submissions, no pending faults, nothing hidden, the request log cleared."""
+        self.datasets.clear()
+        self.kernels.clear()
+        self.submissions.clear()
         self.faults.clear()
         self.new_invisible = 0
         self.requests.clear()
@@ -151,8 +155,9 @@ class FakeKaggle:
                          or auth.removeprefix("Bearer ") in self.tokens)
                 if not known and method not in NO_AUTH:
                     return self._json(h, 401, {"code": 401, "message": "Unauthenticated"})
-                if self.faults.get(method):
-                    return self._fault(h, self.faults[method].pop(0))
+                pending = self.faults.get(method)
+                if pending and (pending[0][0] is None or self.calls(pending[0][0])):
+                    return self._fault(h, pending.pop(0)[1])
                 handler = getattr(self, "_" + method, None)
                 if handler is not None:
                     return handler(h, body)

@@ -111,6 +111,18 @@ def log_in(kind: str, home: Path, env: dict[str, str]) -> dict[str, str]:
     return env
 
 
+@pytest.fixture
+def logged_out(tmp_path, monkeypatch):
+    """The real CLI not logged in (no KAGGLE_ variable, an empty home), so a test that packages without an
+    --id never asks kaggle.com who the developer running it is."""
+    for var in [v for v in os.environ if v.startswith("KAGGLE_")]:
+        monkeypatch.delenv(var)
+    home = tmp_path / "logged-out-home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+
+
 def use_real_cli(fake, home: Path, monkeypatch, login: str | None = None) -> dict:
     """Point the real CLI at `fake` (a FakeKaggle): its environment set (every other KAGGLE_ variable
     removed), the CLI first on PATH, the fake's faults and request log cleared. Logged in with the legacy

@@ -5,6 +5,8 @@ from the CLI whichever way it logged in. No test sleeps: the poll's clock is a k
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from fake_kaggle import USER
 from submit import kaggle_env
@@ -90,3 +92,13 @@ def test_no_login_is_one_line_with_the_clis_instructions(fake, tmp_path, monkeyp
     monkeypatch.delenv("KAGGLE_KEY")
     with pytest.raises(UserError, match="kaggle config view failed: .*kaggle auth login"):
         kaggle_cli.username()
+
+
+def test_an_expired_auth_login_is_renewed_by_the_cli(fake, tmp_path, monkeypatch):
+    kaggle_env.use_real_cli(fake, tmp_path / "home", monkeypatch, login="auth-login")
+    creds = tmp_path / "home" / ".kaggle" / "credentials.json"
+    saved = json.loads(creds.read_text())
+    creds.write_text(json.dumps({**saved, "access_token_expiration": "2020-01-01T00:00:00+00:00"}))
+    assert kaggle_cli.username() == USER
+    assert len(fake.calls("GenerateAccessToken")) == 1  # kagglesdk kaggle_creds.py refresh_access_token
+    assert json.loads(creds.read_text())["access_token"] != saved["access_token"]

@@ -30,7 +30,8 @@ if __name__ == "__main__":
     p = parser(__doc__)
     p.add_argument("-o", "--output", default=None, metavar="DIR", help="package folder (default <out_dir>/package)")
     p.add_argument("--id", default=None, metavar="OWNER/SLUG",
-                   help="the Kaggle dataset id for dataset-metadata.json (default $KAGGLE_USERNAME/<slug>)")
+                   help="the Kaggle dataset id for dataset-metadata.json (default <you>/<slug>, <you>: the "
+                        "user the kaggle CLI is logged in as)")
     p.add_argument("--force", action="store_true", help="replace DIR when it exists")
     p.add_argument("--estimate", action=argparse.BooleanOptionalAction, default=None,
                    help="estimate the run time on data.hidden_test_size images (default: for a code competition)")

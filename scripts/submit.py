@@ -59,9 +59,9 @@ if __name__ == "__main__":
     p.add_argument("--dry-run", action="store_true", help="validate and score locally; submit nothing")
     p.add_argument("--notebook", action="store_true", help="code competition: package, upload, push, run, submit")
     p.add_argument("--dataset-id", default=None, metavar="OWNER/SLUG", help="the package's Kaggle dataset "
-                   "(default $KAGGLE_USERNAME/<competition>-<experiment>-models)")
+                   "(default <you>/<competition>-<experiment>-models, <you>: the user the kaggle CLI is logged in as)")
     p.add_argument("--kernel-id", default=None, metavar="OWNER/SLUG", help="the notebook "
-                   "(default $KAGGLE_USERNAME/<competition>-<experiment>-infer)")
+                   "(default <you>/<competition>-<experiment>-infer)")
     p.add_argument("--wait", type=float, default=600.0, metavar="SECONDS",
                    help="how long to wait for Kaggle's score (default 600; 0: record as PENDING)")
     p.add_argument("--poll", type=float, default=15.0, metavar="SECONDS", help="seconds between status reads")

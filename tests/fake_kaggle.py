@@ -14,8 +14,17 @@ on an ephemeral loopback port and is named as the HTTP proxy of http://localhost
 HTTP_PROXY): no fixed port, no root, several test runs at once. The server is bounded: it answers only
 on 127.0.0.1, records every request, and stops when the fixture ends.
 
-Authentication: KAGGLE_USERNAME/KAGGLE_KEY in the environment make the CLI send HTTP Basic auth, which
-the fake checks (401 otherwise).
+Authentication, as kaggle 2.x does it (kaggle_api_extended.py `authenticate`, kagglesdk kaggle_creds.py):
+a legacy key (kaggle.json or KAGGLE_USERNAME/KAGGLE_KEY) is sent as HTTP Basic auth; an API token
+(KAGGLE_API_TOKEN, ~/.kaggle/access_token) is first introspected (IntrospectToken names its user), then
+sent as a Bearer token; `kaggle auth login` exchanges a code for an access and a refresh token
+(ExchangeOAuthToken), keeps them in ~/.kaggle/credentials.json and renews the access token when it expires
+(GenerateAccessToken). Any other call without a known key or token is answered 401.
+
+Faults on demand, for the polls: `fail(method, *codes)` answers the next calls of an RPC method with
+those HTTP statuses (a 429 carries `Retry-After: 0`, so the CLI's own retries do not sleep), and
+`new_invisible` hides a new dataset, notebook version or submission for that many reads (404, or absent
+from the list), as Kaggle does for a while after creating one.
 """
 
 from __future__ import annotations
@@ -31,7 +40,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 USER, KEY = "tester", "fake-key-0123456789"
+API_TOKEN = "KGAT_fake-api-token-0123456789"  # what kaggle.com's "Generate New Token" gives
+OAUTH_CODE = "fake-oauth-code"  # the verification code `kaggle auth login --no-launch-browser` asks for
 RPC = "/api/v1/"
+NO_AUTH = ("IntrospectToken", "ExchangeOAuthToken", "GenerateAccessToken")  # the login's own calls
 
 
 @dataclass
@@ -61,6 +73,10 @@ class FakeKaggle:
         self.uploads: dict[str, str] = {}  # upload path -> blob token
         self.blob_names: dict[str, str] = {}  # blob token -> the file name it was started with
         self.requests: list[tuple[str, str, dict]] = []
+        self.tokens = {API_TOKEN}  # access tokens accepted as Bearer auth
+        self.refresh_tokens: set[str] = set()
+        self.faults: dict[str, list[tuple[str | None, int]]] = {}  # RPC method -> (after, HTTP status) to answer
+        self.new_invisible = 0  # reads a new dataset, notebook version or submission stays invisible
         self.lock = threading.Lock()
         fake = self
 
@@ -90,13 +106,31 @@ class FakeKaggle:
         self.server.server_close()
         self.thread.join(10)
 
-    def env(self, home: Path) -> dict[str, str]:
-        """The environment that points the real CLI at this fake, with credentials and a clean home."""
+    def env(self, home: Path, key: bool = True) -> dict[str, str]:
+        """The environment that points the real CLI at this fake, with a clean home, and (with `key`) the
+        legacy key in KAGGLE_USERNAME/KAGGLE_KEY and ~/.kaggle as KAGGLE_CONFIG_DIR."""
         proxy = f"http://127.0.0.1:{self.port}"
-        (home / ".kaggle").mkdir(parents=True, exist_ok=True)
-        return {"KAGGLE_API_ENVIRONMENT": "LOCALHOST", "HTTP_PROXY": proxy, "http_proxy": proxy, "NO_PROXY": "",
-                "no_proxy": "", "KAGGLE_USERNAME": USER, "KAGGLE_KEY": KEY, "HOME": str(home),
-                "KAGGLE_CONFIG_DIR": str(home / ".kaggle")}
+        env = {"KAGGLE_API_ENVIRONMENT": "LOCALHOST", "HTTP_PROXY": proxy, "http_proxy": proxy, "NO_PROXY": "",
+               "no_proxy": "", "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
+        home.mkdir(parents=True, exist_ok=True)
+        if key:
+            (home / ".kaggle").mkdir(parents=True, exist_ok=True)
+            env.update(KAGGLE_USERNAME=USER, KAGGLE_KEY=KEY, KAGGLE_CONFIG_DIR=str(home / ".kaggle"))
+        return env
+
+    def fail(self, method: str, *codes: int, after: str | None = None) -> None:
+        """Answer the next calls of the RPC `method` (e.g. "GetDatasetStatus") with these HTTP statuses;
+        with `after`, only the calls once the RPC `after` (e.g. "CreateDataset") has been called."""
+        self.faults.setdefault(method, []).extend((after, code) for code in codes)
+
+    def reset(self) -> None:
+        """No datasets, notebooks or submissions, no pending faults, nothing hidden, the request log cleared."""
+        self.datasets.clear()
+        self.kernels.clear()
+        self.submissions.clear()
+        self.faults.clear()
+        self.new_invisible = 0
+        self.requests.clear()
 
     def calls(self, method: str) -> list[dict]:
         """The JSON bodies of every call of the RPC `method` (e.g. "CreateSubmission")."""
@@ -115,19 +149,32 @@ class FakeKaggle:
             if verb == "GET" and path.startswith("/files/"):
                 return self._bytes(h, self._zip_of(path.rsplit("/", 1)[1].removesuffix(".zip")))
             if verb == "POST" and path.startswith(RPC):
-                auth = h.headers.get("Authorization", "")
-                if auth != "Basic " + base64.b64encode(f"{USER}:{KEY}".encode()).decode():
-                    return self._json(h, 401, {"code": 401, "message": "Unauthenticated"})
                 method = path.rsplit("/", 1)[1]
+                auth = h.headers.get("Authorization", "")
+                known = (auth == "Basic " + base64.b64encode(f"{USER}:{KEY}".encode()).decode()
+                         or auth.removeprefix("Bearer ") in self.tokens)
+                if not known and method not in NO_AUTH:
+                    return self._json(h, 401, {"code": 401, "message": "Unauthenticated"})
+                pending = self.faults.get(method)
+                if pending and (pending[0][0] is None or self.calls(pending[0][0])):
+                    return self._fault(h, pending.pop(0)[1])
                 handler = getattr(self, "_" + method, None)
                 if handler is not None:
                     return handler(h, body)
             return self._json(h, 404, {"code": 404, "message": f"fake Kaggle has no {verb} {path}"})
 
+    def _fault(self, h, code: int) -> None:
+        reason = {400: "Bad Request", 403: "You must accept this competition's rules", 404: "Not found yet",
+                  429: "Too many requests", 500: "Internal error", 503: "Service unavailable"}.get(code, "fault")
+        self._json(h, code, {"code": code, "message": f"{reason} (fake fault)"},
+                   {"Retry-After": "0"} if code == 429 else {})
+
     @staticmethod
-    def _json(h, code: int, obj: dict) -> None:
+    def _json(h, code: int, obj: dict, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(obj).encode()
         h.send_response(code)
+        for k, v in (headers or {}).items():
+            h.send_header(k, v)
         h.send_header("Content-Type", "application/json")
         h.send_header("Content-Length", str(len(data)))
         h.end_headers()
@@ -182,7 +229,7 @@ class FakeKaggle:
         comp.left_today -= 1
         ref = 50_000_000 + len(self.submissions) + 1
         self.submissions.append({"ref": ref, "competition": name, "status": "PENDING", "reads": 0,
-                                 "date": "2026-11-29T20:00:00Z", **entry})
+                                 "hidden": self.new_invisible, "date": "2026-11-29T20:00:00Z", **entry})
         self._json(h, 200, {"message": "Successfully submitted to " + name, "ref": ref})
 
     def _CreateSubmission(self, h, body):
@@ -229,11 +276,20 @@ class FakeKaggle:
     def _ListSubmissions(self, h, body):
         name = body.get("competitionName", "")
         if self._competition(h, name, "listing submissions"):
-            mine = [self._view(s) for s in reversed(self.submissions) if s["competition"] == name]
+            mine = [self._view(s) for s in reversed(self.submissions) if s["competition"] == name
+                    and not self._hidden(s)]
             self._json(h, 200, {"submissions": mine})
 
+    @staticmethod
+    def _hidden(thing: dict) -> bool:
+        """Whether a new `thing` is still invisible to this read (and one read fewer from now on)."""
+        if thing.get("hidden", 0) > 0:
+            thing["hidden"] -= 1
+            return True
+        return False
+
     def _GetSubmission(self, h, body):
-        found = [s for s in self.submissions if s["ref"] == int(body.get("ref", 0))]
+        found = [s for s in self.submissions if s["ref"] == int(body.get("ref", 0)) and not self._hidden(s)]
         if not found:
             return self._json(h, 404, {"code": 404, "message": "submission not found"})
         self._json(h, 200, self._view(found[0]))
@@ -252,7 +308,7 @@ class FakeKaggle:
 
     def _GetDatasetStatus(self, h, body):
         ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
-        if ref not in self.datasets:
+        if ref not in self.datasets or self._hidden(self.datasets[ref]):
             return self._json(h, 404, {"code": 404, "message": f"dataset {ref} not found"})
         self._json(h, 200, {"status": "READY"})
 
@@ -261,7 +317,7 @@ class FakeKaggle:
 
     def _CreateDataset(self, h, body):
         ref = f"{body['ownerSlug']}/{body['slug']}"
-        self.datasets[ref] = {"versions": [self._files(body)], "body": body}
+        self.datasets[ref] = {"versions": [self._files(body)], "body": body, "hidden": self.new_invisible}
         self._json(h, 200, {"ref": ref, "url": f"http://localhost/datasets/{ref}", "status": "ok"})
 
     def _CreateDatasetVersion(self, h, body):
@@ -269,6 +325,7 @@ class FakeKaggle:
         if ref not in self.datasets:
             return self._json(h, 404, {"code": 404, "message": f"dataset {ref} not found"})
         self.datasets[ref]["versions"].append(self._files(body.get("body", body)))
+        self.datasets[ref]["hidden"] = self.new_invisible
         self._json(h, 200, {"ref": ref, "url": f"http://localhost/datasets/{ref}", "status": "ok"})
 
     # ---- kernels.KernelsApiService
@@ -276,7 +333,7 @@ class FakeKaggle:
         ref = body.get("slug", "")
         k = self.kernels.setdefault(ref, {"versions": []})
         k["versions"].append(body)
-        k["reads"], k["outcome"] = 0, None
+        k["reads"], k["outcome"], k["hidden"] = 0, None, self.new_invisible
         n = len(k["versions"])
         if self.run_kernel is not None:
             def run():
@@ -289,7 +346,7 @@ class FakeKaggle:
     def _GetKernelSessionStatus(self, h, body):
         ref = f"{body.get('userName')}/{body.get('kernelSlug')}"
         k = self.kernels.get(ref)
-        if k is None:
+        if k is None or self._hidden(k):
             return self._json(h, 404, {"code": 404, "message": f"kernel {ref} not found"})
         k["reads"] += 1
         if self.run_kernel is not None:
@@ -301,3 +358,26 @@ class FakeKaggle:
         else:
             status, failure = self.kernel_outcome
         self._json(h, 200, {"status": status, **({"failureMessage": failure} if failure else {})})
+
+    # ---- security.OAuthService, users.AccountService: logging in with a token or `kaggle auth login`
+    def _IntrospectToken(self, h, body):
+        known = body.get("token", "") in self.tokens
+        self._json(h, 200, {"active": True, "username": USER, "clientId": "kaggle-cli"} if known else {"active": False})
+
+    def _new_access_token(self) -> str:
+        token = f"oauth-access-{len(self.tokens)}"
+        self.tokens.add(token)
+        return token
+
+    def _ExchangeOAuthToken(self, h, body):
+        if body.get("code") != OAUTH_CODE or not body.get("codeVerifier"):
+            return self._json(h, 400, {"code": 400, "message": "invalid authorization code"})
+        refresh = f"oauth-refresh-{len(self.refresh_tokens) + 1}"
+        self.refresh_tokens.add(refresh)
+        self._json(h, 200, {"accessToken": self._new_access_token(), "refreshToken": refresh, "tokenType": "Bearer",
+                            "expiresIn": 3600, "username": USER})
+
+    def _GenerateAccessToken(self, h, body):
+        if body.get("refreshToken") not in self.refresh_tokens:
+            return self._json(h, 401, {"code": 401, "message": "Unauthenticated"})
+        self._json(h, 200, {"token": self._new_access_token(), "expiresIn": 3600, "userName": USER})

@@ -7,7 +7,8 @@ a CSV before anything is sent, naming the notebook command that does submit it; 
 exit code proves nothing (older CLIs exit 0 after "Could not submit to competition"): the submission is
 taken as made when the CLI's answer names its ref (kaggle >= 2.1 prints "Submission ref: N"; for an
 older CLI the newest submission with this message is looked up). Then Kaggle's scoring is awaited by
-polling `kaggle competitions submissions -c C --csv`, and a copy of the file and a row are kept in
+polling `kaggle competitions submissions -c C --csv` (a 404, 429 or 5xx answer is "not yet", with a
+back-off: comp.kaggle_cli.poll), and a copy of the file and a row are kept in
 `predict.submissions_dir`/index.csv: when, which file, competition, config and its hash, git commit, CV
 score, message, the CLI's answer, and the ref, status (COMPLETE, ERROR, or PENDING when the wait ran
 out), public score and Kaggle's error message. A submission that ends in ERROR is recorded, then
@@ -23,7 +24,6 @@ from __future__ import annotations
 import csv
 import shlex
 import shutil
-import time
 from datetime import datetime, timezone
 from io import StringIO
 from pathlib import Path
@@ -73,10 +73,15 @@ def append_index(index: Path, row: dict[str, str]) -> None:
     write_text(index, buf.getvalue(), what="the submissions index")
 
 
-def _submissions(competition: str) -> list[dict[str, str]]:
-    """`kaggle competitions submissions -c C --csv`, newest first: ref, fileName, date, description,
-    status, publicScore, privateScore (status as kaggle 2.x prints it, e.g. SubmissionStatus.COMPLETE)."""
-    out = kaggle_cli.run(["competitions", "submissions", "-c", competition, "--csv"])
+SUBMISSIONS = ["competitions", "submissions", "-c"]  # + C, "--csv": the list of the competition's submissions
+REF_WAIT_S = 120.0  # how long a submission the CLI named no ref for is looked for in the list
+ERROR_WAIT_S = 60.0  # how long Kaggle's message of a failed submission is asked for
+
+
+def _rows(out: str) -> list[dict[str, str]]:
+    """The rows of `kaggle competitions submissions -c C --csv`, newest first: ref, fileName, date,
+    description, status, publicScore, privateScore (status as kaggle 2.x prints it, e.g.
+    SubmissionStatus.COMPLETE)."""
     lines = out.splitlines()
     start = next((i for i, ln in enumerate(lines) if ln.startswith("ref,")), None)
     return [] if start is None else list(csv.DictReader(lines[start:]))
@@ -86,13 +91,15 @@ def _status(row: dict[str, str] | None) -> str:
     return (row or {}).get("status", "PENDING").rsplit(".", 1)[-1].upper() or "PENDING"
 
 
-def _error_of(ref: int) -> str:
-    """Kaggle's scoring error of a submission (`kaggle competitions submission REF`, kaggle >= 2.1)."""
+def _error_of(ref: int, poll_s: float = POLL_S) -> str:
+    """Kaggle's scoring error of a submission (`kaggle competitions submission REF`, kaggle >= 2.1); empty
+    when it cannot be read within ERROR_WAIT_S (not found or busy meanwhile) or is refused."""
     try:
-        out = kaggle_cli.run(["competitions", "submission", str(ref)])
+        out = kaggle_cli.poll(["competitions", "submission", str(ref)], lambda o: o, ERROR_WAIT_S, poll_s,
+                              f"the error of submission {ref}")
     except UserError:
         return ""
-    lines = out.splitlines()
+    lines = (out or "").splitlines()
     for i, ln in enumerate(lines):
         if ln.startswith("Error:"):
             rest = [x.strip() for x in lines[i + 1:] if x.startswith(" ")]  # continuation lines are indented
@@ -100,26 +107,41 @@ def _error_of(ref: int) -> str:
     return ""
 
 
-def find_ref(competition: str, message: str) -> int | None:
-    """The newest submission described by `message`: the ref for a CLI that does not print it."""
-    for row in _submissions(competition):
-        if row.get("description") == message and row.get("ref", "").isdigit():
-            return int(row["ref"])
-    return None
+def find_ref(competition: str, message: str, wait_s: float = REF_WAIT_S, poll_s: float = POLL_S) -> int | None:
+    """The newest submission described by `message`: the ref for a CLI that does not print it. A new
+    submission may be missing from the list for a while, and the list may answer 404, 429 or 5xx: it is
+    looked for until `wait_s` has passed (comp.kaggle_cli.poll); None then.
+
+    Raises:
+        KaggleError: the list is refused (403, 400).
+    """
+    def described(out: str) -> int | None:
+        return next((int(r["ref"]) for r in _rows(out) if r.get("description") == message
+                     and r.get("ref", "").isdigit()), None)
+
+    return kaggle_cli.poll([*SUBMISSIONS, competition, "--csv"], described, wait_s, poll_s,
+                           f"a submission described {message!r}", state=lambda out: "not in the list yet")
 
 
 def wait_for_score(competition: str, ref: int, wait_s: float = WAIT_S, poll_s: float = POLL_S) -> dict[str, str]:
     """Poll the competition's submissions until submission `ref` is COMPLETE or ERROR, or `wait_s` has
-    passed (status PENDING). Returns kaggle_ref, status, public_score and error (Kaggle's message)."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        row = next((r for r in _submissions(competition) if r.get("ref") == str(ref)), None)
-        status = _status(row)
-        if status in ("COMPLETE", "ERROR") or time.monotonic() >= deadline:
-            break
-        log(f"submission {ref}: {status}; next look in {poll_s:g} s")
-        time.sleep(poll_s)
-    error = _error_of(ref) if status == "ERROR" else ""
+    passed (status PENDING). Not found, 429 and 5xx answers count as "not yet" (comp.kaggle_cli.poll).
+    Returns kaggle_ref, status, public_score and error (Kaggle's message).
+
+    Raises:
+        KaggleError: the list is refused (403, 400).
+    """
+    def scored(out: str) -> dict[str, str] | None:
+        row = next((r for r in _rows(out) if r.get("ref") == str(ref)), None)
+        return row if _status(row) in ("COMPLETE", "ERROR") else None
+
+    def pending(out: str) -> str:
+        return _status(next((r for r in _rows(out) if r.get("ref") == str(ref)), None))
+
+    row = kaggle_cli.poll([*SUBMISSIONS, competition, "--csv"], scored, wait_s, poll_s, f"submission {ref}",
+                          state=pending)
+    status = _status(row)
+    error = _error_of(ref, poll_s) if status == "ERROR" else ""
     return {"kaggle_ref": str(ref), "status": status, "public_score": (row or {}).get("publicScore", ""),
             "error": error}
 
@@ -133,7 +155,7 @@ def record(cfg: Any, output: str, message: str, file: str, config_path: str | No
     """
     competition = cfg.data.competition
     answer = kaggle_cli.last_line(output)
-    ref = kaggle_cli.submission_ref(output) or find_ref(competition, message)
+    ref = kaggle_cli.submission_ref(output) or find_ref(competition, message, poll_s=poll_s)
     if ref is None:
         raise UserError(f"kaggle did not confirm a submission to {competition} (no ref in its answer, none "
                         f"described {message!r} in its list): {answer!r}")

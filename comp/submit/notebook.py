@@ -11,8 +11,12 @@ submission, through the real Kaggle CLI, one checked step at a time.
     5. kaggle competitions submit C -k OWNER/KERNEL -v VERSION -f submission.csv -m MESSAGE, then Kaggle's
        score awaited and recorded in submissions/index.csv (comp.submit.kaggle.record)
 
-Each step's answer is checked (the CLI exits 0 after "Kernel push error" and "Dataset creation error");
-a failed step is one `error:` line with Kaggle's message and what was already created on Kaggle.
+The dataset and the notebook belong to the user the CLI is logged in as (comp.kaggle_cli.username),
+whichever login it uses. Each step's answer is checked (the CLI exits 0 after "Kernel push error" and
+"Dataset creation error"); a failed step is one `error:` line with Kaggle's message and what was already
+created on Kaggle. Every status read (dataset, notebook, submission) takes a 404, 429 or 5xx for "not yet"
+until its deadline, with a back-off (a brand-new dataset answers 404 for a while: kaggle-cli#890,
+colabtools#294, fastkaggle PR #13); a refusal (400, 401, 403) ends the flow at once.
 Sources: the CLI's own metadata formats (kaggle/api/kaggle_api_extended.py `kernels_push`,
 `dataset_create_new`) and Kaggle's docs for kernel-metadata.json.
 """
@@ -20,9 +24,7 @@ Sources: the CLI's own metadata formats (kaggle/api/kaggle_api_extended.py `kern
 from __future__ import annotations
 
 import json
-import os
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,8 @@ from comp.log import log
 from comp.submit.kaggle import POLL_S, WAIT_S, record
 
 KERNEL_FILE = "kernel.py"
+DATASET_WAIT_S = 1800.0  # how long an uploaded dataset may take to be ready (Kaggle unzips and indexes it)
+EXISTS_WAIT_S = 300.0  # how long `datasets status` may stay busy (429, 5xx) before the flow gives up
 KERNEL_PY = '''"""Written by the kit's scripts/submit.py --notebook: predicts {competition}'s test set with the offline
 package of dataset {dataset} and writes submission.csv. No internet, nothing installed."""
 
@@ -83,18 +87,31 @@ def kernel_folder(cfg: Any, dataset_id: str, kernel_id: str, folder: Path) -> Pa
 
 
 def _poll(args: list[str], done: re.Pattern[str], wait_s: float, poll_s: float, what: str) -> re.Match[str]:
-    """Run `kaggle <args>` until its output matches `done`; UserError after `wait_s` seconds."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        out = kaggle_cli.run(args)
-        m = done.search(out)
-        if m:
-            return m
-        if time.monotonic() >= deadline:
-            raise UserError(f"{what} not done after {wait_s:g} s: {kaggle_cli.last_line(out)!r}; "
-                            f"look again with: {kaggle_cli.describe(args)}")
-        log(f"{what}: {kaggle_cli.last_line(out)}; next look in {poll_s:g} s")
-        time.sleep(poll_s)
+    """Run `kaggle <args>` until its output matches `done` (comp.kaggle_cli.poll: a 404, 429 or 5xx answer
+    is "not yet", with a back-off); UserError after `wait_s` seconds, KaggleError at once on a refusal."""
+    m = kaggle_cli.poll(args, done.search, wait_s, poll_s, what)
+    if m is None:
+        raise UserError(f"{what} not done after {wait_s:g} s; look again with: {kaggle_cli.describe(args)}")
+    return m
+
+
+def _dataset_exists(dataset: str, poll_s: float) -> bool:
+    """Whether `dataset` exists on Kaggle (`kaggle datasets status`): 404 says no; a 429 or 5xx is asked
+    again (a busy answer must not make the flow create a dataset that exists).
+
+    Raises:
+        KaggleError: a refusal (403, 401, 400). UserError: no answer within EXISTS_WAIT_S.
+    """
+    args = ["datasets", "status", dataset]
+    try:
+        seen = kaggle_cli.poll(args, lambda out: True, EXISTS_WAIT_S, poll_s, f"dataset {dataset}", retry=("busy",))
+    except kaggle_cli.KaggleError as e:
+        if e.kind == "missing":
+            return False
+        raise
+    if seen is None:
+        raise UserError(f"Kaggle did not answer {kaggle_cli.describe(args)} within {EXISTS_WAIT_S:g} s")
+    return True
 
 
 def notebook_submit(cfg: Any, message: str, config_path: str | None = None, dataset_id: str | None = None,
@@ -114,10 +131,12 @@ def notebook_submit(cfg: Any, message: str, config_path: str | None = None, data
     competition = cfg.data.competition
     if not competition or cfg.data.source == "demo":
         raise UserError("--notebook needs a Kaggle competition: set data.competition (and data.source=competition)")
-    owner = os.environ.get("KAGGLE_USERNAME", "")
-    if not owner and not (dataset_id and kernel_id):
-        raise UserError("set KAGGLE_USERNAME (your Kaggle user name), or pass both --dataset-id and --kernel-id "
-                        "as OWNER/SLUG")
+    owner = ""
+    if not (dataset_id and kernel_id):  # the owner of the defaults: the user the CLI is logged in as
+        try:
+            owner = kaggle_cli.username()
+        except UserError as e:
+            raise UserError(f"{e}; or pass both --dataset-id and --kernel-id as OWNER/SLUG") from None
     base = _slug(f"{competition}-{Path(cfg.out_dir).name}", 40)
     kernel_id = kernel_id or f"{owner}/{base}-infer"
     if not re.fullmatch(r"[\w.-]+/[a-z0-9][a-z0-9-]{4,49}", kernel_id):
@@ -127,19 +146,14 @@ def notebook_submit(cfg: Any, message: str, config_path: str | None = None, data
     dataset = json.loads((pkg / "dataset-metadata.json").read_text())["id"]
     created: list[str] = []
     try:
-        try:
-            kaggle_cli.run(["datasets", "status", dataset])
-            exists = True
-        except UserError:
-            exists = False
-        if exists:
+        if _dataset_exists(dataset, poll_s):
             kaggle_cli.run(["datasets", "version", "-p", str(pkg), "--dir-mode", "zip", "-m", message, "-q"])
             created.append(f"a new version of dataset {dataset}")
         else:
             kaggle_cli.run(["datasets", "create", "-p", str(pkg), "--dir-mode", "zip", "-q"])
             created.append(f"dataset {dataset}")
         log(f"kaggle: {created[-1]} uploaded")
-        _poll(["datasets", "status", dataset], re.compile(r"^\s*ready\s*$", re.M | re.I), 1800, poll_s,
+        _poll(["datasets", "status", dataset], re.compile(r"^\s*ready\s*$", re.M | re.I), DATASET_WAIT_S, poll_s,
               f"dataset {dataset}")
         folder = kernel_folder(cfg, dataset, kernel_id, exp.sub("kernel"))
         pushed = kaggle_cli.run(["kernels", "push", "-p", str(folder)])

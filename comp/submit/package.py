@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import sys
@@ -35,7 +34,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from comp import io
+from comp import io, kaggle_cli
 from comp.config import REPO_ROOT, resolve_path
 from comp.errors import UserError
 from comp.experiment import Experiment, load_config
@@ -103,11 +102,17 @@ def _vendor_omegaconf(dest: Path) -> None:
 
 
 def _metadata(cfg: Any, dataset_id: str | None) -> dict[str, Any]:
-    """dataset-metadata.json: title 6-50 characters, id owner/slug (slug: lowercase letters, digits, -)."""
+    """dataset-metadata.json: title 6-50 characters, id owner/slug (slug: lowercase letters, digits, -); the
+    owner, unless `dataset_id` names one, is the user the Kaggle CLI is logged in as."""
     name = f"{cfg.data.competition or 'comp'}-{Path(cfg.out_dir).name}-models"
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:50].rstrip("-")
     if dataset_id is None:
-        owner = os.environ.get("KAGGLE_USERNAME") or "INSERT_KAGGLE_USERNAME"
+        try:
+            owner = kaggle_cli.username()  # whichever way the CLI is logged in (a token names no user)
+        except UserError as e:
+            owner = "INSERT_KAGGLE_USERNAME"
+            log(f"dataset-metadata.json: the owner is {owner} ({e}); pass --id OWNER/SLUG, or edit it before "
+                f"`kaggle datasets create`")
         dataset_id = f"{owner}/{slug}"
     elif not re.fullmatch(r"[\w.-]+/[a-z0-9][a-z0-9-]{2,49}", dataset_id):
         raise UserError(f"--id {dataset_id!r} is not owner/slug (slug: 3-50 lowercase letters, digits and '-')")

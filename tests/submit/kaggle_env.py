@@ -8,13 +8,14 @@ would hide tests/conftest.py from the test modules' `from conftest import ...`."
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from fake_kaggle import FakeKaggle
+from fake_kaggle import API_TOKEN, KEY, OAUTH_CODE, USER, FakeKaggle
 from helpers import ROOT
 
 CLI = Path(sys.executable).parent / "kaggle"  # the real CLI (kaggle 2.x), installed beside the interpreter
@@ -67,16 +68,76 @@ def offline_env(tmp_path: Path) -> dict:
     return {**env, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def use_real_cli(fake, home: Path, monkeypatch) -> dict:
-    """Point the real CLI at `fake` (a FakeKaggle): its environment set (every other KAGGLE_ variable
-    removed), the CLI first on PATH, and the fake's request log cleared. Returns the environment."""
-    env = fake.env(home)
+# Every way of logging in that docs/new-competition.md lists, as kaggle 2.2.5 reads them (kagglesdk
+# kaggle_env.py get_access_token_from_env, kaggle_api_extended.py config_dir / read_config_*, kaggle_creds.py).
+LOGINS = ("token-env", "token-env-file", "access_token", "kaggle.json", "kaggle.json-config-dir", "kaggle.json-xdg",
+          "key-env", "auth-login")
+
+
+def log_in(kind: str, home: Path, env: dict[str, str]) -> dict[str, str]:
+    """`env` (the fake's, no credentials) with the CLI logged in the way `kind` (one of LOGINS) does it:
+    an API token in KAGGLE_API_TOKEN, or in a file KAGGLE_API_TOKEN names, or in ~/.kaggle/access_token;
+    the legacy key in ~/.kaggle/kaggle.json, in $KAGGLE_CONFIG_DIR/kaggle.json, in
+    $XDG_CONFIG_HOME/kaggle/kaggle.json (Linux, no ~/.kaggle), or in KAGGLE_USERNAME/KAGGLE_KEY; or the
+    real `kaggle auth login --no-launch-browser` answered with the fake's code (~/.kaggle/credentials.json)."""
+    env = dict(env)
+    key = json.dumps({"username": USER, "key": KEY})
+    if kind == "token-env":
+        env["KAGGLE_API_TOKEN"] = API_TOKEN
+    elif kind == "token-env-file":
+        (home / "secrets").mkdir(parents=True)
+        (home / "secrets" / "kaggle-token").write_text(API_TOKEN + "\n")
+        env["KAGGLE_API_TOKEN"] = str(home / "secrets" / "kaggle-token")
+    elif kind == "access_token":
+        (home / ".kaggle").mkdir(parents=True)
+        (home / ".kaggle" / "access_token").write_text(API_TOKEN + "\n")
+    elif kind in ("kaggle.json", "kaggle.json-config-dir", "kaggle.json-xdg"):
+        folder = {"kaggle.json": home / ".kaggle", "kaggle.json-config-dir": home / "elsewhere",
+                  "kaggle.json-xdg": home / ".config" / "kaggle"}[kind]
+        folder.mkdir(parents=True)
+        (folder / "kaggle.json").write_text(key)
+        (folder / "kaggle.json").chmod(0o600)
+        if kind == "kaggle.json-config-dir":
+            env["KAGGLE_CONFIG_DIR"] = str(folder)
+    elif kind == "key-env":
+        env.update(KAGGLE_USERNAME=USER, KAGGLE_KEY=KEY)
+    elif kind == "auth-login":
+        res = subprocess.run([str(CLI), "auth", "login", "--no-launch-browser"], input=OAUTH_CODE + "\n",
+                             capture_output=True, text=True, env={**os.environ, **env, "DISPLAY": ""}, timeout=60)
+        assert res.returncode == 0 and f"logged in as [{USER}]" in res.stdout, res.stdout + res.stderr
+        assert (home / ".kaggle" / "credentials.json").is_file()
+    else:
+        raise ValueError(kind)
+    return env
+
+
+@pytest.fixture
+def logged_out(tmp_path, monkeypatch):
+    """The real CLI not logged in (no KAGGLE_ variable, an empty home), so a test that packages without an
+    --id never asks kaggle.com who the developer running it is."""
     for var in [v for v in os.environ if v.startswith("KAGGLE_")]:
         monkeypatch.delenv(var)
+    home = tmp_path / "logged-out-home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+
+
+def use_real_cli(fake, home: Path, monkeypatch, login: str | None = None) -> dict:
+    """Point the real CLI at `fake` (a FakeKaggle): its environment set (every other KAGGLE_ variable
+    removed), the CLI first on PATH, the fake's faults and request log cleared. Logged in with the legacy
+    key in the environment, or the way `login` (one of LOGINS) says. Returns the environment."""
+    for var in [v for v in os.environ if v.startswith("KAGGLE_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("PATH", f"{CLI.parent}{os.pathsep}{os.environ['PATH']}")
+    env = fake.env(home, key=login is None)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    monkeypatch.setenv("PATH", f"{CLI.parent}{os.pathsep}{os.environ['PATH']}")
-    fake.requests.clear()
+    if login is not None:
+        env = log_in(login, home, env)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+    fake.reset()
     return env
 
 
@@ -93,3 +154,30 @@ def fake():
 def api(fake, tmp_path, monkeypatch):
     """The real CLI pointed at the fake."""
     return use_real_cli(fake, tmp_path / "home", monkeypatch)
+
+
+class Clock:
+    """The polls' time (comp.kaggle_cli.clock and .sleep) without real waiting: `sleep` moves `now` on and
+    records each wait in `sleeps`."""
+
+    def __init__(self):
+        self.now, self.sleeps = 0.0, []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0, seconds
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """The Kaggle polls on a Clock: no test sleeps for real."""
+    from comp import kaggle_cli
+
+    c = Clock()
+    monkeypatch.setattr(kaggle_cli, "clock", c)
+    monkeypatch.setattr(kaggle_cli, "sleep", c.sleep)
+    return c

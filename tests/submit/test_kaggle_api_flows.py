@@ -21,7 +21,7 @@ from comp.experiment import load_config
 from comp.submit.kaggle import INDEX_COLUMNS
 
 pytestmark = pytest.mark.skipif(not CLI.is_file(), reason="the kaggle CLI is not installed beside the interpreter")
-fake, api = kaggle_env.fake, kaggle_env.api  # the fixtures: the fake of Kaggle's API, the real CLI at it
+fake, api, clock = kaggle_env.fake, kaggle_env.api, kaggle_env.clock  # the fake API, the real CLI at it, no sleeps
 
 
 def _zip_of(folder: Path) -> dict[str, bytes]:
@@ -111,3 +111,43 @@ def test_a_csv_to_a_code_competition_is_refused_before_sending(fake, api, csv_se
     line = one_error(code, err)
     assert "is a code competition" in line and "scripts/submit.py --notebook -m x" in line
     assert fake.requests == []
+
+
+def test_the_score_is_awaited_through_404_429_and_5xx(fake, api, clock, csv_setup):
+    fake.competitions["tiny-busy"] = Competition(outcome=("ERROR", "", "Submission has 3 rows, expected 9"))
+    fake.new_invisible = 1  # the new submission is missing from the list once, and answers 404 once
+    fake.fail("ListSubmissions", 503, 429, 500)
+    fake.fail("GetSubmission", 503)
+    code, _, err = run_main("submit.py", str(csv_setup["file"]), "-m", "busy", "--poll", "1",
+                            *csv_setup["overrides"], "data.competition=tiny-busy")
+    assert "failed to score: Submission has 3 rows, expected 9" in one_error(code, err)
+    row = pd.read_csv(csv_setup["subs"] / "index.csv", dtype=str, keep_default_na=False).iloc[-1]
+    assert (row["status"], row["error"]) == ("ERROR", "Submission has 3 rows, expected 9")
+    # the list: 503, 429, 500 (waits doubling), not listed, PENDING, ERROR; then Kaggle's message: 503, ERROR
+    assert clock.sleeps == [2, 4, 8, 1, 1, 2]
+
+
+@pytest.mark.parametrize("code", [403, 400])
+def test_a_refused_status_read_ends_the_wait_at_once_and_the_submission_is_recorded(code, fake, api, clock,
+                                                                                   csv_setup):
+    fake.competitions["tiny-refused"] = Competition()
+    fake.fail("ListSubmissions", code)
+    code_, _, err = run_main("submit.py", str(csv_setup["file"]), "-m", "x", "--poll", "1",
+                             *csv_setup["overrides"], "data.competition=tiny-refused")
+    assert code_ == 0, err
+    row = pd.read_csv(csv_setup["subs"] / "index.csv", dtype=str, keep_default_na=False).iloc[-1]
+    assert row["status"] == "PENDING" and row["kaggle_ref"] == str(fake.submissions[-1]["ref"])
+    assert row["error"].startswith("status not read: kaggle competitions submissions -c tiny-refused --csv failed")
+    assert clock.sleeps == []
+
+
+def test_a_submission_an_older_cli_named_no_ref_for_is_looked_for_until_it_is_listed(fake, api, clock):
+    from comp.submit.kaggle import find_ref
+
+    fake.competitions["tiny-ref"] = Competition()
+    fake.submissions.append({"ref": 50_000_999, "competition": "tiny-ref", "status": "PENDING", "reads": 0,
+                             "hidden": 2, "description": "old cli", "fileName": "s.csv", "date": "2026-11-29"})
+    fake.fail("ListSubmissions", 429)
+    assert find_ref("tiny-ref", "old cli", wait_s=60, poll_s=1) == 50_000_999
+    assert clock.sleeps == [2, 1, 1]
+    assert find_ref("tiny-ref", "never made", wait_s=3, poll_s=1) is None and clock.now == 4 + 3

@@ -22,7 +22,7 @@ from helpers import make_experiment, one_error, run_main
 from kaggle_env import CLI, offline_env
 
 pytestmark = pytest.mark.skipif(not CLI.is_file(), reason="the kaggle CLI is not installed beside the interpreter")
-fake, api = kaggle_env.fake, kaggle_env.api  # the fixtures: the fake of Kaggle's API, the real CLI at it
+fake, api, clock = kaggle_env.fake, kaggle_env.api, kaggle_env.clock  # the fake API, the real CLI at it, no sleeps
 
 
 def _run_pushed_kernel(root: Path, work: Path):
@@ -102,3 +102,59 @@ def test_the_notebook_flow_end_to_end(fake, api, tmp_path):
     assert f"already created on Kaggle: a new version of dataset {USER}/tiny-code-nb-runs-models, notebook " \
            f"{kernel_id} version 2" in line
     assert len(fake.calls("CreateDatasetVersion")) == 1 and len(fake.calls("CreateCodeSubmission")) == 1
+
+
+@pytest.fixture
+def notebook_ex(tmp_path):
+    """A code competition's experiment (folds with random weights) and its submissions folder."""
+    return make_experiment(tmp_path, "data.competition=tiny-code-poll", "data.code_competition=true",
+                           f"predict.submissions_dir={tmp_path / 'subs'}")
+
+
+def _notebook(ex, *args):
+    return run_main("submit.py", "--notebook", "-m", "polled", "--poll", "1", *ex["overrides"], *args)
+
+
+def test_a_new_dataset_notebook_and_submission_not_visible_yet_and_a_busy_api_are_waited_out(fake, api, clock,
+                                                                                            notebook_ex):
+    fake.competitions["tiny-code-poll"] = Competition(code=True, outcome=("COMPLETE", "0.5", ""))
+    fake.new_invisible = 1  # each new thing answers 404 (or is not listed) once (kaggle-cli#890)
+    fake.fail("GetKernelSessionStatus", 429, 503)
+    fake.fail("ListSubmissions", 503, 429)
+    code, _, err = _notebook(notebook_ex)
+    assert code == 0, err
+    row = pd.read_csv(Path(notebook_ex["cfg"].predict.submissions_dir) / "index.csv", dtype=str,
+                      keep_default_na=False).iloc[-1]
+    assert (row["status"], row["public_score"], row["error"]) == ("COMPLETE", "0.5", "")
+    methods = [p.rsplit("/", 1)[1] for _, p, _ in fake.requests if p.startswith("/api/")]
+    after = methods[methods.index("CreateDataset"):]
+    assert after.count("GetDatasetStatus") == 2 and after.count("GetKernelSessionStatus") == 5
+    # --poll 1: a failure in a row doubles the wait, an answer ("RUNNING", "PENDING") resets it
+    assert clock.sleeps == [2, 2, 4, 8, 1, 2, 4, 1, 1]
+    assert "dataset tester/tiny-code-poll-runs-models: dataset tester/tiny-code-poll-runs-models not found" in err
+
+
+def test_a_busy_existence_check_versions_the_dataset_rather_than_creating_it_again(fake, api, clock, notebook_ex):
+    fake.competitions["tiny-code-poll"] = Competition(code=True)
+    assert _notebook(notebook_ex)[0] == 0
+    fake.requests.clear()
+    fake.fail("GetDatasetStatus", 503, 429)  # the dataset exists; Kaggle is busy when asked
+    code, _, err = _notebook(notebook_ex)
+    assert code == 0, err
+    assert fake.calls("CreateDataset") == [] and len(fake.calls("CreateDatasetVersion")) == 1
+
+
+@pytest.mark.parametrize("method, code, says", [("GetDatasetStatus", 403, "rules"),
+                                                ("GetKernelSessionStatus", 400, "Bad Request"),
+                                                ("GetDatasetStatus", 401, "kaggle auth login")])
+def test_a_refusal_while_polling_ends_the_flow_at_once_naming_the_command(method, code, says, fake, api, clock,
+                                                                           notebook_ex):
+    fake.competitions["tiny-code-poll"] = Competition(code=True)
+    fake.new_invisible = 1
+    fake.fail(method, code, after="CreateDataset")
+    code_, _, err = _notebook(notebook_ex)
+    line = one_error(code_, err, says, "already created on Kaggle: dataset tester/")
+    command = "kaggle datasets status" if method == "GetDatasetStatus" else "kaggle kernels status"
+    assert f"{command} tester/tiny-code-poll-runs-" in line
+    assert fake.calls("CreateCodeSubmission") == []
+    assert clock.sleeps == ([] if method == "GetDatasetStatus" else [2.0])  # the new notebook's 404 only

@@ -15,6 +15,7 @@ from contextlib import redirect_stderr
 from pathlib import Path
 
 import cv2
+import kaggle_env
 import numpy as np
 import pandas as pd
 import pytest
@@ -28,6 +29,8 @@ from comp.errors import UserError
 from comp.experiment import load_config
 from comp.experiment.checkpoint import save as save_atomic
 from comp.submit.package import build_package, infer_main
+
+logged_out = kaggle_env.logged_out  # the fixture: packaging without --id never asks kaggle.com who runs the test
 
 
 def _jpeg_competition(root: Path) -> Path:
@@ -88,14 +91,17 @@ def test_the_package_predicts_offline_exactly_like_predict_py(tmp_path):
     assert not list(pkg.rglob("__pycache__"))  # nothing written into the (read-only on Kaggle) package
 
 
-def test_package_refuses_a_foreign_fold_and_an_existing_folder(tmp_path):
+def test_package_refuses_a_foreign_fold_and_an_existing_folder(tmp_path, logged_out, capsys):
     ex = make_experiment(tmp_path)
     pkg = build_package(ex["cfg"], tmp_path / "pkg")
+    # no login: a placeholder owner, said so (tests/submit/test_kaggle_logins.py: the owner of each login)
+    assert "the owner is INSERT_KAGGLE_USERNAME (kaggle config view failed" in capsys.readouterr().err
     with pytest.raises(UserError, match="already exists; pass --force"):
         build_package(ex["cfg"], pkg)
     assert build_package(ex["cfg"], pkg, force=True) == pkg
     meta = json.loads((pkg / "dataset-metadata.json").read_text())
     assert 6 <= len(meta["title"]) <= 50 and meta["id"].split("/")[1].replace("-", "").isalnum()
+    assert meta["id"].startswith("INSERT_KAGGLE_USERNAME/")
     assert not (pkg / "thresholds.json").exists()  # metric=accuracy: argmax, no thresholds
 
     f1 = ex["out"] / "fold1" / "best.pt"
@@ -110,7 +116,7 @@ def test_package_refuses_a_foreign_fold_and_an_existing_folder(tmp_path):
     assert not (tmp_path / "pkg3").exists()
 
 
-def test_infer_needs_its_data_folder(tmp_path, capsys):
+def test_infer_needs_its_data_folder(tmp_path, logged_out, capsys):
     ex = make_experiment(tmp_path)
     pkg = build_package(ex["cfg"], tmp_path / "pkg")
     capsys.readouterr()
@@ -147,7 +153,7 @@ def test_opencv_reduced_decode_gives_simplejpegs_pixels_at_the_shared_scales(tmp
         np.testing.assert_array_equal(with_sj, without, err_msg=f"target {target}")
 
 
-def test_the_package_drops_the_answers_and_never_leaves_an_empty_csv(tmp_path, capsys):
+def test_the_package_drops_the_answers_and_never_leaves_an_empty_csv(tmp_path, logged_out, capsys):
     # the demo config names data.solution_csv; inference never needs held-out answers, so the package ships
     # without the key, and -o writes the CSV only when the whole prediction succeeded.
     ex = make_experiment(tmp_path)  # its config sets data.solution_csv=solution.csv

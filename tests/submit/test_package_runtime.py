@@ -5,12 +5,15 @@ test set would not fit the limit."""
 
 from __future__ import annotations
 
+import kaggle_env
 from helpers import make_experiment
 
 from comp.submit.package import build_package
 
+logged_out = kaggle_env.logged_out  # the fixture: packaging without --id never asks kaggle.com who runs the test
 
-def test_the_run_time_estimate_warns_when_the_hidden_test_set_would_not_fit(tmp_path, capsys):
+
+def test_the_run_time_estimate_warns_when_the_hidden_test_set_would_not_fit(tmp_path, logged_out, capsys):
     ex = make_experiment(tmp_path, "data.code_competition=true", "data.hidden_test_size=100000",
                          "data.runtime_limit_hours=0.001", "data.test_csv=sample_submission.csv")
     build_package(ex["cfg"], tmp_path / "pkg")  # a code competition with a hidden size: estimated by default

@@ -96,7 +96,8 @@ class Trackers(Tracker):
         if cfg.train.tracker == "mlflow" and "mlflow" not in ids:
             client = self.module.MlflowClient(tracking_uri=mlflow_uri(cfg))
             found = client.get_experiment_by_name(self.project)
-            exp_id = found.experiment_id if found is not None else client.create_experiment(self.project)
+            exp_id = found.experiment_id if found is not None else client.create_experiment(
+                self.project, artifact_location=mlflow_artifacts(cfg))
             ids["mlflow"] = client.create_run(exp_id, run_name=self.name).info.run_id
         if cfg.train.tracker == "wandb" and "wandb" not in ids:
             ids["wandb"] = self.module.util.generate_id()
@@ -167,6 +168,13 @@ def mlflow_uri(cfg: Any) -> str:
     """train.tracker_uri, or the local SQLite store `<out_dir>/mlflow.db` (MLflow's recommended local backend;
     MLflow 3 raises on the file store `mlruns/` unless MLFLOW_ALLOW_FILE_STORE is set)."""
     return cfg.train.tracker_uri or f"sqlite:///{resolve_path(cfg.out_dir) / 'mlflow.db'}"
+
+
+def mlflow_artifacts(cfg: Any) -> str | None:
+    """Where a new MLflow experiment keeps its files (config.yaml, figures): `<out_dir>/mlartifacts` with the
+    local store (MLflow's own default would be `./mlruns` under the working directory), the server's choice
+    with train.tracker_uri."""
+    return None if cfg.train.tracker_uri else (resolve_path(cfg.out_dir) / "mlartifacts").as_uri()
 
 
 def start(cfg: Any, fold_dir: Path, fold: int, main: bool = True, ids: dict[str, str] | None = None) -> Tracker:

@@ -4,6 +4,7 @@ figures), tracker none writes nothing, a missing tracker package is named."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -83,6 +84,8 @@ def test_a_resumed_fold_continues_its_mlflow_run(tiny):
     assert sorted(m.step for m in history) == [0, 1, 2]
     ckpt = torch.load(tiny["out"] / "fold0" / "last.pt", weights_only=True)
     assert ckpt["tracker_ids"] == {"mlflow": runs[0].info.run_id}
+    assert client.list_artifacts(runs[0].info.run_id)[0].path == "config.yaml"  # under out_dir, not ./mlruns
+    assert list((tiny["out"] / "mlartifacts").rglob("config.yaml")) and not Path("mlruns").exists()
 
 
 class _Wandb:

@@ -39,7 +39,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from comp.data.image_base import ImageError, file_size, stretch
+from comp.data.image_base import ImageError, file_size, repaired, stretch
 
 try:
     import simplejpeg
@@ -149,13 +149,28 @@ def depth_to_uint8(img: np.ndarray, sbit: int | None) -> np.ndarray:
     return stretch(np.arange(65536), lo, hi)[img]  # one table lookup per pixel
 
 
-def to_rgb_uint8(img: np.ndarray, sbit: int | None = None) -> np.ndarray:
+def to_rgb_uint8(img: np.ndarray, sbit: int | None = None, path: Path | None = None) -> np.ndarray:
     """Any array cv2.imread(IMREAD_UNCHANGED) returns (BGR order) → (H, W, 3) uint8 RGB; `sbit` is the
-    PNG's significant bits (png_sbit) for a 16-bit image."""
+    PNG's significant bits (png_sbit) for a 16-bit image.
+
+    A float image's NaN and infinite values (a float TIFF's no-data) are shown as its lowest finite value,
+    with a warning naming `path` (comp.data.image_base.repaired): stretched as they are, one NaN made the
+    whole image black.
+
+    Raises:
+        ImageError: a float image with no finite value (`path` named)."""
     if img.dtype == np.uint16:  # 16-bit PNG/TIFF: the data's real range (module docstring)
         img = depth_to_uint8(img, sbit)
     elif img.dtype != np.uint8:  # float or 32-bit TIFF: stretch its range to 0..255
-        img = cv2.normalize(img.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+        img = img.astype(np.float32)
+        bad = ~np.isfinite(img)
+        if bad.any():
+            if bad.all():
+                raise ImageError("corrupt", Path(path or "<array>"), "no finite value: every pixel NaN or infinite")
+            img = np.where(bad, img[~bad].min(), img)
+            if path is not None:
+                repaired(path, [f"{int(bad.sum())} of {bad.size} values NaN or infinite: shown as the lowest value"])
+        img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
     if img.ndim == 2:
@@ -188,7 +203,7 @@ def read_raster(path: Path, target: int | None = None) -> np.ndarray:
             raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)  # never applies EXIF orientation
             if raw is None:
                 return _read_with_pil(path, complete)
-            img = to_rgb_uint8(raw, png_sbit(path) if raw.dtype == np.uint16 else None)
+            img = to_rgb_uint8(raw, png_sbit(path) if raw.dtype == np.uint16 else None, path)
     return img
 
 
@@ -207,7 +222,7 @@ def _read_with_pil(path: Path, complete: bool | None) -> np.ndarray:
                 arr = np.asarray(im)
                 if arr.dtype.kind in "iu" and arr.size and 0 <= arr.min() and arr.max() < 65536:
                     arr = arr.astype(np.uint16)
-                return to_rgb_uint8(arr, png_sbit(path) if arr.dtype == np.uint16 else None)
+                return to_rgb_uint8(arr, png_sbit(path) if arr.dtype == np.uint16 else None, path)
             return np.asarray(im.convert("RGB")).copy()
     except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__

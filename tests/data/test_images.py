@@ -244,3 +244,19 @@ def test_a_dicom_and_its_16bit_png_export_look_the_same(tmp_path):
     write_cr(tmp_path / "w.dcm", grey, "p", mono1=False, window=True, rle=True)  # window 2048/4096 = 0..4095
     with_sbit(tmp_path / "x.png", 12)  # a 12-bit export: 0..4095
     assert (read_image(tmp_path / "w.dcm") == read_image(tmp_path / "x.png")).all()
+
+
+def test_a_float_tiff_with_nan_keeps_its_picture_and_says_so(tmp_path, capsys):
+    """A float TIFF's no-data NaN (and inf) made the whole image black (cv2.normalize spreads NaN): the finite
+    values are stretched as without them, the others shown as the lowest, with a warning naming the file; a
+    file of NaN alone is refused by name."""
+    ramp_f = np.tile(np.linspace(-1.0, 3.0, 30, dtype=np.float32), (20, 1))
+    clean = both_paths(write(tmp_path / "clean.tif", ramp_f))
+    holes = ramp_f.copy()
+    holes[5:8, 10:12], holes[0, 0] = np.nan, np.inf
+    out = both_paths(write(tmp_path / "holes.tif", holes))
+    keep = np.isfinite(holes)
+    assert (out[keep] == clean[keep]).all() and (out[~keep] == 0).all()
+    assert "holes.tif read with repairs: 7 of 600 values NaN or infinite" in capsys.readouterr().err
+    with pytest.raises(ImageError, match=r"nan\.tif.*no finite value"):
+        read_image(write(tmp_path / "nan.tif", np.full((4, 4), np.nan, np.float32)))

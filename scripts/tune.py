@@ -11,9 +11,10 @@ space.yaml maps config keys to ranges, e.g.
 Optimises the best validation score of the competition metric on --folds (their mean), maximising it or,
 for a metric where lower is better (mae, rmse, log_loss), minimising it, pruning trials worse than the
 median at each epoch. A trial interrupted or killed is resumed by the next run, a failed one retried once.
-Trial 0 is the starting config. Trials train in <out_dir>/tune/trial<N>; the study is in
-<out_dir>/tune/study.db (several processes may join it: same --study-name and --storage); the best config
-is written to <out_dir>/tune/best.yaml, ready for train_fold.py --config.
+Trial 0 is the starting config. Trials train in <out_dir>/tune/trial<N> (another --study-name S:
+<out_dir>/tune/S/trial<N>); the study is in <out_dir>/tune/study.db (several processes may join it: same
+--study-name and --storage); the best config is written to best.yaml beside the trials, ready for
+train_fold.py --config.
 """
 
 import argparse

@@ -152,8 +152,10 @@ def best_config_yaml(config_path: str | Path | None, overrides: list[str], param
 
 def tune(config_path: str | None, overrides: list[str], space_path: str | Path, n_trials: int = 20,
          folds: tuple[int, ...] = (0,), study_name: str = "tune", storage: str | None = None) -> TuneResult:
-    """Run `n_trials` trials of the study (created, or joined when it exists) and write
-    `<out_dir>/tune/best.yaml` and `trials.csv`.
+    """Run `n_trials` trials of the study (created, or joined when it exists) and write its `best.yaml` and
+    `trials.csv`. The study's folder is `<out_dir>/tune` for the default study name `tune`, else
+    `<out_dir>/tune/<study_name>`: its trials train in `trial<N>` there, so two studies in one out_dir never
+    share a trial's folder (nor read each other's checkpoints as their own).
 
     A trial whose run raises a UserError (a non-finite loss at a high lr, values the config refuses
     together) is recorded as failed (Optuna logs why) and the search goes on; before its own trials the run
@@ -161,8 +163,8 @@ def tune(config_path: str | None, overrides: list[str], space_path: str | Path, 
     once (comp.train.trials.reconcile).
 
     Raises:
-        UserError: a bad space or config, a study created for another metric or direction, or no completed
-            trial in the study.
+        UserError: a bad space or config, a study name that is not a plain folder name, a study created for
+            another metric or direction, or no completed trial in the study.
         Stopped: SIGTERM/SIGINT during a trial (its checkpoint written; the next run resumes it).
     """
     import optuna
@@ -171,9 +173,12 @@ def tune(config_path: str | None, overrides: list[str], space_path: str | Path, 
     space = load_space(space_path)
     if n_trials < 1 or not folds:
         raise UserError(f"--trials must be >= 1 and --folds name at least one fold (got {n_trials}, {list(folds)})")
+    if not study_name or study_name in (".", "..") or any(c in study_name for c in "/\\"):
+        raise UserError(f"--study-name {study_name!r}: must be a plain folder name (its trials train in it)")
     exp = Experiment(base)
     tune_dir = exp.sub("tune")
-    tune_dir.mkdir(parents=True, exist_ok=True)
+    study_dir = tune_dir if study_name == "tune" else tune_dir / study_name
+    study_dir.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{tune_dir / 'study.db'}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     direction = "maximize" if higher_is_better(base.metric) else "minimize"
@@ -186,7 +191,7 @@ def tune(config_path: str | None, overrides: list[str], space_path: str | Path, 
 
     def objective(trial: Any) -> float:
         values = {k: _suggest(trial, k, spec) for k, spec in space.items()}
-        trial_dir = Path(trial.user_attrs.get("dir") or tune_dir / f"trial{trial.number}")
+        trial_dir = Path(trial.user_attrs.get("dir") or study_dir / f"trial{trial.number}")
         with locked(trial_dir / TRIAL_LOCK, LOCK_WAIT_S) as lock:  # held while it trains (trials.is_dead)
             claim(lock)
             trial.set_user_attr("dir", str(trial_dir))
@@ -218,14 +223,14 @@ def tune(config_path: str | None, overrides: list[str], space_path: str | Path, 
             scores.append(result["best"])
             trial.set_user_attr(f"fold{fold}", result["best"])
         value = float(sum(scores) / len(scores)) if scores else math.nan
-        log(f"trial {trial.number}: {base.metric} {value:.4f} with {values}")
+        log(f"trial {trial.number} ({trial_dir}): {base.metric} {value:.4f} with {values}")
         return value
 
     study.optimize(objective, n_trials=n_trials, catch=(UserError,), gc_after_trial=True)
-    io.write_csv(tune_dir / "trials.csv", study.trials_dataframe())
+    io.write_csv(study_dir / "trials.csv", study.trials_dataframe())
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not done:
-        raise UserError(f"no trial of study {study_name!r} completed (see the errors above and {tune_dir})")
+        raise UserError(f"no trial of study {study_name!r} completed (see the errors above and {study_dir})")
     best = study.best_trial
     starts = [t.value for t in done if t.user_attrs.get("starting_config")]
     start_value = starts[0] if starts else None
@@ -233,7 +238,7 @@ def tune(config_path: str | None, overrides: list[str], space_path: str | Path, 
     note = (f"best trial {best.number} of Optuna study {study_name!r} ({storage}): {base.metric} {best.value:.4f} "
             f"({better} is better) on folds {list(folds)}; the starting config scored "
             + (f"{start_value:.4f}" if start_value is not None else "(not completed)"))
-    path = io.write_text(tune_dir / "best.yaml", best_config_yaml(config_path, overrides, best.params, note))
+    path = io.write_text(study_dir / "best.yaml", best_config_yaml(config_path, overrides, best.params, note))
     pruned = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,))
     return TuneResult(best_number=best.number, best_value=best.value, best_params=dict(best.params),
                       start_value=start_value, best_yaml=Path(path), n_complete=len(done), n_pruned=len(pruned),

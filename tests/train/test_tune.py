@@ -5,6 +5,7 @@ stopped trial is retried in its own folder."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -309,3 +310,27 @@ def test_a_running_trial_whose_lock_is_held_is_alive(tmp_path):
         f.flush()
         assert not is_dead(study.trials[0])  # another machine's process: cannot tell, alive
     assert is_dead(study.trials[0])  # the lock is free: its process is gone
+
+
+def test_two_studies_in_one_out_dir_train_in_their_own_folders(tiny, tmp_path, monkeypatch):
+    """A second --study-name in the same out_dir trained nothing: its trial 0 found the first study's
+    tune/trial0 trained, took its score as its own and wrote best.yaml from it (new-user check)."""
+    import comp.train.tune as tune_mod
+
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    seen = []
+
+    def fit(cfg, fold, resume=False, on_epoch=None):  # the score follows the trial's own lr
+        seen.append((Path(cfg.out_dir), resume))
+        return {"best": float(cfg.optim.lr), "metric": cfg.metric}
+
+    monkeypatch.setattr(tune_mod, "fit", fit)
+    first = tune_mod.tune(None, tiny["overrides"], space, n_trials=1)
+    second = tune_mod.tune(None, [*tiny["overrides"], "optim.lr=0.09"], space, n_trials=1, study_name="other")
+    tune_dir = tiny["out"] / "tune"
+    assert [d for d, _ in seen] == [tune_dir / "trial0", tune_dir / "other" / "trial0"]
+    assert first.best_yaml == tune_dir / "best.yaml" and second.best_yaml == tune_dir / "other" / "best.yaml"
+    assert second.start_value == pytest.approx(0.09) != first.start_value
+    with pytest.raises(UserError, match="plain folder name"):
+        tune_mod.tune(None, tiny["overrides"], space, n_trials=1, study_name="../x")

@@ -26,10 +26,13 @@ from comp.log import log
 KINDS = {"missing": "no image file", "empty": "empty (0 bytes)", "truncated": "truncated", "corrupt": "corrupt",
          "unsupported": "unsupported"}  # unsupported: a DICOM syntax without decoder, or several frames
 SHOWN = 10  # files named per kind on the error line; the rest are in image_problems.csv
+DETAILED = 1  # a kind with this many files at most gives each one's reason (the DICOM element, the decoder's
+# message) on the line too; missing and unsupported files always do
 
 
 def problems_message(problems: list[Problem], total: int, root: Path, report: Path | None) -> str:
-    """One line: the count of each kind, then the files of each (relative to data.root)."""
+    """One line: the count of each kind, then the files of each (relative to data.root), with the reason of
+    each where there are few (DETAILED)."""
 
     def rel(p: str) -> str:
         try:
@@ -42,9 +45,8 @@ def problems_message(problems: list[Problem], total: int, root: Path, report: Pa
     parts = []
     for k, items in counts.items():
         if items:
-            names = ", ".join(rel(q.path) + (f" [{q.detail}]" if q.kind in ("missing", "unsupported")
-                                             and q.detail else "")
-                              for q in items[:SHOWN])
+            told = k in ("missing", "unsupported") or len(items) <= DETAILED  # why each file cannot be used
+            names = ", ".join(rel(q.path) + (f" [{q.detail}]" if told and q.detail else "") for q in items[:SHOWN])
             more = f" and {len(items) - SHOWN} more" if len(items) > SHOWN else ""
             parts.append(f"{KINDS[k]}: {names}{more}")
     where = f"; full list in {report}" if report is not None else ""

@@ -222,3 +222,17 @@ def test_extra_files_are_ignored(ex, prepared):
     _prepare_works(ex, prepared)
     comp = load_competition(load_config(None, ex["overrides"]))
     assert len(comp.train) == 30 and len(comp.test) == 9 and "not_in_sample" not in set(comp.test["id"])
+
+
+def test_a_lone_bad_image_gives_its_reason_on_the_error_line(tmp_path):
+    """One truncated DICOM: the element that is short is on the error line, not only in image_problems.csv
+    (new-user check); a kind with several files names them alone, their reasons in the CSV."""
+    from comp.data.layouts import Problem
+    from comp.data.prepare import problems_message
+
+    short = "(7FE0,0010) Pixel Data holds 27906 bytes; 32768 needed"
+    one = problems_message([Problem("truncated", str(tmp_path / "train" / "t.dcm"), short)], 16, tmp_path, None)
+    assert one == f"1 of 16 images cannot be used (1 truncated) under {tmp_path}: truncated: train/t.dcm [{short}]"
+    two = problems_message([Problem("truncated", str(tmp_path / n), short) for n in ("a.dcm", "b.dcm")], 16,
+                           tmp_path, tmp_path / "image_problems.csv")
+    assert "truncated: a.dcm, b.dcm; full list in" in two and short not in two

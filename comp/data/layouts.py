@@ -52,7 +52,10 @@ def matched_folders(root: Path, patterns: list[str]) -> list[tuple[int, Path]]:
 
 
 def _image_files(d: Path) -> list[Path]:
-    return sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
+    """The image files in `d` and its sub-folders at any depth (`train/cat/more/x.png` is a cat too), in path
+    order, without hidden files and folders or macOS debris."""
+    return sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()
+                  and not any(part.startswith((".", "__MACOSX")) for part in p.relative_to(d).parts))
 
 
 def find_files(root: Path, patterns: list[str], ids: pd.Series, ext: str, what: Path, key: str,
@@ -95,7 +98,8 @@ def _same_bytes(a: Path, b: Path) -> bool:
 
 def scan(root: Path, patterns: list[str], labelled: bool, taken: frozenset[str] = frozenset()) -> pd.DataFrame:
     """(id, path, label) for every image under the folders: in their class sub-folders when `labelled`
-    (label = the sub-folder's name), else directly in them (label "").
+    (label = the sub-folder's name), else in them (label ""); at any depth below (a class folder's own
+    sub-folders are of its class).
 
     A file at the same place as an earlier one in a copy of its tree (`_doubled`: `chest_xray/train/NORMAL/
     x.jpeg` and `chest_xray/chest_xray/train/NORMAL/x.jpeg`, a tree unzipped twice) is dropped when its

@@ -270,6 +270,9 @@ LAYOUTS = {
                                                   "b/x/train/PNEUMONIA/1"]),
     "one stem, two formats": ({"train/NORMAL/1.png": 10, "train/NORMAL/1.bmp": 20, "train/PNEUMONIA/2.png": 200},
                               ["train"], ["1.bmp", "1.png", "2.png"]),
+    "sub-folders inside a class folder": ({"train/NORMAL/1.png": 10, "train/NORMAL/more/1.png": 20,
+                                          "train/PNEUMONIA/2.png": 200}, ["train"],
+                                         ["NORMAL/1", "more/1", "PNEUMONIA/2"]),
     "a byte-identical copy in another split": ({"train/NORMAL/1.png": 10, "val/NORMAL/1.png": 10,
                                                 "train/PNEUMONIA/2.png": 200}, ["train", "val"], ["1", "2"]),
 }

@@ -42,10 +42,35 @@ def near_duplicate(name: str, others: list[str]) -> str | None:
     return None
 
 
+CONTINUOUS_MIN = 10  # distinct numeric labels, some fractional, beyond which a class task is taken for a slip
+
+
+def as_number(text: str) -> float | None:
+    """`text` as a finite float, or None (not a number, NaN, infinite)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if value == value and abs(value) != float("inf") else None
+
+
 def check_spelling(labels: pd.Series, classes: list[str], n_folds: int, rows: Callable[[list[int]], str]) -> None:
     """Without data.classes, a class that looks like a slip of a bigger one ('fundus' beside 'Fundus')
     would train as a class of its own: an error naming its rows when it has fewer than `n_folds` images,
-    else a warning (it may be real: set data.classes to say so)."""
+    else a warning (it may be real: set data.classes to say so). Numeric class names are not checked for
+    slips; more than CONTINUOUS_MIN of them, some fractional, are measured values (bone age in months)
+    given to a class task: refused, naming task: regression.
+
+    Raises:
+        UserError: a rare slip (naming its rows), or continuous values as classes."""
+    numbers = [as_number(c) for c in classes]
+    if all(v is not None for v in numbers):  # numbers are not spelt: '80.4' is no slip of '80.3'
+        fractional = [c for c, v in zip(classes, numbers, strict=True) if v != int(v)]
+        if fractional and len(classes) > CONTINUOUS_MIN:
+            raise UserError(f"the labels look like measured values, not classes: {len(classes)} distinct numbers "
+                            f"such as {fractional[0]!r}; set task: regression (metric: mae or rmse), or list the "
+                            f"classes in data.classes to train them as classes")
+        return
     counts = labels.value_counts()
     by_size = sorted(range(len(classes)), key=lambda c: -int(counts.get(c, 0)))
     for c in reversed(by_size):

@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from comp.data.checks import CONTINUOUS_MIN, as_number
 from comp.data.competition import IMAGE_EXTS
 from comp.errors import UserError
 
@@ -105,8 +106,20 @@ def _set_group_pattern(guess: Guess, ids: list[str]) -> None:
 
 def _metric(values: list[str], guess: Guess) -> None:
     distinct = sorted(set(values))
+    numbers = [as_number(v) for v in distinct]
+    if (len(distinct) > CONTINUOUS_MIN and all(v is not None for v in numbers)
+            and any(v != int(v) for v in numbers if v is not None)):
+        guess.set("task", "regression", f"the labels are {len(distinct)} distinct numbers such as "
+                  f"{next(d for d, v in zip(distinct, numbers, strict=True) if v != int(v))!r}: measured values")
+        guess.set("metric", "mae", "a guess for a measured value (RSNA bone age: mean absolute error); set the "
+                  "competition's metric (mae, rmse, r2)")
+        return
     if all(v.lstrip("-").isdigit() for v in distinct):
         ints = sorted(int(v) for v in distinct)
+        if len(ints) > CONTINUOUS_MIN and ints != list(range(len(ints))):
+            guess.notes.append(f"the labels are {len(ints)} distinct integers from {ints[0]} to {ints[-1]}, taken as "
+                               f"classes: if they are measured values (months, a count, a score), set task: "
+                               f"regression and metric: mae or rmse")
         if ints == list(range(len(ints))) and 3 <= len(ints) <= ORDINAL_MAX:
             guess.set("metric", "qwk", f"the labels are the integers 0..{ints[-1]}: grades, scored by quadratic "
                       f"weighted kappa in APTOS/DR-style competitions (check the competition's Evaluation page)")
@@ -151,9 +164,12 @@ def _csv_layout(root: Path, labels_csv: Path, df: pd.DataFrame, sample: pd.DataF
     _metric(df[label].astype(str).tolist(), guess)
     _set_group_pattern(guess, df[col].astype(str).tolist())
     patient = [c for c in rest if c != label and PATIENT_RX.search(c)]
-    if patient and "data.group_pattern" not in guess.values:
-        guess.notes.append(f"column {patient[0]!r} of {labels_csv.name} looks like a patient id: the kit groups "
-                           f"folds by a regex on the id (data.group_pattern); set one that extracts the patient")
+    if patient:  # a column that names the patient beats a token guessed from the ids
+        for key in ("data.group_pattern", "data.group_unmatched"):
+            guess.values.pop(key, None)
+            guess.why.pop(key, None)
+        guess.set("data.group_column", patient[0], f"the column of {labels_csv.name} named like a patient id: "
+                  f"folds keep each of its values whole")
     return True
 
 

@@ -61,6 +61,18 @@ def test_common_near_duplicate_is_a_warning_and_numbers_are_never_slips(tiny_roo
     assert near_duplicate("bacteria", ["virus"]) is None
 
 
+def test_measured_values_as_classes_are_refused_naming_regression(tiny_root):
+    """Bone age in months with fractions given to a class task was refused as "class '80.4' looks like a slip
+    of '80.3'" (new-user check): numbers are no slips; many distinct fractional ones name task: regression."""
+    _relabel(tiny_root, {i: f"{60 + 0.7 * i:.1f}" for i in range(30)})
+    with pytest.raises(UserError, match=r"look like measured values, not classes: 30 distinct numbers such as "
+                                        r"'60.7'; set task: regression") as e:
+        load_competition(tiny_config(tiny_root))
+    assert "slip" not in str(e.value)
+    _relabel(tiny_root, {i: str(100 + i % 12) for i in range(30)})  # integer class codes: classes, no slips
+    assert load_competition(tiny_config(tiny_root)).num_classes == 12
+
+
 def test_class_folder_spelt_two_ways_names_the_folder(tmp_path):
     root = tmp_path / "xray"
     for name, n in (("NORMAL", 4), ("PNEUMONIA", 4), ("Normal", 1)):

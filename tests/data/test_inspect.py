@@ -34,3 +34,29 @@ def test_init_writes_a_config_that_loads_and_prepares(tmp_path, name, expect):
     assert len(folds) >= 20 and folds["fold"].nunique() == 2
     code, _, err = run_main("init.py", str(root), "-o", str(out))  # never overwritten without --force
     one_error(code, err, "already exists")
+
+
+def test_measured_values_are_guessed_as_regression():
+    """init.py wrote metric: accuracy and no task for 40 fractional values, and only a note for a patient_id
+    column (new-user check): the task and the metric are guessed, each with its reason."""
+    from comp.data.inspect import Guess, _metric
+
+    guess = Guess()
+    _metric([f"{50 + 0.5 * i:.1f}" for i in range(40)], guess)
+    assert (guess.values["task"], guess.values["metric"]) == ("regression", "mae")
+    guess = Guess()
+    _metric([str(6 + 7 * i) for i in range(30)], guess)  # months as integers: a note, the classes kept
+    assert "task" not in guess.values and "set task: regression" in guess.notes[0]
+    guess = Guess()
+    _metric(["0", "1", "2", "3", "4"] * 3, guess)
+    assert guess.values["metric"] == "qwk" and not guess.notes
+
+
+def test_a_patient_column_is_guessed_as_the_folds_group(tiny_root, tmp_path):
+    df = pd.read_csv(tiny_root / "train.csv", dtype=str)
+    df.insert(1, "patient_id", [f"P{i // 3}" for i in range(len(df))])
+    df.to_csv(tiny_root / "train.csv", index=False)
+    out = tmp_path / "config.yaml"
+    code, _, err = run_main("init.py", str(tiny_root), "-o", str(out))
+    assert code == 0, err
+    assert load_config(out).data.group_column == "patient_id"

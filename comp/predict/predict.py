@@ -177,12 +177,13 @@ def predict_test(exp: Experiment | Any, comp: Competition, device: torch.device 
     if views != models[0].tta:
         log(f"TTA views {views} (aug.tta); the folds were trained with aug.tta={models[0].tta}")
     nets = []
-    for m in models:
+    weights = [fold_weight(m, cfg.predict.fold_weights, cfg.metric) for m in models]
+    for m, w in zip(models, weights, strict=True):
         nets.append(to_device(m, device, cfg))
         best = m.meta.get("best")
         shown = f"{best:.4f}" if isinstance(best, (int, float)) else "?"
-        log(f"{exp.name(m.path)}: validation {m.meta.get('metric', 'score')} {shown}, weight "
-            f"{fold_weight(m, cfg.predict.fold_weights, cfg.metric):.4g}, {len(views)} TTA view(s)")
+        log(f"{exp.name(m.path)}: validation {m.meta.get('metric', 'score')} {shown}, weight {w / sum(weights):.3f} "
+            f"of the ensemble, {len(views)} TTA view(s)")
     prior = cfg.predict.on_bad_image == "prior"
     flags: list[torch.Tensor] | None = [] if prior else None  # per batch: 1 for an image that cannot be read
     outs = model_outputs(cfg, comp, models, nets, comp.test["path"].tolist(), device,

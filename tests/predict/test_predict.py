@@ -51,7 +51,7 @@ def test_two_fold_ensemble_is_the_mean_of_its_folds(tmp_path):
 
 
 @pytest.mark.parametrize("metric", ["log_loss", "mae"])
-def test_cv_fold_weights_favour_the_better_fold_of_a_lower_is_better_metric(tmp_path, metric):
+def test_cv_fold_weights_favour_the_better_fold_of_a_lower_is_better_metric(tmp_path, metric, capsys):
     """fold 0 scored 0.5, fold 1 0.6: where lower is better fold 0 is the better one and weighs 1/0.5 against
     1/0.6 (its inverse score), not 0.5 against 0.6 (optuna-examples#31: a loss read as a score)."""
     from comp.experiment.model import FoldModel
@@ -70,6 +70,8 @@ def test_cv_fold_weights_favour_the_better_fold_of_a_lower_is_better_metric(tmp_
     p0, p1 = predict_test(cfg, comp, paths=[f0]), predict_test(cfg, comp, paths=[f1])
     weighted = predict_test(load_config(None, ex["overrides"] + ["predict.fold_weights=cv"]), comp)
     np.testing.assert_allclose(weighted, (p0 / 0.5 + p1 / 0.6) / (1 / 0.5 + 1 / 0.6), atol=1e-6)
+    share = (1 / 0.5) / (1 / 0.5 + 1 / 0.6)  # the log gives each fold's share of the ensemble
+    assert f"fold0: validation {metric} 0.5000, weight {share:.3f} of the ensemble" in capsys.readouterr().err
 
 
 def test_mean_logit_ensemble_is_the_softmax_of_the_mean_logit(tmp_path):

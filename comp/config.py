@@ -119,6 +119,8 @@ def check_values(cfg: Any) -> None:
         ("model.in_chans", cfg.model.in_chans in (1, 3), "must be 1 or 3"),
         ("data.layout", cfg.data.layout in ("csv", "folders"), "must be csv or folders"),
         ("data.group_unmatched", cfg.data.group_unmatched in ("error", "own"), "must be error or own"),
+        ("data.label_rows", cfg.data.label_rows in ("refuse", "first", "aggregate"),
+         "must be refuse, first or aggregate"),
         ("data.limit", cfg.data.limit == 0 or cfg.data.limit >= cfg.folds.n_folds,
          "must be 0 (every image) or >= folds.n_folds (each fold needs an image of every class)"),
         ("data.class_values", not cfg.data.class_values or len(cfg.data.class_values) == len(cfg.data.classes),

@@ -54,7 +54,13 @@ class DataConfig:
     download: bool = False  # prepare.py downloads a missing data.root from Kaggle (else: --download)
     limit: int = 0  # smoke mode: N training images per class (and N x classes test images); 0 = all
     dedupe_ids: bool = False  # csv layout: an id on several rows (one per box, RSNA Pneumonia) is one image, its
-    # rows' labels must agree (else an error naming the id); false = a repeated id is an error
+    # rows' labels must agree (else an error naming the id); false = a repeated id is an error (unless
+    # data.label_rows joins them)
+    label_rows: str = "refuse"  # csv layout, an id on several rows with different labels (HMS 2024: one row per
+    # window, each with its votes): refuse (an error naming the id) | first (the first row's) | aggregate (one
+    # class label: the majority, ties to the earliest row; vote columns: summed then normalised; multi-label 0/1:
+    # the maximum; regression: the mean). first and aggregate imply data.dedupe_ids; the choice and the counts
+    # are kept in folds.json (several_rows). docs/tasks.md
     solution_csv: str = ""  # held-out labels (id_column, label_column) to score a submission locally, if known
     exclude: Any = field(default_factory=list)  # training image ids to drop (suspected label errors, duplicates):
     # a list of ids, or a path to a CSV with an id column (e.g. scripts/explain.py's label_issues.csv); test

@@ -36,7 +36,7 @@ from comp.data.checks import (  # noqa: F401  (check_sample_submission: prepare 
 )
 from comp.data.layouts import IMAGE_EXTS, Problem, find_files, matched_folders, scan, unique_ids  # noqa: F401
 from comp.data.tables import read_csv  # noqa: F401  (the CSV reader of every table, here since the start)
-from comp.data.targets import class_task, dedupe, read_targets, submission_rows, target_columns
+from comp.data.targets import class_task, join_rows, read_targets, submission_rows, target_columns, target_kind
 from comp.errors import UserError
 
 MISSING_WORDS = {"nan", "null", "#n/a"}  # a missing label as pandas (astype(str)), JSON/SQL or Excel spell it
@@ -50,6 +50,8 @@ class Competition:
     label_values: list[Any]  # the competition's own value for each class (int or str)
     root: Path
     problems: list[Problem] = field(default_factory=list)  # ids without an image (load_competition(strict=False))
+    several_rows: dict[str, int] = field(default_factory=dict)  # ids on several CSV rows joined into one image:
+    # {ids, rows, disagreeing} (comp.data.targets.join_rows), kept in folds.json; empty = none
 
     @property
     def num_classes(self) -> int:
@@ -181,6 +183,7 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False, 
         raise UserError(f"data.root does not exist: {root}{path_hint(d.root)}; to download it: python "
                         f"scripts/prepare.py --config <this config> --download")
     problems: list[Problem] | None = None if strict else []
+    several: dict[str, Any] = {}
     classes_cfg, values_cfg = [str(c) for c in d.classes], [str(v) for v in d.class_values]
     excluded = excluded_ids(cfg)
     if d.layout == "csv":
@@ -191,12 +194,11 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False, 
         if df.empty:
             raise UserError(f"{train_csv} has a header but no rows")
         ids = df[d.id_column].str.strip()
-        if d.dedupe_ids:
-            df, ids = dedupe(df.assign(**{d.id_column: ids}), d.id_column, label_cols, train_csv)
         dup = ids.duplicated()
-        if dup.any():
+        if dup.any() and not d.dedupe_ids and d.label_rows == "refuse":
             raise UserError(f"{train_csv}: id {ids[dup].iloc[0]!r} appears more than once "
-                            f"(row {int(dup.idxmax()) + 2}); data.dedupe_ids=true reads an id's rows as one image")
+                            f"(row {int(dup.idxmax()) + 2}); data.dedupe_ids=true reads an id's rows as one image "
+                            f"(their labels agreeing), data.label_rows=first|aggregate also when they differ")
         if not class_task(cfg):
             targets, classes = read_targets(cfg, df, train_csv)
             labels, values = targets["label"], []
@@ -210,6 +212,9 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False, 
         rows = submission_rows(cfg, df, train_csv)
         if rows is not None:
             frame["row"] = rows
+        if dup.any():  # an id on several rows: one image (data.dedupe_ids, data.label_rows)
+            frame, several = join_rows(frame, df[label_cols], d.label_rows, target_kind(cfg), train_csv)
+            labels = frame["label"]
         # excluded before their files are looked for: a missing or broken image can be excluded too
         train = exclude(frame, excluded)
         train["path"] = find_files(root, list(d.train_images), train["id"], d.image_ext, train_csv, "train_images",
@@ -233,7 +238,7 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False, 
     if not classes_cfg and class_task(cfg) and not extra:
         if d.layout == "csv":
             def rows(idx: list[int]) -> str:
-                return f"{train_csv.name} row(s) " + ", ".join(str(i + 2) for i in idx[:10])
+                return f"{train_csv.name} row(s) " + ", ".join(str(int(labels.index[i]) + 2) for i in idx[:10])
         else:
             def rows(idx: list[int]) -> str:
                 return f"folder {str(Path(scanned['path'].iloc[idx[0]]).parent)!r}"
@@ -254,4 +259,4 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False, 
     cols = ["id", "path", "label", "group", *(["row"] if "row" in train.columns else []), *target_columns(train)]
     train, test = limit_images(train[cols].reset_index(drop=True), test, int(d.limit), len(classes))
     return Competition(train=train, test=test, classes=classes, label_values=values, root=root,
-                       problems=problems or [])
+                       problems=problems or [], several_rows=several)

@@ -10,6 +10,8 @@ split) is taken as it is.
 Copies of one image are kept in one fold (comp.data.duplicates.split_groups): identical training images
 (the same pixels as the kit loads them) and the pairs listed in `data.duplicates` (scripts/explain.py's
 near-copies, reviewed) join their groups before the split; folds.json's `copies` says how many and which.
+An id on several rows of the labels CSV is one image (data.dedupe_ids, data.label_rows): folds.json keeps
+the choice (`label_rows`) and `several_rows` (ids with several rows, their rows, ids whose rows disagreed).
 folds.csv's `group` stays the patient; the joined groups only decide the split.
 
 `folds.json` also records the versions of the libraries that made the split (`made_with`: scikit-learn,
@@ -136,6 +138,7 @@ def settings(cfg: Any) -> dict[str, Any]:
     exclude = [str(v) for v in exclude] if OmegaConf.is_list(exclude) else exclude
     out = {**out, "exclude": exclude} if exclude else out
     out = {**out, "duplicates": str(cfg.data.duplicates)} if cfg.data.duplicates else out
+    out = {**out, "label_rows": str(cfg.data.label_rows)} if cfg.data.label_rows != "refuse" else out
     return {**out, "limit": int(cfg.data.limit)} if cfg.data.limit else out  # only a smoke run says so
 
 
@@ -189,6 +192,9 @@ def _check(files: SplitFiles, folds: pd.DataFrame, train: pd.DataFrame, want: di
     if made is not None and made.get("duplicates", "") != want.get("duplicates", ""):
         raise UserError(f"{path} was made with data.duplicates={made.get('duplicates', '')!r}, the config now says "
                         f"{want.get('duplicates', '')!r}; {redo}")
+    if made is not None and made.get("label_rows", "refuse") != want.get("label_rows", "refuse"):
+        raise UserError(f"{path} was made with data.label_rows={made.get('label_rows', 'refuse')!r}, the config now "
+                        f"says {want.get('label_rows', 'refuse')!r} (the targets of ids on several rows); {redo}")
     if made is not None and made.get("limit", 0) != want.get("limit", 0):  # a smoke run's split (data.limit)
         raise UserError(f"{path} was made with data.limit={made.get('limit', 0)!r} (0 = every image), the config "
                         f"now says {want.get('limit', 0)!r}; give the smoke run its own out_dir, or {redo}")
@@ -245,12 +251,15 @@ def _loader(cfg: Any) -> Callable[[str], np.ndarray]:
 
 
 def load_or_make_folds(cfg: Any, train: pd.DataFrame, files: SplitFiles,
-                       load: Callable[[str], np.ndarray] | None = None) -> pd.DataFrame:
+                       load: Callable[[str], np.ndarray] | None = None,
+                       several_rows: dict[str, int] | None = None) -> pd.DataFrame:
     """The fold table for this experiment: read from `files.csv` (folds.csv) when it exists (and still
     matches the data and settings), else made and written atomically (`files.meta` first, then the csv,
     whose existence marks a finished split). A new split keeps copies together: each training image is
     read once with `load` (default: the kit's loader for `cfg`, the cache when prepare built it) to find
     identical ones (comp.data.duplicates.split_groups), and data.duplicates' pairs are joined.
+    `several_rows` (Competition.several_rows: ids of the labels CSV on several rows, joined by
+    data.label_rows) is kept in a new folds.json beside data.label_rows.
 
     Raises:
         UserError: folds.csv exists but was made from other images, labels or fold settings; a bad
@@ -272,6 +281,8 @@ def load_or_make_folds(cfg: Any, train: pd.DataFrame, files: SplitFiles,
     out = train.assign(fold=fold)
     path.parent.mkdir(parents=True, exist_ok=True)
     made = {**want, "copies": copies, "made_with": library_versions()}
+    if several_rows:
+        made = {**made, "label_rows": str(cfg.data.label_rows), "several_rows": dict(several_rows)}
     io.write_json(files.meta, made)
     io.write_csv(path, out[["id", "label", "group", "fold"]])
     return out

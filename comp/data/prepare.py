@@ -117,8 +117,13 @@ def prepare(cfg: Any, split: SplitFiles, problems_csv: Path, workers: int | None
             report = None
         total = len(paths) + sum(q.kind == "missing" for q in comp.problems)
         raise UserError(problems_message(problems, total, comp.root, report))
-    folds = load_or_make_folds(cfg, comp.train, split, image_loader(cfg, comp))  # identical images: cache reads
+    folds = load_or_make_folds(cfg, comp.train, split, image_loader(cfg, comp),  # identical images: cache reads
+                               comp.several_rows)
     counts = folds.groupby("fold").size().tolist()
+    if comp.several_rows:
+        n = comp.several_rows
+        log(f"{cfg.data.train_csv}: {n['ids']} id(s) on several rows ({n['rows']} rows) read as one image each, "
+            f"{n['disagreeing']} with different labels (data.label_rows={cfg.data.label_rows}; folds.json)")
     smoke = f" (smoke mode: data.limit={cfg.data.limit})" if cfg.data.limit else ""
     log(f"{root}: {len(comp.train)} training images{smoke} {_target_summary(cfg, comp)}, "
         f"{len(comp.test)} test images; folds {counts} ({split.csv})")

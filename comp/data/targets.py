@@ -17,6 +17,14 @@ def class_task(cfg: Any) -> bool:
     return cfg.task in ("multiclass", "binary", "ordinal") and not cfg.data.label_columns
 
 
+def target_kind(cfg: Any) -> str:
+    """How the labels CSV holds the targets: class (one class label per row) | regression | multilabel (0/1
+    columns) | soft (vote counts or shares per class, task multiclass with data.label_columns)."""
+    if class_task(cfg):
+        return "class"
+    return cfg.task if cfg.task in ("regression", "multilabel") else "soft"
+
+
 TARGET = "target_"  # prefix of the per-label / per-class target columns of label_columns tasks
 
 
@@ -69,22 +77,80 @@ def read_targets(cfg: Any, df: pd.DataFrame, csv: Path) -> tuple[pd.DataFrame, l
     return out, cols
 
 
-def dedupe(df: pd.DataFrame, id_col: str, label_cols: list[str], csv: Path) -> tuple[pd.DataFrame, pd.Series]:
-    """One row per id (its first), for a labels CSV with a row per box or finding (RSNA Pneumonia's
-    stage_2_train_labels.csv repeats a patient once per opacity). The rows of an id must share its label.
+LABEL_ROWS = ("refuse", "first", "aggregate")  # data.label_rows
+
+
+def _majority(ids: pd.Series, labels: pd.Series) -> pd.Series:
+    """The majority label of each id (ties: the tied label on the id's earliest row), indexed by id."""
+    t = pd.DataFrame({"id": ids.to_numpy(), "label": labels.to_numpy(), "pos": np.arange(len(ids))})
+    g = t.groupby(["id", "label"], sort=False).agg(n=("pos", "size"), first=("pos", "min")).reset_index()
+    g = g.sort_values(["n", "first"], ascending=[False, True], kind="stable").drop_duplicates("id")
+    return g.set_index("id")["label"]
+
+
+def join_rows(frame: pd.DataFrame, raw: pd.DataFrame, how: str, kind: str, csv: Path
+              ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One row per id of a labels CSV that gives an id several rows (RSNA Pneumonia: one per box; HMS 2024:
+    one per labelled window of a recording, each with its own vote counts), as `data.label_rows` says:
+
+    - `refuse`: the rows must carry the same labels (else an error naming the id and its rows);
+    - `first`: the first row's labels;
+    - `aggregate`, by the task's `kind`: `class` (one class label per row: multiclass, binary, ordinal) the
+      majority of the rows' labels, ties to the tied label on the earliest row (the kit's class tasks take
+      one class per image; soft targets come from vote columns, data.label_columns); `soft` (vote counts
+      or shares per class) the rows' raw values summed then normalised (shares: their mean); `multilabel`
+      (0/1 columns) the per-label maximum, a finding marked on any row (the kit's multi-label metrics and
+      folds take 0/1 labels); `regression` the mean of the rows' values.
+
+    `frame`: the CSV rows as targets (id, label[, target_<name>...][, group][, row]), indexed by the CSV's
+    row (row number = index + 2); `raw`: the rows' label columns as read (strings, same index). The ids'
+    first rows are kept (their index), in file order; `group` (data.group_column) must agree across an id's
+    rows, `row` (the submission row) is the first row's.
+
+    Returns the joined frame and the counts for folds.json: `ids` (ids with several rows), `rows` (the CSV
+    rows of those ids) and `disagreeing` (ids whose rows' labels differ).
 
     Raises:
-        UserError: an id whose rows disagree, naming it, its labels and its rows.
+        UserError: `refuse` and an id whose rows' labels differ; an id whose rows name different patients.
     """
-    labels = df[label_cols].astype(str).apply(lambda c: c.str.strip()).agg(",".join, axis=1)
-    n = labels.groupby(df[id_col]).nunique()
-    if (n > 1).any():
+    ids = frame["id"]
+    repeated = ids.duplicated(keep=False)
+    values = raw.astype(str).apply(lambda c: c.str.strip()).agg(",".join, axis=1)
+    n = values[repeated].groupby(ids[repeated], sort=False).nunique()
+    counts = {"ids": int(ids[repeated].nunique()), "rows": int(repeated.sum()), "disagreeing": int((n > 1).sum())}
+    if how == "refuse" and counts["disagreeing"]:
         bad = n.index[(n > 1).to_numpy()][0]
-        rows = [int(i) + 2 for i in df.index[df[id_col] == bad]]
+        rows = [int(i) + 2 for i in frame.index[ids == bad]]
         raise UserError(f"{csv}: id {bad!r} has different labels on its rows {rows}: "
-                        f"{sorted(set(labels[df[id_col] == bad]))} (data.dedupe_ids needs them to agree)")
-    df = df[~df[id_col].duplicated()]
-    return df, df[id_col]
+                        f"{sorted(set(values[ids == bad]))} ({counts['disagreeing']} such id(s)); set "
+                        f"data.label_rows to first (the first row's) or aggregate (the rows' labels combined)")
+    if "group" in frame.columns:
+        g = frame.loc[repeated, "group"].groupby(ids[repeated], sort=False).nunique()
+        if (g > 1).any():
+            bad = g.index[(g > 1).to_numpy()][0]
+            rows = [int(i) + 2 for i in frame.index[ids == bad]]
+            raise UserError(f"{csv}: id {bad!r} names different patients on its rows {rows}: "
+                            f"{sorted(set(frame.loc[ids == bad, 'group']))} (data.group_column)")
+    out = frame[~ids.duplicated()].copy()
+    if how != "aggregate" or not counts["disagreeing"]:
+        return out, counts
+    key = out["id"]
+    cols = target_columns(frame)
+    if kind == "class":
+        out["label"] = _majority(ids, frame["label"])[key].to_numpy().astype(frame["label"].dtype)
+    elif kind == "regression":
+        out["label"] = frame.groupby("id", sort=False)["label"].mean()[key].to_numpy()
+    elif kind == "multilabel":
+        m = frame.groupby("id", sort=False)[cols].max().loc[key].to_numpy()
+        out[cols] = m
+        out["label"] = [",".join(str(int(v)) for v in row) for row in m]
+    else:  # soft: the raw votes (validated by read_targets) summed, then normalised
+        votes = raw.apply(lambda c: pd.to_numeric(c.str.strip())).astype(np.float64)
+        m = votes.groupby(ids, sort=False).sum().loc[key].to_numpy()
+        m = m / m.sum(1, keepdims=True)
+        out[cols] = m
+        out["label"] = m.argmax(1)
+    return out, counts
 
 
 def submission_rows(cfg: Any, df: pd.DataFrame, csv: Path) -> pd.Series | None:

@@ -105,7 +105,7 @@ def build_run(cfg: Any, fold: int, resume: bool) -> Run:
     if flags and d.main:
         log(f"fold {fold}: {flags}")
     comp = load_competition(cfg)
-    folds = load_or_make_folds(cfg, comp.train, exp.split) if d.main else None
+    folds = load_or_make_folds(cfg, comp.train, exp.split, several_rows=comp.several_rows) if d.main else None
     if d.world > 1:  # rank 0 writes folds.csv once, the others read it
         torch.distributed.barrier()
         folds = load_or_make_folds(cfg, comp.train, exp.split)

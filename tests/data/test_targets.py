@@ -85,7 +85,8 @@ def test_hms_votes_of_an_eegs_rows_are_summed_then_normalised(hms):
 def test_hms_expert_consensus_as_one_class_label_takes_the_rows_majority(hms):
     raw = pd.read_csv(hms / "train.csv", dtype={"eeg_id": str})
     cfg = tiny_config(hms, "data.id_column=eeg_id", "data.label_column=expert_consensus",
-                      "data.group_column=patient_id", f"data.classes=[{','.join(CLASSES)}]", "data.label_rows=aggregate")
+                      "data.group_column=patient_id", f"data.classes=[{','.join(CLASSES)}]",
+                      "data.label_rows=aggregate")
     comp = load_competition(cfg)
     for eeg, rows in raw.groupby("eeg_id", sort=False):
         counts = rows["expert_consensus"].value_counts()

@@ -128,6 +128,22 @@ def _metric(values: list[str], guess: Guess) -> None:
               "a guess: set the competition's metric (accuracy, balanced_accuracy, f1_macro, f1_weighted, qwk, auc)")
 
 
+def _set_label_rows(guess: Guess, ids: pd.Series, labels: pd.Series, csv: str) -> None:
+    """An id on several rows of the labels CSV: data.dedupe_ids when its rows agree on the label, else
+    data.label_rows=aggregate (comp.data.targets.join_rows); nothing when every id is on one row."""
+    several = ids.duplicated(keep=False)
+    if not several.any():
+        return
+    n = int(ids[several].nunique())
+    differ = int((labels[several].groupby(ids[several]).nunique() > 1).sum())
+    if differ:
+        guess.set("data.label_rows", "aggregate", f"{n} id(s) on several rows of {csv}, {differ} with different "
+                  f"labels: each id one image, its rows' labels combined (first: the first row's; refuse)")
+    else:
+        guess.set("data.dedupe_ids", True, f"{n} id(s) on several rows of {csv}, their labels agreeing: one "
+                  f"image each")
+
+
 def _csv_layout(root: Path, labels_csv: Path, df: pd.DataFrame, sample: pd.DataFrame | None,
                 images: dict[Path, list[Path]], guess: Guess) -> bool:
     """Fill the csv-layout keys; False when no id column of `df` names image files."""
@@ -155,6 +171,7 @@ def _csv_layout(root: Path, labels_csv: Path, df: pd.DataFrame, sample: pd.DataF
     why = "the sample submission's value column" if sample is not None and label == sample.columns[1] else \
         f"the column with the fewest distinct values ({df[label].nunique()})"
     guess.set("data.label_column", label, why)
+    _set_label_rows(guess, df[col].astype(str), df[label].astype(str), labels_csv.name)
     guess.set("data.train_images", [_rel(d, root) for d in train_dirs], "the folders holding those files")
     exts = Counter(p.suffix for d in train_dirs for p in images[d])
     guess.set("data.image_ext", exts.most_common(1)[0][0], f"the extension of the training images {dict(exts)}")

@@ -60,3 +60,24 @@ def test_a_patient_column_is_guessed_as_the_folds_group(tiny_root, tmp_path):
     code, _, err = run_main("init.py", str(tiny_root), "-o", str(out))
     assert code == 0, err
     assert load_config(out).data.group_column == "patient_id"
+
+
+@pytest.mark.parametrize("agree", [True, False])
+def test_repeated_ids_are_guessed_as_one_image(tiny_root, tmp_path, agree):
+    """An id on several rows of the labels CSV: init.py's config refused it at load ('appears more than once');
+    rows that agree get data.dedupe_ids, rows that differ data.label_rows=aggregate, and the config loads."""
+    from comp.data.competition import load_competition
+
+    df = pd.read_csv(tiny_root / "train.csv", dtype=str)
+    again = df.iloc[:3].copy()
+    if not agree:
+        again["label"] = (again["label"].astype(int) + 1).astype(str)
+    pd.concat([df, again]).to_csv(tiny_root / "train.csv", index=False)
+    out = tmp_path / "config.yaml"
+    code, _, err = run_main("init.py", str(tiny_root), "-o", str(out))
+    assert code == 0, err
+    cfg = load_config(out)
+    assert (cfg.data.dedupe_ids, cfg.data.label_rows) == ((True, "refuse") if agree else (False, "aggregate"))
+    comp = load_competition(cfg)
+    assert comp.train["id"].is_unique and len(comp.train) == len(df)
+    assert comp.several_rows["disagreeing"] == (0 if agree else 3)

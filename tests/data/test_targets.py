@@ -20,7 +20,7 @@ VOTES = ["seizure_vote", "lpd_vote", "gpd_vote", "lrda_vote", "grda_vote", "othe
 CLASSES = ["Seizure", "LPD", "GPD", "LRDA", "GRDA", "Other"]
 
 
-def hms_replica(root: Path, n_eegs: int = 12, seed: int = 0) -> Path:
+def hms_replica(root: Path, n_eegs: int = 12, seed: int = 0, first_id: int = 1_000_000) -> Path:
     """HMS 2024's train.csv as it comes (its columns, several rows per eeg_id with their own offsets, label_id
     and votes, expert_consensus the rows' majority class, one patient per eeg), with one image per eeg_id in
     train/ and a sample submission of six `<class>_vote` columns for test/."""
@@ -29,7 +29,7 @@ def hms_replica(root: Path, n_eegs: int = 12, seed: int = 0) -> Path:
     (root / "test").mkdir()
     rows = []
     for e in range(n_eegs):
-        eeg = str(1_000_000 + 7919 * e)
+        eeg = str(first_id + 7919 * e)
         main = e % 6
         for sub in range(1 + e % 4):  # 1..4 rows per eeg
             votes = np.zeros(6, int)
@@ -40,7 +40,7 @@ def hms_replica(root: Path, n_eegs: int = 12, seed: int = 0) -> Path:
                          "spectrogram_label_offset_seconds": 2.0 * sub, "label_id": str(rng.integers(1e9)),
                          "patient_id": str(40_000 + e // 2), "expert_consensus": CLASSES[int(votes.argmax())],
                          **dict(zip(VOTES, votes.tolist(), strict=True))})
-        cv2.imwrite(str(root / "train" / f"{eeg}.png"), np.full((16, 16, 3), 30 * main, np.uint8))
+        cv2.imwrite(str(root / "train" / f"{eeg}.png"), np.full((16, 16, 3), 30 * main + 7 * seed, np.uint8))
     pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
     test = [str(3_000_000 + k) for k in range(3)]
     for t in test:
@@ -170,3 +170,22 @@ def test_rows_of_one_id_naming_two_patients_are_refused(tmp_path):
 def test_bad_label_rows_value_is_refused(tmp_path):
     with pytest.raises(UserError, match="data.label_rows.*refuse, first or aggregate"):
         tiny_config(tmp_path, "data.label_rows=mean")
+
+
+def test_an_extra_source_joins_its_own_repeated_ids(hms, tmp_path):
+    """data.extra entries are read by load_competition: one with repeated ids sets its own label_rows."""
+    from comp.data.extra import load_extra
+
+    other = hms_replica(tmp_path / "other", seed=1, first_id=5_000_000)
+    cfg = hms_config(hms, "data.label_rows=aggregate",
+                     f"data.extra=[{{root: {other}, id_column: eeg_id, group_column: patient_id, name: more}}]")
+    comp = load_competition(cfg)
+    with pytest.raises(UserError, match=r"data.extra\[0\] \('more'\).*appears more than once"):
+        load_extra(cfg, comp)
+    cfg = hms_config(hms, "data.label_rows=aggregate", f"data.extra=[{{root: {other}, id_column: eeg_id, "
+                     f"group_column: patient_id, name: more, label_rows: first}}]")
+    extra = load_extra(cfg, comp)
+    raw = pd.read_csv(other / "train.csv", dtype={"eeg_id": str}).drop_duplicates("eeg_id")
+    votes = raw[VOTES].to_numpy(float)
+    assert extra["id"].tolist() == raw["eeg_id"].tolist()
+    np.testing.assert_allclose(extra[[f"target_{v}" for v in VOTES]].to_numpy(), votes / votes.sum(1, keepdims=True))

@@ -186,7 +186,8 @@ def lumbar_spine_losses(solution: pd.DataFrame, submission: pd.DataFrame, row_id
         solution: long format, one row per labelled study x condition x level: the row id column and
             one-hot normal_mild, moderate, severe (a sample_weight column is ignored).
         submission: the row id column and normal_mild, moderate, severe, non-negative; rows the solution
-            lacks (an unlabelled level) are left out.
+            lacks (an unlabelled level) are left out. Rows need not sum to 1: the host left that to
+            sklearn's log_loss, which clipped each value to 1 - 1e-15 first (so [1, 1, 2] scores as thirds).
         row_id_column_name: the row id column of both; any_severe_scalar: any_severe_spinal's weight.
 
     Returns: {"spinal", "foraminal", "subarticular", "any_severe_spinal", "score"}: nats. A group with no

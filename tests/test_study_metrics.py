@@ -45,9 +45,9 @@ TRAUMA_SOLUTION = trauma_table({
     10: [1, 0,     1, 0,          1, 0, 0,        1, 0, 0,       1, 0, 0],
     11: [0, 1,     1, 0,          0, 1, 0,        1, 0, 0,       0, 0, 1],
 })
-TRAUMA_SUBMISSION = trauma_table({  # not normalised: 11's bowel [1, 1] and extravasation [0.6, 0.2]
+TRAUMA_SUBMISSION = trauma_table({  # not normalised: 11's bowel [1, 1], extravasation [0.6, 0.2], kidney [2, 6, 2]
     10: [0.8, 0.2, 0.9, 0.1,      0.5, 0.25, 0.25, 1.0, 0.0, 0.0, 0.6, 0.3, 0.1],
-    11: [1.0, 1.0, 0.6, 0.2,      0.2, 0.6, 0.2,   0.7, 0.2, 0.1, 0.2, 0.3, 0.5],
+    11: [1.0, 1.0, 0.6, 0.2,      2.0, 6.0, 2.0,   0.7, 0.2, 0.1, 0.2, 0.3, 0.5],
 })
 
 
@@ -57,7 +57,7 @@ def test_abdominal_trauma_by_hand():
     bowel = (-L(0.8) + 2 * L(2)) / 3
     # extravasation: 10 healthy at 0.9, w 1; 11 healthy at 0.6/0.8 = 0.75, w 1 (healthy): (0.105361 + 0.287682) / 2
     extravasation = (-L(0.9) - L(0.75)) / 2
-    # kidney: 10 healthy at 0.5, w 1; 11 low at 0.6, w 2: (0.693147 + 2 * 0.510826) / 3
+    # kidney: 10 healthy at 0.5, w 1; 11 low at 6/10 = 0.6 (divided before any clip), w 2: (0.693147 + 2 * 0.510826) / 3
     kidney = (L(2) - 2 * L(0.6)) / 3
     # liver: 10 healthy at 1 (clipped: ~2e-15, nil), w 1; 11 healthy at 0.7, w 1: 0.356675 / 2
     liver = (0 - L(0.7)) / 2
@@ -82,7 +82,7 @@ def test_abdominal_trauma_matches_sklearn_per_target():
     sol, sub = {"patient_id": np.arange(n)}, {"patient_id": np.arange(n)}
     losses, any_y, any_p = {}, [], []
     for target, (classes, weights) in sm.TRAUMA_TARGETS.items():
-        y = rng.integers(0, len(classes), n)
+        y = rng.choice(len(classes), n, p=[0.8] + [0.2 / (len(classes) - 1)] * (len(classes) - 1))
         p = rng.uniform(0.05, 1.0, (n, len(classes)))
         for k, c in enumerate(classes):
             sol[f"{target}_{c}"], sub[f"{target}_{c}"] = (y == k).astype(int), p[:, k]

@@ -17,6 +17,7 @@ MODULES = sorted(p for p in COMP.rglob("*.py"))
 # Prediction sits below training because training uses it (a distillation teacher's outputs, pseudo-labels).
 LAYERS = [
     ("comp.config", "comp.errors", "comp.log", "comp.io", "comp.device", "comp.tasks", "comp.competition_metrics",
+     "comp.study_metrics",
      "comp.schema_doc",
      "comp.metrics", "comp.kaggle_cli",
      "comp.cli", "comp.system", "comp.schema"),

@@ -140,6 +140,9 @@ def check_values(cfg: Any) -> None:
          "must be mean_prob or mean_logit"),
         ("predict.fold_weights", cfg.predict.fold_weights in ("equal", "cv"), "must be equal or cv"),
         ("predict.output", cfg.predict.output in ("auto", "label", "prob"), "must be auto, label or prob"),
+        ("predict.shape", cfg.predict.shape in ("wide", "long"), "must be wide or long"),
+        ("predict.long_separator", cfg.predict.shape != "long" or cfg.predict.long_separator != "",
+         "must not be empty with predict.shape=long"),
         ("predict.folds", all(0 <= k < cfg.folds.n_folds for k in cfg.predict.folds)
          and len(set(cfg.predict.folds)) == len(cfg.predict.folds),
          f"must list distinct fold numbers 0..{cfg.folds.n_folds - 1} (folds.n_folds={cfg.folds.n_folds})"),

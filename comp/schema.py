@@ -177,6 +177,10 @@ class PredictConfig:
     thresholds: bool = True  # decode with what is tuned on the OOF: metric=qwk, cut-points on the expected grade;
     # task=binary with metric f1 or pf1, a decision threshold; each kept only when its cross-fitted gain is positive
     output: str = "auto"  # auto | label | prob: labels, or probabilities (auto: per-class sample columns, or auc)
+    shape: str = "wide"  # wide | long: one sample row per id with a column per label (wide), or one row per id x
+    # label of data.label_columns, `<id><long_separator><label>` in the sample's first column and its one value
+    # in the second (long: RSNA 2022 `row_id,fractured` with rows `1.2.826..._C1`, `..._patient_overall`)
+    long_separator: str = "_"  # predict.shape=long: what joins the id and the label in a row id
     submissions_dir: str = "submissions"  # scripts/submit.py keeps each submitted CSV and index.csv here
     folds: list[int] = field(default_factory=list)  # the folds to ensemble, e.g. [0, 2]; empty = every fold
     # of folds.n_folds, each of which must be trained (a partial ensemble only when asked for by name)

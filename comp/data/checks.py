@@ -100,9 +100,47 @@ def limit_images(train: pd.DataFrame, test: pd.DataFrame, n: int, num_classes: i
     return train.loc[sorted(picked)].reset_index(drop=True), test.head(n * num_classes).reset_index(drop=True)
 
 
+def long_rows(row_ids: pd.Series, ids: list[str], labels: list[str], sep: str, what: str
+              ) -> tuple[list[int], list[int]]:
+    """Each long-form row id `<id><sep><label>` (RSNA 2022: `1.2.826.0.1.3680043.8.498.10_C1`) split into the
+    index of its id in `ids` and of its label in `labels`, matched whole, so ids and labels may hold `sep`
+    themselves (`..._patient_overall`) and ids may hold dots.
+
+    Raises:
+        UserError: a row id that is no id of `ids` joined to a label (the first named, with their count).
+    """
+    index = {f"{i}{sep}{lab}": (n, k) for n, i in enumerate(ids) for k, lab in enumerate(labels)}
+    got = row_ids.astype(str).str.strip().map(index)
+    bad = got.isna()
+    if bad.any():
+        raise UserError(f"{what}: row id {row_ids[bad].iloc[0]!r} is not a test id and a label {labels} joined "
+                        f"by {sep!r} (predict.long_separator; {int(bad.sum())} such row(s))")
+    return [n for n, _ in got], [k for _, k in got]
+
+
+def long_example(values: pd.Series, ids: set[str], labels: list[str], sep: str) -> tuple[str, str, str] | None:
+    """(row id, id, label) of the first of `values` (at most 50 looked at) that reads as `<id><sep><label>`
+    with an id of `ids`: a sample submission in long form; None when none does."""
+    for v in values.astype(str).str.strip().head(50):
+        for lab in labels:
+            tail = f"{sep}{lab}"
+            if v.endswith(tail) and v[: -len(tail)] in ids:
+                return v, v[: -len(tail)], lab
+    return None
+
+
+def long_hint(path: Path, example: tuple[str, str, str]) -> str:
+    """The error line for a long-form sample read as wide: what its rows are and the key to set."""
+    row, i, lab = example
+    return (f"sample submission {path} is in long form, one row per id and label ({row!r} = id {i!r} + label "
+            f"{lab!r}): set predict.shape=long to write it from the per-label outputs")
+
+
 def check_sample_submission(cfg: Any, root: Path, test: pd.DataFrame) -> None:
     """prepare's early look at `data.sample_submission` (predict writes in its shape): it exists, is a
-    comma-separated CSV with `data.id_column` and rows, and each of its ids has a test image.
+    comma-separated CSV with `data.id_column` and rows, and each of its ids has a test image; with
+    predict.shape=long its first column's row ids are each a test id joined to a label (`long_rows`), and a
+    long sample read as wide is said to be one (`long_hint`).
 
     Raises:
         UserError: one line naming the file and what is wrong (a few of the ids without an image).
@@ -114,11 +152,28 @@ def check_sample_submission(cfg: Any, root: Path, test: pd.DataFrame) -> None:
     if not path.is_file():
         raise UserError(f"sample submission not found: {path} (data.sample_submission; set it to '' when the "
                         f"competition has none)")
+    test_ids = test["row" if "row" in test.columns else "id"].astype(str)
+    labels = [str(c) for c in d.label_columns or d.classes]
+    head = read_csv(path, [], comma_only=True)
+    if cfg.predict.shape == "long":
+        if len(head.columns) != 2:
+            raise UserError(f"sample submission {path}: predict.shape=long needs a row id column and one value "
+                            f"column, its header is {list(head.columns)}")
+        if not d.label_columns:
+            raise UserError("predict.shape=long writes one row per label of data.label_columns; set them")
+        long_rows(head[head.columns[0]], list(dict.fromkeys(test_ids)), labels, cfg.predict.long_separator,
+                  f"sample submission {path}")
+        return
     col = d.submission_id_column or d.id_column  # a row may group several images (data.submission_id_column)
-    ids = read_csv(path, [col], comma_only=True)[col].str.strip()
+    if col not in head.columns or not head[col].str.strip().isin(set(test_ids)).any():
+        example = long_example(head[head.columns[0]], set(test_ids), labels, cfg.predict.long_separator)
+        if example:
+            raise UserError(long_hint(path, example))
+        read_csv(path, [col], comma_only=True)  # the missing column, named
+    ids = head[col].str.strip()
     if ids.empty:
         raise UserError(f"sample submission {path} has a header but no rows")
-    lost = ~ids.isin(set(test["row" if "row" in test.columns else "id"].astype(str)))
+    lost = ~ids.isin(set(test_ids))
     if lost.any():
         shown = ", ".join(repr(i) for i in ids[lost].iloc[:3])
         raise UserError(f"sample submission {path}: {int(lost.sum())} of {len(ids)} id(s) have no test image "

@@ -32,6 +32,8 @@ from comp.data.checks import (  # noqa: F401  (check_sample_submission: prepare 
     exclude,
     excluded_ids,
     limit_images,
+    long_example,
+    long_hint,
     two_classes,
 )
 from comp.data.layouts import IMAGE_EXTS, Problem, find_files, matched_folders, scan, unique_ids  # noqa: F401
@@ -134,16 +136,34 @@ def _encode_labels(raw: pd.Series, classes: list[str], class_values: list[str],
     return values.map(index).astype(int), names, [_as_value(v) for v in spelt]
 
 
+def _not_long(cfg: Any, root: Path, sample: Path, col: str) -> None:
+    """A sample submission without data.id_column whose rows read as `<test file name>_<label>`: refused
+    saying it is in long form (predict.shape=long), rather than as a missing column."""
+    head = read_csv(sample, [])
+    if col in head.columns or head.empty:
+        return
+    names = {p.stem for _, f in matched_folders(root, list(cfg.data.test_images)) for p in f.rglob("*")}
+    labels = [str(c) for c in cfg.data.label_columns or cfg.data.classes]
+    example = long_example(head[head.columns[0]], names, labels, cfg.predict.long_separator)
+    if example:
+        raise UserError(long_hint(sample, example))
+
+
 def _load_test(cfg: Any, root: Path, classes: list[str], problems: list[Problem] | None,
                train_ids: frozenset[str] = frozenset()) -> pd.DataFrame:
     d = cfg.data
-    csv = d.test_csv or d.sample_submission
+    long = cfg.predict.shape == "long"  # the sample's rows are id x label: the ids come from elsewhere
+    csv = d.test_csv or (d.sample_submission if not long else "")
     if csv:
         if d.submission_id_column and not d.test_csv:
             raise UserError("data.submission_id_column groups test images into submission rows; name the CSV that "
                             "lists the test images and their rows in data.test_csv")
         col = (d.test_id_column or d.id_column) if d.test_csv else d.id_column
+        if not d.test_csv:
+            _not_long(cfg, root, root / csv, col)
         table = read_csv(root / csv, [col])
+        if long:  # a long test.csv (RSNA 2022: row_id, StudyInstanceUID, prediction_type) repeats each id
+            table = table.drop_duplicates(col).reset_index(drop=True)
         ids = table[col].str.strip()
         test = pd.DataFrame({"id": ids})
         rows = submission_rows(cfg, table, root / csv)

@@ -147,13 +147,15 @@ def _set_label_rows(guess: Guess, ids: pd.Series, labels: pd.Series, csv: str) -
 def _csv_layout(root: Path, labels_csv: Path, df: pd.DataFrame, sample: pd.DataFrame | None,
                 images: dict[Path, list[Path]], guess: Guess) -> bool:
     """Fill the csv-layout keys; False when no id column of `df` names image files."""
-    stems = {d: {p.stem for p in files} for d, files in images.items()}
+    # an id names a file by its name without the extension, or with it; never Path(id).stem, which cuts a DICOM
+    # UID such as 1.2.826.0.1.3680043.8.498.448 at its last dot (RANZCR, RSNA 2022)
+    stems = {d: {p.stem for p in files} | {p.name for p in files} for d, files in images.items()}
     candidates = list(df.columns)
     if sample is not None and sample.columns[0] in df.columns:  # the sample's id column first
         candidates.remove(sample.columns[0])
         candidates.insert(0, sample.columns[0])
     for col in candidates:
-        ids = [Path(str(v)).stem for v in df[col].head(500)]
+        ids = [str(v).strip() for v in df[col].head(500)]
         hits = {d: sum(i in s for i in ids) for d, s in stems.items()}
         train_dirs = [d for d, n in hits.items() if n >= max(1, len(ids) // 2) and not TEST_RX.search(d.name)]
         if train_dirs:

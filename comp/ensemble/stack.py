@@ -38,7 +38,7 @@ from comp.experiment import Experiment
 from comp.experiment.oof import oof_targets, oof_task, prob_columns, prob_frame, row_level, write_oof
 from comp.log import log
 from comp.metrics import score
-from comp.predict.submission import decoded_submission, sample_order, score_holdout, to_csv_text
+from comp.predict.submission import decoded_submission, frame_ids, score_holdout, to_csv_text
 from comp.tasks import Task
 
 DEFAULTS = {"max_iter": 200, "learning_rate": 0.05, "min_samples_leaf": 20}  # scikit-learn's, fewer, slower steps
@@ -220,7 +220,7 @@ def _submit(cfg: Any, comp: Any, probs: np.ndarray, task: Task, own: Experiment)
     """The stack's validated submission and test outputs (comp.test order in, the sample's order out);
     returns the held-out score when the answers are known."""
     rcfg, comp, probs, df = decoded_submission(cfg, comp, probs, None)
-    order = sample_order(df, rcfg.data.id_column, comp)
+    ids, order = frame_ids(rcfg, comp, df)
     io.write_text(own.file("submission"), to_csv_text(df))
-    io.write_csv(own.file("test_probs"), prob_frame(df[rcfg.data.id_column].tolist(), probs[order], task))
+    io.write_csv(own.file("test_probs"), prob_frame(ids, probs[order], task))
     return score_holdout(rcfg, comp, df)

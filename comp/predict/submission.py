@@ -9,17 +9,22 @@ What a row holds follows the sample (predict.output=auto):
   any task=binary), the positive class being `data.positive_class` (default: the class whose value is 1 /
   True-like, else the second class; comp.metrics.positive_index), wherever it stands in the class order;
 - `value`: one number per row (task=regression), any finite number.
-Multi-label and soft-target competitions name one column per label or class: `class_probs`.
+Multi-label and soft-target competitions name one column per label or class: `class_probs`. A sample
+naming only some of data.label_columns (a subset: RANZCR's 11 findings, 9 of them asked for) is written
+from those outputs; training keeps every label, and the labels left out are logged. A sample column that
+is not a trained label is an error naming it.
+With predict.shape=long (RSNA 2022-2024) the sample has one row per id and label, `<id>_<label>` in its
+first column (e.g. `1.2.826.0.1.3680043.8.498.10_C1`, `..._patient_overall`), one value in its second:
+mode `long`, the values taken from the same per-label outputs. A long sample read as wide is refused
+saying so (comp.data.checks.long_hint).
 Files are read with the csv module, not pandas, so that what is checked is what Kaggle reads: the exact
 header, every field as written, a row with a missing or extra field.
 """
 
 from __future__ import annotations
 
-import csv
 import io
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,82 +38,18 @@ from comp.experiment.oof import aggregate
 from comp.log import log
 from comp.metrics import positive_index, score
 from comp.predict.checks import NAN_WORDS, validate  # noqa: F401  (imported from here since the start)
+from comp.predict.shapes import (  # noqa: F401  (read_exact, sample_order, class_columns: imported from here)
+    class_columns,
+    frame_ids,
+    long_index,
+    output_mode,
+    read_exact,
+    row_column,
+    sample_frame,
+    sample_order,
+    submitted_outputs,
+)
 from comp.tasks import Task, make_task
-
-
-def read_exact(path: Path, what: str = "submission") -> pd.DataFrame:
-    """A CSV as strings, header and fields exactly as written (a UTF-8 BOM and CRLF line ends are
-    accepted, as Kaggle accepts them; blank lines are skipped).
-
-    Raises:
-        UserError: missing, not UTF-8, no header, or a line with more or fewer fields than the header.
-    """
-    if not path.is_file():
-        raise UserError(f"{what} file not found: {path}")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = [(i, r) for i, r in enumerate(csv.reader(f), start=1) if r]
-    except UnicodeDecodeError:
-        raise UserError(f"{what} {path} is not UTF-8 text") from None
-    except csv.Error as e:
-        raise UserError(f"{what} {path} is not a readable CSV: {e}") from None
-    if not rows:
-        raise UserError(f"{what} {path} is empty (no header)")
-    header = rows[0][1]
-    for line, r in rows[1:]:
-        if len(r) != len(header):
-            raise UserError(f"{what} {path} line {line} has {len(r)} field(s), the header has {len(header)}")
-    df = pd.DataFrame([r for _, r in rows[1:]], columns=header, dtype=str)
-    df.attrs["lines"] = [line for line, _ in rows[1:]]  # file line of each row, for messages
-    return df
-
-
-def sample_frame(cfg: Any, comp: Competition) -> pd.DataFrame:
-    """The sample submission as strings, or an `id,label` frame over the test images when the data has
-    none (folder datasets like chest X-ray)."""
-    if cfg.data.sample_submission:
-        sample = read_exact(comp.root / cfg.data.sample_submission, "sample submission")
-        if cfg.data.id_column not in sample.columns:
-            raise UserError(f"sample submission {comp.root / cfg.data.sample_submission} has no column "
-                            f"{cfg.data.id_column!r} (data.id_column); its header is {list(sample.columns)}")
-        return sample
-    return pd.DataFrame({cfg.data.id_column: comp.test["id"].astype(str), cfg.data.label_column: ""})
-
-
-def class_columns(comp: Competition, columns: list[str], id_col: str) -> list[str] | None:
-    """The sample's probability column of each class, in class order, when it has one per class named
-    by the class values (e.g. 0..4) or by the class names; else None."""
-    cols = [c for c in columns if c != id_col]
-    for names in ([str(v) for v in comp.label_values], [str(c) for c in comp.classes]):
-        if len(cols) == len(names) > 1 and set(cols) == set(names):
-            return names
-    return None
-
-
-def output_mode(cfg: Any, comp: Competition, sample: pd.DataFrame) -> str:
-    """`label`, `class_probs` or `binary_prob`: what this competition's submission holds (module doc)."""
-    cols = [c for c in sample.columns if c != cfg.data.id_column]
-    names = [str(v) for v in comp.label_values]
-    want = cfg.predict.output
-    if class_columns(comp, list(sample.columns), cfg.data.id_column):
-        if want == "label":
-            raise UserError(f"predict.output=label but the sample submission has one column per class {cols}")
-        return "class_probs"
-    if len(cols) != 1:
-        raise UserError(f"the sample submission's columns {cols} are neither one value column nor one column "
-                        f"per class {names or list(comp.classes)}; check data.id_column and data.classes"
-                        f"{' / data.label_columns' if cfg.data.label_columns else ''}")
-    if cfg.task == "regression":
-        return "value"
-    if cfg.task == "multilabel" or cfg.data.label_columns:
-        raise UserError(f"the sample submission has one value column {cols} but task={cfg.task} predicts "
-                        f"{list(comp.classes)}; the sample needs one column per label")
-    scored_on_probs = cfg.metric in ("auc", "pauc", "pf1", "log_loss")  # else hard labels (accuracy, f1, ...)
-    if want == "prob" or (want == "auto" and scored_on_probs):
-        if len(names) != 2:
-            raise UserError(f"predict.output={want} with one value column needs two classes, the data has {names}")
-        return "binary_prob"
-    return "label"
 
 
 def positive(cfg: Any, comp: Competition) -> int:
@@ -120,26 +61,21 @@ def positive(cfg: Any, comp: Competition) -> int:
     return positive_index(cfg.data.positive_class, comp.classes, comp.label_values)
 
 
-def sample_order(sample: pd.DataFrame, id_col: str, comp: Competition) -> np.ndarray:
-    """Index into `comp.test` of each sample row."""
-    pos = pd.Series(np.arange(len(comp.test)), index=comp.test["id"].astype(str))
-    order = sample[id_col].str.strip().map(pos)
-    if order.isna().any():
-        raise UserError(f"sample submission id {sample[id_col][order.isna()].iloc[0]!r} has no test image")
-    return order.astype(int).to_numpy()
-
-
 def build(cfg: Any, comp: Competition, probs: np.ndarray, labels: np.ndarray | None = None) -> pd.DataFrame:
     """The submission for test probabilities `probs` (N_test, C) in `comp.test` order: the sample's
     header, rows and id spelling, its values filled in. `labels` (class indices) override the argmax,
     e.g. when kappa cut-points decoded them."""
     sample = sample_frame(cfg, comp)
     id_col = cfg.data.id_column
-    order = sample_order(sample, id_col, comp)
     mode = output_mode(cfg, comp, sample)
     out = sample.copy()
+    if mode == "long":  # one row per id x label: the value of that label's output
+        rows, outputs = long_index(cfg, comp, sample)
+        out[sample.columns[1]] = probs[rows, outputs]
+        return out
+    order = sample_order(sample, id_col, comp)
     if mode == "class_probs":
-        for c, col in enumerate(class_columns(comp, list(sample.columns), id_col)):
+        for col, c in class_columns(comp, list(sample.columns), id_col, True):
             out[col] = probs[order, c]
         return out
     col = next(c for c in sample.columns if c != id_col)
@@ -159,7 +95,10 @@ def build(cfg: Any, comp: Competition, probs: np.ndarray, labels: np.ndarray | N
 def check(cfg: Any, comp: Competition, df: pd.DataFrame) -> None:
     """Validate `df` against this competition's sample submission and value encoding."""
     sample = sample_frame(cfg, comp)
-    validate(df, sample, cfg.data.id_column, output_mode(cfg, comp, sample), list(comp.label_values))
+    mode = output_mode(cfg, comp, sample)
+    if mode == "long":  # the values: numbers for regression targets, else probabilities
+        mode = "value" if cfg.task == "regression" else "long"
+    validate(df, sample, row_column(cfg, sample), mode, list(comp.label_values))
 
 
 def to_csv_text(df: pd.DataFrame) -> str:
@@ -170,12 +109,19 @@ def to_csv_text(df: pd.DataFrame) -> str:
 
 
 def submission_probs(cfg: Any, comp: Competition, df: pd.DataFrame) -> np.ndarray:
-    """(N, C) probabilities a validated submission stands for (one-hot for labels), in its row order."""
+    """(N, K) probabilities a validated submission stands for (one-hot for labels), in its row order (long:
+    in `frame_ids` order); K = the submitted outputs (`submitted_outputs`)."""
     sample = sample_frame(cfg, comp)
     mode = output_mode(cfg, comp, sample)
     id_col = cfg.data.id_column
+    if mode == "long":
+        rows, outputs = long_index(cfg, comp, df, "submission")
+        wide = pd.DataFrame({"row": rows, "k": outputs, "v": df.iloc[:, 1].astype(float).to_numpy()})
+        wide = wide.pivot(index="row", columns="k", values="v")
+        return wide.loc[list(dict.fromkeys(rows)), submitted_outputs(cfg, comp, sample)].to_numpy()
     if mode == "class_probs":
-        return df[class_columns(comp, list(df.columns), id_col)].astype(float).to_numpy()
+        cols = class_columns(comp, list(df.columns), id_col, True)
+        return df[[c for c, _ in cols]].astype(float).to_numpy()
     col = next(c for c in df.columns if c != id_col)
     if mode == "value":
         return df[[col]].astype(float).to_numpy()
@@ -201,6 +147,8 @@ def score_holdout(cfg: Any, comp: Competition, df: pd.DataFrame) -> float | None
         sol = read_csv(path, [id_col, *(list(cfg.data.label_columns) or [cfg.data.label_column])])
         t, _ = read_targets(cfg, sol, path)
         cols = [c for c in t.columns if c.startswith("target_")] or ["label"]
+        if len(cols) > 1:  # the labels the sample asks for (a subset of data.label_columns)
+            cols = [cols[k] for k in submitted_outputs(cfg, comp, sample_frame(cfg, comp))]
         truth = t[cols].set_axis(sol[id_col].str.strip())
     elif cfg.data.solution_csv:
         sol = read_csv(comp.root / cfg.data.solution_csv, [id_col, cfg.data.label_column])
@@ -213,7 +161,8 @@ def score_holdout(cfg: Any, comp: Competition, df: pd.DataFrame) -> float | None
         truth = pd.Series(comp.test["label"].to_numpy(), index=comp.test["id"].astype(str))
     else:
         return None
-    probs = pd.DataFrame(submission_probs(cfg, comp, df), index=df[id_col].astype(str).str.strip())
+    ids, _ = frame_ids(cfg, comp, df)
+    probs = pd.DataFrame(submission_probs(cfg, comp, df), index=pd.Index(ids).astype(str).str.strip())
     probs = probs.reindex(truth.index)
     if probs.isna().any().any():
         raise UserError("the held-out answers name ids the submission lacks; check data.solution_csv")
@@ -257,6 +206,11 @@ def decoded_submission(cfg: Any, images: Competition, probs: np.ndarray, decodin
     keep = decoding is not None and decoding["method"] != "probs"  # pF1 without a tuned threshold: as they are
     df = build(rcfg, comp, probs, thresholds.labels(probs, decoding) if keep else None)
     check(rcfg, comp, df)
+    asked = submitted_outputs(rcfg, comp, sample_frame(rcfg, comp))
+    if len(asked) < comp.num_classes:
+        left = [str(c) for k, c in enumerate(comp.classes) if k not in asked]
+        log(f"submission: {len(left)} trained label(s) are not in the sample submission and not submitted: "
+            f"{', '.join(left)}")
     return rcfg, comp, probs, df
 
 
@@ -284,8 +238,8 @@ def comp_task(cfg: Any, comp: Competition) -> Task:
 class Submission:
     frame: pd.DataFrame  # validated, in the sample's order
     text: str  # the CSV
-    ids: list[str]  # the frame's ids (the sample's spelling)
-    probs: np.ndarray  # (N, K) ensemble outputs in the frame's row order
+    ids: list[str]  # the frame's ids (the sample's spelling; predict.shape=long: each id once, frame_ids)
+    probs: np.ndarray  # (N, K) ensemble outputs of `ids`, every trained output
     classes: list[str]
     task: Task
     score: float | None  # held-out score when the answers are known
@@ -314,6 +268,6 @@ def make_submission(exp: Experiment | Any, comp: Competition | None = None) -> S
     decoding = thresholds.fit_decoding(exp, images.num_classes, images)
     probs = predict_test(exp, images)
     cfg, comp, probs, df = decoded_submission(cfg, images, probs, decoding)
-    order = sample_order(df, cfg.data.id_column, comp)
-    return Submission(frame=df, text=to_csv_text(df), ids=df[cfg.data.id_column].tolist(), probs=probs[order],
+    ids, order = frame_ids(cfg, comp, df)
+    return Submission(frame=df, text=to_csv_text(df), ids=ids, probs=probs[order],
                       classes=list(comp.classes), task=comp_task(cfg, comp), score=score_holdout(cfg, comp, df))

@@ -81,3 +81,31 @@ def test_repeated_ids_are_guessed_as_one_image(tiny_root, tmp_path, agree):
     comp = load_competition(cfg)
     assert comp.train["id"].is_unique and len(comp.train) == len(df)
     assert comp.several_rows["disagreeing"] == (0 if agree else 3)
+
+
+def test_ids_that_are_dicom_uids_with_dots_are_found(tmp_path):
+    """init.py took Path(id).stem of each id, cutting a DICOM UID at its last dot (1.2.826.0.1.3680043.8.498.448
+    -> ...498), found no images and gave up; the ids are the file names without the extension: init.py guesses
+    the csv layout and prepare finds every training and test image."""
+    import cv2
+    import numpy as np
+
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    uids = [f"1.2.826.0.1.3680043.8.498.{rng.integers(10**11, 10**12)}" for _ in range(30)]
+    for k, uid in enumerate(uids):
+        folder = root / ("test" if k >= 24 else "train")
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / f"{uid}.png"), np.full((16, 16), 40 + 60 * (k % 2), np.uint8))
+    pd.DataFrame({"StudyInstanceUID": uids[:24], "target": [k % 2 for k in range(24)]}).to_csv(
+        root / "train.csv", index=False)
+    pd.DataFrame({"StudyInstanceUID": uids[24:], "target": 0}).to_csv(root / "sample_submission.csv", index=False)
+    out = tmp_path / "config.yaml"
+    code, _, err = run_main("init.py", str(root), "-o", str(out))
+    assert code == 0, err
+    cfg = load_config(out, [*FAST, "batch_size=4", f"out_dir={tmp_path / 'runs'}",
+                            f"images.cache_dir={tmp_path / 'cache'}"])
+    assert (cfg.data.layout, cfg.data.id_column, cfg.data.image_ext) == ("csv", "StudyInstanceUID", ".png")
+    prepare(cfg)
+    folds = pd.read_csv(tmp_path / "runs" / "folds.csv", dtype=str)
+    assert sorted(folds["id"]) == sorted(uids[:24])

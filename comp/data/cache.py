@@ -11,10 +11,12 @@ Entries are written to a temporary name and renamed into place, so a build kille
 leaves only whole entries; rerunning scripts/prepare.py skips them and builds the rest.
 
 A replaced image is noticed: `manifest.json` in the folder records each entry's source as
-[size in bytes, mtime_ns] when prepare built or checked it. Prepare rebuilds an entry whose source no
-longer matches its record (an entry without a record, left by a killed build, is trusted when it is
-newer than its source), and the loader decodes such an image from its source instead of reading the
-stale entry (one `os.stat` per read). `scripts/prepare.py --rebuild-cache` rebuilds every entry.
+[size in bytes, mtime_ns] when prepare built or checked it (an image in an HDF5 store: the store's, so a
+rewritten store rebuilds its entries; `train-image.hdf5/ISIC_0015670` → `train-image.hdf5/ISIC_0015670.npy`).
+Prepare rebuilds an entry whose source no longer matches its record (an entry without a record, left by a
+killed build, is trusted when it is newer than its source), and the loader decodes such an image from its
+source instead of reading the stale entry (one `os.stat` per read). `scripts/prepare.py --rebuild-cache`
+rebuilds every entry.
 
 Format (`images.cache_format`), measured on skimage's 1411 px fundus photograph with crop_circle +
 ben_graham, best of 30 reads on one CPU core:
@@ -34,7 +36,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -47,6 +48,7 @@ import numpy as np
 
 from comp import io
 from comp.config import REPO_ROOT, resolve_path
+from comp.data import readers
 from comp.data.competition import Problem
 from comp.data.dicom import DicomOptions
 from comp.data.dicom import from_config as dicom_options
@@ -121,12 +123,9 @@ def read_entry(path: Path, fmt: str) -> np.ndarray:
 
 
 def source_stamp(path: str | Path) -> list[int] | None:
-    """[size in bytes, mtime in ns] of a source image, or None when it cannot be read."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns]
+    """[size in bytes, mtime in ns] of a source image's file (for an image in an HDF5 store, the store's: the
+    entry's name holds the id), or None when it cannot be read (comp.data.readers.source_stamp)."""
+    return readers.source_stamp(path)
 
 
 def manifest_key(folder: Path, entry: Path) -> str:

@@ -36,7 +36,15 @@ from comp.data.checks import (  # noqa: F401  (check_sample_submission: prepare 
     long_hint,
     two_classes,
 )
-from comp.data.layouts import IMAGE_EXTS, Problem, find_files, matched_folders, scan, unique_ids  # noqa: F401
+from comp.data.layouts import (  # noqa: F401
+    IMAGE_EXTS,
+    Problem,
+    find_files,
+    matched_folders,
+    matched_stores,
+    scan,
+    unique_ids,
+)
 from comp.data.tables import read_csv  # noqa: F401  (the CSV reader of every table, here since the start)
 from comp.data.targets import class_task, join_rows, read_targets, submission_rows, target_columns, target_kind
 from comp.errors import UserError
@@ -172,7 +180,7 @@ def _load_test(cfg: Any, root: Path, classes: list[str], problems: list[Problem]
         test["path"] = find_files(root, list(d.test_images), ids, d.image_ext, root / csv, "test_images",
                                    problems) if len(ids) else []
         return test[test["path"] != ""].reset_index(drop=True)
-    if not matched_folders(root, list(d.test_images)):
+    if not matched_folders(root, list(d.test_images)) and not matched_stores(root, list(d.test_images)):
         return pd.DataFrame({"id": pd.Series([], dtype=str), "path": pd.Series([], dtype=str)})
     test = scan(root, list(d.test_images), labelled=d.layout == "folders", taken=train_ids)  # ids apart from train
     if (test["label"] != "").all() and len(test):  # a labelled held-out set (chest X-ray): keep its answers

@@ -43,6 +43,8 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from comp.data import readers
+from comp.data.image_base import ImageError
 from comp.errors import UserError
 from comp.io import sha256_file
 from comp.log import log, progress
@@ -66,20 +68,20 @@ def byte_duplicates(candidates: Sequence[str], reference: Sequence[str]) -> dict
     by_size: dict[int, list[str]] = defaultdict(list)
     for p in reference:
         try:
-            by_size[os.stat(p).st_size].append(str(p))
+            by_size[_size(p)].append(str(p))
         except OSError:
             continue
     digests: dict[str, str] = {}  # path -> sha256, each file hashed at most once
 
     def digest(p: str) -> str:
         if p not in digests:
-            digests[p] = sha256_file(p)
+            digests[p] = _sha256(p)
         return digests[p]
 
     found = {}
     for c in map(str, candidates):
         try:
-            same_size = by_size.get(os.stat(c).st_size)
+            same_size = by_size.get(_size(c))
         except OSError:
             continue
         if not same_size:
@@ -89,6 +91,26 @@ def byte_duplicates(candidates: Sequence[str], reference: Sequence[str]) -> dict
         if match is not None:
             found[c] = match
     return found
+
+
+def _size(path: str) -> int:
+    """The byte size of an image: its file's (one stat), or for an image in an HDF5 store its stored bytes'.
+
+    Raises:
+        OSError: unreadable (a store's missing key or broken file too: the loaders report it where read)."""
+    if readers.container_of(path) is None:
+        return os.stat(path).st_size
+    try:
+        return len(readers.image_bytes(path))
+    except ImageError as e:
+        raise OSError(str(e)) from None
+
+
+def _sha256(path: str) -> str:
+    """The sha256 of an image's bytes (`_size`'s bytes)."""
+    if readers.container_of(path) is None:
+        return sha256_file(path)
+    return hashlib.sha256(readers.image_bytes(path)).hexdigest()
 
 
 def leave_out_copies(table: pd.DataFrame, train_paths: list[str], what: str) -> tuple[pd.DataFrame, dict[str, str]]:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from io import BytesIO
 from pathlib import Path
 
 import cv2
@@ -73,7 +74,7 @@ _TAIL = 1024  # bytes read from a file's end to find its end marker
 _REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
 
 
-def _decode_jpeg(path: Path, target: int | None) -> np.ndarray | None:
+def _decode_jpeg(data: bytes, target: int | None) -> np.ndarray | None:
     """libjpeg-turbo's decode, reduced to the smallest scale whose both sides are >= `target`; None when
     the file is refused (CMYK, any warning: strict), which then goes to the general path.
 
@@ -81,14 +82,13 @@ def _decode_jpeg(path: Path, target: int | None) -> np.ndarray | None:
     at 1/8, 1/4 or 1/2 (the largest reduction that still covers `target`), EXIF orientation ignored as
     everywhere else. At the scales both have the pixels are the same (tests/data/test_images.py)."""
     try:
-        data = path.read_bytes()
         if simplejpeg is not None:
             return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=target or 0, min_width=target or 0)
         flag = cv2.IMREAD_COLOR
         if target:
             from PIL import Image
 
-            with Image.open(path) as im:  # reads the header only
+            with Image.open(BytesIO(data)) as im:  # reads the header only
                 w, h = im.size
             # libjpeg's scaled side is ceil(side / r)
             flag = next((f for r, f in _REDUCED if -(-w // r) >= target and -(-h // r) >= target), flag)
@@ -105,6 +105,11 @@ def looks_complete(path: Path, size: int) -> bool | None:
         head = f.read(6)
         f.seek(max(0, size - _TAIL))
         tail = f.read()
+    return ends_complete(head, tail, size)
+
+
+def ends_complete(head: bytes, tail: bytes, size: int) -> bool | None:
+    """`looks_complete` on an image's first 6 bytes, its last _TAIL bytes and its size in bytes."""
     if head[:2] == b"\xff\xd8":  # JPEG: the EOI marker; entropy-coded data never holds FF D9
         return b"\xff\xd9" in tail
     if head[:4] == b"\x89PNG":
@@ -115,11 +120,11 @@ def looks_complete(path: Path, size: int) -> bool | None:
     return None
 
 
-def png_sbit(path: Path) -> int | None:
-    """The significant bits of a PNG from its sBIT chunk (the largest over its channels), None without
-    one or for another format. Reads only the chunk headers before the image data."""
+def png_sbit(path: Path | bytes) -> int | None:
+    """The significant bits of a PNG (a file, or its bytes) from its sBIT chunk (the largest over its
+    channels), None without one or for another format. Reads only the chunk headers before the image data."""
     try:
-        with open(path, "rb") as f:
+        with (BytesIO(path) if isinstance(path, bytes) else open(path, "rb")) as f:
             if f.read(8) != b"\x89PNG\r\n\x1a\n":
                 return None
             for _ in range(256):
@@ -198,7 +203,7 @@ def read_raster(path: Path, target: int | None = None) -> np.ndarray:
     if complete is False:  # cut short, or trailing bytes after the end: let PIL decide
         return _read_with_pil(path, complete)
     with quiet_opencv():
-        img = _decode_jpeg(path, target) if path.suffix.lower() in (".jpg", ".jpeg") else None
+        img = _decode_jpeg(_bytes_of(path), target) if path.suffix.lower() in (".jpg", ".jpeg") else None
         if img is None:
             raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)  # never applies EXIF orientation
             if raw is None:
@@ -207,22 +212,54 @@ def read_raster(path: Path, target: int | None = None) -> np.ndarray:
     return img
 
 
-def _read_with_pil(path: Path, complete: bool | None) -> np.ndarray:
+def _bytes_of(path: Path) -> bytes:
+    """The file's bytes; b"" when it cannot be read (the general path then says why)."""
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def decode_raster(data: bytes, name: Path, target: int | None = None) -> np.ndarray:
+    """`read_raster` on an image's encoded bytes (a JPEG or PNG held in an HDF5 store, comp.data.hdf5): the
+    same decoders, the same truncation check from the tail, the same (H, W, 3) uint8 RGB. `name` is what an
+    error names (the store and the id). A JPEG is told by its SOI marker, not by a suffix.
+
+    Raises:
+        ImageError: no bytes (empty), cut short (truncated), or not a decodable image (corrupt), naming `name`.
+    """
+    if not data:
+        raise ImageError("empty", name)
+    complete = ends_complete(data[:6], data[-_TAIL:], len(data))
+    if complete is False:
+        return _read_with_pil(name, complete, data)
+    with quiet_opencv():
+        img = _decode_jpeg(data, target) if data[:3] == b"\xff\xd8\xff" else None
+        if img is None:
+            raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # no EXIF orientation
+            if raw is None:
+                return _read_with_pil(name, complete, data)
+            img = to_rgb_uint8(raw, png_sbit(data) if raw.dtype == np.uint16 else None, name)
+    return img
+
+
+def _read_with_pil(path: Path, complete: bool | None, data: bytes | None = None) -> np.ndarray:
     """Fallback for what OpenCV cannot open (some CMYK JPEG and palette variants) and the judge of files
     whose tail looked wrong (`complete` False): PIL reads the whole stream and fails on a truncated one.
     A failure is 'truncated' when the tail said so (or, for formats without an end marker, PIL does).
     16-bit grey (PIL's I;16 modes) and float images map to 8 bits exactly as on the OpenCV path; 16-bit
-    colour PNGs come as PIL gives them (its top 8 bits)."""
+    colour PNGs come as PIL gives them (its top 8 bits). With `data`, those bytes are read, `path` only named."""
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with Image.open(BytesIO(data) if data is not None else path) as im:
             im.load()
             if im.mode.startswith("I;16") or im.mode in ("I", "F"):
                 arr = np.asarray(im)
                 if arr.dtype.kind in "iu" and arr.size and 0 <= arr.min() and arr.max() < 65536:
                     arr = arr.astype(np.uint16)
-                return to_rgb_uint8(arr, png_sbit(path) if arr.dtype == np.uint16 else None, path)
+                sbit = png_sbit(data if data is not None else path) if arr.dtype == np.uint16 else None
+                return to_rgb_uint8(arr, sbit, path)
             return np.asarray(im.convert("RGB")).copy()
     except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from comp.data.readers import container_of, image_bytes, store_of
 from comp.errors import UserError
 from comp.log import log
 
@@ -51,6 +52,26 @@ def matched_folders(root: Path, patterns: list[str]) -> list[tuple[int, Path]]:
     return out
 
 
+def matched_stores(root: Path, patterns: list[str]) -> list[tuple[int, Path]]:
+    """(pattern index, store) for the image stores (HDF5 files: comp.data.readers.CONTAINERS) the globs
+    match, each pattern's in path order: `data.train_images: [train-image.hdf5]` reads ISIC 2024's."""
+    out: list[tuple[int, Path]] = []
+    for k, pattern in enumerate(patterns):
+        found = [f for f in root.glob(pattern) if store_of(f) is not None and f.is_file()]
+        out += [(k, f) for f in sorted(found)]
+    return out
+
+
+def store_keys(store: Path) -> list[str]:
+    """The image ids in `store` (its keys).
+
+    Raises:
+        UserError: the store cannot be opened (missing, truncated, not HDF5): one line naming the file."""
+    container = store_of(store)
+    assert container is not None, store  # matched_stores picked it by its suffix
+    return container.keys(store)
+
+
 def _image_files(d: Path) -> list[Path]:
     """The image files in `d` and its sub-folders at any depth (`train/cat/more/x.png` is a cat too), in path
     order, without hidden files and folders or macOS debris."""
@@ -66,29 +87,42 @@ def find_files(root: Path, patterns: list[str], ids: pd.Series, ext: str, what: 
     cannot say which one its id means. Ids without a file: one error listing them, or `Problem`s when
     collecting."""
     dirs = matched_folders(root, patterns)
-    if not dirs:
+    stores = matched_stores(root, patterns)
+    if not dirs and not stores:
         raise UserError(f"image folder not found: {root / patterns[0]} (data.{key})")
     found: dict[str, Path] = {}
     again: dict[str, list[Path]] = {}  # a name in several of the folders: files after the first
-    for _, d in dirs:
-        for p in d.iterdir():
-            if found.setdefault(p.name, p) is not p:
-                again.setdefault(p.name, []).append(p)
+    for _, d in sorted(dirs + stores, key=lambda kd: kd[0]):  # patterns in order, folders and stores alike
+        # an image in a store is named by its key (the id, the ext appended as for a file: `<id><ext>` finds it)
+        entries = [d / k for k in store_keys(d)] if d.is_file() else list(d.iterdir())
+        for p in entries:
+            name = p.name if d.is_dir() or p.name.lower().endswith(ext.lower()) else p.name + ext
+            if found.setdefault(name, p) is not p:
+                again.setdefault(name, []).append(p)
     names = ids.map(lambda i: i if i.lower().endswith(ext.lower()) else i + ext)
     for name, i in zip(names, ids, strict=True):  # one id, two different files: which one it names is unknown
-        other = next((p for p in again.get(name, []) if not _same_bytes(found[name], p)), None)
+        other = next((p for p in again.get(name, []) if not _same_image(found[name], p)), None)
         if other is not None:
             raise UserError(f"id {i!r} in {what} names two different files in data.{key}: {found[name]} and "
                             f"{other}; narrow data.{key} to the folder that holds its image, or remove one")
     paths = names.map(found.get)
     missing = paths.isna()
     if missing.any():
-        listed = [(str(dirs[0][1] / n), i) for n, i in zip(names[missing], ids[missing], strict=True)]
+        first = (dirs or stores)[0][1]
+        listed = [(str(first / (n if first.is_dir() else i)), i)
+                  for n, i in zip(names[missing], ids[missing], strict=True)]
         if problems is None:
             shown = ", ".join(p for p, _ in listed[:3])
             raise UserError(f"{len(listed)} id(s) in {what} have no image file in data.{key}, e.g. {shown}")
         problems += [Problem("missing", p, f"id {i!r} in {what.name}") for p, i in listed]
     return paths.map(lambda p: str(p) if p is not None else "")
+
+
+def _same_image(a: Path, b: Path) -> bool:
+    """Two images with the same bytes: files (`_same_bytes`), or an image in a store (its stored bytes)."""
+    if container_of(a) is None and container_of(b) is None:
+        return _same_bytes(a, b)
+    return image_bytes(a) == image_bytes(b)
 
 
 def _same_bytes(a: Path, b: Path) -> bool:
@@ -110,6 +144,11 @@ def scan(root: Path, patterns: list[str], labelled: bool, taken: frozenset[str] 
     at_place: dict[str, list[tuple[Path, Path]]] = {}  # path under a matched folder -> (folder, file) kept there
     by_name: dict[tuple[str, str], list[Path]] = {}  # (label, stem) -> the files kept under that name
     rows: list[tuple[Path, str]] = []
+    for _, store in matched_stores(root, patterns):  # a store holds ids, no class folders
+        if labelled:
+            raise UserError(f"{store} is an HDF5 image store: it has no class folders for data.layout=folders; "
+                            f"read it with data.layout=csv and a labels CSV naming its ids")
+        rows += [(store / k, "") for k in store_keys(store)]
     for _, d in matched_folders(root, patterns):
         subs = [p for p in sorted(d.iterdir()) if p.is_dir() and not p.name.startswith((".", "__MACOSX"))]
         for sub in (subs if labelled else []) or [d]:

@@ -12,14 +12,20 @@ import only comp.data.image_base, never this module or each other.
                                                     0: a first tag of group 0002/0008 (no preamble)
     images   .jpg .jpeg .png .tif .tiff .bmp .webp  0: JPEG SOI, PNG, BM, TIFF II/MM; 8: WEBP
 
-A new format is a reader module with its suffixes, magic and read function, and one row here: HDF5
-(`.h5 .hdf5`, 0: \\x89HDF\\r\\n\\x1a\\n), parquet signals (`.parquet`, 0: PAR1), NIfTI (`.nii .nii.gz`, 344: n+1\\0).
+A new format is a reader module with its suffixes, magic and read function, and one row here: parquet
+signals (`.parquet`, 0: PAR1), NIfTI (`.nii .nii.gz`, 344: n+1\\0).
+
+A store holds many images' encoded bytes in one file (CONTAINERS: HDF5, `.h5 .hdf5`, comp.data.hdf5, ISIC
+2024). An image in it is named by a member path `<store>/<key>`; its bytes come from the store and go to the
+reader of the table that claims them, by the key's suffix or the bytes' magic, through that reader's `decode`
+(JPEG/PNG/...: comp.data.images.decode_raster; a reader without one, DICOM, refuses stored bytes).
 Whatever the caller asks that a reader may need travels in `Request` (the target side of the resize, the
 DICOM options; a new reader's options are a new field).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +34,10 @@ import cv2
 import numpy as np
 
 from comp.data import dicom as dicom_reader
+from comp.data import hdf5 as hdf5_store
 from comp.data import images as image_reader
 from comp.data.dicom import DicomOptions
-from comp.data.image_base import file_size
+from comp.data.image_base import ImageError, file_size
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,8 @@ class Reader:
     suffixes: tuple[str, ...]  # lower-case endings of the file name (".nii.gz" works too)
     magic: tuple[tuple[int, bytes], ...]  # (offset, bytes): the file's content says it is this format
     read: Callable[[Path, Request], np.ndarray]
+    decode: Callable[[bytes, Path, Request], np.ndarray] | None = None  # the same from the bytes of an image
+    # held in a store (CONTAINERS), named by its member path; None: this format is not read from a store
 
     def takes(self, name: str, head: Callable[[], bytes]) -> bool:
         """Whether this reader claims a file called `name` whose first bytes `head()` returns (read only
@@ -64,10 +73,70 @@ READERS: tuple[Reader, ...] = (
     Reader("dicom", dicom_reader.SUFFIXES, dicom_reader.MAGIC,
            lambda path, req: dicom_reader.read_dicom(path, req.dicom)),
     Reader("images", image_reader.SUFFIXES, image_reader.MAGIC,
-           lambda path, req: image_reader.read_raster(path, req.target)),
+           lambda path, req: image_reader.read_raster(path, req.target),
+           lambda data, name, req: image_reader.decode_raster(data, name, req.target)),
 )
 FALLBACK = READERS[-1]  # OpenCV then PIL: they know formats no suffix here names (GIF, PPM, ...)
 HEAD = max(offset + len(m) for r in READERS for offset, m in r.magic)  # bytes of a file the magic needs
+
+
+@dataclass(frozen=True)
+class Container:
+    """A file format holding many images' bytes, each under a key: which member paths it takes (`member`:
+    path -> (store, key) or None), how to read one's bytes, and the stamp of a store for the cache."""
+
+    name: str
+    member: Callable[[str | Path], tuple[Path, str] | None]
+    read: Callable[[Path, str], bytes]
+    keys: Callable[[Path], list[str]]
+    stamp: Callable[[Path], list[int] | None]
+    suffixes: tuple[str, ...]
+
+
+CONTAINERS: tuple[Container, ...] = (
+    Container("hdf5", hdf5_store.member, hdf5_store.read_bytes, hdf5_store.keys, hdf5_store.stamp,
+              hdf5_store.SUFFIXES),
+)
+
+
+def container_of(path: str | Path) -> tuple[Container, Path, str] | None:
+    """(container, store, key) when `path` names an image inside a store, else None (a plain file)."""
+    for c in CONTAINERS:
+        m = c.member(path)
+        if m is not None:
+            return c, m[0], m[1]
+    return None
+
+
+def store_of(path: str | Path) -> Container | None:
+    """The container format of a store file `path` (by suffix), None for anything else."""
+    return next((c for c in CONTAINERS if str(path).lower().endswith(c.suffixes)), None)
+
+
+def image_bytes(path: str | Path) -> bytes:
+    """The encoded bytes of an image: its file's, or for an image in a store the bytes stored under its key.
+
+    Raises:
+        ImageError: the store or key cannot be read (missing, truncated, corrupt).
+        OSError: a plain file cannot be read."""
+    held = container_of(path)
+    if held is not None:
+        return held[0].read(held[1], held[2])
+    return Path(path).read_bytes()
+
+
+def source_stamp(path: str | Path) -> list[int] | None:
+    """[size in bytes, mtime in ns] of the file an image's bytes come from: the image's file, or for an
+    image in a store the store's (the key is in the cache entry's name); None when it cannot be read."""
+    held = container_of(path)
+    target = held[1] if held is not None else path
+    if held is not None:
+        return held[0].stamp(target)
+    try:
+        st = os.stat(target)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
 
 
 def _head(path: Path) -> bytes:
@@ -93,16 +162,29 @@ def reader_for(path: Path) -> Reader:
 
 
 def read_image(path: str | Path, target: int | None = None, dicom: DicomOptions | None = None) -> np.ndarray:
-    """Decode `path` into (H, W, 3) uint8 RGB with the reader the table picks for it. `target`: the side it
+    """Decode `path` (a file, or an image in a store: `<store>/<key>`) into (H, W, 3) uint8 RGB with the
+    reader the table picks for it. `target`: the side it
     will be resized to (a JPEG is then decoded at the smallest DCT scale that keeps both sides >= target);
     `dicom`: the DICOM options (windows, frame; default: the file's own window, single-frame only).
 
     Raises:
-        ImageError: the file is missing, empty, truncated, not a decodable image, or unsupported.
+        ImageError: the file is missing, empty, truncated, not a decodable image, or unsupported; for an
+            image in a store also the store (missing, truncated, corrupt) or its key (missing: store and id named).
     """
+    req = Request(target, dicom)
+    held = container_of(path)
+    if held is not None:
+        container, store, key = held
+        data = container.read(store, key)
+        name = Path(path)
+        reader = next((r for r in READERS if r.takes(key, lambda: data[:HEAD])), FALLBACK)
+        if reader.decode is None:
+            raise ImageError("unsupported", name, f"{reader.name} bytes inside a {container.name} store are not read; "
+                             f"extract them to files")
+        return reader.decode(data, name, req)
     path = Path(path)
     file_size(path)
-    return reader_for(path).read(path, Request(target, dicom))
+    return reader_for(path).read(path, req)
 
 
 def resize(img: np.ndarray, size: int) -> np.ndarray:

@@ -26,6 +26,10 @@ formats and quirks, with a few dozen tiny images each, so the shipped configs ru
 - RSNA Bone Age (kmader/rsna-bone-age; regression, MAE): boneage-training-dataset.csv (id, boneage, male),
   boneage-test-dataset.csv ("Case ID", Sex), grey PNGs in boneage-{training,test}-dataset/ each nested in
   a folder of its own name (as the Kaggle archive unzips); no sample.
+- ISIC 2024 (binary, pAUC above 80 % TPR): train-image.hdf5 / test-image.hdf5 holding each image's JPEG bytes
+  as a scalar dataset under its isic_id (`h5py.File(path)[isic_id][()]` the bytes; one stored opaque, np.void),
+  train-metadata.csv (isic_id, target, patient_id and a few of the real tabular columns; lesion_id and
+  iddx_full only there), test-metadata.csv, sample_submission.csv (isic_id,target; 3 rows, as the real one).
 - HAM10000 (kmader/skin-cancer-mnist-ham10000; 7 classes, balanced accuracy): HAM10000_metadata.csv
   (lesion_id, image_id, dx, dx_type, age, sex, localization), HAM10000_images_part_{1,2}/ and their
   lower-case copies, hmnist_8_8_L.csv; no test set (ISIC2018_Task3_Test_Input/ on request).
@@ -294,6 +298,64 @@ def isic2020(root: Path, seed: int = 0) -> Path:
     return root
 
 
+ISIC2024_COLUMNS = ["isic_id", "patient_id", "age_approx", "sex", "anatom_site_general", "clin_size_long_diam_mm",
+                    "image_type", "tbp_tile_type", "tbp_lv_A", "tbp_lv_areaMM2", "tbp_lv_location", "attribution",
+                    "copyright_license"]  # the test metadata's columns (a few of the real 44); train adds target...
+
+
+def jpeg_bytes(rgb: np.ndarray, quality: int = 90) -> bytes:
+    """`rgb` (H, W, 3) uint8 encoded as a JPEG file's bytes."""
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return buf.tobytes()
+
+
+def write_store(path: Path, images: dict[str, bytes], opaque: tuple[str, ...] = ()) -> None:
+    """An HDF5 image store as ISIC 2024 ships it: each image's encoded bytes a scalar dataset under its id
+    (a fixed-length bytes string; the ids in `opaque` as an opaque np.void, the other form h5py writes)."""
+    import h5py
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        for key, data in images.items():
+            f.create_dataset(key, data=np.void(data) if key in opaque else np.bytes_(data))  # |S<n>, scalar
+
+
+def isic2024(root: Path, seed: int = 0) -> Path:
+    """ISIC 2024 (SLICE-3D): 8 patients (IP_<7 digits>) with 3-4 tile crops each (ISIC_<7 digits>, 40-48 px
+    JPEGs in train-image.hdf5; the real ones ~130 px), 7 of the 28 malignant; 3 test images in
+    test-image.hdf5, as the real sample_submission's 3 rows."""
+    rng = np.random.default_rng(seed)
+    sites = ["posterior torso", "lower extremity", "anterior torso", "head/neck", "upper extremity"]
+    rows, images, k = [], {}, 0
+    for p in range(8):
+        pid = f"IP_{int(rng.integers(10**6, 10**7)):07d}"
+        sex, age = ("male", "female", "")[p % 3], ("45.0", "60.0", "")[p % 3]
+        for _ in range(3 + p % 2):
+            name = f"ISIC_{int(rng.integers(10**6, 10**7)):07d}"
+            mal = k % 4 == 1
+            images[name] = jpeg_bytes(_lesion(rng, 40 + 8 * (k % 2), 40, 6 if mal else 1))
+            rows.append((name, pid, age, sex, sites[k % 5], f"{2.5 + k % 7 * 0.8:.2f}", "TBP tile: close-up",
+                         ("3D: white", "3D: XP")[k % 2], f"{20 + rng.normal(0, 3):.3f}", f"{3 + k % 5:.3f}",
+                         "Torso Back", "Memorial Sloan Kettering Cancer Center", "CC-BY",
+                         int(mal), f"IL_{k:07d}" if mal else "", "Malignant::Melanoma" if mal else "Benign"))
+            k += 1
+    write_store(root / "train-image.hdf5", images, opaque=(next(iter(images)),))
+    cols = [*ISIC2024_COLUMNS, "target", "lesion_id", "iddx_full"]
+    train = pd.DataFrame(rows, columns=cols)
+    _write_csv(train[["isic_id", "target", *ISIC2024_COLUMNS[1:], "lesion_id", "iddx_full"]],
+               root / "train-metadata.csv")
+    test = [(f"ISIC_{int(rng.integers(10**6, 10**7)):07d}", f"IP_{int(rng.integers(10**6, 10**7)):07d}")
+            for _ in range(3)]
+    write_store(root / "test-image.hdf5", {n: jpeg_bytes(_lesion(rng, 44, 40, 6 * (j % 2))) for j, (n, _) in
+                                             enumerate(test)})
+    meta = [(n, p, "50.0", "female", "anterior torso", "3.10", "TBP tile: close-up", "3D: XP", "21.0", "4.0",
+             "Torso Front", "Frazer Institute", "CC-BY") for n, p in test]
+    _write_csv(pd.DataFrame(meta, columns=ISIC2024_COLUMNS), root / "test-metadata.csv")
+    _write_csv(pd.DataFrame({"isic_id": [n for n, _ in test], "target": 0.3}), root / "sample_submission.csv")
+    return root
+
+
 RANZCR_LABELS = ["ETT - Abnormal", "ETT - Borderline", "ETT - Normal", "NGT - Abnormal", "NGT - Borderline",
                  "NGT - Incompletely Imaged", "NGT - Normal", "CVC - Abnormal", "CVC - Borderline", "CVC - Normal",
                  "Swan Ganz Catheter Present"]
@@ -420,7 +482,7 @@ def ham10000(root: Path, seed: int = 0, isic_test: bool = False) -> Path:
 
 BUILDERS = {"aptos2019": aptos2019, "dr2015": dr2015, "chest_xray": chest_xray, "cnmc2019": cnmc2019}
 # rsna_pneumonia is not in BUILDERS: its submission holds probabilities, not labels (tests/data/test_dicom.py runs it)
-TASK_BUILDERS = {"isic2020": isic2020, "ranzcr_clip": ranzcr_clip, "rsna_bone_age": rsna_bone_age,
+TASK_BUILDERS = {"isic2020": isic2020, "isic2024": isic2024, "ranzcr_clip": ranzcr_clip, "rsna_bone_age": rsna_bone_age,
                  "ham10000": ham10000}  # tasks beyond one label per image (tests/data/test_task_configs.py)
 
 

@@ -38,8 +38,10 @@ class DataConfig:
     submission_id_parts: list[str] = field(default_factory=list)  # columns whose values joined by "_" make
     # data.submission_id_column where a CSV lacks it (RSNA Mammography's train.csv: [patient_id, laterality])
     train_images: list[str] = field(default_factory=lambda: ["train"])  # folders (globs, `**` ok) of training
-    # images; a doubly-unzipped copy and __MACOSX/ debris are skipped
-    test_images: list[str] = field(default_factory=lambda: ["test"])  # folders (globs) of test images
+    # images; a doubly-unzipped copy and __MACOSX/ debris are skipped. An HDF5 file (.h5/.hdf5) here is an image
+    # store: each image's encoded bytes under its id (ISIC 2024's train-image.hdf5; docs/images.md)
+    test_images: list[str] = field(default_factory=lambda: ["test"])  # folders (globs) of test images, or HDF5
+    # image stores (test-image.hdf5)
     image_ext: str = ".png"  # extension appended to a CSV id to find its file (unless the id ends with it)
     classes: list[str] = field(default_factory=list)  # class names in label order; empty = sorted labels
     class_values: list[str] = field(default_factory=list)  # the competition's value of each class (same order

@@ -1,5 +1,6 @@
 """The shipped configs of tasks beyond one label per image, each on a replica of its real download
-(tests/replicas.py): SIIM-ISIC 2020 (binary, AUC), RANZCR CLiP (11 labels, mean column AUC), RSNA Bone Age
+(tests/replicas.py): SIIM-ISIC 2020 (binary, AUC), ISIC 2024 (binary, pAUC, images in HDF5 stores; its
+image model then scripts/stack.py), RANZCR CLiP (11 labels, mean column AUC), RSNA Bone Age
 (regression, MAE, a test CSV whose id column is "Case ID") and HAM10000 (7 classes, lesions as groups, no
 test set), run as a user would: prepare.py, one short fold with train_fold.py, predict.py, and the CSV on
 stdout checked against the sample submission (or, where there is none, the test ids and one value column)."""
@@ -83,3 +84,22 @@ def test_prepare_train_predict(replicas, tmp_path, capsys, name):
         assert num.shape == (6, 1) and (num > ages.min() - 3 * ages.std()).all() and num.mean() > 10
     else:  # probabilities: P(target = 1) (ISIC), one per label (RANZCR)
         assert num.shape[1] == (11 if name == "ranzcr_clip" else 1) and ((num >= 0) & (num <= 1)).all()
+
+
+def test_isic2024_image_model_then_stack(replicas, tmp_path, capsys):
+    """configs/isic2024.yaml as its header runs it: prepare.py on the HDF5 stores, both folds of the image
+    model, then scripts/stack.py over its OOF with the metadata and patient-relative features; the stack's
+    submission has the sample's ids and column, probabilities in it."""
+    root, out = replicas["isic2024"], tmp_path / "runs"
+    config = str(ROOT / "configs" / "isic2024.yaml")
+    ov = [*overrides(root, out, FAST), f"images.cache_dir={tmp_path / 'cache'}"]
+    script(capsys, "prepare.py", "--config", config, *ov)
+    for k in ("0", "1"):
+        script(capsys, "train_fold.py", "--config", config, "--fold", k, *ov)
+    said = script(capsys, "stack.py", "--config", config, "--out", str(tmp_path / "stack"), "--min-samples-leaf", "2",
+                  "--max-iter", "20", *ov)
+    assert "CV pauc" in said
+    sub = pd.read_csv(tmp_path / "stack" / "submission.csv")
+    sample = pd.read_csv(root / "sample_submission.csv")
+    assert list(sub.columns) == list(sample.columns) and list(sub["isic_id"]) == list(sample["isic_id"])
+    assert sub["target"].between(0, 1).all()

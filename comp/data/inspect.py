@@ -8,7 +8,8 @@ What is looked at, in this order:
   in its name first): its id and label columns, the label's distinct values (the classes), a patient-like
   column (`patient`, `subject`, `case`...);
 - the image folders: those holding the labels CSV's ids as files (`<id><ext>`) for training, one named like
-  `test` for the test images, the most common extension;
+  `test` for the test images, the most common extension; an HDF5 image store (ISIC 2024's train-image.hdf5)
+  is taken as a folder whose files are its keys;
 - without a labels CSV, class folders (`<split>/<class>/*.png`, chest X-ray style): the splits named like
   `test` hold the test images, the others the training ones;
 - the ids: a leading token shared by several ids (`10_left`, `10_right`; `person1_bacteria_1`) is guessed
@@ -29,6 +30,8 @@ import yaml
 
 from comp.data.checks import CONTINUOUS_MIN, as_number
 from comp.data.competition import IMAGE_EXTS
+from comp.data.layouts import store_keys
+from comp.data.readers import store_of
 from comp.errors import UserError
 
 SAMPLE_RX = re.compile(r"sample.?submission", re.I)
@@ -59,11 +62,19 @@ def _read(path: Path) -> pd.DataFrame:
 
 
 def _images(root: Path) -> dict[Path, list[Path]]:
-    """Image files by folder (visible ones: no __MACOSX, no dot files)."""
+    """Image files by folder (visible ones: no __MACOSX, no dot files); an HDF5 image store (ISIC 2024's
+    train-image.hdf5) counts as a folder whose images are `<store>/<key>`, so it is guessed as one.
+
+    Raises:
+        ImageError: a store that cannot be opened (truncated, not HDF5), naming it."""
     found: dict[Path, list[Path]] = {}
     for p in sorted(root.rglob("*")):
-        if p.suffix.lower() in IMAGE_EXTS and p.is_file() and _visible(p, root):
+        if not p.is_file() or not _visible(p, root):
+            continue
+        if p.suffix.lower() in IMAGE_EXTS:
             found.setdefault(p.parent, []).append(p)
+        elif store_of(p) is not None:
+            found[p] = [p / k for k in store_keys(p)]
     return found
 
 

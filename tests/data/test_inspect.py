@@ -17,6 +17,8 @@ from comp.pipeline import prepare
     ("aptos2019", {"layout": "csv", "id_column": "id_code", "label_column": "diagnosis",
                    "train_images": ["train_images"], "test_csv": "test.csv"}),
     ("chest_xray", {"layout": "folders", "classes": ["NORMAL", "PNEUMONIA"], "test_images": ["**/test"]}),
+    ("isic2024", {"layout": "csv", "id_column": "isic_id", "train_images": ["train-image.hdf5"], "image_ext": "",
+                  "test_images": ["test-image.hdf5"], "group_column": "patient_id", "test_csv": "test-metadata.csv"}),
 ])
 def test_init_writes_a_config_that_loads_and_prepares(tmp_path, name, expect):
     root = build(name, tmp_path / "data")

@@ -33,7 +33,8 @@ if __name__ == "__main__":
     p.add_argument("--out", required=True, metavar="PATH.csv", help="the pseudo-label CSV to write")
     p.add_argument("--test", action="store_true", help="label the test images with the experiment's ensemble")
     p.add_argument("--probs", default=None, metavar="CSV", help="label the test images from a --save-probs CSV")
-    p.add_argument("--images", nargs="+", default=None, metavar="FOLDER", help="label the unlabelled images here")
+    p.add_argument("--images", nargs="+", default=None, metavar="FOLDER",
+                   help="label the unlabelled images here (folders, or HDF5 image stores)")
     p.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
                    help="keep rows whose confidence (top probability) is at least P (default 0: all)")
     p.add_argument("--soft", action="store_true", help="soft labels (the probabilities) instead of hard classes")

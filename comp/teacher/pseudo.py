@@ -25,6 +25,8 @@ from comp import io
 from comp.config import resolve_path
 from comp.data.competition import IMAGE_EXTS, Competition, unique_ids
 from comp.data.duplicates import leave_out_copies
+from comp.data.layouts import store_keys
+from comp.data.readers import store_of
 from comp.errors import UserError
 from comp.experiment import Experiment
 from comp.experiment.model import FoldModel
@@ -70,17 +72,21 @@ def label_rows(task: Task, ids: list[str], paths: list[str], out: np.ndarray, mi
 
 
 def external_images(folders: list[str]) -> pd.DataFrame:
-    """id, path of every image file under `folders` (recursively). The id is the file name without its
+    """id, path of every image file under `folders` (recursively), or in an HDF5 image store named there
+    (`<store>/<key>`, comp.data.hdf5). The id is the file name without its
     extension, or where names repeat (subfolders, two folders, two formats) the shortest unique tail of its
     path from the folder's name on (comp.data.competition.unique_ids).
 
     Raises:
-        UserError: a missing folder, or no image in them."""
+        UserError: a missing folder, or no image in them; a store that cannot be opened (ImageError)."""
     rows = []
     for f in folders:
         d = resolve_path(f)
+        if d.is_file() and store_of(d) is not None:  # an HDF5 image store: its keys are the images
+            rows += [(Path(d.name) / k, str(d / k)) for k in store_keys(d)]
+            continue
         if not d.is_dir():
-            raise UserError(f"--images {f!r}: no such folder ({d})")
+            raise UserError(f"--images {f!r}: no such folder or HDF5 image store ({d})")
         rows += [(p.relative_to(d.parent), str(p)) for p in sorted(d.rglob("*"))
                  if p.is_file() and p.suffix.lower() in IMAGE_EXTS]
     if not rows:

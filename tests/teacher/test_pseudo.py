@@ -177,3 +177,19 @@ def test_external_images_repeating_a_name_get_unique_ids(tmp_path):
         cv2.imwrite(str(tmp_path / rel), np.full((8, 8), v, np.uint8))
     df = external_images([str(tmp_path / "pool")])
     assert sorted(df["id"]) == ["a/1.png", "b/1.png", "pool/c.jpg", "pool/c.png"] and len(set(df["path"])) == 4
+
+
+def test_external_images_in_an_hdf5_store(tmp_path):
+    """An unlabelled pool shipped as an HDF5 image store (ISIC 2024's form): its keys are the ids, the paths
+    `<store>/<key>`, readable by the kit's reader."""
+    import numpy as np
+    from replicas import jpeg_bytes, write_store
+
+    from comp.data.readers import read_image
+    from comp.teacher.pseudo import external_images
+
+    store = tmp_path / "extra-image.hdf5"
+    write_store(store, {f"ISIC_{i}": jpeg_bytes(np.full((16, 16, 3), 40 * i, np.uint8)) for i in range(3)})
+    df = external_images([str(store)])
+    assert sorted(df["id"]) == ["ISIC_0", "ISIC_1", "ISIC_2"]
+    assert read_image(df["path"].iloc[0]).shape == (16, 16, 3)

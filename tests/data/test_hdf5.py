@@ -184,3 +184,17 @@ def test_test_store_scanned_without_a_csv(replica, tmp_path):
     assert sorted(comp.test["id"]) == sorted(hdf5.keys(root / "test-image.hdf5"))
     assert read_image(comp.test["path"].iloc[0]).shape[2] == 3
     json.dumps(list(comp.test["path"]))  # plain strings, as every table's paths
+
+
+def test_byte_copies_across_stores_and_files(tmp_path):
+    """data.extra's copies of training images are found when either side sits in a store: the stored bytes
+    are sized and hashed as a file's are; a missing key is skipped (the loaders report it where read)."""
+    from comp.data.duplicates import byte_duplicates
+
+    a, b = jpeg_bytes(np.full((16, 16, 3), 10, np.uint8)), jpeg_bytes(np.full((16, 16, 3), 200, np.uint8))
+    write_store(tmp_path / "extra.hdf5", {"E_1": a, "E_2": b})
+    (tmp_path / "T_1.jpg").write_bytes(a)
+    write_store(tmp_path / "train.hdf5", {"T_2": b})
+    extra = [str(tmp_path / "extra.hdf5" / k) for k in ("E_1", "E_2", "E_9")]
+    found = byte_duplicates(extra, [str(tmp_path / "T_1.jpg"), str(tmp_path / "train.hdf5" / "T_2")])
+    assert found == {extra[0]: str(tmp_path / "T_1.jpg"), extra[1]: str(tmp_path / "train.hdf5" / "T_2")}

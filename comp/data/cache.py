@@ -50,7 +50,7 @@ from comp.config import REPO_ROOT, resolve_path
 from comp.data.competition import Problem
 from comp.data.dicom import DicomOptions
 from comp.data.dicom import from_config as dicom_options
-from comp.data.image_base import ImageError
+from comp.data.image_base import ImageError, split_window
 from comp.data.images import quiet_opencv
 from comp.data.preprocess import check_steps, load_preprocessed
 from comp.errors import UserError
@@ -121,9 +121,10 @@ def read_entry(path: Path, fmt: str) -> np.ndarray:
 
 
 def source_stamp(path: str | Path) -> list[int] | None:
-    """[size in bytes, mtime in ns] of a source image, or None when it cannot be read."""
+    """[size in bytes, mtime in ns] of a source image (of its file, for a window `<file>#<offset>`), or None
+    when it cannot be read."""
     try:
-        st = os.stat(path)
+        st = os.stat(split_window(path)[0])
     except OSError:
         return None
     return [st.st_size, st.st_mtime_ns]

@@ -54,6 +54,28 @@ def file_size(path: Path) -> int:
     return size
 
 
+WINDOW_SEP = "#"  # `<file>#<offset>`: a window of a recording (comp.data.spectrogram), one row of a labels CSV
+
+
+def window_path(path: str, offset: float) -> str:
+    """The virtual path of the window of the file `path` that starts `offset` seconds in: `<path>#<offset>`
+    (the offset written plainly: 600, 12.5)."""
+    return f"{path}{WINDOW_SEP}{np.format_float_positional(float(offset), trim='-')}"
+
+
+def split_window(path: str | Path) -> tuple[Path, float | None]:
+    """The file and the window offset (seconds) of a path `window_path` made; (path, None) for a plain file.
+    Split at the last `#` only when what follows is a number, so a file named `scan#2.png` stays one."""
+    s = str(path)
+    head, sep, tail = s.rpartition(WINDOW_SEP)
+    if sep:
+        try:
+            return Path(head), float(tail)
+        except ValueError:
+            pass
+    return Path(s), None
+
+
 def repaired(path: Path, notes: list[str]) -> None:
     """Log one line `warning: image file <path> read with repairs: <note>; <note>` for a file a reader
     decoded by reading past faults in its header (each note names the element and what was used instead).

@@ -11,9 +11,14 @@ import only comp.data.image_base, never this module or each other.
     dicom    .dcm .dicom                            128: DICM (an extension-less DICOM, or a misnamed one)
                                                     0: a first tag of group 0002/0008 (no preamble)
     images   .jpg .jpeg .png .tif .tiff .bmp .webp  0: JPEG SOI, PNG, BM, TIFF II/MM; 8: WEBP
+    spectrogram  .parquet                           0: PAR1 (a window of a recording: `<file>#<offset>`)
+
+A path `<file>#<offset>` (comp.data.image_base.window_path: one labelled window of a recording, HMS 2024)
+is read as the window of `<file>` that starts `offset` seconds in; only a reader of recordings (the
+spectrogram's) takes an offset, any other refuses it naming the path.
 
 A new format is a reader module with its suffixes, magic and read function, and one row here: HDF5
-(`.h5 .hdf5`, 0: \\x89HDF\\r\\n\\x1a\\n), parquet signals (`.parquet`, 0: PAR1), NIfTI (`.nii .nii.gz`, 344: n+1\\0).
+(`.h5 .hdf5`, 0: \\x89HDF\\r\\n\\x1a\\n), EEG signals (`.parquet`), NIfTI (`.nii .nii.gz`, 344: n+1\\0).
 Whatever the caller asks that a reader may need travels in `Request` (the target side of the resize, the
 DICOM options; a new reader's options are a new field).
 """
@@ -29,8 +34,9 @@ import numpy as np
 
 from comp.data import dicom as dicom_reader
 from comp.data import images as image_reader
+from comp.data import spectrogram as spectrogram_reader
 from comp.data.dicom import DicomOptions
-from comp.data.image_base import file_size
+from comp.data.image_base import ImageError, file_size, split_window
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,7 @@ class Reader:
     suffixes: tuple[str, ...]  # lower-case endings of the file name (".nii.gz" works too)
     magic: tuple[tuple[int, bytes], ...]  # (offset, bytes): the file's content says it is this format
     read: Callable[[Path, Request], np.ndarray]
+    windows: bool = False  # reads a window of a recording (Request.offset)
 
     def takes(self, name: str, head: Callable[[], bytes]) -> bool:
         """Whether this reader claims a file called `name` whose first bytes `head()` returns (read only
@@ -65,8 +72,11 @@ READERS: tuple[Reader, ...] = (
            lambda path, req: dicom_reader.read_dicom(path, req.dicom)),
     Reader("images", image_reader.SUFFIXES, image_reader.MAGIC,
            lambda path, req: image_reader.read_raster(path, req.target)),
+    # pyarrow reads the table; the window, log scale and NaN fill are comp.data.spectrogram's
+    Reader("spectrogram", spectrogram_reader.SUFFIXES, spectrogram_reader.MAGIC,
+           lambda path, req: spectrogram_reader.read_spectrogram(path, req.offset), windows=True),
 )
-FALLBACK = READERS[-1]  # OpenCV then PIL: they know formats no suffix here names (GIF, PPM, ...)
+FALLBACK = next(r for r in READERS if r.name == "images")  # OpenCV then PIL: they know formats no suffix here names (GIF, PPM, ...)
 HEAD = max(offset + len(m) for r in READERS for offset, m in r.magic)  # bytes of a file the magic needs
 
 
@@ -97,12 +107,20 @@ def read_image(path: str | Path, target: int | None = None, dicom: DicomOptions 
     will be resized to (a JPEG is then decoded at the smallest DCT scale that keeps both sides >= target);
     `dicom`: the DICOM options (windows, frame; default: the file's own window, single-frame only).
 
+    A path `<file>#<offset>` reads the window of a recording from `offset` seconds (module docstring).
+
     Raises:
-        ImageError: the file is missing, empty, truncated, not a decodable image, or unsupported.
+        ImageError: the file is missing, empty, truncated, not a decodable image, or unsupported (an offset
+            on a file that is not a recording, a window past its end).
     """
-    path = Path(path)
+    path, offset = split_window(path)
     file_size(path)
-    return reader_for(path).read(path, Request(target, dicom))
+    reader = reader_for(path)
+    if offset is not None and not reader.windows:
+        raise ImageError("unsupported", path, f"a window offset ({offset:g} s) on a {reader.name} file; only "
+                                              f"recordings ({', '.join(r.name for r in READERS if r.windows)}) "
+                                              f"take one")
+    return reader.read(path, Request(target, dicom, offset))
 
 
 def resize(img: np.ndarray, size: int) -> np.ndarray:

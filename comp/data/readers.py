@@ -42,10 +42,12 @@ from comp.data.image_base import ImageError, file_size, split_window
 @dataclass(frozen=True)
 class Request:
     """What the caller asks of a read: `target`, the side the image will be resized to (a reader may decode
-    smaller, never below it); `dicom`, the DICOM windows and frame (None: the file's own window, one frame)."""
+    smaller, never below it); `dicom`, the DICOM windows and frame (None: the file's own window, one frame);
+    `offset`, where a window of a recording starts, in seconds (None: a whole file)."""
 
     target: int | None = None
     dicom: DicomOptions | None = None
+    offset: float | None = None
 
 
 @dataclass(frozen=True)

@@ -91,11 +91,11 @@ def spectrogram_window(path: Path, offset: float) -> np.ndarray:
     if not len(time):
         raise ImageError("corrupt", path, "no rows")
     step = float(np.median(np.diff(time))) if len(time) > 1 else 0.0
-    end = float(time.max()) + step  # the recording's end: its last row covers one step
-    if offset < 0 or offset + WINDOW > end + step:  # one step of slack: times are the steps' centres
+    # each row is the centre of its step (HMS: 1, 3, 5, ... s): the recording covers half a step either side
+    start, end = float(time.min()) - step / 2, float(time.max()) + step / 2
+    if offset < 0 or offset + WINDOW > end + step:  # one step of slack: a window one row short still reads
         raise ImageError("unsupported", Path(where), f"the {WINDOW:g} s window from {offset:g} s runs past the "
-                         f"recording, which covers {float(time.min()):g}..{end:g} s; leave the row out with "
-                         f"data.exclude")
+                         f"recording, which covers {start:g}..{end:g} s; leave the row out with data.exclude")
     rows = np.flatnonzero((time >= offset) & (time < offset + WINDOW))
     values = np.stack([table.column(c).to_numpy(zero_copy_only=False)[rows] for c in cols]).astype(np.float32)
     lo, hi = LOG_RANGE

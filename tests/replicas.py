@@ -484,8 +484,9 @@ def hms2024(root: Path, seed: int = 0) -> Path:
 
 BUILDERS = {"aptos2019": aptos2019, "dr2015": dr2015, "chest_xray": chest_xray, "cnmc2019": cnmc2019}
 # rsna_pneumonia is not in BUILDERS: its submission holds probabilities, not labels (tests/data/test_dicom.py runs it)
+# tasks beyond one label per image (tests/data/test_task_configs.py)
 TASK_BUILDERS = {"isic2020": isic2020, "ranzcr_clip": ranzcr_clip, "rsna_bone_age": rsna_bone_age,
-                 "ham10000": ham10000, "hms2024": hms2024}  # tasks beyond one label per image (tests/data/test_task_configs.py)
+                 "ham10000": ham10000, "hms2024": hms2024}
 
 
 def build(name: str, root: Path) -> Path:

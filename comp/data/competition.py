@@ -140,7 +140,8 @@ def _encode_labels(raw: pd.Series, classes: list[str], class_values: list[str],
 def _sources(cfg: Any, table: pd.DataFrame, ids: pd.Series, csv: Path) -> pd.DataFrame:
     """What each row of the CSV `table` reads: `source`, the name its file is found by (data.file_column, else
     the id) and `offset`, the second its window starts at (data.offset_column; "" when unset). A test CSV
-    without either column reads the id / offset 0 (train_csv is required to have them) (HMS 2024's test.csv names no offset: its windows start at 0).
+    without either column reads the id / offset 0 (HMS 2024's test.csv names no offset: its windows start at
+    0); train_csv must have both (read_csv checks it).
 
     Raises:
         UserError: an offset that is not a number >= 0, naming the file, row and column."""

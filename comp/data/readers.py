@@ -78,7 +78,8 @@ READERS: tuple[Reader, ...] = (
     Reader("spectrogram", spectrogram_reader.SUFFIXES, spectrogram_reader.MAGIC,
            lambda path, req: spectrogram_reader.read_spectrogram(path, req.offset), windows=True),
 )
-FALLBACK = next(r for r in READERS if r.name == "images")  # OpenCV then PIL: they know formats no suffix here names (GIF, PPM, ...)
+# OpenCV then PIL: they know formats no suffix here names (GIF, PPM, ...)
+FALLBACK = next(r for r in READERS if r.name == "images")
 HEAD = max(offset + len(m) for r in READERS for offset, m in r.magic)  # bytes of a file the magic needs
 
 

@@ -6,6 +6,7 @@ The shipped config end to end: tests/data/test_task_configs.py (hms2024)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import cv2
@@ -128,8 +129,8 @@ def test_an_offset_on_a_plain_image_is_refused(tmp_path):
 def test_one_image_per_label_row_with_its_own_offset(hms):
     """data.id_column=label_id: every labelled window is its own image (unique ids), at its row's offset;
     the test rows (no offset column in test.csv) read from 0."""
-    cfg = load_config(CONFIG, [f"data.root={hms}", "data.id_column=label_id", "data.label_rows=refuse",
-                               "data.test_id_column=eeg_id"])
+    cfg = load_config(CONFIG, [f"data.root={hms}", "data.id_column=label_id", "data.test_id_column=eeg_id",
+                               "data.submission_id_column=eeg_id"])  # docs/tasks.md
     comp = load_competition(cfg)
     csv = pd.read_csv(hms / "train.csv", dtype=str)
     assert len(comp.train) == len(csv) and comp.train["id"].is_unique
@@ -143,7 +144,6 @@ def test_one_image_per_label_row_with_its_own_offset(hms):
 
 def test_a_bad_offset_in_the_csv_names_the_row(hms, tmp_path):
     root = tmp_path / "bad"
-    import shutil
     shutil.copytree(hms, root)
     csv = pd.read_csv(root / "train.csv", dtype=str)
     csv.loc[2, "spectrogram_label_offset_seconds"] = "-4"
@@ -156,7 +156,6 @@ def test_a_bad_offset_in_the_csv_names_the_row(hms, tmp_path):
 def test_prepare_names_the_bad_file_or_window_in_one_error_line(hms, tmp_path, fault):
     """prepare.py on the replica with one parquet cut short, or one row whose window runs past its
     recording: exit 2, one `error:` line naming the file (and the window), nothing cached as if fine."""
-    import shutil
     root = tmp_path / "hms"
     shutil.copytree(hms, root)
     csv = pd.read_csv(root / "train.csv", dtype=str)

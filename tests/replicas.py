@@ -452,10 +452,33 @@ def hms_spectrogram(path: Path, rng: np.random.Generator, seconds: int, cls: int
     pq.write_table(pa.table(cols), path)
 
 
-def hms2024(root: Path, seed: int = 0) -> Path:
+HMS_ELECTRODES = ["Fp1", "F3", "C3", "P3", "F7", "T3", "T5", "O1", "Fz", "Cz", "Pz", "Fp2", "F4", "C4", "P4", "F8",
+                  "T4", "T6", "O2", "EKG"]  # the real train_eegs/ columns, in their order
+
+
+def hms_eeg(path: Path, rng: np.random.Generator, seconds: float, cls: int) -> None:
+    """An EEG parquet as HMS's: the 20 columns at 200 Hz (float32 µV), noise with a focal (2 + cls) Hz rhythm
+    on T3 and C3 (so the left chains' pairs through them carry it), a NaN stretch on Cz."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t = np.arange(int(seconds * 200)) / 200
+    cols = {}
+    for e in HMS_ELECTRODES:
+        v = rng.normal(0, 15, len(t))
+        if e in ("T3", "C3"):
+            v += 60 * np.sin(2 * np.pi * (2 + cls) * t)
+        cols[e] = v.astype(np.float32)
+    cols["Cz"][:400] = np.nan
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(cols), path)
+
+
+def hms2024(root: Path, seed: int = 0, eegs: bool = False) -> Path:
     """HMS 2024: 8 patients, 12 recordings (eeg_id, each with its own spectrogram), 1-4 labelled windows each
     at increasing offsets (the votes differ across a recording's windows), recordings 700-900 s; 4 test
-    recordings of 600 s. Two training files have NaN stretches."""
+    recordings of 600 s. Two training files have NaN stretches. With `eegs`, train_eegs/<eeg_id>.parquet
+    (covering the rows' 50 s windows) and test_eegs/ (50 s) too."""
     rng = np.random.default_rng(seed)
     rows, label_id = [], 1000
     for k in range(12):
@@ -470,12 +493,16 @@ def hms2024(root: Path, seed: int = 0) -> Path:
             rows.append((eeg, sub, offset + 10 * sub, spec, sub, offset, label_id, patient,
                          HMS_CONSENSUS[int(np.argmax(votes))], *votes))
             label_id += 7
+        if eegs:
+            hms_eeg(root / "train_eegs" / f"{eeg}.parquet", rng, rows[-1][2] + 52, cls)
     cols = ["eeg_id", "eeg_sub_id", "eeg_label_offset_seconds", "spectrogram_id", "spectrogram_sub_id",
             "spectrogram_label_offset_seconds", "label_id", "patient_id", "expert_consensus", *HMS_VOTES]
     _write_csv(pd.DataFrame(rows, columns=cols), root / "train.csv")
     test = [(700000 + 11 * k, 800000 + 13 * k, 30000 + k) for k in range(4)]
     for k, (spec, _, _) in enumerate(test):
         hms_spectrogram(root / "test_spectrograms" / f"{spec}.parquet", rng, 600, k % 6)
+        if eegs:
+            hms_eeg(root / "test_eegs" / f"{test[k][1]}.parquet", rng, 50, k % 6)
     _write_csv(pd.DataFrame(test, columns=["spectrogram_id", "eeg_id", "patient_id"]), root / "test.csv")
     _write_csv(pd.DataFrame({"eeg_id": [e for _, e, _ in test], **{v: 1 / 6 for v in HMS_VOTES}}),
                root / "sample_submission.csv")

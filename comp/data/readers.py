@@ -11,7 +11,9 @@ import only comp.data.image_base, never this module or each other.
     dicom    .dcm .dicom                            128: DICM (an extension-less DICOM, or a misnamed one)
                                                     0: a first tag of group 0002/0008 (no preamble)
     images   .jpg .jpeg .png .tif .tiff .bmp .webp  0: JPEG SOI, PNG, BM, TIFF II/MM; 8: WEBP
-    spectrogram  .parquet                           0: PAR1 (a window of a recording: `<file>#<offset>`)
+    parquet  .parquet                               0: PAR1 (a window of a recording: `<file>#<offset>`): by its
+                                                    columns a spectrogram (comp.data.spectrogram) or an EEG
+                                                    (comp.data.eeg, made into the montage's spectrogram)
 
 A path `<file>#<offset>` (comp.data.image_base.window_path: one labelled window of a recording, HMS 2024)
 is read as the window of `<file>` that starts `offset` seconds in; only a reader of recordings (the
@@ -33,6 +35,7 @@ import cv2
 import numpy as np
 
 from comp.data import dicom as dicom_reader
+from comp.data import eeg as eeg_reader
 from comp.data import images as image_reader
 from comp.data import spectrogram as spectrogram_reader
 from comp.data.dicom import DicomOptions
@@ -74,13 +77,28 @@ READERS: tuple[Reader, ...] = (
            lambda path, req: dicom_reader.read_dicom(path, req.dicom)),
     Reader("images", image_reader.SUFFIXES, image_reader.MAGIC,
            lambda path, req: image_reader.read_raster(path, req.target)),
-    # pyarrow reads the table; the window, log scale and NaN fill are comp.data.spectrogram's
-    Reader("spectrogram", spectrogram_reader.SUFFIXES, spectrogram_reader.MAGIC,
-           lambda path, req: spectrogram_reader.read_spectrogram(path, req.offset), windows=True),
+    # pyarrow reads the table; the window, log scale and NaN fill are comp.data.spectrogram's / eeg's
+    Reader("parquet", spectrogram_reader.SUFFIXES, spectrogram_reader.MAGIC,
+           lambda path, req: _read_parquet(path, req.offset), windows=True),
 )
 # OpenCV then PIL: they know formats no suffix here names (GIF, PPM, ...)
 FALLBACK = next(r for r in READERS if r.name == "images")
 HEAD = max(offset + len(m) for r in READERS for offset, m in r.magic)  # bytes of a file the magic needs
+
+
+def _read_parquet(path: Path, offset: float | None) -> np.ndarray:
+    """A window of a parquet recording: an EEG (electrodes of the banana montage, no `time` column) as
+    comp.data.eeg makes it, else a spectrogram. A file whose schema cannot be read goes to the spectrogram
+    reader, which names what is wrong with it (truncated, not parquet)."""
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(path).names
+    except Exception:  # noqa: BLE001 (a cut or foreign file: read_spectrogram raises its ImageError)
+        names = []
+    if eeg_reader.is_eeg(names):
+        return eeg_reader.read_eeg(path, offset)
+    return spectrogram_reader.read_spectrogram(path, offset)
 
 
 def _head(path: Path) -> bytes:

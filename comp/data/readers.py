@@ -20,7 +20,7 @@ is read as the window of `<file>` that starts `offset` seconds in; only a reader
 spectrogram's) takes an offset, any other refuses it naming the path.
 
 A new format is a reader module with its suffixes, magic and read function, and one row here: HDF5
-(`.h5 .hdf5`, 0: \\x89HDF\\r\\n\\x1a\\n), EEG signals (`.parquet`), NIfTI (`.nii .nii.gz`, 344: n+1\\0).
+(`.h5 .hdf5`, 0: \\x89HDF\\r\\n\\x1a\\n), NIfTI (`.nii .nii.gz`, 344: n+1\\0).
 Whatever the caller asks that a reader may need travels in `Request` (the target side of the resize, the
 DICOM options; a new reader's options are a new field).
 """

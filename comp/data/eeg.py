@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from comp.data.image_base import ImageError, file_size, stretch
+from comp.data.image_base import ImageError, read_parquet, stretch
 
 RATE = 200  # Hz, HMS's EEGs
 WINDOW = 50.0  # seconds: the labelled window
@@ -53,19 +53,9 @@ def eeg_window(path: Path, offset: float) -> np.ndarray:
 
     Raises:
         ImageError: truncated, not parquet, an electrode missing, or a window past the recording's end."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     from scipy.signal import spectrogram
 
-    size = file_size(path)
-    with open(path, "rb") as f:
-        f.seek(max(0, size - 4))
-        if f.read(4) != b"PAR1":
-            raise ImageError("truncated", path, "no parquet footer (PAR1) at its end")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as e:
-        raise ImageError("corrupt", path, (str(e).splitlines() or [type(e).__name__])[0]) from None
+    table = read_parquet(path)
     missing = [e for e in ELECTRODES if e not in table.column_names]
     if missing:
         raise ImageError("corrupt", path, f"no column(s) {missing} of the banana montage")

@@ -31,31 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
-from comp.data.image_base import ImageError, file_size, repaired, stretch
+from comp.data.image_base import ImageError, read_parquet, repaired, stretch
 
 SUFFIXES = (".parquet",)
 MAGIC = ((0, b"PAR1"),)  # parquet files start and end with it
 CHAINS = ("LL", "RL", "LP", "RP")  # the banana montage's four chains, top to bottom in the image
 WINDOW = 600.0  # seconds of a window: HMS's experts labelled the central 50 s of a 10-minute spectrogram
 LOG_RANGE = (-4.0, 8.0)  # log(clip(x, e^-4, e^8)): the starter's clip (module docstring)
-
-
-def _table(path: Path):
-    """The parquet file as a pyarrow Table; ImageError when it is cut short or not parquet."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    size = file_size(path)
-    with open(path, "rb") as f:
-        f.seek(max(0, size - 4))
-        tail = f.read(4)
-    if tail != b"PAR1":  # the footer (schema, row groups) is at the end: a cut file has lost it
-        raise ImageError("truncated", path, "no parquet footer (PAR1) at its end")
-    try:
-        return pq.read_table(path)
-    except (pa.ArrowException, OSError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ImageError("corrupt", path, msg) from None
 
 
 def chain_columns(names: list[str], path: Path) -> list[str]:
@@ -81,7 +63,7 @@ def spectrogram_window(path: Path, offset: float) -> np.ndarray:
     Raises:
         ImageError: truncated, not parquet, no `time` column or chains, or a window past the recording's end.
     """
-    table = _table(path)
+    table = read_parquet(path)
     names = table.column_names
     if "time" not in names:
         raise ImageError("corrupt", path, "no 'time' column")

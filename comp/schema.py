@@ -43,6 +43,12 @@ class DataConfig:
     test_images: list[str] = field(default_factory=lambda: ["test"])  # folders (globs) of test images, or HDF5
     # image stores (test-image.hdf5)
     image_ext: str = ".png"  # extension appended to a CSV id to find its file (unless the id ends with it)
+    file_column: str = ""  # column of the CSVs naming the file a row reads when it is not the id (HMS 2024:
+    # spectrogram_id; files `<value><image_ext>`); empty = the id. train_csv must have it; a test CSV without
+    # it reads the id
+    offset_column: str = ""  # column of the CSVs giving the second a row's window starts at in its recording
+    # (HMS 2024: spectrogram_label_offset_seconds; a 600 s window, comp/data/spectrogram.py); train_csv must
+    # have it, a test CSV without it (HMS's test.csv) reads from 0. docs/images.md
     classes: list[str] = field(default_factory=list)  # class names in label order; empty = sorted labels
     class_values: list[str] = field(default_factory=list)  # the competition's value of each class (same order
     # as classes) in its CSVs and submission, e.g. classes [hem, all] + class_values [0, 1]; empty = the names

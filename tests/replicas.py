@@ -33,6 +33,12 @@ formats and quirks, with a few dozen tiny images each, so the shipped configs ru
 - HAM10000 (kmader/skin-cancer-mnist-ham10000; 7 classes, balanced accuracy): HAM10000_metadata.csv
   (lesion_id, image_id, dx, dx_type, age, sex, localization), HAM10000_images_part_{1,2}/ and their
   lower-case copies, hmnist_8_8_L.csv; no test set (ISIC2018_Task3_Test_Input/ on request).
+- HMS 2024 (Harmful Brain Activity Classification; six expert votes per window, KL divergence): train.csv
+  (eeg_id, eeg_sub_id, eeg_label_offset_seconds, spectrogram_id, spectrogram_sub_id,
+  spectrogram_label_offset_seconds, label_id, patient_id, expert_consensus, six *_vote columns) with several
+  rows per eeg_id at different offsets, train_spectrograms/<spectrogram_id>.parquet (`time` every 2 s from 1,
+  then LL_/RL_/LP_/RP_ x 100 frequencies 0.59..19.92 Hz, NaN stretches in places), test.csv (spectrogram_id,
+  eeg_id, patient_id), test_spectrograms/ (10 minutes each), sample_submission.csv (eeg_id + the six votes).
 """
 
 from __future__ import annotations
@@ -480,10 +486,96 @@ def ham10000(root: Path, seed: int = 0, isic_test: bool = False) -> Path:
     return root
 
 
+HMS_VOTES = ["seizure_vote", "lpd_vote", "gpd_vote", "lrda_vote", "grda_vote", "other_vote"]
+HMS_CONSENSUS = ["Seizure", "LPD", "GPD", "LRDA", "GRDA", "Other"]
+HMS_FREQS = [f"{f:.2f}" for f in np.linspace(0.59, 19.92, 100)]  # the real column names' spacing (~0.195 Hz)
+
+
+def hms_spectrogram(path: Path, rng: np.random.Generator, seconds: int, cls: int, nan: bool = False) -> None:
+    """A spectrogram parquet as HMS's: `time` (1, 3, 5, ... s) and LL_/RL_/LP_/RP_<Hz> float32 power, 1/f
+    noise with a band per class (seizure: rhythmic low-frequency power); with `nan`, one chain's first
+    minute and one column NaN, as real files have."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    time = np.arange(1, seconds, 2, dtype=np.float64)
+    f = np.linspace(0.59, 19.92, 100)
+    cols: dict[str, np.ndarray] = {"time": time}
+    for chain in ("LL", "RL", "LP", "RP"):
+        power = rng.gamma(2.0, 1.0, (len(time), 100)) * (20 / f)  # (T, F)
+        power[:, 8 * cls:8 * cls + 6] *= 40
+        if nan and chain == "RL":
+            power[:30] = np.nan
+        for k, hz in enumerate(HMS_FREQS):
+            cols[f"{chain}_{hz}"] = power[:, k].astype(np.float32)
+    if nan:
+        cols["LP_" + HMS_FREQS[50]][:] = np.nan
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(cols), path)
+
+
+HMS_ELECTRODES = ["Fp1", "F3", "C3", "P3", "F7", "T3", "T5", "O1", "Fz", "Cz", "Pz", "Fp2", "F4", "C4", "P4", "F8",
+                  "T4", "T6", "O2", "EKG"]  # the real train_eegs/ columns, in their order
+
+
+def hms_eeg(path: Path, rng: np.random.Generator, seconds: float, cls: int) -> None:
+    """An EEG parquet as HMS's: the 20 columns at 200 Hz (float32 µV), noise with a focal (2 + cls) Hz rhythm
+    on T3 and C3 (so the left chains' pairs through them carry it), a NaN stretch on Cz."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t = np.arange(int(seconds * 200)) / 200
+    cols = {}
+    for e in HMS_ELECTRODES:
+        v = rng.normal(0, 15, len(t))
+        if e in ("T3", "C3"):
+            v += 60 * np.sin(2 * np.pi * (2 + cls) * t)
+        cols[e] = v.astype(np.float32)
+    cols["Cz"][:400] = np.nan
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(cols), path)
+
+
+def hms2024(root: Path, seed: int = 0, eegs: bool = False) -> Path:
+    """HMS 2024: 8 patients, 12 recordings (eeg_id, each with its own spectrogram), 1-4 labelled windows each
+    at increasing offsets (the votes differ across a recording's windows), recordings 700-900 s; 4 test
+    recordings of 600 s. Two training files have NaN stretches. With `eegs`, train_eegs/<eeg_id>.parquet
+    (covering the rows' 50 s windows) and test_eegs/ (50 s) too."""
+    rng = np.random.default_rng(seed)
+    rows, label_id = [], 1000
+    for k in range(12):
+        eeg, spec, patient = 500000 + 37 * k, 900000 + 53 * k, 20000 + k % 8
+        cls, seconds = k % 6, 700 + 100 * (k % 3)
+        hms_spectrogram(root / "train_spectrograms" / f"{spec}.parquet", rng, seconds, cls, nan=k in (1, 4))
+        for sub in range(1 + k % 4):
+            offset = min(24 * sub, seconds - 600)
+            votes = [0] * 6
+            votes[cls] = 3 + sub
+            votes[(cls + 1 + sub) % 6] = sub % 3
+            rows.append((eeg, sub, offset + 10 * sub, spec, sub, offset, label_id, patient,
+                         HMS_CONSENSUS[int(np.argmax(votes))], *votes))
+            label_id += 7
+        if eegs:
+            hms_eeg(root / "train_eegs" / f"{eeg}.parquet", rng, rows[-1][2] + 52, cls)
+    cols = ["eeg_id", "eeg_sub_id", "eeg_label_offset_seconds", "spectrogram_id", "spectrogram_sub_id",
+            "spectrogram_label_offset_seconds", "label_id", "patient_id", "expert_consensus", *HMS_VOTES]
+    _write_csv(pd.DataFrame(rows, columns=cols), root / "train.csv")
+    test = [(700000 + 11 * k, 800000 + 13 * k, 30000 + k) for k in range(4)]
+    for k, (spec, _, _) in enumerate(test):
+        hms_spectrogram(root / "test_spectrograms" / f"{spec}.parquet", rng, 600, k % 6)
+        if eegs:
+            hms_eeg(root / "test_eegs" / f"{test[k][1]}.parquet", rng, 50, k % 6)
+    _write_csv(pd.DataFrame(test, columns=["spectrogram_id", "eeg_id", "patient_id"]), root / "test.csv")
+    _write_csv(pd.DataFrame({"eeg_id": [e for _, e, _ in test], **{v: 1 / 6 for v in HMS_VOTES}}),
+               root / "sample_submission.csv")
+    return root
+
+
 BUILDERS = {"aptos2019": aptos2019, "dr2015": dr2015, "chest_xray": chest_xray, "cnmc2019": cnmc2019}
 # rsna_pneumonia is not in BUILDERS: its submission holds probabilities, not labels (tests/data/test_dicom.py runs it)
+# tasks beyond one label per image (tests/data/test_task_configs.py)
 TASK_BUILDERS = {"isic2020": isic2020, "isic2024": isic2024, "ranzcr_clip": ranzcr_clip, "rsna_bone_age": rsna_bone_age,
-                 "ham10000": ham10000}  # tasks beyond one label per image (tests/data/test_task_configs.py)
+                 "ham10000": ham10000, "hms2024": hms2024}
 
 
 def build(name: str, root: Path) -> Path:

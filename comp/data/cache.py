@@ -123,8 +123,9 @@ def read_entry(path: Path, fmt: str) -> np.ndarray:
 
 
 def source_stamp(path: str | Path) -> list[int] | None:
-    """[size in bytes, mtime in ns] of a source image's file (for an image in an HDF5 store, the store's: the
-    entry's name holds the id), or None when it cannot be read (comp.data.readers.source_stamp)."""
+    """[size in bytes, mtime in ns] of a source image's file (the recording's for a window `<file>#<offset>`;
+    for an image in an HDF5 store, the store's: the entry's name holds the id), or None when it cannot be read
+    (comp.data.readers.source_stamp)."""
     return readers.source_stamp(path)
 
 

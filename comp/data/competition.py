@@ -36,6 +36,7 @@ from comp.data.checks import (  # noqa: F401  (check_sample_submission: prepare 
     long_hint,
     two_classes,
 )
+from comp.data.image_base import window_path
 from comp.data.layouts import (  # noqa: F401
     IMAGE_EXTS,
     Problem,
@@ -144,6 +145,41 @@ def _encode_labels(raw: pd.Series, classes: list[str], class_values: list[str],
     return values.map(index).astype(int), names, [_as_value(v) for v in spelt]
 
 
+def _sources(cfg: Any, table: pd.DataFrame, ids: pd.Series, csv: Path) -> pd.DataFrame:
+    """What each row of the CSV `table` reads: `source`, the name its file is found by (data.file_column, else
+    the id) and `offset`, the second its window starts at (data.offset_column; "" when unset). A test CSV
+    without either column reads the id / offset 0 (HMS 2024's test.csv names no offset: its windows start at
+    0); train_csv must have both (read_csv checks it).
+
+    Raises:
+        UserError: an offset that is not a number >= 0, naming the file, row and column."""
+    d = cfg.data
+    out = pd.DataFrame({"source": ids.to_numpy(), "offset": ""}, index=table.index)
+    if d.file_column and d.file_column in table.columns:
+        out["source"] = table[d.file_column].astype(str).str.strip()
+    if d.offset_column:
+        raw = table[d.offset_column].astype(str).str.strip() if d.offset_column in table.columns else None
+        v = pd.to_numeric(raw, errors="coerce") if raw is not None else pd.Series(0.0, index=table.index)
+        bad = v.isna() | ~np.isfinite(v.fillna(0)) | (v < 0)
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise UserError(f"{csv}: row {int(table.index[i]) + 2} column {d.offset_column!r} has {raw.iloc[i]!r}, "
+                            f"not a number of seconds >= 0 (data.offset_column)")
+        out["offset"] = v.astype(np.float64)
+    return out
+
+
+def _find_sources(cfg: Any, root: Path, rows: pd.DataFrame, folders: list[str], csv: Path, key: str,
+                  problems: list[Problem] | None) -> pd.Series:
+    """The path of each row's file (`rows`: `_sources`' columns), `<file>#<offset>` with data.offset_column
+    (comp.data.image_base.window_path: a window of a recording), "" for a file not found (`problems`)."""
+    paths = find_files(root, folders, rows["source"], cfg.data.image_ext, csv, key, problems)
+    if not cfg.data.offset_column:
+        return paths
+    return pd.Series([window_path(p, o) if p else "" for p, o in zip(paths, rows["offset"], strict=True)],
+                     index=rows.index, dtype=object)
+
+
 def _not_long(cfg: Any, root: Path, sample: Path, col: str) -> None:
     """A sample submission without data.id_column whose rows read as `<test file name>_<label>`: refused
     saying it is in long form (predict.shape=long), rather than as a missing column."""
@@ -177,8 +213,9 @@ def _load_test(cfg: Any, root: Path, classes: list[str], problems: list[Problem]
         rows = submission_rows(cfg, table, root / csv)
         if rows is not None:
             test["row"] = rows
-        test["path"] = find_files(root, list(d.test_images), ids, d.image_ext, root / csv, "test_images",
-                                   problems) if len(ids) else []
+        src = _sources(cfg, table, ids, root / csv)
+        test["path"] = _find_sources(cfg, root, src, list(d.test_images), root / csv, "test_images",
+                                     problems).to_numpy() if len(ids) else []
         return test[test["path"] != ""].reset_index(drop=True)
     if not matched_folders(root, list(d.test_images)) and not matched_stores(root, list(d.test_images)):
         return pd.DataFrame({"id": pd.Series([], dtype=str), "path": pd.Series([], dtype=str)})
@@ -218,7 +255,8 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False, 
         train_csv = root / d.train_csv
         label_cols = [str(c) for c in d.label_columns] or [d.label_column]
         group_cols = [d.group_column] if d.group_column else []
-        df = read_csv(train_csv, [d.id_column, *label_cols, *group_cols])
+        source_cols = [c for c in (d.file_column, d.offset_column) if c]  # what a row reads: _sources
+        df = read_csv(train_csv, [d.id_column, *label_cols, *group_cols, *source_cols])
         if df.empty:
             raise UserError(f"{train_csv} has a header but no rows")
         ids = df[d.id_column].str.strip()
@@ -240,13 +278,13 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False, 
         rows = submission_rows(cfg, df, train_csv)
         if rows is not None:
             frame["row"] = rows
+        frame[["source", "offset"]] = _sources(cfg, df, ids, train_csv)  # an id's first row's, when joined
         if dup.any():  # an id on several rows: one image (data.dedupe_ids, data.label_rows)
             frame, several = join_rows(frame, df[label_cols], d.label_rows, target_kind(cfg), train_csv)
             labels = frame["label"]
         # excluded before their files are looked for: a missing or broken image can be excluded too
         train = exclude(frame, excluded)
-        train["path"] = find_files(root, list(d.train_images), train["id"], d.image_ext, train_csv, "train_images",
-                                    problems)
+        train["path"] = _find_sources(cfg, root, train, list(d.train_images), train_csv, "train_images", problems)
         train = train[train["path"] != ""]
     else:
         if not class_task(cfg):

@@ -1,7 +1,8 @@
 """What every image reader shares (comp.data.readers holds the table of them): `ImageError`, the one
 error a file that cannot be used raises, and `stretch`, the one mapping of a high bit depth to 0..255.
 
-The readers (comp.data.images for JPEG/PNG/TIFF/BMP/WebP, comp.data.dicom for DICOM) import this module
+The readers (comp.data.images for JPEG/PNG/TIFF/BMP/WebP, comp.data.dicom for DICOM, comp.data.spectrogram
+and comp.data.eeg for parquet recordings, whose windows `window_path` names) import this module
 and nothing of each other; the table imports them, so the dispatcher and its decoders never import each
 other back.
 """
@@ -52,6 +53,50 @@ def file_size(path: Path) -> int:
     if size == 0:
         raise ImageError("empty", path)
     return size
+
+
+def read_parquet(path: Path):
+    """A parquet file as a pyarrow Table, for the readers of recordings (comp.data.spectrogram, comp.data.eeg).
+
+    Raises:
+        ImageError: missing or empty; "truncated" when it does not end with parquet's PAR1 magic (the
+            footer, schema and row groups, is at the end: a cut file has lost it); "corrupt" when pyarrow
+            cannot read it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    size = file_size(path)
+    with open(path, "rb") as f:
+        f.seek(max(0, size - 4))
+        tail = f.read(4)
+    if tail != b"PAR1":
+        raise ImageError("truncated", path, "no parquet footer (PAR1) at its end")
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise ImageError("corrupt", path, (str(e).splitlines() or [type(e).__name__])[0]) from None
+
+
+WINDOW_SEP = "#"  # `<file>#<offset>`: a window of a recording (comp.data.spectrogram), one row of a labels CSV
+
+
+def window_path(path: str, offset: float) -> str:
+    """The virtual path of the window of the file `path` that starts `offset` seconds in: `<path>#<offset>`
+    (the offset written plainly: 600, 12.5)."""
+    return f"{path}{WINDOW_SEP}{np.format_float_positional(float(offset), trim='-')}"
+
+
+def split_window(path: str | Path) -> tuple[Path, float | None]:
+    """The file and the window offset (seconds) of a path `window_path` made; (path, None) for a plain file.
+    Split at the last `#` only when what follows is a number, so a file named `scan#2.png` stays one."""
+    s = str(path)
+    head, sep, tail = s.rpartition(WINDOW_SEP)
+    if sep:
+        try:
+            return Path(head), float(tail)
+        except ValueError:
+            pass
+    return Path(s), None
 
 
 def repaired(path: Path, notes: list[str]) -> None:

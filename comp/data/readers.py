@@ -11,9 +11,16 @@ import only comp.data.image_base, never this module or each other.
     dicom    .dcm .dicom                            128: DICM (an extension-less DICOM, or a misnamed one)
                                                     0: a first tag of group 0002/0008 (no preamble)
     images   .jpg .jpeg .png .tif .tiff .bmp .webp  0: JPEG SOI, PNG, BM, TIFF II/MM; 8: WEBP
+    parquet  .parquet                               0: PAR1 (a window of a recording: `<file>#<offset>`): by its
+                                                    columns a spectrogram (comp.data.spectrogram) or an EEG
+                                                    (comp.data.eeg, made into the montage's spectrogram)
 
-A new format is a reader module with its suffixes, magic and read function, and one row here: parquet
-signals (`.parquet`, 0: PAR1), NIfTI (`.nii .nii.gz`, 344: n+1\\0).
+A path `<file>#<offset>` (comp.data.image_base.window_path: one labelled window of a recording, HMS 2024)
+is read as the window of `<file>` that starts `offset` seconds in; only a reader of recordings (the
+spectrogram's) takes an offset, any other refuses it naming the path.
+
+A new format is a reader module with its suffixes, magic and read function, and one row here: NIfTI
+(`.nii .nii.gz`, 344: n+1\\0).
 
 A store holds many images' encoded bytes in one file (CONTAINERS: HDF5, `.h5 .hdf5`, comp.data.hdf5, ISIC
 2024). An image in it is named by a member path `<store>/<key>`; its bytes come from the store and go to the
@@ -34,19 +41,23 @@ import cv2
 import numpy as np
 
 from comp.data import dicom as dicom_reader
+from comp.data import eeg as eeg_reader
 from comp.data import hdf5 as hdf5_store
 from comp.data import images as image_reader
+from comp.data import spectrogram as spectrogram_reader
 from comp.data.dicom import DicomOptions
-from comp.data.image_base import ImageError, file_size
+from comp.data.image_base import ImageError, file_size, split_window
 
 
 @dataclass(frozen=True)
 class Request:
     """What the caller asks of a read: `target`, the side the image will be resized to (a reader may decode
-    smaller, never below it); `dicom`, the DICOM windows and frame (None: the file's own window, one frame)."""
+    smaller, never below it); `dicom`, the DICOM windows and frame (None: the file's own window, one frame);
+    `offset`, where a window of a recording starts, in seconds (None: a whole file)."""
 
     target: int | None = None
     dicom: DicomOptions | None = None
+    offset: float | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,7 @@ class Reader:
     read: Callable[[Path, Request], np.ndarray]
     decode: Callable[[bytes, Path, Request], np.ndarray] | None = None  # the same from the bytes of an image
     # held in a store (CONTAINERS), named by its member path; None: this format is not read from a store
+    windows: bool = False  # reads a window of a recording (Request.offset)
 
     def takes(self, name: str, head: Callable[[], bytes]) -> bool:
         """Whether this reader claims a file called `name` whose first bytes `head()` returns (read only
@@ -75,8 +87,12 @@ READERS: tuple[Reader, ...] = (
     Reader("images", image_reader.SUFFIXES, image_reader.MAGIC,
            lambda path, req: image_reader.read_raster(path, req.target),
            lambda data, name, req: image_reader.decode_raster(data, name, req.target)),
+    # pyarrow reads the table; the window, log scale and NaN fill are comp.data.spectrogram's / eeg's
+    Reader("parquet", spectrogram_reader.SUFFIXES, spectrogram_reader.MAGIC,
+           lambda path, req: _read_parquet(path, req.offset), windows=True),
 )
-FALLBACK = READERS[-1]  # OpenCV then PIL: they know formats no suffix here names (GIF, PPM, ...)
+# OpenCV then PIL: they know formats no suffix here names (GIF, PPM, ...)
+FALLBACK = next(r for r in READERS if r.name == "images")
 HEAD = max(offset + len(m) for r in READERS for offset, m in r.magic)  # bytes of a file the magic needs
 
 
@@ -126,17 +142,32 @@ def image_bytes(path: str | Path) -> bytes:
 
 
 def source_stamp(path: str | Path) -> list[int] | None:
-    """[size in bytes, mtime in ns] of the file an image's bytes come from: the image's file, or for an
-    image in a store the store's (the key is in the cache entry's name); None when it cannot be read."""
+    """[size in bytes, mtime in ns] of the file an image's bytes come from: the image's file (for a window
+    `<file>#<offset>`, the recording's), or for an image in a store the store's (the key is in the cache
+    entry's name); None when it cannot be read."""
     held = container_of(path)
-    target = held[1] if held is not None else path
     if held is not None:
-        return held[0].stamp(target)
+        return held[0].stamp(held[1])
     try:
-        st = os.stat(target)
+        st = os.stat(split_window(path)[0])
     except OSError:
         return None
     return [st.st_size, st.st_mtime_ns]
+
+
+def _read_parquet(path: Path, offset: float | None) -> np.ndarray:
+    """A window of a parquet recording: an EEG (electrodes of the banana montage, no `time` column) as
+    comp.data.eeg makes it, else a spectrogram. A file whose schema cannot be read goes to the spectrogram
+    reader, which names what is wrong with it (truncated, not parquet)."""
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(path).names
+    except Exception:  # noqa: BLE001 (a cut or foreign file: read_spectrogram raises its ImageError)
+        names = []
+    if eeg_reader.is_eeg(names):
+        return eeg_reader.read_eeg(path, offset)
+    return spectrogram_reader.read_spectrogram(path, offset)
 
 
 def _head(path: Path) -> bytes:
@@ -167,11 +198,13 @@ def read_image(path: str | Path, target: int | None = None, dicom: DicomOptions 
     will be resized to (a JPEG is then decoded at the smallest DCT scale that keeps both sides >= target);
     `dicom`: the DICOM options (windows, frame; default: the file's own window, single-frame only).
 
+    A path `<file>#<offset>` reads the window of a recording from `offset` seconds (module docstring).
+
     Raises:
-        ImageError: the file is missing, empty, truncated, not a decodable image, or unsupported; for an
-            image in a store also the store (missing, truncated, corrupt) or its key (missing: store and id named).
+        ImageError: the file is missing, empty, truncated, not a decodable image, or unsupported (an offset
+            on a file that is not a recording, a window past its end); for an image in a store also the store
+            (missing, truncated, corrupt) or its key (missing: store and id named).
     """
-    req = Request(target, dicom)
     held = container_of(path)
     if held is not None:
         container, store, key = held
@@ -181,10 +214,15 @@ def read_image(path: str | Path, target: int | None = None, dicom: DicomOptions 
         if reader.decode is None:
             raise ImageError("unsupported", name, f"{reader.name} bytes inside a {container.name} store are not read; "
                              f"extract them to files")
-        return reader.decode(data, name, req)
-    path = Path(path)
+        return reader.decode(data, name, Request(target, dicom))
+    path, offset = split_window(path)
     file_size(path)
-    return reader_for(path).read(path, req)
+    reader = reader_for(path)
+    if offset is not None and not reader.windows:
+        raise ImageError("unsupported", path, f"a window offset ({offset:g} s) on a {reader.name} file; only "
+                                              f"recordings ({', '.join(r.name for r in READERS if r.windows)}) "
+                                              f"take one")
+    return reader.read(path, Request(target, dicom, offset))
 
 
 def resize(img: np.ndarray, size: int) -> np.ndarray:

@@ -1,8 +1,9 @@
 """The shipped configs of tasks beyond one label per image, each on a replica of its real download
 (tests/replicas.py): SIIM-ISIC 2020 (binary, AUC), ISIC 2024 (binary, pAUC, images in HDF5 stores; its
 image model then scripts/stack.py), RANZCR CLiP (11 labels, mean column AUC), RSNA Bone Age
-(regression, MAE, a test CSV whose id column is "Case ID") and HAM10000 (7 classes, lesions as groups, no
-test set), run as a user would: prepare.py, one short fold with train_fold.py, predict.py, and the CSV on
+(regression, MAE, a test CSV whose id column is "Case ID"), HAM10000 (7 classes, lesions as groups, no
+test set) and HMS 2024 (six vote shares from spectrogram parquet windows, several rows per eeg_id, KL
+divergence), run as a user would: prepare.py, one short fold with train_fold.py, predict.py, and the CSV on
 stdout checked against the sample submission (or, where there is none, the test ids and one value column)."""
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def test_prepare_train_predict(replicas, tmp_path, capsys, name):
     if name == "rsna_bone_age":  # months, de-standardised: near the training ages, not z-scores
         ages = pd.read_csv(root / "boneage-training-dataset.csv")["boneage"]
         assert num.shape == (6, 1) and (num > ages.min() - 3 * ages.std()).all() and num.mean() > 10
+    elif name == "hms2024":  # the six vote shares of each eeg_id: a distribution per row
+        assert num.shape == (4, 6) and (num >= 0).all() and np.allclose(num.sum(1), 1, atol=1e-4)
     else:  # probabilities: P(target = 1) (ISIC), one per label (RANZCR)
         assert num.shape[1] == (11 if name == "ranzcr_clip" else 1) and ((num >= 0) & (num <= 1)).all()
 

@@ -2,6 +2,7 @@
 hidden test set in a notebook with no internet and nothing to install.
 
     <DIR>/infer.py              python infer.py --data /kaggle/input/<competition> -o submission.csv
+    <DIR>/serve.py              predict() for a served competition's gateway (comp.submit.serve)
     <DIR>/config.yaml           the experiment's resolved config
     <DIR>/fold<K>/best.pt       each fold's validated weights (the EMA when that was validated), without
                                 optimizer state: about a third of a training checkpoint
@@ -42,6 +43,7 @@ from comp.experiment import checkpoint as ckpt_io
 from comp.log import log
 from comp.predict import thresholds
 from comp.predict.predict import check_probs_path, save_probs
+from comp.submit.serve import SERVE_PY
 
 RUNTIME_WARN_SHARE = 0.5  # warn when the estimated run passes half the limit: Kaggle's GPUs are often slower
 # than the packaging machine, and a notebook that times out on the hidden rerun scores nothing
@@ -230,6 +232,7 @@ def build_package(exp: Experiment | Any, out: Path | None = None, dataset_id: st
             shutil.copyfile(REPO_ROOT / "LICENSE", tmp / "comp" / "LICENSE")
         _vendor_omegaconf(tmp / "vendor")
         (tmp / "infer.py").write_text(INFER_PY)
+        (tmp / "serve.py").write_text(SERVE_PY)  # the served form: predict() for Kaggle's inference gateway
         (tmp / "dataset-metadata.json").write_text(json.dumps(_metadata(cfg, dataset_id), indent=2) + "\n")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     log(f"package: {out} ({len(models)} model(s) of {len(trained)} fold(s), {size / 2**20:.1f} MiB)")
@@ -240,6 +243,24 @@ def build_package(exp: Experiment | Any, out: Path | None = None, dataset_id: st
     log(f"in the notebook: !python /kaggle/input/<dataset>/infer.py --data /kaggle/input/"
         f"{cfg.data.competition or '<competition>'} -o submission.csv")
     return out
+
+
+def packaged_config(here: Path, data: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                    what: str = "--data") -> Any:
+    """The config a package's entry point (infer.py, serve.py) runs with: the shipped config.yaml with
+    data.root at `data` (default /kaggle/input/<data.competition>), out_dir at the package `here`, the image
+    cache off (Kaggle's input folder is read-only) and predict.on_bad_image=prior, then `overrides`.
+
+    Raises:
+        UserError: `data` is not a folder (named as `what`), or a bad override.
+    """
+    packaged = load_config(Experiment.config_in(here))
+    data = data or f"/kaggle/input/{packaged.data.competition}"
+    if not Path(data).is_dir():
+        raise UserError(f"{what} {data}: no such folder; pass the competition's data folder")
+    return load_config(Experiment.config_in(here), [f"data.root={Path(data).resolve()}", f"out_dir={here}",
+                                                   "images.cache=false", "predict.on_bad_image=prior",
+                                                   *overrides])
 
 
 def infer_main(here: Path, argv: list[str] | None = None) -> None:
@@ -258,15 +279,9 @@ def infer_main(here: Path, argv: list[str] | None = None) -> None:
     def run(args: argparse.Namespace) -> None:
         from comp.predict.submission import make_submission
 
-        packaged = load_config(Experiment.config_in(here))
         if args.save_probs:
             check_probs_path(args.save_probs)
-        data = args.data or f"/kaggle/input/{packaged.data.competition}"
-        if not Path(data).is_dir():
-            raise UserError(f"--data {data}: no such folder; pass the competition's data folder")
-        cfg = load_config(Experiment.config_in(here), [f"data.root={Path(data).resolve()}", f"out_dir={here}",
-                                                       "images.cache=false", "predict.on_bad_image=prior",
-                                                       *args.overrides])
+        cfg = packaged_config(here, args.data, args.overrides)
         sub = make_submission(Experiment(cfg, here))  # the folds' own inputs, read from their checkpoints
         if args.save_probs:
             save_probs(Path(args.save_probs), sub.ids, sub.probs, sub.task)

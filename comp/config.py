@@ -137,6 +137,8 @@ def check_values(cfg: Any) -> None:
         ("data.inference_server", not cfg.data.inference_server
          or re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", cfg.data.inference_server) is not None,
          "must be module.Class (e.g. kaggle_evaluation.rsna_inference_server.RSNAInferenceServer) or empty"),
+        ("data.inference_server", not cfg.data.inference_server or cfg.data.code_competition,
+         "names a served competition's gateway: set data.code_competition=true too (Kaggle takes no CSV there)"),
         ("images.cache_format", cfg.images.cache_format in ("png", "npy"), "must be png or npy"),
         ("images.dicom_frame", cfg.images.dicom_frame in ("first", "middle", "error"),
          "must be first, middle or error"),

@@ -69,9 +69,9 @@ sys.exit(code)
 '''
 
 
-SERVED_KERNEL_PY = '''"""Written by the kit's scripts/submit.py --notebook: serves the predict() of dataset {dataset}'s offline
-package (its serve.py) to {competition}'s inference gateway ({server}), which calls it once per test item and
-writes submission.parquet. No internet, nothing installed."""
+SERVED_KERNEL_PY = '''"""Written by the kit's scripts/submit.py --notebook: serves the predict() of the offline
+package of dataset {dataset} (its serve.py) to {competition}'s inference gateway ({server}), which calls it
+once per test item and writes submission.parquet. No internet, nothing installed."""
 
 import importlib
 import os

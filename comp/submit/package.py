@@ -240,8 +240,13 @@ def build_package(exp: Experiment | Any, out: Path | None = None, dataset_id: st
         estimate_runtime(cfg, out)
     log(f"upload:  kaggle datasets create -p {out} --dir-mode zip   (later: kaggle datasets version -p {out} "
         f"--dir-mode zip -m MESSAGE)")
-    log(f"in the notebook: !python /kaggle/input/<dataset>/infer.py --data /kaggle/input/"
-        f"{cfg.data.competition or '<competition>'} -o submission.csv")
+    data = f"/kaggle/input/{cfg.data.competition or '<competition>'}"
+    if cfg.data.inference_server:  # a served competition: the gateway calls the package's predict()
+        log(f"in the notebook: sys.path.insert(0, '/kaggle/input/<dataset>'); import serve; "
+            f"{cfg.data.inference_server.rsplit('.', 1)[1]}(serve.predictor('{data}')), then .serve() on "
+            f"Kaggle's rerun, else .run_local_gateway(...) (docs/code-competitions.md)")
+    else:
+        log(f"in the notebook: !python /kaggle/input/<dataset>/infer.py --data {data} -o submission.csv")
     return out
 
 

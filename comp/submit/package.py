@@ -43,7 +43,6 @@ from comp.experiment import checkpoint as ckpt_io
 from comp.log import log
 from comp.predict import thresholds
 from comp.predict.predict import check_probs_path, save_probs
-from comp.submit.serve import SERVE_PY
 
 RUNTIME_WARN_SHARE = 0.5  # warn when the estimated run passes half the limit: Kaggle's GPUs are often slower
 # than the packaging machine, and a notebook that times out on the hidden rerun scores nothing
@@ -71,6 +70,39 @@ from comp.submit.package import infer_main  # noqa: E402
 
 if __name__ == "__main__":
     infer_main(HERE)
+'''
+
+
+SERVE_PY = '''"""predict() for a served code competition (written by the kit's scripts/package.py). In the notebook:
+
+    import sys; sys.path.insert(0, "/kaggle/input/<this dataset>")
+    import serve
+    server = <Comp>InferenceServer(serve.predictor("/kaggle/input/<competition>"))
+
+`serve.predict` is the same with the default data folder /kaggle/input/<data.competition>. The folds are
+loaded on the first call, once; each call answers one item: predict(id, path(s)) -> a one-row DataFrame."""
+
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.dont_write_bytecode = True  # the Kaggle input folder is read-only
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no internet: albumentations' version check would fail
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))  # this folder's comp/ before any installed copy
+if str(HERE / "vendor") not in sys.path:
+    sys.path.append(str(HERE / "vendor"))  # omegaconf, only where the image has none
+
+from comp.submit.serve import Served  # noqa: E402
+
+
+def predictor(data=None, *overrides):
+    """A predict() over the competition's data folder `data`, with KEY=VALUE `overrides`."""
+    return Served(HERE, data, overrides)
+
+
+predict = predictor()
 '''
 
 

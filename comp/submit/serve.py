@@ -8,8 +8,9 @@ the answers:
     if os.getenv("KAGGLE_IS_COMPETITION_RERUN"): server.serve()
     else: server.run_local_gateway((data_paths...))
 
-`predict` here is a `Served` object (the package's serve.py makes one): it loads the folds on its first call,
-once, with the same code and config infer.py runs (comp.submit.package.packaged_config, then
+`predict` here is a `Served` object (the package's serve.py, comp.submit.package.SERVE_PY, makes one): it
+loads the folds on its first call, once, with the same code and config infer.py runs
+(comp.submit.package.packaged_config, then
 comp.predict.predict.load_ensemble), and answers each call with the item's row of the submission, in the
 sample submission's columns and encoding (comp.predict.submission.build): the same values infer.py writes
 for that id, to float precision (the batches differ). An item that fails (an unreadable image, an exception
@@ -30,38 +31,6 @@ import pandas as pd
 
 from comp.errors import UserError
 from comp.log import log
-
-SERVE_PY = '''"""predict() for a served code competition (written by the kit's scripts/package.py). In the notebook:
-
-    import sys; sys.path.insert(0, "/kaggle/input/<this dataset>")
-    import serve
-    server = <Comp>InferenceServer(serve.predictor("/kaggle/input/<competition>"))
-
-`serve.predict` is the same with the default data folder /kaggle/input/<data.competition>. The folds are
-loaded on the first call, once; each call answers one item: predict(id, path(s)) -> a one-row DataFrame."""
-
-import os
-import sys
-from pathlib import Path
-
-HERE = Path(__file__).resolve().parent
-sys.dont_write_bytecode = True  # the Kaggle input folder is read-only
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no internet: albumentations' version check would fail
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))  # this folder's comp/ before any installed copy
-if str(HERE / "vendor") not in sys.path:
-    sys.path.append(str(HERE / "vendor"))  # omegaconf, only where the image has none
-
-from comp.submit.serve import Served  # noqa: E402
-
-
-def predictor(data=None, *overrides):
-    """A predict() over the competition's data folder `data`, with KEY=VALUE `overrides`."""
-    return Served(HERE, data, overrides)
-
-
-predict = predictor()
-'''
 
 SERVED_OVERRIDES = ("num_workers=0",)  # one item per call: loader workers would be started for every call
 

@@ -10,9 +10,9 @@ the answers:
 
 `predict` here is a `Served` object (the package's serve.py, comp.submit.package.SERVE_PY, makes one): it
 loads the folds on its first call, once, with the same code and config infer.py runs
-(comp.submit.package.packaged_config, then
-comp.predict.predict.load_ensemble), and answers each call with the item's row of the submission, in the
-sample submission's columns and encoding (comp.predict.submission.build): the same values infer.py writes
+(comp.submit.package.packaged_config, then comp.predict.predict.load_ensemble), and answers each call with
+the item's row of the submission, in the sample submission's columns and encoding
+(comp.predict.submission.build): the same values infer.py writes
 for that id, to float precision (the batches differ). An item that fails (an unreadable image, an exception
 in the model, no image for its id) gets the training class prior, decoded as any row, and a warning naming
 it: a served run that stops scores nothing. What the gateway passes differs per competition (an id, a path,

@@ -93,7 +93,8 @@ class Served:
 
         Args:
             item: the item's id (str or int), or a DataFrame (pandas or polars) of its row(s) holding the
-                id column (data.id_column; data.submission_id_column when set).
+                id column (data.id_column; data.submission_id_column when set), or with no `paths` an
+                existing image file or folder, whose name (a file's without its suffix) is the id.
             paths: the item's image file, a list of them, or a folder of them (e.g. a series), their outputs
                 combined by predict.aggregate as the CSV path combines a row's images; None: the test image
                 named by the id under data.test_images, as infer.py finds it.
@@ -105,6 +106,8 @@ class Served:
             UserError: an item without an id. Any failure after that gives the row the prior (a warning).
         """
         s = self.load()
+        if paths is None and isinstance(item, (str, os.PathLike)) and Path(item).exists():  # a path alone (RSNA
+            paths, item = item, Path(item).name if Path(item).is_dir() else Path(item).stem  # 2025: a series folder)
         item_id = self.item_id(item, s["rcfg"].data.id_column)
         try:
             probs = self.outputs(s, item_id, paths)

@@ -102,6 +102,21 @@ def test_an_item_of_several_images_is_their_aggregate(tmp_path, logged_out, monk
         cv2.imwrite(str(series / f"{k}.png"), cv2.imread(str(test / f"{k}.png")))
     both = predict("s1", str(series))[["0", "1", "2"]].to_numpy(float)  # a folder: its images (predict.aggregate)
     np.testing.assert_allclose(both, (one + two) / 2, rtol=1e-5)
+    alone = predict(str(series))  # a path alone (RSNA 2025 passes the series folder): its name is the id
+    assert alone["id"].tolist() == ["series"]
+    np.testing.assert_allclose(alone[["0", "1", "2"]].to_numpy(float), both, rtol=1e-6)
+    assert predict(str(test / "test_001.png"))["id"].tolist() == ["test_001"]
+
+
+def test_the_gateway_ends_a_run_whose_call_passes_its_time_limit(tmp_path, monkeypatch):
+    from helpers import write_tiny_competition
+
+    root = write_tiny_competition(tmp_path / "data", n_per_class=2, n_test=2)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(gateway, "ROW_TIMEOUT_S", -1.0)  # every call is late: no clock needed
+    with pytest.raises(gateway.GatewayRuntimeError, match="TIMEOUT: predict took over -1 s on 'test_000'"):
+        gateway.TinyInferenceServer(lambda i, p: pd.DataFrame({"id": [i], "label": ["0"]})).run_local_gateway(
+            (str(root),))
 
 
 @pytest.mark.parametrize("answer, says", [

@@ -35,6 +35,20 @@ from comp.log import log
 SERVED_OVERRIDES = ("num_workers=0",)  # one item per call: loader workers would be started for every call
 
 
+def train_only(cfg: Any) -> Any:
+    """`cfg` with no test listing (data.test_csv, data.sample_submission, data.test_images emptied): what the
+    served predictor loads the competition with, for its classes, their values and the training prior. A
+    served competition's items come with the gateway's calls, and its public test listing may name images
+    its data folder does not hold (the hidden set replaces them on the rerun)."""
+    from omegaconf import OmegaConf
+
+    out = cfg.copy()
+    OmegaConf.set_readonly(out, False)
+    out.data.test_csv, out.data.sample_submission, out.data.test_images = "", "", []
+    OmegaConf.set_readonly(out, True)
+    return out
+
+
 class Served:
     """The package's predict(): `Served(here, data, overrides)(item, paths=None)` -> a one-row DataFrame.
 
@@ -68,7 +82,7 @@ class Served:
         if cfg.predict.shape == "long":
             raise UserError("predict.shape=long is not served yet: the served predict() answers one wide row")
         exp = Experiment(cfg, self.here)
-        comp = load_competition(cfg)
+        comp = load_competition(train_only(cfg))  # the test items come with the calls
         rcfg = row_config(cfg)  # items are submission rows (data.submission_id_column when set)
         id_col = rcfg.data.id_column
         if cfg.data.sample_submission and (comp.root / cfg.data.sample_submission).is_file():

@@ -91,6 +91,15 @@ def test_a_failing_item_gets_the_prior_and_a_warning_and_the_run_goes_on(tmp_pat
         in err
 
 
+def test_the_served_predictor_needs_no_public_test_images(tmp_path, logged_out, monkeypatch):
+    # a served competition's test items come with the calls; its listing may name images that are not there
+    ex, pkg = _package(tmp_path, probs=True)
+    served = tmp_path / "served"
+    (ex["root"] / "test").rename(served)
+    row = _served(pkg, monkeypatch, str(ex["root"]))("test_005", str(served / "test_005.png"))
+    assert row["id"].tolist() == ["test_005"] and not np.allclose(row[["0", "1", "2"]].to_numpy(float), 1 / 3)
+
+
 def test_an_item_of_several_images_is_their_aggregate(tmp_path, logged_out, monkeypatch):
     ex, pkg = _package(tmp_path, probs=True)
     predict = _served(pkg, monkeypatch, str(ex["root"]))

@@ -114,7 +114,7 @@ class Served:
                 named by the id under data.test_images, as infer.py finds it.
 
         Returns:
-            A one-row pandas DataFrame in the sample submission's columns, id first as the sample has it.
+            A one-row pandas DataFrame in the sample submission's columns, in its order.
 
         Raises:
             UserError: an item without an id. Any failure after that gives the row the prior (a warning).

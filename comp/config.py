@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,11 @@ def check_values(cfg: Any) -> None:
          "must be a list of image ids or the path of a CSV with an id column"),
         ("data.hidden_test_size", cfg.data.hidden_test_size >= 0, "must be >= 0 (0 = unknown)"),
         ("data.runtime_limit_hours", cfg.data.runtime_limit_hours > 0, "must be > 0"),
+        ("data.inference_server", not cfg.data.inference_server
+         or re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", cfg.data.inference_server) is not None,
+         "must be module.Class (e.g. kaggle_evaluation.rsna_inference_server.RSNAInferenceServer) or empty"),
+        ("data.inference_server", not cfg.data.inference_server or cfg.data.code_competition,
+         "names a served competition's gateway: set data.code_competition=true too (Kaggle takes no CSV there)"),
         ("images.cache_format", cfg.images.cache_format in ("png", "npy"), "must be png or npy"),
         ("images.dicom_frame", cfg.images.dicom_frame in ("first", "middle", "error"),
          "must be first, middle or error"),

@@ -81,6 +81,10 @@ class DataConfig:
     kernel_gpu: bool = False  # the submission notebook runs with a GPU (code competitions)
     hidden_test_size: int = 0  # images in the hidden test set a code competition's notebook predicts; 0 = unknown
     runtime_limit_hours: float = 9.0  # the competition's notebook run-time limit (9 h for most)
+    inference_server: str = ""  # a served code competition (RSNA 2025: Kaggle's gateway calls the notebook's
+    # predict() per test item and writes submission.parquet): the competition's server class as module.Class,
+    # e.g. kaggle_evaluation.rsna_inference_server.RSNAInferenceServer; the notebook serves the package's
+    # serve.py with it. "" = the notebook writes submission.csv with infer.py (docs/code-competitions.md)
     extra: list[Any] = field(default_factory=list)  # external training data: other downloads, each a partial data
     # section (root, layout, train_csv, id_column, label_column, train_images, image_ext, ...) plus name,
     # label_map {from: to}, weight (sampling share, competition images 1) and stage (all | pretrain); added to

@@ -54,6 +54,8 @@ def test_pretrained_false_means_no_weights(tmp_path):
     (["folds.n_folds=1"], "'folds.n_folds'"),
     (["optim.name=adam_w"], "'optim.name'"),
     (["epochs"], "KEY=VALUE"),
+    (["data.code_competition=true", "data.inference_server=rsna server"], "must be module.Class"),
+    (["data.inference_server=kaggle_evaluation.x.XInferenceServer"], "set data.code_competition=true too"),
 ])
 def test_bad_overrides(overrides, needle):
     with pytest.raises(UserError, match=None) as e:

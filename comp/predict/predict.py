@@ -166,6 +166,20 @@ def predict_test(exp: Experiment | Any, comp: Competition, device: torch.device 
     if len(comp.test) == 0:
         raise UserError(f"no test images found for {cfg.data.root} (data.test_images / data.sample_submission)")
     device = device or pick_device(cfg.device)
+    models, nets = load_ensemble(exp, comp, device, paths, models)
+    return ensemble_outputs(cfg, comp, models, nets, comp.test["path"].tolist(), device)
+
+
+def load_ensemble(exp: Experiment, comp: Competition, device: torch.device, paths: list[Path] | None = None,
+                  models: list[FoldModel] | None = None) -> tuple[list[FoldModel], list[torch.nn.Module]]:
+    """The ensemble's models (`models`, or those of the checkpoints `paths`, default every fold and seed:
+    `exp.load_models`) and their networks on `device` (`to_device`), each logged with its weight; loaded
+    once, by predict_test for a test set and by the served predictor (comp.submit.serve) for all its calls.
+
+    Raises:
+        UserError: no trained fold, folds that disagree, a fold that does not match the config or the data.
+    """
+    cfg = exp.cfg
     if math := fast_math(device):
         log(f"predict: {math}")
     views = check_tta(cfg.aug.tta)
@@ -184,16 +198,25 @@ def predict_test(exp: Experiment | Any, comp: Competition, device: torch.device 
         shown = f"{best:.4f}" if isinstance(best, (int, float)) else "?"
         log(f"{exp.name(m.path)}: validation {m.meta.get('metric', 'score')} {shown}, weight {w / sum(weights):.3f} "
             f"of the ensemble, {len(views)} TTA view(s)")
+    return models, nets
+
+
+def ensemble_outputs(cfg: Any, comp: Competition, models: list[FoldModel], nets: list[torch.nn.Module],
+                     paths: list[str], device: torch.device) -> np.ndarray:
+    """(N, K) float32 ensemble outputs of the images `paths` (`model_outputs` then `ensemble_mean`). With
+    predict.on_bad_image=prior an image that cannot be read gets the training class prior (`class_prior`)
+    and a warning naming it; with `fail` it raises the ImageError."""
+    views = check_tta(cfg.aug.tta)
     prior = cfg.predict.on_bad_image == "prior"
     flags: list[torch.Tensor] | None = [] if prior else None  # per batch: 1 for an image that cannot be read
-    outs = model_outputs(cfg, comp, models, nets, comp.test["path"].tolist(), device,
+    outs = model_outputs(cfg, comp, models, nets, paths, device,
                          f"predict {len(models)} fold(s) x {len(views)} view(s)", flags)
     probs = ensemble_mean(cfg, models, outs)
     bad = np.flatnonzero(torch.cat(flags).cpu().numpy() > 0) if prior and flags else np.zeros(0, np.int64)
     if len(bad):
         probs[bad] = class_prior(comp, models[0].task).astype(np.float32)
         for i in bad:
-            log(f"warning: test image {comp.test['path'].iloc[i]} cannot be read; its row is the training class "
+            log(f"warning: test image {paths[i]} cannot be read; its row is the training class "
                 f"prior (predict.on_bad_image=prior)")
     return probs
 

@@ -61,11 +61,13 @@ def positive(cfg: Any, comp: Competition) -> int:
     return positive_index(cfg.data.positive_class, comp.classes, comp.label_values)
 
 
-def build(cfg: Any, comp: Competition, probs: np.ndarray, labels: np.ndarray | None = None) -> pd.DataFrame:
+def build(cfg: Any, comp: Competition, probs: np.ndarray, labels: np.ndarray | None = None,
+          sample: pd.DataFrame | None = None) -> pd.DataFrame:
     """The submission for test probabilities `probs` (N_test, C) in `comp.test` order: the sample's
     header, rows and id spelling, its values filled in. `labels` (class indices) override the argmax,
-    e.g. when kappa cut-points decoded them."""
-    sample = sample_frame(cfg, comp)
+    e.g. when kappa cut-points decoded them. `sample`: the rows to fill (default the sample submission,
+    `sample_frame`); the served predictor (comp.submit.serve) passes one item's rows."""
+    sample = sample_frame(cfg, comp) if sample is None else sample
     id_col = cfg.data.id_column
     mode = output_mode(cfg, comp, sample)
     out = sample.copy()

@@ -6,9 +6,11 @@ submission, through the real Kaggle CLI, one checked step at a time.
        kaggle datasets status OWNER/SLUG until it is ready
     3. write the kernel folder: kernel-metadata.json (the competition and the dataset as sources,
        internet off, GPU from data.kernel_gpu) and kernel.py, which runs the package's infer.py on the
-       mounted competition data into /kaggle/working/submission.csv
+       mounted competition data into /kaggle/working/submission.csv, or in a served competition
+       (data.inference_server) serves the package's predict() (serve.py) to the competition's gateway,
+       which writes submission.parquet
     4. kaggle kernels push -p KERNEL, then kaggle kernels status OWNER/KERNEL until COMPLETE or ERROR
-    5. kaggle competitions submit C -k OWNER/KERNEL -v VERSION -f submission.csv -m MESSAGE, then Kaggle's
+    5. kaggle competitions submit C -k OWNER/KERNEL -v VERSION -f submission.csv|.parquet -m MESSAGE, then Kaggle's
        score awaited and recorded in submissions/index.csv (comp.submit.kaggle.record)
 
 The dataset and the notebook belong to the user the CLI is logged in as (comp.kaggle_cli.username),
@@ -67,21 +69,68 @@ sys.exit(code)
 '''
 
 
+SERVED_KERNEL_PY = '''"""Written by the kit's scripts/submit.py --notebook: serves the predict() of the offline
+package of dataset {dataset} (its serve.py) to {competition}'s inference gateway ({server}), which calls it
+once per test item and writes submission.parquet. No internet, nothing installed."""
+
+import importlib
+import os
+import sys
+from pathlib import Path
+
+INPUT = Path(os.environ.get("KIT_KAGGLE_INPUT", "/kaggle/input"))  # set elsewhere only by the kit's tests
+WORKING = Path(os.environ.get("KIT_KAGGLE_WORKING", "/kaggle/working"))
+
+
+def mounted(slug, marker):
+    """Where Kaggle mounted a source: /kaggle/input/<slug>, or one or two levels deeper."""
+    for p in [INPUT / slug, *sorted(INPUT.glob("*/" + slug)), *sorted(INPUT.glob("*/*/" + slug))]:
+        if (p / marker).exists():
+            return p
+    sys.exit(f"{{slug}} is not mounted under {{INPUT}}: add it to the notebook's inputs")
+
+
+package = mounted({dataset_slug!r}, "serve.py")
+data = mounted({competition!r}, ".")
+sys.path.insert(0, str(package))
+sys.path.append(str(data))  # the competition's kaggle_evaluation package ships in its data folder
+import serve  # noqa: E402
+
+module, _, name = {server!r}.rpartition(".")
+server = getattr(importlib.import_module(module), name)(serve.predictor(str(data)))  # folds loaded on the 1st call
+os.chdir(WORKING)  # the gateway writes submission.parquet where it runs
+if os.getenv("KAGGLE_IS_COMPETITION_RERUN"):
+    server.serve()
+else:
+    server.run_local_gateway((str(data),))
+'''
+
+
+def output_file(cfg: Any) -> str:
+    """The file the notebook leaves for Kaggle: the gateway's submission.parquet in a served competition
+    (data.inference_server), else infer.py's submission.csv."""
+    return "submission.parquet" if cfg.data.inference_server else "submission.csv"
+
+
 def _slug(text: str, most: int = 50) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:most].rstrip("-")
 
 
 def kernel_folder(cfg: Any, dataset_id: str, kernel_id: str, folder: Path) -> Path:
-    """Write `folder`/kernel-metadata.json and kernel.py for `kaggle kernels push -p folder`. The title is
-    the slug spelt with spaces, so Kaggle derives the same slug from it (kernels_push warns otherwise)."""
+    """Write `folder`/kernel-metadata.json and kernel.py for `kaggle kernels push -p folder`: kernel.py runs
+    the package's infer.py, or with data.inference_server serves its serve.py to the competition's gateway.
+    The title is the slug spelt with spaces, so Kaggle derives the same slug from it (kernels_push warns
+    otherwise)."""
     slug = kernel_id.split("/", 1)[1]
     meta = {"id": kernel_id, "title": slug.replace("-", " "), "code_file": KERNEL_FILE, "language": "python",
             "kernel_type": "script", "is_private": True, "enable_gpu": bool(cfg.data.kernel_gpu),
             "enable_tpu": False, "enable_internet": False, "dataset_sources": [dataset_id],
             "competition_sources": [cfg.data.competition], "kernel_sources": [], "model_sources": []}
     folder.mkdir(parents=True, exist_ok=True)
-    write_text(folder / KERNEL_FILE, KERNEL_PY.format(competition=cfg.data.competition, dataset=dataset_id,
-                                                      dataset_slug=dataset_id.split("/", 1)[1]))
+    template = SERVED_KERNEL_PY if cfg.data.inference_server else KERNEL_PY
+    write_text(folder / KERNEL_FILE, template.format(competition=cfg.data.competition, dataset=dataset_id,
+                                                     dataset_slug=dataset_id.split("/", 1)[1],
+                                                     server=cfg.data.inference_server))
     write_json(folder / "kernel-metadata.json", meta)
     return folder
 
@@ -174,7 +223,7 @@ def notebook_submit(cfg: Any, message: str, config_path: str | None = None, data
                             + (f": {failure.group(1)}" if failure else "")
                             + f" (its log: kaggle kernels output {kernel_id} -p DIR)")
         output = kaggle_cli.run(["competitions", "submit", competition, "-k", kernel_id, "-v", str(version),
-                                 "-f", "submission.csv", "-m", message])
+                                 "-f", output_file(cfg), "-m", message])
     except UserError as e:
         raise UserError(f"{e}; already created on Kaggle: {', '.join(created) or 'nothing'}") from None
     return record(cfg, output, message, f"{kernel_id}/{version}", config_path, kernel=f"{kernel_id} v{version}",

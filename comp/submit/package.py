@@ -2,6 +2,7 @@
 hidden test set in a notebook with no internet and nothing to install.
 
     <DIR>/infer.py              python infer.py --data /kaggle/input/<competition> -o submission.csv
+    <DIR>/serve.py              predict() for a served competition's gateway (comp.submit.serve)
     <DIR>/config.yaml           the experiment's resolved config
     <DIR>/fold<K>/best.pt       each fold's validated weights (the EMA when that was validated), without
                                 optimizer state: about a third of a training checkpoint
@@ -69,6 +70,39 @@ from comp.submit.package import infer_main  # noqa: E402
 
 if __name__ == "__main__":
     infer_main(HERE)
+'''
+
+
+SERVE_PY = '''"""predict() for a served code competition (written by the kit's scripts/package.py). In the notebook:
+
+    import sys; sys.path.insert(0, "/kaggle/input/<this dataset>")
+    import serve
+    server = <Comp>InferenceServer(serve.predictor("/kaggle/input/<competition>"))
+
+`serve.predict` is the same with the default data folder /kaggle/input/<data.competition>. The folds are
+loaded on the first call, once; each call answers one item: predict(id, path(s)) -> a one-row DataFrame."""
+
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.dont_write_bytecode = True  # the Kaggle input folder is read-only
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no internet: albumentations' version check would fail
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))  # this folder's comp/ before any installed copy
+if str(HERE / "vendor") not in sys.path:
+    sys.path.append(str(HERE / "vendor"))  # omegaconf, only where the image has none
+
+from comp.submit.serve import Served  # noqa: E402
+
+
+def predictor(data=None, *overrides):
+    """A predict() over the competition's data folder `data`, with KEY=VALUE `overrides`."""
+    return Served(HERE, data, overrides)
+
+
+predict = predictor()
 '''
 
 
@@ -151,7 +185,9 @@ def estimate_runtime(cfg: Any, pkg: Path, sample: int = 32) -> float | None:
     no top-level test ids CSV).
 
     Raises:
-        UserError: infer.py fails on the sample (its last stderr line).
+        UserError: infer.py fails on the sample (its last stderr line); in a served competition
+            (data.inference_server) a warning instead, and None: its public test listing may name images
+            the download does not hold.
     """
     import subprocess
     import tempfile
@@ -174,8 +210,12 @@ def estimate_runtime(cfg: Any, pkg: Path, sample: int = 32) -> float | None:
             times[k] = time.perf_counter() - start
             if res.returncode != 0:
                 lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-                raise UserError(f"{pkg / 'infer.py'} failed on a sample of {k} test image(s): "
-                                f"{lines[-1] if lines else res.returncode}")
+                why = (f"{pkg / 'infer.py'} failed on a sample of {k} test image(s): "
+                       f"{lines[-1] if lines else res.returncode}")
+                if cfg.data.inference_server:  # served: the test items come with the gateway's calls, and the
+                    log(f"warning: run time not estimated: {why}")  # public listing may name absent images
+                    return None
+                raise UserError(why)
             k_real = res.stdout.count("\n") - 1  # rows written (header excluded)
             if k == sample:
                 sample = max(k_real, 2)
@@ -230,6 +270,7 @@ def build_package(exp: Experiment | Any, out: Path | None = None, dataset_id: st
             shutil.copyfile(REPO_ROOT / "LICENSE", tmp / "comp" / "LICENSE")
         _vendor_omegaconf(tmp / "vendor")
         (tmp / "infer.py").write_text(INFER_PY)
+        (tmp / "serve.py").write_text(SERVE_PY)  # the served form: predict() for Kaggle's inference gateway
         (tmp / "dataset-metadata.json").write_text(json.dumps(_metadata(cfg, dataset_id), indent=2) + "\n")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     log(f"package: {out} ({len(models)} model(s) of {len(trained)} fold(s), {size / 2**20:.1f} MiB)")
@@ -237,9 +278,32 @@ def build_package(exp: Experiment | Any, out: Path | None = None, dataset_id: st
         estimate_runtime(cfg, out)
     log(f"upload:  kaggle datasets create -p {out} --dir-mode zip   (later: kaggle datasets version -p {out} "
         f"--dir-mode zip -m MESSAGE)")
-    log(f"in the notebook: !python /kaggle/input/<dataset>/infer.py --data /kaggle/input/"
-        f"{cfg.data.competition or '<competition>'} -o submission.csv")
+    data = f"/kaggle/input/{cfg.data.competition or '<competition>'}"
+    if cfg.data.inference_server:  # a served competition: the gateway calls the package's predict()
+        log(f"in the notebook: sys.path.insert(0, '/kaggle/input/<dataset>'); import serve; "
+            f"{cfg.data.inference_server.rsplit('.', 1)[1]}(serve.predictor('{data}')), then .serve() on "
+            f"Kaggle's rerun, else .run_local_gateway(...) (docs/code-competitions.md)")
+    else:
+        log(f"in the notebook: !python /kaggle/input/<dataset>/infer.py --data {data} -o submission.csv")
     return out
+
+
+def packaged_config(here: Path, data: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                    what: str = "--data") -> Any:
+    """The config a package's entry point (infer.py, serve.py) runs with: the shipped config.yaml with
+    data.root at `data` (default /kaggle/input/<data.competition>), out_dir at the package `here`, the image
+    cache off (Kaggle's input folder is read-only) and predict.on_bad_image=prior, then `overrides`.
+
+    Raises:
+        UserError: `data` is not a folder (named as `what`), or a bad override.
+    """
+    packaged = load_config(Experiment.config_in(here))
+    data = data or f"/kaggle/input/{packaged.data.competition}"
+    if not Path(data).is_dir():
+        raise UserError(f"{what} {data}: no such folder; pass the competition's data folder")
+    return load_config(Experiment.config_in(here), [f"data.root={Path(data).resolve()}", f"out_dir={here}",
+                                                   "images.cache=false", "predict.on_bad_image=prior",
+                                                   *overrides])
 
 
 def infer_main(here: Path, argv: list[str] | None = None) -> None:
@@ -258,15 +322,9 @@ def infer_main(here: Path, argv: list[str] | None = None) -> None:
     def run(args: argparse.Namespace) -> None:
         from comp.predict.submission import make_submission
 
-        packaged = load_config(Experiment.config_in(here))
         if args.save_probs:
             check_probs_path(args.save_probs)
-        data = args.data or f"/kaggle/input/{packaged.data.competition}"
-        if not Path(data).is_dir():
-            raise UserError(f"--data {data}: no such folder; pass the competition's data folder")
-        cfg = load_config(Experiment.config_in(here), [f"data.root={Path(data).resolve()}", f"out_dir={here}",
-                                                       "images.cache=false", "predict.on_bad_image=prior",
-                                                       *args.overrides])
+        cfg = packaged_config(here, args.data, args.overrides)
         sub = make_submission(Experiment(cfg, here))  # the folds' own inputs, read from their checkpoints
         if args.save_probs:
             save_probs(Path(args.save_probs), sub.ids, sub.probs, sub.task)

@@ -158,3 +158,31 @@ def test_a_refusal_while_polling_ends_the_flow_at_once_naming_the_command(method
     assert f"{command} tester/tiny-code-poll-runs-" in line
     assert fake.calls("CreateCodeSubmission") == []
     assert clock.sleeps == ([] if method == "GetDatasetStatus" else [2.0])  # the new notebook's 404 only
+
+
+def test_a_served_competition_pushes_a_kernel_serving_the_package_to_its_gateway(fake, api, tmp_path):
+    """data.inference_server: the kernel serves the package's serve.py to the competition's gateway (here the
+    stand-in tests/submit/gateway.py, shipped in the competition's data as kaggle_evaluation is), whose
+    submission.parquet is submitted and holds predict.py's rows."""
+    ex = make_experiment(tmp_path, "data.competition=tiny-code-nb", "data.code_competition=true",
+                         "data.inference_server=kaggle_evaluation.tiny_inference_server.TinyInferenceServer",
+                         f"predict.submissions_dir={tmp_path / 'subs'}")
+    (ex["root"] / "kaggle_evaluation").mkdir()
+    (ex["root"] / "kaggle_evaluation" / "__init__.py").write_text("")
+    (ex["root"] / "kaggle_evaluation" / "tiny_inference_server.py").write_text(
+        (Path(__file__).parent / "gateway.py").read_text())
+    fake.competitions["tiny-code-nb"] = Competition(code=True, outcome=("COMPLETE", "0.7", ""))
+    fake.run_kernel = _run_pushed_kernel(ex["root"], tmp_path / "kaggle")
+    try:
+        code, _, err = run_main("submit.py", "--notebook", "-m", "served", "--poll", "0.05", *ex["overrides"])
+    finally:
+        fake.run_kernel = None
+    assert code == 0, err + (tmp_path / "kaggle" / "log.txt").read_text()
+    assert "TinyInferenceServer" in fake.calls("SaveKernel")[0]["text"]
+    assert fake.calls("CreateCodeSubmission")[0]["fileName"] == "submission.parquet"
+    assert not (tmp_path / "kaggle" / "working" / "submission.csv").exists()
+    served = pd.read_parquet(tmp_path / "kaggle" / "working" / "submission.parquet")
+    from comp.predict.submission import make_submission
+
+    local = make_submission(ex["cfg"]).frame
+    assert served.astype(str).to_dict("list") == local.astype(str).to_dict("list")

@@ -23,3 +23,16 @@ def test_the_run_time_estimate_warns_when_the_hidden_test_set_would_not_fit(tmp_
     capsys.readouterr()
     build_package(ex["cfg"], tmp_path / "pkg2", estimate=False)
     assert "estimated run time" not in capsys.readouterr().err
+
+
+def test_a_served_competition_without_its_public_test_images_is_packaged_unestimated(tmp_path, logged_out, capsys):
+    # a served competition's items come with the gateway's calls: its listing may name images not downloaded
+    ex = make_experiment(tmp_path, "data.code_competition=true", "data.hidden_test_size=1000",
+                         "data.test_csv=sample_submission.csv",
+                         "data.inference_server=kaggle_evaluation.tiny_inference_server.TinyInferenceServer")
+    for f in (ex["root"] / "test").iterdir():
+        f.unlink()
+    pkg = build_package(ex["cfg"], tmp_path / "pkg")
+    err = capsys.readouterr().err
+    assert "warning: run time not estimated: " in err and "failed on a sample of 1 test image(s)" in err
+    assert (pkg / "serve.py").is_file() and "import serve; TinyInferenceServer(serve.predictor(" in err

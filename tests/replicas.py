@@ -275,23 +275,30 @@ def _lesion(rng: np.random.Generator, w: int, h: int, dark: int) -> np.ndarray:
     return np.clip(img + rng.normal(0, 5, img.shape), 0, 255).astype(np.uint8)
 
 
+def _isic_patients(rng: np.random.Generator):
+    """The ISIC replicas' training images, drawn from `rng` as they are used: 8 patients (IP_<7 digits>) of
+    3-4 images each (ISIC_<7 digits>), every 4th image malignant; yields (k, patient, sex, age, name,
+    malignant) with k counting the images."""
+    k = 0
+    for p in range(8):
+        pid = f"IP_{int(rng.integers(10**6, 10**7)):07d}"
+        sex, age = ("male", "female", "")[p % 3], ("45.0", "60.0", "")[p % 3]
+        for _ in range(3 + p % 2):
+            yield k, pid, sex, age, f"ISIC_{int(rng.integers(10**6, 10**7)):07d}", k % 4 == 1
+            k += 1
+
+
 def isic2020(root: Path, seed: int = 0) -> Path:
     """SIIM-ISIC Melanoma 2020: 8 patients (IP_<7 digits>) with 3-4 images each (ISIC_<7 digits>), 7 of
     the 28 malignant; 6 test images. train.csv with all 8 columns (metadata blank in places, as in the
     real file), test.csv, sample_submission.csv (image_name,target), JPEGs in jpeg/train and jpeg/test."""
     rng = np.random.default_rng(seed)
     sites = ["torso", "lower extremity", "upper extremity", "head/neck", ""]
-    rows, k = [], 0
-    for p in range(8):
-        pid = f"IP_{int(rng.integers(10**6, 10**7)):07d}"
-        sex, age = ("male", "female", "")[p % 3], ("45.0", "60.0", "")[p % 3]
-        for _ in range(3 + p % 2):
-            name = f"ISIC_{int(rng.integers(10**6, 10**7)):07d}"
-            mal = k % 4 == 1
-            diag = "melanoma" if mal else ("unknown", "nevus", "seborrheic keratosis")[k % 3]
-            _write_rgb(root / "jpeg" / "train" / f"{name}.jpg", _lesion(rng, 48 + 8 * (k % 2), 36, 6 if mal else 1))
-            rows.append((name, pid, sex, age, sites[k % 5], diag, "malignant" if mal else "benign", int(mal)))
-            k += 1
+    rows = []
+    for k, pid, sex, age, name, mal in _isic_patients(rng):
+        diag = "melanoma" if mal else ("unknown", "nevus", "seborrheic keratosis")[k % 3]
+        _write_rgb(root / "jpeg" / "train" / f"{name}.jpg", _lesion(rng, 48 + 8 * (k % 2), 36, 6 if mal else 1))
+        rows.append((name, pid, sex, age, sites[k % 5], diag, "malignant" if mal else "benign", int(mal)))
     cols = ["image_name", "patient_id", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis",
             "benign_malignant", "target"]
     _write_csv(pd.DataFrame(rows, columns=cols), root / "train.csv")
@@ -333,19 +340,13 @@ def isic2024(root: Path, seed: int = 0) -> Path:
     test-image.hdf5, as the real sample_submission's 3 rows."""
     rng = np.random.default_rng(seed)
     sites = ["posterior torso", "lower extremity", "anterior torso", "head/neck", "upper extremity"]
-    rows, images, k = [], {}, 0
-    for p in range(8):
-        pid = f"IP_{int(rng.integers(10**6, 10**7)):07d}"
-        sex, age = ("male", "female", "")[p % 3], ("45.0", "60.0", "")[p % 3]
-        for _ in range(3 + p % 2):
-            name = f"ISIC_{int(rng.integers(10**6, 10**7)):07d}"
-            mal = k % 4 == 1
-            images[name] = jpeg_bytes(_lesion(rng, 40 + 8 * (k % 2), 40, 6 if mal else 1))
-            rows.append((name, pid, age, sex, sites[k % 5], f"{2.5 + k % 7 * 0.8:.2f}", "TBP tile: close-up",
-                         ("3D: white", "3D: XP")[k % 2], f"{20 + rng.normal(0, 3):.3f}", f"{3 + k % 5:.3f}",
-                         "Torso Back", "Memorial Sloan Kettering Cancer Center", "CC-BY",
-                         int(mal), f"IL_{k:07d}" if mal else "", "Malignant::Melanoma" if mal else "Benign"))
-            k += 1
+    rows, images = [], {}
+    for k, pid, sex, age, name, mal in _isic_patients(rng):
+        images[name] = jpeg_bytes(_lesion(rng, 40 + 8 * (k % 2), 40, 6 if mal else 1))
+        rows.append((name, pid, age, sex, sites[k % 5], f"{2.5 + k % 7 * 0.8:.2f}", "TBP tile: close-up",
+                     ("3D: white", "3D: XP")[k % 2], f"{20 + rng.normal(0, 3):.3f}", f"{3 + k % 5:.3f}",
+                     "Torso Back", "Memorial Sloan Kettering Cancer Center", "CC-BY",
+                     int(mal), f"IL_{k:07d}" if mal else "", "Malignant::Melanoma" if mal else "Benign"))
     write_store(root / "train-image.hdf5", images, opaque=(next(iter(images)),))
     cols = [*ISIC2024_COLUMNS, "target", "lesion_id", "iddx_full"]
     train = pd.DataFrame(rows, columns=cols)

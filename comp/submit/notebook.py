@@ -40,15 +40,7 @@ from comp.submit.kaggle import POLL_S, WAIT_S, record
 KERNEL_FILE = "kernel.py"
 DATASET_WAIT_S = 1800.0  # how long an uploaded dataset may take to be ready (Kaggle unzips and indexes it)
 EXISTS_WAIT_S = 300.0  # how long `datasets status` may stay busy (429, 5xx) before the flow gives up
-KERNEL_PY = '''"""Written by the kit's scripts/submit.py --notebook: predicts {competition}'s test set with the offline
-package of dataset {dataset} and writes submission.csv. No internet, nothing installed."""
-
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-INPUT = Path(os.environ.get("KIT_KAGGLE_INPUT", "/kaggle/input"))  # set elsewhere only by the kit's tests
+MOUNTED = '''INPUT = Path(os.environ.get("KIT_KAGGLE_INPUT", "/kaggle/input"))  # set elsewhere only by the kit's tests
 WORKING = Path(os.environ.get("KIT_KAGGLE_WORKING", "/kaggle/working"))
 
 
@@ -58,7 +50,16 @@ def mounted(slug, marker):
         if (p / marker).exists():
             return p
     sys.exit(f"{{slug}} is not mounted under {{INPUT}}: add it to the notebook's inputs")
+'''  # both kernels' start: where Kaggle mounted the package and the data
+KERNEL_PY = '''"""Written by the kit's scripts/submit.py --notebook: predicts {competition}'s test set with the offline
+package of dataset {dataset} and writes submission.csv. No internet, nothing installed."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+''' + MOUNTED + '''
 
 package = mounted({dataset_slug!r}, "infer.py")
 data = mounted({competition!r}, ".")
@@ -78,17 +79,7 @@ import os
 import sys
 from pathlib import Path
 
-INPUT = Path(os.environ.get("KIT_KAGGLE_INPUT", "/kaggle/input"))  # set elsewhere only by the kit's tests
-WORKING = Path(os.environ.get("KIT_KAGGLE_WORKING", "/kaggle/working"))
-
-
-def mounted(slug, marker):
-    """Where Kaggle mounted a source: /kaggle/input/<slug>, or one or two levels deeper."""
-    for p in [INPUT / slug, *sorted(INPUT.glob("*/" + slug)), *sorted(INPUT.glob("*/*/" + slug))]:
-        if (p / marker).exists():
-            return p
-    sys.exit(f"{{slug}} is not mounted under {{INPUT}}: add it to the notebook's inputs")
-
+''' + MOUNTED + '''
 
 package = mounted({dataset_slug!r}, "serve.py")
 data = mounted({competition!r}, ".")

@@ -47,8 +47,9 @@ class DataConfig:
     # spectrogram_id; files `<value><image_ext>`); empty = the id. train_csv must have it; a test CSV without
     # it reads the id
     offset_column: str = ""  # column of the CSVs giving the second a row's window starts at in its recording
-    # (HMS 2024: spectrogram_label_offset_seconds; a 600 s window, comp/data/spectrogram.py); train_csv must
-    # have it, a test CSV without it (HMS's test.csv) reads from 0. docs/images.md
+    # (HMS 2024: spectrogram_label_offset_seconds; a 600 s window, comp/data/spectrogram.py), or for a NIfTI
+    # volume the axial slice it reads (comp/data/nifti.py); train_csv must have it, a test CSV without it (HMS's
+    # test.csv) reads from 0. docs/images.md
     classes: list[str] = field(default_factory=list)  # class names in label order; empty = sorted labels
     class_values: list[str] = field(default_factory=list)  # the competition's value of each class (same order
     # as classes) in its CSVs and submission, e.g. classes [hem, all] + class_values [0, 1]; empty = the names

@@ -147,7 +147,8 @@ def _encode_labels(raw: pd.Series, classes: list[str], class_values: list[str],
 
 def _sources(cfg: Any, table: pd.DataFrame, ids: pd.Series, csv: Path) -> pd.DataFrame:
     """What each row of the CSV `table` reads: `source`, the name its file is found by (data.file_column, else
-    the id) and `offset`, the second its window starts at (data.offset_column; "" when unset). A test CSV
+    the id) and `offset`, the second its window starts at, or a volume's slice (data.offset_column; "" when
+    unset). A test CSV
     without either column reads the id / offset 0 (HMS 2024's test.csv names no offset: its windows start at
     0); train_csv must have both (read_csv checks it).
 
@@ -164,7 +165,8 @@ def _sources(cfg: Any, table: pd.DataFrame, ids: pd.Series, csv: Path) -> pd.Dat
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
             raise UserError(f"{csv}: row {int(table.index[i]) + 2} column {d.offset_column!r} has {raw.iloc[i]!r}, "
-                            f"not a number of seconds >= 0 (data.offset_column)")
+                            f"not a number >= 0 (data.offset_column: seconds into a recording, or a NIfTI volume's "
+                            f"slice)")
         out["offset"] = v.astype(np.float64)
     return out
 

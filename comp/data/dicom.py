@@ -134,7 +134,7 @@ def from_config(cfg: Any) -> DicomOptions:
     return options(wins, str(cfg.images.dicom_frame))
 
 
-def _apply_window(values: np.ndarray, center: float, width: float, func: str = "LINEAR") -> np.ndarray:
+def apply_window(values: np.ndarray, center: float, width: float, func: str = "LINEAR") -> np.ndarray:
     """A window to 0..255 uint8 by pydicom's `apply_windowing` (PS3.3 C.11.2.1.2: LINEAR, LINEAR_EXACT,
     SIGMOID), its output range set to 0..255 by a header of 8 unsigned bits and no rescale (the values are
     already the Modality LUT's output). LINEAR needs width >= 1, which holds in stored units; after a tiny
@@ -197,7 +197,7 @@ def _own_voi(values: np.ndarray, ds: Any, notes: list[str]) -> np.ndarray:
                 notes.extend(f"{name} {shown(v)} read as {x:g}" for name, v, x in pairs if isinstance(v, str))
                 if skipped:
                     notes.extend([*skipped, f"window {i + 1} of {len(centers)} used"])
-                return _apply_window(values, cx, wx, func)
+                return apply_window(values, cx, wx, func)
             skipped.append(f"window {i + 1} (0028,1050) Window Center {shown(c)}, (0028,1051) Window Width "
                            f"{shown(w)} unusable (needs two numbers, width > 0)")
     if skipped:
@@ -243,7 +243,7 @@ def _grey(arr: np.ndarray, ds: Any, opts: DicomOptions, notes: list[str]) -> np.
         arr = np.subtract(arr, lo, dtype=np.int32 if arr.itemsize < 4 else np.int64, casting="unsafe")
     chans = []
     for w in wins:
-        y = _own_voi(values, ds, notes) if w is None else _apply_window(values, *w)
+        y = _own_voi(values, ds, notes) if w is None else apply_window(values, *w)
         if ds.PhotometricInterpretation == "MONOCHROME1":
             y = 255 - y
         chans.append(np.take(y, arr) if use_lut else y)  # each pixel through the table: one gather

@@ -14,13 +14,15 @@ import only comp.data.image_base, never this module or each other.
     parquet  .parquet                               0: PAR1 (a window of a recording: `<file>#<offset>`): by its
                                                     columns a spectrogram (comp.data.spectrogram) or an EEG
                                                     (comp.data.eeg, made into the montage's spectrogram)
+    nifti    .nii .nii.gz                           344: n+1\\0 (NIfTI-1), 4: n+2\\0 (NIfTI-2); a gzip by suffix only
+                                                    (an axial slice of a volume: `<file>#<slice>`, comp.data.nifti)
 
 A path `<file>#<offset>` (comp.data.image_base.window_path: one labelled window of a recording, HMS 2024)
-is read as the window of `<file>` that starts `offset` seconds in; only a reader of recordings (the
-spectrogram's) takes an offset, any other refuses it naming the path.
+is read as the window of `<file>` that starts `offset` seconds in; for a NIfTI volume the number is the
+index of an axial slice (comp.data.nifti). Only the readers flagged `windows` (recordings, volumes) take
+one, any other refuses it naming the path.
 
-A new format is a reader module with its suffixes, magic and read function, and one row here: NIfTI
-(`.nii .nii.gz`, 344: n+1\\0).
+A new format is a reader module with its suffixes, magic and read function, and one row here.
 
 A store holds many images' encoded bytes in one file (CONTAINERS: HDF5, `.h5 .hdf5`, comp.data.hdf5, ISIC
 2024). An image in it is named by a member path `<store>/<key>`; its bytes come from the store and go to the
@@ -44,6 +46,7 @@ from comp.data import dicom as dicom_reader
 from comp.data import eeg as eeg_reader
 from comp.data import hdf5 as hdf5_store
 from comp.data import images as image_reader
+from comp.data import nifti as nifti_reader
 from comp.data import spectrogram as spectrogram_reader
 from comp.data.dicom import DicomOptions
 from comp.data.image_base import ImageError, file_size, split_window
@@ -53,7 +56,7 @@ from comp.data.image_base import ImageError, file_size, split_window
 class Request:
     """What the caller asks of a read: `target`, the side the image will be resized to (a reader may decode
     smaller, never below it); `dicom`, the DICOM windows and frame (None: the file's own window, one frame);
-    `offset`, where a window of a recording starts, in seconds (None: a whole file)."""
+    `offset`, where a window of a recording starts, in seconds, or a volume's slice (None: a whole file)."""
 
     target: int | None = None
     dicom: DicomOptions | None = None
@@ -90,6 +93,10 @@ READERS: tuple[Reader, ...] = (
     # pyarrow reads the table; the window, log scale and NaN fill are comp.data.spectrogram's / eeg's
     Reader("parquet", spectrogram_reader.SUFFIXES, spectrogram_reader.MAGIC,
            lambda path, req: _read_parquet(path, req.offset), windows=True),
+    # nibabel reads the volume; the offset is a slice index; images.dicom_windows through DICOM's LINEAR window
+    Reader("nifti", nifti_reader.SUFFIXES, nifti_reader.MAGIC,
+           lambda path, req: nifti_reader.read_nifti(path, req.offset, req.dicom.windows if req.dicom else (),
+                                                     dicom_reader.apply_window), windows=True),
 )
 # OpenCV then PIL: they know formats no suffix here names (GIF, PPM, ...)
 FALLBACK = next(r for r in READERS if r.name == "images")
@@ -198,7 +205,8 @@ def read_image(path: str | Path, target: int | None = None, dicom: DicomOptions 
     will be resized to (a JPEG is then decoded at the smallest DCT scale that keeps both sides >= target);
     `dicom`: the DICOM options (windows, frame; default: the file's own window, single-frame only).
 
-    A path `<file>#<offset>` reads the window of a recording from `offset` seconds (module docstring).
+    A path `<file>#<offset>` reads the window of a recording from `offset` seconds, or of a NIfTI volume
+    the axial slice `offset` (module docstring).
 
     Raises:
         ImageError: the file is missing, empty, truncated, not a decodable image, or unsupported (an offset
@@ -220,8 +228,8 @@ def read_image(path: str | Path, target: int | None = None, dicom: DicomOptions 
     reader = reader_for(path)
     if offset is not None and not reader.windows:
         raise ImageError("unsupported", path, f"a window offset ({offset:g} s) on a {reader.name} file; only "
-                                              f"recordings ({', '.join(r.name for r in READERS if r.windows)}) "
-                                              f"take one")
+                                              f"recordings and volumes "
+                                              f"({', '.join(r.name for r in READERS if r.windows)}) take one")
     return reader.read(path, Request(target, dicom, offset))
 
 

@@ -168,7 +168,8 @@ class ImagesConfig:
     cache_format: str = "npy"  # npy: raw arrays, fastest to read | png: lossless, ~3x smaller on disk
     dicom_windows: list[Any] = field(default_factory=list)  # DICOM grey levels, one channel per window (1 or
     # 3): names (brain, subdural, bone, ... comp.data.dicom's WINDOWS; file = the file's own) or [center, width];
-    # empty = the file's own VOI LUT or window, else its full range
+    # empty = the file's own VOI LUT or window, else its full range. NIfTI slices take the same (file or empty:
+    # the slice's min to max; docs/images.md)
     dicom_frame: str = "error"  # multi-frame DICOM: first | middle | error (an error naming the file and its frames)
 
 

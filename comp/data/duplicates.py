@@ -44,7 +44,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from comp.data import readers
-from comp.data.image_base import ImageError
+from comp.data.image_base import ImageError, split_window
 from comp.errors import UserError
 from comp.io import sha256_file
 from comp.log import log, progress
@@ -59,7 +59,8 @@ def byte_duplicates(candidates: Sequence[str], reference: Sequence[str]) -> dict
 
     Files are first grouped by size (one `os.stat` each); only candidates whose size a reference file shares
     are hashed (sha256), with those reference files, so a set of distinct JPEGs costs a stat per file and
-    a few hashes. A missing file is skipped (the loaders report it where it is read).
+    a few hashes. A missing file is skipped (the loaders report it where it is read). A window of a recording
+    or a volume's slice (`<file>#<offset>`) is its file's bytes at that offset.
 
     Args:
         candidates: image paths that would join the training part of every fold.
@@ -94,12 +95,13 @@ def byte_duplicates(candidates: Sequence[str], reference: Sequence[str]) -> dict
 
 
 def _size(path: str) -> int:
-    """The byte size of an image: its file's (one stat), or for an image in an HDF5 store its stored bytes'.
+    """The byte size of an image: its file's (one stat; a window or slice `<file>#<offset>`, its file's), or
+    for an image in an HDF5 store its stored bytes'.
 
     Raises:
         OSError: unreadable (a store's missing key or broken file too: the loaders report it where read)."""
     if readers.container_of(path) is None:
-        return os.stat(path).st_size
+        return os.stat(split_window(path)[0]).st_size
     try:
         return len(readers.image_bytes(path))
     except ImageError as e:
@@ -107,9 +109,11 @@ def _size(path: str) -> int:
 
 
 def _sha256(path: str) -> str:
-    """The sha256 of an image's bytes (`_size`'s bytes)."""
+    """The sha256 of an image's bytes (`_size`'s bytes); for a window or slice `<file>#<offset>` its file's,
+    with the offset after it: the same window of a byte-identical file is a copy, another window is not."""
     if readers.container_of(path) is None:
-        return sha256_file(path)
+        file, offset = split_window(path)
+        return sha256_file(file) + ("" if offset is None else f"#{offset:g}")
     return hashlib.sha256(readers.image_bytes(path)).hexdigest()
 
 

@@ -18,7 +18,7 @@ from helpers import FAST, one_error, run_main, tiny_config, write_tiny_competiti
 
 from comp.data import cache
 from comp.data.competition import load_competition
-from comp.data.duplicates import identical_sets, join_groups, pixel_digest
+from comp.data.duplicates import byte_duplicates, identical_sets, join_groups, pixel_digest
 from comp.data.extra import load_extra
 from comp.experiment import Experiment
 
@@ -167,3 +167,14 @@ def test_an_existing_split_is_read_not_rehashed(tmp_path, monkeypatch):
     cfg = tiny_config(root, "folds.n_folds=5", out=root.parent / "runs")
     monkeypatch.setattr(folds_mod, "split_groups", lambda *a: pytest.fail("hashed again"))
     folds_mod.load_or_make_folds(cfg, load_competition(cfg).train, Experiment(cfg).split)
+
+
+def test_byte_copies_of_windows_and_slices_are_their_files_at_the_same_offset(tmp_path):
+    """`<file>#<offset>` (a recording's window, a NIfTI volume's slice): a byte-identical file at the same
+    offset is a copy, another offset of it is not, and the window is not skipped as a missing file."""
+    a, b, c = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz", tmp_path / "c.nii.gz"
+    a.write_bytes(b"volume bytes" * 10)
+    b.write_bytes(a.read_bytes())
+    c.write_bytes(b"other volume" * 10)
+    found = byte_duplicates([f"{b}#3", f"{b}#4", f"{c}#3", str(b)], [f"{a}#3", str(a)])
+    assert found == {f"{b}#3": f"{a}#3", str(b): str(a)}

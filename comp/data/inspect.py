@@ -38,6 +38,7 @@ SAMPLE_RX = re.compile(r"sample.?submission", re.I)
 TEST_RX = re.compile(r"test", re.I)
 PATIENT_RX = re.compile(r"patient|subject|case|person|study|participant", re.I)
 SKIP = ("__MACOSX",)
+DICOM_EXTS = (".dcm", ".dicom")
 ORDINAL_MAX = 10  # integer labels 0..K (K >= 2, at most this many) look like grades: qwk is the usual metric
 
 
@@ -155,6 +156,36 @@ def _set_label_rows(guess: Guess, ids: pd.Series, labels: pd.Series, csv: str) -
                   f"image each")
 
 
+def _one_source(root: Path, dirs: list[Path], images: dict[Path, list[Path]], guess: Guess, split: str) -> list[Path]:
+    """Of `dirs`, those to read: a folder holding the same image names as one already taken is a copy of it
+    (ISIC 2020 ships each image as jpeg/train/<id>.jpg and as train/<id>.dcm), left out with a note, never
+    mixed in. Taken first: non-DICOM files (decoded faster, no windowing; what configs/isic2020.yaml reads),
+    then the folder with more images, then the shorter path. Folders of different names (train_1/, train_2/)
+    are all kept."""
+    def rank(d: Path) -> tuple:
+        dicom = sum(p.suffix.lower() in DICOM_EXTS for p in images[d]) > len(images[d]) // 2
+        return dicom, -len(images[d]), len(_rel(d, root)), _rel(d, root)
+
+    taken: list[Path] = []
+    seen: set[str] = set()
+    for d in sorted(dirs, key=rank):
+        names = {p.stem for p in images[d]}
+        same = len(names & seen)
+        if same > len(names) // 2:
+            first = next(t for t in taken if {p.stem for p in images[t]} & names)
+            ext = {t: Counter(p.suffix for p in images[t]).most_common(1)[0][0] for t in (d, first)}
+            guess.notes.append(f"{_rel(d, root)}/ ({ext[d]}) holds {same} of the same {split} image names as "
+                               f"{_rel(first, root)}/ ({ext[first]}): a copy of the same images, not read (one "
+                               f"source, never both; {_rel(first, root)}/ taken as "
+                               f"{'non-DICOM files decode faster' if ext[d].lower() in DICOM_EXTS else 'the larger or shorter-named'}"
+                               f"; to read the other, swap the folders in data.train_images / data.test_images "
+                               f"and set data.image_ext)")
+            continue
+        taken.append(d)
+        seen |= names
+    return [d for d in dirs if d in taken]
+
+
 def _csv_layout(root: Path, labels_csv: Path, df: pd.DataFrame, sample: pd.DataFrame | None,
                 images: dict[Path, list[Path]], guess: Guess) -> bool:
     """Fill the csv-layout keys; False when no id column of `df` names image files."""
@@ -168,11 +199,12 @@ def _csv_layout(root: Path, labels_csv: Path, df: pd.DataFrame, sample: pd.DataF
     for col in candidates:
         ids = [str(v).strip() for v in df[col].head(500)]
         hits = {d: sum(i in s for i in ids) for d, s in stems.items()}
-        train_dirs = [d for d, n in hits.items() if n >= max(1, len(ids) // 2) and not TEST_RX.search(d.name)]
+        train_dirs = [d for d, n in hits.items() if n >= max(1, len(ids) // 2) and not TEST_RX.search(_rel(d, root))]
         if train_dirs:
             break
     else:
         return False
+    train_dirs = _one_source(root, train_dirs, images, guess, "training")
     guess.set("data.layout", "csv", f"{labels_csv.name} names image files in {_rel(train_dirs[0], root)}/")
     guess.set("data.train_csv", _rel(labels_csv, root), "the CSV whose ids are the training images' file names")
     guess.set("data.id_column", col, f"its values are file names under {_rel(train_dirs[0], root)}/")
@@ -185,10 +217,15 @@ def _csv_layout(root: Path, labels_csv: Path, df: pd.DataFrame, sample: pd.DataF
         f"the column with the fewest distinct values ({df[label].nunique()})"
     guess.set("data.label_column", label, why)
     _set_label_rows(guess, df[col].astype(str), df[label].astype(str), labels_csv.name)
-    guess.set("data.train_images", [_rel(d, root) for d in train_dirs], "the folders holding those files")
+    copies = any(n.startswith(tuple(f"{_rel(d, root)}/ (" for d in images)) for n in guess.notes)
+    guess.set("data.train_images", [_rel(d, root) for d in train_dirs], "the folders holding those files" +
+              (" (one source: a copy of the same images elsewhere is left out, see the NOTE)" if copies else ""))
     exts = Counter(p.suffix for d in train_dirs for p in images[d])
     guess.set("data.image_ext", exts.most_common(1)[0][0], f"the extension of the training images {dict(exts)}")
-    test_dirs = [d for d in images if TEST_RX.search(_rel(d, root)) and d not in train_dirs]
+    chosen = {p.suffix.lower() for d in train_dirs for p in images[d]}
+    test_dirs = [d for d in images if TEST_RX.search(_rel(d, root)) and d not in train_dirs
+                 and chosen & {p.suffix.lower() for p in images[d]}]  # the training images' source, not a copy
+    test_dirs = _one_source(root, test_dirs, images, guess, "test")
     guess.set("data.test_images", [_rel(d, root) for d in test_dirs] or ["test"],
               "folders named like 'test'" if test_dirs else "none found: point it at the test images")
     _metric(df[label].astype(str).tolist(), guess)

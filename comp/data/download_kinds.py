@@ -143,7 +143,8 @@ def _refuse_bags(root: Path, labels_csv: Path, df: pd.DataFrame, images: dict[Pa
     train_images/<StudyInstanceUID>/): a bag of images per id, which neither the csv layout (an image per row)
     nor the class-folder layout (the folders would be taken as classes) expresses. Taken as bags when at least
     half of the column's distinct values (2 or more) are names of image folders, and those folders' file names
-    repeat across them (slice numbers, not ids) or no other column names their files.
+    repeat across the ids' folders (slice numbers, not ids), or the column repeats its values and no other column names
+    the files; a class map (one row per class folder) or a CSV naming each file is no bag.
 
     Raises:
         UserError: one line naming the CSV, the column, a folder, and (several rows per id, numeric columns)
@@ -156,14 +157,18 @@ def _refuse_bags(root: Path, labels_csv: Path, df: pd.DataFrame, images: dict[Pa
         named = [d for i in sorted(ids) for d in by_name.get(i, [])]
         if len(ids) < 2 or len({d.name for d in named}) < max(2, len(ids) // 2):
             continue
-        files = Counter(p.stem for d in named for p in images[d])
-        repeated = sum(n > 1 for n in files.values()) > len(files) // 2
+        owners: dict[str, set[str]] = {}  # file name -> the ids whose folders hold it (a tree unzipped twice
+        for d in named:  # repeats a name under the same id, not under another)
+            for p in images[d]:
+                owners.setdefault(p.stem, set()).add(d.name)
+        files = set(owners)
+        repeated = sum(len(o) > 1 for o in owners.values()) > len(owners) // 2
         other = any(sum(str(v).strip() in files for v in df[c].head(500)) >= max(1, min(len(df), 500) // 2)
                     for c in df.columns if c != col)
-        if not repeated and other:
-            continue
-        exts = Counter(p.suffix for d in named for p in images[d]).most_common(1)[0][0]
         several = df[col].duplicated().any()
+        if not (repeated or (several and not other)):  # unique file names named by another column, or a
+            continue  # class map (one row per class folder): not bags
+        exts = Counter(p.suffix for d in named for p in images[d]).most_common(1)[0][0]
         numeric = [c for c in df.columns if c != col and all(as_number(v) is not None for v in df[c].head(2000))]
         what = (f"; several rows per {col} with numeric columns ({', '.join(numeric)}): a value measured over time "
                 f"per {col} (OSIC-like), to predict from tabular rows joined to the {col}'s scan"

@@ -183,3 +183,15 @@ def test_patient_folders_of_slices_are_refused_not_taken_as_classes(tmp_path):
     one_error(code, err, "train.csv", "'Patient' names folders of images", "several rows per Patient", "FVC",
               "issue 28 item 4")
     assert not out.exists()
+
+
+def test_a_class_map_csv_beside_class_folders_is_no_bag(tmp_path):
+    """The bag refusal above needs slice-like file names repeated across the id folders (or repeated ids no
+    other column resolves): a classes.csv naming the class folders, in a tree unzipped twice, stays the
+    class-folder layout."""
+    from comp.data.inspect import inspect_download
+
+    root = build("chest_xray", tmp_path / "data")
+    (root / "classes.csv").write_text("class,index\nNORMAL,0\nPNEUMONIA,1\n")
+    guess = inspect_download(root)
+    assert (guess.values["data.layout"], guess.values["data.classes"]) == ("folders", ["NORMAL", "PNEUMONIA"])

@@ -288,10 +288,12 @@ def _isic_patients(rng: np.random.Generator):
             k += 1
 
 
-def isic2020(root: Path, seed: int = 0) -> Path:
+def isic2020(root: Path, seed: int = 0, dicoms: bool = False) -> Path:
     """SIIM-ISIC Melanoma 2020: 8 patients (IP_<7 digits>) with 3-4 images each (ISIC_<7 digits>), 7 of
     the 28 malignant; 6 test images. train.csv with all 8 columns (metadata blank in places, as in the
-    real file), test.csv, sample_submission.csv (image_name,target), JPEGs in jpeg/train and jpeg/test."""
+    real file), test.csv, sample_submission.csv (image_name,target), JPEGs in jpeg/train and jpeg/test.
+    With `dicoms`, the rest of the real download: the same images as DICOMs in train/ and test/ (grey here)
+    and tfrecords/ (placeholder bytes)."""
     rng = np.random.default_rng(seed)
     sites = ["torso", "lower extremity", "upper extremity", "head/neck", ""]
     rows = []
@@ -308,6 +310,14 @@ def isic2020(root: Path, seed: int = 0) -> Path:
         _write_rgb(root / "jpeg" / "test" / f"{name}.jpg", _lesion(rng, 48, 36, 6 * (k % 2)))
     _write_csv(pd.DataFrame([(n, p, "female", "50.0", "torso") for n, p in test], columns=cols[:5]), root / "test.csv")
     _write_csv(pd.DataFrame({"image_name": [n for n, _ in test], "target": 0}), root / "sample_submission.csv")
+    if dicoms:
+        for split in ("train", "test"):
+            for jpg in sorted((root / "jpeg" / split).glob("*.jpg")):
+                grey = cv2.imread(str(jpg), cv2.IMREAD_GRAYSCALE)
+                write_cr(root / split / f"{jpg.stem}.dcm", grey, jpg.stem, mono1=False, window=False, rle=False)
+        (root / "tfrecords").mkdir(parents=True, exist_ok=True)
+        for n in range(2):
+            (root / "tfrecords" / f"train{n:02d}-14.tfrec").write_bytes(b"\0" * 64)
     return root
 
 
@@ -537,11 +547,12 @@ def hms_eeg(path: Path, rng: np.random.Generator, seconds: float, cls: int) -> N
     pq.write_table(pa.table(cols), path)
 
 
-def hms2024(root: Path, seed: int = 0, eegs: bool = False) -> Path:
+def hms2024(root: Path, seed: int = 0, eegs: bool = False, figures: bool = False) -> Path:
     """HMS 2024: 8 patients, 12 recordings (eeg_id, each with its own spectrogram), 1-4 labelled windows each
     at increasing offsets (the votes differ across a recording's windows), recordings 700-900 s; 4 test
     recordings of 600 s. Two training files have NaN stretches. With `eegs`, train_eegs/<eeg_id>.parquet
-    (covering the rows' 50 s windows) and test_eegs/ (50 s) too."""
+    (covering the rows' 50 s windows) and test_eegs/ (50 s) too; with `figures`, the download's
+    example_figures/ (a few PNG plots, named by no CSV)."""
     rng = np.random.default_rng(seed)
     rows, label_id = [], 1000
     for k in range(12):
@@ -569,6 +580,36 @@ def hms2024(root: Path, seed: int = 0, eegs: bool = False) -> Path:
     _write_csv(pd.DataFrame(test, columns=["spectrogram_id", "eeg_id", "patient_id"]), root / "test.csv")
     _write_csv(pd.DataFrame({"eeg_id": [e for _, e, _ in test], **{v: 1 / 6 for v in HMS_VOTES}}),
                root / "sample_submission.csv")
+    if figures:
+        for n in range(1, 4):
+            _write_rgb(root / "example_figures" / f"Sample{n}.png", rng.integers(0, 255, (40, 60, 3), np.uint8))
+    return root
+
+
+def osic(root: Path, seed: int = 0) -> Path:
+    """OSIC Pulmonary Fibrosis Progression: 6 patients (ID<21 digits>), 4-6 visits each (Weeks, FVC in ml,
+    Percent, Age, Sex, SmokingStatus: several rows per Patient), each with train/<Patient>/<n>.dcm CT slices
+    (3, grey); test.csv (one row per patient: its baseline visit) with test/<Patient>/ slices;
+    sample_submission.csv (Patient_Week, FVC, Confidence)."""
+    rng = np.random.default_rng(seed)
+    rows, patients = [], [f"ID{int(rng.integers(10**11, 10**12))}{int(rng.integers(10**8, 10**9))}" for _ in range(8)]
+    for k, pid in enumerate(patients):
+        age, sex, smoke = 60 + k, ("Male", "Female")[k % 2], ("Ex-smoker", "Never smoked", "Currently smokes")[k % 3]
+        base = 2000 + 150 * k
+        for v in range(4 + k % 3):
+            weeks = -4 + 9 * v + k
+            fvc = int(base - 12 * weeks + rng.integers(-60, 60))
+            rows.append((pid, weeks, fvc, round(100 * fvc / (base + 700), 6), age, sex, smoke))
+        for n in range(1, 4):
+            write_cr(root / ("test" if k >= 6 else "train") / pid / f"{n}.dcm",
+                     _xray(rng, k % 2 == 1, 32), pid, mono1=False, window=False, rle=False)
+    cols = ["Patient", "Weeks", "FVC", "Percent", "Age", "Sex", "SmokingStatus"]
+    df = pd.DataFrame(rows, columns=cols)
+    _write_csv(df[df["Patient"].isin(patients[:6])], root / "train.csv")
+    test = df[df["Patient"].isin(patients[6:])].groupby("Patient", sort=False).head(1)
+    _write_csv(test, root / "test.csv")
+    _write_csv(pd.DataFrame([(f"{p}_{w}", 2000, 100) for p in patients[6:] for w in range(-12, 134)],
+                            columns=["Patient_Week", "FVC", "Confidence"]), root / "sample_submission.csv")
     return root
 
 

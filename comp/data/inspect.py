@@ -9,7 +9,13 @@ What is looked at, in this order:
   column (`patient`, `subject`, `case`...);
 - the image folders: those holding the labels CSV's ids as files (`<id><ext>`) for training, one named like
   `test` for the test images, the most common extension; an HDF5 image store (ISIC 2024's train-image.hdf5)
-  is taken as a folder whose files are its keys;
+  is taken as a folder whose files are its keys; a folder holding the same image names as another (ISIC
+  2020's DICOM train/ beside jpeg/train/) is a copy: one source is read, the non-DICOM one first, with a note;
+- parquet recordings named by a labels CSV column (HMS 2024's train_spectrograms/<spectrogram_id>.parquet)
+  before any image: the file and offset columns, the sample's value columns as labels (counts: soft targets,
+  kl_divergence), spectrograms before raw EEG, image folders no CSV names (example_figures/) never read;
+- a CSV whose id column names folders of images (OSIC's train/<Patient>/<n>.dcm slices) is refused: a bag
+  of images per id, which no layout here expresses;
 - without a labels CSV, class folders (`<split>/<class>/*.png`, chest X-ray style): the splits named like
   `test` hold the test images, the others the training ones;
 - the ids: a leading token shared by several ids (`10_left`, `10_right`; `person1_bacteria_1`) is guessed
@@ -19,46 +25,29 @@ A guess is a guess: the written file says which keys to check.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import yaml
 
-from comp.data.checks import CONTINUOUS_MIN, as_number
 from comp.data.competition import IMAGE_EXTS
+from comp.data.download_kinds import _array_layout, _arrays, _one_source, _refuse_bags
+from comp.data.guess import (  # noqa: F401  (Guess and _metric: this module's interface too)
+    PATIENT_RX,
+    SAMPLE_RX,
+    TEST_RX,
+    Guess,
+    _metric,
+    _read,
+    _rel,
+    _set_group_pattern,
+    _set_label_rows,
+    _visible,
+)
 from comp.data.layouts import store_keys
 from comp.data.readers import store_of
 from comp.errors import UserError
-
-SAMPLE_RX = re.compile(r"sample.?submission", re.I)
-TEST_RX = re.compile(r"test", re.I)
-PATIENT_RX = re.compile(r"patient|subject|case|person|study|participant", re.I)
-SKIP = ("__MACOSX",)
-ORDINAL_MAX = 10  # integer labels 0..K (K >= 2, at most this many) look like grades: qwk is the usual metric
-
-
-@dataclass
-class Guess:
-    """The guessed keys ({dotted key: value}) and why each ({dotted key: reason}), plus notes."""
-
-    values: dict[str, Any] = field(default_factory=dict)
-    why: dict[str, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    def set(self, key: str, value: Any, why: str) -> None:
-        self.values[key], self.why[key] = value, why
-
-
-def _visible(p: Path, root: Path) -> bool:
-    return not any(part.startswith(".") or part in SKIP for part in p.relative_to(root).parts)
-
-
-def _read(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, dtype=str, encoding="utf-8-sig", keep_default_na=False, nrows=200_000)
 
 
 def _images(root: Path) -> dict[Path, list[Path]]:
@@ -78,83 +67,6 @@ def _images(root: Path) -> dict[Path, list[Path]]:
     return found
 
 
-def _group_pattern(ids: list[str]) -> tuple[str, str] | None:
-    """A regex whose first group is a patient-like leading token of the ids, and why; None when the ids do not
-    share one (every id its own group)."""
-    split = [i.split("_") for i in ids if "_" in i]
-    if len(split) < max(2, len(ids) // 3):
-        return None
-    fixed = []  # leading tokens every id shares (e.g. 'UID'), skipped to the first that varies
-    for pos in range(min(len(s) for s in split) - 1):
-        tokens = {s[pos] for s in split}
-        if len(tokens) > 1:
-            groups = Counter(s[pos] for s in split)
-            if len(groups) < len(split) and len(groups) > 1:
-                rx = "^" + "".join(re.escape(t) + "_" for t in fixed) + "([^_]+)_"
-                shown = ", ".join(repr("_".join(t)) for t in split[:2])
-                return rx, (f"ids like {shown} share a leading token ({len(groups)} groups for {len(split)} ids "
-                            f"with '_'): taken as the patient, so a fold keeps a patient's images together")
-            return None
-        fixed.append(tokens.pop())
-    return None
-
-
-def _set_group_pattern(guess: Guess, ids: list[str]) -> None:
-    """`data.group_pattern` when the ids share a patient-like token; the ids it does not match (chest X-ray's
-    NORMAL images are IM-xxxx-yyyy beside personN_...) are then each a patient of their own, said in
-    `data.group_unmatched: own` (the kit refuses a pattern that leaves ids unmatched unless told so)."""
-    found = _group_pattern(ids)
-    if not found:
-        return
-    guess.set("data.group_pattern", *found)
-    rx = re.compile(found[0])
-    missed = [i for i in ids if not rx.search(i)]
-    if missed:
-        guess.set("data.group_unmatched", "own", f"{len(missed)} of {len(ids)} ids do not match the pattern (e.g. "
-                  f"{missed[0]!r}): each of them is taken as a patient of its own; set a pattern that covers them "
-                  f"when their names hold the patient too")
-
-
-def _metric(values: list[str], guess: Guess) -> None:
-    distinct = sorted(set(values))
-    numbers = [as_number(v) for v in distinct]
-    if (len(distinct) > CONTINUOUS_MIN and all(v is not None for v in numbers)
-            and any(v != int(v) for v in numbers if v is not None)):
-        guess.set("task", "regression", f"the labels are {len(distinct)} distinct numbers such as "
-                  f"{next(d for d, v in zip(distinct, numbers, strict=True) if v != int(v))!r}: measured values")
-        guess.set("metric", "mae", "a guess for a measured value (RSNA bone age: mean absolute error); set the "
-                  "competition's metric (mae, rmse, r2)")
-        return
-    if all(v.lstrip("-").isdigit() for v in distinct):
-        ints = sorted(int(v) for v in distinct)
-        if len(ints) > CONTINUOUS_MIN and ints != list(range(len(ints))):
-            guess.notes.append(f"the labels are {len(ints)} distinct integers from {ints[0]} to {ints[-1]}, taken as "
-                               f"classes: if they are measured values (months, a count, a score), set task: "
-                               f"regression and metric: mae or rmse")
-        if ints == list(range(len(ints))) and 3 <= len(ints) <= ORDINAL_MAX:
-            guess.set("metric", "qwk", f"the labels are the integers 0..{ints[-1]}: grades, scored by quadratic "
-                      f"weighted kappa in APTOS/DR-style competitions (check the competition's Evaluation page)")
-            return
-    guess.set("metric", "accuracy" if len(distinct) != 2 else "f1_macro",
-              "a guess: set the competition's metric (accuracy, balanced_accuracy, f1_macro, f1_weighted, qwk, auc)")
-
-
-def _set_label_rows(guess: Guess, ids: pd.Series, labels: pd.Series, csv: str) -> None:
-    """An id on several rows of the labels CSV: data.dedupe_ids when its rows agree on the label, else
-    data.label_rows=aggregate (comp.data.targets.join_rows); nothing when every id is on one row."""
-    several = ids.duplicated(keep=False)
-    if not several.any():
-        return
-    n = int(ids[several].nunique())
-    differ = int((labels[several].groupby(ids[several]).nunique() > 1).sum())
-    if differ:
-        guess.set("data.label_rows", "aggregate", f"{n} id(s) on several rows of {csv}, {differ} with different "
-                  f"labels: each id one image, its rows' labels combined (first: the first row's; refuse)")
-    else:
-        guess.set("data.dedupe_ids", True, f"{n} id(s) on several rows of {csv}, their labels agreeing: one "
-                  f"image each")
-
-
 def _csv_layout(root: Path, labels_csv: Path, df: pd.DataFrame, sample: pd.DataFrame | None,
                 images: dict[Path, list[Path]], guess: Guess) -> bool:
     """Fill the csv-layout keys; False when no id column of `df` names image files."""
@@ -168,11 +80,12 @@ def _csv_layout(root: Path, labels_csv: Path, df: pd.DataFrame, sample: pd.DataF
     for col in candidates:
         ids = [str(v).strip() for v in df[col].head(500)]
         hits = {d: sum(i in s for i in ids) for d, s in stems.items()}
-        train_dirs = [d for d, n in hits.items() if n >= max(1, len(ids) // 2) and not TEST_RX.search(d.name)]
+        train_dirs = [d for d, n in hits.items() if n >= max(1, len(ids) // 2) and not TEST_RX.search(_rel(d, root))]
         if train_dirs:
             break
     else:
         return False
+    train_dirs = _one_source(root, train_dirs, images, guess, "training")
     guess.set("data.layout", "csv", f"{labels_csv.name} names image files in {_rel(train_dirs[0], root)}/")
     guess.set("data.train_csv", _rel(labels_csv, root), "the CSV whose ids are the training images' file names")
     guess.set("data.id_column", col, f"its values are file names under {_rel(train_dirs[0], root)}/")
@@ -185,10 +98,15 @@ def _csv_layout(root: Path, labels_csv: Path, df: pd.DataFrame, sample: pd.DataF
         f"the column with the fewest distinct values ({df[label].nunique()})"
     guess.set("data.label_column", label, why)
     _set_label_rows(guess, df[col].astype(str), df[label].astype(str), labels_csv.name)
-    guess.set("data.train_images", [_rel(d, root) for d in train_dirs], "the folders holding those files")
+    copies = any(n.startswith(tuple(f"{_rel(d, root)}/ (" for d in images)) for n in guess.notes)
+    guess.set("data.train_images", [_rel(d, root) for d in train_dirs], "the folders holding those files" +
+              (" (one source: a copy of the same images elsewhere is left out, see the NOTE)" if copies else ""))
     exts = Counter(p.suffix for d in train_dirs for p in images[d])
     guess.set("data.image_ext", exts.most_common(1)[0][0], f"the extension of the training images {dict(exts)}")
-    test_dirs = [d for d in images if TEST_RX.search(_rel(d, root)) and d not in train_dirs]
+    chosen = {p.suffix.lower() for d in train_dirs for p in images[d]}
+    test_dirs = [d for d in images if TEST_RX.search(_rel(d, root)) and d not in train_dirs
+                 and chosen & {p.suffix.lower() for p in images[d]}]  # the training images' source, not a copy
+    test_dirs = _one_source(root, test_dirs, images, guess, "test")
     guess.set("data.test_images", [_rel(d, root) for d in test_dirs] or ["test"],
               "folders named like 'test'" if test_dirs else "none found: point it at the test images")
     _metric(df[label].astype(str).tolist(), guess)
@@ -233,10 +151,6 @@ def _folder_layout(root: Path, images: dict[Path, list[Path]], guess: Guess) -> 
     return True
 
 
-def _rel(p: Path, root: Path) -> str:
-    return p.relative_to(root).as_posix()
-
-
 def inspect_download(root: str | Path) -> Guess:
     """Guess the config of the competition download under `root` (see the module docstring).
 
@@ -251,9 +165,10 @@ def inspect_download(root: str | Path) -> Guess:
     guess.set("out_dir", f"runs/{root.name}", "one experiment folder per competition")
     guess.set("data.competition", "", "the Kaggle slug (the competition URL's last part): needed to submit, and to "
               "download again; a dataset instead: data.source=dataset and data.dataset=owner/name")
-    images = _images(root)
-    if not images:
-        raise UserError(f"no image files ({', '.join(sorted(IMAGE_EXTS))}) under {root}; unzip the download first")
+    images, arrays = _images(root), _arrays(root)
+    if not images and not arrays:
+        raise UserError(f"no image files ({', '.join(sorted(IMAGE_EXTS))}, or .parquet recordings) under {root}; "
+                        f"unzip the download first")
     csvs = sorted(p for p in root.rglob("*.csv") if _visible(p, root))
     samples = [p for p in csvs if SAMPLE_RX.search(p.name)]
     sample = _read(samples[0]) if samples else None
@@ -265,10 +180,15 @@ def inspect_download(root: str | Path) -> Guess:
     else:
         guess.set("data.sample_submission", "", "no sample submission found: the submission is id,label")
     others = sorted((p for p in csvs if p not in samples), key=lambda p: ("train" not in p.name.lower(), p.name))
+    for path in others:
+        df = _read(path)
+        if len(df.columns) >= 2 and len(df):
+            _refuse_bags(root, path, df, images)
     done = False
     for path in others:
         df = _read(path)
-        if len(df.columns) >= 2 and len(df) and _csv_layout(root, path, df, sample, images, guess):
+        if len(df.columns) >= 2 and len(df) and (_array_layout(root, path, df, sample, arrays, images, guess)
+                                                  or _csv_layout(root, path, df, sample, images, guess)):
             done = True
             break
     if not done and not _folder_layout(root, images, guess):

@@ -3,6 +3,8 @@ written with a reason for every guess, which loads and prepares as it is; never 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 from helpers import FAST, one_error, run_main
@@ -111,3 +113,85 @@ def test_ids_that_are_dicom_uids_with_dots_are_found(tmp_path):
     prepare(cfg)
     folds = pd.read_csv(tmp_path / "runs" / "folds.csv", dtype=str)
     assert sorted(folds["id"]) == sorted(uids[:24])
+
+
+def _init_and_load(root, tmp_path):
+    out = tmp_path / "config.yaml"
+    code, _, err = run_main("init.py", str(root), "-o", str(out))
+    assert code == 0, err
+    cfg = load_config(out, [*FAST, "batch_size=4", f"out_dir={tmp_path / 'runs'}",
+                            f"images.cache_dir={tmp_path / 'cache'}"])
+    return cfg, out.read_text()
+
+
+def test_hms_spectrograms_are_recognised_and_the_figures_never_read(tmp_path):
+    """On HMS 2024's download (train.csv naming train_spectrograms/<spectrogram_id>.parquet, raw EEG in
+    train_eegs/, PNG plots in example_figures/) init.py found no image named by a CSV: it wrote no config, and
+    a PNG folder was all it could take. The spectrogram layout is recognised as configs/hms2024.yaml writes it
+    (file and offset columns, the six vote columns as soft targets, KL divergence, one sample per eeg_id with
+    its rows aggregated, patient groups), the EEGs and the figures named in notes; it loads and prepares."""
+    from replicas import hms2024
+
+    root = hms2024(tmp_path / "data", eegs=True, figures=True)
+    cfg, text = _init_and_load(root, tmp_path)
+    shipped = OmegaConf.load(Path(__file__).parents[2] / "configs" / "hms2024.yaml")
+    for key in ("id_column", "file_column", "offset_column", "label_columns", "label_rows", "group_column",
+                "train_images", "test_images", "image_ext", "test_csv", "sample_submission"):
+        assert cfg.data[key] == shipped.data[key], key
+    assert (cfg.task, cfg.metric, cfg.predict.output, cfg.model.in_chans) == ("multiclass", "kl_divergence", "prob", 1)
+    assert "example_figures/" in text and "data.file_column=eeg_id" in text
+    prepare(cfg)
+    folds = pd.read_csv(tmp_path / "runs" / "folds.csv", dtype=str)
+    assert sorted(folds["id"]) == sorted(pd.read_csv(root / "train.csv", dtype=str)["eeg_id"].unique())
+
+
+def test_isic2020_reads_the_jpegs_never_the_dicom_copies(tmp_path):
+    """ISIC 2020's download holds every image as jpeg/train/<id>.jpg and as train/<id>.dcm: init.py read
+    both folders (each id twice, the DICOMs under image_ext .jpg) and both test folders. One source, the
+    JPEGs (configs/isic2020.yaml's), with a NOTE saying why and how to read the DICOMs; it loads and prepares."""
+    from replicas import isic2020
+
+    root = isic2020(tmp_path / "data", dicoms=True)
+    cfg, text = _init_and_load(root, tmp_path)
+    assert (list(cfg.data.train_images), list(cfg.data.test_images), cfg.data.image_ext) == (
+        ["jpeg/train"], ["jpeg/test"], ".jpg")
+    assert "# NOTE: train/ (.dcm) holds 28 of the same training image names as jpeg/train/ (.jpg)" in text
+    prepare(cfg)
+    folds = pd.read_csv(tmp_path / "runs" / "folds.csv", dtype=str)
+    assert sorted(folds["id"]) == sorted(pd.read_csv(root / "train.csv", dtype=str)["image_name"])
+
+
+def test_copies_of_a_folder_in_another_case_are_read_once(tmp_path):
+    """HAM10000's archive holds HAM10000_images_part_1/ and a lower-case copy ham10000_images_part_1/: init.py
+    listed all four folders (every image twice); the copies are left out, as configs/ham10000.yaml does."""
+    from replicas import ham10000
+
+    cfg, text = _init_and_load(ham10000(tmp_path / "data"), tmp_path)
+    assert list(cfg.data.train_images) == ["HAM10000_images_part_1", "HAM10000_images_part_2"]
+    assert text.count("a copy of the same images, not read") == 2
+
+
+def test_patient_folders_of_slices_are_refused_not_taken_as_classes(tmp_path):
+    """OSIC's train.csv has several rows (visits) per Patient and train/<Patient>/<n>.dcm CT slices: init.py
+    wrote a config taking test.csv's Weeks as image ids (slice numbers) and FVC as classes. It is refused in
+    one line naming the CSV, the column and what the data is (bags and tabular targets are not init's yet)."""
+    from replicas import osic
+
+    root = osic(tmp_path / "data")
+    out = tmp_path / "config.yaml"
+    code, _, err = run_main("init.py", str(root), "-o", str(out))
+    one_error(code, err, "train.csv", "'Patient' names folders of images", "several rows per Patient", "FVC",
+              "issue 28 item 4")
+    assert not out.exists()
+
+
+def test_a_class_map_csv_beside_class_folders_is_no_bag(tmp_path):
+    """The bag refusal above needs slice-like file names repeated across the id folders (or repeated ids no
+    other column resolves): a classes.csv naming the class folders, in a tree unzipped twice, stays the
+    class-folder layout."""
+    from comp.data.inspect import inspect_download
+
+    root = build("chest_xray", tmp_path / "data")
+    (root / "classes.csv").write_text("class,index\nNORMAL,0\nPNEUMONIA,1\n")
+    guess = inspect_download(root)
+    assert (guess.values["data.layout"], guess.values["data.classes"]) == ("folders", ["NORMAL", "PNEUMONIA"])

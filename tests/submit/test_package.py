@@ -145,9 +145,9 @@ def test_opencv_reduced_decode_gives_simplejpegs_pixels_at_the_shared_scales(tmp
                 [cv2.IMWRITE_JPEG_QUALITY, 90] + ([cv2.IMWRITE_JPEG_SAMPLING_FACTOR, factor[subsampling]]
                                                   if subsampling in factor else []))
     for target, scale in ((None, 1), (300, 1), (150, 2), (75, 4), (37, 8), (10, 8)):
-        with_sj = images._decode_jpeg(path, target)
+        with_sj = images._decode_jpeg(path.read_bytes(), target)
         monkeypatch.setattr(images, "simplejpeg", None)
-        without = images._decode_jpeg(path, target)
+        without = images._decode_jpeg(path.read_bytes(), target)
         monkeypatch.setattr(images, "simplejpeg", simplejpeg)
         assert with_sj.shape == without.shape == (-(-301 // scale), -(-451 // scale), 3), (target, with_sj.shape)
         np.testing.assert_array_equal(with_sj, without, err_msg=f"target {target}")

@@ -378,6 +378,59 @@ RANZCR_LABELS = ["ETT - Abnormal", "ETT - Borderline", "ETT - Normal", "NGT - Ab
                  "Swan Ganz Catheter Present"]
 
 
+SIIM_COVID_CLASSES = ["Negative for Pneumonia", "Typical Appearance", "Indeterminate Appearance",
+                      "Atypical Appearance"]
+
+
+def siim_covid19(root: Path, seed: int = 0) -> Path:
+    """SIIM-FISABIO-RSNA COVID-19 Detection's layout: train/<StudyInstanceUID>/<SeriesInstanceUID>/<image>.dcm
+    (8 studies, one to three images each, a study's series apart), train_study_level.csv (id
+    "<study>_study", four one-hot columns), train_image_level.csv (id "<image>_image", boxes, label
+    "opacity 1 x0 y0 x1 y1 ..." or "none 1 0 0 1 1", StudyInstanceUID), test/ likewise (4 studies) and
+    sample_submission.csv with a "<study>_study" row per test study and an "<image>_image" row per test image
+    (PredictionString "negative 1 0 0 1 1 typical 1 0 0 1 1 ..." and "none 1 0 0 1 1", as Kaggle ships it)."""
+    rng = np.random.default_rng(seed)
+
+    def image_id() -> str:
+        return rng.bytes(6).hex()
+
+    def study(split: str, cls: int, n_images: int) -> tuple[str, list[str]]:
+        uid, images, series = _uid(rng), [], ""
+        for k in range(n_images):
+            series = _uid(rng) if k % 2 == 0 else series  # images 0 and 1 share a series, 2 has its own
+            i = image_id()
+            write_cr(root / split / uid / series / f"{i}.dcm", _xray(rng, cls > 0, 48), uid, mono1=k % 2 == 1,
+                     window=k == 0, rle=False)
+            images.append(i)
+        return uid, images
+
+    study_rows, image_rows = [], []
+    for s in range(8):
+        cls = s % 4
+        uid, images = study("train", cls, 1 + s % 3)
+        study_rows.append((f"{uid}_study", *(int(k == cls) for k in range(4))))
+        for i in images:
+            if cls:
+                x, y = (float(v) for v in rng.integers(100, 900, 2))
+                boxes = str([{"x": x, "y": y, "width": 300.0, "height": 500.0}])
+                label = f"opacity 1 {x} {y} {x + 300} {y + 500}"
+            else:
+                boxes, label = "", "none 1 0 0 1 1"
+            image_rows.append((f"{i}_image", boxes, label, uid))
+    _write_csv(pd.DataFrame(study_rows, columns=["id", *SIIM_COVID_CLASSES]), root / "train_study_level.csv")
+    _write_csv(pd.DataFrame(image_rows, columns=["id", "boxes", "label", "StudyInstanceUID"]),
+               root / "train_image_level.csv")
+    sample = []
+    for s in range(4):
+        uid, images = study("test", s % 4, 1 + s % 2)
+        sample.append((f"{uid}_study", "negative 1 0 0 1 1 typical 1 0 0 1 1 indeterminate 1 0 0 1 1 "
+                                       "atypical 1 0 0 1 1"))
+        sample += [(f"{i}_image", "none 1 0 0 1 1") for i in images]
+    rng.shuffle(sample)  # Kaggle's sample interleaves study and image rows
+    _write_csv(pd.DataFrame(sample, columns=["id", "PredictionString"]), root / "sample_submission.csv")
+    return root
+
+
 def _uid(rng: np.random.Generator) -> str:
     """A DICOM StudyInstanceUID as RANZCR's: the 1.2.826.0.1.3680043.8.498 root and a long number."""
     return "1.2.826.0.1.3680043.8.498." + "".join(str(d) for d in rng.integers(0, 10, 38)).lstrip("0")

@@ -1,0 +1,86 @@
+"""SIIM-FISABIO-RSNA COVID-19 Detection (2021), its classification part: the submission's two kinds of rows
+from a 4-class image model's outputs.
+
+The download nests each radiograph as <split>/<StudyInstanceUID>/<SeriesInstanceUID>/<image id>.dcm; the
+study labels (train_study_level.csv, id "<study>_study", one-hot negative / typical / indeterminate /
+atypical) hold for every image of the study. The sample submission (id, PredictionString) has one row per
+test study, "<study>_study" -> "negative P 0 0 1 1 typical P 0 0 1 1 indeterminate P 0 0 1 1 atypical P 0 0 1 1",
+and one per test image, "<image>_image" -> "none P 0 0 1 1" (P: the image has no opacity). Opacity boxes are
+outside the kit: an image row holds only the "none" term, and its P is the image's predicted P(negative),
+the kit's approximation of "no opacity" (a negative study has no boxes; the converse does not hold).
+The study's P are its images' outputs combined by predict.aggregate (comp.experiment.oof.aggregate).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from comp.errors import UserError
+from comp.experiment.oof import aggregate
+
+STUDY_WORDS = ("negative", "typical", "indeterminate", "atypical")  # the PredictionString's class names, in
+# the order of train_study_level.csv's columns (Negative for Pneumonia, Typical, Indeterminate, Atypical Appearance)
+STUDY_SUFFIX, IMAGE_SUFFIX = "_study", "_image"
+
+
+def study_images(folder: Path) -> pd.DataFrame:
+    """The radiographs under `folder` (train/ or test/ of the download): one row per
+    <study>/<series>/<image>.dcm with columns image (the file's stem), study, series, path; sorted by path.
+
+    Raises:
+        UserError: no .dcm file under `folder`, or one that is not three levels down (naming it).
+    """
+    files = sorted(folder.rglob("*.dcm"))
+    if not files:
+        raise UserError(f"{folder}: no .dcm files (expected <StudyInstanceUID>/<SeriesInstanceUID>/<image>.dcm)")
+    rows = []
+    for f in files:
+        parts = f.relative_to(folder).parts
+        if len(parts) != 3:
+            raise UserError(f"{f}: not at <StudyInstanceUID>/<SeriesInstanceUID>/<image>.dcm under {folder}")
+        rows.append((f.stem, parts[0], parts[1], str(f)))
+    return pd.DataFrame(rows, columns=["image", "study", "series", "path"])
+
+
+def _p(x: float) -> str:
+    return f"{float(x):.6g}"
+
+
+def prediction_strings(sample: pd.DataFrame, images: pd.DataFrame, probs: np.ndarray, how: str = "mean"
+                       ) -> pd.DataFrame:
+    """The submission for per-image outputs `probs` (N, 4; softmax probabilities in STUDY_WORDS order, rows
+    as `images`, which has columns image and study, e.g. `study_images`): `sample`'s header and row order,
+    each "<study>_study" row "negative P 0 0 1 1 typical P ... atypical P 0 0 1 1" from its images' outputs
+    combined by `how` (predict.aggregate: mean | max), each "<image>_image" row "none P 0 0 1 1" with P the
+    image's P(negative) (module doc: the kit's approximation of "no opacity").
+
+    Raises:
+        UserError: `probs` not (len(images), 4) finite in [0, 1]; a sample id with neither suffix, or whose
+            study or image has no prediction (naming it); an unknown `how`.
+    """
+    probs = np.asarray(probs, np.float64)
+    if probs.shape != (len(images), len(STUDY_WORDS)) or not np.isfinite(probs).all() or \
+            (probs < 0).any() or (probs > 1).any():
+        raise UserError(f"SIIM-COVID19 rows need ({len(images)}, 4) probabilities in [0, 1]; got shape "
+                        f"{probs.shape}")
+    studies, _, study_probs = aggregate(images["study"].astype(str).to_numpy(), None, probs, how)
+    by_study = dict(zip(studies, study_probs, strict=True))
+    by_image = dict(zip(images["image"].astype(str), probs[:, 0], strict=True))
+    id_col, value_col = sample.columns[0], sample.columns[1]
+    values = []
+    for rid in sample[id_col].astype(str).str.strip():
+        if rid.endswith(STUDY_SUFFIX) and rid[:-len(STUDY_SUFFIX)] in by_study:
+            p = by_study[rid[:-len(STUDY_SUFFIX)]]
+            values.append(" ".join(f"{w} {_p(v)} 0 0 1 1" for w, v in zip(STUDY_WORDS, p, strict=True)))
+        elif rid.endswith(IMAGE_SUFFIX) and rid[:-len(IMAGE_SUFFIX)] in by_image:
+            values.append(f"none {_p(by_image[rid[:-len(IMAGE_SUFFIX)]])} 0 0 1 1")
+        else:
+            what = "study" if rid.endswith(STUDY_SUFFIX) else "image" if rid.endswith(IMAGE_SUFFIX) else None
+            raise UserError(f"sample submission id {rid!r}: " + (f"no test {what} of that id was predicted" if what
+                            else f"neither a '<study>{STUDY_SUFFIX}' nor an '<image>{IMAGE_SUFFIX}' row"))
+    out = sample[[id_col]].copy()
+    out[value_col] = values
+    return out

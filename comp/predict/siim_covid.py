@@ -45,6 +45,44 @@ def study_images(folder: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["image", "study", "series", "path"])
 
 
+STUDY_COLUMNS = ("Negative for Pneumonia", "Typical Appearance", "Indeterminate Appearance", "Atypical Appearance")
+
+
+def image_labels(root: Path, study_csv: str = "train_study_level.csv", image_csv: str = "train_image_level.csv",
+                 folder: str = "train") -> pd.DataFrame:
+    """The training table of the download at `root`: one row per image of `image_csv` (id "<image>_image",
+    StudyInstanceUID) with columns id (the image id, no suffix), path (its DICOM under `folder`), label (its
+    study's class, 0..3 in STUDY_COLUMNS order, from `study_csv`'s one-hot columns) and group (the study: folds
+    keep a study's images together).
+
+    Raises:
+        UserError: a missing column; a study row that is not one-hot, or an image whose study has no row,
+            or whose DICOM is not under `folder` (naming the file and row).
+    """
+    from comp.data.competition import read_csv
+
+    studies = read_csv(root / study_csv, ["id", *STUDY_COLUMNS])
+    onehot = studies[list(STUDY_COLUMNS)].apply(pd.to_numeric, errors="coerce")
+    bad = ~(onehot.isin([0, 1]).all(axis=1) & (onehot.sum(axis=1) == 1))
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise UserError(f"{root / study_csv}: row {i + 2} is not one-hot over {list(STUDY_COLUMNS)}")
+    sid = studies["id"].str.strip()
+    label = dict(zip(sid.str.removesuffix(STUDY_SUFFIX), onehot.to_numpy().argmax(1), strict=True))
+    images = read_csv(root / image_csv, ["id", "StudyInstanceUID"])
+    files = study_images(root / folder).set_index("image")["path"]
+    rows = []
+    for i, (rid, study) in enumerate(zip(images["id"].str.strip(), images["StudyInstanceUID"].str.strip(),
+                                         strict=True)):
+        image = rid.removesuffix(IMAGE_SUFFIX)
+        if study not in label:
+            raise UserError(f"{root / image_csv}: row {i + 2} study {study!r} has no row in {study_csv}")
+        if image not in files.index:
+            raise UserError(f"{root / image_csv}: row {i + 2} image {image!r} has no DICOM under {root / folder}")
+        rows.append((image, files[image], int(label[study]), study))
+    return pd.DataFrame(rows, columns=["id", "path", "label", "group"])
+
+
 def _p(x: float) -> str:
     return f"{float(x):.6g}"
 

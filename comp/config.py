@@ -118,7 +118,7 @@ def check_values(cfg: Any) -> None:
         ("train.tracker", cfg.train.tracker in ("none", "tensorboard", "mlflow", "wandb"),
          "must be none, tensorboard, mlflow or wandb"),
         ("model.in_chans", cfg.model.in_chans in (1, 3), "must be 1 or 3"),
-        ("data.layout", cfg.data.layout in ("csv", "folders"), "must be csv or folders"),
+        ("data.layout", cfg.data.layout in ("csv", "folders", "siim_covid"), "must be csv, folders or siim_covid"),
         ("data.group_unmatched", cfg.data.group_unmatched in ("error", "own"), "must be error or own"),
         ("data.label_rows", cfg.data.label_rows in ("refuse", "first", "aggregate"),
          "must be refuse, first or aggregate"),

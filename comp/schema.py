@@ -19,7 +19,8 @@ class DataConfig:
     competition: str = ""  # Kaggle slug, for `kaggle competitions download/submit`
     source: str = "competition"  # how prepare.py downloads: competition | dataset | demo
     dataset: str = ""  # Kaggle dataset slug (owner/name) when source=dataset
-    layout: str = "csv"  # csv: a label CSV + an image folder; folders: one sub-folder per class
+    layout: str = "csv"  # csv: a label CSV + an image folder; folders: one sub-folder per class; siim_covid:
+    # SIIM-COVID19's studies (train_csv: the study labels, train_image_level.csv its images; comp.predict.siim_covid)
     train_csv: str = "train.csv"  # csv layout: the labels file, relative to root
     test_csv: str = ""  # CSV listing the test ids (any layout); empty = the sample submission's ids, or
     # with neither, every image under test_images (in class sub-folders: a labelled held-out set)

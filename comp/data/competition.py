@@ -253,6 +253,16 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False, 
     several: dict[str, Any] = {}
     classes_cfg, values_cfg = [str(c) for c in d.classes], [str(v) for v in d.class_values]
     excluded = excluded_ids(cfg)
+    if d.layout == "siim_covid":  # studies of DICOMs, labelled per study (comp.predict.siim_covid)
+        from comp.predict.siim_covid import layout_tables
+
+        train, test = layout_tables(cfg, root)
+        train = exclude(train, excluded)
+        if check_sample:
+            check_sample_submission(cfg, root, test)
+        train, test = limit_images(train, test, int(d.limit), len(classes_cfg))
+        return Competition(train=train, test=test, classes=classes_cfg, label_values=values_cfg or classes_cfg,
+                           root=root)
     if d.layout == "csv":
         train_csv = root / d.train_csv
         label_cols = [str(c) for c in d.label_columns] or [d.label_column]

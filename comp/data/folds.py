@@ -129,7 +129,8 @@ class SplitFiles:
 def settings(cfg: Any) -> dict[str, Any]:
     """What decides the split (kept in folds.json, with the library versions that made it); `exclude`
     (data.exclude) only when set, as in the folds.json of runs made before the key."""
-    grouped = bool(cfg.folds.grouped and (cfg.data.group_pattern or cfg.data.group_column))
+    grouped = bool(cfg.folds.grouped and (cfg.data.group_pattern or cfg.data.group_column
+                                            or cfg.data.layout == "siim_covid"))  # siim_covid: by study
     out = {"n_folds": int(cfg.folds.n_folds), "seed": int(cfg.folds.seed), "grouped": grouped,
            "group_pattern": cfg.data.group_pattern if grouped else ""}
     if grouped and cfg.data.group_column:

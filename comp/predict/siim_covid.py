@@ -14,6 +14,7 @@ The study's P are its images' outputs combined by predict.aggregate (comp.experi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -81,6 +82,40 @@ def image_labels(root: Path, study_csv: str = "train_study_level.csv", image_csv
             raise UserError(f"{root / image_csv}: row {i + 2} image {image!r} has no DICOM under {root / folder}")
         rows.append((image, files[image], int(label[study]), study))
     return pd.DataFrame(rows, columns=["id", "path", "label", "group"])
+
+
+def layout_tables(cfg: Any, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """data.layout=siim_covid: (train, test) tables of load_competition. train: `image_labels` of
+    data.train_csv (the study labels), train_image_level.csv and data.train_images[0]; test: every DICOM under
+    data.test_images[0], columns id (the image), path and row (its study, the submission row its outputs
+    are combined into by predict.aggregate).
+
+    Raises:
+        UserError: data.classes is not four classes (negative, typical, indeterminate, atypical), and
+            `image_labels`' and `study_images`' errors.
+    """
+    d = cfg.data
+    if len(d.classes) != len(STUDY_WORDS):
+        raise UserError(f"data.layout=siim_covid predicts the four study classes; set data.classes to "
+                        f"{list(STUDY_WORDS)} (the order of {list(STUDY_COLUMNS)}), not {list(d.classes)}")
+    train = image_labels(root, d.train_csv, "train_image_level.csv", d.train_images[0])
+    test = study_images(root / d.test_images[0])
+    return train, pd.DataFrame({"id": test["image"], "path": test["path"], "row": test["study"]})
+
+
+def submission(cfg: Any, comp: Any, probs: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    """make_submission for data.layout=siim_covid: the validated frame of test outputs `probs` (N_test, 4)
+    in `comp.test` order (`prediction_strings` over data.sample_submission) and the outputs of each of its
+    rows (a study's combined, an image's own), in its order."""
+    from comp.predict.shapes import read_exact
+
+    sample = read_exact(comp.root / cfg.data.sample_submission, "sample submission")
+    images = comp.test.rename(columns={"id": "image", "row": "study"})
+    df = prediction_strings(sample, images, probs, cfg.predict.aggregate)
+    studies, _, study_probs = aggregate(images["study"].astype(str).to_numpy(), None, probs, cfg.predict.aggregate)
+    table = {**{f"{s}{STUDY_SUFFIX}": p for s, p in zip(studies, study_probs, strict=True)},
+             **{f"{i}{IMAGE_SUFFIX}": p for i, p in zip(images["image"].astype(str), probs, strict=True)}}
+    return df, np.stack([table[i] for i in df[df.columns[0]].str.strip()])
 
 
 def _p(x: float) -> str:

@@ -264,6 +264,12 @@ def make_submission(exp: Experiment | Any, comp: Competition | None = None) -> S
     exp = Experiment.of(exp)
     cfg = exp.cfg
     images = comp or load_competition(cfg)
+    if cfg.data.layout == "siim_covid":  # study and image rows of PredictionStrings (comp.predict.siim_covid)
+        from comp.predict import siim_covid
+
+        df, probs = siim_covid.submission(cfg, images, predict_test(exp, images))
+        return Submission(frame=df, text=to_csv_text(df), ids=df[df.columns[0]].tolist(), probs=probs,
+                          classes=list(images.classes), task=comp_task(cfg, images), score=None)
     rcfg = row_config(cfg)  # the sample is keyed by the submission's rows (data.submission_id_column)
     output_mode(rcfg, images, sample_frame(rcfg, images))  # a sample that fits no encoding fails before inference
     positive(rcfg, images)  # so does a data.positive_class that is not a class

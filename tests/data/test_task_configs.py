@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers import FAST, ROOT, run_main
-from replicas import HAM_CLASSES, TASK_BUILDERS, ham10000, overrides
+from replicas import HAM_CLASSES, TASK_BUILDERS, ham10000, overrides, siim_covid19
 
 from comp.data.competition import load_competition
 from comp.experiment import load_config
@@ -106,3 +106,35 @@ def test_isic2024_image_model_then_stack(replicas, tmp_path, capsys):
     sample = pd.read_csv(root / "sample_submission.csv")
     assert list(sub.columns) == list(sample.columns) and list(sub["isic_id"]) == list(sample["isic_id"])
     assert sub["target"].between(0, 1).all()
+
+
+def test_siim_covid19_studies_and_images(tmp_path, capsys):
+    """configs/siim_covid19.yaml on a replica of the SIIM-COVID19 download (nested study/series/image
+    DICOMs, the study and image CSVs): prepare.py (folds keep a study whole), one fold, predict.py; the CSV has
+    the sample's header and rows in its order, each study row the four class terms of its images' mean output
+    and each image row "none P 0 0 1 1" with P its P(negative)."""
+    root, out = siim_covid19(tmp_path / "siim"), tmp_path / "runs"
+    config = str(ROOT / "configs" / "siim_covid19.yaml")
+    ov = [*overrides(root, out, FAST), f"images.cache_dir={tmp_path / 'cache'}", "predict.folds=[0]",
+          "folds.n_folds=2"]
+    script(capsys, "prepare.py", "--config", config, *ov)
+    folds = pd.read_csv(out / "folds.csv", dtype=str)
+    assert (folds.groupby("group")["fold"].nunique() == 1).all() and folds["group"].nunique() == 8
+    script(capsys, "train_fold.py", "--config", config, "--fold", "0", *ov)
+    probs = tmp_path / "probs.csv"
+    rows = list(csv.reader(io.StringIO(script(capsys, "predict.py", "--config", config, "--save-probs", str(probs),
+                                              *ov))))
+    sample = list(csv.reader(open(root / "sample_submission.csv", newline="")))
+    assert rows[0] == sample[0] == ["id", "PredictionString"]
+    assert [r[0] for r in rows[1:]] == [r[0] for r in sample[1:]]
+    saved = pd.read_csv(probs).set_index("id")
+    for (rid, value), (_, like) in zip(rows[1:], sample[1:], strict=True):
+        words, want = value.split(), like.split()
+        assert words[::6] == want[::6] and len(words) == len(want)  # the class words, one term each
+        assert all(words[k + 2:k + 6] == ["0", "0", "1", "1"] for k in range(0, len(words), 6))
+        p = np.array(words[1::6], dtype=float)
+        assert ((p >= 0) & (p <= 1)).all()
+        mine = saved.loc[rid].to_numpy()
+        assert np.allclose(p, mine if rid.endswith("_study") else mine[:1], atol=1e-5)
+        if rid.endswith("_study"):
+            assert np.isclose(p.sum(), 1, atol=1e-4)

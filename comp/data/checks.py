@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from comp.config import resolve_path
@@ -153,12 +152,10 @@ def check_sample_submission(cfg: Any, root: Path, test: pd.DataFrame) -> None:
     if not path.is_file():
         raise UserError(f"sample submission not found: {path} (data.sample_submission; set it to '' when the "
                         f"competition has none)")
-    if d.layout == "siim_covid":  # "<study>_study" and "<image>_image" rows: written once with uniform outputs
-        from comp.predict.shapes import read_exact
-        from comp.predict.siim_covid import prediction_strings
+    if d.layout == "siim_covid":  # "<study>_study" and "<image>_image" rows
+        from comp.data.siim_covid import check_sample
 
-        images = test.rename(columns={"id": "image", "row": "study"})
-        prediction_strings(read_exact(path, "sample submission"), images, np.full((len(test), 4), 0.25))
+        check_sample(path, read_csv(path, [d.id_column], comma_only=True)[d.id_column], test)
         return
     test_ids = test["row" if "row" in test.columns else "id"].astype(str)
     labels = [str(c) for c in d.label_columns or d.classes]

@@ -254,7 +254,7 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False, 
     classes_cfg, values_cfg = [str(c) for c in d.classes], [str(v) for v in d.class_values]
     excluded = excluded_ids(cfg)
     if d.layout == "siim_covid":  # studies of DICOMs, labelled per study (comp.predict.siim_covid)
-        from comp.predict.siim_covid import layout_tables
+        from comp.data.siim_covid import layout_tables
 
         train, test = layout_tables(cfg, root)
         train = exclude(train, excluded)

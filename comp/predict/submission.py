@@ -198,9 +198,15 @@ def decoded_submission(cfg: Any, images: Competition, probs: np.ndarray, decodin
     aggregated into their submission rows (data.submission_id_column, predict.aggregate), decoded with
     `decoding` (comp.predict.thresholds; a binary `probs` decision keeps the probabilities), built and
     checked. Returns the row-level config and competition, the row-level outputs and the frame; the one
-    path of make_submission, blends and stacks."""
+    path of make_submission, blends and stacks. data.layout=siim_covid: the study and image rows of
+    comp.predict.siim_covid.submission, the competition's test being those rows."""
     from comp.predict import thresholds
 
+    if cfg.data.layout == "siim_covid":  # study and image rows of PredictionStrings (comp.predict.siim_covid)
+        from comp.predict import siim_covid
+
+        df, rows = siim_covid.submission(cfg, images, probs)
+        return cfg, replace(images, test=pd.DataFrame({"id": df[df.columns[0]].str.strip(), "path": ""})), rows, df
     rcfg, comp = row_view(cfg, images)
     if "row" in images.test.columns:
         _, _, probs = aggregate(images.test["row"].to_numpy(), None, probs, cfg.predict.aggregate,
@@ -264,14 +270,9 @@ def make_submission(exp: Experiment | Any, comp: Competition | None = None) -> S
     exp = Experiment.of(exp)
     cfg = exp.cfg
     images = comp or load_competition(cfg)
-    if cfg.data.layout == "siim_covid":  # study and image rows of PredictionStrings (comp.predict.siim_covid)
-        from comp.predict import siim_covid
-
-        df, probs = siim_covid.submission(cfg, images, predict_test(exp, images))
-        return Submission(frame=df, text=to_csv_text(df), ids=df[df.columns[0]].tolist(), probs=probs,
-                          classes=list(images.classes), task=comp_task(cfg, images), score=None)
     rcfg = row_config(cfg)  # the sample is keyed by the submission's rows (data.submission_id_column)
-    output_mode(rcfg, images, sample_frame(rcfg, images))  # a sample that fits no encoding fails before inference
+    if cfg.data.layout != "siim_covid":  # (its study and image rows are checked by prepare: check_sample)
+        output_mode(rcfg, images, sample_frame(rcfg, images))  # a sample that fits no encoding fails before inference
     positive(rcfg, images)  # so does a data.positive_class that is not a class
     decoding = thresholds.fit_decoding(exp, images.num_classes, images)
     probs = predict_test(exp, images)

@@ -48,13 +48,13 @@ import numpy as np
 
 from comp import io
 from comp.config import REPO_ROOT, resolve_path
-from comp.data import readers
 from comp.data.competition import Problem
 from comp.data.dicom import DicomOptions
 from comp.data.dicom import from_config as dicom_options
 from comp.data.image_base import ImageError
 from comp.data.images import quiet_opencv
 from comp.data.preprocess import check_steps, load_preprocessed
+from comp.data.readers import source_stamp  # [size, mtime_ns] of an image's source file (or store)
 from comp.errors import UserError
 from comp.log import log, progress
 from comp.system import GUARD, process_context, rerun_main, unguarded_main, usable_cpus
@@ -120,13 +120,6 @@ def read_entry(path: Path, fmt: str) -> np.ndarray:
     if img is None:
         raise ImageError("corrupt", path, "a cache entry; delete the cache folder and rerun scripts/prepare.py")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def source_stamp(path: str | Path) -> list[int] | None:
-    """[size in bytes, mtime in ns] of a source image's file (the recording's for a window `<file>#<offset>`;
-    for an image in an HDF5 store, the store's: the entry's name holds the id), or None when it cannot be read
-    (comp.data.readers.source_stamp)."""
-    return readers.source_stamp(path)
 
 
 def manifest_key(folder: Path, entry: Path) -> str:

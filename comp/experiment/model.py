@@ -135,7 +135,8 @@ def check_config(model: FoldModel, cfg: Any, classes: list[str] | None = None) -
         if then is not None and now != then:
             raise UserError(f"{model.path} was trained with a different input than this config gives it ({key} "
                             f"{then!r} -> {now!r}): it would change what the trained model sees; predict with the "
-                            f"folds' own setting (drop the override), or retrain")
+                            f"folds' own setting ({key}={then!r}: the --config and overrides they were trained "
+                            f"with), or retrain")
     if str(cfg.task) != model.task.kind:
         raise UserError(f"task={cfg.task} but {model.path} was trained for task={model.task.kind}; predict with "
                         f"the folds' own task, or retrain")

@@ -165,7 +165,8 @@ def test_output_file_is_written_only_when_prediction_succeeds(tmp_path):
     code, printed, err = run_main("predict.py", *ex["overrides"], "-o", str(sub))
     assert code == 0 and printed == "" and sub.read_text() == out, err
     code, _, err = run_main("predict.py", *ex["overrides"], "image_size=24", "-o", str(sub))
-    assert code == 2 and "image_size 16 -> 24" in one_error(code, err) and sub.read_text() == out
+    line = one_error(code, err)  # names the setting to predict with, not "drop the override" (a default is none)
+    assert code == 2 and "image_size 16 -> 24" in line and "image_size=16" in line and sub.read_text() == out
     code, _, err = run_main("predict.py", *ex["overrides"], "-o", str(tmp_path / "nowhere" / "s.csv"))
     assert "does not exist" in one_error(code, err)
 

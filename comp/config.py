@@ -23,11 +23,14 @@ from omegaconf.errors import OmegaConfBaseException
 from comp.errors import UserError
 from comp.schema import (  # noqa: F401  (the schema's names, imported from here since the start)
     COMPILE_MODES,
+    MIL_POOLS,
+    MIL_SOURCES,
     AugConfig,
     Config,
     DataConfig,
     FoldsConfig,
     ImagesConfig,
+    MilConfig,
     ModelConfig,
     OptimConfig,
     PredictConfig,
@@ -118,6 +121,20 @@ def check_values(cfg: Any) -> None:
         ("train.tracker", cfg.train.tracker in ("none", "tensorboard", "mlflow", "wandb"),
          "must be none, tensorboard, mlflow or wandb"),
         ("model.in_chans", cfg.model.in_chans in (1, 3), "must be 1 or 3"),
+        ("mil.source", cfg.mil.source in MIL_SOURCES, f"must be one of {', '.join(MIL_SOURCES)}"),
+        ("mil.instances", cfg.mil.instances >= 1, "must be >= 1"),
+        ("mil.slices", cfg.mil.slices in (1, 3), "must be 1 (a slice's window channels) or 3 (2.5D)"),
+        ("mil.order", cfg.mil.order in ("position", "instance", "name"), "must be position, instance or name"),
+        ("mil.tile_size", cfg.mil.tile_size >= 8, "must be >= 8"),
+        ("mil.tissue", 0 <= cfg.mil.tissue < 1, "must be in [0, 1)"),
+        ("mil.max_tiles", cfg.mil.max_tiles >= 1, "must be >= 1"),
+        ("mil.augment", cfg.mil.augment in ("row", "instance"), "must be row or instance"),
+        ("mil.pool", cfg.mil.pool in MIL_POOLS, f"must be one of {', '.join(MIL_POOLS)}"),
+        ("mil.aux_weight", cfg.mil.aux_weight >= 0, "must be >= 0 (0 = off)"),
+        ("mil.join", cfg.mil.source != "views" or len(cfg.mil.join) > 0, "must name the columns of a row's views "
+         "with mil.source=views (RSNA Mammography: [patient_id, laterality])"),
+        ("train.mixup", cfg.mil.source == "none" or cfg.train.mixup == 0 and cfg.train.cutmix == 0,
+         "and train.cutmix must be 0 with mil.source set: they mix single images"),
         ("data.layout", cfg.data.layout in ("csv", "folders", "siim_covid"), "must be csv, folders or siim_covid"),
         ("data.group_unmatched", cfg.data.group_unmatched in ("error", "own"), "must be error or own"),
         ("data.label_rows", cfg.data.label_rows in ("refuse", "first", "aggregate"),
@@ -244,18 +261,23 @@ def to_yaml(cfg: Any) -> str:
     return OmegaConf.to_yaml(cfg)
 
 
+MIL_KEYS = ("mil.source", "mil.folder", "mil.series", "mil.join", "mil.instances", "mil.slices", "mil.order",
+            "mil.tile_size", "mil.tissue", "mil.max_tiles", "mil.pool")  # what a multiple-instance row feeds the model
+
+
 # What a checkpoint's weights mean: the architecture, its input, the classes, and the images and folds it
 # was trained on. Paths (data.root, cache location), download settings and the training recipe are left out,
 # so the same folds can be predicted from a Kaggle notebook's /kaggle/input or resumed with more epochs.
 HASHED_KEYS = ("model.name", "model.in_chans", "image_size", "images.preprocess", "data.layout", "data.train_csv",
                "data.id_column", "data.label_column", "data.train_images", "data.classes", "data.class_values",
                "data.group_pattern", "folds", "data.exclude", "data.limit", "task", "model.head",
-               "data.label_columns", "data.group_column", "data.extra", "data.extra_only", "data.duplicates")
+               "data.label_columns", "data.group_column", "data.extra", "data.extra_only", "data.duplicates",
+               *MIL_KEYS)
 # Keys added after checkpoints of the old hash existed: hashed only when not at their default, so those
 # checkpoints still load.
 HASHED_WHEN_SET = {"data.exclude": [], "data.limit": 0, "task": "multiclass", "model.head": "auto",
                    "data.label_columns": [], "data.group_column": "", "data.extra": [], "data.extra_only": False,
-                   "data.duplicates": ""}
+                   "data.duplicates": "", **{k: None for k in MIL_KEYS}}  # mil.*: hashed when mil.source is set
 
 
 def config_hash(cfg: Any, keys: tuple[str, ...] = HASHED_KEYS) -> str:
@@ -266,6 +288,8 @@ def config_hash(cfg: Any, keys: tuple[str, ...] = HASHED_KEYS) -> str:
         v = OmegaConf.select(cfg, k)
         v = OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
         if k in HASHED_WHEN_SET and v in (HASHED_WHEN_SET[k], "", None):
+            continue
+        if k.startswith("mil.") and OmegaConf.select(cfg, "mil.source") in ("none", None):
             continue
         picked[k] = v
     return hashlib.sha256(repr(sorted(picked.items())).encode()).hexdigest()[:12]

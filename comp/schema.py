@@ -11,6 +11,8 @@ from typing import Any
 # train.compile / predict.compile: false, true (= default) or one of torch.compile's modes
 # (https://pytorch.org/docs/stable/generated/torch.compile.html)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+MIL_SOURCES = ("none", "series", "study", "views", "tiles")  # mil.source: what a row's many images are
+MIL_POOLS = ("mean", "max", "attention", "gru", "transformer")  # mil.pool (comp.models.mil)
 
 
 @dataclass
@@ -213,6 +215,33 @@ class DistillConfig:
 
 
 @dataclass
+class MilConfig:
+    source: str = "none"  # multiple-instance rows (docs/mil.md): none (one image per row) | series (the row's folder
+    # holds one DICOM series: RSNA 2022) | study (series sub-folders: the brain tumour's FLAIR/T1w/T1wCE/T2w, RSNA
+    # 2023) | views (CSV rows of images joined by mil.join: a breast's CC and MLO) | tiles (one large image per row
+    # cut into tiles: UBC-OCEAN)
+    folder: str = "{id}"  # series/study: the row's folder under data.train_images / data.test_images, a Python
+    # format of the row's columns ("{id}" the id column, "{BraTS21ID:05d}" zero-padded)
+    series: list[str] = field(default_factory=list)  # study: the series read, matched to sub-folder names or
+    # SeriesDescription (FLAIR, T1w, T1wCE, T2w), in this order; empty = every series sub-folder in name order
+    join: list[str] = field(default_factory=list)  # views: columns of the CSVs whose values joined by "_" name the
+    # row ([patient_id, laterality] -> 10006_L, RSNA Mammography's prediction_id)
+    instances: int = 16  # instances per series (views and tiles: per row); validation and test take them evenly
+    # spaced, training jittered within each stretch (seeded per sample)
+    slices: int = 1  # adjacent slices per instance as its 3 channels: 1 (a slice's window channels) | 3 (2.5D)
+    order: str = "position"  # slice order: position (ImagePositionPatient on the normal of
+    # ImageOrientationPatient; InstanceNumber for slices without them) | instance (InstanceNumber) | name
+    tile_size: int = 256  # tiles: a tile's side in source pixels, resized to image_size
+    tissue: float = 0.25  # tiles: the least share of tissue (not white or black background) a tile must hold
+    max_tiles: int = 64  # tiles: tiles cached per image, those with the most tissue
+    augment: str = "row"  # row: one augmentation draw per row, the same on every instance | instance: one each
+    pool: str = "attention"  # instance features to the row's: mean | max | attention (gated, Ilse et al. 2018)
+    # | gru | transformer (over slice order)
+    aux_weight: float = 0.0  # weight of the instance-level auxiliary loss (the head on each instance's features
+    # against the row's target); 0 = off
+
+
+@dataclass
 class Config:
     seed: int = 42  # seeds the sample order, augmentation and initial weights (the split has folds.seed)
     seeds: list[int] = field(default_factory=list)  # a seed bag: the recipe trained once per seed on the same
@@ -241,3 +270,4 @@ class Config:
     aug: AugConfig = field(default_factory=AugConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    mil: MilConfig = field(default_factory=MilConfig)

@@ -167,6 +167,10 @@ def image_loader(cfg: Any, comp: Any) -> Callable[[str], np.ndarray]:
     """`load(path) -> (image_size, image_size, 3) uint8` for the Dataset: from the cache when
     `images.cache` is on and scripts/prepare.py built it (entries of changed sources excepted), else
     decoded (and preprocessed) on the fly."""
+    if cfg.mil.source != "none":  # a row of many images (comp.data.mil_cache)
+        from comp.data.mil_cache import mil_loader
+
+        return mil_loader(cfg, comp)
     steps, dicom = check_steps(cfg.images.preprocess), dicom_options(cfg)
     if not cfg.images.cache:
         return ImageLoader(cfg.image_size, steps, dicom=dicom)
@@ -238,6 +242,71 @@ def _rerun_hint(method: str) -> str:
             f"under `{GUARD}`")
 
 
+def record(folder: Path, manifest: dict[str, Any], stamps: dict[str, tuple[str, Any]], bad: set[str]) -> None:
+    """Write `folder`'s manifest: each built entry's source stamp (`stamps`: entry key -> (source, stamp now));
+    an entry whose source is in `bad` or has no stamp is deleted with its record, never to be read."""
+    for key, (p, stamp) in stamps.items():
+        if p in bad or stamp is None:  # no usable source: its old entry must not be read
+            manifest.pop(key, None)
+            (folder / key).unlink(missing_ok=True)
+        else:
+            manifest[key] = stamp
+    io.write_text(folder / MANIFEST, json.dumps(manifest, separators=(",", ":")) + "\n", what="cache manifest",
+                  hint=" (images.cache_dir)")
+
+
+def run_jobs(work: Callable[[Any], Any], jobs: list[Any], workers: int | None, desc: str) -> list[Any]:
+    """`[work(job) for job in jobs]` in parallel over worker processes, with a progress line `desc`: the
+    image cache's and the MIL cache's (comp.data.mil_cache) builds.
+
+    Args:
+        workers: processes; default all usable cores, or none (in this process) for fewer than MIN_PARALLEL
+            jobs. A main script without an `if __name__ == "__main__":` guard, which each worker would run
+            again, gets the build in this process and a warning saying so (comp.system.unguarded_main).
+
+    Raises:
+        RuntimeError: a worker process died (killed by the system); what it wrote before is kept.
+    """
+    if workers is None:
+        workers = usable_cpus() if len(jobs) >= MIN_PARALLEL else 1
+    ctx = process_context()
+    if workers > 1 and (script := unguarded_main(ctx.get_start_method())) is not None:
+        log(f"warning: images: building the cache in this process, not in {workers} worker processes: {script} has "
+            f"no `{GUARD}` guard, so each worker ({ctx.get_start_method()} start) would run it again from the top; "
+            f"put its calls under that guard for the parallel build")
+        workers = 1
+    bar = progress(len(jobs), desc)
+    results: list[Any] = []
+    try:
+        if workers <= 1:
+            for res in map(work, jobs):
+                results.append(res)
+                bar.update(1)
+        else:  # forkserver (spawn on Windows): clean workers, not forks of a parent holding torch/BLAS threads.
+            # concurrent.futures rather than multiprocessing.Pool: a worker killed by the OS (out of memory)
+            # breaks the executor with an error, where a Pool would wait forever for its lost result.
+            # The workers ignore SIGINT: a Ctrl-C to the process group is the main process's to act on (it
+            # stops the build, cancelling what is queued), not a worker failure breaking the pool.
+            chunk = max(1, min(32, len(jobs) // (workers * 8)))
+            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_sigint)
+            try:
+                for res in pool.map(work, jobs, chunksize=chunk):
+                    results.append(res)
+                    bar.update(1)
+            except BrokenProcessPool:
+                stop_pool(pool)
+                raise RuntimeError(f"a worker process of the {desc} build died (killed by the system: out of memory? "
+                                   f"{workers} workers{_rerun_hint(ctx.get_start_method())}); the entries written "
+                                   f"so far are kept, rerun scripts/prepare.py") from None
+            except BaseException:  # Ctrl-C, a user error: the queued images are not built
+                stop_pool(pool)
+                raise
+            pool.shutdown(wait=True)
+    finally:
+        bar.close()
+    return results
+
+
 def process_images(cfg: Any, root: Path, paths: Sequence[str], workers: int | None = None,
                    rebuild: bool = False) -> list[Problem]:
     """Decode every image once, in parallel over all cores: check it and, with `images.cache` on, write
@@ -272,55 +341,10 @@ def process_images(cfg: Any, root: Path, paths: Sequence[str], workers: int | No
                     manifest[key] == stamp if key in manifest else entry.stat().st_mtime_ns >= stamp[1]):
                 continue
         jobs.append((p, None if entry is None else str(entry), int(cfg.image_size), steps, fmt, dicom))
-    if workers is None:
-        workers = usable_cpus() if len(jobs) >= MIN_PARALLEL else 1
-    ctx = process_context()
-    if workers > 1 and (script := unguarded_main(ctx.get_start_method())) is not None:
-        log(f"warning: images: building the cache in this process, not in {workers} worker processes: {script} has "
-            f"no `{GUARD}` guard, so each worker ({ctx.get_start_method()} start) would run it again from the top; "
-            f"put its calls under that guard for the parallel build")
-        workers = 1
     desc = "cache images" if folder is not None else "check images"
-    bar = progress(len(jobs), desc)
-    problems: list[Problem] = []
-    try:
-        if workers <= 1:
-            results = map(_work, jobs)
-            for res in results:
-                problems += [res] if res else []
-                bar.update(1)
-        else:  # forkserver (spawn on Windows): clean workers, not forks of a parent holding torch/BLAS threads.
-            # concurrent.futures rather than multiprocessing.Pool: a worker killed by the OS (out of memory)
-            # breaks the executor with an error, where a Pool would wait forever for its lost result.
-            # The workers ignore SIGINT: a Ctrl-C to the process group is the main process's to act on (it
-            # stops the build, cancelling what is queued), not a worker failure breaking the pool.
-            chunk = max(1, min(32, len(jobs) // (workers * 8)))
-            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_sigint)
-            try:
-                for res in pool.map(_work, jobs, chunksize=chunk):
-                    problems += [res] if res else []
-                    bar.update(1)
-            except BrokenProcessPool:
-                stop_pool(pool)
-                raise RuntimeError(f"a worker process of the image cache died (killed by the system: out of memory? "
-                                   f"{workers} workers{_rerun_hint(ctx.get_start_method())}); the entries written "
-                                   f"so far are kept, rerun scripts/prepare.py") from None
-            except BaseException:  # Ctrl-C, a user error: the queued images are not built
-                stop_pool(pool)
-                raise
-            pool.shutdown(wait=True)
-    finally:
-        bar.close()
+    problems = [q for q in run_jobs(_work, jobs, workers, desc) if q is not None]
     if folder is not None:
-        bad = {q.path for q in problems}
-        for key, (p, stamp) in stamps.items():
-            if p in bad or stamp is None:  # no usable source: its old entry must not be read
-                manifest.pop(key, None)
-                (folder / key).unlink(missing_ok=True)
-            else:
-                manifest[key] = stamp
-        io.write_text(folder / MANIFEST, json.dumps(manifest, separators=(",", ":")) + "\n", what="cache manifest",
-                      hint=" (images.cache_dir)")
+        record(folder, manifest, stamps, {q.path for q in problems})
     if folder is not None and not problems:
         meta = {**cache_settings(cfg), "format": fmt, "root": str(root), "images": len(dict.fromkeys(paths))}
         io.write_json(folder / "cache.json", meta)

@@ -172,9 +172,15 @@ def _sources(cfg: Any, table: pd.DataFrame, ids: pd.Series, csv: Path) -> pd.Dat
 
 
 def _find_sources(cfg: Any, root: Path, rows: pd.DataFrame, folders: list[str], csv: Path, key: str,
-                  problems: list[Problem] | None) -> pd.Series:
+                  problems: list[Problem] | None, table: pd.DataFrame | None = None) -> pd.Series:
     """The path of each row's file (`rows`: `_sources`' columns), `<file>#<offset>` with data.offset_column
-    (comp.data.image_base.window_path: a window of a recording), "" for a file not found (`problems`)."""
+    (comp.data.image_base.window_path: a window of a recording), "" for a file not found (`problems`); with
+    mil.source series or study, the row's folder (comp.data.mil.find_folders, formatted from `table`'s row)."""
+    if cfg.mil.source in ("series", "study"):
+        from comp.data.mil import find_folders
+
+        return find_folders(cfg, root, folders, table.loc[rows.index] if table is not None else rows,
+                            rows["source"], csv, key, problems)
     paths = find_files(root, folders, rows["source"], cfg.data.image_ext, csv, key, problems)
     if not cfg.data.offset_column:
         return paths
@@ -217,7 +223,11 @@ def _load_test(cfg: Any, root: Path, classes: list[str], problems: list[Problem]
             test["row"] = rows
         src = _sources(cfg, table, ids, root / csv)
         test["path"] = _find_sources(cfg, root, src, list(d.test_images), root / csv, "test_images",
-                                     problems).to_numpy() if len(ids) else []
+                                     problems, table).to_numpy() if len(ids) else []
+        if cfg.mil.source == "views":  # one row per mil.join value (comp.data.mil)
+            from comp.data.mil import join_views
+
+            return join_views(cfg, test, table, root / csv)
         return test[test["path"] != ""].reset_index(drop=True)
     if not matched_folders(root, list(d.test_images)) and not matched_stores(root, list(d.test_images)):
         return pd.DataFrame({"id": pd.Series([], dtype=str), "path": pd.Series([], dtype=str)})
@@ -296,8 +306,13 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False, 
             labels = frame["label"]
         # excluded before their files are looked for: a missing or broken image can be excluded too
         train = exclude(frame, excluded)
-        train["path"] = _find_sources(cfg, root, train, list(d.train_images), train_csv, "train_images", problems)
+        train["path"] = _find_sources(cfg, root, train, list(d.train_images), train_csv, "train_images", problems,
+                                      df)
         train = train[train["path"] != ""]
+        if cfg.mil.source == "views":  # one row per mil.join value (comp.data.mil)
+            from comp.data.mil import join_views
+
+            train = join_views(cfg, train, df, train_csv)
     else:
         if not class_task(cfg):
             raise UserError(f"data.layout=folders holds one class per folder; task={cfg.task} reads its targets "

@@ -274,7 +274,8 @@ def load_or_make_folds(cfg: Any, train: pd.DataFrame, files: SplitFiles,
                             keep_default_na=False)
         _check(files, folds, train, want)
         return train.merge(folds[["id", "fold"]], on="id")
-    joined, copies = split_groups(cfg, train, load or _loader(cfg))
+    # a MIL row's many images are not compared (its patient column keeps copies of a study together)
+    joined, copies = split_groups(cfg, train, None if cfg.mil.source != "none" else load or _loader(cfg))
     if copies["groups_joined"]:  # copies on both sides of a patient split, or of a split without groups
         fold = split(train.assign(group=joined), want["n_folds"], want["seed"], True)
     else:

@@ -57,22 +57,45 @@ class ImageDataset(Dataset):
         self.size = size
         self.transform = transform
         self.load = load or partial(load_image, size=size)
+        self.per_row = getattr(load, "per_row", True)  # MIL: one augmentation draw per row (mil.augment)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, Any]:
         index, seed = key if isinstance(key, tuple) else (key, None)
+        if getattr(self.load, "takes_seed", False):  # a MIL row (comp.data.mil_cache): (N, H, W, 3) instances
+            return self._instances(index, seed)
         img = self.load(self.paths[index])
         if self.transform is not None:
             if seed is not None:  # each transform its own stream from the sample's seed (comp.data.augment)
                 seed_transform(self.transform, seed)
             img = self.transform(image=img)["image"]
         x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))  # (3, H, W) uint8
+        return x, self._target(index)
+
+    def _instances(self, index: int, seed: int | None) -> tuple[torch.Tensor, Any]:
+        """A MIL row as (N, 3, H, W) uint8: its instances picked with the sample's seed (the training jitter;
+        fixed without one), each augmented with the row's draw (mil.augment=row: the transform reseeded with
+        the same seed per instance, so every instance gets the same flip, crop, brightness) or its own
+        (instance: the seed plus its index)."""
+        imgs = self.load(self.paths[index], seed)
+        if self.transform is not None:
+            out = []
+            for j, img in enumerate(imgs):
+                if seed is not None:
+                    seed_transform(self.transform, seed if self.per_row else seed + 7919 * (j + 1))
+                out.append(self.transform(image=np.ascontiguousarray(img))["image"])
+            imgs = np.stack(out)
+        x = torch.from_numpy(np.ascontiguousarray(imgs.transpose(0, 3, 1, 2)))  # (N, 3, H, W) uint8
+        return x, self._target(index)
+
+    def _target(self, index: int) -> Any:
+        """The row's target: -1 when unknown, a tensor for dense rows, else a float or int."""
         if self.labels is None:
-            return x, -1
+            return -1
         y = self.labels[index]
-        return x, (torch.from_numpy(y) if y.ndim else (float(y) if y.dtype.kind == "f" else int(y)))
+        return torch.from_numpy(y) if y.ndim else (float(y) if y.dtype.kind == "f" else int(y))
 
 
 def epoch_order(n: int, seed: int, epoch: int, weights: np.ndarray | None = None) -> np.ndarray:

@@ -108,7 +108,12 @@ def prepare(cfg: Any, split: SplitFiles, problems_csv: Path, workers: int | None
     paths = comp.train["path"].tolist() + comp.test["path"].tolist()
     paths += extra["path"].tolist() if extra is not None else []
     paths += pseudo_paths(cfg)  # trained on every epoch like the rest: decoded once, into the cache
-    problems = comp.problems + process_images(cfg, comp.root, paths, workers, rebuild_cache)
+    if cfg.mil.source != "none":  # rows of many images: each source decoded once (comp.data.mil_cache)
+        from comp.data.mil_cache import process_rows
+
+        problems = comp.problems + process_rows(cfg, comp.root, paths, workers, rebuild_cache)
+    else:
+        problems = comp.problems + process_images(cfg, comp.root, paths, workers, rebuild_cache)
     if problems:
         report = problems_csv
         try:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from comp.config import MIL_KEYS
 from comp.data.loader import IMAGENET, Norm
 from comp.errors import UserError
 from comp.experiment import checkpoint as ckpt_io
@@ -27,7 +28,7 @@ from comp.tasks import Task
 
 # What decides what a trained model sees: a config that differs on one of these is refused at prediction
 INPUT_KEYS = ("model.name", "model.in_chans", "image_size", "images.preprocess", "images.dicom_windows",
-              "images.dicom_frame", "aug.valid")
+              "images.dicom_frame", "aug.valid", *MIL_KEYS)
 TTA_KEY = "aug.tta"  # recorded; prediction may use other views (a choice made at prediction, logged)
 
 

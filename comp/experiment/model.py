@@ -98,11 +98,17 @@ def load_model(path: Path) -> FoldModel:
     use_ema = ck.get("eval_weights") == "ema"
     if use_ema and ck.get("ema") is None:
         raise UserError(f"{path} was validated with EMA weights but holds none; the file is incomplete")
-    model = create_model(ck["model_name"], ck["num_classes"], in_chans=ck["in_chans"])
+    inputs = _saved_inputs(ck)
+    if inputs.get("mil.source") not in (None, "none"):  # a MIL model: its pool from the checkpoint's inputs
+        from comp.models.factory import create_mil_model
+
+        model = create_mil_model(ck["model_name"], ck["num_classes"], inputs["mil.pool"], in_chans=ck["in_chans"])
+    else:
+        model = create_model(ck["model_name"], ck["num_classes"], in_chans=ck["in_chans"])
     ckpt_io.load_weights(model, ck["ema"] if use_ema else ck["model"], path, ck["model_name"])
     meta = {k: v for k, v in ck.items() if k not in ("model", "ema", "optimizer", "scheduler", "scaler", "rng")}
     return FoldModel(path=path, model=model.eval(), task=task, classes=list(ck.get("classes") or task.names),
-                     inputs=_saved_inputs(ck), meta=meta)
+                     inputs=inputs, meta=meta)
 
 
 def check_agree(models: list[FoldModel]) -> None:

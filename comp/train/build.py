@@ -125,8 +125,14 @@ def build_run(cfg: Any, fold: int, resume: bool) -> Run:
                         f"the {per_rank} training images of fold {fold} per process; lower batch_size")
 
     seed_all(cfg.seed)  # the same initial weights on every rank (DDP would broadcast rank 0's anyway)
-    model = create_model(cfg.model.name, task.num_logits, in_chans=cfg.model.in_chans,
-                         pretrained=cfg.model.pretrained, drop_rate=cfg.model.drop_rate).to(device)
+    if cfg.mil.source != "none":  # rows of many images: the backbone on each, pooled (comp.models.mil)
+        from comp.models.factory import create_mil_model
+
+        model = create_mil_model(cfg.model.name, task.num_logits, cfg.mil.pool, in_chans=cfg.model.in_chans,
+                                 pretrained=cfg.model.pretrained, drop_rate=cfg.model.drop_rate).to(device)
+    else:
+        model = create_model(cfg.model.name, task.num_logits, in_chans=cfg.model.in_chans,
+                             pretrained=cfg.model.pretrained, drop_rate=cfg.model.drop_rate).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model, device)

@@ -58,8 +58,15 @@ class Stopped(Exception):
 def _forward_loss(run: Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The mean training loss of one micro-batch under the task's loss (comp.tasks.Task.loss): targets as
     the dataset gives them, or mixed by mixup/cutmix (dense rows, label smoothing already in them)."""
+    aux = run.cfg.mil.aux_weight if run.cfg.mil.source != "none" else 0.0
     with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
-        logits = run.model(x)
+        logits, inst = run.model(x, with_instances=True) if aux else (run.model(x), None)
+    if inst is not None:  # mil.aux_weight: each instance's logits against its row's target (comp.models.mil)
+        n = inst.shape[1]
+        rows = run.task.loss(logits.float(), y, run.loss_weight, run.cfg.train.label_smoothing)
+        each = run.task.loss(inst.flatten(0, 1).float(), y.repeat_interleave(n, 0), run.loss_weight,
+                             run.cfg.train.label_smoothing)
+        return rows + aux * each
     mixed = run.mixup is not None and run.task.head == "softmax"  # smoothing is in the mixed rows already
     if getattr(run, "distill", None) is not None:  # hard targets packed with the teacher's outputs (comp.teacher)
         return run.distill.loss(run.task, logits.float(), y, run.loss_weight, run.cfg.train.label_smoothing)

@@ -34,15 +34,17 @@ from comp.errors import UserError
 from comp.metrics import check_metric
 from comp.tasks import make_task
 
-# The TTA views: exact flips and rotations of a (B, C, H, W) batch, on the device, no resampling
+# The TTA views: exact flips and rotations of a batch, on the device, no resampling. Negative dims (H = -2,
+# W = -1), so one view serves a (B, C, H, W) batch and a (B, N, C, H, W) batch of MIL rows, every instance
+# alike.
 TTA_VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "identity": lambda x: x,
-    "hflip": lambda x: x.flip(3),
-    "vflip": lambda x: x.flip(2),
-    "hvflip": lambda x: x.flip(2, 3),
-    "rot90": lambda x: torch.rot90(x, 1, (2, 3)),
-    "rot270": lambda x: torch.rot90(x, 3, (2, 3)),
-    "transpose": lambda x: x.transpose(2, 3),
+    "hflip": lambda x: x.flip(-1),
+    "vflip": lambda x: x.flip(-2),
+    "hvflip": lambda x: x.flip(-2, -1),
+    "rot90": lambda x: torch.rot90(x, 1, (-2, -1)),
+    "rot270": lambda x: torch.rot90(x, 3, (-2, -1)),
+    "transpose": lambda x: x.transpose(-2, -1),
 }
 
 
@@ -117,7 +119,7 @@ def check_tta(views: Any) -> list[str]:
 
 
 def tta_view(x: torch.Tensor, view: str) -> torch.Tensor:
-    """One TTA view of a (B, C, H, W) batch.
+    """One TTA view of a (B, C, H, W) or (B, N, C, H, W) batch.
 
     Raises:
         UserError: an unknown view name.

@@ -6,8 +6,8 @@ Two choices make training resumable bit for bit, with any number of workers:
   skips exactly the samples already seen by starting the same order at a position;
 - each sample's augmentation is seeded from (seed, epoch, position), carried by the sampler with the
   index, so no worker RNG state has to be saved.
-Workers hand over uint8 (3, H, W) tensors (4x less to copy than float); `to_input` normalises on the
-device.
+Workers hand over uint8 (3, H, W) tensors, or (N, 3, H, W) for a MIL row (4x less to copy than float);
+`to_input` normalises on the device.
 """
 
 from __future__ import annotations
@@ -300,16 +300,19 @@ def _normalizer(device: torch.device, norm: Norm) -> tuple[torch.Tensor, torch.T
 
 def to_input(x: torch.Tensor, device: torch.device, in_chans: int = 3, channels_last: bool = False,
              norm: Norm = IMAGENET) -> torch.Tensor:
-    """uint8 (B, 3, H, W) from the loader → normalised float on `device` with the model's own (mean, std)
-    (`norm`: comp.models.factory.input_norm; ImageNet's for the kit's ResNets); grayscale averaged to 1
-    channel when the model takes one (in_chans=1)."""
+    """uint8 (B, 3, H, W) from the loader, or (B, N, 3, H, W) (the N instances of MIL rows, comp.data.mil)
+    → normalised float on `device` with the model's own (mean, std) (`norm`: comp.models.factory.input_norm;
+    ImageNet's for the kit's ResNets); grayscale averaged to 1 channel when the model takes one
+    (in_chans=1). The channels are dim -3 in both layouts. `channels_last` applies to 4-D batches only: a
+    5-D one has no such layout (channels_last_3d means (B, C, D, H, W)), and the MIL model's convolutions
+    see it as (B*N, 3, H, W), whose layout cuDNN takes from the weights already in channels_last."""
     x = x.to(device, non_blocking=True).float().div_(255)
-    mean, std = _normalizer(x.device, (tuple(norm[0]), tuple(norm[1])))
+    mean, std = _normalizer(x.device, (tuple(norm[0]), tuple(norm[1])))  # (1, 3, 1, 1): aligned on dims -3..-1
     if in_chans == 1:
-        x = (x.mean(1, keepdim=True) - mean.mean()) / std.mean()
+        x = (x.mean(-3, keepdim=True) - mean.mean()) / std.mean()
     else:
         x = (x - mean) / std
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 else x
 
 
 def device_batches(loader: Iterable, device: torch.device, in_chans: int = 3, channels_last: bool = False,

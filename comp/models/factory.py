@@ -26,6 +26,7 @@ from timm.models import adapt_input_conv, get_pretrained_cfg, split_model_name_t
 from torch import nn
 
 from comp.errors import UserError
+from comp.models.mil import MilModel, check_pool
 from comp.models.resnet import RESNETS, ResNet
 from comp.models.weights import read_state_dict
 
@@ -85,14 +86,44 @@ def create_model(
     return model
 
 
+def create_mil_model(
+    name: str,
+    num_logits: int,
+    pool: str,
+    in_chans: int = 3,
+    pretrained: str | os.PathLike | None = None,
+    drop_rate: float = 0.0,
+) -> MilModel:
+    """A multiple-instance model (comp.models.mil.MilModel): backbone `name` built by `create_model` with
+    num_classes=0, so `pretrained` goes through the same loader and lands in the backbone (a kit MIL
+    checkpoint too: its `backbone.*` weights, read_state_dict picks them by prefix), then the pool and a
+    fresh head with `num_logits` outputs. Input (B, N, in_chans, H, W); output (B, num_logits).
+
+    Args:
+        name: backbone, as for `create_model`.
+        num_logits: head outputs.
+        pool: mean | max | attention | gru | transformer (mil.pool).
+        in_chans: input channels of each instance.
+        pretrained: the backbone's weights, as for `create_model`.
+        drop_rate: dropout before the head (the backbone's own dropout is off: one dropout, after the pool).
+
+    Raises:
+        UserError: an unknown pool (checked before anything is built or downloaded), and as `create_model`.
+    """
+    check_pool(pool)
+    backbone = create_model(name, 0, in_chans=in_chans, pretrained=pretrained, drop_rate=0.0)
+    return MilModel(backbone, num_logits, pool, drop_rate=drop_rate)
+
+
 def input_norm(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The (mean, std) per RGB channel (0..1 scale) the model's inputs are normalised with: what its
     pretrained weights were trained with, from timm's `resolve_model_data_config` (ViT augreg, Inception,
     EVA and others use 0.5/0.5, not ImageNet's statistics). The kit's ResNets carry no mean/std in their
-    pretrained_cfg and get timm's default, ImageNet's (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225)."""
+    pretrained_cfg and get timm's default, ImageNet's (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225).
+    A MilModel's is its backbone's."""
     from timm.data import resolve_model_data_config
 
-    cfg = resolve_model_data_config(model)
+    cfg = resolve_model_data_config(model.backbone if isinstance(model, MilModel) else model)
     return tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
 
 

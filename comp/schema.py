@@ -213,6 +213,34 @@ class DistillConfig:
 
 
 @dataclass
+class MilConfig:  # many images per competition row (issue 27); a MIL row is one row of the competition table
+    source: str = "none"  # none | series | study | views | tiles. series: the row's folder holds the DICOM files
+    # of ONE series (RSNA 2022: train_images/<StudyInstanceUID>/<n>.dcm); study: the row's folder holds series
+    # sub-folders (brain tumour: train/<BraTS21ID:05d>/{FLAIR,T1w,T1wCE,T2w}/Image-<n>.dcm; RSNA 2023:
+    # train_images/<patient_id>/<series_id>/<n>.dcm); views: each CSV row is one image (found by data.id_column
+    # as today), rows sharing mil.join values form one MIL row (RSNA mammography: [patient_id, laterality] ->
+    # "10006_L", the submission's prediction_id); tiles: each row is one large image (UBC-OCEAN
+    # train_images/<image_id>.png), cut into tiles
+    folder: str = "{id}"  # series/study: the row's folder under data.train_images / data.test_images, a Python
+    # format of the row's columns: "{id}" (the id column), "{BraTS21ID:05d}"
+    series: list[str] = field(default_factory=list)  # study: series to read, matched to sub-folder names or
+    # SeriesDescription (FLAIR, T1w, T1wCE, T2w); empty = every series sub-folder in name order
+    join: list[str] = field(default_factory=list)  # views: columns joined by "_" into the MIL row id
+    instances: int = 16  # instances sampled per series (views: per row, cycling over views; tiles: per image)
+    slices: int = 1  # adjacent slices per instance as its 3 channels: 1 (grey repeated) | 3 (2.5D)
+    order: str = "position"  # position (ImagePositionPatient projected on the normal of ImageOrientationPatient;
+    # InstanceNumber where the geometry is missing) | instance (InstanceNumber) | name (file name, natural sort)
+    tile_size: int = 256  # tiles: side in source pixels, resized to image_size
+    tissue: float = 0.25  # tiles: least share of non-background pixels a tile keeps
+    max_tiles: int = 64  # tiles kept per image (those with the most tissue)
+    augment: str = "row"  # row: one albumentations draw per MIL row, the same on every instance | instance: an
+    # independent draw per instance
+    pool: str = "attention"  # mean | max | attention (gated, Ilse et al. 2018) | gru | transformer
+    aux_weight: float = 0.0  # weight of an instance-level auxiliary loss (each instance's logits against the
+    # row's target); 0 = off
+
+
+@dataclass
 class Config:
     seed: int = 42  # seeds the sample order, augmentation and initial weights (the split has folds.seed)
     seeds: list[int] = field(default_factory=list)  # a seed bag: the recipe trained once per seed on the same
@@ -241,3 +269,4 @@ class Config:
     aug: AugConfig = field(default_factory=AugConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    mil: MilConfig = field(default_factory=MilConfig)

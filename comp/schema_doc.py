@@ -34,6 +34,7 @@ SECTION_TITLES = {
     "aug": "augmentation and test-time views",
     "predict": "the fold ensemble and the submission",
     "distill": "knowledge distillation",
+    "mil": "many images per row: series, studies, views and tiles (multiple-instance learning)",
 }
 
 INTRO = """\

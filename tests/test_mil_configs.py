@@ -1,0 +1,49 @@
+"""The shipped MIL configs (docs/mil.md), each on a replica of its competition's download
+(tests/replicas_mil.py): prepare.py (checks, the MIL cache, folds), one fold, and a submission that matches the
+sample, as a user runs them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import FAST, ROOT, run_main
+from replicas_mil import MIL_BUILDERS
+
+from comp.data.competition import load_competition
+from comp.data.mil_cache import mil_folder
+from comp.experiment import load_config
+
+CONFIGS = {"brain_tumor": "rsna2021_brain_tumor", "cervical_spine": "rsna2022_cervical_spine",
+           "mammography": "rsna2023_mammography", "ubc_ocean": "ubc_ocean"}
+EXTRA = {"cervical_spine": ["metric=log_loss"], "ubc_ocean": ["mil.tile_size=32"]}  # TEMP until heads merge
+
+
+def tiny(root, out, cache, name) -> list[str]:
+    return [*FAST, "batch_size=2", "model.pretrained=null", f"data.root={root}", f"out_dir={out}",
+            f"images.cache_dir={cache}", "mil.instances=3", "data.exclude=[]", *EXTRA.get(name, []), "model.name=timm/test_resnet"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_prepare_train_predict(tmp_path, name):
+    root = MIL_BUILDERS[name](tmp_path / "data")
+    config = str(ROOT / "configs" / f"{CONFIGS[name]}.yaml")
+    ov = tiny(root, tmp_path / "run", tmp_path / "cache", name)
+    code, _, err = run_main("prepare.py", "--config", config, *ov)
+    assert code == 0, err[-3000:]
+    cfg = load_config(config, ov)
+    comp = load_competition(cfg)
+    assert len(list(mil_folder(cfg).rglob("*.npy"))) >= len(comp.train) + len(comp.test)
+    code, _, err = run_main("train_fold.py", "--config", config, "--fold", "0", *ov)
+    assert code == 0, err[-3000:]
+    sub = tmp_path / "sub.csv"
+    code, _, err = run_main("predict.py", "--config", config, "-o", str(sub), "predict.folds=[0]", *ov)
+    assert code == 0, err[-3000:]
+    got, sample = pd.read_csv(sub), pd.read_csv(root / cfg.data.sample_submission)
+    assert list(got.columns) == list(sample.columns)
+    assert sorted(got.iloc[:, 0].astype(str)) == sorted(sample.iloc[:, 0].astype(str))
+    if got.iloc[:, 1].dtype == object:  # labels (UBC-OCEAN's subtypes)
+        assert set(got.iloc[:, 1]) <= {str(v) for v in comp.label_values}
+    else:  # probabilities
+        assert ((got.iloc[:, 1] >= 0) & (got.iloc[:, 1] <= 1)).all()

@@ -43,7 +43,7 @@ def test_prepare_train_predict(tmp_path, name):
     got, sample = pd.read_csv(sub), pd.read_csv(root / cfg.data.sample_submission)
     assert list(got.columns) == list(sample.columns)
     assert sorted(got.iloc[:, 0].astype(str)) == sorted(sample.iloc[:, 0].astype(str))
-    if got.iloc[:, 1].dtype == object:  # labels (UBC-OCEAN's subtypes)
+    if not pd.api.types.is_numeric_dtype(got.iloc[:, 1]):  # labels (UBC-OCEAN's subtypes)
         assert set(got.iloc[:, 1]) <= {str(v) for v in comp.label_values}
     else:  # probabilities
         assert ((got.iloc[:, 1] >= 0) & (got.iloc[:, 1] <= 1)).all()

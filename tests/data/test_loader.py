@@ -101,6 +101,26 @@ def test_to_input_normalises_on_the_device():
     assert to_input(x, torch.device("cpu"), in_chans=1).shape == (2, 1, 4, 4)
 
 
+def test_to_input_normalises_mil_batches_over_the_channels():
+    """(B, N, 3, H, W) batches of MIL rows: the channel dim is -3, so each channel gets its own (mean, std),
+    grayscale averages the channels (not the instances), and channels_last (a 4-D layout) leaves 5-D as is."""
+    x = torch.zeros((2, 4, 3, 5, 5), dtype=torch.uint8)
+    x[:, :, 0], x[:, :, 1], x[:, :, 2] = 255, 51, 102  # channels differ; instances differ below
+    x[:, 3] = 0
+    norm = ((0.5, 0.25, 0.0), (0.5, 0.25, 1.0))
+    out = to_input(x, torch.device("cpu"), norm=norm, channels_last=True)
+    assert out.shape == (2, 4, 3, 5, 5)
+    torch.testing.assert_close(out[1, 2, :, 4, 4], torch.tensor([1.0, -0.2, 0.4]))
+    torch.testing.assert_close(out[0, 3, :, 0, 0], torch.tensor([-1.0, -1.0, 0.0]))
+    grey = to_input(x, torch.device("cpu"), in_chans=1, norm=norm, channels_last=True)
+    assert grey.shape == (2, 4, 1, 5, 5)
+    mean, std = sum(norm[0]) / 3, sum(norm[1]) / 3
+    torch.testing.assert_close(grey[0, 0, 0, 0, 0], torch.tensor((1.6 / 3 - mean) / std))
+    torch.testing.assert_close(grey[0, 3, 0, 0, 0], torch.tensor(-mean / std))
+    flat = to_input(x.flatten(0, 1), torch.device("cpu"), in_chans=1, norm=norm, channels_last=True)
+    torch.testing.assert_close(grey.flatten(0, 1), flat)  # as the same images in a 4-D batch
+
+
 def test_loader_workers_ignore_stop_signals():
     loader = make_loader(torch.utils.data.TensorDataset(torch.zeros(4, 1)), 2, None, num_workers=1)
     assert loader.worker_init_fn is ignore_stop_signals

@@ -242,7 +242,8 @@ class MilModel(nn.Module):
         pooled, _ = self._instances(f)
         return pooled if pre_logits else self.head(pooled)
 
-    def forward(self, x: torch.Tensor, with_instances: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor,
+                with_instances: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """(B, N, C, H, W) (or (B, C, H, W): N=1) -> logits (B, num_logits); with `with_instances`, also
         the head applied to each instance's features, (B, N, num_logits), from the same forward pass:
         the input of an instance-level auxiliary loss (mil.aux_weight)."""

@@ -17,6 +17,7 @@ import pytest
 import torch
 from helpers import ROOT
 
+import comp.data.loader as loader_module
 from comp.data.augment import build_transform
 from comp.data.loader import (
     MAX_PREFETCH,
@@ -149,6 +150,24 @@ def test_prefetch_shrinks_to_the_shared_memory_there_is():
     assert prefetch_factor_for(32, 512, 8, 2**30) == 4
     assert prefetch_factor_for(32, 512, 8, 16 * 2**20) == 1  # never below one batch per worker
     assert prefetch_factor_for(32, 512, 0, 2**30) is None
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # 8 workers on a 2-core machine: none start
+def test_prefetch_counts_every_instance_of_a_mil_row(monkeypatch):
+    """A MIL dataset's sample is (instances, 3, size, size): 32 instances at 256 px, 8 rows a batch and 8
+    workers hold 403 MB per batch in flight, so 2 fit in 1 GiB, not the 4 that one image per sample gives."""
+    class Rows(torch.utils.data.Dataset):
+        size, instances = 256, 32
+
+        def __len__(self) -> int:
+            return 16
+
+    monkeypatch.setattr(loader_module, "shm_budget", lambda: 2**30)
+    assert make_loader(Rows(), 8, None, num_workers=8).prefetch_factor == 2
+    assert make_loader(torch.utils.data.Subset(Rows(), [0, 1]), 8, None, num_workers=8).prefetch_factor == 2
+    Rows.instances = 1
+    assert make_loader(Rows(), 8, None, num_workers=8).prefetch_factor == 4
+    assert batches_in_flight_bytes(8, 256, 8, 2, instances=32) == 8 * 32 * 3 * 256 * 256 * 2 * 8
 
 
 def _run_script(path: Path, *lines: str, env: dict | None = None) -> subprocess.CompletedProcess:

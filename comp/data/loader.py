@@ -155,18 +155,21 @@ def shm_budget(shm_bytes: int | None = None) -> int:
     return min(SHM_BUDGET, int(shm_bytes * SHM_SHARE))
 
 
-def batches_in_flight_bytes(batch_size: int, image_size: int, num_workers: int, prefetch_factor: int) -> int:
+def batches_in_flight_bytes(batch_size: int, image_size: int, num_workers: int, prefetch_factor: int,
+                            instances: int = 1) -> int:
     """Shared memory the loader's workers hold at once: each worker keeps `prefetch_factor` uint8 batches of
-    (batch_size, 3, image_size, image_size) in /dev/shm until the main process takes them."""
-    return batch_size * 3 * image_size * image_size * prefetch_factor * num_workers
+    (batch_size, 3, image_size, image_size) in /dev/shm until the main process takes them, or of
+    (batch_size, instances, 3, image_size, image_size) for MIL rows of `instances` images."""
+    return batch_size * instances * 3 * image_size * image_size * prefetch_factor * num_workers
 
 
-def prefetch_factor_for(batch_size: int, image_size: int, num_workers: int, budget: int) -> int | None:
+def prefetch_factor_for(batch_size: int, image_size: int, num_workers: int, budget: int,
+                        instances: int = 1) -> int | None:
     """The DataLoader's prefetch_factor: MAX_PREFETCH batches per worker, fewer when the bytes in flight
     (`batches_in_flight_bytes`) would pass `budget`, never under 1. None without workers (torch's rule)."""
     if num_workers <= 0:
         return None
-    per_batch = batches_in_flight_bytes(batch_size, image_size, num_workers, 1)
+    per_batch = batches_in_flight_bytes(batch_size, image_size, num_workers, 1, instances)
     return max(1, min(MAX_PREFETCH, budget // max(per_batch, 1)))
 
 
@@ -233,11 +236,14 @@ class KitLoader(DataLoader):
         return it
 
 
-def _image_side(dataset: Any) -> int | None:
-    """The square side of the dataset's images (ImageDataset.size), looking through Subset-like wrappers."""
+def _image_side(dataset: Any) -> tuple[int, int] | None:
+    """The square side of the dataset's images (ImageDataset.size) and the images per sample (1, or a
+    MIL dataset's int `instances`: its samples are (instances, 3, size, size)), looking through Subset-like
+    wrappers."""
     while dataset is not None:
         if isinstance(getattr(dataset, "size", None), int):
-            return dataset.size
+            instances = getattr(dataset, "instances", 1)
+            return dataset.size, instances if isinstance(instances, int) and instances > 0 else 1
         dataset = getattr(dataset, "dataset", None)
     return None
 
@@ -257,7 +263,8 @@ def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, num_
     workers' base seed would otherwise be drawn from the global torch RNG, and a resumed run would then
     see the model's RNG (dropout) shifted by one draw.
 
-    Shared memory: workers hand batches over through /dev/shm, batch_size x 3 x image_size^2 bytes each,
+    Shared memory: workers hand batches over through /dev/shm, batch_size x 3 x image_size^2 bytes each
+    (x the dataset's `instances` for MIL rows),
     `prefetch_factor` per worker, so num_workers x prefetch_factor batches are in flight. prefetch_factor
     is MAX_PREFETCH (4), lowered (`prefetch_factor_for`) to keep that under `shm_budget()`: 1 GiB, or a
     quarter of /dev/shm's size (64 MiB in a default Docker container; `docker run --shm-size=8g`). The
@@ -277,7 +284,7 @@ def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, num_
                    f"from the top; put its calls under that guard for worker processes")
         num_workers = 0
     side = _image_side(dataset)
-    prefetch = prefetch_factor_for(batch_size, side or 0, num_workers, shm_budget()) if side else (
+    prefetch = prefetch_factor_for(batch_size, side[0], num_workers, shm_budget(), side[1]) if side else (
         MAX_PREFETCH if num_workers > 0 else None)
     return KitLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers,
                      drop_last=drop_last, pin_memory=pin_memory, generator=torch.Generator(),

@@ -3,7 +3,8 @@
 Names: `resnet18` ... `resnet152` are the kit's own ResNets (comp/models/resnet.py); `timm/<name>` is any
 timm model (`timm.list_models()`), built with `timm.create_model`. Both expose timm's interface
 (`get_classifier`, `reset_classifier`, `forward_features`, `forward_head`, `pretrained_cfg`), which is all
-the rest of this file relies on.
+the rest of this file relies on. `create_mil_model` wraps one such backbone (num_classes=0) in a
+comp.models.mil.MilModel that pools it over the N images of a MIL row.
 
 `pretrained` is either
   - a local weights file or folder in the layout torchvision, timm, Lightning (`.ckpt`), Hugging Face

@@ -22,7 +22,8 @@ def forward_views(models: Sequence[torch.nn.Module], batches: Iterable[torch.Ten
     Args:
         models: the models (put in eval mode here); every batch goes through all of them, so images are
             decoded once for a whole fold ensemble.
-        batches: (B, C, H, W) normalised inputs on the models' device.
+        batches: (B, C, H, W) normalised inputs on the models' device, or (B, N, C, H, W) for a MIL model
+            (comp.models.mil; the views flip every instance alike).
         views: names of `comp.data.augment.TTA_VIEWS`, each one forward pass.
         amp_dtype: autocast dtype, or None for full precision.
         activation: applied to each view's logits before the mean (e.g. softmax: mean of probabilities),

@@ -27,7 +27,6 @@ warm-up trains and the optimizer gives the full lr), `reset_classifier`, `num_fe
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from comp.errors import UserError
@@ -64,7 +63,8 @@ class MeanPool(nn.Module):
 
 class MaxPool(nn.Module):
     """Max over the instances per feature; an instance's weight is the share of the F features whose max
-    it gives (ties go to the first, as torch.max does)."""
+    it gives, a feature tied between k instances counting 1/k to each (a ReLU feature that is 0 in every
+    instance counts alike for all), so the weights follow the instances in any order."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -72,9 +72,10 @@ class MaxPool(nn.Module):
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, N, F) -> pooled (B, F), instance features (B, N, F), weights (B, N)."""
-        pooled, idx = h.max(1)  # (B, F) each
-        won = F.one_hot(idx, h.shape[1]).sum(1)  # (B, N): features each instance wins
-        return pooled, h, won.float() / h.shape[2]
+        pooled = h.amax(1)  # (B, F)
+        won = (h == pooled.unsqueeze(1)).float()  # (B, N, F): 1 where the instance gives the feature's max
+        w = (won / won.sum(1, keepdim=True)).mean(2)  # (B, N), rows sum to 1
+        return pooled, h, w.detach()
 
 
 class AttentionPool(nn.Module):
@@ -241,7 +242,8 @@ class MilModel(nn.Module):
         pooled, _ = self._instances(f)
         return pooled if pre_logits else self.head(pooled)
 
-    def forward(self, x: torch.Tensor, with_instances: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor,
+                with_instances: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """(B, N, C, H, W) (or (B, C, H, W): N=1) -> logits (B, num_logits); with `with_instances`, also
         the head applied to each instance's features, (B, N, num_logits), from the same forward pass:
         the input of an instance-level auxiliary loss (mil.aux_weight)."""

@@ -1,6 +1,6 @@
 """comp.data.augment through the training dataset: each transform of a pipeline (nested ones too) decides
 independently, and a sample's augmentation is a pure function of its seed (a fresh pipeline in another
-process, after other samples, gives the same image)."""
+process, after other samples, gives the same image); the TTA views of 4-D and 5-D (MIL) batches."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import itertools
 import albumentations as A
 import numpy as np
 import pytest
+import torch
 from scipy.stats import chisquare
 
-from comp.data.augment import build_transform
+from comp.data.augment import TTA_VIEWS, build_transform, tta_view
 from comp.data.loader import ImageDataset
 
 IMG = np.arange(9 * 3, dtype=np.uint8).reshape(3, 3, 3) * 9  # every pixel distinct: each flip is visible
@@ -73,3 +74,16 @@ def test_same_seed_same_output_in_a_fresh_pipeline():
         assert np.array_equal(first[(0, s)][0], first[(0, s)][0])
     outs = {first[(0, s)][0].numpy().tobytes() for s in seeds}
     assert len(outs) == len(seeds)
+
+
+@pytest.mark.parametrize("view", list(TTA_VIEWS))
+def test_tta_views_of_mil_batches_view_every_instance_alike(view):
+    """A (B, N, C, H, W) batch of MIL rows: each instance gets the view its (B, C, H, W) batch gets (the
+    views once named dims 2 and 3, which in 5-D are C and H)."""
+    x = torch.arange(2 * 3 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 3, 4, 4)
+    want = torch.stack([tta_view(x[:, n], view) for n in range(3)], 1)
+    assert torch.equal(tta_view(x, view), want)
+    a = x[:, 1].numpy()
+    exact = {"identity": a, "hflip": a[..., ::-1], "vflip": a[..., ::-1, :], "hvflip": a[..., ::-1, ::-1],
+             "rot90": np.rot90(a, 1, (-2, -1)), "rot270": np.rot90(a, 3, (-2, -1)), "transpose": a.swapaxes(-2, -1)}
+    np.testing.assert_array_equal(tta_view(x, view)[:, 1].numpy(), exact[view])

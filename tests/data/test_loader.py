@@ -17,6 +17,7 @@ import pytest
 import torch
 from helpers import ROOT
 
+import comp.data.loader as loader_module
 from comp.data.augment import build_transform
 from comp.data.loader import (
     MAX_PREFETCH,
@@ -101,6 +102,26 @@ def test_to_input_normalises_on_the_device():
     assert to_input(x, torch.device("cpu"), in_chans=1).shape == (2, 1, 4, 4)
 
 
+def test_to_input_normalises_mil_batches_over_the_channels():
+    """(B, N, 3, H, W) batches of MIL rows: the channel dim is -3, so each channel gets its own (mean, std),
+    grayscale averages the channels (not the instances), and channels_last (a 4-D layout) leaves 5-D as is."""
+    x = torch.zeros((2, 4, 3, 5, 5), dtype=torch.uint8)
+    x[:, :, 0], x[:, :, 1], x[:, :, 2] = 255, 51, 102  # channels differ; instances differ below
+    x[:, 3] = 0
+    norm = ((0.5, 0.25, 0.0), (0.5, 0.25, 1.0))
+    out = to_input(x, torch.device("cpu"), norm=norm, channels_last=True)
+    assert out.shape == (2, 4, 3, 5, 5)
+    torch.testing.assert_close(out[1, 2, :, 4, 4], torch.tensor([1.0, -0.2, 0.4]))
+    torch.testing.assert_close(out[0, 3, :, 0, 0], torch.tensor([-1.0, -1.0, 0.0]))
+    grey = to_input(x, torch.device("cpu"), in_chans=1, norm=norm, channels_last=True)
+    assert grey.shape == (2, 4, 1, 5, 5)
+    mean, std = sum(norm[0]) / 3, sum(norm[1]) / 3
+    torch.testing.assert_close(grey[0, 0, 0, 0, 0], torch.tensor((1.6 / 3 - mean) / std))
+    torch.testing.assert_close(grey[0, 3, 0, 0, 0], torch.tensor(-mean / std))
+    flat = to_input(x.flatten(0, 1), torch.device("cpu"), in_chans=1, norm=norm, channels_last=True)
+    torch.testing.assert_close(grey.flatten(0, 1), flat)  # as the same images in a 4-D batch
+
+
 def test_loader_workers_ignore_stop_signals():
     loader = make_loader(torch.utils.data.TensorDataset(torch.zeros(4, 1)), 2, None, num_workers=1)
     assert loader.worker_init_fn is ignore_stop_signals
@@ -129,6 +150,24 @@ def test_prefetch_shrinks_to_the_shared_memory_there_is():
     assert prefetch_factor_for(32, 512, 8, 2**30) == 4
     assert prefetch_factor_for(32, 512, 8, 16 * 2**20) == 1  # never below one batch per worker
     assert prefetch_factor_for(32, 512, 0, 2**30) is None
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # 8 workers on a 2-core machine: none start
+def test_prefetch_counts_every_instance_of_a_mil_row(monkeypatch):
+    """A MIL dataset's sample is (instances, 3, size, size): 32 instances at 256 px, 8 rows a batch and 8
+    workers hold 403 MB per batch in flight, so 2 fit in 1 GiB, not the 4 that one image per sample gives."""
+    class Rows(torch.utils.data.Dataset):
+        size, instances = 256, 32
+
+        def __len__(self) -> int:
+            return 16
+
+    monkeypatch.setattr(loader_module, "shm_budget", lambda: 2**30)
+    assert make_loader(Rows(), 8, None, num_workers=8).prefetch_factor == 2
+    assert make_loader(torch.utils.data.Subset(Rows(), [0, 1]), 8, None, num_workers=8).prefetch_factor == 2
+    Rows.instances = 1
+    assert make_loader(Rows(), 8, None, num_workers=8).prefetch_factor == 4
+    assert batches_in_flight_bytes(8, 256, 8, 2, instances=32) == 8 * 32 * 3 * 256 * 256 * 2 * 8
 
 
 def _run_script(path: Path, *lines: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -4,7 +4,6 @@ sample, as a user runs them."""
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 from helpers import FAST, ROOT, run_main
@@ -21,7 +20,8 @@ EXTRA = {"cervical_spine": ["metric=log_loss"], "ubc_ocean": ["mil.tile_size=32"
 
 def tiny(root, out, cache, name) -> list[str]:
     return [*FAST, "batch_size=2", "model.pretrained=null", f"data.root={root}", f"out_dir={out}",
-            f"images.cache_dir={cache}", "mil.instances=3", "data.exclude=[]", *EXTRA.get(name, []), "model.name=timm/test_resnet"]
+            f"images.cache_dir={cache}", "mil.instances=3", "data.exclude=[]", *EXTRA.get(name, []),
+            "model.name=timm/test_resnet"]
 
 
 @pytest.mark.slow

@@ -167,10 +167,6 @@ def image_loader(cfg: Any, comp: Any) -> Callable[[str], np.ndarray]:
     """`load(path) -> (image_size, image_size, 3) uint8` for the Dataset: from the cache when
     `images.cache` is on and scripts/prepare.py built it (entries of changed sources excepted), else
     decoded (and preprocessed) on the fly."""
-    if cfg.mil.source != "none":  # a row of many images (comp.data.mil_cache)
-        from comp.data.mil_cache import mil_loader
-
-        return mil_loader(cfg, comp)
     steps, dicom = check_steps(cfg.images.preprocess), dicom_options(cfg)
     if not cfg.images.cache:
         return ImageLoader(cfg.image_size, steps, dicom=dicom)

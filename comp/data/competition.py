@@ -46,6 +46,7 @@ from comp.data.layouts import (  # noqa: F401
     scan,
     unique_ids,
 )
+from comp.data.mil import find_folders, join_views
 from comp.data.tables import read_csv  # noqa: F401  (the CSV reader of every table, here since the start)
 from comp.data.targets import class_task, join_rows, read_targets, submission_rows, target_columns, target_kind
 from comp.errors import UserError
@@ -177,8 +178,6 @@ def _find_sources(cfg: Any, root: Path, rows: pd.DataFrame, folders: list[str], 
     (comp.data.image_base.window_path: a window of a recording), "" for a file not found (`problems`); with
     mil.source series or study, the row's folder (comp.data.mil.find_folders, formatted from `table`'s row)."""
     if cfg.mil.source in ("series", "study"):
-        from comp.data.mil import find_folders
-
         return find_folders(cfg, root, folders, table.loc[rows.index] if table is not None else rows,
                             rows["source"], csv, key, problems)
     paths = find_files(root, folders, rows["source"], cfg.data.image_ext, csv, key, problems)
@@ -225,8 +224,6 @@ def _load_test(cfg: Any, root: Path, classes: list[str], problems: list[Problem]
         test["path"] = _find_sources(cfg, root, src, list(d.test_images), root / csv, "test_images",
                                      problems, table).to_numpy() if len(ids) else []
         if cfg.mil.source == "views":  # one row per mil.join value (comp.data.mil)
-            from comp.data.mil import join_views
-
             return join_views(cfg, test, table, root / csv)
         return test[test["path"] != ""].reset_index(drop=True)
     if not matched_folders(root, list(d.test_images)) and not matched_stores(root, list(d.test_images)):
@@ -310,8 +307,6 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False, 
                                       df)
         train = train[train["path"] != ""]
         if cfg.mil.source == "views":  # one row per mil.join value (comp.data.mil)
-            from comp.data.mil import join_views
-
             train = join_views(cfg, train, df, train_csv)
     else:
         if not class_task(cfg):

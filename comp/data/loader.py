@@ -58,6 +58,7 @@ class ImageDataset(Dataset):
         self.transform = transform
         self.load = load or partial(load_image, size=size)
         self.per_row = getattr(load, "per_row", True)  # MIL: one augmentation draw per row (mil.augment)
+        self.instances = int(getattr(load, "instances", 1))  # MIL: images per row (the loader's memory budget)
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from comp import io
-from comp.data.cache import cache_folder, read_manifest, record, run_jobs
+from comp.data.cache import cache_folder, image_loader, read_manifest, record, run_jobs
 from comp.data.dicom import DicomOptions
 from comp.data.dicom import from_config as dicom_options
 from comp.data.image_base import ImageError
@@ -184,6 +184,8 @@ class MilLoader:
         self.order, self.tile, self.tissue, self.keep = m.order, int(m.tile_size), float(m.tissue), int(m.max_tiles)
         self.cfg, self.root, self.folder, self.manifest = cfg, root, folder, manifest
         self.per_row = m.augment == "row"  # one augmentation draw per row (ImageDataset reads it)
+        # images per row (the loader's shared-memory budget): per series for a study of named series
+        self.instances = self.n * (len(m.series) if m.source == "study" and len(m.series) else 1)
         self.warned = False
 
     def frames(self, source: Path) -> np.ndarray:
@@ -243,3 +245,9 @@ def mil_loader(cfg: Any, comp: Any) -> MilLoader:
         log(f"images: no MIL cache at {folder} yet; decoding on the fly (scripts/prepare.py builds it)")
         return MilLoader(cfg, None, None, {})
     return MilLoader(cfg, comp.root, folder, manifest)
+
+
+def sample_loader(cfg: Any, comp: Any) -> Any:
+    """The Dataset's loader for this config: a MIL row's instances (`mil_loader`) when mil.source is set, else
+    one image (comp.data.cache.image_loader)."""
+    return mil_loader(cfg, comp) if cfg.mil.source != "none" else image_loader(cfg, comp)

@@ -22,10 +22,10 @@ import torch
 
 from comp import io
 from comp.data.augment import build_transform, check_tta
-from comp.data.cache import image_loader
 from comp.data.competition import Competition
 from comp.data.image_base import ImageError
 from comp.data.loader import ImageDataset, device_batches, make_loader
+from comp.data.mil_cache import sample_loader
 from comp.device import amp_dtype_for, compile_model, fast_math, pick_device
 from comp.errors import UserError
 from comp.experiment import Experiment
@@ -110,7 +110,7 @@ def model_outputs(cfg: Any, comp: Competition, models: list[FoldModel], nets: li
     seen = input_config(cfg, first)  # the config as the models see images (they agree: check_agree)
     views = check_tta(cfg.aug.tta)
     dataset = ImageDataset(paths, None, seen.image_size, build_transform(seen.aug.valid, "aug.valid"),
-                           load=image_loader(seen, comp))
+                           load=sample_loader(seen, comp))
     loader = make_loader(MarkBadImages(dataset) if flags is not None else dataset, cfg.batch_size, None,
                          cfg.num_workers, pin_memory=device.type == "cuda")
 

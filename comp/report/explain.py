@@ -33,9 +33,9 @@ import torch
 from torch import nn
 
 from comp.data.augment import build_transform
-from comp.data.cache import image_loader
 from comp.data.competition import Competition, load_competition
 from comp.data.loader import IMAGENET, ImageDataset, to_input
+from comp.data.mil_cache import sample_loader
 from comp.device import pick_device
 from comp.errors import UserError
 from comp.experiment import Experiment
@@ -133,13 +133,13 @@ def render(cfg: Any, comp: Competition, model: nn.Module, rows: pd.DataFrame, de
            load: Any = None, norm: Any = IMAGENET) -> list[dict]:
     """Each row's image as the model saw it and its Grad-CAM overlay (`review_rows`' cam and sign): dicts of
     id, section, truth, pred (as shown), ok, image and heat ((H, W, 3) uint8). `load`: the image loader
-    (default `image_loader(cfg, comp)`)."""
+    (default `sample_loader(cfg, comp)`)."""
     paths = dict(zip(comp.train["id"], comp.train["path"], strict=True))
     missing = [i for i in rows["id"] if i not in paths]
     if missing:
         raise UserError(f"OOF id {missing[0]!r} is not in the training data (data changed since training?)")
     ds = ImageDataset([paths[i] for i in rows["id"]], None, cfg.image_size,
-                      build_transform(cfg.aug.valid, "aug.valid"), load=load or image_loader(cfg, comp))
+                      build_transform(cfg.aug.valid, "aug.valid"), load=load or sample_loader(cfg, comp))
     model = model.to(device)
     items = []
     for start in range(0, len(ds), cfg.batch_size):
@@ -301,7 +301,7 @@ def explain(exp: Experiment | Any, per_class: int = 4, out: Path | None = None, 
         groups = pd.read_csv(folds_csv, dtype={"id": str, "group": str}, keep_default_na=False)
         oof = oof.merge(groups[["id", "group"]], on="id", how="left")
     oof["group"] = oof["group"].fillna(oof["id"]) if "group" in oof.columns else oof["id"]
-    load = image_loader(cfg, comp)
+    load = sample_loader(cfg, comp)
     device = pick_device(cfg.device)
     written: list[Path] = []
     sheets: dict[int, list[dict]] = {}  # first: a checkpoint that does not match fails before the slow hashing

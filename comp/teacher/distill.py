@@ -35,8 +35,8 @@ import torch.nn.functional as F
 
 from comp.config import resolve_path
 from comp.data.augment import build_transform
-from comp.data.cache import image_loader
 from comp.data.loader import ImageDataset, device_batches, make_loader
+from comp.data.mil_cache import sample_loader
 from comp.errors import UserError
 from comp.experiment import Experiment
 from comp.experiment.model import TTA_KEY, FoldModel, input_config, load_model
@@ -135,7 +135,7 @@ def teacher_outputs(cfg: Any, comp: Any, paths: list[Path], images: list[str], t
         first = group[0]
         seen = input_config(cfg, first)
         dataset = ImageDataset(images, None, seen.image_size, build_transform(seen.aug.valid, "aug.valid"),
-                               load=image_loader(seen, comp))
+                               load=sample_loader(seen, comp))
         loader = make_loader(dataset, cfg.batch_size, None, 0)
         acts = [m.task.activate if task.head == "regression" else None for m in group]
         batches = (x for x, _, _ in device_batches(loader, device, seen.model.in_chans, False, first.norm))

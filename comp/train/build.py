@@ -13,11 +13,11 @@ import torch
 from comp import io
 from comp.config import config_hash
 from comp.data.augment import build_transform
-from comp.data.cache import image_loader
 from comp.data.competition import load_competition
 from comp.data.extra import load_extra, sample_weights, source_counts, training_rows
 from comp.data.folds import load_or_make_folds
 from comp.data.loader import EpochSampler, ImageDataset, class_weights, make_loader
+from comp.data.mil_cache import sample_loader
 from comp.device import amp_dtype_for, compile_model, fast_math, pick_device
 from comp.errors import UserError
 from comp.experiment import Experiment
@@ -52,7 +52,7 @@ def fold_data(cfg: Any, comp: Any, folds: Any, fold: int, rank: int, world: int,
         UserError: train.sampler=weighted for a task without classes (multi-label, regression)."""
     tr, va = folds[folds["fold"] != fold], folds[folds["fold"] == fold]
     tr = training_rows(cfg, tr, extra if extra is not None else tr.iloc[0:0])
-    load = image_loader(cfg, comp)
+    load = sample_loader(cfg, comp)
     train_paths, train_targets = with_pseudo(cfg, comp, tr, folds)  # + data.pseudo rows (comp.teacher.pseudo_rows)
     train_set = ImageDataset(train_paths, train_targets, cfg.image_size,
                              build_transform(cfg.aug.train, "aug.train"), load=load)

@@ -165,7 +165,8 @@ def lr_find(cfg: Any, fold: int = 0, steps: int = 200, start: float = 1e-7, end:
     epoch = 0
     while len(lrs) < steps and not diverged:
         run.data.train_sampler.set_epoch(epoch)
-        it = device_batches(iter(run.data.train_loader), run.device, cfg.model.in_chans, cfg.train.channels_last)
+        it = device_batches(iter(run.data.train_loader), run.device, cfg.model.in_chans, cfg.train.channels_last,
+                            run.norm)
         try:
             for _ in range(run.steps_per_epoch):
                 lr = float(planned[len(lrs)])

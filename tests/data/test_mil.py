@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from comp.experiment.config import load_config
 from comp.data.competition import load_competition
 from comp.data.loader import ImageDataset
 from comp.data.mil import join_views, order_slices, pick, row_folder, sources, tile_pick
 from comp.data.mil_cache import MilLoader, decode_source, mil_folder, mil_loader, process_rows, tiles_of
 from comp.errors import UserError
+from comp.experiment.config import load_config
 
 OBLIQUE = [1.0, 0.0, 0.0, 0.0, 0.8, -0.6]  # row and column direction cosines; normal (0, 0.6, 0.8)
 

@@ -56,12 +56,13 @@ def known_metric(sample: pd.DataFrame | None, df: pd.DataFrame, guess: Guess) ->
         guess.set("metric", metric, f"the sample's header is {name}'s, scored by {what} (check the Evaluation page)")
 
 
-def _slices(found: dict[str, Path], images: dict[Path, list[Path]], level: str) -> bool:
+def _slices(found: dict[str, Path], images: dict[Path, list[Path]], children: dict[Path, list[Path]],
+            level: str) -> bool:
     """Whether the folders hold slices: file names (1.dcm, Image-1.dcm) repeated across the rows' folders, not
     names of their own (a class folder's images; the bag test of download_kinds._refuse_bags)."""
     owners: dict[str, set[Path]] = {}
     for d in found.values():
-        for folder in ([d] if level == "series" else [s for s in images if s.is_dir() and s.parent == d]):
+        for folder in ([d] if level == "series" else children.get(d, [])):
             for p in images.get(folder, []):
                 owners.setdefault(p.name, set()).add(d)
     return bool(owners) and sum(len(o) > 1 for o in owners.values()) > len(owners) // 2
@@ -101,11 +102,13 @@ def series_layout(root: Path, csvs: list[Path], sample: pd.DataFrame | None, ima
     """Fill the keys of a series or study layout (the module docstring); False when no CSV column with one row
     per value names folders of series or of series folders."""
     levels: dict[str, dict[str, list[Path]]] = {"series": {}, "study": {}}  # folder name -> the folders
+    children: dict[Path, list[Path]] = {}  # a study folder -> its series folders
     for d in images:
         if d.is_dir() and not TEST_RX.search(_rel(d, root)):
             levels["series"].setdefault(d.name, []).append(d)
             if d.parent != root:
                 levels["study"].setdefault(d.parent.name, []).append(d.parent)
+                children.setdefault(d.parent, []).append(d)
     best = None
     for path in csvs:
         df = _read(path)
@@ -116,7 +119,7 @@ def series_layout(root: Path, csvs: list[Path], sample: pd.DataFrame | None, ima
                 continue
             for level, names in levels.items():
                 found, width = _match(values, names)
-                if len(found) >= max(2, len(values) // 2) and _slices(found, images, level):
+                if len(found) >= max(2, len(values) // 2) and _slices(found, images, children, level):
                     score = (len(named), col == (sample.columns[0] if sample is not None else ""),
                              "train" in path.name.lower(), level == "study")
                     if best is None or score > best[0]:
@@ -145,7 +148,7 @@ def series_layout(root: Path, csvs: list[Path], sample: pd.DataFrame | None, ima
               f"the folders are the ids zero-padded to {width} digits ({_example(found)})" if width else
               "each folder is named by the row's id")
     if level == "study":
-        _series_names(root, csvs, id_dirs, images, guess)
+        _series_names(root, csvs, id_dirs, children, guess)
     _labels(path.name, df, col, named, long, sample, guess)
     return True
 
@@ -155,11 +158,11 @@ def _example(found: dict[str, Path]) -> str:
     return f"{v} -> {d.name}"
 
 
-def _series_names(root: Path, csvs: list[Path], id_dirs: list[Path], images: dict[Path, list[Path]],
+def _series_names(root: Path, csvs: list[Path], id_dirs: list[Path], children: dict[Path, list[Path]],
                   guess: Guess) -> None:
     """mil.series: sub-folder names the studies share (FLAIR, T1w...), else the descriptions a CSV gives the
     series folders (RSNA 2024), else every series."""
-    subs = [{d.name for d in images if d.is_dir() and d.parent == s} for s in id_dirs]
+    subs = [{d.name for d in children.get(s, [])} for s in id_dirs]
     counts = Counter(n for s in subs for n in s)
     shared = sorted(n for n, k in counts.items() if k >= max(2, len(subs) // 2))
     if shared:

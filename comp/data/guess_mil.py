@@ -136,8 +136,8 @@ def series_layout(root: Path, csvs: list[Path], sample: pd.DataFrame | None, ima
     guess.set("data.id_column", col, f"its values name the folders under {', '.join(_rel(p, root) for p in parents)}/")
     guess.set("data.train_images", [_rel(p, root) for p in parents], "the folders holding one folder per row")
     tests = sorted({(d.parent if level == "series" else d.parent.parent) for d in images
-                    if d.is_dir() and TEST_RX.search(_rel(d, root))} - {root})
-    tests = [t for t in tests if t != root and TEST_RX.search(_rel(t, root))]
+                    if d.is_dir() and TEST_RX.search(_rel(d, root))})
+    tests = [t for t in tests if root in t.parents and TEST_RX.search(_rel(t, root))]  # not the root or above
     guess.set("data.test_images", [_rel(t, root) for t in tests] or ["test"],
               "the test folders holding one folder per row" if tests else "none found: point it at the test images")
     exts = Counter(p.suffix for d in images if d.is_dir() for p in images[d] if not TEST_RX.search(_rel(d, root)))

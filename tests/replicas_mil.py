@@ -233,7 +233,7 @@ def _trauma_series(root: Path, rng: np.random.Generator, pid: int, sid: int, inj
 
 def abdominal_trauma(root: Path, seed: int = 0) -> Path:
     """10 training patients (5 injured: each target injured in two of them), 1-2 CT series each (8 slices,
-    named by instance numbers from 31, one series out of slice order), and 2 test patients."""
+    named by instance numbers from 31, one series out of slice order), and 2 test patients (one with 2 series)."""
     rng = np.random.default_rng(seed)
     injured = [{"bowel": 1}, {}, {"liver": 1, "extravasation": 1}, {}, {"spleen": 2, "kidney": 1}, {},
                {"bowel": 1, "spleen": 1}, {}, {"liver": 2, "kidney": 2, "extravasation": 1}, {}]
@@ -256,13 +256,15 @@ def abdominal_trauma(root: Path, seed: int = 0) -> Path:
     _write_csv(pd.DataFrame(notes, columns=["patient_id", "series_id", "instance_number", "injury_name"]),
                root / "image_level_labels.csv")
     test_meta = []
-    for k, pid in enumerate((48843, 50046)):
-        sid = int(rng.integers(100, 65000))
-        _trauma_series(root / "test_images", rng, pid, sid, {"liver": 1} if k else {}, signed=False, shuffle=False)
-        test_meta.append((pid, sid, 200.0))
+    for pid, n in ((48843, 2), (50046, 1)):  # test_series_meta.csv: a row per series, 48843 scanned twice
+        for _ in range(n):
+            sid = int(rng.integers(100, 65000))
+            _trauma_series(root / "test_images", rng, pid, sid, {"liver": 1} if n == 1 else {}, signed=False,
+                           shuffle=False)
+            test_meta.append((pid, sid, 200.0))
     _write_csv(pd.DataFrame(test_meta, columns=["patient_id", "series_id", "aortic_hu"]), root / "test_series_meta.csv")
     prior = [round(1 / len(cs), 4) for cs in TRAUMA_TARGETS.values() for _ in cs]
-    _write_csv(pd.DataFrame([(p, *prior) for p, _, _ in test_meta], columns=["patient_id", *TRAUMA_COLUMNS]),
+    _write_csv(pd.DataFrame([(p, *prior) for p in (48843, 50046)], columns=["patient_id", *TRAUMA_COLUMNS]),
                root / "sample_submission.csv")
     return root
 

@@ -14,8 +14,12 @@ What is looked at, in this order:
 - parquet recordings named by a labels CSV column (HMS 2024's train_spectrograms/<spectrogram_id>.parquet)
   before any image: the file and offset columns, the sample's value columns as labels (counts: soft targets,
   kl_divergence), spectrograms before raw EEG, image folders no CSV names (example_figures/) never read;
-- a CSV whose id column names folders of images (OSIC's train/<Patient>/<n>.dcm slices) is refused: a bag
-  of images per id, which no layout here expresses;
+- a CSV with one row per value of a column naming folders of slices (RSNA 2022's
+  train_images/<StudyInstanceUID>/<n>.dcm) or of series folders (brain tumour's train/<BraTS21ID:05d>/FLAIR/):
+  the `mil:` keys of a series or study layout (comp.data.guess_mil, which also finds views and tiles after
+  the csv layout: images in a folder per patient read through `<folder>/*`, a sample id joined from columns,
+  thumbnails); several rows per such id (OSIC's visits, train/<Patient>/<n>.dcm) are refused: tabular
+  targets over time, which no layout here expresses; folders of series without a CSV are not class folders;
 - without a labels CSV, class folders (`<split>/<class>/*.png`, chest X-ray style): the splits named like
   `test` hold the test images, the others the training ones;
 - the ids: a leading token shared by several ids (`10_left`, `10_right`; `person1_bacteria_1`) is guessed
@@ -45,6 +49,7 @@ from comp.data.guess import (  # noqa: F401  (Guess and _metric: this module's i
     _set_label_rows,
     _visible,
 )
+from comp.data.guess_mil import refine, series_layout
 from comp.data.layouts import store_keys
 from comp.data.readers import store_of
 from comp.errors import UserError
@@ -106,6 +111,10 @@ def _csv_layout(root: Path, labels_csv: Path, df: pd.DataFrame, sample: pd.DataF
     chosen = {p.suffix.lower() for d in train_dirs for p in images[d]}
     test_dirs = [d for d in images if TEST_RX.search(_rel(d, root)) and d not in train_dirs
                  and chosen & {p.suffix.lower() for p in images[d]}]  # the training images' source, not a copy
+    thumbs = [d for d in test_dirs if "thumbnail" in d.name.lower() and d not in train_dirs]
+    if thumbs:  # UBC-OCEAN's test_thumbnails/<id>_thumbnail.png: smaller copies, not test images
+        test_dirs = [d for d in test_dirs if d not in thumbs]
+        guess.notes.append(f"{', '.join(f'{_rel(d, root)}/' for d in thumbs)}: thumbnails of the images, not read")
     test_dirs = _one_source(root, test_dirs, images, guess, "test")
     guess.set("data.test_images", [_rel(d, root) for d in test_dirs] or ["test"],
               "folders named like 'test'" if test_dirs else "none found: point it at the test images")
@@ -135,6 +144,16 @@ def _folder_layout(root: Path, images: dict[Path, list[Path]], guess: Guess) -> 
     if not train:
         return False
     classes = sorted(set().union(*(splits[s] for s in train)))
+    owners: dict[str, set[str]] = {}  # file name -> the split folders holding it under some class folder
+    for d, files in images.items():
+        if d.parent.name in train and _visible(d.parent, root):
+            for p in files:
+                owners.setdefault(p.name, set()).add(d.parent.name)
+    if len(train) > 2 and sum(len(o) > 1 for o in owners.values()) > len(owners) // 2:
+        raise UserError(f"{root}: {len(train)} folders ({', '.join(f'{s}/' for s in train[:3])}, ...) hold sub-folders "
+                        f"{classes[:4]} whose files repeat their names (Image-1.dcm in each): series of a patient "
+                        f"or study each, not class folders; init.py needs the CSV that labels them, one row per "
+                        f"folder (mil.source: study, docs/config.md)")
     guess.set("data.layout", "folders", f"no labels CSV; images sit in class folders {classes} under {train}")
     guess.set("data.train_csv", "", "the labels are the folder names")
     guess.set("data.train_images", [f"**/{s}" for s in train],
@@ -180,25 +199,53 @@ def inspect_download(root: str | Path) -> Guess:
     else:
         guess.set("data.sample_submission", "", "no sample submission found: the submission is id,label")
     others = sorted((p for p in csvs if p not in samples), key=lambda p: ("train" not in p.name.lower(), p.name))
-    for path in others:
-        df = _read(path)
-        if len(df.columns) >= 2 and len(df):
-            _refuse_bags(root, path, df, images)
-    done = False
-    for path in others:
-        df = _read(path)
-        if len(df.columns) >= 2 and len(df) and (_array_layout(root, path, df, sample, arrays, images, guess)
-                                                  or _csv_layout(root, path, df, sample, images, guess)):
-            done = True
-            break
+    tables = [p for p in others if len(_read(p).columns) >= 2 and len(_read(p))]
+    done = series_layout(root, tables, sample, images, guess)  # a folder of slices per row (issue 27)
+    if not done:
+        for path in tables:
+            _refuse_bags(root, path, _read(path), images)
+    for pass_images in (images, _pools(root, images)):  # image files named by a CSV, then nested per patient
+        for path in tables if not done else []:
+            df = _read(path)
+            if (pass_images is images and _array_layout(root, path, df, sample, arrays, images, guess)):
+                done = True
+                break
+            if _csv_layout(root, path, df, sample, pass_images, guess):
+                done = True
+                refine(root, sample, tables, images, guess)  # views or tiles, the competition's metric
+                break
     if not done and not _folder_layout(root, images, guess):
         raise UserError(f"{root}: found neither a CSV naming the image files nor class folders; write the "
                         f"config by hand (docs/config.md)")
-    id_col = guess.values.get("data.id_column", "id")
-    tests = [p for p in others if TEST_RX.search(p.name) and id_col in _read(p).columns]
-    if tests:
-        guess.set("data.test_csv", _rel(tests[0], root), f"named like 'test' and holds the id column {id_col!r}")
+    _test_csv(root, others, guess)
     return guess
+
+
+def _pools(root: Path, images: dict[Path, list[Path]]) -> dict[Path, list[Path]]:
+    """Image folders sharing a parent below the root (one per patient: RSNA mammography's
+    train_images/<patient_id>/<image_id>.dcm) pooled as `<parent>/*`, a glob data.train_images takes."""
+    children: dict[Path, list[Path]] = {}
+    for d in images:
+        if d.is_dir() and d.parent != root:
+            children.setdefault(d.parent, []).append(d)
+    return {p / "*": [f for d in ds for f in images[d]] for p, ds in children.items() if len(ds) >= 2}
+
+
+def _test_csv(root: Path, others: list[Path], guess: Guess) -> None:
+    """data.test_csv: a CSV named like 'test' holding the id column; one that repeats its ids (RSNA 2023's
+    test_series_meta.csv: a row per series) only for a long sample (RSNA 2022's test.csv: a row per label),
+    else the sample lists the test ids (a NOTE says so)."""
+    id_col = guess.values.get("data.id_column", "id")
+    for path in others:
+        df = _read(path)
+        if not TEST_RX.search(path.name) or id_col not in df.columns:
+            continue
+        if df[id_col].duplicated().any() and guess.values.get("predict.shape") != "long":
+            guess.notes.append(f"{_rel(path, root)} repeats {id_col!r} (several rows per id): not taken as "
+                               f"data.test_csv, the sample submission lists the test ids")
+            continue
+        guess.set("data.test_csv", _rel(path, root), f"named like 'test' and holds the id column {id_col!r}")
+        return
 
 
 HEADER = """# Written by scripts/init.py from {root}: guesses, each with its reason; check them, then run

@@ -95,6 +95,21 @@ def seed_transform(transform: A.BaseCompose | A.BasicTransform, seed: int) -> No
     _seed(transform, seed, ())
 
 
+def augment_instances(transform: Any, imgs: np.ndarray, seed: int | None, per_row: bool) -> np.ndarray:
+    """The instances (N, H, W, 3) uint8 of a MIL row through `transform` (None: unchanged): with `per_row`
+    (mil.augment=row) one draw for the row, the transform reseeded with the sample's `seed` before each
+    instance so every instance gets the same flip, crop and brightness; else (instance) each its own draw
+    from the seed and its index. Without a seed (validation), the transform's own streams."""
+    if transform is None:
+        return imgs
+    out = []
+    for j, img in enumerate(imgs):
+        if seed is not None:
+            seed_transform(transform, seed if per_row else seed + 7919 * (j + 1))
+        out.append(transform(image=np.ascontiguousarray(img))["image"])
+    return np.stack(out)
+
+
 def _seed(t: Any, seed: int, path: tuple[int, ...]) -> None:
     seq = np.random.SeedSequence(seed, spawn_key=path)
     # set the attributes directly: Compose.set_random_state would hand the same objects to every child

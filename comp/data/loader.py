@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from comp.data.augment import seed_transform
+from comp.data.augment import augment_instances, seed_transform
 from comp.data.readers import load_image
 from comp.log import log
 from comp.system import GUARD, default_start_method, unguarded_main
@@ -77,19 +77,9 @@ class ImageDataset(Dataset):
 
     def _instances(self, index: int, seed: int | None) -> tuple[torch.Tensor, Any]:
         """A MIL row as (N, 3, H, W) uint8: its instances picked with the sample's seed (the training jitter;
-        fixed without one), each augmented with the row's draw (mil.augment=row: the transform reseeded with
-        the same seed per instance, so every instance gets the same flip, crop, brightness) or its own
-        (instance: the seed plus its index)."""
-        imgs = self.load(self.paths[index], seed)
-        if self.transform is not None:
-            out = []
-            for j, img in enumerate(imgs):
-                if seed is not None:
-                    seed_transform(self.transform, seed if self.per_row else seed + 7919 * (j + 1))
-                out.append(self.transform(image=np.ascontiguousarray(img))["image"])
-            imgs = np.stack(out)
-        x = torch.from_numpy(np.ascontiguousarray(imgs.transpose(0, 3, 1, 2)))  # (N, 3, H, W) uint8
-        return x, self._target(index)
+        fixed without one), augmented by comp.data.augment.augment_instances (mil.augment)."""
+        imgs = augment_instances(self.transform, self.load(self.paths[index], seed), seed, self.per_row)
+        return torch.from_numpy(np.ascontiguousarray(imgs.transpose(0, 3, 1, 2))), self._target(index)
 
     def _target(self, index: int) -> Any:
         """The row's target: -1 when unknown, a tensor for dense rows, else a float or int."""

@@ -169,7 +169,7 @@ def order_slices(files: list[Path], how: str, where: str) -> list[Path]:
         return sorted(files, key=_natural)
     import pydicom
 
-    tags = ["ImagePositionPatient", "ImageOrientationPatient", "InstanceNumber"]
+    tags = ["ImagePositionPatient", "ImageOrientationPatient", "InstanceNumber", "Rows", "Columns"]
     heads = []
     for f in files:
         try:
@@ -177,6 +177,10 @@ def order_slices(files: list[Path], how: str, where: str) -> list[Path]:
         except Exception:  # unreadable: the decode names it (an ImageError) when the slice is read
             heads.append(None)
     number = [float(getattr(h, "InstanceNumber", None) or 0) if h is not None else 0.0 for h in heads]
+    sizes = {(getattr(h, "Rows", None), getattr(h, "Columns", None)) for h in heads if h is not None}
+    if len(sizes) > 1:
+        log(f"warning: {where}: slices of {len(sizes)} sizes {sorted(sizes, key=str)[:3]}; each is resized to "
+            f"image_size")
     geometry = [h is not None and len(getattr(h, "ImagePositionPatient", []) or []) == 3
                 and len(getattr(h, "ImageOrientationPatient", []) or []) == 6 for h in heads]
     if how == "instance" or not all(geometry):
@@ -196,6 +200,12 @@ def order_slices(files: list[Path], how: str, where: str) -> list[Path]:
     kept = [order[0]] + [b for a, b in zip(order, order[1:], strict=False) if abs(pos[b] - pos[a]) > 1e-4]
     if len(kept) < len(order):
         log(f"warning: {where}: {len(order) - len(kept)} slice(s) repeat the position of another; kept once")
+    steps = np.diff(pos[kept])
+    if len(steps) >= 2 and (steps > 1.5 * np.median(steps)).any():
+        gap = int(np.argmax(steps))
+        log(f"warning: {where}: slice positions missing: a gap of {steps[gap]:.3g} mm after "
+            f"{files[kept[gap]].name} where slices are {np.median(steps):.3g} mm apart; the instances are "
+            f"spread over the slices there are")
     return [files[i] for i in kept]
 
 

@@ -228,3 +228,12 @@ def test_tiles_keep_the_squares_holding_tissue_most_first(tmp_path):
 
     cv2.imwrite(str(path), img)
     assert decode_source(path, "tiles", 16, [], None, tile=32, tissue=0.9).shape == (1, 16, 16, 3)
+
+
+def test_a_gap_in_slice_positions_and_slices_of_other_sizes_are_warned(tmp_path, capsys):
+    for k, z in enumerate([0.0, 2.5, 5.0, 12.5, 15.0]):  # two slices missing after 5.0
+        write_slice(tmp_path / f"{k}.dcm", 1000, z, k + 1, size=16 if k else 20)
+    assert len(order_slices(list(tmp_path.iterdir()), "position", "series s")) == 5
+    err = capsys.readouterr().err
+    assert "slice positions missing: a gap of 7.5 mm after 2.dcm" in err
+    assert "slices of 2 sizes" in err

@@ -250,12 +250,13 @@ def to_yaml(cfg: Any) -> str:
 HASHED_KEYS = ("model.name", "model.in_chans", "image_size", "images.preprocess", "data.layout", "data.train_csv",
                "data.id_column", "data.label_column", "data.train_images", "data.classes", "data.class_values",
                "data.group_pattern", "folds", "data.exclude", "data.limit", "task", "model.head",
-               "data.label_columns", "data.group_column", "data.extra", "data.extra_only", "data.duplicates")
+               "data.label_columns", "data.group_column", "data.extra", "data.extra_only", "data.duplicates",
+               "data.heads")
 # Keys added after checkpoints of the old hash existed: hashed only when not at their default, so those
 # checkpoints still load.
 HASHED_WHEN_SET = {"data.exclude": [], "data.limit": 0, "task": "multiclass", "model.head": "auto",
                    "data.label_columns": [], "data.group_column": "", "data.extra": [], "data.extra_only": False,
-                   "data.duplicates": ""}
+                   "data.duplicates": "", "data.heads": {}}
 
 
 def config_hash(cfg: Any, keys: tuple[str, ...] = HASHED_KEYS) -> str:

@@ -47,7 +47,15 @@ from comp.data.layouts import (  # noqa: F401
     unique_ids,
 )
 from comp.data.tables import read_csv  # noqa: F401  (the CSV reader of every table, here since the start)
-from comp.data.targets import class_task, join_rows, read_targets, submission_rows, target_columns, target_kind
+from comp.data.targets import (
+    class_task,
+    head_columns,
+    join_rows,
+    read_targets,
+    submission_rows,
+    target_columns,
+    target_kind,
+)
 from comp.errors import UserError
 
 MISSING_WORDS = {"nan", "null", "#n/a"}  # a missing label as pandas (astype(str)), JSON/SQL or Excel spell it
@@ -265,10 +273,13 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False, 
                            root=root)
     if d.layout == "csv":
         train_csv = root / d.train_csv
-        label_cols = [str(c) for c in d.label_columns] or [d.label_column]
+        heads = cfg.task == "multihead"  # its columns follow the CSV's form (comp.data.targets.head_columns)
+        label_cols = [] if heads else [str(c) for c in d.label_columns] or [d.label_column]
         group_cols = [d.group_column] if d.group_column else []
         source_cols = [c for c in (d.file_column, d.offset_column) if c]  # what a row reads: _sources
         df = read_csv(train_csv, [d.id_column, *label_cols, *group_cols, *source_cols])
+        if heads:
+            label_cols = head_columns(cfg, list(df.columns), train_csv)
         if df.empty:
             raise UserError(f"{train_csv} has a header but no rows")
         ids = df[d.id_column].str.strip()

@@ -60,7 +60,7 @@ def _forward_loss(run: Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     the dataset gives them, or mixed by mixup/cutmix (dense rows, label smoothing already in them)."""
     with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
         logits = run.model(x)
-    mixed = run.mixup is not None and run.task.head == "softmax"  # smoothing is in the mixed rows already
+    mixed = run.mixup is not None and run.task.head in ("softmax", "multihead")  # smoothing in the mixed rows already
     if getattr(run, "distill", None) is not None:  # hard targets packed with the teacher's outputs (comp.teacher)
         return run.distill.loss(run.task, logits.float(), y, run.loss_weight, run.cfg.train.label_smoothing)
     return run.task.loss(logits.float(), y, run.loss_weight, 0.0 if mixed else run.cfg.train.label_smoothing)

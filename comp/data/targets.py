@@ -4,10 +4,9 @@ targets each with its own classes (task=multihead, data.heads)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
-
-import re
 
 import numpy as np
 import pandas as pd
@@ -72,7 +71,8 @@ def read_heads(cfg: Any, df: pd.DataFrame, csv: Path) -> tuple[pd.DataFrame, lis
         if target in df.columns:
             raw = df[target].astype(str).str.strip()
             lookup = {**{slug(c): k for k, c in enumerate(classes)}, **{c: k for k, c in enumerate(classes)}}
-            k = raw.map(lambda v: -1 if v == "" or v.lower() in ("nan", "null") else lookup.get(v, lookup.get(slug(v), -2)))
+            k = pd.Series([-1 if v == "" or v.lower() in ("nan", "null") else lookup.get(v, lookup.get(slug(v), -2))
+                           for v in raw], index=raw.index)
             if (k == -2).any():
                 i = int(np.flatnonzero((k == -2).to_numpy())[0])
                 raise UserError(f"{csv}: row {int(df.index[i]) + 2} column {target!r} has {raw.iloc[i]!r}, not one of "

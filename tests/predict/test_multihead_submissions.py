@@ -102,6 +102,13 @@ def test_rsna2023_trauma_replica_prepare_fold_predict_wide(tmp_path):
     assert f"held-out rsna2023_trauma: {score:.4f}" in err  # the kit's hold-out score is the host's formula
     history = pd.read_csv(tmp_path / "runs" / "fold0" / "metrics.csv")
     assert {"rsna2023_trauma", "log_loss"} <= set(history.columns)
+    config = ["--config", str(ROOT / "configs" / "rsna2023_trauma_heads.yaml")]
+    code, out, err = run_main("report.py", *config, *ov)  # the CV table and a confusion matrix per head
+    assert code == 0 and "task=multihead: heads" in out and "(lower is better)" in out, err[-2000:]
+    for t in TRAUMA:
+        assert (tmp_path / "runs" / f"oof_confusion_{t}.png").is_file()
+    code, _, err = run_main("explain.py", *config, *ov)  # not built per head: one line
+    assert code == 2 and "task=multihead" in err.strip().splitlines()[-1]
 
 
 def test_rsna2024_lumbar_replica_long_submission(tmp_path):

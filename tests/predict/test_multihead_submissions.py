@@ -126,4 +126,6 @@ def test_rsna2024_lumbar_replica_long_submission(tmp_path):
     assert np.allclose(sub[list(sm.LUMBAR_LEVELS)].sum(axis=1), 1, atol=1e-4)
     assert np.isfinite(sm.lumbar_spine_score(pd.read_csv(root / "solution_long.csv"), sub))
     assert "held-out rsna2024_lumbar:" in err, err[-2000:]  # scored against the answers in train.csv's form
+    code, _, err = run_main("train_fold.py", "--fold", "1", *ov, "train.sampler=weighted")  # no one class a row
+    assert code == 2 and "train.sampler" in err.strip().splitlines()[-1]
     assert np.isfinite(pd.read_csv(tmp_path / "runs" / "fold0" / "metrics.csv")["rsna2024_lumbar"]).all()

@@ -278,8 +278,7 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False, 
         group_cols = [d.group_column] if d.group_column else []
         source_cols = [c for c in (d.file_column, d.offset_column) if c]  # what a row reads: _sources
         df = read_csv(train_csv, [d.id_column, *label_cols, *group_cols, *source_cols])
-        if heads:
-            label_cols = head_columns(cfg, list(df.columns), train_csv)
+        label_cols = head_columns(cfg, list(df.columns), train_csv) if heads else label_cols
         if df.empty:
             raise UserError(f"{train_csv} has a header but no rows")
         ids = df[d.id_column].str.strip()

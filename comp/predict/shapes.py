@@ -130,8 +130,8 @@ def output_mode(cfg: Any, comp: Competition, sample: pd.DataFrame) -> str:
     known = [str(c) for c in comp.classes]
     if several and any(c in known for c in cols):
         unknown = [c for c in cols if c not in known]
-        key = "data.heads" if cfg.task == "multihead" else "data.label_columns"
-        raise UserError(f"sample submission column {unknown[0]!r} is not a trained output ({key}: "
+        what = "output (data.heads" if cfg.task == "multihead" else "label (data.label_columns"
+        raise UserError(f"sample submission column {unknown[0]!r} is not a trained {what} "
                         f"{known})" if unknown else f"the sample submission repeats a label column: {cols}")
     if len(cols) != 1:
         raise UserError(f"the sample submission's columns {cols} are neither one value column nor one column "

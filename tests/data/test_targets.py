@@ -238,3 +238,18 @@ def test_multihead_bad_cells_are_named(tmp_path, cell, needle):
     pd.DataFrame([{"id": "s0", "bowel_healthy": 1}]).to_csv(root / "train.csv", index=False)
     with pytest.raises(UserError, match=r"neither a column 'spinal_l1_l2' nor the columns"):
         load_competition(_heads_cfg(root, "data.sample_submission=\"\""))
+
+
+def test_multihead_rows_of_one_id_take_the_first_or_are_refused(tmp_path):
+    root = tmp_path / "data"
+    (root / "train").mkdir(parents=True)
+    rows = []
+    for k in range(4):
+        cv2.imwrite(str(root / "train" / f"s{k}.png"), np.zeros((8, 8, 3), np.uint8))
+        rows.append({"id": f"s{k}", "spinal_l1_l2": "Moderate", "bowel_healthy": 1, "bowel_injury": 0})
+    rows.append({"id": "s0", "spinal_l1_l2": "Severe", "bowel_healthy": 1, "bowel_injury": 0})
+    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+    comp = load_competition(_heads_cfg(root, "data.sample_submission=\"\"", "data.label_rows=first"))
+    assert comp.train["label"].iloc[0] == "1,0"
+    with pytest.raises(UserError, match="aggregate does not combine task=multihead"):
+        load_competition(_heads_cfg(root, "data.sample_submission=\"\"", "data.label_rows=aggregate"))

@@ -2,8 +2,9 @@
 train.csv (13 one-hot columns, five targets) with the shipped configs/rsna2023_trauma_heads.yaml and a wide
 submission, and of RSNA 2024 Lumbar Spine's (a column per condition x level holding Normal/Mild, Moderate,
 Severe, some blank) with its long submission `<study_id>_<condition>_<level>` x normal_mild, moderate,
-severe: prepare.py -> train_fold.py (one fold) -> predict.py, the CSV on stdout validated against the sample
-and scored by the competition's metric (comp.study_metrics) against held-out answers."""
+severe: prepare.py -> train_fold.py -> predict.py (RSNA 2023: both folds x two TTA views averaged, each head
+still a distribution), the CSV on stdout validated against the sample and scored by the competition's metric
+(comp.study_metrics) against held-out answers."""
 
 from __future__ import annotations
 
@@ -76,9 +77,11 @@ def write_lumbar(root: Path, n: int = 16, n_test: int = 3) -> list[str]:
     return targets
 
 
-def _run(config: list[str], ov: list[str]) -> tuple[str, str]:
-    """prepare.py, train_fold.py --fold 0, predict.py; the CSV predict.py writes to stdout, and its stderr."""
-    for script, extra in (("prepare.py", []), ("train_fold.py", ["--fold", "0"]), ("predict.py", [])):
+def _run(config: list[str], ov: list[str], folds: tuple[int, ...] = (0,)) -> tuple[str, str]:
+    """prepare.py, train_fold.py --fold K for each of `folds`, predict.py; the CSV predict.py writes to stdout,
+    and its stderr."""
+    steps = [("prepare.py", []), *(("train_fold.py", ["--fold", str(k)]) for k in folds), ("predict.py", [])]
+    for script, extra in steps:
         code, out, err = run_main(script, *config, *extra, *ov)
         assert code == 0, f"{script} exited {code}:\n{err[-3000:]}"
     return out, err
@@ -87,9 +90,10 @@ def _run(config: list[str], ov: list[str]) -> tuple[str, str]:
 def test_rsna2023_trauma_replica_prepare_fold_predict_wide(tmp_path):
     root = tmp_path / "data"
     write_trauma(root)
-    ov = [*FAST, "batch_size=4", f"data.root={root}", f"out_dir={tmp_path / 'runs'}", "predict.folds=[0]",
+    ov = [*FAST, "batch_size=4", f"data.root={root}", f"out_dir={tmp_path / 'runs'}", "aug.tta=[identity,vflip]",
           f"images.cache_dir={tmp_path / 'cache'}", "train.mixup=0.4", "data.solution_csv=solution.csv"]
-    out, err = _run(["--config", str(ROOT / "configs" / "rsna2023_trauma_heads.yaml")], ov)
+    out, err = _run(["--config", str(ROOT / "configs" / "rsna2023_trauma_heads.yaml")], ov, folds=(0, 1))
+    assert "ensemble: 2 of 2 folds" in err and "x 2 TTA view(s)" in err, err[-2000:]  # averaged per head
     sub = pd.read_csv(io.StringIO(out))
     sample = pd.read_csv(root / "sample_submission.csv")
     assert list(sub.columns) == list(sample.columns) and list(sub["patient_id"]) == list(sample["patient_id"])

@@ -272,12 +272,13 @@ HASHED_KEYS = ("model.name", "model.in_chans", "image_size", "images.preprocess"
                "data.id_column", "data.label_column", "data.train_images", "data.classes", "data.class_values",
                "data.group_pattern", "folds", "data.exclude", "data.limit", "task", "model.head",
                "data.label_columns", "data.group_column", "data.extra", "data.extra_only", "data.duplicates",
-               *MIL_KEYS)
+               "data.heads", *MIL_KEYS)
 # Keys added after checkpoints of the old hash existed: hashed only when not at their default, so those
 # checkpoints still load.
 HASHED_WHEN_SET = {"data.exclude": [], "data.limit": 0, "task": "multiclass", "model.head": "auto",
                    "data.label_columns": [], "data.group_column": "", "data.extra": [], "data.extra_only": False,
-                   "data.duplicates": "", **{k: None for k in MIL_KEYS}}  # mil.*: hashed when mil.source is set
+                   "data.duplicates": "", "data.heads": {},
+                   **{k: None for k in MIL_KEYS}}  # mil.*: hashed when mil.source is set
 
 
 def config_hash(cfg: Any, keys: tuple[str, ...] = HASHED_KEYS) -> str:

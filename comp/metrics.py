@@ -27,6 +27,7 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from comp import competition_metrics as cm
+from comp import study_metrics as sm
 from comp.errors import UserError
 from comp.tasks import Task
 
@@ -94,13 +95,15 @@ class Metric:
     needs: `pred` (N,) hard classes vs (N,) class indices; `probs` (N, C) class probabilities; `values`
     (N,) numbers (regression values, or an ordinal model's value / expected grade); `rows` (N, K) outputs
     vs (N, K) target rows (multi-label probabilities, soft-target distributions); `binary` (N,) 0/1
-    truth vs (N,) P(positive)."""
+    truth vs (N,) P(positive); `table` fn(task, Y, P) over the task's named outputs (a competition's
+    multi-target score, comp.study_metrics), for the tasks whose outputs `fits` accepts."""
 
     fn: Callable[..., float]
     needs: str
     kinds: frozenset[str]
     higher: bool = True
     soft_only: bool = False  # multiclass soft targets only (KL divergence)
+    fits: Callable[[Task], bool] | None = None  # needs=table: the task's outputs are the ones the score reads
 
     def __call__(self, y: np.ndarray, probs: np.ndarray) -> float:
         """The metric of a multiclass softmax's (N, C) probabilities (the kit's first task)."""
@@ -110,6 +113,100 @@ class Metric:
 def _f1_rows(y: np.ndarray, p: np.ndarray, average: str) -> float:
     return float(skm.f1_score(y.astype(int), (p >= 0.5).astype(int), average=average, zero_division=np.nan))
 
+
+def heads_log_loss(task: Task, Y: np.ndarray, P: np.ndarray) -> float:
+    """task=multihead: the mean over heads of each head's log loss (comp.competition_metrics.log_loss: clipped,
+    renormalised) over the rows that label it; heads no row labels are left out (NaN when none is left)."""
+    losses = []
+    for s in task.slices():
+        y = np.asarray(Y, np.float64)[:, s]
+        rows = y.sum(axis=1) > 0
+        if rows.any():
+            losses.append(cm.log_loss(y[rows].argmax(1), np.asarray(P, np.float64)[rows][:, s]))
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def _columns(task: Task, Y: np.ndarray, P: np.ndarray, names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(solution, submission) frames of the outputs `names` (columns of Y and P by task.names), row ids 0..N-1."""
+    k = [task.names.index(n) for n in names]
+    ids = pd.Series(np.arange(len(P)).astype(str), name="id")
+    sol = pd.concat([ids, pd.DataFrame(np.asarray(Y, np.float64)[:, k], columns=names)], axis=1)
+    sub = pd.concat([ids, pd.DataFrame(np.asarray(P, np.float64)[:, k], columns=names)], axis=1)
+    return sol, sub
+
+
+def _long(sol: pd.DataFrame, sub: pd.DataFrame, labels: list[str], values: list[str]) -> tuple[pd.DataFrame, ...]:
+    """Wide (id + `labels` x `values` columns `<label>_<value>`, or `<label>` for values [""]) → long frames
+    with row_id `<id>_<label>` and the `values` columns, rows whose solution is all 0 (not labelled) left out."""
+    out = []
+    for df in (sol, sub):
+        parts = []
+        for lab in labels:
+            cols = [f"{lab}_{v}" if v else lab for v in values]
+            part = df[cols].set_axis([v or "value" for v in values], axis=1)
+            parts.append(part.assign(row_id=df["id"] + "_" + lab, labelled=sol[cols].sum(axis=1).to_numpy() > 0))
+        out.append(pd.concat(parts, ignore_index=True))
+    keep = out[0]["labelled"].to_numpy() | (len(values) == 1)
+    return tuple(f[keep].drop(columns="labelled").reset_index(drop=True) for f in out)
+
+
+def _cervical(task: Task, Y: np.ndarray, P: np.ndarray) -> float:
+    sol, sub = _columns(task, Y, P, list(sm.CERVICAL_TYPES))
+    sol, sub = _long(sol, sub, list(sm.CERVICAL_TYPES), [""])
+    return sm.cervical_spine_score(sol, sub, "row_id", "value")
+
+
+def _trauma_names() -> list[str]:
+    return [f"{t}_{c}" for t, (classes, _) in sm.TRAUMA_TARGETS.items() for c in classes]
+
+
+def _trauma(task: Task, Y: np.ndarray, P: np.ndarray) -> float:
+    """RSNA 2023 over the rows that label all five targets (the solution's rows; NaN when none does)."""
+    sol, sub = _columns(task, Y, P, _trauma_names())
+    groups = [[f"{t}_{c}" for c in classes] for t, (classes, _) in sm.TRAUMA_TARGETS.items()]
+    full = np.all([sol[g].sum(axis=1).to_numpy() > 0 for g in groups], axis=0)
+    if not full.any():
+        return float("nan")
+    return sm.abdominal_trauma_score(sol[full], sub[full], "id")
+
+
+def _lumbar_targets(task: Task) -> list[str]:
+    return [t for t, _ in task.heads]
+
+
+def _lumbar(task: Task, Y: np.ndarray, P: np.ndarray) -> float:
+    targets = _lumbar_targets(task)
+    names = [f"{t}_{c}" for t in targets for c in sm.LUMBAR_LEVELS]
+    sol, sub = _columns(task, Y, P, names)
+    sol, sub = _long(sol, sub, targets, list(sm.LUMBAR_LEVELS))
+    if sol.empty:
+        return float("nan")
+    return sm.lumbar_spine_score(sol, sub, "row_id")
+
+
+def _fits_cervical(task: Task) -> bool:
+    return set(sm.CERVICAL_TYPES) <= set(task.names)
+
+
+def _fits_trauma(task: Task) -> bool:
+    return set(_trauma_names()) <= set(task.names) and all(
+        [n for n in task.names if n.startswith(f"{t}_")] == [f"{t}_{c}" for c in classes]
+        for t, (classes, _) in sm.TRAUMA_TARGETS.items())
+
+
+def _fits_lumbar(task: Task) -> bool:
+    levels = list(sm.LUMBAR_LEVELS)
+    return bool(task.heads) and task.names == [f"{t}_{c}" for t, _ in task.heads for c in levels] and all(
+        n == len(levels) and any(c in t for c in sm.LUMBAR_CONDITIONS) for t, n in task.heads)
+
+
+WANTS = {  # what each competition score reads, for the message of a task whose outputs do not fit
+    "rsna2022_cervical": "task=multilabel with the labels patient_overall, C1..C7 (data.label_columns)",
+    "rsna2023_trauma": "task=multihead with data.heads bowel, extravasation: [healthy, injury] and kidney, liver, "
+                       "spleen: [healthy, low, high]",
+    "rsna2024_lumbar": "task=multihead whose every target names spinal, foraminal or subarticular, each with the "
+                       "classes [normal_mild, moderate, severe]",
+}
 
 METRICS: dict[str, Metric] = {
     "accuracy": Metric(lambda y, pred, c: float(skm.accuracy_score(y, pred)), "pred", CLASS_TASKS),
@@ -126,8 +223,12 @@ METRICS: dict[str, Metric] = {
     "auc": Metric(None, "auc", frozenset({"multiclass", "binary", "ordinal", "multilabel"})),  # type: ignore[arg-type]
     "pauc": Metric(cm.partial_auc, "binary", frozenset({"binary"})),
     "pf1": Metric(cm.probabilistic_f1, "binary", frozenset({"binary"})),
-    "log_loss": Metric(None, "log_loss", frozenset({"multiclass", "binary", "ordinal", "multilabel"}),  # type: ignore
-                       higher=False),
+    "log_loss": Metric(None, "log_loss", frozenset({"multiclass", "binary", "ordinal", "multilabel",  # type: ignore
+                                                    "multihead"}), higher=False),
+    # the competitions' own scores (comp.study_metrics), each over the outputs it names
+    "rsna2022_cervical": Metric(_cervical, "table", frozenset({"multilabel"}), higher=False, fits=_fits_cervical),
+    "rsna2023_trauma": Metric(_trauma, "table", frozenset({"multihead"}), higher=False, fits=_fits_trauma),
+    "rsna2024_lumbar": Metric(_lumbar, "table", frozenset({"multihead"}), higher=False, fits=_fits_lumbar),
     "kl_divergence": Metric(cm.kl_divergence, "rows", frozenset({"multiclass"}), higher=False, soft_only=True),
     "rmse": Metric(cm.rmse, "values", frozenset({"regression", "ordinal"}), higher=False),
     "mae": Metric(cm.mae, "values", frozenset({"regression", "ordinal"}), higher=False),
@@ -145,6 +246,8 @@ def applies(name: str, task: Task) -> bool:
     m = METRICS[name]
     if task.kind not in m.kinds or (m.soft_only and not task.soft):
         return False
+    if m.fits is not None and not m.fits(task):
+        return False
     if m.needs in ("probs", "auc", "log_loss", "binary") and task.head == "regression":
         return False
     return not (task.soft and m.needs in ("auc", "log_loss"))
@@ -159,6 +262,9 @@ def check_metric(name: str, task: Task | None = None) -> str:
         raise UserError(f"bad value for config key 'metric': {name!r}; choose from {sorted(METRICS)}")
     if task is not None and not applies(name, task):
         ok = sorted(n for n in METRICS if applies(n, task))
+        if task.kind in METRICS[name].kinds and METRICS[name].fits is not None:
+            raise UserError(f"bad value for config key 'metric': {name!r} scores {WANTS[name]}; this task's outputs "
+                            f"are {task.names[:8]}{'...' if len(task.names) > 8 else ''}; choose from {ok}")
         raise UserError(f"bad value for config key 'metric': {name!r} does not score task={task.kind}"
                         f"{' (' + task.head + ' head)' if task.kind == 'ordinal' else ''}; choose from {ok}")
     return name
@@ -176,6 +282,8 @@ def score_task(metric: Metric | str, task: Task, y: np.ndarray, out: np.ndarray,
         return m.fn(y.astype(np.float64), task.values(out))
     if m.needs == "rows":
         return m.fn(y, out)
+    if m.needs == "table":
+        return m.fn(task, y, out)
     if m.needs == "binary":
         truth = (cls == task.positive).astype(np.int64)
         extra = (min_tpr,) if m.fn is cm.partial_auc else ()
@@ -184,6 +292,8 @@ def score_task(metric: Metric | str, task: Task, y: np.ndarray, out: np.ndarray,
         return cm.mean_column_auc(y, out) if task.kind == "multilabel" else auc(cls, out, task.positive)
     if task.kind == "multilabel":  # log_loss
         return cm.mean_column_log_loss(y, out)
+    if task.kind == "multihead":
+        return heads_log_loss(task, y, out)
     return cm.log_loss(cls.astype(np.int64), out)
 
 

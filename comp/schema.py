@@ -34,6 +34,10 @@ class DataConfig:
     label_columns: list[str] = field(default_factory=list)  # several target columns of train_csv, in the
     # submission's order: task=multilabel (one 0/1 column per label), or task=multiclass soft targets (vote
     # counts or shares per class, normalised per row); empty = data.label_column
+    heads: Any = field(default_factory=dict)  # task=multihead: each target's classes in output order, e.g.
+    # {bowel: [healthy, injury], kidney: [healthy, low, high]}; train_csv holds a column <target> with each row's
+    # class (its name, or spelt so it slugs to it: "Normal/Mild" -> normal_mild; blank = not labelled) or one 0/1
+    # column <target>_<class> per class (RSNA 2023). Outputs and submission columns `<target>_<class>`
     group_column: str = ""  # column of train_csv naming the patient / lesion / study: folds keep it whole
     # (instead of data.group_pattern)
     submission_id_column: str = ""  # column of the test CSV / sample naming the submission row when it groups
@@ -149,7 +153,9 @@ class TrainConfig:
     mixup: float = 0.0  # mixup alpha; 0 = off
     cutmix: float = 0.0  # cutmix alpha; 0 = off
     class_weights: bool = False  # weight the loss by inverse class frequency (sigmoid heads: BCE pos_weight =
-    # negatives / positives per label)
+    # negatives / positives per label; task=multihead: per head)
+    head_weights: Any = field(default_factory=dict)  # task=multihead: {target: weight} of each head's cross-entropy
+    # in the summed loss; a target left out weighs 1
     sampler: str = "random"  # random | weighted (inverse class frequency sampling)
     early_stop: int = 0  # stop after this many epochs without improvement; 0 = off
     recovery_every: int = 50  # save a recovery checkpoint every N optimizer steps; 0 = off
@@ -257,9 +263,10 @@ class Config:
     image_size: int = 32  # square side the images are resized to
     num_workers: int = 2  # DataLoader worker processes
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    task: str = "multiclass"  # multiclass | binary | multilabel | ordinal | regression (comp.tasks)
+    task: str = "multiclass"  # multiclass | binary | multilabel | ordinal | regression | multihead (comp.tasks)
     metric: str = "accuracy"  # the competition metric (comp.metrics METRICS: accuracy, balanced_accuracy,
-    # f1_macro, f1_weighted, f1, f1_macro_labels, qwk, auc, pauc, pf1, log_loss, kl_divergence, rmse, mae, r2)
+    # f1_macro, f1_weighted, f1, f1_macro_labels, qwk, auc, pauc, pf1, log_loss, kl_divergence, rmse, mae, r2,
+    # rsna2022_cervical, rsna2023_trauma, rsna2024_lumbar)
     pauc_min_tpr: float = 0.8  # metric=pauc: the partial AUC above this true-positive rate (ISIC 2024: 0.8)
     data: DataConfig = field(default_factory=DataConfig)
     folds: FoldsConfig = field(default_factory=FoldsConfig)

@@ -4,8 +4,9 @@ Degenerative Classification. All three are lower-is-better, in nats.
 
 Each function takes the competition's solution and submission as pandas DataFrames in the competition's own
 format, as the host's `score(solution, submission, row_id_column_name)` does, and returns the score (the
-`*_losses` functions: every term and the score). They are not in comp.metrics' METRICS yet: the kit has one
-head per row, and these need the multi-head task of issue 27 item 4. They sit apart from
+`*_losses` functions: every term and the score). comp.metrics registers them as the metrics rsna2022_cervical
+(task=multilabel), rsna2023_trauma and rsna2024_lumbar (task=multihead), building these tables from a task's
+outputs. They sit apart from
 comp.competition_metrics (one truth array against one prediction array) because they read whole tables.
 
 Arithmetic shared by all three, as the hosts' code ran it: the hosts called sklearn.metrics.log_loss of

@@ -8,6 +8,12 @@
 - ordinal: grade indices; the softmax head of multiclass, or a regression head on the grade (1 logit,
   SmoothL1) whose value is cut into grades (comp.predict.thresholds); outputs probabilities or `value`.
 - regression: a number; 1 logit; MSE / SmoothL1 / L1 on standardised targets; outputs the value.
+- multihead: several targets per row, each with its own classes (data.heads; RSNA 2023 abdominal trauma:
+  bowel healthy / injury ... spleen healthy / low / high; RSNA 2024 lumbar spine: 25 condition x level
+  targets of normal_mild / moderate / severe); one softmax head per target over its own classes (their
+  logits side by side), the sum of the heads' cross-entropies (train.head_weights); targets are the heads'
+  one-hot rows side by side, a target without a label all zeros (left out of its head's loss and metric);
+  outputs each head's probabilities side by side, `prob_<target>_<class>`.
 
 Outputs are what OOF files, ensembles and submissions hold: averaging them over TTA views and folds is
 right for every task (probabilities, or values). A regression target is standardised with the training
@@ -22,7 +28,7 @@ Y (one-hot smoothed classes, label vectors, distributions, values).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,7 +37,7 @@ import torch.nn.functional as F
 
 from comp.errors import UserError
 
-KINDS = ("multiclass", "binary", "multilabel", "ordinal", "regression")
+KINDS = ("multiclass", "binary", "multilabel", "ordinal", "regression", "multihead")
 HEADS = ("auto", "softmax", "regression")
 LOSSES = {"auto": None, "mse": F.mse_loss, "smooth_l1": F.smooth_l1_loss, "l1": F.l1_loss}
 
@@ -43,12 +49,22 @@ class Task:
 
     kind: str
     names: list[str]
-    head: str  # softmax | sigmoid | regression: how logits become outputs
+    head: str  # softmax | sigmoid | regression | multihead (a softmax per target): how logits become outputs
     positive: int = 1  # binary: the positive class's index in `names` (comp.metrics.positive_index)
     soft: bool = False  # multiclass: targets are per-class distributions (data.label_columns)
     mean: float = 0.0  # regression head: the training fold's target mean and std
     std: float = 1.0
     loss_name: str = "auto"  # regression head: mse | smooth_l1 | l1 (auto = smooth_l1 for ordinal, mse else)
+    heads: list[Any] = field(default_factory=list)  # multihead: [[target, number of classes], ...] in output order
+    head_weights: list[float] = field(default_factory=list)  # multihead: each head's loss weight (train.head_weights)
+
+    def slices(self) -> list[slice]:
+        """multihead: the output (and logit) columns of each head, in order."""
+        out, start = [], 0
+        for _, n in self.heads:
+            out.append(slice(start, start + int(n)))
+            start += int(n)
+        return out
 
     @property
     def num_logits(self) -> int:
@@ -67,8 +83,8 @@ class Task:
 
     @property
     def dense_targets(self) -> bool:
-        """Targets are (N, K) matrices (labels, distributions) rather than one value per image."""
-        return self.kind == "multilabel" or self.soft
+        """Targets are (N, K) matrices (labels, distributions, heads' one-hot rows) rather than one value per image."""
+        return self.kind in ("multilabel", "multihead") or self.soft
 
     def output_columns(self) -> list[str]:
         """OOF / --save-probs column names of the outputs: prob_<name>..., or `value`."""
@@ -96,6 +112,10 @@ class Task:
         off = s/C, on = 1-s+s/C), one-hot classes (binary), the label/distribution rows, or (B, 1) values."""
         if self.head == "regression":
             return y.float().reshape(len(y), 1)
+        if self.head == "multihead":  # each head smoothed over its own classes, a missing target left at 0
+            y = y.float()
+            return torch.cat([y[:, s] * (1 - smoothing) + smoothing * y[:, s].sum(1, keepdim=True) / (s.stop - s.start)
+                              for s in self.slices()], dim=1)
         if y.dtype.is_floating_point:
             y = y.float()
             return y * (1 - smoothing) + smoothing / y.shape[1] if self.head == "softmax" else y
@@ -112,8 +132,22 @@ class Task:
 
         `weight`: softmax: (C,) class weights (a weighted mean over the batch, as torch's cross-entropy;
         for dense targets sum_i sum_c w_c y_ic (-log p_ic) / sum_i sum_c w_c y_ic, which is the same for
-        one-hot rows); sigmoid: BCE `pos_weight` (1,) or (L,).
+        one-hot rows); sigmoid: BCE `pos_weight` (1,) or (L,); multihead: (K,) class weights per output.
+
+        multihead: sum_h head_weight_h * L_h with L_h = sum_i sum_{c in h} w_c y_ic (-log p_ic) / sum_i sum_{c in h}
+        w_c y_ic, p the head's softmax: each head's (weighted) cross-entropy over the rows that label it (a
+        missing target is an all-zero row; mixed rows count by their label mass); 0 for a head no row labels.
         """
+        if self.head == "multihead":
+            y = self.dense(y.float(), smoothing) if smoothing else y.float()
+            total = logits.new_zeros(())
+            for h, s in enumerate(self.slices()):
+                wy = y[:, s] if weight is None else y[:, s] * weight[s]
+                mass = wy.sum()
+                if mass > 0:
+                    lw = self.head_weights[h] if self.head_weights else 1.0
+                    total = total + lw * torch.sum(-wy * F.log_softmax(logits[:, s], dim=-1)) / mass
+            return total
         if self.head == "softmax":
             if not y.dtype.is_floating_point:
                 return F.cross_entropy(logits, y, weight=weight, label_smoothing=smoothing)
@@ -142,6 +176,13 @@ class Task:
         documented use), (1,) for binary. Raises UserError for a regression head."""
         if self.head == "regression":
             raise UserError("bad value for config key 'train.class_weights': a regression head has no classes")
+        if self.head == "multihead":  # per head, 'balanced' over the rows that label it
+            t = np.asarray(targets, np.float64)
+            w = np.ones(t.shape[1])
+            for s in self.slices():
+                counts = t[:, s].sum(0)
+                w[s] = counts.sum() / ((s.stop - s.start) * np.maximum(counts, 1))
+            return w
         if self.head == "softmax":
             y = targets.argmax(1) if targets.ndim == 2 else targets
             counts = np.bincount(y.astype(np.int64), minlength=len(self.names)).astype(np.float64)
@@ -153,10 +194,13 @@ class Task:
     # --- outputs ----------------------------------------------------------------------------------------
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, num_logits) logits → (B, num_outputs) outputs: softmax; sigmoid (binary: both classes'
-        probabilities in class order); or the de-standardised value."""
+        probabilities in class order); each head's softmax side by side (multihead); or the de-standardised
+        value."""
         logits = logits.float()
         if self.head == "softmax":
             return logits.softmax(1)
+        if self.head == "multihead":
+            return torch.cat([logits[:, s].softmax(1) for s in self.slices()], dim=1)
         if self.head == "regression":
             return logits[:, :1] * self.std + self.mean
         p = torch.sigmoid(logits)
@@ -189,6 +233,8 @@ def make_task(cfg: Any, names: list[str], positive: int = 1) -> Task:
             data has other than two classes.
     """
     kind, head = cfg.task, cfg.model.head
+    if kind == "multihead":
+        return _multihead(cfg, names)
     if kind not in KINDS:
         raise UserError(f"bad value for config key 'task': {kind!r}; choose from {list(KINDS)}")
     if head not in HEADS:
@@ -205,6 +251,58 @@ def make_task(cfg: Any, names: list[str], positive: int = 1) -> Task:
                 "ordinal": "softmax" if head == "auto" else head}[kind]
     return Task(kind=kind, names=list(names), head=resolved, positive=positive if kind == "binary" else 1,
                 soft=kind == "multiclass" and bool(cfg.data.label_columns), loss_name=cfg.train.loss)
+
+
+def head_specs(cfg: Any) -> list[tuple[str, list[str]]]:
+    """task=multihead: (target, its classes) of each key of data.heads, in order; the output names are
+    `<target>_<class>` (`head_names`). data.heads maps each target to its class names: train_csv holds
+    either a column <target> with each row's class, or one 0/1 column <target>_<class> per class
+    (comp.data.targets.read_heads).
+
+    Raises:
+        UserError: data.heads empty or not a mapping, a target with fewer than two classes or a class twice,
+            naming the key."""
+    from omegaconf import OmegaConf
+
+    raw = cfg.data.heads
+    raw = OmegaConf.to_container(raw) if OmegaConf.is_config(raw) else raw
+    if not isinstance(raw, dict) or not raw:
+        raise UserError("task=multihead needs data.heads: a mapping of each target to its classes, e.g. "
+                        "{bowel: [healthy, injury], liver: [healthy, low, high]}")
+    out = []
+    for target, classes in raw.items():
+        if not isinstance(classes, list) or len(classes) < 2 or len(set(map(str, classes))) != len(classes):
+            raise UserError(f"bad value for config key 'data.heads.{target}': {classes!r}; a list of two or more "
+                            f"distinct class names")
+        out.append((str(target), [str(c) for c in classes]))
+    return out
+
+
+def head_names(specs: list[tuple[str, list[str]]]) -> list[str]:
+    """The output names of multihead `specs` (`head_specs`): `<target>_<class>` (RSNA 2023's submission columns)."""
+    return [f"{t}_{c}" for t, classes in specs for c in classes]
+
+
+def _multihead(cfg: Any, names: list[str]) -> Task:
+    """task=multihead over `names` (must be `head_names` of data.heads). Raises UserError naming the key."""
+    specs = head_specs(cfg)
+    if list(names) != head_names(specs):
+        raise UserError(f"task=multihead: the outputs {list(names)[:6]}... are not data.heads' "
+                        f"{head_names(specs)[:6]}...; the run was made with other data.heads")
+    if cfg.model.head != "auto":
+        raise UserError(f"bad value for config key 'model.head': {cfg.model.head!r} is for task=ordinal; "
+                        f"task=multihead has a softmax head per target")
+    from omegaconf import OmegaConf
+
+    raw = cfg.train.head_weights
+    raw = OmegaConf.to_container(raw) if OmegaConf.is_config(raw) else (raw or {})
+    targets = [t for t, _ in specs]
+    bad = [k for k in raw if k not in targets]
+    if bad or not all(isinstance(v, (int, float)) and v >= 0 for v in raw.values()):
+        raise UserError(f"bad value for config key 'train.head_weights': {raw!r}; numbers >= 0 for targets of "
+                        f"data.heads {targets}")
+    return Task(kind="multihead", names=list(names), head="multihead", heads=[[t, len(c)] for t, c in specs],
+                head_weights=[float(raw.get(t, 1.0)) for t in targets])
 
 
 def mix_matrix(mixup: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -47,7 +47,8 @@ def run(args):
         return
     table, cv, n, task = cv_report(cfg)
     print(f"task={task.kind}{' (' + task.head + ' head)' if task.kind == 'ordinal' else ''}: "
-          f"{'target' if task.kind == 'regression' else 'classes' if task.has_classes else 'labels'} {task.names}")
+          f"{'target' if task.kind == 'regression' else 'classes' if task.has_classes else 'labels'} {task.names}"
+          if task.kind != "multihead" else f"task=multihead: heads {dict((t, n) for t, n in task.heads)}")
     print(table.to_string(index=False, float_format=fmt))
     direction = "higher" if higher_is_better(cfg.metric) else "lower"
     print(f"CV {cfg.metric} (out-of-fold, {n} fold{'s' if n != 1 else ''}): {cv:.4f} ({direction} is better)")

@@ -13,6 +13,7 @@ import pytest
 from sklearn import metrics as skm
 
 from comp import study_metrics as sm
+from comp.errors import UserError
 
 L = math.log
 
@@ -266,3 +267,54 @@ def test_cervical_spine_refuses_bad_tables():
     sol.loc[0, "row_id"] = "1.2.826.0.1.3680043.6200_C8"
     with pytest.raises(ValueError, match="names none of"):
         sm.cervical_spine_score(sol, sol)
+
+
+# ==================================================================== registered as comp.metrics' metrics
+
+def _wide(long: pd.DataFrame, columns: list[str]) -> tuple[list[str], np.ndarray]:
+    """A long table (row_id `<study>_<target>`, `columns`) as (targets, (studies, targets x columns)),
+    all zeros where a study has no row for a target."""
+    parts = long["row_id"].str.split("_", n=1)
+    targets = sorted(set(parts.str[1]))
+    studies = sorted(set(parts.str[0]))
+    out = np.zeros((len(studies), len(targets) * len(columns)))
+    for (s, t), row in zip(zip(parts.str[0], parts.str[1], strict=True), long[columns].to_numpy(), strict=True):
+        j = targets.index(t) * len(columns)
+        out[studies.index(s), j:j + len(columns)] = row
+    return targets, out
+
+
+def test_registered_metrics_score_a_tasks_outputs_as_the_hosts_formulas():
+    """rsna2022_cervical (task=multilabel), rsna2023_trauma and rsna2024_lumbar (task=multihead) from a task's
+    wide outputs give the hand-worked scores above; each is lower-is-better and scores only the tasks whose
+    outputs it reads."""
+    from comp.metrics import applies, check_metric, higher_is_better, score_task
+    from comp.tasks import Task
+
+    names = [c for c in TRAUMA_SOLUTION.columns if c != "patient_id"]
+    heads = [[t, len(c)] for t, (c, _) in sm.TRAUMA_TARGETS.items()]
+    trauma = Task("multihead", names, "multihead", heads=heads)
+    got = score_task("rsna2023_trauma", trauma, TRAUMA_SOLUTION[names].to_numpy(), TRAUMA_SUBMISSION[names].to_numpy())
+    assert got == pytest.approx(0.404985, abs=1e-6)
+
+    levels = list(sm.LUMBAR_LEVELS)
+    targets, Y = _wide(LUMBAR_SOLUTION, levels)
+    sub = LUMBAR_SUBMISSION[LUMBAR_SUBMISSION["row_id"].str.split("_", n=1).str[1].isin(targets)]
+    _, P = _wide(sub, levels)
+    lumbar = Task("multihead", [f"{t}_{c}" for t in targets for c in levels], "multihead",
+                  heads=[[t, 3] for t in targets])
+    assert score_task("rsna2024_lumbar", lumbar, Y, P) == pytest.approx(0.612714, abs=1e-6)  # unlabelled: left out
+
+    types, Yc = _wide(CERVICAL_SOLUTION.assign(row_id=CERVICAL_SOLUTION["row_id"].str.replace(
+        "1.2.826.0.1.3680043.", "", regex=False)), ["fractured"])
+    _, Pc = _wide(CERVICAL_SUBMISSION.assign(row_id=CERVICAL_SUBMISSION["row_id"].str.replace(
+        "1.2.826.0.1.3680043.", "", regex=False)), ["fractured"])
+    cervical = Task("multilabel", types, "sigmoid")
+    assert score_task("rsna2022_cervical", cervical, Yc, Pc) == pytest.approx(0.348547, abs=1e-6)
+
+    for name, task in (("rsna2022_cervical", cervical), ("rsna2023_trauma", trauma), ("rsna2024_lumbar", lumbar)):
+        assert applies(name, task) and not higher_is_better(name)
+    assert not applies("rsna2024_lumbar", trauma) and not applies("rsna2023_trauma", lumbar)
+    assert not applies("rsna2022_cervical", Task("multilabel", ["C1", "C2"], "sigmoid"))
+    with pytest.raises(UserError, match="patient_overall, C1..C7"):
+        check_metric("rsna2022_cervical", Task("multilabel", ["C1", "C2"], "sigmoid"))

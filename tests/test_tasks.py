@@ -74,3 +74,50 @@ def test_bad_task_settings_are_named(tmp_path):
     pd.read_csv(tmp_path / "d" / "train.csv").assign(ngt=2).to_csv(tmp_path / "d" / "train.csv", index=False)
     with pytest.raises(UserError, match=r"train.csv: row 2 column 'ngt' has '2'"):
         load_competition(load_config(None, FAST + over + ["metric=auc"]))
+
+
+# --- task=multihead: one softmax head per target --------------------------------------------------------
+
+HEADS = {"bowel": ["healthy", "injury"], "liver": ["healthy", "low", "high"]}
+
+
+def _heads_cfg(*extra: str):
+    heads = "{" + ", ".join(f"{t}: [{', '.join(c)}]" for t, c in HEADS.items()) + "}"
+    return load_config(None, ["task=multihead", f"data.heads={heads}", "metric=log_loss", *extra])
+
+
+def test_multihead_head_loss_activation_and_columns():
+    cfg = _heads_cfg("train.head_weights={liver: 2.0}")
+    names = ["bowel_healthy", "bowel_injury", "liver_healthy", "liver_low", "liver_high"]
+    t = make_task(cfg, names)
+    assert (t.num_logits, t.num_outputs, t.has_classes, t.dense_targets) == (5, 5, False, True)
+    assert t.output_columns() == [f"prob_{n}" for n in names] and t.slices() == [slice(0, 2), slice(2, 5)]
+    assert Task.from_meta(t.meta()) == t  # the checkpoint's copy
+    torch.manual_seed(0)
+    logits = torch.randn(4, 5)
+    out = t.activate(logits)
+    assert torch.allclose(out[:, :2], logits[:, :2].softmax(1)) and torch.allclose(out[:, 2:], logits[:, 2:].softmax(1))
+    y = torch.tensor([[1, 0, 0, 0, 1], [0, 1, 1, 0, 0], [1, 0, 0, 0, 0], [0, 1, 0, 1, 0]], dtype=torch.float32)
+    # row 2 leaves liver unlabelled (all zeros): out of liver's mean, in bowel's
+    bowel = F.cross_entropy(logits[:, :2], torch.tensor([0, 1, 0, 1]))
+    liver = F.cross_entropy(logits[[0, 1, 3], 2:], torch.tensor([2, 0, 1]))
+    assert torch.allclose(t.loss(logits, y), bowel + 2.0 * liver, atol=1e-6)
+    w = torch.tensor(t.loss_weight(y.numpy()), dtype=torch.float32)  # balanced per head, over its labelled rows
+    assert torch.allclose(w, torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0]))
+    wl = F.cross_entropy(logits[[0, 1, 3], 2:], torch.tensor([2, 0, 1]), weight=w[2:])
+    assert torch.allclose(t.loss(logits, y, w), bowel + 2.0 * wl, atol=1e-6)
+    smooth = t.dense(y, 0.3)  # each head smoothed over its own classes; an unlabelled head stays 0
+    assert torch.allclose(smooth[2, 2:], torch.zeros(3)) and torch.allclose(smooth[:, :2].sum(1), torch.ones(4))
+    assert torch.allclose(smooth[0, 2:], torch.tensor([0.1, 0.1, 0.8]))
+
+
+def test_multihead_config_errors_name_the_key():
+    with pytest.raises(UserError, match="data.heads"):
+        load_config(None, ["task=multihead", "metric=log_loss"])
+    with pytest.raises(UserError, match="data.heads.bowel"):
+        load_config(None, ["task=multihead", "data.heads={bowel: [healthy]}", "metric=log_loss"])
+    with pytest.raises(UserError, match="train.head_weights"):
+        make_task(_heads_cfg("train.head_weights={spleen: 1.0}"), ["bowel_healthy", "bowel_injury", "liver_healthy",
+                                                                  "liver_low", "liver_high"])
+    with pytest.raises(UserError, match="rsna2023_trauma"):  # its outputs are not RSNA 2023's 13
+        _heads_cfg("metric=rsna2023_trauma")

@@ -32,7 +32,7 @@ from omegaconf import OmegaConf
 from comp.data.preprocess import check_steps
 from comp.errors import UserError
 from comp.metrics import check_metric
-from comp.tasks import make_task
+from comp.tasks import head_names, head_specs, make_task
 
 # The TTA views: exact flips and rotations of a batch, on the device, no resampling. Negative dims (H = -2,
 # W = -1), so one view serves a (B, C, H, W) batch and a (B, N, C, H, W) batch of MIL rows, every instance
@@ -154,6 +154,8 @@ def check_config(cfg: Any) -> None:
         UserError: the first bad value, naming its key (`aug.tta: unknown view 'idnetity'; ...`).
     """
     names = [str(c) for c in cfg.data.label_columns] or ["0", "1"]  # the task's kind and head, not its names
+    if cfg.task == "multihead":  # data.heads' outputs: the competition metrics check them (comp.metrics)
+        names = head_names(head_specs(cfg))
     check_metric(cfg.metric, make_task(cfg, names))
     check_steps(cfg.images.preprocess)
     build_transform(cfg.aug.train, "aug.train")

@@ -10,12 +10,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from comp.config import resolve_path
+from comp.data.layouts import matched_folders
 from comp.data.tables import read_csv
 from comp.errors import UserError
 from comp.log import log
+from comp.tasks import head_specs
 
 
 def _edits(a: str, b: str) -> int:
@@ -118,6 +121,50 @@ def long_rows(row_ids: pd.Series, ids: list[str], labels: list[str], sep: str, w
     return [n for n, _ in got], [k for _, k in got]
 
 
+def long_labels(cfg: Any) -> list[str]:
+    """What the second part of a long row id names (predict.shape=long): a label of data.label_columns (RSNA
+    2022: C1, patient_overall), or with task=multihead a target of data.heads (RSNA 2024:
+    spinal_canal_stenosis_l1_l2).
+
+    Raises:
+        UserError: neither is set."""
+    if cfg.task == "multihead":
+        return [t for t, _ in head_specs(cfg)]
+    if not cfg.data.label_columns:
+        raise UserError("predict.shape=long writes one row per label of data.label_columns; set them (or "
+                        "predict.shape=wide)")
+    return [str(c) for c in cfg.data.label_columns]
+
+
+def long_outputs(cfg: Any, columns: list[str], what: str) -> np.ndarray:
+    """predict.shape=long: (L, V) the output index each of the sample's V value columns (`columns` after its
+    row id) takes on a row of label L (`long_labels`): one value column, the label's own output; with
+    task=multihead each value column is a class of every target (RSNA 2024: normal_mild, moderate, severe),
+    the output `<target>_<class>`.
+
+    Raises:
+        UserError: a sample of other than two columns (one target per row), or a value column that is not a
+            class of some target, naming the file (`what`) and the column."""
+    values = list(columns[1:])
+    if cfg.task != "multihead":
+        if len(values) != 1:
+            raise UserError(f"{what}: predict.shape=long needs a row id column and one value column; its header is "
+                            f"{list(columns)}")
+        return np.arange(len(long_labels(cfg)))[:, None]
+    if not values:
+        raise UserError(f"{what}: predict.shape=long needs a row id column and the classes' columns; its header "
+                        f"is {list(columns)}")
+    out, start = [], 0
+    for target, classes in head_specs(cfg):
+        missing = [v for v in values if v not in classes]
+        if missing:
+            raise UserError(f"{what}: column {missing[0]!r} is not a class of the target {target!r} {classes} "
+                            f"(data.heads)")
+        out.append([start + classes.index(v) for v in values])
+        start += len(classes)
+    return np.asarray(out, dtype=np.int64)
+
+
 def long_example(values: pd.Series, ids: set[str], labels: list[str], sep: str) -> tuple[str, str, str] | None:
     """(row id, id, label) of the first of `values` (at most 50 looked at) that reads as `<id><sep><label>`
     with an id of `ids`: a sample submission in long form; None when none does."""
@@ -158,14 +205,11 @@ def check_sample_submission(cfg: Any, root: Path, test: pd.DataFrame) -> None:
         check_sample(path, read_csv(path, [d.id_column], comma_only=True)[d.id_column], test)
         return
     test_ids = test["row" if "row" in test.columns else "id"].astype(str)
-    labels = [str(c) for c in d.label_columns or d.classes]
+    labels = [str(c) for c in d.label_columns or d.classes] if cfg.task != "multihead" else long_labels(cfg)
     head = read_csv(path, [], comma_only=True)
     if cfg.predict.shape == "long":
-        if len(head.columns) != 2:
-            raise UserError(f"sample submission {path}: predict.shape=long needs a row id column and one value "
-                            f"column, its header is {list(head.columns)}")
-        if not d.label_columns:
-            raise UserError("predict.shape=long writes one row per label of data.label_columns; set them")
+        labels = long_labels(cfg)
+        long_outputs(cfg, list(head.columns), f"sample submission {path}")
         long_rows(head[head.columns[0]], list(dict.fromkeys(test_ids)), labels, cfg.predict.long_separator,
                   f"sample submission {path}")
         return
@@ -220,3 +264,16 @@ def exclude(train: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
     log(f"data.exclude: {int(drop.sum())} of {len(train)} training images left out ({shown}"
         f"{', ...' if drop.sum() > 5 else ''})")
     return train[~drop].copy()
+
+
+def not_long(cfg: Any, root: Path, sample: Path, col: str) -> None:
+    """A sample submission without data.id_column whose rows read as `<test file name>_<label>`: refused
+    saying it is in long form (predict.shape=long), rather than as a missing column."""
+    head = read_csv(sample, [])
+    if col in head.columns or head.empty:
+        return
+    names = {p.stem for _, f in matched_folders(root, list(cfg.data.test_images)) for p in f.rglob("*")}
+    labels = [str(c) for c in cfg.data.label_columns or cfg.data.classes]
+    example = long_example(head[head.columns[0]], names, labels, cfg.predict.long_separator)
+    if example:
+        raise UserError(long_hint(sample, example))

@@ -34,6 +34,7 @@ from comp.data.checks import (  # noqa: F401  (check_sample_submission: prepare 
     limit_images,
     long_example,
     long_hint,
+    not_long,
     two_classes,
 )
 from comp.data.image_base import window_path
@@ -48,7 +49,15 @@ from comp.data.layouts import (  # noqa: F401
 )
 from comp.data.mil import find_folders, join_views
 from comp.data.tables import read_csv  # noqa: F401  (the CSV reader of every table, here since the start)
-from comp.data.targets import class_task, join_rows, read_targets, submission_rows, target_columns, target_kind
+from comp.data.targets import (
+    class_task,
+    head_columns,
+    join_rows,
+    read_targets,
+    submission_rows,
+    target_columns,
+    target_kind,
+)
 from comp.errors import UserError
 
 MISSING_WORDS = {"nan", "null", "#n/a"}  # a missing label as pandas (astype(str)), JSON/SQL or Excel spell it
@@ -187,19 +196,6 @@ def _find_sources(cfg: Any, root: Path, rows: pd.DataFrame, folders: list[str], 
                      index=rows.index, dtype=object)
 
 
-def _not_long(cfg: Any, root: Path, sample: Path, col: str) -> None:
-    """A sample submission without data.id_column whose rows read as `<test file name>_<label>`: refused
-    saying it is in long form (predict.shape=long), rather than as a missing column."""
-    head = read_csv(sample, [])
-    if col in head.columns or head.empty:
-        return
-    names = {p.stem for _, f in matched_folders(root, list(cfg.data.test_images)) for p in f.rglob("*")}
-    labels = [str(c) for c in cfg.data.label_columns or cfg.data.classes]
-    example = long_example(head[head.columns[0]], names, labels, cfg.predict.long_separator)
-    if example:
-        raise UserError(long_hint(sample, example))
-
-
 def _load_test(cfg: Any, root: Path, classes: list[str], problems: list[Problem] | None,
                train_ids: frozenset[str] = frozenset()) -> pd.DataFrame:
     d = cfg.data
@@ -211,7 +207,7 @@ def _load_test(cfg: Any, root: Path, classes: list[str], problems: list[Problem]
                             "lists the test images and their rows in data.test_csv")
         col = (d.test_id_column or d.id_column) if d.test_csv else d.id_column
         if not d.test_csv:
-            _not_long(cfg, root, root / csv, col)
+            not_long(cfg, root, root / csv, col)
         table = read_csv(root / csv, [col])
         if long:  # a long test.csv (RSNA 2022: row_id, StudyInstanceUID, prediction_type) repeats each id
             table = table.drop_duplicates(col).reset_index(drop=True)
@@ -272,10 +268,12 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False, 
                            root=root)
     if d.layout == "csv":
         train_csv = root / d.train_csv
-        label_cols = [str(c) for c in d.label_columns] or [d.label_column]
+        heads = cfg.task == "multihead"  # its columns follow the CSV's form (comp.data.targets.head_columns)
+        label_cols = [] if heads else [str(c) for c in d.label_columns] or [d.label_column]
         group_cols = [d.group_column] if d.group_column else []
         source_cols = [c for c in (d.file_column, d.offset_column) if c]  # what a row reads: _sources
         df = read_csv(train_csv, [d.id_column, *label_cols, *group_cols, *source_cols])
+        label_cols = head_columns(cfg, list(df.columns), train_csv) if heads else label_cols
         if df.empty:
             raise UserError(f"{train_csv} has a header but no rows")
         ids = df[d.id_column].str.strip()

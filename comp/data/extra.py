@@ -119,6 +119,8 @@ def load_source(cfg: Any, comp: Any, i: int, d: dict[str, Any]) -> pd.DataFrame:
                 classes=[], class_values=[], solution_csv="", download=False)
     if not class_task(cfg):
         data.setdefault("label_columns", list(cfg.data.label_columns))
+    if cfg.task == "multihead":
+        data.setdefault("heads", OmegaConf.to_container(cfg.data.heads))
     try:
         sub = OmegaConf.merge(OmegaConf.structured(Config), {"task": cfg.task, "metric": cfg.metric,
                                                              "folds": cfg.folds, "data": data})

@@ -62,6 +62,14 @@ def _target_summary(cfg: Any, comp: Any) -> str:
     if cfg.task == "multilabel":
         pos = comp.targets(comp.train).sum(0).astype(int).tolist()
         return f"with {comp.num_classes} labels, positives per label {dict(zip(comp.classes, pos, strict=True))}"
+    if cfg.task == "multihead":  # labelled rows per class of each target
+        from comp.tasks import head_specs
+
+        n, start, parts = comp.targets(comp.train).sum(0).astype(int), 0, []
+        for target, classes in head_specs(cfg):
+            parts.append(f"{target} {dict(zip(classes, n[start:start + len(classes)].tolist(), strict=True))}")
+            start += len(classes)
+        return f"with {len(parts)} targets: " + "; ".join(parts)
     per_class = comp.train["label"].value_counts().sort_index().tolist()
     return f"in {comp.num_classes} classes {per_class}"
 

@@ -1,8 +1,10 @@
 """The targets of tasks that are not one class per image (comp.tasks), read from the labels CSV:
-regression values, multi-label 0/1 columns and soft targets (vote counts or shares per class)."""
+regression values, multi-label 0/1 columns, soft targets (vote counts or shares per class) and several
+targets each with its own classes (task=multihead, data.heads)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from comp.errors import UserError
+from comp.tasks import head_specs
 
 
 def class_task(cfg: Any) -> bool:
@@ -19,10 +22,83 @@ def class_task(cfg: Any) -> bool:
 
 def target_kind(cfg: Any) -> str:
     """How the labels CSV holds the targets: class (one class label per row) | regression | multilabel (0/1
-    columns) | soft (vote counts or shares per class, task multiclass with data.label_columns)."""
+    columns) | soft (vote counts or shares per class, task multiclass with data.label_columns) | multihead
+    (data.heads)."""
     if class_task(cfg):
         return "class"
-    return cfg.task if cfg.task in ("regression", "multilabel") else "soft"
+    return cfg.task if cfg.task in ("regression", "multilabel", "multihead") else "soft"
+
+
+def slug(text: str) -> str:
+    """A class spelt as a column name: lower case, runs of other characters than a-z0-9 as one "_"
+    (RSNA 2024's "Normal/Mild" -> normal_mild, its submission's column)."""
+    return re.sub(r"[^a-z0-9]+", "_", str(text).strip().lower()).strip("_")
+
+
+def head_columns(cfg: Any, columns: list[str], csv: Path) -> list[str]:
+    """The columns of a labels CSV with `columns` that task=multihead reads: per target of data.heads, the
+    column <target> when there is one (each row's class), else its 0/1 columns <target>_<class>.
+
+    Raises:
+        UserError: a target with neither, naming the file and the columns looked for."""
+    out = []
+    for target, classes in head_specs(cfg):
+        if target in columns:
+            out.append(target)
+            continue
+        per_class = [f"{target}_{c}" for c in classes]
+        missing = [c for c in per_class if c not in columns]
+        if missing:
+            raise UserError(f"{csv} has neither a column {target!r} nor the columns {per_class} (data.heads.{target}; "
+                            f"missing {missing[0]!r})")
+        out += per_class
+    return out
+
+
+def read_heads(cfg: Any, df: pd.DataFrame, csv: Path) -> tuple[pd.DataFrame, list[str]]:
+    """task=multihead's targets from the labels CSV `df` (strings, `head_columns` present): a `target_<target>_
+    <class>` column per output, each target's one-hot row (all 0 where the row does not label it: a blank
+    <target> cell, or 0/blank in all its class columns), and `label`, the class index of each target joined
+    by "," ("-" for an unlabelled one: text, so comp.data.folds stratifies on the one-hot columns).
+    Returns them and the output names `<target>_<class>`.
+
+    Raises:
+        UserError: a class that is none of the target's (by name or `slug`), a class column that is not 0/1,
+            or a row with two classes of one target, naming the file, row and column."""
+    specs = head_specs(cfg)
+    blocks, index = [], []
+    for target, classes in specs:
+        if target in df.columns:
+            raw = df[target].astype(str).str.strip()
+            lookup = {**{slug(c): k for k, c in enumerate(classes)}, **{c: k for k, c in enumerate(classes)}}
+            k = pd.Series([-1 if v == "" or v.lower() in ("nan", "null") else lookup.get(v, lookup.get(slug(v), -2))
+                           for v in raw], index=raw.index)
+            if (k == -2).any():
+                i = int(np.flatnonzero((k == -2).to_numpy())[0])
+                raise UserError(f"{csv}: row {int(df.index[i]) + 2} column {target!r} has {raw.iloc[i]!r}, not one of "
+                                f"its classes {classes} (data.heads.{target})")
+            k = k.to_numpy(np.int64)
+            m = np.zeros((len(df), len(classes)), np.float32)
+            m[k >= 0, k[k >= 0]] = 1.0
+        else:
+            cols = [f"{target}_{c}" for c in classes]
+            v = df[cols].apply(lambda c: pd.to_numeric(c.str.strip().replace("", "0"), errors="coerce"))
+            m = v.to_numpy(np.float64)
+            bad = ~np.isin(m, (0.0, 1.0)) | (m.sum(1, keepdims=True) > 1)
+            if bad.any():
+                i, j = (int(a[0]) for a in np.nonzero(bad))
+                raise UserError(f"{csv}: row {int(df.index[i]) + 2} has {df[cols].iloc[i].tolist()} in {cols}; a "
+                                f"target's class columns are 0/1 with at most one 1 (data.heads.{target})")
+            m = m.astype(np.float32)
+            k = np.where(m.sum(axis=1) > 0, m.argmax(1), -1)
+        blocks.append(m)
+        index.append(k)
+    names = [f"{t}_{c}" for t, classes in specs for c in classes]
+    out = pd.DataFrame(index=df.index)
+    out["label"] = [",".join("-" if v < 0 else str(v) for v in row) for row in np.stack(index, 1)]
+    for name, col in zip(names, np.concatenate(blocks, 1).T, strict=True):
+        out[f"{TARGET}{name}"] = col
+    return out, names
 
 
 TARGET = "target_"  # prefix of the per-label / per-class target columns of label_columns tasks
@@ -42,6 +118,8 @@ def read_targets(cfg: Any, df: pd.DataFrame, csv: Path) -> tuple[pd.DataFrame, l
         UserError: a blank or non-numeric target, a label that is not 0/1, a negative share or a row of
             zero shares, naming the file, row and column.
     """
+    if cfg.task == "multihead":
+        return read_heads(cfg, df, csv)
     d = cfg.data
     cols = [str(c) for c in d.label_columns] if d.label_columns else [d.label_column]
     num = {}
@@ -64,7 +142,7 @@ def read_targets(cfg: Any, df: pd.DataFrame, csv: Path) -> tuple[pd.DataFrame, l
                             f"multi-label targets are 0 or 1")
         out["label"] = [",".join(str(int(v)) for v in row) for row in m]
     else:  # soft targets: vote counts or shares, normalised per row
-        sums = m.sum(1)
+        sums = m.sum(axis=1)
         bad = (m < 0).any(1) | (sums <= 0)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
@@ -118,6 +196,9 @@ def join_rows(frame: pd.DataFrame, raw: pd.DataFrame, how: str, kind: str, csv: 
     values = raw.astype(str).apply(lambda c: c.str.strip()).agg(",".join, axis=1)
     n = values[repeated].groupby(ids[repeated], sort=False).nunique()
     counts = {"ids": int(ids[repeated].nunique()), "rows": int(repeated.sum()), "disagreeing": int((n > 1).sum())}
+    if how == "aggregate" and kind == "multihead" and counts["disagreeing"]:
+        raise UserError(f"{csv}: data.label_rows=aggregate does not combine task=multihead's targets; set it to "
+                        f"first or refuse")
     if how == "refuse" and counts["disagreeing"]:
         bad = n.index[(n > 1).to_numpy()][0]
         rows = [int(i) + 2 for i in frame.index[ids == bad]]

@@ -48,6 +48,8 @@ def applicable(method: str, task: Task, metric: str) -> str | None:
         return f"rank blending scores only the order (metric auc or pauc), not metric={metric}"
     if method == "stack" and task.soft:
         return "a level-2 logistic regression needs class targets, not soft (per-class distribution) targets"
+    if method == "stack" and task.kind == "multihead":
+        return "a level-2 model per head is not built for task=multihead (mean and weighted blend it)"
     return None
 
 
@@ -62,7 +64,7 @@ def surrogate(task: Task, y: np.ndarray, out: np.ndarray) -> float:
     if task.head == "regression":
         return float(np.mean((out[:, 0] - np.asarray(y, np.float64).reshape(len(out), -1)[:, 0]) ** 2))
     p = np.clip(out, EPS, 1 - EPS)
-    if task.head == "softmax":
+    if task.head in ("softmax", "multihead"):  # multihead: the sum of the heads' cross-entropies
         rows = y if y.ndim == 2 else np.eye(out.shape[1])[np.asarray(y, np.int64)]
         return float(-np.mean(np.sum(rows * np.log(p), axis=1)))
     t = y.astype(np.float64) if y.ndim == 2 else (np.asarray(y) == task.positive).astype(np.float64)[:, None]

@@ -86,7 +86,13 @@ class MarkBadImages(torch.utils.data.Dataset):
 
 def class_prior(comp: Competition, task: Task | None = None) -> np.ndarray:
     """(K,) float64: the best guess for an image not seen: each class's share of the training labels, each
-    label's rate (multi-label), the mean share (soft targets) or the mean value (a regression head)."""
+    label's rate (multi-label), the mean share (soft targets), each head's class shares (multihead) or the
+    mean value (a regression head)."""
+    if task is not None and task.head == "multihead":  # each head's class shares over the rows that label it
+        t = comp.targets(comp.train).astype(np.float64).sum(0)
+        for s in task.slices():
+            t[s] = t[s] / t[s].sum() if t[s].sum() > 0 else 1.0 / (s.stop - s.start)
+        return t
     if task is not None and (task.dense_targets or task.head == "regression"):
         t = comp.targets(comp.train).astype(np.float64)
         return t.mean(0) if t.ndim == 2 else np.array([t.mean()])

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from comp.data.checks import long_example, long_hint, long_rows
+from comp.data.checks import long_example, long_hint, long_labels, long_outputs, long_rows
 from comp.data.competition import Competition
 from comp.errors import UserError
 
@@ -86,9 +86,20 @@ def class_columns(comp: Competition, columns: list[str], id_col: str, subset: bo
 
 def long_index(cfg: Any, comp: Competition, df: pd.DataFrame, what: str = "sample submission"
                ) -> tuple[list[int], list[int]]:
-    """predict.shape=long: the test row (`comp.test` index) and the output index of each row of `df`."""
-    return long_rows(df.iloc[:, 0], comp.test["id"].astype(str).tolist(), [str(c) for c in comp.classes],
-                     cfg.predict.long_separator, what)
+    """predict.shape=long: the test row (`comp.test` index) and the label (comp.data.checks.long_labels: an
+    output, or a task=multihead target) of each row of `df`."""
+    labels = long_labels(cfg) if cfg.task == "multihead" else [str(c) for c in comp.classes]
+    return long_rows(df.iloc[:, 0], comp.test["id"].astype(str).tolist(), labels, cfg.predict.long_separator, what)
+
+
+def long_cells(cfg: Any, comp: Competition, df: pd.DataFrame, what: str = "sample submission"
+               ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """predict.shape=long: the test row of each row of `df` and, per value column after its row id, the
+    output index each row's cell holds (one column: the label's output; task=multihead: the row's target's
+    output of that class, comp.data.checks.long_outputs)."""
+    rows, labels = long_index(cfg, comp, df, what)
+    table = long_outputs(cfg, list(df.columns), what)
+    return np.asarray(rows, dtype=np.int64), [table[labels, v] for v in range(table.shape[1])]
 
 
 def submitted_outputs(cfg: Any, comp: Competition, sample: pd.DataFrame) -> list[int]:
@@ -96,7 +107,7 @@ def submitted_outputs(cfg: Any, comp: Competition, sample: pd.DataFrame) -> list
     (wide) or the labels its long rows name."""
     mode = output_mode(cfg, comp, sample)
     if mode == "long":
-        return sorted(set(long_index(cfg, comp, sample)[1]))
+        return sorted(set(np.concatenate(long_cells(cfg, comp, sample)[1]).tolist()))
     if mode == "class_probs":
         return [k for _, k in class_columns(comp, list(sample.columns), cfg.data.id_column, True)]
     return list(range(comp.num_classes))
@@ -105,24 +116,22 @@ def submitted_outputs(cfg: Any, comp: Competition, sample: pd.DataFrame) -> list
 def output_mode(cfg: Any, comp: Competition, sample: pd.DataFrame) -> str:
     """`label`, `class_probs` or `binary_prob`: what this competition's submission holds (module doc)."""
     if cfg.predict.shape == "long":
-        if not cfg.data.label_columns:
-            raise UserError("predict.shape=long writes one row per label of data.label_columns; set them (or "
-                            "predict.shape=wide)")
-        if len(sample.columns) != 2:
-            raise UserError(f"predict.shape=long needs a sample submission of a row id column and one value "
-                            f"column; its header is {list(sample.columns)}")
+        long_labels(cfg)
+        long_outputs(cfg, list(sample.columns), "the sample submission")
         return "long"
     cols = [c for c in sample.columns if c != cfg.data.id_column]
     names = [str(v) for v in comp.label_values]
     want = cfg.predict.output
-    if class_columns(comp, list(sample.columns), cfg.data.id_column, bool(cfg.data.label_columns)):
+    several = bool(cfg.data.label_columns) or cfg.task == "multihead"  # a column per output; a subset may be asked
+    if class_columns(comp, list(sample.columns), cfg.data.id_column, several):
         if want == "label":
             raise UserError(f"predict.output=label but the sample submission has one column per class {cols}")
         return "class_probs"
     known = [str(c) for c in comp.classes]
-    if cfg.data.label_columns and any(c in known for c in cols):
+    if several and any(c in known for c in cols):
         unknown = [c for c in cols if c not in known]
-        raise UserError(f"sample submission column {unknown[0]!r} is not a trained label (data.label_columns "
+        what = "output (data.heads" if cfg.task == "multihead" else "label (data.label_columns"
+        raise UserError(f"sample submission column {unknown[0]!r} is not a trained {what} "
                         f"{known})" if unknown else f"the sample submission repeats a label column: {cols}")
     if len(cols) != 1:
         raise UserError(f"the sample submission's columns {cols} are neither one value column nor one column "
@@ -130,7 +139,7 @@ def output_mode(cfg: Any, comp: Competition, sample: pd.DataFrame) -> str:
                         f"{' / data.label_columns' if cfg.data.label_columns else ''}")
     if cfg.task == "regression":
         return "value"
-    if cfg.task == "multilabel" or cfg.data.label_columns:
+    if cfg.task in ("multilabel", "multihead") or cfg.data.label_columns:
         raise UserError(f"the sample submission has one value column {cols} but task={cfg.task} predicts "
                         f"{list(comp.classes)}; the sample needs one column per label")
     scored_on_probs = cfg.metric in ("auc", "pauc", "pf1", "log_loss")  # else hard labels (accuracy, f1, ...)

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from comp.data.competition import Competition, read_csv
-from comp.data.targets import class_task, read_targets
+from comp.data.targets import class_task, head_columns, read_targets
 from comp.errors import UserError
 from comp.experiment import Experiment
 from comp.experiment.oof import aggregate
@@ -41,6 +41,7 @@ from comp.predict.checks import NAN_WORDS, validate  # noqa: F401  (imported fro
 from comp.predict.shapes import (  # noqa: F401  (read_exact, sample_order, class_columns: imported from here)
     class_columns,
     frame_ids,
+    long_cells,
     long_index,
     output_mode,
     read_exact,
@@ -71,9 +72,10 @@ def build(cfg: Any, comp: Competition, probs: np.ndarray, labels: np.ndarray | N
     id_col = cfg.data.id_column
     mode = output_mode(cfg, comp, sample)
     out = sample.copy()
-    if mode == "long":  # one row per id x label: the value of that label's output
-        rows, outputs = long_index(cfg, comp, sample)
-        out[sample.columns[1]] = probs[rows, outputs]
+    if mode == "long":  # one row per id x label: the value of that label's output (multihead: a class per column)
+        rows, outputs = long_cells(cfg, comp, sample)
+        for col, k in zip(sample.columns[1:], outputs, strict=True):
+            out[col] = probs[rows, k]
         return out
     order = sample_order(sample, id_col, comp)
     if mode == "class_probs":
@@ -117,8 +119,9 @@ def submission_probs(cfg: Any, comp: Competition, df: pd.DataFrame) -> np.ndarra
     mode = output_mode(cfg, comp, sample)
     id_col = cfg.data.id_column
     if mode == "long":
-        rows, outputs = long_index(cfg, comp, df, "submission")
-        wide = pd.DataFrame({"row": rows, "k": outputs, "v": df.iloc[:, 1].astype(float).to_numpy()})
+        rows, outputs = long_cells(cfg, comp, df, "submission")
+        wide = pd.concat([pd.DataFrame({"row": rows, "k": k, "v": df[col].astype(float).to_numpy()})
+                          for col, k in zip(df.columns[1:], outputs, strict=True)])
         wide = wide.pivot(index="row", columns="k", values="v")
         return wide.loc[list(dict.fromkeys(rows)), submitted_outputs(cfg, comp, sample)].to_numpy()
     if mode == "class_probs":
@@ -146,7 +149,10 @@ def score_holdout(cfg: Any, comp: Competition, df: pd.DataFrame) -> float | None
     task = comp_task(cfg, comp)
     if cfg.data.solution_csv and not class_task(cfg):
         path = comp.root / cfg.data.solution_csv
-        sol = read_csv(path, [id_col, *(list(cfg.data.label_columns) or [cfg.data.label_column])])
+        sol = read_csv(path, [id_col, *([] if cfg.task == "multihead" else
+                                        list(cfg.data.label_columns) or [cfg.data.label_column])])
+        if cfg.task == "multihead":
+            head_columns(cfg, list(sol.columns), path)  # a missing target's columns, named
         t, _ = read_targets(cfg, sol, path)
         cols = [c for c in t.columns if c.startswith("target_")] or ["label"]
         if len(cols) > 1:  # the labels the sample asks for (a subset of data.label_columns)

@@ -87,7 +87,19 @@ def top_losses(oof: pd.DataFrame, classes: list[str] | Task) -> pd.DataFrame:
     y, p = oof_targets(oof), oof_probs(oof).astype(np.float64)
     out = oof[[c for c in ("id", "fold", "group") if c in oof.columns]].copy()
     key = "loss"
-    if task.kind == "multilabel":
+    if task.kind == "multihead":  # the sum over labelled heads of -log p(true class)
+        named, preds, loss = [], [], np.zeros(len(y))
+        for (target, _), s in zip(task.heads, task.slices(), strict=True):
+            t, q = y[:, s], p[:, s]
+            classes = [n[len(target) + 1:] for n in task.names[s]]
+            seen = t.sum(1) > 0
+            loss += np.where(seen, -np.log(np.clip((t * q).sum(1), EPS, 1.0)), 0.0)
+            named.append([f"{target}={classes[c]}" if ok else "" for c, ok in zip(t.argmax(1), seen, strict=True)])
+            preds.append([f"{target}={classes[c]}" for c in q.argmax(1)])
+        out["label"] = [" ".join(v for v in row if v) for row in zip(*named, strict=True)]
+        out["pred"] = [" ".join(row) for row in zip(*preds, strict=True)]
+        out["loss"] = loss
+    elif task.kind == "multilabel":
         t = (y >= 0.5).astype(int)
         bce = label_bce(y, p)
         worst = bce.argmax(1)
@@ -226,7 +238,7 @@ def shown_labels(task: Task, targets: np.ndarray) -> list[str]:
     """Each image's targets as one string: the class name (-1: ""), the `|`-joined labels set (multi-label),
     the largest share's class (soft targets), or the value (regression; NaN: "")."""
     t = np.asarray(targets)
-    if t.ndim == 2:
+    if t.ndim == 2:  # (multihead: the `|`-joined <target>_<class> of each labelled target)
         return _named(t.argmax(1), task.names) if task.soft else _joined(t >= 0.5, task.names)
     if task.kind == "regression":
         return ["" if np.isnan(v) else f"{v:g}" for v in t.astype(np.float64)]
@@ -260,7 +272,7 @@ def analyse(oof: pd.DataFrame, classes: list[str] | Task, items: pd.DataFrame | 
     if task.has_classes:
         tables["confused_pairs"] = confused_pairs(oof, task)
     tables["group_metrics"] = group_metrics(oof, task)
-    if task.head != "regression":
+    if task.head not in ("regression", "multihead"):  # (confident learning of one class per image)
         tables["label_issues"] = label_issues(oof, task)
     if items is not None and load is not None:
         tables["duplicates"] = find_duplicates(items, load, task.names)

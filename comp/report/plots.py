@@ -181,6 +181,11 @@ def task_figures(task: Task, y: np.ndarray, out: np.ndarray, directory: Path, pr
 
     if task.has_classes:
         confusion_figure(class_truth(task, y), task.decode(out), task.names, at("confusion"), title)
+    for (target, _), s in zip(task.heads, task.slices(), strict=True):  # multihead: each head's own
+        seen = np.asarray(y)[:, s].sum(axis=1) > 0  # the rows that label this target
+        confusion_figure(np.asarray(y)[seen, s].argmax(1), out[seen, s].argmax(1),
+                         [n[len(target) + 1:] for n in task.names[s]], at(f"confusion_{target}"),
+                         f"{title}: {target}" if title else target)
     if task.kind in ("binary", "multilabel"):
         if task.kind == "binary":
             truth = (class_truth(task, y) == task.positive).astype(int)[:, None]

@@ -104,9 +104,12 @@ class Distiller:
         hard, soft = self.split(y)
         hard_loss = task.loss(logits, hard, weight, smoothing)
         t = self.temperature
-        if task.head == "softmax":
-            target = F.softmax(soft / t, dim=-1)
-            soft_loss = torch.sum(-target * F.log_softmax(logits / t, dim=-1), dim=-1).mean() * t * t
+        if task.head in ("softmax", "multihead"):  # multihead: the heads' soft cross-entropies summed
+            soft_loss = logits.new_zeros(())
+            for s in task.slices() if task.head == "multihead" else [slice(None)]:
+                target = F.softmax(soft[:, s] / t, dim=-1)
+                soft_loss = soft_loss + torch.sum(-target * F.log_softmax(logits[:, s] / t, dim=-1), dim=-1).mean()
+            soft_loss = soft_loss * t * t
         elif task.head == "sigmoid":
             soft_loss = F.binary_cross_entropy_with_logits(logits / t, torch.sigmoid(soft / t)) * t * t
         else:

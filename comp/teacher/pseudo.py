@@ -41,6 +41,8 @@ def confidence(task: Task, out: np.ndarray) -> np.ndarray:
     """(N,) confidence of (N, K) outputs (module doc); ones for a regression head."""
     if task.head == "regression":
         return np.ones(len(out))
+    if task.head == "multihead":  # the least sure head's top probability
+        return np.min([out[:, s].max(1) for s in task.slices()], axis=0)
     if task.head == "softmax" or task.kind == "binary":
         return out.max(1)
     return np.maximum(out, 1 - out).min(1)
@@ -64,6 +66,11 @@ def label_rows(task: Task, ids: list[str], paths: list[str], out: np.ndarray, mi
         df = prob_frame(list(np.asarray(ids)[keep]), out, task)
     elif task.kind == "multilabel":
         df = prob_frame(list(np.asarray(ids)[keep]), (out >= 0.5).astype(np.float32), task)
+    elif task.head == "multihead":  # each head's argmax as its one-hot row
+        hard = np.zeros_like(out, dtype=np.float32)
+        for s in task.slices():
+            hard[np.arange(len(out)), s.start + out[:, s].argmax(1)] = 1.0
+        df = prob_frame(list(np.asarray(ids)[keep]), hard, task)
     else:
         df = pd.DataFrame({"id": list(np.asarray(ids)[keep]), "label": out.argmax(1)})
     df.insert(1, "path", list(np.asarray(paths)[keep]))

@@ -49,7 +49,8 @@ def fold_data(cfg: Any, comp: Any, folds: Any, fold: int, rank: int, world: int,
     in order, every world-th image on this rank. Targets as `Competition.targets` gives them (comp.tasks).
 
     Raises:
-        UserError: train.sampler=weighted for a task without classes (multi-label, regression)."""
+        UserError: train.sampler=weighted for a task without one class per row (multi-label, regression,
+            multihead)."""
     tr, va = folds[folds["fold"] != fold], folds[folds["fold"] == fold]
     tr = training_rows(cfg, tr, extra if extra is not None else tr.iloc[0:0])
     load = sample_loader(cfg, comp)
@@ -60,7 +61,7 @@ def fold_data(cfg: Any, comp: Any, folds: Any, fold: int, rank: int, world: int,
                              build_transform(cfg.aug.valid, "aug.valid"), load=load)
     weights = None
     if cfg.train.sampler == "weighted":
-        if cfg.task in ("multilabel", "regression"):
+        if cfg.task in ("multilabel", "regression", "multihead"):
             raise UserError(f"bad value for config key 'train.sampler': weighted samples by class; task={cfg.task} "
                             f"has none (use train.class_weights for BCE pos_weight)")
         labels = tr["label"].to_numpy(np.int64)

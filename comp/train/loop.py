@@ -67,7 +67,7 @@ def _forward_loss(run: Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         each = run.task.loss(inst.flatten(0, 1).float(), y.repeat_interleave(n, 0), run.loss_weight,
                              run.cfg.train.label_smoothing)
         return rows + aux * each
-    mixed = run.mixup is not None and run.task.head == "softmax"  # smoothing is in the mixed rows already
+    mixed = run.mixup is not None and run.task.head in ("softmax", "multihead")  # smoothing in the mixed rows already
     if getattr(run, "distill", None) is not None:  # hard targets packed with the teacher's outputs (comp.teacher)
         return run.distill.loss(run.task, logits.float(), y, run.loss_weight, run.cfg.train.label_smoothing)
     return run.task.loss(logits.float(), y, run.loss_weight, 0.0 if mixed else run.cfg.train.label_smoothing)

@@ -189,3 +189,67 @@ def test_an_extra_source_joins_its_own_repeated_ids(hms, tmp_path):
     votes = raw[VOTES].to_numpy(float)
     assert extra["id"].tolist() == raw["eeg_id"].tolist()
     np.testing.assert_allclose(extra[[f"target_{v}" for v in VOTES]].to_numpy(), votes / votes.sum(1, keepdims=True))
+
+
+# --- task=multihead: data.heads read from either form of the labels CSV ---------------------------------
+
+def _heads_cfg(root: Path, *extra: str):
+    heads = "{spinal_l1_l2: [normal_mild, moderate, severe], bowel: [healthy, injury]}"
+    return tiny_config(root, "task=multihead", f"data.heads={heads}", "metric=log_loss", *extra)
+
+
+def test_multihead_targets_from_a_class_column_or_one_hot_columns(tmp_path):
+    """RSNA 2024's form (a column per target holding "Normal/Mild", a blank where not labelled) and RSNA
+    2023's (a 0/1 column per class) read into one-hot rows side by side, a blank target all zeros; the folds
+    stratify on every head's classes at once (iterative stratification) and keep each patient whole."""
+    root = tmp_path / "data"
+    (root / "train").mkdir(parents=True)
+    rows = []
+    for k in range(12):
+        cv2.imwrite(str(root / "train" / f"s{k}.png"), np.full((8, 8, 3), 20 * k, np.uint8))
+        rows.append({"id": f"s{k}", "spinal_l1_l2": ["Normal/Mild", "Moderate", "Severe", ""][k % 4],
+                     "bowel_healthy": int(k % 3 != 0), "bowel_injury": int(k % 3 == 0)})
+    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+    comp = load_competition(_heads_cfg(root, "data.sample_submission=\"\""))
+    assert comp.classes == ["spinal_l1_l2_normal_mild", "spinal_l1_l2_moderate", "spinal_l1_l2_severe",
+                            "bowel_healthy", "bowel_injury"]
+    y = comp.targets(comp.train)
+    assert y.shape == (12, 5) and y[:4].tolist() == [[1, 0, 0, 0, 1], [0, 1, 0, 1, 0], [0, 0, 1, 1, 0], [0, 0, 0, 0, 1]]
+    assert comp.train["label"].tolist()[:4] == ["0,1", "1,0", "2,0", "-,1"]
+    from comp.data.folds import split
+
+    fold = split(comp.train, 2, 0, grouped=False)
+    per_fold = pd.DataFrame(y).groupby(fold.to_numpy()).sum()
+    assert (per_fold > 0).all().all()  # every class of every head in both folds
+
+
+@pytest.mark.parametrize("cell, needle", [("Mild?", "'Mild?', not one of its classes"),
+                                          ("2", "a target's class columns are 0/1")])
+def test_multihead_bad_cells_are_named(tmp_path, cell, needle):
+    root = tmp_path / "data"
+    (root / "train").mkdir(parents=True)
+    cv2.imwrite(str(root / "train" / "s0.png"), np.zeros((8, 8, 3), np.uint8))
+    row = {"id": "s0", "spinal_l1_l2": "Moderate", "bowel_healthy": 1, "bowel_injury": 0}
+    row["spinal_l1_l2" if "?" in cell else "bowel_injury"] = cell
+    pd.DataFrame([row]).to_csv(root / "train.csv", index=False)
+    with pytest.raises(UserError, match="row 2") as e:
+        load_competition(_heads_cfg(root, "data.sample_submission=\"\""))
+    assert needle in str(e.value)
+    pd.DataFrame([{"id": "s0", "bowel_healthy": 1}]).to_csv(root / "train.csv", index=False)
+    with pytest.raises(UserError, match=r"neither a column 'spinal_l1_l2' nor the columns"):
+        load_competition(_heads_cfg(root, "data.sample_submission=\"\""))
+
+
+def test_multihead_rows_of_one_id_take_the_first_or_are_refused(tmp_path):
+    root = tmp_path / "data"
+    (root / "train").mkdir(parents=True)
+    rows = []
+    for k in range(4):
+        cv2.imwrite(str(root / "train" / f"s{k}.png"), np.zeros((8, 8, 3), np.uint8))
+        rows.append({"id": f"s{k}", "spinal_l1_l2": "Moderate", "bowel_healthy": 1, "bowel_injury": 0})
+    rows.append({"id": "s0", "spinal_l1_l2": "Severe", "bowel_healthy": 1, "bowel_injury": 0})
+    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+    comp = load_competition(_heads_cfg(root, "data.sample_submission=\"\"", "data.label_rows=first"))
+    assert comp.train["label"].iloc[0] == "1,0"
+    with pytest.raises(UserError, match="aggregate does not combine task=multihead"):
+        load_competition(_heads_cfg(root, "data.sample_submission=\"\"", "data.label_rows=aggregate"))

@@ -210,3 +210,30 @@ def test_experiments_on_other_folds_are_refused(trained):
     with pytest.raises(UserError, match="not trained on the same folds"):
         stack_mod.stack(cfg, tmp / "bad", [str(tmp / "runs"), str(tmp / "swapped")])
     assert not (tmp / "bad").exists()
+
+
+def test_multihead_blends_by_mean_and_weights_not_by_a_stack():
+    """task=multihead: the weighted blend minimises the sum of the heads' cross-entropies and keeps each head a
+    distribution; a level-2 stack is refused in one phrase."""
+    from comp.ensemble.methods import applicable, fit, surrogate
+    from comp.tasks import Task
+
+    task = Task("multihead", ["b_h", "b_i", "l_h", "l_l", "l_x"], "multihead", heads=[["b", 2], ["l", 3]])
+    rng = np.random.default_rng(0)
+    y = np.zeros((20, 5))
+    y[np.arange(20), rng.integers(0, 2, 20)] = 1
+    y[np.arange(20), 2 + rng.integers(0, 3, 20)] = 1
+
+    def member(noise: float) -> np.ndarray:
+        z = np.log(np.clip(y + noise * rng.random((20, 5)), 1e-3, None))
+        return np.concatenate([np.exp(z[:, :2]) / np.exp(z[:, :2]).sum(1, keepdims=True),
+                               np.exp(z[:, 2:]) / np.exp(z[:, 2:]).sum(1, keepdims=True)], axis=1)
+
+    outs = [member(0.2), member(3.0)]
+    ce = -np.mean(np.log(np.clip((y[:, :2] * outs[0][:, :2]).sum(1), 1e-6, 1))
+                  + np.log(np.clip((y[:, 2:] * outs[0][:, 2:]).sum(1), 1e-6, 1)))
+    assert surrogate(task, y, outs[0]) == pytest.approx(ce, rel=1e-4)
+    blended = fit("weighted", outs, y, task)(outs)
+    assert np.allclose(blended[:, :2].sum(1), 1) and np.allclose(blended[:, 2:].sum(1), 1)
+    assert surrogate(task, y, blended) <= surrogate(task, y, np.mean(outs, axis=0)) + 1e-9
+    assert "multihead" in applicable("stack", task, "log_loss")

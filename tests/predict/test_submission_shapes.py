@@ -119,6 +119,23 @@ def test_long_rows_are_written_from_the_wide_outputs(tmp_path):
     assert score_holdout(cfg, comp, df) == pytest.approx(want)
 
 
+def test_rsna2022_long_submission_scored_by_its_own_metric(tmp_path):
+    """metric=rsna2022_cervical (task=multilabel over patient_overall, C1..C7): the hold-out score of the long
+    submission is the host's formula on the long solution (comp.study_metrics.cervical_spine_score)."""
+    from comp.study_metrics import cervical_spine_score
+
+    test, ov = _rsna2022(tmp_path / "data")
+    cfg = load_config(None, [*ov, "predict.shape=long", "metric=rsna2022_cervical"])
+    comp = load_competition(cfg)
+    probs = np.random.default_rng(1).uniform(0.05, 0.95, size=(len(comp.test), 8))
+    _, comp, _, df = decoded_submission(cfg, comp, probs, None)
+    wide = pd.read_csv(tmp_path / "data" / "solution.csv")
+    sol = wide.melt(id_vars="StudyInstanceUID", var_name="t", value_name="fractured")
+    sol = pd.DataFrame({"row_id": sol["StudyInstanceUID"] + "_" + sol["t"], "fractured": sol["fractured"]})
+    want = cervical_spine_score(sol, df.assign(fractured=df["fractured"].astype(float)))
+    assert score_holdout(cfg, comp, df) == pytest.approx(want, abs=1e-9)
+
+
 def test_a_long_sample_is_explained_when_read_as_wide(tmp_path):
     """Without predict.shape=long the sample was 'missing column StudyInstanceUID': it is said to be long."""
     test, ov = _rsna2022(tmp_path / "data")

@@ -106,3 +106,17 @@ def test_distillation_loss_for_every_head(kind):
     assert same.grad.abs().max() < 1e-5
     d.loss(task, logits, y, None, 0.0).backward()
     assert logits.grad.abs().max() > 1e-4
+
+
+def test_multihead_soft_targets_are_each_heads_softmax():
+    """task=multihead: the teacher's logits become a softmax per head at temperature T, the soft loss the sum
+    of the heads' soft cross-entropies x T^2 (a softmax over all 5 logits would mix the heads)."""
+    task = Task("multihead", ["b_h", "b_i", "l_h", "l_l", "l_x"], "multihead", heads=[["b", 2], ["l", 3]],
+                head_weights=[1.0, 1.0])
+    torch.manual_seed(0)
+    logits, soft = torch.randn(4, 5), torch.randn(4, 5)
+    hard = torch.tensor([[1, 0, 0, 1, 0]] * 4, dtype=torch.float32)
+    d = Distiller(alpha=0.0, temperature=2.0, hard_width=5, hard_index=False, hard_1d=False)
+    want = sum(torch.sum(-(soft[:, s] / 2).softmax(1) * (logits[:, s] / 2).log_softmax(1), dim=1).mean()
+               for s in (slice(0, 2), slice(2, 5))) * 4
+    assert torch.allclose(d.loss(task, logits, torch.cat([hard, soft], 1), None, 0.0), want, atol=1e-6)

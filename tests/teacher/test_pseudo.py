@@ -193,3 +193,14 @@ def test_external_images_in_an_hdf5_store(tmp_path):
     df = external_images([str(store)])
     assert sorted(df["id"]) == ["ISIC_0", "ISIC_1", "ISIC_2"]
     assert read_image(df["path"].iloc[0]).shape == (16, 16, 3)
+
+
+def test_multihead_confidence_and_hard_rows_per_head():
+    from comp.tasks import Task
+    from comp.teacher.pseudo import label_rows
+
+    task = Task("multihead", ["b_h", "b_i", "l_h", "l_l", "l_x"], "multihead", heads=[["b", 2], ["l", 3]])
+    out = np.array([[0.9, 0.1, 0.2, 0.7, 0.1], [0.6, 0.4, 0.1, 0.1, 0.8]])
+    df = label_rows(task, ["a", "b"], ["a.png", "b.png"], out, 0.65, soft=False)
+    assert list(df["id"]) == ["a"]  # b's least sure head (bowel, 0.6) is below 0.65
+    assert df.filter(like="prob_").to_numpy().tolist() == [[1, 0, 0, 1, 0]]  # each head's argmax, one-hot

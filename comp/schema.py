@@ -230,6 +230,9 @@ class MilConfig:
     # format of the row's columns ("{id}" the id column, "{BraTS21ID:05d}" zero-padded)
     series: list[str] = field(default_factory=list)  # study: the series read, matched to sub-folder names or
     # SeriesDescription (FLAIR, T1w, T1wCE, T2w), in this order; empty = every series sub-folder in name order
+    series_csv: list[str] = field(default_factory=list)  # study: CSVs under data.root with columns series_id,
+    # series_description naming each series folder (RSNA 2024's train_ and test_series_descriptions.csv), read
+    # before the DICOM's own SeriesDescription
     join: list[str] = field(default_factory=list)  # views: columns of the CSVs whose values joined by "_" name the
     # row ([patient_id, laterality] -> 10006_L, RSNA Mammography's prediction_id)
     instances: int = 16  # instances per series (views and tiles: per row); validation and test take them evenly

@@ -14,8 +14,9 @@ from comp.data.mil_cache import mil_folder
 from comp.experiment import load_config
 
 CONFIGS = {"brain_tumor": "rsna2021_brain_tumor", "cervical_spine": "rsna2022_cervical_spine",
-           "mammography": "rsna2023_mammography", "ubc_ocean": "ubc_ocean"}
-EXTRA = {"cervical_spine": ["metric=log_loss"], "ubc_ocean": ["mil.tile_size=32"]}  # TEMP until heads merge
+           "mammography": "rsna2023_mammography", "ubc_ocean": "ubc_ocean",
+           "abdominal_trauma": "rsna2023_abdominal_trauma", "lumbar_spine": "rsna2024_lumbar_spine"}
+EXTRA = {"ubc_ocean": ["mil.tile_size=32"]}  # the replica's slides are 192 px
 
 
 def tiny(root, out, cache, name) -> list[str]:

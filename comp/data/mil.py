@@ -22,6 +22,7 @@ same position (a series saved twice) are kept once, with a warning.
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from pathlib import Path
@@ -30,7 +31,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from comp.config import resolve_path
 from comp.data.layouts import Problem, matched_folders
+from comp.data.tables import read_csv
 from comp.errors import UserError
 from comp.log import log
 
@@ -114,8 +117,27 @@ def _natural(p: Path) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
 
 
-def _series_name(folder: Path) -> str:
-    """A series folder's SeriesDescription (its first DICOM's), "" without one."""
+@functools.cache
+def _described(csvs: tuple[Path, ...]) -> dict[str, str]:
+    """series_id -> series_description of the CSVs `csvs` (mil.series_csv), read once per process.
+
+    Raises:
+        UserError: a CSV missing, or without the two columns (comp.data.tables.read_csv)."""
+    out: dict[str, str] = {}
+    for csv in csvs:
+        table = read_csv(csv, ["series_id", "series_description"])
+        out.update(zip(table["series_id"].str.strip(), table["series_description"].str.strip(), strict=True))
+    return out
+
+
+def _series_name(folder: Path, cfg: Any = None) -> str:
+    """A series folder's description: from mil.series_csv by the folder's name, else its first DICOM's
+    SeriesDescription; "" without one."""
+    if cfg is not None and cfg.mil.series_csv:
+        root = resolve_path(cfg.data.root)
+        named = _described(tuple(root / str(c) for c in cfg.mil.series_csv)).get(folder.name)
+        if named is not None:
+            return named
     import pydicom
 
     first = next((p for p in sorted(folder.iterdir(), key=_natural) if p.is_file()), None)
@@ -150,7 +172,8 @@ def sources(cfg: Any, path: str) -> list[Path]:
     by_name = {p.name.lower(): p for p in subs}
     out = []
     for name in wanted:
-        hit = by_name.get(name.lower()) or next((p for p in subs if _series_name(p).lower() == name.lower()), None)
+        hit = by_name.get(name.lower()) or next((p for p in subs if _series_name(p, cfg).lower() == name.lower()),
+                                                None)
         if hit is None:
             raise UserError(f"study {folder} has no series {name!r} (mil.series {wanted}: by folder name or "
                             f"SeriesDescription; it has {[p.name for p in subs]})")

@@ -210,6 +210,8 @@ class MilLoader:
             for j in range(self.n):
                 out.append(_instance(views[j % len(views)], np.zeros((1, 1), np.int64))[0])
             return np.stack(out)
+        if self.kind == "study" and not self.cfg.mil.series:  # every series, one stack: `n` over all of them
+            return self._stacked([self.frames(s) for s in srcs], seed)
         for k, s in enumerate(srcs):
             arr = self.frames(s)
             sub = None if seed is None else [seed, k]
@@ -219,6 +221,20 @@ class MilLoader:
                 idx = pick(len(arr), self.n, self.slices, None if sub is None else hash_seed(sub))
             out.append(_instance(arr, idx))
         return np.concatenate(out)
+
+
+    def _stacked(self, arrays: list[np.ndarray], seed: int | None) -> np.ndarray:
+        """`n` instances spread over the series of a study read as one stack in order (a patient with one
+        series or two gives the same number), each instance's 2.5D neighbours from its own series."""
+        ends = np.cumsum([len(a) for a in arrays])
+        centre = pick(int(ends[-1]), self.n, 1, None if seed is None else hash_seed([seed, 0]))[:, 0]
+        out = []
+        for c in centre:
+            k = int(np.searchsorted(ends, c, side="right"))
+            local = int(c - (ends[k - 1] if k else 0))
+            idx = np.clip(local + np.arange(self.slices) - self.slices // 2, 0, len(arrays[k]) - 1)[None, :]
+            out.append(_instance(arrays[k], idx)[0])
+        return np.stack(out)
 
 
 def hash_seed(parts: list[int]) -> int:

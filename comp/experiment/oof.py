@@ -35,16 +35,15 @@ def prob_frame(ids: list[str], probs: np.ndarray, classes: list[str] | Task, lab
     df = pd.DataFrame({"id": list(ids)})
     if rows is not None:
         df["row"] = list(rows)
+    parts = [df]  # the columns joined at once (RSNA 2024's 75 outputs one by one fragment the frame)
     if labels is not None:
         labels = np.asarray(labels)
         if labels.ndim == 2:
-            for k, name in enumerate(names):
-                df[f"{TARGET}{name}"] = labels[:, k]
+            parts.append(pd.DataFrame(labels, columns=[f"{TARGET}{name}" for name in names]))
         else:
             df["label"] = labels
-    for c, col in enumerate(columns):
-        df[col] = probs[:, c]
-    return df
+    parts.append(pd.DataFrame(np.asarray(probs)[:, :len(columns)], columns=list(columns)))
+    return pd.concat(parts, axis=1)
 
 
 def write_oof(path: Path, ids: list[str], labels: np.ndarray, probs: np.ndarray, classes: list[str] | Task,

@@ -237,3 +237,30 @@ def test_a_gap_in_slice_positions_and_slices_of_other_sizes_are_warned(tmp_path,
     err = capsys.readouterr().err
     assert "slice positions missing: a gap of 7.5 mm after 2.dcm" in err
     assert "slices of 2 sizes" in err
+
+
+def test_a_study_read_whole_takes_the_same_number_of_instances_from_one_series_or_two(tmp_path):
+    root = brain_like(tmp_path / "data")
+    import shutil
+
+    shutil.rmtree(root / "train" / "00002" / "T2w")  # a patient with one series (RSNA 2023 has one or two)
+    cfg = brain_cfg(root, tmp_path, "mil.series=[]", "images.cache=false", "mil.slices=3")
+    comp = load_competition(cfg)
+    load = mil_loader(cfg, comp)
+    one, two = load(comp.train["path"].iloc[2]), load(comp.train["path"].iloc[3])
+    assert one.shape == two.shape == (4, 16, 16, 3)
+    assert two[:2].max() < two[2:].min()  # FLAIR's slices first, then T2w's (brighter), never mixed in one
+
+
+def test_series_named_by_a_descriptions_csv_where_the_dicoms_carry_none(tmp_path):
+    root = tmp_path / "data"
+    for sid, values in (("3001", [1000, 1010]), ("2002", [1500, 1510])):
+        series(root / "train" / "7" / sid, values)  # no SeriesDescription in the files
+    pd.DataFrame({"study_id": [7, 7], "series_id": [3001, 2002], "series_description": ["Sagittal T1", "Axial T2"]}
+                 ).to_csv(root / "train_series_descriptions.csv", index=False)
+    cfg = load_config(None, [f"data.root={root}", "mil.source=study", "mil.series=[Axial T2,Sagittal T1]",
+                             "mil.series_csv=[train_series_descriptions.csv]"])
+    assert [p.name for p in sources(cfg, str(root / "train" / "7"))] == ["2002", "3001"]
+    with pytest.raises(UserError, match="has no series 'Axial T2'"):
+        sources(load_config(None, [f"data.root={root}", "mil.source=study", "mil.series=[Axial T2]"]),
+                str(root / "train" / "7"))

@@ -1,5 +1,5 @@
 """task=multihead end to end, one image per row, as a user runs it: replicas of RSNA 2023 Abdominal Trauma's
-train.csv (13 one-hot columns, five targets) with the shipped configs/rsna2023_trauma_heads.yaml and a wide
+train.csv (13 one-hot columns, five targets) with the shipped configs/rsna2023_abdominal_trauma.yaml and a wide
 submission, and of RSNA 2024 Lumbar Spine's (a column per condition x level holding Normal/Mild, Moderate,
 Severe, some blank) with its long submission `<study_id>_<condition>_<level>` x normal_mild, moderate,
 severe: prepare.py -> train_fold.py -> predict.py (RSNA 2023: both folds x two TTA views averaged, each head
@@ -91,8 +91,9 @@ def test_rsna2023_trauma_replica_prepare_fold_predict_wide(tmp_path):
     root = tmp_path / "data"
     write_trauma(root)
     ov = [*FAST, "batch_size=4", f"data.root={root}", f"out_dir={tmp_path / 'runs'}", "aug.tta=[identity,vflip]",
-          f"images.cache_dir={tmp_path / 'cache'}", "train.mixup=0.4", "data.solution_csv=solution.csv"]
-    out, err = _run(["--config", str(ROOT / "configs" / "rsna2023_trauma_heads.yaml")], ov, folds=(0, 1))
+          f"images.cache_dir={tmp_path / 'cache'}", "train.mixup=0.4", "data.solution_csv=solution.csv",
+          "mil.source=none", "data.image_ext=.png"]  # the heads on one PNG per patient
+    out, err = _run(["--config", str(ROOT / "configs" / "rsna2023_abdominal_trauma.yaml")], ov, folds=(0, 1))
     assert "ensemble: 2 of 2 folds" in err and "x 2 TTA view(s)" in err, err[-2000:]  # averaged per head
     sub = pd.read_csv(io.StringIO(out))
     sample = pd.read_csv(root / "sample_submission.csv")
@@ -106,7 +107,7 @@ def test_rsna2023_trauma_replica_prepare_fold_predict_wide(tmp_path):
     assert f"held-out rsna2023_trauma: {score:.4f}" in err  # the kit's hold-out score is the host's formula
     history = pd.read_csv(tmp_path / "runs" / "fold0" / "metrics.csv")
     assert {"rsna2023_trauma", "log_loss"} <= set(history.columns)
-    config = ["--config", str(ROOT / "configs" / "rsna2023_trauma_heads.yaml")]
+    config = ["--config", str(ROOT / "configs" / "rsna2023_abdominal_trauma.yaml")]
     code, out, err = run_main("report.py", *config, *ov)  # the CV table and a confusion matrix per head
     assert code == 0 and "task=multihead: heads" in out and "(lower is better)" in out, err[-2000:]
     for t in TRAUMA:

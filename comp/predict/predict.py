@@ -86,9 +86,12 @@ class MarkBadImages(torch.utils.data.Dataset):
 
 def class_prior(comp: Competition, task: Task | None = None) -> np.ndarray:
     """(K,) float64: the best guess for an image not seen: each class's share of the training labels, each
-    label's rate (multi-label), the mean share (soft targets) or the mean value (a regression head)."""
+    label's rate (multi-label), the mean share (soft targets) or the mean value (a regression head; with a
+    scale, the values' mean and sd)."""
     if task is not None and (task.dense_targets or task.head == "regression"):
         t = comp.targets(comp.train).astype(np.float64)
+        if task.scale:
+            return np.array([t.mean(), t.std()])
         return t.mean(0) if t.ndim == 2 else np.array([t.mean()])
     counts = np.bincount(comp.train["label"].to_numpy(dtype=np.int64), minlength=comp.num_classes)
     return counts / max(counts.sum(), 1)

@@ -15,11 +15,19 @@ from comp.cli import main, parser
 
 
 def run(args):
+    from comp.errors import UserError
     from comp.experiment import load_config
     from comp.train.tabular import run_visits
 
+    folds = None
+    if args.fold:  # KEY=VALUE overrides after --fold belong to the config
+        args.overrides += [v for v in args.fold if "=" in v]
+        folds = [v for v in args.fold if "=" not in v]
+        if not all(v.lstrip("-").isdigit() for v in folds):
+            raise UserError(f"--fold {' '.join(folds)}: give fold numbers, e.g. --fold 0 2")
+        folds = [int(v) for v in folds]
     cfg = load_config(args.config, args.overrides)
-    s = run_visits(cfg, args.fold)
+    s = run_visits(cfg, folds)
     for k, v in s["folds"].items():
         print(f"fold {k}: {s['metric']} {v:.4f}")
     if "cv" in s:
@@ -30,6 +38,6 @@ def run(args):
 
 if __name__ == "__main__":
     p = parser(__doc__)
-    p.add_argument("--fold", type=int, nargs="+", default=None, metavar="K",
+    p.add_argument("--fold", nargs="+", default=None, metavar="K",
                    help="fit only these folds (default: every fold); the submission waits for all")
     main(run, p)

@@ -87,7 +87,8 @@ def encode(frame: pd.DataFrame, enc: dict[str, Any]) -> torch.Tensor:
     """(N, F) float32 features of `frame` under `enc`: standardised numbers, then one-hot categories."""
     parts = [((frame[c].to_numpy(np.float64) - m) / s)[:, None] for c, (m, s) in enc["numeric"].items()]
     for c, cats in enc["categories"].items():
-        parts.append(pd.get_dummies(pd.Categorical(frame[c], categories=cats)).to_numpy(np.float64))
+        known = frame[c].where(frame[c].isin(cats))  # a value unseen in training: all zeros
+        parts.append(pd.get_dummies(pd.Categorical(known, categories=cats)).to_numpy(np.float64))
     return torch.tensor(np.concatenate(parts, 1), dtype=torch.float32)
 
 

@@ -142,11 +142,12 @@ def _array_layout(root: Path, labels_csv: Path, df: pd.DataFrame, sample: pd.Dat
 
 def _refuse_bags(root: Path, labels_csv: Path, df: pd.DataFrame, images: dict[Path, list[Path]]) -> None:
     """Refuse a CSV whose id column names folders of images (RSNA 2022: train_images/<StudyInstanceUID>/; OSIC's
-    train/<Patient>/<n>.dcm CT slices when its sample is not `<Patient>_<Weeks>`: `_visits_layout` first): a bag of images per id, which neither the csv layout (an image per row)
-    nor the class-folder layout (the folders would be taken as classes) expresses. Taken as bags when at least
-    half of the column's distinct values (2 or more) are names of image folders, and those folders' file names
-    repeat across the ids' folders (slice numbers, not ids), or the column repeats its values and no other column names
-    the files; a class map (one row per class folder) or a CSV naming each file is no bag.
+    train/<Patient>/<n>.dcm CT slices when its sample is not `<Patient>_<Weeks>`: `_visits_layout` first): a
+    bag of images per id, which neither the csv layout (an image per row) nor the class-folder layout (the
+    folders would be taken as classes) expresses. Taken as bags when at least half of the column's distinct
+    values (2 or more) are names of image folders, and those folders' file names repeat across the ids' folders
+    (slice numbers, not ids), or the column repeats its values and no other column names the files; a class
+    map (one row per class folder) or a CSV naming each file is no bag.
 
     Raises:
         UserError: one line naming the CSV, the column, a folder, and (several rows per id, numeric columns)
@@ -227,7 +228,7 @@ def _visits_layout(root: Path, labels_csv: Path, df: pd.DataFrame, sample: pd.Da
     guess.set("data.test_csv", _rel(test, root), f"each test {group}'s baseline row")
     guess.set("data.id_column", sample.columns[0], f"the sample's <{group}>_<{time}> rows")
     guess.set("data.group_column", group, f"the sample's ids start with its values: folds keep each {group} whole")
-    guess.set("data.time_column", time, f"the number after the last '_' of the sample's ids")
+    guess.set("data.time_column", time, "the number after the last '_' of the sample's ids")
     guess.set("data.label_column", label, "the sample submission's value column")
     guess.set("data.baseline_columns", baseline, f"numeric columns that change between a {group}'s visits: their "
               f"value at the {group}'s first visit is a feature")

@@ -4,8 +4,8 @@ score computed from it (the CV score every report and submission record shows).
 
 Columns: `id`; the targets: `label` (a class index, or a regression value), or `target_<name>` per label
 or class (multi-label, soft targets); the outputs (comp.tasks.Task.output_columns): `prob_<name>` per
-class or label, or `value` (a regression head; with `sigma`, its sd, for a head with a scale). Test outputs saved for blending (`predict.py
---save-probs`) use the same output columns.
+class or label, or `value` (a regression head; with `sigma`, its sd, for a head with a scale). Test outputs
+saved for blending (`predict.py --save-probs`) use the same output columns.
 """
 
 from __future__ import annotations

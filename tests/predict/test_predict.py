@@ -299,7 +299,8 @@ def test_an_image_model_with_a_laplace_head_trains_and_predicts_the_folds_mixtur
     from comp.train.loop import fit
 
     over = FAST + write_competition(tmp_path / "data", "regression") + [
-        f"out_dir={tmp_path / 'run'}", "train.loss=laplace", "metric=laplace_log_likelihood", "aug.tta=[identity,hflip]"]
+        f"out_dir={tmp_path / 'run'}", "train.loss=laplace", "metric=laplace_log_likelihood",
+        "aug.tta=[identity,hflip]"]
     cfg = load_config(None, over)
     for k in (0, 1):
         fit(cfg, k)

@@ -314,3 +314,29 @@ def test_an_image_model_with_a_laplace_head_trains_and_predicts_the_folds_mixtur
 
     np.testing.assert_allclose(both, Task("regression", ["boneage"], "regression", loss_name="laplace").mix(each),
                                rtol=1e-4)
+
+
+def test_a_sample_with_a_value_and_a_confidence_column_gets_both(tmp_path):
+    """The image path's submission of a Laplace head: a sample `image_id,boneage,Confidence` is written from the
+    value and the sigma (predict.output value_sigma), validated, and scored on held-out answers with the metric."""
+    from helpers import FAST, write_competition
+
+    from comp.data.competition import load_competition
+    from comp.predict.submission import make_submission
+    from comp.train.loop import fit
+
+    root = tmp_path / "data"
+    over = FAST + write_competition(root, "regression") + [
+        f"out_dir={tmp_path / 'run'}", "train.loss=laplace", "metric=laplace_log_likelihood"]
+    sample = pd.read_csv(root / "sample_submission.csv").assign(Confidence=100)
+    sample.to_csv(root / "sample_submission.csv", index=False)
+    cfg = load_config(None, over)
+    for k in (0, 1):
+        fit(cfg, k)
+    sub = make_submission(cfg)
+    comp = load_competition(cfg)
+    both = predict_test(cfg, comp)
+    assert list(sub.frame.columns) == ["image_id", "boneage", "Confidence"]
+    order = [list(comp.test["id"]).index(i) for i in sub.frame["image_id"]]
+    np.testing.assert_allclose(sub.frame[["boneage", "Confidence"]].to_numpy(), both[order], rtol=1e-5)
+    assert sub.score is not None and np.isfinite(sub.score)

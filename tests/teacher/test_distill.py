@@ -106,3 +106,13 @@ def test_distillation_loss_for_every_head(kind):
     assert same.grad.abs().max() < 1e-5
     d.loss(task, logits, y, None, 0.0).backward()
     assert logits.grad.abs().max() > 1e-4
+
+
+def test_a_head_with_a_scale_is_not_distilled():
+    """The soft loss of a regression head is the MSE to the teacher's value: a Laplace head would learn no sigma
+    from it, so distillation refuses it in one line before reading any checkpoint."""
+    from comp.teacher.distill import teacher_outputs
+
+    task = Task("regression", ["FVC"], "regression", loss_name="laplace")
+    with pytest.raises(UserError, match="distill.teacher: a value with its uncertainty"):
+        teacher_outputs(None, None, [], [], task, None)

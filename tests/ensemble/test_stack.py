@@ -210,3 +210,20 @@ def test_experiments_on_other_folds_are_refused(trained):
     with pytest.raises(UserError, match="not trained on the same folds"):
         stack_mod.stack(cfg, tmp / "bad", [str(tmp / "runs"), str(tmp / "swapped")])
     assert not (tmp / "bad").exists()
+
+
+def test_a_value_with_its_sigma_is_not_stacked(tmp_path):
+    """The level-2 trees predict one value: an experiment of a Laplace head (value, sigma) is refused in one line
+    pointing at the blends that mix it, before anything is written."""
+    from comp.ensemble.stack import stack as run_stack
+
+    cfg = load_config(None, [f"out_dir={tmp_path / 'run'}", "task=regression", "train.loss=laplace",
+                             "metric=laplace_log_likelihood", "folds.n_folds=2"])
+    exp = Experiment(cfg)
+    for k in (0, 1):
+        exp.fold(k).dir.mkdir(parents=True)
+        pd.DataFrame({"id": [f"a{k}"], "label": [1.0], "value": [1.0], "sigma": [0.5]}).to_csv(exp.fold(k).oof,
+                                                                                             index=False)
+    with pytest.raises(UserError, match="stacking a value with its uncertainty .* blend it"):
+        run_stack(cfg, tmp_path / "stack")
+    assert not (tmp_path / "stack").exists()

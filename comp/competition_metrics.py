@@ -281,3 +281,25 @@ def r2(y: np.ndarray, v: np.ndarray) -> float:
     if len(y) < 2:
         return NAN
     return float(skm.r2_score(y, v))
+
+
+def laplace_log_likelihood(y: np.ndarray, out: np.ndarray, sigma_min: float = 70.0, delta_max: float = 1000.0
+                           ) -> float:
+    """OSIC Pulmonary Fibrosis Progression's modified Laplace log-likelihood (higher is better), from the
+    competition's Evaluation page: per row sigma_c = max(Confidence, 70), delta = min(|FVC - FVC_pred|, 1000),
+    metric = -sqrt(2) delta / sigma_c - ln(sqrt(2) sigma_c), averaged over the rows (Kaggle scored each
+    patient's last 3 visits; the caller picks the rows). The Laplace log-density with sd sigma_c, so
+    Confidence is the predicted sd (comp.likelihood).
+
+    Args:
+        y: (N,) true values (FVC in ml); out: (N, 2) predicted value and sigma (Confidence), same units.
+
+    Raises:
+        ValueError: shapes or lengths mismatch, a value not finite.
+    """
+    y, out = _arrays(y, out, 1, 2)
+    if out.shape[1] != 2:
+        raise ValueError(f"expected (N, 2) value and sigma, got shape {out.shape}")
+    sigma = np.maximum(out[:, 1], sigma_min)
+    delta = np.minimum(np.abs(y - out[:, 0]), delta_max)
+    return float(np.mean(-np.sqrt(2) * delta / sigma - np.log(np.sqrt(2) * sigma)))

@@ -2,7 +2,8 @@
 (comp.competition_metrics), for every task (comp.tasks).
 
 `METRICS` names each metric with what it needs (hard classes, probabilities, values, target rows), the
-tasks it scores and its direction (log loss, KL divergence, RMSE and MAE: lower is better). The
+tasks it scores and its direction (log loss, KL divergence, RMSE and MAE: lower is better; OSIC's
+Laplace log-likelihood scores a value with its uncertainty, higher is better). The
 competition's metric (`metric` in the config) picks the best checkpoint and is the CV score.
 
 Every metric is computed over the competition's C classes, C = probs.shape[1], never over the classes
@@ -96,7 +97,8 @@ class Metric:
     (N,) numbers (regression values, or an ordinal model's value / expected grade); `rows` (N, K) outputs
     vs (N, K) target rows (multi-label probabilities, soft-target distributions); `binary` (N,) 0/1
     truth vs (N,) P(positive); `table` fn(task, Y, P) over the task's named outputs (a competition's
-    multi-target score, comp.study_metrics), for the tasks whose outputs `fits` accepts."""
+    multi-target score, comp.study_metrics), for the tasks whose outputs `fits` accepts; `scale` (N,) values
+    vs (N, 2) value and sigma (a head with a scale)."""
 
     fn: Callable[..., float]
     needs: str
@@ -233,6 +235,8 @@ METRICS: dict[str, Metric] = {
     "rmse": Metric(cm.rmse, "values", frozenset({"regression", "ordinal"}), higher=False),
     "mae": Metric(cm.mae, "values", frozenset({"regression", "ordinal"}), higher=False),
     "r2": Metric(cm.r2, "values", frozenset({"regression"})),
+    # a value with its uncertainty (train.loss=laplace | gaussian_nll): OSIC's Laplace log-likelihood
+    "laplace_log_likelihood": Metric(cm.laplace_log_likelihood, "scale", frozenset({"regression"})),
 }
 
 
@@ -249,6 +253,8 @@ def applies(name: str, task: Task) -> bool:
     if m.fits is not None and not m.fits(task):
         return False
     if m.needs in ("probs", "auc", "log_loss", "binary") and task.head == "regression":
+        return False
+    if m.needs == "scale" and not task.scale:
         return False
     return not (task.soft and m.needs in ("auc", "log_loss"))
 
@@ -284,6 +290,8 @@ def score_task(metric: Metric | str, task: Task, y: np.ndarray, out: np.ndarray,
         return m.fn(y, out)
     if m.needs == "table":
         return m.fn(task, y, out)
+    if m.needs == "scale":
+        return m.fn(y.astype(np.float64).reshape(len(y), -1)[:, 0], out[:, :2])
     if m.needs == "binary":
         truth = (cls == task.positive).astype(np.int64)
         extra = (min_tpr,) if m.fn is cm.partial_auc else ()

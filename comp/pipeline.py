@@ -3,7 +3,8 @@ these (parse arguments, load the config, call one of them, map user errors to ex
 calls the very same functions through the package (`comp.prepare`, `comp.train_fold`), as Lightning's CLI
 calls the same `Trainer.fit` a notebook calls.
 
-- `prepare`: data present, every image checked and cached (each stage's own cache too), folds written.
+- `prepare`: data present, every image checked and cached (each stage's own cache too), folds written
+  (data.layout=visits: the tables read and checked, folds written; comp.train.tabular).
 - `train_fold`: one fold of the experiment, whatever the recipe holds: every seed of a seed bag (or one),
   every stage of a multi-stage recipe, under torchrun (rank 0 fetches the data while the others wait),
   then each run's figures and, once every seed of the fold is trained, the bag's OOF.
@@ -37,6 +38,12 @@ def prepare(cfg: Any, workers: int | None = None, download: bool = False, rebuil
     Raises:
         UserError: see comp.data.prepare.prepare.
     """
+    if cfg.data.layout == "visits":  # tables only (OSIC): read, checked, folds written (comp.train.tabular)
+        from comp.train.tabular import prepare_visits
+
+        ensure_data(cfg, download=download)
+        prepare_visits(cfg)
+        return
     exp = Experiment(cfg)
     prepare_data(cfg, exp.split, exp.file("image_problems"), workers, download, rebuild_cache)
     done = {cache_folder(cfg)}

@@ -22,7 +22,8 @@ class DataConfig:
     source: str = "competition"  # how prepare.py downloads: competition | dataset | demo
     dataset: str = ""  # Kaggle dataset slug (owner/name) when source=dataset
     layout: str = "csv"  # csv: a label CSV + an image folder; folders: one sub-folder per class; siim_covid:
-    # SIIM-COVID19's studies (train_csv: the study labels, train_image_level.csv its images; comp.predict.siim_covid)
+    # SIIM-COVID19's studies (train_csv: the study labels, train_image_level.csv its images; comp.predict.siim_covid);
+    # visits: rows per group and time, no image (OSIC: Patient x Weeks; fitted by scripts/tabular.py, comp.data.visits)
     train_csv: str = "train.csv"  # csv layout: the labels file, relative to root
     test_csv: str = ""  # CSV listing the test ids (any layout); empty = the sample submission's ids, or
     # with neither, every image under test_images (in class sub-folders: a labelled held-out set)
@@ -61,7 +62,13 @@ class DataConfig:
     class_values: list[str] = field(default_factory=list)  # the competition's value of each class (same order
     # as classes) in its CSVs and submission, e.g. classes [hem, all] + class_values [0, 1]; empty = the names
     tabular_columns: list[str] = field(default_factory=list)  # columns of train_csv and test_csv (age, sex,
-    # anatomic site...) that scripts/stack.py adds to the image models' outputs; non-numeric ones are categorical
+    # anatomic site...) that scripts/stack.py adds to the image models' outputs, or (data.layout=visits) features of
+    # each row taken from its group's baseline; non-numeric ones are categorical
+    time_column: str = ""  # data.layout=visits: the column of train_csv and test_csv giving a row's time (OSIC:
+    # Weeks); each group's earliest row is its baseline, the model reads the time since it; the sample's ids are
+    # `<group>_<time>`
+    baseline_columns: list[str] = field(default_factory=list)  # data.layout=visits: numeric columns whose value
+    # at the group's baseline is a feature of every row of the group (OSIC: [FVC, Percent])
     group_pattern: str = ""  # regex on the image id; its first group is the patient (folds keep it whole)
     positive_class: str = ""  # two classes: the positive one (a class name or value), whose probability an AUC
     # submission holds; empty = the class whose value is 1 / "1" / True-like, else the second class in order
@@ -144,7 +151,9 @@ class TrainConfig:
     clip_grad: float = 0.0  # max gradient norm; 0 = off
     label_smoothing: float = 0.0  # cross-entropy towards uniform, BCE towards 0.5; 0 = off
     loss: str = "auto"  # regression head: mse | smooth_l1 | l1 on standardised targets; auto = smooth_l1 for
-    # ordinal, mse for regression (classification losses follow the task: cross-entropy or BCE)
+    # ordinal, mse for regression (classification losses follow the task: cross-entropy or BCE); task=regression:
+    # laplace | gaussian_nll, a value with its uncertainty (2 outputs, value and sigma; the negative
+    # log-likelihood; averaged as a mixture: comp.likelihood)
     ema: bool = False  # keep an exponential moving average of the weights (validated, checkpointed)
     ema_decay: float = 0.999  # EMA decay per optimizer step
     ema_warmup: bool = True  # EMA decay ramps up over the first steps (timm's), so a short run's EMA is usable
@@ -269,7 +278,8 @@ class Config:
     task: str = "multiclass"  # multiclass | binary | multilabel | ordinal | regression | multihead (comp.tasks)
     metric: str = "accuracy"  # the competition metric (comp.metrics METRICS: accuracy, balanced_accuracy,
     # f1_macro, f1_weighted, f1, f1_macro_labels, qwk, auc, pauc, pf1, log_loss, kl_divergence, rmse, mae, r2,
-    # rsna2022_cervical, rsna2023_trauma, rsna2024_lumbar)
+    # rsna2022_cervical, rsna2023_trauma, rsna2024_lumbar; laplace_log_likelihood: OSIC's, of a value with its
+    # sigma)
     pauc_min_tpr: float = 0.8  # metric=pauc: the partial AUC above this true-positive rate (ISIC 2024: 0.8)
     data: DataConfig = field(default_factory=DataConfig)
     folds: FoldsConfig = field(default_factory=FoldsConfig)

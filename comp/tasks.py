@@ -7,13 +7,15 @@
 - multilabel: a 0/1 row per image (L,); L logits; BCE-with-logits; outputs the sigmoids, `prob_<label>`.
 - ordinal: grade indices; the softmax head of multiclass, or a regression head on the grade (1 logit,
   SmoothL1) whose value is cut into grades (comp.predict.thresholds); outputs probabilities or `value`.
-- regression: a number; 1 logit; MSE / SmoothL1 / L1 on standardised targets; outputs the value.
 - multihead: several targets per row, each with its own classes (data.heads; RSNA 2023 abdominal trauma:
   bowel healthy / injury ... spleen healthy / low / high; RSNA 2024 lumbar spine: 25 condition x level
   targets of normal_mild / moderate / severe); one softmax head per target over its own classes (their
   logits side by side), the sum of the heads' cross-entropies (train.head_weights); targets are the heads'
   one-hot rows side by side, a target without a label all zeros (left out of its head's loss and metric);
   outputs each head's probabilities side by side, `prob_<target>_<class>`.
+- regression: a number; 1 logit; MSE / SmoothL1 / L1 on standardised targets; outputs the value. With
+  train.loss=laplace | gaussian_nll: a value with its uncertainty; 2 logits (the mean and the scale), the
+  negative log-likelihood; outputs `value` and `sigma` (the sd; comp.likelihood), averaged as a mixture.
 
 Outputs are what OOF files, ensembles and submissions hold: averaging them over TTA views and folds is
 right for every task (probabilities, or values). A regression target is standardised with the training
@@ -35,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from comp import likelihood
 from comp.errors import UserError
 
 KINDS = ("multiclass", "binary", "multilabel", "ordinal", "regression", "multihead")
@@ -54,7 +57,8 @@ class Task:
     soft: bool = False  # multiclass: targets are per-class distributions (data.label_columns)
     mean: float = 0.0  # regression head: the training fold's target mean and std
     std: float = 1.0
-    loss_name: str = "auto"  # regression head: mse | smooth_l1 | l1 (auto = smooth_l1 for ordinal, mse else)
+    loss_name: str = "auto"  # regression head: mse | smooth_l1 | l1 (auto = smooth_l1 for ordinal, mse else),
+    # or laplace | gaussian_nll (a mean and a scale: `scale`)
     heads: list[Any] = field(default_factory=list)  # multihead: [[target, number of classes], ...] in output order
     head_weights: list[float] = field(default_factory=list)  # multihead: each head's loss weight (train.head_weights)
 
@@ -67,14 +71,19 @@ class Task:
         return out
 
     @property
+    def scale(self) -> bool:
+        """The head predicts a mean and a scale (outputs `value`, `sigma`; comp.likelihood)."""
+        return self.head == "regression" and self.loss_name in likelihood.SCALE_LOSSES
+
+    @property
     def num_logits(self) -> int:
         if self.head == "regression" or self.kind == "binary":
-            return 1
+            return 2 if self.scale else 1
         return len(self.names)
 
     @property
     def num_outputs(self) -> int:
-        return 1 if self.head == "regression" else len(self.names)
+        return (2 if self.scale else 1) if self.head == "regression" else len(self.names)
 
     @property
     def has_classes(self) -> bool:
@@ -87,8 +96,26 @@ class Task:
         return self.kind in ("multilabel", "multihead") or self.soft
 
     def output_columns(self) -> list[str]:
-        """OOF / --save-probs column names of the outputs: prob_<name>..., or `value`."""
-        return ["value"] if self.head == "regression" else [f"prob_{n}" for n in self.names]
+        """OOF / --save-probs column names of the outputs: prob_<name>..., or `value` (and `sigma`)."""
+        if self.head == "regression":
+            return ["value", "sigma"] if self.scale else ["value"]
+        return [f"prob_{n}" for n in self.names]
+
+    def to_moments(self, out: Any) -> Any:
+        """Outputs as what averaging (TTA, folds, seeds, blends) may take a weighted mean of: a scale head's
+        (N, 2) [mu, sigma^2 + mu^2] (comp.likelihood, the mixture), any other head's outputs unchanged."""
+        return likelihood.to_moments(out) if self.scale else out
+
+    def from_moments(self, m: Any) -> Any:
+        """The inverse of `to_moments` on averaged moments: a scale head's [value, sigma] of the mixture."""
+        return likelihood.from_moments(m) if self.scale else m
+
+    def mix(self, outs: list[np.ndarray], weights: np.ndarray | None = None) -> np.ndarray:
+        """(N, K) average of M members' (N, K) outputs, weighted by `weights` (M,) summing to 1 (default equal):
+        the mean for probabilities and values, the mixture's mean and sd for a scale head (comp.likelihood)."""
+        w = np.full(len(outs), 1 / len(outs)) if weights is None else np.asarray(weights, np.float64)
+        return self.from_moments(np.tensordot(w, np.stack([self.to_moments(np.asarray(o, np.float64))
+                                                           for o in outs]), axes=1))
 
     def meta(self) -> dict[str, Any]:
         """What a checkpoint keeps of the task (JSON-able)."""
@@ -167,6 +194,8 @@ class Task:
             return F.binary_cross_entropy_with_logits(logits, t, pos_weight=weight)
         value = y.float().reshape(len(y), -1)[:, 0]
         z = (value - self.mean) / self.std
+        if self.scale:
+            return likelihood.nll(self.loss_name, logits[:, 0].float(), likelihood.sd_of(logits[:, 1]), z)
         fn = LOSSES[self.loss_name] or (F.smooth_l1_loss if self.kind == "ordinal" else F.mse_loss)
         return fn(logits.reshape(-1), z)
 
@@ -202,6 +231,9 @@ class Task:
         if self.head == "multihead":
             return torch.cat([logits[:, s].softmax(1) for s in self.slices()], dim=1)
         if self.head == "regression":
+            if self.scale:
+                return torch.cat([logits[:, :1] * self.std + self.mean,
+                                  likelihood.sd_of(logits[:, 1:2]) * self.std], dim=1)
             return logits[:, :1] * self.std + self.mean
         p = torch.sigmoid(logits)
         if self.kind != "binary":
@@ -239,8 +271,12 @@ def make_task(cfg: Any, names: list[str], positive: int = 1) -> Task:
         raise UserError(f"bad value for config key 'task': {kind!r}; choose from {list(KINDS)}")
     if head not in HEADS:
         raise UserError(f"bad value for config key 'model.head': {head!r}; choose from {list(HEADS)}")
-    if cfg.train.loss not in LOSSES:
-        raise UserError(f"bad value for config key 'train.loss': {cfg.train.loss!r}; choose from {list(LOSSES)}")
+    if cfg.train.loss not in (*LOSSES, *likelihood.SCALE_LOSSES):
+        raise UserError(f"bad value for config key 'train.loss': {cfg.train.loss!r}; choose from "
+                        f"{[*LOSSES, *likelihood.SCALE_LOSSES]}")
+    if cfg.train.loss in likelihood.SCALE_LOSSES and kind != "regression":
+        raise UserError(f"bad value for config key 'train.loss': {cfg.train.loss!r} (a mean and a scale) is for "
+                        f"task=regression, not task={kind}")
     if head != "auto" and kind not in ("ordinal",) and not (kind == "multiclass" and head == "softmax") \
             and not (kind == "regression" and head == "regression"):
         raise UserError(f"bad value for config key 'model.head': {head!r} is for task=ordinal "

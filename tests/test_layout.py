@@ -16,7 +16,8 @@ MODULES = sorted(p for p in COMP.rglob("*.py"))
 # Lowest first: a module may import its own layer and the ones before it, never a later one.
 # Prediction sits below training because training uses it (a distillation teacher's outputs, pseudo-labels).
 LAYERS = [
-    ("comp.config", "comp.errors", "comp.log", "comp.io", "comp.device", "comp.tasks", "comp.competition_metrics",
+    ("comp.config", "comp.errors", "comp.log", "comp.io", "comp.device", "comp.likelihood", "comp.tasks",
+     "comp.competition_metrics",
      "comp.study_metrics",
      "comp.schema_doc",
      "comp.metrics", "comp.kaggle_cli",

@@ -24,7 +24,9 @@ from comp.metrics import (
     check_metric,
     classification_report,
     confusion,
+    higher_is_better,
     positive_index,
+    score,
     score_all,
 )
 from comp.predict import thresholds
@@ -397,6 +399,36 @@ def test_regression_hand_example():
     assert cm.mae(y, v) == pytest.approx(2 / 3)
     assert cm.r2(y, v) == pytest.approx(1 - 4 / 2)
     assert math.isnan(cm.r2(y[:1], v[:1]))
+
+
+
+def test_laplace_log_likelihood_hand_examples_clip_sigma_at_70_and_the_error_at_1000():
+    """OSIC's metric: -sqrt(2) min(|y - v|, 1000) / max(sigma, 70) - ln(sqrt(2) max(sigma, 70)), averaged."""
+    r2 = math.sqrt(2)
+    y = np.array([2000.0, 2000.0, 2000.0, 2000.0])
+    out = np.array([[2000.0, 100.0],  # exact: -ln(100 sqrt 2)
+                    [2100.0, 100.0],  # off by 100: -sqrt2 - ln(100 sqrt 2)
+                    [2000.0, 10.0],  # sigma 10 is scored as 70
+                    [5000.0, 200.0]])  # off by 3000, scored as 1000
+    rows = [-math.log(100 * r2), -r2 - math.log(100 * r2), -math.log(70 * r2), -r2 * 1000 / 200 - math.log(200 * r2)]
+    assert cm.laplace_log_likelihood(y, out) == pytest.approx(np.mean(rows))
+    assert cm.laplace_log_likelihood(y[:1], out[:1]) == pytest.approx(-4.9517, abs=1e-4)  # the -4.95 ceiling at 100
+    with pytest.raises(ValueError, match="value and sigma"):
+        cm.laplace_log_likelihood(y, out[:, :1])
+
+
+def test_laplace_log_likelihood_is_registered_for_a_value_with_its_uncertainty():
+    from comp.tasks import Task
+
+    scale = Task("regression", ["FVC"], "regression", loss_name="laplace")
+    y, out = np.array([2000.0, 2500.0]), np.array([[2000.0, 100.0], [2400.0, 150.0]])
+    assert score("laplace_log_likelihood", y, out, task=scale) == pytest.approx(cm.laplace_log_likelihood(y, out))
+    assert higher_is_better("laplace_log_likelihood")
+    assert "laplace_log_likelihood" in score_all(y, out, task=scale)
+    assert score("mae", y, out, task=scale) == pytest.approx(50.0)  # the value column alone
+    load_config(None, ["task=regression", "train.loss=laplace", "metric=laplace_log_likelihood"])
+    with pytest.raises(UserError, match="'laplace_log_likelihood' does not score task=regression"):
+        load_config(None, ["task=regression", "metric=laplace_log_likelihood"])  # no sigma without a scale
 
 
 # ---- input checks: the kit's bugs raise ValueError ----

@@ -3,6 +3,8 @@ task settings that cannot go together named by their key."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -121,3 +123,28 @@ def test_multihead_config_errors_name_the_key():
                                                                   "liver_low", "liver_high"])
     with pytest.raises(UserError, match="rsna2023_trauma"):  # its outputs are not RSNA 2023's 13
         _heads_cfg("metric=rsna2023_trauma")
+@pytest.mark.parametrize("loss", ["laplace", "gaussian_nll"])
+def test_a_value_with_its_uncertainty_has_two_logits_value_and_sigma(loss):
+    """train.loss=laplace | gaussian_nll: a regression head of 2 logits (mean, scale), outputs value and sigma
+    in the target's units, the negative log-likelihood on standardised targets; averaged as a mixture."""
+    cfg = read_config(None, FAST + ["task=regression", f"train.loss={loss}", "data.label_column=FVC"])
+    t = make_task(cfg, ["FVC"]).fit_norm(np.array([1000.0, 2000.0, 3000.0]))
+    assert (t.scale, t.num_logits, t.num_outputs, t.output_columns()) == (True, 2, 2, ["value", "sigma"])
+    logits = torch.tensor([[0.0, 0.0], [1.0, -3.0]], requires_grad=True)
+    out = t.activate(logits).detach()
+    assert torch.allclose(out[:, 0], torch.tensor([2000.0, 2000.0 + t.std]))
+    assert (out[:, 1] > 0).all() and out[0, 1] == pytest.approx((math.log(2) + 1e-3) * t.std, rel=1e-5)
+    loss_value = t.loss(logits, torch.tensor([2000.0, 2500.0]))
+    loss_value.backward()
+    assert torch.isfinite(loss_value) and logits.grad[:, 1].abs().sum() > 0  # the scale learns too
+    mixed = t.mix([np.array([[1.0, 1.0]]), np.array([[3.0, 1.0]])])
+    np.testing.assert_allclose(mixed, [[2.0, math.sqrt(2.0)]])
+    plain = make_task(read_config(None, FAST + ["task=regression"]), ["FVC"])
+    assert (plain.scale, plain.num_logits, plain.output_columns()) == (False, 1, ["value"])
+    np.testing.assert_allclose(plain.mix([np.array([[1.0]]), np.array([[3.0]])]), [[2.0]])
+
+
+def test_a_likelihood_loss_is_refused_for_a_task_without_a_value():
+    with pytest.raises(UserError, match="'train.loss': 'laplace' .* is for task=regression, not task=ordinal"):
+        make_task(read_config(None, FAST + ["task=ordinal", "model.head=regression", "train.loss=laplace"]),
+                  ["0", "1", "2"])

@@ -256,6 +256,9 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False, 
     several: dict[str, Any] = {}
     classes_cfg, values_cfg = [str(c) for c in d.classes], [str(v) for v in d.class_values]
     excluded = excluded_ids(cfg)
+    if d.layout == "visits":  # rows per patient and week, no image per row: comp.data.visits
+        raise UserError("data.layout=visits (rows per group and time, OSIC) is fitted from its tables by "
+                        "scripts/tabular.py (prepare, folds, fit, predict); not by the image scripts")
     if d.layout == "siim_covid":  # studies of DICOMs, labelled per study (comp.predict.siim_covid)
         from comp.data.siim_covid import layout_tables
 

@@ -1,9 +1,11 @@
 """Downloads beyond an image per CSV row or class folders, for the config starter (comp.data.inspect):
 parquet recordings named by a CSV column (HMS 2024), the same images in sibling folders (ISIC 2020's JPEGs
-and DICOMs), and folders of images per id (OSIC's CT slices), which are refused."""
+and DICOMs), rows per patient and time (OSIC's visits: data.layout=visits), and otherwise folders of images per
+id (RSNA 2022's CT slices), which are refused."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -139,12 +141,13 @@ def _array_layout(root: Path, labels_csv: Path, df: pd.DataFrame, sample: pd.Dat
 
 
 def _refuse_bags(root: Path, labels_csv: Path, df: pd.DataFrame, images: dict[Path, list[Path]]) -> None:
-    """Refuse a CSV whose id column names folders of images (OSIC: train/<Patient>/<n>.dcm CT slices; RSNA 2022:
-    train_images/<StudyInstanceUID>/): a bag of images per id, which neither the csv layout (an image per row)
-    nor the class-folder layout (the folders would be taken as classes) expresses. Taken as bags when at least
-    half of the column's distinct values (2 or more) are names of image folders, and those folders' file names
-    repeat across the ids' folders (slice numbers, not ids), or the column repeats its values and no other column names
-    the files; a class map (one row per class folder) or a CSV naming each file is no bag.
+    """Refuse a CSV whose id column names folders of images (RSNA 2022: train_images/<StudyInstanceUID>/; OSIC's
+    train/<Patient>/<n>.dcm CT slices when its sample is not `<Patient>_<Weeks>`: `_visits_layout` first): a
+    bag of images per id, which neither the csv layout (an image per row) nor the class-folder layout (the
+    folders would be taken as classes) expresses. Taken as bags when at least half of the column's distinct
+    values (2 or more) are names of image folders, and those folders' file names repeat across the ids' folders
+    (slice numbers, not ids), or the column repeats its values and no other column names the files; a class
+    map (one row per class folder) or a CSV naming each file is no bag.
 
     Raises:
         UserError: one line naming the CSV, the column, a folder, and (several rows per id, numeric columns)
@@ -171,9 +174,72 @@ def _refuse_bags(root: Path, labels_csv: Path, df: pd.DataFrame, images: dict[Pa
         exts = Counter(p.suffix for d in named for p in images[d]).most_common(1)[0][0]
         numeric = [c for c in df.columns if c != col and all(as_number(v) is not None for v in df[c].head(2000))]
         what = (f"; several rows per {col} with numeric columns ({', '.join(numeric)}): a value measured over time "
-                f"per {col} (OSIC-like), to predict from tabular rows joined to the {col}'s scan"
-                if several and numeric else "")
+                f"per {col}, which data.layout=visits fits from the tables when the sample's ids are "
+                f"<{col}>_<time> (OSIC; docs/tasks.md)" if several and numeric else "")
         raise UserError(f"{labels_csv}: column {col!r} names folders of images ({_rel(named[0], root)}/ holds "
                         f"{len(images[named[0]])} {exts} files): a bag of images per {col}, not an image per row "
-                        f"and not class folders{what}; init.py cannot write this config: bags and tabular targets "
-                        f"are issue 27 / issue 28 item 4, write it by hand (docs/config.md)")
+                        f"and not class folders{what}; init.py cannot write this config: bags are issue 27, write "
+                        f"it by hand (docs/config.md)")
+
+
+TIME_RX = re.compile(r"week|time|day|month|year|visit", re.I)
+
+
+def _visits_layout(root: Path, labels_csv: Path, df: pd.DataFrame, sample: pd.DataFrame | None,
+                   csvs: list[Path], guess: Guess) -> bool:
+    """Fill the keys of rows per group and time (OSIC: train.csv has several visits per Patient, the sample's
+    ids are `<Patient>_<Weeks>` with a value and a confidence column): data.layout=visits, the group column
+    (whose values the sample's ids start with), the time column (numeric, named like week/time/day, else the
+    first integer one that varies within a group), the value (the sample's second column) and the baseline
+    and tabular columns (numeric columns that vary within a group: baseline features; columns constant per
+    group: tabular), task=regression with a Laplace head and OSIC's metric. False when the sample is not
+    `<group>_<time>` with two value columns, or no column of `df` holds its groups."""
+    if sample is None or len(sample.columns) != 3 or sample.columns[1] not in df.columns:
+        return False
+    parts = sample[sample.columns[0]].astype(str).head(2000).str.rpartition("_")
+    if not (parts[1] == "_").all() or pd.to_numeric(parts[2], errors="coerce").isna().any():
+        return False
+    label = sample.columns[1]
+    test_groups = set(parts[0])
+    tests = [p for p in csvs if p != labels_csv and TEST_RX.search(p.name)]
+    for test in tests:
+        t = pd.read_csv(test, dtype=str, keep_default_na=False, encoding="utf-8-sig", nrows=200_000)
+        cols = [c for c in t.columns if c in df.columns and len(test_groups & set(t[c].str.strip())) >=
+                max(1, len(test_groups) // 2)]
+        if cols:
+            break
+    else:
+        return False
+    group = cols[0]
+    numeric = [c for c in df.columns if c not in (group, label) and all(as_number(v) is not None for v in df[c])]
+    varies = [c for c in numeric if (df.groupby(group)[c].nunique() > 1).any()]
+    named = [c for c in varies if TIME_RX.search(c)]
+    ints = [c for c in varies if all(float(v).is_integer() for v in df[c])]
+    if not (named or ints):
+        return False
+    time = (named or ints)[0]
+    per_group = df.groupby(group).nunique()
+    constant = [c for c in df.columns if c not in (group, time, label) and (per_group[c] <= 1).all()]
+    baseline = [label, *(c for c in varies if c not in (time, label) and c not in constant)]
+    guess.set("data.layout", "visits", f"{labels_csv.name} has several rows per {group} (visits at {time}) and the "
+              f"sample's ids are <{group}>_<{time}>: rows per group and time, fitted from the tables by "
+              f"scripts/tabular.py (docs/tasks.md)")
+    guess.set("data.train_csv", _rel(labels_csv, root), f"the visits: {group}, {time}, {label}")
+    guess.set("data.test_csv", _rel(test, root), f"each test {group}'s baseline row")
+    guess.set("data.id_column", sample.columns[0], f"the sample's <{group}>_<{time}> rows")
+    guess.set("data.group_column", group, f"the sample's ids start with its values: folds keep each {group} whole")
+    guess.set("data.time_column", time, "the number after the last '_' of the sample's ids")
+    guess.set("data.label_column", label, "the sample submission's value column")
+    guess.set("data.baseline_columns", baseline, f"numeric columns that change between a {group}'s visits: their "
+              f"value at the {group}'s first visit is a feature")
+    guess.set("data.tabular_columns", constant, f"columns constant per {group}: features as they are")
+    guess.set("task", "regression", f"{label} is a number, with {sample.columns[2]!r} beside it in the sample")
+    guess.set("train.loss", "laplace", f"the sample's {sample.columns[2]!r} is the prediction's uncertainty: a "
+              f"mean and a scale with the Laplace likelihood")
+    guess.set("metric", "laplace_log_likelihood", "OSIC's modified Laplace log-likelihood (check the "
+              "competition's Evaluation page)")
+    guess.values.pop("predict.output", None)
+    guess.why.pop("predict.output", None)
+    guess.notes.append(f"images are not read: {group}'s image folders (a CT per patient) join when bags do (issue "
+                       f"27); fit with python scripts/tabular.py --config <this config>")
+    return True

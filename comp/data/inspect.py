@@ -14,12 +14,15 @@ What is looked at, in this order:
 - parquet recordings named by a labels CSV column (HMS 2024's train_spectrograms/<spectrogram_id>.parquet)
   before any image: the file and offset columns, the sample's value columns as labels (counts: soft targets,
   kl_divergence), spectrograms before raw EEG, image folders no CSV names (example_figures/) never read;
+- rows per patient and time (OSIC: several visits per Patient in train.csv, the sample's ids
+  `<Patient>_<Weeks>` with a value and a confidence): data.layout=visits, fitted from the tables alone
+  (scripts/tabular.py); its CT folders are not read;
 - a CSV with one row per value of a column naming folders of slices (RSNA 2022's
   train_images/<StudyInstanceUID>/<n>.dcm) or of series folders (brain tumour's train/<BraTS21ID:05d>/FLAIR/):
   the `mil:` keys of a series or study layout (comp.data.guess_mil, which also finds views and tiles after
   the csv layout: images in a folder per patient read through `<folder>/*`, a sample id joined from columns,
-  thumbnails); several rows per such id (OSIC's visits, train/<Patient>/<n>.dcm) are refused: tabular
-  targets over time, which no layout here expresses; folders of series without a CSV are not class folders;
+  thumbnails); other folders of images per id are refused; folders of series without a CSV are not class
+  folders;
 - without a labels CSV, class folders (`<split>/<class>/*.png`, chest X-ray style): the splits named like
   `test` hold the test images, the others the training ones;
 - the ids: a leading token shared by several ids (`10_left`, `10_right`; `person1_bacteria_1`) is guessed
@@ -36,7 +39,7 @@ import pandas as pd
 import yaml
 
 from comp.data.competition import IMAGE_EXTS
-from comp.data.download_kinds import _array_layout, _arrays, _one_source, _refuse_bags
+from comp.data.download_kinds import _array_layout, _arrays, _one_source, _refuse_bags, _visits_layout
 from comp.data.guess import (  # noqa: F401  (Guess and _metric: this module's interface too)
     PATIENT_RX,
     SAMPLE_RX,
@@ -199,6 +202,10 @@ def inspect_download(root: str | Path) -> Guess:
     else:
         guess.set("data.sample_submission", "", "no sample submission found: the submission is id,label")
     others = sorted((p for p in csvs if p not in samples), key=lambda p: ("train" not in p.name.lower(), p.name))
+    for path in others:  # rows per patient and time (OSIC), before the bags of images its CT folders look like
+        df = _read(path)
+        if len(df.columns) >= 2 and len(df) and _visits_layout(root, path, df, sample, others, guess):
+            return guess
     tables = [p for p in others if len(_read(p).columns) >= 2 and len(_read(p))]
     done = series_layout(root, tables, sample, images, guess)  # a folder of slices per row (issue 27)
     if not done:

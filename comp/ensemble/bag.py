@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from comp import io
+from comp import io, likelihood
 from comp.errors import UserError
 from comp.experiment import Experiment
 from comp.experiment.oof import prob_columns
@@ -29,8 +29,9 @@ from comp.log import log
 
 def write_bag_oof(exp: Experiment | Any, fold: int) -> Path | None:
     """The OOF of fold `fold` of a seed bag: every seed's OOF of the fold averaged image by image (the outputs'
-    mean; ids, targets and rows as the seeds share them), written atomically once every seed of the bag has
-    one. Returns its path, or None when there is no bag or a seed is still missing (logged).
+    mean; a value with its sigma: the mixture, comp.likelihood; ids, targets and rows as the seeds share them),
+    written atomically once every seed of the bag has one. Returns its path, or None when there is no bag or a
+    seed is still missing (logged).
 
     Raises:
         UserError: the seeds' OOF files do not hold the same images in the same order (e.g. one was trained
@@ -52,7 +53,8 @@ def write_bag_oof(exp: Experiment | Any, fold: int) -> Path | None:
                             f"differ); train every seed of the bag on the same folds.csv")
     cols = prob_columns(first)
     out = first.copy()
-    out[cols] = np.mean([f[cols].to_numpy(np.float64) for f in frames], axis=0)
+    seeds_out = [f[cols].to_numpy(np.float64) for f in frames]
+    out[cols] = likelihood.mix(seeds_out) if "sigma" in cols else np.mean(seeds_out, axis=0)  # sigma: the mixture
     target = exp.fold(fold).oof
     io.write_csv(target, out)
     log(f"fold {fold}: bag OOF of {len(seeds)} seeds -> {target}")

@@ -4,7 +4,8 @@ fitted on out-of-fold (OOF) predictions and scored honestly.
 Every member's outputs are (N, K) arrays in the task's format (comp.tasks: probabilities per class or label,
 or a regression head's (N, 1) value), aligned on the same rows.
 
-- `mean`: the plain average.
+- `mean`: the plain average (a value with its sigma: the mixture's mean and sd, comp.likelihood; `mean` and
+  `weighted` only).
 - `weighted`: non-negative weights summing to 1, fitted by scipy.optimize.minimize (SLSQP, the simplex as
   bounds and one equality constraint) minimising a smooth surrogate of the competition metric on the OOF
   rows: the cross-entropy of the blended probabilities (softmax: against the class or the soft row;
@@ -50,6 +51,8 @@ def applicable(method: str, task: Task, metric: str) -> str | None:
         return "a level-2 logistic regression needs class targets, not soft (per-class distribution) targets"
     if method == "stack" and task.kind == "multihead":
         return "a level-2 model per head is not built for task=multihead (mean and weighted blend it)"
+    if method in ("rank", "stack") and task.scale:
+        return "a value with its uncertainty (value, sigma) blends as a mixture: method mean or weighted"
     return None
 
 
@@ -157,12 +160,12 @@ def fit(method: str, outs: list[np.ndarray], y: np.ndarray, task: Task) -> Calla
     """The blend `method` fitted on members' OOF `outs` against targets `y`, as a function of members'
     outputs on any rows (OOF or test) → (N, K) blended outputs."""
     if method == "mean":
-        return lambda o: np.mean(o, axis=0)
+        return lambda o: task.mix(o)  # the mean; a scale head's mixture (comp.likelihood)
     if method == "rank":
         return rank_mean
     if method == "weighted":
         w = fit_weights(outs, y, task)
-        return lambda o: np.tensordot(w, np.stack(o), axes=1)
+        return lambda o: task.mix(o, w)
     if method == "stack":
         return Stack(task).fit(outs, y).predict
     raise UserError(f"--method {method!r}: choose from {list(METHODS)}")

@@ -7,7 +7,8 @@ native missing values and categorical splits), chosen over LightGBM / XGBoost be
 already a dependency of the kit and the level-2 table is small (one row per training image, tens of
 columns), where their speed does not matter. Classes (binary, multiclass, ordinal softmax): one classifier
 over the class indices; multi-label: one classifier per label; a regression head (regression, ordinal
-regression): the regressor on the value. Soft (distribution) targets are not stacked.
+regression): the regressor on the value. Soft (distribution) targets and a value with its uncertainty
+(train.loss laplace | gaussian_nll) are not stacked.
 
 Leak-free: the image models' folds are kept (the OOF files' `fold`); the level-2 model of fold k is fitted
 on the other folds' OOF rows only and predicts fold k's, so the stack's OOF and its CV are as honest as the
@@ -168,6 +169,10 @@ def stack(cfg: Any, out: str | Path, oof_dirs: list[str] | None = None, test_pro
     task = oof_task(cfg, base)
     if task.soft:
         raise UserError("stacking soft (distribution) targets is not supported; stack a class or value task")
+    if task.scale:
+        raise UserError(f"stacking a value with its uncertainty (train.loss={task.loss_name}: value, sigma) is not "
+                        f"supported: the level-2 trees predict no sigma; blend it (scripts/blend.py, method mean "
+                        f"or weighted), or fit the tabular columns with it (scripts/tabular.py)")
     comp = load_competition(cfg)
     groups = groups and bool(cfg.data.group_column)
     train_ids = base["id"].astype(str)

@@ -42,7 +42,7 @@ FILES = {"best": "best.pt", "last": "last.pt", "recovery": "recovery.pt", "oof":
          "sources": "sources.json", "done": "done.json", "folds": "folds.csv", "folds_meta": "folds.json",
          "thresholds": "thresholds.json", "test_probs": "test_probs.csv", "blend": "blend.json",
          "stack": "stack.json", "cv": "cv.csv", "image_problems": "image_problems.csv",
-         "submission": "submission.csv"}
+         "submission": "submission.csv", "visits_cv": "cv.json"}
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ class Experiment:
     # --- the experiment's own files -------------------------------------------------------------------
     def file(self, what: str) -> Path:
         """`<out_dir>/<name>` of an experiment-level file of FILES: folds, folds_meta, thresholds, cv,
-        config, test_probs, blend, stack, image_problems."""
+        config, test_probs, blend, stack, image_problems, visits_cv (comp.train.tabular's summary)."""
         return self.dir / FILES[what]
 
     @property

@@ -4,8 +4,8 @@ score computed from it (the CV score every report and submission record shows).
 
 Columns: `id`; the targets: `label` (a class index, or a regression value), or `target_<name>` per label
 or class (multi-label, soft targets); the outputs (comp.tasks.Task.output_columns): `prob_<name>` per
-class or label, or `value` (a regression head). Test outputs saved for blending (`predict.py
---save-probs`) use the same output columns.
+class or label, or `value` (a regression head; with `sigma`, its sd, for a head with a scale). Test outputs
+saved for blending (`predict.py --save-probs`) use the same output columns.
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ def write_oof(path: Path, ids: list[str], labels: np.ndarray, probs: np.ndarray,
 
 def prob_columns(df: pd.DataFrame) -> list[str]:
     """The output columns of an OOF or probabilities frame in file order (= class order): `prob_<class>`...,
-    or `value`."""
-    return [c for c in df.columns if c.startswith(PREFIX)] or [c for c in df.columns if c == "value"]
+    or `value` (and `sigma`, a value with its uncertainty)."""
+    return [c for c in df.columns if c.startswith(PREFIX)] or [c for c in df.columns if c in ("value", "sigma")]
 
 
 def oof_probs(df: pd.DataFrame) -> np.ndarray:

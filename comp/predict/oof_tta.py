@@ -111,8 +111,8 @@ def _predict(exp: Experiment, comp: Competition, device: torch.device, todo: lis
         nets = [to_device(m, device, cfg) for m in models]
         outs = model_outputs(cfg, comp, models, nets, va["path"].tolist(), device, f"OOF x TTA {exp.name(fold.dir)}")
         logit_mean = cfg.predict.ensemble == "mean_logit" and models[0].task.head != "regression"
-        probs = np.mean([(m.task.activate(o) if logit_mean else o).double().numpy()
-                         for m, o in zip(models, outs, strict=True)], 0)
+        probs = models[0].task.mix([(m.task.activate(o) if logit_mean else o).double().numpy()
+                                    for m, o in zip(models, outs, strict=True)])  # a scale head: the mixture
         oof = prob_frame(va["id"].astype(str).tolist(), probs, models[0].task, comp.targets(va),
                          va["row"].astype(str).tolist() if "row" in va.columns else None)
         csv = write_csv(fold.oof_tta, oof, what="TTA out-of-fold predictions")

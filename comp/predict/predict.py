@@ -87,7 +87,7 @@ class MarkBadImages(torch.utils.data.Dataset):
 def class_prior(comp: Competition, task: Task | None = None) -> np.ndarray:
     """(K,) float64: the best guess for an image not seen: each class's share of the training labels, each
     label's rate (multi-label), the mean share (soft targets), each head's class shares (multihead) or the
-    mean value (a regression head)."""
+    mean value (a regression head; with a scale, the values' mean and sd)."""
     if task is not None and task.head == "multihead":  # each head's class shares over the rows that label it
         t = comp.targets(comp.train).astype(np.float64).sum(0)
         for s in task.slices():
@@ -95,6 +95,8 @@ def class_prior(comp: Competition, task: Task | None = None) -> np.ndarray:
         return t
     if task is not None and (task.dense_targets or task.head == "regression"):
         t = comp.targets(comp.train).astype(np.float64)
+        if task.scale:
+            return np.array([t.mean(), t.std()])
         return t.mean(0) if t.ndim == 2 else np.array([t.mean()])
     counts = np.bincount(comp.train["label"].to_numpy(dtype=np.int64), minlength=comp.num_classes)
     return counts / max(counts.sum(), 1)
@@ -127,22 +129,26 @@ def model_outputs(cfg: Any, comp: Competition, models: list[FoldModel], nets: li
             yield x
 
     logit_mean = cfg.predict.ensemble == "mean_logit" and first.task.head != "regression"
-    activation = [None if logit_mean else m.task.activate for m in models]
+    # a scale head's views are averaged as moments (the mixture, comp.likelihood), then mapped back
+    activation = [None if logit_mean else lambda x, t=m.task: t.to_moments(t.activate(x)) for m in models]
     with progress(len(loader), desc) as bar:  # closed on an error too
         batches = inputs(device_batches(loader, device, seen.model.in_chans, cfg.train.channels_last, first.norm))
-        return forward_views(nets, batches, views, amp_dtype_for(device, cfg.train.amp), activation,
+        outs = forward_views(nets, batches, views, amp_dtype_for(device, cfg.train.amp), activation,
                              on_batch=lambda: bar.update(1), features=features)
+    return outs if features or logit_mean else [m.task.from_moments(o) for m, o in zip(models, outs, strict=True)]
 
 
 def ensemble_mean(cfg: Any, models: list[FoldModel], outs: list[torch.Tensor]) -> np.ndarray:
     """(N, K) float32: the models' outputs averaged with their weights (predict.fold_weights), in model order
-    (the same sums as fold after fold); logits averaged then activated with predict.ensemble=mean_logit."""
+    (the same sums as fold after fold); logits averaged then activated with predict.ensemble=mean_logit; a
+    scale head's [value, sigma] as the weighted mixture (Task.to_moments, comp.likelihood)."""
     total, weight_sum = None, 0.0
+    task = models[0].task
     for m, out in zip(models, outs, strict=True):
         w = fold_weight(m, cfg.predict.fold_weights, cfg.metric)
-        total = w * out.double() if total is None else total + w * out.double()
+        total = w * task.to_moments(out.double()) if total is None else total + w * task.to_moments(out.double())
         weight_sum += w
-    mean = total / weight_sum
+    mean = task.from_moments(total / weight_sum)
     if cfg.predict.ensemble == "mean_logit" and models[0].task.head != "regression":
         mean = models[0].task.activate(mean)
     return mean.float().numpy()

@@ -13,6 +13,7 @@ import pandas as pd
 from comp.data.checks import long_example, long_hint, long_labels, long_outputs, long_rows
 from comp.data.competition import Competition
 from comp.errors import UserError
+from comp.likelihood import SCALE_LOSSES
 
 
 def read_exact(path: Path, what: str = "submission") -> pd.DataFrame:
@@ -114,7 +115,8 @@ def submitted_outputs(cfg: Any, comp: Competition, sample: pd.DataFrame) -> list
 
 
 def output_mode(cfg: Any, comp: Competition, sample: pd.DataFrame) -> str:
-    """`label`, `class_probs` or `binary_prob`: what this competition's submission holds (module doc)."""
+    """`label`, `class_probs`, `binary_prob`, `value`, `value_sigma` (a value with its uncertainty: the sample's
+    two value columns) or `long`: what this competition's submission holds (module doc)."""
     if cfg.predict.shape == "long":
         long_labels(cfg)
         long_outputs(cfg, list(sample.columns), "the sample submission")
@@ -127,6 +129,8 @@ def output_mode(cfg: Any, comp: Competition, sample: pd.DataFrame) -> str:
         if want == "label":
             raise UserError(f"predict.output=label but the sample submission has one column per class {cols}")
         return "class_probs"
+    if cfg.task == "regression" and cfg.train.loss in SCALE_LOSSES and len(cols) == 2:
+        return "value_sigma"  # a value and its sigma in the sample's two columns, in that order (OSIC: FVC, Confidence)
     known = [str(c) for c in comp.classes]
     if several and any(c in known for c in cols):
         unknown = [c for c in cols if c not in known]

@@ -8,7 +8,8 @@ What a row holds follows the sample (predict.output=auto):
 - `binary_prob`: one value column holding P(positive class) of a two-class competition scored by AUC (or
   any task=binary), the positive class being `data.positive_class` (default: the class whose value is 1 /
   True-like, else the second class; comp.metrics.positive_index), wherever it stands in the class order;
-- `value`: one number per row (task=regression), any finite number.
+- `value`: one number per row (task=regression), any finite number; `value_sigma`: two (train.loss laplace |
+  gaussian_nll), the value and its sigma in the sample's two value columns (OSIC's FVC, Confidence).
 Multi-label and soft-target competitions name one column per label or class: `class_probs`. A sample
 naming only some of data.label_columns (a subset: RANZCR's 11 findings, 9 of them asked for) is written
 from those outputs; training keeps every label, and the labels left out are logged. A sample column that
@@ -91,6 +92,10 @@ def build(cfg: Any, comp: Competition, probs: np.ndarray, labels: np.ndarray | N
     if mode == "value":
         out[col] = probs[order, 0]
         return out
+    if mode == "value_sigma":  # the value, then its sigma (comp.likelihood)
+        value_col, sigma_col = [c for c in sample.columns if c != id_col]
+        out[value_col], out[sigma_col] = probs[order, 0], probs[order, 1]
+        return out
     pred = (labels if labels is not None else comp_task(cfg, comp).decode(probs))[order]
     out[col] = [str(comp.label_values[i]) for i in pred]
     return out
@@ -102,6 +107,7 @@ def check(cfg: Any, comp: Competition, df: pd.DataFrame) -> None:
     mode = output_mode(cfg, comp, sample)
     if mode == "long":  # the values: numbers for regression targets, else probabilities
         mode = "value" if cfg.task == "regression" else "long"
+    mode = "value" if mode == "value_sigma" else mode
     validate(df, sample, row_column(cfg, sample), mode, list(comp.label_values))
 
 
@@ -130,6 +136,8 @@ def submission_probs(cfg: Any, comp: Competition, df: pd.DataFrame) -> np.ndarra
     col = next(c for c in df.columns if c != id_col)
     if mode == "value":
         return df[[col]].astype(float).to_numpy()
+    if mode == "value_sigma":
+        return df[[c for c in df.columns if c != id_col]].astype(float).to_numpy()
     if mode == "binary_prob":
         p = df[col].astype(float).to_numpy()
         pos = positive(cfg, comp)

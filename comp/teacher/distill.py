@@ -125,7 +125,11 @@ def teacher_outputs(cfg: Any, comp: Any, paths: list[Path], images: list[str], t
     logits of the checkpoints `paths`, or a regression head's mean value.
 
     Raises:
-        UserError: a checkpoint that cannot be read, or a task other than the student's."""
+        UserError: a checkpoint that cannot be read, a task other than the student's, or a head with a
+            scale (train.loss laplace | gaussian_nll)."""
+    if task.scale:  # the soft loss is the MSE to the teacher's value: it would teach no sigma
+        raise UserError(f"distill.teacher: a value with its uncertainty (train.loss={task.loss_name}) is not "
+                        f"distilled; train it on its targets (distill.teacher='')")
     models = [load_model(p) for p in paths]
     for m in models:
         t = m.task

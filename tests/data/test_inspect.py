@@ -171,17 +171,36 @@ def test_copies_of_a_folder_in_another_case_are_read_once(tmp_path):
     assert text.count("a copy of the same images, not read") == 2
 
 
-def test_patient_folders_of_slices_are_refused_not_taken_as_classes(tmp_path):
+def test_osic_visits_get_a_visits_config_not_classes_nor_a_refusal(tmp_path):
     """OSIC's train.csv has several rows (visits) per Patient and train/<Patient>/<n>.dcm CT slices: init.py
-    wrote a config taking test.csv's Weeks as image ids (slice numbers) and FVC as classes. It is refused in
-    one line naming the CSV, the column and what the data is (bags and tabular targets are not init's yet)."""
+    wrote a config taking test.csv's Weeks as image ids and FVC as classes, then refused it as a bag. The sample's
+    <Patient>_<Weeks> ids with FVC and Confidence make it data.layout=visits (comp.data.visits), a Laplace head
+    and OSIC's metric; its CT folders are not read (bags: issue 27)."""
+    from replicas import osic
+
+    cfg, text = _init_and_load(osic(tmp_path / "data"), tmp_path)
+    d = cfg.data
+    assert (d.layout, d.group_column, d.time_column, d.label_column, d.id_column) == (
+        "visits", "Patient", "Weeks", "FVC", "Patient_Week")
+    assert (list(d.baseline_columns), list(d.tabular_columns)) == (["FVC", "Percent"], ["Age", "Sex", "SmokingStatus"])
+    assert (d.train_csv, d.test_csv) == ("train.csv", "test.csv")
+    assert (cfg.task, cfg.train.loss, cfg.metric) == ("regression", "laplace", "laplace_log_likelihood")
+    assert cfg.predict.output == "auto" and "scripts/tabular.py" in text
+
+
+def test_patient_folders_of_slices_without_visit_rows_are_refused(tmp_path):
+    """The same download with a sample that is not <Patient>_<Weeks> is a bag of slices per Patient: refused in
+    one line naming the CSV, the column and what the data is."""
     from replicas import osic
 
     root = osic(tmp_path / "data")
+    sample = pd.read_csv(root / "sample_submission.csv")
+    sample.assign(Patient_Week=sample["Patient_Week"].str.rpartition("_")[0] + "_w").to_csv(
+        root / "sample_submission.csv", index=False)
     out = tmp_path / "config.yaml"
     code, _, err = run_main("init.py", str(root), "-o", str(out))
     one_error(code, err, "train.csv", "'Patient' names folders of images", "several rows per Patient", "FVC",
-              "issue 28 item 4")
+              "data.layout=visits", "bags are issue 27")
     assert not out.exists()
 
 

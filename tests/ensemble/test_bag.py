@@ -85,3 +85,17 @@ def test_seed_outside_the_bag_is_refused(tiny):
     with pytest.raises(UserError, match="seed=7 is not one of the bag's seeds"):
         fit(cfg, 0)
     assert not (tiny["out"] / "fold0" / "seed7").exists()
+
+
+def test_a_bag_of_values_with_their_sigma_is_the_mixture(tmp_path):
+    """train.loss=laplace: the seeds' OOF value and sigma are averaged as a mixture (the mean of means; sigma from
+    the mean of sigma^2 + mu^2), not column by column: the mean of the sigmas forgets the seeds' disagreement."""
+    cfg = load_config(None, [f"out_dir={tmp_path / 'run'}", "seeds=[1,2]", "task=regression", "train.loss=laplace",
+                             "metric=laplace_log_likelihood", "data.label_column=FVC"])
+    exp = Experiment(cfg)
+    for run, (mu, sd) in zip(exp.runs(0), [(100.0, 10.0), (120.0, 20.0)], strict=True):
+        run.dir.mkdir(parents=True)
+        pd.DataFrame({"id": ["a"], "label": [110.0], "value": [mu], "sigma": [sd]}).to_csv(run.oof, index=False)
+    out = pd.read_csv(write_bag_oof(exp, 0))
+    assert out["value"].iloc[0] == pytest.approx(110.0)
+    assert out["sigma"].iloc[0] == pytest.approx(np.sqrt((10**2 + 100**2 + 20**2 + 120**2) / 2 - 110**2))

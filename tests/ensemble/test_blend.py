@@ -165,3 +165,15 @@ def test_two_trained_recipes_blend_end_to_end_and_other_folds_are_refused(tmp_pa
     (tmp_path / "again.yaml").write_text(f"out_dir: {tmp_path / 'r16'}\nimage_size: 16\n")
     with pytest.raises(UserError, match="name the same experiment"):
         sb.load_members([configs[0], str(tmp_path / "again.yaml")], common)
+
+
+def test_values_with_their_sigma_blend_as_a_mixture_and_refuse_rank_and_stack():
+    task = Task("regression", ["FVC"], "regression", loss_name="laplace")
+    a, b = np.array([[100.0, 10.0], [50.0, 5.0]]), np.array([[120.0, 20.0], [50.0, 5.0]])
+    y = np.array([110.0, 50.0])
+    out = bl.fit("mean", [a, b], y, task)([a, b])
+    np.testing.assert_allclose(out, [[110.0, np.sqrt(350.0)], [50.0, 5.0]])
+    w = bl.fit_weights([a, b], y, task)
+    np.testing.assert_allclose(bl.fit("weighted", [a, b], y, task)([a, b]), task.mix([a, b], w))
+    assert "mixture" in bl.applicable("rank", task, "auc") and "mixture" in bl.applicable("stack", task, "mae")
+    assert bl.applicable("mean", task, "laplace_log_likelihood") is None

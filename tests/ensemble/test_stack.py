@@ -237,3 +237,18 @@ def test_multihead_blends_by_mean_and_weights_not_by_a_stack():
     assert np.allclose(blended[:, :2].sum(1), 1) and np.allclose(blended[:, 2:].sum(1), 1)
     assert surrogate(task, y, blended) <= surrogate(task, y, np.mean(outs, axis=0)) + 1e-9
     assert "multihead" in applicable("stack", task, "log_loss")
+def test_a_value_with_its_sigma_is_not_stacked(tmp_path):
+    """The level-2 trees predict one value: an experiment of a Laplace head (value, sigma) is refused in one line
+    pointing at the blends that mix it, before anything is written."""
+    from comp.ensemble.stack import stack as run_stack
+
+    cfg = load_config(None, [f"out_dir={tmp_path / 'run'}", "task=regression", "train.loss=laplace",
+                             "metric=laplace_log_likelihood", "folds.n_folds=2"])
+    exp = Experiment(cfg)
+    for k in (0, 1):
+        exp.fold(k).dir.mkdir(parents=True)
+        pd.DataFrame({"id": [f"a{k}"], "label": [1.0], "value": [1.0], "sigma": [0.5]}).to_csv(exp.fold(k).oof,
+                                                                                             index=False)
+    with pytest.raises(UserError, match="stacking a value with its uncertainty .* blend it"):
+        run_stack(cfg, tmp_path / "stack")
+    assert not (tmp_path / "stack").exists()

@@ -269,3 +269,74 @@ def test_a_failed_prediction_writes_nothing_and_keeps_the_earlier_probabilities(
     one_error(code, err, needle.format(probs=probs))
     assert out == "" and probs.read_bytes() == b"earlier probabilities" and snapshot(ex["base"]) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ex", name]  # no temporary left behind
+
+
+def test_folds_and_views_of_a_value_with_its_sigma_average_as_a_mixture():
+    """predict.py's fold ensemble (and the TTA views, through the same moments) of a scale head: the mixture's
+    mean and sd, with the folds' weights; the mean of the sigmas would forget the folds' disagreement."""
+    from types import SimpleNamespace
+
+    from comp.tasks import Task
+
+    task = Task("regression", ["FVC"], "regression", loss_name="laplace")
+    models = [SimpleNamespace(task=task), SimpleNamespace(task=task)]
+    cfg = load_config(None, ["task=regression", "train.loss=laplace", "metric=laplace_log_likelihood"])
+    outs = [torch.tensor([[100.0, 10.0]]), torch.tensor([[120.0, 20.0]])]
+    got = predict_mod.ensemble_mean(cfg, models, outs)
+    np.testing.assert_allclose(got, [[110.0, np.sqrt(350.0)]], rtol=1e-6)
+    views = [task.to_moments(o) for o in outs]  # what forward_views averages for a scale head (model_outputs)
+    np.testing.assert_allclose(task.from_moments((views[0] + views[1]) / 2).numpy(), got, rtol=1e-6)
+    prior = predict_mod.class_prior(SimpleNamespace(train=None, targets=lambda _: np.array([1.0, 3.0])), task)
+    np.testing.assert_allclose(prior, [2.0, 1.0])  # an unreadable image gets the targets' mean and sd
+
+
+def test_an_image_model_with_a_laplace_head_trains_and_predicts_the_folds_mixture(tmp_path):
+    """task=regression, train.loss=laplace on images: two folds trained, OOF with value and sigma, and the test
+    outputs of both folds the mixture of each fold's own (the TTA views averaged as moments inside each)."""
+    from helpers import FAST, write_competition
+
+    from comp.data.competition import load_competition
+    from comp.train.loop import fit
+
+    over = FAST + write_competition(tmp_path / "data", "regression") + [
+        f"out_dir={tmp_path / 'run'}", "train.loss=laplace", "metric=laplace_log_likelihood",
+        "aug.tta=[identity,hflip]"]
+    cfg = load_config(None, over)
+    for k in (0, 1):
+        fit(cfg, k)
+    oof = pd.read_csv(Experiment(cfg).fold(0).oof)
+    assert {"value", "sigma"} <= set(oof.columns) and (oof["sigma"] > 0).all()
+    comp = load_competition(cfg)
+    both = predict_test(cfg, comp)
+    each = [predict_test(load_config(None, over + [f"predict.folds=[{k}]"]), comp) for k in (0, 1)]
+    assert both.shape == (len(comp.test), 2) and (both[:, 1] > 0).all()
+    from comp.tasks import Task
+
+    np.testing.assert_allclose(both, Task("regression", ["boneage"], "regression", loss_name="laplace").mix(each),
+                               rtol=1e-4)
+
+
+def test_a_sample_with_a_value_and_a_confidence_column_gets_both(tmp_path):
+    """The image path's submission of a Laplace head: a sample `image_id,boneage,Confidence` is written from the
+    value and the sigma (predict.output value_sigma), validated, and scored on held-out answers with the metric."""
+    from helpers import FAST, write_competition
+
+    from comp.data.competition import load_competition
+    from comp.predict.submission import make_submission
+    from comp.train.loop import fit
+
+    root = tmp_path / "data"
+    over = FAST + write_competition(root, "regression") + [
+        f"out_dir={tmp_path / 'run'}", "train.loss=laplace", "metric=laplace_log_likelihood"]
+    sample = pd.read_csv(root / "sample_submission.csv").assign(Confidence=100)
+    sample.to_csv(root / "sample_submission.csv", index=False)
+    cfg = load_config(None, over)
+    for k in (0, 1):
+        fit(cfg, k)
+    sub = make_submission(cfg)
+    comp = load_competition(cfg)
+    both = predict_test(cfg, comp)
+    assert list(sub.frame.columns) == ["image_id", "boneage", "Confidence"]
+    order = [list(comp.test["id"]).index(i) for i in sub.frame["image_id"]]
+    np.testing.assert_allclose(sub.frame[["boneage", "Confidence"]].to_numpy(), both[order], rtol=1e-5)
+    assert sub.score is not None and np.isfinite(sub.score)

@@ -120,3 +120,11 @@ def test_multihead_soft_targets_are_each_heads_softmax():
     want = sum(torch.sum(-(soft[:, s] / 2).softmax(1) * (logits[:, s] / 2).log_softmax(1), dim=1).mean()
                for s in (slice(0, 2), slice(2, 5))) * 4
     assert torch.allclose(d.loss(task, logits, torch.cat([hard, soft], 1), None, 0.0), want, atol=1e-6)
+def test_a_head_with_a_scale_is_not_distilled():
+    """The soft loss of a regression head is the MSE to the teacher's value: a Laplace head would learn no sigma
+    from it, so distillation refuses it in one line before reading any checkpoint."""
+    from comp.teacher.distill import teacher_outputs
+
+    task = Task("regression", ["FVC"], "regression", loss_name="laplace")
+    with pytest.raises(UserError, match="distill.teacher: a value with its uncertainty"):
+        teacher_outputs(None, None, [], [], task, None)

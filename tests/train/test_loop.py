@@ -171,3 +171,27 @@ def test_every_loss_option_takes_effect_with_mixup(tiny):
     mixed = m @ built.task.dense(y, 0.2)
     assert mixed.shape == (built.cfg.batch_size, 3) and torch.allclose(mixed.sum(1), torch.ones(len(y)))
     assert mixed.min() >= 0.2 / 3 - 1e-6  # smoothing: no class below s/C
+
+
+def test_the_mil_instance_loss_adds_each_instance_against_its_row_target():
+    """mil.aux_weight: the loss is the rows' plus the weight times the head on each instance against its row's
+    target (comp.models.mil's with_instances path); 0 leaves the rows' alone."""
+    from types import SimpleNamespace
+
+    from comp.models.factory import create_mil_model
+    from comp.tasks import Task
+
+    torch.manual_seed(0)
+    model = create_mil_model("timm/test_resnet", 3, "attention")
+    x, y = torch.randn(2, 4, 3, 16, 16), torch.tensor([0, 2])
+    task = Task(kind="multiclass", names=["a", "b", "c"], head="softmax")
+    cfg = load_config(None, ["mil.source=series", "mil.aux_weight=0.5", "train.label_smoothing=0"])
+    run = SimpleNamespace(cfg=cfg, model=model, task=task, loss_weight=None, mixup=None, distill=None,
+                          amp_dtype=None, device=torch.device("cpu"))
+    got = loop_mod._forward_loss(run, x, y)
+    logits, inst = model(x, with_instances=True)
+    rows = torch.nn.functional.cross_entropy(logits, y)
+    each = torch.nn.functional.cross_entropy(inst.flatten(0, 1), y.repeat_interleave(4))
+    assert torch.allclose(got, rows + 0.5 * each)
+    run.cfg = load_config(None, ["mil.source=series", "train.label_smoothing=0"])
+    assert torch.allclose(loop_mod._forward_loss(run, x, y), rows)

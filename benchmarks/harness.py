@@ -8,8 +8,8 @@ round, the first side rotated, and a ratio is the median of the per-round ratios
 machine then hits both sides of a ratio alike (benchmarks.models interleaves the model step likewise).
 
 Sections 1-4 are defined here, `recipes` in benchmarks.recipes, `predict` in benchmarks.predict_scale, `mil`
-in benchmarks.mil; what
-they share (generated images, timing, the reference loops) is benchmarks.common, which imports no section.
+in benchmarks.mil; what they share (generated images, timing, the reference loops) is benchmarks.common, which
+imports no section.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ from benchmarks.models import bench_model_step
 from benchmarks.predict_scale import bench_predict
 from benchmarks.recipes import bench_recipes
 
-SECTIONS = ("loader", "model", "e2e", "gpu", "recipes", "predict", "mil")  # each a function of this module or a section's
+# each a function of this module or a section's
+SECTIONS = ("loader", "model", "e2e", "gpu", "recipes", "predict", "mil")
 
 
 # ----------------------------------------------------------------------------------- 1. input pipeline

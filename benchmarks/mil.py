@@ -195,8 +195,14 @@ def bench_mil(work: Path, quick: bool, echo: Callable[[str], None]) -> dict[str,
     (above 1: the loader is not the limit) and `mil_batch_float_mib`."""
     from comp.data.augment import build_transform
     from comp.data.competition import load_competition
-    from comp.data.loader import (EpochSampler, ImageDataset, batches_in_flight_bytes, make_loader,
-                                  prefetch_factor_for, shm_budget)
+    from comp.data.loader import (
+        EpochSampler,
+        ImageDataset,
+        batches_in_flight_bytes,
+        make_loader,
+        prefetch_factor_for,
+        shm_budget,
+    )
     from comp.data.mil_cache import MilLoader, mil_loader, process_rows
     from comp.models.factory import create_mil_model
 
@@ -216,7 +222,8 @@ def bench_mil(work: Path, quick: bool, echo: Callable[[str], None]) -> dict[str,
         paths, labels = comp.train["path"].tolist(), comp.targets(comp.train)
         t0 = time.perf_counter()
         problems = process_rows(cfg, comp.root, paths, workers=1)
-        res["cache_build_seconds_per_series"] = (time.perf_counter() - t0) / p["series"]
+        res["setup"] = {"series_write_seconds": written,
+                        "cache_build_seconds_per_series": (time.perf_counter() - t0) / p["series"]}
         assert not problems, problems  # generated series: any problem is this benchmark's bug
         cached, uncached = mil_loader(cfg, comp), MilLoader(cfg, None, None, {})
         assert cached.folder is not None  # built above: read from the cache
@@ -298,7 +305,6 @@ def bench_mil(work: Path, quick: bool, echo: Callable[[str], None]) -> dict[str,
         res["mil_batch_float_mib"] = 4 * uint8_bytes / 2**20
         res["mil_loader_rows_per_s"] = res["loader"]["workers_2_rows_per_s"]
         res["mil_step_over_loader"] = res["step"]["cpu"]["over_loader_2"]
-    res["series_write_seconds"] = written
 
     r, m = res["row"], res["memory"]
     echo(f"7. MIL rows (issue 27): a {p['slices']}-slice CT series of {p['px']}x{p['px']} 16-bit DICOMs, "
@@ -309,20 +315,22 @@ def bench_mil(work: Path, quick: bool, echo: Callable[[str], None]) -> dict[str,
                      ("decode_picked", "uncached, best case: order from the headers, decode only the picked slices")):
         echo(f"   {label:<78}{1000 * r[f'{k}_seconds']:>10.1f}"
              + ("" if k == "cache" else f"{res['mil_cache_speedup_vs_decode' + k[6:]]:>9.1f}x"))
-    echo(f"   cache build (prepare, one worker): {res['cache_build_seconds_per_series']:.2f} s per series")
+    echo(f"   cache build (prepare, one worker): {res['setup']['cache_build_seconds_per_series']:.2f} s per series")
     echo(f"   loader: ImageDataset + make_loader, batch {batch}, flips: "
          + ", ".join(f"{v:.1f} rows/s with {k.split('_')[1]} workers" for k, v in res["loader"].items()))
     for dev, s in res["step"].items():
         if "skipped" in s:
             echo(f"   training step on cuda: skipped, {s['skipped']}")
             continue
-        echo(f"   training step, create_mil_model({p['model']}, attention), {n} x {size} px, {s['rows']} row(s) a batch, "
-             f"{dev}{' bf16' if dev == 'cuda' else ' fp32'}: {s['seconds_per_row']:.3f} s a row = "
+        echo(f"   training step, create_mil_model({p['model']}, attention), {n} x {size} px, "
+             f"{s['rows']} row(s) a batch, {dev}{' bf16' if dev == 'cuda' else ' fp32'}: "
+             f"{s['seconds_per_row']:.3f} s a row = "
              f"{s['over_loader_0']:.1f}x the loader's time a row with 0 workers, {s['over_loader_2']:.1f}x with 2")
-    echo(f"   batch {tuple(shape)}: uint8 {m['uint8_bytes'] / 2**20:.1f} MiB, float input "
-         f"{m['float_bytes'] / 2**20:.1f} MiB; building it (tracemalloc peak): {m['traced_peak_bytes_cache'] / 2**20:.1f}"
-         f" MiB from the cache, {m['traced_peak_bytes_decode'] / 2**20:.1f} MiB decoding")
+    mib = {k: v / 2**20 for k, v in m.items() if isinstance(v, int)}
+    echo(f"   batch {tuple(shape)}: uint8 {mib['uint8_bytes']:.1f} MiB, float input {mib['float_bytes']:.1f} MiB; "
+         f"building it (tracemalloc peak): {mib['traced_peak_bytes_cache']:.1f} MiB from the cache, "
+         f"{mib['traced_peak_bytes_decode']:.1f} MiB decoding")
     echo(f"   shared memory of a loader at batch 8, 8 workers: prefetch_factor {m['shm_prefetch_factor_8x8']} sized "
-         f"for {m['shm_in_flight_bytes_8x8_assumed'] / 2**20:.0f} MiB, holds {m['shm_in_flight_bytes_8x8_actual'] / 2**20:.0f}"
-         f" MiB (N={n} instances a row); budget {m['shm_budget_bytes'] / 2**20:.0f} MiB")
+         f"for {mib['shm_in_flight_bytes_8x8_assumed']:.0f} MiB, holds {mib['shm_in_flight_bytes_8x8_actual']:.0f} MiB "
+         f"(N={n} instances a row); budget {mib['shm_budget_bytes']:.0f} MiB")
     return res

@@ -172,6 +172,33 @@ def mil_step(net: torch.nn.Module, batch: int, n: int, size: int, device: str, a
     return step, to_input(x8, dev)
 
 
+def device_step(model: str, n: int, size: int, steps: int, loader: dict[str, float], device: str = "cuda",
+                rows: int = 4) -> dict[str, Any]:
+    """Part (b) on `device` (a GPU; "cpu" only to check this code path): a `mil_step` of `rows` rows in
+    bf16 autocast, timed over `steps` steps after 3 untimed ones (cuDNN's algorithm search, the allocator).
+    `loader`: the loader's rows/s by `workers_<k>_rows_per_s`. Returns seconds per row, the step's time
+    over the loader's (`over_loader_<k>`), the peak device memory (GiB; None on a CPU) and the float
+    input's bytes."""
+    from comp.models.factory import create_mil_model
+
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    torch.backends.cudnn.benchmark = True
+    step, x = mil_step(create_mil_model(model, 1, "attention"), rows, n, size, device, amp=True)
+    for _ in range(3):
+        step()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    s = (time.perf_counter() - t0) / steps / rows
+    return {"rows": rows, "seconds_per_row": s, "device": torch.cuda.get_device_name(dev) if cuda else device,
+            **{k.replace("workers", "over_loader").removesuffix("_rows_per_s"): s * v for k, v in loader.items()},
+            "peak_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else None,
+            "float_input_bytes": x.nelement() * x.element_size()}
+
+
 def _epoch(loader: Any) -> int:
     """One pass over `loader`; the rows it gave."""
     return sum(len(x) for x, _ in loader)
@@ -252,8 +279,8 @@ def bench_mil(work: Path, quick: bool, echo: Callable[[str], None]) -> dict[str,
         loaders = {w: make_loader(ds, batch, sampler, w, persistent=True) for w in (0, 2)}
         for ld in loaders.values():
             _epoch(ld)  # the workers' start, the page cache
-        nets = {"cpu": create_mil_model(p["model"], 1, "attention")}
-        step, x_cpu = mil_step(nets["cpu"], 1 if not quick else batch, n, size, "cpu", amp=False)
+        step, x_cpu = mil_step(create_mil_model(p["model"], 1, "attention"), 1 if not quick else batch, n, size,
+                               "cpu", amp=False)
         step_rows = 1 if not quick else batch
         fns = {f"loader_{w}": (lambda ld=ld: _epoch(ld)) for w, ld in loaders.items()}
         fns["step_cpu"] = step
@@ -265,22 +292,7 @@ def bench_mil(work: Path, quick: bool, echo: Callable[[str], None]) -> dict[str,
                                "over_loader_2": median_ratio(per_row["loader_2"], per_row["step_cpu"])}}
         del loaders
         if cuda:
-            gb, steps = 4, 3 if quick else 10
-            nets["cuda"] = create_mil_model(p["model"], 1, "attention")
-            step_gpu, x_gpu = mil_step(nets["cuda"], gb, n, size, "cuda", amp=True)
-            for _ in range(3):
-                step_gpu()  # cuDNN's algorithm search, the allocator
-            torch.cuda.reset_peak_memory_stats()
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                step_gpu()
-            s = (time.perf_counter() - t0) / steps / gb
-            res["step"]["cuda"] = {"rows": gb, "seconds_per_row": s, "device": torch.cuda.get_device_name(0),
-                                   "over_loader_0": s * res["loader"]["workers_0_rows_per_s"],
-                                   "over_loader_2": s * res["loader"]["workers_2_rows_per_s"],
-                                   "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-                                   "float_input_bytes": x_gpu.nelement() * x_gpu.element_size()}
-            del x_gpu
+            res["step"]["cuda"] = device_step(p["model"], n, size, 3 if quick else 10, res["loader"])
         else:
             res["step"]["cuda"] = {"skipped": "no CUDA device (torch.cuda.is_available() is False)"}
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from benchmarks import harness, run
-from benchmarks.mil import QUICK, ct_set, decode_picked, mil_config
+from benchmarks.mil import QUICK, ct_set, decode_picked, device_step, mil_config
 
 HEADLINES = ["mil_cache_speedup_vs_decode", "mil_cache_speedup_vs_decode_picked", "mil_loader_rows_per_s",
              "mil_step_over_loader", "mil_batch_float_mib"]
@@ -63,3 +63,12 @@ def test_decode_picked_reads_what_the_cache_gives(tmp_path):
         got = decode_picked(loader, path, seed)
         assert got.shape == (5, 16, 16, 3) and got.dtype == np.uint8
         assert np.array_equal(got, loader(path, seed))
+
+
+def test_device_step_reports_per_row_time_against_the_loader():
+    # The CUDA side of part (b), run on the CPU: bf16 autocast, rows a batch, the ratio to each loader.
+    r = device_step("timm/test_resnet", 2, 32, 1, {"workers_0_rows_per_s": 10.0, "workers_2_rows_per_s": 20.0},
+                    device="cpu", rows=2)
+    assert r["rows"] == 2 and positive(r["seconds_per_row"]) and r["peak_gib"] is None
+    assert r["over_loader_0"] == r["seconds_per_row"] * 10 and r["over_loader_2"] == r["seconds_per_row"] * 20
+    assert r["float_input_bytes"] == 2 * 2 * 3 * 32 * 32 * 4

@@ -290,7 +290,7 @@ def bench_mil(work: Path, quick: bool, echo: Callable[[str], None]) -> dict[str,
         res["step"] = {"cpu": {"rows": step_rows, "seconds_per_row": statistics.median(per_row["step_cpu"]),
                                "over_loader_0": median_ratio(per_row["loader_0"], per_row["step_cpu"]),
                                "over_loader_2": median_ratio(per_row["loader_2"], per_row["step_cpu"])}}
-        del loaders
+        del loaders, fns  # the persistent workers end here (the lambdas hold their loaders too)
         if cuda:
             res["step"]["cuda"] = device_step(p["model"], n, size, 3 if quick else 10, res["loader"])
         else:

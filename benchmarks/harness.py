@@ -7,8 +7,9 @@ section's numbers, and the headline ratios as top-level keys (`loader_speedup_vs
 round, the first side rotated, and a ratio is the median of the per-round ratios: a slow spell of a shared
 machine then hits both sides of a ratio alike (benchmarks.models interleaves the model step likewise).
 
-Sections 1-4 are defined here, `recipes` in benchmarks.recipes, `predict` in benchmarks.predict_scale; what
-they share (generated images, timing, the reference loops) is benchmarks.common, which imports no section.
+Sections 1-4 are defined here, `recipes` in benchmarks.recipes, `predict` in benchmarks.predict_scale, `mil`
+in benchmarks.mil; what they share (generated images, timing, the reference loops) is benchmarks.common, which
+imports no section.
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ from benchmarks.common import (
     median_ratio,
     timm_loop,
 )
+from benchmarks.mil import bench_mil
 from benchmarks.models import bench_model_step
 from benchmarks.predict_scale import bench_predict
 from benchmarks.recipes import bench_recipes
 
-SECTIONS = ("loader", "model", "e2e", "gpu", "recipes", "predict")  # each a function of this module or a section's
+# each a function of this module or a section's
+SECTIONS = ("loader", "model", "e2e", "gpu", "recipes", "predict", "mil")
 
 
 # ----------------------------------------------------------------------------------- 1. input pipeline
@@ -330,7 +333,8 @@ def run(sections: list[str] | tuple[str, ...] = SECTIONS, quick: bool = False, w
            "recipes": lambda: bench_recipes(work, quick, echo, names=opt.get("recipes"), steps=opt.get("recipe_steps")),
            "predict": lambda: bench_predict(work, quick, echo, n_images=opt.get("predict_images"),
                                             models=tuple(opt.get("predict_models") or ()) or None,
-                                            compile_modes=modes)}
+                                            compile_modes=modes),
+           "mil": lambda: bench_mil(work, quick, echo)}
     for name in sections:
         echo("")
         t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Benchmark the kit against the lab reports' loader and timm (BENCHMARKS.md):
-benchmarks/run.py [--quick] [--sections loader model e2e gpu recipes predict] [--json] [--work DIR]
+benchmarks/run.py [--quick] [--sections loader model e2e gpu recipes predict mil] [--json] [--work DIR]
   [--compile-modes MODE ...] [--gpu-images N] [--recipes CONFIG ...] [--recipe-steps N]
   [--predict-images N] [--predict-models M ...]
 
@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout:
 from comp.cli import main  # noqa: E402
 
 # benchmarks.harness.SECTIONS, without importing torch for --help
-SECTIONS = ("loader", "model", "e2e", "gpu", "recipes", "predict")
+SECTIONS = ("loader", "model", "e2e", "gpu", "recipes", "predict", "mil")
 
 
 def run(args):

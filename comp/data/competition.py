@@ -48,6 +48,7 @@ from comp.data.layouts import (  # noqa: F401
     unique_ids,
 )
 from comp.data.mil import find_folders, join_views
+from comp.data.siim_covid import layout_tables
 from comp.data.tables import read_csv  # noqa: F401  (the CSV reader of every table, here since the start)
 from comp.data.targets import (
     class_task,
@@ -260,8 +261,6 @@ def load_competition(cfg: Any, strict: bool = True, check_sample: bool = False, 
         raise UserError("data.layout=visits (rows per group and time, OSIC) is fitted from its tables by "
                         "scripts/tabular.py (prepare, folds, fit, predict); not by the image scripts")
     if d.layout == "siim_covid":  # studies of DICOMs, labelled per study (comp.predict.siim_covid)
-        from comp.data.siim_covid import layout_tables
-
         train, test = layout_tables(cfg, root)
         train = exclude(train, excluded)
         if check_sample:

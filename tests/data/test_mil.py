@@ -194,6 +194,7 @@ def test_dataset_rows_are_instances_with_one_augmentation_draw_per_row(tmp_path)
     ds = ImageDataset(comp.train["path"].tolist(), comp.targets(comp.train), 16, flip, load=mil_loader(cfg, comp))
     x, y = ds[(1, 123)]
     assert tuple(x.shape) == (8, 3, 16, 16) and y == 1
+    assert ds.instances == 8  # the loader's shared-memory budget counts a row's 4 x 2 images
     again, _ = ds[(1, 123)]
     assert (x == again).all()  # a pure function of (row, seed): resume is bit-identical
     # the same brightness change on every instance: equal slices stay equal after augmentation

@@ -194,3 +194,44 @@ def test_the_packaged_infer_takes_overrides_before_and_after_a_flag(monkeypatch)
     with pytest.raises(SystemExit):
         infer_main(Path("."), ["batch_size=4", "--data", "d", "seed=1"])
     assert seen[0].overrides == ["batch_size=4", "seed=1"] and seen[0].data == "d"
+
+
+@pytest.fixture(scope="module")
+def mil_fold(tmp_path_factory):
+    from mil_fold import trained_mil_fold
+
+    return trained_mil_fold(tmp_path_factory)
+
+
+def test_a_mil_package_predicts_offline_exactly_like_predict_py(mil_fold, tmp_path):
+    """A MIL experiment (a row: a study of four DICOM series) packaged: it carries the mil: keys and nothing of
+    the cache, and its infer.py, a process of its own offline with the image cache moved away, decodes the
+    replica's test folders and writes scripts/predict.py's CSV."""
+    pkg = tmp_path / "pkg"
+    ov = [*mil_fold["overrides"], "data.solution_csv=''"]
+    code, _, err = run_main("package.py", "--config", mil_fold["config"], *ov, "-o", str(pkg), "--id",
+                            "someone/tiny-mil", "--no-estimate")
+    assert code == 0, err[-3000:]
+    shipped = load_config(pkg / "config.yaml")
+    assert (shipped.mil.source, shipped.mil.folder, list(shipped.mil.series), shipped.mil.instances) == (
+        "study", "{BraTS21ID:05d}", ["FLAIR", "T1w", "T1wCE", "T2w"], 3)
+    assert not [p for p in pkg.rglob("*") if p.suffix in (".npy", ".dcm")]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code, local, err = run_main("predict.py", "--config", mil_fold["config"], *ov)
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err[-3000:]
+    cache, away = mil_fold["cache"], tmp_path / "cache-away"
+    cache.rename(away)  # the package reads the DICOMs, never the kit's cache
+    try:
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        offline = subprocess.run([sys.executable, str(pkg / "infer.py"), "--data", str(mil_fold["root"])],
+                                 capture_output=True, text=True, env=offline_env(tmp_path), cwd=elsewhere,
+                                 timeout=300)
+    finally:
+        away.rename(cache)
+    assert offline.returncode == 0, offline.stderr
+    assert offline.stdout == local and local.startswith("BraTS21ID,MGMT_value\n") and local.count("\n") == 3

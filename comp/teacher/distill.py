@@ -122,9 +122,14 @@ def teacher_outputs(cfg: Any, comp: Any, paths: list[Path], images: list[str], t
     logits of the checkpoints `paths`, or a regression head's mean value.
 
     Raises:
-        UserError: a checkpoint that cannot be read, or a task other than the student's."""
+        UserError: a checkpoint that cannot be read, a task other than the student's, or another mil.source
+            than the student's (single images against MIL rows)."""
     models = [load_model(p) for p in paths]
     for m in models:
+        theirs, ours = m.inputs.get("mil.source") or "none", cfg.mil.source
+        if theirs != ours:  # one image a row against many: the teacher cannot read the student's rows
+            raise UserError(f"distill.teacher checkpoint {str(m.path)!r} was trained with mil.source={theirs} but "
+                            f"the student's is mil.source={ours}: a teacher must read the student's rows")
         t = m.task
         if m.meta.get("task") is None or t.head != task.head or list(t.names) != list(task.names) \
                 or t.positive != task.positive:

@@ -106,3 +106,39 @@ def test_distillation_loss_for_every_head(kind):
     assert same.grad.abs().max() < 1e-5
     d.loss(task, logits, y, None, 0.0).backward()
     assert logits.grad.abs().max() > 1e-4
+
+
+# --- MIL rows (mil.source set) ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mil_fold(tmp_path_factory):
+    from mil_fold import trained_mil_fold
+
+    return trained_mil_fold(tmp_path_factory)
+
+
+def test_a_mil_student_learns_from_a_mil_teacher_and_refuses_a_single_image_one(teacher, mil_fold, tmp_path):
+    from helpers import run_main
+
+    from comp.data.competition import load_competition
+    from comp.experiment import load_config
+    from comp.experiment.model import load_model
+    from comp.teacher.distill import teacher_outputs
+
+    out = tmp_path / "student"
+    out.mkdir()
+    shutil.copy(mil_fold["out"] / "folds.csv", out / "folds.csv")
+    code, _, err = run_main("train_fold.py", "--config", mil_fold["config"], "--fold", "0", *mil_fold["overrides"],
+                            f"out_dir={out}", f"distill.teacher={mil_fold['out']}")
+    assert code == 0, err[-3000:]
+    assert (out / "fold0" / "best.pt").is_file()
+    mil_ck, image_ck = mil_fold["out"] / "fold0" / "best.pt", teacher["out"] / "fold0" / "best.pt"
+    mil_cfg = load_config(mil_fold["config"], mil_fold["overrides"])
+    comp = load_competition(mil_cfg)
+    with pytest.raises(UserError, match=r"mil.source=none but the student's is mil.source=study"):
+        teacher_outputs(mil_cfg, comp, [image_ck], comp.train["path"].tolist(), load_model(mil_ck).task,
+                        torch.device("cpu"))
+    comp = load_competition(teacher["cfg"])
+    with pytest.raises(UserError, match=r"mil.source=study but the student's is mil.source=none"):
+        teacher_outputs(teacher["cfg"], comp, [mil_ck], comp.train["path"].tolist(), load_model(image_ck).task,
+                        torch.device("cpu"))

@@ -196,6 +196,34 @@ def test_the_packaged_infer_takes_overrides_before_and_after_a_flag(monkeypatch)
     assert seen[0].overrides == ["batch_size=4", "seed=1"] and seen[0].data == "d"
 
 
+def test_a_package_with_a_binary_decision_threshold_predicts_like_predict_py(tmp_path, capsys):
+    """A binary pf1 experiment (RSNA mammography's metric): its thresholds.json holds a decision threshold,
+    not kappa cut-points; infer.py, which has no OOF files, reads and logs it."""
+    from helpers import FAST, write_competition
+
+    from comp.train.loop import fit
+
+    root = tmp_path / "data"
+    overrides = [*FAST, *write_competition(root, "binary", n=16, n_test=4), f"out_dir={tmp_path / 'runs'}",
+                 "metric=pf1", "aug.tta=[identity]", "model.name=timm/test_resnet"]
+    cfg = load_config(None, overrides)
+    for k in range(2):
+        fit(cfg, k)
+    pkg = tmp_path / "pkg"
+    code, _, err = run_main("package.py", *overrides, "-o", str(pkg), "--id", "someone/tiny-pf1", "--no-estimate")
+    assert code == 0, err[-3000:]
+    assert json.loads((pkg / "thresholds.json").read_text())["metric"] == "pf1"
+    code, local, err = run_main("predict.py", *overrides)
+    assert code == 0, err[-3000:]
+    capsys.readouterr()
+    try:
+        infer_main(pkg, ["--data", str(root), "data.solution_csv=''"])
+    except SystemExit as e:
+        assert e.code in (0, None)
+    out, err = capsys.readouterr()
+    assert out == local, err[-3000:]
+    assert f"from {pkg / 'thresholds.json'} (OOF pf1 " in err
+
 @pytest.fixture(scope="module")
 def mil_fold(tmp_path_factory):
     from mil_fold import trained_mil_fold

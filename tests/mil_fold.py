@@ -15,22 +15,24 @@ from test_mil_configs import CONFIGS, tiny
 _TRAINED: dict[str, dict] = {}
 
 
-def trained_mil_fold(tmp_path_factory, name: str = "brain_tumor") -> dict:
-    """{config, overrides (predict.folds=[0] included), root, out}: replica `name` prepared and its fold 0
-    trained (one thread, as the runs compared with it), once per test run; a new dict each call."""
-    if name not in _TRAINED:
+def trained_mil_fold(tmp_path_factory, name: str = "brain_tumor", both: bool = False) -> dict:
+    """{config, overrides (predict.folds=[0] included, unless `both`), root, out, cache}: replica `name`
+    prepared and its fold 0 (`both`: its two folds) trained (one thread, as the runs compared with it), once
+    per test run and setting; a new dict each call."""
+    key = f"{name}-{both}"
+    if key not in _TRAINED:
         base = tmp_path_factory.mktemp(f"mil_{name}")
         root = MIL_BUILDERS[name](base / "data")
         config = str(ROOT / "configs" / f"{CONFIGS[name]}.yaml")
-        ov = [*tiny(root, base / "run", base / "cache", name), "predict.folds=[0]"]
+        ov = [*tiny(root, base / "run", base / "cache", name), *([] if both else ["predict.folds=[0]"])]
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            for args in (("prepare.py",), ("train_fold.py", "--fold", "0")):
+            for args in (("prepare.py",), *(("train_fold.py", "--fold", str(k)) for k in range(1 + both))):
                 code, _, err = run_main(args[0], "--config", config, *args[1:], *ov)
                 assert code == 0, err[-3000:]
         finally:
             torch.set_num_threads(threads)
-        _TRAINED[name] = {"config": config, "overrides": ov, "root": Path(root), "out": base / "run",
+        _TRAINED[key] = {"config": config, "overrides": ov, "root": Path(root), "out": base / "run",
                           "cache": base / "cache"}
-    return dict(_TRAINED[name])
+    return dict(_TRAINED[key])

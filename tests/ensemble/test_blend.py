@@ -16,6 +16,7 @@ from helpers import FAST, one_error, run_main, write_tiny_competition
 from comp.ensemble import blend as sb
 from comp.ensemble import methods as bl
 from comp.errors import UserError
+from comp.config import to_yaml
 from comp.experiment import Experiment, load_config
 from comp.experiment.oof import write_oof
 from comp.tasks import Task
@@ -165,3 +166,22 @@ def test_two_trained_recipes_blend_end_to_end_and_other_folds_are_refused(tmp_pa
     (tmp_path / "again.yaml").write_text(f"out_dir: {tmp_path / 'r16'}\nimage_size: 16\n")
     with pytest.raises(UserError, match="name the same experiment"):
         sb.load_members([configs[0], str(tmp_path / "again.yaml")], common)
+
+
+def test_mil_experiments_blend_as_any_rows(tmp_path_factory, tmp_path):
+    """Two MIL experiments (a row: a study of four series) on the same folds blend: OOF rows are rows."""
+    import shutil
+
+    from mil_fold import trained_mil_fold
+
+    mil = trained_mil_fold(tmp_path_factory, both=True)
+    other = tmp_path / "other"
+    shutil.copytree(mil["out"], other)
+    for name, out in (("a", mil["out"]), ("b", other)):
+        (tmp_path / f"{name}.yaml").write_text(to_yaml(load_config(mil["config"], [*mil["overrides"],
+                                                                                   f"out_dir={out}"])))
+    code, out, err = run_main("blend.py", str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml"), "--out",
+                              str(tmp_path / "blend"), "--method", "mean")
+    assert code == 0, err[-3000:]
+    sub = pd.read_csv(tmp_path / "blend" / "submission.csv", dtype=str)
+    assert list(sub.columns) == ["BraTS21ID", "MGMT_value"] and sorted(sub["BraTS21ID"]) == ["1", "13"]

@@ -135,6 +135,10 @@ def check_values(cfg: Any) -> None:
          "with mil.source=views (RSNA Mammography: [patient_id, laterality])"),
         ("train.mixup", cfg.mil.source == "none" or cfg.train.mixup == 0 and cfg.train.cutmix == 0,
          "and train.cutmix must be 0 with mil.source set: they mix single images"),
+        ("data.extra", cfg.mil.source == "none" or not cfg.data.extra, "must be empty with mil.source set: its images "
+         "would join the training part one image a row, not as rows of many"),
+        ("data.duplicates", cfg.mil.source == "none" or not cfg.data.duplicates, "must be empty with mil.source set: "
+         "it pairs single images (explain.py does not search MIL rows for duplicates)"),
         ("data.layout", cfg.data.layout in ("csv", "folders", "siim_covid"), "must be csv, folders or siim_covid"),
         ("data.group_unmatched", cfg.data.group_unmatched in ("error", "own"), "must be error or own"),
         ("data.label_rows", cfg.data.label_rows in ("refuse", "first", "aggregate"),

@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 from helpers import FAST, one_error, run_main, write_tiny_competition
 
+from comp.config import to_yaml
 from comp.ensemble import blend as sb
 from comp.ensemble import methods as bl
 from comp.errors import UserError
-from comp.config import to_yaml
 from comp.experiment import Experiment, load_config
 from comp.experiment.oof import write_oof
 from comp.tasks import Task

@@ -137,6 +137,10 @@ def check_values(cfg: Any) -> None:
          "and train.cutmix must be 0 with mil.source set: they mix single images"),
         ("data.layout", cfg.data.layout in ("csv", "folders", "siim_covid", "visits"),
          "must be csv, folders, siim_covid or visits"),
+        ("data.extra", cfg.mil.source == "none" or not cfg.data.extra, "must be empty with mil.source set: its images "
+         "would join the training part one image a row, not as rows of many"),
+        ("data.duplicates", cfg.mil.source == "none" or not cfg.data.duplicates, "must be empty with mil.source set: "
+         "it pairs single images (explain.py does not search MIL rows for duplicates)"),
         ("data.group_unmatched", cfg.data.group_unmatched in ("error", "own"), "must be error or own"),
         ("data.label_rows", cfg.data.label_rows in ("refuse", "first", "aggregate"),
          "must be refuse, first or aggregate"),

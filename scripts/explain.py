@@ -8,6 +8,8 @@ scripts/explain.py [--config PATH] [--per-class N] [-o DIR] [KEY=VALUE ...]
     multi-label; not for a regression head) duplicates.csv, and review.html
     (one page, images embedded: open it in any browser). Drop suspected images from training with
     data.exclude=DIR/label_issues.csv (a new out_dir: the folds change).
+    MIL rows (mil.source set): each row as its 4 instances that weigh most in the pooled feature, with their
+    weights and Grad-CAM maps of the row's prediction; no duplicate search (it compares single images).
 """
 
 import argparse

@@ -56,6 +56,8 @@ def test_pretrained_false_means_no_weights(tmp_path):
     (["epochs"], "KEY=VALUE"),
     (["data.code_competition=true", "data.inference_server=rsna server"], "must be module.Class"),
     (["data.inference_server=kaggle_evaluation.x.XInferenceServer"], "set data.code_competition=true too"),
+    (["mil.source=series", "data.extra=[{path: ext}]"], "'data.extra': [{'path': 'ext'}] must be empty with mil"),
+    (["mil.source=series", "data.duplicates=dups.csv"], "'data.duplicates': 'dups.csv' must be empty with mil"),
 ])
 def test_bad_overrides(overrides, needle):
     with pytest.raises(UserError, match=None) as e:

@@ -205,7 +205,9 @@ def fit_decoding(exp: Experiment | Any, num_classes: int, comp: Any = None) -> d
     if not files:
         if path.is_file():
             t = read(path, num_classes)
-            log(f"decoding: {t['method']} from {path} (OOF kappa {t['kappa']:.4f})")
+            fit = (f"OOF {t['metric']} {t['score_tuned']:.4f}" if "cutoff" in t  # a binary decision threshold
+                   else f"OOF kappa {t['kappa']:.4f}")  # qwk cut-points
+            log(f"decoding: {t['method']} from {path} ({fit})")
             return t
         log("decoding: no out-of-fold predictions to tune cut-points on; decoding with the argmax")
         return None

@@ -16,17 +16,24 @@ the label's own logit (multi-label); the value (a regression head). The CAM laye
 `model.forward_features`, the last feature map before global pooling, for the kit's ResNets (its `layer4`)
 and timm models alike (`cam_target`); token maps (ViT) and NHWC maps (Swin) are reshaped to (B, C, h, w).
 A chest X-ray model lighting up the burned-in hospital marker instead of the lungs shows here.
+
+MIL rows (mil.source set: a row is a series, a study, a breast's views or a slide's tiles; comp.models.mil):
+the CAM is taken through the full MIL forward pass, so it explains the pooled row prediction: the row's N
+instances go through the backbone as one batch, the CAM layer is the backbone's feature map
+(`forward_features`, or a token ViT's last `norm1`), and the gradient of the row's logit reaches every
+instance through the pool (`instance_cams`). Each row is shown as the TOP_INSTANCES instances that weigh
+most (`MilModel.instance_weights`: attention weights; max: the share of features an instance wins; mean,
+gru, transformer: uniform, then the first ones in slice order), a strip of the instances over a strip of
+their heat maps, each with its index and weight. The duplicate search (pHash of single images) is skipped
+for MIL rows, with a log line and a note on the page.
 """
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -41,99 +48,25 @@ from comp.errors import UserError
 from comp.experiment import Experiment
 from comp.experiment.model import input_config
 from comp.experiment.oof import oof_task
-from comp.io import write_bytes, write_text
+from comp.io import write_text
 from comp.log import log
+from comp.models.mil import MilModel
 from comp.report import errors_analysis as ea
-from comp.report.plots import new_figure
+from comp.report.cam import grad_cam, instance_cams, overlay, top_instances
 from comp.report.review import SECTIONS, review_rows, section_titles
+from comp.report.sheets import data_uri, sheet, strip
 
 PER = {"multilabel": " per label", "regression": ""}
 PER.update({k: " per class" for k in ("multiclass", "binary", "ordinal")})
-THUMB = 160  # px: smaller images are enlarged (nearest neighbour) in the HTML page so they can be seen
-
-
-class _Split(nn.Module):
-    """`model` as forward_head(features(forward_features(x))): `features` (an Identity) is the CAM layer."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model, self.features = model, nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.features(self.model.forward_features(x)))
-
-
-def _to_nchw(model: nn.Module):
-    """Grad-CAM's reshape_transform for `model`'s feature map: (B, C, h, w) from tokens or NHWC."""
-    prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
-    nhwc = str(getattr(model, "output_fmt", "NCHW")) == "NHWC"
-
-    def reshape(t: torch.Tensor) -> torch.Tensor:
-        if t.ndim == 3:  # (B, prefix + h*w, C) tokens: a ViT
-            t = t[:, prefix:]
-            side = int(round(t.shape[1] ** 0.5))
-            if side * side != t.shape[1]:
-                raise UserError(f"Grad-CAM: {t.shape[1]} patch tokens do not form a square grid")
-            return t.reshape(t.shape[0], side, side, t.shape[2]).permute(0, 3, 1, 2)
-        return t.permute(0, 3, 1, 2) if nhwc else t
-
-    return reshape
-
-
-def cam_target(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """(module to call, layer whose output Grad-CAM weighs) for `model`.
-
-    The output of `forward_features`, the last feature map before global pooling (the kit's ResNets: their
-    `layer4`; timm CNNs, ConvNeXt, Swin alike). A model that pools its class token (timm ViT/DeiT,
-    `global_pool='token'`) passes no gradient to the patch tokens there, so the map would be all zero: for
-    those the last block's `norm1`, where attention still mixes patches into the class token (the choice of
-    pytorch-grad-cam's ViT tutorial)."""
-    if getattr(model, "global_pool", None) == "token" and hasattr(model, "blocks"):
-        return model, model.blocks[-1].norm1
-    split = _Split(model).eval()
-    return split, split.features
-
-
-class _Logit:
-    """A Grad-CAM target: `sign` times logit `index` of each image (pytorch-grad-cam calls it per image)."""
-
-    def __init__(self, index: int, sign: int = 1):
-        self.index, self.sign = index, sign
-
-    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
-        out = model_output[self.index] if model_output.ndim == 1 else model_output[:, self.index]
-        return self.sign * out
-
-
-def grad_cam(model: nn.Module, x: torch.Tensor, targets: list[int], signs: list[int] | None = None) -> np.ndarray:
-    """(B, H, W) Grad-CAM maps in [0, 1] of normalised input `x` (B, C, H, W) for logit `targets[b]`
-    (times `signs[b]`, default +1: -1 explains the negative class of a one-logit binary model), at the
-    layer `cam_target` picks. For the kit's ResNets that is `layer4` (tested equal)."""
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    signs = signs or [1] * len(targets)
-    call, layer = cam_target(model)
-    cam = GradCAM(model=call, target_layers=[layer], reshape_transform=_to_nchw(model))
-    try:
-        return cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) if s == 1 else _Logit(int(t), s)
-                                            for t, s in zip(targets, signs, strict=True)])
-    finally:
-        cam.activations_and_grads.release()  # not `with`: its __exit__ swallows IndexError
-
-
-def overlay(img: np.ndarray, cam: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 image with the (H, W) map in [0, 1] laid over it as a jet heat map."""
-    from pytorch_grad_cam.utils.image import show_cam_on_image
-
-    return show_cam_on_image(img.astype(np.float32) / 255, cam, use_rgb=True, image_weight=0.55)
 
 
 def render(cfg: Any, comp: Competition, model: nn.Module, rows: pd.DataFrame, device: torch.device,
            load: Any = None, norm: Any = IMAGENET) -> list[dict]:
     """Each row's image as the model saw it and its Grad-CAM overlay (`review_rows`' cam and sign): dicts of
     id, section, truth, pred (as shown), ok, image and heat ((H, W, 3) uint8). `load`: the image loader
-    (default `sample_loader(cfg, comp)`)."""
+    (default `sample_loader(cfg, comp)`). A MIL model's rows (`instance_cams`): image and heat are strips of
+    its TOP_INSTANCES heaviest instances, with `instances` (their indices), `weights` and `n` (instances in
+    the row), and `images` / `heats`, the instances at their size."""
     paths = dict(zip(comp.train["id"], comp.train["path"], strict=True))
     missing = [i for i in rows["id"] if i not in paths]
     if missing:
@@ -147,67 +80,38 @@ def render(cfg: Any, comp: Competition, model: nn.Module, rows: pd.DataFrame, de
         xb = torch.stack([ds[i][0] for i in idx])  # (B, 3, H, W) uint8
         x = to_input(xb, device, cfg.model.in_chans, norm=norm)
         part = rows.iloc[list(idx)]
-        cams = grad_cam(model, x, part["cam"].astype(int).tolist(), part["sign"].astype(int).tolist())
+        targets, signs = part["cam"].astype(int).tolist(), part["sign"].astype(int).tolist()
+        if isinstance(model, MilModel):
+            if xb.ndim == 4:  # a MIL model on single images (mil.source none cannot train one): one instance
+                xb, x = xb.unsqueeze(1), x.unsqueeze(1)
+            cams, weights = instance_cams(model, x, targets, signs)
+        else:
+            cams = grad_cam(model, x, targets, signs)
         for b, (_, r) in enumerate(part.iterrows()):
-            img = xb[b].permute(1, 2, 0).numpy()
-            items.append({"id": r["id"], "section": r["section"], "truth": r["truth"], "pred": r["pred"],
-                          "ok": r["ok"], "image": img, "heat": overlay(img, cams[b])})
+            it = {"id": r["id"], "section": r["section"], "truth": r["truth"], "pred": r["pred"], "ok": r["ok"]}
+            if isinstance(model, MilModel):
+                top = top_instances(weights[b])
+                imgs = [xb[b, j].permute(1, 2, 0).numpy() for j in top]
+                heats = [overlay(im, cams[b, j]) for im, j in zip(imgs, top, strict=True)]
+                it.update(image=strip(imgs), heat=strip(heats), images=imgs, heats=heats, instances=top.tolist(),
+                          weights=weights[b][top].tolist(), n=int(xb.shape[1]))
+            else:
+                img = xb[b].permute(1, 2, 0).numpy()
+                it.update(image=img, heat=overlay(img, cams[b]))
+            items.append(it)
     return items
-
-
-def _enlarged(img: np.ndarray, side: int = THUMB) -> np.ndarray:
-    """`img` scaled to `side` px on its longer edge (nearest neighbour when enlarging, area when shrinking)."""
-    f = side / max(img.shape[:2])
-    size = (max(1, round(img.shape[1] * f)), max(1, round(img.shape[0] * f)))
-    return cv2.resize(img, size, interpolation=cv2.INTER_NEAREST if f >= 1 else cv2.INTER_AREA)
-
-
-def sheet(items: list[dict], title: str, path: Path, per_row: int = 4) -> Path:
-    """A PNG page: each item's image beside its heat map, titled with id, truth, prediction (green when
-    right, red when wrong, black for a regression) and its probability or value. The tiles are laid out as
-    one array and drawn with one imshow: a matplotlib axes per tile costs seconds per page."""
-    t, gap, band = THUMB, 8, 30  # tile side, spacing, caption band (px)
-    rows = max(1, -(-len(items) // per_row))
-    cell_w, cell_h = 2 * t + 2 * gap, t + band + gap
-    canvas = np.full((rows * cell_h, per_row * cell_w, 3), 255, np.uint8)
-    for k, it in enumerate(items):
-        y, x = (k // per_row) * cell_h + band, (k % per_row) * cell_w
-        for j, img in enumerate((it["image"], it["heat"])):
-            tile = _enlarged(img)
-            canvas[y:y + tile.shape[0], x + j * (t + 2):x + j * (t + 2) + tile.shape[1]] = tile
-    h, w = canvas.shape[:2]
-    top = 36
-    fig = new_figure(figsize=(w / 100, (h + top) / 100), dpi=100)
-    ax = fig.add_axes((0, 0, 1, h / (h + top)))
-    ax.imshow(canvas, interpolation="nearest")
-    ax.set_axis_off()
-    for k, it in enumerate(items):
-        y, x = (k // per_row) * cell_h + band - 3, (k % per_row) * cell_w
-        ax.text(x, y - 13, f"{it['id']}", fontsize=7, va="bottom")
-        ax.text(x, y, f"truth {it['truth']}", fontsize=7, va="bottom")
-        ax.text(x + t + 2, y, f"pred {it['pred']}", fontsize=7, va="bottom",
-                color="black" if it["ok"] is None else "green" if it["ok"] else "red")
-    fig.suptitle(title, fontsize=10)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return write_bytes(path, buf.getvalue())
-
-
-def data_uri(img: np.ndarray) -> str:
-    """An (H, W, 3) uint8 RGB image as a PNG data URI, enlarged to at least THUMB px."""
-    if max(img.shape[:2]) < THUMB:
-        img = _enlarged(img)
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise RuntimeError("cv2 could not encode a review image as PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
 
 
 def _card(it: dict) -> str:
     cls = "" if it["ok"] is None else "ok" if it["ok"] else "bad"
-    return (f'<figure><img src="{data_uri(it["image"])}" alt="image"><img src="{data_uri(it["heat"])}" '
+    mil = "weights" in it  # a MIL row: strips of its heaviest instances, their indices and weights
+    inst = ("<br>instances " + ", ".join(f"#{i} (w {w:.3f})" for i, w in zip(it["instances"], it["weights"],
+                                                                            strict=True))
+            + f" of {it['n']}") if mil else ""
+    return (f'<figure{" class=mil" if mil else ""}><img src="{data_uri(it["image"])}" alt="image">'
+            f'{"<br>" if mil else ""}<img src="{data_uri(it["heat"])}" '
             f'alt="Grad-CAM"><figcaption>{html.escape(str(it["id"]))}<br>truth {html.escape(it["truth"])} · '
-            f'<span class="{cls}">pred {html.escape(it["pred"])}</span></figcaption></figure>')
+            f'<span class="{cls}">pred {html.escape(it["pred"])}</span>{inst}</figcaption></figure>')
 
 
 def _table(df: pd.DataFrame, rows: int = 50) -> str:
@@ -232,7 +136,8 @@ def _pairs(dups: pd.DataFrame, images: dict[tuple[str, str], np.ndarray], rows: 
 
 CSS = ("body{font-family:sans-serif;margin:1em}figure{display:inline-block;margin:4px;border:1px solid #ccc;"
        "padding:4px;font-size:12px;vertical-align:top}figure img{width:160px;height:160px;object-fit:contain;"
-       "image-rendering:pixelated}.ok{color:green}.bad{color:red}table{border-collapse:collapse;font-size:12px}"
+       "image-rendering:pixelated}figure.mil img{width:auto}.ok{color:green}.bad{color:red}"
+       "table{border-collapse:collapse;font-size:12px}"
        "td,th{padding:2px 6px;border-bottom:1px solid #ddd}")
 TABLE_TITLES = {"top_losses": "Top losses (all folds' OOF)", "confused_pairs": "Most confused class pairs",
                 "group_metrics": "Per patient (folds.csv group)", "label_issues": "Label issue candidates "
@@ -323,6 +228,12 @@ def explain(exp: Experiment | Any, per_class: int = 4, out: Path | None = None, 
             if chosen:
                 title = f"fold {k}: {name} ({per_class}{PER[task.kind]})"
                 written.append(sheet(chosen, title, out / f"fold{k}_{s}.png"))
+    notes = {}
+    if duplicates and cfg.mil.source != "none":  # pHash compares single images, not rows of many
+        duplicates = False
+        notes["duplicates"] = (f"not searched: mil.source={cfg.mil.source} rows are many images each, and the "
+                               f"duplicate search compares single images")
+        log(f"explain: duplicates not searched ({notes['duplicates'].split(': ', 1)[1]})")
     items = duplicate_search_items(cfg, comp, task) if duplicates else None
     tables = ea.analyse(oof, task, items, load)
     written += ea.write_tables(tables, out)
@@ -333,7 +244,6 @@ def explain(exp: Experiment | Any, per_class: int = 4, out: Path | None = None, 
     head = dups.head(24)
     shown = ({*zip(head["set_a"], head["id_a"], strict=True), *zip(head["set_b"], head["id_b"], strict=True)}
              if not dups.empty else set())
-    notes = {}
     if not task.has_classes:
         notes["confused_pairs"] = f"none: task={task.kind} has no classes"
     if task.head == "regression":

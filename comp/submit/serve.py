@@ -17,6 +17,10 @@ for that id, to float precision (the batches differ). An item that fails (an unr
 in the model, no image for its id) gets the training class prior, decoded as any row, and a warning naming
 it: a served run that stops scores nothing. What the gateway passes differs per competition (an id, a path,
 a DataFrame of the row: Kaggle's competition pages), so `predict(item, paths=None)` takes each of them.
+
+A MIL experiment (mil.source set, comp.data.mil) answers one MIL row per call (`mil_row`): a series or a
+study is its folder (the item's path, else `mil.folder` formatted with the id under data.test_images), a
+slide (tiles) its image file, a breast (views) the list of its view files, which the gateway must pass.
 """
 
 from __future__ import annotations
@@ -168,12 +172,44 @@ class Served:
             return [str(p)]
         return [str(p) for p in paths]
 
+    @staticmethod
+    def mil_row(s: dict[str, Any], item_id: str, paths: Any) -> str:
+        """The MIL row path of an item (module docstring): what comp.data.mil.sources reads.
+
+        Raises:
+            UserError: a path of the wrong kind for mil.source (a file for a series, a folder for a slide),
+                views without their files, no folder for the id."""
+        from comp.data.layouts import find_files
+        from comp.data.mil import SEP, find_folders
+
+        cfg, comp, src = s["cfg"], s["comp"], s["cfg"].mil.source
+        if src == "views":
+            if paths is None or isinstance(paths, (str, os.PathLike)) and Path(paths).is_dir():
+                raise UserError(f"served item {item_id!r}: mil.source=views rows need their view files: pass "
+                                f"predict(item, paths=[the row's image files])")
+            return SEP.join(str(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths))
+        if paths is None:
+            folders, ids = list(cfg.data.test_images), pd.Series([item_id])
+            if src == "tiles":
+                return str(find_files(comp.root, folders, ids, cfg.data.image_ext, Path("served item"),
+                                      "test_images", None).iloc[0])
+            table = pd.DataFrame({cfg.data.id_column: [item_id]})
+            return str(find_folders(cfg, comp.root, folders, table, ids, Path("served item"), "test_images",
+                                    None).iloc[0])
+        if not isinstance(paths, (str, os.PathLike)) or Path(paths).is_dir() != (src != "tiles"):
+            want = "its image file" if src == "tiles" else "its folder"
+            raise UserError(f"served item {item_id!r}: a mil.source={src} row is {want}, got {paths!r}")
+        return str(paths)
+
     def outputs(self, s: dict[str, Any], item_id: str, paths: Any) -> np.ndarray:
         """(1, K) ensemble outputs of the item: its images' (comp.predict.predict.ensemble_outputs) combined by
         predict.aggregate when there are several."""
         from comp.experiment.oof import aggregate
         from comp.predict.predict import ensemble_outputs
 
+        if s["cfg"].mil.source != "none":  # one MIL row: its instances pooled by the model, nothing to aggregate
+            return ensemble_outputs(s["cfg"], s["comp"], s["models"], s["nets"], [self.mil_row(s, item_id, paths)],
+                                    s["device"])
         files = self.image_paths(s, item_id, paths)
         probs = ensemble_outputs(s["cfg"], s["comp"], s["models"], s["nets"], files, s["device"])
         if len(files) > 1:

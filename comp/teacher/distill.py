@@ -125,13 +125,18 @@ def teacher_outputs(cfg: Any, comp: Any, paths: list[Path], images: list[str], t
     logits of the checkpoints `paths`, or a regression head's mean value.
 
     Raises:
-        UserError: a checkpoint that cannot be read, a task other than the student's, or a head with a
-            scale (train.loss laplace | gaussian_nll)."""
+        UserError: a checkpoint that cannot be read, a task other than the student's, a head with a scale
+            (train.loss laplace | gaussian_nll), or another mil.source than the student's (single images
+            against MIL rows)."""
     if task.scale:  # the soft loss is the MSE to the teacher's value: it would teach no sigma
         raise UserError(f"distill.teacher: a value with its uncertainty (train.loss={task.loss_name}) is not "
                         f"distilled; train it on its targets (distill.teacher='')")
     models = [load_model(p) for p in paths]
     for m in models:
+        theirs, ours = m.inputs.get("mil.source") or "none", cfg.mil.source
+        if theirs != ours:  # one image a row against many: the teacher cannot read the student's rows
+            raise UserError(f"distill.teacher checkpoint {str(m.path)!r} was trained with mil.source={theirs} but "
+                            f"the student's is mil.source={ours}: a teacher must read the student's rows")
         t = m.task
         if m.meta.get("task") is None or t.head != task.head or list(t.names) != list(task.names) \
                 or t.positive != task.positive:

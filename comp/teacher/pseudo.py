@@ -137,6 +137,10 @@ def make_pseudo(exp: Experiment | Any, comp: Competition, out: Path, min_confide
     if not split.is_file():
         raise UserError(f"{exp.dir} has no {split.name}; train the experiment first")
     task = teacher_task(models)
+    mil = cfg.mil.source != "none"
+    if mil and images:  # a MIL row is a folder of series, a breast's views or a slide's tiles, not one image
+        raise UserError(f"--images: external images are single images, but mil.source={cfg.mil.source} rows are "
+                        f"many each; pseudo-label the test rows (--test or --probs)")
     parts, sources = [], []
     if probs:
         df = pd.read_csv(resolve_path(probs), dtype={"id": str})
@@ -161,7 +165,12 @@ def make_pseudo(exp: Experiment | Any, comp: Competition, out: Path, min_confide
                                 predict_rows(exp, comp, table, models), min_confidence, soft))
         sources.append({"images": [str(resolve_path(f)) for f in images]})
     rows = pd.concat(parts, ignore_index=True)
-    rows, copies = leave_out_copies(rows, comp.train["path"].astype(str).tolist(), "pseudo-labels")
+    if mil:  # the byte comparison is of single image files; a MIL row's path is a folder or a view's key
+        copies: dict[str, str] = {}
+        log(f"pseudo-labels: mil.source={cfg.mil.source}: test rows are not compared with the training rows' "
+            f"bytes (single images only)")
+    else:
+        rows, copies = leave_out_copies(rows, comp.train["path"].astype(str).tolist(), "pseudo-labels")
     rows["id"] = rows["id"].astype(str)
     named = rows[rows["id"].isin(set(comp.train["id"].astype(str)))]
     if len(named):  # another file under a training image's name: folds, the cache and OOF are keyed by id

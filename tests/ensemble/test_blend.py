@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from helpers import FAST, one_error, run_main, write_tiny_competition
 
+from comp.config import to_yaml
 from comp.ensemble import blend as sb
 from comp.ensemble import methods as bl
 from comp.errors import UserError
@@ -177,3 +178,22 @@ def test_values_with_their_sigma_blend_as_a_mixture_and_refuse_rank_and_stack():
     np.testing.assert_allclose(bl.fit("weighted", [a, b], y, task)([a, b]), task.mix([a, b], w))
     assert "mixture" in bl.applicable("rank", task, "auc") and "mixture" in bl.applicable("stack", task, "mae")
     assert bl.applicable("mean", task, "laplace_log_likelihood") is None
+
+
+def test_mil_experiments_blend_as_any_rows(tmp_path_factory, tmp_path):
+    """Two MIL experiments (a row: a study of four series) on the same folds blend: OOF rows are rows."""
+    import shutil
+
+    from mil_fold import trained_mil_fold
+
+    mil = trained_mil_fold(tmp_path_factory, both=True)
+    other = tmp_path / "other"
+    shutil.copytree(mil["out"], other)
+    for name, out in (("a", mil["out"]), ("b", other)):
+        (tmp_path / f"{name}.yaml").write_text(to_yaml(load_config(mil["config"], [*mil["overrides"],
+                                                                                   f"out_dir={out}"])))
+    code, out, err = run_main("blend.py", str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml"), "--out",
+                              str(tmp_path / "blend"), "--method", "mean")
+    assert code == 0, err[-3000:]
+    sub = pd.read_csv(tmp_path / "blend" / "submission.csv", dtype=str)
+    assert list(sub.columns) == ["BraTS21ID", "MGMT_value"] and sorted(sub["BraTS21ID"]) == ["1", "13"]

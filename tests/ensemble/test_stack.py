@@ -252,3 +252,15 @@ def test_a_value_with_its_sigma_is_not_stacked(tmp_path):
     with pytest.raises(UserError, match="stacking a value with its uncertainty .* blend it"):
         run_stack(cfg, tmp_path / "stack")
     assert not (tmp_path / "stack").exists()
+
+
+def test_a_mil_experiment_stacks_as_any_rows(tmp_path_factory, tmp_path):
+    """A MIL experiment (a row: a study of four series) stacks: its OOF rows are the competition's rows."""
+    from mil_fold import trained_mil_fold
+
+    mil = trained_mil_fold(tmp_path_factory, both=True)
+    code, _, err = run_main("stack.py", "--config", mil["config"], "--out", str(tmp_path / "stack"),
+                            "--min-samples-leaf", "1", *mil["overrides"])
+    assert code == 0, err[-3000:]
+    sub = pd.read_csv(tmp_path / "stack" / "submission.csv", dtype=str)
+    assert list(sub.columns) == ["BraTS21ID", "MGMT_value"] and sorted(sub["BraTS21ID"]) == ["1", "13"]

@@ -172,3 +172,35 @@ def test_explain_user_errors(tiny):
     one_error(code, err, "has an oof.csv yet")
     code, _, err = run_main("explain.py", "--per-class", "0", *tiny["overrides"])
     one_error(code, err, "--per-class 0")
+
+
+# --- MIL rows (mil.source set: a row is many images) -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mil_fold(tmp_path_factory):
+    from mil_fold import trained_mil_fold
+
+    return trained_mil_fold(tmp_path_factory)
+
+
+def test_explain_and_report_of_a_trained_mil_fold(mil_fold, tmp_path):
+    """Every figure path of explain.py and report.py on MIL rows (a study of 4 series x 3 instances): the
+    sheets show each row's heaviest instances with their weights, the duplicate search is skipped in one
+    line, and the page says so."""
+    out = tmp_path / "explain"
+    code, stdout, err = run_main("explain.py", "--config", mil_fold["config"], "--per-class", "2", "-o", str(out),
+                                 *mil_fold["overrides"])
+    assert code == 0, err[-3000:]
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert "fold0_random.png" in pngs and set(pngs) <= {"fold0_errors.png", "fold0_random.png", "fold0_unsure.png"}
+    for p in out.glob("*.png"):
+        img = cv2.imread(str(p))
+        assert img is not None and img.shape[1] > 600  # strips of 4 instances, not one thumbnail a row
+    page = (out / "review.html").read_text()
+    assert "<figure class=mil>" in page and re.search(r"#\d+ \(w 0\.\d{3}\)", page) and " of 12" in page
+    assert "not searched: mil.source=study" in page
+    assert err.count("duplicates not searched") == 1
+    assert not (out / "duplicates.csv").exists()
+    code, _, err = run_main("report.py", "--config", mil_fold["config"], *mil_fold["overrides"])
+    assert code == 0, err[-3000:]
+    assert "OOF roc:" in err and "OOF confusion:" in err

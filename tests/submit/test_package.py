@@ -194,3 +194,72 @@ def test_the_packaged_infer_takes_overrides_before_and_after_a_flag(monkeypatch)
     with pytest.raises(SystemExit):
         infer_main(Path("."), ["batch_size=4", "--data", "d", "seed=1"])
     assert seen[0].overrides == ["batch_size=4", "seed=1"] and seen[0].data == "d"
+
+
+def test_a_package_with_a_binary_decision_threshold_predicts_like_predict_py(tmp_path, capsys):
+    """A binary pf1 experiment (RSNA mammography's metric): its thresholds.json holds a decision threshold,
+    not kappa cut-points; infer.py, which has no OOF files, reads and logs it."""
+    from helpers import FAST, write_competition
+
+    from comp.train.loop import fit
+
+    root = tmp_path / "data"
+    overrides = [*FAST, *write_competition(root, "binary", n=16, n_test=4), f"out_dir={tmp_path / 'runs'}",
+                 "metric=pf1", "aug.tta=[identity]", "model.name=timm/test_resnet"]
+    cfg = load_config(None, overrides)
+    for k in range(2):
+        fit(cfg, k)
+    pkg = tmp_path / "pkg"
+    code, _, err = run_main("package.py", *overrides, "-o", str(pkg), "--id", "someone/tiny-pf1", "--no-estimate")
+    assert code == 0, err[-3000:]
+    assert json.loads((pkg / "thresholds.json").read_text())["metric"] == "pf1"
+    code, local, err = run_main("predict.py", *overrides)
+    assert code == 0, err[-3000:]
+    capsys.readouterr()
+    try:
+        infer_main(pkg, ["--data", str(root), "data.solution_csv=''"])
+    except SystemExit as e:
+        assert e.code in (0, None)
+    out, err = capsys.readouterr()
+    assert out == local, err[-3000:]
+    assert f"from {pkg / 'thresholds.json'} (OOF pf1 " in err
+
+@pytest.fixture(scope="module")
+def mil_fold(tmp_path_factory):
+    from mil_fold import trained_mil_fold
+
+    return trained_mil_fold(tmp_path_factory)
+
+
+def test_a_mil_package_predicts_offline_exactly_like_predict_py(mil_fold, tmp_path):
+    """A MIL experiment (a row: a study of four DICOM series) packaged: it carries the mil: keys and nothing of
+    the cache, and its infer.py, a process of its own offline with the image cache moved away, decodes the
+    replica's test folders and writes scripts/predict.py's CSV."""
+    pkg = tmp_path / "pkg"
+    ov = [*mil_fold["overrides"], "data.solution_csv=''"]
+    code, _, err = run_main("package.py", "--config", mil_fold["config"], *ov, "-o", str(pkg), "--id",
+                            "someone/tiny-mil", "--no-estimate")
+    assert code == 0, err[-3000:]
+    shipped = load_config(pkg / "config.yaml")
+    assert (shipped.mil.source, shipped.mil.folder, list(shipped.mil.series), shipped.mil.instances) == (
+        "study", "{BraTS21ID:05d}", ["FLAIR", "T1w", "T1wCE", "T2w"], 3)
+    assert not [p for p in pkg.rglob("*") if p.suffix in (".npy", ".dcm")]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code, local, err = run_main("predict.py", "--config", mil_fold["config"], *ov)
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err[-3000:]
+    cache, away = mil_fold["cache"], tmp_path / "cache-away"
+    cache.rename(away)  # the package reads the DICOMs, never the kit's cache
+    try:
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        offline = subprocess.run([sys.executable, str(pkg / "infer.py"), "--data", str(mil_fold["root"])],
+                                 capture_output=True, text=True, env=offline_env(tmp_path), cwd=elsewhere,
+                                 timeout=300)
+    finally:
+        away.rename(cache)
+    assert offline.returncode == 0, offline.stderr
+    assert offline.stdout == local and local.startswith("BraTS21ID,MGMT_value\n") and local.count("\n") == 3

@@ -144,3 +144,31 @@ def test_the_gateway_refuses_a_wrong_answer(tmp_path, monkeypatch, answer, says)
     with pytest.raises(gateway.GatewayRuntimeError, match=re.escape(says)) as e:
         gateway.TinyInferenceServer(answer).run_local_gateway((str(root),))
     assert e.value.error_type == "INVALID_SUBMISSION" and not (tmp_path / "submission.parquet").exists()
+
+
+@pytest.fixture(scope="module")
+def mil_fold(tmp_path_factory):
+    from mil_fold import trained_mil_fold
+
+    return trained_mil_fold(tmp_path_factory)
+
+
+def test_a_served_mil_item_is_one_row_of_instances(mil_fold, tmp_path, logged_out, monkeypatch, capsys):
+    """A MIL package served (a study of four DICOM series a row): the item's study folder, or its id alone
+    (mil.folder under data.test_images), gives infer.py's row; a single file for a study is refused (a warning
+    and the prior, as any failing item)."""
+    from comp.experiment import load_config
+
+    cfg = load_config(mil_fold["config"], [*mil_fold["overrides"], "data.solution_csv=''"])
+    pkg = build_package(cfg, tmp_path / "pkg", dataset_id="someone/tiny-mil", estimate=False)
+    want = _infer_csv(pkg, mil_fold["root"], tmp_path).astype({"BraTS21ID": str}).set_index("BraTS21ID")["MGMT_value"]
+    predict = _served(pkg, monkeypatch, str(mil_fold["root"]))
+    study = mil_fold["root"] / "test" / "00013"
+    by_folder, by_id = predict("13", str(study)), predict("13")
+    for row in (by_folder, by_id):
+        assert row["BraTS21ID"].tolist() == ["13"]
+        np.testing.assert_allclose(row["MGMT_value"].astype(float), [want.loc["13"]], rtol=1e-5)
+    capsys.readouterr()
+    bad = predict("13", str(next(study.rglob("*.dcm"))))
+    assert "a mil.source=study row is its folder" in capsys.readouterr().err
+    assert bad["BraTS21ID"].tolist() == ["13"]

@@ -128,3 +128,39 @@ def test_a_head_with_a_scale_is_not_distilled():
     task = Task("regression", ["FVC"], "regression", loss_name="laplace")
     with pytest.raises(UserError, match="distill.teacher: a value with its uncertainty"):
         teacher_outputs(None, None, [], [], task, None)
+
+
+# --- MIL rows (mil.source set) ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mil_fold(tmp_path_factory):
+    from mil_fold import trained_mil_fold
+
+    return trained_mil_fold(tmp_path_factory)
+
+
+def test_a_mil_student_learns_from_a_mil_teacher_and_refuses_a_single_image_one(teacher, mil_fold, tmp_path):
+    from helpers import run_main
+
+    from comp.data.competition import load_competition
+    from comp.experiment import load_config
+    from comp.experiment.model import load_model
+    from comp.teacher.distill import teacher_outputs
+
+    out = tmp_path / "student"
+    out.mkdir()
+    shutil.copy(mil_fold["out"] / "folds.csv", out / "folds.csv")
+    code, _, err = run_main("train_fold.py", "--config", mil_fold["config"], "--fold", "0", *mil_fold["overrides"],
+                            f"out_dir={out}", f"distill.teacher={mil_fold['out']}")
+    assert code == 0, err[-3000:]
+    assert (out / "fold0" / "best.pt").is_file()
+    mil_ck, image_ck = mil_fold["out"] / "fold0" / "best.pt", teacher["out"] / "fold0" / "best.pt"
+    mil_cfg = load_config(mil_fold["config"], mil_fold["overrides"])
+    comp = load_competition(mil_cfg)
+    with pytest.raises(UserError, match=r"mil.source=none but the student's is mil.source=study"):
+        teacher_outputs(mil_cfg, comp, [image_ck], comp.train["path"].tolist(), load_model(mil_ck).task,
+                        torch.device("cpu"))
+    comp = load_competition(teacher["cfg"])
+    with pytest.raises(UserError, match=r"mil.source=study but the student's is mil.source=none"):
+        teacher_outputs(teacher["cfg"], comp, [mil_ck], comp.train["path"].tolist(), load_model(image_ck).task,
+                        torch.device("cpu"))

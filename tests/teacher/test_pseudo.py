@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import one_error, run_main
 from teacher_run import student, trained_teacher
 
 from comp.data.competition import load_competition
@@ -204,3 +205,32 @@ def test_multihead_confidence_and_hard_rows_per_head():
     df = label_rows(task, ["a", "b"], ["a.png", "b.png"], out, 0.65, soft=False)
     assert list(df["id"]) == ["a"]  # b's least sure head (bowel, 0.6) is below 0.65
     assert df.filter(like="prob_").to_numpy().tolist() == [[1, 0, 0, 1, 0]]  # each head's argmax, one-hot
+
+
+# --- MIL rows (mil.source set) ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mil_fold(tmp_path_factory):
+    from mil_fold import trained_mil_fold
+
+    return trained_mil_fold(tmp_path_factory)
+
+
+def test_mil_test_rows_are_pseudo_labelled_and_trained_on_external_images_refused(mil_fold, tmp_path):
+    """A MIL experiment pseudo-labels its test rows (folders of series; no byte comparison of single files)
+    and a student trains on them; external --images (single images) are refused in one line."""
+    csv = tmp_path / "pseudo.csv"
+    code, _, err = run_main("pseudo.py", "--config", mil_fold["config"], "--out", str(csv), "--test",
+                            *mil_fold["overrides"])
+    assert code == 0, err[-3000:]
+    rows = pd.read_csv(csv, dtype=str)
+    assert len(rows) == 2 and all(Path(p).is_dir() for p in rows["path"])
+    out = tmp_path / "student"
+    out.mkdir()
+    shutil.copy(mil_fold["out"] / "folds.csv", out / "folds.csv")
+    code, _, err = run_main("train_fold.py", "--config", mil_fold["config"], "--fold", "0", *mil_fold["overrides"],
+                            f"out_dir={out}", f"data.pseudo={csv}")
+    assert code == 0, err[-3000:]
+    code, _, err = run_main("pseudo.py", "--config", mil_fold["config"], "--out", str(tmp_path / "x.csv"),
+                            *mil_fold["overrides"], "--images", str(mil_fold["root"] / "test"))
+    one_error(code, err, "--images", "mil.source=study")

@@ -13,6 +13,7 @@ scripts/report.py --leaderboard [-o leaderboard.png] [KEY=VALUE ...]
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -52,6 +53,11 @@ def run(args):
     print(table.to_string(index=False, float_format=fmt))
     direction = "higher" if higher_is_better(cfg.metric) else "lower"
     print(f"CV {cfg.metric} (out-of-fold, {n} fold{'s' if n != 1 else ''}): {cv:.4f} ({direction} is better)")
+    summary = Experiment(cfg).file("visits_cv")  # OSIC's visits (scripts/tabular.py): the rows Kaggle scored
+    if cfg.data.layout == "visits" and summary.is_file():
+        last3 = json.loads(summary.read_text())["cv"]["last3"]
+        print(f"CV {cfg.metric} over each group's last 3 visits (the rows Kaggle scored; the line above counts "
+              f"every visit, baselines too): {last3:.4f}")
     report, figures = oof_report(cfg, task)
     if report is not None:
         print(f"\nout-of-fold classification report:\n{report.to_string(float_format=fmt)}")

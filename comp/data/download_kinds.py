@@ -178,8 +178,8 @@ def _refuse_bags(root: Path, labels_csv: Path, df: pd.DataFrame, images: dict[Pa
                 f"<{col}>_<time> (OSIC; docs/tasks.md)" if several and numeric else "")
         raise UserError(f"{labels_csv}: column {col!r} names folders of images ({_rel(named[0], root)}/ holds "
                         f"{len(images[named[0]])} {exts} files): a bag of images per {col}, not an image per row "
-                        f"and not class folders{what}; init.py cannot write this config: bags are issue 27, write "
-                        f"it by hand (docs/config.md)")
+                        f"and not class folders{what}; init.py found no layout for it: write the config by hand "
+                        f"(docs/config.md; docs/mil.md for a row of many images)")
 
 
 TIME_RX = re.compile(r"week|time|day|month|year|visit", re.I)
@@ -240,6 +240,8 @@ def _visits_layout(root: Path, labels_csv: Path, df: pd.DataFrame, sample: pd.Da
               "competition's Evaluation page)")
     guess.values.pop("predict.output", None)
     guess.why.pop("predict.output", None)
-    guess.notes.append(f"images are not read: {group}'s image folders (a CT per patient) join when bags do (issue "
-                       f"27); fit with python scripts/tabular.py --config <this config>")
+    guess.notes.append(f"images are not read: {group}'s image folders (a CT per patient) are not joined to the "
+                       f"visits yet; fit with python scripts/tabular.py --config <this config>")
+    guess.notes.append("the general defaults below (epochs, lr, batch_size) are not a recipe: OSIC's ships as "
+                       "configs/osic.yaml (docs/configs.md); copy its model, optim and train keys, or start from it")
     return True

@@ -2,8 +2,8 @@
 data.train_csv per group (data.group_column: the patient), each at a time (data.time_column: Weeks) with its
 measured value (data.label_column: FVC). The test CSV gives each test group's baseline visit, and the sample
 submission asks for the value at every `<group>_<time>` (its first column; OSIC: weeks -12..133 per patient).
-The table is fitted by comp.train.tabular (scripts/tabular.py); no image is read (a patient's CT bag joins
-when bags do, issue 27).
+The table is fitted by comp.train.tabular (scripts/tabular.py); no image is read (a patient's CT is not
+fused with the visits).
 
 Features of a row, all known at prediction time from the baseline alone (a group's baseline is its earliest
 row, as OSIC's test.csv holds each patient's first visit):

@@ -206,9 +206,16 @@ def submit(cfg: Any, file: Path, message: str, config_path: str | None = None, d
     """
     if not message.strip():
         raise UserError("-m MESSAGE is empty: say what this submission is")
-    cfg, comp = row_view(cfg, load_competition(cfg))  # rows grouping images: data.submission_id_column
     df = read_exact(file)
-    check(cfg, comp, df)
+    if cfg.data.layout == "visits":  # OSIC's rows per patient and week (scripts/tabular.py): the sample checks it
+        from comp.data.visits import load_visits
+        from comp.predict.checks import validate
+
+        comp, sample = None, load_visits(cfg).sample
+        validate(df, sample, str(sample.columns[0]), "value", [])
+    else:
+        cfg, comp = row_view(cfg, load_competition(cfg))  # rows grouping images: data.submission_id_column
+        check(cfg, comp, df)
     log(f"{file}: valid ({len(df)} rows, header {list(df.columns)})")
     competition = cfg.data.competition
     args = ["competitions", "submit", competition, "-f", str(file), "-m", message]
@@ -221,7 +228,7 @@ def submit(cfg: Any, file: Path, message: str, config_path: str | None = None, d
                 f"scripts/submit.py --notebook -m MSG submits the notebook that writes it")
         else:
             log(f"not submitted ({why}); the command would be: {kaggle_cli.describe(args)}")
-        score = score_holdout(cfg, comp, df)
+        score = score_holdout(cfg, comp, df) if comp is not None else None
         if score is not None:
             log(f"local score against the held-out answers: {cfg.metric} {score:.4f}")
         return {"command": kaggle_cli.describe(args), "score": score}

@@ -200,7 +200,7 @@ def test_patient_folders_of_slices_without_visit_rows_are_refused(tmp_path):
     out = tmp_path / "config.yaml"
     code, _, err = run_main("init.py", str(root), "-o", str(out))
     one_error(code, err, "train.csv", "'Patient' names folders of images", "several rows per Patient", "FVC",
-              "data.layout=visits", "bags are issue 27")
+              "data.layout=visits", "found no layout for it")
     assert not out.exists()
 
 

@@ -154,7 +154,8 @@ def test_every_loss_option_takes_effect_with_mixup(tiny):
     hard = torch.tensor([0, 1, 2, 2, 1, 0])
     w = torch.tensor([0.5, 1.0, 3.0])
     run = SimpleNamespace(model=lambda x: x, device=torch.device("cpu"), amp_dtype=None, mixup=object(),
-                          loss_weight=w, cfg=SimpleNamespace(train=SimpleNamespace(label_smoothing=0.0)),
+                          loss_weight=w, cfg=SimpleNamespace(train=SimpleNamespace(label_smoothing=0.0),
+                                                              mil=SimpleNamespace(source="none", aux_weight=0.0)),
                           task=Task("multiclass", ["a", "b", "c"], "softmax"))
     soft = torch.nn.functional.one_hot(hard, 3).float()
     weighted = loop_mod._forward_loss(run, logits, soft)

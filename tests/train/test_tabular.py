@@ -52,6 +52,16 @@ def test_osic_replica_end_to_end(tmp_path, loss):
     assert set(summary["cv"]) == {"all", "last3"} and all(np.isfinite(v) for v in summary["cv"].values())
     oof = pd.read_csv(exp.fold(0).oof)
     assert list(oof.columns) == ["id", "label", "value", "sigma"]
+    if loss != "laplace":
+        return
+    # what a new user does next (the new-user check found submit.py refusing the layout)
+    code, out, err = run_main("report.py", "--config", OSIC, *over)
+    assert code == 0 and "last 3 visits (the rows Kaggle scored" in out and f"{summary['cv']['last3']:.4f}" in out
+    code, _, err = run_main("submit.py", "--config", OSIC, str(exp.file("submission")), "--dry-run", *over)
+    assert code == 0 and "valid (" in err, err[-2000:]
+    sub.drop(index=3).to_csv(tmp_path / "short.csv", index=False)
+    code, _, err = run_main("submit.py", "--config", OSIC, str(tmp_path / "short.csv"), "--dry-run", *over)
+    one_error(code, err, sub["Patient_Week"].iloc[3])  # the missing row named
 
 
 def test_init_writes_the_visits_config_that_fits_and_predicts(tmp_path):

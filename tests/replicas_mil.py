@@ -472,16 +472,19 @@ MIL_CONFIGS: dict[str, dict] = {
         "data.train_csv": "train.csv", "data.id_column": "StudyInstanceUID",
         "data.label_columns": ["patient_overall", *VERTEBRAE], "data.train_images": ["train_images"],
         "data.test_images": ["test_images"], "data.image_ext": ".dcm", "data.test_csv": "test.csv",
-        "data.sample_submission": "sample_submission.csv", "task": "multilabel", "metric": "log_loss",
+        "data.sample_submission": "sample_submission.csv", "task": "multilabel", "metric": "rsna2022_cervical",
         "predict.output": "prob", "predict.shape": "long", "mil.source": "series", "mil.folder": "{id}"},
     "abdominal_trauma": {
-        "data.train_csv": "train.csv", "data.id_column": "patient_id", "data.label_columns": TRAUMA_COLUMNS,
+        "data.train_csv": "train.csv", "data.id_column": "patient_id",
+        "data.heads": {t: ["healthy", "injury"] if t in ("bowel", "extravasation") else ["healthy", "low", "high"]
+                       for t in ("bowel", "extravasation", "kidney", "liver", "spleen")},
         "data.train_images": ["train_images"], "data.test_images": ["test_images"], "data.image_ext": ".dcm",
-        "data.sample_submission": "sample_submission.csv", "task": "multilabel", "metric": "log_loss",
+        "data.sample_submission": "sample_submission.csv", "task": "multihead", "metric": "rsna2023_trauma",
         "predict.output": "prob", "mil.source": "study", "mil.folder": "{id}", "mil.series": []},
     "lumbar_spine": {
-        "data.train_csv": "train.csv", "data.id_column": "study_id", "data.label_columns": LUMBAR_COLUMNS,
-        "data.classes": LUMBAR_SEVERITY, "data.train_images": ["train_images"], "data.test_images": ["test_images"],
+        "data.train_csv": "train.csv", "data.id_column": "study_id", "task": "multihead", "metric": "rsna2024_lumbar",
+        "data.heads": {c: ["normal_mild", "moderate", "severe"] for c in LUMBAR_COLUMNS},
+        "data.train_images": ["train_images"], "data.test_images": ["test_images"],
         "data.image_ext": ".dcm", "data.sample_submission": "sample_submission.csv", "predict.output": "prob",
         "predict.shape": "long", "mil.source": "study", "mil.folder": "{id}",
         "mil.series": list(LUMBAR_SERIES)},
@@ -504,6 +507,8 @@ def mil_overrides(name: str, root: Path) -> list[str]:
     """MIL_CONFIGS[name] with data.root=`root` as `KEY=VALUE` overrides: strings quoted (an unquoted
     "{id}" reads as a mapping), lists in OmegaConf's ['a','b'] form."""
     def value(v) -> str:
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k}: {value(x)}" for k, x in v.items()) + "}"
         return "[" + ",".join(value(x) for x in v) + "]" if isinstance(v, list) else f"'{v}'" if isinstance(
             v, str) else str(v)
 

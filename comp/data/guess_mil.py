@@ -29,17 +29,21 @@ from comp.data.guess import TEST_RX, Guess, _metric, _read, _rel
 # of its score the kit's metric leaves out. The weighted scores are in comp.study_metrics.
 KNOWN_SAMPLES = {
     ("BraTS21ID", "MGMT_value"): ("RSNA-MICCAI 2021 brain tumour", "auc", "AUC of MGMT_value"),
-    ("row_id", "fractured"): ("RSNA 2022 cervical spine", "log_loss", "a weighted multi-label log loss "
-                              "(comp.study_metrics.cervical_spine_score); log_loss is its unweighted form"),
+    ("row_id", "fractured"): ("RSNA 2022 cervical spine", "rsna2022_cervical", "the hosts' weighted multi-label "
+                              "log loss (comp.study_metrics.cervical_spine_score)"),
     ("row_id", "normal_mild", "moderate", "severe"): (
-        "RSNA 2024 lumbar spine", "log_loss", "a log loss weighted 1/2/4 by severity with an any_severe_spinal "
-        "term (comp.study_metrics.lumbar_spine_score)"),
+        "RSNA 2024 lumbar spine", "rsna2024_lumbar", "a log loss weighted 1/2/4 by severity with an "
+        "any_severe_spinal term (comp.study_metrics.lumbar_spine_score)"),
     ("prediction_id", "cancer"): ("RSNA Screening Mammography 2023", "pf1", "probabilistic F1 per breast"),
-    ("bowel_healthy", "bowel_injury"): ("RSNA 2023 abdominal trauma", "log_loss", "sample-weighted log losses of "
-                                        "five targets and any_injury (comp.study_metrics.abdominal_trauma_score)"),
+    ("bowel_healthy", "bowel_injury"): ("RSNA 2023 abdominal trauma", "rsna2023_trauma", "sample-weighted log "
+                                        "losses of five targets and any_injury (comp.study_metrics)"),
 }
+SHIPPED = {"RSNA-MICCAI 2021 brain tumour": "rsna2021_brain_tumor", "RSNA 2022 cervical spine":
+           "rsna2022_cervical_spine", "RSNA 2024 lumbar spine": "rsna2024_lumbar_spine",
+           "RSNA Screening Mammography 2023": "rsna2023_mammography", "RSNA 2023 abdominal trauma":
+           "rsna2023_abdominal_trauma", "UBC-OCEAN 2023": "ubc_ocean"}  # the recipes in configs/
 SLIDE_PX = 10_000  # a CSV width or height above this: whole-slide images (UBC-OCEAN's reach 100,000 px)
-MULTIHEAD = "task: multihead (one head per target, each with its own classes; issue 27 item 4)"
+MULTIHEAD = "task: multihead (one softmax head per target, each with its own classes; docs/tasks.md)"
 
 
 def known_metric(sample: pd.DataFrame | None, df: pd.DataFrame, guess: Guess) -> None:
@@ -53,7 +57,12 @@ def known_metric(sample: pd.DataFrame | None, df: pd.DataFrame, guess: Guess) ->
         found = ("UBC-OCEAN 2023", "balanced_accuracy", "balanced accuracy over the subtypes")
     if found:
         name, metric, what = found
+        if metric.startswith("rsna") and guess.values.get("task") != ("multilabel" if "2022" in metric else
+                                                                       "multihead"):
+            return  # the competition's score needs the task it was written for
         guess.set("metric", metric, f"the sample's header is {name}'s, scored by {what} (check the Evaluation page)")
+        guess.notes.append(f"a recipe for {name} ships as configs/{SHIPPED[name]}.yaml (docs/configs.md): its model, "
+                           f"windows, 2.5D slices and pooling; the values below are the general defaults")
 
 
 def _slices(found: dict[str, Path], images: dict[Path, list[Path]], children: dict[Path, list[Path]],
@@ -208,20 +217,21 @@ def _labels(csv: str, df: pd.DataFrame, col: str, named: list[str], long: bool, 
         guess.set("metric", "log_loss", "the sample holds a probability per label")
         _one_hot_groups(df, named, guess)
     else:
-        classes = _classes(df, named, sample)
-        guess.set("data.label_column", named[0], f"the first of the {len(named)} label columns (the others need "
-                  f"the multi-head task, see the NOTE)")
-        guess.set("data.classes", classes, "the labels' values, in the sample's column order")
-        guess.set("task", "multiclass", "one softmax over the classes")
-        guess.set("metric", "log_loss", "the sample holds a probability per class")
-        guess.notes.append(f"{csv} has {len(named)} label columns of the classes {classes} ({', '.join(named[:3])}, "
-                           f"...): each needs its own head, {MULTIHEAD}; this config trains {named[0]!r} alone: "
-                           f"then set data.label_columns to the {len(named)} columns")
+        classes = [_slug(c) for c in _classes(df, named, sample)]
+        guess.set("data.heads", {c: classes for c in named}, f"{len(named)} label columns, each holding one of "
+                  f"{classes} (spelt as the sample's columns): a head each")
+        guess.set("task", "multihead", MULTIHEAD)
+        guess.set("metric", "log_loss", "the sample holds a probability per class (the mean of the heads' log losses)")
     if long:
         guess.set("predict.shape", "long", f"the sample's rows are <id>_<label> ({sample.iloc[0, 0]})")
     if fractional or long or len(named) > 1:
         guess.set("predict.output", "prob", "the sample holds probabilities")
     known_metric(sample, df, guess)
+
+
+def _slug(v: str) -> str:
+    """A class as the sample's columns spell it: Normal/Mild -> normal_mild."""
+    return "".join(ch if ch.isalnum() else "_" for ch in v.lower())
 
 
 def _classes(df: pd.DataFrame, named: list[str], sample: pd.DataFrame | None) -> list[str]:
@@ -247,8 +257,12 @@ def _one_hot_groups(df: pd.DataFrame, named: list[str], guess: Guess) -> None:
         return
     if all((df[g].astype(int).sum(axis=1) == 1).all() for g in groups.values()):
         shown = ", ".join(f"{p} ({len(g)})" for p, g in groups.items())
-        guess.notes.append(f"the {len(named)} label columns are {len(groups)} targets, one-hot each: {shown}: "
-                           f"{MULTIHEAD}; written as multilabel (a sigmoid per column) meanwhile")
+        for key in ("data.label_columns", "data.label_column"):
+            guess.values.pop(key, None)
+            guess.why.pop(key, None)
+        guess.set("data.heads", {p: [c[len(p) + 1:] for c in g] for p, g in groups.items()},
+                  f"the {len(named)} label columns are {len(groups)} targets, one-hot each: {shown}")
+        guess.set("task", "multihead", MULTIHEAD)
 
 
 def refine(root: Path, sample: pd.DataFrame | None, csvs: list[Path], images: dict[Path, list[Path]],

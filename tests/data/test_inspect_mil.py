@@ -21,13 +21,16 @@ EXPECT = {
     "cervical_spine": {"data.train_csv": "train.csv", "data.id_column": "StudyInstanceUID",
                        "data.label_columns": ["patient_overall", *(f"C{v}" for v in range(1, 8))],
                        "data.train_images": ["train_images"], "data.test_images": ["test_images"],
-                       "data.test_csv": "test.csv", "task": "multilabel", "metric": "log_loss",
+                       "data.test_csv": "test.csv", "task": "multilabel", "metric": "rsna2022_cervical",
                        "predict.shape": "long", "mil.source": "series", "mil.folder": "{id}"},
-    "abdominal_trauma": {"data.id_column": "patient_id", "data.label_columns": TRAUMA_COLUMNS, "task": "multilabel",
-                         "metric": "log_loss", "mil.source": "study", "mil.series": [], "data.test_csv": ""},
+    "abdominal_trauma": {"data.id_column": "patient_id", "data.label_columns": [], "task": "multihead",
+                         "data.heads": {t: ["healthy", "injury"] if t in ("bowel", "extravasation") else
+                                        ["healthy", "low", "high"] for t in ("bowel", "extravasation", "kidney",
+                                                                              "liver", "spleen")},
+                         "metric": "rsna2023_trauma", "mil.source": "study", "mil.series": [], "data.test_csv": ""},
     "lumbar_spine": {"data.train_csv": "train.csv", "data.id_column": "study_id",
-                     "data.label_column": LUMBAR_COLUMNS[0], "data.classes": LUMBAR_SEVERITY, "task": "multiclass",
-                     "metric": "log_loss", "predict.shape": "long", "mil.source": "study",
+                     "data.heads": {c: ["normal_mild", "moderate", "severe"] for c in LUMBAR_COLUMNS},
+                     "task": "multihead", "metric": "rsna2024_lumbar", "predict.shape": "long", "mil.source": "study",
                      "mil.series": ["Sagittal T1", "Sagittal T2/STIR", "Axial T2"]},
     "mammography": {"data.id_column": "image_id", "data.label_column": "cancer", "data.group_column": "patient_id",
                     "data.train_images": ["train_images/*"], "data.test_images": ["test_images/*"],
@@ -38,8 +41,9 @@ EXPECT = {
                   "mil.pool": "attention"},
 }
 NOTES = {"abdominal_trauma": ["5 targets, one-hot each", "task: multihead",
-                              "test_series_meta.csv repeats 'patient_id'"],
-         "lumbar_spine": ["25 label columns", "task: multihead"],
+                              "test_series_meta.csv repeats 'patient_id'", "configs/rsna2023_abdominal_trauma.yaml"],
+         "lumbar_spine": ["25 label columns", "task: multihead", "configs/rsna2024_lumbar_spine.yaml"],
+         "cervical_spine": ["configs/rsna2022_cervical_spine.yaml"],
          "ubc_ocean": ["test_thumbnails/: thumbnails of the images, not read"]}
 
 

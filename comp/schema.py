@@ -84,7 +84,8 @@ class DataConfig:
     # class label: the majority, ties to the earliest row; vote columns: summed then normalised; multi-label 0/1:
     # the maximum; regression: the mean). first and aggregate imply data.dedupe_ids; the choice and the counts
     # are kept in folds.json (several_rows). docs/tasks.md
-    solution_csv: str = ""  # held-out labels (id_column, label_column) to score a submission locally, if known
+    solution_csv: str = ""  # held-out labels to score a submission locally, if known: train_csv's form (id_column
+    # and label_column, or data.label_columns / data.heads' columns), also for a long sample (RSNA 2022)
     exclude: Any = field(default_factory=list)  # training image ids to drop (suspected label errors, duplicates):
     # a list of ids, or a path to a CSV with an id column (e.g. scripts/explain.py's label_issues.csv); test
     # images are never dropped. Part of the folds' meaning: a folds.csv made without it is refused

@@ -130,7 +130,7 @@ def prepare(cfg: Any, split: SplitFiles, problems_csv: Path, workers: int | None
             report = None
         total = len(paths) + sum(q.kind == "missing" for q in comp.problems)
         raise UserError(problems_message(problems, total, comp.root, report))
-    folds = load_or_make_folds(cfg, comp.train, split, image_loader(cfg, comp),  # identical images: cache reads
+    folds = load_or_make_folds(cfg, comp.train, split, image_loader(cfg, comp) if cfg.mil.source == "none" else None,
                                comp.several_rows)
     counts = folds.groupby("fold").size().tolist()
     if comp.several_rows:
@@ -138,10 +138,15 @@ def prepare(cfg: Any, split: SplitFiles, problems_csv: Path, workers: int | None
         log(f"{cfg.data.train_csv}: {n['ids']} id(s) on several rows ({n['rows']} rows) read as one image each, "
             f"{n['disagreeing']} with different labels (data.label_rows={cfg.data.label_rows}; folds.json)")
     smoke = f" (smoke mode: data.limit={cfg.data.limit})" if cfg.data.limit else ""
-    log(f"{root}: {len(comp.train)} training images{smoke} {_target_summary(cfg, comp)}, "
-        f"{len(comp.test)} test images; folds {counts} ({split.csv})")
+    what = "images" if cfg.mil.source == "none" else f"rows ({cfg.mil.source} of many images, docs/mil.md)"
+    log(f"{root}: {len(comp.train)} training {what}{smoke} {_target_summary(cfg, comp)}, "
+        f"{len(comp.test)} test {what.split()[0]}; folds {counts} ({split.csv})")
     if extra is not None and len(extra):
         log(f"data.extra: {extra['source'].value_counts(sort=False).to_dict()} training images (every fold's "
             f"training part only; cached beside the competition's)")
-    if cfg.images.cache:
+    if cfg.images.cache and cfg.mil.source != "none":
+        from comp.data.mil_cache import mil_folder
+
+        log(f"cache: {mil_folder(cfg)} (an npy array per series, view or image's tiles, {cfg.image_size}px)")
+    elif cfg.images.cache:
         log(f"cache: {cache_folder(cfg)} ({cfg.images.cache_format}, {cfg.image_size}px)")

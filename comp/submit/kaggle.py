@@ -225,7 +225,9 @@ def submit(cfg: Any, file: Path, message: str, config_path: str | None = None, d
             log(f"not submitted ({why}); data.competition is empty, so there is no competition to submit to")
         elif cfg.data.code_competition:
             log(f"not submitted ({why}); {competition} is a code competition: Kaggle refuses a CSV upload, "
-                f"scripts/submit.py --notebook -m MSG submits the notebook that writes it")
+                f"scripts/submit.py --notebook -m MSG submits the notebook that writes it; check the notebook's "
+                f"package offline first: scripts/package.py, then python <package>/infer.py --data <data.root> "
+                f"(docs/code-competitions.md)")
         else:
             log(f"not submitted ({why}); the command would be: {kaggle_cli.describe(args)}")
         score = score_holdout(cfg, comp, df) if comp is not None else None

@@ -323,7 +323,7 @@ def fit(cfg: Any, fold: int, resume: bool = False,
                 run.tracker.log_epoch(epoch, run.state["history"][-1])
                 log(f"fold {fold} epoch {epoch}: train_loss {run.state['history'][-1]['train_loss']:.4f} "
                     f"valid_loss {scores['valid_loss']:.4f} {metric} {score:.4f}{' *' if improved else ''} "
-                    f"({stats['images_per_s']:.0f} img/s)")
+                    f"({stats['images_per_s']:.0f} {'img' if cfg.mil.source == 'none' else 'rows'}/s)")
             if agree(run.dist, run.device, run.stop_signal)[0] and run.state["epoch"] < cfg.epochs:
                 raise Stopped(run.stop_signal or signal.SIGTERM, run.files.last)
             if on_epoch is not None:

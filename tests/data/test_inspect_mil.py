@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from helpers import run_main
 from omegaconf import OmegaConf
-from replicas_mil import LUMBAR_COLUMNS, LUMBAR_SEVERITY, MIL_BUILDERS, MIL_CONFIGS, TRAUMA_COLUMNS
+from replicas_mil import LUMBAR_COLUMNS, MIL_BUILDERS, MIL_CONFIGS
 
 from comp.experiment import load_config
 

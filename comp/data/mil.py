@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import re
 import string
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +197,9 @@ def order_slices(files: list[Path], how: str, where: str) -> list[Path]:
     heads = []
     for f in files:
         try:
-            heads.append(pydicom.dcmread(f, stop_before_pixels=True, specific_tags=tags, force=True))
+            with warnings.catch_warnings():  # a broken header's complaints: the decode names the file
+                warnings.simplefilter("ignore")
+                heads.append(pydicom.dcmread(f, stop_before_pixels=True, specific_tags=tags, force=True))
         except Exception:  # unreadable: the decode names it (an ImageError) when the slice is read
             heads.append(None)
     number = [float(getattr(h, "InstanceNumber", None) or 0) if h is not None else 0.0 for h in heads]

@@ -94,7 +94,8 @@ def decode_source(source: Path, kind: str, size: int, steps: Sequence[str], dico
     order (comp.data.mil.order_slices), a view, or an image's tiles.
 
     Raises:
-        ImageError: a slice or image that cannot be decoded (naming the file); an empty series folder.
+        ImageError: an image that cannot be decoded (naming the file); a series folder that is empty or whose
+            slices all fail (a broken slice among good ones is left out with a warning).
         UserError: slices in different planes (naming the series)."""
     if kind == "tiles":  # the slide at full resolution (images.preprocess is for whole images, not tiles)
         return tiles_of(read_image(source, dicom=dicom), tile, tissue, keep, size, str(source))
@@ -104,7 +105,18 @@ def decode_source(source: Path, kind: str, size: int, steps: Sequence[str], dico
     if not files:
         raise ImageError("empty", source, "a series folder without any file")
     files = order_slices(files, order, f"series {source}")
-    frames = [load_preprocessed(f, size, steps, dicom) for f in files]
+    frames, bad = [], []
+    for f in files:  # a broken slice is left out of its series (a warning); a series without one usable is not
+        try:
+            frames.append(load_preprocessed(f, size, steps, dicom))
+        except ImageError as e:
+            bad.append(e)
+    if not frames:
+        raise ImageError(bad[0].kind, source, f"no usable slice in the series: {len(bad)} of {len(files)} cannot "
+                                              f"be read, e.g. {bad[0].path.name} ({bad[0].detail or bad[0].kind})")
+    if bad:
+        log(f"warning: series {source}: {len(bad)} of {len(files)} slices cannot be read and are left out, e.g. "
+            f"{bad[0].path.name}: {bad[0]}")
     return _stack(frames)
 
 
@@ -159,7 +171,10 @@ def process_rows(cfg: Any, root: Path, paths: Sequence[str], workers: int | None
         if folder is not None:
             key, now = str(entry)[len(str(folder)) + 1:], stamp(Path(s))
             stamps[key] = (s, now)
-            if not rebuild and now is not None and entry.is_file() and manifest.get(key) == now:
+            # an entry without a record (a killed build wrote it, then never the manifest) is trusted when it is
+            # newer than its source's newest file, as the image cache does (comp.data.cache.process_images)
+            if not rebuild and now is not None and entry.is_file() and (
+                    manifest[key] == now if key in manifest else entry.stat().st_mtime_ns >= now[-1]):
                 continue
         jobs.append((s, str(entry), m.source, int(cfg.image_size), steps, dicom, m.order, int(m.tile_size),
                      float(m.tissue), int(m.max_tiles)))

@@ -3,6 +3,7 @@ from the DICOM geometry, the instance pick, the MIL cache and the Dataset's (N, 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,9 @@ def test_the_cache_holds_each_series_once_and_the_loader_reads_what_decoding_giv
     process_rows(cfg, root, paths, workers=1)
     assert len(built) == 1
     built.clear()
+    (mil_folder(cfg) / "manifest.json").unlink()  # killed before the manifest was written: the entries stand
+    process_rows(cfg, root, paths, workers=1)
+    assert built == [] and len(json.loads((mil_folder(cfg) / "manifest.json").read_text())) == 16
     write_slice(Path(paths[2]) / "FLAIR" / "1.dcm", 3000, 0.0, 1)
     process_rows(cfg, root, paths, workers=1)
     assert built == [str(Path(paths[2]) / "FLAIR")]
@@ -265,3 +269,20 @@ def test_series_named_by_a_descriptions_csv_where_the_dicoms_carry_none(tmp_path
     with pytest.raises(UserError, match="has no series 'Axial T2'"):
         sources(load_config(None, [f"data.root={root}", "mil.source=study", "mil.series=[Axial T2]"]),
                 str(root / "train" / "7"))
+
+
+def test_a_broken_slice_is_left_out_of_its_series_and_a_series_of_broken_slices_is_listed(tmp_path, capsys):
+    series(tmp_path / "s", [1000, 1100, 1200, 1300])
+    (tmp_path / "s" / "2.dcm").write_bytes(b"DICM" * 10)  # a truncated download
+    arr = decode_source(tmp_path / "s", "series", 16, [], None)
+    assert arr.shape == (3, 16, 16, 1) and "1 of 4 slices cannot be read and are left out, e.g. 2.dcm" in \
+        capsys.readouterr().err
+    for f in (tmp_path / "s").iterdir():
+        f.write_bytes(b"")
+    root = brain_like(tmp_path / "data")
+    for f in (root / "train" / "00005" / "T2w").iterdir():
+        f.write_bytes(b"")
+    cfg = brain_cfg(root, tmp_path)
+    problems = process_rows(cfg, root, load_competition(cfg).train["path"].tolist(), workers=1)
+    assert [(q.kind, Path(q.path).name) for q in problems] == [("empty", "T2w")]
+    assert "no usable slice in the series: 6 of 6" in problems[0].detail

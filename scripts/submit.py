@@ -24,7 +24,11 @@ def run(args):
     from comp.experiment import load_config
 
     if args.file is not None and "=" in args.file and (args.notebook or not Path(args.file).exists()):
-        args.overrides, args.file = [args.file, *args.overrides], None  # no FILE: the first override
+        args.overrides, args.file = [args.file, *args.overrides], None  # FILE, if any, is among the overrides
+        plain = [o for o in args.overrides if "=" not in o or Path(o).exists()]  # after KEY=VALUE: still FILE
+        if plain and not args.notebook:
+            args.file = plain[0]
+            args.overrides = [o for o in args.overrides if o is not plain[0]]
     cfg = load_config(args.config, args.overrides)  # every key, before any work
     if args.message is None:
         if not args.dry_run:

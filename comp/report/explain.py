@@ -252,5 +252,6 @@ def explain(exp: Experiment | Any, per_class: int = 4, out: Path | None = None, 
                      notes, section_titles(task))
     written.append(write_text(out / "review.html", page))
     n = sum(len(v) for v in sheets.values())
-    log(f"explain: {len(sheets)} fold(s), {n} images reviewed; {out / 'review.html'}")
+    what = "images" if cfg.mil.source == "none" else "rows (their heaviest instances)"
+    log(f"explain: {len(sheets)} fold(s), {n} {what} reviewed; {out / 'review.html'}")
     return written

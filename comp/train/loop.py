@@ -44,6 +44,7 @@ from comp.train import swa
 from comp.train.build import build_run
 from comp.train.distributed import agree, check_ranks_agree, gather_rows, wrap_ddp
 from comp.train.state import Run, best_checkpoint, fresh_partial, save, to_checkpoint
+from comp.train.state import improved as _improved  # the best epoch, early stop and SWA ask it
 from comp.train.tracking import start as start_tracking
 
 
@@ -226,16 +227,6 @@ def validate(run: Run, model: torch.nn.Module | None = None) -> tuple[dict[str, 
     return {"valid_loss": loss, **score_all(y_s, out_s, task=run.task, min_tpr=cfg.pauc_min_tpr)}, out
 
 
-def _improved(score: float, best: float | None, higher: bool = True) -> bool:
-    """Higher is better (lower for log loss, KL, RMSE, MAE); a NaN score (e.g. AUC on a one-class fold)
-    never beats a number."""
-    if best is None:
-        return True
-    if math.isnan(score):
-        return False
-    return math.isnan(best) or (score > best if higher else score < best)
-
-
 def _commit(run: Run, ckpt: dict[str, Any], best: dict[str, Any] | None, probs: np.ndarray) -> None:
     """Rank 0 writes an epoch's files: best.pt + oof.csv (when `best`, the checkpoint to predict from, is
     given), metrics.csv, then last.pt, the commit point: written after the files above, so a failed write of
@@ -259,10 +250,11 @@ def _swa_epoch(run: Run, metric: str) -> None:
     scores, probs = validate(run, model)
     score = scores[metric]
     before = run.state["best"]
-    improved = _improved(score, before, higher_is_better(metric))
+    improved = _improved(score, before, higher_is_better(metric), scores["valid_loss"], run.state.get("best_loss"))
     run.state["history"].append({"epoch": run.state["epoch"], **scores, "weights": "swa",
                                  "swa_epochs": swa.count(run)})
-    run.state.update(swa_done=True, best=score if improved else run.state["best"])
+    run.state.update(swa_done=True, best=score if improved else run.state["best"],
+                     best_loss=scores["valid_loss"] if improved else run.state.get("best_loss"))
     ckpt = to_checkpoint(run)
     best = {**best_checkpoint(ckpt), "model": model.state_dict(), "ema": None, "eval_weights": "swa"}
     _commit(run, ckpt, best if improved else None, probs)
@@ -310,12 +302,14 @@ def fit(cfg: Any, fold: int, resume: bool = False,
             stats = train_one_epoch(run, epoch)
             scores, probs = validate(run)
             score = scores[metric]
-            improved = _improved(score, run.state["best"], higher_is_better(metric))
+            improved = _improved(score, run.state["best"], higher_is_better(metric), scores["valid_loss"],
+                                 run.state.get("best_loss"))
             swa.update(run, epoch)  # the weights at this epoch's end into the running average, when averaged
             run.state["history"].append({"epoch": epoch, "train_loss": stats.pop("train_loss"), **scores,
                                          "lr": run.lr, **stats})
             run.state.update(epoch=epoch + 1, step=0, partial=fresh_partial(),
                              best=score if improved else run.state["best"],
+                             best_loss=scores["valid_loss"] if improved else run.state.get("best_loss"),
                              bad_epochs=0 if improved else run.state["bad_epochs"] + 1)
             ckpt = to_checkpoint(run)
             _commit(run, ckpt, best_checkpoint(ckpt) if improved else None, probs)

@@ -9,6 +9,7 @@ epoch, position) (comp.data.loader), so the position is all that is saved of the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,8 @@ def fresh_partial() -> dict[str, float]:
 
 def fresh_state() -> dict[str, Any]:
     """The position and bookkeeping of a run that has not started."""
-    return {"epoch": 0, "step": 0, "best": None, "bad_epochs": 0, "history": [], "partial": fresh_partial(),
-            "swa_done": False, "tracker_ids": {}}
+    return {"epoch": 0, "step": 0, "best": None, "best_loss": None, "bad_epochs": 0, "history": [],
+            "partial": fresh_partial(), "swa_done": False, "tracker_ids": {}}
 
 
 @dataclass(kw_only=True)
@@ -133,6 +134,7 @@ def to_checkpoint(run: Run) -> dict[str, Any]:
         "step": run.state["step"],  # optimizer steps of that epoch already taken
         "partial": dict(run.state["partial"]),
         "best": run.state["best"],
+        "best_loss": run.state.get("best_loss"),  # the best epoch's valid_loss: breaks a tie on the metric
         "bad_epochs": run.state["bad_epochs"],
         "history": run.state["history"],
         "swa": swa_avg.state_dict(run),  # the running average of the last epochs' weights (train.swa_epochs)
@@ -239,7 +241,8 @@ def restore(run: Run) -> None:
     if ck["scaler"]:  # empty when saved without fp16 loss scaling (CPU, bf16)
         run.scaler.load_state_dict(ck["scaler"])
     partial = {**fresh_partial(), **{k: v for k, v in (ck.get("partial") or {}).items() if k in fresh_partial()}}
-    run.state.update(epoch=ck["epoch"], step=ck["step"], best=ck["best"], bad_epochs=ck["bad_epochs"],
+    run.state.update(epoch=ck["epoch"], step=ck["step"], best=ck["best"], best_loss=ck.get("best_loss"),
+                     bad_epochs=ck["bad_epochs"],
                      history=list(ck["history"]), partial=partial, swa_done=bool(ck.get("swa_done", False)),
                      tracker_ids=dict(ck.get("tracker_ids") or {}))
     swa_avg.load_state_dict(run, ck.get("swa"))
@@ -249,3 +252,18 @@ def restore(run: Run) -> None:
         for tmp in run.dir.glob(".*.tmp"):  # a write cut short by a kill
             tmp.unlink(missing_ok=True)
         log(f"resumed from {path}: epoch {ck['epoch']}, step {ck['step']}/{run.steps_per_epoch}")
+
+
+def improved(score: float, best: float | None, higher: bool = True, loss: float | None = None,
+              best_loss: float | None = None) -> bool:
+    """Higher is better (lower for log loss, KL, RMSE, MAE); a NaN score (e.g. AUC on a one-class fold)
+    never beats a number. A tie on the metric goes to the lower validation loss (`loss` against the best
+    epoch's `best_loss`): a small fold's AUC is often 1.0 from the first epoch, whose barely trained model
+    would otherwise stay best.pt for good."""
+    if best is None:
+        return True
+    if math.isnan(score):
+        return False
+    if score == best and loss is not None and best_loss is not None:
+        return loss < best_loss
+    return math.isnan(best) or (score > best if higher else score < best)

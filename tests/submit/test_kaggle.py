@@ -200,6 +200,8 @@ def test_the_demo_competition_is_scored_locally_not_submitted(comp_setup, tmp_pa
 
     code, _, err = run_main("submit.py", str(file), "--dry-run", "-m", "dry", *comp_setup["label"])
     assert code == 0 and "--dry-run" in err and not argv_log.exists()
+    code, _, err = run_main("submit.py", "--dry-run", *comp_setup["label"], str(file))  # FILE after the overrides
+    assert code == 0 and "--dry-run" in err and "valid (" in err, err[-2000:]
     # a dry run never shows a command Kaggle would refuse: a code competition's CSV, an empty competition
     code, _, err = run_main("submit.py", str(file), "--dry-run", "-m", "dry", *comp_setup["label"],
                             "data.code_competition=true")

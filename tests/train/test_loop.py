@@ -80,6 +80,9 @@ def test_a_lower_is_better_metric_picks_its_lowest_epoch_and_early_stops_on_it(t
     assert _improved(0.4, 0.5, higher=False) and not _improved(0.6, 0.5, higher=False)
     assert _improved(0.6, 0.5) and not _improved(0.4, 0.5)
     assert _improved(0.6, None, higher=False) and _improved(0.6, float("nan"), higher=False)
+    # a tie on the metric (a small fold's AUC at 1.0 from epoch 0): the lower validation loss wins
+    assert _improved(1.0, 1.0, True, 0.3, 0.69) and not _improved(1.0, 1.0, True, 0.7, 0.69)
+    assert not _improved(1.0, 1.0, True)  # without losses (an older checkpoint's state): the earlier epoch stays
     result = fit(config(tiny, "epochs=3", "metric=log_loss", "optim.lr=0.01"), 0)
     m = pd.read_csv(result["dir"] / "metrics.csv")
     best = torch.load(result["dir"] / "best.pt", weights_only=True)

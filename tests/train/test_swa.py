@@ -52,9 +52,9 @@ def swa_counts_as_best(monkeypatch, best: bool) -> None:
 
     monkeypatch.setattr(swa_mod, "recompute_bn", bn)
     if best:
-        monkeypatch.setattr(loop, "_improved", lambda s, b, h=True: phase["swa"] or real_improved(s, b, h))
+        monkeypatch.setattr(loop, "_improved", lambda s, b, h=True, *a: phase["swa"] or real_improved(s, b, h, *a))
     else:
-        monkeypatch.setattr(loop, "_improved", lambda s, b, h=True: not phase["swa"] and real_improved(s, b, h))
+        monkeypatch.setattr(loop, "_improved", lambda s, b, h=True, *a: not phase["swa"] and real_improved(s, b, h, *a))
 
 
 @pytest.fixture(scope="module")

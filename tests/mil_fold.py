@@ -36,3 +36,17 @@ def trained_mil_fold(tmp_path_factory, name: str = "brain_tumor", both: bool = F
         _TRAINED[key] = {"config": config, "overrides": ov, "root": Path(root), "out": base / "run",
                           "cache": base / "cache"}
     return dict(_TRAINED[key])
+
+
+def train_student(mil_fold: dict, tmp_path: Path, *extra: str) -> Path:
+    """Fold 0 of a student of `mil_fold`'s setting on its folds, with the overrides `extra` (a teacher,
+    pseudo-labels), in `tmp_path`/student; returns that out_dir."""
+    import shutil
+
+    out = tmp_path / "student"
+    out.mkdir()
+    shutil.copy(mil_fold["out"] / "folds.csv", out / "folds.csv")
+    code, _, err = run_main("train_fold.py", "--config", mil_fold["config"], "--fold", "0", *mil_fold["overrides"],
+                            f"out_dir={out}", *extra)
+    assert code == 0, err[-3000:]
+    return out

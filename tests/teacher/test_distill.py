@@ -140,19 +140,15 @@ def mil_fold(tmp_path_factory):
 
 
 def test_a_mil_student_learns_from_a_mil_teacher_and_refuses_a_single_image_one(teacher, mil_fold, tmp_path):
-    from helpers import run_main
+
+    from mil_fold import train_student
 
     from comp.data.competition import load_competition
     from comp.experiment import load_config
     from comp.experiment.model import load_model
     from comp.teacher.distill import teacher_outputs
 
-    out = tmp_path / "student"
-    out.mkdir()
-    shutil.copy(mil_fold["out"] / "folds.csv", out / "folds.csv")
-    code, _, err = run_main("train_fold.py", "--config", mil_fold["config"], "--fold", "0", *mil_fold["overrides"],
-                            f"out_dir={out}", f"distill.teacher={mil_fold['out']}")
-    assert code == 0, err[-3000:]
+    out = train_student(mil_fold, tmp_path, f"distill.teacher={mil_fold['out']}")
     assert (out / "fold0" / "best.pt").is_file()
     mil_ck, image_ck = mil_fold["out"] / "fold0" / "best.pt", teacher["out"] / "fold0" / "best.pt"
     mil_cfg = load_config(mil_fold["config"], mil_fold["overrides"])

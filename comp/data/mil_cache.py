@@ -202,14 +202,21 @@ class MilLoader:
         # images per row (the loader's shared-memory budget): per series for a study of named series
         self.instances = self.n * (len(m.series) if m.source == "study" and len(m.series) else 1)
         self.warned = False
+        # per process (each loader worker its own): a row's sources and whether a source's entry is current,
+        # worked out once: listing a study's series (SeriesDescription reads) and stamping a series (a stat
+        # per slice) are not redone every epoch
+        self.resolved: dict[str, list[Path]] = {}
+        self.current: dict[Path, Path | None] = {}
 
     def frames(self, source: Path) -> np.ndarray:
         """A source's (S, size, size, C) array: memory-mapped from the cache, else decoded."""
         if self.folder is not None:
-            entry = entry_of(self.folder, self.root, source)
-            rec = self.manifest.get(str(entry)[len(str(self.folder)) + 1:])
-            if rec is not None and rec == stamp(source) and entry.is_file():
-                return np.load(entry, mmap_mode="r")
+            if source not in self.current:
+                entry = entry_of(self.folder, self.root, source)
+                rec = self.manifest.get(str(entry)[len(str(self.folder)) + 1:])
+                self.current[source] = entry if rec is not None and rec == stamp(source) and entry.is_file() else None
+            if self.current[source] is not None:
+                return np.load(self.current[source], mmap_mode="r")
             if not self.warned:
                 self.warned = True
                 log(f"images: {source} changed or is not in the MIL cache since scripts/prepare.py built it; "
@@ -218,7 +225,9 @@ class MilLoader:
                              self.tissue, self.keep)
 
     def __call__(self, path: str, seed: int | None = None) -> np.ndarray:
-        srcs = sources(self.cfg, path)
+        srcs = self.resolved.get(path)
+        if srcs is None:
+            srcs = self.resolved[path] = sources(self.cfg, path)
         out = []
         if self.kind == "views":
             views = [self.frames(s) for s in srcs]
@@ -236,7 +245,6 @@ class MilLoader:
                 idx = pick(len(arr), self.n, self.slices, None if sub is None else hash_seed(sub))
             out.append(_instance(arr, idx))
         return np.concatenate(out)
-
 
     def _stacked(self, arrays: list[np.ndarray], seed: int | None) -> np.ndarray:
         """`n` instances spread over the series of a study read as one stack in order (a patient with one

@@ -48,6 +48,14 @@ import numpy as np
 
 from comp import io
 from comp.config import REPO_ROOT, resolve_path
+from comp.data.cache_manifest import (  # noqa: F401  (imported from here by the tests and mil_cache)
+    MANIFEST,
+    manifest_key,
+    open_folder,
+    read_manifest,
+    record,
+    up_to_date,
+)
 from comp.data.competition import Problem
 from comp.data.dicom import DicomOptions
 from comp.data.dicom import from_config as dicom_options
@@ -55,14 +63,12 @@ from comp.data.image_base import ImageError
 from comp.data.images import quiet_opencv
 from comp.data.preprocess import check_steps, load_preprocessed
 from comp.data.readers import source_stamp  # [size, mtime_ns] of an image's source file (or store)
-from comp.errors import UserError
 from comp.log import log, progress
 from comp.system import GUARD, process_context, rerun_main, unguarded_main, usable_cpus
 
 CACHE_VERSION = 4  # bump when decoding or a preprocessing step changes the pixels it produces (3: 16-bit range;
 # 4: DICOM headers repaired, an enhanced image's functional groups read)
 MIN_PARALLEL = 64  # fewer images than this are not worth starting worker processes for
-MANIFEST = "manifest.json"  # entry (relative to the cache folder) -> [source size, source mtime_ns]
 
 
 def cache_settings(cfg: Any) -> dict[str, Any]:
@@ -120,21 +126,6 @@ def read_entry(path: Path, fmt: str) -> np.ndarray:
     if img is None:
         raise ImageError("corrupt", path, "a cache entry; delete the cache folder and rerun scripts/prepare.py")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def manifest_key(folder: Path, entry: Path) -> str:
-    """An entry's key in the manifest: its path under the cache folder (string slicing: a pathlib
-    relative_to per read would cost as much as the entry_path call itself)."""
-    return str(entry)[len(str(folder)) + 1:]
-
-
-def read_manifest(folder: Path) -> dict[str, list[int]]:
-    """The cache folder's manifest (entry key -> source stamp); {} when there is none or it is unreadable."""
-    try:
-        data = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 class ImageLoader:
@@ -238,19 +229,6 @@ def _rerun_hint(method: str) -> str:
             f"under `{GUARD}`")
 
 
-def record(folder: Path, manifest: dict[str, Any], stamps: dict[str, tuple[str, Any]], bad: set[str]) -> None:
-    """Write `folder`'s manifest: each built entry's source stamp (`stamps`: entry key -> (source, stamp now));
-    an entry whose source is in `bad` or has no stamp is deleted with its record, never to be read."""
-    for key, (p, stamp) in stamps.items():
-        if p in bad or stamp is None:  # no usable source: its old entry must not be read
-            manifest.pop(key, None)
-            (folder / key).unlink(missing_ok=True)
-        else:
-            manifest[key] = stamp
-    io.write_text(folder / MANIFEST, json.dumps(manifest, separators=(",", ":")) + "\n", what="cache manifest",
-                  hint=" (images.cache_dir)")
-
-
 def run_jobs(work: Callable[[Any], Any], jobs: list[Any], workers: int | None, desc: str) -> list[Any]:
     """`[work(job) for job in jobs]` in parallel over worker processes, with a progress line `desc`: the
     image cache's and the MIL cache's (comp.data.mil_cache) builds.
@@ -318,23 +296,14 @@ def process_images(cfg: Any, root: Path, paths: Sequence[str], workers: int | No
     steps, fmt, dicom = check_steps(cfg.images.preprocess), cfg.images.cache_format, dicom_options(cfg)
     folder = cache_folder(cfg) if cfg.images.cache else None
     jobs = []
-    if folder is not None:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"cannot make the image cache folder {folder}: {e.strerror or e} (images.cache_dir, "
-                            f"or images.cache=false)") from None
-        for stale in folder.rglob(".*.tmp"):  # left by a killed build: never renamed, never trusted
-            stale.unlink(missing_ok=True)
-    manifest = read_manifest(folder) if folder is not None else {}
+    manifest = open_folder(folder) if folder is not None else {}
     stamps: dict[str, tuple[str, list[int] | None]] = {}  # entry key -> (source, its stamp now)
     for p in dict.fromkeys(paths):
         entry = entry_path(folder, root, p, fmt) if folder is not None else None
         if entry is not None:
             key, stamp = manifest_key(folder, entry), source_stamp(p)
             stamps[key] = (p, stamp)
-            if not rebuild and stamp is not None and entry.is_file() and (
-                    manifest[key] == stamp if key in manifest else entry.stat().st_mtime_ns >= stamp[1]):
+            if not rebuild and up_to_date(manifest, key, entry, stamp):
                 continue
         jobs.append((p, None if entry is None else str(entry), int(cfg.image_size), steps, fmt, dicom))
     desc = "cache images" if folder is not None else "check images"

@@ -57,6 +57,7 @@ class ImageDataset(Dataset):
         self.size = size
         self.transform = transform
         self.load = load or partial(load_image, size=size)
+        self.rows = getattr(self.load, "takes_seed", False)  # a MIL row (comp.data.mil_cache): many images
         self.per_row = getattr(load, "per_row", True)  # MIL: one augmentation draw per row (mil.augment)
         self.instances = int(getattr(load, "instances", 1))  # MIL: images per row (the loader's memory budget)
 
@@ -65,7 +66,7 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, Any]:
         index, seed = key if isinstance(key, tuple) else (key, None)
-        if getattr(self.load, "takes_seed", False):  # a MIL row (comp.data.mil_cache): (N, H, W, 3) instances
+        if self.rows:  # (N, H, W, 3) instances
             return self._instances(index, seed)
         img = self.load(self.paths[index])
         if self.transform is not None:

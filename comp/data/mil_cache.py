@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from comp import io
-from comp.data.cache import cache_folder, image_loader, read_manifest, record, run_jobs
+from comp.data.cache import cache_folder, entry_path, image_loader, run_jobs
+from comp.data.cache_manifest import manifest_key, open_folder, read_manifest, record, up_to_date
 from comp.data.dicom import DicomOptions
 from comp.data.dicom import from_config as dicom_options
 from comp.data.image_base import ImageError
@@ -136,15 +137,6 @@ def _build(job: tuple[str, str, str, int, list[str], DicomOptions, str, int, flo
     return None
 
 
-def entry_of(folder: Path, root: Path, source: Path) -> Path:
-    """Where a source's array lives: its path under data.root plus `.npy` (outside it: by a hash of its path)."""
-    try:
-        rel = source.relative_to(root)
-    except ValueError:
-        rel = Path("_outside") / (hashlib.sha256(str(source).encode()).hexdigest()[:16] + "_" + source.name)
-    return folder / f"{rel}.npy"
-
-
 def process_rows(cfg: Any, root: Path, paths: Sequence[str], workers: int | None = None,
                  rebuild: bool = False) -> list[Problem]:
     """Check every MIL row's sources and, with images.cache on, build their arrays in parallel across sources
@@ -159,22 +151,15 @@ def process_rows(cfg: Any, root: Path, paths: Sequence[str], workers: int | None
             wanted.update(dict.fromkeys(str(s) for s in sources(cfg, p)))
         except UserError as e:
             problems.append(Problem("missing", p, str(e)))
-    manifest = read_manifest(folder) if folder is not None else {}
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-        for stale in folder.rglob(".*.tmp"):  # left by a killed build: never renamed, never trusted
-            stale.unlink(missing_ok=True)
+    manifest = open_folder(folder) if folder is not None else {}
     stamps: dict[str, tuple[str, Any]] = {}
     jobs = []
     for s in wanted:
-        entry = entry_of(folder, root, Path(s)) if folder is not None else ""
+        entry = entry_path(folder, root, s, "npy") if folder is not None else ""
         if folder is not None:
-            key, now = str(entry)[len(str(folder)) + 1:], stamp(Path(s))
+            key, now = manifest_key(folder, entry), stamp(Path(s))
             stamps[key] = (s, now)
-            # an entry without a record (a killed build wrote it, then never the manifest) is trusted when it is
-            # newer than its source's newest file, as the image cache does (comp.data.cache.process_images)
-            if not rebuild and now is not None and entry.is_file() and (
-                    manifest[key] == now if key in manifest else entry.stat().st_mtime_ns >= now[-1]):
+            if not rebuild and up_to_date(manifest, key, entry, now):  # a killed build's entries stand
                 continue
         jobs.append((s, str(entry), m.source, int(cfg.image_size), steps, dicom, m.order, int(m.tile_size),
                      float(m.tissue), int(m.max_tiles)))
@@ -212,8 +197,8 @@ class MilLoader:
         """A source's (S, size, size, C) array: memory-mapped from the cache, else decoded."""
         if self.folder is not None:
             if source not in self.current:
-                entry = entry_of(self.folder, self.root, source)
-                rec = self.manifest.get(str(entry)[len(str(self.folder)) + 1:])
+                entry = entry_path(self.folder, self.root, source, "npy")
+                rec = self.manifest.get(manifest_key(self.folder, entry))
                 self.current[source] = entry if rec is not None and rec == stamp(source) and entry.is_file() else None
             if self.current[source] is not None:
                 return np.load(self.current[source], mmap_mode="r")

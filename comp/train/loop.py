@@ -62,16 +62,17 @@ def _forward_loss(run: Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     aux = run.cfg.mil.aux_weight if run.cfg.mil.source != "none" else 0.0
     with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
         logits, inst = run.model(x, with_instances=True) if aux else (run.model(x), None)
-    if inst is not None:  # mil.aux_weight: each instance's logits against its row's target (comp.models.mil)
-        n = inst.shape[1]
-        rows = run.task.loss(logits.float(), y, run.loss_weight, run.cfg.train.label_smoothing)
-        each = run.task.loss(inst.flatten(0, 1).float(), y.repeat_interleave(n, 0), run.loss_weight,
-                             run.cfg.train.label_smoothing)
-        return rows + aux * each
     mixed = run.mixup is not None and run.task.head in ("softmax", "multihead")  # smoothing in the mixed rows already
-    if getattr(run, "distill", None) is not None:  # hard targets packed with the teacher's outputs (comp.teacher)
-        return run.distill.loss(run.task, logits.float(), y, run.loss_weight, run.cfg.train.label_smoothing)
-    return run.task.loss(logits.float(), y, run.loss_weight, 0.0 if mixed else run.cfg.train.label_smoothing)
+    distill = getattr(run, "distill", None)
+    if distill is not None:  # hard targets packed with the teacher's outputs (comp.teacher)
+        loss = distill.loss(run.task, logits.float(), y, run.loss_weight, run.cfg.train.label_smoothing)
+    else:
+        loss = run.task.loss(logits.float(), y, run.loss_weight, 0.0 if mixed else run.cfg.train.label_smoothing)
+    if inst is not None:  # mil.aux_weight: each instance's logits against its row's hard target (comp.models.mil)
+        hard = distill.split(y)[0] if distill is not None else y
+        loss = loss + aux * run.task.loss(inst.flatten(0, 1).float(), hard.repeat_interleave(inst.shape[1], 0),
+                                          run.loss_weight, run.cfg.train.label_smoothing)
+    return loss
 
 
 def optimizer_step(run: Run) -> None:

@@ -154,13 +154,16 @@ def test_the_cache_holds_each_series_once_and_the_loader_reads_what_decoding_giv
     assert len(entries) == 16 and np.load(entries[0]).shape == (6, 16, 16, 1)
     cached, decoded = mil_loader(cfg, comp), MilLoader(cfg, None, None, {})
     assert cached.folder is not None
+    import comp.data.mil_cache as mc
+
+    want = decoded(paths[1])
+    monkeypatch.setattr(mc, "decode_source", lambda *a, **k: pytest.fail("decoded, not read from the cache"))
     x = cached(paths[1])
-    assert x.shape == (8, 16, 16, 3) and np.array_equal(x, decoded(paths[1]))
+    monkeypatch.undo()
+    assert x.shape == (8, 16, 16, 3) and np.array_equal(x, want)
     assert x[:4].max() < x[4:].min()  # FLAIR's instances, then T2w's (brighter)
     # a killed build resumes: only the missing entry is built again; a changed series is rebuilt
     built = []
-    import comp.data.mil_cache as mc
-
     real = mc._build
     monkeypatch.setattr(mc, "_build", lambda job: built.append(job[0]) or real(job))
     entries[0].unlink()

@@ -158,13 +158,9 @@ def _cervical(task: Task, Y: np.ndarray, P: np.ndarray) -> float:
     return sm.cervical_spine_score(sol, sub, "row_id", "value")
 
 
-def _trauma_names() -> list[str]:
-    return [f"{t}_{c}" for t, (classes, _) in sm.TRAUMA_TARGETS.items() for c in classes]
-
-
 def _trauma(task: Task, Y: np.ndarray, P: np.ndarray) -> float:
     """RSNA 2023 over the rows that label all five targets (the solution's rows; NaN when none does)."""
-    sol, sub = _columns(task, Y, P, _trauma_names())
+    sol, sub = _columns(task, Y, P, list(sm.TRAUMA_COLUMNS))
     groups = [[f"{t}_{c}" for c in classes] for t, (classes, _) in sm.TRAUMA_TARGETS.items()]
     full = np.all([sol[g].sum(axis=1).to_numpy() > 0 for g in groups], axis=0)
     if not full.any():
@@ -172,12 +168,8 @@ def _trauma(task: Task, Y: np.ndarray, P: np.ndarray) -> float:
     return sm.abdominal_trauma_score(sol[full], sub[full], "id")
 
 
-def _lumbar_targets(task: Task) -> list[str]:
-    return [t for t, _ in task.heads]
-
-
 def _lumbar(task: Task, Y: np.ndarray, P: np.ndarray) -> float:
-    targets = _lumbar_targets(task)
+    targets = [t for t, _ in task.heads]
     names = [f"{t}_{c}" for t in targets for c in sm.LUMBAR_LEVELS]
     sol, sub = _columns(task, Y, P, names)
     sol, sub = _long(sol, sub, targets, list(sm.LUMBAR_LEVELS))
@@ -191,7 +183,7 @@ def _fits_cervical(task: Task) -> bool:
 
 
 def _fits_trauma(task: Task) -> bool:
-    return set(_trauma_names()) <= set(task.names) and all(
+    return all(
         [n for n in task.names if n.startswith(f"{t}_")] == [f"{t}_{c}" for c in classes]
         for t, (classes, _) in sm.TRAUMA_TARGETS.items())
 

@@ -102,6 +102,7 @@ TRAUMA_TARGETS: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
     "liver": (("healthy", "low", "high"), (1, 2, 4)),
     "spleen": (("healthy", "low", "high"), (1, 2, 4)),
 }
+TRAUMA_COLUMNS = tuple(f"{t}_{c}" for t, (classes, _) in TRAUMA_TARGETS.items() for c in classes)  # the 13
 ANY_INJURY_WEIGHTS = (1, 6)  # any_injury healthy / injured
 
 
@@ -134,8 +135,7 @@ def abdominal_trauma_losses(solution: pd.DataFrame, submission: pd.DataFrame,
             summing to 0 in a row (the host: "All rows must contain at least one non-zero prediction"), a
             solution row that is not one-hot over a target's classes.
     """
-    cols = [f"{t}_{c}" for t, (classes, _) in TRAUMA_TARGETS.items() for c in classes]
-    sol, sub = _aligned(solution, submission, row_id_column_name, cols)
+    sol, sub = _aligned(solution, submission, row_id_column_name, list(TRAUMA_COLUMNS))
     losses, labels_any, preds_any = {}, [], []
     for target, (classes, weights) in TRAUMA_TARGETS.items():
         group = [f"{target}_{c}" for c in classes]

@@ -113,9 +113,9 @@ class Task:
     def mix(self, outs: list[np.ndarray], weights: np.ndarray | None = None) -> np.ndarray:
         """(N, K) average of M members' (N, K) outputs, weighted by `weights` (M,) summing to 1 (default equal):
         the mean for probabilities and values, the mixture's mean and sd for a scale head (comp.likelihood)."""
-        w = np.full(len(outs), 1 / len(outs)) if weights is None else np.asarray(weights, np.float64)
-        return self.from_moments(np.tensordot(w, np.stack([self.to_moments(np.asarray(o, np.float64))
-                                                           for o in outs]), axes=1))
+        if self.scale:
+            return likelihood.mix(outs, weights)
+        return np.average(np.stack([np.asarray(o, np.float64) for o in outs]), axis=0, weights=weights)
 
     def meta(self) -> dict[str, Any]:
         """What a checkpoint keeps of the task (JSON-able)."""
@@ -170,10 +170,10 @@ class Task:
             total = logits.new_zeros(())
             for h, s in enumerate(self.slices()):
                 wy = y[:, s] if weight is None else y[:, s] * weight[s]
-                mass = wy.sum()
-                if mass > 0:
-                    lw = self.head_weights[h] if self.head_weights else 1.0
-                    total = total + lw * torch.sum(-wy * F.log_softmax(logits[:, s], dim=-1)) / mass
+                lw = self.head_weights[h] if self.head_weights else 1.0
+                # no `if mass > 0` (a device sync per head per step): an unlabelled head's wy is all zeros, 0 / eps
+                mass = wy.sum().clamp_min(1e-12)
+                total = total + lw * torch.sum(-wy * F.log_softmax(logits[:, s], dim=-1)) / mass
             return total
         if self.head == "softmax":
             if not y.dtype.is_floating_point:

@@ -123,6 +123,8 @@ def test_multihead_config_errors_name_the_key():
                                                                   "liver_low", "liver_high"])
     with pytest.raises(UserError, match="rsna2023_trauma"):  # its outputs are not RSNA 2023's 13
         _heads_cfg("metric=rsna2023_trauma")
+
+
 @pytest.mark.parametrize("loss", ["laplace", "gaussian_nll"])
 def test_a_value_with_its_uncertainty_has_two_logits_value_and_sigma(loss):
     """train.loss=laplace | gaussian_nll: a regression head of 2 logits (mean, scale), outputs value and sigma

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from comp.errors import UserError
-from comp.tasks import head_specs
+from comp.tasks import head_names, head_specs
 
 
 def class_task(cfg: Any) -> bool:
@@ -93,7 +93,7 @@ def read_heads(cfg: Any, df: pd.DataFrame, csv: Path) -> tuple[pd.DataFrame, lis
             k = np.where(m.sum(axis=1) > 0, m.argmax(1), -1)
         blocks.append(m)
         index.append(k)
-    names = [f"{t}_{c}" for t, classes in specs for c in classes]
+    names = head_names(specs)
     out = pd.DataFrame(index=df.index)
     out["label"] = [",".join("-" if v < 0 else str(v) for v in row) for row in np.stack(index, 1)]
     for name, col in zip(names, np.concatenate(blocks, 1).T, strict=True):

@@ -101,9 +101,10 @@ def build(cfg: Any, comp: Competition, probs: np.ndarray, labels: np.ndarray | N
     return out
 
 
-def check(cfg: Any, comp: Competition, df: pd.DataFrame) -> None:
-    """Validate `df` against this competition's sample submission and value encoding."""
-    sample = sample_frame(cfg, comp)
+def check(cfg: Any, comp: Competition, df: pd.DataFrame, sample: pd.DataFrame | None = None) -> None:
+    """Validate `df` against this competition's sample submission (`sample`: already read; default
+    `sample_frame`) and value encoding."""
+    sample = sample_frame(cfg, comp) if sample is None else sample
     mode = output_mode(cfg, comp, sample)
     if mode == "long":  # the values: numbers for regression targets, else probabilities
         mode = "value" if cfg.task == "regression" else "long"
@@ -226,9 +227,10 @@ def decoded_submission(cfg: Any, images: Competition, probs: np.ndarray, decodin
         _, _, probs = aggregate(images.test["row"].to_numpy(), None, probs, cfg.predict.aggregate,
                                 comp_task(rcfg, comp).positive)
     keep = decoding is not None and decoding["method"] != "probs"  # pF1 without a tuned threshold: as they are
-    df = build(rcfg, comp, probs, thresholds.labels(probs, decoding) if keep else None)
-    check(rcfg, comp, df)
-    asked = submitted_outputs(rcfg, comp, sample_frame(rcfg, comp))
+    sample = sample_frame(rcfg, comp)  # read once for building, checking and the outputs it asks for
+    df = build(rcfg, comp, probs, thresholds.labels(probs, decoding) if keep else None, sample=sample)
+    check(rcfg, comp, df, sample)
+    asked = submitted_outputs(rcfg, comp, sample)
     if len(asked) < comp.num_classes:
         left = [str(c) for k, c in enumerate(comp.classes) if k not in asked]
         log(f"submission: {len(left)} trained label(s) are not in the sample submission and not submitted: "

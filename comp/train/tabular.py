@@ -111,7 +111,7 @@ def fit_fold(cfg: Any, fold: int, visits: Visits | None = None, folds: pd.DataFr
     score (cfg.metric over the fold's visits).
 
     Raises:
-        UserError: see prepare_visits; a fold outside 0..folds.n_folds-1."""
+        UserError: see prepare_visits; a fold outside 0..folds.n_folds-1; a loss that is not finite."""
     if visits is None or folds is None:
         visits, folds = prepare_visits(cfg)
     if fold not in set(folds["fold"]):
@@ -133,8 +133,8 @@ def fit_fold(cfg: Any, fold: int, visits: Visits | None = None, folds: pd.DataFr
         for idx in torch.randperm(len(x), generator=gen).split(batch):
             loss = task.loss(net(x[idx]), y[idx])
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"fold {fold}: the {task.loss_name} loss is {loss.item()} (kit bug or a "
-                                         f"learning rate far too high: optim.lr={cfg.optim.lr})")
+                raise UserError(f"fold {fold}: the {task.loss_name} loss is {loss.item()}: a learning rate far too "
+                                f"high? (optim.lr={cfg.optim.lr}); nothing of this fold is saved")
             opt.zero_grad()
             loss.backward()
             opt.step()

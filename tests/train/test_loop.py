@@ -199,3 +199,11 @@ def test_the_mil_instance_loss_adds_each_instance_against_its_row_target():
     assert torch.allclose(got, rows + 0.5 * each)
     run.cfg = load_config(None, ["mil.source=series", "train.label_smoothing=0"])
     assert torch.allclose(loop_mod._forward_loss(run, x, y), rows)
+    # with a teacher: its loss on the packed targets, the instances against the hard part alone
+    from comp.teacher.distill import Distiller
+
+    run.cfg = cfg
+    run.distill = Distiller(alpha=0.5, temperature=2.0, hard_width=1, hard_index=True, hard_1d=True)
+    packed = torch.cat([y[:, None].float(), torch.randn(2, 3)], 1)
+    want = run.distill.loss(task, logits, packed, None, 0.0) + 0.5 * each
+    assert torch.allclose(loop_mod._forward_loss(run, x, packed), want)

@@ -28,7 +28,7 @@ def run(args):
         plain = [o for o in args.overrides if "=" not in o or Path(o).exists()]  # after KEY=VALUE: still FILE
         if plain and not args.notebook:
             args.file = plain[0]
-            args.overrides = [o for o in args.overrides if o is not plain[0]]
+            args.overrides.remove(plain[0])
     cfg = load_config(args.config, args.overrides)  # every key, before any work
     if args.message is None:
         if not args.dry_run:

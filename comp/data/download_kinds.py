@@ -238,8 +238,7 @@ def _visits_layout(root: Path, labels_csv: Path, df: pd.DataFrame, sample: pd.Da
               f"mean and a scale with the Laplace likelihood")
     guess.set("metric", "laplace_log_likelihood", "OSIC's modified Laplace log-likelihood (check the "
               "competition's Evaluation page)")
-    guess.values.pop("predict.output", None)
-    guess.why.pop("predict.output", None)
+    guess.unset("predict.output")
     guess.notes.append(f"images are not read: {group}'s image folders (a CT per patient) are not joined to the "
                        f"visits yet; fit with python scripts/tabular.py --config <this config>")
     guess.notes.append("the general defaults below (epochs, lr, batch_size) are not a recipe: OSIC's ships as "

@@ -32,6 +32,12 @@ class Guess:
     def set(self, key: str, value: Any, why: str) -> None:
         self.values[key], self.why[key] = value, why
 
+    def unset(self, *keys: str) -> None:
+        """Take back the guesses of `keys` (a later finding replaces them)."""
+        for key in keys:
+            self.values.pop(key, None)
+            self.why.pop(key, None)
+
 
 def _visible(p: Path, root: Path) -> bool:
     return not any(part.startswith(".") or part in SKIP for part in p.relative_to(root).parts)

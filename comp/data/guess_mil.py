@@ -241,7 +241,7 @@ def _classes(df: pd.DataFrame, named: list[str], sample: pd.DataFrame | None) ->
     order = [str(c) for c in sample.columns[1:]] if sample is not None else []
 
     def key(v: str) -> tuple:
-        slug = "".join(ch if ch.isalnum() else "_" for ch in v.lower())
+        slug = _slug(v)
         return (order.index(slug) if slug in order else len(order), v)
 
     return sorted(values, key=key)
@@ -257,9 +257,7 @@ def _one_hot_groups(df: pd.DataFrame, named: list[str], guess: Guess) -> None:
         return
     if all((df[g].astype(int).sum(axis=1) == 1).all() for g in groups.values()):
         shown = ", ".join(f"{p} ({len(g)})" for p, g in groups.items())
-        for key in ("data.label_columns", "data.label_column"):
-            guess.values.pop(key, None)
-            guess.why.pop(key, None)
+        guess.unset("data.label_columns", "data.label_column")
         guess.set("data.heads", {p: [c[len(p) + 1:] for c in g] for p, g in groups.items()},
                   f"the {len(named)} label columns are {len(groups)} targets, one-hot each: {shown}")
         guess.set("task", "multihead", MULTIHEAD)

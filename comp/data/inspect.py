@@ -125,9 +125,7 @@ def _csv_layout(root: Path, labels_csv: Path, df: pd.DataFrame, sample: pd.DataF
     _set_group_pattern(guess, df[col].astype(str).tolist())
     patient = [c for c in rest if c != label and PATIENT_RX.search(c)]
     if patient:  # a column that names the patient beats a token guessed from the ids
-        for key in ("data.group_pattern", "data.group_unmatched"):
-            guess.values.pop(key, None)
-            guess.why.pop(key, None)
+        guess.unset("data.group_pattern", "data.group_unmatched")
         guess.set("data.group_column", patient[0], f"the column of {labels_csv.name} named like a patient id: "
                   f"folds keep each of its values whole")
     return True
@@ -206,7 +204,7 @@ def inspect_download(root: str | Path) -> Guess:
         df = _read(path)
         if len(df.columns) >= 2 and len(df) and _visits_layout(root, path, df, sample, others, guess):
             return guess
-    tables = [p for p in others if len(_read(p).columns) >= 2 and len(_read(p))]
+    tables = [p for p in others if len(df := _read(p)) and len(df.columns) >= 2]
     done = series_layout(root, tables, sample, images, guess)  # a folder of slices per row (issue 27)
     if not done:
         for path in tables:

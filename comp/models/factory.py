@@ -124,7 +124,7 @@ def input_norm(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     A MilModel's is its backbone's."""
     from timm.data import resolve_model_data_config
 
-    cfg = resolve_model_data_config(model.backbone if isinstance(model, MilModel) else model)
+    cfg = resolve_model_data_config(model)  # a MilModel carries its backbone's pretrained_cfg
     return tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
 
 

@@ -182,7 +182,6 @@ class MilModel(nn.Module):
 
     def __init__(self, backbone: nn.Module, num_logits: int, pool: str, drop_rate: float = 0.0):
         super().__init__()
-        check_pool(pool)
         if not isinstance(backbone.get_classifier(), nn.Identity):
             raise ValueError("MilModel: the backbone must be built with num_classes=0 (pooled features out)")
         self.pool_name = pool

@@ -52,7 +52,6 @@ def sheet(items: list[dict], title: str, path: Path, per_row: int = 4) -> Path:
         for j, img in enumerate((it["image"], it["heat"])):
             tile = _enlarged(img)
             canvas[y:y + tile.shape[0], x + j * (t + 2):x + j * (t + 2) + tile.shape[1]] = tile
-    h, w = canvas.shape[:2]
     fig, ax = _page(canvas)
     for k, it in enumerate(items):
         y, x = (k // per_row) * cell_h + band - 3, (k % per_row) * cell_w

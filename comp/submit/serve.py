@@ -156,7 +156,7 @@ class Served:
 
         Raises:
             UserError: no image for the id, an empty folder."""
-        from comp.data.layouts import IMAGE_EXTS, find_files
+        from comp.data.layouts import IMAGE_EXTS, _image_files, find_files
 
         if paths is None:
             cfg, comp = s["cfg"], s["comp"]
@@ -165,7 +165,7 @@ class Served:
         if isinstance(paths, (str, os.PathLike)):
             p = Path(paths)
             if p.is_dir():
-                files = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+                files = [str(f) for f in _image_files(p)]
                 if not files:
                     raise UserError(f"served folder {p} holds no image ({', '.join(sorted(IMAGE_EXTS))})")
                 return files
